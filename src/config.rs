@@ -1,0 +1,70 @@
+//! Settings, read once from the environment (and `.env`) and passed down; nothing global, so
+//! tests can run several apps against several databases in one process.
+
+use std::path::PathBuf;
+
+use crate::local_pg::{LocalPg, LocalPgError};
+
+/// The database the app uses when it starts its own private PostgreSQL.
+pub const APP_DATABASE: &str = "zdm";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: an existing server to use. Unset → the private cluster in `data_dir`.
+    pub database_url: Option<String>,
+    /// `ZDM_BIND`: address the HTTP server listens on.
+    pub bind: String,
+    /// `ZDM_DATA_DIR`: where the private cluster lives (git-ignored `.zdm` by default).
+    pub data_dir: PathBuf,
+    /// `ZDM_POOL_SIZE`: connections in the web pool.
+    pub pool_size: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} must be {expected}, got {value:?}")]
+    Invalid {
+        name: &'static str,
+        expected: &'static str,
+        value: String,
+    },
+}
+
+impl Config {
+    /// Reads `.env` (if present) and then the process environment, which wins.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let pool_size = match var("ZDM_POOL_SIZE") {
+            None => 16,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=500).contains(n))
+                .ok_or(ConfigError::Invalid {
+                    name: "ZDM_POOL_SIZE",
+                    expected: "a number from 1 to 500",
+                    value: v,
+                })?,
+        };
+        Ok(Self {
+            database_url: var("DATABASE_URL"),
+            bind: var("ZDM_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
+            data_dir: var("ZDM_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".zdm")),
+            pool_size,
+        })
+    }
+
+    /// The URL of the app database: `DATABASE_URL` as given, or the private cluster, started
+    /// and with its `zdm` database created when needed.
+    pub fn resolve_database_url(&self) -> Result<String, LocalPgError> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        let pg = LocalPg::ensure_running(&self.data_dir)?;
+        pg.create_database_if_missing(APP_DATABASE)?;
+        Ok(pg.url(APP_DATABASE))
+    }
+}

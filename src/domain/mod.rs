@@ -1,0 +1,28 @@
+//! Validated input: handlers turn raw form and JSON fields into these types first, so the
+//! rest of the code never sees an unchecked string.
+
+pub mod email;
+pub mod full_name;
+pub mod name_rule;
+pub mod user;
+
+pub use email::Email;
+pub use full_name::FullName;
+pub use user::{NewUser, UserChanges};
+
+/// Why a field was rejected; becomes a 422 naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The one error type of the HTTP layer, and how each case reaches a client.
+//!
+//! When to use what:
+//! - `Validation`: input that parsed but breaks a rule (422, names the field).
+//! - `BadRequest`: input that does not parse at all (400).
+//! - `NotFound`: no such row or route (404). `diesel::NotFound` converts to it.
+//! - `Conflict`: the request clashes with stored data, e.g. a duplicate email (409).
+//! - `PayloadTooLarge`: body over the limit (413).
+//! - `Unavailable`: the database cannot be reached right now (503); the client may retry.
+//! - `Internal`: everything else (500). Logged with its cause; the client sees a generic text.
+//!
+//! Database text never reaches a client: only the messages written here do.
+//!
+//! JSON routes answer `{"error": "...", "field": "..."}`; HTML routes wrap the error in
+//! [`HtmlError`], which renders `templates/error.html`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use askama::Template;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use serde::Serialize;
+
+use crate::domain::FieldError;
+
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Validation(FieldError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(FieldError),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the database is unavailable")]
+    Unavailable(#[source] Cause),
+    #[error("internal error")]
+    Internal(#[source] Cause),
+}
+
+impl AppError {
+    pub fn internal(cause: impl Into<Cause>) -> Self {
+        AppError::Internal(cause.into())
+    }
+
+    /// The field a client should fix, if the error is about one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            AppError::Validation(e) | AppError::Conflict(e) => Some(e.field),
+            _ => None,
+        }
+    }
+
+    /// The text a client sees (never database text).
+    pub fn public_message(&self) -> String {
+        match self {
+            AppError::Unavailable(_) => {
+                "The database is unavailable right now; try again in a moment.".to_owned()
+            }
+            AppError::Internal(_) => {
+                "Something went wrong on our side; it has been logged.".to_owned()
+            }
+            AppError::NotFound => "Not found.".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            AppError::Internal(cause) => log::error!("internal error: {cause:?}"),
+            AppError::Unavailable(cause) => log::warn!("database unavailable: {cause}"),
+            _ => {}
+        }
+    }
+}
+
+impl From<FieldError> for AppError {
+    fn from(e: FieldError) -> Self {
+        AppError::Validation(e)
+    }
+}
+
+/// The unique index that makes email addresses unique (case-insensitively).
+pub const EMAIL_UNIQUE_INDEX: &str = "users_email_key";
+
+impl From<DieselError> for AppError {
+    fn from(e: DieselError) -> Self {
+        match e {
+            DieselError::NotFound => AppError::NotFound,
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, ref info)
+                if info.constraint_name() == Some(EMAIL_UNIQUE_INDEX) =>
+            {
+                AppError::Conflict(FieldError::new(
+                    "email",
+                    "A user with this email address already exists.",
+                ))
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+                AppError::Unavailable(Box::new(e))
+            }
+            other => AppError::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<crate::migration::state::StateError> for AppError {
+    fn from(e: crate::migration::state::StateError) -> Self {
+        match e {
+            crate::migration::state::StateError::Database(e) => e.into(),
+            corrupt => AppError::internal(corrupt),
+        }
+    }
+}
+
+impl From<diesel::r2d2::PoolError> for AppError {
+    fn from(e: diesel::r2d2::PoolError) -> Self {
+        AppError::Unavailable(Box::new(e))
+    }
+}
+
+impl From<actix_web::error::BlockingError> for AppError {
+    fn from(e: actix_web::error::BlockingError) -> Self {
+        AppError::internal(e)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+}
+
+impl ResponseError for AppError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.log();
+        HttpResponse::build(self.status_code()).json(ErrorBody {
+            error: self.public_message(),
+            field: self.field(),
+        })
+    }
+}
+
+/// An [`AppError`] met by an HTML page: rendered as a page that says what happened and what
+/// to do next.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct HtmlError(#[from] pub AppError);
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    status: u16,
+    title: &'a str,
+    message: String,
+    advice: &'a str,
+}
+
+impl ResponseError for HtmlError {
+    fn status_code(&self) -> StatusCode {
+        self.0.status_code()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.0.log();
+        let status = self.status_code();
+        let advice = match &self.0 {
+            AppError::NotFound => "It may have been deleted. Go back to the list and pick another.",
+            AppError::Unavailable(_) => "Wait a few seconds and reload the page.",
+            AppError::Internal(_) => "Reload the page; if it happens again, check the server log.",
+            _ => "Go back, correct the request and send it again.",
+        };
+        let page = ErrorPage {
+            status: status.as_u16(),
+            title: status.canonical_reason().unwrap_or("Error"),
+            message: self.0.public_message(),
+            advice,
+        };
+        match page.render() {
+            Ok(body) => HttpResponse::build(status)
+                .content_type("text/html; charset=utf-8")
+                .body(body),
+            Err(e) => {
+                log::error!("rendering the error page failed: {e}");
+                HttpResponse::build(status).body(self.0.public_message())
+            }
+        }
+    }
+}
+
+impl From<FieldError> for HtmlError {
+    fn from(e: FieldError) -> Self {
+        HtmlError(e.into())
+    }
+}
+
+impl From<askama::Error> for HtmlError {
+    fn from(e: askama::Error) -> Self {
+        HtmlError(AppError::internal(e))
+    }
+}

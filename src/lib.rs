@@ -1,0 +1,13 @@
+//! zdm: a zero-downtime PostgreSQL schema migration you can run, watch and measure.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod local_pg;
+pub mod migration;
+pub mod routes;
+pub mod schema;
+pub mod seed;
+pub mod startup;

@@ -1,0 +1,66 @@
+//! HTTP only: parse the request, call `db`/`migration`, render JSON or a template.
+
+pub mod api_v1;
+pub mod home;
+pub mod input;
+pub mod pages_v1;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use diesel::PgConnection;
+
+use crate::db::DbPool;
+use crate::error::{AppError, HtmlError};
+
+/// Largest JSON or form body accepted; a user record is far smaller.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// Every route of the app; used by the server and by the tests.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(input::json_config())
+        .app_data(input::form_config())
+        .app_data(input::query_config())
+        .app_data(input::path_config())
+        .route("/", web::get().to(home::index))
+        .route("/healthz", web::get().to(home::healthz))
+        .route("/static/app.css", web::get().to(stylesheet))
+        .configure(api_v1::configure)
+        .configure(pages_v1::configure)
+        .default_service(web::to(not_found));
+}
+
+/// Runs blocking Diesel work on actix's blocking thread pool. The connection is checked out
+/// inside the closure, so a request holds one only while its queries run.
+pub async fn db<F, T>(pool: &web::Data<DbPool>, work: F) -> Result<T, AppError>
+where
+    F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
+    T: Send + 'static,
+{
+    let pool = pool.clone();
+    web::block(move || {
+        let mut conn = pool.get()?;
+        work(&mut conn)
+    })
+    .await?
+}
+
+/// Whether a request came for the JSON API (errors then answer JSON, not a page).
+fn is_api(req: &HttpRequest) -> bool {
+    req.path().starts_with("/api/")
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
+    if is_api(&req) {
+        Err(AppError::NotFound.into())
+    } else {
+        Err(HtmlError(AppError::NotFound).into())
+    }
+}
+
+/// The stylesheet is compiled into the binary: the app serves every byte it needs.
+async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .body(include_str!("../../static/app.css"))
+}

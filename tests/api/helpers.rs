@@ -1,0 +1,313 @@
+//! The test harness: every test gets its own freshly migrated database, copied from a
+//! template, and the real server on a random port. Both go away when the test ends, panics
+//! included.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use zdm::db;
+use zdm::local_pg::{LocalPg, create_database_if_missing, quote_ident};
+use zdm::migration::schema_migrations;
+
+/// Test databases are named `zdm_test_<pid>_<n>` so a later run can tell a leftover of a
+/// crashed run (its process is gone) from a database another running process still uses.
+const TEST_DB_PREFIX: &str = "zdm_test_";
+/// Any stable number: serialises template set-up across test processes.
+const TEMPLATE_LOCK_KEY: i64 = 0x7a64_6d74;
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The PostgreSQL server the tests use and the template they copy.
+struct Server {
+    /// `TEST_DATABASE_URL` / `DATABASE_URL`, or the private cluster's URL, for any database.
+    base_url: String,
+    template: String,
+}
+
+pub fn project_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `url` with its database replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| i + authority_start);
+    let mut out = format!("{}/{}", &base[..path_start], database);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let base_url = std::env::var("TEST_DATABASE_URL")
+            .or_else(|_| std::env::var("DATABASE_URL"))
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| {
+                LocalPg::ensure_running(&project_dir().join(".zdm"))
+                    .expect("starting the private PostgreSQL for the tests")
+                    .url("postgres")
+            });
+        let template = prepare_template(&base_url);
+        Server { base_url, template }
+    })
+}
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    datname: String,
+}
+
+fn database_names(conn: &mut PgConnection, like: &str) -> Vec<String> {
+    diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE $1")
+        .bind::<Text, _>(like)
+        .load::<Name>(conn)
+        .expect("listing databases")
+        .into_iter()
+        .map(|n| n.datname)
+        .collect()
+}
+
+fn drop_database(conn: &mut PgConnection, name: &str) -> QueryResult<usize> {
+    diesel::sql_query(format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(name)
+    ))
+    .execute(conn)
+}
+
+/// A name for the current migrations: the template is rebuilt whenever one changes.
+fn migrations_fingerprint() -> u64 {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut dirs = vec![project_dir().join("migrations")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("reading migrations/") {
+            let path = entry.expect("reading migrations/").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for file in files {
+        let bytes = std::fs::read(&file).expect("reading a migration");
+        let name = file.strip_prefix(project_dir()).unwrap_or(&file);
+        for byte in name.as_os_str().as_encoded_bytes().iter().chain(&bytes) {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// Builds (once per set of migrations) a database with the infrastructure migrations applied,
+/// and clears leftovers of crashed runs. Runs under an advisory lock, so parallel test
+/// processes build it once.
+fn prepare_template(base_url: &str) -> String {
+    let template = format!("zdm_tpl_{:016x}", migrations_fingerprint());
+    let building = format!("{template}_building");
+    let mut conn = PgConnection::establish(base_url).expect("connecting to the test server");
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(TEMPLATE_LOCK_KEY)
+        .execute(&mut conn)
+        .expect("taking the template lock");
+
+    for leftover in database_names(&mut conn, &format!("{TEST_DB_PREFIX}%")) {
+        let pid = leftover
+            .strip_prefix(TEST_DB_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            drop_database(&mut conn, &leftover).expect("dropping a leftover test database");
+        }
+    }
+    for old in database_names(&mut conn, "zdm_tpl_%") {
+        if old != template {
+            drop_database(&mut conn, &old).expect("dropping an outdated template");
+        }
+    }
+    if database_names(&mut conn, &template).is_empty() {
+        drop_database(&mut conn, &building).expect("dropping a half-built template");
+        create_database_if_missing(&mut conn, &building).expect("creating the template");
+        {
+            let mut tpl = PgConnection::establish(&with_database(base_url, &building))
+                .expect("connecting to the template");
+            schema_migrations::run_infrastructure_migrations(&mut tpl)
+                .expect("migrating the template");
+        }
+        diesel::sql_query(format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            quote_ident(&building),
+            quote_ident(&template)
+        ))
+        .execute(&mut conn)
+        .expect("publishing the template");
+    }
+    diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(TEMPLATE_LOCK_KEY)
+        .execute(&mut conn)
+        .expect("releasing the template lock");
+    template
+}
+
+/// A database of one test's own, dropped (connections and all) when this value goes away.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// A copy of the migrated template.
+    pub fn migrated() -> Self {
+        Self::create(true)
+    }
+
+    /// A database with no tables at all, for stepping through migrations by hand.
+    pub fn empty() -> Self {
+        Self::create(false)
+    }
+
+    fn create(from_template: bool) -> Self {
+        let server = server();
+        let name = format!(
+            "{TEST_DB_PREFIX}{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut conn = PgConnection::establish(&server.base_url).expect("connecting");
+        let sql = if from_template {
+            format!(
+                "CREATE DATABASE {} TEMPLATE {}",
+                quote_ident(&name),
+                quote_ident(&server.template)
+            )
+        } else {
+            format!("CREATE DATABASE {}", quote_ident(&name))
+        };
+        diesel::sql_query(sql)
+            .execute(&mut conn)
+            .expect("creating a test database");
+        TestDb {
+            url: with_database(&server.base_url, &name),
+            admin_url: server.base_url.clone(),
+            name,
+        }
+    }
+
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(&self.url).expect("connecting to the test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Never panic here: this also runs while a failed test unwinds.
+        let dropped = PgConnection::establish(&self.admin_url)
+            .map_err(|e| e.to_string())
+            .and_then(|mut conn| drop_database(&mut conn, &self.name).map_err(|e| e.to_string()));
+        if let Err(e) = dropped {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// The real server on 127.0.0.1:<random port>, against its own database.
+pub struct TestApp {
+    pub address: String,
+    /// A client that does not follow redirects, so tests see the 303s.
+    pub client: reqwest::Client,
+    // Dropped last: the database goes once nothing of the app uses it.
+    pub db: TestDb,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let db = TestDb::migrated();
+        let pool = db::build_pool(&db.url, 4).expect("building the pool");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
+        let port = listener.local_addr().expect("reading the port").port();
+        let server = zdm::startup::run(listener, pool.clone()).expect("starting the server");
+        actix_web::rt::spawn(server);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("building the HTTP client");
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            client,
+            db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET failed")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST failed")
+    }
+
+    pub async fn put_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("PUT failed")
+    }
+
+    pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .form(fields)
+            .send()
+            .await
+            .expect("form POST failed")
+    }
+
+    /// Creates a user through the v1 API and returns its id.
+    pub async fn create_user(&self, full_name: &str, email: &str) -> i64 {
+        let response = self
+            .post_json(
+                "/api/v1/users",
+                &serde_json::json!({ "full_name": full_name, "email": email }),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "creating {email}");
+        let body: serde_json::Value = response.json().await.expect("JSON body");
+        body["id"].as_i64().expect("an id")
+    }
+}

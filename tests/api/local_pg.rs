@@ -1,0 +1,69 @@
+//! The private PostgreSQL: started from nothing, reused, and safe to start from two places.
+
+use std::path::PathBuf;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use zdm::local_pg::LocalPg;
+
+/// Stops the scratch cluster and removes its folder when the test ends, failed or not.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Ok(pg) = LocalPg::ensure_running(&self.0) {
+            let _ = pg.stop();
+            let _ = std::fs::remove_dir_all(&pg.base_dir);
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn two_starts_at_once_share_one_healthy_cluster() {
+    let base =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-race-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let _cleanup = Scratch(base.clone());
+    let starts: Vec<_> = (0..2)
+        .map(|_| {
+            let base = base.clone();
+            std::thread::spawn(move || LocalPg::ensure_running(&base))
+        })
+        .collect();
+    let clusters: Vec<LocalPg> = starts
+        .into_iter()
+        .map(|t| t.join().unwrap().expect("both starts succeed"))
+        .collect();
+    assert_eq!(clusters[0].socket_dir, clusters[1].socket_dir);
+
+    let pg = &clusters[0];
+    pg.create_database_if_missing("zdm").unwrap();
+    pg.create_database_if_missing("zdm")
+        .expect("creating it again is a no-op");
+    let mut conn = PgConnection::establish(&pg.url("zdm")).expect("the database answers");
+    conn.batch_execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
+        .unwrap();
+    drop(conn);
+
+    // A later start reuses the cluster and its data.
+    let again = LocalPg::ensure_running(&base).expect("restarting");
+    let mut conn = PgConnection::establish(&again.url("zdm")).unwrap();
+    let kept: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "(SELECT v FROM kept)",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(kept, 42);
+    drop(conn);
+
+    again.stop().expect("stopping the cluster");
+    let restarted = LocalPg::ensure_running(&base).expect("starting a stopped cluster");
+    let mut conn = PgConnection::establish(&restarted.url("zdm")).unwrap();
+    let kept: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "(SELECT v FROM kept)",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(kept, 42, "data survives a stop and start");
+}

@@ -1,0 +1,8 @@
+//! Integration tests, compiled as one binary: the real server over real HTTP against a real
+//! PostgreSQL, one fresh database per test.
+
+mod helpers;
+mod local_pg;
+mod schema_migrations;
+mod v1_api;
+mod v1_pages;

@@ -1,0 +1,108 @@
+//! The SQL migrations, stepped through one by one from an empty database.
+
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel_migrations::MigrationHarness;
+use zdm::migration::schema_migrations::{self, MIGRATIONS, is_phase_migration};
+use zdm::migration::{Phase, state};
+
+use crate::helpers::TestDb;
+
+#[derive(QueryableByName, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Item {
+    #[diesel(sql_type = Text)]
+    item: String,
+}
+
+/// Everything a migration can add: tables and columns, indexes, constraints, functions and
+/// triggers (diesel's own bookkeeping table left out).
+fn schema_snapshot(conn: &mut PgConnection) -> Vec<String> {
+    let sql = "
+        SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' null=' || is_nullable
+               || ' default=' || coalesce(column_default, '') AS item
+          FROM information_schema.columns
+         WHERE table_schema = 'public' AND table_name <> '__diesel_schema_migrations'
+        UNION ALL
+        SELECT 'index ' || indexdef FROM pg_indexes
+         WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'
+        UNION ALL
+        SELECT 'constraint ' || conrelid::regclass || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
+         WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text <> '__diesel_schema_migrations'
+        UNION ALL
+        SELECT 'function ' || proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+        UNION ALL
+        SELECT 'trigger ' || tgname FROM pg_trigger WHERE NOT tgisinternal";
+    let mut items: Vec<Item> = diesel::sql_query(sql)
+        .load(conn)
+        .expect("reading the schema");
+    items.sort();
+    items.into_iter().map(|i| i.item).collect()
+}
+
+#[test]
+fn every_down_migration_undoes_its_up_migration() {
+    let db = TestDb::empty();
+    let mut conn = db.conn();
+    let names = schema_migrations::all_migration_names().unwrap();
+    assert!(!names.is_empty());
+    for name in names {
+        let before = schema_snapshot(&mut conn);
+        conn.run_next_migration(MIGRATIONS)
+            .unwrap_or_else(|e| panic!("{name} up: {e}"));
+        let after = schema_snapshot(&mut conn);
+        assert_ne!(before, after, "{name} changes the schema");
+        conn.revert_last_migration(MIGRATIONS)
+            .unwrap_or_else(|e| panic!("{name} down: {e}"));
+        assert_eq!(
+            schema_snapshot(&mut conn),
+            before,
+            "{name}: down.sql restores the schema"
+        );
+        conn.run_next_migration(MIGRATIONS)
+            .unwrap_or_else(|e| panic!("{name} up again: {e}"));
+    }
+}
+
+#[test]
+fn start_up_applies_the_infrastructure_migrations_once_and_no_phase_migration() {
+    let db = TestDb::empty();
+    let mut conn = db.conn();
+    let applied = schema_migrations::run_infrastructure_migrations(&mut conn).unwrap();
+    let expected: Vec<String> = schema_migrations::all_migration_names()
+        .unwrap()
+        .into_iter()
+        .filter(|name| !is_phase_migration(name))
+        .collect();
+    assert_eq!(applied, expected);
+    assert!(applied.iter().all(|name| !is_phase_migration(name)));
+    assert!(
+        schema_migrations::run_infrastructure_migrations(&mut conn)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::Baseline);
+}
+
+#[test]
+fn the_phase_history_is_append_only() {
+    let db = TestDb::migrated();
+    let mut conn = db.conn();
+    diesel::sql_query(
+        "INSERT INTO zdm_migration_history (action, from_phase, to_phase, actor, outcome)
+         VALUES ('advance', 'baseline', 'expanded', 'test', 'ok')",
+    )
+    .execute(&mut conn)
+    .expect("appending works");
+    for refused in [
+        "UPDATE zdm_migration_history SET outcome = 'forged'",
+        "DELETE FROM zdm_migration_history",
+        "TRUNCATE zdm_migration_history",
+    ] {
+        let err = diesel::sql_query(refused).execute(&mut conn).unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{refused}: {err}");
+    }
+    let err = diesel::sql_query("UPDATE zdm_migration_state SET phase = 'teleported'")
+        .execute(&mut conn)
+        .unwrap_err();
+    assert!(err.to_string().contains("check constraint"), "{err}");
+}
