@@ -1,13 +1,21 @@
-//! The `zdm` command line: `serve` (the default) and `seed`.
+//! The `zdm` command line: `serve` (the default), `migrate`, `backfill`, `verify`, `seed`.
+//! The CLI runs the same gates and runner as the admin API, on its own connection.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use diesel::{Connection, PgConnection};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
+use crate::migration::backfill::{self, Direction};
+use crate::migration::status::migration_status;
+use crate::migration::{runner, state, verify};
 use crate::startup::{self, StartupError};
+
+/// The name this process uses in the migration history.
+const CLI_ACTOR: &str = "cli";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,6 +32,22 @@ pub struct Cli {
 enum Command {
     /// Serve the web app and the API (the default).
     Serve,
+    /// Show, advance or roll back the migration's phase.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+    /// Run (or resume) the backfill to the end, with a progress bar.
+    Backfill {
+        /// Rows per batch (each batch is one short transaction).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=100_000))]
+        batch_size: Option<i32>,
+        /// Pause between batches, in milliseconds.
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=60_000))]
+        sleep_ms: Option<i32>,
+    },
+    /// Count the rows that break the current phase's invariant.
+    Verify,
     /// Bulk-insert realistic users.
     Seed {
         /// How many users to insert.
@@ -33,6 +57,20 @@ enum Command {
         #[arg(long)]
         rng_seed: Option<u64>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateAction {
+    /// The phase, the gates of the next step, the backfill, verify, instances and history.
+    Status,
+    /// Advance one phase if its gates are met.
+    Advance {
+        /// Required to contract: type `users.full_name`.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+    /// Roll back one phase where the data allows.
+    Rollback,
 }
 
 pub fn main() -> ExitCode {
@@ -45,6 +83,12 @@ pub fn main() -> ExitCode {
         .map_err(StartupError::from)
         .and_then(|config| match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => actix_web::rt::System::new().block_on(startup::serve(config)),
+            Command::Migrate { action } => migrate(&config, action),
+            Command::Backfill {
+                batch_size,
+                sleep_ms,
+            } => run_backfill(&config, batch_size, sleep_ms),
+            Command::Verify => run_verify(&config),
             Command::Seed { users, rng_seed } => seed(&config, users, rng_seed),
         });
     match result {
@@ -56,22 +100,134 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn seed(config: &Config, users: u64, rng_seed: Option<u64>) -> Result<(), StartupError> {
-    let pool = startup::prepare_database(config)?;
-    let mut conn = pool.get()?;
-    let bar = ProgressBar::new(users).with_style(
-        ProgressStyle::with_template(
-            "{spinner} seeding [{bar:40}] {human_pos}/{human_len} users · {per_sec} · ETA {eta}",
-        )?
-        .progress_chars("=> "),
+/// A connection of the CLI's own to the migrated database.
+fn connect(config: &Config) -> Result<PgConnection, StartupError> {
+    let database = startup::prepare_database(config)?;
+    Ok(PgConnection::establish(&database.url)?)
+}
+
+fn migrate(config: &Config, action: MigrateAction) -> Result<(), StartupError> {
+    let mut conn = connect(config)?;
+    match action {
+        MigrateAction::Status => {}
+        MigrateAction::Advance { confirm } => {
+            let t = runner::advance(&mut conn, CLI_ACTOR, confirm.as_deref())?;
+            println!("advanced {} → {}", t.from, t.to);
+        }
+        MigrateAction::Rollback => {
+            let t = runner::rollback(&mut conn, CLI_ACTOR)?;
+            println!("rolled back {} → {}", t.from, t.to);
+        }
+    }
+    print_status(&mut conn)
+}
+
+fn print_status(conn: &mut PgConnection) -> Result<(), StartupError> {
+    let status = migration_status(conn)?;
+    println!(
+        "phase: {} (since {})",
+        status.phase,
+        status.phase_since.format("%Y-%m-%d %H:%M:%S UTC")
     );
+    println!("       {}", status.phase.summary());
+    if let Some(next) = &status.next {
+        println!("next:  {}", next.phase);
+        for gate in &next.gates {
+            println!(
+                "  [{}] {}: {}",
+                if gate.met { "x" } else { " " },
+                gate.name,
+                gate.detail
+            );
+        }
+    }
+    let b = &status.backfill.status;
+    println!(
+        "backfill: {} ({}), {}/{} rows, {} filled, {:.0} rows/s",
+        b.state, b.direction, b.rows_done, b.rows_total, b.rows_updated, status.backfill.rows_per_s
+    );
+    match &status.verify {
+        Some(v) => println!(
+            "verify: {} divergent in {} at {}{}",
+            v.divergent,
+            v.phase,
+            v.checked_at.format("%H:%M:%S"),
+            if v.sample_ids.is_empty() {
+                String::new()
+            } else {
+                format!(", e.g. ids {:?}", v.sample_ids)
+            }
+        ),
+        None => println!("verify: never run"),
+    }
+    println!("instances: {}", status.instances.len());
+    for i in &status.instances {
+        println!(
+            "  {} applied {} (seen {})",
+            i.id,
+            i.applied_phase,
+            i.last_seen.format("%H:%M:%S")
+        );
+    }
+    Ok(())
+}
+
+fn progress_bar(total: u64, what: &str) -> Result<ProgressBar, StartupError> {
+    Ok(ProgressBar::new(total).with_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:40}}] {{human_pos}}/{{human_len}} rows · {{per_sec}} · ETA {{eta}}"
+        ))?
+        .progress_chars("=> "),
+    ))
+}
+
+fn run_backfill(
+    config: &Config,
+    batch_size: Option<i32>,
+    sleep_ms: Option<i32>,
+) -> Result<(), StartupError> {
+    let mut conn = connect(config)?;
+    let phase = state::current_phase(&mut conn)?;
+    let gate_list = crate::migration::gates::backfill_gates(&mut conn, phase)?;
+    if let Some(gate) = gate_list.iter().find(|g| !g.met) {
+        return Err(format!("cannot start the backfill: {}", gate.detail).into());
+    }
+    backfill::set_knobs(&mut conn, batch_size, sleep_ms)?;
+    let bar = progress_bar(0, "backfill")?;
+    let done = backfill::run(&mut conn, Direction::Forward, |s| {
+        bar.set_length(s.rows_total.max(0) as u64);
+        bar.set_position(s.rows_done.max(0) as u64);
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "backfill {}: {} rows scanned, {} filled, {} batches, {:.0} rows/s",
+        done.state,
+        done.rows_done,
+        done.rows_updated,
+        done.batches,
+        done.rows_per_s()
+    );
+    Ok(())
+}
+
+fn run_verify(config: &Config) -> Result<(), StartupError> {
+    let mut conn = connect(config)?;
+    let phase = state::current_phase(&mut conn)?;
+    let result = verify::verify(&mut conn, phase)?;
+    println!("verify ({phase}): {} divergent row(s)", result.divergent);
+    if !result.sample_ids.is_empty() {
+        println!("  e.g. ids {:?}", result.sample_ids);
+    }
+    Ok(())
+}
+
+fn seed(config: &Config, users: u64, rng_seed: Option<u64>) -> Result<(), StartupError> {
+    let mut conn = connect(config)?;
+    let phase = state::current_phase(&mut conn)?;
+    let bar = progress_bar(users, "seeding")?;
     let started = Instant::now();
-    let done = crate::seed::seed_users(
-        &mut conn,
-        users,
-        rng_seed.unwrap_or_else(|| fastrand::u64(..)),
-        |n| bar.set_position(n),
-    )?;
+    let seed = rng_seed.unwrap_or_else(|| fastrand::u64(..));
+    let done = crate::seed::seed_users(&mut conn, phase, users, seed, |n| bar.set_position(n))?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!(

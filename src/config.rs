@@ -18,6 +18,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `ZDM_POOL_SIZE`: connections in the web pool.
     pub pool_size: u32,
+    /// `ADMIN_TOKEN`: the admin API's Bearer token. Unset → one is generated at start.
+    pub admin_token: Option<String>,
+    /// How often an instance checks the stored phase.
+    pub phase_poll: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,8 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(".zdm")),
             pool_size,
+            admin_token: var("ADMIN_TOKEN"),
+            phase_poll: std::time::Duration::from_millis(250),
         })
     }
 

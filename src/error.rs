@@ -5,6 +5,8 @@
 //! - `BadRequest`: input that does not parse at all (400).
 //! - `NotFound`: no such row or route (404). `diesel::NotFound` converts to it.
 //! - `Conflict`: the request clashes with stored data, e.g. a duplicate email (409).
+//! - `Refused`: the migration's state does not allow the step now, e.g. an unmet gate (409).
+//! - `Unauthorized`: an admin route without a valid token (401).
 //! - `PayloadTooLarge`: body over the limit (413).
 //! - `Unavailable`: the database cannot be reached right now (503); the client may retry.
 //! - `Internal`: everything else (500). Logged with its cause; the client sees a generic text.
@@ -34,6 +36,11 @@ pub enum AppError {
     NotFound,
     #[error("{0}")]
     Conflict(FieldError),
+    /// A request the current state does not allow (a migration gate, a running backfill).
+    #[error("{0}")]
+    Refused(String),
+    #[error("a valid admin token is required")]
+    Unauthorized,
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -143,7 +150,8 @@ impl ResponseError for AppError {
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound => StatusCode::NOT_FOUND,
-            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Conflict(_) | AppError::Refused(_) => StatusCode::CONFLICT,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -153,7 +161,11 @@ impl ResponseError for AppError {
 
     fn error_response(&self) -> HttpResponse {
         self.log();
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, AppError::Unauthorized) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(ErrorBody {
             error: self.public_message(),
             field: self.field(),
         })

@@ -1,5 +1,6 @@
 //! zdm: a zero-downtime PostgreSQL schema migration you can run, watch and measure.
 
+pub mod app_state;
 pub mod cli;
 pub mod config;
 pub mod db;

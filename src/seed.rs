@@ -7,8 +7,34 @@
 
 use diesel::prelude::*;
 
-use crate::db::users_v1::NewUserV1;
-use crate::schema::v1::users;
+use crate::domain::name_rule::split_full_name;
+use crate::migration::Phase;
+use crate::schema::{SchemaVersion, expanded, v1, v2};
+
+// `COPY` needs every column of the target list, so there is one row type per schema version.
+#[derive(Insertable)]
+#[diesel(table_name = v1::users, treat_none_as_default_value = false)]
+struct V1Row {
+    full_name: String,
+    email: String,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = expanded::users, treat_none_as_default_value = false)]
+struct ExpandedRow {
+    full_name: String,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    email: String,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = v2::users, treat_none_as_default_value = false)]
+struct V2Row {
+    first_name: String,
+    last_name: String,
+    email: String,
+}
 
 /// Rows per COPY statement; each chunk commits on its own, so progress is visible and an
 /// interrupted seed keeps what it loaded.
@@ -178,9 +204,11 @@ fn email_slug(name: &str) -> String {
     }
 }
 
-/// Inserts `count` users, calling `progress` with the rows loaded so far after each chunk.
+/// Inserts `count` users the way `phase` writes them (dual-written from dual_write on),
+/// calling `progress` with the rows loaded so far after each chunk.
 pub fn seed_users(
     conn: &mut PgConnection,
+    phase: Phase,
     count: u64,
     rng_seed: u64,
     mut progress: impl FnMut(u64),
@@ -190,16 +218,57 @@ pub fn seed_users(
     let mut done = 0u64;
     while done < count {
         let rows = (count - done).min(CHUNK_ROWS as u64);
-        let chunk: Vec<NewUserV1> = (done..done + rows)
+        let chunk: Vec<(String, String)> = (done..done + rows)
             .map(|i| {
                 let full_name = random_full_name(&mut rng);
                 let email = format!("{}.{run_tag}.{i}@example.com", email_slug(&full_name));
-                NewUserV1 { full_name, email }
+                (full_name, email)
             })
             .collect();
-        diesel::copy_from(users::table)
-            .from_insertable(chunk)
-            .execute(conn)?;
+        match SchemaVersion::for_phase(phase) {
+            SchemaVersion::V1 => {
+                let rows: Vec<V1Row> = chunk
+                    .into_iter()
+                    .map(|(full_name, email)| V1Row { full_name, email })
+                    .collect();
+                diesel::copy_from(v1::users::table)
+                    .from_insertable(rows)
+                    .execute(conn)?
+            }
+            SchemaVersion::Expanded => {
+                let rows: Vec<ExpandedRow> = chunk
+                    .into_iter()
+                    .map(|(full_name, email)| {
+                        let (first, last) = split_full_name(&full_name);
+                        ExpandedRow {
+                            full_name,
+                            first_name: Some(first),
+                            last_name: Some(last),
+                            email,
+                        }
+                    })
+                    .collect();
+                diesel::copy_from(expanded::users::table)
+                    .from_insertable(rows)
+                    .execute(conn)?
+            }
+            SchemaVersion::V2 => {
+                let rows: Vec<V2Row> = chunk
+                    .into_iter()
+                    .map(|(full_name, email)| {
+                        let (first_name, last_name) = split_full_name(&full_name);
+                        V2Row {
+                            first_name,
+                            last_name,
+                            email,
+                        }
+                    })
+                    .collect();
+                diesel::copy_from(v2::users::table)
+                    .from_insertable(rows)
+                    .execute(conn)?
+            }
+        };
         done += rows;
         progress(done);
     }

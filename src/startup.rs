@@ -7,21 +7,23 @@ use actix_web::dev::Server;
 use actix_web::middleware::{DefaultHeaders, Logger};
 use actix_web::{App, HttpServer, web};
 
+use crate::app_state::AppState;
 use crate::config::Config;
 use crate::db::{self, DbPool};
+use crate::migration::follower::PhaseFollower;
 use crate::migration::schema_migrations;
 use crate::routes;
 
 pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The server on an already bound listener.
-pub fn run(listener: TcpListener, pool: DbPool) -> std::io::Result<Server> {
-    let pool = web::Data::new(pool);
+pub fn run(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
+    let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .wrap(security_headers())
             .wrap(Logger::new(r#"%a "%r" %s %b %Dms"#))
-            .app_data(pool.clone())
+            .app_data(state.clone())
             .configure(routes::configure)
     })
     .listen(listener)?
@@ -40,24 +42,51 @@ fn security_headers() -> DefaultHeaders {
         .add(("Referrer-Policy", "same-origin"))
 }
 
+/// A connected, migrated database.
+pub struct Database {
+    pub url: String,
+    pub pool: DbPool,
+}
+
 /// Connects (starting the private PostgreSQL when `DATABASE_URL` is unset) and applies the
 /// infrastructure migrations; phase migrations are left to the migration runner.
-pub fn prepare_database(config: &Config) -> Result<DbPool, StartupError> {
+pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
     let url = config.resolve_database_url()?;
     let pool = db::build_pool(&url, config.pool_size)?;
     let mut conn = pool.get()?;
     for name in schema_migrations::run_infrastructure_migrations(&mut conn)? {
         log::info!("applied migration {name}");
     }
-    Ok(pool)
+    Ok(Database { url, pool })
+}
+
+/// A random admin token, for when none is configured.
+pub fn generate_token() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(32)
+        .collect()
 }
 
 /// `zdm serve`: runs until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> Result<(), StartupError> {
-    let pool = prepare_database(&config)?;
+    let database = prepare_database(&config)?;
+    let follower = PhaseFollower::start(database.pool.clone(), config.phase_poll)?;
+    let admin_token = config.admin_token.clone().unwrap_or_else(|| {
+        let token = generate_token();
+        println!("ADMIN_TOKEN was not set; this run's admin token is: {token}");
+        token
+    });
+    let state = AppState {
+        pool: database.pool,
+        database_url: database.url,
+        phase: follower.applied(),
+        instance_id: follower.instance_id.clone(),
+        admin_token,
+    };
     let listener = TcpListener::bind(&config.bind)
         .map_err(|e| format!("cannot listen on {} (ZDM_BIND): {e}", config.bind))?;
     log::info!("zdm is listening on http://{}", listener.local_addr()?);
-    run(listener, pool)?.await?;
+    run(listener, state)?.await?;
+    drop(follower);
     Ok(())
 }

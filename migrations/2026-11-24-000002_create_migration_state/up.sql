@@ -1,3 +1,5 @@
+-- New tables only: no other session can hold a lock on them.
+-- squawk-ignore-file require-lock-timeout
 -- The phase every app instance follows: exactly one row.
 CREATE TABLE zdm_migration_state (
     singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),

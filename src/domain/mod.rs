@@ -3,12 +3,14 @@
 
 pub mod email;
 pub mod full_name;
+pub mod name_parts;
 pub mod name_rule;
 pub mod user;
 
 pub use email::Email;
 pub use full_name::FullName;
-pub use user::{NewUser, UserChanges};
+pub use name_parts::NameParts;
+pub use user::{Name, NewUser, UserChanges};
 
 /// Why a field was rejected; becomes a 422 naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,8 +1,16 @@
-//! The zero-downtime migration: its phases, the state every instance follows, and the
+//! The zero-downtime migration: its phases, the state every instance follows, the gates
+//! between phases, the runner that moves them, the backfill and verification, and the
 //! embedded schema migrations.
 
+pub mod backfill;
+pub mod follower;
+pub mod gates;
+pub mod name_sql;
 pub mod phase;
+pub mod runner;
 pub mod schema_migrations;
 pub mod state;
+pub mod status;
+pub mod verify;
 
 pub use phase::Phase;

@@ -56,11 +56,30 @@ impl Phase {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    pub fn next(self) -> Option<Phase> {
+        Phase::ALL.get(self.index() + 1).copied()
+    }
+
+    pub fn previous(self) -> Option<Phase> {
+        self.index().checked_sub(1).map(|i| Phase::ALL[i])
+    }
+
+    /// Whether v2 clients are served (404 before dual_write).
+    pub fn v2_released(self) -> bool {
+        self >= Phase::DualWrite
+    }
 }
 
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Phase {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 

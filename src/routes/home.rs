@@ -5,9 +5,10 @@ use askama::Template;
 use serde_json::json;
 
 use super::db;
-use crate::db::{DbPool, users_v1};
+use crate::app_state::AppState;
+use crate::db::users;
 use crate::error::{AppError, HtmlError};
-use crate::migration::{Phase, state};
+use crate::migration::Phase;
 
 struct PhaseStep {
     name: &'static str,
@@ -22,13 +23,12 @@ struct HomePage {
     phase: Phase,
     steps: Vec<PhaseStep>,
     user_count: i64,
+    v2_released: bool,
 }
 
-pub async fn index(pool: web::Data<DbPool>) -> Result<HttpResponse, HtmlError> {
-    let (phase, user_count) = db(&pool, |conn| {
-        Ok((state::current_phase(conn)?, users_v1::count_users(conn)?))
-    })
-    .await?;
+pub async fn index(state: web::Data<AppState>) -> Result<HttpResponse, HtmlError> {
+    let phase = state.phase.get();
+    let user_count = db(&state, |conn| Ok(users::count_users(conn)?)).await?;
     let steps = Phase::ALL
         .into_iter()
         .map(|p| PhaseStep {
@@ -42,14 +42,23 @@ pub async fn index(pool: web::Data<DbPool>) -> Result<HttpResponse, HtmlError> {
         phase,
         steps,
         user_count,
+        v2_released: phase.v2_released(),
     };
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(page.render()?))
 }
 
-/// 200 with the phase when the database answers, 503 when it does not.
-pub async fn healthz(pool: web::Data<DbPool>) -> Result<HttpResponse, AppError> {
-    let phase = db(&pool, |conn| Ok(state::current_phase(conn)?)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "status": "ok", "phase": phase.as_str() })))
+/// 200 with this instance's applied phase when the database answers, 503 when it does not.
+pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    db(&state, |conn| {
+        diesel::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), conn)?;
+        Ok(())
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "phase": state.phase.get().as_str(),
+        "instance": state.instance_id,
+    })))
 }

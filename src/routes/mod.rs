@@ -1,16 +1,19 @@
 //! HTTP only: parse the request, call `db`/`migration`, render JSON or a template.
 
+pub mod admin_api;
 pub mod api_v1;
+pub mod api_v2;
 pub mod home;
 pub mod input;
-pub mod pages_v1;
+pub mod pages;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use diesel::PgConnection;
 
-use crate::db::DbPool;
+use crate::app_state::AppState;
 use crate::error::{AppError, HtmlError};
+use crate::migration::Phase;
 
 /// Largest JSON or form body accepted; a user record is far smaller.
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -25,23 +28,35 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(home::healthz))
         .route("/static/app.css", web::get().to(stylesheet))
         .configure(api_v1::configure)
-        .configure(pages_v1::configure)
+        .configure(api_v2::configure)
+        .configure(admin_api::configure)
+        .configure(pages::configure)
         .default_service(web::to(not_found));
 }
 
 /// Runs blocking Diesel work on actix's blocking thread pool. The connection is checked out
 /// inside the closure, so a request holds one only while its queries run.
-pub async fn db<F, T>(pool: &web::Data<DbPool>, work: F) -> Result<T, AppError>
+pub async fn db<F, T>(state: &web::Data<AppState>, work: F) -> Result<T, AppError>
 where
     F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
     T: Send + 'static,
 {
-    let pool = pool.clone();
+    let pool = state.pool.clone();
     web::block(move || {
         let mut conn = pool.get()?;
         work(&mut conn)
     })
     .await?
+}
+
+/// The phase for a v2 request: v2 is not released (404) before dual_write.
+pub fn v2_phase(state: &AppState) -> Result<Phase, AppError> {
+    let phase = state.phase.get();
+    if phase.v2_released() {
+        Ok(phase)
+    } else {
+        Err(AppError::NotFound)
+    }
 }
 
 /// Whether a request came for the JSON API (errors then answer JSON, not a page).

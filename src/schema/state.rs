@@ -20,3 +20,42 @@ diesel::table! {
         at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    zdm_instances (id) {
+        id -> Text,
+        applied_phase -> Text,
+        started_at -> Timestamptz,
+        last_seen -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    zdm_verify (singleton) {
+        singleton -> Bool,
+        divergent -> Int8,
+        sample_ids -> Array<Int8>,
+        phase -> Text,
+        checked_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    zdm_backfill (singleton) {
+        singleton -> Bool,
+        direction -> Text,
+        state -> Text,
+        last_id -> Int8,
+        max_id -> Int8,
+        rows_done -> Int8,
+        rows_updated -> Int8,
+        rows_total -> Int8,
+        batches -> Int8,
+        batch_size -> Int4,
+        sleep_ms -> Int4,
+        started_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        error -> Nullable<Text>,
+    }
+}

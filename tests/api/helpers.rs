@@ -4,13 +4,17 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
+use zdm::app_state::AppState;
 use zdm::db;
 use zdm::local_pg::{LocalPg, create_database_if_missing, quote_ident};
+use zdm::migration::Phase;
+use zdm::migration::follower::PhaseFollower;
 use zdm::migration::schema_migrations;
 
 /// Test databases are named `zdm_test_<pid>_<n>` so a later run can tell a leftover of a
@@ -231,22 +235,41 @@ impl Drop for TestDb {
     }
 }
 
-/// The real server on 127.0.0.1:<random port>, against its own database.
+/// The admin token of every test app.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// The real server on 127.0.0.1:<random port>, against its own database (or one shared with
+/// another `TestApp`, to test two instances).
 pub struct TestApp {
     pub address: String,
     /// A client that does not follow redirects, so tests see the 303s.
     pub client: reqwest::Client,
+    pub instance_id: String,
+    follower: PhaseFollower,
     // Dropped last: the database goes once nothing of the app uses it.
-    pub db: TestDb,
+    pub db: Arc<TestDb>,
 }
 
 impl TestApp {
     pub async fn spawn() -> Self {
-        let db = TestDb::migrated();
+        Self::spawn_on(Arc::new(TestDb::migrated())).await
+    }
+
+    /// A second (third...) instance on the same database.
+    pub async fn spawn_on(db: Arc<TestDb>) -> Self {
         let pool = db::build_pool(&db.url, 4).expect("building the pool");
+        let follower = PhaseFollower::start(pool.clone(), Duration::from_millis(50))
+            .expect("following the phase");
+        let state = AppState {
+            pool,
+            database_url: db.url.clone(),
+            phase: follower.applied(),
+            instance_id: follower.instance_id.clone(),
+            admin_token: ADMIN_TOKEN.to_owned(),
+        };
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
         let port = listener.local_addr().expect("reading the port").port();
-        let server = zdm::startup::run(listener, pool.clone()).expect("starting the server");
+        let server = zdm::startup::run(listener, state).expect("starting the server");
         actix_web::rt::spawn(server);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -255,8 +278,30 @@ impl TestApp {
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
             client,
+            instance_id: follower.instance_id.clone(),
+            follower,
             db,
         }
+    }
+
+    /// The phase this instance has applied.
+    pub fn phase(&self) -> Phase {
+        self.follower.applied().get()
+    }
+
+    /// Waits (up to 5 s) until this instance has applied `phase`.
+    pub async fn wait_for_phase(&self, phase: Phase) {
+        for _ in 0..100 {
+            if self.phase() == phase {
+                return;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "instance {} did not apply {phase} (it is at {})",
+            self.instance_id,
+            self.phase()
+        );
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -309,5 +354,66 @@ impl TestApp {
         assert_eq!(response.status(), 201, "creating {email}");
         let body: serde_json::Value = response.json().await.expect("JSON body");
         body["id"].as_i64().expect("an id")
+    }
+}
+
+impl TestApp {
+    /// POST to the admin API with the token.
+    pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("admin POST failed")
+    }
+
+    pub async fn admin_status(&self) -> serde_json::Value {
+        let response = self
+            .client
+            .get(self.url("/api/admin/migration"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin GET failed");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("a JSON status")
+    }
+
+    /// Advances through the admin API and waits until this instance has applied the result.
+    pub async fn advance(&self, confirm: Option<&str>) -> reqwest::Response {
+        let body = match confirm {
+            Some(c) => serde_json::json!({ "confirm": c }),
+            None => serde_json::json!({}),
+        };
+        self.admin_post("/api/admin/migration/advance", body).await
+    }
+
+    pub async fn rollback(&self) -> reqwest::Response {
+        self.admin_post("/api/admin/migration/rollback", serde_json::json!({}))
+            .await
+    }
+
+    /// Runs the backfill through the admin API and waits until it is done.
+    pub async fn backfill_to_the_end(&self) {
+        let response = self
+            .admin_post("/api/admin/backfill/start", serde_json::json!({}))
+            .await;
+        assert_eq!(
+            response.status(),
+            202,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+        for _ in 0..600 {
+            let status = self.admin_status().await;
+            match status["backfill"]["state"].as_str() {
+                Some("done") => return,
+                Some("running") => actix_web::rt::time::sleep(Duration::from_millis(50)).await,
+                other => panic!("backfill ended {other:?}: {status}"),
+            }
+        }
+        panic!("the backfill did not finish in 30 s");
     }
 }

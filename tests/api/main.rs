@@ -3,6 +3,7 @@
 
 mod helpers;
 mod local_pg;
+mod phases;
 mod schema_migrations;
 mod v1_api;
 mod v1_pages;

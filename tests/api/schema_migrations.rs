@@ -1,5 +1,6 @@
 //! The SQL migrations, stepped through one by one from an empty database.
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_migrations::MigrationHarness;
@@ -39,6 +40,29 @@ fn schema_snapshot(conn: &mut PgConnection) -> Vec<String> {
     items.into_iter().map(|i| i.item).collect()
 }
 
+/// Puts the stored phase where the runner would apply migration `name`, so its SQL gate lets
+/// it through (the contract also needs a clean verification since entering new_only).
+fn enter_phase_for(conn: &mut PgConnection, name: &str) {
+    let phase = if name.contains("_phase_1_") {
+        "baseline"
+    } else if name.contains("_phase_3_") {
+        "dual_write"
+    } else if name.contains("_phase_5_") {
+        "read_new"
+    } else if name.contains("_phase_6_") {
+        "new_only"
+    } else {
+        return;
+    };
+    conn.batch_execute(&format!(
+        "UPDATE zdm_migration_state SET phase = '{phase}', changed_at = now() - interval '1 second';
+         INSERT INTO zdm_verify (divergent, sample_ids, phase, checked_at)
+         VALUES (0, '{{}}', '{phase}', now())
+         ON CONFLICT (singleton) DO UPDATE SET phase = EXCLUDED.phase, checked_at = now();"
+    ))
+    .expect("setting the phase");
+}
+
 #[test]
 fn every_down_migration_undoes_its_up_migration() {
     let db = TestDb::empty();
@@ -46,6 +70,7 @@ fn every_down_migration_undoes_its_up_migration() {
     let names = schema_migrations::all_migration_names().unwrap();
     assert!(!names.is_empty());
     for name in names {
+        enter_phase_for(&mut conn, &name);
         let before = schema_snapshot(&mut conn);
         conn.run_next_migration(MIGRATIONS)
             .unwrap_or_else(|e| panic!("{name} up: {e}"));

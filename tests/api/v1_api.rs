@@ -281,8 +281,8 @@ async fn healthz_reports_the_phase() {
     let app = TestApp::spawn().await;
     let response = app.get("/healthz").await;
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        body(response).await,
-        json!({ "status": "ok", "phase": "baseline" })
-    );
+    let health = body(response).await;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["phase"], "baseline");
+    assert_eq!(health["instance"], app.instance_id.as_str());
 }

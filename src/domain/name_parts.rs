@@ -1,0 +1,81 @@
+//! A person's name as v2 clients send it: first and last name apart.
+
+use super::FieldError;
+use super::full_name::FULL_NAME_MAX_CHARS;
+use super::name_rule::{join_name, normalize_whitespace};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameParts {
+    pub first_name: String,
+    pub last_name: String,
+}
+
+fn part(raw: &str, field: &'static str, label: &str) -> Result<String, FieldError> {
+    if raw.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{label} must not contain control characters (such as tabs, line breaks or NUL)."
+            ),
+        ));
+    }
+    Ok(normalize_whitespace(raw))
+}
+
+impl NameParts {
+    /// Both parts are normalised by the name rule. The first name is required; the last name
+    /// may be empty (people with one name). Together they obey the full name's length cap.
+    pub fn parse(first_name: &str, last_name: &str) -> Result<Self, FieldError> {
+        let first_name = part(first_name, "first_name", "First name")?;
+        let last_name = part(last_name, "last_name", "Last name")?;
+        if first_name.is_empty() {
+            return Err(FieldError::new(
+                "first_name",
+                "First name must not be blank.",
+            ));
+        }
+        let chars = join_name(&first_name, &last_name).chars().count();
+        if chars > FULL_NAME_MAX_CHARS {
+            return Err(FieldError::new(
+                "last_name",
+                format!(
+                    "First and last name together must be at most {FULL_NAME_MAX_CHARS} characters (got {chars})."
+                ),
+            ));
+        }
+        Ok(Self {
+            first_name,
+            last_name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_and_keeps_multi_word_parts() {
+        let name = NameParts::parse(" Mary\u{00A0} Ann ", "  Smith ").unwrap();
+        assert_eq!(name.first_name, "Mary Ann");
+        assert_eq!(name.last_name, "Smith");
+        assert_eq!(NameParts::parse("Cher", "").unwrap().last_name, "");
+    }
+
+    #[test]
+    fn rejects_blank_first_control_and_long_names() {
+        assert_eq!(
+            NameParts::parse("  ", "Smith").unwrap_err().field,
+            "first_name"
+        );
+        assert_eq!(
+            NameParts::parse("Ann", "Sm\0ith").unwrap_err().field,
+            "last_name"
+        );
+        let long = "x".repeat(150);
+        assert_eq!(
+            NameParts::parse(&long, &long).unwrap_err().field,
+            "last_name"
+        );
+    }
+}

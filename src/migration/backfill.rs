@@ -1,0 +1,330 @@
+//! The backfill: fills `first_name` + `last_name` of old rows from `full_name` (forward), or,
+//! when new_only is rolled back, refills `full_name` from the parts (reverse).
+//!
+//! - Keyset batches over the primary key. Each batch is one short transaction with its own
+//!   `statement_timeout`: one guarded UPDATE whose WHERE is the repair condition (rows are
+//!   never read into Rust and written back), and the checkpoint (`last_id`) committed with it.
+//!   Memory stays flat whatever the table size.
+//! - Batch size and the sleep between batches are read from `zdm_backfill` before every
+//!   batch, so they can be changed while it runs; so can its state (pause, cancel).
+//! - One runner at a time across all instances and processes: a session advisory lock, which
+//!   PostgreSQL releases by itself if the runner dies.
+//! - A runner that died (`kill -9`, database restart) leaves the state `running` with its
+//!   checkpoint; the next start resumes from there.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::{now, sql};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool};
+use serde::Serialize;
+
+use super::name_sql::{zdm_name_first, zdm_name_join, zdm_name_last};
+use super::verify::needs_repair;
+use crate::schema::expanded::users;
+use crate::schema::state::zdm_backfill;
+
+/// Rows per batch unless changed: small enough for a batch to take milliseconds.
+pub const DEFAULT_BATCH_SIZE: i32 = 5000;
+/// A batch that takes longer than this is cancelled (and retried by the next start).
+pub const BATCH_STATEMENT_TIMEOUT: &str = "5s";
+const LOCK_KEY: i64 = 0x7a64_6d62; // "zdmb"
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// first_name, last_name := split(full_name)
+    Forward,
+    /// full_name := join(first_name, last_name)
+    Reverse,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Serialize)]
+pub struct BackfillStatus {
+    #[serde(skip)]
+    pub singleton: bool,
+    pub direction: String,
+    /// idle, running, paused, done, failed or cancelled.
+    pub state: String,
+    pub last_id: i64,
+    pub max_id: i64,
+    pub rows_done: i64,
+    pub rows_updated: i64,
+    pub rows_total: i64,
+    pub batches: i64,
+    pub batch_size: i32,
+    pub sleep_ms: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+impl BackfillStatus {
+    /// Rows per second since the start (0 before the first batch).
+    pub fn rows_per_s(&self) -> f64 {
+        let Some(started) = self.started_at else {
+            return 0.0;
+        };
+        let end = self.finished_at.unwrap_or(self.updated_at);
+        let secs = (end - started).num_milliseconds() as f64 / 1000.0;
+        if secs <= 0.0 {
+            0.0
+        } else {
+            self.rows_done as f64 / secs
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "done" | "failed" | "cancelled" | "idle"
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("a backfill is already running (another instance or process holds its lock)")]
+    AlreadyRunning,
+    #[error("the backfill is {0}; only a running backfill can be paused or cancelled")]
+    NotRunning(String),
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+}
+
+pub fn status(conn: &mut PgConnection) -> QueryResult<BackfillStatus> {
+    zdm_backfill::table.first(conn)
+}
+
+/// Changes the batch size and/or the sleep between batches, also while running.
+pub fn set_knobs(
+    conn: &mut PgConnection,
+    batch_size: Option<i32>,
+    sleep_ms: Option<i32>,
+) -> QueryResult<BackfillStatus> {
+    let current = status(conn)?;
+    diesel::update(zdm_backfill::table)
+        .set((
+            zdm_backfill::batch_size.eq(batch_size.unwrap_or(current.batch_size)),
+            zdm_backfill::sleep_ms.eq(sleep_ms.unwrap_or(current.sleep_ms)),
+        ))
+        .get_result(conn)
+}
+
+/// Asks a running backfill to stop at the next batch boundary: `paused` keeps the checkpoint
+/// for a resume, `cancelled` makes the next start begin afresh.
+pub fn request_stop(
+    conn: &mut PgConnection,
+    to_state: &str,
+) -> Result<BackfillStatus, BackfillError> {
+    let changed: Option<BackfillStatus> = diesel::update(
+        zdm_backfill::table.filter(zdm_backfill::state.eq_any(["running", "paused"])),
+    )
+    .set(zdm_backfill::state.eq(to_state))
+    .get_result(conn)
+    .optional()?;
+    match changed {
+        Some(status) => Ok(status),
+        None => Err(BackfillError::NotRunning(status(conn)?.state)),
+    }
+}
+
+/// Holds the backfill's advisory lock for as long as it lives.
+struct RunnerLock<'a>(&'a mut PgConnection);
+
+impl<'a> RunnerLock<'a> {
+    fn acquire(conn: &'a mut PgConnection) -> Result<Self, BackfillError> {
+        let got: bool = diesel::select(
+            sql::<Bool>("pg_try_advisory_lock(")
+                .bind::<BigInt, _>(LOCK_KEY)
+                .sql(")"),
+        )
+        .get_result(conn)?;
+        if got {
+            Ok(Self(conn))
+        } else {
+            Err(BackfillError::AlreadyRunning)
+        }
+    }
+}
+
+impl Drop for RunnerLock<'_> {
+    fn drop(&mut self) {
+        let _ = diesel::select(
+            sql::<Bool>("pg_advisory_unlock(")
+                .bind::<BigInt, _>(LOCK_KEY)
+                .sql(")"),
+        )
+        .get_result::<bool>(self.0);
+    }
+}
+
+/// Runs (or resumes) the backfill in `direction` until it is done, paused or cancelled,
+/// calling `progress` after every batch. Blocks the calling thread.
+pub fn run(
+    conn: &mut PgConnection,
+    direction: Direction,
+    mut progress: impl FnMut(&BackfillStatus),
+) -> Result<BackfillStatus, BackfillError> {
+    let lock = RunnerLock::acquire(conn)?;
+    let conn = &mut *lock.0;
+    let mut current = begin(conn, direction)?;
+    log::info!(
+        "backfill ({}) from id {} to {}",
+        direction.as_str(),
+        current.last_id,
+        current.max_id
+    );
+    progress(&current);
+    loop {
+        if current.state != "running" {
+            log::info!("backfill {} at id {}", current.state, current.last_id);
+            return Ok(current);
+        }
+        if current.last_id >= current.max_id {
+            let done = diesel::update(zdm_backfill::table)
+                .set((
+                    zdm_backfill::state.eq("done"),
+                    zdm_backfill::finished_at.eq(now),
+                    zdm_backfill::updated_at.eq(now),
+                ))
+                .get_result(conn)?;
+            progress(&done);
+            log::info!(
+                "backfill done: {} rows scanned, {} updated",
+                done.rows_done,
+                done.rows_updated
+            );
+            return Ok(done);
+        }
+        let started = Instant::now();
+        current = match run_batch(conn, direction, &current) {
+            Ok(next) => next,
+            Err(e) => {
+                let _ = diesel::update(zdm_backfill::table)
+                    .set((
+                        zdm_backfill::state.eq("failed"),
+                        zdm_backfill::error.eq(e.to_string()),
+                    ))
+                    .execute(conn);
+                return Err(e.into());
+            }
+        };
+        log::debug!(
+            "backfill batch to id {} in {:?} ({} rows updated so far)",
+            current.last_id,
+            started.elapsed(),
+            current.rows_updated
+        );
+        progress(&current);
+        if current.sleep_ms > 0 && current.state == "running" {
+            std::thread::sleep(Duration::from_millis(current.sleep_ms as u64));
+        }
+    }
+}
+
+/// Resumes an interrupted run of the same direction, or starts afresh.
+fn begin(conn: &mut PgConnection, direction: Direction) -> QueryResult<BackfillStatus> {
+    let current = status(conn)?;
+    let resumable = matches!(current.state.as_str(), "running" | "paused")
+        && current.direction == direction.as_str();
+    if resumable {
+        return diesel::update(zdm_backfill::table)
+            .set((
+                zdm_backfill::state.eq("running"),
+                zdm_backfill::error.eq(None::<String>),
+            ))
+            .get_result(conn);
+    }
+    let max_id: Option<i64> = users::table
+        .select(diesel::dsl::max(users::id))
+        .first(conn)?;
+    let rows_total: i64 = users::table.count().get_result(conn)?;
+    diesel::update(zdm_backfill::table)
+        .set((
+            zdm_backfill::direction.eq(direction.as_str()),
+            zdm_backfill::state.eq("running"),
+            zdm_backfill::last_id.eq(0),
+            zdm_backfill::max_id.eq(max_id.unwrap_or(0)),
+            zdm_backfill::rows_done.eq(0),
+            zdm_backfill::rows_updated.eq(0),
+            zdm_backfill::rows_total.eq(rows_total),
+            zdm_backfill::batches.eq(0),
+            zdm_backfill::started_at.eq(now),
+            zdm_backfill::updated_at.eq(now),
+            zdm_backfill::finished_at.eq(None::<DateTime<Utc>>),
+            zdm_backfill::error.eq(None::<String>),
+        ))
+        .get_result(conn)
+}
+
+/// One batch: the ids after the checkpoint, up to `batch_size` of them, repaired and the
+/// checkpoint moved, in one transaction. Returns the state as stored after it, which also
+/// carries any knob or state change made meanwhile.
+fn run_batch(
+    conn: &mut PgConnection,
+    direction: Direction,
+    current: &BackfillStatus,
+) -> QueryResult<BackfillStatus> {
+    conn.transaction(|conn| {
+        diesel::sql_query(format!(
+            "SET LOCAL statement_timeout = '{BATCH_STATEMENT_TIMEOUT}'"
+        ))
+        .execute(conn)?;
+        let knobs = status(conn)?;
+        let from = current.last_id;
+        let batch = i64::from(knobs.batch_size.max(1));
+        // The batch ends at the batch_size-th id after the checkpoint, or at max_id.
+        let upper: i64 = users::table
+            .select(users::id)
+            .filter(users::id.gt(from))
+            .order(users::id)
+            .offset(batch - 1)
+            .first(conn)
+            .optional()?
+            .unwrap_or(current.max_id)
+            .min(current.max_id);
+        let in_batch = users::id.gt(from).and(users::id.le(upper));
+        let scanned: i64 = users::table.filter(in_batch).count().get_result(conn)?;
+        let updated = match direction {
+            Direction::Forward => {
+                diesel::update(users::table.filter(in_batch).filter(needs_repair()))
+                    .set((
+                        users::first_name.eq(zdm_name_first(users::full_name).nullable()),
+                        users::last_name.eq(zdm_name_last(users::full_name).nullable()),
+                    ))
+                    .execute(conn)?
+            }
+            Direction::Reverse => {
+                let joined = zdm_name_join(users::first_name, users::last_name);
+                diesel::update(
+                    users::table
+                        .filter(in_batch)
+                        .filter(users::full_name.is_distinct_from(joined)),
+                )
+                .set(users::full_name.eq(zdm_name_join(users::first_name, users::last_name)))
+                .execute(conn)?
+            }
+        };
+        diesel::update(zdm_backfill::table)
+            .set((
+                zdm_backfill::last_id.eq(upper),
+                zdm_backfill::rows_done.eq(zdm_backfill::rows_done + scanned),
+                zdm_backfill::rows_updated.eq(zdm_backfill::rows_updated + updated as i64),
+                zdm_backfill::batches.eq(zdm_backfill::batches + 1),
+                zdm_backfill::updated_at.eq(now),
+            ))
+            .get_result(conn)
+    })
+}

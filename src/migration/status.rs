@@ -1,0 +1,70 @@
+//! The whole state of the migration in one value: what the dashboard, the admin API and
+//! `zdm migrate status` show.
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::Phase;
+use super::backfill::{self, BackfillStatus};
+use super::gates::{self, Gate, GateError, VerifyMode};
+use super::state::{self, HistoryEntry, Instance};
+use super::verify::{self, VerifyResult};
+
+#[derive(Serialize)]
+pub struct Step {
+    pub phase: Phase,
+    pub gates: Vec<Gate>,
+}
+
+#[derive(Serialize)]
+pub struct BackfillView {
+    #[serde(flatten)]
+    pub status: BackfillStatus,
+    pub rows_per_s: f64,
+}
+
+/// Everything the dashboard and `zdm migrate status` show.
+#[derive(Serialize)]
+pub struct MigrationStatus {
+    pub phase: Phase,
+    pub phase_since: chrono::DateTime<chrono::Utc>,
+    pub next: Option<Step>,
+    pub previous: Option<Step>,
+    pub backfill: BackfillView,
+    pub verify: Option<VerifyResult>,
+    pub instances: Vec<Instance>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Reads the whole status (gates from the stored verification, no fresh one).
+pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, GateError> {
+    let (phase, phase_since) = state::phase_and_since(conn)?;
+    let next = match phase.next() {
+        Some(to) => Some(Step {
+            phase: to,
+            gates: gates::advance_gates(conn, phase, None, VerifyMode::Stored)?,
+        }),
+        None => None,
+    };
+    let previous = match phase.previous().filter(|_| phase != Phase::Contracted) {
+        Some(to) => Some(Step {
+            phase: to,
+            gates: gates::rollback_gates(conn, phase)?,
+        }),
+        None => None,
+    };
+    let status = backfill::status(conn)?;
+    Ok(MigrationStatus {
+        phase,
+        phase_since,
+        next,
+        previous,
+        backfill: BackfillView {
+            rows_per_s: status.rows_per_s(),
+            status,
+        },
+        verify: verify::latest(conn)?,
+        instances: state::live_instances(conn)?,
+        history: state::history(conn, 50)?,
+    })
+}

@@ -1,0 +1,445 @@
+//! The user pages, one set of handlers for both versions: `/v1/users…` with one "Full name"
+//! field and `/v2/users…` with "First name" and "Last name" (released at dual_write).
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, web};
+use askama::Template;
+use serde::Deserialize;
+
+use super::{db, v2_phase};
+use crate::app_state::AppState;
+use crate::db::users::{self, StoredUser};
+use crate::domain::user::FieldErrors;
+use crate::domain::{FieldError, NewUser};
+use crate::error::{AppError, HtmlError};
+use crate::migration::Phase;
+
+/// Users per page of the list.
+pub const PAGE_SIZE: i64 = 25;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    fn prefix(self) -> &'static str {
+        match self {
+            Version::V1 => "/v1/users",
+            Version::V2 => "/v2/users",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        }
+    }
+
+    /// The phase to serve this page in; v2 pages do not exist before dual_write.
+    fn phase(self, state: &AppState) -> Result<Phase, HtmlError> {
+        match self {
+            Version::V1 => Ok(state.phase.get()),
+            Version::V2 => Ok(v2_phase(state)?),
+        }
+    }
+
+    /// The name columns of the list.
+    fn name_headers(self) -> &'static [&'static str] {
+        match self {
+            Version::V1 => &["Full name"],
+            Version::V2 => &["First name", "Last name"],
+        }
+    }
+
+    fn name_cells(self, user: &StoredUser, phase: Phase) -> Vec<String> {
+        match self {
+            Version::V1 => vec![user.v1_full_name(phase)],
+            Version::V2 => {
+                let (first, last) = user.v2_name_parts(phase);
+                vec![first, last]
+            }
+        }
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    for version in [Version::V1, Version::V2] {
+        cfg.service(
+            web::scope(version.prefix())
+                .app_data(web::Data::new(version))
+                .route("", web::get().to(list))
+                .route("", web::post().to(create))
+                .route("/new", web::get().to(new_form))
+                .route("/{id}", web::post().to(update))
+                .route("/{id}/edit", web::get().to(edit_form))
+                .route("/{id}/delete", web::get().to(confirm_delete))
+                .route("/{id}/delete", web::post().to(delete)),
+        );
+    }
+}
+
+fn html(status: StatusCode, page: impl Template) -> Result<HttpResponse, HtmlError> {
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(page.render()?))
+}
+
+fn see_other(location: String) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location))
+        .finish()
+}
+
+/// What a finished action says on the list page; fixed texts, never echoed input.
+fn notice_text(code: Option<&str>) -> Option<&'static str> {
+    match code? {
+        "created" => Some("User created."),
+        "updated" => Some("User saved."),
+        "deleted" => Some("User deleted."),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    after_id: Option<i64>,
+    notice: Option<String>,
+}
+
+struct Row {
+    id: i64,
+    names: Vec<String>,
+    email: String,
+}
+
+#[derive(Template)]
+#[template(path = "users/list.html")]
+struct ListPage {
+    version: &'static str,
+    prefix: &'static str,
+    headers: &'static [&'static str],
+    rows: Vec<Row>,
+    after_id: i64,
+    next_after_id: Option<i64>,
+    notice: Option<&'static str>,
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    version: web::Data<Version>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, HtmlError> {
+    let version = **version;
+    let phase = version.phase(&state)?;
+    let after_id = query.after_id.unwrap_or(0).max(0);
+    let mut stored = db(&state, move |conn| {
+        Ok(users::list_users(conn, phase, after_id, PAGE_SIZE + 1)?)
+    })
+    .await?;
+    let next_after_id = if stored.len() as i64 > PAGE_SIZE {
+        stored.truncate(PAGE_SIZE as usize);
+        stored.last().map(|u| u.id)
+    } else {
+        None
+    };
+    let rows = stored
+        .iter()
+        .map(|u| Row {
+            id: u.id,
+            names: version.name_cells(u, phase),
+            email: u.email.clone(),
+        })
+        .collect();
+    html(
+        StatusCode::OK,
+        ListPage {
+            version: version.label(),
+            prefix: version.prefix(),
+            headers: version.name_headers(),
+            rows,
+            after_id,
+            next_after_id,
+            notice: notice_text(query.notice.as_deref()),
+        },
+    )
+}
+
+/// The form's fields as typed; kept verbatim so a rejected form comes back as the user left it.
+#[derive(Debug, Default, Deserialize)]
+pub struct UserForm {
+    #[serde(default)]
+    full_name: String,
+    #[serde(default)]
+    first_name: String,
+    #[serde(default)]
+    last_name: String,
+    #[serde(default)]
+    email: String,
+}
+
+impl UserForm {
+    fn from_stored(user: StoredUser, version: Version, phase: Phase) -> Self {
+        let mut form = UserForm {
+            email: user.email.clone(),
+            ..UserForm::default()
+        };
+        match version {
+            Version::V1 => form.full_name = user.v1_full_name(phase),
+            Version::V2 => (form.first_name, form.last_name) = user.v2_name_parts(phase),
+        }
+        form
+    }
+
+    fn parse(&self, version: Version) -> Result<NewUser, FieldErrors> {
+        match version {
+            Version::V1 => NewUser::parse_v1(Some(&self.full_name), Some(&self.email)),
+            Version::V2 => NewUser::parse_v2(
+                Some(&self.first_name),
+                Some(&self.last_name),
+                Some(&self.email),
+            ),
+        }
+    }
+}
+
+struct Field {
+    name: &'static str,
+    label: &'static str,
+    kind: &'static str,
+    autocomplete: &'static str,
+    value: String,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "users/form.html")]
+struct FormPage {
+    version: &'static str,
+    prefix: &'static str,
+    /// `None` for a new user.
+    id: Option<i64>,
+    fields: Vec<Field>,
+}
+
+impl FormPage {
+    fn new(version: Version, id: Option<i64>, form: UserForm, errors: &[FieldError]) -> Self {
+        let error_for = |field: &str| {
+            errors
+                .iter()
+                .find(|e| e.field == field)
+                .map(|e| e.message.clone())
+        };
+        let field = |name, label, autocomplete, value| Field {
+            name,
+            label,
+            kind: "text",
+            autocomplete,
+            value,
+            error: error_for(name),
+        };
+        let mut fields = match version {
+            Version::V1 => vec![field("full_name", "Full name", "name", form.full_name)],
+            Version::V2 => vec![
+                field("first_name", "First name", "given-name", form.first_name),
+                field("last_name", "Last name", "family-name", form.last_name),
+            ],
+        };
+        fields.push(Field {
+            kind: "email",
+            ..field("email", "Email", "email", form.email)
+        });
+        Self {
+            version: version.label(),
+            prefix: version.prefix(),
+            id,
+            fields,
+        }
+    }
+
+    fn title(&self) -> String {
+        match self.id {
+            Some(id) => format!("Edit user #{id}"),
+            None => "New user".to_owned(),
+        }
+    }
+
+    fn action(&self) -> String {
+        match self.id {
+            Some(id) => format!("{}/{id}", self.prefix),
+            None => self.prefix.to_owned(),
+        }
+    }
+}
+
+/// Re-renders the form for input refused by validation or by the database (duplicate
+/// email); other errors become an error page.
+fn form_rejected(
+    version: Version,
+    id: Option<i64>,
+    form: UserForm,
+    err: AppError,
+) -> Result<HttpResponse, HtmlError> {
+    match err {
+        AppError::Conflict(field_error) => html(
+            StatusCode::CONFLICT,
+            FormPage::new(version, id, form, &[field_error]),
+        ),
+        AppError::Validation(field_error) => html(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            FormPage::new(version, id, form, &[field_error]),
+        ),
+        other => Err(other.into()),
+    }
+}
+
+async fn new_form(
+    state: web::Data<AppState>,
+    version: web::Data<Version>,
+) -> Result<HttpResponse, HtmlError> {
+    version.phase(&state)?;
+    html(
+        StatusCode::OK,
+        FormPage::new(**version, None, UserForm::default(), &[]),
+    )
+}
+
+async fn create(
+    state: web::Data<AppState>,
+    version: web::Data<Version>,
+    form: web::Form<UserForm>,
+) -> Result<HttpResponse, HtmlError> {
+    let version = **version;
+    let phase = version.phase(&state)?;
+    let form = form.into_inner();
+    let new = match form.parse(version) {
+        Ok(new) => new,
+        Err(errors) => {
+            return html(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                FormPage::new(version, None, form, &errors),
+            );
+        }
+    };
+    match db(&state, move |conn| {
+        Ok(users::insert_user(
+            conn,
+            phase,
+            &new.name,
+            new.email.as_str(),
+        )?)
+    })
+    .await
+    {
+        Ok(user) => Ok(see_other(format!(
+            "{}?after_id={}&notice=created",
+            version.prefix(),
+            user.id - 1
+        ))),
+        Err(err) => form_rejected(version, None, form, err),
+    }
+}
+
+async fn edit_form(
+    state: web::Data<AppState>,
+    version: web::Data<Version>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, HtmlError> {
+    let version = **version;
+    let phase = version.phase(&state)?;
+    let id = id.into_inner();
+    let user = db(&state, move |conn| Ok(users::find_user(conn, phase, id)?)).await?;
+    html(
+        StatusCode::OK,
+        FormPage::new(
+            version,
+            Some(id),
+            UserForm::from_stored(user, version, phase),
+            &[],
+        ),
+    )
+}
+
+async fn update(
+    state: web::Data<AppState>,
+    version: web::Data<Version>,
+    id: web::Path<i64>,
+    form: web::Form<UserForm>,
+) -> Result<HttpResponse, HtmlError> {
+    let version = **version;
+    let phase = version.phase(&state)?;
+    let id = id.into_inner();
+    let form = form.into_inner();
+    let valid = match form.parse(version) {
+        Ok(valid) => valid,
+        Err(errors) => {
+            return html(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                FormPage::new(version, Some(id), form, &errors),
+            );
+        }
+    };
+    let saved = db(&state, move |conn| {
+        Ok(users::update_user(
+            conn,
+            phase,
+            id,
+            Some(&valid.name),
+            Some(valid.email.as_str()),
+        )?)
+    })
+    .await;
+    match saved {
+        Ok(user) => Ok(see_other(format!(
+            "{}?after_id={}&notice=updated",
+            version.prefix(),
+            user.id - 1
+        ))),
+        Err(err) => form_rejected(version, Some(id), form, err),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "users/delete.html")]
+struct DeletePage {
+    version: &'static str,
+    prefix: &'static str,
+    id: i64,
+    name: String,
+    email: String,
+}
+
+async fn confirm_delete(
+    state: web::Data<AppState>,
+    version: web::Data<Version>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, HtmlError> {
+    let version = **version;
+    let phase = version.phase(&state)?;
+    let id = id.into_inner();
+    let user = db(&state, move |conn| Ok(users::find_user(conn, phase, id)?)).await?;
+    html(
+        StatusCode::OK,
+        DeletePage {
+            version: version.label(),
+            prefix: version.prefix(),
+            id,
+            name: version.name_cells(&user, phase).join(" "),
+            email: user.email,
+        },
+    )
+}
+
+async fn delete(
+    state: web::Data<AppState>,
+    version: web::Data<Version>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, HtmlError> {
+    let version = **version;
+    version.phase(&state)?;
+    let id = id.into_inner();
+    db(&state, move |conn| Ok(users::delete_user(conn, id)?)).await?;
+    Ok(see_other(format!("{}?notice=deleted", version.prefix())))
+}
