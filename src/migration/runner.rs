@@ -112,13 +112,28 @@ impl From<diesel::result::Error> for RunError {
 }
 
 impl RunError {
-    /// Whether the step was refused for a reason the user can act on (409), rather than
-    /// failing (500).
+    /// Whether the step was refused before anything was tried (a gate, the wrong phase,
+    /// another step in progress): recorded as "refused" rather than "failed".
     pub fn is_refusal(&self) -> bool {
-        !matches!(
+        matches!(
             self,
-            RunError::Migration { .. } | RunError::Gate(_) | RunError::State(_)
-        ) && !matches!(self, RunError::Backfill(BackfillError::Database(_)))
+            RunError::Busy
+                | RunError::GateUnmet { .. }
+                | RunError::AtEnd
+                | RunError::AtStart
+                | RunError::Irreversible
+        )
+    }
+
+    /// Whether the step may simply be tried again later (the table was busy, an instance
+    /// was slow, a backfill was already running).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            RunError::LockTimeout { .. }
+                | RunError::AckTimeout { .. }
+                | RunError::Backfill(BackfillError::AlreadyRunning)
+        )
     }
 }
 

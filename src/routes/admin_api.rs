@@ -84,7 +84,7 @@ impl From<BackfillError> for AppError {
 
 impl From<RunError> for AppError {
     fn from(e: RunError) -> Self {
-        if e.is_refusal() {
+        if e.is_refusal() || e.is_transient() {
             return AppError::Refused(e.to_string());
         }
         match e {

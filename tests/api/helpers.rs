@@ -417,3 +417,26 @@ impl TestApp {
         panic!("the backfill did not finish in 30 s");
     }
 }
+
+impl TestApp {
+    /// Advances through the admin API (running the backfill and confirming the contract on
+    /// the way) until this instance has applied `target`.
+    pub async fn walk_to(&self, target: Phase) {
+        while self.phase() < target {
+            let from = self.phase();
+            if from == Phase::DualWrite {
+                self.backfill_to_the_end().await;
+            }
+            let confirm = (from == Phase::NewOnly).then_some("users.full_name");
+            let response = self.advance(confirm).await;
+            let status = response.status();
+            assert_eq!(
+                status,
+                200,
+                "advancing from {from}: {}",
+                response.text().await.unwrap_or_default()
+            );
+            self.wait_for_phase(from.next().unwrap()).await;
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! What keeps the migration safe: gates that refuse (API, CLI and the migration SQL itself),
+//! lock_timeout with retries under a blocking transaction, and schema modules that match the
+//! database at their phases.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::deserialize::FromSqlRow;
+use diesel::prelude::*;
+use diesel::sql_types::{SqlType, Text};
+use diesel_migrations::MigrationHarness;
+use serde_json::{Value, json};
+use zdm::migration::runner::{self, CONTRACT, RunError};
+use zdm::migration::schema_migrations::MIGRATIONS;
+use zdm::migration::{Phase, state};
+use zdm::schema::{SchemaVersion, expanded, v1, v2};
+
+use crate::helpers::TestApp;
+
+/// Pretends an instance that applied `phase` is alive (a process the test does not run).
+fn fake_instance(conn: &mut PgConnection, id: &str, phase: Phase) {
+    conn.batch_execute(&format!(
+        "INSERT INTO zdm_instances (id, applied_phase) VALUES ('{id}', '{phase}')
+         ON CONFLICT (id) DO UPDATE SET applied_phase = EXCLUDED.applied_phase, last_seen = now()"
+    ))
+    .unwrap();
+}
+
+fn run_migration_sql(conn: &mut PgConnection, name: &str) -> Result<(), String> {
+    let migration = diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name().to_string() == name)
+        .unwrap();
+    conn.run_migration(migration.as_ref())
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+async fn error_of(response: reqwest::Response) -> String {
+    response.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[actix_web::test]
+async fn a_lagging_instance_holds_every_gate_that_needs_it() {
+    let app = TestApp::spawn().await;
+    let mut conn = app.db.conn();
+    app.walk_to(Phase::Expanded).await;
+    fake_instance(&mut conn, "old-deploy-1", Phase::Baseline);
+    let refused = app.advance(None).await;
+    assert_eq!(refused.status(), 409);
+    let error = error_of(refused).await;
+    assert!(
+        error.contains("instances gate") && error.contains("old-deploy-1 (baseline)"),
+        "{error}"
+    );
+    assert_eq!(app.phase(), Phase::Expanded);
+
+    fake_instance(&mut conn, "old-deploy-1", Phase::Expanded);
+    app.walk_to(Phase::DualWrite).await;
+    fake_instance(&mut conn, "old-deploy-1", Phase::Expanded);
+    let refused = app.admin_post("/api/admin/backfill/start", json!({})).await;
+    assert_eq!(
+        refused.status(),
+        409,
+        "no backfill while an instance writes full_name only"
+    );
+    assert!(error_of(refused).await.contains("old-deploy-1"));
+    // The migration SQL checks the same thing, for whoever runs it by hand.
+    let err = run_migration_sql(&mut conn, runner::ADD_NAMES_CHECK).unwrap_err();
+    assert!(
+        err.contains("zdm gate") && err.contains("old-deploy-1"),
+        "{err}"
+    );
+}
+
+#[actix_web::test]
+async fn the_contract_is_refused_before_its_gate_by_api_cli_and_sql() {
+    let app = TestApp::spawn().await;
+    let mut conn = app.db.conn();
+    app.walk_to(Phase::ReadNew).await;
+
+    // The SQL refuses in read_new, whoever runs it (diesel migration run, psql...).
+    let err = run_migration_sql(&mut conn, CONTRACT).unwrap_err();
+    assert!(
+        err.contains("zdm gate: this migration needs phase new_only but the phase is read_new"),
+        "{err}"
+    );
+
+    app.walk_to(Phase::NewOnly).await;
+    // In new_only, but without a clean verification since entering it: still refused.
+    let err = run_migration_sql(&mut conn, CONTRACT).unwrap_err();
+    assert!(err.contains("verification"), "{err}");
+
+    // An instance still at read_new holds the contract, through the API...
+    fake_instance(&mut conn, "slow-deploy", Phase::ReadNew);
+    let refused = app.advance(Some("users.full_name")).await;
+    assert_eq!(refused.status(), 409);
+    assert!(error_of(refused).await.contains("slow-deploy (read_new)"));
+    // ...and through the CLI, which exits non-zero saying why.
+    let cli = Command::new(env!("CARGO_BIN_EXE_zdm"))
+        .args(["migrate", "advance", "--confirm", "users.full_name"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!cli.status.success());
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        stderr.contains("instances gate") && stderr.contains("slow-deploy"),
+        "{stderr}"
+    );
+    // The CLI without the typed confirmation is refused too.
+    conn.batch_execute("DELETE FROM zdm_instances WHERE id = 'slow-deploy'")
+        .unwrap();
+    let cli = Command::new(env!("CARGO_BIN_EXE_zdm"))
+        .args(["migrate", "advance"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!cli.status.success());
+    assert!(String::from_utf8_lossy(&cli.stderr).contains("confirmation gate"));
+
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::NewOnly);
+    let columns: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'full_name')",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(columns, 1, "full_name is still there");
+
+    // With the CLI and the confirmation, it goes through.
+    let cli = Command::new(env!("CARGO_BIN_EXE_zdm"))
+        .args(["migrate", "advance", "--confirm", "users.full_name"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(String::from_utf8_lossy(&cli.stdout).contains("advanced new_only → contracted"));
+    app.wait_for_phase(Phase::Contracted).await;
+}
+
+/// Holds ACCESS SHARE on `users` (like a long report query) until dropped... or committed.
+struct Blocker(PgConnection);
+
+impl Blocker {
+    fn start(url: &str) -> Self {
+        let mut conn = PgConnection::establish(url).unwrap();
+        conn.batch_execute("BEGIN; SELECT count(*) FROM users;")
+            .unwrap();
+        Blocker(conn)
+    }
+
+    fn release(mut self) {
+        self.0.batch_execute("COMMIT").unwrap();
+    }
+}
+
+/// Runs `step` (a runner call on its own connection) while a transaction blocks `users`,
+/// reading through the API meanwhile; releases the blocker after `hold`. Returns the step's
+/// result and the slowest read seen.
+async fn step_under_blocker(
+    app: &TestApp,
+    user_id: i64,
+    hold: Duration,
+    step: fn(&mut PgConnection) -> Result<runner::Transition, RunError>,
+) -> (Result<runner::Transition, RunError>, Duration) {
+    let blocker = Blocker::start(&app.db.url);
+    let url = app.db.url.clone();
+    let worker = std::thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).unwrap();
+        step(&mut conn)
+    });
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut blocker = Some(blocker);
+    while !worker.is_finished() {
+        if started.elapsed() >= hold
+            && let Some(b) = blocker.take()
+        {
+            b.release();
+        }
+        let t = Instant::now();
+        let response = app.get(&format!("/api/v1/users/{user_id}")).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "reads keep working while the DDL waits"
+        );
+        slowest = slowest.max(t.elapsed());
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(blocker);
+    (worker.join().unwrap(), slowest)
+}
+
+#[actix_web::test]
+async fn expand_and_contract_give_up_within_lock_timeout_then_retry_past_a_long_transaction() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+
+    // Blocked for 1.5 s: the expand times out and retries, reads are held up at most about
+    // one lock_timeout (200 ms) at a time, and it succeeds once the blocker ends.
+    let (result, slowest) = step_under_blocker(&app, id, Duration::from_millis(1500), |conn| {
+        runner::advance(conn, "test", None)
+    })
+    .await;
+    let transition = result.expect("the expand succeeds after the blocker");
+    assert!(transition.lock_timeouts >= 1, "it met the blocker");
+    assert!(
+        slowest < Duration::from_millis(1200),
+        "reads stalled {slowest:?}, not the blocker's 1.5 s"
+    );
+    app.wait_for_phase(Phase::Expanded).await;
+
+    app.walk_to(Phase::NewOnly).await;
+    let mut conn = app.db.conn();
+    zdm::migration::verify::verify(&mut conn, Phase::NewOnly).unwrap();
+    let (result, slowest) = step_under_blocker(&app, id, Duration::from_millis(1500), |conn| {
+        runner::advance(conn, "test", Some("users.full_name"))
+    })
+    .await;
+    assert!(
+        result
+            .expect("the contract succeeds after the blocker")
+            .lock_timeouts
+            >= 1
+    );
+    assert!(
+        slowest < Duration::from_millis(1200),
+        "reads stalled {slowest:?}"
+    );
+    app.wait_for_phase(Phase::Contracted).await;
+}
+
+#[actix_web::test]
+async fn a_blocker_longer_than_the_retry_schedule_fails_the_step_cleanly() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    let (result, _) = step_under_blocker(&app, id, Duration::from_secs(60), |conn| {
+        runner::advance(conn, "test", None)
+    })
+    .await;
+    match result {
+        Err(RunError::LockTimeout { attempts, .. }) => {
+            assert_eq!(attempts, runner::LOCK_RETRY_SCHEDULE.len() + 1)
+        }
+        other => panic!("expected a lock timeout, got {other:?}"),
+    }
+    let mut conn = app.db.conn();
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::Baseline);
+    assert!(
+        !runner::is_applied(&mut conn, runner::EXPAND).unwrap(),
+        "nothing half-applied"
+    );
+    let history = state::history(&mut conn, 1).unwrap();
+    assert_eq!(history[0].outcome, "failed");
+    assert!(
+        history[0]
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("lock_timeout")
+    );
+}
+
+trait Nullability {
+    const NULLABLE: bool;
+}
+impl Nullability for diesel::sql_types::is_nullable::IsNullable {
+    const NULLABLE: bool = true;
+}
+impl Nullability for diesel::sql_types::is_nullable::NotNull {
+    const NULLABLE: bool = false;
+}
+
+/// A module column as `name` or `name?`, read from its Diesel declaration.
+fn declared<C>() -> String
+where
+    C: Column + Expression,
+    C::SqlType: SqlType,
+    <C::SqlType as SqlType>::IsNull: Nullability,
+{
+    let nullable = <<C::SqlType as SqlType>::IsNull as Nullability>::NULLABLE;
+    format!("{}{}", C::NAME, if nullable { "?" } else { "" })
+}
+
+fn module_columns(version: SchemaVersion) -> Vec<String> {
+    let mut columns = match version {
+        SchemaVersion::V1 => vec![
+            declared::<v1::users::id>(),
+            declared::<v1::users::full_name>(),
+            declared::<v1::users::email>(),
+            declared::<v1::users::created_at>(),
+            declared::<v1::users::updated_at>(),
+        ],
+        SchemaVersion::Expanded => vec![
+            declared::<expanded::users::id>(),
+            declared::<expanded::users::full_name>(),
+            declared::<expanded::users::email>(),
+            declared::<expanded::users::created_at>(),
+            declared::<expanded::users::updated_at>(),
+            declared::<expanded::users::first_name>(),
+            declared::<expanded::users::last_name>(),
+        ],
+        SchemaVersion::V2 => vec![
+            declared::<v2::users::id>(),
+            declared::<v2::users::email>(),
+            declared::<v2::users::created_at>(),
+            declared::<v2::users::updated_at>(),
+            declared::<v2::users::first_name>(),
+            declared::<v2::users::last_name>(),
+        ],
+    };
+    columns.sort();
+    columns
+}
+
+#[derive(QueryableByName)]
+struct DbColumn {
+    #[diesel(sql_type = Text)]
+    column_name: String,
+    #[diesel(sql_type = Text)]
+    is_nullable: String,
+}
+
+fn database_columns(conn: &mut PgConnection) -> Vec<String> {
+    let mut columns: Vec<String> = diesel::sql_query(
+        "SELECT column_name::text, is_nullable::text FROM information_schema.columns WHERE table_name = 'users'",
+    )
+    .load::<DbColumn>(conn)
+    .unwrap()
+    .into_iter()
+    .map(|c| format!("{}{}", c.column_name, if c.is_nullable == "YES" { "?" } else { "" }))
+    .collect();
+    columns.sort();
+    columns
+}
+
+/// Every column the module selects loads, with the module's types, at this phase.
+fn module_loads(conn: &mut PgConnection, version: SchemaVersion) -> QueryResult<usize> {
+    fn load<T: diesel::Table, R: FromSqlRow<T::SqlType, diesel::pg::Pg> + 'static>(
+        _table: T,
+        rows: QueryResult<Vec<R>>,
+    ) -> QueryResult<usize> {
+        rows.map(|r| r.len())
+    }
+    match version {
+        SchemaVersion::V1 => load(
+            v1::users::table,
+            v1::users::table.select(v1::users::all_columns).load::<(
+                i64,
+                String,
+                String,
+                chrono::DateTime<chrono::Utc>,
+                chrono::DateTime<chrono::Utc>,
+            )>(conn),
+        ),
+        SchemaVersion::Expanded => load(
+            expanded::users::table,
+            expanded::users::table
+                .select(expanded::users::all_columns)
+                .load::<(
+                    i64,
+                    String,
+                    String,
+                    chrono::DateTime<chrono::Utc>,
+                    chrono::DateTime<chrono::Utc>,
+                    Option<String>,
+                    Option<String>,
+                )>(conn),
+        ),
+        SchemaVersion::V2 => load(
+            v2::users::table,
+            v2::users::table.select(v2::users::all_columns).load::<(
+                i64,
+                String,
+                chrono::DateTime<chrono::Utc>,
+                chrono::DateTime<chrono::Utc>,
+                String,
+                String,
+            )>(conn),
+        ),
+    }
+}
+
+#[actix_web::test]
+async fn each_schema_module_matches_the_database_at_its_phases() {
+    let app = TestApp::spawn().await;
+    let mut conn = app.db.conn();
+    app.create_user("Ada Lovelace", "ada@example.com").await;
+    for phase in Phase::ALL {
+        app.walk_to(phase).await;
+        app.create_user(
+            &format!("Someone in {phase}"),
+            &format!("{phase}@example.com"),
+        )
+        .await;
+        let version = SchemaVersion::for_phase(phase);
+        let module = module_columns(version);
+        let database = database_columns(&mut conn);
+        match (version, phase) {
+            // In new_only full_name still exists (optional, unused) and the new columns are
+            // nullable in the catalogue but guaranteed by the validated users_names_present.
+            (SchemaVersion::V2, Phase::NewOnly) => {
+                assert_eq!(
+                    database,
+                    [
+                        "created_at",
+                        "email",
+                        "first_name?",
+                        "full_name?",
+                        "id",
+                        "last_name?",
+                        "updated_at"
+                    ]
+                );
+                let validated: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                    "(SELECT convalidated FROM pg_constraint WHERE conname = 'users_names_present')",
+                ))
+                .get_result(&mut conn)
+                .unwrap();
+                assert!(validated);
+            }
+            // In expanded the v1 module ignores the new, unwritten columns.
+            (SchemaVersion::V1, Phase::Expanded) => {
+                assert_eq!(
+                    database,
+                    [
+                        "created_at",
+                        "email",
+                        "first_name?",
+                        "full_name",
+                        "id",
+                        "last_name?",
+                        "updated_at"
+                    ]
+                );
+                assert!(module.iter().all(|c| database.contains(c)));
+            }
+            _ => assert_eq!(module, database, "the {version:?} module in {phase}"),
+        }
+        assert_eq!(
+            module_loads(&mut conn, version).unwrap(),
+            2 + phase.index(),
+            "{version:?} loads in {phase}"
+        );
+    }
+    assert!(
+        !module_columns(SchemaVersion::V2)
+            .iter()
+            .any(|c| c.starts_with("full_name"))
+    );
+}
