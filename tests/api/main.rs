@@ -9,3 +9,4 @@ mod phases;
 mod schema_migrations;
 mod v1_api;
 mod v1_pages;
+mod v2_pages;
