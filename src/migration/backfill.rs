@@ -282,7 +282,12 @@ fn run_batch(
             "SET LOCAL statement_timeout = '{BATCH_STATEMENT_TIMEOUT}'"
         ))
         .execute(conn)?;
-        let knobs = status(conn)?;
+        // The row lock makes pause and cancel wait for this batch to commit, so once they
+        // answer, no further batch runs.
+        let knobs: BackfillStatus = zdm_backfill::table.for_update().first(conn)?;
+        if knobs.state != "running" {
+            return Ok(knobs);
+        }
         let from = current.last_id;
         let batch = i64::from(knobs.batch_size.max(1));
         // The batch ends at the batch_size-th id after the checkpoint, or at max_id.

@@ -440,3 +440,33 @@ impl TestApp {
         }
     }
 }
+
+impl TestApp {
+    /// An instance stuck on `phase` that never hears of a change and sends no heartbeat: an
+    /// old deploy the gates cannot see (a partitioned host, a forgotten process).
+    pub async fn spawn_stuck(
+        db: Arc<TestDb>,
+        phase: Phase,
+    ) -> (String, actix_web::dev::ServerHandle) {
+        let pool = db::build_pool(&db.url, 2).expect("building the pool");
+        let state = AppState {
+            pool,
+            database_url: db.url.clone(),
+            phase: zdm::migration::follower::AppliedPhase::new(phase, 0),
+            instance_id: "stuck".to_owned(),
+            admin_token: ADMIN_TOKEN.to_owned(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
+        let port = listener.local_addr().expect("reading the port").port();
+        let server = zdm::startup::run(listener, state).expect("starting the server");
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        (format!("http://127.0.0.1:{port}"), handle)
+    }
+
+    /// Loads `count` users the way the current phase writes them.
+    pub fn seed(&self, count: u64) {
+        let mut conn = self.db.conn();
+        zdm::seed::seed_users(&mut conn, self.phase(), count, 42, |_| {}).expect("seeding");
+    }
+}

@@ -1,0 +1,320 @@
+//! The backfill engine against real traffic, real crashes and real concurrency.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use serde_json::{Value, json};
+use zdm::migration::Phase;
+use zdm::migration::backfill::{self, BackfillError, Direction};
+use zdm::migration::verify;
+
+use crate::helpers::TestApp;
+
+async fn status(app: &TestApp) -> Value {
+    app.admin_status().await["backfill"].clone()
+}
+
+async fn wait_until(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..1200 {
+        let s = status(app).await;
+        if done(&s) {
+            return s;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[actix_web::test]
+async fn concurrent_v1_and_v2_writers_racing_the_backfill_lose_nothing() {
+    let app = TestApp::spawn().await;
+    app.seed(20_000);
+    app.walk_to(Phase::DualWrite).await;
+    let response = app
+        .admin_post(
+            "/api/admin/backfill/start",
+            json!({ "batch_size": 500, "sleep_ms": 5 }),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+
+    // Writers rename random seeded rows through both APIs while the backfill passes them.
+    // v2 names are chosen so that split(join) differs ("Mary Ann" + "Smith").
+    let mut expected: HashMap<i64, (String, String)> = HashMap::new();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut writes = 0;
+    loop {
+        let running = status(&app).await["state"] == "running";
+        for _ in 0..20 {
+            let id = rng.i64(1..=20_000);
+            let n = writes;
+            writes += 1;
+            let (path, body, parts) = if n % 2 == 0 {
+                let full = format!("Writer{n} Van Der Test");
+                (
+                    format!("/api/v1/users/{id}"),
+                    json!({ "full_name": full }),
+                    (format!("Writer{n}"), "Van Der Test".to_owned()),
+                )
+            } else {
+                let (first, last) = (format!("Mary Ann{n}"), "Smith".to_owned());
+                (
+                    format!("/api/v2/users/{id}"),
+                    json!({ "first_name": first, "last_name": last }),
+                    (first, last),
+                )
+            };
+            let response = app.put_json(&path, &body).await;
+            assert_eq!(response.status(), 200, "write {n} to {path}");
+            expected.insert(id, parts);
+        }
+        if !running {
+            break;
+        }
+    }
+    assert!(writes >= 40);
+    let done = status(&app).await;
+    assert_eq!(done["state"], "done");
+    assert_eq!(done["rows_done"], 20_000);
+
+    let mut conn = app.db.conn();
+    let result = verify::verify(&mut conn, Phase::DualWrite).unwrap();
+    assert_eq!(result.divergent, 0, "samples {:?}", result.sample_ids);
+    for (id, (first, last)) in &expected {
+        let v2: Value = app
+            .get(&format!("/api/v2/users/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                v2["first_name"].as_str().unwrap(),
+                v2["last_name"].as_str().unwrap()
+            ),
+            (first.as_str(), last.as_str())
+        );
+        let v1: Value = app
+            .get(&format!("/api/v1/users/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v1["full_name"], format!("{first} {last}"));
+    }
+}
+
+#[actix_web::test]
+async fn a_backfill_killed_with_sigkill_resumes_from_its_checkpoint() {
+    let app = TestApp::spawn().await;
+    app.seed(60_000);
+    app.walk_to(Phase::DualWrite).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zdm"))
+        .args(["backfill", "--batch-size", "1000", "--sleep-ms", "30"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let before_kill = wait_until(&app, "the child to be half-way", |s| {
+        s["rows_done"].as_i64().unwrap_or(0) >= 10_000
+    })
+    .await;
+    assert_eq!(before_kill["state"], "running");
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+
+    let mut conn = app.db.conn();
+    let crashed = backfill::status(&mut conn).unwrap();
+    assert_eq!(
+        crashed.state, "running",
+        "a killed runner leaves its state behind"
+    );
+    assert!(
+        crashed.last_id > 0 && crashed.last_id < crashed.max_id,
+        "{crashed:?}"
+    );
+    assert!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent
+            > 0
+    );
+
+    // The lock died with the process; a new run resumes at the checkpoint.
+    let mut first_seen = None;
+    let done = backfill::run(&mut conn, Direction::Forward, |s| {
+        first_seen.get_or_insert(s.last_id);
+    })
+    .unwrap();
+    assert_eq!(first_seen, Some(crashed.last_id), "resumed, not restarted");
+    assert_eq!(done.state, "done");
+    assert_eq!(done.rows_done, 60_000);
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+}
+
+#[actix_web::test]
+async fn only_one_backfill_runs_at_a_time() {
+    let app = TestApp::spawn().await;
+    app.seed(20_000);
+    app.walk_to(Phase::DualWrite).await;
+    let response = app
+        .admin_post(
+            "/api/admin/backfill/start",
+            json!({ "batch_size": 200, "sleep_ms": 20 }),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let second = app.admin_post("/api/admin/backfill/start", json!({})).await;
+    assert_eq!(second.status(), 409);
+    let error = second.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("already running"), "{error}");
+    let mut conn = app.db.conn();
+    assert!(matches!(
+        backfill::run(&mut conn, Direction::Forward, |_| {}),
+        Err(BackfillError::AlreadyRunning)
+    ));
+    let cancelled = app
+        .admin_post("/api/admin/backfill/cancel", json!({}))
+        .await;
+    assert_eq!(cancelled.status(), 200);
+    wait_until(&app, "the cancel", |s| s["state"] == "cancelled").await;
+}
+
+#[actix_web::test]
+async fn pause_resume_and_a_batch_size_change_while_running() {
+    let app = TestApp::spawn().await;
+    app.seed(30_000);
+    app.walk_to(Phase::DualWrite).await;
+    app.admin_post(
+        "/api/admin/backfill/start",
+        json!({ "batch_size": 250, "sleep_ms": 10 }),
+    )
+    .await;
+    wait_until(&app, "some batches", |s| {
+        s["batches"].as_i64().unwrap_or(0) >= 4
+    })
+    .await;
+    let paused = app.admin_post("/api/admin/backfill/pause", json!({})).await;
+    assert_eq!(paused.status(), 200);
+    let held = wait_until(&app, "the pause", |s| s["state"] == "paused").await;
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    let still = status(&app).await;
+    assert_eq!(
+        still["last_id"], held["last_id"],
+        "a paused backfill does not move"
+    );
+    assert_eq!(still["state"], "paused");
+
+    let resumed = app
+        .admin_post("/api/admin/backfill/resume", json!({}))
+        .await;
+    assert_eq!(resumed.status(), 202);
+    let before = wait_until(&app, "progress after resume", |s| {
+        s["state"] == "running" && s["last_id"].as_i64() > held["last_id"].as_i64()
+    })
+    .await;
+    assert!(
+        before["rows_done"].as_i64().unwrap() > held["rows_done"].as_i64().unwrap(),
+        "it continued"
+    );
+    let changed = app
+        .admin_post(
+            "/api/admin/backfill/settings",
+            json!({ "batch_size": 5000, "sleep_ms": 0 }),
+        )
+        .await;
+    assert_eq!(changed.status(), 200);
+    let started = Instant::now();
+    let done = wait_until(&app, "the end", |s| s["state"] == "done").await;
+    let rows_after = done["rows_done"].as_i64().unwrap() - before["rows_done"].as_i64().unwrap();
+    let batches_after = done["batches"].as_i64().unwrap() - before["batches"].as_i64().unwrap();
+    assert!(
+        rows_after / batches_after.max(1) > 250,
+        "bigger batches after the change: {rows_after} rows in {batches_after} batches ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(done["rows_done"], 30_000);
+    let bad = app
+        .admin_post("/api/admin/backfill/settings", json!({ "batch_size": 0 }))
+        .await;
+    assert_eq!(bad.status(), 422);
+}
+
+#[actix_web::test]
+async fn writes_of_a_lagging_instance_are_caught_by_verify_and_repaired_by_a_rerun() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    app.walk_to(Phase::DualWrite).await;
+    app.backfill_to_the_end().await;
+    let mut conn = app.db.conn();
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+
+    // An old instance, still on expanded code, renames the user: full_name only.
+    let (stuck, handle) = TestApp::spawn_stuck(Arc::clone(&app.db), Phase::Expanded).await;
+    let response = app
+        .client
+        .put(format!("{stuck}/api/v1/users/{id}"))
+        .json(&json!({ "full_name": "Augusta Ada King" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    handle.stop(false).await;
+
+    let result = verify::verify(&mut conn, Phase::DualWrite).unwrap();
+    assert_eq!(result.divergent, 1);
+    assert_eq!(result.sample_ids, [id]);
+    let refused = app.advance(None).await;
+    assert_eq!(refused.status(), 409, "the gate sees the divergence");
+    // Until repaired, v2 reads the split of full_name, not the stale parts.
+    let v2: Value = app
+        .get(&format!("/api/v2/users/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v2["first_name"].as_str(), v2["last_name"].as_str()),
+        (Some("Augusta"), Some("Ada King"))
+    );
+
+    app.backfill_to_the_end().await;
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+    let (first, last): (Option<String>, Option<String>) = {
+        use zdm::schema::expanded::users;
+        users::table
+            .find(id)
+            .select((users::first_name, users::last_name))
+            .first(&mut conn)
+            .unwrap()
+    };
+    assert_eq!(
+        (first.as_deref(), last.as_deref()),
+        (Some("Augusta"), Some("Ada King"))
+    );
+    let response = app.advance(None).await;
+    assert_eq!(response.status(), 200);
+}
