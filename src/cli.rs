@@ -48,6 +48,11 @@ enum Command {
     },
     /// Count the rows that break the current phase's invariant.
     Verify,
+    /// Measure: `bench backfill --rows N`.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Bulk-insert realistic users.
     Seed {
         /// How many users to insert.
@@ -56,6 +61,17 @@ enum Command {
         /// Seed of the name generator (same seed, same names); random by default.
         #[arg(long)]
         rng_seed: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// The zdm backfill against one monolithic UPDATE on two identical tables, in a scratch
+    /// database on the same server (dropped afterwards).
+    Backfill {
+        /// Users in each table.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+        rows: u64,
     },
 }
 
@@ -90,6 +106,12 @@ pub fn main() -> ExitCode {
             } => run_backfill(&config, batch_size, sleep_ms),
             Command::Verify => run_verify(&config),
             Command::Seed { users, rng_seed } => seed(&config, users, rng_seed),
+            Command::Bench {
+                what: BenchWhat::Backfill { rows },
+            } => {
+                let url = config.resolve_database_url()?;
+                crate::bench::backfill_benchmark(&url, rows, |line| println!("{line}")).map(drop)
+            }
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

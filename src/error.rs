@@ -6,7 +6,8 @@
 //! - `NotFound`: no such row or route (404). `diesel::NotFound` converts to it.
 //! - `Conflict`: the request clashes with stored data, e.g. a duplicate email (409).
 //! - `Refused`: the migration's state does not allow the step now, e.g. an unmet gate (409).
-//! - `Unauthorized`: an admin route without a valid token (401).
+//! - `Unauthorized`: an admin route without a valid token or session (401).
+//! - `Forbidden`: a form post without its CSRF token (403).
 //! - `PayloadTooLarge`: body over the limit (413).
 //! - `Unavailable`: the database cannot be reached right now (503); the client may retry.
 //! - `Internal`: everything else (500). Logged with its cause; the client sees a generic text.
@@ -41,6 +42,8 @@ pub enum AppError {
     Refused(String),
     #[error("a valid admin token is required")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -152,6 +155,7 @@ impl ResponseError for AppError {
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::Conflict(_) | AppError::Refused(_) => StatusCode::CONFLICT,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -197,6 +201,7 @@ impl ResponseError for HtmlError {
         let status = self.status_code();
         let advice = match &self.0 {
             AppError::NotFound => "It may have been deleted. Go back to the list and pick another.",
+            AppError::Unauthorized => "Log in at /admin/login with the admin token.",
             AppError::Unavailable(_) => "Wait a few seconds and reload the page.",
             AppError::Internal(_) => "Reload the page; if it happens again, check the server log.",
             _ => "Go back, correct the request and send it again.",

@@ -82,6 +82,7 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         phase: follower.applied(),
         instance_id: follower.instance_id.clone(),
         admin_token,
+        sessions: Default::default(),
     };
     let listener = TcpListener::bind(&config.bind)
         .map_err(|e| format!("cannot listen on {} (ZDM_BIND): {e}", config.bind))?;

@@ -19,3 +19,40 @@ pub fn build_pool(database_url: &str, size: u32) -> Result<DbPool, PoolError> {
         .connection_timeout(POOL_CHECKOUT_TIMEOUT)
         .build(ConnectionManager::new(database_url))
 }
+
+/// `url` with its database replaced by `database` (for tools that create databases of their
+/// own next to the app's: the tests, the benchmark).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| i + authority_start);
+    let mut out = format!("{}/{}", &base[..path_start], database);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_only_the_database() {
+        assert_eq!(
+            with_database("postgres://u:p@host:5432/app?sslmode=disable", "other"),
+            "postgres://u:p@host:5432/other?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres:///zdm?host=/tmp/x&port=5432", "t"),
+            "postgres:///t?host=/tmp/x&port=5432"
+        );
+        assert_eq!(with_database("postgres://host", "t"), "postgres://host/t");
+    }
+}

@@ -11,15 +11,17 @@ use serde_json::json;
 
 use super::db;
 use crate::app_state::AppState;
+use crate::domain::FieldError;
 use crate::error::AppError;
-use crate::migration::backfill::{self, BackfillError, Direction};
+use crate::migration::backfill::{self, BackfillError, BackfillStatus, Direction};
 use crate::migration::gates::{self, GateError};
-use crate::migration::runner::{self, RunError};
+use crate::migration::runner::{self, RunError, Transition};
 use crate::migration::state::{self, StateError};
-use crate::migration::status::{BackfillView, migration_status};
-use crate::migration::verify::{self, VerifyError};
+use crate::migration::status::{BackfillView, MigrationStatus, migration_status};
+use crate::migration::verify::{self, VerifyError, VerifyResult};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // The same actions as the dashboard's forms (`admin_pages`), authorised by Bearer token.
     cfg.service(
         web::scope("/api/admin")
             .route("/migration", web::get().to(status))
@@ -96,8 +98,12 @@ impl From<RunError> for AppError {
 
 async fn status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     authorize(&req, &state)?;
-    let status = db(&state, |conn| Ok(migration_status(conn)?)).await?;
-    Ok(HttpResponse::Ok().json(status))
+    Ok(HttpResponse::Ok().json(current_status(&state).await?))
+}
+
+/// The whole status, as the API and the dashboard show it.
+pub async fn current_status(state: &web::Data<AppState>) -> Result<MigrationStatus, AppError> {
+    db(state, |conn| Ok(migration_status(conn)?)).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,45 +127,59 @@ where
     .await?
 }
 
+/// Advances one phase in the name of this instance.
+pub async fn advance_step(
+    state: &web::Data<AppState>,
+    confirm: Option<String>,
+) -> Result<Transition, AppError> {
+    let actor = state.instance_id.clone();
+    own_connection(state, move |conn| {
+        Ok(runner::advance(conn, &actor, confirm.as_deref())?)
+    })
+    .await
+}
+
+/// Rolls back one phase in the name of this instance.
+pub async fn rollback_step(state: &web::Data<AppState>) -> Result<Transition, AppError> {
+    let actor = state.instance_id.clone();
+    own_connection(state, move |conn| Ok(runner::rollback(conn, &actor)?)).await
+}
+
 async fn advance(
     req: HttpRequest,
     state: web::Data<AppState>,
     body: Option<web::Json<AdvanceBody>>,
 ) -> Result<HttpResponse, AppError> {
     authorize(&req, &state)?;
-    let confirm = body.and_then(|b| b.into_inner().confirm);
-    let actor = state.instance_id.clone();
-    let transition = own_connection(&state, move |conn| {
-        Ok(runner::advance(conn, &actor, confirm.as_deref())?)
-    })
-    .await?;
-    Ok(HttpResponse::Ok().json(json!({ "transition": transition, "status": db(&state, |conn| Ok(migration_status(conn)?)).await? })))
+    let transition = advance_step(&state, body.and_then(|b| b.into_inner().confirm)).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({ "transition": transition, "status": current_status(&state).await? })))
 }
 
 async fn rollback(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     authorize(&req, &state)?;
-    let actor = state.instance_id.clone();
-    let transition =
-        own_connection(&state, move |conn| Ok(runner::rollback(conn, &actor)?)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "transition": transition, "status": db(&state, |conn| Ok(migration_status(conn)?)).await? })))
+    let transition = rollback_step(&state).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({ "transition": transition, "status": current_status(&state).await? })))
 }
 
+/// Backfill knobs as a client sends them; both optional.
 #[derive(Debug, Default, Deserialize)]
 pub struct Knobs {
-    batch_size: Option<i32>,
-    sleep_ms: Option<i32>,
+    pub batch_size: Option<i32>,
+    pub sleep_ms: Option<i32>,
 }
 
 impl Knobs {
     fn checked(&self) -> Result<(), AppError> {
         if self.batch_size.is_some_and(|b| !(1..=100_000).contains(&b)) {
-            return Err(AppError::Validation(crate::domain::FieldError::new(
+            return Err(AppError::Validation(FieldError::new(
                 "batch_size",
                 "batch_size must be between 1 and 100000.",
             )));
         }
         if self.sleep_ms.is_some_and(|s| !(0..=60_000).contains(&s)) {
-            return Err(AppError::Validation(crate::domain::FieldError::new(
+            return Err(AppError::Validation(FieldError::new(
                 "sleep_ms",
                 "sleep_ms must be between 0 and 60000.",
             )));
@@ -168,18 +188,22 @@ impl Knobs {
     }
 }
 
-/// Starts (or resumes) the forward backfill in a thread of its own and answers once it has
+fn view(status: BackfillStatus) -> BackfillView {
+    BackfillView {
+        rows_per_s: status.rows_per_s(),
+        status,
+    }
+}
+
+/// Starts (or resumes) the forward backfill in a thread of its own and returns once it has
 /// taken its lock and run its first step, or refused.
-async fn start_backfill(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    body: Option<web::Json<Knobs>>,
-) -> Result<HttpResponse, AppError> {
-    authorize(&req, &state)?;
-    let knobs = body.map(|b| b.into_inner()).unwrap_or_default();
+pub async fn start_backfill_now(
+    state: &web::Data<AppState>,
+    knobs: Knobs,
+) -> Result<BackfillView, AppError> {
     knobs.checked()?;
     let phase = state.phase.get();
-    db(&state, move |conn| {
+    db(state, move |conn| {
         let gate_list = gates::backfill_gates(conn, phase)?;
         if let Some(gate) = gate_list.iter().find(|g| !g.met) {
             return Err(AppError::Refused(format!(
@@ -219,8 +243,7 @@ async fn start_backfill(
             }
         })
         .map_err(AppError::internal)?;
-    let started = web::block(move || started_rx.recv_timeout(Duration::from_secs(30))).await?;
-    match started {
+    match web::block(move || started_rx.recv_timeout(Duration::from_secs(30))).await? {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
         Err(e) => {
@@ -229,38 +252,65 @@ async fn start_backfill(
             )));
         }
     }
-    let status = db(&state, |conn| Ok(backfill::status(conn)?)).await?;
-    Ok(HttpResponse::Accepted().json(BackfillView {
-        rows_per_s: status.rows_per_s(),
-        status,
-    }))
+    Ok(view(db(state, |conn| Ok(backfill::status(conn)?)).await?))
 }
 
-async fn stop_backfill(
+/// Asks the running backfill to stop at the next batch boundary (`paused` or `cancelled`).
+pub async fn stop_backfill_now(
+    state: &web::Data<AppState>,
+    to: &'static str,
+) -> Result<BackfillView, AppError> {
+    Ok(view(
+        db(state, move |conn| Ok(backfill::request_stop(conn, to)?)).await?,
+    ))
+}
+
+pub async fn change_knobs(
+    state: &web::Data<AppState>,
+    knobs: Knobs,
+) -> Result<BackfillView, AppError> {
+    knobs.checked()?;
+    Ok(view(
+        db(state, move |conn| {
+            Ok(backfill::set_knobs(conn, knobs.batch_size, knobs.sleep_ms)?)
+        })
+        .await?,
+    ))
+}
+
+/// Verifies the whole table for the stored phase.
+pub async fn verify_now(state: &web::Data<AppState>) -> Result<VerifyResult, AppError> {
+    db(state, |conn| {
+        let phase = state::current_phase(conn)?;
+        Ok(verify::verify(conn, phase)?)
+    })
+    .await
+}
+
+async fn start_backfill(
     req: HttpRequest,
     state: web::Data<AppState>,
-    to: &'static str,
+    body: Option<web::Json<Knobs>>,
 ) -> Result<HttpResponse, AppError> {
     authorize(&req, &state)?;
-    let status = db(&state, move |conn| Ok(backfill::request_stop(conn, to)?)).await?;
-    Ok(HttpResponse::Ok().json(BackfillView {
-        rows_per_s: status.rows_per_s(),
-        status,
-    }))
+    let knobs = body.map(|b| b.into_inner()).unwrap_or_default();
+    Ok(HttpResponse::Accepted().json(start_backfill_now(&state, knobs).await?))
 }
 
 async fn pause_backfill(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    stop_backfill(req, state, "paused").await
+    authorize(&req, &state)?;
+    Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "paused").await?))
 }
 
 async fn cancel_backfill(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    stop_backfill(req, state, "cancelled").await
+    authorize(&req, &state)?;
+    Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "cancelled").await?))
 }
 
 async fn backfill_settings(
@@ -269,16 +319,7 @@ async fn backfill_settings(
     body: web::Json<Knobs>,
 ) -> Result<HttpResponse, AppError> {
     authorize(&req, &state)?;
-    let knobs = body.into_inner();
-    knobs.checked()?;
-    let status = db(&state, move |conn| {
-        Ok(backfill::set_knobs(conn, knobs.batch_size, knobs.sleep_ms)?)
-    })
-    .await?;
-    Ok(HttpResponse::Ok().json(BackfillView {
-        rows_per_s: status.rows_per_s(),
-        status,
-    }))
+    Ok(HttpResponse::Ok().json(change_knobs(&state, body.into_inner()).await?))
 }
 
 async fn run_verify(
@@ -286,10 +327,5 @@ async fn run_verify(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     authorize(&req, &state)?;
-    let result = db(&state, |conn| {
-        let phase = state::current_phase(conn)?;
-        Ok(verify::verify(conn, phase)?)
-    })
-    .await?;
-    Ok(HttpResponse::Ok().json(result))
+    Ok(HttpResponse::Ok().json(verify_now(&state).await?))
 }

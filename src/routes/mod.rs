@@ -1,6 +1,7 @@
 //! HTTP only: parse the request, call `db`/`migration`, render JSON or a template.
 
 pub mod admin_api;
+pub mod admin_pages;
 pub mod api_v1;
 pub mod api_v2;
 pub mod home;
@@ -27,9 +28,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/", web::get().to(home::index))
         .route("/healthz", web::get().to(home::healthz))
         .route("/static/app.css", web::get().to(stylesheet))
+        .route("/static/admin.js", web::get().to(admin_script))
         .configure(api_v1::configure)
         .configure(api_v2::configure)
         .configure(admin_api::configure)
+        .configure(admin_pages::configure)
         .configure(pages::configure)
         .default_service(web::to(not_found));
 }
@@ -78,4 +81,12 @@ async fn stylesheet() -> HttpResponse {
         .content_type("text/css; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
         .body(include_str!("../../static/app.css"))
+}
+
+/// The dashboard's only script: live backfill progress (the page works without it).
+async fn admin_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .body(include_str!("../../static/admin.js"))
 }

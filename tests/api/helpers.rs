@@ -11,7 +11,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use zdm::app_state::AppState;
-use zdm::db;
+use zdm::db::{self, with_database};
 use zdm::local_pg::{LocalPg, create_database_if_missing, quote_ident};
 use zdm::migration::Phase;
 use zdm::migration::follower::PhaseFollower;
@@ -35,24 +35,6 @@ struct Server {
 
 pub fn project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `url` with its database replaced by `database`.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| i + authority_start);
-    let mut out = format!("{}/{}", &base[..path_start], database);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
 }
 
 fn server() -> &'static Server {
@@ -266,6 +248,7 @@ impl TestApp {
             phase: follower.applied(),
             instance_id: follower.instance_id.clone(),
             admin_token: ADMIN_TOKEN.to_owned(),
+            sessions: Default::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
         let port = listener.local_addr().expect("reading the port").port();
@@ -455,6 +438,7 @@ impl TestApp {
             phase: zdm::migration::follower::AppliedPhase::new(phase, 0),
             instance_id: "stuck".to_owned(),
             admin_token: ADMIN_TOKEN.to_owned(),
+            sessions: Default::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
         let port = listener.local_addr().expect("reading the port").port();

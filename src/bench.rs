@@ -1,0 +1,162 @@
+//! `zdm bench backfill --rows N`: the zdm backfill against the single UPDATE a hurried team
+//! would run, on two identical tables of N seeded users in a scratch database of their own.
+//! Prints rows/s for both, the batch transaction times, the peak RSS, and last
+//! `backfill_vs_single_update: R` (the rate ratio).
+
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+
+use crate::db::with_database;
+use crate::local_pg::{create_database_if_missing, quote_ident};
+use crate::migration::backfill::{self, DEFAULT_BATCH_SIZE, Direction};
+use crate::migration::{Phase, runner, schema_migrations, state};
+use crate::seed;
+
+pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Drops the scratch database when the benchmark ends, however it ends.
+struct Scratch {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = PgConnection::establish(&self.admin_url) {
+            let _ = conn.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&self.name)
+            ));
+        }
+    }
+}
+
+/// The value at quantile `q` (0..=1) of sorted durations.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs the benchmark on the server of `database_url` and prints its figures.
+pub fn backfill_benchmark(
+    database_url: &str,
+    rows: u64,
+    mut say: impl FnMut(&str),
+) -> Result<f64, BenchError> {
+    let name = format!("zdm_bench_{}", std::process::id());
+    let scratch = Scratch {
+        admin_url: database_url.to_owned(),
+        name: name.clone(),
+    };
+    {
+        let mut admin = PgConnection::establish(database_url)?;
+        create_database_if_missing(&mut admin, &name)?;
+    }
+    let mut conn = PgConnection::establish(&with_database(database_url, &name))?;
+    schema_migrations::run_infrastructure_migrations(&mut conn)?;
+
+    say(&format!("seeding {rows} users..."));
+    seed::seed_users(&mut conn, Phase::Baseline, rows, 1, |_| {})?;
+    while state::current_phase(&mut conn)? < Phase::DualWrite {
+        runner::advance(&mut conn, "bench", None)?;
+    }
+    // The twin for the single UPDATE: same rows, same indexes. It belongs to no schema
+    // module (it exists only here), hence plain SQL.
+    conn.batch_execute(
+        "CREATE TABLE users_single (LIKE users INCLUDING ALL);
+         INSERT INTO users_single SELECT * FROM users;",
+    )?;
+    // One statement per call: VACUUM cannot run inside the implicit transaction of a batch.
+    conn.batch_execute("VACUUM ANALYZE users")?;
+    conn.batch_execute("VACUUM ANALYZE users_single")?;
+    let checkpoint = |conn: &mut PgConnection| {
+        // Start each run with no dirty pages of the other's making (needs superuser; skipped if not).
+        let _ = conn.batch_execute("CHECKPOINT");
+    };
+
+    checkpoint(&mut conn);
+    say("single UPDATE...");
+    let started = Instant::now();
+    let single_rows = diesel::sql_query(
+        "UPDATE users_single
+            SET first_name = zdm_name_first(full_name), last_name = zdm_name_last(full_name)
+          WHERE first_name IS NULL OR last_name IS NULL
+             OR zdm_name_norm(full_name) IS DISTINCT FROM zdm_name_join(first_name, last_name)",
+    )
+    .execute(&mut conn)?;
+    let single_secs = started.elapsed().as_secs_f64();
+
+    checkpoint(&mut conn);
+    say("zdm backfill...");
+    backfill::set_knobs(&mut conn, Some(DEFAULT_BATCH_SIZE), Some(0))?;
+    let mut batch_times = Vec::new();
+    let mut last = None::<Instant>;
+    let started = Instant::now();
+    let done = backfill::run(&mut conn, Direction::Forward, |s| {
+        let now = Instant::now();
+        if let Some(prev) = last
+            && s.state == "running"
+        {
+            batch_times.push(now - prev);
+        }
+        last = Some(now);
+    })?;
+    let backfill_secs = started.elapsed().as_secs_f64();
+    batch_times.sort();
+    drop(conn);
+    drop(scratch);
+
+    let single_rate = single_rows as f64 / single_secs;
+    let backfill_rate = done.rows_updated as f64 / backfill_secs;
+    let ratio = backfill_rate / single_rate;
+    say(&format!("rows: {rows}"));
+    say(&format!(
+        "single UPDATE: {single_rows} rows in {single_secs:.2} s = {single_rate:.0} rows/s (one transaction)"
+    ));
+    say(&format!(
+        "zdm backfill:  {} rows in {backfill_secs:.2} s = {backfill_rate:.0} rows/s ({} batches of {DEFAULT_BATCH_SIZE}, sleep 0)",
+        done.rows_updated, done.batches
+    ));
+    say(&format!(
+        "batch transaction: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(quantile(&batch_times, 0.5)),
+        ms(quantile(&batch_times, 0.99)),
+        ms(batch_times.last().copied().unwrap_or_default())
+    ));
+    say(&format!(
+        "peak RSS of this process: {}",
+        peak_rss_mib().map_or("unknown".to_owned(), |m| format!("{m:.1} MiB"))
+    ));
+    say(&format!("backfill_vs_single_update: {ratio:.2}"));
+    Ok(ratio)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_pick_by_rank() {
+        let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile(&d, 0.5), Duration::from_millis(51));
+        assert_eq!(quantile(&d, 0.99), Duration::from_millis(99));
+        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+}

@@ -1,0 +1,375 @@
+//! The admin dashboard (`/admin`): log in with the admin token, then see and drive the
+//! migration. Server-rendered and usable without JavaScript; `static/admin.js` only refreshes
+//! the backfill progress (from `/admin/status.json`) without a reload.
+//!
+//! Log-in sets an HttpOnly, SameSite=Strict session cookie (Secure when the request came over
+//! HTTPS). Every form carries the session's CSRF token.
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use serde::Deserialize;
+
+use super::admin_api::{
+    Knobs, advance_step, change_knobs, current_status, rollback_step, start_backfill_now,
+    stop_backfill_now, token_matches, verify_now,
+};
+use crate::app_state::AppState;
+use crate::error::{AppError, HtmlError};
+use crate::migration::Phase;
+use crate::migration::gates::CONTRACT_CONFIRMATION;
+use crate::migration::status::MigrationStatus;
+
+const COOKIE: &str = "zdm_admin";
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin")
+            .route("", web::get().to(dashboard))
+            .route("/login", web::get().to(login_form))
+            .route("/login", web::post().to(login))
+            .route("/logout", web::post().to(logout))
+            .route("/status.json", web::get().to(status_json))
+            .route("/advance", web::post().to(advance))
+            .route("/rollback", web::post().to(rollback))
+            .route("/backfill/{action}", web::post().to(backfill_action))
+            .route("/verify", web::post().to(verify)),
+    );
+}
+
+fn html(status: StatusCode, page: impl Template) -> Result<HttpResponse, HtmlError> {
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(page.render()?))
+}
+
+fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
+/// The logged-in session of the request: `(session id, CSRF token)`.
+fn session(req: &HttpRequest, state: &AppState) -> Option<(String, String)> {
+    let id = req.cookie(COOKIE)?.value().to_owned();
+    let csrf = state.sessions.csrf_token(&id)?;
+    Some((id, csrf))
+}
+
+#[derive(Template)]
+#[template(path = "admin/login.html")]
+struct LoginPage {
+    error: Option<&'static str>,
+}
+
+async fn login_form(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, HtmlError> {
+    if session(&req, &state).is_some() {
+        return Ok(see_other("/admin"));
+    }
+    html(StatusCode::OK, LoginPage { error: None })
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    token: String,
+}
+
+async fn login(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<LoginForm>,
+) -> Result<HttpResponse, HtmlError> {
+    if !token_matches(form.token.trim(), &state.admin_token) {
+        return html(
+            StatusCode::UNAUTHORIZED,
+            LoginPage {
+                error: Some(
+                    "That is not the admin token. It is ADMIN_TOKEN, or the one `zdm serve` printed at start.",
+                ),
+            },
+        );
+    }
+    let (id, _) = state.sessions.create();
+    let secure = req.connection_info().scheme() == "https";
+    let cookie = Cookie::build(COOKIE, id)
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure)
+        .finish();
+    let mut response = see_other("/admin");
+    response.add_cookie(&cookie).map_err(AppError::internal)?;
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, HtmlError> {
+    let (id, _) = checked(&req, &state, &form.csrf)?;
+    state.sessions.remove(&id);
+    let mut response = see_other("/admin/login");
+    let mut gone = Cookie::build(COOKIE, "").path("/").finish();
+    gone.make_removal();
+    response.add_cookie(&gone).map_err(AppError::internal)?;
+    Ok(response)
+}
+
+/// A form post is allowed only in a live session and with that session's CSRF token.
+fn checked(req: &HttpRequest, state: &AppState, csrf: &str) -> Result<(String, String), HtmlError> {
+    let (id, expected) = session(req, state).ok_or(HtmlError(AppError::Unauthorized))?;
+    if !token_matches(csrf, &expected) {
+        return Err(HtmlError(AppError::Forbidden(
+            "The form's security token is missing or stale; reload the dashboard and try again."
+                .to_owned(),
+        )));
+    }
+    Ok((id, expected))
+}
+
+struct TimelineStep {
+    name: &'static str,
+    summary: &'static str,
+    state: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "admin/dashboard.html")]
+struct Dashboard {
+    status: MigrationStatus,
+    timeline: Vec<TimelineStep>,
+    csrf: String,
+    instance_id: String,
+    notice: Option<String>,
+    error: Option<String>,
+    confirm_word: &'static str,
+    contract_next: bool,
+    progress_percent: f64,
+    eta: String,
+}
+
+fn eta_text(status: &MigrationStatus) -> String {
+    let b = &status.backfill;
+    let left = (b.status.rows_total - b.status.rows_done).max(0) as f64;
+    if b.status.state != "running" || b.rows_per_s <= 0.0 {
+        return "—".to_owned();
+    }
+    let secs = (left / b.rows_per_s).round() as u64;
+    format!("{}m {:02}s", secs / 60, secs % 60)
+}
+
+impl Dashboard {
+    fn new(status: MigrationStatus, csrf: String, instance_id: String) -> Self {
+        let phase = status.phase;
+        let timeline = Phase::ALL
+            .into_iter()
+            .map(|p| TimelineStep {
+                name: p.as_str(),
+                summary: p.summary(),
+                state: if p < phase {
+                    "done"
+                } else if p == phase {
+                    "current"
+                } else {
+                    "todo"
+                },
+            })
+            .collect();
+        let b = &status.backfill.status;
+        let progress_percent = if b.rows_total > 0 {
+            (b.rows_done as f64 * 100.0 / b.rows_total as f64).min(100.0)
+        } else if b.state == "done" {
+            100.0
+        } else {
+            0.0
+        };
+        Self {
+            eta: eta_text(&status),
+            timeline,
+            csrf,
+            instance_id,
+            notice: None,
+            error: None,
+            confirm_word: CONTRACT_CONFIRMATION,
+            contract_next: phase == Phase::NewOnly,
+            progress_percent,
+            status,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DashboardQuery {
+    notice: Option<String>,
+}
+
+/// What a finished action says on the dashboard; fixed texts, never echoed input.
+fn notice_text(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "advanced" => "Advanced one phase.",
+        "rolled_back" => "Rolled back one phase.",
+        "backfill_start" | "backfill_resume" => "Backfill started.",
+        "backfill_pause" => "Backfill paused.",
+        "backfill_cancel" => "Backfill cancelled.",
+        "backfill_settings" => "Backfill settings saved.",
+        "verified" => "Verification done.",
+        _ => return None,
+    })
+}
+
+async fn render(
+    state: &web::Data<AppState>,
+    csrf: String,
+    status_code: StatusCode,
+    notice: Option<&str>,
+    error: Option<String>,
+) -> Result<HttpResponse, HtmlError> {
+    let status = current_status(state).await?;
+    let mut page = Dashboard::new(status, csrf, state.instance_id.clone());
+    page.notice = notice.and_then(notice_text).map(str::to_owned);
+    page.error = error;
+    html(status_code, page)
+}
+
+async fn dashboard(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<DashboardQuery>,
+) -> Result<HttpResponse, HtmlError> {
+    let Some((_, csrf)) = session(&req, &state) else {
+        return Ok(see_other("/admin/login"));
+    };
+    render(&state, csrf, StatusCode::OK, query.notice.as_deref(), None).await
+}
+
+async fn status_json(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    session(&req, &state).ok_or(AppError::Unauthorized)?;
+    let status = current_status(&state).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(status))
+}
+
+/// After an action: back to the dashboard with a notice, or the dashboard with the reason it
+/// was refused (409) or failed.
+async fn finish<T>(
+    state: &web::Data<AppState>,
+    csrf: String,
+    outcome: Result<T, AppError>,
+    notice: &str,
+) -> Result<HttpResponse, HtmlError> {
+    match outcome {
+        Ok(_) => Ok(see_other(&format!("/admin?notice={notice}"))),
+        Err(e @ (AppError::Refused(_) | AppError::Validation(_))) => {
+            let code = actix_web::ResponseError::status_code(&e);
+            render(state, csrf, code, None, Some(e.public_message())).await
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AdvanceForm {
+    #[serde(default)]
+    csrf: String,
+    confirm: Option<String>,
+}
+
+async fn advance(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<AdvanceForm>,
+) -> Result<HttpResponse, HtmlError> {
+    let form = form.into_inner();
+    let (_, csrf) = checked(&req, &state, &form.csrf)?;
+    let confirm = form
+        .confirm
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty());
+    let outcome = advance_step(&state, confirm).await;
+    finish(&state, csrf, outcome, "advanced").await
+}
+
+async fn rollback(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, HtmlError> {
+    let (_, csrf) = checked(&req, &state, &form.csrf)?;
+    let outcome = rollback_step(&state).await;
+    finish(&state, csrf, outcome, "rolled_back").await
+}
+
+#[derive(Deserialize)]
+pub struct BackfillForm {
+    #[serde(default)]
+    csrf: String,
+    batch_size: Option<String>,
+    sleep_ms: Option<String>,
+}
+
+/// Empty → not given; anything else must be a whole number.
+fn optional_number(value: Option<&str>, field: &'static str) -> Result<Option<i32>, AppError> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            AppError::Validation(crate::domain::FieldError::new(
+                field,
+                format!("{field} must be a whole number."),
+            ))
+        }),
+    }
+}
+
+async fn backfill_action(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    action: web::Path<String>,
+    form: web::Form<BackfillForm>,
+) -> Result<HttpResponse, HtmlError> {
+    let form = form.into_inner();
+    let (_, csrf) = checked(&req, &state, &form.csrf)?;
+    let knobs = (|| {
+        Ok::<_, AppError>(Knobs {
+            batch_size: optional_number(form.batch_size.as_deref(), "batch_size")?,
+            sleep_ms: optional_number(form.sleep_ms.as_deref(), "sleep_ms")?,
+        })
+    })();
+    let action = action.into_inner();
+    let outcome = match (action.as_str(), knobs) {
+        (_, Err(e)) => Err(e),
+        ("start" | "resume", Ok(knobs)) => start_backfill_now(&state, knobs).await.map(drop),
+        ("pause", Ok(_)) => stop_backfill_now(&state, "paused").await.map(drop),
+        ("cancel", Ok(_)) => stop_backfill_now(&state, "cancelled").await.map(drop),
+        ("settings", Ok(knobs)) => change_knobs(&state, knobs).await.map(drop),
+        _ => return Err(HtmlError(AppError::NotFound)),
+    };
+    finish(&state, csrf, outcome, &format!("backfill_{action}")).await
+}
+
+async fn verify(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, HtmlError> {
+    let (_, csrf) = checked(&req, &state, &form.csrf)?;
+    let outcome = verify_now(&state).await;
+    finish(&state, csrf, outcome, "verified").await
+}

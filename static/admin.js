@@ -1,0 +1,38 @@
+// Live backfill progress on the admin dashboard. The page works without this script; it
+// only saves reloading: every second it reads /admin/status.json (same session cookie) and
+// updates the progress bar, rows, rate and ETA. A phase change reloads the page, since the
+// gates and buttons depend on it.
+(function () {
+  "use strict";
+  var bar = document.getElementById("backfill-progress");
+  var phase = document.getElementById("phase");
+  if (!bar || !phase) { return; }
+  var text = function (id, value) {
+    var el = document.getElementById(id);
+    if (el) { el.textContent = value; }
+  };
+  var eta = function (b) {
+    var left = Math.max(0, b.rows_total - b.rows_done);
+    if (b.state !== "running" || !(b.rows_per_s > 0)) { return "—"; }
+    var secs = Math.round(left / b.rows_per_s);
+    return Math.floor(secs / 60) + "m " + String(secs % 60).padStart(2, "0") + "s";
+  };
+  var tick = function () {
+    fetch("/admin/status.json", { credentials: "same-origin", cache: "no-store" })
+      .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
+      .then(function (s) {
+        if (s.phase !== phase.dataset.phase) { window.location.reload(); return; }
+        var b = s.backfill;
+        var pct = b.rows_total > 0 ? Math.min(100, (b.rows_done * 100) / b.rows_total) : (b.state === "done" ? 100 : 0);
+        bar.value = pct;
+        bar.textContent = pct.toFixed(0) + " %";
+        text("backfill-percent", pct.toFixed(1) + " %");
+        text("backfill-rows", b.rows_done + " / " + b.rows_total);
+        text("backfill-rate", Math.round(b.rows_per_s).toString());
+        text("backfill-eta", eta(b));
+        text("backfill-state", b.state + " (" + b.direction + ")");
+      })
+      .catch(function () { /* keep the last figures; the next tick tries again */ });
+  };
+  window.setInterval(tick, 1000);
+}());

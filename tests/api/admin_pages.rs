@@ -1,0 +1,186 @@
+//! The admin dashboard: log-in, session cookie, CSRF, and driving the migration by form.
+
+use reqwest::header::{COOKIE, SET_COOKIE};
+use zdm::migration::Phase;
+
+use crate::helpers::{ADMIN_TOKEN, TestApp};
+
+/// Logs in and returns the session cookie (`name=value`).
+async fn log_in(app: &TestApp) -> String {
+    let response = app
+        .post_form("/admin/login", &[("token", ADMIN_TOKEN)])
+        .await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/admin");
+    let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+    assert!(set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+async fn page(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
+    let response = app
+        .client
+        .get(app.url(path))
+        .header(COOKIE, cookie)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn csrf_of(page: &str) -> String {
+    page.split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF field")
+        .to_owned()
+}
+
+async fn post(
+    app: &TestApp,
+    cookie: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .header(COOKIE, cookie)
+        .form(fields)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn the_dashboard_needs_a_login() {
+    let app = TestApp::spawn().await;
+    let response = app.get("/admin").await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/admin/login");
+    assert_eq!(app.get("/admin/status.json").await.status(), 401);
+    let response = app.post_form("/admin/advance", &[("csrf", "x")]).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(app.phase(), Phase::Baseline);
+
+    let wrong = app.post_form("/admin/login", &[("token", "guess")]).await;
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get(SET_COOKIE).is_none());
+    assert!(
+        wrong
+            .text()
+            .await
+            .unwrap()
+            .contains("That is not the admin token.")
+    );
+
+    let forged = "zdm_admin=forged-session-id";
+    let (status, _) = page(&app, forged, "/admin/status.json").await;
+    assert_eq!(status, 401, "a made-up session is no session");
+}
+
+#[actix_web::test]
+async fn a_logged_in_admin_drives_the_migration_with_forms() {
+    let app = TestApp::spawn().await;
+    app.create_user("Ada Lovelace", "ada@example.com").await;
+    let cookie = log_in(&app).await;
+    let response = app
+        .client
+        .get(app.url("/admin"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let dashboard = response.text().await.unwrap();
+    assert!(dashboard.contains(r#"data-phase="baseline""#));
+    assert!(dashboard.contains("Advance to expanded"));
+    assert!(
+        dashboard.contains(&app.instance_id),
+        "the instances table lists this instance"
+    );
+    let csrf = csrf_of(&dashboard);
+
+    // Without the CSRF token nothing happens.
+    let response = post(&app, &cookie, "/admin/advance", &[]).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(app.phase(), Phase::Baseline);
+
+    for to in [Phase::Expanded, Phase::DualWrite] {
+        let response = post(&app, &cookie, "/admin/advance", &[("csrf", &csrf)]).await;
+        assert_eq!(response.status(), 303);
+        app.wait_for_phase(to).await;
+    }
+    // An unmet gate comes back as the dashboard with the reason.
+    let response = post(&app, &cookie, "/admin/advance", &[("csrf", &csrf)]).await;
+    assert_eq!(response.status(), 409);
+    assert!(response.text().await.unwrap().contains("backfill gate"));
+
+    let response = post(
+        &app,
+        &cookie,
+        "/admin/backfill/start",
+        &[("csrf", &csrf), ("batch_size", "abc")],
+    )
+    .await;
+    assert_eq!(response.status(), 422, "a bad knob is refused");
+    let response = post(
+        &app,
+        &cookie,
+        "/admin/backfill/start",
+        &[("csrf", &csrf), ("batch_size", "1000"), ("sleep_ms", "0")],
+    )
+    .await;
+    assert_eq!(response.status(), 303);
+    let mut done = false;
+    for _ in 0..200 {
+        let (_, json) = page(&app, &cookie, "/admin/status.json").await;
+        let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+        if status["backfill"]["state"] == "done" {
+            assert_eq!(
+                status["backfill"]["rows_done"],
+                status["backfill"]["rows_total"]
+            );
+            done = true;
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(done, "the backfill finished");
+    let (_, dashboard) = page(&app, &cookie, "/admin").await;
+    assert!(
+        dashboard.contains(r#"<progress id="backfill-progress" max="100" value="100.0""#),
+        "the bar is full"
+    );
+
+    for to in [Phase::Backfilled, Phase::ReadNew, Phase::NewOnly] {
+        let response = post(&app, &cookie, "/admin/advance", &[("csrf", &csrf)]).await;
+        assert_eq!(response.status(), 303, "to {to}");
+        app.wait_for_phase(to).await;
+    }
+    let (_, dashboard) = page(&app, &cookie, "/admin").await;
+    assert!(dashboard.contains("Type <code>users.full_name</code> to drop the column"));
+    let response = post(
+        &app,
+        &cookie,
+        "/admin/advance",
+        &[("csrf", &csrf), ("confirm", "users")],
+    )
+    .await;
+    assert_eq!(response.status(), 409, "the wrong confirmation is refused");
+    let response = post(
+        &app,
+        &cookie,
+        "/admin/advance",
+        &[("csrf", &csrf), ("confirm", "users.full_name")],
+    )
+    .await;
+    assert_eq!(response.status(), 303);
+    app.wait_for_phase(Phase::Contracted).await;
+
+    let response = post(&app, &cookie, "/admin/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(response.status(), 303);
+    let (status, _) = page(&app, &cookie, "/admin/status.json").await;
+    assert_eq!(status, 401, "the session ended");
+}
