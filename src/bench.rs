@@ -120,6 +120,16 @@ pub fn backfill_benchmark(
     })?;
     let backfill_secs = started.elapsed().as_secs_f64();
     batch_times.sort();
+    // What each way leaves behind: one big UPDATE doubles the table (every row gets a new
+    // version that autovacuum can only reclaim afterwards); batches let it keep up.
+    let size = |conn: &mut PgConnection, table: &str| -> QueryResult<String> {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(&format!(
+            "pg_size_pretty(pg_table_size('{table}'))"
+        )))
+        .get_result(conn)
+    };
+    let single_size = size(&mut conn, "users_single")?;
+    let backfill_size = size(&mut conn, "users")?;
     drop(conn);
     drop(scratch);
 
@@ -139,6 +149,9 @@ pub fn backfill_benchmark(
         ms(quantile(&batch_times, 0.5)),
         ms(quantile(&batch_times, 0.99)),
         ms(batch_times.last().copied().unwrap_or_default())
+    ));
+    say(&format!(
+        "table size afterwards: single UPDATE {single_size}, zdm backfill {backfill_size}"
     ));
     say(&format!(
         "peak RSS of this process: {}",

@@ -290,18 +290,22 @@ fn run_batch(
         }
         let from = current.last_id;
         let batch = i64::from(knobs.batch_size.max(1));
-        // The batch ends at the batch_size-th id after the checkpoint, or at max_id.
-        let upper: i64 = users::table
+        // The batch ends at the batch_size-th id after the checkpoint; the last one, shorter,
+        // at max_id (rows inserted since the start are dual-written and need no backfill).
+        let full_batch_end: Option<i64> = users::table
             .select(users::id)
             .filter(users::id.gt(from))
             .order(users::id)
             .offset(batch - 1)
             .first(conn)
             .optional()?
-            .unwrap_or(current.max_id)
-            .min(current.max_id);
+            .filter(|end| *end <= current.max_id);
+        let upper = full_batch_end.unwrap_or(current.max_id);
         let in_batch = users::id.gt(from).and(users::id.le(upper));
-        let scanned: i64 = users::table.filter(in_batch).count().get_result(conn)?;
+        let scanned: i64 = match full_batch_end {
+            Some(_) => batch,
+            None => users::table.filter(in_batch).count().get_result(conn)?,
+        };
         let updated = match direction {
             Direction::Forward => {
                 diesel::update(users::table.filter(in_batch).filter(needs_repair()))
