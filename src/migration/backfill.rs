@@ -9,8 +9,8 @@
 //!   batch, so they can be changed while it runs; so can its state (pause, cancel).
 //! - One runner at a time across all instances and processes: a session advisory lock, which
 //!   PostgreSQL releases by itself if the runner dies.
-//! - A runner that died (`kill -9`, database restart) leaves the state `running` with its
-//!   checkpoint; the next start resumes from there.
+//! - A runner that died (`kill -9`) or failed (database restart) leaves its checkpoint; the
+//!   next start resumes from there. Only `done` and `cancelled` make it start afresh.
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,8 @@ use crate::schema::state::zdm_backfill;
 pub const DEFAULT_BATCH_SIZE: i32 = 5000;
 /// A batch that takes longer than this is cancelled (and retried by the next start).
 pub const BATCH_STATEMENT_TIMEOUT: &str = "5s";
-const LOCK_KEY: i64 = 0x7a64_6d62; // "zdmb"
+/// The advisory lock key held by the one running backfill ("zdmb").
+pub const LOCK_KEY: i64 = 0x7a64_6d62;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -237,7 +238,9 @@ pub fn run(
 /// Resumes an interrupted run of the same direction, or starts afresh.
 fn begin(conn: &mut PgConnection, direction: Direction) -> QueryResult<BackfillStatus> {
     let current = status(conn)?;
-    let resumable = matches!(current.state.as_str(), "running" | "paused")
+    // running: its runner died (kill -9, lost connection); paused: asked to; failed: a batch
+    // failed (database restart, statement_timeout). All keep their checkpoint.
+    let resumable = matches!(current.state.as_str(), "running" | "paused" | "failed")
         && current.direction == direction.as_str();
     if resumable {
         return diesel::update(zdm_backfill::table)

@@ -318,3 +318,53 @@ async fn writes_of_a_lagging_instance_are_caught_by_verify_and_repaired_by_a_rer
     let response = app.advance(None).await;
     assert_eq!(response.status(), 200);
 }
+
+#[actix_web::test]
+async fn a_backfill_cut_off_from_the_database_resumes_from_its_checkpoint() {
+    let app = TestApp::spawn().await;
+    app.seed(30_000);
+    app.walk_to(Phase::DualWrite).await;
+    let url = app.db.url.clone();
+    let runner = std::thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).unwrap();
+        backfill::set_knobs(&mut conn, Some(500), Some(20)).unwrap();
+        backfill::run(&mut conn, Direction::Forward, |_| {})
+    });
+    wait_until(&app, "some batches", |s| {
+        s["batches"].as_i64().unwrap_or(0) >= 5
+    })
+    .await;
+    // What a database restart does to the runner: its session is killed.
+    let mut conn = app.db.conn();
+    let killed: Vec<bool> = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = {}",
+        backfill::LOCK_KEY
+    )))
+    .load(&mut conn)
+    .unwrap();
+    assert_eq!(
+        killed,
+        [true],
+        "the runner's session held the backfill lock"
+    );
+    assert!(
+        runner.join().unwrap().is_err(),
+        "the runner saw its connection die"
+    );
+
+    let cut = backfill::status(&mut conn).unwrap();
+    assert!(cut.last_id > 0 && cut.last_id < cut.max_id);
+    let mut first_seen = None;
+    let done = backfill::run(&mut conn, Direction::Forward, |s| {
+        first_seen.get_or_insert(s.last_id);
+    })
+    .unwrap();
+    assert_eq!(first_seen, Some(cut.last_id));
+    assert_eq!(done.state, "done");
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+}
