@@ -9,6 +9,7 @@ use diesel::{Connection, PgConnection};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
+use crate::demo::DemoOptions;
 use crate::migration::backfill::{self, Direction};
 use crate::migration::status::migration_status;
 use crate::migration::{runner, state, verify};
@@ -48,6 +49,33 @@ enum Command {
     },
     /// Count the rows that break the current phase's invariant.
     Verify,
+    /// Prove zero downtime: two instances, live traffic, the whole migration, faults, audit.
+    Demo {
+        /// A small run that finishes in about a minute.
+        #[arg(long)]
+        quick: bool,
+        /// Run the one-step migration a hurried team would ship instead, to see what it breaks.
+        #[arg(long)]
+        naive: bool,
+        /// Users seeded before the traffic starts.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
+        rows: Option<u64>,
+        /// Concurrent clients.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+        clients: Option<u64>,
+        /// Seconds of traffic in each phase.
+        #[arg(long)]
+        phase_secs: Option<f64>,
+        /// Share of requests that write, in percent.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+        write_percent: Option<u32>,
+        /// Write the summary as JSON to this file.
+        #[arg(long)]
+        json_out: Option<std::path::PathBuf>,
+        /// Where the HTML report goes (default: the data folder's reports/).
+        #[arg(long)]
+        report_dir: Option<std::path::PathBuf>,
+    },
     /// Measure: `bench backfill --rows N`.
     Bench {
         #[command(subcommand)]
@@ -106,6 +134,34 @@ pub fn main() -> ExitCode {
             } => run_backfill(&config, batch_size, sleep_ms),
             Command::Verify => run_verify(&config),
             Command::Seed { users, rng_seed } => seed(&config, users, rng_seed),
+            Command::Demo {
+                quick,
+                naive,
+                rows,
+                clients,
+                phase_secs,
+                write_percent,
+                json_out,
+                report_dir,
+            } => {
+                let dir = report_dir.unwrap_or_else(|| config.report_dir());
+                let mut opts = if quick {
+                    DemoOptions::quick(dir)
+                } else {
+                    DemoOptions::full(dir)
+                };
+                opts.naive = naive;
+                opts.rows = rows.unwrap_or(opts.rows);
+                opts.clients = clients.map_or(opts.clients, |c| c as usize);
+                opts.phase_secs = phase_secs.filter(|s| *s > 0.0).unwrap_or(opts.phase_secs);
+                opts.write_percent = write_percent.unwrap_or(opts.write_percent);
+                opts.json_out = json_out;
+                if let Ok(v) = std::env::var(crate::demo::FAULT_LAGGING_V1_WRITES) {
+                    opts.instance_env
+                        .push((crate::demo::FAULT_LAGGING_V1_WRITES.to_owned(), v));
+                }
+                demo(&config, opts)
+            }
             Command::Bench {
                 what: BenchWhat::Backfill { rows },
             } => {
@@ -229,6 +285,30 @@ fn run_backfill(
         done.batches,
         done.rows_per_s()
     );
+    Ok(())
+}
+
+fn demo(config: &Config, opts: DemoOptions) -> Result<(), StartupError> {
+    let url = config.resolve_database_url()?;
+    let report_dir = opts.report_dir.clone();
+    let summary = actix_web::rt::System::new().block_on(crate::demo::run(&url, opts))?;
+    print!("{}", crate::demo::report::table(&summary));
+    println!(
+        "report: {}",
+        report_dir
+            .join(format!("demo-{}.html", summary.mode))
+            .display()
+    );
+    if summary.mode == "zdm" && !summary.passed {
+        return Err(format!(
+            "zero downtime did not hold: {} failed request(s), {} lost write(s), {} divergent row(s){} (see the report)",
+            summary.failed_requests,
+            summary.lost_writes,
+            summary.audit.divergent,
+            if summary.walk_error.is_some() { ", and the migration stopped" } else { "" }
+        )
+        .into());
+    }
     Ok(())
 }
 

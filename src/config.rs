@@ -22,6 +22,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// How often an instance checks the stored phase.
     pub phase_poll: std::time::Duration,
+    /// See `AppState::fault_lagging_v1_writes`.
+    pub fault_lagging_v1_writes: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +62,14 @@ impl Config {
             pool_size,
             admin_token: var("ADMIN_TOKEN"),
             phase_poll: std::time::Duration::from_millis(250),
+            fault_lagging_v1_writes: var(crate::demo::FAULT_LAGGING_V1_WRITES)
+                .is_some_and(|v| v == "1"),
         })
+    }
+
+    /// Where `zdm demo` writes its reports.
+    pub fn report_dir(&self) -> PathBuf {
+        self.data_dir.join("reports")
     }
 
     /// The URL of the app database: `DATABASE_URL` as given, or the private cluster, started

@@ -83,7 +83,12 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         instance_id: follower.instance_id.clone(),
         admin_token,
         sessions: Default::default(),
+        report_dir: config.report_dir(),
+        fault_lagging_v1_writes: config.fault_lagging_v1_writes,
     };
+    if state.fault_lagging_v1_writes {
+        log::warn!("fault injection on: v1 writes skip the new columns (a broken dual-write)");
+    }
     let listener = TcpListener::bind(&config.bind)
         .map_err(|e| format!("cannot listen on {} (ZDM_BIND): {e}", config.bind))?;
     log::info!("zdm is listening on http://{}", listener.local_addr()?);

@@ -307,3 +307,28 @@ pub fn delete_user(conn: &mut PgConnection, id: i64) -> QueryResult<()> {
 pub fn count_users(conn: &mut PgConnection) -> QueryResult<i64> {
     v2::users::table.count().get_result(conn)
 }
+
+/// The users with these ids that exist (for audits; order not kept).
+pub fn find_users(
+    conn: &mut PgConnection,
+    phase: Phase,
+    ids: &[i64],
+) -> QueryResult<Vec<StoredUser>> {
+    match SchemaVersion::for_phase(phase) {
+        SchemaVersion::V1 => v1::users::table
+            .filter(v1::users::id.eq_any(ids))
+            .select(V1_COLUMNS)
+            .load(conn)
+            .map(|rows| rows.into_iter().map(from_v1).collect()),
+        SchemaVersion::Expanded => expanded::users::table
+            .filter(expanded::users::id.eq_any(ids))
+            .select(EXPANDED_COLUMNS)
+            .load(conn)
+            .map(|rows| rows.into_iter().map(from_expanded).collect()),
+        SchemaVersion::V2 => v2::users::table
+            .filter(v2::users::id.eq_any(ids))
+            .select(V2_COLUMNS)
+            .load(conn)
+            .map(|rows| rows.into_iter().map(from_v2).collect()),
+    }
+}

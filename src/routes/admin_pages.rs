@@ -22,6 +22,8 @@ use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::status::MigrationStatus;
 
 const COOKIE: &str = "zdm_admin";
+/// The report `zdm demo` writes last, in the report folder.
+const DEMO_REPORT: &str = "demo-latest.html";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -34,7 +36,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/advance", web::post().to(advance))
             .route("/rollback", web::post().to(rollback))
             .route("/backfill/{action}", web::post().to(backfill_action))
-            .route("/verify", web::post().to(verify)),
+            .route("/verify", web::post().to(verify))
+            .route("/demo-report", web::get().to(demo_report)),
     );
 }
 
@@ -160,6 +163,8 @@ struct Dashboard {
     contract_next: bool,
     progress_percent: f64,
     eta: String,
+    /// Whether `zdm demo` left a report to link.
+    demo_report: bool,
 }
 
 fn eta_text(status: &MigrationStatus) -> String {
@@ -208,6 +213,7 @@ impl Dashboard {
             contract_next: phase == Phase::NewOnly,
             progress_percent,
             status,
+            demo_report: false,
         }
     }
 }
@@ -242,6 +248,7 @@ async fn render(
     let mut page = Dashboard::new(status, csrf, state.instance_id.clone());
     page.notice = notice.and_then(notice_text).map(str::to_owned);
     page.error = error;
+    page.demo_report = state.report_dir.join(DEMO_REPORT).is_file();
     html(status_code, page)
 }
 
@@ -372,4 +379,28 @@ async fn verify(
     let (_, csrf) = checked(&req, &state, &form.csrf)?;
     let outcome = verify_now(&state).await;
     finish(&state, csrf, outcome, "verified").await
+}
+
+/// The latest `zdm demo` report. It is one self-contained file with its own inline styles,
+/// so it gets a policy of its own: no script at all, inline styles only.
+async fn demo_report(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, HtmlError> {
+    if session(&req, &state).is_none() {
+        return Ok(see_other("/admin/login"));
+    }
+    let path = state.report_dir.join(DEMO_REPORT);
+    let body = web::block(move || std::fs::read_to_string(path))
+        .await
+        .map_err(AppError::from)?
+        .map_err(|_| AppError::NotFound)?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body))
 }

@@ -175,7 +175,7 @@ async fn create(
     body: web::Json<UserBody>,
 ) -> Result<HttpResponse, AppError> {
     let new = NewUser::try_from(body.into_inner())?;
-    let phase = state.phase.get();
+    let phase = state.v1_write_phase();
     let user = db(&state, move |conn| {
         Ok(users::insert_user(
             conn,
@@ -204,7 +204,7 @@ async fn update(
 ) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
     let changes = UserChanges::try_from(body.into_inner())?;
-    let phase = state.phase.get();
+    let phase = state.v1_write_phase();
     let user = db(&state, move |conn| {
         Ok(users::update_user(
             conn,

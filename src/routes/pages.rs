@@ -46,6 +46,14 @@ impl Version {
         }
     }
 
+    /// The phase whose code this version's writes follow (see `AppState::v1_write_phase`).
+    fn write_phase(self, state: &AppState) -> Result<Phase, HtmlError> {
+        match self {
+            Version::V1 => Ok(state.v1_write_phase()),
+            Version::V2 => Ok(v2_phase(state)?),
+        }
+    }
+
     /// The name columns of the list.
     fn name_headers(self) -> &'static [&'static str] {
         match self {
@@ -312,7 +320,7 @@ async fn create(
     form: web::Form<UserForm>,
 ) -> Result<HttpResponse, HtmlError> {
     let version = **version;
-    let phase = version.phase(&state)?;
+    let phase = version.write_phase(&state)?;
     let form = form.into_inner();
     let new = match form.parse(version) {
         Ok(new) => new,
@@ -369,7 +377,7 @@ async fn update(
     form: web::Form<UserForm>,
 ) -> Result<HttpResponse, HtmlError> {
     let version = **version;
-    let phase = version.phase(&state)?;
+    let phase = version.write_phase(&state)?;
     let id = id.into_inner();
     let form = form.into_inner();
     let valid = match form.parse(version) {

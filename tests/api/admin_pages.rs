@@ -184,3 +184,43 @@ async fn a_logged_in_admin_drives_the_migration_with_forms() {
     let (status, _) = page(&app, &cookie, "/admin/status.json").await;
     assert_eq!(status, 401, "the session ended");
 }
+
+#[actix_web::test]
+async fn the_dashboard_links_the_last_demo_report() {
+    let app = TestApp::spawn().await;
+    let cookie = log_in(&app).await;
+    let (_, dashboard) = page(&app, &cookie, "/admin").await;
+    assert!(
+        !dashboard.contains("/admin/demo-report"),
+        "no report yet, no link"
+    );
+    std::fs::create_dir_all(&app.report_dir).unwrap();
+    std::fs::write(
+        app.report_dir.join("demo-latest.html"),
+        "<html><body>report body</body></html>",
+    )
+    .unwrap();
+    let (_, dashboard) = page(&app, &cookie, "/admin").await;
+    assert!(dashboard.contains(r#"<a href="/admin/demo-report">"#));
+    let response = app
+        .client
+        .get(app.url("/admin/demo-report"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'")
+    );
+    assert!(response.text().await.unwrap().contains("report body"));
+    assert_eq!(
+        app.get("/admin/demo-report").await.status(),
+        303,
+        "log-in first"
+    );
+    std::fs::remove_dir_all(&app.report_dir).unwrap();
+}

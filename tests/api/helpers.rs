@@ -227,6 +227,8 @@ pub struct TestApp {
     /// A client that does not follow redirects, so tests see the 303s.
     pub client: reqwest::Client,
     pub instance_id: String,
+    /// Where this app looks for `zdm demo` reports (empty at first).
+    pub report_dir: PathBuf,
     follower: PhaseFollower,
     // Dropped last: the database goes once nothing of the app uses it.
     pub db: Arc<TestDb>,
@@ -249,7 +251,11 @@ impl TestApp {
             instance_id: follower.instance_id.clone(),
             admin_token: ADMIN_TOKEN.to_owned(),
             sessions: Default::default(),
+            report_dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("reports-{}", follower.instance_id)),
+            fault_lagging_v1_writes: false,
         };
+        let report_dir = state.report_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
         let port = listener.local_addr().expect("reading the port").port();
         let server = zdm::startup::run(listener, state).expect("starting the server");
@@ -262,6 +268,7 @@ impl TestApp {
             address: format!("http://127.0.0.1:{port}"),
             client,
             instance_id: follower.instance_id.clone(),
+            report_dir,
             follower,
             db,
         }
@@ -439,6 +446,8 @@ impl TestApp {
             instance_id: "stuck".to_owned(),
             admin_token: ADMIN_TOKEN.to_owned(),
             sessions: Default::default(),
+            report_dir: std::env::temp_dir().join("zdm-stuck-reports"),
+            fault_lagging_v1_writes: false,
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
         let port = listener.local_addr().expect("reading the port").port();
@@ -453,4 +462,10 @@ impl TestApp {
         let mut conn = self.db.conn();
         zdm::seed::seed_users(&mut conn, self.phase(), count, 42, |_| {}).expect("seeding");
     }
+}
+
+/// The URL of the test server's maintenance database (for tools that create their own
+/// scratch databases, like `zdm demo`).
+pub fn server_url() -> String {
+    server().base_url.clone()
 }

@@ -3,6 +3,7 @@
 
 mod admin_pages;
 mod backfill;
+mod demo;
 mod guards;
 mod helpers;
 mod local_pg;

@@ -1,0 +1,239 @@
+//! The app instances of a demo: real `zdm serve` processes on one database, and the small
+//! load balancer the clients go through (an instance taken out of rotation gets no new
+//! requests, as a real one drains before a restart).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::DemoError;
+
+pub struct Instance {
+    pub name: String,
+    pub url: String,
+    bind: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// Which instances take requests; shared with every client.
+#[derive(Clone)]
+pub struct Rotation {
+    pub urls: Arc<Vec<String>>,
+    up: Arc<Vec<AtomicBool>>,
+}
+
+impl Rotation {
+    /// A random instance in rotation (`None` if all are out).
+    pub fn pick(&self, rng: &mut fastrand::Rng) -> Option<&str> {
+        let up: Vec<usize> = (0..self.urls.len())
+            .filter(|i| self.up[*i].load(Ordering::Acquire))
+            .collect();
+        if up.is_empty() {
+            return None;
+        }
+        Some(&self.urls[up[rng.usize(..up.len())]])
+    }
+
+    pub fn set(&self, index: usize, up: bool) {
+        self.up[index].store(up, Ordering::Release);
+    }
+}
+
+pub struct Fleet {
+    pub instances: Vec<Instance>,
+    pub rotation: Rotation,
+    database_url: String,
+    admin_token: String,
+    extra_env: Vec<(String, String)>,
+}
+
+fn free_port() -> Result<u16, DemoError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Fleet {
+    /// Starts `count` instances and waits until each answers `/healthz`.
+    pub async fn start(
+        count: usize,
+        database_url: &str,
+        admin_token: &str,
+        log_dir: &std::path::Path,
+        extra_env: Vec<(String, String)>,
+    ) -> Result<Self, DemoError> {
+        let mut instances = Vec::new();
+        for i in 0..count {
+            let port = free_port()?;
+            instances.push(Instance {
+                name: format!("app-{}", (b'a' + i as u8) as char),
+                url: format!("http://127.0.0.1:{port}"),
+                bind: format!("127.0.0.1:{port}"),
+                child: None,
+                log: log_dir.join(format!("app-{}.log", (b'a' + i as u8) as char)),
+            });
+        }
+        let rotation = Rotation {
+            urls: Arc::new(instances.iter().map(|i| i.url.clone()).collect()),
+            up: Arc::new((0..count).map(|_| AtomicBool::new(false)).collect()),
+        };
+        let mut fleet = Fleet {
+            instances,
+            rotation,
+            database_url: database_url.to_owned(),
+            admin_token: admin_token.to_owned(),
+            extra_env,
+        };
+        for i in 0..count {
+            fleet.spawn(i)?;
+        }
+        for i in 0..count {
+            fleet.wait_healthy(i).await?;
+            fleet.rotation.set(i, true);
+        }
+        Ok(fleet)
+    }
+
+    fn spawn(&mut self, index: usize) -> Result<(), DemoError> {
+        let instance = &mut self.instances[index];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&instance.log)?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .env("DATABASE_URL", &self.database_url)
+            .env("ZDM_BIND", &instance.bind)
+            .env("ADMIN_TOKEN", &self.admin_token)
+            .env("ZDM_POOL_SIZE", "8")
+            .env("RUST_LOG", "warn")
+            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        instance.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits (up to 30 s) until the instance answers `/healthz` with 200.
+    pub async fn wait_healthy(&self, index: usize) -> Result<(), DemoError> {
+        let client = reqwest::Client::new();
+        let url = format!("{}/healthz", self.instances[index].url);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(r) = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "{} did not become healthy; see {}",
+            self.instances[index].name,
+            self.instances[index].log.display()
+        )
+        .into())
+    }
+
+    /// The phase each instance reports having applied.
+    pub async fn applied_phases(&self) -> Vec<Option<String>> {
+        let client = reqwest::Client::new();
+        let mut phases = Vec::new();
+        for instance in &self.instances {
+            let phase = match client
+                .get(format!("{}/healthz", instance.url))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+            {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["phase"].as_str().map(str::to_owned)),
+                Err(_) => None,
+            };
+            phases.push(phase);
+        }
+        phases
+    }
+
+    /// Waits until every instance has applied `phase` (they follow the stored phase).
+    pub async fn wait_applied(&self, phase: &str) -> Result<Duration, DemoError> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(15) {
+            if self
+                .applied_phases()
+                .await
+                .iter()
+                .all(|p| p.as_deref() == Some(phase))
+            {
+                return Ok(started.elapsed());
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "the instances did not all apply {phase}: {:?}",
+            self.applied_phases().await
+        )
+        .into())
+    }
+
+    /// A rolling restart of one instance: out of rotation, wait for its requests in flight,
+    /// SIGTERM (graceful shutdown), start it again, back into rotation once healthy.
+    pub async fn rolling_restart(&mut self, index: usize) -> Result<Duration, DemoError> {
+        let started = Instant::now();
+        self.rotation.set(index, false);
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        if let Some(mut child) = self.instances[index].child.take() {
+            let pid = Pid::from_raw(child.id() as i32);
+            kill(pid, Signal::SIGTERM)?;
+            let waited = actix_web::rt::task::spawn_blocking(move || child.wait()).await;
+            waited.map_err(|e| DemoError::from(e.to_string()))??;
+        }
+        self.spawn(index)?;
+        self.wait_healthy(index).await?;
+        self.rotation.set(index, true);
+        Ok(started.elapsed())
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Stops every instance (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        for instance in &mut self.instances {
+            if let Some(mut child) = instance.child.take() {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(10) {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,542 @@
+//! `zdm demo`: proves the zero-downtime claim under live traffic, and shows what the naive
+//! one-step migration breaks.
+//!
+//! Two real app instances (separate `zdm serve` processes) run on a scratch database of
+//! their own; clients send mixed v1/v2, JSON/form, read/write traffic to them over HTTP while
+//! the driver walks the whole migration, injecting faults on the way: a long transaction
+//! holding `users` during the expand and the contract, a `kill -9` of the process running
+//! the backfill (then a resume), and a rolling restart of one instance. At the end an audit
+//! holds the database to every acknowledged write, and a report shows per-phase latency and
+//! failures.
+
+pub mod audit;
+pub mod fleet;
+pub mod report;
+pub mod traffic;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde_json::{Value, json};
+
+use self::fleet::Fleet;
+use self::report::{DemoSummary, Marker, Segment};
+use self::traffic::TrafficControl;
+use crate::db::with_database;
+use crate::local_pg::{create_database_if_missing, quote_ident};
+use crate::migration::{Phase, backfill, schema_migrations, state};
+use crate::seed;
+
+pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Set in an instance's environment to make its v1 writes behave like expanded-phase code
+/// (full_name only) whatever the phase: a broken dual-write, for showing the audit can fail.
+pub const FAULT_LAGGING_V1_WRITES: &str = "ZDM_FAULT_LAGGING_V1_WRITES";
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The one-step migration instead of zdm's.
+    pub naive: bool,
+    pub rows: u64,
+    pub clients: usize,
+    /// Seconds of traffic in each phase.
+    pub phase_secs: f64,
+    /// Percentage of requests that write.
+    pub write_percent: u32,
+    pub json_out: Option<PathBuf>,
+    /// Where the HTML report and the instances' logs go.
+    pub report_dir: PathBuf,
+    /// Environment for the instances (fault injection).
+    pub instance_env: Vec<(String, String)>,
+    /// Backfill batch size and sleep (throttled so it is visible under traffic).
+    pub backfill_batch: i32,
+    pub backfill_sleep_ms: i32,
+}
+
+impl DemoOptions {
+    /// About a minute: small table, short phases.
+    pub fn quick(report_dir: PathBuf) -> Self {
+        Self {
+            naive: false,
+            rows: 30_000,
+            clients: 8,
+            phase_secs: 3.0,
+            write_percent: 30,
+            json_out: None,
+            report_dir,
+            instance_env: Vec::new(),
+            backfill_batch: 1000,
+            backfill_sleep_ms: 100,
+        }
+    }
+
+    pub fn full(report_dir: PathBuf) -> Self {
+        Self {
+            rows: 200_000,
+            clients: 16,
+            phase_secs: 10.0,
+            backfill_batch: 2000,
+            backfill_sleep_ms: 50,
+            ..Self::quick(report_dir)
+        }
+    }
+}
+
+/// The run's clock and record: which segment the traffic is in, when faults happened.
+struct Timeline {
+    control: TrafficControl,
+    segments: Vec<Segment>,
+    markers: Vec<Marker>,
+}
+
+impl Timeline {
+    fn now_ms(&self) -> u32 {
+        self.control.started.elapsed().as_millis() as u32
+    }
+
+    fn enter(&mut self, name: &str) {
+        let now = self.now_ms();
+        if let Some(last) = self.segments.last_mut() {
+            last.end_ms = now;
+        }
+        self.segments.push(Segment {
+            name: name.to_owned(),
+            start_ms: now,
+            end_ms: now,
+        });
+        self.control
+            .segment
+            .store(self.segments.len() - 1, Ordering::Release);
+        log::info!("demo: {name}");
+    }
+
+    fn mark(&mut self, label: impl Into<String>) {
+        let label = label.into();
+        log::info!("demo fault: {label}");
+        self.markers.push(Marker {
+            at_ms: self.now_ms(),
+            label,
+        });
+    }
+
+    fn close(&mut self) {
+        let now = self.now_ms();
+        if let Some(last) = self.segments.last_mut() {
+            last.end_ms = now;
+        }
+    }
+}
+
+/// The admin API of the first instance.
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    async fn post(&self, path: &str, body: Value) -> Result<Value, DemoError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!("{path} answered {status}: {}", body["error"]).into());
+        }
+        Ok(body)
+    }
+
+    async fn advance(&self, confirm: Option<&str>) -> Result<usize, DemoError> {
+        let body = self
+            .post(
+                "/api/admin/migration/advance",
+                json!({ "confirm": confirm }),
+            )
+            .await?;
+        Ok(body["transition"]["lock_timeouts"].as_u64().unwrap_or(0) as usize)
+    }
+}
+
+/// Holds ACCESS SHARE on `users` (a long report query) for `hold`, on its own thread.
+fn long_transaction(url: String, hold: Duration) -> std::thread::JoinHandle<Result<(), String>> {
+    std::thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).map_err(|e| e.to_string())?;
+        conn.batch_execute("BEGIN; SELECT count(*) FROM users;")
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(hold);
+        conn.batch_execute("COMMIT").map_err(|e| e.to_string())
+    })
+}
+
+async fn pause(secs: f64) {
+    actix_web::rt::time::sleep(Duration::from_secs_f64(secs)).await;
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DemoError> + Send + 'static,
+) -> Result<T, DemoError> {
+    actix_web::rt::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DemoError::from(e.to_string()))?
+}
+
+/// Advances under a long transaction holding `users`: lock_timeout and the retries keep the
+/// traffic flowing while the DDL waits.
+async fn advance_past_a_long_transaction(
+    admin: &Admin,
+    url: &str,
+    timeline: &mut Timeline,
+    confirm: Option<&str>,
+    what: &str,
+) -> Result<usize, DemoError> {
+    timeline.enter(&format!("{what}ing"));
+    timeline.mark(format!(
+        "long transaction holds users (1.5 s) during the {what}"
+    ));
+    let blocker = long_transaction(url.to_owned(), Duration::from_millis(1500));
+    pause(0.2).await;
+    let lock_timeouts = admin.advance(confirm).await?;
+    blocker.join().map_err(|_| "the blocker panicked")??;
+    timeline.mark(format!(
+        "{what} done after {lock_timeouts} lock timeout(s) retried"
+    ));
+    Ok(lock_timeouts)
+}
+
+fn backfill_status(url: &str) -> Result<backfill::BackfillStatus, DemoError> {
+    let mut conn = PgConnection::establish(url)?;
+    Ok(backfill::status(&mut conn)?)
+}
+
+/// Runs the backfill as a child process, kills it with SIGKILL part-way, and resumes it
+/// with a new one. Returns the rows/s over the whole backfill.
+async fn backfill_with_a_crash(
+    url: &str,
+    opts: &DemoOptions,
+    timeline: &mut Timeline,
+) -> Result<f64, DemoError> {
+    let spawn = || {
+        Command::new(std::env::current_exe()?)
+            .args([
+                "backfill",
+                "--batch-size",
+                &opts.backfill_batch.to_string(),
+                "--sleep-ms",
+                &opts.backfill_sleep_ms.to_string(),
+            ])
+            .env("DATABASE_URL", url)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    timeline.mark("backfill starts (child process)");
+    let mut child = spawn()?;
+    loop {
+        pause(0.05).await;
+        let url = url.to_owned();
+        let status = blocking(move || backfill_status(&url)).await?;
+        if status.rows_total > 0 && status.rows_done * 5 >= status.rows_total * 2 {
+            break;
+        }
+        if let Some(exit) = child.try_wait()? {
+            return Err(format!("the backfill ended early: {exit}").into());
+        }
+    }
+    child.kill()?;
+    child.wait()?;
+    timeline.mark("kill -9 of the backfill process at ~40 %");
+    pause(0.5).await;
+    timeline.mark("backfill resumed by a new process");
+    let mut child = spawn()?;
+    let exit = actix_web::rt::task::spawn_blocking(move || child.wait())
+        .await
+        .map_err(|e| DemoError::from(e.to_string()))??;
+    if !exit.success() {
+        return Err(format!("the resumed backfill failed: {exit}").into());
+    }
+    let url = url.to_owned();
+    let done = blocking(move || backfill_status(&url)).await?;
+    timeline.mark(format!("backfill done: {} rows", done.rows_done));
+    Ok(done.rows_per_s())
+}
+
+/// The zdm walk, baseline to contracted, with the faults.
+async fn walk_zdm(
+    fleet: &mut Fleet,
+    admin: &Admin,
+    url: &str,
+    opts: &DemoOptions,
+    timeline: &mut Timeline,
+) -> Result<(usize, Option<f64>), DemoError> {
+    let mut lock_timeouts = 0;
+    pause(opts.phase_secs).await;
+
+    lock_timeouts += advance_past_a_long_transaction(admin, url, timeline, None, "expand").await?;
+    fleet.wait_applied("expanded").await?;
+    timeline.enter("expanded");
+    pause(opts.phase_secs).await;
+
+    admin.advance(None).await?;
+    fleet.wait_applied("dual_write").await?;
+    timeline.control.v2_enabled.store(true, Ordering::Release);
+    timeline.enter("dual_write");
+    pause(opts.phase_secs / 2.0).await;
+    timeline.mark("rolling restart of app-b");
+    let took = fleet.rolling_restart(1).await?;
+    timeline.mark(format!(
+        "app-b back in rotation after {:.1} s",
+        took.as_secs_f64()
+    ));
+    pause(opts.phase_secs / 2.0).await;
+
+    timeline.enter("backfill");
+    let rate = backfill_with_a_crash(url, opts, timeline).await?;
+    timeline.enter("dual_write");
+    pause(opts.phase_secs / 3.0).await;
+
+    for (to, name) in [
+        (Phase::Backfilled, "backfilled"),
+        (Phase::ReadNew, "read_new"),
+        (Phase::NewOnly, "new_only"),
+    ] {
+        admin.advance(None).await?;
+        fleet.wait_applied(to.as_str()).await?;
+        timeline.enter(name);
+        pause(opts.phase_secs).await;
+    }
+    admin.post("/api/admin/verify", json!({})).await?;
+    lock_timeouts +=
+        advance_past_a_long_transaction(admin, url, timeline, Some("users.full_name"), "contract")
+            .await?;
+    fleet.wait_applied("contracted").await?;
+    timeline.enter("contracted");
+    pause(opts.phase_secs).await;
+    Ok((lock_timeouts, Some(rate)))
+}
+
+/// What a hurried team ships: one transaction that adds the columns, fills them with one
+/// UPDATE and drops full_name, with the new code deployed to every instance at once.
+async fn walk_naive(
+    fleet: &mut Fleet,
+    url: &str,
+    opts: &DemoOptions,
+    timeline: &mut Timeline,
+) -> Result<(), DemoError> {
+    pause(opts.phase_secs).await;
+    timeline.enter("naive_ddl");
+    timeline.mark("one transaction: ADD COLUMN, UPDATE every row, DROP COLUMN full_name");
+    let url_owned = url.to_owned();
+    blocking(move || {
+        let mut conn = PgConnection::establish(&url_owned)?;
+        conn.batch_execute(
+            "BEGIN;
+             ALTER TABLE users ADD COLUMN first_name TEXT, ADD COLUMN last_name TEXT;
+             UPDATE users SET first_name = zdm_name_first(full_name), last_name = zdm_name_last(full_name);
+             ALTER TABLE users DROP COLUMN full_name;
+             ALTER TABLE users ALTER COLUMN first_name SET NOT NULL, ALTER COLUMN last_name SET NOT NULL;
+             COMMIT;",
+        )?;
+        timeline_free_deploy(&mut conn)?;
+        Ok(())
+    })
+    .await?;
+    timeline.mark("new code deployed to every instance at once");
+    fleet.wait_applied("contracted").await?;
+    timeline.control.v2_enabled.store(true, Ordering::Release);
+    timeline.enter("contracted");
+    pause(opts.phase_secs).await;
+    Ok(())
+}
+
+/// "Deploys the new code": every instance follows the stored phase, so setting it to
+/// contracted switches them all within a poll interval.
+fn timeline_free_deploy(conn: &mut PgConnection) -> QueryResult<()> {
+    conn.transaction(|conn| {
+        diesel::sql_query(
+            "UPDATE zdm_migration_state SET phase = 'contracted', changed_at = now()",
+        )
+        .execute(conn)?;
+        state::record(
+            conn,
+            state::Action::Advance,
+            Phase::Baseline,
+            Phase::Contracted,
+            "demo --naive",
+            "done",
+            Some("one-step migration"),
+        )
+    })
+}
+
+/// Drops the scratch database when the demo ends, however it ends.
+struct Scratch {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = PgConnection::establish(&self.admin_url) {
+            let _ = conn.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&self.name)
+            ));
+        }
+    }
+}
+
+/// Runs the demo against the server of `database_url` (in a scratch database) and returns
+/// its summary; the report is in `opts.report_dir`.
+pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, DemoError> {
+    std::fs::create_dir_all(&opts.report_dir)?;
+    let name = format!("zdm_demo_{}", std::process::id());
+    let scratch = Scratch {
+        admin_url: database_url.to_owned(),
+        name: name.clone(),
+    };
+    let url = with_database(database_url, &name);
+    {
+        let (admin_url, name, url, rows) = (
+            database_url.to_owned(),
+            name.clone(),
+            url.clone(),
+            opts.rows,
+        );
+        blocking(move || {
+            let mut admin = PgConnection::establish(&admin_url)?;
+            create_database_if_missing(&mut admin, &name)?;
+            let mut conn = PgConnection::establish(&url)?;
+            schema_migrations::run_infrastructure_migrations(&mut conn)?;
+            seed::seed_users(&mut conn, Phase::Baseline, rows, 7, |_| {})?;
+            conn.batch_execute("VACUUM ANALYZE users")?;
+            Ok(())
+        })
+        .await?;
+    }
+    let token = crate::startup::generate_token();
+    let mut fleet =
+        Fleet::start(2, &url, &token, &opts.report_dir, opts.instance_env.clone()).await?;
+    let admin = Admin {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()?,
+        base: fleet.instances[0].url.clone(),
+        token: fleet.admin_token().to_owned(),
+    };
+
+    let control = TrafficControl {
+        segment: Arc::new(AtomicUsize::new(0)),
+        v2_enabled: Arc::new(AtomicBool::new(false)),
+        stop: Arc::new(AtomicBool::new(false)),
+        started: Instant::now(),
+    };
+    let mut timeline = Timeline {
+        control: control.clone(),
+        segments: Vec::new(),
+        markers: Vec::new(),
+    };
+    timeline.enter("baseline");
+    let clients = traffic::start(
+        opts.clients,
+        opts.rows as i64,
+        opts.write_percent,
+        fleet.rotation.clone(),
+        control.clone(),
+    );
+    let walked = if opts.naive {
+        walk_naive(&mut fleet, &url, &opts, &mut timeline)
+            .await
+            .map(|()| (0, None))
+    } else {
+        walk_zdm(&mut fleet, &admin, &url, &opts, &mut timeline).await
+    };
+    control.stop.store(true, Ordering::Release);
+    let mut samples = Vec::new();
+    let mut ledgers = Vec::new();
+    let mut unacknowledged_creates = 0;
+    for client in clients {
+        let result = client.await.map_err(|e| DemoError::from(e.to_string()))?;
+        samples.extend(result.samples);
+        ledgers.push(result.ledger);
+        unacknowledged_creates += result.unacknowledged_creates;
+    }
+    timeline.close();
+    fleet.stop();
+    // A walk that stopped half-way (a gate refused, an instance failed) is still audited and
+    // reported: the report then says where and why.
+    let (lock_timeouts, backfill_rate, walk_error) = match walked {
+        Ok((lock_timeouts, rate)) => (lock_timeouts, rate, None),
+        Err(e) => {
+            log::error!("the migration stopped: {e}");
+            (0, None, Some(e.to_string()))
+        }
+    };
+
+    let audit = {
+        let url = url.clone();
+        let ledgers = ledgers.clone();
+        blocking(move || {
+            let mut conn = PgConnection::establish(&url)?;
+            let phase = state::current_phase(&mut conn)?;
+            Ok(audit::audit(&mut conn, phase, &ledgers)?)
+        })
+        .await?
+    };
+    drop(scratch);
+
+    let segments = report::segment_stats(&timeline.segments, &samples);
+    let mut p99_ms_by_phase = BTreeMap::new();
+    for s in &segments {
+        let entry = p99_ms_by_phase.entry(s.name.clone()).or_insert(0.0_f64);
+        *entry = entry.max(s.p99_ms);
+    }
+    let failed_requests: usize = segments.iter().map(|s| s.failed).sum();
+    let p99 = |name: &str| segments.iter().find(|s| s.name == name).map(|s| s.p99_ms);
+    let backfill_p99_vs_baseline = match (p99("backfill"), p99("baseline")) {
+        (Some(b), Some(base)) if base > 0.0 => Some(b / base),
+        _ => None,
+    };
+    let lost_writes = audit.lost_writes;
+    let summary = DemoSummary {
+        mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
+        requests: samples.len(),
+        failed_requests,
+        lost_writes,
+        p99_ms_by_phase,
+        passed: walk_error.is_none()
+            && failed_requests == 0
+            && lost_writes == 0
+            && audit.divergent == 0,
+        walk_error,
+        segments,
+        faults: timeline.markers.clone(),
+        lock_timeouts_retried: lock_timeouts,
+        backfill_rows_per_s: backfill_rate,
+        backfill_p99_vs_baseline,
+        acknowledged_writes_tracked: ledgers.iter().map(HashMap::len).sum(),
+        unacknowledged_creates,
+        audit,
+    };
+    let html = report::html(&summary, &timeline.segments, &samples)?;
+    let report_file = opts.report_dir.join(format!("demo-{}.html", summary.mode));
+    std::fs::write(&report_file, &html)?;
+    std::fs::write(opts.report_dir.join("demo-latest.html"), &html)?;
+    if let Some(path) = &opts.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?)?;
+    }
+    log::info!("report written to {}", report_file.display());
+    Ok(summary)
+}

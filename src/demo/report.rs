@@ -1,0 +1,313 @@
+//! The demo's figures: per-phase requests, failures by kind and latency percentiles, the
+//! faults injected, the backfill rate and the audit; printed as a table, written as one
+//! self-contained HTML file with a latency-over-time chart, and as JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use askama::Template;
+use serde::Serialize;
+
+use super::audit::AuditResult;
+use super::traffic::{Outcome, Sample};
+
+/// A stretch of the run: a phase, or the backfill within dual_write.
+#[derive(Debug, Clone, Serialize)]
+pub struct Segment {
+    pub name: String,
+    pub start_ms: u32,
+    pub end_ms: u32,
+}
+
+/// A fault injected (or its end), at a moment of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Marker {
+    pub at_ms: u32,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SegmentStats {
+    pub name: String,
+    pub seconds: f64,
+    pub requests: usize,
+    pub failed: usize,
+    pub failed_status: usize,
+    pub failed_timeout: usize,
+    pub failed_connection: usize,
+    pub stale_reads: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub requests_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoSummary {
+    pub mode: String,
+    pub requests: usize,
+    pub failed_requests: usize,
+    pub lost_writes: usize,
+    pub p99_ms_by_phase: BTreeMap<String, f64>,
+    pub segments: Vec<SegmentStats>,
+    pub faults: Vec<Marker>,
+    pub lock_timeouts_retried: usize,
+    pub backfill_rows_per_s: Option<f64>,
+    /// p99 during the backfill ÷ p99 in baseline (target ≤ 2).
+    pub backfill_p99_vs_baseline: Option<f64>,
+    pub audit: AuditResult,
+    pub acknowledged_writes_tracked: usize,
+    pub unacknowledged_creates: u64,
+    /// Why the walk stopped before the end, if it did.
+    pub walk_error: Option<String>,
+    pub passed: bool,
+}
+
+fn percentile(sorted_us: &[u32], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted_us.len() as f64 - 1.0) * q).round() as usize;
+    f64::from(sorted_us[rank.min(sorted_us.len() - 1)]) / 1000.0
+}
+
+pub fn segment_stats(segments: &[Segment], samples: &[Sample]) -> Vec<SegmentStats> {
+    segments
+        .iter()
+        .enumerate()
+        .map(|(i, seg)| {
+            let mine: Vec<&Sample> = samples.iter().filter(|s| s.segment as usize == i).collect();
+            let mut latencies: Vec<u32> = mine.iter().map(|s| s.latency_us).collect();
+            latencies.sort_unstable();
+            let count = |f: fn(&Outcome) -> bool| mine.iter().filter(|s| f(&s.outcome)).count();
+            let seconds = f64::from(seg.end_ms.saturating_sub(seg.start_ms)) / 1000.0;
+            let failed_status = count(|o| matches!(o, Outcome::Status(_)));
+            let failed_timeout = count(|o| matches!(o, Outcome::Timeout));
+            let failed_connection = count(|o| matches!(o, Outcome::Connection));
+            let stale_reads = count(|o| matches!(o, Outcome::Stale));
+            SegmentStats {
+                name: seg.name.clone(),
+                seconds,
+                requests: mine.len(),
+                failed: failed_status + failed_timeout + failed_connection + stale_reads,
+                failed_status,
+                failed_timeout,
+                failed_connection,
+                stale_reads,
+                p50_ms: percentile(&latencies, 0.50),
+                p95_ms: percentile(&latencies, 0.95),
+                p99_ms: percentile(&latencies, 0.99),
+                max_ms: percentile(&latencies, 1.0),
+                requests_per_s: if seconds > 0.0 {
+                    mine.len() as f64 / seconds
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect()
+}
+
+/// The table printed at the end of a run.
+pub fn table(summary: &DemoSummary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<12} {:>6} {:>8} {:>6} {:>7} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "phase",
+        "secs",
+        "requests",
+        "failed",
+        "status",
+        "t/o",
+        "conn",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "req/s"
+    );
+    for s in &summary.segments {
+        let _ = writeln!(
+            out,
+            "{:<12} {:>6.1} {:>8} {:>6} {:>7} {:>5} {:>5} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.0}",
+            s.name,
+            s.seconds,
+            s.requests,
+            s.failed,
+            s.failed_status + s.stale_reads,
+            s.failed_timeout,
+            s.failed_connection,
+            s.p50_ms,
+            s.p95_ms,
+            s.p99_ms,
+            s.max_ms,
+            s.requests_per_s
+        );
+    }
+    let _ = writeln!(out, "faults:");
+    for m in &summary.faults {
+        let _ = writeln!(out, "  {:>7.1} s  {}", f64::from(m.at_ms) / 1000.0, m.label);
+    }
+    let _ = writeln!(
+        out,
+        "lock timeouts met and retried: {}",
+        summary.lock_timeouts_retried
+    );
+    if let Some(rate) = summary.backfill_rows_per_s {
+        let _ = writeln!(
+            out,
+            "backfill: {rate:.0} rows/s (including the crash and resume)"
+        );
+    }
+    if let Some(r) = summary.backfill_p99_vs_baseline {
+        let _ = writeln!(
+            out,
+            "p99 during the backfill / p99 in baseline: {r:.2} (target ≤ 2)"
+        );
+    }
+    if let Some(e) = &summary.walk_error {
+        let _ = writeln!(out, "the migration stopped: {e}");
+    }
+    let a = &summary.audit;
+    let _ = writeln!(
+        out,
+        "audit (in {}): {} rows checked against their last acknowledged write ({} uncertain), {} lost, {} divergent",
+        a.phase, a.rows_checked, a.uncertain, a.lost_writes, a.divergent
+    );
+    for e in &a.examples {
+        let _ = writeln!(out, "  {e}");
+    }
+    let _ = writeln!(
+        out,
+        "{}: {} requests, {} failed, {} lost writes",
+        summary.mode, summary.requests, summary.failed_requests, summary.lost_writes
+    );
+    out
+}
+
+/// Chart geometry, computed here so the template only places it.
+struct Band {
+    x: f64,
+    width: f64,
+    name: String,
+    shade: bool,
+}
+
+struct Line {
+    x: f64,
+    label: String,
+}
+
+#[derive(Template)]
+#[template(path = "demo/report.html")]
+struct ReportPage<'a> {
+    summary: &'a DemoSummary,
+    table: String,
+    width: f64,
+    height: f64,
+    plot_top: f64,
+    plot_bottom: f64,
+    bands: Vec<Band>,
+    markers: Vec<Line>,
+    p50: String,
+    p99: String,
+    max: String,
+    failures: Vec<(f64, f64)>,
+    y_ticks: Vec<(f64, String)>,
+    x_ticks: Vec<(f64, String)>,
+}
+
+pub fn html(
+    summary: &DemoSummary,
+    segments: &[Segment],
+    samples: &[Sample],
+) -> Result<String, askama::Error> {
+    let (width, height, left, right, top, bottom) = (1100.0, 380.0, 60.0, 1080.0, 30.0, 340.0);
+    let end_ms = segments.last().map_or(1, |s| s.end_ms.max(1));
+    let x = |ms: u32| left + (right - left) * f64::from(ms) / f64::from(end_ms);
+    let max_ms = samples.iter().map(|s| s.latency_us).max().unwrap_or(1000) as f64 / 1000.0;
+    let (lo, hi) = (0.1_f64.log10(), max_ms.max(10.0).log10());
+    let y = |ms: f64| bottom - (bottom - top) * ((ms.max(0.1).log10() - lo) / (hi - lo));
+    // 250 ms buckets: p50, p99 and max of the requests started in each.
+    let bucket_ms = 250u32;
+    let mut buckets: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    let mut failed: BTreeMap<u32, usize> = BTreeMap::new();
+    for s in samples {
+        buckets
+            .entry(s.at_ms / bucket_ms)
+            .or_default()
+            .push(s.latency_us);
+        if s.outcome != Outcome::Ok {
+            *failed.entry(s.at_ms / bucket_ms).or_default() += 1;
+        }
+    }
+    let mut lines = [String::new(), String::new(), String::new()];
+    for (b, lat) in &mut buckets {
+        lat.sort_unstable();
+        let bx = x(*b * bucket_ms + bucket_ms / 2);
+        for (line, q) in lines.iter_mut().zip([0.5, 0.99, 1.0]) {
+            let _ = write!(line, "{bx:.1},{:.1} ", y(percentile(lat, q)));
+        }
+    }
+    let [p50, p99, max] = lines;
+    let bands = segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Band {
+            x: x(s.start_ms),
+            width: (x(s.end_ms) - x(s.start_ms)).max(0.5),
+            name: s.name.clone(),
+            shade: i % 2 == 0,
+        })
+        .collect();
+    let markers = summary
+        .faults
+        .iter()
+        .map(|m| Line {
+            x: x(m.at_ms),
+            label: m.label.clone(),
+        })
+        .collect();
+    let failures = failed
+        .iter()
+        .map(|(b, n)| (x(*b * bucket_ms + bucket_ms / 2), *n as f64))
+        .collect();
+    let y_ticks = [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]
+        .into_iter()
+        .filter(|ms: &f64| ms.log10() <= hi + 1e-9)
+        .map(|ms| {
+            (
+                y(ms),
+                if ms < 1.0 {
+                    format!("{ms}")
+                } else {
+                    format!("{ms:.0}")
+                },
+            )
+        })
+        .collect();
+    let step_s = ((f64::from(end_ms) / 1000.0 / 10.0).ceil() as u32).max(1);
+    let x_ticks = (0..=end_ms / 1000)
+        .step_by(step_s as usize)
+        .map(|s| (x(s * 1000), format!("{s}s")))
+        .collect();
+    ReportPage {
+        summary,
+        table: table(summary),
+        width,
+        height,
+        plot_top: top,
+        plot_bottom: bottom,
+        bands,
+        markers,
+        p50,
+        p99,
+        max,
+        failures,
+        y_ticks,
+        x_ticks,
+    }
+    .render()
+}

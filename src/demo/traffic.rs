@@ -1,0 +1,446 @@
+//! The demo's clients: v1 and v2, JSON and HTML forms, reads and writes, over real HTTP to
+//! the instances in rotation. Every request is timed; every acknowledged write goes into the
+//! client's ledger, which the audit later holds the database to.
+//!
+//! Each client writes only rows it owns (the ones it created, and the seeded ids congruent to
+//! its number), so "the last acknowledged value" of a row is well defined.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::fleet::Rotation;
+use crate::domain::name_rule::{join_name, normalize_whitespace, split_full_name};
+use crate::seed::random_full_name;
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// An unexpected HTTP status.
+    Status(u16),
+    Timeout,
+    /// Refused, reset or otherwise broken connection.
+    Connection,
+    /// 200, but not the value this client last wrote (a lost write, seen by a read).
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Milliseconds since the traffic started.
+    pub at_ms: u32,
+    pub latency_us: u32,
+    pub segment: u8,
+    pub outcome: Outcome,
+}
+
+/// The values a row must hold after an acknowledged write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Values {
+    pub full_name: String,
+    pub parts: (String, String),
+    pub email: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    Present(Values),
+    Deleted,
+    /// The acknowledgement was lost (timeout): either outcome is fine, corruption is not.
+    EitherOf(Vec<Option<Values>>),
+}
+
+/// What the clients share with the driver.
+#[derive(Clone)]
+pub struct TrafficControl {
+    pub segment: Arc<AtomicUsize>,
+    pub v2_enabled: Arc<AtomicBool>,
+    pub stop: Arc<AtomicBool>,
+    pub started: Instant,
+}
+
+pub struct ClientResult {
+    pub samples: Vec<Sample>,
+    pub ledger: HashMap<i64, Expected>,
+    /// Creates whose answer was lost: their id is unknown, so the audit cannot check them.
+    pub unacknowledged_creates: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Api {
+    V1Json,
+    V2Json,
+    V1Form,
+    V2Form,
+}
+
+struct Client {
+    index: usize,
+    clients: usize,
+    seeded_rows: i64,
+    http: reqwest::Client,
+    rotation: Rotation,
+    control: TrafficControl,
+    rng: fastrand::Rng,
+    ledger: HashMap<i64, Expected>,
+    samples: Vec<Sample>,
+    write_percent: u32,
+    created: u64,
+    unacknowledged_creates: u64,
+}
+
+/// A v2 name: sometimes a multi-word first name ("Mary Ann"), so that split(join) differs.
+fn v2_name(rng: &mut fastrand::Rng) -> (String, String) {
+    let (first, last) = split_full_name(&random_full_name(rng));
+    if rng.u32(0..4) == 0 && !last.is_empty() {
+        return (format!("{first} Ann"), last);
+    }
+    (first, last)
+}
+
+impl Client {
+    fn record(&mut self, started: Instant, segment: usize, outcome: Outcome) {
+        self.samples.push(Sample {
+            at_ms: started.duration_since(self.control.started).as_millis() as u32,
+            latency_us: started.elapsed().as_micros().min(u32::MAX as u128) as u32,
+            segment: segment as u8,
+            outcome,
+        });
+    }
+
+    /// A row this client owns and believes present: one it wrote, or a seeded one (ids
+    /// `index + 1`, `index + 1 + clients`, ...) it has not deleted.
+    fn owned_present(&mut self) -> Option<i64> {
+        for _ in 0..8 {
+            let candidate = if self.rng.bool() && !self.ledger.is_empty() {
+                let keys: Vec<i64> = self.ledger.keys().copied().collect();
+                keys[self.rng.usize(..keys.len())]
+            } else {
+                let per_client = (self.seeded_rows / self.clients as i64).max(1);
+                self.rng.i64(0..per_client) * self.clients as i64 + self.index as i64 + 1
+            };
+            if candidate > self.seeded_rows && !self.ledger.contains_key(&candidate) {
+                continue;
+            }
+            match self.ledger.get(&candidate) {
+                Some(Expected::Present(_)) | None => return Some(candidate),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    /// The last acknowledged values of a row; `None` for a seeded row not written yet.
+    fn current(&self, id: i64) -> Option<Values> {
+        match self.ledger.get(&id) {
+            Some(Expected::Present(v)) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    fn pick_api(&mut self) -> Api {
+        let v2 = self.control.v2_enabled.load(Ordering::Acquire);
+        match (self.rng.u32(0..4), v2) {
+            (0, _) | (1, false) => Api::V1Json,
+            (1, true) => Api::V2Json,
+            (2, _) | (3, false) => Api::V1Form,
+            (3, true) => Api::V2Form,
+            _ => Api::V1Json,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        request: reqwest::RequestBuilder,
+        expect: u16,
+    ) -> (Outcome, Option<reqwest::Response>) {
+        match request.send().await {
+            Ok(r) if r.status().as_u16() == expect => (Outcome::Ok, Some(r)),
+            Ok(r) => (Outcome::Status(r.status().as_u16()), Some(r)),
+            Err(e) if e.is_timeout() => (Outcome::Timeout, None),
+            Err(_) => (Outcome::Connection, None),
+        }
+    }
+
+    async fn step(&mut self) {
+        let Some(base) = self.rotation.pick(&mut self.rng).map(str::to_owned) else {
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+            return;
+        };
+        let segment = self.control.segment.load(Ordering::Acquire);
+        let write = self.rng.u32(0..100) < self.write_percent;
+        if !write {
+            self.read(&base, segment).await;
+            return;
+        }
+        match self.rng.u32(0..10) {
+            0..=3 => self.create(&base, segment).await,
+            4..=8 => self.update(&base, segment).await,
+            _ => self.delete(&base, segment).await,
+        }
+    }
+
+    async fn read(&mut self, base: &str, segment: usize) {
+        let Some(id) = self.owned_present() else {
+            return;
+        };
+        let v2 = self.control.v2_enabled.load(Ordering::Acquire) && self.rng.bool();
+        let path = if v2 {
+            format!("{base}/api/v2/users/{id}")
+        } else {
+            format!("{base}/api/v1/users/{id}")
+        };
+        let started = Instant::now();
+        let (mut outcome, response) = self.send(self.http.get(&path), 200).await;
+        // A read must show the last acknowledged write, if this client made one.
+        if let (Outcome::Ok, Some(response), Some(expected)) = (outcome, response, self.current(id))
+        {
+            let body: Value = response.json().await.unwrap_or_default();
+            let seen_ok = if v2 {
+                body["first_name"] == expected.parts.0.as_str()
+                    && body["last_name"] == expected.parts.1.as_str()
+            } else {
+                body["full_name"] == expected.full_name.as_str()
+            };
+            if !seen_ok {
+                outcome = Outcome::Stale;
+            }
+        }
+        self.record(started, segment, outcome);
+    }
+
+    fn email(&mut self) -> String {
+        self.created += 1;
+        format!(
+            "demo.c{}.{}.{:x}@example.com",
+            self.index,
+            self.created,
+            self.control.started.elapsed().as_nanos() & 0xffff
+        )
+    }
+
+    async fn create(&mut self, base: &str, segment: usize) {
+        let api = self.pick_api();
+        let email = self.email();
+        let (values, request, expect) = match api {
+            Api::V1Json | Api::V1Form => {
+                let full = random_full_name(&mut self.rng);
+                let values = Values {
+                    full_name: normalize_whitespace(&full),
+                    parts: split_full_name(&full),
+                    email: email.clone(),
+                };
+                let request = if matches!(api, Api::V1Json) {
+                    self.http
+                        .post(format!("{base}/api/v1/users"))
+                        .json(&json!({ "full_name": full, "email": email }))
+                } else {
+                    self.http
+                        .post(format!("{base}/v1/users"))
+                        .form(&[("full_name", full.as_str()), ("email", email.as_str())])
+                };
+                (
+                    values,
+                    request,
+                    if matches!(api, Api::V1Json) { 201 } else { 303 },
+                )
+            }
+            Api::V2Json | Api::V2Form => {
+                let (first, last) = v2_name(&mut self.rng);
+                let values = Values {
+                    full_name: join_name(&first, &last),
+                    parts: (first.clone(), last.clone()),
+                    email: email.clone(),
+                };
+                let request = if matches!(api, Api::V2Json) {
+                    self.http
+                        .post(format!("{base}/api/v2/users"))
+                        .json(&json!({ "first_name": first, "last_name": last, "email": email }))
+                } else {
+                    self.http.post(format!("{base}/v2/users")).form(&[
+                        ("first_name", first.as_str()),
+                        ("last_name", last.as_str()),
+                        ("email", email.as_str()),
+                    ])
+                };
+                (
+                    values,
+                    request,
+                    if matches!(api, Api::V2Json) { 201 } else { 303 },
+                )
+            }
+        };
+        let started = Instant::now();
+        let (outcome, response) = self.send(request, expect).await;
+        self.record(started, segment, outcome);
+        let id = match (outcome, response) {
+            (Outcome::Ok, Some(r)) if expect == 201 => {
+                r.json::<Value>().await.ok().and_then(|b| b["id"].as_i64())
+            }
+            // The form redirects to the list page starting just before the new row.
+            (Outcome::Ok, Some(r)) => r
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| l.split("after_id=").nth(1))
+                .and_then(|rest| rest.split('&').next())
+                .and_then(|n| n.parse::<i64>().ok())
+                .map(|n| n + 1),
+            (Outcome::Timeout | Outcome::Connection, _) => {
+                self.unacknowledged_creates += 1;
+                None
+            }
+            _ => None,
+        };
+        if let Some(id) = id {
+            self.ledger.insert(id, Expected::Present(values));
+        }
+    }
+
+    async fn update(&mut self, base: &str, segment: usize) {
+        let Some(id) = self.owned_present() else {
+            return;
+        };
+        let before = self.current(id);
+        // A seeded row's email is unknown until written: forms need it, JSON keeps it.
+        let email = before.as_ref().map(|v| v.email.clone()).unwrap_or_default();
+        let api = match (self.pick_api(), email.is_empty()) {
+            (Api::V1Form, true) => Api::V1Json,
+            (Api::V2Form, true) => Api::V2Json,
+            (api, _) => api,
+        };
+        let (values, request, expect) = match api {
+            Api::V1Json | Api::V1Form => {
+                let full = random_full_name(&mut self.rng);
+                let values = Values {
+                    full_name: normalize_whitespace(&full),
+                    parts: split_full_name(&full),
+                    email: email.clone(),
+                };
+                let request = if matches!(api, Api::V1Json) {
+                    self.http
+                        .put(format!("{base}/api/v1/users/{id}"))
+                        .json(&json!({ "full_name": full }))
+                } else {
+                    self.http
+                        .post(format!("{base}/v1/users/{id}"))
+                        .form(&[("full_name", full.as_str()), ("email", email.as_str())])
+                };
+                (
+                    values,
+                    request,
+                    if matches!(api, Api::V1Json) { 200 } else { 303 },
+                )
+            }
+            Api::V2Json | Api::V2Form => {
+                let (first, last) = v2_name(&mut self.rng);
+                let values = Values {
+                    full_name: join_name(&first, &last),
+                    parts: (first.clone(), last.clone()),
+                    email: email.clone(),
+                };
+                let request = if matches!(api, Api::V2Json) {
+                    self.http
+                        .put(format!("{base}/api/v2/users/{id}"))
+                        .json(&json!({ "first_name": first, "last_name": last }))
+                } else {
+                    self.http.post(format!("{base}/v2/users/{id}")).form(&[
+                        ("first_name", first.as_str()),
+                        ("last_name", last.as_str()),
+                        ("email", email.as_str()),
+                    ])
+                };
+                (
+                    values,
+                    request,
+                    if matches!(api, Api::V2Json) { 200 } else { 303 },
+                )
+            }
+        };
+        let started = Instant::now();
+        let (outcome, _) = self.send(request, expect).await;
+        self.record(started, segment, outcome);
+        self.settle(id, outcome, Some(values));
+    }
+
+    async fn delete(&mut self, base: &str, segment: usize) {
+        let Some(id) = self.owned_present() else {
+            return;
+        };
+        let started = Instant::now();
+        let (outcome, _) = self
+            .send(self.http.delete(format!("{base}/api/v1/users/{id}")), 204)
+            .await;
+        self.record(started, segment, outcome);
+        self.settle(id, outcome, None);
+    }
+
+    /// Records what a write means for the row: the new state when acknowledged, either state
+    /// when the answer was lost, nothing when refused.
+    fn settle(&mut self, id: i64, outcome: Outcome, new: Option<Values>) {
+        match outcome {
+            Outcome::Ok => {
+                self.ledger
+                    .insert(id, new.map_or(Expected::Deleted, Expected::Present));
+            }
+            Outcome::Timeout | Outcome::Connection => match self.current(id) {
+                Some(before) => {
+                    self.ledger
+                        .insert(id, Expected::EitherOf(vec![Some(before), new]));
+                }
+                // Neither the old (seeded) nor the new value is certain: nothing to hold it to.
+                None => {
+                    self.ledger.remove(&id);
+                }
+            },
+            Outcome::Status(_) | Outcome::Stale => {}
+        }
+    }
+}
+
+/// Starts `clients` clients; they run until `control.stop` is set.
+pub fn start(
+    clients: usize,
+    seeded_rows: i64,
+    write_percent: u32,
+    rotation: Rotation,
+    control: TrafficControl,
+) -> Vec<actix_web::rt::task::JoinHandle<ClientResult>> {
+    (0..clients)
+        .map(|index| {
+            let mut client = Client {
+                index,
+                clients,
+                seeded_rows,
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap_or_default(),
+                rotation: rotation.clone(),
+                control: control.clone(),
+                rng: fastrand::Rng::with_seed(index as u64 + 1),
+                ledger: HashMap::new(),
+                samples: Vec::new(),
+                write_percent,
+                created: 0,
+                unacknowledged_creates: 0,
+            };
+            actix_web::rt::spawn(async move {
+                while !client.control.stop.load(Ordering::Acquire) {
+                    client.step().await;
+                    actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+                }
+                ClientResult {
+                    samples: client.samples,
+                    ledger: client.ledger,
+                    unacknowledged_creates: client.unacknowledged_creates,
+                }
+            })
+        })
+        .collect()
+}
