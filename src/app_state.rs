@@ -19,6 +19,9 @@ pub struct AppState {
     /// The Bearer token of the admin API, and the password of the admin pages.
     pub admin_token: String,
     pub sessions: AdminSessions,
+    pub login_limiter: LoginLimiter,
+    /// The backfill this process runs, if any, so a shutdown can stop it at a batch boundary.
+    pub backfill_thread: BackfillThread,
     /// Where `zdm demo` writes its reports; the dashboard links the latest.
     pub report_dir: std::path::PathBuf,
     /// Fault injection for the demo's own test (`ZDM_FAULT_LAGGING_V1_WRITES`): v1 writes
@@ -97,5 +100,71 @@ impl AdminSessions {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         sessions.remove(id);
+    }
+}
+
+/// Failed admin log-ins allowed per client address within `LOGIN_WINDOW`.
+pub const LOGIN_ATTEMPTS: u32 = 5;
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+
+/// Counts failed admin log-ins per client address, so the token cannot be guessed at speed.
+/// (Behind a reverse proxy every client shares the proxy's address: the limit then applies to
+/// all of them together, which errs on the safe side.)
+#[derive(Clone, Default)]
+pub struct LoginLimiter(Arc<Mutex<HashMap<std::net::IpAddr, (u32, Instant)>>>);
+
+impl LoginLimiter {
+    /// `Some(wait)` when this address must wait before trying again.
+    pub fn blocked_for(&self, ip: std::net::IpAddr) -> Option<Duration> {
+        let attempts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (failures, since) = attempts.get(&ip)?;
+        let elapsed = since.elapsed();
+        (*failures >= LOGIN_ATTEMPTS && elapsed < LOGIN_WINDOW).then(|| LOGIN_WINDOW - elapsed)
+    }
+
+    pub fn failed(&self, ip: std::net::IpAddr) {
+        let mut attempts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = attempts.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= LOGIN_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    pub fn succeeded(&self, ip: std::net::IpAddr) {
+        let mut attempts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        attempts.remove(&ip);
+    }
+}
+
+/// The thread running a backfill started by this process.
+#[derive(Clone, Default)]
+pub struct BackfillThread(Arc<Mutex<Option<std::thread::JoinHandle<()>>>>);
+
+impl BackfillThread {
+    pub fn set(&self, handle: std::thread::JoinHandle<()>) {
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *slot = Some(handle);
+    }
+
+    /// The running thread, taken out (for the shutdown to wait on).
+    pub fn take_running(&self) -> Option<std::thread::JoinHandle<()>> {
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.take().filter(|h| !h.is_finished())
     }
 }

@@ -18,6 +18,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `ZDM_POOL_SIZE`: connections in the web pool.
     pub pool_size: u32,
+    /// `ZDM_STATEMENT_TIMEOUT_MS`: the longest a request's query may run.
+    pub statement_timeout_ms: u64,
     /// `ADMIN_TOKEN`: the admin API's Bearer token. Unset → one is generated at start.
     pub admin_token: Option<String>,
     /// How often an instance checks the stored phase.
@@ -53,7 +55,20 @@ impl Config {
                     value: v,
                 })?,
         };
+        let statement_timeout_ms = match var("ZDM_STATEMENT_TIMEOUT_MS") {
+            None => 5000,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (100..=600_000).contains(n))
+                .ok_or(ConfigError::Invalid {
+                    name: "ZDM_STATEMENT_TIMEOUT_MS",
+                    expected: "a number of milliseconds from 100 to 600000",
+                    value: v,
+                })?,
+        };
         Ok(Self {
+            statement_timeout_ms,
             database_url: var("DATABASE_URL"),
             bind: var("ZDM_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
             data_dir: var("ZDM_DATA_DIR")
@@ -67,6 +82,14 @@ impl Config {
         })
     }
 
+    /// The limits of the web pool's connections.
+    pub fn pool_limits(&self) -> crate::db::PoolLimits {
+        crate::db::PoolLimits {
+            statement_timeout: std::time::Duration::from_millis(self.statement_timeout_ms),
+            ..crate::db::PoolLimits::with_size(self.pool_size)
+        }
+    }
+
     /// Where `zdm demo` writes its reports.
     pub fn report_dir(&self) -> PathBuf {
         self.data_dir.join("reports")
@@ -75,11 +98,18 @@ impl Config {
     /// The URL of the app database: `DATABASE_URL` as given, or the private cluster, started
     /// and with its `zdm` database created when needed.
     pub fn resolve_database_url(&self) -> Result<String, LocalPgError> {
+        Ok(self.resolve_database()?.0)
+    }
+
+    /// As `resolve_database_url`, with the private cluster when this call started it (so the
+    /// caller can stop it again when it exits).
+    pub fn resolve_database(&self) -> Result<(String, Option<LocalPg>), LocalPgError> {
         if let Some(url) = &self.database_url {
-            return Ok(url.clone());
+            return Ok((url.clone(), None));
         }
         let pg = LocalPg::ensure_running(&self.data_dir)?;
         pg.create_database_if_missing(APP_DATABASE)?;
-        Ok(pg.url(APP_DATABASE))
+        let url = pg.url(APP_DATABASE);
+        Ok((url, pg.started_here.then_some(pg)))
     }
 }

@@ -8,6 +8,7 @@
 //! - `Refused`: the migration's state does not allow the step now, e.g. an unmet gate (409).
 //! - `Unauthorized`: an admin route without a valid token or session (401).
 //! - `Forbidden`: a form post without its CSRF token (403).
+//! - `TooManyRequests`: too many failed admin log-ins (429 with Retry-After).
 //! - `PayloadTooLarge`: body over the limit (413).
 //! - `Unavailable`: the database cannot be reached right now (503); the client may retry.
 //! - `Internal`: everything else (500). Logged with its cause; the client sees a generic text.
@@ -44,6 +45,8 @@ pub enum AppError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
+    #[error("too many attempts; try again in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -81,6 +84,19 @@ impl AppError {
         }
     }
 
+    /// Headers some errors carry, on JSON and pages alike.
+    fn add_headers(&self, response: &mut actix_web::HttpResponseBuilder) {
+        match self {
+            AppError::Unauthorized => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            AppError::TooManyRequests { retry_after_secs } => {
+                response.insert_header(("Retry-After", retry_after_secs.to_string()));
+            }
+            _ => {}
+        }
+    }
+
     fn log(&self) {
         match self {
             AppError::Internal(cause) => log::error!("internal error: {cause:?}"),
@@ -112,6 +128,13 @@ impl From<DieselError> for AppError {
                 ))
             }
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+                AppError::Unavailable(Box::new(e))
+            }
+            // statement_timeout (SQLSTATE 57014): the database is too busy to answer in time.
+            // Diesel exposes no SQLSTATE for it; PostgreSQL's message is matched.
+            DieselError::DatabaseError(DatabaseErrorKind::Unknown, ref info)
+                if info.message().contains("statement timeout") =>
+            {
                 AppError::Unavailable(Box::new(e))
             }
             other => AppError::Internal(Box::new(other)),
@@ -156,6 +179,7 @@ impl ResponseError for AppError {
             AppError::Conflict(_) | AppError::Refused(_) => StatusCode::CONFLICT,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -166,9 +190,7 @@ impl ResponseError for AppError {
     fn error_response(&self) -> HttpResponse {
         self.log();
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, AppError::Unauthorized) {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
-        }
+        self.add_headers(&mut response);
         response.json(ErrorBody {
             error: self.public_message(),
             field: self.field(),
@@ -212,10 +234,10 @@ impl ResponseError for HtmlError {
             message: self.0.public_message(),
             advice,
         };
+        let mut response = HttpResponse::build(status);
+        self.0.add_headers(&mut response);
         match page.render() {
-            Ok(body) => HttpResponse::build(status)
-                .content_type("text/html; charset=utf-8")
-                .body(body),
+            Ok(body) => response.content_type("text/html; charset=utf-8").body(body),
             Err(e) => {
                 log::error!("rendering the error page failed: {e}");
                 HttpResponse::build(status).body(self.0.public_message())

@@ -143,6 +143,8 @@ pub struct LocalPg {
     pub socket_dir: PathBuf,
     bin_dir: PathBuf,
     run_as: Option<(Uid, Gid)>,
+    /// Whether this call started the server (rather than finding it running).
+    pub started_here: bool,
 }
 
 impl LocalPg {
@@ -163,18 +165,20 @@ impl LocalPg {
         let data_dir = base_dir.join("pgdata");
         let bin_dir = choose_binaries(&data_dir, search)?;
         let socket_dir = socket_dir_for(&base_dir);
-        let pg = LocalPg {
+        let mut pg = LocalPg {
             base_dir,
             data_dir,
             socket_dir,
             bin_dir,
             run_as,
+            started_here: false,
         };
         if !pg.data_dir.join("PG_VERSION").is_file() {
             pg.init_cluster()?;
         }
         if !pg.is_running() {
             pg.start()?;
+            pg.started_here = true;
         }
         Ok(pg.with_socket_from_pid_file())
     }

@@ -10,6 +10,8 @@ use actix_web::{App, HttpServer, web};
 use crate::app_state::AppState;
 use crate::config::Config;
 use crate::db::{self, DbPool};
+use crate::local_pg::LocalPg;
+use crate::migration::backfill;
 use crate::migration::follower::PhaseFollower;
 use crate::migration::schema_migrations;
 use crate::routes;
@@ -46,18 +48,20 @@ fn security_headers() -> DefaultHeaders {
 pub struct Database {
     pub url: String,
     pub pool: DbPool,
+    /// The private PostgreSQL, when this process started it.
+    pub started: Option<LocalPg>,
 }
 
 /// Connects (starting the private PostgreSQL when `DATABASE_URL` is unset) and applies the
 /// infrastructure migrations; phase migrations are left to the migration runner.
 pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
-    let url = config.resolve_database_url()?;
-    let pool = db::build_pool(&url, config.pool_size)?;
+    let (url, started) = config.resolve_database()?;
+    let pool = db::build_pool(&url, config.pool_limits())?;
     let mut conn = pool.get()?;
     for name in schema_migrations::run_infrastructure_migrations(&mut conn)? {
         log::info!("applied migration {name}");
     }
-    Ok(Database { url, pool })
+    Ok(Database { url, pool, started })
 }
 
 /// A random admin token, for when none is configured.
@@ -83,6 +87,8 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         instance_id: follower.instance_id.clone(),
         admin_token,
         sessions: Default::default(),
+        login_limiter: Default::default(),
+        backfill_thread: Default::default(),
         report_dir: config.report_dir(),
         fault_lagging_v1_writes: config.fault_lagging_v1_writes,
     };
@@ -92,7 +98,36 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
     let listener = TcpListener::bind(&config.bind)
         .map_err(|e| format!("cannot listen on {} (ZDM_BIND): {e}", config.bind))?;
     log::info!("zdm is listening on http://{}", listener.local_addr()?);
-    run(listener, state)?.await?;
+    // SIGTERM or SIGINT: the server stops taking connections and lets requests in flight
+    // finish (actix-web's graceful shutdown), then this process winds down what it runs.
+    run(listener, state.clone())?.await?;
+    stop_backfill(&state);
     drop(follower);
+    if let Some(pg) = database.started {
+        log::info!("stopping the private PostgreSQL this process started");
+        pg.stop()?;
+    }
     Ok(())
+}
+
+/// Pauses a backfill this process runs and waits for its batch in flight to commit, so it
+/// stops at a batch boundary (and resumes there on the next start).
+fn stop_backfill(state: &AppState) {
+    let Some(thread) = state.backfill_thread.take_running() else {
+        return;
+    };
+    log::info!("pausing the backfill at its next batch boundary");
+    let paused = state
+        .pool
+        .get()
+        .map_err(|e| e.to_string())
+        .and_then(|mut conn| {
+            backfill::request_stop(&mut conn, "paused").map_err(|e| e.to_string())
+        });
+    if let Err(e) = paused {
+        log::warn!("could not pause the backfill: {e}");
+    }
+    if thread.join().is_err() {
+        log::warn!("the backfill thread panicked");
+    }
 }

@@ -6,17 +6,54 @@ pub mod users;
 use std::time::Duration;
 
 use diesel::PgConnection;
-use diesel::r2d2::{ConnectionManager, Pool, PoolError};
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PoolError};
 
 pub type DbPool = Pool<ConnectionManager<PgConnection>>;
 
-/// How long a request waits for a free connection before it answers 503.
-pub const POOL_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Limits every web connection lives under, so a stuck query or a forgotten transaction
+/// turns into a quick error instead of a request that hangs and a pool that drains.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    pub size: u32,
+    /// How long a request waits for a free connection before it answers 503.
+    pub checkout_timeout: Duration,
+    /// `statement_timeout` of every pooled connection.
+    pub statement_timeout: Duration,
+    /// `idle_in_transaction_session_timeout` of every pooled connection.
+    pub idle_in_transaction_timeout: Duration,
+}
 
-pub fn build_pool(database_url: &str, size: u32) -> Result<DbPool, PoolError> {
+impl PoolLimits {
+    pub fn with_size(size: u32) -> Self {
+        Self {
+            size,
+            checkout_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(5),
+            idle_in_transaction_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SessionLimits(PoolLimits);
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for SessionLimits {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&format!(
+            "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+            self.0.statement_timeout.as_millis(),
+            self.0.idle_in_transaction_timeout.as_millis()
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+pub fn build_pool(database_url: &str, limits: PoolLimits) -> Result<DbPool, PoolError> {
     Pool::builder()
-        .max_size(size)
-        .connection_timeout(POOL_CHECKOUT_TIMEOUT)
+        .max_size(limits.size)
+        .connection_timeout(limits.checkout_timeout)
+        .connection_customizer(Box::new(SessionLimits(limits)))
         .build(ConnectionManager::new(database_url))
 }
 

@@ -16,6 +16,9 @@ use super::fleet::Rotation;
 use crate::domain::name_rule::{join_name, normalize_whitespace, split_full_name};
 use crate::seed::random_full_name;
 
+/// The CSRF token the clients' forms carry (as cookie and field).
+const FORM_TOKEN: &str = "demoformtokendemoformtokendemoformtoken0";
+
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -158,9 +161,15 @@ impl Client {
         request: reqwest::RequestBuilder,
         expect: u16,
     ) -> (Outcome, Option<reqwest::Response>) {
+        // Forms need the double-submit CSRF token; a client that is no browser sets both the
+        // cookie and the field itself.
+        let request = request.header("cookie", format!("zdm_csrf={FORM_TOKEN}"));
         match request.send().await {
             Ok(r) if r.status().as_u16() == expect => (Outcome::Ok, Some(r)),
-            Ok(r) => (Outcome::Status(r.status().as_u16()), Some(r)),
+            Ok(r) => {
+                log::debug!("{} answered {} (expected {expect})", r.url(), r.status());
+                (Outcome::Status(r.status().as_u16()), Some(r))
+            }
             Err(e) if e.is_timeout() => (Outcome::Timeout, None),
             Err(_) => (Outcome::Connection, None),
         }
@@ -239,9 +248,11 @@ impl Client {
                         .post(format!("{base}/api/v1/users"))
                         .json(&json!({ "full_name": full, "email": email }))
                 } else {
-                    self.http
-                        .post(format!("{base}/v1/users"))
-                        .form(&[("full_name", full.as_str()), ("email", email.as_str())])
+                    self.http.post(format!("{base}/v1/users")).form(&[
+                        ("full_name", full.as_str()),
+                        ("email", email.as_str()),
+                        ("csrf", FORM_TOKEN),
+                    ])
                 };
                 (
                     values,
@@ -265,6 +276,7 @@ impl Client {
                         ("first_name", first.as_str()),
                         ("last_name", last.as_str()),
                         ("email", email.as_str()),
+                        ("csrf", FORM_TOKEN),
                     ])
                 };
                 (
@@ -326,9 +338,11 @@ impl Client {
                         .put(format!("{base}/api/v1/users/{id}"))
                         .json(&json!({ "full_name": full }))
                 } else {
-                    self.http
-                        .post(format!("{base}/v1/users/{id}"))
-                        .form(&[("full_name", full.as_str()), ("email", email.as_str())])
+                    self.http.post(format!("{base}/v1/users/{id}")).form(&[
+                        ("full_name", full.as_str()),
+                        ("email", email.as_str()),
+                        ("csrf", FORM_TOKEN),
+                    ])
                 };
                 (
                     values,
@@ -352,6 +366,7 @@ impl Client {
                         ("first_name", first.as_str()),
                         ("last_name", last.as_str()),
                         ("email", email.as_str()),
+                        ("csrf", FORM_TOKEN),
                     ])
                 };
                 (

@@ -217,7 +217,7 @@ pub async fn start_backfill_now(
     .await?;
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<Result<(), AppError>>(1);
     let url = state.database_url.clone();
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("zdm-backfill".to_owned())
         .spawn(move || {
             let mut conn = match PgConnection::establish(&url) {
@@ -243,6 +243,7 @@ pub async fn start_backfill_now(
             }
         })
         .map_err(AppError::internal)?;
+    state.backfill_thread.set(handle);
     match web::block(move || started_rx.recv_timeout(Duration::from_secs(30))).await? {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
@@ -279,8 +280,10 @@ pub async fn change_knobs(
 }
 
 /// Verifies the whole table for the stored phase.
+/// A whole-table scan, so it runs on a connection of its own, free of the web pool's
+/// statement_timeout.
 pub async fn verify_now(state: &web::Data<AppState>) -> Result<VerifyResult, AppError> {
-    db(state, |conn| {
+    own_connection(state, |conn| {
         let phase = state::current_phase(conn)?;
         Ok(verify::verify(conn, phase)?)
     })

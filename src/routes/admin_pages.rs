@@ -89,7 +89,18 @@ async fn login(
     state: web::Data<AppState>,
     form: web::Form<LoginForm>,
 ) -> Result<HttpResponse, HtmlError> {
+    super::csrf::check_same_origin(&req)?;
+    let ip = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    if let Some(wait) = state.login_limiter.blocked_for(ip) {
+        return Err(HtmlError(AppError::TooManyRequests {
+            retry_after_secs: wait.as_secs().max(1),
+        }));
+    }
     if !token_matches(form.token.trim(), &state.admin_token) {
+        state.login_limiter.failed(ip);
         return html(
             StatusCode::UNAUTHORIZED,
             LoginPage {
@@ -99,6 +110,7 @@ async fn login(
             },
         );
     }
+    state.login_limiter.succeeded(ip);
     let (id, _) = state.sessions.create();
     let secure = req.connection_info().scheme() == "https";
     let cookie = Cookie::build(COOKIE, id)
@@ -134,6 +146,7 @@ async fn logout(
 
 /// A form post is allowed only in a live session and with that session's CSRF token.
 fn checked(req: &HttpRequest, state: &AppState, csrf: &str) -> Result<(String, String), HtmlError> {
+    super::csrf::check_same_origin(req)?;
     let (id, expected) = session(req, state).ok_or(HtmlError(AppError::Unauthorized))?;
     if !token_matches(csrf, &expected) {
         return Err(HtmlError(AppError::Forbidden(

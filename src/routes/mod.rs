@@ -4,6 +4,7 @@ pub mod admin_api;
 pub mod admin_pages;
 pub mod api_v1;
 pub mod api_v2;
+pub mod csrf;
 pub mod home;
 pub mod input;
 pub mod pages;

@@ -2,11 +2,11 @@
 //! field and `/v2/users…` with "First name" and "Last name" (released at dual_write).
 
 use actix_web::http::{StatusCode, header};
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 
-use super::{db, v2_phase};
+use super::{csrf, db, v2_phase};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
 use crate::domain::user::FieldErrors;
@@ -95,6 +95,21 @@ fn html(status: StatusCode, page: impl Template) -> Result<HttpResponse, HtmlErr
         .body(page.render()?))
 }
 
+/// Renders a page holding a form: the form gets the CSRF token, and the response sets its
+/// cookie when the browser had none.
+fn form_page<T: Template>(
+    req: &HttpRequest,
+    status: StatusCode,
+    page: impl FnOnce(String) -> T,
+) -> Result<HttpResponse, HtmlError> {
+    let (token, cookie) = csrf::form_token(req);
+    let mut response = html(status, page(token))?;
+    if let Some(cookie) = cookie {
+        response.add_cookie(&cookie).map_err(AppError::internal)?;
+    }
+    Ok(response)
+}
+
 fn see_other(location: String) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, location))
@@ -179,6 +194,8 @@ async fn list(
 #[derive(Debug, Default, Deserialize)]
 pub struct UserForm {
     #[serde(default)]
+    csrf: String,
+    #[serde(default)]
     full_name: String,
     #[serde(default)]
     first_name: String,
@@ -230,10 +247,17 @@ struct FormPage {
     /// `None` for a new user.
     id: Option<i64>,
     fields: Vec<Field>,
+    csrf: String,
 }
 
 impl FormPage {
-    fn new(version: Version, id: Option<i64>, form: UserForm, errors: &[FieldError]) -> Self {
+    fn new(
+        version: Version,
+        id: Option<i64>,
+        form: UserForm,
+        errors: &[FieldError],
+        csrf: String,
+    ) -> Self {
         let error_for = |field: &str| {
             errors
                 .iter()
@@ -264,6 +288,7 @@ impl FormPage {
             prefix: version.prefix(),
             id,
             fields,
+            csrf,
         }
     }
 
@@ -285,36 +310,35 @@ impl FormPage {
 /// Re-renders the form for input refused by validation or by the database (duplicate
 /// email); other errors become an error page.
 fn form_rejected(
+    req: &HttpRequest,
     version: Version,
     id: Option<i64>,
     form: UserForm,
     err: AppError,
 ) -> Result<HttpResponse, HtmlError> {
-    match err {
-        AppError::Conflict(field_error) => html(
-            StatusCode::CONFLICT,
-            FormPage::new(version, id, form, &[field_error]),
-        ),
-        AppError::Validation(field_error) => html(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            FormPage::new(version, id, form, &[field_error]),
-        ),
-        other => Err(other.into()),
-    }
+    let (status, field_error) = match err {
+        AppError::Conflict(field_error) => (StatusCode::CONFLICT, field_error),
+        AppError::Validation(field_error) => (StatusCode::UNPROCESSABLE_ENTITY, field_error),
+        other => return Err(other.into()),
+    };
+    form_page(req, status, |csrf| {
+        FormPage::new(version, id, form, &[field_error], csrf)
+    })
 }
 
 async fn new_form(
+    req: HttpRequest,
     state: web::Data<AppState>,
     version: web::Data<Version>,
 ) -> Result<HttpResponse, HtmlError> {
     version.phase(&state)?;
-    html(
-        StatusCode::OK,
-        FormPage::new(**version, None, UserForm::default(), &[]),
-    )
+    form_page(&req, StatusCode::OK, |csrf| {
+        FormPage::new(**version, None, UserForm::default(), &[], csrf)
+    })
 }
 
 async fn create(
+    req: HttpRequest,
     state: web::Data<AppState>,
     version: web::Data<Version>,
     form: web::Form<UserForm>,
@@ -322,13 +346,13 @@ async fn create(
     let version = **version;
     let phase = version.write_phase(&state)?;
     let form = form.into_inner();
+    csrf::check_form(&req, &form.csrf)?;
     let new = match form.parse(version) {
         Ok(new) => new,
         Err(errors) => {
-            return html(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                FormPage::new(version, None, form, &errors),
-            );
+            return form_page(&req, StatusCode::UNPROCESSABLE_ENTITY, |csrf| {
+                FormPage::new(version, None, form, &errors, csrf)
+            });
         }
     };
     match db(&state, move |conn| {
@@ -346,11 +370,12 @@ async fn create(
             version.prefix(),
             user.id - 1
         ))),
-        Err(err) => form_rejected(version, None, form, err),
+        Err(err) => form_rejected(&req, version, None, form, err),
     }
 }
 
 async fn edit_form(
+    req: HttpRequest,
     state: web::Data<AppState>,
     version: web::Data<Version>,
     id: web::Path<i64>,
@@ -359,18 +384,14 @@ async fn edit_form(
     let phase = version.phase(&state)?;
     let id = id.into_inner();
     let user = db(&state, move |conn| Ok(users::find_user(conn, phase, id)?)).await?;
-    html(
-        StatusCode::OK,
-        FormPage::new(
-            version,
-            Some(id),
-            UserForm::from_stored(user, version, phase),
-            &[],
-        ),
-    )
+    let form = UserForm::from_stored(user, version, phase);
+    form_page(&req, StatusCode::OK, |csrf| {
+        FormPage::new(version, Some(id), form, &[], csrf)
+    })
 }
 
 async fn update(
+    req: HttpRequest,
     state: web::Data<AppState>,
     version: web::Data<Version>,
     id: web::Path<i64>,
@@ -380,13 +401,13 @@ async fn update(
     let phase = version.write_phase(&state)?;
     let id = id.into_inner();
     let form = form.into_inner();
+    csrf::check_form(&req, &form.csrf)?;
     let valid = match form.parse(version) {
         Ok(valid) => valid,
         Err(errors) => {
-            return html(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                FormPage::new(version, Some(id), form, &errors),
-            );
+            return form_page(&req, StatusCode::UNPROCESSABLE_ENTITY, |csrf| {
+                FormPage::new(version, Some(id), form, &errors, csrf)
+            });
         }
     };
     let saved = db(&state, move |conn| {
@@ -405,7 +426,7 @@ async fn update(
             version.prefix(),
             user.id - 1
         ))),
-        Err(err) => form_rejected(version, Some(id), form, err),
+        Err(err) => form_rejected(&req, version, Some(id), form, err),
     }
 }
 
@@ -417,9 +438,11 @@ struct DeletePage {
     id: i64,
     name: String,
     email: String,
+    csrf: String,
 }
 
 async fn confirm_delete(
+    req: HttpRequest,
     state: web::Data<AppState>,
     version: web::Data<Version>,
     id: web::Path<i64>,
@@ -428,25 +451,32 @@ async fn confirm_delete(
     let phase = version.phase(&state)?;
     let id = id.into_inner();
     let user = db(&state, move |conn| Ok(users::find_user(conn, phase, id)?)).await?;
-    html(
-        StatusCode::OK,
-        DeletePage {
-            version: version.label(),
-            prefix: version.prefix(),
-            id,
-            name: version.name_cells(&user, phase).join(" "),
-            email: user.email,
-        },
-    )
+    form_page(&req, StatusCode::OK, |csrf| DeletePage {
+        version: version.label(),
+        prefix: version.prefix(),
+        id,
+        name: version.name_cells(&user, phase).join(" "),
+        email: user.email,
+        csrf,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
 }
 
 async fn delete(
+    req: HttpRequest,
     state: web::Data<AppState>,
     version: web::Data<Version>,
     id: web::Path<i64>,
+    form: web::Form<DeleteForm>,
 ) -> Result<HttpResponse, HtmlError> {
     let version = **version;
     version.phase(&state)?;
+    csrf::check_form(&req, &form.csrf)?;
     let id = id.into_inner();
     db(&state, move |conn| Ok(users::delete_user(conn, id)?)).await?;
     Ok(see_other(format!("{}?notice=deleted", version.prefix())))

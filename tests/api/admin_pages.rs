@@ -59,7 +59,13 @@ async fn the_dashboard_needs_a_login() {
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/admin/login");
     assert_eq!(app.get("/admin/status.json").await.status(), 401);
-    let response = app.post_form("/admin/advance", &[("csrf", "x")]).await;
+    let response = app
+        .client
+        .post(app.url("/admin/advance"))
+        .form(&[("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(app.phase(), Phase::Baseline);
 

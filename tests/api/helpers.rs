@@ -217,6 +217,36 @@ impl Drop for TestDb {
     }
 }
 
+/// Starts the real server against `url` on a random port: its address, its phase follower
+/// (the instance lives as long as it does) and its report folder.
+pub fn serve(url: &str, limits: db::PoolLimits) -> (String, PhaseFollower, PathBuf) {
+    let pool = db::build_pool(url, limits).expect("building the pool");
+    let follower =
+        PhaseFollower::start(pool.clone(), Duration::from_millis(50)).expect("following the phase");
+    let report_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("reports-{}", follower.instance_id));
+    let state = AppState {
+        pool,
+        database_url: url.to_owned(),
+        phase: follower.applied(),
+        instance_id: follower.instance_id.clone(),
+        admin_token: ADMIN_TOKEN.to_owned(),
+        sessions: Default::default(),
+        login_limiter: Default::default(),
+        backfill_thread: Default::default(),
+        report_dir: report_dir.clone(),
+        fault_lagging_v1_writes: false,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
+    let port = listener.local_addr().expect("reading the port").port();
+    let server = zdm::startup::run(listener, state).expect("starting the server");
+    actix_web::rt::spawn(server);
+    (format!("http://127.0.0.1:{port}"), follower, report_dir)
+}
+
+/// The double-submit CSRF token test forms send (cookie and field alike).
+pub const FORM_TOKEN: &str = "testtokentesttokentesttokentesttoken0000";
+
 /// The admin token of every test app.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -241,32 +271,18 @@ impl TestApp {
 
     /// A second (third...) instance on the same database.
     pub async fn spawn_on(db: Arc<TestDb>) -> Self {
-        let pool = db::build_pool(&db.url, 4).expect("building the pool");
-        let follower = PhaseFollower::start(pool.clone(), Duration::from_millis(50))
-            .expect("following the phase");
-        let state = AppState {
-            pool,
-            database_url: db.url.clone(),
-            phase: follower.applied(),
-            instance_id: follower.instance_id.clone(),
-            admin_token: ADMIN_TOKEN.to_owned(),
-            sessions: Default::default(),
-            report_dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("reports-{}", follower.instance_id)),
-            fault_lagging_v1_writes: false,
-        };
-        let report_dir = state.report_dir.clone();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
-        let port = listener.local_addr().expect("reading the port").port();
-        let server = zdm::startup::run(listener, state).expect("starting the server");
-        actix_web::rt::spawn(server);
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("building the HTTP client");
+        Self::spawn_with(db, db::PoolLimits::with_size(4)).await
+    }
+
+    /// An instance whose web pool has these limits.
+    pub async fn spawn_with(db: Arc<TestDb>, limits: db::PoolLimits) -> Self {
+        let (address, follower, report_dir) = serve(&db.url, limits);
         TestApp {
-            address: format!("http://127.0.0.1:{port}"),
-            client,
+            address,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("building the HTTP client"),
             instance_id: follower.instance_id.clone(),
             report_dir,
             follower,
@@ -324,10 +340,14 @@ impl TestApp {
             .expect("PUT failed")
     }
 
+    /// Posts a user-page form as a browser would: with the CSRF cookie and its field.
     pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut with_token = fields.to_vec();
+        with_token.push(("csrf", FORM_TOKEN));
         self.client
             .post(self.url(path))
-            .form(fields)
+            .header("cookie", format!("zdm_csrf={FORM_TOKEN}"))
+            .form(&with_token)
             .send()
             .await
             .expect("form POST failed")
@@ -438,7 +458,8 @@ impl TestApp {
         db: Arc<TestDb>,
         phase: Phase,
     ) -> (String, actix_web::dev::ServerHandle) {
-        let pool = db::build_pool(&db.url, 2).expect("building the pool");
+        let pool =
+            db::build_pool(&db.url, db::PoolLimits::with_size(2)).expect("building the pool");
         let state = AppState {
             pool,
             database_url: db.url.clone(),
@@ -446,6 +467,8 @@ impl TestApp {
             instance_id: "stuck".to_owned(),
             admin_token: ADMIN_TOKEN.to_owned(),
             sessions: Default::default(),
+            login_limiter: Default::default(),
+            backfill_thread: Default::default(),
             report_dir: std::env::temp_dir().join("zdm-stuck-reports"),
             fault_lagging_v1_writes: false,
         };

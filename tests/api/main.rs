@@ -4,12 +4,16 @@
 mod admin_pages;
 mod backfill;
 mod demo;
+mod fuzz;
 mod guards;
 mod helpers;
 mod local_pg;
 mod name_rule;
 mod phases;
+mod reliability;
 mod schema_migrations;
+mod security;
+mod shutdown;
 mod v1_api;
 mod v1_pages;
 mod v2_pages;

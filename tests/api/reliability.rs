@@ -1,0 +1,200 @@
+//! Failure behaviour: stuck queries, an exhausted pool, a database that goes away and comes
+//! back. Requests fail fast with 503 and the app recovers by itself.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde_json::{Value, json};
+use zdm::db::PoolLimits;
+use zdm::local_pg::LocalPg;
+use zdm::migration::schema_migrations;
+
+use crate::helpers::{TestApp, TestDb, serve};
+
+/// Holds ACCESS EXCLUSIVE on `users` until dropped: every query on it waits.
+struct TableLock {
+    _conn: PgConnection,
+}
+
+impl TableLock {
+    fn take(url: &str) -> Self {
+        let mut conn = PgConnection::establish(url).unwrap();
+        conn.batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE;")
+            .unwrap();
+        TableLock { _conn: conn }
+    }
+}
+
+#[actix_web::test]
+async fn a_query_stuck_behind_a_lock_answers_503_within_the_statement_timeout() {
+    let limits = PoolLimits {
+        statement_timeout: Duration::from_millis(500),
+        ..PoolLimits::with_size(4)
+    };
+    let app = TestApp::spawn_with(Arc::new(TestDb::migrated()), limits).await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    let lock = TableLock::take(&app.db.url);
+    let started = Instant::now();
+    let response = app.get(&format!("/api/v1/users/{id}")).await;
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "The database is unavailable right now; try again in a moment."
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "gave up after the statement_timeout, not {waited:?}"
+    );
+    drop(lock);
+    assert_eq!(app.get(&format!("/api/v1/users/{id}")).await.status(), 200);
+}
+
+#[actix_web::test]
+async fn an_exhausted_pool_answers_503_quickly() {
+    let limits = PoolLimits {
+        checkout_timeout: Duration::from_millis(300),
+        statement_timeout: Duration::from_secs(4),
+        ..PoolLimits::with_size(1)
+    };
+    let app = TestApp::spawn_with(Arc::new(TestDb::migrated()), limits).await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    let lock = TableLock::take(&app.db.url);
+    // The one connection is now stuck in a query waiting for the lock...
+    let stuck = {
+        let (client, url) = (app.client.clone(), app.url(&format!("/api/v1/users/{id}")));
+        actix_web::rt::spawn(
+            async move { client.get(url).send().await.map(|r| r.status().as_u16()) },
+        )
+    };
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    // ...so the next request finds no free connection and says so at once.
+    let started = Instant::now();
+    let response = app.get("/healthz").await;
+    assert_eq!(response.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no hanging: {:?}",
+        started.elapsed()
+    );
+    drop(lock);
+    assert_eq!(
+        stuck.await.unwrap().unwrap(),
+        200,
+        "the stuck request finishes once the lock goes"
+    );
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+#[actix_web::test]
+async fn killed_connections_cost_no_500_and_no_write() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    let mut conn = app.db.conn();
+    conn.batch_execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        app.db.name
+    ))
+    .unwrap();
+    let mut ok = 0;
+    for _ in 0..20 {
+        let status = app
+            .get(&format!("/api/v1/users/{id}"))
+            .await
+            .status()
+            .as_u16();
+        assert!(status == 200 || status == 503, "{status}");
+        ok += usize::from(status == 200);
+    }
+    assert!(ok > 0, "the pool replaced the killed connections");
+    let body: Value = app
+        .get(&format!("/api/v1/users/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["full_name"], "Ada Lovelace");
+}
+
+/// A cluster of this test's own, so it can be stopped without disturbing other tests.
+struct OwnCluster(PathBuf);
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        if let Ok(pg) = LocalPg::ensure_running(&self.0) {
+            let _ = pg.stop();
+            let _ = std::fs::remove_dir_all(&pg.base_dir);
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[actix_web::test]
+async fn a_database_outage_answers_503_and_the_app_recovers_by_itself() {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pg-outage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let cluster = OwnCluster(base.clone());
+    let pg = LocalPg::ensure_running(&base).unwrap();
+    pg.create_database_if_missing("zdm").unwrap();
+    let url = pg.url("zdm");
+    schema_migrations::run_infrastructure_migrations(&mut PgConnection::establish(&url).unwrap())
+        .unwrap();
+    let (address, _follower, _) = serve(&url, PoolLimits::with_size(4));
+    let client = reqwest::Client::new();
+
+    let created = client
+        .post(format!("{address}/api/v1/users"))
+        .json(&json!({ "full_name": "Grace Hopper", "email": "grace@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+
+    pg.stop().unwrap();
+    for request in [
+        client.get(format!("{address}/api/v1/users/{id}")),
+        client
+            .post(format!("{address}/api/v1/users"))
+            .json(&json!({ "full_name": "X", "email": "x@example.com" })),
+        client.get(format!("{address}/v1/users")),
+    ] {
+        let started = Instant::now();
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "failed fast: {:?}",
+            started.elapsed()
+        );
+    }
+
+    LocalPg::ensure_running(&base).unwrap();
+    let mut recovered = false;
+    for _ in 0..100 {
+        let response = client
+            .get(format!("{address}/api/v1/users/{id}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            assert_eq!(
+                response.json::<Value>().await.unwrap()["full_name"],
+                "Grace Hopper",
+                "the write survived"
+            );
+            recovered = true;
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the app came back by itself");
+    drop(cluster);
+}

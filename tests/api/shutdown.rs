@@ -1,0 +1,153 @@
+//! Graceful shutdown of a real `zdm serve` process on its own private PostgreSQL: requests in
+//! flight finish, the backfill stops at a batch boundary, and the PostgreSQL it started is
+//! stopped cleanly.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use zdm::local_pg::LocalPg;
+use zdm::migration::backfill;
+
+use crate::helpers::ADMIN_TOKEN;
+
+#[actix_web::test]
+async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pg-shutdown-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_zdm"))
+        .arg("serve")
+        .env_remove("DATABASE_URL")
+        .env("ZDM_DATA_DIR", &base)
+        .env("ZDM_BIND", format!("127.0.0.1:{port}"))
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..300 {
+        if client
+            .get(format!("{address}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            up = true;
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "zdm serve started its own PostgreSQL and came up");
+
+    let pg = LocalPg::ensure_running(&base).unwrap();
+    assert!(
+        !pg.started_here,
+        "the server's PostgreSQL was already running"
+    );
+    let url = pg.url("zdm");
+    let mut conn = PgConnection::establish(&url).unwrap();
+    zdm::seed::seed_users(
+        &mut conn,
+        zdm::migration::Phase::Baseline,
+        20_000,
+        3,
+        |_| {},
+    )
+    .unwrap();
+    let admin = |path: &str, body: Value| {
+        client
+            .post(format!("{address}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            admin("/api/admin/migration/advance", json!({}))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(600)).await;
+    }
+    let started = admin(
+        "/api/admin/backfill/start",
+        json!({ "batch_size": 500, "sleep_ms": 200 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(started.status(), 202);
+    actix_web::rt::time::sleep(Duration::from_millis(700)).await;
+
+    // A request in flight: it waits on a table lock while the shutdown begins.
+    let mut locker = PgConnection::establish(&url).unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE;")
+        .unwrap();
+    let in_flight = {
+        let (client, url) = (client.clone(), format!("{address}/api/v1/users?limit=5"));
+        actix_web::rt::spawn(
+            async move { client.get(url).send().await.map(|r| r.status().as_u16()) },
+        )
+    };
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    locker.batch_execute("COMMIT").unwrap();
+    drop(locker);
+    drop(conn);
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        200,
+        "the request in flight was answered"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "zdm serve did not exit after SIGTERM"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        !pg.data_dir.join("postmaster.pid").exists(),
+        "its PostgreSQL was stopped"
+    );
+
+    let pg = LocalPg::ensure_running(&base).unwrap();
+    let mut conn = PgConnection::establish(&pg.url("zdm")).unwrap();
+    let state = backfill::status(&mut conn).unwrap();
+    assert_eq!(
+        state.state, "paused",
+        "stopped at a batch boundary, ready to resume"
+    );
+    assert!(
+        state.last_id > 0 && state.last_id < state.max_id,
+        "{state:?}"
+    );
+    drop(conn);
+    pg.stop().unwrap();
+    std::fs::remove_dir_all(&pg.base_dir).unwrap();
+    let _ = std::fs::remove_dir_all(&base);
+}
