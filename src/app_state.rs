@@ -20,6 +20,7 @@ pub struct AppState {
     pub admin_token: String,
     pub sessions: AdminSessions,
     pub login_limiter: LoginLimiter,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The backfill this process runs, if any, so a shutdown can stop it at a batch boundary.
     pub backfill_thread: BackfillThread,
     /// Where `zdm demo` writes its reports; the dashboard links the latest.

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod local_pg;
+pub mod metrics;
 pub mod migration;
 pub mod routes;
 pub mod schema;

@@ -3,8 +3,11 @@
 
 use std::net::TcpListener;
 
+use actix_web::body::MessageBody;
 use actix_web::dev::Server;
-use actix_web::middleware::{DefaultHeaders, Logger};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{DefaultHeaders, Logger, Next, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::app_state::AppState;
@@ -23,14 +26,60 @@ pub fn run(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(observe))
             .wrap(security_headers())
-            .wrap(Logger::new(r#"%a "%r" %s %b %Dms"#))
+            .wrap(Logger::new(r#"%a "%r" %s %b %Dms id=%{x-request-id}o"#))
             .app_data(state.clone())
             .configure(routes::configure)
     })
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// Gives every request an id (the caller's `X-Request-Id` when it is a sane one, else a new
+/// one), returns it in the answer for the log line and the client, and counts the request in
+/// the metrics by its route pattern (never the raw path, which would explode the label set).
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            std::iter::repeat_with(fastrand::alphanumeric)
+                .take(16)
+                .collect()
+        });
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().to_string();
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let mut response = next.call(req).await?;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), value);
+    }
+    if let Some(metrics) = metrics {
+        metrics.observe_request(
+            &route,
+            &method,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    Ok(response)
 }
 
 /// Headers on every answer: no inline script, no framing, no MIME sniffing.
@@ -89,6 +138,7 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         sessions: Default::default(),
         login_limiter: Default::default(),
         backfill_thread: Default::default(),
+        metrics: std::sync::Arc::new(crate::metrics::Metrics::new()?),
         report_dir: config.report_dir(),
         fault_lagging_v1_writes: config.fault_lagging_v1_writes,
     };

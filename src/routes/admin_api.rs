@@ -133,16 +133,26 @@ pub async fn advance_step(
     confirm: Option<String>,
 ) -> Result<Transition, AppError> {
     let actor = state.instance_id.clone();
-    own_connection(state, move |conn| {
+    let transition = own_connection(state, move |conn| {
         Ok(runner::advance(conn, &actor, confirm.as_deref())?)
     })
-    .await
+    .await?;
+    state
+        .metrics
+        .lock_timeout_retries
+        .inc_by(transition.lock_timeouts as u64);
+    Ok(transition)
 }
 
 /// Rolls back one phase in the name of this instance.
 pub async fn rollback_step(state: &web::Data<AppState>) -> Result<Transition, AppError> {
     let actor = state.instance_id.clone();
-    own_connection(state, move |conn| Ok(runner::rollback(conn, &actor)?)).await
+    let transition = own_connection(state, move |conn| Ok(runner::rollback(conn, &actor)?)).await?;
+    state
+        .metrics
+        .lock_timeout_retries
+        .inc_by(transition.lock_timeouts as u64);
+    Ok(transition)
 }
 
 async fn advance(

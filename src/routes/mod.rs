@@ -28,6 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .app_data(input::path_config())
         .route("/", web::get().to(home::index))
         .route("/healthz", web::get().to(home::healthz))
+        .route("/metrics", web::get().to(metrics))
         .route("/static/app.css", web::get().to(stylesheet))
         .route("/static/admin.js", web::get().to(admin_script))
         .configure(api_v1::configure)
@@ -90,4 +91,15 @@ async fn admin_script() -> HttpResponse {
         .content_type("text/javascript; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
         .body(include_str!("../../static/admin.js"))
+}
+
+/// Prometheus text format. Open like `/healthz`: it tells counts and timings, no data.
+async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let state = state.clone();
+    let text = web::block(move || state.metrics.scrape(&state.pool))
+        .await?
+        .map_err(AppError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
 }

@@ -234,6 +234,7 @@ pub fn serve(url: &str, limits: db::PoolLimits) -> (String, PhaseFollower, PathB
         sessions: Default::default(),
         login_limiter: Default::default(),
         backfill_thread: Default::default(),
+        metrics: std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics")),
         report_dir: report_dir.clone(),
         fault_lagging_v1_writes: false,
     };
@@ -469,6 +470,7 @@ impl TestApp {
             sessions: Default::default(),
             login_limiter: Default::default(),
             backfill_thread: Default::default(),
+            metrics: std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics")),
             report_dir: std::env::temp_dir().join("zdm-stuck-reports"),
             fault_lagging_v1_writes: false,
         };

@@ -8,6 +8,7 @@ mod fuzz;
 mod guards;
 mod helpers;
 mod local_pg;
+mod metrics;
 mod name_rule;
 mod phases;
 mod reliability;

@@ -1,0 +1,176 @@
+//! Prometheus metrics (`GET /metrics`): requests by route and status with a latency
+//! histogram, the phase, the backfill, the last verification, the pool, and the lock
+//! timeouts the runner retried. Request metrics are counted as requests pass; the rest is
+//! read when scraped.
+
+use diesel::PgConnection;
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::db::DbPool;
+use crate::migration::{Phase, backfill, state, verify};
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_latency: HistogramVec,
+    pub lock_timeout_retries: IntCounter,
+    phase: IntGaugeVec,
+    backfill_rows_done: IntGauge,
+    backfill_rows_total: IntGauge,
+    backfill_batches: IntGauge,
+    backfill_rows_per_second: Gauge,
+    backfill_state: IntGaugeVec,
+    verify_divergent: IntGauge,
+    pool_in_use: IntGauge,
+    pool_idle: IntGauge,
+    database_up: IntGauge,
+}
+
+const BACKFILL_STATES: [&str; 6] = ["idle", "running", "paused", "done", "failed", "cancelled"];
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("zdm".to_owned()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests answered, by route pattern, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let http_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time to answer, by route pattern and method",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["route", "method"],
+        )?;
+        let lock_timeout_retries = IntCounter::new(
+            "migration_lock_timeout_retries_total",
+            "Lock timeouts a migration step met and retried (steps run by this instance)",
+        )?;
+        let phase = IntGaugeVec::new(Opts::new("phase", "1 for the stored phase"), &["phase"])?;
+        let backfill_rows_done =
+            IntGauge::new("backfill_rows_done", "Rows the backfill has passed")?;
+        let backfill_rows_total =
+            IntGauge::new("backfill_rows_total", "Rows the backfill has to pass")?;
+        let backfill_batches =
+            IntGauge::new("backfill_batches", "Batches the backfill has committed")?;
+        let backfill_rows_per_second = Gauge::new(
+            "backfill_rows_per_second",
+            "The backfill's rate since it started",
+        )?;
+        let backfill_state = IntGaugeVec::new(
+            Opts::new("backfill_state", "1 for the backfill's state"),
+            &["state"],
+        )?;
+        let verify_divergent = IntGauge::new(
+            "verify_divergent_rows",
+            "Divergent rows found by the last verification",
+        )?;
+        let pool_in_use = IntGauge::new(
+            "db_pool_connections_in_use",
+            "Web pool connections checked out",
+        )?;
+        let pool_idle = IntGauge::new("db_pool_connections_idle", "Web pool connections idle")?;
+        let database_up = IntGauge::new(
+            "database_up",
+            "1 when the last scrape could read the database",
+        )?;
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_latency.clone()),
+            Box::new(lock_timeout_retries.clone()),
+            Box::new(phase.clone()),
+            Box::new(backfill_rows_done.clone()),
+            Box::new(backfill_rows_total.clone()),
+            Box::new(backfill_batches.clone()),
+            Box::new(backfill_rows_per_second.clone()),
+            Box::new(backfill_state.clone()),
+            Box::new(verify_divergent.clone()),
+            Box::new(pool_in_use.clone()),
+            Box::new(pool_idle.clone()),
+            Box::new(database_up.clone()),
+        ] {
+            registry.register(collector)?;
+        }
+        Ok(Self {
+            registry,
+            http_requests,
+            http_latency,
+            lock_timeout_retries,
+            phase,
+            backfill_rows_done,
+            backfill_rows_total,
+            backfill_batches,
+            backfill_rows_per_second,
+            backfill_state,
+            verify_divergent,
+            pool_in_use,
+            pool_idle,
+            database_up,
+        })
+    }
+
+    /// Counts one answered request.
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.http_latency
+            .with_label_values(&[route, method])
+            .observe(seconds);
+    }
+
+    fn read_database(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let current = state::current_phase(conn)?;
+        for phase in Phase::ALL {
+            self.phase
+                .with_label_values(&[phase.as_str()])
+                .set(i64::from(phase == current));
+        }
+        let b = backfill::status(conn)?;
+        self.backfill_rows_done.set(b.rows_done);
+        self.backfill_rows_total.set(b.rows_total);
+        self.backfill_batches.set(b.batches);
+        self.backfill_rows_per_second.set(b.rows_per_s());
+        for s in BACKFILL_STATES {
+            self.backfill_state
+                .with_label_values(&[s])
+                .set(i64::from(b.state == s));
+        }
+        if let Some(v) = verify::latest(conn)? {
+            self.verify_divergent.set(v.divergent);
+        }
+        Ok(())
+    }
+
+    /// The text exposition, with the database-backed gauges read now.
+    pub fn scrape(&self, pool: &DbPool) -> Result<String, prometheus::Error> {
+        let pool_state = pool.state();
+        self.pool_idle.set(i64::from(pool_state.idle_connections));
+        self.pool_in_use.set(i64::from(
+            pool_state.connections - pool_state.idle_connections,
+        ));
+        let read = pool
+            .get()
+            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+            .and_then(|mut conn| self.read_database(&mut conn));
+        if let Err(e) = &read {
+            log::warn!("metrics: could not read the database: {e}");
+        }
+        self.database_up.set(i64::from(read.is_ok()));
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        Ok(String::from_utf8_lossy(&buffer).into_owned())
+    }
+}

@@ -1,0 +1,121 @@
+//! `/metrics` and request ids: scrape after traffic and see the counters move.
+
+use zdm::migration::Phase;
+
+use crate::helpers::TestApp;
+
+/// The value of the first sample line starting with `prefix` (name and labels).
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    response.text().await.unwrap()
+}
+
+#[actix_web::test]
+async fn metrics_count_requests_and_follow_the_migration() {
+    let app = TestApp::spawn().await;
+    let before = scrape(&app).await;
+    let ok_reads =
+        r#"zdm_http_requests_total{method="GET",route="/api/v1/users/{id}",status="200"}"#;
+    assert_eq!(sample(&before, ok_reads), None, "no reads yet");
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    for _ in 0..3 {
+        assert_eq!(app.get(&format!("/api/v1/users/{id}")).await.status(), 200);
+    }
+    assert_eq!(app.get("/api/v1/users/999999").await.status(), 404);
+    let after = scrape(&app).await;
+    assert_eq!(
+        sample(&after, ok_reads),
+        Some(3.0),
+        "counted by route pattern, not raw path"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"zdm_http_requests_total{method="GET",route="/api/v1/users/{id}",status="404"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"zdm_http_request_duration_seconds_count{method="GET",route="/api/v1/users/{id}"}"#
+        ),
+        Some(4.0)
+    );
+    assert_eq!(sample(&after, r#"zdm_phase{phase="baseline"}"#), Some(1.0));
+    assert_eq!(sample(&after, "zdm_database_up"), Some(1.0));
+    assert!(sample(&after, "zdm_db_pool_connections_idle").is_some());
+
+    app.seed(3000);
+    app.walk_to(Phase::DualWrite).await;
+    app.backfill_to_the_end().await;
+    app.admin_post("/api/admin/verify", serde_json::json!({}))
+        .await;
+    let later = scrape(&app).await;
+    assert_eq!(
+        sample(&later, r#"zdm_phase{phase="dual_write"}"#),
+        Some(1.0)
+    );
+    assert_eq!(sample(&later, r#"zdm_phase{phase="baseline"}"#), Some(0.0));
+    assert_eq!(
+        sample(&later, r#"zdm_backfill_state{state="done"}"#),
+        Some(1.0)
+    );
+    assert!(sample(&later, "zdm_backfill_rows_done").unwrap() >= 3000.0);
+    assert!(sample(&later, "zdm_backfill_batches").unwrap() >= 1.0);
+    assert_eq!(sample(&later, "zdm_verify_divergent_rows"), Some(0.0));
+    assert!(sample(&later, "zdm_migration_lock_timeout_retries_total").is_some());
+}
+
+#[actix_web::test]
+async fn every_answer_carries_a_request_id() {
+    let app = TestApp::spawn().await;
+    let a = app.get("/healthz").await.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let b = app.get("/no/such/page").await.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(a.len(), 16);
+    assert_ne!(a, b);
+    let echoed = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "trace-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed.headers()["x-request-id"],
+        "trace-42",
+        "a caller's id is kept"
+    );
+    let replaced = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "<script>")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        replaced.headers()["x-request-id"],
+        "<script>",
+        "an odd one is replaced"
+    );
+}
