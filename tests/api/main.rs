@@ -3,6 +3,7 @@
 
 mod admin_pages;
 mod backfill;
+mod browser;
 mod demo;
 mod fuzz;
 mod guards;

@@ -1,0 +1,339 @@
+//! End-to-end tests in a real headless Chromium, driven over WebDriver (chromedriver), against
+//! the real server. Each test saves screenshots of the pages it passes through to
+//! `target/tmp/screenshots/`.
+//!
+//! Without Chromium and chromedriver these tests say so loudly and pass, except under
+//! `CI=true`, where a missing browser is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use zdm::migration::Phase;
+
+use crate::helpers::{ADMIN_TOKEN, TestApp};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn find(program: &str, fallback: &str) -> Option<PathBuf> {
+    let fallback = Path::new(fallback);
+    if fallback.is_file() {
+        return Some(fallback.to_owned());
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A browser session; the driver process goes when this does.
+struct Browser {
+    client: Client,
+    driver: Child,
+    profile: PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+async fn browser() -> Option<Browser> {
+    let chromium = find("chromium", CHROMIUM);
+    let driver_bin = find("chromedriver", "/usr/bin/chromedriver");
+    let (Some(chromium), Some(driver_bin)) = (chromium, driver_bin) else {
+        let message = "Chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver): \
+                       the browser tests did NOT run";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+        eprintln!("\n!!!!! {message} !!!!!\n");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let driver = Command::new(driver_bin)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting chromedriver");
+    let profile = std::env::temp_dir().join(format!("zdm-chromium-{port}"));
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".to_owned(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--window-size=1280,1100", format!("--user-data-dir={}", profile.display()),
+            ]
+        }),
+    );
+    let mut last_error = String::new();
+    for _ in 0..100 {
+        match ClientBuilder::native()
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(client) => {
+                return Some(Browser {
+                    client,
+                    driver,
+                    profile,
+                });
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not start a Chromium session: {last_error}");
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = client.screenshot().await.expect("taking a screenshot");
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+async fn fill(client: &Client, id: &str, text: &str) {
+    let field = client
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"));
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+async fn value_of(client: &Client, id: &str) -> String {
+    let field = client.find(Locator::Id(id)).await.unwrap();
+    field.prop("value").await.unwrap().unwrap_or_default()
+}
+
+/// Clicks and waits for the next page: the clicked element's document must go away first.
+async fn click_and_wait(element: fantoccini::elements::Element) {
+    element.clone().click().await.unwrap();
+    for _ in 0..200 {
+        if element.is_displayed().await.is_err() {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the page did not change after the click");
+}
+
+async fn submit(client: &Client) {
+    click_and_wait(
+        client
+            .find(Locator::Css("form.form button[type=submit]"))
+            .await
+            .unwrap(),
+    )
+    .await;
+}
+
+async fn page_text(client: &Client) -> String {
+    client
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_person_creates_and_edits_users_through_the_v1_and_v2_forms() {
+    let Some(b) = browser().await else { return };
+    let c = &b.client;
+    let app = TestApp::spawn().await;
+    c.goto(&app.url("/")).await.unwrap();
+    screenshot(c, "home").await;
+
+    // v1: a validation error is shown next to the field, with the input kept.
+    c.goto(&app.url("/v1/users/new")).await.unwrap();
+    fill(c, "full_name", "   ").await;
+    fill(c, "email", "grace@example.com").await;
+    submit(c).await;
+    let error = c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#full_name-error"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(error, "Full name must not be blank.");
+    assert_eq!(
+        value_of(c, "email").await,
+        "grace@example.com",
+        "the input is kept"
+    );
+    screenshot(c, "v1-form-error").await;
+    fill(c, "full_name", "Grace  Hopper").await;
+    submit(c).await;
+    let list = page_text(c).await;
+    assert!(
+        list.contains("User created.") && list.contains("Grace Hopper"),
+        "{list}"
+    );
+    click_and_wait(c.find(Locator::LinkText("Edit")).await.unwrap()).await;
+    assert_eq!(value_of(c, "full_name").await, "Grace Hopper");
+    fill(c, "full_name", "Grace Brewster Hopper").await;
+    submit(c).await;
+    assert!(page_text(c).await.contains("Grace Brewster Hopper"));
+
+    // v2, once released.
+    app.walk_to(Phase::DualWrite).await;
+    c.goto(&app.url("/v2/users/new")).await.unwrap();
+    fill(c, "first_name", "Mary Ann").await;
+    fill(c, "last_name", "Smith").await;
+    fill(c, "email", "not-an-email").await;
+    submit(c).await;
+    screenshot(c, "v2-form-error").await;
+    let error = c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#email-error"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(error, "Email must look like name@example.com.");
+    assert_eq!(
+        value_of(c, "first_name").await,
+        "Mary Ann",
+        "the input is kept"
+    );
+    screenshot(c, "v2-form-error").await;
+    fill(c, "email", "mary@example.com").await;
+    submit(c).await;
+    let list = page_text(c).await;
+    assert!(
+        list.contains("Mary Ann") && list.contains("Smith"),
+        "{list}"
+    );
+    screenshot(c, "v2-list").await;
+    c.goto(&app.url("/v1/users")).await.unwrap();
+    assert!(
+        page_text(c).await.contains("Mary Ann Smith"),
+        "v1 sees the joined name"
+    );
+    b.client.clone().close().await.unwrap();
+}
+
+/// The phase the dashboard shows.
+async fn shown_phase(c: &Client) -> String {
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("phase"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn click_button(c: &Client, text: &str) {
+    let xpath = format!("//button[normalize-space(.)='{text}']");
+    click_and_wait(
+        c.find(Locator::XPath(&xpath))
+            .await
+            .unwrap_or_else(|e| panic!("button {text:?}: {e}")),
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
+    let Some(b) = browser().await else { return };
+    let c = &b.client;
+    let app = TestApp::spawn().await;
+    app.seed(40_000);
+
+    c.goto(&app.url("/admin")).await.unwrap();
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/admin/login"),
+        "log in first"
+    );
+    fill(c, "token", ADMIN_TOKEN).await;
+    submit(c).await;
+    assert_eq!(shown_phase(c).await, "baseline");
+    screenshot(c, "admin-baseline").await;
+
+    for to in ["expanded", "dual_write"] {
+        click_button(c, &format!("Advance to {to}")).await;
+        assert_eq!(shown_phase(c).await, to);
+        app.wait_for_phase(to.parse().unwrap()).await;
+    }
+
+    // The backfill, throttled so its progress can be watched, live (no reload).
+    fill(c, "batch_size", "1000").await;
+    fill(c, "sleep_ms", "40").await;
+    click_button(c, "Start / resume").await;
+    let mut seen = Vec::new();
+    for _ in 0..400 {
+        let value = c
+            .execute(
+                "return document.getElementById('backfill-progress').value;",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap_or(0.0);
+        if seen.last() != Some(&value) {
+            seen.push(value);
+        }
+        if seen.len() == 3 {
+            screenshot(c, "admin-backfill").await;
+        }
+        if value >= 100.0 {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.last(), Some(&100.0), "the bar reached 100 %: {seen:?}");
+    assert!(seen.len() >= 4, "it moved without a reload: {seen:?}");
+    let state = c
+        .find(Locator::Id("backfill-state"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(state.starts_with("done"), "{state}");
+
+    for to in ["backfilled", "read_new", "new_only"] {
+        click_button(c, &format!("Advance to {to}")).await;
+        assert_eq!(shown_phase(c).await, to);
+        app.wait_for_phase(to.parse().unwrap()).await;
+    }
+    // The contract asks for the column's name.
+    click_button(c, "Contract: drop full_name").await;
+    assert!(page_text(c).await.contains("confirmation gate"));
+    assert_eq!(shown_phase(c).await, "new_only");
+    fill(c, "confirm", "users.full_name").await;
+    screenshot(c, "admin-contract-confirmation").await;
+    click_button(c, "Contract: drop full_name").await;
+    assert_eq!(shown_phase(c).await, "contracted");
+    screenshot(c, "admin-contracted").await;
+    app.wait_for_phase(Phase::Contracted).await;
+    b.client.clone().close().await.unwrap();
+}
