@@ -101,6 +101,19 @@ enum BenchWhat {
         #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
         rows: u64,
     },
+    /// The HTTP serving path (one `zdm serve` under a built-in load client) against
+    /// pgbench's point select, in a scratch database. Build with --release for real figures.
+    Http {
+        /// Users seeded.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+        rows: u64,
+        /// Concurrent keep-alive clients (and pgbench clients).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=512))]
+        concurrency: u64,
+        /// Seconds per scenario.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +180,26 @@ pub fn main() -> ExitCode {
             } => {
                 let url = config.resolve_database_url()?;
                 crate::bench::backfill_benchmark(&url, rows, |line| println!("{line}")).map(drop)
+            }
+            Command::Bench {
+                what:
+                    BenchWhat::Http {
+                        rows,
+                        concurrency,
+                        secs,
+                    },
+            } => {
+                let url = config.resolve_database_url()?;
+                let opts = crate::bench::http::HttpBenchOptions {
+                    rows,
+                    concurrency: concurrency as usize,
+                    secs: secs.max(1.0),
+                };
+                actix_web::rt::System::new()
+                    .block_on(crate::bench::http::http_benchmark(&url, opts, |line| {
+                        println!("{line}")
+                    }))
+                    .map(drop)
             }
         });
     match result {

@@ -209,6 +209,11 @@ impl Fleet {
         Ok(started.elapsed())
     }
 
+    /// The process id of an instance, while it runs.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.instances[index].child.as_ref().map(|c| c.id())
+    }
+
     pub fn admin_token(&self) -> &str {
         &self.admin_token
     }

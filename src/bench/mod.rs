@@ -1,3 +1,5 @@
+//! Benchmarks: commands that print figures (never timed tests).
+//!
 //! `zdm bench backfill --rows N`: the zdm backfill against the single UPDATE a hurried team
 //! would run, on two identical tables of N seeded users in a scratch database of their own.
 //! Prints rows/s for both, the batch transaction times, the peak RSS, and last
@@ -14,12 +16,14 @@ use crate::migration::backfill::{self, DEFAULT_BATCH_SIZE, Direction};
 use crate::migration::{Phase, runner, schema_migrations, state};
 use crate::seed;
 
+pub mod http;
+
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Drops the scratch database when the benchmark ends, however it ends.
-struct Scratch {
-    admin_url: String,
-    name: String,
+pub(crate) struct Scratch {
+    pub(crate) admin_url: String,
+    pub(crate) name: String,
 }
 
 impl Drop for Scratch {
@@ -34,7 +38,7 @@ impl Drop for Scratch {
 }
 
 /// The value at quantile `q` (0..=1) of sorted durations.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -50,7 +54,7 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

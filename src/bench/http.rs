@@ -1,0 +1,338 @@
+//! `zdm bench http`: the serving path against the database's own ceiling.
+//!
+//! Seeds users in a scratch database, starts one real `zdm serve` process on it and drives it
+//! over HTTP from a built-in keep-alive load client: v1 point reads in baseline, v1 writes in
+//! baseline (one column) and in dual_write (both forms), v2 point reads in read_new. In the
+//! same run `pgbench` measures PostgreSQL's own point-select rate with the same concurrency.
+//! Prints requests/s and p50/p99 per scenario, the server's peak RSS, and as its last lines
+//! `read_vs_pgbench: R` and `dual_write_vs_single_write: W`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde_json::json;
+
+use super::{BenchError, Scratch, ms, quantile};
+use crate::db::with_database;
+use crate::demo::fleet::Fleet;
+use crate::local_pg::{BinarySearch, create_database_if_missing};
+use crate::migration::{Phase, backfill, schema_migrations};
+use crate::seed;
+
+#[derive(Debug, Clone)]
+pub struct HttpBenchOptions {
+    pub rows: u64,
+    pub concurrency: usize,
+    pub secs: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Scenario {
+    V1Read,
+    V1Write,
+    V2Read,
+}
+
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub requests_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: usize,
+}
+
+/// Closed-loop load: `concurrency` clients, each sending its next request when the previous
+/// one is answered, over kept-alive connections, for `secs`. Runs on two threads so the
+/// client is not the bottleneck of a two-core machine.
+fn drive(base: &str, scenario: Scenario, rows: u64, concurrency: usize, secs: f64) -> Figures {
+    let threads = 2.min(concurrency).max(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (base, stop) = (base.to_owned(), stop.clone());
+            let tasks = concurrency / threads + usize::from(t < concurrency % threads);
+            std::thread::spawn(move || {
+                actix_web::rt::System::new().block_on(async move {
+                    let client = reqwest::Client::builder()
+                        .pool_max_idle_per_host(tasks)
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .unwrap_or_default();
+                    let mut joins = Vec::new();
+                    for task in 0..tasks {
+                        let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
+                        joins.push(actix_web::rt::spawn(async move {
+                            let mut rng = fastrand::Rng::with_seed((t * 1000 + task) as u64);
+                            let mut latencies = Vec::new();
+                            let mut errors = 0;
+                            while !stop.load(Ordering::Relaxed) {
+                                let id = rng.u64(1..=rows);
+                                let request = match scenario {
+                                    Scenario::V1Read => client.get(format!("{base}/api/v1/users/{id}")),
+                                    Scenario::V2Read => client.get(format!("{base}/api/v2/users/{id}")),
+                                    Scenario::V1Write => client
+                                        .put(format!("{base}/api/v1/users/{id}"))
+                                        .json(&json!({ "full_name": format!("Bench User{} Tester", rng.u32(..)) })),
+                                };
+                                let t0 = Instant::now();
+                                match request.send().await {
+                                    Ok(r) if r.status().is_success() => {
+                                        let _ = r.bytes().await;
+                                        latencies.push(t0.elapsed());
+                                    }
+                                    _ => errors += 1,
+                                }
+                            }
+                            (latencies, errors)
+                        }));
+                    }
+                    let mut all = (Vec::new(), 0);
+                    for join in joins {
+                        if let Ok((l, e)) = join.await {
+                            all.0.extend(l);
+                            all.1 += e;
+                        }
+                    }
+                    all
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for handle in handles {
+        if let Ok((l, e)) = handle.join() {
+            latencies.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    Figures {
+        requests_per_s: latencies.len() as f64 / elapsed,
+        p50_ms: ms(quantile(&latencies, 0.5)),
+        p99_ms: ms(quantile(&latencies, 0.99)),
+        errors,
+    }
+}
+
+/// `pgbench` next to the server binaries (or on PATH).
+fn pgbench() -> Option<PathBuf> {
+    let mut dirs = BinarySearch::default().candidates();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("pgbench"))
+        .find(|p| p.is_file())
+}
+
+/// PostgreSQL's own rate for one point select by id, same concurrency, prepared statements.
+fn pgbench_point_select(
+    url: &str,
+    rows: u64,
+    concurrency: usize,
+    secs: f64,
+    columns: &str,
+) -> Result<Figures, BenchError> {
+    let bin = pgbench().ok_or("pgbench was not found next to the PostgreSQL server binaries")?;
+    let script = std::env::temp_dir().join(format!("zdm-bench-{}.sql", std::process::id()));
+    std::fs::write(
+        &script,
+        format!("\\set id random(1, {rows})\nSELECT {columns} FROM users WHERE id = :id;\n"),
+    )?;
+    let output = Command::new(bin)
+        .args(["-n", "-M", "prepared", "-r"])
+        .arg(format!("-c{concurrency}"))
+        .arg(format!("-j{}", 2.min(concurrency)))
+        .arg(format!("-T{}", secs.ceil() as u64))
+        .arg("-f")
+        .arg(&script)
+        .arg(url)
+        .output()?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(format!(
+            "pgbench failed: {}{}",
+            text,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let number_after = |label: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.contains(label))?;
+        line.split(label)
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Ok(Figures {
+        requests_per_s: number_after("tps = ")
+            .ok_or_else(|| format!("no tps in pgbench's output: {text}"))?,
+        p50_ms: number_after("latency average = ").unwrap_or(0.0),
+        p99_ms: 0.0,
+        errors: 0,
+    })
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+pub async fn http_benchmark(
+    database_url: &str,
+    opts: HttpBenchOptions,
+    mut say: impl FnMut(&str),
+) -> Result<(f64, f64), BenchError> {
+    let name = format!("zdm_bench_http_{}", std::process::id());
+    let scratch = Scratch {
+        admin_url: database_url.to_owned(),
+        name: name.clone(),
+    };
+    let url = with_database(database_url, &name);
+    say(&format!("seeding {} users...", opts.rows));
+    {
+        let (admin_url, name, url, rows) = (
+            database_url.to_owned(),
+            name.clone(),
+            url.clone(),
+            opts.rows,
+        );
+        actix_web::rt::task::spawn_blocking(move || -> Result<(), BenchError> {
+            let mut admin = PgConnection::establish(&admin_url)?;
+            create_database_if_missing(&mut admin, &name)?;
+            let mut conn = PgConnection::establish(&url)?;
+            schema_migrations::run_infrastructure_migrations(&mut conn)?;
+            seed::seed_users(&mut conn, Phase::Baseline, rows, 11, |_| {})?;
+            conn.batch_execute("VACUUM ANALYZE users")?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+    }
+    let logs = std::env::temp_dir().join(format!("zdm-bench-http-{}", std::process::id()));
+    std::fs::create_dir_all(&logs)?;
+    let token = crate::startup::generate_token();
+    let mut fleet = Fleet::start(
+        1,
+        &url,
+        &token,
+        &logs,
+        vec![("ZDM_POOL_SIZE".to_owned(), opts.concurrency.to_string())],
+    )
+    .await?;
+    let base = fleet.instances[0].url.clone();
+    let pid = fleet.pid(0).ok_or("the server is not running")?;
+    let (rows, concurrency, secs) = (opts.rows, opts.concurrency, opts.secs);
+    let run = |scenario| {
+        let base = base.clone();
+        actix_web::rt::task::spawn_blocking(move || drive(&base, scenario, rows, concurrency, secs))
+    };
+    let report = |say: &mut dyn FnMut(&str), label: &str, f: &Figures| {
+        say(&format!(
+            "{label:<34} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}",
+            f.requests_per_s, f.p50_ms, f.p99_ms, f.errors
+        ));
+    };
+
+    say(&format!(
+        "load: {concurrency} keep-alive clients, {secs} s per scenario, {rows} users"
+    ));
+    let v1_read = run(Scenario::V1Read).await.map_err(|e| e.to_string())?;
+    report(&mut say, "GET  /api/v1/users/{id} baseline", &v1_read);
+    let single_write = run(Scenario::V1Write).await.map_err(|e| e.to_string())?;
+    report(&mut say, "PUT  /api/v1/users/{id} baseline", &single_write);
+
+    let admin = reqwest::Client::new();
+    let advance = |confirm: Option<&str>| {
+        admin
+            .post(format!("{base}/api/admin/migration/advance"))
+            .bearer_auth(&token)
+            .json(&json!({ "confirm": confirm }))
+            .send()
+    };
+    for to in ["expanded", "dual_write"] {
+        let r = advance(None).await?;
+        if !r.status().is_success() {
+            return Err(
+                format!("advancing to {to}: {}", r.text().await.unwrap_or_default()).into(),
+            );
+        }
+        fleet.wait_applied(to).await?;
+    }
+    let dual_write = run(Scenario::V1Write).await.map_err(|e| e.to_string())?;
+    report(&mut say, "PUT  /api/v1/users/{id} dual_write", &dual_write);
+
+    {
+        let url = url.clone();
+        actix_web::rt::task::spawn_blocking(move || -> Result<(), BenchError> {
+            let mut conn = PgConnection::establish(&url)?;
+            backfill::set_knobs(&mut conn, Some(backfill::DEFAULT_BATCH_SIZE), Some(0))?;
+            backfill::run(&mut conn, backfill::Direction::Forward, |_| {})?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+    }
+    for to in ["backfilled", "read_new"] {
+        let r = advance(None).await?;
+        if !r.status().is_success() {
+            return Err(
+                format!("advancing to {to}: {}", r.text().await.unwrap_or_default()).into(),
+            );
+        }
+        fleet.wait_applied(to).await?;
+    }
+    let v2_read = run(Scenario::V2Read).await.map_err(|e| e.to_string())?;
+    report(&mut say, "GET  /api/v2/users/{id} read_new", &v2_read);
+    let rss = peak_rss_mib(pid);
+    fleet.stop();
+
+    let ceiling = {
+        let url = url.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            pgbench_point_select(
+                &url,
+                rows,
+                concurrency,
+                secs,
+                "id, first_name, last_name, email",
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())??
+    };
+    say(&format!(
+        "{:<34} {:>8.0} tx/s    avg {:>6.2} ms   (pgbench, prepared point select, {concurrency} clients)",
+        "pgbench SELECT ... WHERE id = :id", ceiling.requests_per_s, ceiling.p50_ms
+    ));
+    say(&format!(
+        "peak server RSS: {}",
+        rss.map_or("unknown".to_owned(), |m| format!("{m:.1} MiB"))
+    ));
+    let errors = v1_read.errors + single_write.errors + dual_write.errors + v2_read.errors;
+    if errors > 0 {
+        say(&format!("errors during the load: {errors}"));
+    }
+    drop(scratch);
+    let _ = std::fs::remove_dir_all(&logs);
+    let read_ratio = v2_read.requests_per_s / ceiling.requests_per_s;
+    let write_ratio = dual_write.requests_per_s / single_write.requests_per_s;
+    say(&format!("read_vs_pgbench: {read_ratio:.2}"));
+    say(&format!("dual_write_vs_single_write: {write_ratio:.2}"));
+    Ok((read_ratio, write_ratio))
+}
