@@ -13,16 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::json;
 
-use super::{BenchError, Scratch, ms, quantile};
-use crate::db::with_database;
+use super::{BenchError, ms, quantile};
+use crate::db::scratch::ScratchDatabase;
 use crate::demo::fleet::Fleet;
-use crate::local_pg::{BinarySearch, create_database_if_missing};
-use crate::migration::{Phase, backfill, schema_migrations};
-use crate::seed;
+use crate::local_pg::BinarySearch;
+use crate::migration::backfill;
 
 #[derive(Debug, Clone)]
 pub struct HttpBenchOptions {
@@ -198,32 +196,16 @@ pub async fn http_benchmark(
     opts: HttpBenchOptions,
     mut say: impl FnMut(&str),
 ) -> Result<(f64, f64), BenchError> {
-    let name = format!("zdm_bench_http_{}", std::process::id());
-    let scratch = Scratch {
-        admin_url: database_url.to_owned(),
-        name: name.clone(),
-    };
-    let url = with_database(database_url, &name);
     say(&format!("seeding {} users...", opts.rows));
-    {
-        let (admin_url, name, url, rows) = (
-            database_url.to_owned(),
-            name.clone(),
-            url.clone(),
-            opts.rows,
-        );
-        actix_web::rt::task::spawn_blocking(move || -> Result<(), BenchError> {
-            let mut admin = PgConnection::establish(&admin_url)?;
-            create_database_if_missing(&mut admin, &name)?;
-            let mut conn = PgConnection::establish(&url)?;
-            schema_migrations::run_infrastructure_migrations(&mut conn)?;
-            seed::seed_users(&mut conn, Phase::Baseline, rows, 11, |_| {})?;
-            conn.batch_execute("VACUUM ANALYZE users")?;
-            Ok(())
+    let scratch = {
+        let (server, rows) = (database_url.to_owned(), opts.rows);
+        actix_web::rt::task::spawn_blocking(move || {
+            ScratchDatabase::seeded(&server, "zdm_bench_http", rows, 11)
         })
         .await
-        .map_err(|e| e.to_string())??;
-    }
+        .map_err(|e| e.to_string())??
+    };
+    let url = scratch.url.clone();
     let logs = std::env::temp_dir().join(format!("zdm-bench-http-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
     let token = crate::startup::generate_token();

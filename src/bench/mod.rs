@@ -10,32 +10,13 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
-use crate::db::with_database;
-use crate::local_pg::{create_database_if_missing, quote_ident};
+use crate::db::scratch::ScratchDatabase;
 use crate::migration::backfill::{self, DEFAULT_BATCH_SIZE, Direction};
-use crate::migration::{Phase, runner, schema_migrations, state};
-use crate::seed;
+use crate::migration::{Phase, runner, state};
 
 pub mod http;
 
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Drops the scratch database when the benchmark ends, however it ends.
-pub(crate) struct Scratch {
-    pub(crate) admin_url: String,
-    pub(crate) name: String,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Ok(mut conn) = PgConnection::establish(&self.admin_url) {
-            let _ = conn.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(&self.name)
-            ));
-        }
-    }
-}
 
 /// The value at quantile `q` (0..=1) of sorted durations.
 pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Duration {
@@ -64,20 +45,9 @@ pub fn backfill_benchmark(
     rows: u64,
     mut say: impl FnMut(&str),
 ) -> Result<f64, BenchError> {
-    let name = format!("zdm_bench_{}", std::process::id());
-    let scratch = Scratch {
-        admin_url: database_url.to_owned(),
-        name: name.clone(),
-    };
-    {
-        let mut admin = PgConnection::establish(database_url)?;
-        create_database_if_missing(&mut admin, &name)?;
-    }
-    let mut conn = PgConnection::establish(&with_database(database_url, &name))?;
-    schema_migrations::run_infrastructure_migrations(&mut conn)?;
-
     say(&format!("seeding {rows} users..."));
-    seed::seed_users(&mut conn, Phase::Baseline, rows, 1, |_| {})?;
+    let scratch = ScratchDatabase::seeded(database_url, "zdm_bench", rows, 1)?;
+    let mut conn = PgConnection::establish(&scratch.url)?;
     while state::current_phase(&mut conn)? < Phase::DualWrite {
         runner::advance(&mut conn, "bench", None)?;
     }

@@ -28,10 +28,8 @@ use serde_json::{Value, json};
 use self::fleet::Fleet;
 use self::report::{DemoSummary, Marker, Segment};
 use self::traffic::TrafficControl;
-use crate::db::with_database;
-use crate::local_pg::{create_database_if_missing, quote_ident};
-use crate::migration::{Phase, backfill, schema_migrations, state};
-use crate::seed;
+use crate::db::scratch::ScratchDatabase;
+use crate::migration::{Phase, backfill, state};
 
 pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -381,51 +379,15 @@ fn timeline_free_deploy(conn: &mut PgConnection) -> QueryResult<()> {
     })
 }
 
-/// Drops the scratch database when the demo ends, however it ends.
-struct Scratch {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Ok(mut conn) = PgConnection::establish(&self.admin_url) {
-            let _ = conn.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(&self.name)
-            ));
-        }
-    }
-}
-
 /// Runs the demo against the server of `database_url` (in a scratch database) and returns
 /// its summary; the report is in `opts.report_dir`.
 pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, DemoError> {
     std::fs::create_dir_all(&opts.report_dir)?;
-    let name = format!("zdm_demo_{}", std::process::id());
-    let scratch = Scratch {
-        admin_url: database_url.to_owned(),
-        name: name.clone(),
+    let scratch = {
+        let (server, rows) = (database_url.to_owned(), opts.rows);
+        blocking(move || ScratchDatabase::seeded(&server, "zdm_demo", rows, 7)).await?
     };
-    let url = with_database(database_url, &name);
-    {
-        let (admin_url, name, url, rows) = (
-            database_url.to_owned(),
-            name.clone(),
-            url.clone(),
-            opts.rows,
-        );
-        blocking(move || {
-            let mut admin = PgConnection::establish(&admin_url)?;
-            create_database_if_missing(&mut admin, &name)?;
-            let mut conn = PgConnection::establish(&url)?;
-            schema_migrations::run_infrastructure_migrations(&mut conn)?;
-            seed::seed_users(&mut conn, Phase::Baseline, rows, 7, |_| {})?;
-            conn.batch_execute("VACUUM ANALYZE users")?;
-            Ok(())
-        })
-        .await?;
-    }
+    let url = scratch.url.clone();
     let token = crate::startup::generate_token();
     let mut fleet =
         Fleet::start(2, &url, &token, &opts.report_dir, opts.instance_env.clone()).await?;

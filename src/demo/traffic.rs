@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::fleet::Rotation;
 use crate::domain::name_rule::{join_name, normalize_whitespace, split_full_name};
@@ -232,60 +232,71 @@ impl Client {
         )
     }
 
-    async fn create(&mut self, base: &str, segment: usize) {
-        let api = self.pick_api();
-        let email = self.email();
-        let (values, request, expect) = match api {
+    /// A write of a new name through `api`: a create when `id` is `None`, else an update.
+    /// Returns the request, the status that acknowledges it, and the values it leaves.
+    fn name_write(
+        &mut self,
+        base: &str,
+        api: Api,
+        id: Option<i64>,
+        email: &str,
+    ) -> (reqwest::RequestBuilder, u16, Values) {
+        let (version, fields, values) = match api {
             Api::V1Json | Api::V1Form => {
                 let full = random_full_name(&mut self.rng);
                 let values = Values {
                     full_name: normalize_whitespace(&full),
                     parts: split_full_name(&full),
-                    email: email.clone(),
+                    email: email.to_owned(),
                 };
-                let request = if matches!(api, Api::V1Json) {
-                    self.http
-                        .post(format!("{base}/api/v1/users"))
-                        .json(&json!({ "full_name": full, "email": email }))
-                } else {
-                    self.http.post(format!("{base}/v1/users")).form(&[
-                        ("full_name", full.as_str()),
-                        ("email", email.as_str()),
-                        ("csrf", FORM_TOKEN),
-                    ])
-                };
-                (
-                    values,
-                    request,
-                    if matches!(api, Api::V1Json) { 201 } else { 303 },
-                )
+                ("v1", vec![("full_name", full)], values)
             }
             Api::V2Json | Api::V2Form => {
                 let (first, last) = v2_name(&mut self.rng);
                 let values = Values {
                     full_name: join_name(&first, &last),
                     parts: (first.clone(), last.clone()),
-                    email: email.clone(),
-                };
-                let request = if matches!(api, Api::V2Json) {
-                    self.http
-                        .post(format!("{base}/api/v2/users"))
-                        .json(&json!({ "first_name": first, "last_name": last, "email": email }))
-                } else {
-                    self.http.post(format!("{base}/v2/users")).form(&[
-                        ("first_name", first.as_str()),
-                        ("last_name", last.as_str()),
-                        ("email", email.as_str()),
-                        ("csrf", FORM_TOKEN),
-                    ])
+                    email: email.to_owned(),
                 };
                 (
+                    "v2",
+                    vec![("first_name", first), ("last_name", last)],
                     values,
-                    request,
-                    if matches!(api, Api::V2Json) { 201 } else { 303 },
                 )
             }
         };
+        let row = id.map(|id| format!("/{id}")).unwrap_or_default();
+        let (request, expect) = if matches!(api, Api::V1Json | Api::V2Json) {
+            let mut body: serde_json::Map<String, Value> = fields
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), Value::String(v)))
+                .collect();
+            if id.is_none() {
+                body.insert("email".to_owned(), Value::String(email.to_owned()));
+            }
+            let url = format!("{base}/api/{version}/users{row}");
+            match id {
+                None => (self.http.post(url).json(&body), 201),
+                Some(_) => (self.http.put(url).json(&body), 200),
+            }
+        } else {
+            let mut form: Vec<(&str, String)> = fields;
+            form.push(("email", email.to_owned()));
+            form.push(("csrf", FORM_TOKEN.to_owned()));
+            (
+                self.http
+                    .post(format!("{base}/{version}/users{row}"))
+                    .form(&form),
+                303,
+            )
+        };
+        (request, expect, values)
+    }
+
+    async fn create(&mut self, base: &str, segment: usize) {
+        let api = self.pick_api();
+        let email = self.email();
+        let (request, expect, values) = self.name_write(base, api, None, &email);
         let started = Instant::now();
         let (outcome, response) = self.send(request, expect).await;
         self.record(started, segment, outcome);
@@ -317,65 +328,14 @@ impl Client {
         let Some(id) = self.owned_present() else {
             return;
         };
-        let before = self.current(id);
         // A seeded row's email is unknown until written: forms need it, JSON keeps it.
-        let email = before.as_ref().map(|v| v.email.clone()).unwrap_or_default();
+        let email = self.current(id).map(|v| v.email).unwrap_or_default();
         let api = match (self.pick_api(), email.is_empty()) {
             (Api::V1Form, true) => Api::V1Json,
             (Api::V2Form, true) => Api::V2Json,
             (api, _) => api,
         };
-        let (values, request, expect) = match api {
-            Api::V1Json | Api::V1Form => {
-                let full = random_full_name(&mut self.rng);
-                let values = Values {
-                    full_name: normalize_whitespace(&full),
-                    parts: split_full_name(&full),
-                    email: email.clone(),
-                };
-                let request = if matches!(api, Api::V1Json) {
-                    self.http
-                        .put(format!("{base}/api/v1/users/{id}"))
-                        .json(&json!({ "full_name": full }))
-                } else {
-                    self.http.post(format!("{base}/v1/users/{id}")).form(&[
-                        ("full_name", full.as_str()),
-                        ("email", email.as_str()),
-                        ("csrf", FORM_TOKEN),
-                    ])
-                };
-                (
-                    values,
-                    request,
-                    if matches!(api, Api::V1Json) { 200 } else { 303 },
-                )
-            }
-            Api::V2Json | Api::V2Form => {
-                let (first, last) = v2_name(&mut self.rng);
-                let values = Values {
-                    full_name: join_name(&first, &last),
-                    parts: (first.clone(), last.clone()),
-                    email: email.clone(),
-                };
-                let request = if matches!(api, Api::V2Json) {
-                    self.http
-                        .put(format!("{base}/api/v2/users/{id}"))
-                        .json(&json!({ "first_name": first, "last_name": last }))
-                } else {
-                    self.http.post(format!("{base}/v2/users/{id}")).form(&[
-                        ("first_name", first.as_str()),
-                        ("last_name", last.as_str()),
-                        ("email", email.as_str()),
-                        ("csrf", FORM_TOKEN),
-                    ])
-                };
-                (
-                    values,
-                    request,
-                    if matches!(api, Api::V2Json) { 200 } else { 303 },
-                )
-            }
-        };
+        let (request, expect, values) = self.name_write(base, api, Some(id), &email);
         let started = Instant::now();
         let (outcome, _) = self.send(request, expect).await;
         self.record(started, segment, outcome);

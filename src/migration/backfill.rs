@@ -15,11 +15,11 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::{now, sql};
+use diesel::dsl::now;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool};
 use serde::Serialize;
 
+use super::advisory_lock::AdvisoryLock;
 use super::name_sql::{zdm_name_first, zdm_name_join, zdm_name_last};
 use super::verify::needs_repair;
 use crate::schema::expanded::users;
@@ -141,36 +141,6 @@ pub fn request_stop(
     }
 }
 
-/// Holds the backfill's advisory lock for as long as it lives.
-struct RunnerLock<'a>(&'a mut PgConnection);
-
-impl<'a> RunnerLock<'a> {
-    fn acquire(conn: &'a mut PgConnection) -> Result<Self, BackfillError> {
-        let got: bool = diesel::select(
-            sql::<Bool>("pg_try_advisory_lock(")
-                .bind::<BigInt, _>(LOCK_KEY)
-                .sql(")"),
-        )
-        .get_result(conn)?;
-        if got {
-            Ok(Self(conn))
-        } else {
-            Err(BackfillError::AlreadyRunning)
-        }
-    }
-}
-
-impl Drop for RunnerLock<'_> {
-    fn drop(&mut self) {
-        let _ = diesel::select(
-            sql::<Bool>("pg_advisory_unlock(")
-                .bind::<BigInt, _>(LOCK_KEY)
-                .sql(")"),
-        )
-        .get_result::<bool>(self.0);
-    }
-}
-
 /// Runs (or resumes) the backfill in `direction` until it is done, paused or cancelled,
 /// calling `progress` after every batch. Blocks the calling thread.
 pub fn run(
@@ -178,8 +148,9 @@ pub fn run(
     direction: Direction,
     mut progress: impl FnMut(&BackfillStatus),
 ) -> Result<BackfillStatus, BackfillError> {
-    let lock = RunnerLock::acquire(conn)?;
-    let conn = &mut *lock.0;
+    let mut lock =
+        AdvisoryLock::try_acquire(conn, LOCK_KEY)?.ok_or(BackfillError::AlreadyRunning)?;
+    let conn = lock.conn();
     let mut current = begin(conn, direction)?;
     log::info!(
         "backfill ({}) from id {} to {}",

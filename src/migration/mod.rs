@@ -2,6 +2,7 @@
 //! between phases, the runner that moves them, the backfill and verification, and the
 //! embedded schema migrations.
 
+pub mod advisory_lock;
 pub mod backfill;
 pub mod follower;
 pub mod gates;

@@ -12,15 +12,14 @@
 
 use std::time::{Duration, Instant};
 
-use diesel::dsl::sql;
 use diesel::migration::{Migration, MigrationSource};
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool};
 use diesel_migrations::MigrationHarness;
 use serde::Serialize;
 
 use super::Phase;
+use super::advisory_lock::AdvisoryLock;
 use super::backfill::{self, BackfillError, Direction};
 use super::gates::{self, Gate, GateError, VerifyMode};
 use super::schema_migrations::MIGRATIONS;
@@ -145,36 +144,6 @@ pub struct Transition {
     pub lock_timeouts: usize,
 }
 
-/// Holds the runner's advisory lock for as long as it lives.
-struct StepLock<'a>(&'a mut PgConnection);
-
-impl<'a> StepLock<'a> {
-    fn acquire(conn: &'a mut PgConnection) -> Result<Self, RunError> {
-        let got: bool = diesel::select(
-            sql::<Bool>("pg_try_advisory_lock(")
-                .bind::<BigInt, _>(LOCK_KEY)
-                .sql(")"),
-        )
-        .get_result(conn)?;
-        if got {
-            Ok(Self(conn))
-        } else {
-            Err(RunError::Busy)
-        }
-    }
-}
-
-impl Drop for StepLock<'_> {
-    fn drop(&mut self) {
-        let _ = diesel::select(
-            sql::<Bool>("pg_advisory_unlock(")
-                .bind::<BigInt, _>(LOCK_KEY)
-                .sql(")"),
-        )
-        .get_result::<bool>(self.0);
-    }
-}
-
 /// Advances one phase. `actor` names who asked (an instance id or "cli") for the history;
 /// `confirm` must be `users.full_name` to contract.
 pub fn advance(
@@ -182,8 +151,8 @@ pub fn advance(
     actor: &str,
     confirm: Option<&str>,
 ) -> Result<Transition, RunError> {
-    let lock = StepLock::acquire(conn)?;
-    let conn = &mut *lock.0;
+    let mut lock = AdvisoryLock::try_acquire(conn, LOCK_KEY)?.ok_or(RunError::Busy)?;
+    let conn = lock.conn();
     let from = state::current_phase(conn)?;
     let to = from.next().ok_or(RunError::AtEnd)?;
     let outcome = (|| {
@@ -216,8 +185,8 @@ pub fn advance(
 
 /// Rolls back one phase, where the data allows (never out of contracted).
 pub fn rollback(conn: &mut PgConnection, actor: &str) -> Result<Transition, RunError> {
-    let lock = StepLock::acquire(conn)?;
-    let conn = &mut *lock.0;
+    let mut lock = AdvisoryLock::try_acquire(conn, LOCK_KEY)?.ok_or(RunError::Busy)?;
+    let conn = lock.conn();
     let from = state::current_phase(conn)?;
     if from == Phase::Contracted {
         return Err(RunError::Irreversible);

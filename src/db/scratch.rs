@@ -1,0 +1,65 @@
+//! Scratch databases: a database of its own next to the app's, made for one run of a tool
+//! (`zdm demo`, `zdm bench`) and dropped when the run ends, however it ends.
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+
+use super::with_database;
+use crate::local_pg::{create_database_if_missing, quote_ident};
+
+pub struct ScratchDatabase {
+    server_url: String,
+    pub name: String,
+    /// The URL of the scratch database.
+    pub url: String,
+}
+
+impl ScratchDatabase {
+    /// Creates `<prefix>_<pid>` on the server `server_url` points to.
+    pub fn create(
+        server_url: &str,
+        prefix: &str,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let name = format!("{prefix}_{}", std::process::id());
+        let mut admin = PgConnection::establish(server_url)?;
+        create_database_if_missing(&mut admin, &name)?;
+        Ok(Self {
+            url: with_database(server_url, &name),
+            server_url: server_url.to_owned(),
+            name,
+        })
+    }
+
+    /// A scratch database with the infrastructure migrations applied and `rows` users seeded
+    /// the way baseline writes them, analysed and ready for a measured run.
+    pub fn seeded(
+        server_url: &str,
+        prefix: &str,
+        rows: u64,
+        rng_seed: u64,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let scratch = Self::create(server_url, prefix)?;
+        let mut conn = PgConnection::establish(&scratch.url)?;
+        crate::migration::schema_migrations::run_infrastructure_migrations(&mut conn)?;
+        crate::seed::seed_users(
+            &mut conn,
+            crate::migration::Phase::Baseline,
+            rows,
+            rng_seed,
+            |_| {},
+        )?;
+        conn.batch_execute("VACUUM ANALYZE users")?;
+        Ok(scratch)
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = PgConnection::establish(&self.server_url) {
+            let _ = conn.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&self.name)
+            ));
+        }
+    }
+}
