@@ -127,9 +127,11 @@ impl From<DieselError> for AppError {
                     "A user with this email address already exists.",
                 ))
             }
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
-                AppError::Unavailable(Box::new(e))
-            }
+            // The connection died (server restarted, backend killed): the pool replaces it.
+            DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ) => AppError::Unavailable(Box::new(e)),
             // statement_timeout (SQLSTATE 57014): the database is too busy to answer in time.
             // Diesel exposes no SQLSTATE for it; PostgreSQL's message is matched.
             DieselError::DatabaseError(DatabaseErrorKind::Unknown, ref info)

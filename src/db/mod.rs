@@ -53,6 +53,11 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for SessionLimits {
 pub fn build_pool(database_url: &str, limits: PoolLimits) -> Result<DbPool, PoolError> {
     Pool::builder()
         .max_size(limits.size)
+        // Keep r2d2's `SELECT 1` before every checkout. It costs a round trip per request
+        // (skipping it served 18–22 % more reads in `zdm bench http`), but Diesel's pool
+        // manager cannot tell a dead PgConnection from a live one, so without it a backend
+        // killed by a database restart would stay in the pool and fail request after request.
+        .test_on_check_out(true)
         .connection_timeout(limits.checkout_timeout)
         .connection_customizer(Box::new(SessionLimits(limits)))
         .build(ConnectionManager::new(database_url))
