@@ -96,6 +96,15 @@ struct Client {
     unacknowledged_creates: u64,
 }
 
+/// As askama escapes text in a page (the five characters HTML gives meaning to).
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&#38;")
+        .replace('<', "&#60;")
+        .replace('>', "&#62;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;")
+}
+
 /// A v2 name: sometimes a multi-word first name ("Mary Ann"), so that split(join) differs.
 fn v2_name(rng: &mut fastrand::Rng) -> (String, String) {
     let (first, last) = split_full_name(&random_full_name(rng));
@@ -198,22 +207,36 @@ impl Client {
             return;
         };
         let v2 = self.control.v2_enabled.load(Ordering::Acquire) && self.rng.bool();
-        let path = if v2 {
-            format!("{base}/api/v2/users/{id}")
+        let version = if v2 { "v2" } else { "v1" };
+        // One read in four loads the edit page, as a person in a browser would.
+        let page = self.rng.u32(0..4) == 0;
+        let path = if page {
+            format!("{base}/{version}/users/{id}/edit")
         } else {
-            format!("{base}/api/v1/users/{id}")
+            format!("{base}/api/{version}/users/{id}")
         };
         let started = Instant::now();
         let (mut outcome, response) = self.send(self.http.get(&path), 200).await;
         // A read must show the last acknowledged write, if this client made one.
         if let (Outcome::Ok, Some(response), Some(expected)) = (outcome, response, self.current(id))
         {
-            let body: Value = response.json().await.unwrap_or_default();
-            let seen_ok = if v2 {
-                body["first_name"] == expected.parts.0.as_str()
-                    && body["last_name"] == expected.parts.1.as_str()
+            let seen_ok = if page {
+                let html = response.text().await.unwrap_or_default();
+                let shows =
+                    |value: &str| html.contains(&format!(r#"value="{}""#, html_escape(value)));
+                if v2 {
+                    shows(&expected.parts.0) && shows(&expected.parts.1)
+                } else {
+                    shows(&expected.full_name)
+                }
             } else {
-                body["full_name"] == expected.full_name.as_str()
+                let body: Value = response.json().await.unwrap_or_default();
+                if v2 {
+                    body["first_name"] == expected.parts.0.as_str()
+                        && body["last_name"] == expected.parts.1.as_str()
+                } else {
+                    body["full_name"] == expected.full_name.as_str()
+                }
             };
             if !seen_ok {
                 outcome = Outcome::Stale;
@@ -346,10 +369,20 @@ impl Client {
         let Some(id) = self.owned_present() else {
             return;
         };
+        // Half through the API, half through the page's delete form.
+        let (request, expect) = if self.rng.bool() {
+            (self.http.delete(format!("{base}/api/v1/users/{id}")), 204)
+        } else {
+            let form = [("csrf", FORM_TOKEN)];
+            (
+                self.http
+                    .post(format!("{base}/v1/users/{id}/delete"))
+                    .form(&form),
+                303,
+            )
+        };
         let started = Instant::now();
-        let (outcome, _) = self
-            .send(self.http.delete(format!("{base}/api/v1/users/{id}")), 204)
-            .await;
+        let (outcome, _) = self.send(request, expect).await;
         self.record(started, segment, outcome);
         self.settle(id, outcome, None);
     }

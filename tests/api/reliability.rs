@@ -198,3 +198,33 @@ async fn a_database_outage_answers_503_and_the_app_recovers_by_itself() {
     assert!(recovered, "the app came back by itself");
     drop(cluster);
 }
+
+#[test]
+fn a_transaction_left_idle_on_a_pooled_connection_is_ended_by_the_server() {
+    let db = TestDb::migrated();
+    let limits = PoolLimits {
+        statement_timeout: Duration::from_millis(1234),
+        idle_in_transaction_timeout: Duration::from_millis(300),
+        ..PoolLimits::with_size(1)
+    };
+    let pool = zdm::db::build_pool(&db.url, limits).unwrap();
+    let mut conn = pool.get().unwrap();
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement_timeout: String,
+    }
+    let setting: Setting = diesel::sql_query("SHOW statement_timeout")
+        .get_result(&mut *conn)
+        .unwrap();
+    assert_eq!(setting.statement_timeout, "1234ms");
+    // A forgotten transaction (a bug, a crashed handler) would hold its locks forever...
+    conn.batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // ...but the server ends the session, releasing them.
+    assert!(
+        conn.batch_execute("SELECT 1").is_err(),
+        "the idle transaction was ended"
+    );
+}
