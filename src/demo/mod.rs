@@ -347,7 +347,7 @@ async fn walk_naive(
              ALTER TABLE users ALTER COLUMN first_name SET NOT NULL, ALTER COLUMN last_name SET NOT NULL;
              COMMIT;",
         )?;
-        timeline_free_deploy(&mut conn)?;
+        deploy_new_code_everywhere(&mut conn)?;
         Ok(())
     })
     .await?;
@@ -361,7 +361,7 @@ async fn walk_naive(
 
 /// "Deploys the new code": every instance follows the stored phase, so setting it to
 /// contracted switches them all within a poll interval.
-fn timeline_free_deploy(conn: &mut PgConnection) -> QueryResult<()> {
+fn deploy_new_code_everywhere(conn: &mut PgConnection) -> QueryResult<()> {
     conn.transaction(|conn| {
         diesel::sql_query(
             "UPDATE zdm_migration_state SET phase = 'contracted', changed_at = now()",
