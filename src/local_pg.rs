@@ -200,6 +200,65 @@ impl LocalPg {
         })
     }
 
+    /// Starts (creating it on first use) streaming replica number `index` of this private
+    /// primary, in `<base>/replica-<index>`, on a unix socket of its own. The replica is made
+    /// with `pg_basebackup -R` (hot standby, following the primary over a streaming
+    /// replication connection on the primary's socket) and reused by later calls.
+    pub fn ensure_replica(&self, index: usize) -> Result<LocalPg, LocalPgError> {
+        let base_dir =
+            usable_base_dir(&self.base_dir.join(format!("replica-{index}")), self.run_as)?;
+        let _lock = lock_base_dir(&base_dir, self.run_as)?;
+        let mut replica = LocalPg {
+            data_dir: base_dir.join("pgdata"),
+            socket_dir: socket_dir_for(&base_dir),
+            base_dir,
+            bin_dir: self.bin_dir.clone(),
+            run_as: self.run_as,
+            started_here: false,
+        };
+        if !replica.data_dir.join("PG_VERSION").is_file() {
+            replica.clone_primary(self)?;
+        }
+        if !replica.is_running() {
+            replica.start()?;
+            replica.started_here = true;
+        }
+        Ok(replica.with_socket_from_pid_file())
+    }
+
+    /// A base backup of `primary` into place, configured to stream from it.
+    fn clone_primary(&self, primary: &LocalPg) -> Result<(), LocalPgError> {
+        let scratch = self.base_dir.join("pgdata.init");
+        if scratch.exists() {
+            fs::remove_dir_all(&scratch).map_err(io_err("removing an unfinished base backup"))?;
+        }
+        log::info!(
+            "cloning the private primary into a replica in {}",
+            self.data_dir.display()
+        );
+        let out = self
+            .command("pg_basebackup")
+            .arg("-D")
+            .arg(&scratch)
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-U",
+                SUPERUSER,
+                "-p",
+                &PORT.to_string(),
+            ])
+            .arg("-h")
+            .arg(&primary.socket_dir)
+            .output()
+            .map_err(io_err("running pg_basebackup"))?;
+        check(out, "pg_basebackup")?;
+        fs::rename(&scratch, &self.data_dir).map_err(io_err("moving the replica into place"))
+    }
+
     /// Stops the server (fast shutdown: open sessions are ended, data is flushed).
     pub fn stop(&self) -> Result<(), LocalPgError> {
         let out = self
@@ -213,8 +272,24 @@ impl LocalPg {
         check(out, "pg_ctl stop")
     }
 
+    /// A server program: next to the chosen `initdb`, or else in another folder of the same
+    /// installation (a PATH folder may hold only some of them).
+    fn program(&self, program: &str) -> PathBuf {
+        let here = self.bin_dir.join(program);
+        if here.is_file() {
+            return here;
+        }
+        let wanted = major_version(&self.bin_dir);
+        BinarySearch::default()
+            .candidates()
+            .into_iter()
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file() && p.parent().and_then(major_version) == wanted)
+            .unwrap_or(here)
+    }
+
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin_dir.join(program));
+        let mut cmd = Command::new(self.program(program));
         cmd.current_dir(&self.base_dir);
         // Keep libpq settings of the caller (PGHOST, PGPORT...) away from the tools we drive.
         for var in ["PGHOST", "PGPORT", "PGDATA", "PGUSER", "PGDATABASE"] {

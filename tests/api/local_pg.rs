@@ -67,3 +67,69 @@ fn two_starts_at_once_share_one_healthy_cluster() {
     .unwrap();
     assert_eq!(kept, 42, "data survives a stop and start");
 }
+
+#[test]
+fn a_private_streaming_replica_follows_the_primary() {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pg-replica-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let _cleanup = Scratch(base.clone());
+    let primary = LocalPg::ensure_running(&base).unwrap();
+    primary.create_database_if_missing("zdm").unwrap();
+    let mut conn = PgConnection::establish(&primary.url("zdm")).unwrap();
+    conn.batch_execute("CREATE TABLE seen (v int); INSERT INTO seen VALUES (1)")
+        .unwrap();
+
+    let replica = primary
+        .ensure_replica(1)
+        .expect("a replica from pg_basebackup");
+    let _stop_replica = StopOnDrop(replica.clone());
+    assert_ne!(
+        replica.socket_dir, primary.socket_dir,
+        "a socket of its own"
+    );
+    let mut on_replica = PgConnection::establish(&replica.url("zdm")).unwrap();
+    let in_recovery: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "pg_is_in_recovery()",
+    ))
+    .get_result(&mut on_replica)
+    .unwrap();
+    assert!(in_recovery, "it is a hot standby");
+    assert!(
+        on_replica
+            .batch_execute("INSERT INTO seen VALUES (9)")
+            .is_err(),
+        "it refuses writes"
+    );
+
+    conn.batch_execute("INSERT INTO seen VALUES (2)").unwrap();
+    let mut replayed = false;
+    for _ in 0..100 {
+        let count: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM seen)",
+        ))
+        .get_result(&mut on_replica)
+        .unwrap();
+        if count == 2 {
+            replayed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(replayed, "the primary's write reached the replica");
+    drop(on_replica);
+    let again = primary.ensure_replica(1).unwrap();
+    assert!(
+        !again.started_here,
+        "a later call reuses the running replica"
+    );
+}
+
+/// Stops a cluster when the test ends, failed or not.
+struct StopOnDrop(LocalPg);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.stop();
+    }
+}
