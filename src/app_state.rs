@@ -21,6 +21,9 @@ pub struct AppState {
     pub sessions: AdminSessions,
     pub login_limiter: LoginLimiter,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Streaming replicas whose replay lag throttles the backfill, and the limit.
+    pub replica_urls: Vec<String>,
+    pub replica_max_lag_bytes: i64,
     /// The backfill this process runs, if any, so a shutdown can stop it at a batch boundary.
     pub backfill_thread: BackfillThread,
     /// Where `zdm demo` writes its reports; the dashboard links the latest.

@@ -305,10 +305,15 @@ fn run_backfill(
     }
     backfill::set_knobs(&mut conn, batch_size, sleep_ms)?;
     let bar = progress_bar(0, "backfill")?;
-    let done = backfill::run(&mut conn, Direction::Forward, |s| {
-        bar.set_length(s.rows_total.max(0) as u64);
-        bar.set_position(s.rows_done.max(0) as u64);
-    })?;
+    let done = backfill::run_throttled(
+        &mut conn,
+        Direction::Forward,
+        &mut config.replica_throttle(),
+        |s| {
+            bar.set_length(s.rows_total.max(0) as u64);
+            bar.set_position(s.rows_done.max(0) as u64);
+        },
+    )?;
     bar.finish_and_clear();
     println!(
         "backfill {}: {} rows scanned, {} filled, {} batches, {:.0} rows/s",

@@ -24,6 +24,11 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// How often an instance checks the stored phase.
     pub phase_poll: std::time::Duration,
+    /// `DATABASE_REPLICA_URLS`: streaming replicas (comma-separated) whose replay lag throttles
+    /// the backfill.
+    pub replica_urls: Vec<String>,
+    /// `ZDM_REPLICA_MAX_LAG_BYTES`: the replay lag above which the backfill waits.
+    pub replica_max_lag_bytes: i64,
     /// See `AppState::fault_lagging_v1_writes`.
     pub fault_lagging_v1_writes: bool,
 }
@@ -67,7 +72,29 @@ impl Config {
                     value: v,
                 })?,
         };
+        let replica_max_lag_bytes = match var("ZDM_REPLICA_MAX_LAG_BYTES") {
+            None => 16 * 1024 * 1024,
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or(ConfigError::Invalid {
+                    name: "ZDM_REPLICA_MAX_LAG_BYTES",
+                    expected: "a positive number of bytes",
+                    value: v,
+                })?,
+        };
         Ok(Self {
+            replica_urls: var("DATABASE_REPLICA_URLS")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            replica_max_lag_bytes,
             statement_timeout_ms,
             database_url: var("DATABASE_URL"),
             bind: var("ZDM_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
@@ -88,6 +115,14 @@ impl Config {
             statement_timeout: std::time::Duration::from_millis(self.statement_timeout_ms),
             ..crate::db::PoolLimits::with_size(self.pool_size)
         }
+    }
+
+    /// The backfill's replica-lag throttle for the configured replicas (none: no throttle).
+    pub fn replica_throttle(&self) -> crate::migration::backfill::ReplicaThrottle {
+        crate::migration::backfill::ReplicaThrottle::new(
+            self.replica_urls.clone(),
+            self.replica_max_lag_bytes,
+        )
     }
 
     /// Where `zdm demo` writes its reports.

@@ -23,13 +23,22 @@ pub struct Metrics {
     backfill_batches: IntGauge,
     backfill_rows_per_second: Gauge,
     backfill_state: IntGaugeVec,
+    backfill_replica_lag: IntGauge,
     verify_divergent: IntGauge,
     pool_in_use: IntGauge,
     pool_idle: IntGauge,
     database_up: IntGauge,
 }
 
-const BACKFILL_STATES: [&str; 6] = ["idle", "running", "paused", "done", "failed", "cancelled"];
+const BACKFILL_STATES: [&str; 7] = [
+    "idle",
+    "running",
+    "throttled",
+    "paused",
+    "done",
+    "failed",
+    "cancelled",
+];
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -70,6 +79,10 @@ impl Metrics {
             Opts::new("backfill_state", "1 for the backfill's state"),
             &["state"],
         )?;
+        let backfill_replica_lag = IntGauge::new(
+            "backfill_replica_lag_bytes",
+            "Largest replica replay lag the backfill last measured",
+        )?;
         let verify_divergent = IntGauge::new(
             "verify_divergent_rows",
             "Divergent rows found by the last verification",
@@ -93,6 +106,7 @@ impl Metrics {
             Box::new(backfill_batches.clone()),
             Box::new(backfill_rows_per_second.clone()),
             Box::new(backfill_state.clone()),
+            Box::new(backfill_replica_lag.clone()),
             Box::new(verify_divergent.clone()),
             Box::new(pool_in_use.clone()),
             Box::new(pool_idle.clone()),
@@ -111,6 +125,7 @@ impl Metrics {
             backfill_batches,
             backfill_rows_per_second,
             backfill_state,
+            backfill_replica_lag,
             verify_divergent,
             pool_in_use,
             pool_idle,
@@ -143,6 +158,7 @@ impl Metrics {
         self.backfill_rows_total.set(b.rows_total);
         self.backfill_batches.set(b.batches);
         self.backfill_rows_per_second.set(b.rows_per_s());
+        self.backfill_replica_lag.set(b.replica_lag_bytes);
         for s in BACKFILL_STATES {
             self.backfill_state
                 .with_label_values(&[s])

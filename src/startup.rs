@@ -140,6 +140,8 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         backfill_thread: Default::default(),
         metrics: std::sync::Arc::new(crate::metrics::Metrics::new()?),
         report_dir: config.report_dir(),
+        replica_urls: config.replica_urls.clone(),
+        replica_max_lag_bytes: config.replica_max_lag_bytes,
         fault_lagging_v1_writes: config.fault_lagging_v1_writes,
     };
     if state.fault_lagging_v1_writes {

@@ -55,7 +55,7 @@ pub struct BackfillStatus {
     #[serde(skip)]
     pub singleton: bool,
     pub direction: String,
-    /// idle, running, paused, done, failed or cancelled.
+    /// idle, running, throttled (waiting for replicas), paused, done, failed or cancelled.
     pub state: String,
     pub last_id: i64,
     pub max_id: i64,
@@ -69,6 +69,10 @@ pub struct BackfillStatus {
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    /// The largest replay lag of the replicas at the last check, in bytes of WAL.
+    pub replica_lag_bytes: i64,
+    /// Why the backfill waits, while it is `throttled`.
+    pub throttle_reason: Option<String>,
 }
 
 impl BackfillStatus {
@@ -129,12 +133,15 @@ pub fn request_stop(
     conn: &mut PgConnection,
     to_state: &str,
 ) -> Result<BackfillStatus, BackfillError> {
-    let changed: Option<BackfillStatus> = diesel::update(
-        zdm_backfill::table.filter(zdm_backfill::state.eq_any(["running", "paused"])),
-    )
-    .set(zdm_backfill::state.eq(to_state))
-    .get_result(conn)
-    .optional()?;
+    let changed: Option<BackfillStatus> =
+        diesel::update(zdm_backfill::table.filter(zdm_backfill::state.eq_any([
+            "running",
+            "throttled",
+            "paused",
+        ])))
+        .set(zdm_backfill::state.eq(to_state))
+        .get_result(conn)
+        .optional()?;
     match changed {
         Some(status) => Ok(status),
         None => Err(BackfillError::NotRunning(status(conn)?.state)),
@@ -146,6 +153,17 @@ pub fn request_stop(
 pub fn run(
     conn: &mut PgConnection,
     direction: Direction,
+    progress: impl FnMut(&BackfillStatus),
+) -> Result<BackfillStatus, BackfillError> {
+    run_throttled(conn, direction, &mut ReplicaThrottle::none(), progress)
+}
+
+/// As `run`, waiting before each batch until every replica in `throttle` has replayed to
+/// within its lag limit.
+pub fn run_throttled(
+    conn: &mut PgConnection,
+    direction: Direction,
+    throttle: &mut ReplicaThrottle,
     mut progress: impl FnMut(&BackfillStatus),
 ) -> Result<BackfillStatus, BackfillError> {
     let mut lock =
@@ -180,6 +198,10 @@ pub fn run(
             );
             return Ok(done);
         }
+        current = throttle.wait_for_replicas(conn, current, &mut progress)?;
+        if current.state != "running" {
+            continue;
+        }
         let started = Instant::now();
         current = match run_batch(conn, direction, &current) {
             Ok(next) => next,
@@ -211,8 +233,10 @@ fn begin(conn: &mut PgConnection, direction: Direction) -> QueryResult<BackfillS
     let current = status(conn)?;
     // running: its runner died (kill -9, lost connection); paused: asked to; failed: a batch
     // failed (database restart, statement_timeout). All keep their checkpoint.
-    let resumable = matches!(current.state.as_str(), "running" | "paused" | "failed")
-        && current.direction == direction.as_str();
+    let resumable = matches!(
+        current.state.as_str(),
+        "running" | "throttled" | "paused" | "failed"
+    ) && current.direction == direction.as_str();
     if resumable {
         return diesel::update(zdm_backfill::table)
             .set((
@@ -310,4 +334,126 @@ fn run_batch(
             ))
             .get_result(conn)
     })
+}
+
+/// Replica-lag throttling: streaming replicas replay the backfill's WAL; a backfill that
+/// writes faster than they replay makes every read from them stale. Before each batch the
+/// backfill measures each replica's replay lag (bytes of WAL between the primary's current
+/// position and the replica's replay position) and, while any is above the limit or cannot be
+/// reached, waits in the state `throttled`, saying why.
+pub struct ReplicaThrottle {
+    replicas: Vec<(String, Option<PgConnection>)>,
+    pub max_lag_bytes: i64,
+}
+
+/// How often a throttled backfill looks again.
+const THROTTLE_POLL: Duration = Duration::from_millis(200);
+
+impl ReplicaThrottle {
+    pub fn none() -> Self {
+        Self::new(Vec::new(), i64::MAX)
+    }
+
+    pub fn new(replica_urls: Vec<String>, max_lag_bytes: i64) -> Self {
+        Self {
+            replicas: replica_urls.into_iter().map(|url| (url, None)).collect(),
+            max_lag_bytes,
+        }
+    }
+
+    /// The largest replay lag in bytes, or why it cannot be measured.
+    fn largest_lag(&mut self, primary: &mut PgConnection) -> Result<i64, String> {
+        let mut largest = 0;
+        for (index, (url, conn)) in self.replicas.iter_mut().enumerate() {
+            if conn.is_none() {
+                *conn = PgConnection::establish(url).ok();
+            }
+            let Some(replica) = conn.as_mut() else {
+                return Err(format!("replica {} cannot be reached", index + 1));
+            };
+            let replayed: Option<String> =
+                match diesel::select(diesel::dsl::sql::<
+                    diesel::sql_types::Nullable<diesel::sql_types::Text>,
+                >("pg_last_wal_replay_lsn()::text"))
+                .get_result(replica)
+                {
+                    Ok(lsn) => lsn,
+                    Err(_) => {
+                        *conn = None;
+                        return Err(format!("replica {} cannot be reached", index + 1));
+                    }
+                };
+            let Some(replayed) = replayed else {
+                return Err(format!(
+                    "replica {} is not replaying (is it a standby?)",
+                    index + 1
+                ));
+            };
+            let lag: i64 = diesel::select(
+                diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                    "pg_wal_lsn_diff(pg_current_wal_lsn(), ",
+                )
+                .bind::<diesel::sql_types::Text, _>(replayed)
+                .sql("::pg_lsn)::bigint"),
+            )
+            .get_result(primary)
+            .map_err(|e| e.to_string())?;
+            largest = largest.max(lag);
+        }
+        Ok(largest)
+    }
+
+    /// Returns once the replicas are within the limit (state `running`), or as soon as the
+    /// backfill was paused or cancelled meanwhile.
+    fn wait_for_replicas(
+        &mut self,
+        conn: &mut PgConnection,
+        mut current: BackfillStatus,
+        progress: &mut impl FnMut(&BackfillStatus),
+    ) -> Result<BackfillStatus, BackfillError> {
+        if self.replicas.is_empty() {
+            return Ok(current);
+        }
+        loop {
+            let measured = self.largest_lag(conn);
+            let (state, lag, reason) = match &measured {
+                Ok(lag) if *lag <= self.max_lag_bytes => ("running", *lag, None),
+                Ok(lag) => (
+                    "throttled",
+                    *lag,
+                    Some(format!(
+                        "replica lag {lag} bytes is above the limit of {} bytes",
+                        self.max_lag_bytes
+                    )),
+                ),
+                Err(why) => ("throttled", current.replica_lag_bytes, Some(why.clone())),
+            };
+            // Only a running (or throttled) backfill changes state here: a pause or cancel
+            // asked for meanwhile wins.
+            let updated: Option<BackfillStatus> = diesel::update(
+                zdm_backfill::table.filter(zdm_backfill::state.eq_any(["running", "throttled"])),
+            )
+            .set((
+                zdm_backfill::state.eq(state),
+                zdm_backfill::replica_lag_bytes.eq(lag),
+                zdm_backfill::throttle_reason.eq(&reason),
+                zdm_backfill::updated_at.eq(now),
+            ))
+            .get_result(conn)
+            .optional()?;
+            current = match updated {
+                Some(status) => status,
+                None => return Ok(status(conn)?),
+            };
+            if state == "running" {
+                return Ok(current);
+            }
+            log::debug!(
+                "backfill throttled: {}",
+                reason.as_deref().unwrap_or_default()
+            );
+            progress(&current);
+            std::thread::sleep(THROTTLE_POLL);
+        }
+    }
 }

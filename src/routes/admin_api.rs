@@ -227,6 +227,8 @@ pub async fn start_backfill_now(
     .await?;
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<Result<(), AppError>>(1);
     let url = state.database_url.clone();
+    let mut throttle =
+        backfill::ReplicaThrottle::new(state.replica_urls.clone(), state.replica_max_lag_bytes);
     let handle = std::thread::Builder::new()
         .name("zdm-backfill".to_owned())
         .spawn(move || {
@@ -238,12 +240,13 @@ pub async fn start_backfill_now(
                 }
             };
             let mut told = false;
-            let result = backfill::run(&mut conn, Direction::Forward, |_| {
-                if !told {
-                    let _ = started_tx.send(Ok(()));
-                    told = true;
-                }
-            });
+            let result =
+                backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |_| {
+                    if !told {
+                        let _ = started_tx.send(Ok(()));
+                        told = true;
+                    }
+                });
             match result {
                 Err(e) if !told => {
                     let _ = started_tx.send(Err(e.into()));

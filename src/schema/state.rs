@@ -57,5 +57,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         finished_at -> Nullable<Timestamptz>,
         error -> Nullable<Text>,
+        replica_lag_bytes -> Int8,
+        throttle_reason -> Nullable<Text>,
     }
 }

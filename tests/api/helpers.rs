@@ -236,6 +236,8 @@ pub fn serve(url: &str, limits: db::PoolLimits) -> (String, PhaseFollower, PathB
         backfill_thread: Default::default(),
         metrics: std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics")),
         report_dir: report_dir.clone(),
+        replica_urls: Vec::new(),
+        replica_max_lag_bytes: i64::MAX,
         fault_lagging_v1_writes: false,
     };
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
@@ -472,6 +474,8 @@ impl TestApp {
             backfill_thread: Default::default(),
             metrics: std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics")),
             report_dir: std::env::temp_dir().join("zdm-stuck-reports"),
+            replica_urls: Vec::new(),
+            replica_max_lag_bytes: i64::MAX,
             fault_lagging_v1_writes: false,
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");

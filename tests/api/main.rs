@@ -13,6 +13,7 @@ mod metrics;
 mod name_rule;
 mod phases;
 mod reliability;
+mod replicas;
 mod schema_migrations;
 mod security;
 mod shutdown;

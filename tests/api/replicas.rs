@@ -1,0 +1,195 @@
+//! The backfill against a real streaming replica: without the throttle its replay lag runs
+//! away, with it the lag stays near the limit, and a replica that stops makes the backfill
+//! wait (in the state `throttled`) instead of failing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use zdm::local_pg::LocalPg;
+use zdm::migration::backfill::{self, Direction, ReplicaThrottle};
+use zdm::migration::{Phase, runner, schema_migrations, verify};
+
+/// Stops the scratch primary and replica when the test ends, failed or not.
+struct Cluster {
+    base: PathBuf,
+    replica: Option<LocalPg>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(replica) = &self.replica {
+            let _ = replica.stop();
+        }
+        if let Ok(pg) = LocalPg::ensure_running(&self.base) {
+            let _ = pg.stop();
+            let _ = std::fs::remove_dir_all(&pg.base_dir);
+        }
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// A database on the primary with seeded users, in dual_write, ready for the backfill.
+fn prepared_database(primary: &LocalPg, name: &str, rows: u64) -> String {
+    primary.create_database_if_missing(name).unwrap();
+    let url = primary.url(name);
+    let mut conn = PgConnection::establish(&url).unwrap();
+    schema_migrations::run_infrastructure_migrations(&mut conn).unwrap();
+    zdm::seed::seed_users(&mut conn, Phase::Baseline, rows, 5, |_| {}).unwrap();
+    runner::advance(&mut conn, "test", None).unwrap();
+    runner::advance(&mut conn, "test", None).unwrap();
+    url
+}
+
+/// The replica's replay lag as the primary sees it, in bytes (`None` while it is away).
+fn replay_lag(primary: &mut PgConnection) -> Option<i64> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>>(
+        "(SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint FROM pg_stat_replication LIMIT 1)",
+    ))
+    .get_result(primary)
+    .unwrap()
+}
+
+/// Runs the backfill on `url` in a thread while sampling the replay lag; returns the largest.
+fn backfill_measuring_lag(url: &str, primary_url: &str, throttle: ReplicaThrottle) -> i64 {
+    let done = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (url, done) = (url.to_owned(), done.clone());
+        let mut throttle = throttle;
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            backfill::set_knobs(&mut conn, Some(2000), Some(0)).unwrap();
+            let result =
+                backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |_| {});
+            done.store(true, Ordering::Release);
+            result
+        })
+    };
+    let mut primary = PgConnection::establish(primary_url).unwrap();
+    let mut largest = 0;
+    while !done.load(Ordering::Acquire) {
+        largest = largest.max(replay_lag(&mut primary).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(worker.join().unwrap().unwrap().state, "done");
+    largest
+}
+
+#[test]
+fn the_backfill_keeps_a_slow_replica_within_its_lag_limit_and_waits_for_a_stopped_one() {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pg-throttle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let mut cluster = Cluster {
+        base: base.clone(),
+        replica: None,
+    };
+    let primary = LocalPg::ensure_running(&base).unwrap();
+    let replica = primary.ensure_replica(1).unwrap();
+    cluster.replica = Some(replica.clone());
+    // A replica that applies WAL a second late: like one that is far away, or busy.
+    let mut on_replica = PgConnection::establish(&replica.url("postgres")).unwrap();
+    on_replica
+        .batch_execute("ALTER SYSTEM SET recovery_min_apply_delay = '1s'")
+        .unwrap();
+    on_replica.batch_execute("SELECT pg_reload_conf()").unwrap();
+    drop(on_replica);
+
+    let limit: i64 = 4 * 1024 * 1024;
+    let free = prepared_database(&primary, "free", 150_000);
+    let throttled = prepared_database(&primary, "throttled", 150_000);
+    let primary_url = primary.url("postgres");
+
+    let unthrottled_lag = backfill_measuring_lag(&free, &primary_url, ReplicaThrottle::none());
+    // Let the replica catch up on the first run before measuring the second.
+    let mut on_primary = PgConnection::establish(&primary_url).unwrap();
+    for _ in 0..300 {
+        if replay_lag(&mut on_primary).is_some_and(|lag| lag < limit / 4) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let throttled_lag = backfill_measuring_lag(
+        &throttled,
+        &primary_url,
+        ReplicaThrottle::new(vec![replica.url("throttled")], limit),
+    );
+    println!(
+        "replica replay lag, 150,000-row backfill, limit {limit} bytes: without the throttle up to {unthrottled_lag} bytes, with it up to {throttled_lag} bytes"
+    );
+    assert!(
+        unthrottled_lag > limit,
+        "without the throttle the lag exceeds the limit: {unthrottled_lag}"
+    );
+    // The throttle checks before each batch, so the lag may pass the limit by one batch's WAL.
+    assert!(
+        throttled_lag < limit + 2 * 1024 * 1024,
+        "with it the lag stays near the limit: {throttled_lag}"
+    );
+    let mut conn = PgConnection::establish(&throttled).unwrap();
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+
+    // A replica that stops mid-backfill: the backfill waits, says why, and finishes once the
+    // replica is back.
+    let third = prepared_database(&primary, "third", 60_000);
+    let worker = {
+        let (url, replica_url) = (third.clone(), replica.url("third"));
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            backfill::set_knobs(&mut conn, Some(500), Some(10)).unwrap();
+            backfill::run_throttled(
+                &mut conn,
+                Direction::Forward,
+                &mut ReplicaThrottle::new(vec![replica_url], limit),
+                |_| {},
+            )
+        })
+    };
+    let mut conn = PgConnection::establish(&third).unwrap();
+    while backfill::status(&mut conn).unwrap().batches < 3 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    replica.stop().unwrap();
+    let mut waiting = None;
+    for _ in 0..100 {
+        let status = backfill::status(&mut conn).unwrap();
+        if status.state == "throttled" {
+            waiting = Some(status);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let waiting = waiting.expect("the backfill waits for the stopped replica");
+    assert!(
+        waiting
+            .throttle_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cannot be reached"),
+        "{waiting:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        backfill::status(&mut conn).unwrap().last_id,
+        waiting.last_id,
+        "no batch while it waits"
+    );
+    primary.ensure_replica(1).unwrap();
+    let done = worker.join().unwrap().unwrap();
+    assert_eq!(done.state, "done");
+    assert_eq!(done.throttle_reason, None);
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+}
