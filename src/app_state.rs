@@ -24,6 +24,8 @@ pub struct AppState {
     /// Streaming replicas whose replay lag throttles the backfill, and the limit.
     pub replica_urls: Vec<String>,
     pub replica_max_lag_bytes: i64,
+    /// Replicas the user reads may go to (empty: all reads from the primary).
+    pub read_replicas: crate::replicas::ReadReplicas,
     /// The backfill this process runs, if any, so a shutdown can stop it at a batch boundary.
     pub backfill_thread: BackfillThread,
     /// Where `zdm demo` writes its reports; the dashboard links the latest.

@@ -29,6 +29,9 @@ pub struct Config {
     pub replica_urls: Vec<String>,
     /// `ZDM_REPLICA_MAX_LAG_BYTES`: the replay lag above which the backfill waits.
     pub replica_max_lag_bytes: i64,
+    /// `ZDM_READ_FROM_REPLICAS` (default on when replicas are configured): user reads may go
+    /// to the replicas.
+    pub read_from_replicas: bool,
     /// See `AppState::fault_lagging_v1_writes`.
     pub fault_lagging_v1_writes: bool,
 }
@@ -95,6 +98,7 @@ impl Config {
                 })
                 .unwrap_or_default(),
             replica_max_lag_bytes,
+            read_from_replicas: var("ZDM_READ_FROM_REPLICAS").is_none_or(|v| v != "0"),
             statement_timeout_ms,
             database_url: var("DATABASE_URL"),
             bind: var("ZDM_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned()),

@@ -11,6 +11,7 @@ pub mod error;
 pub mod local_pg;
 pub mod metrics;
 pub mod migration;
+pub mod replicas;
 pub mod routes;
 pub mod schema;
 pub mod seed;

@@ -26,6 +26,7 @@ pub fn run(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(routes::remember_write_position))
             .wrap(from_fn(observe))
             .wrap(security_headers())
             .wrap(Logger::new(r#"%a "%r" %s %b %Dms id=%{x-request-id}o"#))
@@ -142,6 +143,11 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         report_dir: config.report_dir(),
         replica_urls: config.replica_urls.clone(),
         replica_max_lag_bytes: config.replica_max_lag_bytes,
+        read_replicas: if config.read_from_replicas {
+            crate::replicas::ReadReplicas::start(&config.replica_urls, config.pool_limits())
+        } else {
+            Default::default()
+        },
         fault_lagging_v1_writes: config.fault_lagging_v1_writes,
     };
     if state.fault_lagging_v1_writes {
@@ -154,6 +160,7 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
     // finish (actix-web's graceful shutdown), then this process winds down what it runs.
     run(listener, state.clone())?.await?;
     stop_backfill(&state);
+    state.read_replicas.stop();
     drop(follower);
     if let Some(pg) = database.started {
         log::info!("stopping the private PostgreSQL this process started");

@@ -425,7 +425,7 @@ pub fn start(
                 clients,
                 seeded_rows,
                 http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(5))
+                    .timeout(Duration::from_secs(10))
                     .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .unwrap_or_default(),

@@ -7,7 +7,7 @@
 //! those heartbeats. Request handlers read the applied phase from memory: no query per request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,17 +23,29 @@ use crate::schema::state::zdm_instances;
 pub const LIVE_WINDOW: Duration = Duration::from_secs(10);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
-/// The phase this instance has applied, and since when (Unix seconds, as stored); cheap to
-/// clone and read.
+/// The phase this instance has applied, since when (Unix seconds, as stored), and the
+/// primary's WAL position when it switched (a replica past it has the phase's schema); cheap
+/// to clone and read.
 #[derive(Debug, Clone)]
-pub struct AppliedPhase(Arc<(AtomicU8, AtomicI64)>);
+pub struct AppliedPhase(Arc<(AtomicU8, AtomicI64, AtomicU64)>);
 
 impl AppliedPhase {
     pub fn new(phase: Phase, since: i64) -> Self {
         Self(Arc::new((
             AtomicU8::new(phase.index() as u8),
             AtomicI64::new(since),
+            AtomicU64::new(u64::MAX),
         )))
+    }
+
+    /// The primary's WAL position when this instance switched to its phase (`u64::MAX`, which
+    /// no replica reaches, until known).
+    pub fn switched_at_lsn(&self) -> u64 {
+        self.0.2.load(Ordering::Acquire)
+    }
+
+    fn set_lsn(&self, lsn: u64) {
+        self.0.2.store(lsn, Ordering::Release);
     }
 
     pub fn get(&self) -> Phase {
@@ -101,6 +113,11 @@ impl PhaseFollower {
         };
         log::info!("instance {instance_id} starts in phase {phase}");
         let applied = AppliedPhase::new(phase, since.timestamp());
+        if let Ok(mut conn) = pool.get()
+            && let Ok(lsn) = crate::replicas::current_lsn(&mut conn)
+        {
+            applied.set_lsn(lsn);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (pool, applied, stop, id) = (
@@ -142,7 +159,11 @@ fn follow(pool: DbPool, applied: AppliedPhase, stop: Arc<AtomicBool>, id: String
         match state::phase_and_since(&mut conn) {
             Ok((phase, since)) if phase != applied.get() => {
                 let from = applied.get();
+                applied.set_lsn(u64::MAX);
                 applied.set(phase, since.timestamp());
+                if let Ok(lsn) = crate::replicas::current_lsn(&mut conn) {
+                    applied.set_lsn(lsn);
+                }
                 log::info!("instance {id} switched from {from} to {phase}");
                 if let Err(e) = heartbeat(&mut conn, &id, phase) {
                     log::warn!("phase follower: heartbeat failed: {e}");

@@ -5,10 +5,10 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::db;
+use super::{db, db_read};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
 use crate::domain::user::FieldErrors;
@@ -158,12 +158,13 @@ impl<T> Page<T> {
 }
 
 async fn list(
+    req: HttpRequest,
     state: web::Data<AppState>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, AppError> {
     let (after_id, limit) = query.checked()?;
     let phase = state.phase.get();
-    let stored = db(&state, move |conn| {
+    let stored = db_read(&state, &req, move |conn| {
         Ok(users::list_users(conn, phase, after_id, limit)?)
     })
     .await?;
@@ -190,10 +191,17 @@ async fn create(
         .json(V1User::new(user, phase)))
 }
 
-async fn show(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, AppError> {
+async fn show(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
     let phase = state.phase.get();
-    let user = db(&state, move |conn| Ok(users::find_user(conn, phase, id)?)).await?;
+    let user = db_read(&state, &req, move |conn| {
+        Ok(users::find_user(conn, phase, id)?)
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(V1User::new(user, phase)))
 }
 

@@ -3,11 +3,11 @@
 //! they agree with `full_name`, else the split of `full_name`.
 
 use actix_web::http::header;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
 use super::api_v1::{Page, PageQuery, first_error};
-use super::{db, v2_phase};
+use super::{db, db_read, v2_phase};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
 use crate::domain::{NewUser, UserChanges};
@@ -80,12 +80,13 @@ impl TryFrom<UserBody> for UserChanges {
 }
 
 async fn list(
+    req: HttpRequest,
     state: web::Data<AppState>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, AppError> {
     let phase = v2_phase(&state)?;
     let (after_id, limit) = query.checked()?;
-    let stored = db(&state, move |conn| {
+    let stored = db_read(&state, &req, move |conn| {
         Ok(users::list_users(conn, phase, after_id, limit)?)
     })
     .await?;
@@ -112,10 +113,17 @@ async fn create(
         .json(V2User::new(user, phase)))
 }
 
-async fn show(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, AppError> {
+async fn show(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
     let phase = v2_phase(&state)?;
     let id = id.into_inner();
-    let user = db(&state, move |conn| Ok(users::find_user(conn, phase, id)?)).await?;
+    let user = db_read(&state, &req, move |conn| {
+        Ok(users::find_user(conn, phase, id)?)
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(V2User::new(user, phase)))
 }
 

@@ -9,13 +9,18 @@ pub mod home;
 pub mod input;
 pub mod pages;
 
-use actix_web::http::header;
+use actix_web::body::MessageBody;
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, header};
+use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 use diesel::PgConnection;
 
 use crate::app_state::AppState;
 use crate::error::{AppError, HtmlError};
 use crate::migration::Phase;
+use crate::replicas;
 
 /// Largest JSON or form body accepted; a user record is far smaller.
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -52,6 +57,65 @@ where
         work(&mut conn)
     })
     .await?
+}
+
+/// Runs a read of user data: on a replica that has replayed past both this instance's phase
+/// switch and the client's own last write (its `zdm_lsn` cookie), else on the primary.
+pub async fn db_read<F, T>(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    work: F,
+) -> Result<T, AppError>
+where
+    F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
+    T: Send + 'static,
+{
+    if state.read_replicas.is_empty() {
+        return db(state, work).await;
+    }
+    let own_write = req
+        .cookie(replicas::COOKIE)
+        .and_then(|c| c.value().parse::<u64>().ok())
+        .unwrap_or(0);
+    let required = state.phase.switched_at_lsn().max(own_write);
+    let Some(pool) = state.read_replicas.pick(required).cloned() else {
+        return db(state, work).await;
+    };
+    web::block(move || {
+        let mut conn = pool.get()?;
+        work(&mut conn)
+    })
+    .await?
+}
+
+/// After a successful write, remembers the primary's WAL position in the client's `zdm_lsn`
+/// cookie, so its next reads go only to replicas that have replayed it (read-your-writes).
+/// Does nothing without replicas.
+pub async fn remember_write_position(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let is_write = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let mut response = next.call(req).await?;
+    let Some(state) = state.filter(|s| is_write && !s.read_replicas.is_empty()) else {
+        return Ok(response);
+    };
+    if !(response.status().is_success() || response.status().is_redirection()) {
+        return Ok(response);
+    }
+    let position = db(&state, |conn| Ok(replicas::current_lsn(conn)?)).await;
+    if let Ok(lsn) = position {
+        let cookie = Cookie::build(replicas::COOKIE, lsn.to_string())
+            .path("/")
+            .http_only(true)
+            .same_site(SameSite::Strict)
+            .finish();
+        if let Ok(value) = header::HeaderValue::from_str(&cookie.to_string()) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    Ok(response)
 }
 
 /// The phase for a v2 request: v2 is not released (404) before dual_write.

@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 
-use super::{csrf, db, v2_phase};
+use super::{csrf, db, db_read, v2_phase};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
 use crate::domain::user::FieldErrors;
@@ -151,6 +151,7 @@ struct ListPage {
 }
 
 async fn list(
+    req: HttpRequest,
     state: web::Data<AppState>,
     version: web::Data<Version>,
     query: web::Query<ListQuery>,
@@ -158,7 +159,7 @@ async fn list(
     let version = **version;
     let phase = version.phase(&state)?;
     let after_id = query.after_id.unwrap_or(0).max(0);
-    let mut stored = db(&state, move |conn| {
+    let mut stored = db_read(&state, &req, move |conn| {
         Ok(users::list_users(conn, phase, after_id, PAGE_SIZE + 1)?)
     })
     .await?;
@@ -383,7 +384,10 @@ async fn edit_form(
     let version = **version;
     let phase = version.phase(&state)?;
     let id = id.into_inner();
-    let user = db(&state, move |conn| Ok(users::find_user(conn, phase, id)?)).await?;
+    let user = db_read(&state, &req, move |conn| {
+        Ok(users::find_user(conn, phase, id)?)
+    })
+    .await?;
     let form = UserForm::from_stored(user, version, phase);
     form_page(&req, StatusCode::OK, |csrf| {
         FormPage::new(version, Some(id), form, &[], csrf)
@@ -450,7 +454,10 @@ async fn confirm_delete(
     let version = **version;
     let phase = version.phase(&state)?;
     let id = id.into_inner();
-    let user = db(&state, move |conn| Ok(users::find_user(conn, phase, id)?)).await?;
+    let user = db_read(&state, &req, move |conn| {
+        Ok(users::find_user(conn, phase, id)?)
+    })
+    .await?;
     form_page(&req, StatusCode::OK, |csrf| DeletePage {
         version: version.label(),
         prefix: version.prefix(),

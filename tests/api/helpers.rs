@@ -220,6 +220,15 @@ impl Drop for TestDb {
 /// Starts the real server against `url` on a random port: its address, its phase follower
 /// (the instance lives as long as it does) and its report folder.
 pub fn serve(url: &str, limits: db::PoolLimits) -> (String, PhaseFollower, PathBuf) {
+    serve_with(url, limits, Default::default())
+}
+
+/// As `serve`, with user reads allowed on these replicas.
+pub fn serve_with(
+    url: &str,
+    limits: db::PoolLimits,
+    read_replicas: zdm::replicas::ReadReplicas,
+) -> (String, PhaseFollower, PathBuf) {
     let pool = db::build_pool(url, limits).expect("building the pool");
     let follower =
         PhaseFollower::start(pool.clone(), Duration::from_millis(50)).expect("following the phase");
@@ -238,6 +247,7 @@ pub fn serve(url: &str, limits: db::PoolLimits) -> (String, PhaseFollower, PathB
         report_dir: report_dir.clone(),
         replica_urls: Vec::new(),
         replica_max_lag_bytes: i64::MAX,
+        read_replicas,
         fault_lagging_v1_writes: false,
     };
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
@@ -476,6 +486,7 @@ impl TestApp {
             report_dir: std::env::temp_dir().join("zdm-stuck-reports"),
             replica_urls: Vec::new(),
             replica_max_lag_bytes: i64::MAX,
+            read_replicas: Default::default(),
             fault_lagging_v1_writes: false,
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");

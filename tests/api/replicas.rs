@@ -99,8 +99,8 @@ fn the_backfill_keeps_a_slow_replica_within_its_lag_limit_and_waits_for_a_stoppe
     drop(on_replica);
 
     let limit: i64 = 4 * 1024 * 1024;
-    let free = prepared_database(&primary, "free", 150_000);
-    let throttled = prepared_database(&primary, "throttled", 150_000);
+    let free = prepared_database(&primary, "free", 80_000);
+    let throttled = prepared_database(&primary, "throttled", 80_000);
     let primary_url = primary.url("postgres");
 
     let unthrottled_lag = backfill_measuring_lag(&free, &primary_url, ReplicaThrottle::none());
@@ -118,7 +118,7 @@ fn the_backfill_keeps_a_slow_replica_within_its_lag_limit_and_waits_for_a_stoppe
         ReplicaThrottle::new(vec![replica.url("throttled")], limit),
     );
     println!(
-        "replica replay lag, 150,000-row backfill, limit {limit} bytes: without the throttle up to {unthrottled_lag} bytes, with it up to {throttled_lag} bytes"
+        "replica replay lag, 80,000-row backfill, limit {limit} bytes: without the throttle up to {unthrottled_lag} bytes, with it up to {throttled_lag} bytes"
     );
     assert!(
         unthrottled_lag > limit,
@@ -139,7 +139,7 @@ fn the_backfill_keeps_a_slow_replica_within_its_lag_limit_and_waits_for_a_stoppe
 
     // A replica that stops mid-backfill: the backfill waits, says why, and finishes once the
     // replica is back.
-    let third = prepared_database(&primary, "third", 60_000);
+    let third = prepared_database(&primary, "third", 30_000);
     let worker = {
         let (url, replica_url) = (third.clone(), replica.url("third"));
         std::thread::spawn(move || {
@@ -192,4 +192,108 @@ fn the_backfill_keeps_a_slow_replica_within_its_lag_limit_and_waits_for_a_stoppe
             .divergent,
         0
     );
+}
+
+/// The `zdm_lsn` cookie a write answer sets.
+fn position_cookie(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("zdm_lsn="))
+        .and_then(|v| v.split(';').next())
+        .expect("a write answer carries the write position")
+        .to_owned()
+}
+
+#[actix_web::test]
+async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_writes() {
+    let base =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-reads-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let mut cluster = Cluster {
+        base: base.clone(),
+        replica: None,
+    };
+    let primary = LocalPg::ensure_running(&base).unwrap();
+    let replica = primary.ensure_replica(1).unwrap();
+    cluster.replica = Some(replica.clone());
+    let mut on_replica = PgConnection::establish(&replica.url("postgres")).unwrap();
+    on_replica
+        .batch_execute("ALTER SYSTEM SET recovery_min_apply_delay = '1s'")
+        .unwrap();
+    on_replica.batch_execute("SELECT pg_reload_conf()").unwrap();
+    drop(on_replica);
+    primary.create_database_if_missing("zdm").unwrap();
+    let url = primary.url("zdm");
+    schema_migrations::run_infrastructure_migrations(&mut PgConnection::establish(&url).unwrap())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // the replica has the schema
+
+    let readers = zdm::replicas::ReadReplicas::start(
+        &[replica.url("zdm")],
+        zdm::db::PoolLimits::with_size(4),
+    );
+    let (address, follower, _) =
+        crate::helpers::serve_with(&url, zdm::db::PoolLimits::with_size(4), readers);
+    actix_web::rt::time::sleep(Duration::from_millis(1500)).await; // ...and this instance's phase
+    let client = reqwest::Client::new();
+
+    let created = client
+        .post(format!("{address}/api/v1/users"))
+        .json(&serde_json::json!({ "full_name": "Ada Lovelace", "email": "ada@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let cookie = position_cookie(&created);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let path = format!("{address}/api/v1/users/{id}");
+
+    // The writer reads its own write at once (the replica is a second behind: the primary).
+    let own = client
+        .get(&path)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200, "read-your-writes");
+    // Another client is served by the replica, which has not replayed the write yet...
+    assert_eq!(
+        client.get(&path).send().await.unwrap().status(),
+        404,
+        "served by the lagging replica"
+    );
+    // ...and sees it once the replica has.
+    let mut seen = false;
+    for _ in 0..60 {
+        if client.get(&path).send().await.unwrap().status() == 200 {
+            seen = true;
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "other clients see the write after replay");
+
+    // A phase switch is read from the primary until the replica has the new schema: v2 reads
+    // (first_name, last_name) right after dual_write never hit a replica without the columns.
+    let mut conn = PgConnection::establish(&url).unwrap();
+    for phase in [Phase::Expanded, Phase::DualWrite] {
+        runner::advance(&mut conn, "test", None).unwrap();
+        while follower.applied().get() != phase {
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for _ in 0..20 {
+        let v2 = client
+            .get(format!("{address}/api/v2/users/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(v2.status(), 200);
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
 }
