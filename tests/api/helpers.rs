@@ -509,3 +509,50 @@ impl TestApp {
 pub fn server_url() -> String {
     server().base_url.clone()
 }
+
+/// A private PostgreSQL of one test's own (under `target/tmp`), so the test can stop, restart
+/// or clone it without disturbing the others. Stopped and removed, replicas included, when
+/// the test ends, failed or not.
+pub struct ScratchCluster {
+    pub base: PathBuf,
+    replicas: Vec<LocalPg>,
+}
+
+impl ScratchCluster {
+    pub fn new(name: &str) -> Self {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("pg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        Self {
+            base,
+            replicas: Vec::new(),
+        }
+    }
+
+    /// The primary, started (created on first use).
+    pub fn primary(&self) -> LocalPg {
+        LocalPg::ensure_running(&self.base).expect("starting the scratch cluster")
+    }
+
+    /// A streaming replica of the primary, stopped with the cluster.
+    pub fn replica(&mut self, primary: &LocalPg) -> LocalPg {
+        let replica = primary
+            .ensure_replica(1)
+            .expect("a replica from pg_basebackup");
+        self.replicas.push(replica.clone());
+        replica
+    }
+}
+
+impl Drop for ScratchCluster {
+    fn drop(&mut self) {
+        for replica in &self.replicas {
+            let _ = replica.stop();
+        }
+        if let Ok(pg) = LocalPg::ensure_running(&self.base) {
+            let _ = pg.stop();
+            let _ = std::fs::remove_dir_all(&pg.base_dir);
+        }
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}

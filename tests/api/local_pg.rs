@@ -1,30 +1,15 @@
 //! The private PostgreSQL: started from nothing, reused, and safe to start from two places.
 
-use std::path::PathBuf;
-
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use zdm::local_pg::LocalPg;
 
-/// Stops the scratch cluster and removes its folder when the test ends, failed or not.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Ok(pg) = LocalPg::ensure_running(&self.0) {
-            let _ = pg.stop();
-            let _ = std::fs::remove_dir_all(&pg.base_dir);
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::helpers::ScratchCluster;
 
 #[test]
 fn two_starts_at_once_share_one_healthy_cluster() {
-    let base =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-race-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    let _cleanup = Scratch(base.clone());
+    let cluster = ScratchCluster::new("race");
+    let base = cluster.base.clone();
     let starts: Vec<_> = (0..2)
         .map(|_| {
             let base = base.clone();
@@ -70,20 +55,14 @@ fn two_starts_at_once_share_one_healthy_cluster() {
 
 #[test]
 fn a_private_streaming_replica_follows_the_primary() {
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pg-replica-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    let _cleanup = Scratch(base.clone());
-    let primary = LocalPg::ensure_running(&base).unwrap();
+    let mut cluster = ScratchCluster::new("replica");
+    let primary = cluster.primary();
     primary.create_database_if_missing("zdm").unwrap();
     let mut conn = PgConnection::establish(&primary.url("zdm")).unwrap();
     conn.batch_execute("CREATE TABLE seen (v int); INSERT INTO seen VALUES (1)")
         .unwrap();
 
-    let replica = primary
-        .ensure_replica(1)
-        .expect("a replica from pg_basebackup");
-    let _stop_replica = StopOnDrop(replica.clone());
+    let replica = cluster.replica(&primary);
     assert_ne!(
         replica.socket_dir, primary.socket_dir,
         "a socket of its own"
@@ -123,13 +102,4 @@ fn a_private_streaming_replica_follows_the_primary() {
         !again.started_here,
         "a later call reuses the running replica"
     );
-}
-
-/// Stops a cluster when the test ends, failed or not.
-struct StopOnDrop(LocalPg);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.stop();
-    }
 }

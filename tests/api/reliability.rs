@@ -1,7 +1,6 @@
 //! Failure behaviour: stuck queries, an exhausted pool, a database that goes away and comes
 //! back. Requests fail fast with 503 and the app recovers by itself.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use zdm::db::PoolLimits;
 use zdm::local_pg::LocalPg;
 use zdm::migration::schema_migrations;
 
-use crate::helpers::{TestApp, TestDb, serve};
+use crate::helpers::{ScratchCluster, TestApp, TestDb, serve};
 
 /// Holds ACCESS EXCLUSIVE on `users` until dropped: every query on it waits.
 struct TableLock {
@@ -120,26 +119,11 @@ async fn killed_connections_cost_no_500_and_no_write() {
     assert_eq!(body["full_name"], "Ada Lovelace");
 }
 
-/// A cluster of this test's own, so it can be stopped without disturbing other tests.
-struct OwnCluster(PathBuf);
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        if let Ok(pg) = LocalPg::ensure_running(&self.0) {
-            let _ = pg.stop();
-            let _ = std::fs::remove_dir_all(&pg.base_dir);
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[actix_web::test]
 async fn a_database_outage_answers_503_and_the_app_recovers_by_itself() {
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pg-outage-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    let cluster = OwnCluster(base.clone());
-    let pg = LocalPg::ensure_running(&base).unwrap();
+    let cluster = ScratchCluster::new("outage");
+    let base = cluster.base.clone();
+    let pg = cluster.primary();
     pg.create_database_if_missing("zdm").unwrap();
     let url = pg.url("zdm");
     schema_migrations::run_infrastructure_migrations(&mut PgConnection::establish(&url).unwrap())

@@ -2,7 +2,6 @@
 //! away, with it the lag stays near the limit, and a replica that stops makes the backfill
 //! wait (in the state `throttled`) instead of failing.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,23 +12,20 @@ use zdm::local_pg::LocalPg;
 use zdm::migration::backfill::{self, Direction, ReplicaThrottle};
 use zdm::migration::{Phase, runner, schema_migrations, verify};
 
-/// Stops the scratch primary and replica when the test ends, failed or not.
-struct Cluster {
-    base: PathBuf,
-    replica: Option<LocalPg>,
-}
+use crate::helpers::ScratchCluster;
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Some(replica) = &self.replica {
-            let _ = replica.stop();
-        }
-        if let Ok(pg) = LocalPg::ensure_running(&self.base) {
-            let _ = pg.stop();
-            let _ = std::fs::remove_dir_all(&pg.base_dir);
-        }
-        let _ = std::fs::remove_dir_all(&self.base);
-    }
+/// A scratch primary and a streaming replica that applies WAL one second late: like one
+/// that is far away, or busy.
+fn with_slow_replica(name: &str) -> (ScratchCluster, LocalPg, LocalPg) {
+    let mut cluster = ScratchCluster::new(name);
+    let primary = cluster.primary();
+    let replica = cluster.replica(&primary);
+    let mut on_replica = PgConnection::establish(&replica.url("postgres")).unwrap();
+    on_replica
+        .batch_execute("ALTER SYSTEM SET recovery_min_apply_delay = '1s'")
+        .unwrap();
+    on_replica.batch_execute("SELECT pg_reload_conf()").unwrap();
+    (cluster, primary, replica)
 }
 
 /// A database on the primary with seeded users, in dual_write, ready for the backfill.
@@ -80,23 +76,7 @@ fn backfill_measuring_lag(url: &str, primary_url: &str, throttle: ReplicaThrottl
 
 #[test]
 fn the_backfill_keeps_a_slow_replica_within_its_lag_limit_and_waits_for_a_stopped_one() {
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pg-throttle-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    let mut cluster = Cluster {
-        base: base.clone(),
-        replica: None,
-    };
-    let primary = LocalPg::ensure_running(&base).unwrap();
-    let replica = primary.ensure_replica(1).unwrap();
-    cluster.replica = Some(replica.clone());
-    // A replica that applies WAL a second late: like one that is far away, or busy.
-    let mut on_replica = PgConnection::establish(&replica.url("postgres")).unwrap();
-    on_replica
-        .batch_execute("ALTER SYSTEM SET recovery_min_apply_delay = '1s'")
-        .unwrap();
-    on_replica.batch_execute("SELECT pg_reload_conf()").unwrap();
-    drop(on_replica);
+    let (_cluster, primary, replica) = with_slow_replica("throttle");
 
     let limit: i64 = 4 * 1024 * 1024;
     let free = prepared_database(&primary, "free", 80_000);
@@ -209,22 +189,7 @@ fn position_cookie(response: &reqwest::Response) -> String {
 
 #[actix_web::test]
 async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_writes() {
-    let base =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-reads-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    let mut cluster = Cluster {
-        base: base.clone(),
-        replica: None,
-    };
-    let primary = LocalPg::ensure_running(&base).unwrap();
-    let replica = primary.ensure_replica(1).unwrap();
-    cluster.replica = Some(replica.clone());
-    let mut on_replica = PgConnection::establish(&replica.url("postgres")).unwrap();
-    on_replica
-        .batch_execute("ALTER SYSTEM SET recovery_min_apply_delay = '1s'")
-        .unwrap();
-    on_replica.batch_execute("SELECT pg_reload_conf()").unwrap();
-    drop(on_replica);
+    let (_cluster, primary, replica) = with_slow_replica("reads");
     primary.create_database_if_missing("zdm").unwrap();
     let url = primary.url("zdm");
     schema_migrations::run_infrastructure_migrations(&mut PgConnection::establish(&url).unwrap())
