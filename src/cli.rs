@@ -75,6 +75,9 @@ enum Command {
         /// Where the HTML report goes (default: the data folder's reports/).
         #[arg(long)]
         report_dir: Option<std::path::PathBuf>,
+        /// Streaming replicas of the private PostgreSQL to read from and throttle on.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=4))]
+        replicas: u64,
     },
     /// Measure: `bench backfill --rows N`.
     Bench {
@@ -156,6 +159,7 @@ pub fn main() -> ExitCode {
                 write_percent,
                 json_out,
                 report_dir,
+                replicas,
             } => {
                 let dir = report_dir.unwrap_or_else(|| config.report_dir());
                 let mut opts = if quick {
@@ -169,6 +173,15 @@ pub fn main() -> ExitCode {
                 opts.phase_secs = phase_secs.filter(|s| *s > 0.0).unwrap_or(opts.phase_secs);
                 opts.write_percent = write_percent.unwrap_or(opts.write_percent);
                 opts.json_out = json_out;
+                if replicas > 0 {
+                    if config.database_url.is_some() {
+                        return Err("--replicas starts replicas of the private PostgreSQL: unset DATABASE_URL".into());
+                    }
+                    let primary = crate::local_pg::LocalPg::ensure_running(&config.data_dir)?;
+                    for index in 1..=replicas as usize {
+                        opts.replica_servers.push(primary.ensure_replica(index)?.url("postgres"));
+                    }
+                }
                 if let Ok(v) = std::env::var(crate::demo::FAULT_LAGGING_V1_WRITES) {
                     opts.instance_env
                         .push((crate::demo::FAULT_LAGGING_V1_WRITES.to_owned(), v));
@@ -297,7 +310,15 @@ fn run_backfill(
     batch_size: Option<i32>,
     sleep_ms: Option<i32>,
 ) -> Result<(), StartupError> {
-    let mut conn = connect(config)?;
+    let database = startup::prepare_database(config)?;
+    let mut conn = PgConnection::establish(&database.url)?;
+    let replicas: Vec<String> = config
+        .replica_urls
+        .iter()
+        .chain(&database.replica_urls)
+        .cloned()
+        .collect();
+    let mut throttle = backfill::ReplicaThrottle::new(replicas, config.replica_max_lag_bytes);
     let phase = state::current_phase(&mut conn)?;
     let gate_list = crate::migration::gates::backfill_gates(&mut conn, phase)?;
     if let Some(gate) = gate_list.iter().find(|g| !g.met) {
@@ -305,15 +326,10 @@ fn run_backfill(
     }
     backfill::set_knobs(&mut conn, batch_size, sleep_ms)?;
     let bar = progress_bar(0, "backfill")?;
-    let done = backfill::run_throttled(
-        &mut conn,
-        Direction::Forward,
-        &mut config.replica_throttle(),
-        |s| {
-            bar.set_length(s.rows_total.max(0) as u64);
-            bar.set_position(s.rows_done.max(0) as u64);
-        },
-    )?;
+    let done = backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |s| {
+        bar.set_length(s.rows_total.max(0) as u64);
+        bar.set_position(s.rows_done.max(0) as u64);
+    })?;
     bar.finish_and_clear();
     println!(
         "backfill {}: {} rows scanned, {} filled, {} batches, {:.0} rows/s",

@@ -29,11 +29,23 @@ pub struct Config {
     pub replica_urls: Vec<String>,
     /// `ZDM_REPLICA_MAX_LAG_BYTES`: the replay lag above which the backfill waits.
     pub replica_max_lag_bytes: i64,
+    /// `ZDM_REPLICAS`: streaming replicas of the private PostgreSQL to start (with
+    /// `DATABASE_URL` unset).
+    pub private_replicas: usize,
     /// `ZDM_READ_FROM_REPLICAS` (default on when replicas are configured): user reads may go
     /// to the replicas.
     pub read_from_replicas: bool,
     /// See `AppState::fault_lagging_v1_writes`.
     pub fault_lagging_v1_writes: bool,
+}
+
+/// The database to use, as `Config::resolve_database` found or made it.
+pub struct ResolvedDatabase {
+    pub url: String,
+    /// Streaming replicas of the private primary (`ZDM_REPLICAS`).
+    pub replica_urls: Vec<String>,
+    /// Clusters this process started, replicas before their primary.
+    pub started: Vec<LocalPg>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +111,19 @@ impl Config {
                 .unwrap_or_default(),
             replica_max_lag_bytes,
             read_from_replicas: var("ZDM_READ_FROM_REPLICAS").is_none_or(|v| v != "0"),
+            private_replicas: match var("ZDM_REPLICAS") {
+                None => 0,
+                Some(v) => {
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|n| *n <= 8)
+                        .ok_or(ConfigError::Invalid {
+                            name: "ZDM_REPLICAS",
+                            expected: "a number from 0 to 8",
+                            value: v,
+                        })?
+                }
+            },
             statement_timeout_ms,
             database_url: var("DATABASE_URL"),
             bind: var("ZDM_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
@@ -121,14 +146,6 @@ impl Config {
         }
     }
 
-    /// The backfill's replica-lag throttle for the configured replicas (none: no throttle).
-    pub fn replica_throttle(&self) -> crate::migration::backfill::ReplicaThrottle {
-        crate::migration::backfill::ReplicaThrottle::new(
-            self.replica_urls.clone(),
-            self.replica_max_lag_bytes,
-        )
-    }
-
     /// Where `zdm demo` writes its reports.
     pub fn report_dir(&self) -> PathBuf {
         self.data_dir.join("reports")
@@ -137,18 +154,39 @@ impl Config {
     /// The URL of the app database: `DATABASE_URL` as given, or the private cluster, started
     /// and with its `zdm` database created when needed.
     pub fn resolve_database_url(&self) -> Result<String, LocalPgError> {
-        Ok(self.resolve_database()?.0)
+        Ok(self.resolve_database()?.url)
     }
 
-    /// As `resolve_database_url`, with the private cluster when this call started it (so the
-    /// caller can stop it again when it exits).
-    pub fn resolve_database(&self) -> Result<(String, Option<LocalPg>), LocalPgError> {
+    /// The app database, with what the private set-up made: the URLs of its streaming
+    /// replicas (`ZDM_REPLICAS`), and the clusters this call started (so the caller can stop
+    /// them again when it exits; replicas first).
+    pub fn resolve_database(&self) -> Result<ResolvedDatabase, LocalPgError> {
         if let Some(url) = &self.database_url {
-            return Ok((url.clone(), None));
+            return Ok(ResolvedDatabase {
+                url: url.clone(),
+                replica_urls: Vec::new(),
+                started: Vec::new(),
+            });
         }
         let pg = LocalPg::ensure_running(&self.data_dir)?;
         pg.create_database_if_missing(APP_DATABASE)?;
+        let mut started = Vec::new();
+        let mut replica_urls = Vec::new();
+        for index in 1..=self.private_replicas {
+            let replica = pg.ensure_replica(index)?;
+            replica_urls.push(replica.url(APP_DATABASE));
+            if replica.started_here {
+                started.push(replica);
+            }
+        }
         let url = pg.url(APP_DATABASE);
-        Ok((url, pg.started_here.then_some(pg)))
+        if pg.started_here {
+            started.push(pg);
+        }
+        Ok(ResolvedDatabase {
+            url,
+            replica_urls,
+            started,
+        })
     }
 }

@@ -98,20 +98,28 @@ fn security_headers() -> DefaultHeaders {
 pub struct Database {
     pub url: String,
     pub pool: DbPool,
-    /// The private PostgreSQL, when this process started it.
-    pub started: Option<LocalPg>,
+    /// Streaming replicas the private set-up started (`ZDM_REPLICAS`).
+    pub replica_urls: Vec<String>,
+    /// The private clusters this process started, replicas first.
+    pub started: Vec<LocalPg>,
 }
 
 /// Connects (starting the private PostgreSQL when `DATABASE_URL` is unset) and applies the
 /// infrastructure migrations; phase migrations are left to the migration runner.
 pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
-    let (url, started) = config.resolve_database()?;
+    let resolved = config.resolve_database()?;
+    let url = resolved.url;
     let pool = db::build_pool(&url, config.pool_limits())?;
     let mut conn = pool.get()?;
     for name in schema_migrations::run_infrastructure_migrations(&mut conn)? {
         log::info!("applied migration {name}");
     }
-    Ok(Database { url, pool, started })
+    Ok(Database {
+        url,
+        pool,
+        replica_urls: resolved.replica_urls,
+        started: resolved.started,
+    })
 }
 
 /// A random admin token, for when none is configured.
@@ -124,6 +132,12 @@ pub fn generate_token() -> String {
 /// `zdm serve`: runs until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> Result<(), StartupError> {
     let database = prepare_database(&config)?;
+    let replica_urls: Vec<String> = config
+        .replica_urls
+        .iter()
+        .chain(&database.replica_urls)
+        .cloned()
+        .collect();
     let follower = PhaseFollower::start(database.pool.clone(), config.phase_poll)?;
     let admin_token = config.admin_token.clone().unwrap_or_else(|| {
         let token = generate_token();
@@ -141,10 +155,10 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         backfill_thread: Default::default(),
         metrics: std::sync::Arc::new(crate::metrics::Metrics::new()?),
         report_dir: config.report_dir(),
-        replica_urls: config.replica_urls.clone(),
+        replica_urls: replica_urls.clone(),
         replica_max_lag_bytes: config.replica_max_lag_bytes,
         read_replicas: if config.read_from_replicas {
-            crate::replicas::ReadReplicas::start(&config.replica_urls, config.pool_limits())
+            crate::replicas::ReadReplicas::start(&replica_urls, config.pool_limits())
         } else {
             Default::default()
         },
@@ -162,8 +176,11 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
     stop_backfill(&state);
     state.read_replicas.stop();
     drop(follower);
-    if let Some(pg) = database.started {
-        log::info!("stopping the private PostgreSQL this process started");
+    for pg in database.started {
+        log::info!(
+            "stopping the private PostgreSQL this process started ({})",
+            pg.base_dir.display()
+        );
         pg.stop()?;
     }
     Ok(())

@@ -52,6 +52,9 @@ pub struct DemoOptions {
     pub report_dir: PathBuf,
     /// Environment for the instances (fault injection).
     pub instance_env: Vec<(String, String)>,
+    /// Servers (maintenance-database URLs) of streaming replicas of the demo's server: the
+    /// instances read from them and the backfill waits for them.
+    pub replica_servers: Vec<String>,
     /// Backfill batch size and sleep (throttled so it is visible under traffic).
     pub backfill_batch: i32,
     pub backfill_sleep_ms: i32,
@@ -69,6 +72,7 @@ impl DemoOptions {
             json_out: None,
             report_dir,
             instance_env: Vec::new(),
+            replica_servers: Vec::new(),
             backfill_batch: 1000,
             backfill_sleep_ms: 100,
         }
@@ -235,6 +239,11 @@ async fn backfill_with_a_crash(
             ])
             .env("DATABASE_URL", url)
             .env("RUST_LOG", "warn")
+            .envs(
+                opts.instance_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -388,6 +397,18 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         blocking(move || ScratchDatabase::seeded(&server, "zdm_demo", rows, 7)).await?
     };
     let url = scratch.url.clone();
+    // The replicas replay the scratch database too; the instances and the backfill get its
+    // URL on each of them.
+    let mut opts = opts;
+    if !opts.replica_servers.is_empty() {
+        let urls: Vec<String> = opts
+            .replica_servers
+            .iter()
+            .map(|server| crate::db::with_database(server, &scratch.name))
+            .collect();
+        opts.instance_env
+            .push(("DATABASE_REPLICA_URLS".to_owned(), urls.join(",")));
+    }
     let token = crate::startup::generate_token();
     let mut fleet =
         Fleet::start(2, &url, &token, &opts.report_dir, opts.instance_env.clone()).await?;
@@ -490,6 +511,7 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         backfill_p99_vs_baseline,
         acknowledged_writes_tracked: ledgers.iter().map(HashMap::len).sum(),
         unacknowledged_creates,
+        replicas: opts.replica_servers.len(),
         audit,
     };
     let html = report::html(&summary, &timeline.segments, &samples)?;

@@ -59,6 +59,8 @@ pub struct DemoSummary {
     pub audit: AuditResult,
     pub acknowledged_writes_tracked: usize,
     pub unacknowledged_creates: u64,
+    /// Streaming replicas the instances read from and the backfill waited for.
+    pub replicas: usize,
     /// Why the walk stopped before the end, if it did.
     pub walk_error: Option<String>,
     pub passed: bool,
