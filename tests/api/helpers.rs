@@ -220,7 +220,7 @@ impl Drop for TestDb {
 /// Starts the real server against `url` on a random port: its address, its phase follower
 /// (the instance lives as long as it does) and its report folder.
 pub fn serve(url: &str, limits: db::PoolLimits) -> (String, PhaseFollower, PathBuf) {
-    serve_with(url, limits, Default::default())
+    serve_with(url, limits, Default::default(), Vec::new())
 }
 
 /// As `serve`, with user reads allowed on these replicas.
@@ -228,6 +228,7 @@ pub fn serve_with(
     url: &str,
     limits: db::PoolLimits,
     read_replicas: zdm::replicas::ReadReplicas,
+    throttle_replicas: Vec<String>,
 ) -> (String, PhaseFollower, PathBuf) {
     let pool = db::build_pool(url, limits).expect("building the pool");
     let follower =
@@ -245,8 +246,8 @@ pub fn serve_with(
         backfill_thread: Default::default(),
         metrics: std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics")),
         report_dir: report_dir.clone(),
-        replica_urls: Vec::new(),
-        replica_max_lag_bytes: i64::MAX,
+        replica_urls: throttle_replicas,
+        replica_max_lag_bytes: 4 * 1024 * 1024,
         read_replicas,
         fault_lagging_v1_writes: false,
     };

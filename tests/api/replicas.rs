@@ -201,7 +201,7 @@ async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_
         zdm::db::PoolLimits::with_size(4),
     );
     let (address, follower, _) =
-        crate::helpers::serve_with(&url, zdm::db::PoolLimits::with_size(4), readers);
+        crate::helpers::serve_with(&url, zdm::db::PoolLimits::with_size(4), readers, Vec::new());
     actix_web::rt::time::sleep(Duration::from_millis(1500)).await; // ...and this instance's phase
     let client = reqwest::Client::new();
 
@@ -261,4 +261,116 @@ async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_
         assert_eq!(v2.status(), 200);
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[actix_web::test]
+async fn a_throttled_backfill_says_so_in_the_api_the_metrics_and_the_dashboard() {
+    let db = crate::helpers::TestDb::migrated();
+    // A replica that is not there: the backfill must wait for it, and say why.
+    let gone = "postgres:///zdm?host=/nonexistent-zdm-socket&port=5432&user=postgres".to_owned();
+    let (address, follower, _) = crate::helpers::serve_with(
+        &db.url,
+        zdm::db::PoolLimits::with_size(4),
+        Default::default(),
+        vec![gone],
+    );
+    let mut conn = db.conn();
+    zdm::seed::seed_users(&mut conn, Phase::Baseline, 2000, 9, |_| {}).unwrap();
+    for phase in [Phase::Expanded, Phase::DualWrite] {
+        runner::advance(&mut conn, "test", None).unwrap();
+        while follower.applied().get() != phase {
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let client = reqwest::Client::new();
+    let admin = |path: &str| {
+        client
+            .post(format!("{address}{path}"))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+    };
+    assert_eq!(
+        admin("/api/admin/backfill/start")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        status = client
+            .get(format!("{address}/api/admin/migration"))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["backfill"]["state"] == "throttled" {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["backfill"]["state"], "throttled", "{status}");
+    assert_eq!(
+        status["backfill"]["throttle_reason"],
+        "replica 1 cannot be reached"
+    );
+    assert_eq!(
+        status["backfill"]["rows_done"], 0,
+        "no batch runs while it waits"
+    );
+    let metrics = client
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("zdm_backfill_state{state=\"throttled\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("zdm_backfill_replica_lag_bytes"));
+    // The dashboard shows it too.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = no_redirects
+        .post(format!("{address}/admin/login"))
+        .form(&[("token", crate::helpers::ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = no_redirects
+        .get(format!("{address}/admin"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Waiting for the replicas: replica 1 cannot be reached"),
+        "{page}"
+    );
+    assert!(
+        admin("/api/admin/backfill/cancel")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
 }
