@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use serde_json::json;
 
-use super::{BenchError, ms, quantile};
+use super::{BenchError, ms, peak_rss_mib, quantile};
 use crate::db::scratch::ScratchDatabase;
 use crate::demo::fleet::Fleet;
 use crate::local_pg::BinarySearch;
@@ -184,13 +184,6 @@ fn pgbench_point_select(
     })
 }
 
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 pub async fn http_benchmark(
     database_url: &str,
     opts: HttpBenchOptions,
@@ -281,7 +274,7 @@ pub async fn http_benchmark(
     }
     let v2_read = run(Scenario::V2Read).await.map_err(|e| e.to_string())?;
     report(&mut say, "GET  /api/v2/users/{id} read_new", &v2_read);
-    let rss = peak_rss_mib(pid);
+    let rss = peak_rss_mib(Some(pid));
     fleet.stop();
 
     let ceiling = {

@@ -27,9 +27,10 @@ pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// Peak resident memory of this process (VmHWM), in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// Peak resident memory (VmHWM) of a process, this one by default, in MiB.
+pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    let process = pid.map_or("self".to_owned(), |pid| pid.to_string());
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
@@ -132,7 +133,7 @@ pub fn backfill_benchmark(
     ));
     say(&format!(
         "peak RSS of this process: {}",
-        peak_rss_mib().map_or("unknown".to_owned(), |m| format!("{m:.1} MiB"))
+        peak_rss_mib(None).map_or("unknown".to_owned(), |m| format!("{m:.1} MiB"))
     ));
     say(&format!("backfill_vs_single_update: {ratio:.2}"));
     Ok(ratio)

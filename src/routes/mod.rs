@@ -51,7 +51,15 @@ where
     F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
     T: Send + 'static,
 {
-    let pool = state.pool.clone();
+    run_on(state.pool.clone(), work).await
+}
+
+/// The work on a connection of `pool`, on the blocking thread pool.
+async fn run_on<F, T>(pool: crate::db::DbPool, work: F) -> Result<T, AppError>
+where
+    F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
+    T: Send + 'static,
+{
     web::block(move || {
         let mut conn = pool.get()?;
         work(&mut conn)
@@ -78,14 +86,12 @@ where
         .and_then(|c| c.value().parse::<u64>().ok())
         .unwrap_or(0);
     let required = state.phase.switched_at_lsn().max(own_write);
-    let Some(pool) = state.read_replicas.pick(required).cloned() else {
-        return db(state, work).await;
-    };
-    web::block(move || {
-        let mut conn = pool.get()?;
-        work(&mut conn)
-    })
-    .await?
+    let pool = state
+        .read_replicas
+        .pick(required)
+        .unwrap_or(&state.pool)
+        .clone();
+    run_on(pool, work).await
 }
 
 /// After a successful write, remembers the primary's WAL position in the client's `zdm_lsn`

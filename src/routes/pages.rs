@@ -375,19 +375,29 @@ async fn create(
     }
 }
 
+/// The user a page shows, read the way `version` reads in this instance's phase.
+async fn find_for_page(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    version: Version,
+    id: i64,
+) -> Result<(StoredUser, Phase), HtmlError> {
+    let phase = version.phase(state)?;
+    let user = db_read(state, req, move |conn| {
+        Ok(users::find_user(conn, phase, id)?)
+    })
+    .await?;
+    Ok((user, phase))
+}
+
 async fn edit_form(
     req: HttpRequest,
     state: web::Data<AppState>,
     version: web::Data<Version>,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, HtmlError> {
-    let version = **version;
-    let phase = version.phase(&state)?;
-    let id = id.into_inner();
-    let user = db_read(&state, &req, move |conn| {
-        Ok(users::find_user(conn, phase, id)?)
-    })
-    .await?;
+    let (version, id) = (**version, id.into_inner());
+    let (user, phase) = find_for_page(&state, &req, version, id).await?;
     let form = UserForm::from_stored(user, version, phase);
     form_page(&req, StatusCode::OK, |csrf| {
         FormPage::new(version, Some(id), form, &[], csrf)
@@ -451,13 +461,8 @@ async fn confirm_delete(
     version: web::Data<Version>,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, HtmlError> {
-    let version = **version;
-    let phase = version.phase(&state)?;
-    let id = id.into_inner();
-    let user = db_read(&state, &req, move |conn| {
-        Ok(users::find_user(conn, phase, id)?)
-    })
-    .await?;
+    let (version, id) = (**version, id.into_inner());
+    let (user, phase) = find_for_page(&state, &req, version, id).await?;
     form_page(&req, StatusCode::OK, |csrf| DeletePage {
         version: version.label(),
         prefix: version.prefix(),
