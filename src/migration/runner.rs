@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
 use diesel::migration::{Migration, MigrationSource};
 use diesel::pg::Pg;
 use diesel::prelude::*;
@@ -400,6 +401,13 @@ fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunEr
             Step::Up => conn.run_migration(migration.as_ref()).map(drop),
             Step::Down => conn.revert_migration(migration.as_ref()).map(drop),
         };
+        if result.is_err() {
+            // A migration that manages its own transactions (BEGIN ... COMMIT in its file)
+            // leaves its failed transaction open: end it, or the retry (and whatever uses
+            // this connection next) meets "current transaction is aborted". Without one
+            // open, PostgreSQL only warns.
+            let _ = conn.batch_execute("ROLLBACK");
+        }
         match result {
             Ok(()) => {
                 log::info!(

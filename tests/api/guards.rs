@@ -244,6 +244,31 @@ async fn expand_and_contract_give_up_within_lock_timeout_then_retry_past_a_long_
 }
 
 #[actix_web::test]
+async fn new_only_retries_past_a_long_transaction_in_both_directions() {
+    // Its migrations run their own BEGIN ... COMMIT: a lock timeout must not leave an aborted
+    // transaction behind for the retry to trip over.
+    let app = TestApp::spawn().await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    app.walk_to(Phase::ReadNew).await;
+    let (result, _) = step_under_blocker(&app, id, Duration::from_millis(700), |conn| {
+        runner::advance(conn, "test", None)
+    })
+    .await;
+    let transition = result.expect("new_only is reached after the blocker");
+    assert_eq!(transition.to, Phase::NewOnly);
+    assert!(transition.lock_timeouts >= 1, "it met the blocker");
+    app.wait_for_phase(Phase::NewOnly).await;
+
+    let (result, _) = step_under_blocker(&app, id, Duration::from_millis(700), |conn| {
+        runner::rollback(conn, "test")
+    })
+    .await;
+    let transition = result.expect("the rollback succeeds after the blocker");
+    assert_eq!(transition.to, Phase::ReadNew);
+    assert!(transition.lock_timeouts >= 1, "it met the blocker");
+}
+
+#[actix_web::test]
 async fn a_blocker_longer_than_the_retry_schedule_fails_the_step_cleanly() {
     let app = TestApp::spawn().await;
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
