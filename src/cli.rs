@@ -117,6 +117,22 @@ enum BenchWhat {
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
     },
+    /// The backfill's effect on a streaming replica that applies WAL late, without and with
+    /// the lag throttle, on a scratch primary + replica of its own (removed afterwards).
+    Replicas {
+        /// Users in each of the two databases.
+        #[arg(long, default_value_t = 80_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+        rows: u64,
+        /// The throttle's replay-lag limit in bytes.
+        #[arg(long, default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(i64).range(1..))]
+        max_lag_bytes: i64,
+        /// How late the replica applies WAL, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        apply_delay_ms: u64,
+        /// Rows per backfill batch.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
+        batch_size: i32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +209,28 @@ pub fn main() -> ExitCode {
             } => {
                 let url = config.resolve_database_url()?;
                 crate::bench::backfill_benchmark(&url, rows, |line| println!("{line}")).map(drop)
+            }
+            Command::Bench {
+                what:
+                    BenchWhat::Replicas {
+                        rows,
+                        max_lag_bytes,
+                        apply_delay_ms,
+                        batch_size,
+                    },
+            } => {
+                let opts = crate::bench::replicas::ReplicaBenchOptions {
+                    rows,
+                    max_lag_bytes,
+                    apply_delay_ms,
+                    batch_size,
+                };
+                crate::bench::replicas::replica_benchmark(
+                    config.data_dir.join("bench-replicas"),
+                    &opts,
+                    |line| println!("{line}"),
+                )
+                .map(drop)
             }
             Command::Bench {
                 what:

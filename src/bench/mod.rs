@@ -15,6 +15,7 @@ use crate::migration::backfill::{self, DEFAULT_BATCH_SIZE, Direction};
 use crate::migration::{Phase, runner, state};
 
 pub mod http;
+pub mod replicas;
 
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
 

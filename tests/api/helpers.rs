@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use zdm::app_state::AppState;
 use zdm::db::{self, with_database};
-use zdm::local_pg::{LocalPg, create_database_if_missing, quote_ident};
+use zdm::local_pg::{LocalPg, ScratchCluster, create_database_if_missing, quote_ident};
 use zdm::migration::Phase;
 use zdm::migration::follower::PhaseFollower;
 use zdm::migration::schema_migrations;
@@ -511,49 +511,11 @@ pub fn server_url() -> String {
     server().base_url.clone()
 }
 
-/// A private PostgreSQL of one test's own (under `target/tmp`), so the test can stop, restart
-/// or clone it without disturbing the others. Stopped and removed, replicas included, when
-/// the test ends, failed or not.
-pub struct ScratchCluster {
-    pub base: PathBuf,
-    replicas: Vec<LocalPg>,
-}
-
-impl ScratchCluster {
-    pub fn new(name: &str) -> Self {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("pg-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        Self {
-            base,
-            replicas: Vec::new(),
-        }
-    }
-
-    /// The primary, started (created on first use).
-    pub fn primary(&self) -> LocalPg {
-        LocalPg::ensure_running(&self.base).expect("starting the scratch cluster")
-    }
-
-    /// A streaming replica of the primary, stopped with the cluster.
-    pub fn replica(&mut self, primary: &LocalPg) -> LocalPg {
-        let replica = primary
-            .ensure_replica(1)
-            .expect("a replica from pg_basebackup");
-        self.replicas.push(replica.clone());
-        replica
-    }
-}
-
-impl Drop for ScratchCluster {
-    fn drop(&mut self) {
-        for replica in &self.replicas {
-            let _ = replica.stop();
-        }
-        if let Ok(pg) = LocalPg::ensure_running(&self.base) {
-            let _ = pg.stop();
-            let _ = std::fs::remove_dir_all(&pg.base_dir);
-        }
-        let _ = std::fs::remove_dir_all(&self.base);
-    }
+/// A scratch cluster (primary and replicas) under the test binary's temporary folder,
+/// stopped and removed when dropped.
+pub fn scratch_cluster(name: &str) -> ScratchCluster {
+    ScratchCluster::new(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("pg-{name}-{}", std::process::id())),
+    )
 }

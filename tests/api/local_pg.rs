@@ -4,11 +4,11 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use zdm::local_pg::LocalPg;
 
-use crate::helpers::ScratchCluster;
+use crate::helpers::scratch_cluster;
 
 #[test]
 fn two_starts_at_once_share_one_healthy_cluster() {
-    let cluster = ScratchCluster::new("race");
+    let cluster = scratch_cluster("race");
     let base = cluster.base.clone();
     let starts: Vec<_> = (0..2)
         .map(|_| {
@@ -55,14 +55,14 @@ fn two_starts_at_once_share_one_healthy_cluster() {
 
 #[test]
 fn a_private_streaming_replica_follows_the_primary() {
-    let mut cluster = ScratchCluster::new("replica");
-    let primary = cluster.primary();
+    let mut cluster = scratch_cluster("replica");
+    let primary = cluster.primary().unwrap();
     primary.create_database_if_missing("zdm").unwrap();
     let mut conn = PgConnection::establish(&primary.url("zdm")).unwrap();
     conn.batch_execute("CREATE TABLE seen (v int); INSERT INTO seen VALUES (1)")
         .unwrap();
 
-    let replica = cluster.replica(&primary);
+    let replica = cluster.replica(&primary).unwrap();
     assert_ne!(
         replica.socket_dir, primary.socket_dir,
         "a socket of its own"

@@ -11,7 +11,7 @@ use zdm::db::PoolLimits;
 use zdm::local_pg::LocalPg;
 use zdm::migration::schema_migrations;
 
-use crate::helpers::{ScratchCluster, TestApp, TestDb, serve};
+use crate::helpers::{TestApp, TestDb, scratch_cluster, serve};
 
 /// Holds ACCESS EXCLUSIVE on `users` until dropped: every query on it waits.
 struct TableLock {
@@ -121,9 +121,9 @@ async fn killed_connections_cost_no_500_and_no_write() {
 
 #[actix_web::test]
 async fn a_database_outage_answers_503_and_the_app_recovers_by_itself() {
-    let cluster = ScratchCluster::new("outage");
+    let cluster = scratch_cluster("outage");
     let base = cluster.base.clone();
-    let pg = cluster.primary();
+    let pg = cluster.primary().unwrap();
     pg.create_database_if_missing("zdm").unwrap();
     let url = pg.url("zdm");
     schema_migrations::run_infrastructure_migrations(&mut PgConnection::establish(&url).unwrap())

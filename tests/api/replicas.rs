@@ -2,124 +2,53 @@
 //! away, with it the lag stays near the limit, and a replica that stops makes the backfill
 //! wait (in the state `throttled`) instead of failing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use zdm::local_pg::LocalPg;
+use zdm::bench::replicas;
+use zdm::local_pg::{LocalPg, ScratchCluster};
 use zdm::migration::backfill::{self, Direction, ReplicaThrottle};
 use zdm::migration::{Phase, runner, schema_migrations, verify};
 
-use crate::helpers::ScratchCluster;
+use crate::helpers::scratch_cluster;
 
 /// A scratch primary and a streaming replica that applies WAL one second late: like one
 /// that is far away, or busy.
 fn with_slow_replica(name: &str) -> (ScratchCluster, LocalPg, LocalPg) {
-    let mut cluster = ScratchCluster::new(name);
-    let primary = cluster.primary();
-    let replica = cluster.replica(&primary);
-    let mut on_replica = PgConnection::establish(&replica.url("postgres")).unwrap();
-    on_replica
-        .batch_execute("ALTER SYSTEM SET recovery_min_apply_delay = '1s'")
-        .unwrap();
-    on_replica.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let mut cluster = scratch_cluster(name);
+    let primary = cluster.primary().unwrap();
+    let replica = cluster.replica(&primary).unwrap();
+    replicas::delay_replay(&replica, 1000).unwrap();
     (cluster, primary, replica)
-}
-
-/// A database on the primary with seeded users, in dual_write, ready for the backfill.
-fn prepared_database(primary: &LocalPg, name: &str, rows: u64) -> String {
-    primary.create_database_if_missing(name).unwrap();
-    let url = primary.url(name);
-    let mut conn = PgConnection::establish(&url).unwrap();
-    schema_migrations::run_infrastructure_migrations(&mut conn).unwrap();
-    zdm::seed::seed_users(&mut conn, Phase::Baseline, rows, 5, |_| {}).unwrap();
-    runner::advance(&mut conn, "test", None).unwrap();
-    runner::advance(&mut conn, "test", None).unwrap();
-    url
-}
-
-/// The replica's replay lag as the primary sees it, in bytes (`None` while it is away).
-fn replay_lag(primary: &mut PgConnection) -> Option<i64> {
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>>(
-        "(SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint FROM pg_stat_replication LIMIT 1)",
-    ))
-    .get_result(primary)
-    .unwrap()
-}
-
-/// Runs the backfill on `url` in a thread while sampling the replay lag; returns the largest.
-fn backfill_measuring_lag(url: &str, primary_url: &str, throttle: ReplicaThrottle) -> i64 {
-    let done = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (url, done) = (url.to_owned(), done.clone());
-        let mut throttle = throttle;
-        std::thread::spawn(move || {
-            let mut conn = PgConnection::establish(&url).unwrap();
-            backfill::set_knobs(&mut conn, Some(2000), Some(0)).unwrap();
-            let result =
-                backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |_| {});
-            done.store(true, Ordering::Release);
-            result
-        })
-    };
-    let mut primary = PgConnection::establish(primary_url).unwrap();
-    let mut largest = 0;
-    while !done.load(Ordering::Acquire) {
-        largest = largest.max(replay_lag(&mut primary).unwrap_or(0));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(worker.join().unwrap().unwrap().state, "done");
-    largest
 }
 
 #[test]
 fn the_backfill_keeps_a_slow_replica_within_its_lag_limit_and_waits_for_a_stopped_one() {
     let (_cluster, primary, replica) = with_slow_replica("throttle");
 
-    let limit: i64 = 4 * 1024 * 1024;
-    let free = prepared_database(&primary, "free", 80_000);
-    let throttled = prepared_database(&primary, "throttled", 80_000);
-    let primary_url = primary.url("postgres");
-
-    let unthrottled_lag = backfill_measuring_lag(&free, &primary_url, ReplicaThrottle::none());
-    // Let the replica catch up on the first run before measuring the second.
-    let mut on_primary = PgConnection::establish(&primary_url).unwrap();
-    for _ in 0..300 {
-        if replay_lag(&mut on_primary).is_some_and(|lag| lag < limit / 4) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let throttled_lag = backfill_measuring_lag(
-        &throttled,
-        &primary_url,
-        ReplicaThrottle::new(vec![replica.url("throttled")], limit),
-    );
-    println!(
-        "replica replay lag, 80,000-row backfill, limit {limit} bytes: without the throttle up to {unthrottled_lag} bytes, with it up to {throttled_lag} bytes"
+    // The figures `zdm bench replicas` prints, measured by the same code.
+    let opts = replicas::ReplicaBenchOptions::default();
+    let limit = opts.max_lag_bytes;
+    let figures = replicas::measure(&primary, &replica, &opts, |line| println!("{line}")).unwrap();
+    let (free, throttled) = (
+        figures.without_throttle.largest_lag_bytes,
+        figures.with_throttle.largest_lag_bytes,
     );
     assert!(
-        unthrottled_lag > limit,
-        "without the throttle the lag exceeds the limit: {unthrottled_lag}"
+        free > limit,
+        "without the throttle the lag exceeds the limit: {free}"
     );
     // The throttle checks before each batch, so the lag may pass the limit by one batch's WAL.
     assert!(
-        throttled_lag < limit + 2 * 1024 * 1024,
-        "with it the lag stays near the limit: {throttled_lag}"
+        throttled < limit + 2 * 1024 * 1024,
+        "with it the lag stays near the limit: {throttled}"
     );
-    let mut conn = PgConnection::establish(&throttled).unwrap();
-    assert_eq!(
-        verify::verify(&mut conn, Phase::DualWrite)
-            .unwrap()
-            .divergent,
-        0
-    );
+    assert!(figures.with_throttle.waits > 0, "the throttle waited");
+    assert_eq!(figures.with_throttle.rows_updated, opts.rows as i64);
 
     // A replica that stops mid-backfill: the backfill waits, says why, and finishes once the
     // replica is back.
-    let third = prepared_database(&primary, "third", 30_000);
+    let third = replicas::prepared_database(&primary, "third", 30_000).unwrap();
     let worker = {
         let (url, replica_url) = (third.clone(), replica.url("third"));
         std::thread::spawn(move || {

@@ -1,0 +1,243 @@
+//! `zdm bench replicas`: what the backfill does to a streaming replica, with and without the
+//! lag throttle.
+//!
+//! Starts a scratch primary and one streaming replica of its own (`pg_basebackup -R`, the
+//! same set-up as `ZDM_REPLICAS`), makes the replica apply WAL late
+//! (`recovery_min_apply_delay`: a replica that is far away or busy), then runs the same
+//! backfill on two identical databases: once free, once throttled at the lag limit, sampling
+//! the replica's replay lag (bytes of WAL, as the primary sees it) every 20 ms. Prints the
+//! largest lag and the time of each run, and last `throttled_lag_vs_limit: X`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable};
+
+use super::BenchError;
+use crate::local_pg::{LocalPg, ScratchCluster};
+use crate::migration::backfill::{self, Direction, ReplicaThrottle};
+use crate::migration::{Phase, runner, schema_migrations, state, verify};
+
+#[derive(Debug, Clone)]
+pub struct ReplicaBenchOptions {
+    /// Users in each of the two databases.
+    pub rows: u64,
+    /// The throttle's limit (`ZDM_REPLICA_MAX_LAG_BYTES` in the app).
+    pub max_lag_bytes: i64,
+    /// How late the replica applies WAL.
+    pub apply_delay_ms: u64,
+    pub batch_size: i32,
+}
+
+impl Default for ReplicaBenchOptions {
+    fn default() -> Self {
+        Self {
+            rows: 80_000,
+            max_lag_bytes: 4 * 1024 * 1024,
+            apply_delay_ms: 1000,
+            batch_size: 2000,
+        }
+    }
+}
+
+/// One backfill run as the replica saw it.
+#[derive(Debug, Clone)]
+pub struct LagRun {
+    pub largest_lag_bytes: i64,
+    pub secs: f64,
+    pub rows_updated: i64,
+    /// How many times the backfill found the replica too far behind and waited.
+    pub waits: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LagFigures {
+    pub without_throttle: LagRun,
+    pub with_throttle: LagRun,
+}
+
+/// Runs the benchmark on a scratch cluster under `base`, removed afterwards.
+pub fn replica_benchmark(
+    base: PathBuf,
+    opts: &ReplicaBenchOptions,
+    mut say: impl FnMut(&str),
+) -> Result<LagFigures, BenchError> {
+    say(&format!(
+        "starting a scratch primary and a streaming replica in {}...",
+        base.display()
+    ));
+    let mut cluster = ScratchCluster::new(base);
+    let primary = cluster.primary()?;
+    let replica = cluster.replica(&primary)?;
+    delay_replay(&replica, opts.apply_delay_ms)?;
+    measure(&primary, &replica, opts, say)
+}
+
+/// Makes `replica` apply WAL `ms` milliseconds after the primary wrote it.
+pub fn delay_replay(replica: &LocalPg, ms: u64) -> Result<(), BenchError> {
+    let mut conn = PgConnection::establish(&replica.url("postgres"))?;
+    conn.batch_execute(&format!(
+        "ALTER SYSTEM SET recovery_min_apply_delay = '{ms}ms'"
+    ))?;
+    conn.batch_execute("SELECT pg_reload_conf()")?;
+    Ok(())
+}
+
+/// A database `name` on `primary` with `rows` seeded users, in dual_write: ready for the
+/// backfill. Returns its URL.
+pub fn prepared_database(primary: &LocalPg, name: &str, rows: u64) -> Result<String, BenchError> {
+    primary.create_database_if_missing(name)?;
+    let url = primary.url(name);
+    let mut conn = PgConnection::establish(&url)?;
+    schema_migrations::run_infrastructure_migrations(&mut conn)?;
+    crate::seed::seed_users(&mut conn, Phase::Baseline, rows, 5, |_| {})?;
+    while state::current_phase(&mut conn)? < Phase::DualWrite {
+        runner::advance(&mut conn, "bench", None)?;
+    }
+    Ok(url)
+}
+
+/// The (first) replica's replay lag as the primary sees it, in bytes; `None` while no
+/// replica is connected.
+pub fn replay_lag(primary: &mut PgConnection) -> QueryResult<Option<i64>> {
+    diesel::select(diesel::dsl::sql::<Nullable<BigInt>>(
+        "(SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint
+            FROM pg_stat_replication LIMIT 1)",
+    ))
+    .get_result(primary)
+}
+
+/// Waits (up to a minute) until the replica has replayed to within `bytes` of the primary.
+pub fn wait_for_replay(primary: &LocalPg, bytes: i64) -> Result<(), BenchError> {
+    let mut conn = PgConnection::establish(&primary.url("postgres"))?;
+    for _ in 0..600 {
+        if replay_lag(&mut conn)?.is_some_and(|lag| lag <= bytes) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("the replica did not catch up within a minute".into())
+}
+
+/// Runs the backfill of `url` to the end in a thread while sampling the replay lag.
+pub fn backfill_measuring_lag(
+    url: &str,
+    primary: &LocalPg,
+    mut throttle: ReplicaThrottle,
+    batch_size: i32,
+) -> Result<LagRun, BenchError> {
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let worker = {
+        let (url, done) = (url.to_owned(), done.clone());
+        std::thread::spawn(
+            move || -> Result<(backfill::BackfillStatus, usize), BenchError> {
+                let result = (|| {
+                    let mut conn = PgConnection::establish(&url)?;
+                    backfill::set_knobs(&mut conn, Some(batch_size), Some(0))?;
+                    let mut waits = 0;
+                    let status = backfill::run_throttled(
+                        &mut conn,
+                        Direction::Forward,
+                        &mut throttle,
+                        |s| {
+                            waits += usize::from(s.state == "throttled");
+                        },
+                    )?;
+                    Ok((status, waits))
+                })();
+                done.store(true, Ordering::Release);
+                result
+            },
+        )
+    };
+    let mut conn = PgConnection::establish(&primary.url("postgres"))?;
+    let mut largest = 0;
+    while !done.load(Ordering::Acquire) {
+        largest = largest.max(replay_lag(&mut conn)?.unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (status, waits) = worker
+        .join()
+        .map_err(|_| "the backfill thread panicked")??;
+    if status.state != "done" {
+        return Err(format!("the backfill ended {}", status.state).into());
+    }
+    Ok(LagRun {
+        largest_lag_bytes: largest,
+        secs,
+        rows_updated: status.rows_updated,
+        waits,
+    })
+}
+
+/// The two runs, free and throttled, on `primary` and its (slow) `replica`.
+pub fn measure(
+    primary: &LocalPg,
+    replica: &LocalPg,
+    opts: &ReplicaBenchOptions,
+    mut say: impl FnMut(&str),
+) -> Result<LagFigures, BenchError> {
+    let limit = opts.max_lag_bytes;
+    say(&format!("seeding two databases of {} users...", opts.rows));
+    let free = prepared_database(primary, "zdm_lag_free", opts.rows)?;
+    let throttled = prepared_database(primary, "zdm_lag_throttled", opts.rows)?;
+    wait_for_replay(primary, limit / 4)?;
+
+    say("backfill without the throttle...");
+    let without_throttle =
+        backfill_measuring_lag(&free, primary, ReplicaThrottle::none(), opts.batch_size)?;
+    wait_for_replay(primary, limit / 4)?;
+    say("backfill with the throttle...");
+    let with_throttle = backfill_measuring_lag(
+        &throttled,
+        primary,
+        ReplicaThrottle::new(vec![replica.url("zdm_lag_throttled")], limit),
+        opts.batch_size,
+    )?;
+    for url in [&free, &throttled] {
+        let divergent =
+            verify::verify(&mut PgConnection::establish(url)?, Phase::DualWrite)?.divergent;
+        if divergent != 0 {
+            return Err(format!("{divergent} rows diverge after the backfill").into());
+        }
+    }
+
+    let mib = |bytes: i64| bytes as f64 / (1024.0 * 1024.0);
+    say(&format!(
+        "rows: {} per run, batches of {}, replica applies WAL {} ms late, limit {:.1} MiB",
+        opts.rows,
+        opts.batch_size,
+        opts.apply_delay_ms,
+        mib(limit)
+    ));
+    for (label, run) in [
+        ("without the throttle", &without_throttle),
+        ("with the throttle", &with_throttle),
+    ] {
+        say(&format!(
+            "{label:<21} {} rows in {:>6.2} s, replica replay lag up to {:>6.1} MiB, waited {} times",
+            run.rows_updated,
+            run.secs,
+            mib(run.largest_lag_bytes),
+            run.waits
+        ));
+    }
+    say(&format!(
+        "free_lag_vs_limit: {:.2}",
+        without_throttle.largest_lag_bytes as f64 / limit as f64
+    ));
+    say(&format!(
+        "throttled_lag_vs_limit: {:.2}",
+        with_throttle.largest_lag_bytes as f64 / limit as f64
+    ));
+    Ok(LagFigures {
+        without_throttle,
+        with_throttle,
+    })
+}
