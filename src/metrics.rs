@@ -17,6 +17,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
     pub lock_timeout_retries: IntCounter,
+    reads_from_primary: IntCounter,
+    reads_from_replicas: IntCounter,
     phase: IntGaugeVec,
     backfill_rows_done: IntGauge,
     backfill_rows_total: IntGauge,
@@ -64,6 +66,13 @@ impl Metrics {
             "migration_lock_timeout_retries_total",
             "Lock timeouts a migration step met and retried (steps run by this instance)",
         )?;
+        let user_reads = IntCounterVec::new(
+            Opts::new(
+                "user_reads_total",
+                "Reads of user data (both APIs and pages), by the server that answered",
+            ),
+            &["server"],
+        )?;
         let phase = IntGaugeVec::new(Opts::new("phase", "1 for the stored phase"), &["phase"])?;
         let backfill_rows_done =
             IntGauge::new("backfill_rows_done", "Rows the backfill has passed")?;
@@ -100,6 +109,7 @@ impl Metrics {
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
             Box::new(lock_timeout_retries.clone()),
+            Box::new(user_reads.clone()),
             Box::new(phase.clone()),
             Box::new(backfill_rows_done.clone()),
             Box::new(backfill_rows_total.clone()),
@@ -119,6 +129,8 @@ impl Metrics {
             http_requests,
             http_latency,
             lock_timeout_retries,
+            reads_from_primary: user_reads.with_label_values(&["primary"]),
+            reads_from_replicas: user_reads.with_label_values(&["replica"]),
             phase,
             backfill_rows_done,
             backfill_rows_total,
@@ -141,6 +153,15 @@ impl Metrics {
         self.http_latency
             .with_label_values(&[route, method])
             .observe(seconds);
+    }
+
+    /// Counts one read of user data, answered by a replica or by the primary.
+    pub fn count_read(&self, from_replica: bool) {
+        if from_replica {
+            self.reads_from_replicas.inc();
+        } else {
+            self.reads_from_primary.inc();
+        }
     }
 
     fn read_database(

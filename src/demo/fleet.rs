@@ -51,6 +51,8 @@ pub struct Fleet {
     database_url: String,
     admin_token: String,
     extra_env: Vec<(String, String)>,
+    /// Reads replicas answered in instances since restarted (their counters start again).
+    earlier_replica_reads: u64,
 }
 
 fn free_port() -> Result<u16, DemoError> {
@@ -89,6 +91,7 @@ impl Fleet {
             database_url: database_url.to_owned(),
             admin_token: admin_token.to_owned(),
             extra_env,
+            earlier_replica_reads: 0,
         };
         for i in 0..count {
             fleet.spawn(i)?;
@@ -197,6 +200,7 @@ impl Fleet {
         let started = Instant::now();
         self.rotation.set(index, false);
         actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        self.earlier_replica_reads += self.replica_reads_of(index).await;
         if let Some(mut child) = self.instances[index].child.take() {
             let pid = Pid::from_raw(child.id() as i32);
             kill(pid, Signal::SIGTERM)?;
@@ -207,6 +211,28 @@ impl Fleet {
         self.wait_healthy(index).await?;
         self.rotation.set(index, true);
         Ok(started.elapsed())
+    }
+
+    /// Reads of user data that replicas answered, over the whole run of the fleet.
+    pub async fn replica_reads(&self) -> u64 {
+        let mut total = self.earlier_replica_reads;
+        for index in 0..self.instances.len() {
+            total += self.replica_reads_of(index).await;
+        }
+        total
+    }
+
+    /// The `zdm_user_reads_total{server="replica"}` counter of one instance (0 if it cannot
+    /// be read).
+    async fn replica_reads_of(&self, index: usize) -> u64 {
+        let text = match reqwest::get(format!("{}/metrics", self.instances[index].url)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return 0,
+        };
+        text.lines()
+            .find_map(|line| line.strip_prefix("zdm_user_reads_total{server=\"replica\"} "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map_or(0, |value| value as u64)
     }
 
     /// The process id of an instance, while it runs.

@@ -457,6 +457,7 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         unacknowledged_creates += result.unacknowledged_creates;
     }
     timeline.close();
+    let replica_reads = fleet.replica_reads().await;
     fleet.stop();
     // A walk that stopped half-way (a gate refused, an instance failed) is still audited and
     // reported: the report then says where and why.
@@ -512,6 +513,7 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         acknowledged_writes_tracked: ledgers.iter().map(HashMap::len).sum(),
         unacknowledged_creates,
         replicas: opts.replica_servers.len(),
+        replica_reads,
         audit,
     };
     let html = report::html(&summary, &timeline.segments, &samples)?;

@@ -61,6 +61,8 @@ pub struct DemoSummary {
     pub unacknowledged_creates: u64,
     /// Streaming replicas the instances read from and the backfill waited for.
     pub replicas: usize,
+    /// Reads of user data the replicas answered (the rest went to the primary).
+    pub replica_reads: u64,
     /// Why the walk stopped before the end, if it did.
     pub walk_error: Option<String>,
     pub passed: bool,
@@ -167,6 +169,13 @@ pub fn table(summary: &DemoSummary) -> String {
         let _ = writeln!(
             out,
             "p99 during the backfill / p99 in baseline: {r:.2} (target ≤ 2)"
+        );
+    }
+    if summary.replicas > 0 {
+        let _ = writeln!(
+            out,
+            "streaming replicas: {}, which answered {} reads of user data",
+            summary.replicas, summary.replica_reads
         );
     }
     if let Some(e) = &summary.walk_error {

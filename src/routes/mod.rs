@@ -79,6 +79,7 @@ where
     T: Send + 'static,
 {
     if state.read_replicas.is_empty() {
+        state.metrics.count_read(false);
         return db(state, work).await;
     }
     let own_write = req
@@ -86,12 +87,9 @@ where
         .and_then(|c| c.value().parse::<u64>().ok())
         .unwrap_or(0);
     let required = state.phase.switched_at_lsn().max(own_write);
-    let pool = state
-        .read_replicas
-        .pick(required)
-        .unwrap_or(&state.pool)
-        .clone();
-    run_on(pool, work).await
+    let replica = state.read_replicas.pick(required);
+    state.metrics.count_read(replica.is_some());
+    run_on(replica.unwrap_or(&state.pool).clone(), work).await
 }
 
 /// After a successful write, remembers the primary's WAL position in the client's `zdm_lsn`

@@ -5,24 +5,29 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::helpers::server_url;
+use crate::helpers::{scratch_cluster, server_url};
 
 fn run_demo(extra_env: &[(&str, &str)]) -> (bool, Value, String) {
-    let dir = std::env::temp_dir().join(format!(
-        "zdm-demo-test-{}-{}",
-        std::process::id(),
-        extra_env.len()
-    ));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zdm"));
+    command
+        .env("DATABASE_URL", server_url())
+        .envs(extra_env.iter().copied());
+    run_demo_with(command, &format!("{}", extra_env.len()), &[])
+}
+
+/// Runs `command` (a `zdm` with its environment) as `demo --quick` with `args`; returns whether it
+/// passed, its JSON summary and its output.
+fn run_demo_with(mut command: Command, name: &str, args: &[&str]) -> (bool, Value, String) {
+    let dir = std::env::temp_dir().join(format!("zdm-demo-test-{}-{name}", std::process::id()));
     let json = dir.join("summary.json");
     std::fs::create_dir_all(&dir).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_zdm"))
+    let output = command
         .args(["demo", "--quick", "--json-out"])
         .arg(&json)
         .arg("--report-dir")
         .arg(&dir)
-        .env("DATABASE_URL", server_url())
+        .args(args)
         .env("RUST_LOG", "warn")
-        .envs(extra_env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -30,11 +35,27 @@ fn run_demo(extra_env: &[(&str, &str)]) -> (bool, Value, String) {
         .unwrap_or_default();
     let report = std::fs::read_to_string(dir.join("demo-latest.html")).unwrap_or_default();
     assert!(report.contains("<svg"), "the HTML report has its chart");
+    // A failed demo's instance logs go into the output (and so into the assertion message).
+    let mut logs = String::new();
+    if !output.status.success() {
+        for app in ["app-a.log", "app-b.log"] {
+            let text = std::fs::read_to_string(dir.join(app)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            logs.push_str(&format!("\n--- {app} (last lines)\n"));
+            for line in tail.into_iter().rev() {
+                logs.push_str(line);
+                logs.push('\n');
+            }
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
     (
         output.status.success(),
         summary,
-        format!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr)),
+        format!(
+            "{stdout}\n{}{logs}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
     )
 }
 
@@ -79,4 +100,28 @@ fn with_dual_write_broken_the_audit_fails() {
         lost > 0 || divergent > 0,
         "the audit saw the damage: {output}"
     );
+}
+
+#[test]
+fn the_quick_demo_holds_with_a_streaming_replica() {
+    // `--replicas 1` starts a private primary and a replica (here a scratch one, stopped and
+    // removed at the end); the instances read from the replica, the backfill throttles on it.
+    let mut cluster = scratch_cluster("demo-replicas");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zdm"));
+    command
+        .env_remove("DATABASE_URL")
+        .env("ZDM_DATA_DIR", &cluster.base);
+    let (ok, summary, output) = run_demo_with(command, "replicas", &["--replicas", "1"]);
+    if let Ok(primary) = cluster.primary() {
+        let _ = cluster.replica(&primary);
+    }
+    assert!(ok, "{output}");
+    assert_eq!(summary["failed_requests"], 0, "{output}");
+    assert_eq!(summary["lost_writes"], 0, "{output}");
+    assert_eq!(summary["replicas"], 1);
+    assert!(
+        summary["replica_reads"].as_u64().unwrap() > 100,
+        "the replica answered reads: {output}"
+    );
+    assert!(output.contains("answered"), "{output}");
 }
