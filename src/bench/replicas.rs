@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable};
+use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::BenchError;
 use crate::local_pg::{LocalPg, ScratchCluster};
@@ -98,35 +98,57 @@ pub fn prepared_database(primary: &LocalPg, name: &str, rows: u64) -> Result<Str
     while state::current_phase(&mut conn)? < Phase::DualWrite {
         runner::advance(&mut conn, "bench", None)?;
     }
+    // Vacuum now, so that autovacuum does not write WAL of its own during a measured run.
+    conn.batch_execute("VACUUM ANALYZE users")?;
     Ok(url)
 }
 
-/// The (first) replica's replay lag as the primary sees it, in bytes; `None` while no
-/// replica is connected.
-pub fn replay_lag(primary: &mut PgConnection) -> QueryResult<Option<i64>> {
-    diesel::select(diesel::dsl::sql::<Nullable<BigInt>>(
-        "(SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint
-            FROM pg_stat_replication LIMIT 1)",
-    ))
-    .get_result(primary)
+/// Bytes of WAL the primary has written that the replica has not replayed yet. Measured the
+/// way the throttle does (the replica's own `pg_last_wal_replay_lsn()`): the primary's
+/// `pg_stat_replication.replay_lsn` is only as fresh as the replica's last status message,
+/// which may be seconds old while no WAL flows.
+pub struct ReplayLag {
+    primary: PgConnection,
+    replica: PgConnection,
 }
 
-/// Waits (up to a minute) until the replica has replayed to within `bytes` of the primary.
-pub fn wait_for_replay(primary: &LocalPg, bytes: i64) -> Result<(), BenchError> {
-    let mut conn = PgConnection::establish(&primary.url("postgres"))?;
-    for _ in 0..600 {
-        if replay_lag(&mut conn)?.is_some_and(|lag| lag <= bytes) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
+impl ReplayLag {
+    pub fn connect(primary: &LocalPg, replica: &LocalPg) -> Result<Self, BenchError> {
+        Ok(Self {
+            primary: PgConnection::establish(&primary.url("postgres"))?,
+            replica: PgConnection::establish(&replica.url("postgres"))?,
+        })
     }
-    Err("the replica did not catch up within a minute".into())
+
+    pub fn bytes(&mut self) -> QueryResult<i64> {
+        let replayed: Option<String> = diesel::select(diesel::dsl::sql::<Nullable<Text>>(
+            "pg_last_wal_replay_lsn()::text",
+        ))
+        .get_result(&mut self.replica)?;
+        diesel::select(
+            diesel::dsl::sql::<BigInt>("pg_wal_lsn_diff(pg_current_wal_lsn(), ")
+                .bind::<Nullable<Text>, _>(replayed)
+                .sql("::pg_lsn)::bigint"),
+        )
+        .get_result(&mut self.primary)
+    }
+
+    /// Waits (up to a minute) until the replica has replayed to within `bytes`.
+    pub fn wait_below(&mut self, bytes: i64) -> Result<(), BenchError> {
+        for _ in 0..600 {
+            if self.bytes()? <= bytes {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err("the replica did not catch up within a minute".into())
+    }
 }
 
 /// Runs the backfill of `url` to the end in a thread while sampling the replay lag.
 pub fn backfill_measuring_lag(
     url: &str,
-    primary: &LocalPg,
+    lag: &mut ReplayLag,
     mut throttle: ReplicaThrottle,
     batch_size: i32,
 ) -> Result<LagRun, BenchError> {
@@ -155,10 +177,9 @@ pub fn backfill_measuring_lag(
             },
         )
     };
-    let mut conn = PgConnection::establish(&primary.url("postgres"))?;
     let mut largest = 0;
     while !done.load(Ordering::Acquire) {
-        largest = largest.max(replay_lag(&mut conn)?.unwrap_or(0));
+        largest = largest.max(lag.bytes()?);
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = started.elapsed().as_secs_f64();
@@ -187,16 +208,20 @@ pub fn measure(
     say(&format!("seeding two databases of {} users...", opts.rows));
     let free = prepared_database(primary, "zdm_lag_free", opts.rows)?;
     let throttled = prepared_database(primary, "zdm_lag_throttled", opts.rows)?;
-    wait_for_replay(primary, limit / 4)?;
+    let mut lag = ReplayLag::connect(primary, replica)?;
+    lag.wait_below(limit / 4)?;
 
     say("backfill without the throttle...");
     let without_throttle =
-        backfill_measuring_lag(&free, primary, ReplicaThrottle::none(), opts.batch_size)?;
-    wait_for_replay(primary, limit / 4)?;
+        backfill_measuring_lag(&free, &mut lag, ReplicaThrottle::none(), opts.batch_size)?;
+    // The free run's dead row versions are vacuumed before the next run, not during it: the
+    // replica's lag counts every writer's WAL, and the throttle holds back only the backfill.
+    PgConnection::establish(&free)?.batch_execute("VACUUM users")?;
+    lag.wait_below(limit / 4)?;
     say("backfill with the throttle...");
     let with_throttle = backfill_measuring_lag(
         &throttled,
-        primary,
+        &mut lag,
         ReplicaThrottle::new(vec![replica.url("zdm_lag_throttled")], limit),
         opts.batch_size,
     )?;

@@ -56,6 +56,15 @@ async fn metrics_count_requests_and_follow_the_migration() {
         ),
         Some(4.0)
     );
+    assert!(
+        sample(&after, r#"zdm_user_reads_total{server="primary"}"#).unwrap() >= 4.0,
+        "reads counted by the server that answered"
+    );
+    assert_eq!(
+        sample(&after, r#"zdm_user_reads_total{server="replica"}"#),
+        Some(0.0),
+        "no replicas here"
+    );
     assert_eq!(sample(&after, r#"zdm_phase{phase="baseline"}"#), Some(1.0));
     assert_eq!(sample(&after, "zdm_database_up"), Some(1.0));
     assert!(sample(&after, "zdm_db_pool_connections_idle").is_some());
