@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use actix_web::rt::net::TcpStream;
 use diesel::prelude::*;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{BenchError, ms, peak_rss_mib, quantile};
 use crate::db::scratch::ScratchDatabase;
@@ -46,50 +48,29 @@ pub struct Figures {
 
 /// Closed-loop load: `concurrency` clients, each sending its next request when the previous
 /// one is answered, over kept-alive connections, for `secs`. Runs on two threads so the
-/// client is not the bottleneck of a two-core machine.
+/// client is not the bottleneck of a two-core machine, and speaks HTTP/1.1 straight over TCP
+/// (pre-formatted requests, `httparse` for the answers): like pgbench, the load client should
+/// cost as little CPU as it can, since it shares the machine with what it measures.
 fn drive(base: &str, scenario: Scenario, rows: u64, concurrency: usize, secs: f64) -> Figures {
     let threads = 2.min(concurrency).max(1);
+    let host = base.trim_start_matches("http://").to_owned();
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (base, stop) = (base.to_owned(), stop.clone());
+            let (host, stop) = (host.clone(), stop.clone());
             let tasks = concurrency / threads + usize::from(t < concurrency % threads);
             std::thread::spawn(move || {
                 actix_web::rt::System::new().block_on(async move {
-                    let client = reqwest::Client::builder()
-                        .pool_max_idle_per_host(tasks)
-                        .timeout(Duration::from_secs(10))
-                        .build()
-                        .unwrap_or_default();
-                    let mut joins = Vec::new();
-                    for task in 0..tasks {
-                        let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
-                        joins.push(actix_web::rt::spawn(async move {
-                            let mut rng = fastrand::Rng::with_seed((t * 1000 + task) as u64);
-                            let mut latencies = Vec::new();
-                            let mut errors = 0;
-                            while !stop.load(Ordering::Relaxed) {
-                                let id = rng.u64(1..=rows);
-                                let request = match scenario {
-                                    Scenario::V1Read => client.get(format!("{base}/api/v1/users/{id}")),
-                                    Scenario::V2Read => client.get(format!("{base}/api/v2/users/{id}")),
-                                    Scenario::V1Write => client
-                                        .put(format!("{base}/api/v1/users/{id}"))
-                                        .json(&json!({ "full_name": format!("Bench User{} Tester", rng.u32(..)) })),
-                                };
-                                let t0 = Instant::now();
-                                match request.send().await {
-                                    Ok(r) if r.status().is_success() => {
-                                        let _ = r.bytes().await;
-                                        latencies.push(t0.elapsed());
-                                    }
-                                    _ => errors += 1,
-                                }
-                            }
-                            (latencies, errors)
-                        }));
-                    }
+                    let joins: Vec<_> = (0..tasks)
+                        .map(|task| {
+                            let (host, stop) = (host.clone(), stop.clone());
+                            let seed = (t * 1000 + task) as u64;
+                            actix_web::rt::spawn(async move {
+                                connection_loop(&host, scenario, rows, seed, &stop).await
+                            })
+                        })
+                        .collect();
                     let mut all = (Vec::new(), 0);
                     for join in joins {
                         if let Ok((l, e)) = join.await {
@@ -119,6 +100,126 @@ fn drive(base: &str, scenario: Scenario, rows: u64, concurrency: usize, secs: f6
         p50_ms: ms(quantile(&latencies, 0.5)),
         p99_ms: ms(quantile(&latencies, 0.99)),
         errors,
+    }
+}
+
+/// One kept-alive connection sending requests of `scenario` one after the other until
+/// `stop`; returns the latencies of the successful ones and the number of failures (an
+/// answer other than 2xx, or a broken connection, which is then made again).
+async fn connection_loop(
+    host: &str,
+    scenario: Scenario,
+    rows: u64,
+    seed: u64,
+    stop: &AtomicBool,
+) -> (Vec<Duration>, usize) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    let mut request = Vec::with_capacity(256);
+    let mut buffer = Vec::with_capacity(4096);
+    let mut stream: Option<TcpStream> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let conn = match &mut stream {
+            Some(conn) => conn,
+            None => match TcpStream::connect(host).await {
+                Ok(conn) => {
+                    let _ = conn.set_nodelay(true);
+                    buffer.clear();
+                    stream.insert(conn)
+                }
+                Err(_) => {
+                    errors += 1;
+                    actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        write_request(&mut request, scenario, host, rng.u64(1..=rows), &mut rng);
+        let t0 = Instant::now();
+        let answered = match conn.write_all(&request).await {
+            Ok(()) => read_response(conn, &mut buffer).await,
+            Err(e) => Err(e),
+        };
+        match answered {
+            Ok(status) if (200..300).contains(&status) => latencies.push(t0.elapsed()),
+            Ok(_) => errors += 1,
+            Err(_) => {
+                errors += 1;
+                stream = None;
+            }
+        }
+    }
+    (latencies, errors)
+}
+
+/// The bytes of one request of `scenario` for user `id`, into `out`.
+fn write_request(
+    out: &mut Vec<u8>,
+    scenario: Scenario,
+    host: &str,
+    id: u64,
+    rng: &mut fastrand::Rng,
+) {
+    use std::io::Write;
+    out.clear();
+    let _ = match scenario {
+        Scenario::V1Read => write!(
+            out,
+            "GET /api/v1/users/{id} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        ),
+        Scenario::V2Read => write!(
+            out,
+            "GET /api/v2/users/{id} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        ),
+        Scenario::V1Write => {
+            let body = format!(r#"{{"full_name":"Bench User{} Tester"}}"#, rng.u32(..));
+            write!(
+                out,
+                "PUT /api/v1/users/{id} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        }
+    };
+}
+
+/// Reads one answer (head and `Content-Length` body) from `conn`; returns its status code.
+/// Bytes past the answer stay in `buffer` for the next one.
+async fn read_response(conn: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<u16> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(buffer) {
+            Ok(httparse::Status::Complete(head)) => {
+                let status = response.code.ok_or_else(|| invalid("no status"))?;
+                let length = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| {
+                        std::str::from_utf8(h.value)
+                            .ok()?
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                    })
+                    .ok_or_else(|| invalid("an answer without Content-Length"))?;
+                while buffer.len() < head + length {
+                    if conn.read_buf(buffer).await? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                buffer.drain(..head + length);
+                return Ok(status);
+            }
+            Ok(httparse::Status::Partial) => {
+                if conn.read_buf(buffer).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            Err(e) => return Err(invalid(&e.to_string())),
+        }
     }
 }
 
