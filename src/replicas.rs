@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::r2d2::Pool;
 use diesel::sql_types::{Nullable, Text};
 
-use crate::db::DbPool;
+use crate::db::{DbPool, Manager};
 
 /// The cookie that carries a client's last write position.
 pub const COOKIE: &str = "zdm_lsn";
@@ -60,7 +60,7 @@ impl ReadReplicas {
                     .max_size(limits.size)
                     .min_idle(Some(0))
                     .connection_timeout(limits.checkout_timeout)
-                    .build_unchecked(ConnectionManager::new(url.as_str())),
+                    .build_unchecked(Manager::new(url)),
                 replayed: AtomicU64::new(0),
             })
             .collect();
@@ -93,7 +93,7 @@ impl ReadReplicas {
                         diesel::select(diesel::dsl::sql::<Nullable<Text>>(
                             "pg_last_wal_replay_lsn()::text",
                         ))
-                        .get_result::<Option<String>>(&mut conn)
+                        .get_result::<Option<String>>(&mut **conn)
                         .ok()
                     })
                     .flatten()

@@ -4,13 +4,84 @@
 pub mod scratch;
 pub mod users;
 
-use std::time::Duration;
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
 
 use diesel::PgConnection;
 use diesel::connection::SimpleConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PoolError};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, ManageConnection, Pool, PoolError};
 
-pub type DbPool = Pool<ConnectionManager<PgConnection>>;
+pub type DbPool = Pool<Manager>;
+
+/// How recently a connection must have answered a request for its next checkout to skip
+/// the `SELECT 1`.
+const PROVEN_FOR: Duration = Duration::from_secs(1);
+
+/// A pooled PostgreSQL connection that remembers whether its last request was answered.
+pub struct DbConn {
+    conn: PgConnection,
+    /// When it last answered a request (`mark_proven`); cleared by every checkout.
+    proven_at: Option<Instant>,
+}
+
+impl DbConn {
+    /// The connection just answered: its next checkout within `PROVEN_FOR` skips the ping.
+    pub fn mark_proven(&mut self) {
+        self.proven_at = Some(Instant::now());
+    }
+}
+
+impl Deref for DbConn {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for DbConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+/// Diesel's r2d2 manager, minus a round trip per request. A connection that dies under a
+/// query is noticed by Diesel (libpq no longer knows its transaction state) and dropped by
+/// r2d2 when it comes back. One that died while idle in the pool (a database restart, a
+/// killed backend) is not known to be dead until it is used, which is why r2d2 pings
+/// (`SELECT 1`) at every checkout. Here a checkout pings only connections that have not just
+/// proven themselves, which on a busy pool is almost none: an idle one is still checked, so
+/// a restart costs no request, and a busy one killed under load costs at most the one
+/// request that finds it dead (503: the client may retry).
+pub struct Manager(ConnectionManager<PgConnection>);
+
+impl Manager {
+    pub fn new(database_url: &str) -> Self {
+        Self(ConnectionManager::new(database_url))
+    }
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<DbConn, Self::Error> {
+        Ok(DbConn {
+            conn: self.0.connect()?,
+            proven_at: None,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), Self::Error> {
+        match conn.proven_at.take() {
+            Some(at) if at.elapsed() < PROVEN_FOR => Ok(()),
+            _ => self.0.is_valid(&mut conn.conn),
+        }
+    }
+
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        self.0.has_broken(&mut conn.conn)
+    }
+}
 
 /// Limits every web connection lives under, so a stuck query or a forgotten transaction
 /// turns into a quick error instead of a request that hangs and a pool that drains.
@@ -39,8 +110,8 @@ impl PoolLimits {
 #[derive(Debug)]
 struct SessionLimits(PoolLimits);
 
-impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for SessionLimits {
-    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SessionLimits {
+    fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
         conn.batch_execute(&format!(
             "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
             self.0.statement_timeout.as_millis(),
@@ -53,14 +124,12 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for SessionLimits {
 pub fn build_pool(database_url: &str, limits: PoolLimits) -> Result<DbPool, PoolError> {
     Pool::builder()
         .max_size(limits.size)
-        // Keep r2d2's `SELECT 1` before every checkout. It costs a round trip per request
-        // (skipping it served 18–22 % more reads in `zdm bench http`), but Diesel's pool
-        // manager cannot tell a dead PgConnection from a live one, so without it a backend
-        // killed by a database restart would stay in the pool and fail request after request.
+        // Checkouts ask the manager, which pings only connections that have not just proven
+        // themselves (see `Manager`).
         .test_on_check_out(true)
         .connection_timeout(limits.checkout_timeout)
         .connection_customizer(Box::new(SessionLimits(limits)))
-        .build(ConnectionManager::new(database_url))
+        .build(Manager::new(database_url))
 }
 
 /// `url` with its database replaced by `database` (for tools that create databases of their

@@ -190,7 +190,8 @@ impl Drop for PhaseFollower {
             let _ = thread.join();
         }
         if let Ok(mut conn) = self.pool.get() {
-            let _ = diesel::delete(zdm_instances::table.find(&self.instance_id)).execute(&mut conn);
+            let _ =
+                diesel::delete(zdm_instances::table.find(&self.instance_id)).execute(&mut **conn);
         }
     }
 }

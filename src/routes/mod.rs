@@ -62,7 +62,16 @@ where
 {
     web::block(move || {
         let mut conn = pool.get()?;
-        work(&mut conn)
+        let result = work(&mut conn);
+        // An answer (a 404 or a refused write is one) proves the connection; after a database
+        // error its next checkout pings it.
+        if !matches!(
+            result,
+            Err(AppError::Unavailable(_) | AppError::Internal(_))
+        ) {
+            conn.mark_proven();
+        }
+        result
     })
     .await?
 }

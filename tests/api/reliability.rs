@@ -120,6 +120,68 @@ async fn killed_connections_cost_no_500_and_no_write() {
 }
 
 #[actix_web::test]
+async fn dead_connections_cost_no_request_when_idle_and_at_most_one_each_when_busy() {
+    let db = TestDb::migrated();
+    let (address, _follower, _) = serve(&db.url, PoolLimits::with_size(4));
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{address}/api/v1/users"))
+        .json(&json!({ "full_name": "Grace Hopper", "email": "grace@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let read = || client.get(format!("{address}/api/v1/users/{id}")).send();
+    let warm_up = || async {
+        let reads: Vec<_> = (0..8).map(|_| read()).collect();
+        for response in reads {
+            assert_eq!(response.await.unwrap().status(), 200);
+        }
+    };
+    let kill_backends = || {
+        db.conn()
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                db.name
+            ))
+            .unwrap();
+    };
+
+    // Idle connections are pinged at checkout: the dead ones are replaced unseen.
+    warm_up().await;
+    actix_web::rt::time::sleep(Duration::from_millis(1200)).await;
+    kill_backends();
+    for _ in 0..10 {
+        assert_eq!(
+            read().await.unwrap().status(),
+            200,
+            "idle: no request fails"
+        );
+    }
+
+    // Busy connections skip the ping (they answered a moment ago): one found dead answers
+    // 503 once and leaves the pool.
+    warm_up().await;
+    kill_backends();
+    let mut failed = 0;
+    for _ in 0..12 {
+        let status = read().await.unwrap().status().as_u16();
+        assert!(status == 200 || status == 503, "{status}");
+        failed += usize::from(status == 503);
+    }
+    assert!(failed <= 4, "{failed} failures for 4 dead connections");
+    for _ in 0..10 {
+        assert_eq!(
+            read().await.unwrap().status(),
+            200,
+            "no dead connection left"
+        );
+    }
+}
+
+#[actix_web::test]
 async fn a_database_outage_answers_503_and_the_app_recovers_by_itself() {
     let cluster = scratch_cluster("outage");
     let base = cluster.base.clone();
@@ -199,7 +261,7 @@ fn a_transaction_left_idle_on_a_pooled_connection_is_ended_by_the_server() {
         statement_timeout: String,
     }
     let setting: Setting = diesel::sql_query("SHOW statement_timeout")
-        .get_result(&mut *conn)
+        .get_result(&mut **conn)
         .unwrap();
     assert_eq!(setting.statement_timeout, "1234ms");
     // A forgotten transaction (a bug, a crashed handler) would hold its locks forever...
