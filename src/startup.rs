@@ -7,7 +7,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::Server;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::{DefaultHeaders, Logger, Next, from_fn};
+use actix_web::middleware::{DefaultHeaders, Next, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::app_state::AppState;
@@ -21,6 +21,9 @@ use crate::routes;
 
 pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The log target of the one line per request.
+const ACCESS_LOG: &str = "zdm::access";
+
 /// The server on an already bound listener.
 pub fn run(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
     let state = web::Data::new(state);
@@ -29,7 +32,6 @@ pub fn run(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
             .wrap(from_fn(routes::remember_write_position))
             .wrap(from_fn(observe))
             .wrap(security_headers())
-            .wrap(Logger::new(r#"%a "%r" %s %b %Dms id=%{x-request-id}o"#))
             .app_data(state.clone())
             .configure(routes::configure)
     })
@@ -39,8 +41,9 @@ pub fn run(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
 }
 
 /// Gives every request an id (the caller's `X-Request-Id` when it is a sane one, else a new
-/// one), returns it in the answer for the log line and the client, and counts the request in
-/// the metrics by its route pattern (never the raw path, which would explode the label set).
+/// one), returns it in the answer for the log line and the client, counts the request in the
+/// metrics by its route pattern (never the raw path, which would explode the label set), and
+/// logs it at info level (`zdm::access`), building the line only when that level is on.
 async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -66,18 +69,36 @@ async fn observe(
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
+    let access = log::log_enabled!(target: ACCESS_LOG, log::Level::Info).then(|| {
+        format!(
+            "{} \"{} {}\"",
+            req.peer_addr()
+                .map_or("-".to_owned(), |a| a.ip().to_string()),
+            req.method(),
+            req.uri()
+        )
+    });
     let mut response = next.call(req).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response
             .headers_mut()
             .insert(HeaderName::from_static("x-request-id"), value);
     }
+    let elapsed = started.elapsed();
     if let Some(metrics) = metrics {
         metrics.observe_request(
             &route,
             &method,
             response.status().as_u16(),
-            started.elapsed().as_secs_f64(),
+            elapsed.as_secs_f64(),
+        );
+    }
+    if let Some(access) = access {
+        log::info!(
+            target: ACCESS_LOG,
+            "{access} {} {:.3}ms id={id}",
+            response.status().as_u16(),
+            elapsed.as_secs_f64() * 1000.0
         );
     }
     Ok(response)
