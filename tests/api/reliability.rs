@@ -119,20 +119,26 @@ async fn killed_connections_cost_no_500_and_no_write() {
     assert_eq!(body["full_name"], "Ada Lovelace");
 }
 
-#[actix_web::test]
-async fn dead_connections_cost_no_request_when_idle_and_at_most_one_each_when_busy() {
-    let db = TestDb::migrated();
-    let (address, _follower, _) = serve(&db.url, PoolLimits::with_size(4));
-    let client = reqwest::Client::new();
+/// Creates a user through the v1 API of the server at `address`; returns its id.
+async fn create_grace(client: &reqwest::Client, address: &str) -> i64 {
     let created = client
         .post(format!("{address}/api/v1/users"))
         .json(&json!({ "full_name": "Grace Hopper", "email": "grace@example.com" }))
         .send()
         .await
         .unwrap();
-    let id = created.json::<Value>().await.unwrap()["id"]
+    assert_eq!(created.status(), 201);
+    created.json::<Value>().await.unwrap()["id"]
         .as_i64()
-        .unwrap();
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn dead_connections_cost_no_request_when_idle_and_at_most_one_each_when_busy() {
+    let db = TestDb::migrated();
+    let (address, _follower, _) = serve(&db.url, PoolLimits::with_size(4));
+    let client = reqwest::Client::new();
+    let id = create_grace(&client, &address).await;
     let read = || client.get(format!("{address}/api/v1/users/{id}")).send();
     let warm_up = || async {
         let reads: Vec<_> = (0..8).map(|_| read()).collect();
@@ -192,17 +198,7 @@ async fn a_database_outage_answers_503_and_the_app_recovers_by_itself() {
         .unwrap();
     let (address, _follower, _) = serve(&url, PoolLimits::with_size(4));
     let client = reqwest::Client::new();
-
-    let created = client
-        .post(format!("{address}/api/v1/users"))
-        .json(&json!({ "full_name": "Grace Hopper", "email": "grace@example.com" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let id = created.json::<Value>().await.unwrap()["id"]
-        .as_i64()
-        .unwrap();
+    let id = create_grace(&client, &address).await;
 
     pg.stop().unwrap();
     for request in [
