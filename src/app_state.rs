@@ -24,6 +24,8 @@ pub struct AppState {
     /// Streaming replicas whose replay lag throttles the backfill, and the limit.
     pub replica_urls: Vec<String>,
     pub replica_max_lag_bytes: i64,
+    /// The requests' p99 above which the backfill waits (`ZDM_BACKFILL_MAX_P99_MS`).
+    pub backfill_max_p99_ms: Option<f64>,
     /// Replicas the user reads may go to (empty: all reads from the primary).
     pub read_replicas: crate::replicas::ReadReplicas,
     /// The backfill this process runs, if any, so a shutdown can stop it at a batch boundary.

@@ -29,6 +29,9 @@ pub struct Config {
     pub replica_urls: Vec<String>,
     /// `ZDM_REPLICA_MAX_LAG_BYTES`: the replay lag above which the backfill waits.
     pub replica_max_lag_bytes: i64,
+    /// `ZDM_BACKFILL_MAX_P99_MS` (unset: off): the user requests' p99, as the instances
+    /// report it, above which the backfill waits.
+    pub backfill_max_p99_ms: Option<f64>,
     /// `ZDM_REPLICAS`: streaming replicas of the private PostgreSQL to start (with
     /// `DATABASE_URL` unset).
     pub private_replicas: usize,
@@ -99,7 +102,21 @@ impl Config {
                     value: v,
                 })?,
         };
+        let backfill_max_p99_ms = match var("ZDM_BACKFILL_MAX_P99_MS") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|ms| ms.is_finite() && *ms > 0.0)
+                    .ok_or(ConfigError::Invalid {
+                        name: "ZDM_BACKFILL_MAX_P99_MS",
+                        expected: "a positive number of milliseconds",
+                        value: v,
+                    })?,
+            ),
+        };
         Ok(Self {
+            backfill_max_p99_ms,
             replica_urls: var("DATABASE_REPLICA_URLS")
                 .map(|v| {
                     v.split(',')

@@ -4,9 +4,10 @@
 //! read when scraped.
 
 use diesel::PgConnection;
+use prometheus::core::Metric;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::db::DbPool;
@@ -16,6 +17,9 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
+    /// Requests of users (both APIs and the pages), finely bucketed: what the backfill's
+    /// latency throttle watches.
+    user_latency: Histogram,
     pub lock_timeout_retries: IntCounter,
     reads_from_primary: IntCounter,
     reads_from_replicas: IntCounter,
@@ -42,6 +46,24 @@ const BACKFILL_STATES: [&str; 7] = [
     "cancelled",
 ];
 
+/// Fewer requests than this say nothing about a p99.
+pub const MIN_REQUESTS_FOR_P99: u64 = 20;
+
+/// The p99 in ms from cumulative bucket counts (`since[i]` requests took at most
+/// `bounds[i]` seconds) of `total` requests; beyond the last bucket it is that bucket's bound.
+fn p99_of_buckets(bounds: &[f64], since: &[u64], total: u64) -> Option<f64> {
+    if total < MIN_REQUESTS_FOR_P99 {
+        return None;
+    }
+    let wanted = (total as f64 * 0.99).ceil() as u64;
+    let bound = bounds
+        .iter()
+        .zip(since)
+        .find(|(_, count)| **count >= wanted)
+        .map_or(bounds.last().copied().unwrap_or(0.0), |(bound, _)| *bound);
+    Some(bound * 1000.0)
+}
+
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("zdm".to_owned()), None)?;
@@ -61,6 +83,16 @@ impl Metrics {
                 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
             &["route", "method"],
+        )?;
+        let user_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "user_request_duration_seconds",
+                "Time to answer a user request (APIs and pages, not admin)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+                0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
         )?;
         let lock_timeout_retries = IntCounter::new(
             "migration_lock_timeout_retries_total",
@@ -108,6 +140,7 @@ impl Metrics {
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
+            Box::new(user_latency.clone()),
             Box::new(lock_timeout_retries.clone()),
             Box::new(user_reads.clone()),
             Box::new(phase.clone()),
@@ -128,6 +161,7 @@ impl Metrics {
             registry,
             http_requests,
             http_latency,
+            user_latency,
             lock_timeout_retries,
             reads_from_primary: user_reads.with_label_values(&["primary"]),
             reads_from_replicas: user_reads.with_label_values(&["replica"]),
@@ -153,6 +187,29 @@ impl Metrics {
         self.http_latency
             .with_label_values(&[route, method])
             .observe(seconds);
+        if route.contains("/users") {
+            self.user_latency.observe(seconds);
+        }
+    }
+
+    /// The p99 of the user requests answered since the previous call, in ms (the upper bound
+    /// of the bucket it falls in), or `None` when fewer than `MIN_REQUESTS_FOR_P99` were.
+    /// `previous` holds the bucket counts of the previous call.
+    pub fn user_p99_ms_since(&self, previous: &mut Vec<u64>) -> Option<f64> {
+        let metric = self.user_latency.metric();
+        let buckets = metric.get_histogram().get_bucket();
+        let counts: Vec<u64> = buckets.iter().map(|b| b.cumulative_count()).collect();
+        let bounds: Vec<f64> = buckets.iter().map(|b| b.upper_bound()).collect();
+        let total_now = metric.get_histogram().get_sample_count();
+        let total_before = previous.last().copied().unwrap_or(0);
+        let since: Vec<u64> = counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c - previous.get(i).copied().unwrap_or(0))
+            .collect();
+        *previous = counts;
+        previous.push(total_now);
+        p99_of_buckets(&bounds, &since, total_now - total_before)
     }
 
     /// Counts one read of user data, answered by a replica or by the primary.
@@ -209,5 +266,37 @@ impl Metrics {
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         Ok(String::from_utf8_lossy(&buffer).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_is_the_bound_of_the_bucket_the_99th_percentile_falls_in() {
+        let bounds = [0.001, 0.01, 0.1];
+        assert_eq!(p99_of_buckets(&bounds, &[100, 100, 100], 100), Some(1.0));
+        // 2 of 100 took between 10 and 100 ms: the p99 is in that bucket.
+        assert_eq!(p99_of_buckets(&bounds, &[90, 98, 100], 100), Some(100.0));
+        // Slower than every bucket: the last bound.
+        assert_eq!(p99_of_buckets(&bounds, &[0, 0, 0], 50), Some(100.0));
+        assert_eq!(p99_of_buckets(&bounds, &[5, 5, 5], 5), None, "too few");
+    }
+
+    #[test]
+    fn p99_since_counts_only_the_requests_since_the_previous_call() {
+        let metrics = Metrics::new().unwrap();
+        let mut previous = Vec::new();
+        for _ in 0..50 {
+            metrics.observe_request("/api/v1/users/{id}", "GET", 200, 0.300);
+        }
+        metrics.observe_request("/api/admin/migration", "GET", 200, 9.0);
+        assert_eq!(metrics.user_p99_ms_since(&mut previous), Some(500.0));
+        for _ in 0..50 {
+            metrics.observe_request("/api/v2/users/{id}", "GET", 200, 0.0008);
+        }
+        assert_eq!(metrics.user_p99_ms_since(&mut previous), Some(1.0));
+        assert_eq!(metrics.user_p99_ms_since(&mut previous), None, "none since");
     }
 }

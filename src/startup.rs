@@ -159,7 +159,9 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         .chain(&database.replica_urls)
         .cloned()
         .collect();
-    let follower = PhaseFollower::start(database.pool.clone(), config.phase_poll)?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
+    let follower =
+        PhaseFollower::start_reporting(database.pool.clone(), config.phase_poll, metrics.clone())?;
     let admin_token = config.admin_token.clone().unwrap_or_else(|| {
         let token = generate_token();
         println!("ADMIN_TOKEN was not set; this run's admin token is: {token}");
@@ -174,10 +176,11 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         sessions: Default::default(),
         login_limiter: Default::default(),
         backfill_thread: Default::default(),
-        metrics: std::sync::Arc::new(crate::metrics::Metrics::new()?),
+        metrics,
         report_dir: config.report_dir(),
         replica_urls: replica_urls.clone(),
         replica_max_lag_bytes: config.replica_max_lag_bytes,
+        backfill_max_p99_ms: config.backfill_max_p99_ms,
         read_replicas: if config.read_from_replicas {
             crate::replicas::ReadReplicas::start(&replica_urls, config.pool_limits())
         } else {

@@ -19,7 +19,7 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::BenchError;
 use crate::local_pg::{LocalPg, ScratchCluster};
-use crate::migration::backfill::{self, Direction, ReplicaThrottle};
+use crate::migration::backfill::{self, Direction, Throttle};
 use crate::migration::{Phase, runner, schema_migrations, state, verify};
 
 #[derive(Debug, Clone)]
@@ -149,7 +149,7 @@ impl ReplayLag {
 pub fn backfill_measuring_lag(
     url: &str,
     lag: &mut ReplayLag,
-    mut throttle: ReplicaThrottle,
+    mut throttle: Throttle,
     batch_size: i32,
 ) -> Result<LagRun, BenchError> {
     let done = Arc::new(AtomicBool::new(false));
@@ -213,7 +213,7 @@ pub fn measure(
 
     say("backfill without the throttle...");
     let without_throttle =
-        backfill_measuring_lag(&free, &mut lag, ReplicaThrottle::none(), opts.batch_size)?;
+        backfill_measuring_lag(&free, &mut lag, Throttle::none(), opts.batch_size)?;
     // The free run's dead row versions are vacuumed before the next run, not during it: the
     // replica's lag counts every writer's WAL, and the throttle holds back only the backfill.
     PgConnection::establish(&free)?.batch_execute("VACUUM users")?;
@@ -222,7 +222,7 @@ pub fn measure(
     let with_throttle = backfill_measuring_lag(
         &throttled,
         &mut lag,
-        ReplicaThrottle::new(vec![replica.url("zdm_lag_throttled")], limit),
+        Throttle::new(vec![replica.url("zdm_lag_throttled")], limit),
         opts.batch_size,
     )?;
     for url in [&free, &throttled] {

@@ -23,7 +23,7 @@ use super::advisory_lock::AdvisoryLock;
 use super::name_sql::{zdm_name_first, zdm_name_join, zdm_name_last};
 use super::verify::needs_repair;
 use crate::schema::expanded::users;
-use crate::schema::state::zdm_backfill;
+use crate::schema::state::{zdm_backfill, zdm_instances};
 
 /// Rows per batch unless changed: small enough for a batch to take milliseconds.
 pub const DEFAULT_BATCH_SIZE: i32 = 5000;
@@ -155,7 +155,7 @@ pub fn run(
     direction: Direction,
     progress: impl FnMut(&BackfillStatus),
 ) -> Result<BackfillStatus, BackfillError> {
-    run_throttled(conn, direction, &mut ReplicaThrottle::none(), progress)
+    run_throttled(conn, direction, &mut Throttle::none(), progress)
 }
 
 /// As `run`, waiting before each batch until every replica in `throttle` has replayed to
@@ -163,7 +163,7 @@ pub fn run(
 pub fn run_throttled(
     conn: &mut PgConnection,
     direction: Direction,
-    throttle: &mut ReplicaThrottle,
+    throttle: &mut Throttle,
     mut progress: impl FnMut(&BackfillStatus),
 ) -> Result<BackfillStatus, BackfillError> {
     let mut lock =
@@ -198,7 +198,7 @@ pub fn run_throttled(
             );
             return Ok(done);
         }
-        current = throttle.wait_for_replicas(conn, current, &mut progress)?;
+        current = throttle.wait_until_clear(conn, current, &mut progress)?;
         if current.state != "running" {
             continue;
         }
@@ -341,15 +341,23 @@ fn run_batch(
 /// backfill measures each replica's replay lag (bytes of WAL between the primary's current
 /// position and the replica's replay position) and, while any is above the limit or cannot be
 /// reached, waits in the state `throttled`, saying why.
-pub struct ReplicaThrottle {
+///
+/// It can also watch the requests: with a p99 limit, it waits while any live instance
+/// reported (with its last heartbeat, see `follower`) a p99 above the limit for the user
+/// requests it answered just before.
+pub struct Throttle {
     replicas: Vec<(String, Option<PgConnection>)>,
     pub max_lag_bytes: i64,
+    pub max_request_p99_ms: Option<f64>,
 }
+
+/// Instances whose latency reports are recent enough to act on.
+const LATENCY_REPORT_WINDOW_SECS: u32 = 2;
 
 /// How often a throttled backfill looks again.
 const THROTTLE_POLL: Duration = Duration::from_millis(200);
 
-impl ReplicaThrottle {
+impl Throttle {
     pub fn none() -> Self {
         Self::new(Vec::new(), i64::MAX)
     }
@@ -358,7 +366,31 @@ impl ReplicaThrottle {
         Self {
             replicas: replica_urls.into_iter().map(|url| (url, None)).collect(),
             max_lag_bytes,
+            max_request_p99_ms: None,
         }
+    }
+
+    /// Also waits while the requests' p99 is above `ms` (`None`: does not watch them).
+    pub fn with_request_p99_limit(mut self, ms: Option<f64>) -> Self {
+        self.max_request_p99_ms = ms;
+        self
+    }
+
+    /// Why the requests say wait, if they do: the worst p99 the live instances reported.
+    fn slow_requests(&self, conn: &mut PgConnection) -> QueryResult<Option<String>> {
+        let Some(limit) = self.max_request_p99_ms else {
+            return Ok(None);
+        };
+        let recent = diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "last_seen > now() - interval '{LATENCY_REPORT_WINDOW_SECS} seconds'"
+        ));
+        let worst: Option<f64> = zdm_instances::table
+            .filter(recent)
+            .select(diesel::dsl::max(zdm_instances::recent_p99_ms))
+            .first(conn)?;
+        Ok(worst
+            .filter(|p99| *p99 > limit)
+            .map(|p99| format!("requests' p99 of {p99:.1} ms is above the limit of {limit:.1} ms")))
     }
 
     /// The largest replay lag in bytes, or why it cannot be measured.
@@ -403,20 +435,20 @@ impl ReplicaThrottle {
         Ok(largest)
     }
 
-    /// Returns once the replicas are within the limit (state `running`), or as soon as the
-    /// backfill was paused or cancelled meanwhile.
-    fn wait_for_replicas(
+    /// Returns once the replicas are within the limit and the requests are fast enough
+    /// (state `running`), or as soon as the backfill was paused or cancelled meanwhile.
+    fn wait_until_clear(
         &mut self,
         conn: &mut PgConnection,
         mut current: BackfillStatus,
         progress: &mut impl FnMut(&BackfillStatus),
     ) -> Result<BackfillStatus, BackfillError> {
-        if self.replicas.is_empty() {
+        if self.replicas.is_empty() && self.max_request_p99_ms.is_none() {
             return Ok(current);
         }
         loop {
             let measured = self.largest_lag(conn);
-            let (state, lag, reason) = match &measured {
+            let (mut state, lag, mut reason) = match &measured {
                 Ok(lag) if *lag <= self.max_lag_bytes => ("running", *lag, None),
                 Ok(lag) => (
                     "throttled",
@@ -428,6 +460,11 @@ impl ReplicaThrottle {
                 ),
                 Err(why) => ("throttled", current.replica_lag_bytes, Some(why.clone())),
             };
+            if state == "running"
+                && let Some(why) = self.slow_requests(conn)?
+            {
+                (state, reason) = ("throttled", Some(why));
+            }
             // Only a running (or throttled) backfill changes state here: a pause or cancel
             // asked for meanwhile wins.
             let updated: Option<BackfillStatus> = diesel::update(

@@ -16,6 +16,7 @@ use diesel::prelude::*;
 use super::Phase;
 use super::state::{self, StateError};
 use crate::db::DbPool;
+use crate::metrics::Metrics;
 use crate::schema::state::zdm_instances;
 
 /// An instance that has not been heard of for this long is not live (the SQL gates use the
@@ -82,33 +83,76 @@ pub fn new_instance_id() -> String {
     format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
 }
 
-fn heartbeat(conn: &mut PgConnection, id: &str, phase: Phase) -> QueryResult<()> {
+fn heartbeat(
+    conn: &mut PgConnection,
+    id: &str,
+    phase: Phase,
+    recent_p99_ms: Option<f64>,
+) -> QueryResult<()> {
     diesel::insert_into(zdm_instances::table)
         .values((
             zdm_instances::id.eq(id),
             zdm_instances::applied_phase.eq(phase.as_str()),
+            zdm_instances::recent_p99_ms.eq(recent_p99_ms),
         ))
         .on_conflict(zdm_instances::id)
         .do_update()
         .set((
             zdm_instances::applied_phase.eq(phase.as_str()),
             zdm_instances::last_seen.eq(diesel::dsl::now),
+            zdm_instances::recent_p99_ms.eq(recent_p99_ms),
         ))
         .execute(conn)
         .map(drop)
 }
 
+/// What an instance reports about its requests with each heartbeat (the backfill's latency
+/// throttle reads it), and how often it beats to keep that fresh.
+struct LatencyReport {
+    metrics: Arc<Metrics>,
+    previous: Vec<u64>,
+}
+
+/// Heartbeats of an instance that reports its request latency: often enough for the
+/// backfill to react within a batch or two.
+const REPORTING_HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+
 impl PhaseFollower {
     /// Reads the phase once (so the instance starts in step), records the first heartbeat and
     /// starts following.
     pub fn start(pool: DbPool, poll: Duration) -> Result<Self, StateError> {
+        Self::start_with(pool, poll, None)
+    }
+
+    /// As `start`, also reporting the p99 of the user requests `metrics` counted since the
+    /// previous heartbeat (every `REPORTING_HEARTBEAT_EVERY`).
+    pub fn start_reporting(
+        pool: DbPool,
+        poll: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StateError> {
+        Self::start_with(
+            pool,
+            poll,
+            Some(LatencyReport {
+                metrics,
+                previous: Vec::new(),
+            }),
+        )
+    }
+
+    fn start_with(
+        pool: DbPool,
+        poll: Duration,
+        report: Option<LatencyReport>,
+    ) -> Result<Self, StateError> {
         let instance_id = new_instance_id();
         let (phase, since) = {
             let mut conn = pool
                 .get()
                 .map_err(|e| StateError::Unavailable(e.to_string()))?;
             let (phase, since) = state::phase_and_since(&mut conn)?;
-            heartbeat(&mut conn, &instance_id, phase)?;
+            heartbeat(&mut conn, &instance_id, phase, None)?;
             (phase, since)
         };
         log::info!("instance {instance_id} starts in phase {phase}");
@@ -128,7 +172,7 @@ impl PhaseFollower {
             );
             std::thread::Builder::new()
                 .name("zdm-phase-follower".to_owned())
-                .spawn(move || follow(pool, applied, stop, id, poll))
+                .spawn(move || follow(pool, applied, stop, id, poll, report))
                 .map_err(|e| StateError::Unavailable(e.to_string()))?
         };
         Ok(Self {
@@ -145,7 +189,24 @@ impl PhaseFollower {
     }
 }
 
-fn follow(pool: DbPool, applied: AppliedPhase, stop: Arc<AtomicBool>, id: String, poll: Duration) {
+fn follow(
+    pool: DbPool,
+    applied: AppliedPhase,
+    stop: Arc<AtomicBool>,
+    id: String,
+    poll: Duration,
+    mut report: Option<LatencyReport>,
+) {
+    let beat_every = if report.is_some() {
+        REPORTING_HEARTBEAT_EVERY
+    } else {
+        HEARTBEAT_EVERY
+    };
+    let mut recent_p99 = move || {
+        report
+            .as_mut()
+            .and_then(|r| r.metrics.user_p99_ms_since(&mut r.previous))
+    };
     let mut last_beat = Instant::now();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(poll);
@@ -165,14 +226,14 @@ fn follow(pool: DbPool, applied: AppliedPhase, stop: Arc<AtomicBool>, id: String
                     applied.set_lsn(lsn);
                 }
                 log::info!("instance {id} switched from {from} to {phase}");
-                if let Err(e) = heartbeat(&mut conn, &id, phase) {
+                if let Err(e) = heartbeat(&mut conn, &id, phase, recent_p99()) {
                     log::warn!("phase follower: heartbeat failed: {e}");
                 }
                 last_beat = Instant::now();
             }
             Ok((phase, _)) => {
-                if last_beat.elapsed() >= HEARTBEAT_EVERY {
-                    if let Err(e) = heartbeat(&mut conn, &id, phase) {
+                if last_beat.elapsed() >= beat_every {
+                    if let Err(e) = heartbeat(&mut conn, &id, phase, recent_p99()) {
                         log::warn!("phase follower: heartbeat failed: {e}");
                     }
                     last_beat = Instant::now();

@@ -124,6 +124,9 @@ pub struct Instance {
     pub applied_phase: String,
     pub started_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    /// p99 of the user requests it answered between its last two heartbeats, in ms (`None`:
+    /// too few to tell).
+    pub recent_p99_ms: Option<f64>,
 }
 
 impl Instance {

@@ -228,7 +228,8 @@ pub async fn start_backfill_now(
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<Result<(), AppError>>(1);
     let url = state.database_url.clone();
     let mut throttle =
-        backfill::ReplicaThrottle::new(state.replica_urls.clone(), state.replica_max_lag_bytes);
+        backfill::Throttle::new(state.replica_urls.clone(), state.replica_max_lag_bytes)
+            .with_request_p99_limit(state.backfill_max_p99_ms);
     let handle = std::thread::Builder::new()
         .name("zdm-backfill".to_owned())
         .spawn(move || {

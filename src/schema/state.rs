@@ -27,6 +27,7 @@ diesel::table! {
         applied_phase -> Text,
         started_at -> Timestamptz,
         last_seen -> Timestamptz,
+        recent_p99_ms -> Nullable<Double>,
     }
 }
 

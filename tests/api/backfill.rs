@@ -368,3 +368,71 @@ async fn a_backfill_cut_off_from_the_database_resumes_from_its_checkpoint() {
         0
     );
 }
+
+#[actix_web::test]
+async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
+    let db = crate::helpers::TestDb::migrated();
+    let (address, follower, _) = crate::helpers::serve_with(
+        &db.url,
+        zdm::db::PoolLimits::with_size(4),
+        Default::default(),
+        Vec::new(),
+    );
+    let mut conn = db.conn();
+    zdm::seed::seed_users(&mut conn, Phase::Baseline, 3000, 3, |_| {}).unwrap();
+    for phase in [Phase::Expanded, Phase::DualWrite] {
+        zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
+        while follower.applied().get() != phase {
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let client = reqwest::Client::new();
+    let read = |id: i64| client.get(format!("{address}/api/v1/users/{id}")).send();
+    // Users are being served, and the instance reports their p99 with its heartbeats...
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1200) {
+        assert_eq!(read(fastrand::i64(1..=3000)).await.unwrap().status(), 200);
+    }
+    // ...so with a limit no request can meet, the backfill must wait.
+    let worker = {
+        let url = db.url.clone();
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            backfill::set_knobs(&mut conn, Some(500), Some(0)).unwrap();
+            let mut throttle =
+                backfill::Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(Some(0.001));
+            backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |_| {})
+        })
+    };
+    let started = Instant::now();
+    let mut waiting = None;
+    while started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(read(fastrand::i64(1..=3000)).await.unwrap().status(), 200);
+        let status = backfill::status(&mut conn).unwrap();
+        if status.state == "throttled" && started.elapsed() > Duration::from_secs(1) {
+            waiting = Some(status);
+        }
+    }
+    let waiting = waiting.expect("the backfill waits while requests are slow");
+    assert!(
+        waiting
+            .throttle_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("p99"),
+        "{waiting:?}"
+    );
+    assert!(
+        waiting.rows_done < 3000,
+        "it did not run through meanwhile: {waiting:?}"
+    );
+    // Traffic stops: no instance reports a p99 any more, and the backfill finishes.
+    let done = worker.join().unwrap().unwrap();
+    assert_eq!(done.state, "done");
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+}

@@ -231,8 +231,10 @@ pub fn serve_with(
     throttle_replicas: Vec<String>,
 ) -> (String, PhaseFollower, PathBuf) {
     let pool = db::build_pool(url, limits).expect("building the pool");
+    let metrics = std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics"));
     let follower =
-        PhaseFollower::start(pool.clone(), Duration::from_millis(50)).expect("following the phase");
+        PhaseFollower::start_reporting(pool.clone(), Duration::from_millis(50), metrics.clone())
+            .expect("following the phase");
     let report_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("reports-{}", follower.instance_id));
     let state = AppState {
@@ -244,10 +246,11 @@ pub fn serve_with(
         sessions: Default::default(),
         login_limiter: Default::default(),
         backfill_thread: Default::default(),
-        metrics: std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics")),
+        metrics,
         report_dir: report_dir.clone(),
         replica_urls: throttle_replicas,
         replica_max_lag_bytes: 4 * 1024 * 1024,
+        backfill_max_p99_ms: None,
         read_replicas,
         fault_lagging_v1_writes: false,
     };
@@ -487,6 +490,7 @@ impl TestApp {
             report_dir: std::env::temp_dir().join("zdm-stuck-reports"),
             replica_urls: Vec::new(),
             replica_max_lag_bytes: i64::MAX,
+            backfill_max_p99_ms: None,
             read_replicas: Default::default(),
             fault_lagging_v1_writes: false,
         };

@@ -7,7 +7,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use zdm::bench::replicas;
 use zdm::local_pg::{LocalPg, ScratchCluster};
-use zdm::migration::backfill::{self, Direction, ReplicaThrottle};
+use zdm::migration::backfill::{self, Direction, Throttle};
 use zdm::migration::{Phase, runner, schema_migrations, verify};
 
 use crate::helpers::scratch_cluster;
@@ -57,7 +57,7 @@ fn the_backfill_keeps_a_slow_replica_within_its_lag_limit_and_waits_for_a_stoppe
             backfill::run_throttled(
                 &mut conn,
                 Direction::Forward,
-                &mut ReplicaThrottle::new(vec![replica_url], limit),
+                &mut Throttle::new(vec![replica_url], limit),
                 |_| {},
             )
         })
