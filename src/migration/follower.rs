@@ -5,6 +5,8 @@
 //! heartbeat in `zdm_instances` with the phase it has *applied*: at once after a switch, and
 //! every `HEARTBEAT_EVERY` otherwise. Gates that need "every live instance acknowledged" read
 //! those heartbeats. Request handlers read the applied phase from memory: no query per request.
+//! A serving instance also reports the p99 of its recent user requests with each heartbeat
+//! (then every `REPORTING_HEARTBEAT_EVERY`), for the backfill's latency throttle.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
