@@ -106,6 +106,10 @@ async fn a_logged_in_admin_drives_the_migration_with_forms() {
         dashboard.contains(&app.instance_id),
         "the instances table lists this instance"
     );
+    assert!(
+        dashboard.contains("Recent p99"),
+        "with the latency each instance reports"
+    );
     let csrf = csrf_of(&dashboard);
 
     // Without the CSRF token nothing happens.
