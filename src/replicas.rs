@@ -36,6 +36,16 @@ pub fn current_lsn(conn: &mut PgConnection) -> QueryResult<u64> {
     Ok(parse_lsn(&text).unwrap_or(0))
 }
 
+/// How far a replica has replayed the primary's WAL (`None`: it is not replaying, so not a
+/// standby).
+pub fn replayed_lsn(conn: &mut PgConnection) -> QueryResult<Option<u64>> {
+    let text: Option<String> = diesel::select(diesel::dsl::sql::<Nullable<Text>>(
+        "pg_last_wal_replay_lsn()::text",
+    ))
+    .get_result(conn)?;
+    Ok(text.as_deref().and_then(parse_lsn))
+}
+
 struct Replica {
     pool: DbPool,
     /// Replayed WAL position; 0 while unknown or unreachable.
@@ -89,15 +99,7 @@ impl ReadReplicas {
                     .pool
                     .get()
                     .ok()
-                    .and_then(|mut conn| {
-                        diesel::select(diesel::dsl::sql::<Nullable<Text>>(
-                            "pg_last_wal_replay_lsn()::text",
-                        ))
-                        .get_result::<Option<String>>(&mut **conn)
-                        .ok()
-                    })
-                    .flatten()
-                    .and_then(|text| parse_lsn(&text))
+                    .and_then(|mut conn| replayed_lsn(&mut conn).ok().flatten())
                     .unwrap_or(0);
                 replica.replayed.store(position, Ordering::Release);
             }

@@ -5,7 +5,8 @@
 //! same set-up as `ZDM_REPLICAS`), makes the replica apply WAL late
 //! (`recovery_min_apply_delay`: a replica that is far away or busy), then runs the same
 //! backfill on two identical databases: once free, once throttled at the lag limit, sampling
-//! the replica's replay lag (bytes of WAL, as the primary sees it) every 20 ms. Prints the
+//! the replica's replay lag (bytes of WAL the primary wrote that the replica has not
+//! replayed, measured as the throttle does) every 20 ms. Prints the
 //! largest lag and the time of each run, and last `throttled_lag_vs_limit: X`.
 
 use std::path::PathBuf;
@@ -15,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::BenchError;
 use crate::local_pg::{LocalPg, ScratchCluster};
 use crate::migration::backfill::{self, Direction, Throttle};
 use crate::migration::{Phase, runner, schema_migrations, state, verify};
+use crate::replicas::{current_lsn, replayed_lsn};
 
 #[derive(Debug, Clone)]
 pub struct ReplicaBenchOptions {
@@ -120,17 +121,9 @@ impl ReplayLag {
         })
     }
 
-    pub fn bytes(&mut self) -> QueryResult<i64> {
-        let replayed: Option<String> = diesel::select(diesel::dsl::sql::<Nullable<Text>>(
-            "pg_last_wal_replay_lsn()::text",
-        ))
-        .get_result(&mut self.replica)?;
-        diesel::select(
-            diesel::dsl::sql::<BigInt>("pg_wal_lsn_diff(pg_current_wal_lsn(), ")
-                .bind::<Nullable<Text>, _>(replayed)
-                .sql("::pg_lsn)::bigint"),
-        )
-        .get_result(&mut self.primary)
+    pub fn bytes(&mut self) -> Result<i64, BenchError> {
+        let replayed = replayed_lsn(&mut self.replica)?.ok_or("the replica is not replaying")?;
+        Ok(current_lsn(&mut self.primary)?.saturating_sub(replayed) as i64)
     }
 
     /// Waits (up to a minute) until the replica has replayed to within `bytes`.

@@ -403,33 +403,21 @@ impl Throttle {
             let Some(replica) = conn.as_mut() else {
                 return Err(format!("replica {} cannot be reached", index + 1));
             };
-            let replayed: Option<String> =
-                match diesel::select(diesel::dsl::sql::<
-                    diesel::sql_types::Nullable<diesel::sql_types::Text>,
-                >("pg_last_wal_replay_lsn()::text"))
-                .get_result(replica)
-                {
-                    Ok(lsn) => lsn,
-                    Err(_) => {
-                        *conn = None;
-                        return Err(format!("replica {} cannot be reached", index + 1));
-                    }
-                };
+            let replayed = match crate::replicas::replayed_lsn(replica) {
+                Ok(lsn) => lsn,
+                Err(_) => {
+                    *conn = None;
+                    return Err(format!("replica {} cannot be reached", index + 1));
+                }
+            };
             let Some(replayed) = replayed else {
                 return Err(format!(
                     "replica {} is not replaying (is it a standby?)",
                     index + 1
                 ));
             };
-            let lag: i64 = diesel::select(
-                diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                    "pg_wal_lsn_diff(pg_current_wal_lsn(), ",
-                )
-                .bind::<diesel::sql_types::Text, _>(replayed)
-                .sql("::pg_lsn)::bigint"),
-            )
-            .get_result(primary)
-            .map_err(|e| e.to_string())?;
+            let written = crate::replicas::current_lsn(primary).map_err(|e| e.to_string())?;
+            let lag = written.saturating_sub(replayed) as i64;
             largest = largest.max(lag);
         }
         Ok(largest)
