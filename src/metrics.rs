@@ -46,6 +46,14 @@ const BACKFILL_STATES: [&str; 7] = [
     "cancelled",
 ];
 
+/// The user-latency histogram's counts at some moment, so that a later look can tell what
+/// happened since.
+#[derive(Debug, Default)]
+pub struct LatencyMark {
+    buckets: Vec<u64>,
+    total: u64,
+}
+
 /// Fewer requests than this say nothing about a p99.
 pub const MIN_REQUESTS_FOR_P99: u64 = 20;
 
@@ -192,24 +200,34 @@ impl Metrics {
         }
     }
 
-    /// The p99 of the user requests answered since the previous call, in ms (the upper bound
-    /// of the bucket it falls in), or `None` when fewer than `MIN_REQUESTS_FOR_P99` were.
-    /// `previous` holds the bucket counts of the previous call.
-    pub fn user_p99_ms_since(&self, previous: &mut Vec<u64>) -> Option<f64> {
+    /// The p99 of the user requests answered since `mark` was last moved here, in ms (the
+    /// upper bound of the bucket it falls in), or `None` when fewer than
+    /// `MIN_REQUESTS_FOR_P99` were. Moves `mark` to now.
+    pub fn user_p99_ms_since(&self, mark: &mut LatencyMark) -> Option<f64> {
         let metric = self.user_latency.metric();
-        let buckets = metric.get_histogram().get_bucket();
-        let counts: Vec<u64> = buckets.iter().map(|b| b.cumulative_count()).collect();
-        let bounds: Vec<f64> = buckets.iter().map(|b| b.upper_bound()).collect();
-        let total_now = metric.get_histogram().get_sample_count();
-        let total_before = previous.last().copied().unwrap_or(0);
-        let since: Vec<u64> = counts
+        let histogram = metric.get_histogram();
+        let now = LatencyMark {
+            buckets: histogram
+                .get_bucket()
+                .iter()
+                .map(|b| b.cumulative_count())
+                .collect(),
+            total: histogram.get_sample_count(),
+        };
+        let bounds: Vec<f64> = histogram
+            .get_bucket()
+            .iter()
+            .map(|b| b.upper_bound())
+            .collect();
+        let since: Vec<u64> = now
+            .buckets
             .iter()
             .enumerate()
-            .map(|(i, c)| c - previous.get(i).copied().unwrap_or(0))
+            .map(|(i, c)| c - mark.buckets.get(i).copied().unwrap_or(0))
             .collect();
-        *previous = counts;
-        previous.push(total_now);
-        p99_of_buckets(&bounds, &since, total_now - total_before)
+        let total = now.total - mark.total;
+        *mark = now;
+        p99_of_buckets(&bounds, &since, total)
     }
 
     /// Counts one read of user data, answered by a replica or by the primary.
@@ -287,16 +305,16 @@ mod tests {
     #[test]
     fn p99_since_counts_only_the_requests_since_the_previous_call() {
         let metrics = Metrics::new().unwrap();
-        let mut previous = Vec::new();
+        let mut mark = LatencyMark::default();
         for _ in 0..50 {
             metrics.observe_request("/api/v1/users/{id}", "GET", 200, 0.300);
         }
         metrics.observe_request("/api/admin/migration", "GET", 200, 9.0);
-        assert_eq!(metrics.user_p99_ms_since(&mut previous), Some(500.0));
+        assert_eq!(metrics.user_p99_ms_since(&mut mark), Some(500.0));
         for _ in 0..50 {
             metrics.observe_request("/api/v2/users/{id}", "GET", 200, 0.0008);
         }
-        assert_eq!(metrics.user_p99_ms_since(&mut previous), Some(1.0));
-        assert_eq!(metrics.user_p99_ms_since(&mut previous), None, "none since");
+        assert_eq!(metrics.user_p99_ms_since(&mut mark), Some(1.0));
+        assert_eq!(metrics.user_p99_ms_since(&mut mark), None, "none since");
     }
 }

@@ -18,7 +18,7 @@ use diesel::prelude::*;
 use super::Phase;
 use super::state::{self, StateError};
 use crate::db::DbPool;
-use crate::metrics::Metrics;
+use crate::metrics::{LatencyMark, Metrics};
 use crate::schema::state::zdm_instances;
 
 /// An instance that has not been heard of for this long is not live (the SQL gates use the
@@ -112,7 +112,7 @@ fn heartbeat(
 /// throttle reads it), and how often it beats to keep that fresh.
 struct LatencyReport {
     metrics: Arc<Metrics>,
-    previous: Vec<u64>,
+    since: LatencyMark,
 }
 
 /// Heartbeats of an instance that reports its request latency: often enough for the
@@ -138,7 +138,7 @@ impl PhaseFollower {
             poll,
             Some(LatencyReport {
                 metrics,
-                previous: Vec::new(),
+                since: LatencyMark::default(),
             }),
         )
     }
@@ -207,7 +207,7 @@ fn follow(
     let mut recent_p99 = move || {
         report
             .as_mut()
-            .and_then(|r| r.metrics.user_p99_ms_since(&mut r.previous))
+            .and_then(|r| r.metrics.user_p99_ms_since(&mut r.since))
     };
     let mut last_beat = Instant::now();
     while !stop.load(Ordering::Acquire) {
