@@ -94,6 +94,9 @@ struct Client {
     write_percent: u32,
     created: u64,
     unacknowledged_creates: u64,
+    /// The write position the app last set (`zdm_lsn=…`), sent back with every request as a
+    /// browser would, so reads with replicas see this client's own writes.
+    position_cookie: Option<String>,
 }
 
 /// As askama escapes text in a page (the five characters HTML gives meaning to).
@@ -171,9 +174,23 @@ impl Client {
         expect: u16,
     ) -> (Outcome, Option<reqwest::Response>) {
         // Forms need the double-submit CSRF token; a client that is no browser sets both the
-        // cookie and the field itself.
-        let request = request.header("cookie", format!("zdm_csrf={FORM_TOKEN}"));
-        match request.send().await {
+        // cookie and the field itself, and keeps the cookie that carries its write position.
+        let cookies = match &self.position_cookie {
+            Some(position) => format!("zdm_csrf={FORM_TOKEN}; {position}"),
+            None => format!("zdm_csrf={FORM_TOKEN}"),
+        };
+        let answer = request.header("cookie", cookies).send().await;
+        if let Ok(r) = &answer
+            && let Some(position) = r
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok()?.split(';').next())
+                .find(|c| c.starts_with(&format!("{}=", crate::replicas::COOKIE)))
+        {
+            self.position_cookie = Some(position.to_owned());
+        }
+        match answer {
             Ok(r) if r.status().as_u16() == expect => (Outcome::Ok, Some(r)),
             Ok(r) => {
                 log::debug!("{} answered {} (expected {expect})", r.url(), r.status());
@@ -437,6 +454,7 @@ pub fn start(
                 write_percent,
                 created: 0,
                 unacknowledged_creates: 0,
+                position_cookie: None,
             };
             actix_web::rt::spawn(async move {
                 while !client.control.stop.load(Ordering::Acquire) {
