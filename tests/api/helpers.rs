@@ -313,9 +313,19 @@ impl TestApp {
     }
 
     /// Waits (up to 5 s) until this instance has applied `phase`.
+    /// Waits until this instance runs `phase` and has said so in its heartbeat, which is what
+    /// the gates read (it switches first and acknowledges right after).
     pub async fn wait_for_phase(&self, phase: Phase) {
+        use zdm::schema::state::zdm_instances;
+        let mut conn = self.db.conn();
         for _ in 0..100 {
-            if self.phase() == phase {
+            let acknowledged: Option<String> = zdm_instances::table
+                .find(&self.instance_id)
+                .select(zdm_instances::applied_phase)
+                .first(&mut conn)
+                .optional()
+                .expect("reading the heartbeat");
+            if self.phase() == phase && acknowledged.as_deref() == Some(phase.as_str()) {
                 return;
             }
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
