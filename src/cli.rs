@@ -46,6 +46,10 @@ enum Command {
         /// Pause between batches, in milliseconds.
         #[arg(long, value_parser = clap::value_parser!(i32).range(0..=60_000))]
         sleep_ms: Option<i32>,
+        /// Resize batches after each one toward this transaction time, in milliseconds
+        /// (0: keep --batch-size; a --batch-size alone also turns it off).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=10_000))]
+        batch_target_ms: Option<i32>,
     },
     /// Count the rows that break the current phase's invariant.
     Verify,
@@ -107,6 +111,12 @@ enum BenchWhat {
         /// Users in each table.
         #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
         rows: u64,
+        /// Rows in the backfill's first batch (and in every one with --batch-target-ms 0).
+        #[arg(long, default_value_t = backfill::DEFAULT_BATCH_SIZE, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_BATCH_SIZE)))]
+        batch_size: i32,
+        /// The batch time the backfill sizes its batches to, in milliseconds (0: fixed size).
+        #[arg(long, default_value_t = backfill::DEFAULT_BATCH_TARGET_MS, value_parser = clap::value_parser!(i32).range(0..=10_000))]
+        batch_target_ms: i32,
     },
     /// The HTTP serving path (one `zdm serve` under a built-in load client) against
     /// pgbench's point select, in a scratch database. Build with --release for real figures.
@@ -167,7 +177,15 @@ pub fn main() -> ExitCode {
             Command::Backfill {
                 batch_size,
                 sleep_ms,
-            } => run_backfill(&config, batch_size, sleep_ms),
+                batch_target_ms,
+            } => run_backfill(
+                &config,
+                backfill::Knobs {
+                    batch_size,
+                    sleep_ms,
+                    batch_target_ms,
+                },
+            ),
             Command::Verify => run_verify(&config),
             Command::Seed { users, rng_seed } => seed(&config, users, rng_seed),
             Command::Demo {
@@ -211,10 +229,21 @@ pub fn main() -> ExitCode {
                 demo(&config, opts)
             }
             Command::Bench {
-                what: BenchWhat::Backfill { rows },
+                what:
+                    BenchWhat::Backfill {
+                        rows,
+                        batch_size,
+                        batch_target_ms,
+                    },
             } => {
                 let url = config.resolve_database_url()?;
-                crate::bench::backfill_benchmark(&url, rows, |line| println!("{line}")).map(drop)
+                let knobs = backfill::Knobs {
+                    batch_size: Some(batch_size),
+                    sleep_ms: Some(0),
+                    batch_target_ms: Some(batch_target_ms),
+                };
+                crate::bench::backfill_benchmark(&url, rows, knobs, |line| println!("{line}"))
+                    .map(drop)
             }
             Command::Bench {
                 what:
@@ -349,11 +378,7 @@ fn progress_bar(total: u64, what: &str) -> Result<ProgressBar, StartupError> {
     ))
 }
 
-fn run_backfill(
-    config: &Config,
-    batch_size: Option<i32>,
-    sleep_ms: Option<i32>,
-) -> Result<(), StartupError> {
+fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupError> {
     let database = startup::prepare_database(config)?;
     let mut conn = PgConnection::establish(&database.url)?;
     let replicas: Vec<String> = config
@@ -369,7 +394,7 @@ fn run_backfill(
     if let Some(gate) = gate_list.iter().find(|g| !g.met) {
         return Err(format!("cannot start the backfill: {}", gate.detail).into());
     }
-    backfill::set_knobs(&mut conn, batch_size, sleep_ms)?;
+    backfill::set_knobs(&mut conn, knobs)?;
     let bar = progress_bar(0, "backfill")?;
     let done = backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |s| {
         bar.set_length(s.rows_total.max(0) as u64);

@@ -30,6 +30,7 @@
         text("backfill-rows", b.rows_done + " / " + b.rows_total);
         text("backfill-rate", Math.round(b.rows_per_s).toString());
         text("backfill-eta", eta(b));
+        text("backfill-batch", b.batch_size.toString());
         text("backfill-state", b.state + " (" + b.direction + ")");
       })
       .catch(function () { /* keep the last figures; the next tick tries again */ });

@@ -357,7 +357,7 @@ pub async fn http_benchmark(
         let url = url.clone();
         actix_web::rt::task::spawn_blocking(move || -> Result<(), BenchError> {
             let mut conn = PgConnection::establish(&url)?;
-            backfill::set_knobs(&mut conn, Some(backfill::DEFAULT_BATCH_SIZE), Some(0))?;
+            backfill::set_knobs(&mut conn, backfill::Knobs::sleep(0))?;
             backfill::run(&mut conn, backfill::Direction::Forward, |_| {})?;
             Ok(())
         })

@@ -11,7 +11,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 use crate::db::scratch::ScratchDatabase;
-use crate::migration::backfill::{self, DEFAULT_BATCH_SIZE, Direction};
+use crate::migration::backfill::{self, Direction, Knobs};
 use crate::migration::{Phase, runner, state};
 
 pub mod http;
@@ -45,6 +45,7 @@ pub(crate) fn ms(d: Duration) -> f64 {
 pub fn backfill_benchmark(
     database_url: &str,
     rows: u64,
+    knobs: Knobs,
     mut say: impl FnMut(&str),
 ) -> Result<f64, BenchError> {
     say(&format!("seeding {rows} users..."));
@@ -84,8 +85,9 @@ pub fn backfill_benchmark(
     conn.batch_execute("VACUUM users_single")?;
     checkpoint(&mut conn);
     say("zdm backfill...");
-    backfill::set_knobs(&mut conn, Some(DEFAULT_BATCH_SIZE), Some(0))?;
+    let knobs = backfill::set_knobs(&mut conn, knobs)?;
     let mut batch_times = Vec::new();
+    let mut batch_sizes = Vec::new();
     let mut last = None::<Instant>;
     let started = Instant::now();
     let done = backfill::run(&mut conn, Direction::Forward, |s| {
@@ -94,11 +96,13 @@ pub fn backfill_benchmark(
             && s.state == "running"
         {
             batch_times.push(now - prev);
+            batch_sizes.push(s.batch_size);
         }
         last = Some(now);
     })?;
     let backfill_secs = started.elapsed().as_secs_f64();
     batch_times.sort();
+    batch_sizes.sort();
     // What each way leaves behind: one big UPDATE doubles the table (every row gets a new
     // version that autovacuum can only reclaim afterwards); batches let it keep up.
     let size = |conn: &mut PgConnection, table: &str| -> QueryResult<String> {
@@ -119,8 +123,20 @@ pub fn backfill_benchmark(
     say(&format!(
         "single UPDATE: {single_rows} rows in {single_secs:.2} s = {single_rate:.0} rows/s (one transaction)"
     ));
+    let sizing = if knobs.batch_target_ms > 0 {
+        format!(
+            "sized to {} ms from {}: median {}, range {}..{}",
+            knobs.batch_target_ms,
+            knobs.batch_size,
+            batch_sizes.get(batch_sizes.len() / 2).unwrap_or(&0),
+            batch_sizes.first().unwrap_or(&0),
+            batch_sizes.last().unwrap_or(&0)
+        )
+    } else {
+        format!("of {}", knobs.batch_size)
+    };
     say(&format!(
-        "zdm backfill:  {} rows in {backfill_secs:.2} s = {backfill_rate:.0} rows/s ({} batches of {DEFAULT_BATCH_SIZE}, sleep 0)",
+        "zdm backfill:  {} rows in {backfill_secs:.2} s = {backfill_rate:.0} rows/s ({} batches {sizing}, sleep 0)",
         done.rows_updated, done.batches
     ));
     say(&format!(

@@ -153,7 +153,7 @@ pub fn backfill_measuring_lag(
             move || -> Result<(backfill::BackfillStatus, usize), BenchError> {
                 let result = (|| {
                     let mut conn = PgConnection::establish(&url)?;
-                    backfill::set_knobs(&mut conn, Some(batch_size), Some(0))?;
+                    backfill::set_knobs(&mut conn, backfill::Knobs::fixed(batch_size, 0))?;
                     let mut waits = 0;
                     let status = backfill::run_throttled(
                         &mut conn,

@@ -7,6 +7,9 @@
 //!   Memory stays flat whatever the table size.
 //! - Batch size and the sleep between batches are read from `zdm_backfill` before every
 //!   batch, so they can be changed while it runs; so can its state (pause, cancel).
+//! - With a target batch time (the default), the batch size follows it: after each batch it
+//!   is scaled toward the size that takes the target, so batches stay as short on a slow
+//!   machine or a busy table as on a fast idle one.
 //! - One runner at a time across all instances and processes: a session advisory lock, which
 //!   PostgreSQL releases by itself if the runner dies.
 //! - A runner that died (`kill -9`) or failed (database restart) leaves its checkpoint; the
@@ -15,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use diesel::connection::SimpleConnection;
 use diesel::dsl::now;
 use diesel::prelude::*;
 use serde::Serialize;
@@ -25,8 +29,16 @@ use super::verify::needs_repair;
 use crate::schema::expanded::users;
 use crate::schema::state::{zdm_backfill, zdm_instances};
 
-/// Rows per batch unless changed: small enough for a batch to take milliseconds.
+/// Rows per batch unless changed: small enough for a batch to take milliseconds. With a
+/// target batch time, the size of the first batch only.
 pub const DEFAULT_BATCH_SIZE: i32 = 5000;
+/// The largest batch size a client may set, or the target time may grow to.
+pub const MAX_BATCH_SIZE: i32 = 100_000;
+/// The target batch time a fresh database starts with (0 turns sizing by time off).
+pub const DEFAULT_BATCH_TARGET_MS: i32 = 40;
+/// The target batch time may grow the batch size by at most this factor per batch, and
+/// shrink it by its inverse, so that one slow batch (a checkpoint) does not swing it.
+const MAX_RESIZE_STEP: f64 = 1.5;
 /// A batch that takes longer than this is cancelled (and retried by the next start).
 pub const BATCH_STATEMENT_TIMEOUT: &str = "5s";
 /// The advisory lock key held by the one running backfill ("zdmb").
@@ -73,6 +85,8 @@ pub struct BackfillStatus {
     pub replica_lag_bytes: i64,
     /// Why the backfill waits, while it is `throttled`.
     pub throttle_reason: Option<String>,
+    /// The batch time the batch size follows, in milliseconds; 0: batch_size stays as set.
+    pub batch_target_ms: i32,
 }
 
 impl BackfillStatus {
@@ -112,19 +126,85 @@ pub fn status(conn: &mut PgConnection) -> QueryResult<BackfillStatus> {
     zdm_backfill::table.first(conn)
 }
 
-/// Changes the batch size and/or the sleep between batches, also while running.
-pub fn set_knobs(
-    conn: &mut PgConnection,
-    batch_size: Option<i32>,
-    sleep_ms: Option<i32>,
-) -> QueryResult<BackfillStatus> {
+/// The backfill's settings as a client changes them; `None` keeps the current value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Knobs {
+    /// Rows per batch.
+    pub batch_size: Option<i32>,
+    /// Pause between batches, in milliseconds.
+    pub sleep_ms: Option<i32>,
+    /// The batch time the batch size follows, in milliseconds; 0 keeps batch_size as set.
+    pub batch_target_ms: Option<i32>,
+}
+
+impl Knobs {
+    pub fn sleep(sleep_ms: i32) -> Self {
+        Knobs {
+            sleep_ms: Some(sleep_ms),
+            ..Knobs::default()
+        }
+    }
+
+    /// A fixed batch size (no target time) and sleep, as the tests and demos want them.
+    pub fn fixed(batch_size: i32, sleep_ms: i32) -> Self {
+        Knobs {
+            batch_size: Some(batch_size),
+            sleep_ms: Some(sleep_ms),
+            batch_target_ms: None,
+        }
+    }
+
+    /// What each knob must lie within, as `(field, message)` for the first that does not.
+    pub fn invalid(&self) -> Option<(&'static str, String)> {
+        if self
+            .batch_size
+            .is_some_and(|b| !(1..=MAX_BATCH_SIZE).contains(&b))
+        {
+            return Some((
+                "batch_size",
+                format!("batch_size must be between 1 and {MAX_BATCH_SIZE}."),
+            ));
+        }
+        if self.sleep_ms.is_some_and(|s| !(0..=60_000).contains(&s)) {
+            return Some(("sleep_ms", "sleep_ms must be between 0 and 60000.".into()));
+        }
+        if self
+            .batch_target_ms
+            .is_some_and(|t| !(0..=10_000).contains(&t))
+        {
+            return Some((
+                "batch_target_ms",
+                "batch_target_ms must be between 0 (a fixed batch size) and 10000.".into(),
+            ));
+        }
+        None
+    }
+}
+
+/// Changes the knobs, also while running. A batch size given without a target time is kept
+/// as given (the target is turned off); with one, it is where the sizing starts from.
+pub fn set_knobs(conn: &mut PgConnection, knobs: Knobs) -> QueryResult<BackfillStatus> {
     let current = status(conn)?;
+    let target = match (knobs.batch_size, knobs.batch_target_ms) {
+        (_, Some(target)) => target,
+        (Some(_), None) => 0,
+        (None, None) => current.batch_target_ms,
+    };
     diesel::update(zdm_backfill::table)
         .set((
-            zdm_backfill::batch_size.eq(batch_size.unwrap_or(current.batch_size)),
-            zdm_backfill::sleep_ms.eq(sleep_ms.unwrap_or(current.sleep_ms)),
+            zdm_backfill::batch_size.eq(knobs.batch_size.unwrap_or(current.batch_size)),
+            zdm_backfill::sleep_ms.eq(knobs.sleep_ms.unwrap_or(current.sleep_ms)),
+            zdm_backfill::batch_target_ms.eq(target),
         ))
         .get_result(conn)
+}
+
+/// The next batch size: the last one scaled by how far its batch's time was from the
+/// target, by at most `MAX_RESIZE_STEP` either way, within 1..=MAX_BATCH_SIZE.
+pub fn next_batch_size(size: i32, took: Duration, target_ms: i32) -> i32 {
+    let took_ms = (took.as_secs_f64() * 1000.0).max(0.1);
+    let factor = (f64::from(target_ms) / took_ms).clamp(1.0 / MAX_RESIZE_STEP, MAX_RESIZE_STEP);
+    ((f64::from(size) * factor).round() as i32).clamp(1, MAX_BATCH_SIZE)
 }
 
 /// Asks a running backfill to stop at the next batch boundary: `paused` keeps the checkpoint
@@ -177,6 +257,8 @@ pub fn run_throttled(
         current.max_id
     );
     progress(&current);
+    // How long the last batch took, for sizing the next one.
+    let mut last_batch = None::<Duration>;
     loop {
         if current.state != "running" {
             log::info!("backfill {} at id {}", current.state, current.last_id);
@@ -203,7 +285,7 @@ pub fn run_throttled(
             continue;
         }
         let started = Instant::now();
-        current = match run_batch(conn, direction, &current) {
+        current = match run_batch(conn, direction, &current, last_batch) {
             Ok(next) => next,
             Err(e) => {
                 let _ = diesel::update(zdm_backfill::table)
@@ -215,10 +297,11 @@ pub fn run_throttled(
                 return Err(e.into());
             }
         };
+        let took = started.elapsed();
+        last_batch = Some(took);
         log::debug!(
-            "backfill batch to id {} in {:?} ({} rows updated so far)",
+            "backfill batch to id {} in {took:?} ({} rows updated so far)",
             current.last_id,
-            started.elapsed(),
             current.rows_updated
         );
         progress(&current);
@@ -268,18 +351,22 @@ fn begin(conn: &mut PgConnection, direction: Direction) -> QueryResult<BackfillS
 }
 
 /// One batch: the ids after the checkpoint, up to `batch_size` of them, repaired and the
-/// checkpoint moved, in one transaction. Returns the state as stored after it, which also
-/// carries any knob or state change made meanwhile.
+/// checkpoint moved, in one transaction. With a target time, `batch_size` is first resized
+/// by how long the `last` batch took (stored with the checkpoint). Returns the state as
+/// stored after it, which also carries any knob or state change made meanwhile.
 fn run_batch(
     conn: &mut PgConnection,
     direction: Direction,
     current: &BackfillStatus,
+    last: Option<Duration>,
 ) -> QueryResult<BackfillStatus> {
     conn.transaction(|conn| {
-        diesel::sql_query(format!(
-            "SET LOCAL statement_timeout = '{BATCH_STATEMENT_TIMEOUT}'"
-        ))
-        .execute(conn)?;
+        // The commit need not wait for its WAL to reach the disk: a crash can only lose the
+        // last batches together with their checkpoint (one transaction), and the next run
+        // redoes them. Any later durable commit, a user's or the final `done`, flushes them.
+        conn.batch_execute(&format!(
+            "SET LOCAL statement_timeout = '{BATCH_STATEMENT_TIMEOUT}'; SET LOCAL synchronous_commit = off"
+        ))?;
         // The row lock makes pause and cancel wait for this batch to commit, so once they
         // answer, no further batch runs.
         let knobs: BackfillStatus = zdm_backfill::table.for_update().first(conn)?;
@@ -287,7 +374,13 @@ fn run_batch(
             return Ok(knobs);
         }
         let from = current.last_id;
-        let batch = i64::from(knobs.batch_size.max(1));
+        let batch_size = match last {
+            Some(took) if knobs.batch_target_ms > 0 => {
+                next_batch_size(knobs.batch_size, took, knobs.batch_target_ms)
+            }
+            _ => knobs.batch_size,
+        };
+        let batch = i64::from(batch_size.max(1));
         // The batch ends at the batch_size-th id after the checkpoint; the last one, shorter,
         // at max_id (rows inserted since the start are dual-written and need no backfill).
         let full_batch_end: Option<i64> = users::table
@@ -330,6 +423,7 @@ fn run_batch(
                 zdm_backfill::rows_done.eq(zdm_backfill::rows_done + scanned),
                 zdm_backfill::rows_updated.eq(zdm_backfill::rows_updated + updated as i64),
                 zdm_backfill::batches.eq(zdm_backfill::batches + 1),
+                zdm_backfill::batch_size.eq(batch_size),
                 zdm_backfill::updated_at.eq(now),
             ))
             .get_result(conn)
@@ -480,5 +574,47 @@ impl Throttle {
             progress(&current);
             std::thread::sleep(THROTTLE_POLL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_size_moves_toward_the_target_time_by_bounded_steps() {
+        let ms = Duration::from_millis;
+        // Twice as fast as the target: grows, but by at most 1.5×.
+        assert_eq!(next_batch_size(1000, ms(20), 40), 1500);
+        assert_eq!(next_batch_size(1000, ms(32), 40), 1250);
+        assert_eq!(next_batch_size(1000, ms(40), 40), 1000);
+        assert_eq!(next_batch_size(1000, ms(50), 40), 800);
+        // A batch stalled by a checkpoint shrinks the next by a third, not to nothing.
+        assert_eq!(next_batch_size(1000, ms(900), 40), 667);
+        assert_eq!(next_batch_size(1, ms(900), 40), 1);
+        assert_eq!(next_batch_size(MAX_BATCH_SIZE, ms(1), 40), MAX_BATCH_SIZE);
+        assert_eq!(next_batch_size(10, Duration::ZERO, 40), 15);
+    }
+
+    #[test]
+    fn a_batch_size_alone_is_kept_and_a_target_must_be_in_range() {
+        assert_eq!(
+            Knobs::fixed(0, 0).invalid().map(|e| e.0),
+            Some("batch_size")
+        );
+        assert_eq!(
+            Knobs {
+                batch_target_ms: Some(-1),
+                ..Knobs::default()
+            }
+            .invalid()
+            .map(|e| e.0),
+            Some("batch_target_ms")
+        );
+        assert_eq!(
+            Knobs::sleep(60_001).invalid().map(|e| e.0),
+            Some("sleep_ms")
+        );
+        assert_eq!(Knobs::fixed(100_000, 0).invalid(), None);
     }
 }

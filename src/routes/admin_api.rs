@@ -13,7 +13,7 @@ use super::db;
 use crate::app_state::AppState;
 use crate::domain::FieldError;
 use crate::error::AppError;
-use crate::migration::backfill::{self, BackfillError, BackfillStatus, Direction};
+use crate::migration::backfill::{self, BackfillError, BackfillStatus, Direction, Knobs};
 use crate::migration::gates::{self, GateError};
 use crate::migration::runner::{self, RunError, Transition};
 use crate::migration::state::{self, StateError};
@@ -173,28 +173,10 @@ async fn rollback(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         .json(json!({ "transition": transition, "status": current_status(&state).await? })))
 }
 
-/// Backfill knobs as a client sends them; both optional.
-#[derive(Debug, Default, Deserialize)]
-pub struct Knobs {
-    pub batch_size: Option<i32>,
-    pub sleep_ms: Option<i32>,
-}
-
-impl Knobs {
-    fn checked(&self) -> Result<(), AppError> {
-        if self.batch_size.is_some_and(|b| !(1..=100_000).contains(&b)) {
-            return Err(AppError::Validation(FieldError::new(
-                "batch_size",
-                "batch_size must be between 1 and 100000.",
-            )));
-        }
-        if self.sleep_ms.is_some_and(|s| !(0..=60_000).contains(&s)) {
-            return Err(AppError::Validation(FieldError::new(
-                "sleep_ms",
-                "sleep_ms must be between 0 and 60000.",
-            )));
-        }
-        Ok(())
+fn checked(knobs: &Knobs) -> Result<(), AppError> {
+    match knobs.invalid() {
+        Some((field, message)) => Err(AppError::Validation(FieldError::new(field, message))),
+        None => Ok(()),
     }
 }
 
@@ -211,7 +193,7 @@ pub async fn start_backfill_now(
     state: &web::Data<AppState>,
     knobs: Knobs,
 ) -> Result<BackfillView, AppError> {
-    knobs.checked()?;
+    checked(&knobs)?;
     let phase = state.phase.get();
     db(state, move |conn| {
         let gate_list = gates::backfill_gates(conn, phase)?;
@@ -221,7 +203,7 @@ pub async fn start_backfill_now(
                 gate.detail
             )));
         }
-        backfill::set_knobs(conn, knobs.batch_size, knobs.sleep_ms)?;
+        backfill::set_knobs(conn, knobs)?;
         Ok(())
     })
     .await?;
@@ -284,12 +266,9 @@ pub async fn change_knobs(
     state: &web::Data<AppState>,
     knobs: Knobs,
 ) -> Result<BackfillView, AppError> {
-    knobs.checked()?;
+    checked(&knobs)?;
     Ok(view(
-        db(state, move |conn| {
-            Ok(backfill::set_knobs(conn, knobs.batch_size, knobs.sleep_ms)?)
-        })
-        .await?,
+        db(state, move |conn| Ok(backfill::set_knobs(conn, knobs)?)).await?,
     ))
 }
 

@@ -12,12 +12,13 @@ use askama::Template;
 use serde::Deserialize;
 
 use super::admin_api::{
-    Knobs, advance_step, change_knobs, current_status, rollback_step, start_backfill_now,
+    advance_step, change_knobs, current_status, rollback_step, start_backfill_now,
     stop_backfill_now, token_matches, verify_now,
 };
 use crate::app_state::AppState;
 use crate::error::{AppError, HtmlError};
 use crate::migration::Phase;
+use crate::migration::backfill::Knobs;
 use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::status::MigrationStatus;
 
@@ -343,6 +344,7 @@ pub struct BackfillForm {
     csrf: String,
     batch_size: Option<String>,
     sleep_ms: Option<String>,
+    batch_target_ms: Option<String>,
 }
 
 /// Empty → not given; anything else must be a whole number.
@@ -370,6 +372,7 @@ async fn backfill_action(
         Ok::<_, AppError>(Knobs {
             batch_size: optional_number(form.batch_size.as_deref(), "batch_size")?,
             sleep_ms: optional_number(form.sleep_ms.as_deref(), "sleep_ms")?,
+            batch_target_ms: optional_number(form.batch_target_ms.as_deref(), "batch_target_ms")?,
         })
     })();
     let action = action.into_inner();

@@ -60,5 +60,6 @@ diesel::table! {
         error -> Nullable<Text>,
         replica_lag_bytes -> Int8,
         throttle_reason -> Nullable<Text>,
+        batch_target_ms -> Int4,
     }
 }

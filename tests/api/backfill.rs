@@ -254,6 +254,53 @@ async fn pause_resume_and_a_batch_size_change_while_running() {
 }
 
 #[actix_web::test]
+async fn batches_follow_a_target_time_unless_a_batch_size_alone_is_given() {
+    let app = TestApp::spawn().await;
+    app.seed(20_000);
+    app.walk_to(Phase::DualWrite).await;
+    let run = |knobs: Value| {
+        let app = &app;
+        async move {
+            let started = app.admin_post("/api/admin/backfill/start", knobs).await;
+            assert_eq!(started.status(), 202);
+            wait_until(app, "the end", |s| s["state"] == "done").await
+        }
+    };
+
+    // Filling 4,000 rows takes far longer than 1 ms anywhere: the batches shrink.
+    let shrunk = run(json!({ "batch_size": 4000, "batch_target_ms": 1, "sleep_ms": 0 })).await;
+    assert_eq!(shrunk["rows_updated"], 20_000);
+    assert_eq!(shrunk["batch_target_ms"], 1);
+    assert!(
+        shrunk["batch_size"].as_i64().unwrap() < 4000,
+        "smaller batches: {shrunk}"
+    );
+
+    // Scanning 10 filled rows takes far less than 500 ms: they grow, so far fewer batches.
+    let grown = run(json!({ "batch_size": 10, "batch_target_ms": 500 })).await;
+    assert_eq!(grown["rows_done"], 20_000);
+    assert!(
+        grown["batch_size"].as_i64().unwrap() > 10,
+        "bigger: {grown}"
+    );
+    assert!(grown["batches"].as_i64().unwrap() < 100, "{grown}");
+
+    // A batch size alone is kept as given.
+    let fixed = run(json!({ "batch_size": 300 })).await;
+    assert_eq!(fixed["batch_target_ms"], 0);
+    assert_eq!(fixed["batch_size"], 300);
+    assert_eq!(fixed["batches"], 67);
+
+    let bad = app
+        .admin_post(
+            "/api/admin/backfill/settings",
+            json!({ "batch_target_ms": -5 }),
+        )
+        .await;
+    assert_eq!(bad.status(), 422);
+}
+
+#[actix_web::test]
 async fn writes_of_a_lagging_instance_are_caught_by_verify_and_repaired_by_a_rerun() {
     let app = TestApp::spawn().await;
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
@@ -327,7 +374,7 @@ async fn a_backfill_cut_off_from_the_database_resumes_from_its_checkpoint() {
     let url = app.db.url.clone();
     let runner = std::thread::spawn(move || {
         let mut conn = PgConnection::establish(&url).unwrap();
-        backfill::set_knobs(&mut conn, Some(500), Some(20)).unwrap();
+        backfill::set_knobs(&mut conn, backfill::Knobs::fixed(500, 20)).unwrap();
         backfill::run(&mut conn, Direction::Forward, |_| {})
     });
     wait_until(&app, "some batches", |s| {
@@ -380,12 +427,7 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
     );
     let mut conn = db.conn();
     zdm::seed::seed_users(&mut conn, Phase::Baseline, 3000, 3, |_| {}).unwrap();
-    for phase in [Phase::Expanded, Phase::DualWrite] {
-        zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
-        while follower.applied().get() != phase {
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
     let client = reqwest::Client::new();
     let read = |id: i64| client.get(format!("{address}/api/v1/users/{id}")).send();
     // Users are being served, and the instance reports their p99 with its heartbeats...
@@ -398,7 +440,7 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
         let url = db.url.clone();
         std::thread::spawn(move || {
             let mut conn = PgConnection::establish(&url).unwrap();
-            backfill::set_knobs(&mut conn, Some(500), Some(0)).unwrap();
+            backfill::set_knobs(&mut conn, backfill::Knobs::fixed(500, 0)).unwrap();
             let mut throttle =
                 backfill::Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(Some(0.001));
             backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |_| {})

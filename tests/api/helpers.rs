@@ -224,6 +224,44 @@ pub fn serve(url: &str, limits: db::PoolLimits) -> (String, PhaseFollower, PathB
 }
 
 /// As `serve`, with user reads allowed on these replicas.
+/// Waits (up to 5 s) until the instance of `follower` runs `phase` and has said so in its
+/// heartbeat, which is what the gates read (it switches first and acknowledges right after).
+pub async fn wait_for_acknowledged(
+    conn: &mut PgConnection,
+    follower: &PhaseFollower,
+    phase: Phase,
+) {
+    use zdm::schema::state::zdm_instances;
+    for _ in 0..100 {
+        let acknowledged: Option<String> = zdm_instances::table
+            .find(&follower.instance_id)
+            .select(zdm_instances::applied_phase)
+            .first(conn)
+            .optional()
+            .expect("reading the heartbeat");
+        if follower.applied().get() == phase && acknowledged.as_deref() == Some(phase.as_str()) {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "instance {} did not apply {phase} (it is at {})",
+        follower.instance_id,
+        follower.applied().get()
+    );
+}
+
+/// Advances the stored phase a step at a time up to `to`, each step once the instance of
+/// `follower` has acknowledged the one before.
+pub async fn advance_served(conn: &mut PgConnection, follower: &PhaseFollower, to: Phase) {
+    while zdm::migration::state::current_phase(conn).expect("reading the phase") < to {
+        let next = zdm::migration::runner::advance(conn, "test", None)
+            .expect("advancing")
+            .to;
+        wait_for_acknowledged(conn, follower, next).await;
+    }
+}
+
 pub fn serve_with(
     url: &str,
     limits: db::PoolLimits,
@@ -312,29 +350,9 @@ impl TestApp {
         self.follower.applied().get()
     }
 
-    /// Waits (up to 5 s) until this instance has applied `phase`.
-    /// Waits until this instance runs `phase` and has said so in its heartbeat, which is what
-    /// the gates read (it switches first and acknowledges right after).
+    /// Waits (up to 5 s) until this instance runs `phase` and has acknowledged it.
     pub async fn wait_for_phase(&self, phase: Phase) {
-        use zdm::schema::state::zdm_instances;
-        let mut conn = self.db.conn();
-        for _ in 0..100 {
-            let acknowledged: Option<String> = zdm_instances::table
-                .find(&self.instance_id)
-                .select(zdm_instances::applied_phase)
-                .first(&mut conn)
-                .optional()
-                .expect("reading the heartbeat");
-            if self.phase() == phase && acknowledged.as_deref() == Some(phase.as_str()) {
-                return;
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "instance {} did not apply {phase} (it is at {})",
-            self.instance_id,
-            self.phase()
-        );
+        wait_for_acknowledged(&mut self.db.conn(), &self.follower, phase).await;
     }
 
     pub fn url(&self, path: &str) -> String {

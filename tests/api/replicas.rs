@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use zdm::bench::replicas;
 use zdm::local_pg::{LocalPg, ScratchCluster};
 use zdm::migration::backfill::{self, Direction, Throttle};
-use zdm::migration::{Phase, runner, schema_migrations, verify};
+use zdm::migration::{Phase, schema_migrations, verify};
 
 use crate::helpers::scratch_cluster;
 
@@ -53,7 +53,7 @@ fn the_backfill_keeps_a_slow_replica_within_its_lag_limit_and_waits_for_a_stoppe
         let (url, replica_url) = (third.clone(), replica.url("third"));
         std::thread::spawn(move || {
             let mut conn = PgConnection::establish(&url).unwrap();
-            backfill::set_knobs(&mut conn, Some(500), Some(10)).unwrap();
+            backfill::set_knobs(&mut conn, backfill::Knobs::fixed(500, 10)).unwrap();
             backfill::run_throttled(
                 &mut conn,
                 Direction::Forward,
@@ -175,12 +175,7 @@ async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_
     // A phase switch is read from the primary until the replica has the new schema: v2 reads
     // (first_name, last_name) right after dual_write never hit a replica without the columns.
     let mut conn = PgConnection::establish(&url).unwrap();
-    for phase in [Phase::Expanded, Phase::DualWrite] {
-        runner::advance(&mut conn, "test", None).unwrap();
-        while follower.applied().get() != phase {
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
     for _ in 0..20 {
         let v2 = client
             .get(format!("{address}/api/v2/users/{id}"))
@@ -205,12 +200,7 @@ async fn a_throttled_backfill_says_so_in_the_api_the_metrics_and_the_dashboard()
     );
     let mut conn = db.conn();
     zdm::seed::seed_users(&mut conn, Phase::Baseline, 2000, 9, |_| {}).unwrap();
-    for phase in [Phase::Expanded, Phase::DualWrite] {
-        runner::advance(&mut conn, "test", None).unwrap();
-        while follower.applied().get() != phase {
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
     let client = reqwest::Client::new();
     let admin = |path: &str| {
         client
