@@ -10,6 +10,8 @@ use crate::migration::follower::AppliedPhase;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: DbPool,
+    /// Reads of one user by id from the primary, coalesced (see `db::reads`).
+    pub user_reads: crate::db::reads::UserReads,
     /// For work that needs a connection of its own (advisory locks held for minutes).
     pub database_url: String,
     /// The phase this instance has applied (kept current by the phase follower).

@@ -12,6 +12,7 @@ use actix_web::{App, HttpServer, web};
 
 use crate::app_state::AppState;
 use crate::config::Config;
+use crate::db::reads::UserReads;
 use crate::db::{self, DbPool};
 use crate::local_pg::LocalPg;
 use crate::migration::backfill;
@@ -168,6 +169,11 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         token
     });
     let state = AppState {
+        user_reads: UserReads::start(
+            &database.url,
+            config.pool_limits(),
+            crate::db::reads::READERS,
+        )?,
         pool: database.pool,
         database_url: database.url,
         phase: follower.applied(),

@@ -1,6 +1,7 @@
 //! Database access: the connection pool and plain synchronous query functions
 //! (`fn(&mut PgConnection, ..) -> QueryResult<T>`), free of any HTTP types.
 
+pub mod reads;
 pub mod scratch;
 pub mod users;
 
@@ -108,27 +109,58 @@ impl PoolLimits {
 }
 
 #[derive(Debug)]
-struct SessionLimits(PoolLimits);
+struct SessionSettings {
+    limits: PoolLimits,
+    generic_plans: bool,
+}
 
-impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SessionLimits {
+impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SessionSettings {
     fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
         conn.batch_execute(&format!(
-            "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
-            self.0.statement_timeout.as_millis(),
-            self.0.idle_in_transaction_timeout.as_millis()
+            "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}; {}",
+            self.limits.statement_timeout.as_millis(),
+            self.limits.idle_in_transaction_timeout.as_millis(),
+            if self.generic_plans {
+                "SET plan_cache_mode = force_generic_plan"
+            } else {
+                ""
+            }
         ))
         .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
 pub fn build_pool(database_url: &str, limits: PoolLimits) -> Result<DbPool, PoolError> {
+    pool_with(database_url, limits, false)
+}
+
+/// A pool whose connections plan each prepared statement once and reuse the plan, for
+/// queries whose best plan does not depend on their parameters. PostgreSQL would otherwise
+/// keep planning `id = ANY($1)` afresh at every execution: it estimates a generic plan for
+/// ten ids and a custom one for the actual few, finds the custom one cheaper, and never
+/// switches. For the coalesced reads (`reads`), that planning cost as much as the reads.
+pub fn build_generic_plan_pool(
+    database_url: &str,
+    limits: PoolLimits,
+) -> Result<DbPool, PoolError> {
+    pool_with(database_url, limits, true)
+}
+
+fn pool_with(
+    database_url: &str,
+    limits: PoolLimits,
+    generic_plans: bool,
+) -> Result<DbPool, PoolError> {
     Pool::builder()
         .max_size(limits.size)
         // Checkouts ask the manager, which pings only connections that have not just proven
         // themselves (see `Manager`).
         .test_on_check_out(true)
         .connection_timeout(limits.checkout_timeout)
-        .connection_customizer(Box::new(SessionLimits(limits)))
+        .connection_customizer(Box::new(SessionSettings {
+            limits,
+            generic_plans,
+        }))
         .build(Manager::new(database_url))
 }
 

@@ -8,7 +8,7 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::{db, db_read};
+use super::{db, db_read, read_user};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
 use crate::domain::user::FieldErrors;
@@ -198,10 +198,7 @@ async fn show(
 ) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
     let phase = state.phase.get();
-    let user = db_read(&state, &req, move |conn| {
-        Ok(users::find_user(conn, phase, id)?)
-    })
-    .await?;
+    let user = read_user(&state, &req, phase, id).await?;
     Ok(HttpResponse::Ok().json(V1User::new(user, phase)))
 }
 

@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
 use super::api_v1::{Page, PageQuery, first_error};
-use super::{db, db_read, v2_phase};
+use super::{db, db_read, read_user, v2_phase};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
 use crate::domain::{NewUser, UserChanges};
@@ -120,10 +120,7 @@ async fn show(
 ) -> Result<HttpResponse, AppError> {
     let phase = v2_phase(&state)?;
     let id = id.into_inner();
-    let user = db_read(&state, &req, move |conn| {
-        Ok(users::find_user(conn, phase, id)?)
-    })
-    .await?;
+    let user = read_user(&state, &req, phase, id).await?;
     Ok(HttpResponse::Ok().json(V2User::new(user, phase)))
 }
 

@@ -18,6 +18,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use diesel::PgConnection;
 
 use crate::app_state::AppState;
+use crate::db::users::{self, StoredUser};
 use crate::error::{AppError, HtmlError};
 use crate::migration::Phase;
 use crate::replicas;
@@ -87,9 +88,36 @@ where
     F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
     T: Send + 'static,
 {
+    let pool = read_replica(state, req).unwrap_or(&state.pool).clone();
+    run_on(pool, work).await
+}
+
+/// Reads the user `id` as `db_read` would, a read on the primary going through the
+/// coalesced point reads (`db::reads`).
+pub async fn read_user(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    phase: Phase,
+    id: i64,
+) -> Result<StoredUser, AppError> {
+    match read_replica(state, req) {
+        Some(replica) => {
+            run_on(replica.clone(), move |conn| {
+                Ok(users::find_user(conn, phase, id)?)
+            })
+            .await
+        }
+        None => state.user_reads.find(phase, id).await,
+    }
+}
+
+/// The replica a read of this request may go to, counting the read by where it goes: one
+/// that has replayed past both this instance's phase switch and the client's own last
+/// write (its `zdm_lsn` cookie); none without replicas or when none has.
+fn read_replica<'a>(state: &'a AppState, req: &HttpRequest) -> Option<&'a crate::db::DbPool> {
     if state.read_replicas.is_empty() {
         state.metrics.count_read(false);
-        return db(state, work).await;
+        return None;
     }
     let own_write = req
         .cookie(replicas::COOKIE)
@@ -98,7 +126,7 @@ where
     let required = state.phase.switched_at_lsn().max(own_write);
     let replica = state.read_replicas.pick(required);
     state.metrics.count_read(replica.is_some());
-    run_on(replica.unwrap_or(&state.pool).clone(), work).await
+    replica
 }
 
 /// After a successful write, remembers the primary's WAL position in the client's `zdm_lsn`

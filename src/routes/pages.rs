@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 
-use super::{csrf, db, db_read, v2_phase};
+use super::{csrf, db, db_read, read_user, v2_phase};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
 use crate::domain::user::FieldErrors;
@@ -383,10 +383,7 @@ async fn find_for_page(
     id: i64,
 ) -> Result<(StoredUser, Phase), HtmlError> {
     let phase = version.phase(state)?;
-    let user = db_read(state, req, move |conn| {
-        Ok(users::find_user(conn, phase, id)?)
-    })
-    .await?;
+    let user = read_user(state, req, phase, id).await?;
     Ok((user, phase))
 }
 

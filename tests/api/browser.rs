@@ -286,6 +286,7 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
     // The backfill, throttled so its progress can be watched, live (no reload).
     fill(c, "batch_size", "1000").await;
     fill(c, "sleep_ms", "40").await;
+    fill(c, "batch_target_ms", "0").await;
     click_button(c, "Start / resume").await;
     let mut seen = Vec::new();
     for _ in 0..400 {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use zdm::app_state::AppState;
+use zdm::db::reads::UserReads;
 use zdm::db::{self, with_database};
 use zdm::local_pg::{LocalPg, ScratchCluster, create_database_if_missing, quote_ident};
 use zdm::migration::Phase;
@@ -276,6 +277,7 @@ pub fn serve_with(
     let report_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("reports-{}", follower.instance_id));
     let state = AppState {
+        user_reads: UserReads::start(url, limits, 1).expect("starting the reader"),
         pool,
         database_url: url.to_owned(),
         phase: follower.applied(),
@@ -506,6 +508,8 @@ impl TestApp {
         let pool =
             db::build_pool(&db.url, db::PoolLimits::with_size(2)).expect("building the pool");
         let state = AppState {
+            user_reads: UserReads::start(&db.url, db::PoolLimits::with_size(1), 1)
+                .expect("starting the reader"),
             pool,
             database_url: db.url.clone(),
             phase: zdm::migration::follower::AppliedPhase::new(phase, 0),

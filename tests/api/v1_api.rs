@@ -286,3 +286,51 @@ async fn healthz_reports_the_phase() {
     assert_eq!(health["phase"], "baseline");
     assert_eq!(health["instance"], app.instance_id.as_str());
 }
+
+/// Reads that arrive together share one query (`db::reads`): each must still get its own
+/// answer, also when several ask for the same id or for one that does not exist.
+#[actix_web::test]
+async fn concurrent_reads_each_get_their_own_answer() {
+    let app = TestApp::spawn().await;
+    let mut people = Vec::new();
+    for n in 0..5 {
+        let name = format!("Reader{n} Concurrent");
+        let id = app
+            .create_user(&name, &format!("reader{n}@example.com"))
+            .await;
+        people.push((id, Some(name)));
+    }
+    let missing = people.iter().map(|p| p.0).max().unwrap() + 1000;
+    people.push((missing, None));
+    let mut reads = Vec::new();
+    for round in 0..60 {
+        for (id, name) in &people {
+            let (client, url) = (app.client.clone(), app.url(&format!("/api/v1/users/{id}")));
+            let (id, name) = (*id, name.clone());
+            reads.push(actix_web::rt::spawn(async move {
+                let response = client.get(url).send().await.unwrap();
+                (
+                    round,
+                    id,
+                    name,
+                    response.status(),
+                    response.text().await.unwrap(),
+                )
+            }));
+        }
+    }
+    for read in reads {
+        let (round, id, name, status, text) = read.await.unwrap();
+        match name {
+            Some(name) => {
+                assert_eq!(status, 200, "round {round}, id {id}: {text}");
+                let user: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(
+                    (user["id"].as_i64(), user["full_name"].as_str()),
+                    (Some(id), Some(name.as_str()))
+                );
+            }
+            None => assert_eq!(status, 404, "round {round}, missing id {id}: {text}"),
+        }
+    }
+}
