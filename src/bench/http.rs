@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::rt::net::TcpStream;
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -223,6 +224,14 @@ async fn read_response(conn: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::R
     }
 }
 
+/// Vacuums `users` and, where allowed (superuser), writes a checkpoint.
+fn settle(url: &str) -> Result<(), BenchError> {
+    let mut conn = PgConnection::establish(url)?;
+    conn.batch_execute("VACUUM users")?;
+    let _ = conn.batch_execute("CHECKPOINT");
+    Ok(())
+}
+
 /// `pgbench` next to the server binaries (or on PATH).
 fn pgbench() -> Option<PathBuf> {
     let mut dirs = BinarySearch::default().candidates();
@@ -314,9 +323,14 @@ pub async fn http_benchmark(
     let base = fleet.instances[0].url.clone();
     let pid = fleet.pid(0).ok_or("the server is not running")?;
     let (rows, concurrency, secs) = (opts.rows, opts.concurrency, opts.secs);
+    // Each scenario starts from the same state of the table: the dead rows of the writes or
+    // the backfill before it vacuumed and the dirty pages written out, untimed (else the
+    // second write scenario paid for the first's autovacuum and checkpoint).
     let run = |scenario| {
-        let base = base.clone();
-        actix_web::rt::task::spawn_blocking(move || drive(&base, scenario, rows, concurrency, secs))
+        let (base, url) = (base.clone(), url.clone());
+        actix_web::rt::task::spawn_blocking(move || {
+            settle(&url).map(|()| drive(&base, scenario, rows, concurrency, secs))
+        })
     };
     let report = |say: &mut dyn FnMut(&str), label: &str, f: &Figures| {
         say(&format!(
@@ -328,9 +342,9 @@ pub async fn http_benchmark(
     say(&format!(
         "load: {concurrency} keep-alive clients, {secs} s per scenario, {rows} users"
     ));
-    let v1_read = run(Scenario::V1Read).await.map_err(|e| e.to_string())?;
+    let v1_read = run(Scenario::V1Read).await.map_err(|e| e.to_string())??;
     report(&mut say, "GET  /api/v1/users/{id} baseline", &v1_read);
-    let single_write = run(Scenario::V1Write).await.map_err(|e| e.to_string())?;
+    let single_write = run(Scenario::V1Write).await.map_err(|e| e.to_string())??;
     report(&mut say, "PUT  /api/v1/users/{id} baseline", &single_write);
 
     let admin = reqwest::Client::new();
@@ -350,7 +364,7 @@ pub async fn http_benchmark(
         }
         fleet.wait_applied(to).await?;
     }
-    let dual_write = run(Scenario::V1Write).await.map_err(|e| e.to_string())?;
+    let dual_write = run(Scenario::V1Write).await.map_err(|e| e.to_string())??;
     report(&mut say, "PUT  /api/v1/users/{id} dual_write", &dual_write);
 
     {
@@ -373,7 +387,7 @@ pub async fn http_benchmark(
         }
         fleet.wait_applied(to).await?;
     }
-    let v2_read = run(Scenario::V2Read).await.map_err(|e| e.to_string())?;
+    let v2_read = run(Scenario::V2Read).await.map_err(|e| e.to_string())??;
     report(&mut say, "GET  /api/v2/users/{id} read_new", &v2_read);
     let rss = peak_rss_mib(Some(pid));
     fleet.stop();
