@@ -597,7 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_size_alone_is_kept_and_a_target_must_be_in_range() {
+    fn knobs_out_of_range_name_their_field() {
         assert_eq!(
             Knobs::fixed(0, 0).invalid().map(|e| e.0),
             Some("batch_size")
