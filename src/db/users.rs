@@ -57,7 +57,7 @@ impl StoredUser {
 }
 
 type V1Row = (i64, String, String);
-type ExpandedRow = (i64, String, String, Option<String>, Option<String>);
+type ExpandedRow = (i64, String, Option<String>, Option<String>, Option<String>);
 type V2Row = (i64, String, String, String);
 
 fn from_v1((id, email, full_name): V1Row) -> StoredUser {
@@ -74,7 +74,7 @@ fn from_expanded((id, email, full_name, first_name, last_name): ExpandedRow) -> 
     StoredUser {
         id,
         email,
-        full_name: Some(full_name),
+        full_name,
         first_name,
         last_name,
     }
@@ -92,19 +92,24 @@ fn from_v2((id, email, first_name, last_name): V2Row) -> StoredUser {
 
 const V1_COLUMNS: (v1::users::id, v1::users::email, v1::users::full_name) =
     (v1::users::id, v1::users::email, v1::users::full_name);
-const EXPANDED_COLUMNS: (
+/// `full_name` is read as nullable although it is NOT NULL until new_only: while the fleet
+/// moves to new_only, an instance still in read_new reads rows a new_only instance wrote
+/// without it (the column allows NULL from that step's migration on).
+fn expanded_columns() -> (
     expanded::users::id,
     expanded::users::email,
-    expanded::users::full_name,
+    diesel::dsl::Nullable<expanded::users::full_name>,
     expanded::users::first_name,
     expanded::users::last_name,
-) = (
-    expanded::users::id,
-    expanded::users::email,
-    expanded::users::full_name,
-    expanded::users::first_name,
-    expanded::users::last_name,
-);
+) {
+    (
+        expanded::users::id,
+        expanded::users::email,
+        expanded::users::full_name.nullable(),
+        expanded::users::first_name,
+        expanded::users::last_name,
+    )
+}
 const V2_COLUMNS: (
     v2::users::id,
     v2::users::email,
@@ -143,7 +148,7 @@ pub fn insert_user(
                     dsl::last_name.eq(last),
                     dsl::email.eq(email),
                 ))
-                .returning(EXPANDED_COLUMNS)
+                .returning(expanded_columns())
                 .get_result(conn)
                 .map(from_expanded)
         }
@@ -172,7 +177,7 @@ pub fn find_user(conn: &mut PgConnection, phase: Phase, id: i64) -> QueryResult<
             .map(from_v1),
         SchemaVersion::Expanded => expanded::users::table
             .find(id)
-            .select(EXPANDED_COLUMNS)
+            .select(expanded_columns())
             .first(conn)
             .map(from_expanded),
         SchemaVersion::V2 => v2::users::table
@@ -203,7 +208,7 @@ pub fn list_users(
             .filter(expanded::users::id.gt(after_id))
             .order(expanded::users::id)
             .limit(limit)
-            .select(EXPANDED_COLUMNS)
+            .select(expanded_columns())
             .load(conn)
             .map(|rows| rows.into_iter().map(from_expanded).collect()),
         SchemaVersion::V2 => v2::users::table
@@ -274,7 +279,7 @@ pub fn update_user(
             };
             diesel::update(dsl::users.find(id))
                 .set((&changes, dsl::updated_at.eq(diesel::dsl::now)))
-                .returning(EXPANDED_COLUMNS)
+                .returning(expanded_columns())
                 .get_result(conn)
                 .map(from_expanded)
         }
@@ -322,7 +327,7 @@ pub fn find_users(
             .map(|rows| rows.into_iter().map(from_v1).collect()),
         SchemaVersion::Expanded => expanded::users::table
             .filter(expanded::users::id.eq_any(ids))
-            .select(EXPANDED_COLUMNS)
+            .select(expanded_columns())
             .load(conn)
             .map(|rows| rows.into_iter().map(from_expanded).collect()),
         SchemaVersion::V2 => v2::users::table

@@ -433,3 +433,47 @@ async fn the_admin_api_needs_the_token() {
     assert_eq!(status["backfill"]["state"], "idle");
     assert_eq!(status["instances"][0]["id"], app.instance_id.as_str());
 }
+
+/// While the fleet moves to new_only, an instance still in read_new serves rows that a
+/// new_only instance already wrote without `full_name`.
+#[actix_web::test]
+async fn an_instance_still_in_read_new_serves_rows_written_without_full_name() {
+    let app = TestApp::spawn().await;
+    app.walk_to(Phase::NewOnly).await;
+    let created = app
+        .post_json(
+            "/api/v2/users",
+            &json!({ "first_name": "Mary Ann", "last_name": "Smith", "email": "mas@example.com" }),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+
+    let (late, handle) = TestApp::spawn_stuck(Arc::clone(&app.db), Phase::ReadNew).await;
+    let get = |path: String| app.client.get(format!("{late}{path}")).send();
+    let v1 = get(format!("/api/v1/users/{id}")).await.unwrap();
+    assert_eq!(v1.status(), 200);
+    assert_eq!(
+        v1.json::<Value>().await.unwrap()["full_name"],
+        "Mary Ann Smith"
+    );
+    let v2 = get(format!("/api/v2/users/{id}")).await.unwrap();
+    assert_eq!(v2.status(), 200);
+    assert_eq!(v2.json::<Value>().await.unwrap()["first_name"], "Mary Ann");
+    let list = get("/api/v1/users".to_owned()).await.unwrap();
+    assert_eq!(list.status(), 200);
+    let page = get(format!("/v1/users/{id}/edit")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    // An email-only change returns the row as stored, full_name still absent.
+    let renamed = app
+        .client
+        .put(format!("{late}/api/v2/users/{id}"))
+        .json(&json!({ "email": "mary@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renamed.status(), 200);
+    handle.stop(false).await;
+}
