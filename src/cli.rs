@@ -41,14 +41,14 @@ enum Command {
     /// Run (or resume) the backfill to the end, with a progress bar.
     Backfill {
         /// Rows per batch (each batch is one short transaction).
-        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=100_000))]
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_BATCH_SIZE)))]
         batch_size: Option<i32>,
         /// Pause between batches, in milliseconds.
-        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=60_000))]
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
         sleep_ms: Option<i32>,
         /// Resize batches after each one toward this transaction time, in milliseconds
         /// (0: keep --batch-size; a --batch-size alone also turns it off).
-        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=10_000))]
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_BATCH_TARGET_MS)))]
         batch_target_ms: Option<i32>,
     },
     /// Count the rows that break the current phase's invariant.
@@ -84,7 +84,7 @@ enum Command {
         replicas: u64,
         /// The backfill's sleep between batches, in ms (default: 100 quick, 50 full); with
         /// `ZDM_BACKFILL_MAX_P99_MS` set, 0 leaves the pacing to the latency throttle.
-        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=60_000))]
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
         backfill_sleep_ms: Option<i32>,
     },
     /// Measure: `bench backfill --rows N`.
@@ -115,7 +115,7 @@ enum BenchWhat {
         #[arg(long, default_value_t = backfill::DEFAULT_BATCH_SIZE, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_BATCH_SIZE)))]
         batch_size: i32,
         /// The batch time the backfill sizes its batches to, in milliseconds (0: fixed size).
-        #[arg(long, default_value_t = backfill::DEFAULT_BATCH_TARGET_MS, value_parser = clap::value_parser!(i32).range(0..=10_000))]
+        #[arg(long, default_value_t = backfill::DEFAULT_BATCH_TARGET_MS, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_BATCH_TARGET_MS)))]
         batch_target_ms: i32,
     },
     /// The HTTP serving path (one `zdm serve` under a built-in load client) against

@@ -36,6 +36,10 @@ pub const DEFAULT_BATCH_SIZE: i32 = 5000;
 pub const MAX_BATCH_SIZE: i32 = 100_000;
 /// The target batch time a fresh database starts with (0 turns sizing by time off).
 pub const DEFAULT_BATCH_TARGET_MS: i32 = 40;
+/// The largest target batch time a client may set (as the table's CHECK allows).
+pub const MAX_BATCH_TARGET_MS: i32 = 10_000;
+/// The longest sleep between batches a client may set (as the table's CHECK allows).
+pub const MAX_SLEEP_MS: i32 = 60_000;
 /// The target batch time may grow the batch size by at most this factor per batch, and
 /// shrink it by its inverse, so that one slow batch (a checkpoint) does not swing it.
 const MAX_RESIZE_STEP: f64 = 1.5;
@@ -165,16 +169,24 @@ impl Knobs {
                 format!("batch_size must be between 1 and {MAX_BATCH_SIZE}."),
             ));
         }
-        if self.sleep_ms.is_some_and(|s| !(0..=60_000).contains(&s)) {
-            return Some(("sleep_ms", "sleep_ms must be between 0 and 60000.".into()));
+        if self
+            .sleep_ms
+            .is_some_and(|s| !(0..=MAX_SLEEP_MS).contains(&s))
+        {
+            return Some((
+                "sleep_ms",
+                format!("sleep_ms must be between 0 and {MAX_SLEEP_MS}."),
+            ));
         }
         if self
             .batch_target_ms
-            .is_some_and(|t| !(0..=10_000).contains(&t))
+            .is_some_and(|t| !(0..=MAX_BATCH_TARGET_MS).contains(&t))
         {
             return Some((
                 "batch_target_ms",
-                "batch_target_ms must be between 0 (a fixed batch size) and 10000.".into(),
+                format!(
+                    "batch_target_ms must be between 0 (a fixed batch size) and {MAX_BATCH_TARGET_MS}."
+                ),
             ));
         }
         None
