@@ -117,6 +117,10 @@ enum BenchWhat {
         /// The batch time the backfill sizes its batches to, in milliseconds (0: fixed size).
         #[arg(long, default_value_t = backfill::DEFAULT_BATCH_TARGET_MS, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_BATCH_TARGET_MS)))]
         batch_target_ms: i32,
+        /// Rounds, each filling a fresh copy once each way; the order alternates (single
+        /// UPDATE first, then the backfill first), so an even number cancels steady drift.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=20))]
+        rounds: u32,
     },
     /// The HTTP serving path (one `zdm serve` under a built-in load client) against
     /// pgbench's point select, in a scratch database. Build with --release for real figures.
@@ -234,6 +238,7 @@ pub fn main() -> ExitCode {
                         rows,
                         batch_size,
                         batch_target_ms,
+                        rounds,
                     },
             } => {
                 let url = config.resolve_database_url()?;
@@ -242,7 +247,9 @@ pub fn main() -> ExitCode {
                     sleep_ms: Some(0),
                     batch_target_ms: Some(batch_target_ms),
                 };
-                crate::bench::backfill_benchmark(&url, rows, knobs, |line| println!("{line}"))
+                crate::bench::backfill_benchmark(&url, rows, rounds, knobs, |line| {
+                    println!("{line}")
+                })
                     .map(drop)
             }
             Command::Bench {

@@ -1,8 +1,10 @@
 //! Benchmarks: commands that print figures (never timed tests).
 //!
 //! `zdm bench backfill --rows N`: the zdm backfill against the single UPDATE a hurried team
-//! would run, on two identical tables of N seeded users in a scratch database of their own.
-//! Prints rows/s for both, the batch transaction times, the peak RSS, and last
+//! would run, on identical copies of N seeded users in a scratch database of their own, in
+//! rounds whose order alternates (single first, then backfill first: ABBA), so that a machine
+//! whose speed drifts during the run favours neither. Prints rows/s for both, the WAL each
+//! wrote, the batch transaction times, the peak RSS, and last
 //! `backfill_vs_single_update: R` (the rate ratio).
 
 use std::time::{Duration, Instant};
@@ -41,70 +43,215 @@ pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs the benchmark on the server of `database_url` and prints its figures.
+/// What one timed fill did.
+#[derive(Debug, Clone, Copy)]
+pub struct Timed {
+    /// Rows the fill changed.
+    pub rows: u64,
+    pub secs: f64,
+    /// WAL the server wrote meanwhile, in bytes (its whole output: nothing else runs).
+    pub wal_bytes: i64,
+    /// Checkpoints the server made meanwhile (None where its statistics cannot be read).
+    pub checkpoints: Option<i64>,
+}
+
+impl Timed {
+    pub fn rate(&self) -> f64 {
+        self.rows as f64 / self.secs
+    }
+}
+
+/// The figures of one run of the benchmark.
+#[derive(Debug, Default)]
+pub struct BackfillBenchReport {
+    /// One per round, in the order they ran.
+    pub single: Vec<Timed>,
+    pub backfill: Vec<Timed>,
+    /// The backfill's batch transaction times, all rounds, sorted.
+    pub batch_times: Vec<Duration>,
+    /// The sizes those batches had, sorted.
+    pub batch_sizes: Vec<i32>,
+}
+
+impl BackfillBenchReport {
+    /// Total rows over total time: each side's rate across all its rounds.
+    fn rate(runs: &[Timed]) -> f64 {
+        let rows: u64 = runs.iter().map(|t| t.rows).sum();
+        let secs: f64 = runs.iter().map(|t| t.secs).sum();
+        rows as f64 / secs
+    }
+
+    /// `backfill_vs_single_update`: the backfill's rate over the single UPDATE's.
+    pub fn ratio(&self) -> f64 {
+        Self::rate(&self.backfill) / Self::rate(&self.single)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Side {
+    Single,
+    Backfill,
+}
+
+/// The order of the two fills in round `round` (0-based): single first in even rounds,
+/// backfill first in odd ones (ABBA), so that a machine speeding up or slowing down
+/// steadily during the run favours neither.
+fn round_order(round: u32) -> [Side; 2] {
+    if round.is_multiple_of(2) {
+        [Side::Single, Side::Backfill]
+    } else {
+        [Side::Backfill, Side::Single]
+    }
+}
+
+/// The server's WAL position, in bytes.
+fn wal_position(conn: &mut PgConnection) -> QueryResult<i64> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint",
+    ))
+    .get_result(conn)
+}
+
+/// Checkpoints the server has made since its statistics were reset (PostgreSQL 17 moved
+/// the counters to pg_stat_checkpointer).
+fn checkpoint_count(conn: &mut PgConnection) -> Option<i64> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::BigInt;
+    diesel::select(sql::<BigInt>(
+        "(SELECT num_timed + num_requested FROM pg_stat_checkpointer)",
+    ))
+    .get_result(conn)
+    .or_else(|_| {
+        diesel::select(sql::<BigInt>(
+            "(SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)",
+        ))
+        .get_result(conn)
+    })
+    .ok()
+}
+
+/// Times `fill`, which returns the rows it changed, with the server's WAL and checkpoints.
+fn timed(
+    conn: &mut PgConnection,
+    fill: impl FnOnce(&mut PgConnection) -> Result<u64, BenchError>,
+) -> Result<Timed, BenchError> {
+    let wal_before = wal_position(conn)?;
+    let checkpoints_before = checkpoint_count(conn);
+    let started = Instant::now();
+    let rows = fill(conn)?;
+    let secs = started.elapsed().as_secs_f64();
+    let checkpoints = checkpoint_count(conn)
+        .zip(checkpoints_before)
+        .map(|(after, before)| after - before);
+    Ok(Timed {
+        rows,
+        secs,
+        wal_bytes: wal_position(conn)? - wal_before,
+        checkpoints,
+    })
+}
+
+/// Gives `side` its table afresh, a copy of `users_seed`, and settles the database: every
+/// table vacuumed and analysed, and a checkpoint, so that no fill pays for dead rows or
+/// dirty pages of the other's making.
+fn rebuild(conn: &mut PgConnection, side: Side) -> Result<(), BenchError> {
+    match side {
+        // The single UPDATE's twin belongs to no schema module (it exists only here), hence
+        // plain SQL. Same columns, constraints and indexes as users.
+        Side::Single => conn.batch_execute(
+            "DROP TABLE IF EXISTS users_single;
+             CREATE TABLE users_single (LIKE users INCLUDING ALL);
+             INSERT INTO users_single SELECT * FROM users_seed;",
+        )?,
+        Side::Backfill => conn.batch_execute(
+            "TRUNCATE users;
+             INSERT INTO users SELECT * FROM users_seed;",
+        )?,
+    }
+    // Every table, not only this one: the other side's last fill left dead rows that
+    // autovacuum would otherwise clean up during this one (and users_seed is new). One
+    // statement per call: VACUUM cannot run inside the implicit transaction of a batch.
+    conn.batch_execute("VACUUM ANALYZE")?;
+    // Needs superuser; skipped if not.
+    let _ = conn.batch_execute("CHECKPOINT");
+    Ok(())
+}
+
+/// Runs the benchmark on the server of `database_url` in `rounds` rounds and prints its
+/// figures. Each round fills a fresh copy of the same seeded table once each way; the order
+/// alternates (see `round_order`), and each side's rate is its rows over its time across
+/// all rounds.
 pub fn backfill_benchmark(
     database_url: &str,
     rows: u64,
+    rounds: u32,
     knobs: Knobs,
     mut say: impl FnMut(&str),
-) -> Result<f64, BenchError> {
+) -> Result<BackfillBenchReport, BenchError> {
     say(&format!("seeding {rows} users..."));
     let scratch = ScratchDatabase::seeded(database_url, "zdm_bench", rows, 1)?;
     let mut conn = PgConnection::establish(&scratch.url)?;
     while state::current_phase(&mut conn)? < Phase::DualWrite {
         runner::advance(&mut conn, "bench", None)?;
     }
-    // The twin for the single UPDATE: same rows, same indexes. It belongs to no schema
-    // module (it exists only here), hence plain SQL.
-    conn.batch_execute(
-        "CREATE TABLE users_single (LIKE users INCLUDING ALL);
-         INSERT INTO users_single SELECT * FROM users;",
-    )?;
-    // One statement per call: VACUUM cannot run inside the implicit transaction of a batch.
-    conn.batch_execute("VACUUM ANALYZE users")?;
-    conn.batch_execute("VACUUM ANALYZE users_single")?;
-    let checkpoint = |conn: &mut PgConnection| {
-        // Start each run with no dirty pages of the other's making (needs superuser; skipped if not).
-        let _ = conn.batch_execute("CHECKPOINT");
-    };
-
-    checkpoint(&mut conn);
-    say("single UPDATE...");
-    let started = Instant::now();
-    let single_rows = diesel::sql_query(
-        "UPDATE users_single
-            SET first_name = zdm_name_first(full_name), last_name = zdm_name_last(full_name)
-          WHERE first_name IS NULL OR last_name IS NULL
-             OR zdm_name_norm(full_name) IS DISTINCT FROM zdm_name_join(first_name, last_name)",
-    )
-    .execute(&mut conn)?;
-    let single_secs = started.elapsed().as_secs_f64();
-
-    // The single UPDATE left a dead version of every row behind; clean it up (untimed) so
-    // that autovacuum does not spend the backfill's run on the other table's aftermath.
-    conn.batch_execute("VACUUM users_single")?;
-    checkpoint(&mut conn);
-    say("zdm backfill...");
+    // The source every round copies from, so that each fill starts from the same rows.
+    conn.batch_execute("CREATE TABLE users_seed AS SELECT * FROM users ORDER BY id")?;
     let knobs = backfill::set_knobs(&mut conn, knobs)?;
-    let mut batch_times = Vec::new();
-    let mut batch_sizes = Vec::new();
-    let mut last = None::<Instant>;
-    let started = Instant::now();
-    let done = backfill::run(&mut conn, Direction::Forward, |s| {
-        let now = Instant::now();
-        if let Some(prev) = last
-            && s.state == "running"
-        {
-            batch_times.push(now - prev);
-            batch_sizes.push(s.batch_size);
+    let mut report = BackfillBenchReport::default();
+    for round in 0..rounds {
+        for side in round_order(round) {
+            rebuild(&mut conn, side)?;
+            match side {
+                Side::Single => {
+                    say(&format!("round {}: single UPDATE...", round + 1));
+                    let run = timed(&mut conn, |conn| {
+                        Ok(diesel::sql_query(
+                            "UPDATE users_single
+                                SET first_name = zdm_name_first(full_name),
+                                    last_name = zdm_name_last(full_name)
+                              WHERE first_name IS NULL OR last_name IS NULL
+                                 OR zdm_name_norm(full_name)
+                                    IS DISTINCT FROM zdm_name_join(first_name, last_name)",
+                        )
+                        .execute(conn)? as u64)
+                    })?;
+                    say(&format!(
+                        "round {}: single UPDATE  {}",
+                        round + 1,
+                        line(&run)
+                    ));
+                    report.single.push(run);
+                }
+                Side::Backfill => {
+                    say(&format!("round {}: zdm backfill...", round + 1));
+                    let mut last = None::<Instant>;
+                    let run = timed(&mut conn, |conn| {
+                        let done = backfill::run(conn, Direction::Forward, |s| {
+                            let now = Instant::now();
+                            if let Some(prev) = last
+                                && s.state == "running"
+                            {
+                                report.batch_times.push(now - prev);
+                                report.batch_sizes.push(s.batch_size);
+                            }
+                            last = Some(now);
+                        })?;
+                        Ok(done.rows_updated as u64)
+                    })?;
+                    say(&format!(
+                        "round {}: zdm backfill  {}",
+                        round + 1,
+                        line(&run)
+                    ));
+                    report.backfill.push(run);
+                }
+            }
         }
-        last = Some(now);
-    })?;
-    let backfill_secs = started.elapsed().as_secs_f64();
-    batch_times.sort();
-    batch_sizes.sort();
-    // What each way leaves behind: one big UPDATE doubles the table (every row gets a new
-    // version that autovacuum can only reclaim afterwards); batches let it keep up.
+    }
+    report.batch_times.sort();
+    report.batch_sizes.sort();
+    // What each way leaves behind (last round): one big UPDATE doubles the table (every row
+    // gets a new version that autovacuum can only reclaim afterwards); batches let it keep up.
     let size = |conn: &mut PgConnection, table: &str| -> QueryResult<String> {
         diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(&format!(
             "pg_size_pretty(pg_table_size('{table}'))"
@@ -116,34 +263,50 @@ pub fn backfill_benchmark(
     drop(conn);
     drop(scratch);
 
-    let single_rate = single_rows as f64 / single_secs;
-    let backfill_rate = done.rows_updated as f64 / backfill_secs;
-    let ratio = backfill_rate / single_rate;
+    let total = |runs: &[Timed]| {
+        let secs: f64 = runs.iter().map(|t| t.secs).sum();
+        format!(
+            "{:.0} rows/s ({} rounds, {secs:.1} s)",
+            BackfillBenchReport::rate(runs),
+            runs.len()
+        )
+    };
     say(&format!("rows: {rows}"));
     say(&format!(
-        "single UPDATE: {single_rows} rows in {single_secs:.2} s = {single_rate:.0} rows/s (one transaction)"
+        "single UPDATE: {} (one transaction each)",
+        total(&report.single)
     ));
+    let batches = report.batch_times.len();
+    let sizes = &report.batch_sizes;
     let sizing = if knobs.batch_target_ms > 0 {
         format!(
             "sized to {} ms from {}: median {}, range {}..{}",
             knobs.batch_target_ms,
             knobs.batch_size,
-            batch_sizes.get(batch_sizes.len() / 2).unwrap_or(&0),
-            batch_sizes.first().unwrap_or(&0),
-            batch_sizes.last().unwrap_or(&0)
+            sizes.get(sizes.len() / 2).unwrap_or(&0),
+            sizes.first().unwrap_or(&0),
+            sizes.last().unwrap_or(&0)
         )
     } else {
         format!("of {}", knobs.batch_size)
     };
     say(&format!(
-        "zdm backfill:  {} rows in {backfill_secs:.2} s = {backfill_rate:.0} rows/s ({} batches {sizing}, sleep 0)",
-        done.rows_updated, done.batches
+        "zdm backfill:  {} ({batches} batches {sizing}, sleep 0)",
+        total(&report.backfill)
     ));
+    let ratios: Vec<String> = report
+        .backfill
+        .iter()
+        .zip(&report.single)
+        .map(|(b, s)| format!("{:.2}", b.rate() / s.rate()))
+        .collect();
+    say(&format!("ratio by round: {}", ratios.join(", ")));
+    let times = &report.batch_times;
     say(&format!(
         "batch transaction: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        ms(quantile(&batch_times, 0.5)),
-        ms(quantile(&batch_times, 0.99)),
-        ms(batch_times.last().copied().unwrap_or_default())
+        ms(quantile(times, 0.5)),
+        ms(quantile(times, 0.99)),
+        ms(times.last().copied().unwrap_or_default())
     ));
     say(&format!(
         "table size afterwards: single UPDATE {single_size}, zdm backfill {backfill_size}"
@@ -152,8 +315,23 @@ pub fn backfill_benchmark(
         "peak RSS of this process: {}",
         peak_rss_mib(None).map_or("unknown".to_owned(), |m| format!("{m:.1} MiB"))
     ));
-    say(&format!("backfill_vs_single_update: {ratio:.2}"));
-    Ok(ratio)
+    say(&format!("backfill_vs_single_update: {:.2}", report.ratio()));
+    Ok(report)
+}
+
+/// One timed fill as a line of the report.
+fn line(run: &Timed) -> String {
+    let checkpoints = run
+        .checkpoints
+        .map_or("unknown".to_owned(), |n| n.to_string());
+    format!(
+        "{} rows in {:.2} s = {:.0} rows/s; WAL {:.0} MiB ({:.0} B/row), checkpoints {checkpoints}",
+        run.rows,
+        run.secs,
+        run.rate(),
+        run.wal_bytes as f64 / (1024.0 * 1024.0),
+        run.wal_bytes as f64 / run.rows.max(1) as f64
+    )
 }
 
 #[cfg(test)]
@@ -166,5 +344,17 @@ mod tests {
         assert_eq!(quantile(&d, 0.5), Duration::from_millis(51));
         assert_eq!(quantile(&d, 0.99), Duration::from_millis(99));
         assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn rounds_alternate_which_side_goes_first() {
+        let firsts: Vec<Side> = (0..4).map(|r| round_order(r)[0]).collect();
+        assert_eq!(
+            firsts,
+            [Side::Single, Side::Backfill, Side::Single, Side::Backfill]
+        );
+        for r in 0..4 {
+            assert_ne!(round_order(r)[0], round_order(r)[1]);
+        }
     }
 }

@@ -478,3 +478,56 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
         0
     );
 }
+
+/// `zdm bench backfill` compares like with like: in every round each side fills every row of
+/// its own fresh copy, and the report ends with the ratio.
+#[test]
+fn the_benchmark_fills_every_row_both_ways_in_every_round() {
+    let mut lines = Vec::new();
+    let report = zdm::bench::backfill_benchmark(
+        &crate::helpers::server_url(),
+        3000,
+        2,
+        backfill::Knobs::fixed(400, 0),
+        |line| lines.push(line.to_owned()),
+    )
+    .unwrap();
+    let rows = |runs: &[zdm::bench::Timed]| runs.iter().map(|t| t.rows).collect::<Vec<_>>();
+    assert_eq!(rows(&report.single), [3000, 3000]);
+    assert_eq!(rows(&report.backfill), [3000, 3000]);
+    // 3,000 rows in batches of 400: 8 per round.
+    assert_eq!(report.batch_times.len(), 16);
+    assert!(
+        report
+            .single
+            .iter()
+            .chain(&report.backfill)
+            .all(|t| t.wal_bytes > 0 && t.secs > 0.0)
+    );
+    let order: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.ends_with("..."))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "seeding 3000 users...",
+            "round 1: single UPDATE...",
+            "round 1: zdm backfill...",
+            "round 2: zdm backfill...",
+            "round 2: single UPDATE...",
+        ]
+    );
+    let last = lines.last().unwrap();
+    let ratio: f64 = last
+        .strip_prefix("backfill_vs_single_update: ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (ratio - report.ratio()).abs() < 0.01,
+        "{last} vs {}",
+        report.ratio()
+    );
+}
