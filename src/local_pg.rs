@@ -21,6 +21,16 @@ use nix::unistd::{Gid, Uid, User};
 const SUPERUSER: &str = "postgres";
 /// The port only names the socket file (`.s.PGSQL.<port>`); no TCP listener is opened.
 const PORT: u16 = 5432;
+/// Settings the private server starts with, on top of PostgreSQL's defaults, which are sized
+/// for a small machine: with `max_wal_size = 1GB` a backfill of millions of rows makes a
+/// checkpoint every few seconds ("checkpoints are occurring too frequently", says its log),
+/// and after each one every page it touches writes its whole image to the WAL again. Common
+/// production values; WAL beyond `min_wal_size` is recycled once the burst is over.
+const SERVER_SETTINGS: &[(&str, &str)] = &[
+    ("shared_buffers", "1GB"),
+    ("max_wal_size", "8GB"),
+    ("checkpoint_timeout", "15min"),
+];
 /// Unix socket paths are limited to about 107 bytes; longer folders get a socket under /tmp.
 const MAX_SOCKET_DIR_LEN: usize = 80;
 
@@ -365,6 +375,8 @@ impl LocalPg {
             .arg(&self.data_dir)
             .arg("-l")
             .arg(&log_file)
+            .arg("-o")
+            .arg(server_options())
             .args(["-w", "-t", "60"])
             .output()
             .map_err(io_err("running pg_ctl start"))?;
@@ -391,6 +403,15 @@ impl LocalPg {
     fn chown(&self, path: &Path) -> Result<(), LocalPgError> {
         chown_to(path, self.run_as)
     }
+}
+
+/// `SERVER_SETTINGS` as options of the server's command line.
+fn server_options() -> String {
+    SERVER_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn chown_to(path: &Path, run_as: Option<(Uid, Gid)>) -> Result<(), LocalPgError> {
