@@ -49,7 +49,7 @@ pub struct Timed {
     /// Rows the fill changed.
     pub rows: u64,
     pub secs: f64,
-    /// WAL the server wrote meanwhile, in bytes (its whole output: nothing else runs).
+    /// WAL the server wrote meanwhile, in bytes (all of it, autovacuum's included).
     pub wal_bytes: i64,
     /// Checkpoints the server made meanwhile (None where its statistics cannot be read).
     pub checkpoints: Option<i64>,
