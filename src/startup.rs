@@ -169,11 +169,7 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         token
     });
     let state = AppState {
-        user_reads: UserReads::start(
-            &database.url,
-            config.pool_limits(),
-            crate::db::reads::READERS,
-        )?,
+        user_reads: UserReads::start(&database.url, config.pool_limits())?,
         pool: database.pool,
         database_url: database.url,
         phase: follower.applied(),

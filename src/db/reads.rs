@@ -1,18 +1,21 @@
 //! Point reads of users by id, coalesced: reads that arrive together share one query.
 //!
-//! A request that reads one user hands its id to a reader thread and awaits the answer. The
-//! reader takes every lookup that is waiting when it gets to them (up to
-//! `MAX_BATCH`), reads them all with one `WHERE id = ANY($1)` on one pooled connection, and
-//! answers each. Under load, sixteen concurrent reads cost a few queries instead of sixteen,
+//! A request that reads one user hands its id to the reader thread and awaits the answer.
+//! The reader takes every lookup that is waiting when it gets to them (up to `MAX_BATCH`),
+//! reads them all with one `WHERE id = ANY($1)` on a connection of its own, and answers
+//! each. Under load, sixteen concurrent reads cost a few queries instead of sixteen,
 //! and far fewer thread wake-ups; a read arriving alone costs what it did before (one query,
 //! one hop to a thread). No read waits for company: a batch is whatever queued up while the
-//! readers were busy.
+//! reader was busy.
+//!
+//! One reader thread: while its query runs, the next lookups queue up and become the next
+//! batch. With two, each lookup arriving while the other reader was busy woke a free one and
+//! went alone: batches of about one, no fewer queries (measured with `zdm bench http`).
 //!
 //! Every lookup is read after it was queued, so a client still reads its own writes.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
@@ -21,10 +24,6 @@ use super::{DbPool, PoolLimits, build_generic_plan_pool};
 use crate::error::AppError;
 use crate::migration::Phase;
 
-/// Reader threads. One: while its query runs, the next lookups queue up and become the next
-/// batch. With two, each lookup arriving while the other reader is busy woke a free one and
-/// went alone: batches of about one, no fewer queries (measured with `zdm bench http`).
-pub const READERS: usize = 1;
 /// The most ids one query reads.
 pub const MAX_BATCH: usize = 64;
 
@@ -37,7 +36,7 @@ struct Lookup {
     reply: oneshot::Sender<Answer>,
 }
 
-/// The handle requests read through; cloning it is cheap. The reader threads end when the
+/// The handle requests read through; cloning it is cheap. The reader thread ends when the
 /// last handle is dropped.
 #[derive(Clone)]
 pub struct UserReads {
@@ -45,29 +44,17 @@ pub struct UserReads {
 }
 
 impl UserReads {
-    /// Starts `readers` threads, each reading with a connection of their own pool (generic
-    /// plans, see `build_generic_plan_pool`) to `database_url`.
+    /// Starts the reader thread, reading with a pool of one connection (generic plans, see
+    /// `build_generic_plan_pool`) to `database_url`.
     pub fn start(
         database_url: &str,
         limits: PoolLimits,
-        readers: usize,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let readers = readers.max(1);
-        let pool = build_generic_plan_pool(
-            database_url,
-            PoolLimits {
-                size: readers as u32,
-                ..limits
-            },
-        )?;
+        let pool = build_generic_plan_pool(database_url, PoolLimits { size: 1, ..limits })?;
         let (queue, lookups) = mpsc::channel();
-        let lookups = Arc::new(Mutex::new(lookups));
-        for n in 0..readers {
-            let (pool, lookups) = (pool.clone(), lookups.clone());
-            std::thread::Builder::new()
-                .name(format!("zdm-reader-{n}"))
-                .spawn(move || serve(&pool, &lookups))?;
-        }
+        std::thread::Builder::new()
+            .name("zdm-reader".to_owned())
+            .spawn(move || serve(&pool, &lookups))?;
         Ok(UserReads { queue })
     }
 
@@ -76,31 +63,23 @@ impl UserReads {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Lookup { phase, id, reply })
-            .map_err(|_| AppError::internal("the reader threads have stopped"))?;
+            .map_err(|_| AppError::internal("the reader thread has stopped"))?;
         answer
             .await
-            .map_err(|_| AppError::internal("a reader thread stopped"))??
+            .map_err(|_| AppError::internal("the reader thread stopped"))??
             .ok_or(AppError::NotFound)
     }
 }
 
-fn serve(pool: &DbPool, lookups: &Mutex<Receiver<Lookup>>) {
-    loop {
-        let batch = {
-            // With several readers, one collects at a time while the others run queries.
-            let lookups = lookups.lock().unwrap_or_else(PoisonError::into_inner);
-            let Ok(first) = lookups.recv() else {
-                return;
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match lookups.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
+fn serve(pool: &DbPool, lookups: &Receiver<Lookup>) {
+    while let Ok(first) = lookups.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match lookups.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
             }
-            batch
-        };
+        }
         answer(pool, batch);
     }
 }

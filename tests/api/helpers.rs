@@ -277,7 +277,7 @@ pub fn serve_with(
     let report_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("reports-{}", follower.instance_id));
     let state = AppState {
-        user_reads: UserReads::start(url, limits, 1).expect("starting the reader"),
+        user_reads: UserReads::start(url, limits).expect("starting the reader"),
         pool,
         database_url: url.to_owned(),
         phase: follower.applied(),
@@ -508,7 +508,7 @@ impl TestApp {
         let pool =
             db::build_pool(&db.url, db::PoolLimits::with_size(2)).expect("building the pool");
         let state = AppState {
-            user_reads: UserReads::start(&db.url, db::PoolLimits::with_size(1), 1)
+            user_reads: UserReads::start(&db.url, db::PoolLimits::with_size(1))
                 .expect("starting the reader"),
             pool,
             database_url: db.url.clone(),
