@@ -160,36 +160,28 @@ impl Knobs {
 
     /// What each knob must lie within, as `(field, message)` for the first that does not.
     pub fn invalid(&self) -> Option<(&'static str, String)> {
-        if self
-            .batch_size
-            .is_some_and(|b| !(1..=MAX_BATCH_SIZE).contains(&b))
-        {
-            return Some((
-                "batch_size",
-                format!("batch_size must be between 1 and {MAX_BATCH_SIZE}."),
-            ));
-        }
-        if self
-            .sleep_ms
-            .is_some_and(|s| !(0..=MAX_SLEEP_MS).contains(&s))
-        {
-            return Some((
-                "sleep_ms",
-                format!("sleep_ms must be between 0 and {MAX_SLEEP_MS}."),
-            ));
-        }
-        if self
-            .batch_target_ms
-            .is_some_and(|t| !(0..=MAX_BATCH_TARGET_MS).contains(&t))
-        {
-            return Some((
+        // (field, value, lowest, what the lowest means, highest)
+        let ranges = [
+            ("batch_size", self.batch_size, 1, "", MAX_BATCH_SIZE),
+            ("sleep_ms", self.sleep_ms, 0, "", MAX_SLEEP_MS),
+            (
                 "batch_target_ms",
-                format!(
-                    "batch_target_ms must be between 0 (a fixed batch size) and {MAX_BATCH_TARGET_MS}."
-                ),
-            ));
-        }
-        None
+                self.batch_target_ms,
+                0,
+                " (a fixed batch size)",
+                MAX_BATCH_TARGET_MS,
+            ),
+        ];
+        ranges
+            .into_iter()
+            .find_map(|(field, value, low, meaning, high)| {
+                value.is_some_and(|v| !(low..=high).contains(&v)).then(|| {
+                    (
+                        field,
+                        format!("{field} must be between {low}{meaning} and {high}."),
+                    )
+                })
+            })
     }
 }
 
