@@ -113,6 +113,40 @@ fn rust_and_sql_apply_the_same_name_rule() {
         .unwrap();
 }
 
+/// The SQL side is fast only if PostgreSQL inlines it: a function it cannot inline (a FROM
+/// clause, say) runs a query of its own for every row the backfill updates.
+#[test]
+fn postgres_inlines_every_name_function_into_the_statement_that_calls_it() {
+    let db = TestDb::migrated();
+    let mut conn = db.conn();
+    for call in [
+        "zdm_name_norm(full_name)",
+        "zdm_name_first(full_name)",
+        "zdm_name_last(full_name)",
+        "zdm_name_join(full_name, email)",
+    ] {
+        let plan: Vec<String> =
+            diesel::sql_query(format!("EXPLAIN VERBOSE SELECT {call} FROM users"))
+                .load::<Explained>(&mut conn)
+                .unwrap()
+                .into_iter()
+                .map(|row| row.plan)
+                .collect();
+        let plan = plan.concat();
+        let output = plan.split("Output: ").nth(1).expect("a verbose plan");
+        assert!(
+            !output.contains("zdm_name_"),
+            "{call} is not inlined: {plan}"
+        );
+    }
+}
+
+#[derive(QueryableByName)]
+struct Explained {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    plan: String,
+}
+
 #[test]
 fn the_rule_on_the_cases_people_ask_about() {
     let cases = [

@@ -30,7 +30,7 @@ fn schema_snapshot(conn: &mut PgConnection) -> Vec<String> {
         SELECT 'constraint ' || conrelid::regclass || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
          WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text <> '__diesel_schema_migrations'
         UNION ALL
-        SELECT 'function ' || proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+        SELECT 'function ' || proname || ' ' || prosrc FROM pg_proc WHERE pronamespace = 'public'::regnamespace
         UNION ALL
         SELECT 'trigger ' || tgname FROM pg_trigger WHERE NOT tgisinternal";
     let mut items: Vec<Item> = diesel::sql_query(sql)
