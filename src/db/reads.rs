@@ -74,12 +74,7 @@ impl UserReads {
 fn serve(pool: &DbPool, lookups: &Receiver<Lookup>) {
     while let Ok(first) = lookups.recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match lookups.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+        batch.extend(lookups.try_iter().take(MAX_BATCH - 1));
         answer(pool, batch);
     }
 }
