@@ -39,6 +39,9 @@ pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Bytes in a MiB.
+pub(crate) const MIB: f64 = 1024.0 * 1024.0;
+
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -53,6 +56,8 @@ pub struct Timed {
     pub wal_bytes: i64,
     /// Checkpoints the server made meanwhile (None where its statistics cannot be read).
     pub checkpoints: Option<i64>,
+    /// The size of the filled table right afterwards (heap, without indexes), in bytes.
+    pub table_bytes: i64,
 }
 
 impl Timed {
@@ -130,9 +135,11 @@ fn checkpoint_count(conn: &mut PgConnection) -> Option<i64> {
     .ok()
 }
 
-/// Times `fill`, which returns the rows it changed, with the server's WAL and checkpoints.
+/// Times `fill` of `table`, which returns the rows it changed, with the server's WAL and
+/// checkpoints and the table's size afterwards.
 fn timed(
     conn: &mut PgConnection,
+    table: &str,
     fill: impl FnOnce(&mut PgConnection) -> Result<u64, BenchError>,
 ) -> Result<Timed, BenchError> {
     let wal_before = wal_position(conn)?;
@@ -148,29 +155,32 @@ fn timed(
         secs,
         wal_bytes: wal_position(conn)? - wal_before,
         checkpoints,
+        table_bytes: diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+            "pg_table_size('{table}')"
+        )))
+        .get_result(conn)?,
     })
 }
 
-/// Gives `side` its table afresh, a copy of `users_seed`, and settles the database: every
-/// table vacuumed and analysed, and a checkpoint, so that no fill pays for dead rows or
-/// dirty pages of the other's making.
+/// Gives `side` its table afresh, a copy of `users_seed`, and settles the database, so that
+/// every fill starts from the same state whichever side ran before it: the other side's
+/// table emptied too (its dead rows dropped, not left to VACUUM), every table vacuumed and
+/// analysed, and a checkpoint taken.
 fn rebuild(conn: &mut PgConnection, side: Side) -> Result<(), BenchError> {
+    conn.batch_execute(
+        "DROP TABLE IF EXISTS users_single;
+         TRUNCATE users;",
+    )?;
     match side {
         // The single UPDATE's twin belongs to no schema module (it exists only here), hence
         // plain SQL. Same columns, constraints and indexes as users.
         Side::Single => conn.batch_execute(
-            "DROP TABLE IF EXISTS users_single;
-             CREATE TABLE users_single (LIKE users INCLUDING ALL);
+            "CREATE TABLE users_single (LIKE users INCLUDING ALL);
              INSERT INTO users_single SELECT * FROM users_seed;",
         )?,
-        Side::Backfill => conn.batch_execute(
-            "TRUNCATE users;
-             INSERT INTO users SELECT * FROM users_seed;",
-        )?,
+        Side::Backfill => conn.batch_execute("INSERT INTO users SELECT * FROM users_seed;")?,
     }
-    // Every table, not only this one: the other side's last fill left dead rows that
-    // autovacuum would otherwise clean up during this one (and users_seed is new). One
-    // statement per call: VACUUM cannot run inside the implicit transaction of a batch.
+    // One statement per call: VACUUM cannot run inside the implicit transaction of a batch.
     conn.batch_execute("VACUUM ANALYZE")?;
     // Needs superuser; skipped if not.
     let _ = conn.batch_execute("CHECKPOINT");
@@ -204,7 +214,7 @@ pub fn backfill_benchmark(
             match side {
                 Side::Single => {
                     say(&format!("round {}: single UPDATE...", round + 1));
-                    let run = timed(&mut conn, |conn| {
+                    let run = timed(&mut conn, "users_single", |conn| {
                         Ok(diesel::sql_query(
                             "UPDATE users_single
                                 SET first_name = zdm_name_first(full_name),
@@ -225,7 +235,7 @@ pub fn backfill_benchmark(
                 Side::Backfill => {
                     say(&format!("round {}: zdm backfill...", round + 1));
                     let mut last = None::<Instant>;
-                    let run = timed(&mut conn, |conn| {
+                    let run = timed(&mut conn, "users", |conn| {
                         let done = backfill::run(conn, Direction::Forward, |s| {
                             let now = Instant::now();
                             if let Some(prev) = last
@@ -250,16 +260,6 @@ pub fn backfill_benchmark(
     }
     report.batch_times.sort();
     report.batch_sizes.sort();
-    // What each way leaves behind (last round): one big UPDATE doubles the table (every row
-    // gets a new version that autovacuum can only reclaim afterwards); batches let it keep up.
-    let size = |conn: &mut PgConnection, table: &str| -> QueryResult<String> {
-        diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(&format!(
-            "pg_size_pretty(pg_table_size('{table}'))"
-        )))
-        .get_result(conn)
-    };
-    let single_size = size(&mut conn, "users_single")?;
-    let backfill_size = size(&mut conn, "users")?;
     drop(conn);
     drop(scratch);
 
@@ -308,8 +308,13 @@ pub fn backfill_benchmark(
         ms(quantile(times, 0.99)),
         ms(times.last().copied().unwrap_or_default())
     ));
+    // What each way leaves behind: one big UPDATE doubles the table (every row gets a new
+    // version that autovacuum can only reclaim afterwards); batches let it keep up.
+    let mib = |runs: &[Timed]| runs.last().map_or(0.0, |t| t.table_bytes as f64 / MIB);
     say(&format!(
-        "table size afterwards: single UPDATE {single_size}, zdm backfill {backfill_size}"
+        "table size afterwards (last round): single UPDATE {:.0} MiB, zdm backfill {:.0} MiB",
+        mib(&report.single),
+        mib(&report.backfill)
     ));
     say(&format!(
         "peak RSS of this process: {}",
@@ -329,7 +334,7 @@ fn line(run: &Timed) -> String {
         run.rows,
         run.secs,
         run.rate(),
-        run.wal_bytes as f64 / (1024.0 * 1024.0),
+        run.wal_bytes as f64 / MIB,
         run.wal_bytes as f64 / run.rows.max(1) as f64
     )
 }

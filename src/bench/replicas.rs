@@ -226,7 +226,7 @@ pub fn measure(
         }
     }
 
-    let mib = |bytes: i64| bytes as f64 / (1024.0 * 1024.0);
+    let mib = |bytes: i64| bytes as f64 / super::MIB;
     say(&format!(
         "rows: {} per run, batches of {}, replica applies WAL {} ms late, limit {:.1} MiB",
         opts.rows,

@@ -502,7 +502,7 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
             .single
             .iter()
             .chain(&report.backfill)
-            .all(|t| t.wal_bytes > 0 && t.secs > 0.0)
+            .all(|t| t.wal_bytes > 0 && t.secs > 0.0 && t.table_bytes > 0)
     );
     let order: Vec<&str> = lines
         .iter()
