@@ -56,7 +56,8 @@ pub struct Timed {
     pub wal_bytes: i64,
     /// Checkpoints the server made meanwhile (None where its statistics cannot be read).
     pub checkpoints: Option<i64>,
-    /// The size of the filled table right afterwards (heap, without indexes), in bytes.
+    /// The size of the filled table right afterwards (`pg_table_size`: without its indexes),
+    /// in bytes.
     pub table_bytes: i64,
 }
 
