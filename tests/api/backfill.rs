@@ -502,7 +502,13 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
             .single
             .iter()
             .chain(&report.backfill)
-            .all(|t| t.wal_bytes > 0 && t.secs > 0.0 && t.table_bytes > 0)
+            .all(|t| t.wal_bytes > 0 && t.secs > 0.0 && t.table_bytes > 0 && t.vacuum_secs > 0.0)
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("with the VACUUM after each fill: ")
+                && l.ends_with(&format!("ratio {:.2}", report.ratio_with_vacuum())))
     );
     let order: Vec<&str> = lines
         .iter()
