@@ -132,39 +132,37 @@ fn round_order(round: u32) -> [Side; 2] {
     }
 }
 
+/// The value of one bigint SQL expression, as the server computes it now.
+fn select_i64(conn: &mut PgConnection, expression: &str) -> QueryResult<i64> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(expression)).get_result(conn)
+}
+
 /// The server's WAL position, in bytes.
 fn wal_position(conn: &mut PgConnection) -> QueryResult<i64> {
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-        "pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint",
-    ))
-    .get_result(conn)
+    select_i64(conn, "pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
 }
 
 /// Checkpoints the server has made since its statistics were reset. PostgreSQL 17 moved the
 /// counters to pg_stat_checkpointer; the view is chosen by version, as a query naming one
 /// that does not exist fails (and lands in the server's log) even in an untaken branch.
 fn checkpoint_count(conn: &mut PgConnection) -> Option<i64> {
-    use diesel::dsl::sql;
-    use diesel::sql_types::{BigInt, Integer};
-    let version: i32 = diesel::select(sql::<Integer>("current_setting('server_version_num')::int"))
-        .get_result(conn)
-        .ok()?;
+    let version = select_i64(conn, "current_setting('server_version_num')::bigint").ok()?;
     let counters = if version >= 170_000 {
         "(SELECT num_timed + num_requested FROM pg_stat_checkpointer)"
     } else {
         "(SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)"
     };
-    diesel::select(sql::<BigInt>(counters))
-        .get_result(conn)
-        .ok()
+    select_i64(conn, counters).ok()
 }
 
 /// The autovacuum runs the server has finished on `table`.
 fn autovacuum_count(conn: &mut PgConnection, table: &str) -> QueryResult<i64> {
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
-        "(SELECT autovacuum_count FROM pg_stat_user_tables WHERE relid = '{table}'::regclass)"
-    )))
-    .get_result(conn)
+    select_i64(
+        conn,
+        &format!(
+            "(SELECT autovacuum_count FROM pg_stat_user_tables WHERE relid = '{table}'::regclass)"
+        ),
+    )
 }
 
 /// Times `fill` of `table`, which returns the rows it changed, with the server's WAL,
@@ -186,10 +184,7 @@ fn timed(
         .map(|(after, before)| after - before);
     let wal_bytes = wal_position(conn)? - wal_before;
     let autovacuums = autovacuum_count(conn, table)? - autovacuums_before;
-    let table_bytes = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
-        "pg_table_size('{table}')"
-    )))
-    .get_result(conn)?;
+    let table_bytes = select_i64(conn, &format!("pg_table_size('{table}')"))?;
     let vacuum_started = Instant::now();
     conn.batch_execute(&format!("VACUUM {table}"))?;
     Ok(Timed {
