@@ -121,6 +121,11 @@ enum BenchWhat {
         /// UPDATE first, then the backfill first), so an even number cancels steady drift.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=20))]
         rounds: u32,
+        /// Leave autovacuum on for both tables during the fills. It may then run on the
+        /// backfill's table while the backfill's batches commit (never on the single
+        /// UPDATE's, which commits once), inside the backfill's timed fill.
+        #[arg(long)]
+        autovacuum: bool,
     },
     /// The HTTP serving path (one `zdm serve` under a built-in load client) against
     /// pgbench's point select, in a scratch database. Build with --release for real figures.
@@ -239,6 +244,7 @@ pub fn main() -> ExitCode {
                         batch_size,
                         batch_target_ms,
                         rounds,
+                        autovacuum,
                     },
             } => {
                 let url = config.resolve_database_url()?;
@@ -247,7 +253,7 @@ pub fn main() -> ExitCode {
                     sleep_ms: Some(0),
                     batch_target_ms: Some(batch_target_ms),
                 };
-                crate::bench::backfill_benchmark(&url, rows, rounds, knobs, |line| {
+                crate::bench::backfill_benchmark(&url, rows, rounds, knobs, autovacuum, |line| {
                     println!("{line}")
                 })
                     .map(drop)

@@ -3,7 +3,8 @@
 //! `zdm bench backfill --rows N`: the zdm backfill against the single UPDATE a hurried team
 //! would run, on identical copies of N seeded users in a scratch database of their own, in
 //! rounds whose order alternates (single first, then backfill first: ABBA), so that a machine
-//! whose speed drifts during the run favours neither. Prints rows/s for both, the WAL each
+//! whose speed drifts during the run favours neither, with autovacuum off for both tables
+//! while they are filled (see `backfill_benchmark`). Prints rows/s for both, the WAL each
 //! wrote, the batch transaction times, the peak RSS, and last
 //! `backfill_vs_single_update: R` (the rate ratio).
 
@@ -59,6 +60,9 @@ pub struct Timed {
     /// The size of the filled table right afterwards (`pg_table_size`: without its indexes),
     /// in bytes.
     pub table_bytes: i64,
+    /// Whether autovacuum could run on the table during the fill, as the server had it (the
+    /// `autovacuum` setting and the table's `autovacuum_enabled`).
+    pub autovacuum_on: bool,
     /// Autovacuum runs the server finished on the table during the fill: the backfill's
     /// committed batches leave dead rows it may clean up meanwhile; the single UPDATE's become
     /// dead only when it commits.
@@ -121,6 +125,16 @@ enum Side {
     Backfill,
 }
 
+impl Side {
+    /// The table this side fills.
+    fn table(self) -> &'static str {
+        match self {
+            Side::Single => "users_single",
+            Side::Backfill => "users",
+        }
+    }
+}
+
 /// The order of the two fills in round `round` (0-based): single first in even rounds,
 /// backfill first in odd ones (ABBA), so that a machine speeding up or slowing down
 /// steadily during the run favours neither.
@@ -165,6 +179,18 @@ fn autovacuum_count(conn: &mut PgConnection, table: &str) -> QueryResult<i64> {
     )
 }
 
+/// Whether autovacuum may run on `table`: on for the server and not turned off for the table.
+fn autovacuum_on(conn: &mut PgConnection, table: &str) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "current_setting('autovacuum')::bool
+         AND coalesce((SELECT option_value::bool
+                         FROM pg_class, pg_options_to_table(reloptions)
+                        WHERE oid = '{table}'::regclass AND option_name = 'autovacuum_enabled'),
+                      true)"
+    )))
+    .get_result(conn)
+}
+
 /// Times `fill` of `table`, which returns the rows it changed, with the server's WAL,
 /// checkpoints and autovacuums meanwhile, the table's size afterwards, and then the VACUUM
 /// that cleans up after it.
@@ -176,6 +202,7 @@ fn timed(
     let wal_before = wal_position(conn)?;
     let checkpoints_before = checkpoint_count(conn);
     let autovacuums_before = autovacuum_count(conn, table)?;
+    let autovacuum_on = autovacuum_on(conn, table)?;
     let started = Instant::now();
     let rows = fill(conn)?;
     let secs = started.elapsed().as_secs_f64();
@@ -193,6 +220,7 @@ fn timed(
         wal_bytes,
         checkpoints,
         table_bytes,
+        autovacuum_on,
         autovacuums,
         vacuum_secs: vacuum_started.elapsed().as_secs_f64(),
     })
@@ -201,8 +229,8 @@ fn timed(
 /// Gives `side` its table afresh, a copy of `users_seed`, and settles the database, so that
 /// every fill starts from the same state whichever side ran before it: the other side's
 /// table emptied too (its dead rows dropped, not left to VACUUM), every table vacuumed and
-/// analysed, and a checkpoint taken.
-fn rebuild(conn: &mut PgConnection, side: Side) -> Result<(), BenchError> {
+/// analysed, and a checkpoint taken. Autovacuum stays off for the table unless `autovacuum`.
+fn rebuild(conn: &mut PgConnection, side: Side, autovacuum: bool) -> Result<(), BenchError> {
     conn.batch_execute(
         "DROP TABLE IF EXISTS users_single;
          TRUNCATE users;",
@@ -216,6 +244,10 @@ fn rebuild(conn: &mut PgConnection, side: Side) -> Result<(), BenchError> {
         )?,
         Side::Backfill => conn.batch_execute("INSERT INTO users SELECT * FROM users_seed;")?,
     }
+    conn.batch_execute(&format!(
+        "ALTER TABLE {} SET (autovacuum_enabled = {autovacuum})",
+        side.table()
+    ))?;
     // One statement per call: VACUUM cannot run inside the implicit transaction of a batch.
     conn.batch_execute("VACUUM ANALYZE")?;
     // Needs superuser; skipped if not.
@@ -227,14 +259,28 @@ fn rebuild(conn: &mut PgConnection, side: Side) -> Result<(), BenchError> {
 /// figures. Each round fills a fresh copy of the same seeded table once each way; the order
 /// alternates (see `round_order`), and each side's rate is its rows over its time across
 /// all rounds.
+///
+/// Unless `autovacuum`, autovacuum is off for both tables during the fills. Left on, it may
+/// run on the backfill's table while the backfill runs (its batches commit, leaving dead
+/// rows) but never on the single UPDATE's (whose dead rows appear when it commits): the
+/// backfill's time would then include cleanup that the single UPDATE's leaves for later,
+/// and on a small machine whether it runs inside a fill is luck (the autovacuum launcher
+/// looks once a minute). Off, both sides do the same work while timed, and the VACUUM timed
+/// after each fill is the whole of its cleanup.
 pub fn backfill_benchmark(
     database_url: &str,
     rows: u64,
     rounds: u32,
     knobs: Knobs,
+    autovacuum: bool,
     mut say: impl FnMut(&str),
 ) -> Result<BackfillBenchReport, BenchError> {
     say(&format!("seeding {rows} users..."));
+    say(if autovacuum {
+        "autovacuum: on (it may run on the backfill's table during its fill, never on the single UPDATE's)"
+    } else {
+        "autovacuum: off for both tables during the fills (--autovacuum to leave it on); each fill's cleanup is the VACUUM timed after it"
+    });
     let scratch = ScratchDatabase::seeded(database_url, "zdm_bench", rows, 1)?;
     let mut conn = PgConnection::establish(&scratch.url)?;
     while state::current_phase(&mut conn)? < Phase::DualWrite {
@@ -246,11 +292,11 @@ pub fn backfill_benchmark(
     let mut report = BackfillBenchReport::default();
     for round in 0..rounds {
         for side in round_order(round) {
-            rebuild(&mut conn, side)?;
+            rebuild(&mut conn, side, autovacuum)?;
             match side {
                 Side::Single => {
                     say(&format!("round {}: single UPDATE...", round + 1));
-                    let run = timed(&mut conn, "users_single", |conn| {
+                    let run = timed(&mut conn, side.table(), |conn| {
                         Ok(diesel::sql_query(
                             "UPDATE users_single
                                 SET first_name = zdm_name_first(full_name),
@@ -271,7 +317,7 @@ pub fn backfill_benchmark(
                 Side::Backfill => {
                     say(&format!("round {}: zdm backfill...", round + 1));
                     let mut last = None::<Instant>;
-                    let run = timed(&mut conn, "users", |conn| {
+                    let run = timed(&mut conn, side.table(), |conn| {
                         let done = backfill::run(conn, Direction::Forward, |s| {
                             let now = Instant::now();
                             if let Some(prev) = last
@@ -371,15 +417,19 @@ fn line(run: &Timed) -> String {
     let checkpoints = run
         .checkpoints
         .map_or("unknown".to_owned(), |n| n.to_string());
+    let autovacuums = if run.autovacuum_on {
+        format!("autovacuums {}", run.autovacuums)
+    } else {
+        "autovacuum off".to_owned()
+    };
     format!(
         "{} rows in {:.2} s = {:.0} rows/s; WAL {:.0} MiB ({:.0} B/row), checkpoints {checkpoints}, \
-         autovacuums {}; VACUUM afterwards {:.2} s",
+         {autovacuums}; VACUUM afterwards {:.2} s",
         run.rows,
         run.secs,
         run.rate(),
         run.wal_bytes as f64 / MIB,
         run.wal_bytes as f64 / run.rows.max(1) as f64,
-        run.autovacuums,
         run.vacuum_secs
     )
 }

@@ -480,7 +480,8 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
 }
 
 /// `zdm bench backfill` compares like with like: in every round each side fills every row of
-/// its own fresh copy, and the report ends with the ratio.
+/// its own fresh copy, with autovacuum off for both tables, and the report ends with the
+/// ratio.
 #[test]
 fn the_benchmark_fills_every_row_both_ways_in_every_round() {
     let mut lines = Vec::new();
@@ -489,9 +490,25 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
         3000,
         2,
         backfill::Knobs::fixed(400, 0),
+        false,
         |line| lines.push(line.to_owned()),
     )
     .unwrap();
+    // As the server had it during each fill, not as asked.
+    assert!(
+        report
+            .single
+            .iter()
+            .chain(&report.backfill)
+            .all(|t| !t.autovacuum_on && t.autovacuums == 0)
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(" rows/s; ") && l.contains(", autovacuum off; "))
+            .count(),
+        4
+    );
     let rows = |runs: &[zdm::bench::Timed]| runs.iter().map(|t| t.rows).collect::<Vec<_>>();
     assert_eq!(rows(&report.single), [3000, 3000]);
     assert_eq!(rows(&report.backfill), [3000, 3000]);
@@ -535,5 +552,27 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
         (ratio - report.ratio()).abs() < 0.01,
         "{last} vs {}",
         report.ratio()
+    );
+}
+
+/// `--autovacuum` leaves autovacuum as the server has it for both tables during the fills.
+#[test]
+fn the_benchmark_can_leave_autovacuum_on() {
+    let url = crate::helpers::server_url();
+    let mut conn = diesel::PgConnection::establish(&url).unwrap();
+    let server_autovacuum: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "current_setting('autovacuum')::bool",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    let report =
+        zdm::bench::backfill_benchmark(&url, 500, 1, backfill::Knobs::fixed(400, 0), true, |_| ())
+            .unwrap();
+    assert!(
+        report
+            .single
+            .iter()
+            .chain(&report.backfill)
+            .all(|t| t.autovacuum_on == server_autovacuum)
     );
 }
