@@ -317,6 +317,8 @@ pub fn backfill_benchmark(
                 Side::Backfill => {
                     say(&format!("round {}: zdm backfill...", round + 1));
                     let mut last = None::<Instant>;
+                    // Rows scanned by the time each batch ended, for the rate along the table.
+                    let mut progress = Vec::new();
                     let run = timed(&mut conn, side.table(), |conn| {
                         let done = backfill::run(conn, Direction::Forward, |s| {
                             let now = Instant::now();
@@ -327,6 +329,7 @@ pub fn backfill_benchmark(
                                 report.batch_sizes.push(s.batch_size);
                             }
                             last = Some(now);
+                            progress.push((now, s.rows_done));
                         })?;
                         Ok(done.rows_updated as u64)
                     })?;
@@ -334,6 +337,15 @@ pub fn backfill_benchmark(
                         "round {}: zdm backfill  {}",
                         round + 1,
                         line(&run)
+                    ));
+                    let tenths: Vec<String> = rates_by_tenth(&progress)
+                        .iter()
+                        .map(|rate| format!("{:.1}", rate / 1000.0))
+                        .collect();
+                    say(&format!(
+                        "round {}: zdm backfill by tenth of the table, thousand rows/s: {}",
+                        round + 1,
+                        tenths.join(", ")
                     ));
                     report.backfill.push(run);
                 }
@@ -347,10 +359,13 @@ pub fn backfill_benchmark(
 
     let total = |runs: &[Timed]| {
         let secs: f64 = runs.iter().map(|t| t.secs).sum();
+        let rounds = match runs.len() {
+            1 => "1 round".to_owned(),
+            n => format!("{n} rounds"),
+        };
         format!(
-            "{:.0} rows/s ({} rounds, {secs:.1} s)",
-            BackfillBenchReport::rate(runs),
-            runs.len()
+            "{:.0} rows/s ({rounds}, {secs:.1} s)",
+            BackfillBenchReport::rate(runs)
         )
     };
     say(&format!("rows: {rows}"));
@@ -412,6 +427,31 @@ pub fn backfill_benchmark(
     Ok(report)
 }
 
+/// The rate through each tenth of a run, from the rows done (scanned) at successive moments,
+/// the first when it started: whether it slows down as it goes. A tenth ends at the first
+/// moment at or past it, so a tenth that ends where the one before it did (a batch spanning
+/// both) is merged into the next.
+fn rates_by_tenth(progress: &[(Instant, i64)]) -> Vec<f64> {
+    let (Some(&(mut since, mut from)), Some(&(_, total))) = (progress.first(), progress.last())
+    else {
+        return Vec::new();
+    };
+    let mut rates = Vec::new();
+    for tenth in 1..=10 {
+        let Some(&(at, rows)) = progress
+            .iter()
+            .find(|(_, rows)| *rows * 10 >= total * tenth)
+        else {
+            break;
+        };
+        if rows > from && at > since {
+            rates.push((rows - from) as f64 / (at - since).as_secs_f64());
+            (since, from) = (at, rows);
+        }
+    }
+    rates
+}
+
 /// One timed fill as a line of the report.
 fn line(run: &Timed) -> String {
     let checkpoints = run
@@ -444,6 +484,37 @@ mod tests {
         assert_eq!(quantile(&d, 0.5), Duration::from_millis(51));
         assert_eq!(quantile(&d, 0.99), Duration::from_millis(99));
         assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn rates_by_tenth_follow_the_run_and_merge_tenths_one_batch_spans() {
+        let start = Instant::now();
+        let at = |ms: u64, rows: i64| (start + Duration::from_millis(ms), rows);
+        // 100 rows a second for the first half, then 50.
+        let even: Vec<_> = (0..=10)
+            .map(|i| {
+                let ms = if i <= 5 {
+                    i * 1000
+                } else {
+                    5000 + (i - 5) * 2000
+                };
+                at(ms, i as i64 * 100)
+            })
+            .collect();
+        let rates = rates_by_tenth(&even);
+        assert_eq!(rates.len(), 10);
+        assert!(
+            rates[..5].iter().all(|r| (r - 100.0).abs() < 1e-6),
+            "{rates:?}"
+        );
+        assert!(
+            rates[5..].iter().all(|r| (r - 50.0).abs() < 1e-6),
+            "{rates:?}"
+        );
+        // Two batches of 500 rows: the first five tenths end with the first batch.
+        let two = [at(0, 0), at(1000, 500), at(3000, 1000)];
+        assert_eq!(rates_by_tenth(&two), [500.0, 250.0]);
+        assert!(rates_by_tenth(&[]).is_empty());
     }
 
     #[test]

@@ -509,6 +509,20 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
             .count(),
         4
     );
+    // The backfill's rate along its table, one line per round: a tenth of 3,000 rows is 300
+    // and every batch of 400 ends one, two of them (at 1,200 and 2,400) two at once.
+    let tenths: Vec<Vec<f64>> = lines
+        .iter()
+        .filter_map(|l| l.split_once("by tenth of the table, thousand rows/s: "))
+        .map(|(_, rates)| rates.split(", ").map(|r| r.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(tenths.len(), 2);
+    assert!(
+        tenths
+            .iter()
+            .all(|rates| rates.len() == 8 && rates.iter().all(|r| *r > 0.0)),
+        "{tenths:?}"
+    );
     let rows = |runs: &[zdm::bench::Timed]| runs.iter().map(|t| t.rows).collect::<Vec<_>>();
     assert_eq!(rows(&report.single), [3000, 3000]);
     assert_eq!(rows(&report.backfill), [3000, 3000]);
