@@ -91,6 +91,11 @@ pub struct BackfillBenchReport {
 }
 
 impl BackfillBenchReport {
+    /// Every timed fill, the single UPDATE's then the backfill's.
+    pub fn fills(&self) -> impl Iterator<Item = &Timed> {
+        self.single.iter().chain(&self.backfill)
+    }
+
     /// Total rows over total time: each side's rate across all its rounds.
     fn rate(runs: &[Timed]) -> f64 {
         Self::rows_per_s(runs, |t| t.secs)

@@ -497,9 +497,7 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
     // As the server had it during each fill, not as asked.
     assert!(
         report
-            .single
-            .iter()
-            .chain(&report.backfill)
+            .fills()
             .all(|t| !t.autovacuum_on && t.autovacuums == 0)
     );
     assert_eq!(
@@ -530,9 +528,7 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
     assert_eq!(report.batch_times.len(), 16);
     assert!(
         report
-            .single
-            .iter()
-            .chain(&report.backfill)
+            .fills()
             .all(|t| t.wal_bytes > 0 && t.secs > 0.0 && t.table_bytes > 0 && t.vacuum_secs > 0.0)
     );
     assert!(
@@ -582,11 +578,5 @@ fn the_benchmark_can_leave_autovacuum_on() {
     let report =
         zdm::bench::backfill_benchmark(&url, 500, 1, backfill::Knobs::fixed(400, 0), true, |_| ())
             .unwrap();
-    assert!(
-        report
-            .single
-            .iter()
-            .chain(&report.backfill)
-            .all(|t| t.autovacuum_on == server_autovacuum)
-    );
+    assert!(report.fills().all(|t| t.autovacuum_on == server_autovacuum));
 }
