@@ -126,6 +126,11 @@ enum BenchWhat {
         /// UPDATE's, which commits once), inside the backfill's timed fill.
         #[arg(long)]
         autovacuum: bool,
+        /// Also fill a copy of the first M users both ways in every round, and print each
+        /// way's rate on all rows against its rate on those M (measured in the same run, so
+        /// the machine's drift between runs does not enter it).
+        #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+        small_rows: Option<u64>,
     },
     /// The HTTP serving path (one `zdm serve` under a built-in load client) against
     /// pgbench's point select, in a scratch database. Build with --release for real figures.
@@ -245,17 +250,22 @@ pub fn main() -> ExitCode {
                         batch_target_ms,
                         rounds,
                         autovacuum,
+                        small_rows,
                     },
             } => {
                 let url = config.resolve_database_url()?;
-                let knobs = backfill::Knobs {
-                    batch_size: Some(batch_size),
-                    sleep_ms: Some(0),
-                    batch_target_ms: Some(batch_target_ms),
+                let options = crate::bench::BackfillBenchOptions {
+                    rows,
+                    rounds,
+                    knobs: backfill::Knobs {
+                        batch_size: Some(batch_size),
+                        sleep_ms: Some(0),
+                        batch_target_ms: Some(batch_target_ms),
+                    },
+                    autovacuum,
+                    small_rows,
                 };
-                crate::bench::backfill_benchmark(&url, rows, rounds, knobs, autovacuum, |line| {
-                    println!("{line}")
-                })
+                crate::bench::backfill_benchmark(&url, options, |line| println!("{line}"))
                     .map(drop)
             }
             Command::Bench {

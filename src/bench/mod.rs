@@ -78,22 +78,55 @@ impl Timed {
     }
 }
 
+/// What to run: see `backfill_benchmark`.
+#[derive(Debug, Clone, Copy)]
+pub struct BackfillBenchOptions {
+    /// Users in each table.
+    pub rows: u64,
+    pub rounds: u32,
+    /// The backfill's knobs (its sleep should be 0).
+    pub knobs: Knobs,
+    /// Leave autovacuum on for the filled tables.
+    pub autovacuum: bool,
+    /// Also fill a copy of the first this many users each way in every round, to compare
+    /// each way's rate at `rows` with its rate at this size in the same run.
+    pub small_rows: Option<u64>,
+}
+
 /// The figures of one run of the benchmark.
 #[derive(Debug, Default)]
 pub struct BackfillBenchReport {
     /// One per round, in the order they ran.
     pub single: Vec<Timed>,
     pub backfill: Vec<Timed>,
-    /// The backfill's batch transaction times, all rounds, sorted.
+    /// The same on the copies of the first `small_rows` users (empty without).
+    pub small_single: Vec<Timed>,
+    pub small_backfill: Vec<Timed>,
+    /// The backfill's batch transaction times, all rounds (not the small copies), sorted.
     pub batch_times: Vec<Duration>,
     /// The sizes those batches had, sorted.
     pub batch_sizes: Vec<i32>,
 }
 
 impl BackfillBenchReport {
-    /// Every timed fill, the single UPDATE's then the backfill's.
+    /// Every timed fill, the single UPDATE's then the backfill's, the small copies' last.
     pub fn fills(&self) -> impl Iterator<Item = &Timed> {
-        self.single.iter().chain(&self.backfill)
+        self.single
+            .iter()
+            .chain(&self.backfill)
+            .chain(&self.small_single)
+            .chain(&self.small_backfill)
+    }
+
+    /// Each way's rate on all rows over its rate on the small copies: (backfill, single).
+    pub fn size_ratios(&self) -> Option<(f64, f64)> {
+        if self.small_backfill.is_empty() {
+            return None;
+        }
+        Some((
+            Self::rate(&self.backfill) / Self::rate(&self.small_backfill),
+            Self::rate(&self.single) / Self::rate(&self.small_single),
+        ))
     }
 
     /// Total rows over total time: each side's rate across all its rounds.
@@ -140,15 +173,41 @@ impl Side {
     }
 }
 
-/// The order of the two fills in round `round` (0-based): single first in even rounds,
-/// backfill first in odd ones (ABBA), so that a machine speeding up or slowing down
-/// steadily during the run favours neither.
-fn round_order(round: u32) -> [Side; 2] {
-    if round.is_multiple_of(2) {
-        [Side::Single, Side::Backfill]
-    } else {
-        [Side::Backfill, Side::Single]
+/// One fill: a side, on all the seeded users or on a copy of the first `Some(n)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Fill {
+    side: Side,
+    first: Option<u64>,
+}
+
+impl Fill {
+    /// How the report names it.
+    fn label(self) -> String {
+        let side = match self.side {
+            Side::Single => "single UPDATE",
+            Side::Backfill => "zdm backfill",
+        };
+        match self.first {
+            None => side.to_owned(),
+            Some(n) => format!("{side} (first {n} rows)"),
+        }
     }
+}
+
+/// The fills of round `round` (0-based): single first in even rounds, backfill first in odd
+/// ones (ABBA), so that a machine speeding up or slowing down steadily during the run
+/// favours neither; the small copies' fills, if any, after those in even rounds and before
+/// them in odd ones.
+fn round_order(round: u32, small_rows: Option<u64>) -> Vec<Fill> {
+    let mut fills: Vec<Fill> = [None]
+        .into_iter()
+        .chain(small_rows.map(Some))
+        .flat_map(|first| [Side::Single, Side::Backfill].map(|side| Fill { side, first }))
+        .collect();
+    if !round.is_multiple_of(2) {
+        fills.reverse();
+    }
+    fills
 }
 
 /// The value of one bigint SQL expression, as the server computes it now.
@@ -235,23 +294,22 @@ fn timed(
 /// every fill starts from the same state whichever side ran before it: the other side's
 /// table emptied too (its dead rows dropped, not left to VACUUM), every table vacuumed and
 /// analysed, and a checkpoint taken. Autovacuum stays off for the table unless `autovacuum`.
-fn rebuild(conn: &mut PgConnection, side: Side, autovacuum: bool) -> Result<(), BenchError> {
+fn rebuild(conn: &mut PgConnection, fill: Fill, autovacuum: bool) -> Result<(), BenchError> {
+    // The single UPDATE's twin belongs to no schema module (it exists only here), hence
+    // plain SQL. Same columns, constraints and indexes as users.
     conn.batch_execute(
         "DROP TABLE IF EXISTS users_single;
-         TRUNCATE users;",
+         TRUNCATE users;
+         CREATE TABLE users_single (LIKE users INCLUDING ALL);",
     )?;
-    match side {
-        // The single UPDATE's twin belongs to no schema module (it exists only here), hence
-        // plain SQL. Same columns, constraints and indexes as users.
-        Side::Single => conn.batch_execute(
-            "CREATE TABLE users_single (LIKE users INCLUDING ALL);
-             INSERT INTO users_single SELECT * FROM users_seed;",
-        )?,
-        Side::Backfill => conn.batch_execute("INSERT INTO users SELECT * FROM users_seed;")?,
-    }
+    let table = fill.side.table();
+    // The first n by users_seed's primary key, or all in the order they were copied in.
+    let first = fill
+        .first
+        .map_or(String::new(), |n| format!(" ORDER BY id LIMIT {n}"));
     conn.batch_execute(&format!(
-        "ALTER TABLE {} SET (autovacuum_enabled = {autovacuum})",
-        side.table()
+        "INSERT INTO {table} SELECT * FROM users_seed{first};
+         ALTER TABLE {table} SET (autovacuum_enabled = {autovacuum});"
     ))?;
     // One statement per call: VACUUM cannot run inside the implicit transaction of a batch.
     conn.batch_execute("VACUUM ANALYZE")?;
@@ -272,14 +330,30 @@ fn rebuild(conn: &mut PgConnection, side: Side, autovacuum: bool) -> Result<(), 
 /// and on a small machine whether it runs inside a fill is luck (the autovacuum launcher
 /// looks once a minute). Off, both sides do the same work while timed, and the VACUUM timed
 /// after each fill is the whole of its cleanup.
+///
+/// With `small_rows`, every round also fills a copy of the first `small_rows` users each way,
+/// and the report gives each way's rate on all rows against its rate on those: how much a
+/// bigger table costs, measured in the same run and so free of the machine's drift.
 pub fn backfill_benchmark(
     database_url: &str,
-    rows: u64,
-    rounds: u32,
-    knobs: Knobs,
-    autovacuum: bool,
+    options: BackfillBenchOptions,
     mut say: impl FnMut(&str),
 ) -> Result<BackfillBenchReport, BenchError> {
+    let BackfillBenchOptions {
+        rows,
+        rounds,
+        knobs,
+        autovacuum,
+        small_rows,
+    } = options;
+    if let Some(small) = small_rows
+        && small >= rows
+    {
+        return Err(format!(
+            "--small-rows ({small}) must be below --rows ({rows}): it sizes the smaller copy"
+        )
+        .into());
+    }
     say(&format!("seeding {rows} users..."));
     say(if autovacuum {
         "autovacuum: on (it may run on the backfill's table during its fill, never on the single UPDATE's)"
@@ -292,16 +366,21 @@ pub fn backfill_benchmark(
         runner::advance(&mut conn, "bench", None)?;
     }
     // The source every round copies from, so that each fill starts from the same rows.
-    conn.batch_execute("CREATE TABLE users_seed AS SELECT * FROM users ORDER BY id")?;
+    conn.batch_execute(
+        "CREATE TABLE users_seed AS SELECT * FROM users ORDER BY id;
+         ALTER TABLE users_seed ADD PRIMARY KEY (id);",
+    )?;
     let knobs = backfill::set_knobs(&mut conn, knobs)?;
     let mut report = BackfillBenchReport::default();
     for round in 0..rounds {
-        for side in round_order(round) {
-            rebuild(&mut conn, side, autovacuum)?;
-            match side {
+        for fill in round_order(round, small_rows) {
+            rebuild(&mut conn, fill, autovacuum)?;
+            let round_label = format!("round {}: {}", round + 1, fill.label());
+            say(&format!("{round_label}..."));
+            let table = fill.side.table();
+            match fill.side {
                 Side::Single => {
-                    say(&format!("round {}: single UPDATE...", round + 1));
-                    let run = timed(&mut conn, side.table(), |conn| {
+                    let run = timed(&mut conn, table, |conn| {
                         Ok(diesel::sql_query(
                             "UPDATE users_single
                                 SET first_name = zdm_name_first(full_name),
@@ -312,23 +391,22 @@ pub fn backfill_benchmark(
                         )
                         .execute(conn)? as u64)
                     })?;
-                    say(&format!(
-                        "round {}: single UPDATE  {}",
-                        round + 1,
-                        line(&run)
-                    ));
-                    report.single.push(run);
+                    say(&format!("{round_label}  {}", line(&run)));
+                    match fill.first {
+                        None => report.single.push(run),
+                        Some(_) => report.small_single.push(run),
+                    }
                 }
                 Side::Backfill => {
-                    say(&format!("round {}: zdm backfill...", round + 1));
                     let mut last = None::<Instant>;
                     // Rows scanned by the time each batch ended, for the rate along the table.
                     let mut progress = Vec::new();
-                    let run = timed(&mut conn, side.table(), |conn| {
+                    let run = timed(&mut conn, table, |conn| {
                         let done = backfill::run(conn, Direction::Forward, |s| {
                             let now = Instant::now();
                             if let Some(prev) = last
                                 && s.state == "running"
+                                && fill.first.is_none()
                             {
                                 report.batch_times.push(now - prev);
                                 report.batch_sizes.push(s.batch_size);
@@ -338,21 +416,19 @@ pub fn backfill_benchmark(
                         })?;
                         Ok(done.rows_updated as u64)
                     })?;
-                    say(&format!(
-                        "round {}: zdm backfill  {}",
-                        round + 1,
-                        line(&run)
-                    ));
+                    say(&format!("{round_label}  {}", line(&run)));
                     let tenths: Vec<String> = rates_by_tenth(&progress)
                         .iter()
                         .map(|rate| format!("{:.1}", rate / 1000.0))
                         .collect();
                     say(&format!(
-                        "round {}: zdm backfill by tenth of the table, thousand rows/s: {}",
-                        round + 1,
+                        "{round_label} by tenth of the table, thousand rows/s: {}",
                         tenths.join(", ")
                     ));
-                    report.backfill.push(run);
+                    match fill.first {
+                        None => report.backfill.push(run),
+                        Some(_) => report.small_backfill.push(run),
+                    }
                 }
             }
         }
@@ -424,6 +500,17 @@ pub fn backfill_benchmark(
         mib(&report.single),
         mib(&report.backfill)
     ));
+    if let (Some(small), Some((backfill_ratio, single_ratio))) = (small_rows, report.size_ratios())
+    {
+        say(&format!(
+            "first {small} rows: single UPDATE {}, zdm backfill {}",
+            total(&report.small_single),
+            total(&report.small_backfill)
+        ));
+        say(&format!(
+            "rate at {rows} rows against {small}: zdm backfill {backfill_ratio:.2}, single UPDATE {single_ratio:.2}"
+        ));
+    }
     say(&format!(
         "peak RSS of this process: {}",
         peak_rss_mib(None).map_or("unknown".to_owned(), |m| format!("{m:.1} MiB"))
@@ -524,13 +611,37 @@ mod tests {
 
     #[test]
     fn rounds_alternate_which_side_goes_first() {
-        let firsts: Vec<Side> = (0..4).map(|r| round_order(r)[0]).collect();
+        let firsts: Vec<Side> = (0..4).map(|r| round_order(r, None)[0].side).collect();
         assert_eq!(
             firsts,
             [Side::Single, Side::Backfill, Side::Single, Side::Backfill]
         );
         for r in 0..4 {
-            assert_ne!(round_order(r)[0], round_order(r)[1]);
+            assert_ne!(round_order(r, None)[0], round_order(r, None)[1]);
         }
+        let labels = |r| {
+            round_order(r, Some(10))
+                .into_iter()
+                .map(Fill::label)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            labels(0),
+            [
+                "single UPDATE",
+                "zdm backfill",
+                "single UPDATE (first 10 rows)",
+                "zdm backfill (first 10 rows)"
+            ]
+        );
+        assert_eq!(
+            labels(1),
+            [
+                "zdm backfill (first 10 rows)",
+                "single UPDATE (first 10 rows)",
+                "zdm backfill",
+                "single UPDATE"
+            ]
+        );
     }
 }

@@ -485,14 +485,16 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
 #[test]
 fn the_benchmark_fills_every_row_both_ways_in_every_round() {
     let mut lines = Vec::new();
-    let report = zdm::bench::backfill_benchmark(
-        &crate::helpers::server_url(),
-        3000,
-        2,
-        backfill::Knobs::fixed(400, 0),
-        false,
-        |line| lines.push(line.to_owned()),
-    )
+    let options = zdm::bench::BackfillBenchOptions {
+        rows: 3000,
+        rounds: 2,
+        knobs: backfill::Knobs::fixed(400, 0),
+        autovacuum: false,
+        small_rows: None,
+    };
+    let report = zdm::bench::backfill_benchmark(&crate::helpers::server_url(), options, |line| {
+        lines.push(line.to_owned())
+    })
     .unwrap();
     // As the server had it during each fill, not as asked.
     assert!(
@@ -565,9 +567,11 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
     );
 }
 
-/// `--autovacuum` leaves autovacuum as the server has it for both tables during the fills.
+/// `--autovacuum` leaves autovacuum as the server has it for both tables during the fills;
+/// `--small-rows M` adds a fill of the first M users each way to every round and compares
+/// each way's rates at the two sizes.
 #[test]
-fn the_benchmark_can_leave_autovacuum_on() {
+fn the_benchmark_can_leave_autovacuum_on_and_compare_two_sizes() {
     let url = crate::helpers::server_url();
     let mut conn = diesel::PgConnection::establish(&url).unwrap();
     let server_autovacuum: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
@@ -575,8 +579,42 @@ fn the_benchmark_can_leave_autovacuum_on() {
     ))
     .get_result(&mut conn)
     .unwrap();
+    let options = zdm::bench::BackfillBenchOptions {
+        rows: 500,
+        rounds: 1,
+        knobs: backfill::Knobs::fixed(400, 0),
+        autovacuum: true,
+        small_rows: Some(200),
+    };
+    let mut lines = Vec::new();
     let report =
-        zdm::bench::backfill_benchmark(&url, 500, 1, backfill::Knobs::fixed(400, 0), true, |_| ())
-            .unwrap();
+        zdm::bench::backfill_benchmark(&url, options, |line| lines.push(line.to_owned())).unwrap();
     assert!(report.fills().all(|t| t.autovacuum_on == server_autovacuum));
+    let rows = |runs: &[zdm::bench::Timed]| runs.iter().map(|t| t.rows).collect::<Vec<_>>();
+    assert_eq!(rows(&report.single), [500]);
+    assert_eq!(rows(&report.backfill), [500]);
+    assert_eq!(rows(&report.small_single), [200]);
+    assert_eq!(rows(&report.small_backfill), [200]);
+    // Only the full-size fills' batches: 400 and 100 rows.
+    assert_eq!(report.batch_times.len(), 2);
+    let (backfill_ratio, single_ratio) = report.size_ratios().unwrap();
+    assert!(lines.iter().any(|l| l
+        == &format!(
+            "rate at 500 rows against 200: zdm backfill {backfill_ratio:.2}, single UPDATE {single_ratio:.2}"
+        )));
+    assert_eq!(
+        lines.last().unwrap().split_once(": ").unwrap().0,
+        "backfill_vs_single_update"
+    );
+
+    // The smaller copy must be smaller; refused before anything is seeded.
+    let too_big = zdm::bench::BackfillBenchOptions {
+        small_rows: Some(500),
+        ..options
+    };
+    let err = zdm::bench::backfill_benchmark(&url, too_big, |_| ()).unwrap_err();
+    assert!(
+        err.to_string().contains("must be below --rows (500)"),
+        "{err}"
+    );
 }
