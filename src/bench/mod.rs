@@ -290,10 +290,11 @@ fn timed(
     })
 }
 
-/// Gives `side` its table afresh, a copy of `users_seed`, and settles the database, so that
-/// every fill starts from the same state whichever side ran before it: the other side's
-/// table emptied too (its dead rows dropped, not left to VACUUM), every table vacuumed and
-/// analysed, and a checkpoint taken. Autovacuum stays off for the table unless `autovacuum`.
+/// Gives `fill` its side's table afresh, a copy of `users_seed` (of its first users only, for
+/// a small copy), and settles the database, so that every fill starts from the same state
+/// whichever side ran before it: the other side's table emptied too (its dead rows dropped,
+/// not left to VACUUM), every table vacuumed and analysed, and a checkpoint taken.
+/// Autovacuum stays off for the table unless `autovacuum`.
 fn rebuild(conn: &mut PgConnection, fill: Fill, autovacuum: bool) -> Result<(), BenchError> {
     // The single UPDATE's twin belongs to no schema module (it exists only here), hence
     // plain SQL. Same columns, constraints and indexes as users.
