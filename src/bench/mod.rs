@@ -118,6 +118,16 @@ impl BackfillBenchReport {
             .chain(&self.small_backfill)
     }
 
+    /// Where the figures of `fill` go.
+    fn runs_of(&mut self, fill: Fill) -> &mut Vec<Timed> {
+        match (fill.side, fill.first) {
+            (Side::Single, None) => &mut self.single,
+            (Side::Backfill, None) => &mut self.backfill,
+            (Side::Single, Some(_)) => &mut self.small_single,
+            (Side::Backfill, Some(_)) => &mut self.small_backfill,
+        }
+    }
+
     /// Each way's rate on all rows over its rate on the small copies: (backfill, single).
     pub fn size_ratios(&self) -> Option<(f64, f64)> {
         if self.small_backfill.is_empty() {
@@ -379,30 +389,23 @@ pub fn backfill_benchmark(
             let round_label = format!("round {}: {}", round + 1, fill.label());
             say(&format!("{round_label}..."));
             let table = fill.side.table();
-            match fill.side {
-                Side::Single => {
-                    let run = timed(&mut conn, table, |conn| {
-                        Ok(diesel::sql_query(
-                            "UPDATE users_single
-                                SET first_name = zdm_name_first(full_name),
-                                    last_name = zdm_name_last(full_name)
-                              WHERE first_name IS NULL OR last_name IS NULL
-                                 OR zdm_name_norm(full_name)
-                                    IS DISTINCT FROM zdm_name_join(first_name, last_name)",
-                        )
-                        .execute(conn)? as u64)
-                    })?;
-                    say(&format!("{round_label}  {}", line(&run)));
-                    match fill.first {
-                        None => report.single.push(run),
-                        Some(_) => report.small_single.push(run),
-                    }
-                }
+            // Rows scanned by the time each batch ended, for the backfill's rate along the table.
+            let mut progress = Vec::new();
+            let run = match fill.side {
+                Side::Single => timed(&mut conn, table, |conn| {
+                    Ok(diesel::sql_query(
+                        "UPDATE users_single
+                            SET first_name = zdm_name_first(full_name),
+                                last_name = zdm_name_last(full_name)
+                          WHERE first_name IS NULL OR last_name IS NULL
+                             OR zdm_name_norm(full_name)
+                                IS DISTINCT FROM zdm_name_join(first_name, last_name)",
+                    )
+                    .execute(conn)? as u64)
+                })?,
                 Side::Backfill => {
                     let mut last = None::<Instant>;
-                    // Rows scanned by the time each batch ended, for the rate along the table.
-                    let mut progress = Vec::new();
-                    let run = timed(&mut conn, table, |conn| {
+                    timed(&mut conn, table, |conn| {
                         let done = backfill::run(conn, Direction::Forward, |s| {
                             let now = Instant::now();
                             if let Some(prev) = last
@@ -416,22 +419,21 @@ pub fn backfill_benchmark(
                             progress.push((now, s.rows_done));
                         })?;
                         Ok(done.rows_updated as u64)
-                    })?;
-                    say(&format!("{round_label}  {}", line(&run)));
-                    let tenths: Vec<String> = rates_by_tenth(&progress)
-                        .iter()
-                        .map(|rate| format!("{:.1}", rate / 1000.0))
-                        .collect();
-                    say(&format!(
-                        "{round_label} by tenth of the table, thousand rows/s: {}",
-                        tenths.join(", ")
-                    ));
-                    match fill.first {
-                        None => report.backfill.push(run),
-                        Some(_) => report.small_backfill.push(run),
-                    }
+                    })?
                 }
+            };
+            say(&format!("{round_label}  {}", line(&run)));
+            if fill.side == Side::Backfill {
+                let tenths: Vec<String> = rates_by_tenth(&progress)
+                    .iter()
+                    .map(|rate| format!("{:.1}", rate / 1000.0))
+                    .collect();
+                say(&format!(
+                    "{round_label} by tenth of the table, thousand rows/s: {}",
+                    tenths.join(", ")
+                ));
             }
+            report.runs_of(fill).push(run);
         }
     }
     report.batch_times.sort();
