@@ -131,6 +131,11 @@ enum BenchWhat {
         /// the machine's drift between runs does not enter it).
         #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
         small_rows: Option<u64>,
+        /// Drop the unique index on lower(email) from both tables before the fills, to see
+        /// what its upkeep costs each row (every filled row gets a new version, and so a new
+        /// entry in every index).
+        #[arg(long)]
+        without_email_index: bool,
     },
     /// The HTTP serving path (one `zdm serve` under a built-in load client) against
     /// pgbench's point select, in a scratch database. Build with --release for real figures.
@@ -251,6 +256,7 @@ pub fn main() -> ExitCode {
                         rounds,
                         autovacuum,
                         small_rows,
+                        without_email_index,
                     },
             } => {
                 let url = config.resolve_database_url()?;
@@ -264,6 +270,7 @@ pub fn main() -> ExitCode {
                     },
                     autovacuum,
                     small_rows,
+                    without_email_index,
                 };
                 crate::bench::backfill_benchmark(&url, options, |line| println!("{line}"))
                     .map(drop)

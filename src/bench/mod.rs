@@ -60,6 +60,8 @@ pub struct Timed {
     /// The size of the filled table right afterwards (`pg_table_size`: without its indexes),
     /// in bytes.
     pub table_bytes: i64,
+    /// The indexes on the table during the fill, as the server had them.
+    pub indexes: i64,
     /// Whether autovacuum could run on the table during the fill, as the server had it (the
     /// `autovacuum` setting and the table's `autovacuum_enabled`).
     pub autovacuum_on: bool,
@@ -91,6 +93,9 @@ pub struct BackfillBenchOptions {
     /// Also fill a copy of the first this many users each way in every round, to compare
     /// each way's rate at `rows` with its rate at this size in the same run.
     pub small_rows: Option<u64>,
+    /// Fill tables without the unique index on `lower(email)`: what upkeep of that index
+    /// costs each row (every filled row gets a new version, and every index a new entry).
+    pub without_email_index: bool,
 }
 
 /// The figures of one run of the benchmark.
@@ -253,6 +258,21 @@ fn autovacuum_count(conn: &mut PgConnection, table: &str) -> QueryResult<i64> {
     )
 }
 
+/// The indexes on `table`, by name.
+fn index_names(conn: &mut PgConnection, table: &str) -> QueryResult<Vec<String>> {
+    #[derive(QueryableByName)]
+    struct Index {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    let indexes: Vec<Index> = diesel::sql_query(format!(
+        "SELECT indexrelid::regclass::text AS name FROM pg_index
+          WHERE indrelid = '{table}'::regclass ORDER BY name"
+    ))
+    .load(conn)?;
+    Ok(indexes.into_iter().map(|i| i.name).collect())
+}
+
 /// Whether autovacuum may run on `table`: on for the server and not turned off for the table.
 fn autovacuum_on(conn: &mut PgConnection, table: &str) -> QueryResult<bool> {
     diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
@@ -277,6 +297,7 @@ fn timed(
     let checkpoints_before = checkpoint_count(conn);
     let autovacuums_before = autovacuum_count(conn, table)?;
     let autovacuum_on = autovacuum_on(conn, table)?;
+    let indexes = index_names(conn, table)?.len() as i64;
     let started = Instant::now();
     let rows = fill(conn)?;
     let secs = started.elapsed().as_secs_f64();
@@ -294,6 +315,7 @@ fn timed(
         wal_bytes,
         checkpoints,
         table_bytes,
+        indexes,
         autovacuum_on,
         autovacuums,
         vacuum_secs: vacuum_started.elapsed().as_secs_f64(),
@@ -345,6 +367,9 @@ fn rebuild(conn: &mut PgConnection, fill: Fill, autovacuum: bool) -> Result<(), 
 /// With `small_rows`, every round also fills a copy of the first `small_rows` users each way,
 /// and the report gives each way's rate on all rows against its rate on those: how much a
 /// bigger table costs, measured in the same run and so free of the machine's drift.
+///
+/// With `without_email_index`, the unique index on `lower(email)` is dropped before the
+/// tables are copied: the fills then show what its upkeep costs each row.
 pub fn backfill_benchmark(
     database_url: &str,
     options: BackfillBenchOptions,
@@ -356,6 +381,7 @@ pub fn backfill_benchmark(
         knobs,
         autovacuum,
         small_rows,
+        without_email_index,
     } = options;
     if let Some(small) = small_rows
         && small >= rows
@@ -376,6 +402,19 @@ pub fn backfill_benchmark(
     while state::current_phase(&mut conn)? < Phase::DualWrite {
         runner::advance(&mut conn, "bench", None)?;
     }
+    if without_email_index {
+        // Before the copies: the single UPDATE's table copies its indexes from users.
+        conn.batch_execute("DROP INDEX users_email_key")?;
+    }
+    say(&format!(
+        "indexes on each filled table: {}{}",
+        index_names(&mut conn, "users")?.join(", "),
+        if without_email_index {
+            " (users_email_key dropped: --without-email-index)"
+        } else {
+            ""
+        }
+    ));
     // The source every round copies from, so that each fill starts from the same rows.
     conn.batch_execute(
         "CREATE TABLE users_seed AS SELECT * FROM users ORDER BY id;

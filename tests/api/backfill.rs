@@ -491,6 +491,7 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
         knobs: backfill::Knobs::fixed(400, 0),
         autovacuum: false,
         small_rows: None,
+        without_email_index: false,
     };
     let report = zdm::bench::backfill_benchmark(&crate::helpers::server_url(), options, |line| {
         lines.push(line.to_owned())
@@ -500,7 +501,10 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
     assert!(
         report
             .fills()
-            .all(|t| !t.autovacuum_on && t.autovacuums == 0)
+            .all(|t| !t.autovacuum_on && t.autovacuums == 0 && t.indexes == 2)
+    );
+    assert!(
+        lines.contains(&"indexes on each filled table: users_email_key, users_pkey".to_owned())
     );
     assert_eq!(
         lines
@@ -569,9 +573,10 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
 
 /// `--autovacuum` leaves autovacuum as the server has it for both tables during the fills;
 /// `--small-rows M` adds a fill of the first M users each way to every round and compares
-/// each way's rates at the two sizes.
+/// each way's rates at the two sizes; `--without-email-index` fills tables that have only
+/// their primary key.
 #[test]
-fn the_benchmark_can_leave_autovacuum_on_and_compare_two_sizes() {
+fn the_benchmark_can_leave_autovacuum_on_compare_two_sizes_and_drop_the_email_index() {
     let url = crate::helpers::server_url();
     let mut conn = diesel::PgConnection::establish(&url).unwrap();
     let server_autovacuum: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
@@ -585,11 +590,20 @@ fn the_benchmark_can_leave_autovacuum_on_and_compare_two_sizes() {
         knobs: backfill::Knobs::fixed(400, 0),
         autovacuum: true,
         small_rows: Some(200),
+        without_email_index: true,
     };
     let mut lines = Vec::new();
     let report =
         zdm::bench::backfill_benchmark(&url, options, |line| lines.push(line.to_owned())).unwrap();
-    assert!(report.fills().all(|t| t.autovacuum_on == server_autovacuum));
+    assert!(
+        report
+            .fills()
+            .all(|t| t.autovacuum_on == server_autovacuum && t.indexes == 1)
+    );
+    assert!(lines.contains(
+        &"indexes on each filled table: users_pkey (users_email_key dropped: --without-email-index)"
+            .to_owned()
+    ));
     let rows = |runs: &[zdm::bench::Timed]| runs.iter().map(|t| t.rows).collect::<Vec<_>>();
     assert_eq!(rows(&report.single), [500]);
     assert_eq!(rows(&report.backfill), [500]);
