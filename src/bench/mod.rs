@@ -60,8 +60,8 @@ pub struct Timed {
     /// The size of the filled table right afterwards (`pg_table_size`: without its indexes),
     /// in bytes.
     pub table_bytes: i64,
-    /// The indexes on the table during the fill, as the server had them.
-    pub indexes: i64,
+    /// How many indexes the table had during the fill, as the server had them.
+    pub indexes: usize,
     /// Whether autovacuum could run on the table during the fill, as the server had it (the
     /// `autovacuum` setting and the table's `autovacuum_enabled`).
     pub autovacuum_on: bool,
@@ -297,7 +297,7 @@ fn timed(
     let checkpoints_before = checkpoint_count(conn);
     let autovacuums_before = autovacuum_count(conn, table)?;
     let autovacuum_on = autovacuum_on(conn, table)?;
-    let indexes = index_names(conn, table)?.len() as i64;
+    let indexes = index_names(conn, table)?.len();
     let started = Instant::now();
     let rows = fill(conn)?;
     let secs = started.elapsed().as_secs_f64();
