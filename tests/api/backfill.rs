@@ -479,6 +479,11 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
     );
 }
 
+/// The rows each of `runs` changed, in order.
+fn rows_of(runs: &[zdm::bench::Timed]) -> Vec<u64> {
+    runs.iter().map(|t| t.rows).collect()
+}
+
 /// `zdm bench backfill` compares like with like: in every round each side fills every row of
 /// its own fresh copy, with autovacuum off for both tables, and the report ends with the
 /// ratio.
@@ -527,9 +532,8 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
             .all(|rates| rates.len() == 8 && rates.iter().all(|r| *r > 0.0)),
         "{tenths:?}"
     );
-    let rows = |runs: &[zdm::bench::Timed]| runs.iter().map(|t| t.rows).collect::<Vec<_>>();
-    assert_eq!(rows(&report.single), [3000, 3000]);
-    assert_eq!(rows(&report.backfill), [3000, 3000]);
+    assert_eq!(rows_of(&report.single), [3000, 3000]);
+    assert_eq!(rows_of(&report.backfill), [3000, 3000]);
     // 3,000 rows in batches of 400: 8 per round.
     assert_eq!(report.batch_times.len(), 16);
     assert!(
@@ -604,11 +608,10 @@ fn the_benchmark_can_leave_autovacuum_on_compare_two_sizes_and_drop_the_email_in
         &"indexes on each filled table: users_pkey (users_email_key dropped: --without-email-index)"
             .to_owned()
     ));
-    let rows = |runs: &[zdm::bench::Timed]| runs.iter().map(|t| t.rows).collect::<Vec<_>>();
-    assert_eq!(rows(&report.single), [500]);
-    assert_eq!(rows(&report.backfill), [500]);
-    assert_eq!(rows(&report.small_single), [200]);
-    assert_eq!(rows(&report.small_backfill), [200]);
+    assert_eq!(rows_of(&report.single), [500]);
+    assert_eq!(rows_of(&report.backfill), [500]);
+    assert_eq!(rows_of(&report.small_single), [200]);
+    assert_eq!(rows_of(&report.small_backfill), [200]);
     // Only the full-size fills' batches: 400 and 100 rows.
     assert_eq!(report.batch_times.len(), 2);
     let (backfill_ratio, single_ratio) = report.size_ratios().unwrap();
