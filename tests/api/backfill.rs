@@ -381,10 +381,12 @@ async fn a_backfill_cut_off_from_the_database_resumes_from_its_checkpoint() {
         s["batches"].as_i64().unwrap_or(0) >= 5
     })
     .await;
-    // What a database restart does to the runner: its session is killed.
+    // What a database restart does to the runner: its session is killed. pg_locks lists
+    // every database of the cluster, and tests running beside this one hold the same key.
     let mut conn = app.db.conn();
     let killed: Vec<bool> = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-        "pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = {}",
+        "pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = {} \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         backfill::LOCK_KEY
     )))
     .load(&mut conn)
