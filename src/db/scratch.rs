@@ -1,6 +1,8 @@
 //! Scratch databases: a database of its own next to the app's, made for one run of a tool
 //! (`zdm demo`, `zdm bench`) and dropped when the run ends, however it ends.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
@@ -15,12 +17,16 @@ pub struct ScratchDatabase {
 }
 
 impl ScratchDatabase {
-    /// Creates `<prefix>_<pid>` on the server `server_url` points to.
+    /// Creates `<prefix>_<pid>_<n>` on the server `server_url` points to: `n` counts the
+    /// scratch databases this process made, so two runs in one process (tests running in
+    /// parallel threads) never share one, and the first to finish cannot drop the other's.
     pub fn create(
         server_url: &str,
         prefix: &str,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let name = format!("{prefix}_{}", std::process::id());
+        static MADE: AtomicU32 = AtomicU32::new(0);
+        let n = MADE.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{prefix}_{}_{n}", std::process::id());
         let mut admin = PgConnection::establish(server_url)?;
         create_database_if_missing(&mut admin, &name)?;
         Ok(Self {
