@@ -161,14 +161,26 @@ impl Blocker {
         Blocker(conn)
     }
 
+    /// Whether a lock on `users` in this database waits (for this blocker, or behind a step
+    /// that does).
+    fn someone_waits(&mut self) -> bool {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        ))
+        .get_result(&mut self.0)
+        .unwrap()
+    }
+
     fn release(mut self) {
         self.0.batch_execute("COMMIT").unwrap();
     }
 }
 
 /// Runs `step` (a runner call on its own connection) while a transaction blocks `users`,
-/// reading through the API meanwhile; releases the blocker after `hold`. Returns the step's
-/// result and the slowest read seen.
+/// reading through the API meanwhile; releases the blocker `hold` after the step is first
+/// seen waiting for it (so a loaded machine cannot make the step miss it). Returns the
+/// step's result and the slowest read seen.
 async fn step_under_blocker(
     app: &TestApp,
     user_id: i64,
@@ -181,11 +193,14 @@ async fn step_under_blocker(
         let mut conn = PgConnection::establish(&url).unwrap();
         step(&mut conn)
     });
-    let started = Instant::now();
+    let mut waiting_since: Option<Instant> = None;
     let mut slowest = Duration::ZERO;
     let mut blocker = Some(blocker);
     while !worker.is_finished() {
-        if started.elapsed() >= hold
+        if waiting_since.is_none() && blocker.as_mut().is_some_and(Blocker::someone_waits) {
+            waiting_since = Some(Instant::now());
+        }
+        if waiting_since.is_some_and(|since| since.elapsed() >= hold)
             && let Some(b) = blocker.take()
         {
             b.release();
