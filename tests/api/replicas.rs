@@ -121,17 +121,31 @@ async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_
     let (_cluster, primary, replica) = with_slow_replica("reads");
     primary.create_database_if_missing("zdm").unwrap();
     let url = primary.url("zdm");
-    schema_migrations::run_infrastructure_migrations(&mut PgConnection::establish(&url).unwrap())
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500)); // the replica has the schema
+    let mut conn = PgConnection::establish(&url).unwrap();
+    schema_migrations::run_infrastructure_migrations(&mut conn).unwrap();
 
     let readers = zdm::replicas::ReadReplicas::start(
         &[replica.url("zdm")],
         zdm::db::PoolLimits::with_size(4),
     );
-    let (address, follower, _) =
-        crate::helpers::serve_with(&url, zdm::db::PoolLimits::with_size(4), readers, Vec::new());
-    actix_web::rt::time::sleep(Duration::from_millis(1500)).await; // ...and this instance's phase
+    let (address, follower, _) = crate::helpers::serve_with(
+        &url,
+        zdm::db::PoolLimits::with_size(4),
+        readers.clone(),
+        Vec::new(),
+    );
+    // Until the replica has replayed the schema and this instance's phase, every read goes
+    // to the primary.
+    let everything = zdm::replicas::current_lsn(&mut conn).unwrap();
+    let mut waited = Duration::ZERO;
+    while readers.pick(everything).is_none() {
+        assert!(
+            waited < Duration::from_secs(30),
+            "the replica never caught up"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
     let client = reqwest::Client::new();
 
     let created = client
@@ -174,7 +188,6 @@ async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_
 
     // A phase switch is read from the primary until the replica has the new schema: v2 reads
     // (first_name, last_name) right after dual_write never hit a replica without the columns.
-    let mut conn = PgConnection::establish(&url).unwrap();
     crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
     for _ in 0..20 {
         let v2 = client
