@@ -6,8 +6,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use zdm::app_state::AppState;
@@ -250,6 +251,25 @@ pub async fn wait_for_acknowledged(
         follower.instance_id,
         follower.applied().get()
     );
+}
+
+/// Waits (up to 30 s) until every live instance has applied the stored phase, the gate a
+/// next step checks: for instances in other processes, where there is no follower to ask.
+pub async fn wait_for_every_instance(conn: &mut PgConnection) {
+    use zdm::migration::state;
+    let started = Instant::now();
+    loop {
+        let phase = state::current_phase(conn).expect("reading the phase");
+        let live = state::live_instances(conn).expect("reading the instances");
+        if !live.is_empty() && live.iter().all(|i| i.phase() == Some(phase)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the instances did not all apply {phase}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Advances the stored phase a step at a time up to `to`, each step once the instance of
@@ -554,4 +574,41 @@ pub fn scratch_cluster(name: &str) -> ScratchCluster {
         PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("pg-{name}-{}", std::process::id())),
     )
+}
+
+/// Holds ACCESS EXCLUSIVE on `users` until dropped: every query on it waits.
+pub struct TableLock {
+    conn: PgConnection,
+}
+
+impl TableLock {
+    pub fn take(url: &str) -> Self {
+        let mut conn = PgConnection::establish(url).unwrap();
+        conn.batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE;")
+            .unwrap();
+        TableLock { conn }
+    }
+
+    /// Returns once a request's query is queued behind the lock (up to 30 s). A backfill's
+    /// batches queue too; they are told apart by the runner's advisory lock.
+    pub async fn wait_for_a_request(&mut self) {
+        let waiters = diesel::dsl::sql::<BigInt>(
+            "(SELECT count(*) FROM pg_locks w \
+              WHERE NOT w.granted AND w.relation = 'users'::regclass \
+                AND w.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                AND w.pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory'))",
+        );
+        let started = Instant::now();
+        while diesel::select(waiters.clone())
+            .get_result::<i64>(&mut self.conn)
+            .unwrap()
+            == 0
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no request waits"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

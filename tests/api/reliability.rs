@@ -11,21 +11,7 @@ use zdm::db::PoolLimits;
 use zdm::local_pg::LocalPg;
 use zdm::migration::schema_migrations;
 
-use crate::helpers::{TestApp, TestDb, scratch_cluster, serve};
-
-/// Holds ACCESS EXCLUSIVE on `users` until dropped: every query on it waits.
-struct TableLock {
-    _conn: PgConnection,
-}
-
-impl TableLock {
-    fn take(url: &str) -> Self {
-        let mut conn = PgConnection::establish(url).unwrap();
-        conn.batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE;")
-            .unwrap();
-        TableLock { _conn: conn }
-    }
-}
+use crate::helpers::{TableLock, TestApp, TestDb, scratch_cluster, serve};
 
 #[actix_web::test]
 async fn a_query_stuck_behind_a_lock_answers_503_within_the_statement_timeout() {
@@ -62,7 +48,7 @@ async fn an_exhausted_pool_answers_503_quickly() {
     };
     let app = TestApp::spawn_with(Arc::new(TestDb::migrated()), limits).await;
     app.create_user("Ada Lovelace", "ada@example.com").await;
-    let lock = TableLock::take(&app.db.url);
+    let mut lock = TableLock::take(&app.db.url);
     // The one connection is now stuck in a query waiting for the lock (a list: reads of one
     // user go through the point-read connection instead)...
     let stuck = {
@@ -71,7 +57,7 @@ async fn an_exhausted_pool_answers_503_quickly() {
             async move { client.get(url).send().await.map(|r| r.status().as_u16()) },
         )
     };
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    lock.wait_for_a_request().await;
     // ...so the next request finds no free connection and says so at once.
     let started = Instant::now();
     let response = app.get("/healthz").await;

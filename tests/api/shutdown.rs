@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -14,7 +13,7 @@ use serde_json::{Value, json};
 use zdm::local_pg::LocalPg;
 use zdm::migration::backfill;
 
-use crate::helpers::ADMIN_TOKEN;
+use crate::helpers::{ADMIN_TOKEN, TableLock};
 
 #[actix_web::test]
 async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() {
@@ -84,7 +83,7 @@ async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() 
                 .status(),
             200
         );
-        actix_web::rt::time::sleep(Duration::from_millis(600)).await;
+        crate::helpers::wait_for_every_instance(&mut conn).await;
     }
     let started = admin(
         "/api/admin/backfill/start",
@@ -93,24 +92,24 @@ async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() 
     .await
     .unwrap();
     assert_eq!(started.status(), 202);
-    actix_web::rt::time::sleep(Duration::from_millis(700)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while backfill::status(&mut conn).unwrap().last_id == 0 {
+        assert!(Instant::now() < deadline, "the backfill made no batch");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A request in flight: it waits on a table lock while the shutdown begins.
-    let mut locker = PgConnection::establish(&url).unwrap();
-    locker
-        .batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE;")
-        .unwrap();
+    let mut lock = TableLock::take(&url);
     let in_flight = {
         let (client, url) = (client.clone(), format!("{address}/api/v1/users?limit=5"));
         actix_web::rt::spawn(
             async move { client.get(url).send().await.map(|r| r.status().as_u16()) },
         )
     };
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    lock.wait_for_a_request().await;
     kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
     actix_web::rt::time::sleep(Duration::from_millis(300)).await;
-    locker.batch_execute("COMMIT").unwrap();
-    drop(locker);
+    drop(lock);
     drop(conn);
     assert_eq!(
         in_flight.await.unwrap().unwrap(),
