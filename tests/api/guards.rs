@@ -164,12 +164,7 @@ impl Blocker {
     /// Whether a lock on `users` in this database waits (for this blocker, or behind a step
     /// that does).
     fn someone_waits(&mut self) -> bool {
-        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
-            "EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass \
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-        ))
-        .get_result(&mut self.0)
-        .unwrap()
+        crate::helpers::waits_on_users(&mut self.0, "TRUE")
     }
 
     fn release(mut self) {

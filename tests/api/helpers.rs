@@ -253,23 +253,29 @@ pub async fn wait_for_acknowledged(
     );
 }
 
-/// Waits (up to 30 s) until every live instance has applied the stored phase, the gate a
-/// next step checks: for instances in other processes, where there is no follower to ask.
-pub async fn wait_for_every_instance(conn: &mut PgConnection) {
-    use zdm::migration::state;
+/// Polls `done` every 20 ms until it holds; fails the test after 30 s, saying what it
+/// waited for.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
-    loop {
-        let phase = state::current_phase(conn).expect("reading the phase");
-        let live = state::live_instances(conn).expect("reading the instances");
-        if !live.is_empty() && live.iter().all(|i| i.phase() == Some(phase)) {
-            return;
-        }
+    while !done() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "the instances did not all apply {phase}"
+            "waited 30 s for {what}"
         );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until every live instance has applied the stored phase, the gate a next step
+/// checks: for instances in other processes, where there is no follower to ask.
+pub async fn wait_for_every_instance(conn: &mut PgConnection) {
+    use zdm::migration::state;
+    eventually("every live instance to apply the stored phase", || {
+        let phase = state::current_phase(conn).expect("reading the phase");
+        let live = state::live_instances(conn).expect("reading the instances");
+        !live.is_empty() && live.iter().all(|i| i.phase() == Some(phase))
+    })
+    .await;
 }
 
 /// Advances the stored phase a step at a time up to `to`, each step once the instance of
@@ -589,26 +595,29 @@ impl TableLock {
         TableLock { conn }
     }
 
-    /// Returns once a request's query is queued behind the lock (up to 30 s). A backfill's
-    /// batches queue too; they are told apart by the runner's advisory lock.
+    /// Returns once a request's query is queued behind the lock. A backfill's batches queue
+    /// too; they are told apart by the runner's advisory lock.
     pub async fn wait_for_a_request(&mut self) {
-        let waiters = diesel::dsl::sql::<BigInt>(
-            "(SELECT count(*) FROM pg_locks w \
-              WHERE NOT w.granted AND w.relation = 'users'::regclass \
-                AND w.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                AND w.pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory'))",
-        );
-        let started = Instant::now();
-        while diesel::select(waiters.clone())
-            .get_result::<i64>(&mut self.conn)
-            .unwrap()
-            == 0
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "no request waits"
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
+        let conn = &mut self.conn;
+        eventually("a request queued behind the lock", || {
+            waits_on_users(
+                conn,
+                "w.pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')",
+            )
+        })
+        .await;
     }
+}
+
+/// Whether a query in this connection's database waits for a lock on `users` and meets
+/// `condition` (SQL on the waiting lock `w`; `TRUE` for any). pg_locks lists every
+/// database of the cluster, and the tests beside this one have a `users` table too.
+pub fn waits_on_users(conn: &mut PgConnection, condition: &str) -> bool {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "EXISTS (SELECT FROM pg_locks w WHERE NOT w.granted AND w.relation = 'users'::regclass \
+         AND w.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND ({condition}))"
+    )))
+    .get_result(conn)
+    .expect("reading pg_locks")
 }

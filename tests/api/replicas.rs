@@ -137,15 +137,10 @@ async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_
     // Until the replica has replayed the schema and this instance's phase, every read goes
     // to the primary.
     let everything = zdm::replicas::current_lsn(&mut conn).unwrap();
-    let mut waited = Duration::ZERO;
-    while readers.pick(everything).is_none() {
-        assert!(
-            waited < Duration::from_secs(30),
-            "the replica never caught up"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        waited += Duration::from_millis(50);
-    }
+    crate::helpers::eventually("the replica to catch up", || {
+        readers.pick(everything).is_some()
+    })
+    .await;
     let client = reqwest::Client::new();
 
     let created = client

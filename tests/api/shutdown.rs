@@ -92,11 +92,10 @@ async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() 
     .await
     .unwrap();
     assert_eq!(started.status(), 202);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while backfill::status(&mut conn).unwrap().last_id == 0 {
-        assert!(Instant::now() < deadline, "the backfill made no batch");
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::helpers::eventually("a first backfill batch", || {
+        backfill::status(&mut conn).unwrap().last_id > 0
+    })
+    .await;
 
     // A request in flight: it waits on a table lock while the shutdown begins.
     let mut lock = TableLock::take(&url);
