@@ -41,6 +41,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// What the backfills this instance runs wait for: the replicas' lag and the requests'
+    /// p99, as configured.
+    pub fn backfill_throttle(&self) -> crate::migration::backfill::Throttle {
+        crate::migration::backfill::Throttle::new(
+            self.replica_urls.clone(),
+            self.replica_max_lag_bytes,
+        )
+        .with_request_p99_limit(self.backfill_max_p99_ms)
+    }
+
     /// The phase whose code v1 writes follow.
     pub fn v1_write_phase(&self) -> crate::migration::Phase {
         let phase = self.phase.get();

@@ -327,14 +327,23 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// A connection of the CLI's own to the migrated database.
-fn connect(config: &Config) -> Result<PgConnection, StartupError> {
+/// A connection of the CLI's own to the migrated database, and what a backfill it runs waits
+/// for (the configured replicas and those of the private set-up, the requests' p99).
+fn connect(config: &Config) -> Result<(PgConnection, backfill::Throttle), StartupError> {
     let database = startup::prepare_database(config)?;
-    Ok(PgConnection::establish(&database.url)?)
+    let replicas: Vec<String> = config
+        .replica_urls
+        .iter()
+        .chain(&database.replica_urls)
+        .cloned()
+        .collect();
+    let throttle = backfill::Throttle::new(replicas, config.replica_max_lag_bytes)
+        .with_request_p99_limit(config.backfill_max_p99_ms);
+    Ok((PgConnection::establish(&database.url)?, throttle))
 }
 
 fn migrate(config: &Config, action: MigrateAction) -> Result<(), StartupError> {
-    let mut conn = connect(config)?;
+    let (mut conn, mut throttle) = connect(config)?;
     match action {
         MigrateAction::Status => {}
         MigrateAction::Advance { confirm } => {
@@ -342,7 +351,7 @@ fn migrate(config: &Config, action: MigrateAction) -> Result<(), StartupError> {
             println!("advanced {} → {}", t.from, t.to);
         }
         MigrateAction::Rollback => {
-            let t = runner::rollback(&mut conn, CLI_ACTOR)?;
+            let t = runner::rollback(&mut conn, CLI_ACTOR, &mut throttle)?;
             println!("rolled back {} → {}", t.from, t.to);
         }
     }
@@ -409,16 +418,7 @@ fn progress_bar(total: u64, what: &str) -> Result<ProgressBar, StartupError> {
 }
 
 fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupError> {
-    let database = startup::prepare_database(config)?;
-    let mut conn = PgConnection::establish(&database.url)?;
-    let replicas: Vec<String> = config
-        .replica_urls
-        .iter()
-        .chain(&database.replica_urls)
-        .cloned()
-        .collect();
-    let mut throttle = backfill::Throttle::new(replicas, config.replica_max_lag_bytes)
-        .with_request_p99_limit(config.backfill_max_p99_ms);
+    let (mut conn, mut throttle) = connect(config)?;
     let phase = state::current_phase(&mut conn)?;
     let gate_list = crate::migration::gates::backfill_gates(&mut conn, phase)?;
     if let Some(gate) = gate_list.iter().find(|g| !g.met) {
@@ -467,7 +467,7 @@ fn demo(config: &Config, opts: DemoOptions) -> Result<(), StartupError> {
 }
 
 fn run_verify(config: &Config) -> Result<(), StartupError> {
-    let mut conn = connect(config)?;
+    let (mut conn, _) = connect(config)?;
     let phase = state::current_phase(&mut conn)?;
     let result = verify::verify(&mut conn, phase)?;
     println!("verify ({phase}): {} divergent row(s)", result.divergent);
@@ -478,7 +478,7 @@ fn run_verify(config: &Config) -> Result<(), StartupError> {
 }
 
 fn seed(config: &Config, users: u64, rng_seed: Option<u64>) -> Result<(), StartupError> {
-    let mut conn = connect(config)?;
+    let (mut conn, _) = connect(config)?;
     let phase = state::current_phase(&mut conn)?;
     let bar = progress_bar(users, "seeding")?;
     let started = Instant::now();

@@ -11,6 +11,11 @@
 //! - `TooManyRequests`: too many failed admin log-ins (429 with Retry-After).
 //! - `PayloadTooLarge`: body over the limit (413).
 //! - `Unavailable`: the database cannot be reached right now (503); the client may retry.
+//! - `ConstraintRefused`: the database's constraints refused a write the code thought valid:
+//!   the schema moved on under this instance (503 naming the constraint, logged as an error);
+//!   the client may retry once the instance has caught up.
+//! - `Fenced`: this instance has not read the phase recently enough to know which code to run
+//!   (503 with Retry-After); see `migration::follower`.
 //! - `Internal`: everything else (500). Logged with its cause; the client sees a generic text.
 //!
 //! Database text never reaches a client: only the messages written here do.
@@ -53,6 +58,18 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("the database is unavailable")]
     Unavailable(#[source] Cause),
+    #[error(
+        "the database refused this write: it breaks {constraint}, which the current phase requires; this instance has not caught up with the phase yet, try again in a moment"
+    )]
+    ConstraintRefused {
+        constraint: String,
+        #[source]
+        cause: Cause,
+    },
+    #[error(
+        "this instance has not read the migration's phase recently and serves no data until it has; try again in a moment"
+    )]
+    Fenced,
     #[error("internal error")]
     Internal(#[source] Cause),
 }
@@ -93,6 +110,9 @@ impl AppError {
             AppError::TooManyRequests { retry_after_secs } => {
                 response.insert_header(("Retry-After", retry_after_secs.to_string()));
             }
+            AppError::ConstraintRefused { .. } | AppError::Fenced => {
+                response.insert_header(("Retry-After", "1"));
+            }
             _ => {}
         }
     }
@@ -101,6 +121,10 @@ impl AppError {
         match self {
             AppError::Internal(cause) => log::error!("internal error: {cause:?}"),
             AppError::Unavailable(cause) => log::warn!("database unavailable: {cause}"),
+            AppError::ConstraintRefused { constraint, cause } => {
+                log::error!("a write broke {constraint}: {cause}")
+            }
+            AppError::Fenced => log::warn!("refused a request: the phase lease is stale"),
             _ => {}
         }
     }
@@ -127,6 +151,20 @@ impl From<DieselError> for AppError {
                     "A user with this email address already exists.",
                 ))
             }
+            // The code wrote what the schema no longer allows: the phase moved on under this
+            // instance (or another client broke a rule). Not the client's fault, nor a bug to
+            // hide behind a bare 500.
+            DieselError::DatabaseError(
+                DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation,
+                ref info,
+            ) => AppError::ConstraintRefused {
+                constraint: match (info.constraint_name(), info.column_name()) {
+                    (Some(name), _) => format!("constraint {name}"),
+                    (None, Some(column)) => format!("NOT NULL on {column}"),
+                    (None, None) => "a constraint".to_owned(),
+                },
+                cause: Box::new(e),
+            },
             // The connection died (server restarted, backend killed): the pool replaces it.
             DieselError::DatabaseError(
                 DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
@@ -184,7 +222,9 @@ impl ResponseError for AppError {
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::ConstraintRefused { .. } | AppError::Fenced => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -226,7 +266,9 @@ impl ResponseError for HtmlError {
         let advice = match &self.0 {
             AppError::NotFound => "It may have been deleted. Go back to the list and pick another.",
             AppError::Unauthorized => "Log in at /admin/login with the admin token.",
-            AppError::Unavailable(_) => "Wait a few seconds and reload the page.",
+            AppError::Unavailable(_) | AppError::ConstraintRefused { .. } | AppError::Fenced => {
+                "Wait a few seconds and reload the page."
+            }
             AppError::Internal(_) => "Reload the page; if it happens again, check the server log.",
             _ => "Go back, correct the request and send it again.",
         };

@@ -30,6 +30,7 @@ pub fn run(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(routes::fence))
             .wrap(from_fn(routes::remember_write_position))
             .wrap(from_fn(observe))
             .wrap(security_headers())

@@ -1,4 +1,6 @@
 -- squawk-ignore-file require-lock-timeout
+-- Infrastructure is reverted only at baseline, after every phase step was rolled back.
+DO $$ BEGIN IF (SELECT phase FROM zdm_migration_state) <> 'baseline' THEN RAISE EXCEPTION 'zdm: infrastructure migrations are reverted only at baseline'; END IF; END $$;
 CREATE OR REPLACE FUNCTION zdm_name_last(s text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$

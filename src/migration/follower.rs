@@ -5,11 +5,20 @@
 //! heartbeat in `zdm_instances` with the phase it has *applied*: at once after a switch, and
 //! every `HEARTBEAT_EVERY` otherwise. Gates that need "every live instance acknowledged" read
 //! those heartbeats. Request handlers read the applied phase from memory: no query per request.
+//!
+//! Two rules keep an instance from running code of a phase the fleet has left (I8):
+//! - Fencing: every successful read renews a lease of `PHASE_LEASE` (half the live window).
+//!   Past it, the instance serves no phase-dependent request (503) until it has read the
+//!   phase again: a frozen or partitioned instance that the gates stopped waiting for never
+//!   wakes up to serve old code.
+//! - Drain: the instance acknowledges a new phase only once every request that started under
+//!   an older one has finished (`AppliedPhase::enter` counts them).
+//!
 //! A serving instance also reports the p99 of its recent user requests with each heartbeat
 //! (then every `REPORTING_HEARTBEAT_EVERY`), for the backfill's latency throttle.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,43 +35,141 @@ use crate::schema::state::zdm_instances;
 pub const LIVE_WINDOW: Duration = Duration::from_secs(10);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
-/// The phase this instance has applied, since when (Unix seconds, as stored), and the
-/// primary's WAL position when it switched (a replica past it has the phase's schema); cheap
-/// to clone and read.
+/// How long a phase read stays good for serving (I8): half the live window. An instance whose
+/// last successful read is older (frozen by SIGSTOP, paused with its VM, cut off from the
+/// database) may already have been left behind by a step the gates took without it, since
+/// after the live window they no longer wait for it. So it serves no phase-dependent request
+/// until it has read the phase again.
+pub const PHASE_LEASE: Duration = Duration::from_secs(LIVE_WINDOW.as_secs() / 2);
+
+/// The phase this instance has applied, since when (Unix seconds, as stored), the primary's
+/// WAL position when it switched (a replica past it has the phase's schema), when it last
+/// read the phase (its lease), and the requests running under each phase; cheap to clone and
+/// read.
 #[derive(Debug, Clone)]
-pub struct AppliedPhase(Arc<(AtomicU8, AtomicI64, AtomicU64)>);
+pub struct AppliedPhase(Arc<Applied>);
+
+#[derive(Debug)]
+struct Applied {
+    phase: AtomicU8,
+    since: AtomicI64,
+    lsn: AtomicU64,
+    /// When the phase was last read successfully, in ms after `epoch`.
+    read_at_ms: AtomicU64,
+    epoch: Instant,
+    /// Requests in flight, by the phase that was current when they started.
+    in_flight: [AtomicUsize; 7],
+}
+
+/// A request's hold on the phase it started under: while it lives, the instance does not
+/// acknowledge a later phase (drain before acknowledging, I8).
+#[derive(Debug)]
+pub struct PhaseGuard {
+    applied: AppliedPhase,
+    phase: Phase,
+}
+
+impl PhaseGuard {
+    /// The phase current when the request started.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+}
+
+impl Drop for PhaseGuard {
+    fn drop(&mut self) {
+        self.applied.0.in_flight[self.phase.index()].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The instance's phase lease has run out: it must read the phase before it serves.
+#[derive(Debug, thiserror::Error)]
+#[error("the phase was last read {0:?} ago, longer than the lease")]
+pub struct StaleLease(pub Duration);
 
 impl AppliedPhase {
+    /// A phase just read from the database (the lease starts now).
     pub fn new(phase: Phase, since: i64) -> Self {
-        Self(Arc::new((
-            AtomicU8::new(phase.index() as u8),
-            AtomicI64::new(since),
-            AtomicU64::new(u64::MAX),
-        )))
+        Self(Arc::new(Applied {
+            phase: AtomicU8::new(phase.index() as u8),
+            since: AtomicI64::new(since),
+            lsn: AtomicU64::new(u64::MAX),
+            read_at_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            in_flight: Default::default(),
+        }))
     }
 
     /// The primary's WAL position when this instance switched to its phase (`u64::MAX`, which
     /// no replica reaches, until known).
     pub fn switched_at_lsn(&self) -> u64 {
-        self.0.2.load(Ordering::Acquire)
+        self.0.lsn.load(Ordering::Acquire)
     }
 
     fn set_lsn(&self, lsn: u64) {
-        self.0.2.store(lsn, Ordering::Release);
+        self.0.lsn.store(lsn, Ordering::Release);
     }
 
     pub fn get(&self) -> Phase {
-        Phase::ALL[self.0.0.load(Ordering::Acquire) as usize]
+        Phase::ALL[self.0.phase.load(Ordering::SeqCst) as usize]
     }
 
     /// When the stored phase was entered (Unix seconds).
     pub fn since(&self) -> i64 {
-        self.0.1.load(Ordering::Acquire)
+        self.0.since.load(Ordering::Acquire)
     }
 
+    /// Switches to `phase`. Called before `renew_lease`, so that a request that finds the
+    /// lease fresh also finds the phase just read.
     fn set(&self, phase: Phase, since: i64) {
-        self.0.1.store(since, Ordering::Release);
-        self.0.0.store(phase.index() as u8, Ordering::Release);
+        self.0.since.store(since, Ordering::Release);
+        self.0.phase.store(phase.index() as u8, Ordering::SeqCst);
+    }
+
+    /// The phase was just read from the database.
+    fn renew_lease(&self) {
+        let now = self.0.epoch.elapsed().as_millis() as u64;
+        self.0.read_at_ms.store(now, Ordering::SeqCst);
+    }
+
+    /// Whether the last phase read is recent enough to serve by (see `PHASE_LEASE`).
+    pub fn check_lease(&self) -> Result<(), StaleLease> {
+        let read_at = Duration::from_millis(self.0.read_at_ms.load(Ordering::SeqCst));
+        let age = self.0.epoch.elapsed().saturating_sub(read_at);
+        if age < PHASE_LEASE {
+            Ok(())
+        } else {
+            Err(StaleLease(age))
+        }
+    }
+
+    /// Starts a phase-dependent request: checks the lease and counts the request under the
+    /// current phase until the guard is dropped.
+    pub fn enter(&self) -> Result<PhaseGuard, StaleLease> {
+        self.check_lease()?;
+        loop {
+            let phase = self.get();
+            self.0.in_flight[phase.index()].fetch_add(1, Ordering::SeqCst);
+            // Counted under a phase that is still current: a switch after this point waits
+            // for it (the follower reads the counts after switching).
+            if self.get() == phase {
+                return Ok(PhaseGuard {
+                    applied: self.clone(),
+                    phase,
+                });
+            }
+            self.0.in_flight[phase.index()].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Requests still running under a phase other than the current one.
+    pub fn in_flight_under_older_phases(&self) -> usize {
+        let current = self.get();
+        Phase::ALL
+            .into_iter()
+            .filter(|p| *p != current)
+            .map(|p| self.0.in_flight[p.index()].load(Ordering::SeqCst))
+            .sum()
     }
 }
 
@@ -210,6 +317,10 @@ fn follow(
             .and_then(|r| r.metrics.user_p99_ms_since(&mut r.since))
     };
     let mut last_beat = Instant::now();
+    // The phase this instance has told the fleet it runs. It follows the applied phase once
+    // no request that started under an older phase is still running (drain, I8), so "every
+    // instance applied X" means no older code runs anywhere.
+    let mut acknowledged = applied.get();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(poll);
         let mut conn = match pool.get() {
@@ -219,29 +330,38 @@ fn follow(
                 continue;
             }
         };
-        match state::phase_and_since(&mut conn) {
-            Ok((phase, since)) if phase != applied.get() => {
-                let from = applied.get();
-                applied.set_lsn(u64::MAX);
-                applied.set(phase, since.timestamp());
-                if let Ok(lsn) = crate::replicas::current_lsn(&mut conn) {
-                    applied.set_lsn(lsn);
-                }
-                log::info!("instance {id} switched from {from} to {phase}");
-                if let Err(e) = heartbeat(&mut conn, &id, phase, recent_p99()) {
-                    log::warn!("phase follower: heartbeat failed: {e}");
-                }
-                last_beat = Instant::now();
+        let (phase, since) = match state::phase_and_since(&mut conn) {
+            Ok(read) => read,
+            Err(e) => {
+                log::warn!("phase follower: could not read the phase: {e}");
+                continue;
             }
-            Ok((phase, _)) => {
-                if last_beat.elapsed() >= beat_every {
-                    if let Err(e) = heartbeat(&mut conn, &id, phase, recent_p99()) {
-                        log::warn!("phase follower: heartbeat failed: {e}");
-                    }
+        };
+        let from = applied.get();
+        if phase != from {
+            applied.set_lsn(u64::MAX);
+            applied.set(phase, since.timestamp());
+            if let Ok(lsn) = crate::replicas::current_lsn(&mut conn) {
+                applied.set_lsn(lsn);
+            }
+            log::info!("instance {id} switched from {from} to {phase}");
+        }
+        applied.renew_lease();
+        let draining = applied.in_flight_under_older_phases();
+        let report = if draining == 0 { phase } else { acknowledged };
+        if draining > 0 && phase != from {
+            log::info!(
+                "instance {id} acknowledges {phase} once {draining} request(s) begun under an older phase finish"
+            );
+        }
+        if report != acknowledged || last_beat.elapsed() >= beat_every {
+            match heartbeat(&mut conn, &id, report, recent_p99()) {
+                Ok(()) => {
+                    acknowledged = report;
                     last_beat = Instant::now();
                 }
+                Err(e) => log::warn!("phase follower: heartbeat failed: {e}"),
             }
-            Err(e) => log::warn!("phase follower: could not read the phase: {e}"),
         }
     }
 }

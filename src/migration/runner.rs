@@ -1,14 +1,23 @@
-//! The runner: advances or rolls back the phase by one step, checking the gates, applying or
-//! reverting the phase's schema migrations, and recording everything in the history.
+//! The runner: advances or rolls back the phase by one step.
 //!
-//! DDL safety (I4): every phase migration sets `lock_timeout = 200ms` itself, so a migration
-//! waiting behind a long transaction holds up other sessions for at most that long. When it
-//! gives up (SQLSTATE 55P03, "canceling statement due to lock timeout") its transaction rolls
-//! back whole, and the runner tries again after 0.2 s, 0.4 s, 0.8 s, 1.6 s and 3.2 s: six
-//! attempts, about 7.4 s in all at worst. Then it fails cleanly with nothing applied.
+//! Each step is one phase migration (`migrations/9000-*`). Its SQL checks the step's gates,
+//! changes the schema and moves the stored phase, in its own transaction(s), so the runner
+//! takes a step exactly as `diesel migration run` or `revert` would, and the phase and the
+//! applied migrations never disagree. What the runner adds:
 //!
-//! One step at a time across the fleet: the runner holds a session advisory lock while it
-//! works; a second runner is refused at once.
+//! - One step at a time across the fleet: it holds a session advisory lock while it works; a
+//!   second runner is refused at once. (The step's SQL also locks the phase row.)
+//! - DDL safety (I4): every phase migration sets `lock_timeout = 200ms` itself, so a migration
+//!   waiting behind a long transaction holds up other sessions for at most that long. When it
+//!   gives up, its SQL says so in zdm's own words (`zdm_lock_timeout`, whatever the server's
+//!   language), its transaction rolls back, and the runner tries again after 0.2 s, 0.4 s,
+//!   0.8 s, 1.6 s and 3.2 s: six attempts, about 7.4 s in all at worst. Then it fails cleanly.
+//! - The rollback out of new_only, which needs the fleet between its parts: the phase goes
+//!   back to read_new, the runner waits until every instance dual-writes again, runs the
+//!   reverse backfill (throttled like the forward one), and then reverts the migration.
+//! - Who asked (the history's actor) and the contract's confirmation reach the SQL through
+//!   the session settings `zdm.actor` and `zdm.confirm`; refused and failed steps are
+//!   recorded in the history here.
 
 use std::time::{Duration, Instant};
 
@@ -16,13 +25,13 @@ use diesel::connection::SimpleConnection;
 use diesel::migration::{Migration, MigrationSource};
 use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::sql_types::Text;
 use diesel_migrations::MigrationHarness;
 use serde::Serialize;
 
 use super::Phase;
 use super::advisory_lock::AdvisoryLock;
-use super::backfill::{self, BackfillError, Direction};
-use super::gates::{self, Gate, GateError, VerifyMode};
+use super::backfill::{self, BackfillError, Direction, Throttle};
 use super::schema_migrations::MIGRATIONS;
 use super::state::{self, Action, StateError};
 
@@ -38,34 +47,36 @@ pub const LOCK_RETRY_SCHEDULE: [Duration; 5] = [
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 const LOCK_KEY: i64 = 0x7a64_6d72; // "zdmr"
 
-pub const EXPAND: &str = "2026-11-24-100001_phase_1_expand";
-pub const ADD_NAMES_CHECK: &str = "2026-11-24-100002_phase_3_add_names_check";
-pub const VALIDATE_NAMES_CHECK: &str = "2026-11-24-100003_phase_3_validate_names_check";
-pub const FULL_NAME_OPTIONAL: &str = "2026-11-24-100004_phase_5_full_name_optional";
-pub const CONTRACT: &str = "2026-11-24-100005_phase_6_contract";
+pub const EXPAND: &str = "9000-00-01-000000_phase_1_expand";
+pub const DUAL_WRITE: &str = "9000-00-02-000000_phase_2_dual_write";
+pub const BACKFILLED: &str = "9000-00-03-000000_phase_3_backfilled";
+pub const READ_NEW: &str = "9000-00-04-000000_phase_4_read_new";
+pub const NEW_ONLY: &str = "9000-00-05-000000_phase_5_new_only";
+pub const CONTRACT: &str = "9000-00-06-000000_phase_6_contract";
 
-/// The phase migrations applied when advancing *from* a phase (reverted, in reverse order,
-/// when rolling back *to* it).
-pub fn migrations_leaving(phase: Phase) -> &'static [&'static str] {
-    match phase {
-        Phase::Baseline => &[EXPAND],
-        Phase::DualWrite => &[ADD_NAMES_CHECK, VALIDATE_NAMES_CHECK],
-        Phase::ReadNew => &[FULL_NAME_OPTIONAL],
-        Phase::NewOnly => &[CONTRACT],
-        Phase::Expanded | Phase::Backfilled | Phase::Contracted => &[],
-    }
+/// The phase migrations in order: the one at index `i` steps from `Phase::ALL[i]` to the next.
+pub const STEPS: [&str; 6] = [EXPAND, DUAL_WRITE, BACKFILLED, READ_NEW, NEW_ONLY, CONTRACT];
+
+/// The phase migration that advances from `from` (and that a rollback to `from` reverts).
+pub fn step_migration(from: Phase) -> Option<&'static str> {
+    STEPS.get(from.index()).copied()
 }
+
+/// What the SQL of a phase migration raises, by the prefix it starts with.
+const GATE_PREFIX: &str = "zdm gate: ";
+const UNDONE_PREFIX: &str = "zdm step undone: ";
+const LOCK_TIMEOUT_PREFIX: &str = "zdm_lock_timeout: ";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("another migration step is in progress; try again when it has finished")]
     Busy,
-    #[error("cannot {action} from {from}: {}", unmet(.gates))]
-    GateUnmet {
-        action: &'static str,
-        from: Phase,
-        gates: Vec<Gate>,
-    },
+    /// A gate of the step is unmet (checked by the step's SQL): what, and what to do.
+    #[error("{0}")]
+    Refused(String),
+    /// The step found something wrong half-way and undid what it had done.
+    #[error("the step was undone: {0}")]
+    Undone(String),
     #[error("contracted is the last phase")]
     AtEnd,
     #[error("baseline is the first phase")]
@@ -74,6 +85,14 @@ pub enum RunError {
         "contracted cannot be rolled back by the app: full_name is gone (see the contract's down.sql for disaster recovery)"
     )]
     Irreversible,
+    #[error(
+        "a rollback out of new_only has not finished (full_name is still optional): run rollback again to finish it"
+    )]
+    UnfinishedRollback,
+    #[error(
+        "the phase is {phase} but the last applied phase migration is {applied}; revert or apply migrations until they match (`diesel migration list`)"
+    )]
+    Mismatch { phase: Phase, applied: String },
     #[error(
         "{migration} could not take its lock within lock_timeout in {attempts} attempts; nothing was applied (a long transaction holds users)"
     )]
@@ -91,18 +110,7 @@ pub enum RunError {
     #[error(transparent)]
     Backfill(#[from] BackfillError),
     #[error(transparent)]
-    Gate(#[from] GateError),
-    #[error(transparent)]
     State(#[from] StateError),
-}
-
-fn unmet(gates: &[Gate]) -> String {
-    gates
-        .iter()
-        .filter(|g| !g.met)
-        .map(|g| format!("{} gate: {}", g.name, g.detail))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 impl From<diesel::result::Error> for RunError {
@@ -112,16 +120,18 @@ impl From<diesel::result::Error> for RunError {
 }
 
 impl RunError {
-    /// Whether the step was refused before anything was tried (a gate, the wrong phase,
+    /// Whether the step was refused before anything was changed (a gate, the wrong phase,
     /// another step in progress): recorded as "refused" rather than "failed".
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
             RunError::Busy
-                | RunError::GateUnmet { .. }
+                | RunError::Refused(_)
                 | RunError::AtEnd
                 | RunError::AtStart
                 | RunError::Irreversible
+                | RunError::UnfinishedRollback
+                | RunError::Mismatch { .. }
         )
     }
 
@@ -135,6 +145,12 @@ impl RunError {
                 | RunError::Backfill(BackfillError::AlreadyRunning)
         )
     }
+
+    /// Whether a client should see this as a conflict with the migration's state (409) rather
+    /// than a server error: refusals, transient failures and steps that undid themselves.
+    pub fn is_conflict(&self) -> bool {
+        self.is_refusal() || self.is_transient() || matches!(self, RunError::Undone(_))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -145,8 +161,8 @@ pub struct Transition {
     pub lock_timeouts: usize,
 }
 
-/// Advances one phase. `actor` names who asked (an instance id or "cli") for the history;
-/// `confirm` must be `users.full_name` to contract.
+/// Advances one phase: applies the step's migration. `actor` names who asked (an instance id
+/// or "cli") for the history; `confirm` must be `users.full_name` to contract.
 pub fn advance(
     conn: &mut PgConnection,
     actor: &str,
@@ -156,134 +172,131 @@ pub fn advance(
     let conn = lock.conn();
     let from = state::current_phase(conn)?;
     let to = from.next().ok_or(RunError::AtEnd)?;
-    let outcome = (|| {
-        let gate_list = gates::advance_gates(conn, from, confirm, VerifyMode::Fresh)?;
-        if gate_list.iter().any(|g| !g.met) {
-            return Err(RunError::GateUnmet {
-                action: "advance",
-                from,
-                gates: gate_list,
+    let outcome = with_step_settings(conn, actor, confirm, |conn| {
+        let migration = step_migration(from).ok_or(RunError::AtEnd)?;
+        if is_applied(conn, migration)? {
+            return Err(if from == Phase::ReadNew {
+                RunError::UnfinishedRollback
+            } else {
+                RunError::Mismatch {
+                    phase: from,
+                    applied: migration.to_owned(),
+                }
             });
         }
-        let mut lock_timeouts = 0;
-        for name in migrations_leaving(from) {
-            lock_timeouts += apply(conn, name, Step::Up)?;
-        }
-        let detail =
-            (lock_timeouts > 0).then(|| format!("{lock_timeouts} lock timeout(s) retried"));
-        state::set_phase(conn, Action::Advance, from, to, actor, detail.as_deref())?;
+        let lock_timeouts = apply(conn, migration, Step::Up)?;
         Ok(Transition {
             from,
             to,
             lock_timeouts,
         })
-    })();
+    });
     if let Err(e) = &outcome {
         record_failure(conn, Action::Advance, from, to, actor, e);
     }
     outcome
 }
 
-/// Rolls back one phase, where the data allows (never out of contracted).
-pub fn rollback(conn: &mut PgConnection, actor: &str) -> Result<Transition, RunError> {
+/// Rolls back one phase, where the data allows (never out of contracted): reverts the last
+/// applied phase migration, as `diesel migration revert` would. The reverse backfill of a
+/// rollback out of new_only waits for `throttle` (replica lag, the requests' p99) like the
+/// forward backfill.
+pub fn rollback(
+    conn: &mut PgConnection,
+    actor: &str,
+    throttle: &mut Throttle,
+) -> Result<Transition, RunError> {
     let mut lock = AdvisoryLock::try_acquire(conn, LOCK_KEY)?.ok_or(RunError::Busy)?;
     let conn = lock.conn();
     let from = state::current_phase(conn)?;
-    if from == Phase::Contracted {
-        return Err(RunError::Irreversible);
-    }
-    // A rollback out of new_only that stopped half-way (instances slow to acknowledge) is
-    // finished first: the phase is already read_new, full_name still optional.
-    if from == Phase::ReadNew && is_applied(conn, FULL_NAME_OPTIONAL)? {
-        let outcome = finish_leaving_new_only(conn);
-        let outcome = outcome.map(|lock_timeouts| Transition {
-            from: Phase::NewOnly,
-            to: Phase::ReadNew,
-            lock_timeouts,
-        });
-        match &outcome {
-            Ok(_) => state::record(
-                conn,
-                Action::Rollback,
-                Phase::NewOnly,
-                Phase::ReadNew,
-                actor,
-                "done",
-                Some("finished the reverse backfill"),
-            )?,
-            Err(e) => record_failure(
-                conn,
-                Action::Rollback,
-                Phase::NewOnly,
-                Phase::ReadNew,
-                actor,
-                e,
-            ),
+    let last = last_applied_step(conn)?;
+    // A rollback out of new_only that stopped half-way (instances slow to acknowledge, the
+    // reverse backfill paused): the phase is already read_new, full_name still optional.
+    let (from, to) = if from == Phase::ReadNew && last == Some(NEW_ONLY) {
+        (Phase::NewOnly, Phase::ReadNew)
+    } else {
+        (from, from.previous().ok_or(RunError::AtStart)?)
+    };
+    let outcome = with_step_settings(conn, actor, None, |conn| {
+        if from == Phase::Contracted {
+            return Err(RunError::Irreversible);
         }
-        return outcome;
-    }
-    let to = from.previous().ok_or(RunError::AtStart)?;
-    let outcome = (|| {
-        let gate_list = gates::rollback_gates(conn, from)?;
-        if gate_list.iter().any(|g| !g.met) {
-            return Err(RunError::GateUnmet {
-                action: "roll back",
-                from,
-                gates: gate_list,
+        let migration = step_migration(to).ok_or(RunError::AtStart)?;
+        if last != Some(migration) {
+            return Err(RunError::Mismatch {
+                phase: from,
+                applied: last.unwrap_or("none").to_owned(),
             });
         }
-        if from == Phase::NewOnly {
-            // Instances must dual-write again before full_name is refilled and required.
-            state::set_phase(
-                conn,
-                Action::Rollback,
-                from,
-                to,
-                actor,
-                Some("reverse backfill follows"),
-            )?;
-            let lock_timeouts = finish_leaving_new_only(conn)?;
-            return Ok(Transition {
-                from,
-                to,
-                lock_timeouts,
-            });
-        }
-        let mut lock_timeouts = 0;
-        for name in migrations_leaving(to).iter().rev() {
-            lock_timeouts += apply(conn, name, Step::Down)?;
-        }
-        let detail =
-            (lock_timeouts > 0).then(|| format!("{lock_timeouts} lock timeout(s) retried"));
-        state::set_phase(conn, Action::Rollback, from, to, actor, detail.as_deref())?;
+        let lock_timeouts = if from == Phase::NewOnly {
+            leave_new_only(conn, throttle)?
+        } else {
+            apply(conn, migration, Step::Down)?
+        };
         Ok(Transition {
             from,
             to,
             lock_timeouts,
         })
-    })();
+    });
     if let Err(e) = &outcome {
         record_failure(conn, Action::Rollback, from, to, actor, e);
     }
     outcome
 }
 
-/// With the phase back at read_new: wait until every live instance dual-writes, refill
-/// full_name where it differs from the parts (the reverse backfill), then make it required
-/// again. Returns the lock timeouts retried.
-fn finish_leaving_new_only(conn: &mut PgConnection) -> Result<usize, RunError> {
+/// The rollback out of new_only. The phase goes back to read_new first (as the first
+/// transaction of the migration's down.sql does, which then finds it done); once every live
+/// instance dual-writes again, the reverse backfill refills full_name where it differs from
+/// the parts, and the migration's revert makes it required again. Returns the lock timeouts
+/// retried.
+fn leave_new_only(conn: &mut PgConnection, throttle: &mut Throttle) -> Result<usize, RunError> {
+    conn.transaction(|conn| {
+        conn.batch_execute(
+            "SELECT zdm_begin_step('rollback', 'new_only', 'read_new');
+             SELECT zdm_finish_step('rollback', 'new_only', 'read_new', 'full_name is refilled next');",
+        )
+    })
+    .map_err(|e| classify(NEW_ONLY, &e).unwrap_or_else(|| e.into()))?;
     wait_for_instances(conn, Phase::ReadNew, ACK_TIMEOUT)?;
-    let done = backfill::run(conn, Direction::Reverse, |_| {})?;
+    let done = backfill::run_throttled(conn, Direction::Reverse, throttle, |_| {})?;
     if done.state != "done" {
         return Err(RunError::Migration {
-            migration: FULL_NAME_OPTIONAL.to_owned(),
+            migration: NEW_ONLY.to_owned(),
             message: format!(
                 "the reverse backfill stopped ({}); run rollback again",
                 done.state
             ),
         });
     }
-    apply(conn, FULL_NAME_OPTIONAL, Step::Down)
+    apply(conn, NEW_ONLY, Step::Down)
+}
+
+/// Runs `work` with the session settings the phase migrations read: who asked, and the
+/// contract's confirmation. They are cleared afterwards (the connection may be reused).
+fn with_step_settings<T>(
+    conn: &mut PgConnection,
+    actor: &str,
+    confirm: Option<&str>,
+    work: impl FnOnce(&mut PgConnection) -> Result<T, RunError>,
+) -> Result<T, RunError> {
+    set_settings(conn, actor, confirm.unwrap_or(""))?;
+    let outcome = work(conn);
+    if let Err(e) = set_settings(conn, "", "") {
+        log::warn!("could not clear the step's session settings: {e}");
+    }
+    outcome
+}
+
+fn set_settings(conn: &mut PgConnection, actor: &str, confirm: &str) -> QueryResult<()> {
+    diesel::sql_query(
+        "SELECT set_config('zdm.actor', $1, false), set_config('zdm.confirm', $2, false), \
+         set_config('zdm.detail', '', false)",
+    )
+    .bind::<Text, _>(actor)
+    .bind::<Text, _>(confirm)
+    .execute(conn)
+    .map(drop)
 }
 
 fn wait_for_instances(
@@ -362,28 +375,68 @@ fn find_migration(name: &str) -> Result<Box<dyn Migration<Pg>>, RunError> {
         })
 }
 
-/// Whether the phase migration `name` is applied.
-pub fn is_applied(conn: &mut PgConnection, name: &str) -> Result<bool, RunError> {
-    let migration = find_migration(name)?;
-    let applied = conn.applied_migrations().map_err(|e| RunError::Migration {
-        migration: name.to_owned(),
-        message: e.to_string(),
-    })?;
-    Ok(applied.contains(&migration.name().version()))
+fn applied_versions(conn: &mut PgConnection) -> Result<Vec<String>, RunError> {
+    Ok(conn
+        .applied_migrations()
+        .map_err(|e| RunError::Migration {
+            migration: "__diesel_schema_migrations".to_owned(),
+            message: e.to_string(),
+        })?
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect())
 }
 
-/// Whether an error (or any of its causes) is PostgreSQL's lock_timeout (SQLSTATE 55P03).
-/// Diesel exposes no SQLSTATE, so the server's message is matched; a server whose
-/// `lc_messages` is not English will not be retried, only fail cleanly.
-fn is_lock_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+fn version_of(name: &str) -> String {
+    name.split('_').next().unwrap_or(name).replace('-', "")
+}
+
+/// Whether the phase migration `name` is applied.
+pub fn is_applied(conn: &mut PgConnection, name: &str) -> Result<bool, RunError> {
+    Ok(applied_versions(conn)?.contains(&version_of(name)))
+}
+
+/// The last phase migration applied (what a revert would undo), if any.
+pub fn last_applied_step(conn: &mut PgConnection) -> Result<Option<&'static str>, RunError> {
+    let applied = applied_versions(conn)?;
+    Ok(STEPS
+        .iter()
+        .rev()
+        .find(|name| applied.contains(&version_of(name)))
+        .copied())
+}
+
+/// The text after `prefix` in an error (or any of its causes), where zdm's SQL raised it.
+fn raised(error: &(dyn std::error::Error + 'static), prefix: &str) -> Option<String> {
     let mut current = Some(error);
     while let Some(e) = current {
-        if e.to_string().contains("lock timeout") {
-            return true;
+        let text = e.to_string();
+        if let Some(at) = text.find(prefix) {
+            return Some(text[at + prefix.len()..].trim().to_owned());
         }
         current = e.source();
     }
-    false
+    None
+}
+
+/// Whether an error is a lock wait that reached lock_timeout. Only zdm's own message counts
+/// (see `zdm_lock_timeout` in the SQL): PostgreSQL's follows the server's `lc_messages`.
+pub fn is_lock_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    raised(error, LOCK_TIMEOUT_PREFIX).is_some()
+}
+
+/// A refusal or an undone step, as the SQL of `migration` raised it.
+fn classify(migration: &str, error: &(dyn std::error::Error + 'static)) -> Option<RunError> {
+    if let Some(message) = raised(error, GATE_PREFIX) {
+        return Some(RunError::Refused(message));
+    }
+    if let Some(message) = raised(error, UNDONE_PREFIX) {
+        return Some(RunError::Undone(message));
+    }
+    is_lock_timeout(error).then(|| RunError::LockTimeout {
+        migration: migration.to_owned(),
+        attempts: 1,
+    })
 }
 
 /// Applies (or reverts) one phase migration, retrying lock timeouts on the schedule.
@@ -397,30 +450,33 @@ fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunEr
     let mut lock_timeouts = 0;
     let mut pauses = LOCK_RETRY_SCHEDULE.iter();
     loop {
+        if lock_timeouts > 0 {
+            diesel::sql_query("SELECT set_config('zdm.detail', $1, false)")
+                .bind::<Text, _>(format!("{lock_timeouts} lock timeout(s) retried"))
+                .execute(conn)?;
+        }
         let result = match step {
             Step::Up => conn.run_migration(migration.as_ref()).map(drop),
             Step::Down => conn.revert_migration(migration.as_ref()).map(drop),
         };
-        if result.is_err() {
-            // A migration that manages its own transactions (BEGIN ... COMMIT in its file)
-            // leaves its failed transaction open: end it, or the retry (and whatever uses
-            // this connection next) meets "current transaction is aborted". Without one
-            // open, PostgreSQL only warns.
-            let _ = conn.batch_execute("ROLLBACK");
-        }
-        match result {
-            Ok(()) => {
-                log::info!(
-                    "{} {name}",
-                    if step == Step::Up {
-                        "applied"
-                    } else {
-                        "reverted"
-                    }
-                );
-                return Ok(lock_timeouts);
-            }
-            Err(e) if is_lock_timeout(e.as_ref()) => {
+        let Err(e) = result else {
+            log::info!(
+                "{} {name}",
+                if step == Step::Up {
+                    "applied"
+                } else {
+                    "reverted"
+                }
+            );
+            return Ok(lock_timeouts);
+        };
+        // A migration that manages its own transactions (BEGIN ... COMMIT in its file) leaves
+        // its failed transaction open: end it, or the retry (and whatever uses this
+        // connection next) meets "current transaction is aborted". Without one open,
+        // PostgreSQL only warns.
+        let _ = conn.batch_execute("ROLLBACK");
+        match classify(name, e.as_ref()) {
+            Some(RunError::LockTimeout { .. }) => {
                 lock_timeouts += 1;
                 let Some(pause) = pauses.next() else {
                     return Err(RunError::LockTimeout {
@@ -431,12 +487,55 @@ fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunEr
                 log::warn!("{name}: lock timeout (attempt {lock_timeouts}), retrying in {pause:?}");
                 std::thread::sleep(*pause);
             }
-            Err(e) => {
+            Some(refused_or_undone) => return Err(refused_or_undone),
+            None => {
                 return Err(RunError::Migration {
                     migration: name.to_owned(),
                     message: e.to_string(),
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Text(&'static str);
+
+    impl std::fmt::Display for Text {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Text {}
+
+    #[test]
+    fn a_lock_timeout_is_known_by_zdms_words_not_the_servers() {
+        assert!(is_lock_timeout(&Text(
+            "Failed to run x with: zdm_lock_timeout: ADD COLUMN could not take its lock within lock_timeout"
+        )));
+        // PostgreSQL's own message, in English or in German: not relied on.
+        assert!(!is_lock_timeout(&Text(
+            "canceling statement due to lock timeout"
+        )));
+        assert!(!is_lock_timeout(&Text(
+            "storniere Anfrage wegen Zeitüberschreitung einer Sperre"
+        )));
+    }
+
+    #[test]
+    fn every_phase_step_has_its_migration_in_order() {
+        assert_eq!(STEPS.len(), Phase::ALL.len() - 1);
+        for (i, name) in STEPS.iter().enumerate() {
+            assert!(name.contains(&format!("_phase_{}_", i + 1)), "{name}");
+            assert_eq!(step_migration(Phase::ALL[i]), Some(*name));
+        }
+        assert_eq!(step_migration(Phase::Contracted), None);
+        let names = super::super::schema_migrations::all_migration_names().unwrap();
+        assert_eq!(&names[names.len() - STEPS.len()..], &STEPS);
     }
 }

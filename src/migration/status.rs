@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::Phase;
 use super::backfill::{self, BackfillStatus};
-use super::gates::{self, Gate, GateError, VerifyMode};
-use super::state::{self, HistoryEntry, Instance};
+use super::gates::{self, Gate};
+use super::state::{self, HistoryEntry, Instance, StateError};
 use super::verify::{self, VerifyResult};
 
 #[derive(Serialize)]
@@ -37,12 +37,12 @@ pub struct MigrationStatus {
 }
 
 /// Reads the whole status (gates from the stored verification, no fresh one).
-pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, GateError> {
+pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, StateError> {
     let (phase, phase_since) = state::phase_and_since(conn)?;
     let next = match phase.next() {
         Some(to) => Some(Step {
             phase: to,
-            gates: gates::advance_gates(conn, phase, None, VerifyMode::Stored)?,
+            gates: gates::advance_gates(conn, phase)?,
         }),
         None => None,
     };

@@ -14,7 +14,7 @@ use crate::app_state::AppState;
 use crate::domain::FieldError;
 use crate::error::AppError;
 use crate::migration::backfill::{self, BackfillError, BackfillStatus, Direction, Knobs};
-use crate::migration::gates::{self, GateError};
+use crate::migration::gates;
 use crate::migration::runner::{self, RunError, Transition};
 use crate::migration::state::{self, StateError};
 use crate::migration::status::{BackfillView, MigrationStatus, migration_status};
@@ -57,15 +57,6 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
     }
 }
 
-impl From<GateError> for AppError {
-    fn from(e: GateError) -> Self {
-        match e {
-            GateError::State(s) => s.into(),
-            GateError::Verify(v) => v.into(),
-        }
-    }
-}
-
 impl From<VerifyError> for AppError {
     fn from(e: VerifyError) -> Self {
         match e {
@@ -86,7 +77,7 @@ impl From<BackfillError> for AppError {
 
 impl From<RunError> for AppError {
     fn from(e: RunError) -> Self {
-        if e.is_refusal() || e.is_transient() {
+        if e.is_conflict() {
             return AppError::Refused(e.to_string());
         }
         match e {
@@ -147,7 +138,11 @@ pub async fn advance_step(
 /// Rolls back one phase in the name of this instance.
 pub async fn rollback_step(state: &web::Data<AppState>) -> Result<Transition, AppError> {
     let actor = state.instance_id.clone();
-    let transition = own_connection(state, move |conn| Ok(runner::rollback(conn, &actor)?)).await?;
+    let mut throttle = state.backfill_throttle();
+    let transition = own_connection(state, move |conn| {
+        Ok(runner::rollback(conn, &actor, &mut throttle)?)
+    })
+    .await?;
     state
         .metrics
         .lock_timeout_retries
@@ -209,9 +204,7 @@ pub async fn start_backfill_now(
     .await?;
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<Result<(), AppError>>(1);
     let url = state.database_url.clone();
-    let mut throttle =
-        backfill::Throttle::new(state.replica_urls.clone(), state.replica_max_lag_bytes)
-            .with_request_p99_limit(state.backfill_max_p99_ms);
+    let mut throttle = state.backfill_throttle();
     let handle = std::thread::Builder::new()
         .name("zdm-backfill".to_owned())
         .spawn(move || {

@@ -9,7 +9,8 @@ pub mod home;
 pub mod input;
 pub mod pages;
 
-use actix_web::body::MessageBody;
+use actix_web::ResponseError;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, header};
@@ -52,17 +53,21 @@ where
     F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
     T: Send + 'static,
 {
-    run_on(state.pool.clone(), work).await
+    run_on(state, state.pool.clone(), work).await
 }
 
-/// The work on a connection of `pool`, on the blocking thread pool.
-async fn run_on<F, T>(pool: crate::db::DbPool, work: F) -> Result<T, AppError>
+/// The work on a connection of `pool`, on the blocking thread pool, once the instance's phase
+/// lease is checked again: a request that waited (for a connection, or frozen with its
+/// process) past the lease does not run its phase's queries (I8).
+async fn run_on<F, T>(state: &AppState, pool: crate::db::DbPool, work: F) -> Result<T, AppError>
 where
     F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
     T: Send + 'static,
 {
+    let phase = state.phase.clone();
     web::block(move || {
         let mut conn = pool.get()?;
+        phase.check_lease().map_err(|_| AppError::Fenced)?;
         let result = work(&mut conn);
         // An answer (a 404 or a refused write is one) proves the connection; after a database
         // error its next checkout pings it.
@@ -89,7 +94,7 @@ where
     T: Send + 'static,
 {
     let pool = read_replica(state, req).unwrap_or(&state.pool).clone();
-    run_on(pool, work).await
+    run_on(state, pool, work).await
 }
 
 /// Reads the user `id` as `db_read` would, a read on the primary going through the
@@ -102,12 +107,15 @@ pub async fn read_user(
 ) -> Result<StoredUser, AppError> {
     match read_replica(state, req) {
         Some(replica) => {
-            run_on(replica.clone(), move |conn| {
+            run_on(state, replica.clone(), move |conn| {
                 Ok(users::find_user(conn, phase, id)?)
             })
             .await
         }
-        None => state.user_reads.find(phase, id).await,
+        None => {
+            state.phase.check_lease().map_err(|_| AppError::Fenced)?;
+            state.user_reads.find(phase, id).await
+        }
     }
 }
 
@@ -157,6 +165,41 @@ pub async fn remember_write_position(
         }
     }
     Ok(response)
+}
+
+/// Whether a request is served by phase-dependent code: the user data of the v1 and v2 APIs
+/// and pages.
+fn is_phase_dependent(path: &str) -> bool {
+    ["/api/v1", "/api/v2", "/v1", "/v2"]
+        .iter()
+        .any(|prefix| path == *prefix || path.starts_with(&format!("{prefix}/")))
+}
+
+/// Fencing and drain (I8): a phase-dependent request starts only while the instance's phase
+/// lease is fresh (else 503 with Retry-After), and holds the phase it started under until it
+/// is answered, so the instance acknowledges a later phase only after it.
+pub async fn fence(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let guard = match req.app_data::<web::Data<AppState>>() {
+        Some(state) if is_phase_dependent(req.path()) => match state.phase.enter() {
+            Ok(guard) => Some(guard),
+            Err(stale) => {
+                log::warn!("{} refused: {stale}", req.path());
+                let refusal = if is_api(req.request()) {
+                    AppError::Fenced.error_response()
+                } else {
+                    HtmlError(AppError::Fenced).error_response()
+                };
+                return Ok(req.into_response(refusal).map_into_right_body());
+            }
+        },
+        _ => None,
+    };
+    let response = next.call(req).await;
+    drop(guard);
+    Ok(response?.map_into_left_body())
 }
 
 /// The phase for a v2 request: v2 is not released (404) before dual_write.

@@ -33,9 +33,13 @@ fn run_migration_sql(conn: &mut PgConnection, name: &str) -> Result<(), String> 
         .into_iter()
         .find(|m| m.name().to_string() == name)
         .unwrap();
-    conn.run_migration(migration.as_ref())
+    let outcome = conn
+        .run_migration(migration.as_ref())
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    // A migration that manages its own transactions leaves a failed one open.
+    let _ = conn.batch_execute("ROLLBACK");
+    outcome
 }
 
 async fn error_of(response: reqwest::Response) -> String {
@@ -71,7 +75,7 @@ async fn a_lagging_instance_holds_every_gate_that_needs_it() {
     );
     assert!(error_of(refused).await.contains("old-deploy-1"));
     // The migration SQL checks the same thing, for whoever runs it by hand.
-    let err = run_migration_sql(&mut conn, runner::ADD_NAMES_CHECK).unwrap_err();
+    let err = run_migration_sql(&mut conn, runner::BACKFILLED).unwrap_err();
     assert!(
         err.contains("zdm gate") && err.contains("old-deploy-1"),
         "{err}"
@@ -87,14 +91,16 @@ async fn the_contract_is_refused_before_its_gate_by_api_cli_and_sql() {
     // The SQL refuses in read_new, whoever runs it (diesel migration run, psql...).
     let err = run_migration_sql(&mut conn, CONTRACT).unwrap_err();
     assert!(
-        err.contains("zdm gate: this migration needs phase new_only but the phase is read_new"),
+        err.contains(
+            "zdm gate: this migration steps from new_only to contracted, but the phase is read_new"
+        ),
         "{err}"
     );
 
     app.walk_to(Phase::NewOnly).await;
-    // In new_only, but without a clean verification since entering it: still refused.
+    // In new_only, but without the typed confirmation: still refused.
     let err = run_migration_sql(&mut conn, CONTRACT).unwrap_err();
-    assert!(err.contains("verification"), "{err}");
+    assert!(err.contains("confirmation gate"), "{err}");
 
     // An instance still at read_new holds the contract, through the API...
     fake_instance(&mut conn, "slow-deploy", Phase::ReadNew);
@@ -270,7 +276,11 @@ async fn new_only_retries_past_a_long_transaction_in_both_directions() {
     app.wait_for_phase(Phase::NewOnly).await;
 
     let (result, _) = step_under_blocker(&app, id, Duration::from_millis(700), |conn| {
-        runner::rollback(conn, "test")
+        runner::rollback(
+            conn,
+            "test",
+            &mut zdm::migration::backfill::Throttle::none(),
+        )
     })
     .await;
     let transition = result.expect("the rollback succeeds after the blocker");

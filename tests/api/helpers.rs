@@ -621,3 +621,48 @@ pub fn waits_on_users(conn: &mut PgConnection, condition: &str) -> bool {
     .get_result(conn)
     .expect("reading pg_locks")
 }
+
+#[derive(QueryableByName)]
+struct Column {
+    #[diesel(sql_type = Text)]
+    column_name: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    nullable: bool,
+}
+
+/// `users`' columns as `name` or `name?` (nullable), sorted.
+pub fn users_columns(conn: &mut PgConnection) -> Vec<String> {
+    let columns: Vec<Column> = diesel::sql_query(
+        "SELECT column_name::text, is_nullable = 'YES' AS nullable FROM information_schema.columns
+          WHERE table_name = 'users' AND table_schema = current_schema() ORDER BY column_name",
+    )
+    .load(conn)
+    .expect("reading users' columns");
+    columns
+        .into_iter()
+        .map(|c| {
+            if c.nullable {
+                format!("{}?", c.column_name)
+            } else {
+                c.column_name
+            }
+        })
+        .collect()
+}
+
+#[derive(QueryableByName)]
+struct Check {
+    #[diesel(sql_type = Text)]
+    check: String,
+}
+
+/// `users`' CHECK constraints as `name` or `name (not valid)`, sorted.
+pub fn users_checks(conn: &mut PgConnection) -> Vec<String> {
+    let checks: Vec<Check> = diesel::sql_query(
+        "SELECT conname || CASE WHEN convalidated THEN '' ELSE ' (not valid)' END AS check
+           FROM pg_constraint WHERE conrelid = 'users'::regclass AND contype = 'c' ORDER BY 1",
+    )
+    .load(conn)
+    .expect("reading users' checks");
+    checks.into_iter().map(|c| c.check).collect()
+}

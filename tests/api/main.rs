@@ -5,6 +5,7 @@ mod admin_pages;
 mod backfill;
 mod browser;
 mod demo;
+mod edges;
 mod fuzz;
 mod guards;
 mod helpers;

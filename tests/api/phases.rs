@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use diesel::prelude::*;
-use diesel::sql_types::Text;
 use serde_json::{Value, json};
 use zdm::domain::name_rule::{join_name, normalize_whitespace, split_full_name};
 use zdm::migration::Phase;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, users_columns};
 
 /// What every acknowledged write says a user must read back as.
 #[derive(Debug, Clone)]
@@ -182,34 +181,6 @@ async fn step(apps: &[&TestApp], response: reqwest::Response, to: Phase) {
     for app in apps {
         app.wait_for_phase(to).await;
     }
-}
-
-#[derive(QueryableByName)]
-struct Column {
-    #[diesel(sql_type = Text)]
-    column_name: String,
-    #[diesel(sql_type = Text)]
-    is_nullable: String,
-}
-
-/// `users`' columns as `name` or `name?` (nullable), sorted.
-fn users_columns(conn: &mut PgConnection) -> Vec<String> {
-    let columns: Vec<Column> = diesel::sql_query(
-        "SELECT column_name::text, is_nullable::text FROM information_schema.columns
-          WHERE table_name = 'users' ORDER BY column_name",
-    )
-    .load(conn)
-    .unwrap();
-    columns
-        .into_iter()
-        .map(|c| {
-            if c.is_nullable == "YES" {
-                format!("{}?", c.column_name)
-            } else {
-                c.column_name
-            }
-        })
-        .collect()
 }
 
 async fn divergent(app: &TestApp) -> i64 {

@@ -1,0 +1,20 @@
+-- Step 1, baseline → expanded: add the new columns.
+-- Nullable and without a default, ADD COLUMN only changes the catalogue: no table rewrite,
+-- the ACCESS EXCLUSIVE lock lasts milliseconds. lock_timeout keeps it from queueing behind a
+-- long transaction (and everyone else queueing behind it); the runner retries.
+-- Every phase migration has this shape: zdm_begin_step checks the phase and the step's gates,
+-- the DDL runs inside a handler that reports a lock timeout in zdm's own words (the runner
+-- recognises it whatever the server's language), and zdm_finish_step moves the stored phase
+-- and records it, all in the migration's transaction.
+SET LOCAL lock_timeout = '200ms';
+SELECT zdm_begin_step('advance', 'baseline', 'expanded');
+DO $$
+BEGIN
+    ALTER TABLE users
+        ADD COLUMN IF NOT EXISTS first_name TEXT,
+        ADD COLUMN IF NOT EXISTS last_name TEXT;
+EXCEPTION WHEN lock_not_available THEN
+    PERFORM zdm_lock_timeout('ADD COLUMN first_name, last_name');
+END;
+$$;
+SELECT zdm_finish_step('advance', 'baseline', 'expanded');

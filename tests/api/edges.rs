@@ -1,0 +1,444 @@
+//! Safety at the edges: phase steps taken by hand (`diesel migration run` / `revert`), steps
+//! that fail half-way, writes the schema refuses, and any sequence of all of these leaving
+//! the schema exactly the phase's.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel_migrations::MigrationHarness;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use serde_json::{Value, json};
+use zdm::migration::backfill::{self, Direction, Throttle};
+use zdm::migration::follower::PhaseFollower;
+use zdm::migration::runner::{self, NEW_ONLY, STEPS};
+use zdm::migration::schema_migrations::{self, MIGRATIONS};
+use zdm::migration::{Phase, gates, state};
+
+use crate::helpers::{TestApp, TestDb, users_checks, users_columns};
+
+/// `diesel migration run`: every pending migration in order, until one fails.
+fn hand_run(conn: &mut PgConnection) -> Result<(), String> {
+    let outcome = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(drop)
+        .map_err(|e| e.to_string());
+    // A migration that manages its own transactions leaves a failed one open (the diesel
+    // CLI exits instead).
+    let _ = conn.batch_execute("ROLLBACK");
+    outcome
+}
+
+/// `diesel migration revert`: the last applied migration.
+fn hand_revert(conn: &mut PgConnection) -> Result<(), String> {
+    let outcome = conn
+        .revert_last_migration(MIGRATIONS)
+        .map(drop)
+        .map_err(|e| e.to_string());
+    // A migration that manages its own transactions leaves a failed one open.
+    let _ = conn.batch_execute("ROLLBACK");
+    outcome
+}
+
+async fn error_of(response: reqwest::Response) -> String {
+    response.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[actix_web::test]
+async fn a_hand_run_in_dual_write_stops_at_the_backfill_gate_and_a_rollback_keeps_v1_writing() {
+    let app = TestApp::spawn().await;
+    let unfilled = app.create_user("Ada Lovelace", "ada@example.com").await;
+    app.walk_to(Phase::DualWrite).await;
+    let mut conn = app.db.conn();
+
+    // A deploy pipeline runs `diesel migration run`: it stops at the step to backfilled,
+    // saying what to do, and takes no part of it.
+    let err = hand_run(&mut conn).unwrap_err();
+    assert!(
+        err.contains("backfill gate") && err.contains("`zdm backfill`"),
+        "{err}"
+    );
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::DualWrite);
+    assert!(users_checks(&mut conn).is_empty(), "no guard was added");
+
+    // `diesel migration revert` steps back a phase: to expanded, whose v1 code writes
+    // full_name alone.
+    hand_revert(&mut conn).unwrap();
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::Expanded);
+    app.wait_for_phase(Phase::Expanded).await;
+    assert!(users_checks(&mut conn).is_empty());
+    app.create_user("Grace Hopper", "grace@example.com").await;
+    let renamed = app
+        .put_json(
+            &format!("/api/v1/users/{unfilled}"),
+            &json!({ "full_name": "Augusta Ada King" }),
+        )
+        .await;
+    assert_eq!(renamed.status(), 200);
+
+    // Run again from expanded, it takes one step (to dual_write) and stops at the next gate:
+    // the instances have not applied dual_write yet, or the backfill has not run.
+    let err = hand_run(&mut conn).unwrap_err();
+    assert!(
+        err.contains("instances gate") || err.contains("backfill gate"),
+        "{err}"
+    );
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::DualWrite);
+    // The history names who took the steps by hand.
+    let history = state::history(&mut conn, 5).unwrap();
+    assert_eq!(history[0].to_phase, "dual_write");
+    assert!(history[0].actor.starts_with("by hand"), "{history:?}");
+}
+
+#[actix_web::test]
+async fn a_step_to_backfilled_that_finds_a_bad_row_undoes_itself() {
+    let app = TestApp::spawn().await;
+    let broken = app.create_user("Ada Lovelace", "ada@example.com").await;
+    app.create_user("Grace Hopper", "grace@example.com").await;
+    app.walk_to(Phase::DualWrite).await;
+    app.backfill_to_the_end().await;
+    let mut conn = app.db.conn();
+
+    // Behind zdm's back, a script gives a row a first name that disagrees with full_name: the
+    // guard validates, the verification that follows it does not, and the guard goes again.
+    conn.batch_execute(&format!(
+        "UPDATE users SET first_name = 'Someone' WHERE id = {broken}"
+    ))
+    .unwrap();
+    let refused = app.advance(None).await;
+    assert_eq!(refused.status(), 409);
+    let error = error_of(refused).await;
+    assert!(
+        error.contains("verify gate") && error.contains("was removed"),
+        "{error}"
+    );
+    assert!(
+        users_checks(&mut conn).is_empty(),
+        "nothing of the step remains"
+    );
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::DualWrite);
+    let last = &state::history(&mut conn, 1).unwrap()[0];
+    assert_eq!(
+        (last.to_phase.as_str(), last.outcome.as_str()),
+        ("backfilled", "failed")
+    );
+    assert!(
+        last.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("undone"),
+        "{last:?}"
+    );
+
+    // Another script empties a last name: VALIDATE itself fails, and the guard goes again.
+    app.backfill_to_the_end().await;
+    conn.batch_execute(&format!(
+        "UPDATE users SET last_name = NULL WHERE id = {broken}"
+    ))
+    .unwrap();
+    let err = hand_run(&mut conn).unwrap_err();
+    assert!(
+        err.contains("VALIDATE CONSTRAINT users_names_present found rows"),
+        "{err}"
+    );
+    assert!(
+        users_checks(&mut conn).is_empty(),
+        "nothing of the step remains"
+    );
+    // v1 and v2 keep writing meanwhile.
+    app.create_user("Alan Turing", "alan@example.com").await;
+
+    app.backfill_to_the_end().await;
+    let advanced = app.advance(None).await;
+    assert_eq!(advanced.status(), 200);
+    assert_eq!(users_checks(&mut conn), ["users_names_present"]);
+}
+
+#[actix_web::test]
+async fn a_write_the_schema_refuses_answers_503_naming_the_constraint() {
+    let app = TestApp::spawn().await;
+    app.walk_to(Phase::Backfilled).await;
+    // An instance that has not heard of the phases since expanded: its v1 create writes
+    // full_name alone, which the validated guard refuses.
+    let (late, handle) = TestApp::spawn_stuck(Arc::clone(&app.db), Phase::Expanded).await;
+    let response = app
+        .client
+        .post(format!("{late}/api/v1/users"))
+        .json(&json!({ "full_name": "Ada Lovelace", "email": "ada@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let error = error_of(response).await;
+    assert!(error.contains("users_names_present"), "{error}");
+    handle.stop(false).await;
+}
+
+#[test]
+fn diesel_migration_revert_steps_back_a_phase_and_never_reverts_infrastructure_past_baseline() {
+    let db = TestDb::migrated();
+    let mut conn = db.conn();
+    conn.run_next_migration(MIGRATIONS).unwrap();
+    conn.run_next_migration(MIGRATIONS).unwrap();
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::DualWrite);
+    assert_eq!(
+        runner::last_applied_step(&mut conn).unwrap(),
+        Some(STEPS[1])
+    );
+
+    hand_revert(&mut conn).unwrap();
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::Expanded);
+    assert!(users_columns(&mut conn).contains(&"first_name?".to_owned()));
+    hand_revert(&mut conn).unwrap();
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::Baseline);
+    assert!(!users_columns(&mut conn).contains(&"first_name?".to_owned()));
+
+    // A phase past baseline with no phase migration recorded (set by hand): reverting would
+    // reach the infrastructure the app needs, and it refuses.
+    conn.batch_execute("UPDATE zdm_migration_state SET phase = 'expanded'")
+        .unwrap();
+    let err = hand_revert(&mut conn).unwrap_err();
+    assert!(err.contains("reverted only at baseline"), "{err}");
+}
+
+#[test]
+fn a_database_with_the_old_phase_versions_is_adopted_at_start_up() {
+    let db = TestDb::empty();
+    let mut conn = db.conn();
+    // The infrastructure as it was before the phase migrations moved to their own range.
+    let before: Vec<String> = schema_migrations::all_migration_names()
+        .unwrap()
+        .into_iter()
+        .take_while(|name| !name.starts_with("2026-11-30"))
+        .collect();
+    for _ in &before {
+        conn.run_next_migration(MIGRATIONS).unwrap();
+    }
+    // Three phase steps taken under the old versions (expand, add check, validate check).
+    conn.batch_execute(
+        "INSERT INTO __diesel_schema_migrations (version)
+         VALUES ('20261124100001'), ('20261124100002'), ('20261124100003');
+         UPDATE zdm_migration_state SET phase = 'read_new';",
+    )
+    .unwrap();
+    schema_migrations::run_infrastructure_migrations(&mut conn).unwrap();
+    assert_eq!(
+        runner::last_applied_step(&mut conn).unwrap(),
+        Some(runner::READ_NEW)
+    );
+    for step in &STEPS[..4] {
+        assert!(runner::is_applied(&mut conn, step).unwrap(), "{step}");
+    }
+    for step in &STEPS[4..] {
+        assert!(!runner::is_applied(&mut conn, step).unwrap(), "{step}");
+    }
+}
+
+/// The schema a phase promises: `users`' columns (`?` for nullable) and CHECKs. A rollback
+/// out of new_only that has moved the phase back but not yet required full_name again has
+/// new_only's schema.
+fn expected_schema(phase: Phase, leaving_new_only: bool) -> (Vec<String>, Vec<String>) {
+    let names = phase >= Phase::Expanded;
+    let full_name = if phase == Phase::Contracted {
+        None
+    } else if phase == Phase::NewOnly || leaving_new_only {
+        Some("full_name?")
+    } else {
+        Some("full_name")
+    };
+    let parts = match phase {
+        Phase::Contracted => ["first_name", "last_name"],
+        _ => ["first_name?", "last_name?"],
+    };
+    let mut columns = vec!["created_at", "email", "id", "updated_at"];
+    columns.extend(full_name);
+    if names {
+        columns.extend(parts);
+    }
+    columns.sort();
+    let checks = if (Phase::Backfilled..=Phase::NewOnly).contains(&phase) {
+        vec!["users_names_present".to_owned()]
+    } else {
+        vec![]
+    };
+    (columns.into_iter().map(str::to_owned).collect(), checks)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// `zdm migrate advance` (with the contract's confirmation).
+    Advance,
+    /// `zdm migrate rollback`.
+    Rollback,
+    /// `diesel migration run`.
+    HandRun,
+    /// `diesel migration revert`, while a phase step is applied.
+    HandRevert,
+    /// The forward backfill, where its gates allow.
+    Backfill,
+    /// A script writes behind zdm's back: a row whose first name disagrees with full_name
+    /// (a forced failure of the next verification).
+    BreakRow,
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => Just(Op::Advance),
+            3 => Just(Op::HandRun),
+            2 => Just(Op::Rollback),
+            2 => Just(Op::HandRevert),
+            2 => Just(Op::Backfill),
+            1 => Just(Op::BreakRow),
+        ],
+        1..16,
+    )
+}
+
+/// Waits until the instance of `follower` has acknowledged the stored phase.
+fn settle(conn: &mut PgConnection, follower: &PhaseFollower) {
+    let started = Instant::now();
+    loop {
+        let phase = state::current_phase(conn).unwrap();
+        let live = state::live_instances(conn).unwrap();
+        if follower.applied().get() == phase && live.iter().all(|i| i.phase() == Some(phase)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the instance did not apply {phase}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Only a refusal or a step that undid itself may stop a step; anything else is a bug.
+fn assert_refused(what: &str, error: &str) {
+    assert!(
+        error.contains("zdm gate")
+            || error.contains("zdm step undone")
+            || error.contains("refused"),
+        "{what} failed in an unexpected way: {error}"
+    );
+}
+
+fn apply(conn: &mut PgConnection, op: Op) {
+    let phase = state::current_phase(conn).unwrap();
+    match op {
+        Op::Advance => {
+            if let Err(e) = runner::advance(conn, "test", Some("users.full_name")) {
+                assert!(e.is_conflict(), "advance from {phase}: {e}");
+            }
+        }
+        Op::Rollback => {
+            if let Err(e) = runner::rollback(conn, "test", &mut Throttle::none()) {
+                assert!(e.is_conflict(), "rollback from {phase}: {e}");
+            }
+        }
+        Op::HandRun => {
+            conn.batch_execute("SET zdm.confirm = 'users.full_name'")
+                .unwrap();
+            if let Err(e) = hand_run(conn) {
+                assert_refused("diesel migration run", &e);
+            }
+            conn.batch_execute("RESET zdm.confirm").unwrap();
+        }
+        Op::HandRevert => {
+            if runner::last_applied_step(conn).unwrap().is_some()
+                && let Err(e) = hand_revert(conn)
+            {
+                assert_refused("diesel migration revert", &e);
+            }
+        }
+        Op::Backfill => {
+            if gates::backfill_gates(conn, phase)
+                .unwrap()
+                .iter()
+                .all(|g| g.met)
+            {
+                let done = backfill::run(conn, Direction::Forward, |_| {}).unwrap();
+                assert_eq!(done.state, "done");
+            }
+        }
+        Op::BreakRow => {
+            if (Phase::Expanded..=Phase::NewOnly).contains(&phase) {
+                conn.batch_execute(
+                    "UPDATE users SET first_name = 'Broken' WHERE id = (SELECT min(id) FROM users)",
+                )
+                .unwrap();
+            }
+        }
+    }
+}
+
+/// After every operation: the schema is exactly the stored phase's, and the applied phase
+/// migrations are exactly those of the steps up to it (`diesel migration list` agrees with
+/// `zdm migrate status`).
+fn check(conn: &mut PgConnection, after: &[Op]) -> (Phase, bool) {
+    let phase = state::current_phase(conn).unwrap();
+    let leaving_new_only = phase == Phase::ReadNew && runner::is_applied(conn, NEW_ONLY).unwrap();
+    let (columns, checks) = expected_schema(phase, leaving_new_only);
+    assert_eq!(
+        users_columns(conn),
+        columns,
+        "columns at {phase} after {after:?}"
+    );
+    assert_eq!(
+        users_checks(conn),
+        checks,
+        "checks at {phase} after {after:?}"
+    );
+    let steps = phase.index() + usize::from(leaving_new_only);
+    for (i, step) in STEPS.iter().enumerate() {
+        assert_eq!(
+            runner::is_applied(conn, step).unwrap(),
+            i < steps,
+            "{step} at {phase} after {after:?}"
+        );
+    }
+    (phase, leaving_new_only)
+}
+
+#[test]
+fn any_sequence_of_steps_hand_runs_and_failures_leaves_exactly_the_phases_schema() {
+    // A fixed seed: the same sequences every run, so the coverage asserted below is no luck.
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases: 24,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let visited = Mutex::new(BTreeSet::new());
+    runner
+        .run(&ops(), |ops| {
+            let db = TestDb::migrated();
+            let mut conn = db.conn();
+            zdm::seed::seed_users(&mut conn, Phase::Baseline, 40, 7, |_| {}).unwrap();
+            let pool = zdm::db::build_pool(&db.url, zdm::db::PoolLimits::with_size(2)).unwrap();
+            let follower = PhaseFollower::start(pool, Duration::from_millis(20)).unwrap();
+            for (i, op) in ops.iter().enumerate() {
+                apply(&mut conn, *op);
+                settle(&mut conn, &follower);
+                let reached = check(&mut conn, &ops[..=i]);
+                visited.lock().unwrap().insert(reached);
+            }
+            drop(follower);
+            Ok(())
+        })
+        .unwrap();
+    // The sequences reached every phase, and the rollback out of new_only stopped half-way.
+    let visited = visited.into_inner().unwrap();
+    for phase in Phase::ALL {
+        assert!(visited.contains(&(phase, false)), "never reached {phase}");
+    }
+    assert!(visited.contains(&(Phase::ReadNew, true)), "{visited:?}");
+}
