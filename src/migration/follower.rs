@@ -162,6 +162,15 @@ impl AppliedPhase {
         }
     }
 
+    /// Phase-dependent requests in flight, whatever their phase.
+    pub fn in_flight(&self) -> usize {
+        self.0
+            .in_flight
+            .iter()
+            .map(|n| n.load(Ordering::SeqCst))
+            .sum()
+    }
+
     /// Requests still running under a phase other than the current one.
     pub fn in_flight_under_older_phases(&self) -> usize {
         let current = self.get();

@@ -378,6 +378,11 @@ impl TestApp {
         self.follower.applied().get()
     }
 
+    /// This instance's applied phase, its lease and its requests in flight.
+    pub fn applied(&self) -> zdm::migration::follower::AppliedPhase {
+        self.follower.applied()
+    }
+
     /// Waits (up to 5 s) until this instance runs `phase` and has acknowledged it.
     pub async fn wait_for_phase(&self, phase: Phase) {
         wait_for_acknowledged(&mut self.db.conn(), &self.follower, phase).await;

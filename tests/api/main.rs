@@ -6,6 +6,7 @@ mod backfill;
 mod browser;
 mod demo;
 mod edges;
+mod fencing;
 mod fuzz;
 mod guards;
 mod helpers;

@@ -1,0 +1,255 @@
+//! No stale phase (I8): an instance that has not read the phase within its lease serves no
+//! phase-dependent request, and an instance acknowledges a new phase only once the requests
+//! begun under the old one have finished.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use zdm::migration::{Phase, runner, state};
+
+use crate::helpers::{ADMIN_TOKEN, TestApp, eventually, wait_for_every_instance};
+
+/// A `zdm serve` process on `url`, killed when dropped.
+struct Process {
+    child: Child,
+    address: String,
+}
+
+impl Process {
+    async fn serve(url: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_zdm"))
+            .arg("serve")
+            .env("DATABASE_URL", url)
+            .env("ZDM_BIND", format!("127.0.0.1:{port}"))
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("ZDM_POOL_SIZE", "4")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = Process {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let healthz = format!("{}/healthz", process.address);
+        for _ in 0..300 {
+            if client
+                .get(&healthz)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return process;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("zdm serve did not come up");
+    }
+
+    fn signal(&self, signal: Signal) -> nix::Result<()> {
+        kill(Pid::from_raw(self.child.id() as i32), signal)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.signal(Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The instance ids the database counts as live.
+fn live_ids(conn: &mut PgConnection) -> Vec<String> {
+    state::live_instances(conn)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+#[actix_web::test]
+async fn an_instance_frozen_past_its_lease_serves_no_stale_code_when_it_thaws() {
+    let a = TestApp::spawn().await;
+    let mut conn = a.db.conn();
+    a.walk_to(Phase::ReadNew).await;
+    let b = Process::serve(&a.db.url).await;
+    wait_for_every_instance(&mut conn).await;
+    let b_id = live_ids(&mut conn)
+        .into_iter()
+        .find(|id| *id != a.instance_id)
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let created: Value = client
+        .post(format!("{}/api/v1/users", b.address))
+        .json(&json!({ "full_name": "Ada Lovelace", "email": "ada@example.com" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ada = created["id"].as_i64().unwrap();
+
+    // B freezes (a stop-the-world pause, a suspended VM). Requests queue on its socket, each
+    // on a connection of its own (an idle kept-alive one would time out during the freeze).
+    b.signal(Signal::SIGSTOP).unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut queued = Vec::new();
+    for i in 0..4 {
+        let (client, address) = (client.clone(), b.address.clone());
+        queued.push(actix_web::rt::spawn(async move {
+            let create = client
+                .post(format!("{address}/api/v1/users"))
+                .json(&json!({ "full_name": format!("Late Writer{i}"), "email": format!("late{i}@example.com") }))
+                .send()
+                .await
+                .unwrap();
+            let read = client
+                .get(format!("{address}/api/v1/users/{ada}"))
+                .send()
+                .await
+                .unwrap();
+            (create.status().as_u16(), read.status().as_u16())
+        }));
+    }
+    // Past the live window the gates stop waiting for B, and A walks to the contract.
+    eventually("B to drop out of the live instances", || {
+        !live_ids(&mut conn).contains(&b_id)
+    })
+    .await;
+    a.walk_to(Phase::Contracted).await;
+
+    // B thaws while the phase cannot be read (the row is locked, as a partition would cut
+    // it off): its lease is long gone, so it serves nothing until it has read the phase.
+    let mut blocker = a.db.conn();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE zdm_migration_state IN ACCESS EXCLUSIVE MODE;")
+        .unwrap();
+    b.signal(Signal::SIGCONT).unwrap();
+    for request in queued {
+        let (create, read) = request.await.unwrap();
+        assert_eq!(
+            (create, read),
+            (503, 503),
+            "a thawed instance with a stale lease refuses, never runs read_new code on the contracted table"
+        );
+    }
+    blocker.batch_execute("COMMIT").unwrap();
+
+    // Once it has read the phase, B serves contracted code.
+    eventually("B to acknowledge contracted", || {
+        state::live_instances(&mut conn)
+            .unwrap()
+            .iter()
+            .any(|i| i.id == b_id && i.phase() == Some(Phase::Contracted))
+    })
+    .await;
+    let after = client
+        .post(format!("{}/api/v1/users", b.address))
+        .json(&json!({ "full_name": "Grace Hopper", "email": "grace@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 201);
+    let ada_now: Value = client
+        .get(format!("{}/api/v1/users/{ada}", b.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ada_now["full_name"], "Ada Lovelace",
+        "the write before the freeze"
+    );
+    let late: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(SELECT count(*) FROM users WHERE email LIKE 'late%')",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(late, 0, "no refused write was stored");
+}
+
+#[actix_web::test]
+async fn a_request_begun_under_read_new_holds_the_acknowledgement_of_new_only_and_the_next_gate() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    app.walk_to(Phase::ReadNew).await;
+    let mut conn = app.db.conn();
+
+    // A slow client: the request's head arrives under read_new, its body later.
+    let body = json!({ "full_name": "Augusta Ada King" }).to_string();
+    let mut slow = TcpStream::connect(app.address.trim_start_matches("http://")).unwrap();
+    write!(
+        slow,
+        "PUT /api/v1/users/{id} HTTP/1.1\r\nHost: zdm\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        &body[..5]
+    )
+    .unwrap();
+    let applied = app.applied();
+    eventually("the slow request to begin", || applied.in_flight() == 1).await;
+
+    runner::advance(&mut conn, "test", None).unwrap();
+    eventually("the instance to switch to new_only", || {
+        app.phase() == Phase::NewOnly
+    })
+    .await;
+    // It keeps beating, and keeps saying read_new while the request runs.
+    let seen = |conn: &mut PgConnection| {
+        state::live_instances(conn)
+            .unwrap()
+            .into_iter()
+            .find(|i| i.id == app.instance_id)
+            .unwrap()
+    };
+    let first = seen(&mut conn).last_seen;
+    eventually("a heartbeat after the switch", || {
+        seen(&mut conn).last_seen > first
+    })
+    .await;
+    assert_eq!(seen(&mut conn).applied_phase, "read_new");
+    let refused = app.advance(Some("users.full_name")).await;
+    assert_eq!(refused.status(), 409);
+    let error = refused.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.contains(&format!("{} (read_new)", app.instance_id)),
+        "{error}"
+    );
+
+    // The request ends; then the instance acknowledges, and the contract may go.
+    slow.write_all(&body.as_bytes()[5..]).unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    app.wait_for_phase(Phase::NewOnly).await;
+    let contracted = app.advance(Some("users.full_name")).await;
+    assert_eq!(contracted.status(), 200);
+}
