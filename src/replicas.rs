@@ -21,6 +21,10 @@ use crate::db::{DbPool, Manager};
 
 /// The cookie that carries a client's last write position.
 pub const COOKIE: &str = "zdm_lsn";
+
+/// The position a write answer carries when the primary's could not be read: no replica
+/// reaches it, so the client's reads go to the primary.
+pub const UNKNOWN_POSITION: u64 = u64::MAX;
 const POLL: Duration = Duration::from_millis(100);
 
 /// A WAL position (`16/B374D848`) as a number.

@@ -93,7 +93,7 @@ impl AppliedPhase {
         Self(Arc::new(Applied {
             phase: AtomicU8::new(phase.index() as u8),
             since: AtomicI64::new(since),
-            lsn: AtomicU64::new(u64::MAX),
+            lsn: AtomicU64::new(crate::replicas::UNKNOWN_POSITION),
             read_at_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             in_flight: Default::default(),
@@ -348,7 +348,7 @@ fn follow(
         };
         let from = applied.get();
         if phase != from {
-            applied.set_lsn(u64::MAX);
+            applied.set_lsn(crate::replicas::UNKNOWN_POSITION);
             applied.set(phase, since.timestamp());
             if let Ok(lsn) = crate::replicas::current_lsn(&mut conn) {
                 applied.set_lsn(lsn);

@@ -153,16 +153,22 @@ pub async fn remember_write_position(
     if !(response.status().is_success() || response.status().is_redirection()) {
         return Ok(response);
     }
-    let position = db(&state, |conn| Ok(replicas::current_lsn(conn)?)).await;
-    if let Ok(lsn) = position {
-        let cookie = Cookie::build(replicas::COOKIE, lsn.to_string())
-            .path("/")
-            .http_only(true)
-            .same_site(SameSite::Strict)
-            .finish();
-        if let Ok(value) = header::HeaderValue::from_str(&cookie.to_string()) {
-            response.headers_mut().append(header::SET_COOKIE, value);
-        }
+    // A position that cannot be read (the database answered the write, then not this): no
+    // replica is known to have the write, so this client's reads go to the primary until its
+    // next write sets a position again.
+    let lsn = db(&state, |conn| Ok(replicas::current_lsn(conn)?))
+        .await
+        .unwrap_or_else(|e| {
+            log::warn!("the write position is unknown ({e}); this client reads from the primary");
+            replicas::UNKNOWN_POSITION
+        });
+    let cookie = Cookie::build(replicas::COOKIE, lsn.to_string())
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .finish();
+    if let Ok(value) = header::HeaderValue::from_str(&cookie.to_string()) {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
     Ok(response)
 }

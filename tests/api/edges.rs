@@ -442,3 +442,79 @@ fn any_sequence_of_steps_hand_runs_and_failures_leaves_exactly_the_phases_schema
     }
     assert!(visited.contains(&(Phase::ReadNew, true)), "{visited:?}");
 }
+
+#[actix_web::test]
+async fn the_reverse_backfill_of_a_rollback_waits_for_slow_requests() {
+    let app = TestApp::spawn().await;
+    app.seed(300);
+    app.walk_to(Phase::NewOnly).await;
+    let mut conn = app.db.conn();
+    // Another instance reports slow user requests (it dual-writes already, so the rollback
+    // does not wait for it to switch).
+    conn.batch_execute(
+        "INSERT INTO zdm_instances (id, applied_phase, recent_p99_ms)
+         VALUES ('slow-instance', 'read_new', 900)",
+    )
+    .unwrap();
+    let url = app.db.url.clone();
+    let rollback = std::thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).unwrap();
+        runner::rollback(
+            &mut conn,
+            "test",
+            &mut Throttle::none().with_request_p99_limit(Some(50.0)),
+        )
+    });
+    crate::helpers::eventually("the reverse backfill to wait for the slow requests", || {
+        conn.batch_execute("UPDATE zdm_instances SET last_seen = now() WHERE id = 'slow-instance'")
+            .unwrap();
+        let status = backfill::status(&mut conn).unwrap();
+        status.direction == "reverse" && status.state == "throttled"
+    })
+    .await;
+    let waiting = backfill::status(&mut conn).unwrap();
+    assert_eq!(
+        waiting.rows_updated, 0,
+        "no batch ran while requests were slow"
+    );
+    assert!(
+        waiting
+            .throttle_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("p99"),
+        "{waiting:?}"
+    );
+
+    conn.batch_execute("DELETE FROM zdm_instances WHERE id = 'slow-instance'")
+        .unwrap();
+    let transition = rollback.join().unwrap().unwrap();
+    assert_eq!(transition.to, Phase::ReadNew);
+    assert!(users_columns(&mut conn).contains(&"full_name".to_owned()));
+}
+
+#[test]
+fn every_transaction_of_a_phase_migration_that_locks_users_sets_lock_timeout() {
+    let dir = crate::helpers::project_dir().join("migrations");
+    let mut checked = 0;
+    for step in STEPS {
+        for file in ["up.sql", "down.sql"] {
+            let sql = std::fs::read_to_string(dir.join(step).join(file)).unwrap();
+            // A file that manages its own transactions is split at each BEGIN; else the whole
+            // file is one transaction.
+            for transaction in sql.split("\nBEGIN;") {
+                let locks_users = ["ALTER TABLE", "zdm_validate_or_drop("]
+                    .iter()
+                    .any(|statement| transaction.contains(statement));
+                if locks_users {
+                    checked += 1;
+                    assert!(
+                        transaction.contains("SET LOCAL lock_timeout"),
+                        "{step}/{file}: a transaction locks users without lock_timeout:\n{transaction}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(checked >= 12, "{checked}");
+}

@@ -301,3 +301,72 @@ async fn a_throttled_backfill_says_so_in_the_api_the_metrics_and_the_dashboard()
             .is_success()
     );
 }
+
+#[actix_web::test]
+async fn a_write_whose_position_cannot_be_read_sends_its_clients_reads_to_the_primary() {
+    let (_cluster, primary, replica) = with_slow_replica("unknown-position");
+    primary.create_database_if_missing("zdm").unwrap();
+    let url = primary.url("zdm");
+    let mut conn = PgConnection::establish(&url).unwrap();
+    schema_migrations::run_infrastructure_migrations(&mut conn).unwrap();
+    // The app under a role of its own, not a superuser, so that a right can be taken away.
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut conn,
+        "CREATE ROLE zdm_app LOGIN;
+         GRANT ALL ON ALL TABLES IN SCHEMA public TO zdm_app;
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO zdm_app;",
+    )
+    .unwrap();
+    let app_url = url.replace("user=postgres", "user=zdm_app");
+    let readers = zdm::replicas::ReadReplicas::start(
+        &[replica.url("zdm")],
+        zdm::db::PoolLimits::with_size(2),
+    );
+    let (address, _follower, _) = crate::helpers::serve_with(
+        &app_url,
+        zdm::db::PoolLimits::with_size(2),
+        readers.clone(),
+        Vec::new(),
+    );
+    let everything = zdm::replicas::current_lsn(&mut conn).unwrap();
+    crate::helpers::eventually("the replica to catch up", || {
+        readers.pick(everything).is_some()
+    })
+    .await;
+
+    // From now on the app cannot read the primary's WAL position after a write.
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut conn,
+        "REVOKE EXECUTE ON FUNCTION pg_current_wal_lsn() FROM PUBLIC",
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{address}/api/v1/users"))
+        .json(&serde_json::json!({ "full_name": "Ada Lovelace", "email": "ada@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let cookie = position_cookie(&created);
+    assert_eq!(
+        cookie,
+        format!("zdm_lsn={}", zdm::replicas::UNKNOWN_POSITION),
+        "a position no replica reaches"
+    );
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    // The writer's read goes to the primary (the replica replays a second late) and finds it.
+    let own = client
+        .get(format!("{address}/api/v1/users/{id}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        own.status(),
+        200,
+        "read-your-writes without a known position"
+    );
+}
