@@ -366,6 +366,10 @@ fn print_status(conn: &mut PgConnection) -> Result<(), StartupError> {
         status.phase_since.format("%Y-%m-%d %H:%M:%S UTC")
     );
     println!("       {}", status.phase.summary());
+    println!("phase migrations (as `diesel migration list` shows them):");
+    for m in &status.migrations {
+        println!("  [{}] {}", if m.applied { "X" } else { " " }, m.name);
+    }
     if let Some(next) = &status.next {
         println!("next:  {}", next.phase);
         for gate in &next.gates {

@@ -375,35 +375,32 @@ fn find_migration(name: &str) -> Result<Box<dyn Migration<Pg>>, RunError> {
         })
 }
 
-fn applied_versions(conn: &mut PgConnection) -> Result<Vec<String>, RunError> {
-    Ok(conn
-        .applied_migrations()
-        .map_err(|e| RunError::Migration {
-            migration: "__diesel_schema_migrations".to_owned(),
-            message: e.to_string(),
-        })?
-        .into_iter()
-        .map(|v| v.to_string())
-        .collect())
-}
-
 fn version_of(name: &str) -> String {
     name.split('_').next().unwrap_or(name).replace('-', "")
 }
 
 /// Whether the phase migration `name` is applied.
 pub fn is_applied(conn: &mut PgConnection, name: &str) -> Result<bool, RunError> {
-    Ok(applied_versions(conn)?.contains(&version_of(name)))
+    Ok(applied_steps(conn)?.contains(&name))
+}
+
+/// The phase migrations applied, in order.
+pub fn applied_steps(conn: &mut PgConnection) -> QueryResult<Vec<&'static str>> {
+    let applied: Vec<String> = conn
+        .applied_migrations()
+        .map_err(diesel::result::Error::QueryBuilderError)?
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect();
+    Ok(STEPS
+        .into_iter()
+        .filter(|name| applied.contains(&version_of(name)))
+        .collect())
 }
 
 /// The last phase migration applied (what a revert would undo), if any.
 pub fn last_applied_step(conn: &mut PgConnection) -> Result<Option<&'static str>, RunError> {
-    let applied = applied_versions(conn)?;
-    Ok(STEPS
-        .iter()
-        .rev()
-        .find(|name| applied.contains(&version_of(name)))
-        .copied())
+    Ok(applied_steps(conn)?.last().copied())
 }
 
 /// The text after `prefix` in an error (or any of its causes), where zdm's SQL raised it.

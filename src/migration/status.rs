@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::Phase;
 use super::backfill::{self, BackfillStatus};
 use super::gates::{self, Gate};
+use super::runner;
 use super::state::{self, HistoryEntry, Instance, StateError};
 use super::verify::{self, VerifyResult};
 
@@ -23,10 +24,20 @@ pub struct BackfillView {
     pub rows_per_s: f64,
 }
 
+/// One phase migration and whether it is applied: what `diesel migration list` shows.
+#[derive(Serialize)]
+pub struct StepMigration {
+    pub name: &'static str,
+    pub applied: bool,
+}
+
 /// Everything the dashboard and `zdm migrate status` show.
 #[derive(Serialize)]
 pub struct MigrationStatus {
     pub phase: Phase,
+    /// The phase migrations, in order: the first `phase` of them are applied (one more while
+    /// a rollback out of new_only has not finished).
+    pub migrations: Vec<StepMigration>,
     pub phase_since: chrono::DateTime<chrono::Utc>,
     pub next: Option<Step>,
     pub previous: Option<Step>,
@@ -54,8 +65,16 @@ pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, Stat
         None => None,
     };
     let status = backfill::status(conn)?;
+    let applied = runner::applied_steps(conn)?;
     Ok(MigrationStatus {
         phase,
+        migrations: runner::STEPS
+            .into_iter()
+            .map(|name| StepMigration {
+                name,
+                applied: applied.contains(&name),
+            })
+            .collect(),
         phase_since,
         next,
         previous,

@@ -94,6 +94,19 @@ async fn a_hand_run_in_dual_write_stops_at_the_backfill_gate_and_a_rollback_keep
     let history = state::history(&mut conn, 5).unwrap();
     assert_eq!(history[0].to_phase, "dual_write");
     assert!(history[0].actor.starts_with("by hand"), "{history:?}");
+    // `zdm migrate status` lists the phase migrations as `diesel migration list` does.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_zdm"))
+        .args(["migrate", "status"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains("phase: dual_write"), "{stdout}");
+    for (i, step) in STEPS.iter().enumerate() {
+        let mark = if i < 2 { "[X]" } else { "[ ]" };
+        assert!(stdout.contains(&format!("{mark} {step}")), "{stdout}");
+    }
 }
 
 #[actix_web::test]
