@@ -63,10 +63,12 @@ async fn observe(
                 .take(16)
                 .collect()
         });
+    // Both labels come from closed sets: the app's own route patterns, and the standard
+    // methods (`Metrics::observe_request` turns any other into `OTHER`).
     let route = req
         .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().to_string();
+        .unwrap_or_else(|| crate::metrics::UNMATCHED_ROUTE.to_owned());
+    let method = crate::metrics::method_label(req.method().as_str());
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
@@ -89,7 +91,7 @@ async fn observe(
     if let Some(metrics) = metrics {
         metrics.observe_request(
             &route,
-            &method,
+            method,
             response.status().as_u16(),
             elapsed.as_secs_f64(),
         );
