@@ -66,16 +66,10 @@ struct Session {
     expires: Instant,
 }
 
-fn random_token() -> String {
-    std::iter::repeat_with(fastrand::alphanumeric)
-        .take(40)
-        .collect()
-}
-
 impl AdminSessions {
-    /// A new session: `(session id, CSRF token)`.
-    pub fn create(&self) -> (String, String) {
-        let (id, csrf_token) = (random_token(), random_token());
+    /// A new session: `(session id, CSRF token)`, both from the OS CSPRNG.
+    pub fn create(&self) -> Result<(String, String), getrandom::Error> {
+        let (id, csrf_token) = (crate::secrets::new_secret()?, crate::secrets::new_secret()?);
         let mut sessions = self
             .0
             .lock()
@@ -89,7 +83,7 @@ impl AdminSessions {
                 expires: now + SESSION_LIFETIME,
             },
         );
-        (id, csrf_token)
+        Ok((id, csrf_token))
     }
 
     /// The CSRF token of a live session.

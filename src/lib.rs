@@ -14,5 +14,6 @@ pub mod migration;
 pub mod replicas;
 pub mod routes;
 pub mod schema;
+pub mod secrets;
 pub mod seed;
 pub mod startup;

@@ -146,11 +146,9 @@ pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
     })
 }
 
-/// A random admin token, for when none is configured.
+/// A random admin token (256 bits from the OS CSPRNG), for when none is configured.
 pub fn generate_token() -> String {
-    std::iter::repeat_with(fastrand::alphanumeric)
-        .take(32)
-        .collect()
+    crate::secrets::new_secret().expect("the operating system gives no random bytes")
 }
 
 /// `zdm serve`: runs until SIGINT/SIGTERM.

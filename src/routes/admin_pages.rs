@@ -112,7 +112,7 @@ async fn login(
         );
     }
     state.login_limiter.succeeded(ip);
-    let (id, _) = state.sessions.create();
+    let (id, _) = state.sessions.create().map_err(AppError::internal)?;
     let secure = req.connection_info().scheme() == "https";
     let cookie = Cookie::build(COOKIE, id)
         .path("/")

@@ -5,17 +5,18 @@
 //!   `same-origin` or `none`, and `Origin`, when sent, is this server's own;
 //! - the form carries a token only our pages know. The user pages use a double-submit token:
 //!   a random value in an HttpOnly, SameSite=Strict cookie, repeated in a hidden field (a
-//!   forging site can neither read nor set the cookie). The admin pages use the token of the
-//!   logged-in session instead.
+//!   forging site can neither read nor set the cookie). Only a value of the form this app
+//!   issues (`secrets`) counts as a token: a cookie planted with any other value is refused.
+//!   The admin pages use the token of the logged-in session instead.
 
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite};
 
 use super::admin_api::token_matches;
 use crate::error::AppError;
+use crate::secrets::{is_secret_form, new_secret};
 
 pub const COOKIE: &str = "zdm_csrf";
-const TOKEN_LEN: usize = 40;
 
 fn forbidden(why: &str) -> AppError {
     AppError::Forbidden(format!(
@@ -42,17 +43,15 @@ pub fn check_same_origin(req: &HttpRequest) -> Result<(), AppError> {
     Ok(())
 }
 
-/// The token for the user pages' forms, and the cookie to set when the browser has none yet.
-pub fn form_token(req: &HttpRequest) -> (String, Option<Cookie<'static>>) {
+/// The token for the user pages' forms, and the cookie to set when the browser has none yet
+/// (or one this app did not issue).
+pub fn form_token(req: &HttpRequest) -> Result<(String, Option<Cookie<'static>>), AppError> {
     if let Some(cookie) = req.cookie(COOKIE)
-        && cookie.value().len() == TOKEN_LEN
-        && cookie.value().bytes().all(|b| b.is_ascii_alphanumeric())
+        && is_secret_form(cookie.value())
     {
-        return (cookie.value().to_owned(), None);
+        return Ok((cookie.value().to_owned(), None));
     }
-    let token: String = std::iter::repeat_with(fastrand::alphanumeric)
-        .take(TOKEN_LEN)
-        .collect();
+    let token = new_secret().map_err(AppError::internal)?;
     let secure = req.connection_info().scheme() == "https";
     let cookie = Cookie::build(COOKIE, token.clone())
         .path("/")
@@ -60,7 +59,7 @@ pub fn form_token(req: &HttpRequest) -> (String, Option<Cookie<'static>>) {
         .same_site(SameSite::Strict)
         .secure(secure)
         .finish();
-    (token, Some(cookie))
+    Ok((token, Some(cookie)))
 }
 
 /// A user-page form post: same origin, and its `csrf` field repeats the cookie.
@@ -69,7 +68,7 @@ pub fn check_form(req: &HttpRequest, field: &str) -> Result<(), AppError> {
     let cookie = req
         .cookie(COOKIE)
         .ok_or_else(|| forbidden("its security cookie is missing"))?;
-    if field.is_empty() || !token_matches(field, cookie.value()) {
+    if !is_secret_form(cookie.value()) || !token_matches(field, cookie.value()) {
         return Err(forbidden("its security token is missing or wrong"));
     }
     Ok(())

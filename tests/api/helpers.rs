@@ -328,7 +328,8 @@ pub fn serve_with(
 }
 
 /// The double-submit CSRF token test forms send (cookie and field alike).
-pub const FORM_TOKEN: &str = "testtokentesttokentesttokentesttoken0000";
+/// It has the form of the tokens the app issues (43 characters of base64url).
+pub const FORM_TOKEN: &str = "dGVzdC1mb3JtLXRva2VuLXRlc3QtZm9ybS10b2tlbiE";
 
 /// The admin token of every test app.
 pub const ADMIN_TOKEN: &str = "test-admin-token";

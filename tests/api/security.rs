@@ -25,6 +25,10 @@ async fn form_pages_hand_out_a_csrf_token_in_an_httponly_strict_cookie() {
     assert!(page.contains(&format!(
         r#"<input type="hidden" name="csrf" value="{token}">"#
     )));
+    assert!(
+        zdm::secrets::is_secret_form(&token),
+        "256 bits from the OS CSPRNG, as 43 characters of base64url: {token}"
+    );
 
     // A browser that already has the cookie keeps it.
     let again = app
@@ -59,6 +63,23 @@ async fn forged_form_posts_are_refused_with_403() {
             .post(app.url("/v1/users"))
             .header(COOKIE, format!("zdm_csrf={}", "x".repeat(40)))
             .form(&with_token),
+        // a planted cookie that is not a token of ours, repeated in the field
+        app.client
+            .post(app.url("/v1/users"))
+            .header(COOKIE, "zdm_csrf=!")
+            .form(&[
+                ("full_name", "Mallory"),
+                ("email", "m@example.com"),
+                ("csrf", "!"),
+            ]),
+        app.client
+            .post(app.url("/v1/users"))
+            .header(COOKIE, format!("zdm_csrf={}", "x".repeat(40)))
+            .form(&[
+                ("full_name", "Mallory"),
+                ("email", "m@example.com"),
+                ("csrf", &"x".repeat(40)),
+            ]),
         // right token, but sent by another site
         app.client
             .post(app.url(&format!("/v1/users/{id}")))
