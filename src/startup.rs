@@ -175,8 +175,6 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         phase: follower.applied(),
         instance_id: follower.instance_id.clone(),
         admin_token,
-        sessions: Default::default(),
-        login_limiter: Default::default(),
         backfill_thread: Default::default(),
         metrics,
         report_dir: config.report_dir(),

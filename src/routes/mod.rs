@@ -1,6 +1,7 @@
 //! HTTP only: parse the request, call `db`/`migration`, render JSON or a template.
 
 pub mod admin_api;
+pub mod admin_auth;
 pub mod admin_pages;
 pub mod api_v1;
 pub mod api_v2;

@@ -182,7 +182,130 @@ async fn guessing_the_admin_token_is_rate_limited() {
         .await;
     assert_eq!(
         right.status(),
-        429,
-        "even the right token waits out the limit"
+        303,
+        "the right token is never held up by the limit on failures"
     );
+}
+
+#[actix_web::test]
+async fn admin_bodies_are_read_only_after_authentication_and_never_half_understood() {
+    let app = TestApp::spawn().await;
+    app.walk_to(zdm::migration::Phase::DualWrite).await;
+    let bad = r#"{"batch_size":"not-a-number"}"#;
+    // Without the token: 401 whatever the body, and nothing of it echoed.
+    for token in [None, Some("wrong")] {
+        let mut request = app
+            .client
+            .post(app.url("/api/admin/backfill/start"))
+            .header("content-type", "application/json")
+            .body(bad);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        let text = response.text().await.unwrap();
+        assert!(
+            !text.contains("not-a-number") && !text.contains("batch_size"),
+            "{text}"
+        );
+    }
+    // With it, a body that does not parse is refused, naming the field, and nothing starts.
+    for path in ["/api/admin/backfill/start", "/api/admin/backfill/settings"] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains("batch_size"),
+            "{error}"
+        );
+    }
+    for (body, status) in [("{", 400), ("[1]", 400), ("{} trailing", 400)] {
+        let response = app
+            .client
+            .post(app.url("/api/admin/backfill/start"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{body}");
+    }
+    let response = app
+        .client
+        .post(app.url("/api/admin/backfill/start"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "text/plain")
+        .body(r#"{"batch_size":10}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    assert_eq!(app.admin_status().await["backfill"]["state"], "idle");
+    // An empty body keeps the defaults.
+    let response = app
+        .client
+        .post(app.url("/api/admin/backfill/start"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+}
+
+#[actix_web::test]
+async fn admin_answers_are_never_cached() {
+    let app = TestApp::spawn().await;
+    let status = app
+        .client
+        .get(app.url("/api/admin/migration"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    assert_eq!(status.headers()["cache-control"], "no-store");
+    for (path, expected) in [
+        ("/api/admin/migration", 401),
+        ("/api/admin/no-such", 401),
+        ("/admin/status.json", 401),
+        ("/admin", 303),
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), expected, "{path}");
+        assert_eq!(response.headers()["cache-control"], "no-store", "{path}");
+    }
+    let forms = [("/admin/advance", 401), ("/admin/logout", 401)];
+    for (path, expected) in forms {
+        let response = app
+            .client
+            .post(app.url(path))
+            .form(&[("csrf", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{path}");
+        assert_eq!(response.headers()["cache-control"], "no-store", "{path}");
+    }
+    let cookie = crate::admin_fleet::log_in(&app).await;
+    let forged = app
+        .client
+        .post(app.url("/admin/advance"))
+        .header(COOKIE, &cookie)
+        .form(&[("csrf", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(forged.headers()["cache-control"], "no-store");
 }
