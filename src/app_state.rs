@@ -18,6 +18,8 @@ pub struct AppState {
     pub instance_id: String,
     /// The Bearer token of the admin API, and the password of the admin pages.
     pub admin_token: String,
+    /// The proxies whose `X-Forwarded-For`/`-Proto` are believed (`ZDM_TRUSTED_PROXIES`).
+    pub trusted_proxies: crate::trusted_proxies::TrustedProxies,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Streaming replicas whose replay lag throttles the backfill, and the limit.
     pub replica_urls: Vec<String>,

@@ -17,3 +17,4 @@ pub mod schema;
 pub mod secrets;
 pub mod seed;
 pub mod startup;
+pub mod trusted_proxies;

@@ -175,6 +175,7 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         phase: follower.applied(),
         instance_id: follower.instance_id.clone(),
         admin_token,
+        trusted_proxies: config.trusted_proxies.clone(),
         backfill_thread: Default::default(),
         metrics,
         report_dir: config.report_dir(),

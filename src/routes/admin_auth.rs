@@ -15,13 +15,14 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 
 use super::admin_api::token_matches;
+use super::client::{client_info, cookie_name};
 use super::db;
 use crate::app_state::AppState;
 use crate::db::admin_auth::{self, LOGIN_LIMITS};
 use crate::error::{AppError, HtmlError};
 use crate::secrets::is_secret_form;
 
-/// The admin session cookie.
+/// The admin session cookie (`__Host-zdm_admin` over HTTPS, see `client::cookie_name`).
 pub const SESSION_COOKIE: &str = "zdm_admin";
 
 /// Characters of a session id that name it in the history: enough to tell sessions apart,
@@ -53,14 +54,10 @@ fn state_of(req: &HttpRequest) -> Result<web::Data<AppState>, AppError> {
         .ok_or_else(|| AppError::internal("the app state is missing"))
 }
 
-/// The key failed log-ins are counted under: the client's address, or for IPv6 its /64 (one
-/// host is usually given a whole /64).
+/// The key failed log-ins are counted under: the client's address (as a trusted proxy
+/// reports it, else the peer's), or for IPv6 its /64 (one host is usually given a whole /64).
 pub fn client_key(req: &HttpRequest) -> String {
-    let ip = req
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    match ip {
+    match client_info(req).ip {
         std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
             ipnet::Ipv6Net::new(v6, 64).map_or_else(|_| v6.to_string(), |n| n.trunc().to_string())
         }
@@ -97,7 +94,7 @@ pub async fn session_of(
     state: &web::Data<AppState>,
 ) -> Result<Option<AdminSession>, AppError> {
     let Some(id) = req
-        .cookie(SESSION_COOKIE)
+        .cookie(&cookie_name(SESSION_COOKIE, client_info(req).https))
         .map(|c| c.value().to_owned())
         .filter(|id| is_secret_form(id))
     else {

@@ -18,6 +18,7 @@ use super::admin_api::{
     stop_backfill_now, token_matches, verify_now,
 };
 use super::admin_auth::{self, AdminSession, SESSION_COOKIE, failed_attempt, session_of};
+use super::client::{client_info, cookie_name};
 use super::db;
 use crate::app_state::AppState;
 use crate::error::{AppError, HtmlError};
@@ -110,12 +111,12 @@ async fn login(
         Ok(crate::db::admin_auth::create_session(conn, &stored, &csrf)?)
     })
     .await?;
-    let secure = req.connection_info().scheme() == "https";
-    let cookie = Cookie::build(SESSION_COOKIE, id)
+    let https = client_info(&req).https;
+    let cookie = Cookie::build(cookie_name(SESSION_COOKIE, https), id)
         .path("/")
         .http_only(true)
         .same_site(SameSite::Strict)
-        .secure(secure)
+        .secure(https)
         .finish();
     let mut response = see_other("/admin");
     response.add_cookie(&cookie).map_err(AppError::internal)?;
@@ -141,7 +142,11 @@ async fn logout(
     })
     .await?;
     let mut response = see_other("/admin/login");
-    let mut gone = Cookie::build(SESSION_COOKIE, "").path("/").finish();
+    let https = client_info(&req).https;
+    let mut gone = Cookie::build(cookie_name(SESSION_COOKIE, https), "")
+        .path("/")
+        .secure(https)
+        .finish();
     gone.make_removal();
     response.add_cookie(&gone).map_err(AppError::internal)?;
     Ok(response)

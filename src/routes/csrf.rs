@@ -13,9 +13,11 @@ use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite};
 
 use super::admin_api::token_matches;
+use super::client::{client_info, cookie_name};
 use crate::error::AppError;
 use crate::secrets::{is_secret_form, new_secret};
 
+/// The double-submit cookie (`__Host-zdm_csrf` over HTTPS, see `client::cookie_name`).
 pub const COOKIE: &str = "zdm_csrf";
 
 fn forbidden(why: &str) -> AppError {
@@ -34,8 +36,14 @@ pub fn check_same_origin(req: &HttpRequest) -> Result<(), AppError> {
         return Err(forbidden("it was sent from another site"));
     }
     if let Some(origin) = header("origin") {
-        let info = req.connection_info();
-        let ours = format!("{}://{}", info.scheme(), info.host());
+        // Our origin as the browser sees it: the scheme a trusted proxy reports, and the Host
+        // the browser sent (never X-Forwarded-Host, which anyone can send).
+        let scheme = if client_info(req).https {
+            "https"
+        } else {
+            "http"
+        };
+        let ours = format!("{scheme}://{}", header("host").unwrap_or_default());
         if origin != ours {
             return Err(forbidden("it was sent from another origin"));
         }
@@ -46,18 +54,18 @@ pub fn check_same_origin(req: &HttpRequest) -> Result<(), AppError> {
 /// The token for the user pages' forms, and the cookie to set when the browser has none yet
 /// (or one this app did not issue).
 pub fn form_token(req: &HttpRequest) -> Result<(String, Option<Cookie<'static>>), AppError> {
-    if let Some(cookie) = req.cookie(COOKIE)
+    let https = client_info(req).https;
+    if let Some(cookie) = req.cookie(&cookie_name(COOKIE, https))
         && is_secret_form(cookie.value())
     {
         return Ok((cookie.value().to_owned(), None));
     }
     let token = new_secret().map_err(AppError::internal)?;
-    let secure = req.connection_info().scheme() == "https";
-    let cookie = Cookie::build(COOKIE, token.clone())
+    let cookie = Cookie::build(cookie_name(COOKIE, https), token.clone())
         .path("/")
         .http_only(true)
         .same_site(SameSite::Strict)
-        .secure(secure)
+        .secure(https)
         .finish();
     Ok((token, Some(cookie)))
 }
@@ -66,7 +74,7 @@ pub fn form_token(req: &HttpRequest) -> Result<(String, Option<Cookie<'static>>)
 pub fn check_form(req: &HttpRequest, field: &str) -> Result<(), AppError> {
     check_same_origin(req)?;
     let cookie = req
-        .cookie(COOKIE)
+        .cookie(&cookie_name(COOKIE, client_info(req).https))
         .ok_or_else(|| forbidden("its security cookie is missing"))?;
     if !is_secret_form(cookie.value()) || !token_matches(field, cookie.value()) {
         return Err(forbidden("its security token is missing or wrong"));

@@ -320,3 +320,119 @@ async fn a_session_and_the_failures_survive_a_restart_of_the_instance() {
         .unwrap();
     assert_eq!(response.status(), 429, "the failures were not forgotten");
 }
+
+fn set_cookie_named<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(&format!("{name}=")))
+}
+
+#[actix_web::test]
+async fn x_forwarded_headers_from_an_untrusted_peer_are_ignored() {
+    let app = TestApp::spawn().await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let response = app
+            .client
+            .post(app.url("/admin/login"))
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .form(&[("token", "guess")])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 401, 401, 429],
+        "counted under the peer's address, whatever the header says"
+    );
+    let page = app
+        .client
+        .get(app.url("/v1/users/new"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let cookie = set_cookie_named(&page, "zdm_csrf").expect("the plain cookie");
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    assert!(set_cookie_named(&page, "__Host-zdm_csrf").is_none());
+}
+
+#[actix_web::test]
+async fn behind_a_trusted_proxy_limits_count_the_forwarded_client_and_cookies_follow_https() {
+    let db = TestDb::migrated();
+    let server =
+        ServeProcess::start(&db, free_port(), &[("ZDM_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("{}{path}", server.address);
+    let guess = |from: String| {
+        let request = client
+            .post(url("/admin/login"))
+            .header("x-forwarded-for", from)
+            .form(&[("token", "guess")]);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // The client writes what it likes left of the proxy's entry; only the entry counts.
+    let mut first = Vec::new();
+    for i in 0..6 {
+        first.push(guess(format!("10.9.9.{i}, 198.51.100.1")).await);
+    }
+    assert_eq!(first, [401, 401, 401, 401, 401, 429]);
+    assert_eq!(
+        guess("198.51.100.2".to_owned()).await,
+        401,
+        "another client"
+    );
+    // 30 failures from all clients together close the door for everyone with a wrong token.
+    for _ in 0..4 {
+        assert_eq!(guess("198.51.100.2".to_owned()).await, 401);
+    }
+    for client in 3..7 {
+        for _ in 0..5 {
+            assert_eq!(guess(format!("198.51.100.{client}")).await, 401);
+        }
+    }
+    assert_eq!(guess("198.51.100.7".to_owned()).await, 429, "overall limit");
+
+    // The right token still gets in; over HTTPS (as the proxy says) the cookie is __Host-.
+    let login = client
+        .post(url("/admin/login"))
+        .header("x-forwarded-for", "198.51.100.1")
+        .header("x-forwarded-proto", "https")
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = set_cookie_named(&login, "__Host-zdm_admin")
+        .expect("a __Host- session cookie")
+        .to_owned();
+    assert!(
+        cookie.contains("Secure") && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let dashboard = client
+        .get(url("/admin"))
+        .header(COOKIE, &pair)
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dashboard.status(), 200);
+    let page = client
+        .get(url("/v1/users/new"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let csrf = set_cookie_named(&page, "__Host-zdm_csrf").expect("a __Host- CSRF cookie");
+    assert!(csrf.contains("Secure"), "{csrf}");
+}
