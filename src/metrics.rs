@@ -222,6 +222,14 @@ impl Metrics {
         }
     }
 
+    /// Counts an answered request without timing it: for answers given before any handler ran
+    /// (a body that came too slowly or was refused), whose time says nothing about the app.
+    pub fn count_request(&self, route: &str, method: &str, status: u16) {
+        self.http_requests
+            .with_label_values(&[route, method_label(method), &status.to_string()])
+            .inc();
+    }
+
     /// The p99 of the user requests answered since `mark` was last moved here, in ms (the
     /// upper bound of the bucket it falls in), or `None` when fewer than
     /// `MIN_REQUESTS_FOR_P99` were. Moves `mark` to now.

@@ -45,11 +45,12 @@ pub fn run(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
 /// one), returns it in the answer for the log line and the client, counts the request in the
 /// metrics by its route pattern (never the raw path, which would explode the label set), and
 /// logs it at info level (`zdm::access`), building the line only when that level is on.
+/// The body is read first (`routes::body`), and the time measured is the app's alone, from a
+/// complete request to its answer.
 async fn observe(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = std::time::Instant::now();
     let id = req
         .headers()
         .get("x-request-id")
@@ -81,20 +82,28 @@ async fn observe(
             req.uri()
         )
     });
-    let mut response = next.call(req).await?;
+    let body = routes::body::read_whole(&mut req).await;
+    let started = std::time::Instant::now();
+    let handled = body.is_ok();
+    let mut response = match body {
+        Ok(()) => next.call(req).await?.map_into_left_body(),
+        Err(refusal) => req.into_response(refusal).map_into_right_body(),
+    };
     if let Ok(value) = HeaderValue::from_str(&id) {
         response
             .headers_mut()
             .insert(HeaderName::from_static("x-request-id"), value);
     }
     let elapsed = started.elapsed();
-    if let Some(metrics) = metrics {
-        metrics.observe_request(
+    match metrics {
+        Some(metrics) if handled => metrics.observe_request(
             &route,
             method,
             response.status().as_u16(),
             elapsed.as_secs_f64(),
-        );
+        ),
+        Some(metrics) => metrics.count_request(&route, method, response.status().as_u16()),
+        None => {}
     }
     if let Some(access) = access {
         log::info!(

@@ -5,6 +5,7 @@ pub mod admin_auth;
 pub mod admin_pages;
 pub mod api_v1;
 pub mod api_v2;
+pub mod body;
 pub mod client;
 pub mod csrf;
 pub mod home;

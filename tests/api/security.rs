@@ -309,3 +309,140 @@ async fn admin_answers_are_never_cached() {
     assert_eq!(forged.status(), 403);
     assert_eq!(forged.headers()["cache-control"], "no-store");
 }
+
+/// Sends a POST of `body` (declared whole in Content-Length) to `address`, pausing `pause`
+/// after each of `pieces` equal pieces, and returns the answer's status line and how long it
+/// took from the first byte, on a thread of its own (it blocks).
+async fn post_slowly(
+    address: &str,
+    path: &'static str,
+    content_type: &'static str,
+    body: String,
+    pieces: usize,
+    pause: std::time::Duration,
+) -> (String, std::time::Duration) {
+    use std::io::{Read, Write};
+    let host = address.trim_start_matches("http://").to_owned();
+    actix_web::rt::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(&host).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n\
+             Cookie: zdm_csrf={FORM_TOKEN}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        let piece = body.len().div_ceil(pieces);
+        for chunk in body.as_bytes().chunks(piece) {
+            // The server may have answered and closed already: stop writing then.
+            if stream.write_all(chunk).is_err() {
+                break;
+            }
+            std::thread::sleep(pause);
+        }
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        (
+            text.lines().next().unwrap_or_default().to_owned(),
+            started.elapsed(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[actix_web::test]
+async fn a_body_that_arrives_too_slowly_is_cut_off() {
+    let app = TestApp::spawn().await;
+    // 16 KB, a piece every second: it would take over a minute.
+    let body = format!(
+        "{{\"full_name\":\"{}\",\"email\":\"slow@example.com\"}}",
+        "a".repeat(16_000)
+    );
+    let (status, took) = post_slowly(
+        &app.address,
+        "/api/v1/users",
+        "application/json",
+        body,
+        64,
+        std::time::Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout");
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "answered and closed after the 5 s allowed for the body, not after {took:?}"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains(
+        r#"zdm_http_requests_total{method="POST",route="/api/v1/users",status="408"} 1"#
+    ));
+}
+
+#[actix_web::test]
+async fn the_latency_the_backfill_watches_leaves_out_a_slow_client() {
+    let app = TestApp::spawn().await;
+    let body = r#"{"full_name":"Slow Client","email":"slow@example.com"}"#.to_owned();
+    let (status, took) = post_slowly(
+        &app.address,
+        "/api/v1/users",
+        "application/json",
+        body,
+        2,
+        std::time::Duration::from_millis(1500),
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 201 Created");
+    assert!(took >= std::time::Duration::from_millis(1500));
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let sample = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(sample("zdm_user_request_duration_seconds_count"), Some(1.0));
+    assert_eq!(
+        sample(r#"zdm_user_request_duration_seconds_bucket{le="1"}"#),
+        Some(1.0),
+        "the handler's time, not the 1.5 s the client took: {metrics}"
+    );
+}
+
+#[actix_web::test]
+async fn forms_with_invalid_utf8_are_refused_like_json() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url("/v1/users"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(COOKIE, format!("zdm_csrf={FORM_TOKEN}"))
+        .body(format!(
+            "full_name=A%ff%feB&email=utf8%40example.com&csrf={FORM_TOKEN}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("not valid UTF-8"));
+    let json = app
+        .client
+        .post(app.url("/api/v1/users"))
+        .header("content-type", "application/json")
+        .body(b"{\"full_name\":\"A\xff\xfeB\",\"email\":\"utf8@example.com\"}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 400, "as the JSON API does");
+    let list = app.get("/api/v1/users").await.text().await.unwrap();
+    assert!(
+        !list.contains("utf8@example.com"),
+        "nothing was stored: {list}"
+    );
+}
