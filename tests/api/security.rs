@@ -446,3 +446,51 @@ async fn forms_with_invalid_utf8_are_refused_like_json() {
         "nothing was stored: {list}"
     );
 }
+
+#[actix_web::test]
+async fn names_with_bidirectional_overrides_are_refused_but_emoji_joiners_kept() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .post_json(
+            "/api/v1/users",
+            &serde_json::json!({ "full_name": "Ada \u{202E}ecalevoL", "email": "rlo@example.com" }),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["field"], "full_name");
+    let form = app
+        .post_form(
+            "/v1/users",
+            &[
+                ("full_name", "\u{2066}Ada\u{2069}"),
+                ("email", "lri@example.com"),
+            ],
+        )
+        .await;
+    assert_eq!(form.status(), 422);
+    let ok = app
+        .post_json(
+            "/api/v1/users",
+            &serde_json::json!({ "full_name": "Ada 👩\u{200D}💻", "email": "zwj@example.com" }),
+        )
+        .await;
+    assert_eq!(ok.status(), 201);
+    let stored: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(stored["full_name"], "Ada 👩\u{200D}💻");
+
+    app.walk_to(zdm::migration::Phase::DualWrite).await;
+    let v2 = app
+        .post_json(
+            "/api/v2/users",
+            &serde_json::json!({
+                "first_name": "Ada",
+                "last_name": "\u{202D}Lovelace",
+                "email": "lro@example.com"
+            }),
+        )
+        .await;
+    assert_eq!(v2.status(), 422);
+    let error: serde_json::Value = v2.json().await.unwrap();
+    assert_eq!(error["field"], "last_name");
+}
