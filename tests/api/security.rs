@@ -494,3 +494,38 @@ async fn names_with_bidirectional_overrides_are_refused_but_emoji_joiners_kept()
     let error: serde_json::Value = v2.json().await.unwrap();
     assert_eq!(error["field"], "last_name");
 }
+
+#[actix_web::test]
+async fn look_alike_and_quoted_emails_do_not_get_round_uniqueness() {
+    let app = TestApp::spawn().await;
+    app.create_user("Kelvin", "kelvin@example.com").await;
+    for (look_alike, status) in [
+        ("\u{212A}elvin@example.com", 409), // Kelvin sign
+        ("k\u{FF45}lvin@example.com", 409), // fullwidth e
+        ("KELVIN@example.com", 409),
+        ("k\u{0435}lvin@example.com", 422), // Cyrillic e
+        ("\"kelvin\"@example.com", 422),
+    ] {
+        let response = app
+            .post_json(
+                "/api/v1/users",
+                &serde_json::json!({ "full_name": "Mallory", "email": look_alike }),
+            )
+            .await;
+        assert_eq!(response.status(), status, "{look_alike}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["field"], "email", "{look_alike}");
+    }
+    let response = app
+        .post_json(
+            "/api/v1/users",
+            &serde_json::json!({ "full_name": "Zoë", "email": "Zo\u{00CB}@Example.com" }),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let stored: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        stored["email"], "zo\u{00EB}@example.com",
+        "stored canonical"
+    );
+}
