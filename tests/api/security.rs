@@ -1,6 +1,7 @@
 //! Hostile requests: forged form posts, guessed admin tokens, markup in names, and the
 //! headers every answer carries.
 
+use diesel::RunQueryDsl;
 use reqwest::header::{COOKIE, SET_COOKIE};
 
 use crate::helpers::{ADMIN_TOKEN, FORM_TOKEN, TestApp};
@@ -528,4 +529,26 @@ async fn look_alike_and_quoted_emails_do_not_get_round_uniqueness() {
         stored["email"], "zo\u{00EB}@example.com",
         "stored canonical"
     );
+}
+
+#[actix_web::test]
+async fn the_home_page_never_counts_a_big_table() {
+    let app = TestApp::spawn().await;
+    let count = |page: String| {
+        page.split(r#"<span id="user-count">"#)
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .expect("the user count")
+            .to_owned()
+    };
+    app.create_user("Ada Lovelace", "ada@example.com").await;
+    assert_eq!(count(app.get("/").await.text().await.unwrap()), "1");
+    app.seed(10_050);
+    let mut conn = app.db.conn();
+    diesel::sql_query("ANALYZE users")
+        .execute(&mut conn)
+        .unwrap();
+    // Above 10,000 rows the page shows the planner's estimate instead of counting them all.
+    let shown = count(app.get("/").await.text().await.unwrap());
+    assert!(shown.starts_with("about 10,0"), "{shown}");
 }
