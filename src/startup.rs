@@ -155,6 +155,10 @@ pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
     })
 }
 
+/// A configured admin token shorter than this draws a warning at start: 22 random base64
+/// characters carry about 128 bits.
+const MIN_ADMIN_TOKEN_CHARS: usize = 22;
+
 /// A random admin token (256 bits from the OS CSPRNG), for when none is configured.
 pub fn generate_token() -> String {
     crate::secrets::new_secret().expect("the operating system gives no random bytes")
@@ -172,6 +176,15 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
     let follower =
         PhaseFollower::start_reporting(database.pool.clone(), config.phase_poll, metrics.clone())?;
+    if let Some(token) = &config.admin_token
+        && token.chars().count() < MIN_ADMIN_TOKEN_CHARS
+    {
+        log::warn!(
+            "ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} characters: the limit on failed \
+             log-ins never refuses the right token, so it cannot stop a patient guesser; use a \
+             long random token (leave ADMIN_TOKEN unset once to have one generated)"
+        );
+    }
     let admin_token = config.admin_token.clone().unwrap_or_else(|| {
         let token = generate_token();
         println!("ADMIN_TOKEN was not set; this run's admin token is: {token}");

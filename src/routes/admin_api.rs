@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::admin_auth::{self, api_actor};
+use super::admin_auth::{self, api_actor, log_action};
 use super::input::optional_json;
 use super::{BODY_LIMIT, db};
 use crate::app_state::AppState;
@@ -282,15 +282,17 @@ async fn start_backfill(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let knobs: Knobs = optional_json(&req, &body)?;
-
+    log_action(&api_actor(&state.instance_id), "backfill start");
     Ok(HttpResponse::Accepted().json(start_backfill_now(&state, knobs).await?))
 }
 
 async fn pause_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    log_action(&api_actor(&state.instance_id), "backfill pause");
     Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "paused").await?))
 }
 
 async fn cancel_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    log_action(&api_actor(&state.instance_id), "backfill cancel");
     Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "cancelled").await?))
 }
 
@@ -300,9 +302,11 @@ async fn backfill_settings(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let knobs: Knobs = optional_json(&req, &body)?;
+    log_action(&api_actor(&state.instance_id), "backfill settings");
     Ok(HttpResponse::Ok().json(change_knobs(&state, knobs).await?))
 }
 
 async fn run_verify(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    log_action(&api_actor(&state.instance_id), "verify");
     Ok(HttpResponse::Ok().json(verify_now(&state).await?))
 }

@@ -48,6 +48,15 @@ pub fn api_actor(instance_id: &str) -> String {
     format!("api@{instance_id}")
 }
 
+/// The log target of admin actions that the migration history does not hold (the history
+/// records phase transitions only): backfill controls and verifications, with who asked.
+pub const ADMIN_LOG: &str = "zdm::admin";
+
+/// Logs an admin action and who asked for it.
+pub fn log_action(actor: &str, action: &str) {
+    log::info!(target: ADMIN_LOG, "{action} asked by {actor}");
+}
+
 fn state_of(req: &HttpRequest) -> Result<web::Data<AppState>, AppError> {
     req.app_data::<web::Data<AppState>>()
         .cloned()

@@ -382,6 +382,12 @@ async fn backfill_action(
         })
     })();
     let action = action.into_inner();
+    if notice_text(&format!("backfill_{action}")).is_some() {
+        admin_auth::log_action(
+            &session.actor(&state.instance_id),
+            &format!("backfill {action}"),
+        );
+    }
     let outcome = match (action.as_str(), knobs) {
         (_, Err(e)) => Err(e),
         ("start" | "resume", Ok(knobs)) => start_backfill_now(&state, knobs).await.map(drop),
@@ -400,6 +406,7 @@ async fn verify(
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, HtmlError> {
     checked(&req, &session, &form.csrf)?;
+    admin_auth::log_action(&session.actor(&state.instance_id), "verify");
     let outcome = verify_now(&state).await;
     finish(&state, session.csrf.clone(), outcome, "verified").await
 }
