@@ -138,13 +138,10 @@ pub fn record_failed_login(
         .bind::<BigInt, _>(limits.overall)
         .bind::<Double, _>(window)
         .get_result(conn)?;
-        let wait = check
-            .client_wait
+        let wait = [check.client_wait, check.overall_wait]
             .into_iter()
-            .chain(check.overall_wait)
-            .fold(None, |longest: Option<f64>, w| {
-                Some(longest.map_or(w, |l| l.max(w)))
-            });
+            .flatten()
+            .reduce(f64::max);
         if let Some(wait) = wait {
             return Ok(Some(Duration::from_secs_f64(wait.max(0.0))));
         }

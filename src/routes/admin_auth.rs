@@ -66,11 +66,15 @@ fn state_of(req: &HttpRequest) -> Result<web::Data<AppState>, AppError> {
 /// The key failed log-ins are counted under: the client's address (as a trusted proxy
 /// reports it, else the peer's), or for IPv6 its /64 (one host is usually given a whole /64).
 pub fn client_key(req: &HttpRequest) -> String {
-    match client_info(req).ip {
-        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+    limit_key(client_info(req).ip)
+}
+
+fn limit_key(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
             ipnet::Ipv6Net::new(v6, 64).map_or_else(|_| v6.to_string(), |n| n.trunc().to_string())
         }
-        other => other.to_canonical().to_string(),
+        v4 => v4.to_string(),
     }
 }
 
@@ -191,4 +195,19 @@ pub async fn require_session(
         HtmlError(refusal).error_response()
     };
     Ok(no_store(req.into_response(response).map_into_right_body()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_count_per_ipv4_address_and_per_ipv6_64() {
+        let key = |ip: &str| limit_key(ip.parse().unwrap());
+        assert_eq!(key("198.51.100.7"), "198.51.100.7");
+        assert_eq!(key("::ffff:198.51.100.7"), "198.51.100.7");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:bbbb::9"), key("2001:db8:1:2:aaaa::1"));
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+    }
 }
