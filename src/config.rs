@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::local_pg::{LocalPg, LocalPgError};
+use crate::trusted_proxies::TrustedProxies;
 
 /// The database the app uses when it starts its own private PostgreSQL.
 pub const APP_DATABASE: &str = "zdm";
@@ -38,6 +39,9 @@ pub struct Config {
     /// `ZDM_READ_FROM_REPLICAS` (default on when replicas are configured): user reads may go
     /// to the replicas.
     pub read_from_replicas: bool,
+    /// `ZDM_TRUSTED_PROXIES`: CIDRs of the reverse proxies whose `X-Forwarded-For` and
+    /// `X-Forwarded-Proto` are believed; unset, none are.
+    pub trusted_proxies: TrustedProxies,
     /// See `AppState::fault_lagging_v1_writes`.
     pub fault_lagging_v1_writes: bool,
 }
@@ -115,7 +119,16 @@ impl Config {
                     })?,
             ),
         };
+        let trusted_proxies = match var("ZDM_TRUSTED_PROXIES") {
+            None => TrustedProxies::default(),
+            Some(v) => TrustedProxies::parse(&v).map_err(|_| ConfigError::Invalid {
+                name: "ZDM_TRUSTED_PROXIES",
+                expected: "comma-separated CIDRs such as 10.0.0.0/8,192.0.2.7/32",
+                value: v,
+            })?,
+        };
         Ok(Self {
+            trusted_proxies,
             backfill_max_p99_ms,
             replica_urls: var("DATABASE_REPLICA_URLS")
                 .map(|v| {

@@ -10,6 +10,7 @@
 //! - `Forbidden`: a form post without its CSRF token (403).
 //! - `TooManyRequests`: too many failed admin log-ins (429 with Retry-After).
 //! - `PayloadTooLarge`: body over the limit (413).
+//! - `RequestTimeout`: the body did not arrive in time (408).
 //! - `Unavailable`: the database cannot be reached right now (503); the client may retry.
 //! - `ConstraintRefused`: the database's constraints refused a write the code thought valid:
 //!   the schema moved on under this instance (503 naming the constraint, logged as an error);
@@ -54,6 +55,8 @@ pub enum AppError {
     TooManyRequests { retry_after_secs: u64 },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("the database is unavailable")]
@@ -221,6 +224,7 @@ impl ResponseError for AppError {
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unavailable(_) | AppError::ConstraintRefused { .. } | AppError::Fenced => {
                 StatusCode::SERVICE_UNAVAILABLE

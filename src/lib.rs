@@ -14,5 +14,7 @@ pub mod migration;
 pub mod replicas;
 pub mod routes;
 pub mod schema;
+pub mod secrets;
 pub mod seed;
 pub mod startup;
+pub mod trusted_proxies;

@@ -54,6 +54,26 @@ pub struct LatencyMark {
     total: u64,
 }
 
+/// The methods that get a label of their own. Anything else a client invents (HTTP allows
+/// any token, of any length) is counted as `OTHER`: a label value per invented method would
+/// let anyone grow the exposition, and the server's memory, without bound.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// The label value for a request method: the method itself when it is a standard one, else
+/// `OTHER`.
+pub fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("OTHER")
+}
+
+/// The route label of a request that matched no route: one value for all of them, never the
+/// raw path.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
 /// Fewer requests than this say nothing about a p99.
 pub const MIN_REQUESTS_FOR_P99: u64 = 20;
 
@@ -187,8 +207,10 @@ impl Metrics {
         })
     }
 
-    /// Counts one answered request.
+    /// Counts one answered request. `route` must come from a closed set (the app's route
+    /// patterns, or one fixed name for everything else); the method is reduced to one here.
     pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let method = method_label(method);
         self.http_requests
             .with_label_values(&[route, method, &status.to_string()])
             .inc();
@@ -198,6 +220,14 @@ impl Metrics {
         if route.contains("/users") {
             self.user_latency.observe(seconds);
         }
+    }
+
+    /// Counts an answered request without timing it: for answers given before any handler ran
+    /// (a body that came too slowly or was refused), whose time says nothing about the app.
+    pub fn count_request(&self, route: &str, method: &str, status: u16) {
+        self.http_requests
+            .with_label_values(&[route, method_label(method), &status.to_string()])
+            .inc();
     }
 
     /// The p99 of the user requests answered since `mark` was last moved here, in ms (the
@@ -300,6 +330,14 @@ mod tests {
         // Slower than every bucket: the last bound.
         assert_eq!(p99_of_buckets(&bounds, &[0, 0, 0], 50), Some(100.0));
         assert_eq!(p99_of_buckets(&bounds, &[5, 5, 5], 5), None, "too few");
+    }
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("get"), "OTHER", "methods are case-sensitive");
+        assert_eq!(method_label(&"X".repeat(2000)), "OTHER");
     }
 
     #[test]

@@ -46,11 +46,12 @@ pub fn run(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
 /// one), returns it in the answer for the log line and the client, counts the request in the
 /// metrics by its route pattern (never the raw path, which would explode the label set), and
 /// logs it at info level (`zdm::access`), building the line only when that level is on.
+/// The body is read first (`routes::body`), and the time measured is the app's alone, from a
+/// complete request to its answer.
 async fn observe(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = std::time::Instant::now();
     let id = req
         .headers()
         .get("x-request-id")
@@ -64,10 +65,12 @@ async fn observe(
                 .take(16)
                 .collect()
         });
+    // Both labels come from closed sets: the app's own route patterns, and the standard
+    // methods (`Metrics::observe_request` turns any other into `OTHER`).
     let route = req
         .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().to_string();
+        .unwrap_or_else(|| crate::metrics::UNMATCHED_ROUTE.to_owned());
+    let method = crate::metrics::method_label(req.method().as_str());
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
@@ -80,20 +83,28 @@ async fn observe(
             req.uri()
         )
     });
-    let mut response = next.call(req).await?;
+    let body = routes::body::read_whole(&mut req).await;
+    let started = std::time::Instant::now();
+    let handled = body.is_ok();
+    let mut response = match body {
+        Ok(()) => next.call(req).await?.map_into_left_body(),
+        Err(refusal) => req.into_response(refusal).map_into_right_body(),
+    };
     if let Ok(value) = HeaderValue::from_str(&id) {
         response
             .headers_mut()
             .insert(HeaderName::from_static("x-request-id"), value);
     }
     let elapsed = started.elapsed();
-    if let Some(metrics) = metrics {
-        metrics.observe_request(
+    match metrics {
+        Some(metrics) if handled => metrics.observe_request(
             &route,
-            &method,
+            method,
             response.status().as_u16(),
             elapsed.as_secs_f64(),
-        );
+        ),
+        Some(metrics) => metrics.count_request(&route, method, response.status().as_u16()),
+        None => {}
     }
     if let Some(access) = access {
         log::info!(
@@ -145,11 +156,13 @@ pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
     })
 }
 
-/// A random admin token, for when none is configured.
+/// A configured admin token shorter than this draws a warning at start: 22 random base64
+/// characters carry about 128 bits.
+const MIN_ADMIN_TOKEN_CHARS: usize = 22;
+
+/// A random admin token (256 bits from the OS CSPRNG), for when none is configured.
 pub fn generate_token() -> String {
-    std::iter::repeat_with(fastrand::alphanumeric)
-        .take(32)
-        .collect()
+    crate::secrets::new_secret().expect("the operating system gives no random bytes")
 }
 
 /// `zdm serve`: runs until SIGINT/SIGTERM.
@@ -164,6 +177,15 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
     let follower =
         PhaseFollower::start_reporting(database.pool.clone(), config.phase_poll, metrics.clone())?;
+    if let Some(token) = &config.admin_token
+        && token.chars().count() < MIN_ADMIN_TOKEN_CHARS
+    {
+        log::warn!(
+            "ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} characters: the limit on failed \
+             log-ins never refuses the right token, so it cannot stop a patient guesser; use a \
+             long random token (leave ADMIN_TOKEN unset once to have one generated)"
+        );
+    }
     let admin_token = config.admin_token.clone().unwrap_or_else(|| {
         let token = generate_token();
         println!("ADMIN_TOKEN was not set; this run's admin token is: {token}");
@@ -176,8 +198,7 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         phase: follower.applied(),
         instance_id: follower.instance_id.clone(),
         admin_token,
-        sessions: Default::default(),
-        login_limiter: Default::default(),
+        trusted_proxies: config.trusted_proxies.clone(),
         backfill_thread: Default::default(),
         metrics,
         report_dir: config.report_dir(),

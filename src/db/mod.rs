@@ -1,6 +1,7 @@
 //! Database access: the connection pool and plain synchronous query functions
 //! (`fn(&mut PgConnection, ..) -> QueryResult<T>`), free of any HTTP types.
 
+pub mod admin_auth;
 pub mod reads;
 pub mod scratch;
 pub mod users;

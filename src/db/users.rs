@@ -308,9 +308,41 @@ pub fn delete_user(conn: &mut PgConnection, id: i64) -> QueryResult<()> {
     }
 }
 
-/// Rows in `users` (names no column, so it is the same in every phase).
-pub fn count_users(conn: &mut PgConnection) -> QueryResult<i64> {
-    v2::users::table.count().get_result(conn)
+/// How many users there are, as far as it is cheap to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserCount {
+    /// Counted.
+    Exact(i64),
+    /// The planner's estimate (from the last VACUUM or ANALYZE).
+    About(i64),
+    /// More than this many, and no estimate yet.
+    MoreThan(i64),
+}
+
+/// Counts up to `exact_up_to` rows (reading at most one more), and beyond that takes the
+/// planner's estimate, so the cost stays the same at 10 M rows as at 10 thousand. Names no
+/// column, so it is the same in every phase.
+pub fn count_users_cheaply(conn: &mut PgConnection, exact_up_to: i64) -> QueryResult<UserCount> {
+    use diesel::sql_types::BigInt;
+    let counted: i64 = diesel::select(
+        diesel::dsl::sql::<BigInt>("(SELECT count(*) FROM (SELECT FROM users LIMIT ")
+            .bind::<BigInt, _>(exact_up_to + 1)
+            .sql(") AS first_rows)"),
+    )
+    .get_result(conn)?;
+    if counted <= exact_up_to {
+        return Ok(UserCount::Exact(counted));
+    }
+    let estimate: f32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Float>(
+        "(SELECT reltuples FROM pg_class WHERE oid = 'users'::regclass)",
+    ))
+    .get_result(conn)?;
+    let estimate = estimate.round() as i64;
+    Ok(if estimate > exact_up_to {
+        UserCount::About(estimate)
+    } else {
+        UserCount::MoreThan(exact_up_to)
+    })
 }
 
 /// The users with these ids that exist (for audits; order not kept).

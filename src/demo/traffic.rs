@@ -17,7 +17,7 @@ use crate::domain::name_rule::{join_name, normalize_whitespace, split_full_name}
 use crate::seed::random_full_name;
 
 /// The CSRF token the clients' forms carry (as cookie and field).
-const FORM_TOKEN: &str = "demoformtokendemoformtokendemoformtoken0";
+const FORM_TOKEN: &str = "ZGVtby1mb3JtLXRva2VuLWRlbW8tZm9ybS10b2tlbiE";
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,16 +9,48 @@ pub const FULL_NAME_MAX_CHARS: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FullName(String);
 
+/// Bidirectional embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069): they
+/// make the text after them display in another order than it is stored, so a name could
+/// show as something else entirely (and reorder the page around it). Joiners such as
+/// U+200D, which emoji and some scripts need, are not among them.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Why a name part cannot be stored as sent, if it cannot: control characters, or
+/// bidirectional controls.
+pub(crate) fn refused_characters(
+    raw: &str,
+    field: &'static str,
+    label: &str,
+) -> Option<FieldError> {
+    if raw.chars().any(char::is_control) {
+        return Some(FieldError::new(
+            field,
+            format!(
+                "{label} must not contain control characters (such as tabs, line breaks or NUL)."
+            ),
+        ));
+    }
+    if raw.chars().any(is_bidi_control) {
+        return Some(FieldError::new(
+            field,
+            format!(
+                "{label} must not contain bidirectional override or isolate characters (U+202A–U+202E, U+2066–U+2069)."
+            ),
+        ));
+    }
+    None
+}
+
 impl FullName {
     /// Whitespace is normalised (see `name_rule`); control characters such as NUL, tabs or
-    /// newlines, blank names and names over `FULL_NAME_MAX_CHARS` characters are refused.
+    /// newlines, bidirectional controls, blank names and names over `FULL_NAME_MAX_CHARS`
+    /// characters are refused.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         const FIELD: &str = "full_name";
-        if raw.chars().any(char::is_control) {
-            return Err(FieldError::new(
-                FIELD,
-                "Full name must not contain control characters (such as tabs, line breaks or NUL).",
-            ));
+        if let Some(refused) = refused_characters(raw, FIELD, "Full name") {
+            return Err(refused);
         }
         let name = normalize_whitespace(raw);
         if name.is_empty() {
@@ -63,8 +95,29 @@ mod tests {
             "محمد علي",
             "Nguyễn Văn A",
             "🙂",
+            // Emoji joined by U+200D stay whole.
+            "Ada 👩\u{200D}💻",
+            "\u{05D3}\u{05D5}\u{05D3} Cohen",
         ] {
             assert_eq!(FullName::parse(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn rejects_bidirectional_overrides_and_isolates() {
+        for bad in [
+            "Ada \u{202E}ecalevol",
+            "\u{202A}Ada",
+            "Ada\u{202B}",
+            "Ada\u{202C}",
+            "Ada\u{202D}",
+            "\u{2066}Ada\u{2069}",
+            "\u{2067}Ada",
+            "\u{2068}Ada",
+        ] {
+            let err = FullName::parse(bad).unwrap_err();
+            assert_eq!(err.field, "full_name", "{bad:?}");
+            assert!(err.message.contains("bidirectional"), "{bad:?}");
         }
     }
 

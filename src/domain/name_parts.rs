@@ -1,7 +1,7 @@
 //! A person's name as v2 clients send it: first and last name apart.
 
 use super::FieldError;
-use super::full_name::FULL_NAME_MAX_CHARS;
+use super::full_name::{FULL_NAME_MAX_CHARS, refused_characters};
 use super::name_rule::{join_name, normalize_whitespace};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,15 +11,10 @@ pub struct NameParts {
 }
 
 fn part(raw: &str, field: &'static str, label: &str) -> Result<String, FieldError> {
-    if raw.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            field,
-            format!(
-                "{label} must not contain control characters (such as tabs, line breaks or NUL)."
-            ),
-        ));
+    match refused_characters(raw, field, label) {
+        Some(refused) => Err(refused),
+        None => Ok(normalize_whitespace(raw)),
     }
-    Ok(normalize_whitespace(raw))
 }
 
 impl NameParts {
@@ -71,6 +66,14 @@ mod tests {
         assert_eq!(
             NameParts::parse("Ann", "Sm\0ith").unwrap_err().field,
             "last_name"
+        );
+        assert_eq!(
+            NameParts::parse("Ann", "\u{2067}Smith").unwrap_err().field,
+            "last_name"
+        );
+        assert_eq!(
+            NameParts::parse("\u{202E}Ann", "Smith").unwrap_err().field,
+            "first_name"
         );
         let long = "x".repeat(150);
         assert_eq!(

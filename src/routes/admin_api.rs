@@ -1,15 +1,18 @@
-//! The admin API (`Authorization: Bearer $ADMIN_TOKEN`): the migration's status, advance and
-//! rollback, the backfill and verification.
+//! The admin API (`Authorization: Bearer $ADMIN_TOKEN`, checked by `admin_auth` before any
+//! handler runs): the migration's status, advance and rollback, the backfill and
+//! verification.
 
 use std::time::Duration;
 
-use actix_web::http::header;
+use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 use diesel::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::db;
+use super::admin_auth::{self, api_actor, log_action};
+use super::input::optional_json;
+use super::{BODY_LIMIT, db};
 use crate::app_state::AppState;
 use crate::domain::FieldError;
 use crate::error::AppError;
@@ -24,6 +27,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // The same actions as the dashboard's forms (`admin_pages`), authorised by Bearer token.
     cfg.service(
         web::scope("/api/admin")
+            .wrap(from_fn(admin_auth::require_token))
+            .app_data(web::PayloadConfig::new(BODY_LIMIT))
             .route("/migration", web::get().to(status))
             .route("/migration/advance", web::post().to(advance))
             .route("/migration/rollback", web::post().to(rollback))
@@ -41,20 +46,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub fn token_matches(given: &str, expected: &str) -> bool {
     !expected.is_empty()
         && constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes())
-}
-
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if token_matches(given.trim(), &state.admin_token) {
-        Ok(())
-    } else {
-        Err(AppError::Unauthorized)
-    }
 }
 
 impl From<VerifyError> for AppError {
@@ -87,8 +78,7 @@ impl From<RunError> for AppError {
     }
 }
 
-async fn status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    authorize(&req, &state)?;
+async fn status(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     Ok(HttpResponse::Ok().json(current_status(&state).await?))
 }
 
@@ -118,12 +108,13 @@ where
     .await?
 }
 
-/// Advances one phase in the name of this instance.
+/// Advances one phase; `actor` (an admin session or the API, and this instance) goes into
+/// the history.
 pub async fn advance_step(
     state: &web::Data<AppState>,
+    actor: String,
     confirm: Option<String>,
 ) -> Result<Transition, AppError> {
-    let actor = state.instance_id.clone();
     let transition = own_connection(state, move |conn| {
         Ok(runner::advance(conn, &actor, confirm.as_deref())?)
     })
@@ -135,9 +126,12 @@ pub async fn advance_step(
     Ok(transition)
 }
 
-/// Rolls back one phase in the name of this instance.
-pub async fn rollback_step(state: &web::Data<AppState>) -> Result<Transition, AppError> {
-    let actor = state.instance_id.clone();
+/// Rolls back one phase; `actor` goes into the history. Its reverse backfill (out of
+/// new_only) waits for this instance's throttle.
+pub async fn rollback_step(
+    state: &web::Data<AppState>,
+    actor: String,
+) -> Result<Transition, AppError> {
     let mut throttle = state.backfill_throttle();
     let transition = own_connection(state, move |conn| {
         Ok(runner::rollback(conn, &actor, &mut throttle)?)
@@ -153,17 +147,17 @@ pub async fn rollback_step(state: &web::Data<AppState>) -> Result<Transition, Ap
 async fn advance(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: Option<web::Json<AdvanceBody>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
-    authorize(&req, &state)?;
-    let transition = advance_step(&state, body.and_then(|b| b.into_inner().confirm)).await?;
+    let body: AdvanceBody = optional_json(&req, &body)?;
+    let actor = api_actor(&state.instance_id);
+    let transition = advance_step(&state, actor, body.confirm).await?;
     Ok(HttpResponse::Ok()
         .json(json!({ "transition": transition, "status": current_status(&state).await? })))
 }
 
-async fn rollback(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    authorize(&req, &state)?;
-    let transition = rollback_step(&state).await?;
+async fn rollback(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let transition = rollback_step(&state, api_actor(&state.instance_id)).await?;
     Ok(HttpResponse::Ok()
         .json(json!({ "transition": transition, "status": current_status(&state).await? })))
 }
@@ -279,42 +273,34 @@ pub async fn verify_now(state: &web::Data<AppState>) -> Result<VerifyResult, App
 async fn start_backfill(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: Option<web::Json<Knobs>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
-    authorize(&req, &state)?;
-    let knobs = body.map(|b| b.into_inner()).unwrap_or_default();
+    let knobs: Knobs = optional_json(&req, &body)?;
+    log_action(&api_actor(&state.instance_id), "backfill start");
     Ok(HttpResponse::Accepted().json(start_backfill_now(&state, knobs).await?))
 }
 
-async fn pause_backfill(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    authorize(&req, &state)?;
+async fn pause_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    log_action(&api_actor(&state.instance_id), "backfill pause");
     Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "paused").await?))
 }
 
-async fn cancel_backfill(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    authorize(&req, &state)?;
+async fn cancel_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    log_action(&api_actor(&state.instance_id), "backfill cancel");
     Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "cancelled").await?))
 }
 
 async fn backfill_settings(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<Knobs>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
-    authorize(&req, &state)?;
-    Ok(HttpResponse::Ok().json(change_knobs(&state, body.into_inner()).await?))
+    let knobs: Knobs = optional_json(&req, &body)?;
+    log_action(&api_actor(&state.instance_id), "backfill settings");
+    Ok(HttpResponse::Ok().json(change_knobs(&state, knobs).await?))
 }
 
-async fn run_verify(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    authorize(&req, &state)?;
+async fn run_verify(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    log_action(&api_actor(&state.instance_id), "verify");
     Ok(HttpResponse::Ok().json(verify_now(&state).await?))
 }

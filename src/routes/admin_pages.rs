@@ -3,10 +3,12 @@
 //! the backfill progress (from `/admin/status.json`) without a reload.
 //!
 //! Log-in sets an HttpOnly, SameSite=Strict session cookie (Secure when the request came over
-//! HTTPS). Every form carries the session's CSRF token.
+//! HTTPS). Sessions live in PostgreSQL (`admin_auth`), so a log-in holds on every instance
+//! and across restarts. Every form carries the session's CSRF token.
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::{StatusCode, header};
+use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
@@ -15,20 +17,24 @@ use super::admin_api::{
     advance_step, change_knobs, current_status, rollback_step, start_backfill_now,
     stop_backfill_now, token_matches, verify_now,
 };
+use super::admin_auth::{self, AdminSession, SESSION_COOKIE, failed_attempt, session_of};
+use super::client::{client_info, cookie_name};
+use super::db;
 use crate::app_state::AppState;
 use crate::error::{AppError, HtmlError};
 use crate::migration::Phase;
 use crate::migration::backfill::Knobs;
 use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::status::MigrationStatus;
+use crate::secrets::new_secret;
 
-const COOKIE: &str = "zdm_admin";
 /// The report `zdm demo` writes last, in the report folder.
 const DEMO_REPORT: &str = "demo-latest.html";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/admin")
+            .wrap(from_fn(admin_auth::require_session))
             .route("", web::get().to(dashboard))
             .route("/login", web::get().to(login_form))
             .route("/login", web::post().to(login))
@@ -56,13 +62,6 @@ fn see_other(location: &str) -> HttpResponse {
         .finish()
 }
 
-/// The logged-in session of the request: `(session id, CSRF token)`.
-fn session(req: &HttpRequest, state: &AppState) -> Option<(String, String)> {
-    let id = req.cookie(COOKIE)?.value().to_owned();
-    let csrf = state.sessions.csrf_token(&id)?;
-    Some((id, csrf))
-}
-
 #[derive(Template)]
 #[template(path = "admin/login.html")]
 struct LoginPage {
@@ -73,7 +72,7 @@ async fn login_form(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, HtmlError> {
-    if session(&req, &state).is_some() {
+    if session_of(&req, &state).await?.is_some() {
         return Ok(see_other("/admin"));
     }
     html(StatusCode::OK, LoginPage { error: None })
@@ -91,17 +90,9 @@ async fn login(
     form: web::Form<LoginForm>,
 ) -> Result<HttpResponse, HtmlError> {
     super::csrf::check_same_origin(&req)?;
-    let ip = req
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    if let Some(wait) = state.login_limiter.blocked_for(ip) {
-        return Err(HtmlError(AppError::TooManyRequests {
-            retry_after_secs: wait.as_secs().max(1),
-        }));
-    }
+    // The right token is never held up by the limit on failures.
     if !token_matches(form.token.trim(), &state.admin_token) {
-        state.login_limiter.failed(ip);
+        failed_attempt(&state, &req).await?;
         return html(
             StatusCode::UNAUTHORIZED,
             LoginPage {
@@ -111,14 +102,21 @@ async fn login(
             },
         );
     }
-    state.login_limiter.succeeded(ip);
-    let (id, _) = state.sessions.create();
-    let secure = req.connection_info().scheme() == "https";
-    let cookie = Cookie::build(COOKIE, id)
+    let (id, csrf) = (
+        new_secret().map_err(AppError::internal)?,
+        new_secret().map_err(AppError::internal)?,
+    );
+    let stored = id.clone();
+    db(&state, move |conn| {
+        Ok(crate::db::admin_auth::create_session(conn, &stored, &csrf)?)
+    })
+    .await?;
+    let https = client_info(&req).https;
+    let cookie = Cookie::build(cookie_name(SESSION_COOKIE, https), id)
         .path("/")
         .http_only(true)
         .same_site(SameSite::Strict)
-        .secure(secure)
+        .secure(https)
         .finish();
     let mut response = see_other("/admin");
     response.add_cookie(&cookie).map_err(AppError::internal)?;
@@ -134,28 +132,37 @@ pub struct CsrfForm {
 async fn logout(
     req: HttpRequest,
     state: web::Data<AppState>,
+    session: web::ReqData<AdminSession>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, HtmlError> {
-    let (id, _) = checked(&req, &state, &form.csrf)?;
-    state.sessions.remove(&id);
+    checked(&req, &session, &form.csrf)?;
+    let id = session.id.clone();
+    db(&state, move |conn| {
+        Ok(crate::db::admin_auth::delete_session(conn, &id)?)
+    })
+    .await?;
     let mut response = see_other("/admin/login");
-    let mut gone = Cookie::build(COOKIE, "").path("/").finish();
+    let https = client_info(&req).https;
+    let mut gone = Cookie::build(cookie_name(SESSION_COOKIE, https), "")
+        .path("/")
+        .secure(https)
+        .finish();
     gone.make_removal();
     response.add_cookie(&gone).map_err(AppError::internal)?;
     Ok(response)
 }
 
-/// A form post is allowed only in a live session and with that session's CSRF token.
-fn checked(req: &HttpRequest, state: &AppState, csrf: &str) -> Result<(String, String), HtmlError> {
+/// A form post of a live session (the middleware found it) is allowed only from our own
+/// pages and with that session's CSRF token.
+fn checked(req: &HttpRequest, session: &AdminSession, csrf: &str) -> Result<(), HtmlError> {
     super::csrf::check_same_origin(req)?;
-    let (id, expected) = session(req, state).ok_or(HtmlError(AppError::Unauthorized))?;
-    if !token_matches(csrf, &expected) {
+    if !token_matches(csrf, &session.csrf) {
         return Err(HtmlError(AppError::Forbidden(
             "The form's security token is missing or stale; reload the dashboard and try again."
                 .to_owned(),
         )));
     }
-    Ok((id, expected))
+    Ok(())
 }
 
 struct TimelineStep {
@@ -267,21 +274,15 @@ async fn render(
 }
 
 async fn dashboard(
-    req: HttpRequest,
     state: web::Data<AppState>,
+    session: web::ReqData<AdminSession>,
     query: web::Query<DashboardQuery>,
 ) -> Result<HttpResponse, HtmlError> {
-    let Some((_, csrf)) = session(&req, &state) else {
-        return Ok(see_other("/admin/login"));
-    };
+    let csrf = session.csrf.clone();
     render(&state, csrf, StatusCode::OK, query.notice.as_deref(), None).await
 }
 
-async fn status_json(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    session(&req, &state).ok_or(AppError::Unauthorized)?;
+async fn status_json(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let status = current_status(&state).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -316,26 +317,29 @@ pub struct AdvanceForm {
 async fn advance(
     req: HttpRequest,
     state: web::Data<AppState>,
+    session: web::ReqData<AdminSession>,
     form: web::Form<AdvanceForm>,
 ) -> Result<HttpResponse, HtmlError> {
     let form = form.into_inner();
-    let (_, csrf) = checked(&req, &state, &form.csrf)?;
+    checked(&req, &session, &form.csrf)?;
     let confirm = form
         .confirm
         .map(|c| c.trim().to_owned())
         .filter(|c| !c.is_empty());
-    let outcome = advance_step(&state, confirm).await;
-    finish(&state, csrf, outcome, "advanced").await
+    let actor = session.actor(&state.instance_id);
+    let outcome = advance_step(&state, actor, confirm).await;
+    finish(&state, session.csrf.clone(), outcome, "advanced").await
 }
 
 async fn rollback(
     req: HttpRequest,
     state: web::Data<AppState>,
+    session: web::ReqData<AdminSession>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, HtmlError> {
-    let (_, csrf) = checked(&req, &state, &form.csrf)?;
-    let outcome = rollback_step(&state).await;
-    finish(&state, csrf, outcome, "rolled_back").await
+    checked(&req, &session, &form.csrf)?;
+    let outcome = rollback_step(&state, session.actor(&state.instance_id)).await;
+    finish(&state, session.csrf.clone(), outcome, "rolled_back").await
 }
 
 #[derive(Deserialize)]
@@ -363,11 +367,13 @@ fn optional_number(value: Option<&str>, field: &'static str) -> Result<Option<i3
 async fn backfill_action(
     req: HttpRequest,
     state: web::Data<AppState>,
+    session: web::ReqData<AdminSession>,
     action: web::Path<String>,
     form: web::Form<BackfillForm>,
 ) -> Result<HttpResponse, HtmlError> {
     let form = form.into_inner();
-    let (_, csrf) = checked(&req, &state, &form.csrf)?;
+    checked(&req, &session, &form.csrf)?;
+    let csrf = session.csrf.clone();
     let knobs = (|| {
         Ok::<_, AppError>(Knobs {
             batch_size: optional_number(form.batch_size.as_deref(), "batch_size")?,
@@ -376,6 +382,12 @@ async fn backfill_action(
         })
     })();
     let action = action.into_inner();
+    if notice_text(&format!("backfill_{action}")).is_some() {
+        admin_auth::log_action(
+            &session.actor(&state.instance_id),
+            &format!("backfill {action}"),
+        );
+    }
     let outcome = match (action.as_str(), knobs) {
         (_, Err(e)) => Err(e),
         ("start" | "resume", Ok(knobs)) => start_backfill_now(&state, knobs).await.map(drop),
@@ -390,22 +402,18 @@ async fn backfill_action(
 async fn verify(
     req: HttpRequest,
     state: web::Data<AppState>,
+    session: web::ReqData<AdminSession>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, HtmlError> {
-    let (_, csrf) = checked(&req, &state, &form.csrf)?;
+    checked(&req, &session, &form.csrf)?;
+    admin_auth::log_action(&session.actor(&state.instance_id), "verify");
     let outcome = verify_now(&state).await;
-    finish(&state, csrf, outcome, "verified").await
+    finish(&state, session.csrf.clone(), outcome, "verified").await
 }
 
 /// The latest `zdm demo` report. It is one self-contained file with its own inline styles,
 /// so it gets a policy of its own: no script at all, inline styles only.
-async fn demo_report(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, HtmlError> {
-    if session(&req, &state).is_none() {
-        return Ok(see_other("/admin/login"));
-    }
+async fn demo_report(state: web::Data<AppState>) -> Result<HttpResponse, HtmlError> {
     let path = state.report_dir.join(DEMO_REPORT);
     let body = web::block(move || std::fs::read_to_string(path))
         .await

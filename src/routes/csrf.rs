@@ -5,17 +5,20 @@
 //!   `same-origin` or `none`, and `Origin`, when sent, is this server's own;
 //! - the form carries a token only our pages know. The user pages use a double-submit token:
 //!   a random value in an HttpOnly, SameSite=Strict cookie, repeated in a hidden field (a
-//!   forging site can neither read nor set the cookie). The admin pages use the token of the
-//!   logged-in session instead.
+//!   forging site can neither read nor set the cookie). Only a value of the form this app
+//!   issues (`secrets`) counts as a token: a cookie planted with any other value is refused.
+//!   The admin pages use the token of the logged-in session instead.
 
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite};
 
 use super::admin_api::token_matches;
+use super::client::{client_info, cookie_name};
 use crate::error::AppError;
+use crate::secrets::{is_secret_form, new_secret};
 
+/// The double-submit cookie (`__Host-zdm_csrf` over HTTPS, see `client::cookie_name`).
 pub const COOKIE: &str = "zdm_csrf";
-const TOKEN_LEN: usize = 40;
 
 fn forbidden(why: &str) -> AppError {
     AppError::Forbidden(format!(
@@ -33,8 +36,14 @@ pub fn check_same_origin(req: &HttpRequest) -> Result<(), AppError> {
         return Err(forbidden("it was sent from another site"));
     }
     if let Some(origin) = header("origin") {
-        let info = req.connection_info();
-        let ours = format!("{}://{}", info.scheme(), info.host());
+        // Our origin as the browser sees it: the scheme a trusted proxy reports, and the Host
+        // the browser sent (never X-Forwarded-Host, which anyone can send).
+        let scheme = if client_info(req).https {
+            "https"
+        } else {
+            "http"
+        };
+        let ours = format!("{scheme}://{}", header("host").unwrap_or_default());
         if origin != ours {
             return Err(forbidden("it was sent from another origin"));
         }
@@ -42,34 +51,32 @@ pub fn check_same_origin(req: &HttpRequest) -> Result<(), AppError> {
     Ok(())
 }
 
-/// The token for the user pages' forms, and the cookie to set when the browser has none yet.
-pub fn form_token(req: &HttpRequest) -> (String, Option<Cookie<'static>>) {
-    if let Some(cookie) = req.cookie(COOKIE)
-        && cookie.value().len() == TOKEN_LEN
-        && cookie.value().bytes().all(|b| b.is_ascii_alphanumeric())
+/// The token for the user pages' forms, and the cookie to set when the browser has none yet
+/// (or one this app did not issue).
+pub fn form_token(req: &HttpRequest) -> Result<(String, Option<Cookie<'static>>), AppError> {
+    let https = client_info(req).https;
+    if let Some(cookie) = req.cookie(&cookie_name(COOKIE, https))
+        && is_secret_form(cookie.value())
     {
-        return (cookie.value().to_owned(), None);
+        return Ok((cookie.value().to_owned(), None));
     }
-    let token: String = std::iter::repeat_with(fastrand::alphanumeric)
-        .take(TOKEN_LEN)
-        .collect();
-    let secure = req.connection_info().scheme() == "https";
-    let cookie = Cookie::build(COOKIE, token.clone())
+    let token = new_secret().map_err(AppError::internal)?;
+    let cookie = Cookie::build(cookie_name(COOKIE, https), token.clone())
         .path("/")
         .http_only(true)
         .same_site(SameSite::Strict)
-        .secure(secure)
+        .secure(https)
         .finish();
-    (token, Some(cookie))
+    Ok((token, Some(cookie)))
 }
 
 /// A user-page form post: same origin, and its `csrf` field repeats the cookie.
 pub fn check_form(req: &HttpRequest, field: &str) -> Result<(), AppError> {
     check_same_origin(req)?;
     let cookie = req
-        .cookie(COOKIE)
+        .cookie(&cookie_name(COOKIE, client_info(req).https))
         .ok_or_else(|| forbidden("its security cookie is missing"))?;
-    if field.is_empty() || !token_matches(field, cookie.value()) {
+    if !is_secret_form(cookie.value()) || !token_matches(field, cookie.value()) {
         return Err(forbidden("its security token is missing or wrong"));
     }
     Ok(())

@@ -4,7 +4,8 @@
 //! was for a page. No bad input ends in a 500.
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError, UrlencodedError};
-use actix_web::{HttpRequest, web};
+use actix_web::{HttpMessage, HttpRequest, web};
+use serde::de::DeserializeOwned;
 
 use super::{BODY_LIMIT, is_api};
 use crate::error::{AppError, HtmlError};
@@ -66,4 +67,35 @@ pub fn query_config() -> web::QueryConfig {
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default()
         .error_handler(|_err: PathError, req| respond(req, AppError::NotFound))
+}
+
+/// A JSON body that may be left out, parsed by the handler (after authentication) instead of
+/// an extractor: an empty body is `T::default()`; anything else must be JSON of the right
+/// shape (415 for another content type, 400 naming the field that did not parse). Unlike
+/// `Option<web::Json<T>>`, a malformed body is never taken for a missing one.
+pub fn optional_json<T: DeserializeOwned + Default>(
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<T, AppError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    if req.content_type() != "application/json" {
+        return Err(AppError::UnsupportedMediaType(
+            "Send the body as JSON with Content-Type: application/json.".to_owned(),
+        ));
+    }
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let parsed = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            AppError::BadRequest(format!("Malformed JSON body: {inner}."))
+        } else {
+            AppError::BadRequest(format!("Malformed JSON body: field {path}: {inner}."))
+        }
+    })?;
+    json.end()
+        .map_err(|e| AppError::BadRequest(format!("Malformed JSON body: {e}.")))?;
+    Ok(parsed)
 }

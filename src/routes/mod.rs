@@ -1,9 +1,12 @@
 //! HTTP only: parse the request, call `db`/`migration`, render JSON or a template.
 
 pub mod admin_api;
+pub mod admin_auth;
 pub mod admin_pages;
 pub mod api_v1;
 pub mod api_v2;
+pub mod body;
+pub mod client;
 pub mod csrf;
 pub mod home;
 pub mod input;

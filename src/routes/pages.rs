@@ -102,7 +102,7 @@ fn form_page<T: Template>(
     status: StatusCode,
     page: impl FnOnce(String) -> T,
 ) -> Result<HttpResponse, HtmlError> {
-    let (token, cookie) = csrf::form_token(req);
+    let (token, cookie) = csrf::form_token(req)?;
     let mut response = html(status, page(token))?;
     if let Some(cookie) = cookie {
         response.add_cookie(&cookie).map_err(AppError::internal)?;

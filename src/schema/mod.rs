@@ -11,6 +11,7 @@
 //! | `expanded` | dual_write, backfilled, read_new | `full_name`, `first_name`?, `last_name`?      |
 //! | `v2`       | new_only, contracted            | `first_name`, `last_name` (no `full_name`)     |
 
+pub mod admin;
 pub mod expanded;
 pub mod state;
 pub mod v1;

@@ -256,14 +256,17 @@ async fn click_button(c: &Client, text: &str) {
     .await;
 }
 
+/// The admin logs in on one instance and clicks through the dashboard of another (the two
+/// share a host, so the browser sends the session cookie to both, as behind a load balancer).
 #[actix_web::test]
 async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
     let Some(b) = browser().await else { return };
     let c = &b.client;
-    let app = TestApp::spawn().await;
+    let login_instance = TestApp::spawn().await;
+    let app = TestApp::spawn_on(std::sync::Arc::clone(&login_instance.db)).await;
     app.seed(40_000);
 
-    c.goto(&app.url("/admin")).await.unwrap();
+    c.goto(&login_instance.url("/admin")).await.unwrap();
     assert!(
         c.current_url()
             .await
@@ -275,12 +278,20 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
     fill(c, "token", ADMIN_TOKEN).await;
     submit(c).await;
     assert_eq!(shown_phase(c).await, "baseline");
+    c.goto(&app.url("/admin")).await.unwrap();
+    assert_eq!(
+        c.current_url().await.unwrap().path(),
+        "/admin",
+        "the log-in on one instance holds on the other"
+    );
+    assert_eq!(shown_phase(c).await, "baseline");
     screenshot(c, "admin-baseline").await;
 
     for to in ["expanded", "dual_write"] {
         click_button(c, &format!("Advance to {to}")).await;
         assert_eq!(shown_phase(c).await, to);
         app.wait_for_phase(to.parse().unwrap()).await;
+        login_instance.wait_for_phase(to.parse().unwrap()).await;
     }
 
     // The backfill, throttled so its progress can be watched, live (no reload).
@@ -334,6 +345,7 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
         click_button(c, &format!("Advance to {to}")).await;
         assert_eq!(shown_phase(c).await, to);
         app.wait_for_phase(to.parse().unwrap()).await;
+        login_instance.wait_for_phase(to.parse().unwrap()).await;
     }
     // The contract asks for the column's name.
     click_button(c, "Contract: drop full_name").await;

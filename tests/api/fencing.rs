@@ -2,8 +2,6 @@
 //! phase-dependent request, and an instance acknowledges a new phase only once the requests
 //! begun under the old one have finished.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -195,31 +193,52 @@ async fn an_instance_frozen_past_its_lease_serves_no_stale_code_when_it_thaws() 
 }
 
 #[actix_web::test]
-async fn a_request_begun_under_read_new_holds_the_acknowledgement_of_new_only_and_the_next_gate() {
-    let app = TestApp::spawn().await;
+async fn a_request_begun_under_backfilled_holds_the_acknowledgement_of_read_new_and_the_next_gate()
+{
+    // Statements may wait longer than the test's lock (the default would cancel at 5 s).
+    let limits = zdm::db::PoolLimits {
+        statement_timeout: Duration::from_secs(60),
+        ..zdm::db::PoolLimits::with_size(4)
+    };
+    let app = TestApp::spawn_with(
+        std::sync::Arc::new(crate::helpers::TestDb::migrated()),
+        limits,
+    )
+    .await;
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
-    app.walk_to(Phase::ReadNew).await;
+    app.walk_to(Phase::Backfilled).await;
     let mut conn = app.db.conn();
 
-    // A slow client: the request's head arrives under read_new, its body later.
-    let body = json!({ "full_name": "Augusta Ada King" }).to_string();
-    let mut slow = TcpStream::connect(app.address.trim_start_matches("http://")).unwrap();
-    write!(
-        slow,
-        "PUT /api/v1/users/{id} HTTP/1.1\r\nHost: zdm\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        body.len(),
-        &body[..5]
-    )
-    .unwrap();
+    // A slow request: a v1 rename, running backfilled's code, waits for a row another
+    // transaction holds.
+    let mut holder = app.db.conn();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM users WHERE id = {id} FOR UPDATE;"
+        ))
+        .unwrap();
+    let rename = {
+        let (client, url) = (app.client.clone(), app.url(&format!("/api/v1/users/{id}")));
+        actix_web::rt::spawn(async move {
+            client
+                .put(url)
+                .json(&json!({ "full_name": "Augusta Ada King" }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
     let applied = app.applied();
     eventually("the slow request to begin", || applied.in_flight() == 1).await;
 
+    // The step to read_new changes no schema, so the waiting request does not hold it up.
     runner::advance(&mut conn, "test", None).unwrap();
-    eventually("the instance to switch to new_only", || {
-        app.phase() == Phase::NewOnly
+    eventually("the instance to switch to read_new", || {
+        app.phase() == Phase::ReadNew
     })
     .await;
-    // It keeps beating, and keeps saying read_new while the request runs.
+    // It keeps beating, and keeps saying backfilled while the request runs.
     let seen = |conn: &mut PgConnection| {
         state::live_instances(conn)
             .unwrap()
@@ -232,24 +251,21 @@ async fn a_request_begun_under_read_new_holds_the_acknowledgement_of_new_only_an
         seen(&mut conn).last_seen > first
     })
     .await;
-    assert_eq!(seen(&mut conn).applied_phase, "read_new");
-    let refused = app.advance(Some("users.full_name")).await;
+    assert_eq!(seen(&mut conn).applied_phase, "backfilled");
+    let refused = app.advance(None).await;
     assert_eq!(refused.status(), 409);
     let error = refused.json::<Value>().await.unwrap()["error"]
         .as_str()
         .unwrap()
         .to_owned();
     assert!(
-        error.contains(&format!("{} (read_new)", app.instance_id)),
+        error.contains(&format!("{} (backfilled)", app.instance_id)),
         "{error}"
     );
 
-    // The request ends; then the instance acknowledges, and the contract may go.
-    slow.write_all(&body.as_bytes()[5..]).unwrap();
-    let mut answer = String::new();
-    slow.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    app.wait_for_phase(Phase::NewOnly).await;
-    let contracted = app.advance(Some("users.full_name")).await;
-    assert_eq!(contracted.status(), 200);
+    // The request ends; then the instance acknowledges, and the next step may go.
+    holder.batch_execute("COMMIT").unwrap();
+    assert_eq!(rename.await.unwrap(), 200);
+    app.wait_for_phase(Phase::ReadNew).await;
+    assert_eq!(app.advance(None).await.status(), 200);
 }

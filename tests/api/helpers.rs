@@ -309,8 +309,7 @@ pub fn serve_with(
         phase: follower.applied(),
         instance_id: follower.instance_id.clone(),
         admin_token: ADMIN_TOKEN.to_owned(),
-        sessions: Default::default(),
-        login_limiter: Default::default(),
+        trusted_proxies: Default::default(),
         backfill_thread: Default::default(),
         metrics,
         report_dir: report_dir.clone(),
@@ -328,7 +327,8 @@ pub fn serve_with(
 }
 
 /// The double-submit CSRF token test forms send (cookie and field alike).
-pub const FORM_TOKEN: &str = "testtokentesttokentesttokentesttoken0000";
+/// It has the form of the tokens the app issues (43 characters of base64url).
+pub const FORM_TOKEN: &str = "dGVzdC1mb3JtLXRva2VuLXRlc3QtZm9ybS10b2tlbiE";
 
 /// The admin token of every test app.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -546,8 +546,7 @@ impl TestApp {
             phase: zdm::migration::follower::AppliedPhase::new(phase, 0),
             instance_id: "stuck".to_owned(),
             admin_token: ADMIN_TOKEN.to_owned(),
-            sessions: Default::default(),
-            login_limiter: Default::default(),
+            trusted_proxies: Default::default(),
             backfill_thread: Default::default(),
             metrics: std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics")),
             report_dir: std::env::temp_dir().join("zdm-stuck-reports"),

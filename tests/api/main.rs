@@ -1,6 +1,7 @@
 //! Integration tests, compiled as one binary: the real server over real HTTP against a real
 //! PostgreSQL, one fresh database per test.
 
+mod admin_fleet;
 mod admin_pages;
 mod backfill;
 mod browser;

@@ -128,3 +128,55 @@ async fn every_answer_carries_a_request_id() {
         "an odd one is replaced"
     );
 }
+
+/// The exposition's series (every sample line without its value).
+fn series(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').map(|(key, _)| key))
+        .collect()
+}
+
+#[actix_web::test]
+async fn invented_methods_and_paths_do_not_grow_the_metrics() {
+    let app = TestApp::spawn().await;
+    let invented = |i: usize| {
+        reqwest::Method::from_bytes(format!("X{i}{}", "M".repeat(2000)).as_bytes()).unwrap()
+    };
+    let send = |method: reqwest::Method, path: String| {
+        let request = app.client.request(method, app.url(&path));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // One of each kind first, so that every label combination they produce exists.
+    assert_eq!(send(invented(0), "/".to_owned()).await, 404);
+    assert_eq!(send(invented(1), "/no/such/0".to_owned()).await, 404);
+    assert_eq!(
+        send(reqwest::Method::GET, "/no/such/1".to_owned()).await,
+        404
+    );
+    assert_eq!(
+        send(reqwest::Method::GET, "/api/v1/users/1".to_owned()).await,
+        404
+    );
+    scrape(&app).await;
+    let before = scrape(&app).await;
+    assert!(before.contains(r#"method="OTHER",route="unmatched",status="404""#));
+
+    for i in 2..40 {
+        assert_eq!(send(invented(i), "/".to_owned()).await, 404);
+        assert_eq!(send(invented(i), format!("/no/such/{i}")).await, 404);
+        let path = format!("/{}/{i}", "p".repeat(1000));
+        assert_eq!(send(reqwest::Method::GET, path).await, 404);
+        let path = format!("/api/v1/users/{}", 1000 + i);
+        assert_eq!(send(reqwest::Method::GET, path).await, 404);
+    }
+    let after = scrape(&app).await;
+    assert_eq!(series(&before), series(&after), "no new series");
+    assert!(
+        after.len() < before.len() + 200,
+        "only counts changed: {} bytes, then {}",
+        before.len(),
+        after.len()
+    );
+    assert!(!after.contains("MMMM") && !after.contains("pppp"));
+}

@@ -374,7 +374,8 @@ async fn two_instances_walk_every_phase_forward_and_back_without_losing_a_write(
     assert!(
         history
             .iter()
-            .all(|h| h["actor"] == a.instance_id.as_str() || h["actor"] == b.instance_id.as_str())
+            .all(|h| h["actor"] == format!("api@{}", a.instance_id)
+                || h["actor"] == format!("api@{}", b.instance_id))
     );
 }
 

@@ -1,6 +1,7 @@
 //! Hostile requests: forged form posts, guessed admin tokens, markup in names, and the
 //! headers every answer carries.
 
+use diesel::RunQueryDsl;
 use reqwest::header::{COOKIE, SET_COOKIE};
 
 use crate::helpers::{ADMIN_TOKEN, FORM_TOKEN, TestApp};
@@ -25,6 +26,10 @@ async fn form_pages_hand_out_a_csrf_token_in_an_httponly_strict_cookie() {
     assert!(page.contains(&format!(
         r#"<input type="hidden" name="csrf" value="{token}">"#
     )));
+    assert!(
+        zdm::secrets::is_secret_form(&token),
+        "256 bits from the OS CSPRNG, as 43 characters of base64url: {token}"
+    );
 
     // A browser that already has the cookie keeps it.
     let again = app
@@ -59,6 +64,23 @@ async fn forged_form_posts_are_refused_with_403() {
             .post(app.url("/v1/users"))
             .header(COOKIE, format!("zdm_csrf={}", "x".repeat(40)))
             .form(&with_token),
+        // a planted cookie that is not a token of ours, repeated in the field
+        app.client
+            .post(app.url("/v1/users"))
+            .header(COOKIE, "zdm_csrf=!")
+            .form(&[
+                ("full_name", "Mallory"),
+                ("email", "m@example.com"),
+                ("csrf", "!"),
+            ]),
+        app.client
+            .post(app.url("/v1/users"))
+            .header(COOKIE, format!("zdm_csrf={}", "x".repeat(40)))
+            .form(&[
+                ("full_name", "Mallory"),
+                ("email", "m@example.com"),
+                ("csrf", &"x".repeat(40)),
+            ]),
         // right token, but sent by another site
         app.client
             .post(app.url(&format!("/v1/users/{id}")))
@@ -161,7 +183,372 @@ async fn guessing_the_admin_token_is_rate_limited() {
         .await;
     assert_eq!(
         right.status(),
-        429,
-        "even the right token waits out the limit"
+        303,
+        "the right token is never held up by the limit on failures"
     );
+}
+
+#[actix_web::test]
+async fn admin_bodies_are_read_only_after_authentication_and_never_half_understood() {
+    let app = TestApp::spawn().await;
+    app.walk_to(zdm::migration::Phase::DualWrite).await;
+    let bad = r#"{"batch_size":"not-a-number"}"#;
+    // Without the token: 401 whatever the body, and nothing of it echoed.
+    for token in [None, Some("wrong")] {
+        let mut request = app
+            .client
+            .post(app.url("/api/admin/backfill/start"))
+            .header("content-type", "application/json")
+            .body(bad);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        let text = response.text().await.unwrap();
+        assert!(
+            !text.contains("not-a-number") && !text.contains("batch_size"),
+            "{text}"
+        );
+    }
+    // With it, a body that does not parse is refused, naming the field, and nothing starts.
+    for path in ["/api/admin/backfill/start", "/api/admin/backfill/settings"] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains("batch_size"),
+            "{error}"
+        );
+    }
+    for (body, status) in [("{", 400), ("[1]", 400), ("{} trailing", 400)] {
+        let response = app
+            .client
+            .post(app.url("/api/admin/backfill/start"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{body}");
+    }
+    let response = app
+        .client
+        .post(app.url("/api/admin/backfill/start"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "text/plain")
+        .body(r#"{"batch_size":10}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    assert_eq!(app.admin_status().await["backfill"]["state"], "idle");
+    // An empty body keeps the defaults.
+    let response = app
+        .client
+        .post(app.url("/api/admin/backfill/start"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+}
+
+#[actix_web::test]
+async fn admin_answers_are_never_cached() {
+    let app = TestApp::spawn().await;
+    let status = app
+        .client
+        .get(app.url("/api/admin/migration"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    assert_eq!(status.headers()["cache-control"], "no-store");
+    for (path, expected) in [
+        ("/api/admin/migration", 401),
+        ("/api/admin/no-such", 401),
+        ("/admin/status.json", 401),
+        ("/admin", 303),
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), expected, "{path}");
+        assert_eq!(response.headers()["cache-control"], "no-store", "{path}");
+    }
+    let forms = [("/admin/advance", 401), ("/admin/logout", 401)];
+    for (path, expected) in forms {
+        let response = app
+            .client
+            .post(app.url(path))
+            .form(&[("csrf", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{path}");
+        assert_eq!(response.headers()["cache-control"], "no-store", "{path}");
+    }
+    let cookie = crate::admin_fleet::log_in(&app).await;
+    let forged = app
+        .client
+        .post(app.url("/admin/advance"))
+        .header(COOKIE, &cookie)
+        .form(&[("csrf", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(forged.headers()["cache-control"], "no-store");
+}
+
+/// Sends a POST of `body` (declared whole in Content-Length) to `address`, pausing `pause`
+/// after each of `pieces` equal pieces, and returns the answer's status line and how long it
+/// took from the first byte, on a thread of its own (it blocks).
+async fn post_slowly(
+    address: &str,
+    path: &'static str,
+    content_type: &'static str,
+    body: String,
+    pieces: usize,
+    pause: std::time::Duration,
+) -> (String, std::time::Duration) {
+    use std::io::{Read, Write};
+    let host = address.trim_start_matches("http://").to_owned();
+    actix_web::rt::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(&host).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n\
+             Cookie: zdm_csrf={FORM_TOKEN}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        let piece = body.len().div_ceil(pieces);
+        for chunk in body.as_bytes().chunks(piece) {
+            // The server may have answered and closed already: stop writing then.
+            if stream.write_all(chunk).is_err() {
+                break;
+            }
+            std::thread::sleep(pause);
+        }
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        (
+            text.lines().next().unwrap_or_default().to_owned(),
+            started.elapsed(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[actix_web::test]
+async fn a_body_that_arrives_too_slowly_is_cut_off() {
+    let app = TestApp::spawn().await;
+    // 16 KB, a piece every second: it would take over a minute.
+    let body = format!(
+        "{{\"full_name\":\"{}\",\"email\":\"slow@example.com\"}}",
+        "a".repeat(16_000)
+    );
+    let (status, took) = post_slowly(
+        &app.address,
+        "/api/v1/users",
+        "application/json",
+        body,
+        64,
+        std::time::Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout");
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "answered and closed after the 5 s allowed for the body, not after {took:?}"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains(
+        r#"zdm_http_requests_total{method="POST",route="/api/v1/users",status="408"} 1"#
+    ));
+}
+
+#[actix_web::test]
+async fn the_latency_the_backfill_watches_leaves_out_a_slow_client() {
+    let app = TestApp::spawn().await;
+    let body = r#"{"full_name":"Slow Client","email":"slow@example.com"}"#.to_owned();
+    let (status, took) = post_slowly(
+        &app.address,
+        "/api/v1/users",
+        "application/json",
+        body,
+        2,
+        std::time::Duration::from_millis(1500),
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 201 Created");
+    assert!(took >= std::time::Duration::from_millis(1500));
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let sample = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(sample("zdm_user_request_duration_seconds_count"), Some(1.0));
+    assert_eq!(
+        sample(r#"zdm_user_request_duration_seconds_bucket{le="1"}"#),
+        Some(1.0),
+        "the handler's time, not the 1.5 s the client took: {metrics}"
+    );
+}
+
+#[actix_web::test]
+async fn forms_with_invalid_utf8_are_refused_like_json() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url("/v1/users"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(COOKIE, format!("zdm_csrf={FORM_TOKEN}"))
+        .body(format!(
+            "full_name=A%ff%feB&email=utf8%40example.com&csrf={FORM_TOKEN}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("not valid UTF-8"));
+    let json = app
+        .client
+        .post(app.url("/api/v1/users"))
+        .header("content-type", "application/json")
+        .body(b"{\"full_name\":\"A\xff\xfeB\",\"email\":\"utf8@example.com\"}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 400, "as the JSON API does");
+    let list = app.get("/api/v1/users").await.text().await.unwrap();
+    assert!(
+        !list.contains("utf8@example.com"),
+        "nothing was stored: {list}"
+    );
+}
+
+#[actix_web::test]
+async fn names_with_bidirectional_overrides_are_refused_but_emoji_joiners_kept() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .post_json(
+            "/api/v1/users",
+            &serde_json::json!({ "full_name": "Ada \u{202E}ecalevoL", "email": "rlo@example.com" }),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["field"], "full_name");
+    let form = app
+        .post_form(
+            "/v1/users",
+            &[
+                ("full_name", "\u{2066}Ada\u{2069}"),
+                ("email", "lri@example.com"),
+            ],
+        )
+        .await;
+    assert_eq!(form.status(), 422);
+    let ok = app
+        .post_json(
+            "/api/v1/users",
+            &serde_json::json!({ "full_name": "Ada 👩\u{200D}💻", "email": "zwj@example.com" }),
+        )
+        .await;
+    assert_eq!(ok.status(), 201);
+    let stored: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(stored["full_name"], "Ada 👩\u{200D}💻");
+
+    app.walk_to(zdm::migration::Phase::DualWrite).await;
+    let v2 = app
+        .post_json(
+            "/api/v2/users",
+            &serde_json::json!({
+                "first_name": "Ada",
+                "last_name": "\u{202D}Lovelace",
+                "email": "lro@example.com"
+            }),
+        )
+        .await;
+    assert_eq!(v2.status(), 422);
+    let error: serde_json::Value = v2.json().await.unwrap();
+    assert_eq!(error["field"], "last_name");
+}
+
+#[actix_web::test]
+async fn look_alike_and_quoted_emails_do_not_get_round_uniqueness() {
+    let app = TestApp::spawn().await;
+    app.create_user("Kelvin", "kelvin@example.com").await;
+    for (look_alike, status) in [
+        ("\u{212A}elvin@example.com", 409), // Kelvin sign
+        ("k\u{FF45}lvin@example.com", 409), // fullwidth e
+        ("KELVIN@example.com", 409),
+        ("k\u{0435}lvin@example.com", 422), // Cyrillic e
+        ("\"kelvin\"@example.com", 422),
+    ] {
+        let response = app
+            .post_json(
+                "/api/v1/users",
+                &serde_json::json!({ "full_name": "Mallory", "email": look_alike }),
+            )
+            .await;
+        assert_eq!(response.status(), status, "{look_alike}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["field"], "email", "{look_alike}");
+    }
+    let response = app
+        .post_json(
+            "/api/v1/users",
+            &serde_json::json!({ "full_name": "Zoë", "email": "Zo\u{00CB}@Example.com" }),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let stored: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        stored["email"], "zo\u{00EB}@example.com",
+        "stored canonical"
+    );
+}
+
+#[actix_web::test]
+async fn the_home_page_never_counts_a_big_table() {
+    let app = TestApp::spawn().await;
+    let count = |page: String| {
+        page.split(r#"<span id="user-count">"#)
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .expect("the user count")
+            .to_owned()
+    };
+    app.create_user("Ada Lovelace", "ada@example.com").await;
+    assert_eq!(count(app.get("/").await.text().await.unwrap()), "1");
+    app.seed(10_050);
+    let mut conn = app.db.conn();
+    diesel::sql_query("ANALYZE users")
+        .execute(&mut conn)
+        .unwrap();
+    // Above 10,000 rows the page shows the planner's estimate instead of counting them all.
+    let shown = count(app.get("/").await.text().await.unwrap());
+    assert!(shown.starts_with("about 10,0"), "{shown}");
 }
