@@ -177,6 +177,10 @@ enum MigrateAction {
         /// Required to contract: type `users.full_name`.
         #[arg(long)]
         confirm: Option<String>,
+        /// Contract although pg_stat_statements cannot tell whether a client zdm does not run
+        /// still uses full_name (recorded in the history).
+        #[arg(long)]
+        without_client_check: bool,
     },
     /// Roll back one phase where the data allows.
     Rollback,
@@ -346,8 +350,15 @@ fn migrate(config: &Config, action: MigrateAction) -> Result<(), StartupError> {
     let (mut conn, mut throttle) = connect(config)?;
     match action {
         MigrateAction::Status => {}
-        MigrateAction::Advance { confirm } => {
-            let t = runner::advance(&mut conn, CLI_ACTOR, confirm.as_deref())?;
+        MigrateAction::Advance {
+            confirm,
+            without_client_check,
+        } => {
+            let consent = runner::Consent {
+                confirm: confirm.as_deref(),
+                without_client_check,
+            };
+            let t = runner::advance_with(&mut conn, CLI_ACTOR, &consent)?;
             println!("advanced {} → {}", t.from, t.to);
         }
         MigrateAction::Rollback => {

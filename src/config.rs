@@ -42,6 +42,10 @@ pub struct Config {
     /// `ZDM_TRUSTED_PROXIES`: CIDRs of the reverse proxies whose `X-Forwarded-For` and
     /// `X-Forwarded-Proto` are believed; unset, none are.
     pub trusted_proxies: TrustedProxies,
+    /// `ZDM_CONTRACT_QUIET_SECS` (unset: as stored, 300 on a new database): how long no client
+    /// may have used `users.full_name` before the contract. Written to the database at start,
+    /// where the contract's gate (SQL) reads it.
+    pub contract_quiet_secs: Option<i32>,
     /// See `AppState::fault_lagging_v1_writes`.
     pub fault_lagging_v1_writes: bool,
 }
@@ -119,6 +123,19 @@ impl Config {
                     })?,
             ),
         };
+        let contract_quiet_secs = match var("ZDM_CONTRACT_QUIET_SECS") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<i32>()
+                    .ok()
+                    .filter(|n| (0..=86_400).contains(n))
+                    .ok_or(ConfigError::Invalid {
+                        name: "ZDM_CONTRACT_QUIET_SECS",
+                        expected: "a number of seconds from 0 to 86400",
+                        value: v,
+                    })?,
+            ),
+        };
         let trusted_proxies = match var("ZDM_TRUSTED_PROXIES") {
             None => TrustedProxies::default(),
             Some(v) => TrustedProxies::parse(&v).map_err(|_| ConfigError::Invalid {
@@ -128,6 +145,7 @@ impl Config {
             })?,
         };
         Ok(Self {
+            contract_quiet_secs,
             trusted_proxies,
             backfill_max_p99_ms,
             replica_urls: var("DATABASE_REPLICA_URLS")

@@ -148,6 +148,9 @@ pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
     for name in schema_migrations::run_infrastructure_migrations(&mut conn)? {
         log::info!("applied migration {name}");
     }
+    if let Some(secs) = config.contract_quiet_secs {
+        crate::migration::state::set_contract_quiet_secs(&mut conn, secs)?;
+    }
     Ok(Database {
         url,
         pool,

@@ -1,5 +1,6 @@
--- Removes the functions the up migration created and brings back the gate function it replaced.
--- squawk-ignore-file require-lock-timeout, ban-drop-function
+-- Removes what the up migration created (pg_stat_statements too, if zdm made it) and brings
+-- back the gate function it replaced.
+-- squawk-ignore-file require-lock-timeout, ban-drop-function, ban-drop-table, ban-drop-column
 -- Infrastructure is reverted only at baseline, after every phase step was rolled back.
 DO $$ BEGIN IF (SELECT phase FROM zdm_migration_state) <> 'baseline' THEN RAISE EXCEPTION 'zdm: infrastructure migrations are reverted only at baseline'; END IF; END $$;
 DROP FUNCTION zdm_validate_or_drop(text, text);
@@ -9,6 +10,18 @@ DROP FUNCTION zdm_record_step(text, text, text, text, text);
 DROP FUNCTION zdm_begin_step(text, text, text, text);
 DROP FUNCTION zdm_require_gates(text, text, text);
 DROP FUNCTION zdm_gates(text, text, text);
+DROP FUNCTION zdm_clients_gate();
+DROP FUNCTION zdm_sample_column_use();
+DROP TABLE zdm_column_use;
+ALTER TABLE zdm_migration_state DROP COLUMN contract_quiet_secs;
+DO $$
+BEGIN
+    IF obj_description((SELECT oid FROM pg_extension WHERE extname = 'pg_stat_statements'),
+                       'pg_extension') LIKE 'created by zdm%' THEN
+        DROP EXTENSION pg_stat_statements;
+    END IF;
+END;
+$$;
 DROP FUNCTION zdm_confirmation_gate();
 DROP FUNCTION zdm_refilled_gate();
 DROP FUNCTION zdm_backfill_gate();

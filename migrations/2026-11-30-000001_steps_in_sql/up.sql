@@ -4,8 +4,8 @@
 -- transaction: `diesel migration run` and `revert` walk the migration exactly as
 -- `zdm migrate advance` and `rollback` do, and the phase and the applied migrations never
 -- disagree. The dashboard and `zdm migrate status` show the same gates (zdm_gates).
--- New functions only, no table is locked.
--- squawk-ignore-file require-lock-timeout, ban-drop-function
+-- New functions and tables only; one column added to zdm's own state table.
+-- squawk-ignore-file require-lock-timeout, ban-drop-function, prefer-bigint-over-int, adding-field-with-default
 
 -- The phase-name gate the phase migrations called before (replaced by zdm_begin_step).
 DROP FUNCTION zdm_require_phase(text[], text, text);
@@ -172,6 +172,114 @@ LANGUAGE sql STABLE AS $$
                 ELSE 'type `users.full_name` to confirm dropping the column' END
 $$;
 
+-- The contract sees every client, not only zdm's instances: before full_name is dropped,
+-- nothing may have read or written it for a quiet window. PostgreSQL's pg_stat_statements
+-- counts the calls of every statement; zdm samples the calls of those that name full_name
+-- (with every heartbeat in new_only, and whenever the contract's gates are checked) and notes
+-- when each last grew. A report, a cron job or a psql session still using the column holds
+-- the drop back. The extension is created where the role may.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_stat_statements') THEN
+        CREATE EXTENSION pg_stat_statements;
+        -- So that the down migration removes it only if zdm made it.
+        COMMENT ON EXTENSION pg_stat_statements IS 'created by zdm for the contract''s client check';
+    END IF;
+EXCEPTION WHEN OTHERS THEN
+    -- Not installed (contrib), or not ours to create: the contract then asks for
+    -- without_client_check.
+    RAISE NOTICE 'pg_stat_statements is not available here: %', SQLERRM;
+END;
+$$;
+
+-- How long no client may have used full_name before the contract (ZDM_CONTRACT_QUIET_SECS,
+-- written by every `zdm serve` at start).
+ALTER TABLE zdm_migration_state
+    ADD COLUMN contract_quiet_secs INTEGER NOT NULL DEFAULT 300
+    CHECK (contract_quiet_secs BETWEEN 0 AND 86400);
+
+-- Statements naming full_name, as last sampled: their calls, and when those last grew.
+CREATE TABLE zdm_column_use (
+    queryid BIGINT PRIMARY KEY,
+    query TEXT NOT NULL,
+    calls BIGINT NOT NULL,
+    last_called TIMESTAMPTZ NOT NULL
+);
+
+-- Samples pg_stat_statements: statements of this database that name full_name, zdm's own
+-- left out (they also name a zdm_ object: its migrations, verification and backfill; zdm's
+-- request code cannot name full_name from new_only on, its schema module has no such
+-- column). A statement seen for the first time counts as just used: when it ran before is
+-- unknown. Returns false where pg_stat_statements cannot be read.
+CREATE FUNCTION zdm_sample_column_use() RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass('pg_stat_statements') IS NULL THEN
+        RETURN false;
+    END IF;
+    INSERT INTO zdm_column_use AS u (queryid, query, calls, last_called)
+    SELECT s.queryid, min(s.query), sum(s.calls), now()
+      FROM pg_stat_statements s
+     WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+       -- Reads and writes (not DDL, such as the migration that made the column), naming it
+       -- in the SQL itself, not in a comment (a migration file's comments are part of its
+       -- first statement's text).
+       AND regexp_replace(s.query, '--[^\n]*|/\*.*?\*/', '', 'g')
+           ~* '^\s*(select|insert|update|delete|with|copy|merge|table)\M.*\mfull_name\M'
+       AND s.query !~* '\mzdm_'
+     GROUP BY s.queryid
+    ON CONFLICT (queryid) DO UPDATE
+       SET last_called = CASE WHEN EXCLUDED.calls > u.calls THEN now() ELSE u.last_called END,
+           calls = EXCLUDED.calls;
+    RETURN true;
+EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    -- The extension exists but the library is not loaded (shared_preload_libraries).
+    RETURN false;
+END;
+$$;
+
+-- Gate: no client has used full_name for the quiet window, observed since entering
+-- new_only. Where pg_stat_statements is unavailable it is unknown, and met only with
+-- zdm.without_client_check = 'true' (the runner sets it from `without_client_check`).
+CREATE FUNCTION zdm_clients_gate()
+RETURNS TABLE (name text, met boolean, detail text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    quiet integer;
+    entered timestamptz;
+    latest record;
+BEGIN
+    name := 'clients';
+    IF NOT zdm_sample_column_use() THEN
+        met := current_setting('zdm.without_client_check', true) IS NOT DISTINCT FROM 'true';
+        detail := CASE WHEN met
+            THEN 'not checked: pg_stat_statements is unavailable, contract confirmed without_client_check'
+            ELSE 'unknown: install pg_stat_statements (or contract with without_client_check)' END;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    SELECT contract_quiet_secs, changed_at INTO quiet, entered FROM zdm_migration_state;
+    SELECT u.query, u.last_called INTO latest FROM zdm_column_use u
+     WHERE u.last_called > now() - make_interval(secs => quiet)
+     ORDER BY u.last_called DESC LIMIT 1;
+    IF latest IS NOT NULL THEN
+        met := false;
+        detail := format('`%s` used users.full_name at %s; waiting until no client has for %s s',
+                         left(regexp_replace(latest.query, '\s+', ' ', 'g'), 80),
+                         to_char(latest.last_called AT TIME ZONE 'UTC', 'HH24:MI:SS "UTC"'), quiet);
+    ELSIF entered > now() - make_interval(secs => quiet) THEN
+        met := false;
+        detail := format('watching for clients of users.full_name since entering new_only; the quiet window of %s s ends at %s',
+                         quiet, to_char((entered + make_interval(secs => quiet)) AT TIME ZONE 'UTC',
+                                        'HH24:MI:SS "UTC"'));
+    ELSE
+        met := true;
+        detail := format('no client has used users.full_name for %s s', quiet);
+    END IF;
+    RETURN NEXT;
+END;
+$$;
+
 -- The gates of one step: 'advance' or 'rollback' from from_phase, 'refill' (the end of the
 -- rollback out of new_only, once the phase is back at read_new), or 'backfill' (starting the
 -- forward backfill in from_phase). verify_mode: 'fresh', 'stored' or 'skip' (the step
@@ -190,6 +298,7 @@ BEGIN
             RETURN QUERY SELECT * FROM zdm_instances_gate('read_new', 'contracted');
         ELSIF from_phase = 'new_only' THEN
             RETURN QUERY SELECT * FROM zdm_instances_gate('new_only', 'contracted');
+            RETURN QUERY SELECT * FROM zdm_clients_gate();
             RETURN QUERY SELECT * FROM zdm_confirmation_gate();
         END IF;
         -- I2 holds on every row: before the guard is validated, before reads switch to the
@@ -267,14 +376,16 @@ BEGIN
 END;
 $$;
 
--- Appends to the history.
+-- Appends to the history; without a detail, what the runner set in zdm.detail (a contract
+-- without the client check) and zdm.retries (lock timeouts met on the way).
 CREATE FUNCTION zdm_record_step(action text, from_phase text, to_phase text, outcome text,
                                 detail text DEFAULT NULL)
 RETURNS void
 LANGUAGE sql AS $$
     INSERT INTO zdm_migration_history (action, from_phase, to_phase, actor, outcome, detail)
     VALUES (action, from_phase, to_phase, zdm_actor(), outcome,
-            coalesce(detail, nullif(current_setting('zdm.detail', true), '')))
+            coalesce(detail, nullif(concat_ws('; ', nullif(current_setting('zdm.detail', true), ''),
+                                              nullif(current_setting('zdm.retries', true), '')), '')))
 $$;
 
 -- Raises what a step in several transactions found wrong on its way and undid (see

@@ -371,6 +371,13 @@ fn follow(
                 }
                 Err(e) => log::warn!("phase follower: heartbeat failed: {e}"),
             }
+            // In new_only the contract is next: watch who still uses full_name, so that its
+            // quiet window is observed from the start.
+            if phase == Phase::NewOnly
+                && let Err(e) = state::sample_column_use(&mut conn)
+            {
+                log::warn!("phase follower: sampling the use of full_name failed: {e}");
+            }
         }
     }
 }

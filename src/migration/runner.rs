@@ -168,11 +168,37 @@ pub fn advance(
     actor: &str,
     confirm: Option<&str>,
 ) -> Result<Transition, RunError> {
+    advance_with(
+        conn,
+        actor,
+        &Consent {
+            confirm,
+            without_client_check: false,
+        },
+    )
+}
+
+/// What a user gives to allow the contract.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Consent<'a> {
+    /// Must be `users.full_name` (the column dropped).
+    pub confirm: Option<&'a str>,
+    /// Where pg_stat_statements is unavailable, the contract goes without knowing whether a
+    /// client zdm does not run still uses full_name; recorded in the history.
+    pub without_client_check: bool,
+}
+
+/// As `advance`, with the contract's consent.
+pub fn advance_with(
+    conn: &mut PgConnection,
+    actor: &str,
+    consent: &Consent,
+) -> Result<Transition, RunError> {
     let mut lock = AdvisoryLock::try_acquire(conn, LOCK_KEY)?.ok_or(RunError::Busy)?;
     let conn = lock.conn();
     let from = state::current_phase(conn)?;
     let to = from.next().ok_or(RunError::AtEnd)?;
-    let outcome = with_step_settings(conn, actor, confirm, |conn| {
+    let outcome = with_step_settings(conn, actor, consent, |conn| {
         let migration = step_migration(from).ok_or(RunError::AtEnd)?;
         if is_applied(conn, migration)? {
             return Err(if from == Phase::ReadNew {
@@ -217,7 +243,7 @@ pub fn rollback(
     } else {
         (from, from.previous().ok_or(RunError::AtStart)?)
     };
-    let outcome = with_step_settings(conn, actor, None, |conn| {
+    let outcome = with_step_settings(conn, actor, &Consent::default(), |conn| {
         if from == Phase::Contracted {
             return Err(RunError::Irreversible);
         }
@@ -273,28 +299,32 @@ fn leave_new_only(conn: &mut PgConnection, throttle: &mut Throttle) -> Result<us
 }
 
 /// Runs `work` with the session settings the phase migrations read: who asked, and the
-/// contract's confirmation. They are cleared afterwards (the connection may be reused).
+/// contract's consent. They are cleared afterwards (the connection may be reused).
 fn with_step_settings<T>(
     conn: &mut PgConnection,
     actor: &str,
-    confirm: Option<&str>,
+    consent: &Consent,
     work: impl FnOnce(&mut PgConnection) -> Result<T, RunError>,
 ) -> Result<T, RunError> {
-    set_settings(conn, actor, confirm.unwrap_or(""))?;
+    set_settings(conn, actor, consent)?;
     let outcome = work(conn);
-    if let Err(e) = set_settings(conn, "", "") {
+    if let Err(e) = set_settings(conn, "", &Consent::default()) {
         log::warn!("could not clear the step's session settings: {e}");
     }
     outcome
 }
 
-fn set_settings(conn: &mut PgConnection, actor: &str, confirm: &str) -> QueryResult<()> {
+fn set_settings(conn: &mut PgConnection, actor: &str, consent: &Consent) -> QueryResult<()> {
+    let without = consent.without_client_check;
     diesel::sql_query(
         "SELECT set_config('zdm.actor', $1, false), set_config('zdm.confirm', $2, false), \
-         set_config('zdm.detail', '', false)",
+         set_config('zdm.without_client_check', $3, false), set_config('zdm.detail', $4, false), \
+         set_config('zdm.retries', '', false)",
     )
     .bind::<Text, _>(actor)
-    .bind::<Text, _>(confirm)
+    .bind::<Text, _>(consent.confirm.unwrap_or(""))
+    .bind::<Text, _>(if without { "true" } else { "" })
+    .bind::<Text, _>(if without { "without_client_check" } else { "" })
     .execute(conn)
     .map(drop)
 }
@@ -448,7 +478,7 @@ fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunEr
     let mut pauses = LOCK_RETRY_SCHEDULE.iter();
     loop {
         if lock_timeouts > 0 {
-            diesel::sql_query("SELECT set_config('zdm.detail', $1, false)")
+            diesel::sql_query("SELECT set_config('zdm.retries', $1, false)")
                 .bind::<Text, _>(format!("{lock_timeouts} lock timeout(s) retried"))
                 .execute(conn)?;
         }

@@ -147,3 +147,21 @@ pub fn live_instances(conn: &mut PgConnection) -> QueryResult<Vec<Instance>> {
         .order(zdm_instances::id)
         .load(conn)
 }
+
+/// How long no client may have used `users.full_name` before the contract (the contract's
+/// gate reads it from the database, whoever takes the step).
+pub fn set_contract_quiet_secs(conn: &mut PgConnection, secs: i32) -> QueryResult<()> {
+    diesel::sql_query("UPDATE zdm_migration_state SET contract_quiet_secs = $1")
+        .bind::<diesel::sql_types::Integer, _>(secs)
+        .execute(conn)
+        .map(drop)
+}
+
+/// Samples the use of `users.full_name` by every client (see `zdm_sample_column_use`):
+/// false where pg_stat_statements is unavailable.
+pub fn sample_column_use(conn: &mut PgConnection) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "zdm_sample_column_use()",
+    ))
+    .get_result(conn)
+}

@@ -90,6 +90,8 @@ pub async fn current_status(state: &web::Data<AppState>) -> Result<MigrationStat
 #[derive(Debug, Default, Deserialize)]
 pub struct AdvanceBody {
     confirm: Option<String>,
+    #[serde(default)]
+    without_client_check: bool,
 }
 
 /// Runs a migration step on a connection of its own (its advisory lock and any reverse
@@ -114,9 +116,14 @@ pub async fn advance_step(
     state: &web::Data<AppState>,
     actor: String,
     confirm: Option<String>,
+    without_client_check: bool,
 ) -> Result<Transition, AppError> {
     let transition = own_connection(state, move |conn| {
-        Ok(runner::advance(conn, &actor, confirm.as_deref())?)
+        let consent = runner::Consent {
+            confirm: confirm.as_deref(),
+            without_client_check,
+        };
+        Ok(runner::advance_with(conn, &actor, &consent)?)
     })
     .await?;
     state
@@ -151,7 +158,7 @@ async fn advance(
 ) -> Result<HttpResponse, AppError> {
     let body: AdvanceBody = optional_json(&req, &body)?;
     let actor = api_actor(&state.instance_id);
-    let transition = advance_step(&state, actor, body.confirm).await?;
+    let transition = advance_step(&state, actor, body.confirm, body.without_client_check).await?;
     Ok(HttpResponse::Ok()
         .json(json!({ "transition": transition, "status": current_status(&state).await? })))
 }

@@ -312,6 +312,8 @@ pub struct AdvanceForm {
     #[serde(default)]
     csrf: String,
     confirm: Option<String>,
+    /// The checkbox "without the client check" (sent only when ticked).
+    without_client_check: Option<String>,
 }
 
 async fn advance(
@@ -327,7 +329,8 @@ async fn advance(
         .map(|c| c.trim().to_owned())
         .filter(|c| !c.is_empty());
     let actor = session.actor(&state.instance_id);
-    let outcome = advance_step(&state, actor, confirm).await;
+    let without_client_check = form.without_client_check.is_some();
+    let outcome = advance_step(&state, actor, confirm, without_client_check).await;
     finish(&state, session.csrf.clone(), outcome, "advanced").await
 }
 

@@ -531,3 +531,139 @@ fn every_transaction_of_a_phase_migration_that_locks_users_sets_lock_timeout() {
     }
     assert!(checked >= 12, "{checked}");
 }
+
+/// The contract's gates as the status shows them.
+async fn contract_gates(app: &TestApp) -> Vec<Value> {
+    let status = app.admin_status().await;
+    status["next"]["gates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn gate<'a>(gates: &'a [Value], name: &str) -> &'a Value {
+    gates
+        .iter()
+        .find(|g| g["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} gate in {gates:?}"))
+}
+
+#[actix_web::test]
+async fn a_divergent_row_in_read_new_holds_back_new_only_until_repaired() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    app.walk_to(Phase::ReadNew).await;
+    // A script renames the user behind the new columns' back: without the gate, this write
+    // would reach the drop unnoticed, and be lost there.
+    let mut conn = app.db.conn();
+    conn.batch_execute(&format!(
+        "UPDATE users SET full_name = 'Augusta Ada King' WHERE id = {id}"
+    ))
+    .unwrap();
+    let refused = app.advance(None).await;
+    assert_eq!(refused.status(), 409);
+    let error = error_of(refused).await;
+    assert!(
+        error.contains("verify gate") && error.contains(&id.to_string()),
+        "{error}"
+    );
+    // The dashboard and `migrate status` show it (the refused step stored its verification).
+    let verify = gate(&contract_gates(&app).await, "verify").clone();
+    assert_eq!(verify["met"], false, "{verify}");
+    assert_eq!(app.phase(), Phase::ReadNew);
+
+    // The backfill repairs it (full_name is the newer write), and new_only may go.
+    app.backfill_to_the_end().await;
+    assert_eq!(app.advance(None).await.status(), 200);
+    let v2: Value = app
+        .get(&format!("/api/v2/users/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v2["first_name"].as_str(), v2["last_name"].as_str()),
+        (Some("Augusta"), Some("Ada King"))
+    );
+}
+
+#[actix_web::test]
+async fn a_client_still_reading_full_name_holds_back_the_contract_until_a_quiet_window() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    let mut conn = app.db.conn();
+    zdm::migration::state::set_contract_quiet_secs(&mut conn, 3).unwrap();
+    app.walk_to(Phase::NewOnly).await;
+
+    // A report zdm does not know of, in a psql session, still reads full_name.
+    let mut report = app.db.conn();
+    report
+        .batch_execute("SET application_name = 'psql'")
+        .unwrap();
+    let read_full_name = |report: &mut PgConnection| {
+        report
+            .batch_execute(&format!("SELECT full_name FROM users WHERE id = {id}"))
+            .unwrap();
+    };
+    read_full_name(&mut report);
+    let refused = app.advance(Some("users.full_name")).await;
+    assert_eq!(refused.status(), 409);
+    let error = error_of(refused).await;
+    assert!(
+        error.contains("clients gate") && error.contains("SELECT full_name FROM users WHERE id ="),
+        "{error}"
+    );
+    let clients = gate(&contract_gates(&app).await, "clients").clone();
+    assert_eq!(clients["met"], false, "{clients}");
+    assert_eq!(app.phase(), Phase::NewOnly);
+    assert!(users_columns(&mut conn).contains(&"full_name?".to_owned()));
+
+    // Each new use starts the window again; once the report has stopped for 3 s, the
+    // contract goes ahead.
+    read_full_name(&mut report);
+    crate::helpers::eventually("the quiet window to pass", || {
+        gates::advance_gates(&mut conn, Phase::NewOnly)
+            .unwrap()
+            .iter()
+            .any(|g| g.name == "clients" && g.met)
+    })
+    .await;
+    let contracted = app.advance(Some("users.full_name")).await;
+    assert_eq!(contracted.status(), 200, "{}", error_of(contracted).await);
+}
+
+#[actix_web::test]
+async fn without_pg_stat_statements_the_contract_needs_without_client_check() {
+    let app = TestApp::spawn().await;
+    app.walk_to(Phase::NewOnly).await;
+    let mut conn = app.db.conn();
+    conn.batch_execute("DROP EXTENSION pg_stat_statements")
+        .unwrap();
+
+    let clients = gate(&contract_gates(&app).await, "clients").clone();
+    assert_eq!(clients["met"], false);
+    assert!(
+        clients["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown: install pg_stat_statements"),
+        "{clients}"
+    );
+    let refused = app.advance(Some("users.full_name")).await;
+    assert_eq!(refused.status(), 409);
+    assert!(error_of(refused).await.contains("clients gate"));
+
+    let contracted = app
+        .admin_post(
+            "/api/admin/migration/advance",
+            json!({ "confirm": "users.full_name", "without_client_check": true }),
+        )
+        .await;
+    assert_eq!(contracted.status(), 200);
+    let last = &state::history(&mut conn, 1).unwrap()[0];
+    assert_eq!(
+        (last.to_phase.as_str(), last.outcome.as_str()),
+        ("contracted", "done")
+    );
+    assert_eq!(last.detail.as_deref(), Some("without_client_check"));
+}

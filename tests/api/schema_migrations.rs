@@ -41,15 +41,18 @@ fn schema_snapshot(conn: &mut PgConnection) -> Vec<String> {
 }
 
 /// Meets what the step of migration `name` needs beyond the phase (there are no instances
-/// here): a finished backfill before the step to backfilled, the typed confirmation before
-/// the contract.
+/// here): a finished backfill before the step to backfilled, the typed confirmation and no
+/// quiet window before the contract.
 fn meet_gates_of(conn: &mut PgConnection, name: &str) {
     if name.contains("_phase_3_") {
         conn.batch_execute("UPDATE zdm_backfill SET state = 'done', direction = 'forward'")
             .expect("marking the backfill done");
     } else if name.contains("_phase_6_") {
-        conn.batch_execute("SET zdm.confirm = 'users.full_name'")
-            .expect("confirming the contract");
+        conn.batch_execute(
+            "SET zdm.confirm = 'users.full_name';
+             UPDATE zdm_migration_state SET contract_quiet_secs = 0;",
+        )
+        .expect("confirming the contract");
     }
 }
 
