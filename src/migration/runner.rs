@@ -82,10 +82,6 @@ pub enum RunError {
     #[error("baseline is the first phase")]
     AtStart,
     #[error(
-        "contracted cannot be rolled back by the app: full_name is gone (see the contract's down.sql for disaster recovery)"
-    )]
-    Irreversible,
-    #[error(
         "a rollback out of new_only has not finished (full_name is still optional): run rollback again to finish it"
     )]
     UnfinishedRollback,
@@ -129,7 +125,6 @@ impl RunError {
                 | RunError::Refused(_)
                 | RunError::AtEnd
                 | RunError::AtStart
-                | RunError::Irreversible
                 | RunError::UnfinishedRollback
                 | RunError::Mismatch { .. }
         )
@@ -223,9 +218,11 @@ pub fn advance_with(
     outcome
 }
 
-/// Rolls back one phase, where the data allows (never out of contracted): reverts the last
-/// applied phase migration, as `diesel migration revert` would. The reverse backfill of a
-/// rollback out of new_only waits for `throttle` (replica lag, the requests' p99) like the
+/// Rolls back one phase: reverts the last applied phase migration, as `diesel migration
+/// revert` would. Out of contracted too: after the contract first_name and last_name hold
+/// everything full_name held (its normalised form is their join), so the drop is undone by
+/// re-adding the column empty, and the rollback new_only → read_new refills it. The reverse
+/// backfill of that rollback waits for `throttle` (replica lag, the requests' p99) like the
 /// forward backfill.
 pub fn rollback(
     conn: &mut PgConnection,
@@ -244,9 +241,6 @@ pub fn rollback(
         (from, from.previous().ok_or(RunError::AtStart)?)
     };
     let outcome = with_step_settings(conn, actor, &Consent::default(), |conn| {
-        if from == Phase::Contracted {
-            return Err(RunError::Irreversible);
-        }
         let migration = step_migration(to).ok_or(RunError::AtStart)?;
         if last != Some(migration) {
             return Err(RunError::Mismatch {

@@ -57,7 +57,7 @@ pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, Stat
         }),
         None => None,
     };
-    let previous = match phase.previous().filter(|_| phase != Phase::Contracted) {
+    let previous = match phase.previous() {
         Some(to) => Some(Step {
             phase: to,
             gates: gates::rollback_gates(conn, phase)?,
