@@ -18,36 +18,20 @@ use zdm::migration::runner::{self, NEW_ONLY, STEPS};
 use zdm::migration::schema_migrations::{self, MIGRATIONS};
 use zdm::migration::{Phase, gates, state};
 
-use crate::helpers::{TestApp, TestDb, users_checks, users_columns};
+use crate::helpers::{TestApp, TestDb, by_hand, error_of, users_checks, users_columns};
 
 /// `diesel migration run`: every pending migration in order, until one fails.
 fn hand_run(conn: &mut PgConnection) -> Result<(), String> {
-    let outcome = conn
-        .run_pending_migrations(MIGRATIONS)
-        .map(drop)
-        .map_err(|e| e.to_string());
-    // A migration that manages its own transactions leaves a failed one open (the diesel
-    // CLI exits instead).
-    let _ = conn.batch_execute("ROLLBACK");
-    outcome
+    by_hand(conn, |conn| {
+        conn.run_pending_migrations(MIGRATIONS).map(drop)
+    })
 }
 
 /// `diesel migration revert`: the last applied migration.
 fn hand_revert(conn: &mut PgConnection) -> Result<(), String> {
-    let outcome = conn
-        .revert_last_migration(MIGRATIONS)
-        .map(drop)
-        .map_err(|e| e.to_string());
-    // A migration that manages its own transactions leaves a failed one open.
-    let _ = conn.batch_execute("ROLLBACK");
-    outcome
-}
-
-async fn error_of(response: reqwest::Response) -> String {
-    response.json::<Value>().await.unwrap()["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    by_hand(conn, |conn| {
+        conn.revert_last_migration(MIGRATIONS).map(drop)
+    })
 }
 
 #[actix_web::test]

@@ -10,13 +10,13 @@ use diesel::deserialize::FromSqlRow;
 use diesel::prelude::*;
 use diesel::sql_types::{SqlType, Text};
 use diesel_migrations::MigrationHarness;
-use serde_json::{Value, json};
+use serde_json::json;
 use zdm::migration::runner::{self, CONTRACT, RunError};
 use zdm::migration::schema_migrations::MIGRATIONS;
 use zdm::migration::{Phase, state};
 use zdm::schema::{SchemaVersion, expanded, v1, v2};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, by_hand, error_of};
 
 /// Pretends an instance that applied `phase` is alive (a process the test does not run).
 fn fake_instance(conn: &mut PgConnection, id: &str, phase: Phase) {
@@ -33,20 +33,9 @@ fn run_migration_sql(conn: &mut PgConnection, name: &str) -> Result<(), String> 
         .into_iter()
         .find(|m| m.name().to_string() == name)
         .unwrap();
-    let outcome = conn
-        .run_migration(migration.as_ref())
-        .map(drop)
-        .map_err(|e| e.to_string());
-    // A migration that manages its own transactions leaves a failed one open.
-    let _ = conn.batch_execute("ROLLBACK");
-    outcome
-}
-
-async fn error_of(response: reqwest::Response) -> String {
-    response.json::<Value>().await.unwrap()["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    by_hand(conn, |conn| {
+        conn.run_migration(migration.as_ref()).map(drop)
+    })
 }
 
 #[actix_web::test]

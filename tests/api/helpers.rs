@@ -674,3 +674,26 @@ pub fn users_checks(conn: &mut PgConnection) -> Vec<String> {
     .expect("reading users' checks");
     checks.into_iter().map(|c| c.check).collect()
 }
+
+/// The `error` of a JSON error answer.
+pub async fn error_of(response: reqwest::Response) -> String {
+    response
+        .json::<serde_json::Value>()
+        .await
+        .expect("a JSON error")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs migrations as a person would (`diesel migration run`, `revert`, psql): the error as
+/// text. A migration that manages its own transactions leaves a failed one open; it is ended
+/// here (the diesel CLI exits instead).
+pub fn by_hand<T>(
+    conn: &mut PgConnection,
+    run: impl FnOnce(&mut PgConnection) -> diesel::migration::Result<T>,
+) -> Result<(), String> {
+    let outcome = run(conn).map(drop).map_err(|e| e.to_string());
+    let _ = conn.batch_execute("ROLLBACK");
+    outcome
+}
