@@ -241,9 +241,9 @@ pub fn main() -> ExitCode {
                         opts.replica_servers.push(primary.ensure_replica(index)?.url("postgres"));
                     }
                 }
-                if let Ok(v) = std::env::var(crate::demo::FAULT_LAGGING_V1_WRITES) {
+                if let Ok(v) = std::env::var(crate::faults::LAGGING_V1_WRITES_ENV) {
                     opts.instance_env
-                        .push((crate::demo::FAULT_LAGGING_V1_WRITES.to_owned(), v));
+                        .push((crate::faults::LAGGING_V1_WRITES_ENV.to_owned(), v));
                 }
                 demo(&config, opts)
             }

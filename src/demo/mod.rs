@@ -33,10 +33,6 @@ use crate::migration::{Phase, backfill, state};
 
 pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Set in an instance's environment to make its v1 writes behave like expanded-phase code
-/// (full_name only) whatever the phase: a broken dual-write, for showing the audit can fail.
-pub const FAULT_LAGGING_V1_WRITES: &str = "ZDM_FAULT_LAGGING_V1_WRITES";
-
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// The one-step migration instead of zdm's.
