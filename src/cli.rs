@@ -455,10 +455,11 @@ fn demo(config: &Config, opts: DemoOptions) -> Result<(), StartupError> {
     );
     if summary.mode == "zdm" && !summary.passed {
         return Err(format!(
-            "zero downtime did not hold: {} failed request(s), {} lost write(s), {} divergent row(s){} (see the report)",
+            "zero downtime did not hold: {} failed request(s), {} lost write(s), {} divergent row(s), {} untouched row(s) altered{} (see the report)",
             summary.failed_requests,
             summary.lost_writes,
-            summary.audit.divergent,
+            summary.divergent_rows,
+            summary.untouched_rows_altered,
             if summary.walk_error.is_some() { ", and the migration stopped" } else { "" }
         )
         .into());

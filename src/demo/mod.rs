@@ -6,15 +6,16 @@
 //! the driver walks the whole migration, injecting faults on the way: a long transaction
 //! holding `users` during the expand and the contract, a `kill -9` of the process running
 //! the backfill (then a resume), and a rolling restart of one instance. At the end an audit
-//! holds the database to every acknowledged write, and a report shows per-phase latency and
-//! failures.
+//! holds the database to every acknowledged write and every untouched row, and a report shows
+//! per-phase latency and failures.
 
 pub mod audit;
 pub mod fleet;
+pub mod oracle;
 pub mod report;
 pub mod traffic;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -91,6 +92,8 @@ struct Timeline {
     control: TrafficControl,
     segments: Vec<Segment>,
     markers: Vec<Marker>,
+    /// Whether the backfill has run to the end.
+    backfilled: bool,
 }
 
 impl Timeline {
@@ -307,6 +310,7 @@ async fn walk_zdm(
 
     timeline.enter("backfill");
     let rate = backfill_with_a_crash(url, opts, timeline).await?;
+    timeline.backfilled = true;
     timeline.enter("dual_write");
     pause(opts.phase_secs / 3.0).await;
 
@@ -393,6 +397,12 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         blocking(move || ScratchDatabase::seeded(&server, "zdm_demo", rows, 7)).await?
     };
     let url = scratch.url.clone();
+    // Every seeded row, as digests, before any client writes: the rows no client writes are
+    // held to them at the end.
+    let seeded = {
+        let url = url.clone();
+        blocking(move || Ok(audit::Snapshot::take(&mut PgConnection::establish(&url)?)?)).await?
+    };
     // The replicas replay the scratch database too; the instances and the backfill get its
     // URL on each of them.
     let mut opts = opts;
@@ -426,6 +436,7 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         control: control.clone(),
         segments: Vec::new(),
         markers: Vec::new(),
+        backfilled: false,
     };
     timeline.enter("baseline");
     let clients = traffic::start(
@@ -468,10 +479,17 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
     let audit = {
         let url = url.clone();
         let ledgers = ledgers.clone();
+        let names: Vec<String> = timeline.segments.iter().map(|s| s.name.clone()).collect();
+        let backfilled = timeline.backfilled;
         blocking(move || {
             let mut conn = PgConnection::establish(&url)?;
-            let phase = state::current_phase(&mut conn)?;
-            Ok(audit::audit(&mut conn, phase, &ledgers)?)
+            let record = audit::RunRecord {
+                ledgers: &ledgers,
+                seeded: &seeded,
+                segment_names: &names,
+                backfilled,
+            };
+            Ok(audit::audit(&mut conn, &record)?)
         })
         .await?
     };
@@ -489,24 +507,22 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         (Some(b), Some(base)) if base > 0.0 => Some(b / base),
         _ => None,
     };
-    let lost_writes = audit.lost_writes;
     let summary = DemoSummary {
         mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
         requests: samples.len(),
         failed_requests,
-        lost_writes,
+        lost_writes: audit.lost_writes,
+        divergent_rows: audit.divergent,
+        untouched_rows_altered: audit.untouched_altered,
         p99_ms_by_phase,
-        passed: walk_error.is_none()
-            && failed_requests == 0
-            && lost_writes == 0
-            && audit.divergent == 0,
+        passed: walk_error.is_none() && failed_requests == 0 && !audit.found_anything(),
         walk_error,
         segments,
         faults: timeline.markers.clone(),
         lock_timeouts_retried: lock_timeouts,
         backfill_rows_per_s: backfill_rate,
         backfill_p99_vs_baseline,
-        acknowledged_writes_tracked: ledgers.iter().map(HashMap::len).sum(),
+        acknowledged_writes_tracked: ledgers.iter().map(|l| l.rows.len()).sum(),
         unacknowledged_creates,
         replicas: opts.replica_servers.len(),
         replica_reads,

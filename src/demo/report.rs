@@ -48,7 +48,12 @@ pub struct DemoSummary {
     pub mode: String,
     pub requests: usize,
     pub failed_requests: usize,
+    /// The audit's findings (see `AuditResult`): acknowledged writes not found...
     pub lost_writes: usize,
+    /// ... rows breaking I2 ...
+    pub divergent_rows: usize,
+    /// ... and seeded rows no client wrote that changed anyway.
+    pub untouched_rows_altered: usize,
     pub p99_ms_by_phase: BTreeMap<String, f64>,
     pub segments: Vec<SegmentStats>,
     pub faults: Vec<Marker>,
@@ -181,20 +186,55 @@ pub fn table(summary: &DemoSummary) -> String {
     if let Some(e) = &summary.walk_error {
         let _ = writeln!(out, "the migration stopped: {e}");
     }
-    let a = &summary.audit;
+    out.push_str(&audit_text(summary));
     let _ = writeln!(
         out,
-        "audit (in {}): {} rows checked against their last acknowledged write ({} uncertain), {} lost, {} divergent",
-        a.phase, a.rows_checked, a.uncertain, a.lost_writes, a.divergent
+        "{}: {} requests, {} failed, {} lost writes, {} divergent rows, {} untouched rows altered",
+        summary.mode,
+        summary.requests,
+        summary.failed_requests,
+        summary.lost_writes,
+        summary.divergent_rows,
+        summary.untouched_rows_altered
+    );
+    out
+}
+
+/// What the audit found, with examples.
+fn audit_text(summary: &DemoSummary) -> String {
+    let a = &summary.audit;
+    let mut out = String::new();
+    let by_phase = lost_by_phase(summary)
+        .iter()
+        .map(|(phase, n)| format!("{phase} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        out,
+        "audit (in {}): {} rows checked against their last acknowledged write ({} uncertain): {} lost{}",
+        a.phase,
+        a.rows_checked,
+        a.uncertain,
+        a.lost_writes,
+        if by_phase.is_empty() {
+            String::new()
+        } else {
+            format!(" (written in: {by_phase})")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  {} stale reads; {} divergent rows; {} of {} untouched seeded rows altered (checksum {} before, {} after)",
+        a.stale_reads,
+        a.divergent,
+        a.untouched_altered,
+        a.untouched_rows,
+        a.untouched_checksum_before,
+        a.untouched_checksum_after
     );
     for e in &a.examples {
         let _ = writeln!(out, "  {e}");
     }
-    let _ = writeln!(
-        out,
-        "{}: {} requests, {} failed, {} lost writes",
-        summary.mode, summary.requests, summary.failed_requests, summary.lost_writes
-    );
     out
 }
 
@@ -228,6 +268,25 @@ struct ReportPage<'a> {
     failures: Vec<(f64, f64)>,
     y_ticks: Vec<(f64, String)>,
     x_ticks: Vec<(f64, String)>,
+}
+
+/// The audit's lost writes by the phase they were written in, in the run's order.
+fn lost_by_phase(summary: &DemoSummary) -> Vec<(&str, usize)> {
+    let mut phases: Vec<&str> = Vec::new();
+    for segment in &summary.segments {
+        if !phases.contains(&segment.name.as_str()) {
+            phases.push(&segment.name);
+        }
+    }
+    for phase in summary.audit.lost_writes_by_phase.keys() {
+        if !phases.contains(&phase.as_str()) {
+            phases.push(phase);
+        }
+    }
+    phases
+        .into_iter()
+        .filter_map(|p| Some((p, *summary.audit.lost_writes_by_phase.get(p)?)))
+        .collect()
 }
 
 pub fn html(
