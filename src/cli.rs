@@ -86,6 +86,11 @@ enum Command {
         /// `ZDM_BACKFILL_MAX_P99_MS` set, 0 leaves the pacing to the latency throttle.
         #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
         backfill_sleep_ms: Option<i32>,
+        /// Break the app on purpose, to see the audit catch it (the run then fails):
+        /// `lose-writes` answers some updates as saved and rolls them back, `lagging-v1` makes
+        /// v1 writes skip the new columns. `ZDM_FAULT_LAGGING_V1_WRITES=1` means the latter.
+        #[arg(long, value_enum)]
+        fault: Option<crate::demo::Fault>,
     },
     /// Measure: `bench backfill --rows N`.
     Bench {
@@ -218,6 +223,7 @@ pub fn main() -> ExitCode {
                 report_dir,
                 replicas,
                 backfill_sleep_ms,
+                fault,
             } => {
                 let dir = report_dir.unwrap_or_else(|| config.report_dir());
                 let mut opts = if quick {
@@ -241,10 +247,18 @@ pub fn main() -> ExitCode {
                         opts.replica_servers.push(primary.ensure_replica(index)?.url("postgres"));
                     }
                 }
-                if let Ok(v) = std::env::var(crate::faults::LAGGING_V1_WRITES_ENV) {
-                    opts.instance_env
-                        .push((crate::faults::LAGGING_V1_WRITES_ENV.to_owned(), v));
-                }
+                opts.fault = match (fault, config.faults.lagging_v1_writes) {
+                    (None, true) => Some(crate::demo::Fault::LaggingV1),
+                    (Some(f), true) if f != crate::demo::Fault::LaggingV1 => {
+                        return Err(format!(
+                            "one fault at a time: --fault {} with {}=1",
+                            f.name(),
+                            crate::faults::LAGGING_V1_WRITES_ENV
+                        )
+                        .into());
+                    }
+                    (fault, _) => fault,
+                };
                 demo(&config, opts)
             }
             Command::Bench {

@@ -8,6 +8,9 @@
 //! the backfill (then a resume), and a rolling restart of one instance. At the end an audit
 //! holds the database to every acknowledged write and every untouched row, and a report shows
 //! per-phase latency and failures.
+//!
+//! With `--fault` the demo also breaks the app on purpose (see `Fault`), to show that the
+//! audit sees the damage and the run fails.
 
 pub mod audit;
 pub mod fleet;
@@ -30,9 +33,53 @@ use self::fleet::Fleet;
 use self::report::{DemoSummary, Marker, Segment};
 use self::traffic::TrafficControl;
 use crate::db::scratch::ScratchDatabase;
+use crate::faults::{LAGGING_V1_WRITES_ENV, LOSE_WRITES_ENV};
 use crate::migration::{Phase, backfill, state};
 
 pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A fault the demo injects into its own instances, so that the audit has something to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// The first instance answers every `LOSE_EVERY`th update as saved but rolls it back.
+    LoseWrites,
+    /// Every instance's v1 writes skip the new columns whatever the phase (a broken
+    /// dual-write, as from an instance still running expanded-phase code).
+    LaggingV1,
+}
+
+/// With `--fault lose-writes`, the first instance loses one update in this many.
+pub const LOSE_EVERY: u64 = 20;
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::LoseWrites => "lose-writes",
+            Fault::LaggingV1 => "lagging-v1",
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Fault::LoseWrites => format!(
+                "app-a answers every {LOSE_EVERY}th user update as saved, then rolls it back"
+            ),
+            Fault::LaggingV1 => {
+                "v1 writes skip first_name/last_name on every instance (a broken dual-write)"
+                    .to_owned()
+            }
+        }
+    }
+
+    /// The environment of instance `index` (of the instances only, never of the demo).
+    fn instance_env(self, index: usize) -> Vec<(String, String)> {
+        match (self, index) {
+            (Fault::LoseWrites, 0) => vec![(LOSE_WRITES_ENV.to_owned(), LOSE_EVERY.to_string())],
+            (Fault::LoseWrites, _) => Vec::new(),
+            (Fault::LaggingV1, _) => vec![(LAGGING_V1_WRITES_ENV.to_owned(), "1".to_owned())],
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -47,8 +94,10 @@ pub struct DemoOptions {
     pub json_out: Option<PathBuf>,
     /// Where the HTML report and the instances' logs go.
     pub report_dir: PathBuf,
-    /// Environment for the instances (fault injection).
+    /// Environment for the instances and the backfill processes.
     pub instance_env: Vec<(String, String)>,
+    /// A fault to inject on purpose (the run must then fail).
+    pub fault: Option<Fault>,
     /// Servers (maintenance-database URLs) of streaming replicas of the demo's server: the
     /// instances read from them and the backfill waits for them.
     pub replica_servers: Vec<String>,
@@ -69,6 +118,7 @@ impl DemoOptions {
             json_out: None,
             report_dir,
             instance_env: Vec::new(),
+            fault: None,
             replica_servers: Vec::new(),
             backfill_batch: 1000,
             backfill_sleep_ms: 100,
@@ -238,6 +288,8 @@ async fn backfill_with_a_crash(
             ])
             .env("DATABASE_URL", url)
             .env("RUST_LOG", "warn")
+            .env_remove(LAGGING_V1_WRITES_ENV)
+            .env_remove(LOSE_WRITES_ENV)
             .envs(
                 opts.instance_env
                     .iter()
@@ -392,6 +444,13 @@ fn deploy_new_code_everywhere(conn: &mut PgConnection) -> QueryResult<()> {
 /// its summary; the report is in `opts.report_dir`.
 pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, DemoError> {
     std::fs::create_dir_all(&opts.report_dir)?;
+    if let Some(fault) = opts.fault {
+        log::warn!(
+            "FAULT INJECTED ON PURPOSE ({}): {}; the audit must catch it and this run must fail",
+            fault.name(),
+            fault.describe()
+        );
+    }
     let scratch = {
         let (server, rows) = (database_url.to_owned(), opts.rows);
         blocking(move || ScratchDatabase::seeded(&server, "zdm_demo", rows, 7)).await?
@@ -416,8 +475,18 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
             .push(("DATABASE_REPLICA_URLS".to_owned(), urls.join(",")));
     }
     let token = crate::startup::generate_token();
-    let mut fleet =
-        Fleet::start(2, &url, &token, &opts.report_dir, opts.instance_env.clone()).await?;
+    let instance_env = (0..2)
+        .map(|index| {
+            let mut env = opts.instance_env.clone();
+            env.extend(
+                opts.fault
+                    .map(|f| f.instance_env(index))
+                    .unwrap_or_default(),
+            );
+            env
+        })
+        .collect();
+    let mut fleet = Fleet::start_each(&url, &token, &opts.report_dir, instance_env).await?;
     let admin = Admin {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
@@ -439,6 +508,13 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         backfilled: false,
     };
     timeline.enter("baseline");
+    if let Some(fault) = opts.fault {
+        timeline.mark(format!(
+            "injected fault {}: {}",
+            fault.name(),
+            fault.describe()
+        ));
+    }
     let clients = traffic::start(
         opts.clients,
         opts.rows as i64,
@@ -514,6 +590,7 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         lost_writes: audit.lost_writes,
         divergent_rows: audit.divergent,
         untouched_rows_altered: audit.untouched_altered,
+        injected_fault: opts.fault.map(|f| f.name().to_owned()),
         p99_ms_by_phase,
         passed: walk_error.is_none() && failed_requests == 0 && !audit.found_anything(),
         walk_error,

@@ -54,6 +54,8 @@ pub struct DemoSummary {
     pub divergent_rows: usize,
     /// ... and seeded rows no client wrote that changed anyway.
     pub untouched_rows_altered: usize,
+    /// The fault injected on purpose (`--fault`), if any.
+    pub injected_fault: Option<String>,
     pub p99_ms_by_phase: BTreeMap<String, f64>,
     pub segments: Vec<SegmentStats>,
     pub faults: Vec<Marker>,
@@ -200,10 +202,13 @@ pub fn table(summary: &DemoSummary) -> String {
     out
 }
 
-/// What the audit found, with examples.
+/// The injected fault (if any) and what the audit found, with examples.
 fn audit_text(summary: &DemoSummary) -> String {
     let a = &summary.audit;
     let mut out = String::new();
+    if let Some(fault) = &summary.injected_fault {
+        let _ = writeln!(out, "INJECTED FAULT: {fault}");
+    }
     let by_phase = lost_by_phase(summary)
         .iter()
         .map(|(phase, n)| format!("{phase} {n}"))
@@ -246,6 +251,14 @@ struct Band {
     shade: bool,
 }
 
+/// A row of the audit's table in the report.
+struct Finding {
+    check: String,
+    checked: String,
+    found: String,
+    bad: bool,
+}
+
 struct Line {
     x: f64,
     label: String,
@@ -256,6 +269,9 @@ struct Line {
 struct ReportPage<'a> {
     summary: &'a DemoSummary,
     table: String,
+    /// The injected fault, described.
+    fault: Option<String>,
+    findings: Vec<Finding>,
     width: f64,
     height: f64,
     plot_top: f64,
@@ -287,6 +303,48 @@ fn lost_by_phase(summary: &DemoSummary) -> Vec<(&str, usize)> {
         .into_iter()
         .filter_map(|p| Some((p, *summary.audit.lost_writes_by_phase.get(p)?)))
         .collect()
+}
+
+fn findings(summary: &DemoSummary) -> Vec<Finding> {
+    let a = &summary.audit;
+    let by_phase = lost_by_phase(summary)
+        .iter()
+        .map(|(phase, n)| format!("{n} in {phase}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![
+        Finding {
+            check: "acknowledged writes read back (I3)".to_owned(),
+            checked: format!("{} rows ({} uncertain)", a.rows_checked, a.uncertain),
+            found: if by_phase.is_empty() {
+                format!("{} lost", a.lost_writes)
+            } else {
+                format!("{} lost (written: {by_phase})", a.lost_writes)
+            },
+            bad: a.lost_writes > 0,
+        },
+        Finding {
+            check: "reads show the reader's last acknowledged write".to_owned(),
+            checked: "every read of a row its client wrote".to_owned(),
+            found: format!("{} stale", a.stale_reads),
+            bad: a.stale_reads > 0,
+        },
+        Finding {
+            check: format!("rows consistent in {} (I2)", a.phase),
+            checked: "every row".to_owned(),
+            found: format!("{} divergent", a.divergent),
+            bad: a.divergent > 0,
+        },
+        Finding {
+            check: "untouched seeded rows unchanged (checksum)".to_owned(),
+            checked: format!(
+                "{} rows: {} before, {} after",
+                a.untouched_rows, a.untouched_checksum_before, a.untouched_checksum_after
+            ),
+            found: format!("{} altered", a.untouched_altered),
+            bad: a.untouched_altered > 0,
+        },
+    ]
 }
 
 pub fn html(
@@ -366,6 +424,13 @@ pub fn html(
     ReportPage {
         summary,
         table: table(summary),
+        fault: summary.injected_fault.as_deref().map(|name| {
+            match <super::Fault as clap::ValueEnum>::from_str(name, false) {
+                Ok(fault) => format!("{name}: {}", fault.describe()),
+                Err(_) => name.to_owned(),
+            }
+        }),
+        findings: findings(summary),
         width,
         height,
         plot_top: top,

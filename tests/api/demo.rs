@@ -1,9 +1,9 @@
 //! `zdm demo --quick` end to end: it must hold (0 failed, 0 lost, nothing altered), and the
-//! proof must be able to fail: with dual-write broken on purpose, or a row altered behind the
+//! proof must be able to fail: with a fault injected on purpose, or a row altered behind the
 //! demo's back, its audit must say so and the run must exit non-zero.
 //!
-//! The runs meant to fail use 1-second phases: long enough for the damage to happen, short
-//! enough to keep the suite quick.
+//! The runs meant to fail use 1-second phases: long enough for the damage to happen in every
+//! phase, short enough to keep the suite quick.
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -87,6 +87,7 @@ fn the_quick_demo_holds_zero_downtime() {
     let (summary, output) = (&run.summary, &run.output);
     assert!(run.passed, "{output}");
     assert_eq!(summary["mode"], "zdm");
+    assert_eq!(summary["injected_fault"], Value::Null);
     assert_eq!(summary["failed_requests"], 0, "{output}");
     assert_eq!(summary["lost_writes"], 0, "{output}");
     assert_eq!(summary["divergent_rows"], 0, "{output}");
@@ -125,19 +126,60 @@ fn the_quick_demo_holds_zero_downtime() {
 }
 
 #[test]
-fn with_dual_write_broken_on_purpose_the_audit_fails() {
-    let (mut command, dir) = demo_command("lagging-v1", &["--phase-secs", "1"]);
-    let output = command
-        .env("ZDM_FAULT_LAGGING_V1_WRITES", "1")
-        .output()
-        .unwrap();
-    let run = finish(dir, output);
+fn with_writes_lost_on_purpose_the_audit_finds_them_and_the_demo_fails() {
+    let run = run_demo(
+        "lose-writes",
+        &["--fault", "lose-writes", "--phase-secs", "1"],
+    );
     let (summary, output) = (&run.summary, &run.output);
     assert!(!run.passed, "the demo must fail: {output}");
+    assert_eq!(summary["injected_fault"], "lose-writes");
+    assert!(
+        output.contains("FAULT INJECTED ON PURPOSE (lose-writes)"),
+        "the demo says so loudly: {output}"
+    );
+    assert!(
+        run.app_a_log
+            .contains("FAULT INJECTION ON (ZDM_FAULT_LOSE_WRITES=20)"),
+        "the instance says so loudly: {}",
+        run.app_a_log
+    );
+    assert_eq!(
+        summary["walk_error"],
+        Value::Null,
+        "the migration itself went through: {output}"
+    );
+    let lost = summary["lost_writes"].as_u64().unwrap_or(0);
+    assert!(lost > 0, "the audit found the lost writes: {output}");
+    assert_eq!(summary["audit"]["lost_writes"], lost);
+    let by_phase = summary["audit"]["lost_writes_by_phase"]
+        .as_object()
+        .unwrap();
+    assert_eq!(
+        by_phase.values().filter_map(Value::as_u64).sum::<u64>(),
+        lost
+    );
+    assert!(
+        by_phase.len() >= 3,
+        "losses were found in several phases: {output}"
+    );
+    assert!(output.contains("lost write: id "), "{output}");
+    assert!(output.contains("INJECTED FAULT: lose-writes"), "{output}");
+}
+
+#[test]
+fn with_dual_write_broken_on_purpose_the_audit_fails() {
+    let run = run_demo(
+        "lagging-v1",
+        &["--fault", "lagging-v1", "--phase-secs", "1"],
+    );
+    let (summary, output) = (&run.summary, &run.output);
+    assert!(!run.passed, "the demo must fail: {output}");
+    assert_eq!(summary["injected_fault"], "lagging-v1");
     assert!(
         run.app_a_log
             .contains("FAULT INJECTION ON (ZDM_FAULT_LAGGING_V1_WRITES)"),
-        "the instance says so loudly: {}",
+        "{}",
         run.app_a_log
     );
     let divergent = summary["divergent_rows"].as_u64().unwrap_or(0);
@@ -147,6 +189,25 @@ fn with_dual_write_broken_on_purpose_the_audit_fails() {
         "the audit saw the damage: {output}"
     );
     assert_eq!(summary["audit"]["divergent"], divergent);
+}
+
+#[test]
+fn the_old_fault_variable_still_means_lagging_v1() {
+    // With it set, a second fault is refused before anything starts: the demo read it.
+    let (mut command, dir) = demo_command("fault-env", &["--fault", "lose-writes"]);
+    let output = command
+        .env("ZDM_FAULT_LAGGING_V1_WRITES", "1")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "one fault at a time: --fault lose-writes with ZDM_FAULT_LAGGING_V1_WRITES=1"
+        ),
+        "{stderr}"
+    );
 }
 
 #[derive(QueryableByName)]
