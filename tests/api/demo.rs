@@ -5,6 +5,8 @@
 //! The runs meant to fail use 1-second phases: long enough for the damage to happen in every
 //! phase, short enough to keep the suite quick.
 
+mod report;
+
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
