@@ -32,10 +32,8 @@ pub struct AppState {
     pub backfill_thread: BackfillThread,
     /// Where `zdm demo` writes its reports; the dashboard links the latest.
     pub report_dir: std::path::PathBuf,
-    /// Fault injection for the demo's own test (`ZDM_FAULT_LAGGING_V1_WRITES`): v1 writes
-    /// behave like expanded-phase code (full_name only) whatever the phase, as a broken
-    /// dual-write would. Never set in normal use.
-    pub fault_lagging_v1_writes: bool,
+    /// Faults injected for `zdm demo --fault` (see `crate::faults`); none in normal use.
+    pub faults: crate::faults::Faults,
 }
 
 impl AppState {
@@ -52,7 +50,7 @@ impl AppState {
     /// The phase whose code v1 writes follow.
     pub fn v1_write_phase(&self) -> crate::migration::Phase {
         let phase = self.phase.get();
-        if self.fault_lagging_v1_writes {
+        if self.faults.lagging_v1_writes {
             phase.min(crate::migration::Phase::Expanded)
         } else {
             phase

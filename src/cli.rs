@@ -86,6 +86,11 @@ enum Command {
         /// `ZDM_BACKFILL_MAX_P99_MS` set, 0 leaves the pacing to the latency throttle.
         #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
         backfill_sleep_ms: Option<i32>,
+        /// Break the app on purpose, to see the audit catch it (the run then fails):
+        /// `lose-writes` answers some updates as saved and rolls them back, `lagging-v1` makes
+        /// v1 writes skip the new columns. `ZDM_FAULT_LAGGING_V1_WRITES=1` means the latter.
+        #[arg(long, value_enum)]
+        fault: Option<crate::demo::Fault>,
     },
     /// Measure: `bench backfill --rows N`.
     Bench {
@@ -222,6 +227,7 @@ pub fn main() -> ExitCode {
                 report_dir,
                 replicas,
                 backfill_sleep_ms,
+                fault,
             } => {
                 let dir = report_dir.unwrap_or_else(|| config.report_dir());
                 let mut opts = if quick {
@@ -245,10 +251,18 @@ pub fn main() -> ExitCode {
                         opts.replica_servers.push(primary.ensure_replica(index)?.url("postgres"));
                     }
                 }
-                if let Ok(v) = std::env::var(crate::demo::FAULT_LAGGING_V1_WRITES) {
-                    opts.instance_env
-                        .push((crate::demo::FAULT_LAGGING_V1_WRITES.to_owned(), v));
-                }
+                opts.fault = match (fault, config.faults.lagging_v1_writes) {
+                    (None, true) => Some(crate::demo::Fault::LaggingV1),
+                    (Some(f), true) if f != crate::demo::Fault::LaggingV1 => {
+                        return Err(format!(
+                            "one fault at a time: --fault {} with {}=1",
+                            f.name(),
+                            crate::faults::LAGGING_V1_WRITES_ENV
+                        )
+                        .into());
+                    }
+                    (fault, _) => fault,
+                };
                 demo(&config, opts)
             }
             Command::Bench {
@@ -470,10 +484,11 @@ fn demo(config: &Config, opts: DemoOptions) -> Result<(), StartupError> {
     );
     if summary.mode == "zdm" && !summary.passed {
         return Err(format!(
-            "zero downtime did not hold: {} failed request(s), {} lost write(s), {} divergent row(s){} (see the report)",
+            "zero downtime did not hold: {} failed request(s), {} lost write(s), {} divergent row(s), {} untouched row(s) altered{} (see the report)",
             summary.failed_requests,
             summary.lost_writes,
-            summary.audit.divergent,
+            summary.divergent_rows,
+            summary.untouched_rows_altered,
             if summary.walk_error.is_some() { ", and the migration stopped" } else { "" }
         )
         .into());

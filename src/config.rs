@@ -46,8 +46,8 @@ pub struct Config {
     /// may have used `users.full_name` before the contract. Written to the database at start,
     /// where the contract's gate (SQL) reads it.
     pub contract_quiet_secs: Option<i32>,
-    /// See `AppState::fault_lagging_v1_writes`.
-    pub fault_lagging_v1_writes: bool,
+    /// `ZDM_FAULT_*`: faults to inject (`zdm demo --fault`); none in normal use.
+    pub faults: crate::faults::Faults,
 }
 
 /// The database to use, as `Config::resolve_database` found or made it.
@@ -181,8 +181,19 @@ impl Config {
             pool_size,
             admin_token: var("ADMIN_TOKEN"),
             phase_poll: std::time::Duration::from_millis(250),
-            fault_lagging_v1_writes: var(crate::demo::FAULT_LAGGING_V1_WRITES)
-                .is_some_and(|v| v == "1"),
+            faults: crate::faults::Faults::new(
+                var(crate::faults::LAGGING_V1_WRITES_ENV).is_some_and(|v| v == "1"),
+                match var(crate::faults::LOSE_WRITES_ENV) {
+                    None => None,
+                    Some(v) => Some(v.parse::<u64>().ok().filter(|n| *n > 0).ok_or(
+                        ConfigError::Invalid {
+                            name: crate::faults::LOSE_WRITES_ENV,
+                            expected: "a positive number (lose every Nth update)",
+                            value: v,
+                        },
+                    )?),
+                },
+            ),
         })
     }
 

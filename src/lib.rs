@@ -8,6 +8,7 @@ pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod faults;
 pub mod local_pg;
 pub mod metrics;
 pub mod migration;

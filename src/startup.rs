@@ -213,11 +213,9 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         } else {
             Default::default()
         },
-        fault_lagging_v1_writes: config.fault_lagging_v1_writes,
+        faults: config.faults.clone(),
     };
-    if state.fault_lagging_v1_writes {
-        log::warn!("fault injection on: v1 writes skip the new columns (a broken dual-write)");
-    }
+    state.faults.warn_if_on();
     let listener = TcpListener::bind(&config.bind)
         .map_err(|e| format!("cannot listen on {} (ZDM_BIND): {e}", config.bind))?;
     log::info!("zdm is listening on http://{}", listener.local_addr()?);

@@ -1,90 +1,638 @@
-//! The audit after the traffic: every row a client touched must read back, in the phase the
-//! run ended in, as the last write that client saw acknowledged (I3), and the table must
-//! satisfy that phase's invariant (I2 or completeness, as verify checks it).
+//! The audit after the traffic. It reads the table through its own SQL and judges it with its
+//! own oracle (`super::oracle`), never with the app's code:
+//!
+//! - every row a client wrote must read back, in both APIs and in the phase the run ended
+//!   in, as the last write that client saw acknowledged (I3); a row that does not is a lost
+//!   write, counted under the phase the write was sent in;
+//! - every read a client checked during the run must have shown its last acknowledged write
+//!   (the clients log the ones that did not: stale reads);
+//! - the table must satisfy the phase's invariant (I2), row by row;
+//! - every seeded row no client wrote must be as it was before the traffic: its id, its
+//!   normalised name as the phase exposes it and its email, checked row by row against
+//!   digests taken before the traffic (and summed into one checksum for the report).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::str::FromStr;
 
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
 
-use super::traffic::{Expected, Values};
-use crate::db::users::{self, StoredUser};
-use crate::migration::{Phase, verify};
+use super::oracle::{Row, Sent, norm};
+use crate::migration::Phase;
+
+/// A state a client expects a row in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowState {
+    /// As seeded: no write of the client's took effect.
+    Seeded,
+    Written(Sent),
+    Deleted,
+}
+
+/// What a client last saw acknowledged for a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// The states the row may be in: one after an acknowledged write; the state before and
+    /// the one after when the answer was lost (either is fine, anything else is not).
+    pub states: Vec<RowState>,
+    /// The segment of the run (see `report::Segment`) the last write was sent in.
+    pub segment: usize,
+}
+
+/// A read that did not show the reader's last acknowledged write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleRead {
+    pub id: i64,
+    pub segment: usize,
+    pub expected: String,
+    pub seen: String,
+}
+
+/// One client's record of the run.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    pub rows: HashMap<i64, Acknowledged>,
+    pub stale_reads: Vec<StaleRead>,
+}
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct AuditResult {
     /// The phase the run ended in, and the audit read in.
     pub phase: String,
-    /// Rows checked (each touched by an acknowledged write).
+    /// Rows checked against their last acknowledged write.
     pub rows_checked: usize,
     /// Rows whose stored values are not the last acknowledged ones.
     pub lost_writes: usize,
-    /// Up to 10 of them, with what was expected and found.
-    pub examples: Vec<String>,
-    /// Rows breaking the phase's invariant (verify).
-    pub divergent: i64,
+    /// The same, by the segment the lost write was sent in.
+    pub lost_writes_by_phase: BTreeMap<String, usize>,
+    /// Reads during the run that did not show the reader's last acknowledged write.
+    pub stale_reads: usize,
+    /// Rows breaking the phase's invariant (I2), by the audit's own check.
+    pub divergent: usize,
+    /// Up to 10 of them.
+    pub divergent_ids: Vec<i64>,
     /// Writes whose answer was lost and which may have gone either way.
     pub uncertain: usize,
+    /// Seeded rows no client wrote, checked against their digest from before the traffic.
+    pub untouched_rows: usize,
+    /// Those that changed (or disappeared).
+    pub untouched_altered: usize,
+    /// The untouched rows' digests summed, before the traffic and at the end.
+    pub untouched_checksum_before: String,
+    pub untouched_checksum_after: String,
+    /// Up to 10 findings of each kind, with what was expected and found.
+    pub examples: Vec<String>,
 }
 
-/// Whether the row (as both API versions would read it) holds `expected`.
-fn holds(found: Option<&StoredUser>, expected: Option<&Values>, phase: Phase) -> bool {
-    match (found, expected) {
-        (None, None) => true,
-        (Some(user), Some(v)) => {
-            let v1_sees = user.v1_full_name(phase);
-            let v2_sees = user.v2_name_parts(phase);
-            v1_sees == v.full_name
-                && v2_sees == v.parts
-                && (v.email.is_empty() || user.email == v.email)
-        }
-        _ => false,
+impl AuditResult {
+    /// Whether the audit found anything wrong.
+    pub fn found_anything(&self) -> bool {
+        self.lost_writes + self.stale_reads + self.divergent + self.untouched_altered > 0
     }
 }
 
-pub fn audit(
-    conn: &mut PgConnection,
-    phase: Phase,
-    ledgers: &[HashMap<i64, Expected>],
-) -> QueryResult<AuditResult> {
+/// Digests of a seeded row's exposed name (normalised) and email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Digest {
+    name: u64,
+    email: u64,
+}
+
+fn hash_of(value: impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Digest {
+    fn of(row: &Row, phase: Phase) -> Self {
+        Self {
+            name: hash_of(norm(&row.v1_name(phase))),
+            email: hash_of(&row.email),
+        }
+    }
+
+    fn with_id(self, id: i64) -> u64 {
+        hash_of((id, self.name, self.email))
+    }
+}
+
+/// The seeded rows, as digests, taken before the traffic.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    rows: HashMap<i64, Digest>,
+}
+
+impl Snapshot {
+    pub fn of(phase: Phase, rows: &[Row]) -> Self {
+        Self {
+            rows: rows.iter().map(|r| (r.id, Digest::of(r, phase))).collect(),
+        }
+    }
+
+    /// Reads the whole table (see `read_table`) and keeps its digests.
+    pub fn take(conn: &mut PgConnection) -> QueryResult<Self> {
+        let (phase, rows) = read_table(conn)?;
+        Ok(Self::of(phase, &rows))
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+#[derive(QueryableByName)]
+struct ColumnName {
+    #[diesel(sql_type = Text)]
+    column_name: String,
+}
+
+#[derive(QueryableByName)]
+struct PhaseName {
+    #[diesel(sql_type = Text)]
+    phase: String,
+}
+
+/// Rows read per query.
+const READ_BATCH: i64 = 10_000;
+
+/// The stored phase and every row of `users`, read in one repeatable-read snapshot with SQL
+/// of the audit's own (the name columns the table has, NULL for those it lacks).
+pub fn read_table(conn: &mut PgConnection) -> QueryResult<(Phase, Vec<Row>)> {
+    conn.build_transaction()
+        .repeatable_read()
+        .read_only()
+        .run(|conn| {
+            let phase_name = diesel::sql_query("SELECT phase FROM zdm_migration_state")
+                .get_result::<PhaseName>(conn)?
+                .phase;
+            let phase = Phase::from_str(&phase_name).map_err(|_| {
+                diesel::result::Error::DeserializationError(
+                    format!("unknown phase {phase_name:?}").into(),
+                )
+            })?;
+            let present: HashSet<String> = diesel::sql_query(
+                "SELECT column_name::text AS column_name FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = 'users'",
+            )
+            .load::<ColumnName>(conn)?
+            .into_iter()
+            .map(|c| c.column_name)
+            .collect();
+            let column = |name: &str| {
+                if present.contains(name) {
+                    name.to_owned()
+                } else {
+                    format!("NULL::text AS {name}")
+                }
+            };
+            let query = format!(
+                "SELECT id, email, {}, {}, {} FROM users WHERE id > $1 ORDER BY id LIMIT $2",
+                column("full_name"),
+                column("first_name"),
+                column("last_name"),
+            );
+            let mut rows: Vec<Row> = Vec::new();
+            loop {
+                let after = rows.last().map_or(i64::MIN, |r| r.id);
+                let batch: Vec<Row> = diesel::sql_query(&query)
+                    .bind::<BigInt, _>(after)
+                    .bind::<BigInt, _>(READ_BATCH)
+                    .load(conn)?;
+                let done = (batch.len() as i64) < READ_BATCH;
+                rows.extend(batch);
+                if done {
+                    return Ok((phase, rows));
+                }
+            }
+        })
+}
+
+/// Whether a row found (or not) is in `state`.
+fn holds(phase: Phase, found: Option<&Row>, state: &RowState, seeded: Option<&Digest>) -> bool {
+    match (state, found) {
+        (RowState::Deleted, found) => found.is_none(),
+        (_, None) => false,
+        (RowState::Seeded, Some(row)) => seeded == Some(&Digest::of(row, phase)),
+        (RowState::Written(sent), Some(row)) => {
+            let email_holds = match sent.email() {
+                Some(email) => row.email == email,
+                None => seeded.is_some_and(|d| d.email == hash_of(&row.email)),
+            };
+            row.v1_name(phase) == sent.v1_name()
+                && row.v2_name(phase).is_none_or(|v2| v2 == sent.v2_name())
+                && email_holds
+        }
+    }
+}
+
+fn found_text(found: Option<&Row>, phase: Phase) -> String {
+    match found {
+        None => "no row".to_owned(),
+        Some(row) => format!(
+            "v1 {:?}, v2 {:?}, email {:?}",
+            row.v1_name(phase),
+            row.v2_name(phase),
+            row.email
+        ),
+    }
+}
+
+fn expected_text(states: &[RowState]) -> String {
+    let one = |state: &RowState| match state {
+        RowState::Seeded => "as seeded".to_owned(),
+        RowState::Deleted => "deleted".to_owned(),
+        RowState::Written(sent) => format!(
+            "v1 {:?}, v2 {:?}{}",
+            sent.v1_name(),
+            sent.v2_name(),
+            sent.email()
+                .map(|e| format!(", email {e:?}"))
+                .unwrap_or_default()
+        ),
+    };
+    states.iter().map(one).collect::<Vec<_>>().join(" or ")
+}
+
+/// What the audit knows of the run besides the table.
+pub struct RunRecord<'a> {
+    /// The clients' ledgers.
+    pub ledgers: &'a [Ledger],
+    /// The seeded rows, taken before the traffic.
+    pub seeded: &'a Snapshot,
+    /// The names of the run's segments, which the ledgers refer to by index.
+    pub segment_names: &'a [String],
+    /// Whether the backfill ran to the end (from then on every row has the new columns).
+    pub backfilled: bool,
+}
+
+/// Judges the table (`rows`, read in `phase`) against the record of the run.
+pub fn judge(phase: Phase, rows: &[Row], record: &RunRecord) -> AuditResult {
+    const EXAMPLES: usize = 10;
+    let RunRecord {
+        ledgers,
+        seeded,
+        segment_names,
+        backfilled,
+    } = *record;
     let mut result = AuditResult {
         phase: phase.as_str().to_owned(),
         ..AuditResult::default()
     };
-    let ids: Vec<i64> = ledgers.iter().flat_map(|l| l.keys().copied()).collect();
-    let mut stored: HashMap<i64, StoredUser> = HashMap::new();
-    for chunk in ids.chunks(10_000) {
-        stored.extend(
-            users::find_users(conn, phase, chunk)?
-                .into_iter()
-                .map(|u| (u.id, u)),
-        );
-    }
+    let segment_name = |segment: usize| {
+        segment_names
+            .get(segment)
+            .cloned()
+            .unwrap_or_else(|| format!("segment {segment}"))
+    };
+    let by_id: HashMap<i64, &Row> = rows.iter().map(|r| (r.id, r)).collect();
+    let mut lost_examples = Vec::new();
     for ledger in ledgers {
-        for (id, expected) in ledger {
+        for (id, acknowledged) in &ledger.rows {
             result.rows_checked += 1;
-            let found = stored.get(id);
-            let ok = match expected {
-                Expected::Present(v) => holds(found, Some(v), phase),
-                Expected::Deleted => found.is_none(),
-                Expected::EitherOf(candidates) => {
-                    result.uncertain += 1;
-                    candidates.iter().any(|c| holds(found, c.as_ref(), phase))
-                }
-            };
-            if !ok {
-                result.lost_writes += 1;
-                if result.examples.len() < 10 {
-                    result
-                        .examples
-                        .push(format!("id {id}: expected {expected:?}, found {found:?}"));
-                }
+            if acknowledged.states.len() > 1 {
+                result.uncertain += 1;
+            }
+            let found = by_id.get(id).copied();
+            let digest = seeded.rows.get(id);
+            if acknowledged
+                .states
+                .iter()
+                .any(|state| holds(phase, found, state, digest))
+            {
+                continue;
+            }
+            result.lost_writes += 1;
+            let name = segment_name(acknowledged.segment);
+            if lost_examples.len() < EXAMPLES {
+                lost_examples.push(format!(
+                    "lost write: id {id} (written in {name}): expected {}, found {}",
+                    expected_text(&acknowledged.states),
+                    found_text(found, phase)
+                ));
+            }
+            *result.lost_writes_by_phase.entry(name).or_default() += 1;
+        }
+        result.stale_reads += ledger.stale_reads.len();
+    }
+    let stale_examples = ledgers
+        .iter()
+        .flat_map(|l| &l.stale_reads)
+        .take(EXAMPLES)
+        .map(|s| {
+            format!(
+                "stale read: id {} in {}: expected {}, saw {}",
+                s.id,
+                segment_name(s.segment),
+                s.expected,
+                s.seen
+            )
+        });
+    let mut examples = lost_examples;
+    examples.extend(stale_examples);
+
+    let divergent: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.diverges(phase, backfilled))
+        .collect();
+    result.divergent = divergent.len();
+    result.divergent_ids = divergent.iter().take(EXAMPLES).map(|r| r.id).collect();
+    examples.extend(divergent.iter().take(EXAMPLES).map(|r| {
+        format!(
+            "divergent row: id {}: full_name {:?}, first_name {:?}, last_name {:?}",
+            r.id, r.full_name, r.first_name, r.last_name
+        )
+    }));
+
+    let touched: HashSet<i64> = ledgers
+        .iter()
+        .flat_map(|l| l.rows.keys().copied())
+        .collect();
+    let mut untouched: Vec<(&i64, &Digest)> = seeded
+        .rows
+        .iter()
+        .filter(|(id, _)| !touched.contains(id))
+        .collect();
+    untouched.sort_unstable_by_key(|(id, _)| **id);
+    let (mut before, mut after) = (0u64, 0u64);
+    for (id, digest) in untouched {
+        result.untouched_rows += 1;
+        before = before.wrapping_add(digest.with_id(*id));
+        let found = by_id.get(id).copied();
+        let now = found.map(|row| Digest::of(row, phase));
+        after = after.wrapping_add(now.map_or(0, |d| d.with_id(*id)));
+        if now != Some(*digest) {
+            result.untouched_altered += 1;
+            if result.untouched_altered <= EXAMPLES {
+                examples.push(format!(
+                    "untouched row altered: id {id}: now {}",
+                    found_text(found, phase)
+                ));
             }
         }
     }
-    result.divergent = match verify::verify(conn, phase) {
-        Ok(v) => v.divergent,
-        Err(verify::VerifyError::NotApplicable(_)) => 0,
-        Err(verify::VerifyError::Database(e)) => return Err(e),
-    };
-    Ok(result)
+    result.untouched_checksum_before = format!("{before:016x}");
+    result.untouched_checksum_after = format!("{after:016x}");
+    result.examples = examples;
+    result
+}
+
+/// Reads the table and judges it (see `judge`).
+pub fn audit(conn: &mut PgConnection, record: &RunRecord) -> QueryResult<AuditResult> {
+    let (phase, rows) = read_table(conn)?;
+    Ok(judge(phase, &rows, record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::oracle::SentName;
+    use super::*;
+
+    fn row(id: i64, full: Option<&str>, parts: Option<(&str, &str)>, email: &str) -> Row {
+        Row {
+            id,
+            email: email.to_owned(),
+            full_name: full.map(str::to_owned),
+            first_name: parts.map(|p| p.0.to_owned()),
+            last_name: parts.map(|p| p.1.to_owned()),
+        }
+    }
+
+    fn written(name: SentName, email: Option<&str>) -> RowState {
+        RowState::Written(Sent {
+            name,
+            email: email.map(str::to_owned),
+        })
+    }
+
+    fn acknowledged(state: RowState, segment: usize) -> Acknowledged {
+        Acknowledged {
+            states: vec![state],
+            segment,
+        }
+    }
+
+    const NAMES: [&str; 4] = ["baseline", "expanded", "dual_write", "read_new"];
+
+    /// A run that went through the backfill.
+    fn record<'a>(ledgers: &'a [Ledger], seeded: &'a Snapshot) -> RunRecord<'a> {
+        static NAMES_OWNED: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| NAMES.map(str::to_owned).to_vec());
+        RunRecord {
+            ledgers,
+            seeded,
+            segment_names: &NAMES_OWNED,
+            backfilled: true,
+        }
+    }
+
+    /// Five seeded rows, one with legacy spacing, as the snapshot saw them in baseline.
+    fn seeded_rows() -> Vec<Row> {
+        vec![
+            row(1, Some("Ada Lovelace"), None, "ada@example.com"),
+            row(2, Some("Grace  Hopper "), None, "grace@example.com"),
+            row(3, Some("Alan Turing"), None, "alan@example.com"),
+            row(4, Some("Cher"), None, "cher@example.com"),
+            row(5, Some("Edsger Dijkstra"), None, "edsger@example.com"),
+        ]
+    }
+
+    /// The same rows backfilled in dual_write, as the end of a clean run leaves them: row 1
+    /// rewritten by v2 ("Ada Mary" + "King", new email), row 3 deleted.
+    fn clean_end() -> Vec<Row> {
+        vec![
+            row(
+                1,
+                Some("Ada Mary King"),
+                Some(("Ada Mary", "King")),
+                "ada.king@example.com",
+            ),
+            row(
+                2,
+                Some("Grace  Hopper "),
+                Some(("Grace", "Hopper")),
+                "grace@example.com",
+            ),
+            row(4, Some("Cher"), Some(("Cher", "")), "cher@example.com"),
+            row(
+                5,
+                Some("Edsger Dijkstra"),
+                Some(("Edsger", "Dijkstra")),
+                "edsger@example.com",
+            ),
+        ]
+    }
+
+    fn clean_ledger() -> Ledger {
+        let mut ledger = Ledger::default();
+        ledger.rows.insert(
+            1,
+            acknowledged(
+                written(
+                    SentName::Parts("Ada\u{00A0}Mary".into(), "King ".into()),
+                    Some("ada.king@example.com"),
+                ),
+                2,
+            ),
+        );
+        ledger.rows.insert(3, acknowledged(RowState::Deleted, 1));
+        ledger
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        let snapshot = Snapshot::of(Phase::Baseline, &seeded_rows());
+        let result = judge(
+            Phase::DualWrite,
+            &clean_end(),
+            &record(&[clean_ledger()], &snapshot),
+        );
+        assert!(!result.found_anything(), "{result:#?}");
+        assert_eq!(result.rows_checked, 2);
+        assert_eq!(result.untouched_rows, 3);
+        assert_eq!(
+            result.untouched_checksum_before,
+            result.untouched_checksum_after
+        );
+    }
+
+    #[test]
+    fn finds_a_lost_write_a_stale_read_and_a_divergent_row() {
+        let snapshot = Snapshot::of(Phase::Baseline, &seeded_rows());
+        let mut ledger = clean_ledger();
+        // Acknowledged in expanded, but the row still holds the seeded name.
+        ledger.rows.insert(
+            5,
+            acknowledged(
+                written(SentName::Full("Edsger W. Dijkstra".into()), None),
+                1,
+            ),
+        );
+        ledger.stale_reads.push(StaleRead {
+            id: 1,
+            segment: 2,
+            expected: "\"Ada Mary King\"".into(),
+            seen: "\"Ada Lovelace\"".into(),
+        });
+        let mut rows = clean_end();
+        // Cher's parts no longer join to her full_name: divergent. v1 still reads "Cher", so
+        // her untouched row keeps its seeded digest.
+        rows[2].first_name = Some("Cherilyn".into());
+        let result = judge(Phase::DualWrite, &rows, &record(&[ledger], &snapshot));
+        assert_eq!(result.lost_writes, 1, "{result:#?}");
+        assert_eq!(result.lost_writes_by_phase["expanded"], 1);
+        assert_eq!(result.stale_reads, 1);
+        assert_eq!(result.divergent, 1);
+        assert_eq!(result.divergent_ids, [4]);
+        assert_eq!(
+            result.untouched_altered, 0,
+            "v1 still reads what was seeded"
+        );
+        assert!(
+            result
+                .examples
+                .iter()
+                .any(|e| e.contains("id 5 (written in expanded)"))
+        );
+    }
+
+    #[test]
+    fn the_checksum_catches_an_untouched_row_changed_or_gone() {
+        let snapshot = Snapshot::of(Phase::Baseline, &seeded_rows());
+        for (what, change) in [
+            (
+                "name",
+                (|rows: &mut Vec<Row>| {
+                    rows[1].full_name = Some("Grace Brewster Hopper".into());
+                    rows[1].first_name = Some("Grace".into());
+                    rows[1].last_name = Some("Brewster Hopper".into());
+                }) as fn(&mut Vec<Row>),
+            ),
+            ("email", |rows| rows[3].email = "edsger@example.org".into()),
+            ("row", |rows| {
+                rows.remove(2);
+            }),
+        ] {
+            let mut rows = clean_end();
+            change(&mut rows);
+            let result = judge(
+                Phase::DualWrite,
+                &rows,
+                &record(&[clean_ledger()], &snapshot),
+            );
+            assert_eq!(result.untouched_altered, 1, "{what}: {result:#?}");
+            assert_ne!(
+                result.untouched_checksum_before, result.untouched_checksum_after,
+                "{what}"
+            );
+            assert_eq!(result.divergent, 0, "{what}: a consistent change");
+        }
+    }
+
+    #[test]
+    fn after_the_contract_untouched_rows_are_held_to_their_normalised_seeded_name() {
+        let snapshot = Snapshot::of(Phase::Baseline, &seeded_rows());
+        let contracted = |grace: (&str, &str)| {
+            clean_end()
+                .into_iter()
+                .map(|mut r| {
+                    r.full_name = None;
+                    if r.id == 2 {
+                        r.first_name = Some(grace.0.into());
+                        r.last_name = Some(grace.1.into());
+                    }
+                    r
+                })
+                .collect::<Vec<_>>()
+        };
+        let judged = |rows: Vec<Row>| {
+            judge(
+                Phase::Contracted,
+                &rows,
+                &record(&[clean_ledger()], &snapshot),
+            )
+        };
+        assert!(!judged(contracted(("Grace", "Hopper"))).found_anything());
+        assert_eq!(judged(contracted(("Grace", "Hooper"))).untouched_altered, 1);
+    }
+
+    #[test]
+    fn a_write_whose_answer_was_lost_may_have_gone_either_way() {
+        let snapshot = Snapshot::of(Phase::Baseline, &seeded_rows());
+        let mut ledger = clean_ledger();
+        let new = written(SentName::Full("Edsger W. Dijkstra".into()), None);
+        ledger.rows.insert(
+            5,
+            Acknowledged {
+                states: vec![RowState::Seeded, new],
+                segment: 2,
+            },
+        );
+        let result = judge(
+            Phase::DualWrite,
+            &clean_end(),
+            &record(&[ledger.clone()], &snapshot),
+        );
+        assert!(!result.found_anything(), "{result:#?}");
+        assert_eq!(result.uncertain, 1);
+        let mut rows = clean_end();
+        rows[3].full_name = Some("Edsger W. Dijkstra".into());
+        rows[3].first_name = Some("Edsger".into());
+        rows[3].last_name = Some("W. Dijkstra".into());
+        let result = judge(
+            Phase::DualWrite,
+            &rows,
+            &record(&[ledger.clone()], &snapshot),
+        );
+        assert!(!result.found_anything(), "{result:#?}");
+        rows[3].full_name = Some("Edsger Wybe Dijkstra".into());
+        rows[3].last_name = Some("Wybe Dijkstra".into());
+        let result = judge(Phase::DualWrite, &rows, &record(&[ledger], &snapshot));
+        assert_eq!(result.lost_writes, 1, "neither state: {result:#?}");
+    }
 }

@@ -50,7 +50,8 @@ pub struct Fleet {
     pub rotation: Rotation,
     database_url: String,
     admin_token: String,
-    extra_env: Vec<(String, String)>,
+    /// Each instance's environment on top of the fleet's settings.
+    env: Vec<Vec<(String, String)>>,
     /// Reads replicas answered in instances since restarted (their counters start again).
     earlier_replica_reads: u64,
 }
@@ -62,7 +63,8 @@ fn free_port() -> Result<u16, DemoError> {
 }
 
 impl Fleet {
-    /// Starts `count` instances and waits until each answers `/healthz`.
+    /// Starts `count` instances with the same extra environment and waits until each answers
+    /// `/healthz`.
     pub async fn start(
         count: usize,
         database_url: &str,
@@ -70,6 +72,18 @@ impl Fleet {
         log_dir: &std::path::Path,
         extra_env: Vec<(String, String)>,
     ) -> Result<Self, DemoError> {
+        Self::start_each(database_url, admin_token, log_dir, vec![extra_env; count]).await
+    }
+
+    /// Starts one instance per entry of `env` (its extra environment) and waits until each
+    /// answers `/healthz`.
+    pub async fn start_each(
+        database_url: &str,
+        admin_token: &str,
+        log_dir: &std::path::Path,
+        env: Vec<Vec<(String, String)>>,
+    ) -> Result<Self, DemoError> {
+        let count = env.len();
         let mut instances = Vec::new();
         for i in 0..count {
             let port = free_port()?;
@@ -90,7 +104,7 @@ impl Fleet {
             rotation,
             database_url: database_url.to_owned(),
             admin_token: admin_token.to_owned(),
-            extra_env,
+            env,
             earlier_replica_reads: 0,
         };
         for i in 0..count {
@@ -119,7 +133,14 @@ impl Fleet {
             // full_name, not the default five minutes.
             .env("ZDM_CONTRACT_QUIET_SECS", "1")
             .env("RUST_LOG", "warn")
-            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // Faults come only from the demo's own choice, never from its environment.
+            .env_remove(crate::faults::LAGGING_V1_WRITES_ENV)
+            .env_remove(crate::faults::LOSE_WRITES_ENV)
+            .envs(
+                self.env[index]
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

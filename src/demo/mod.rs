@@ -6,15 +6,19 @@
 //! the driver walks the whole migration, injecting faults on the way: a long transaction
 //! holding `users` during the expand and the contract, a `kill -9` of the process running
 //! the backfill (then a resume), and a rolling restart of one instance. At the end an audit
-//! holds the database to every acknowledged write, and a report shows per-phase latency and
-//! failures.
+//! holds the database to every acknowledged write and every untouched row, and a report shows
+//! per-phase latency and failures.
+//!
+//! With `--fault` the demo also breaks the app on purpose (see `Fault`), to show that the
+//! audit sees the damage and the run fails.
 
 pub mod audit;
 pub mod fleet;
+pub mod oracle;
 pub mod report;
 pub mod traffic;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -29,13 +33,53 @@ use self::fleet::Fleet;
 use self::report::{DemoSummary, Marker, Segment};
 use self::traffic::TrafficControl;
 use crate::db::scratch::ScratchDatabase;
+use crate::faults::{LAGGING_V1_WRITES_ENV, LOSE_WRITES_ENV};
 use crate::migration::{Phase, backfill, state};
 
 pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Set in an instance's environment to make its v1 writes behave like expanded-phase code
-/// (full_name only) whatever the phase: a broken dual-write, for showing the audit can fail.
-pub const FAULT_LAGGING_V1_WRITES: &str = "ZDM_FAULT_LAGGING_V1_WRITES";
+/// A fault the demo injects into its own instances, so that the audit has something to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// The first instance answers every `LOSE_EVERY`th update as saved but rolls it back.
+    LoseWrites,
+    /// Every instance's v1 writes skip the new columns whatever the phase (a broken
+    /// dual-write, as from an instance still running expanded-phase code).
+    LaggingV1,
+}
+
+/// With `--fault lose-writes`, the first instance loses one update in this many.
+pub const LOSE_EVERY: u64 = 20;
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::LoseWrites => "lose-writes",
+            Fault::LaggingV1 => "lagging-v1",
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Fault::LoseWrites => format!(
+                "app-a answers every {LOSE_EVERY}th user update as saved, then rolls it back"
+            ),
+            Fault::LaggingV1 => {
+                "v1 writes skip first_name/last_name on every instance (a broken dual-write)"
+                    .to_owned()
+            }
+        }
+    }
+
+    /// The environment of instance `index` (of the instances only, never of the demo).
+    fn instance_env(self, index: usize) -> Vec<(String, String)> {
+        match (self, index) {
+            (Fault::LoseWrites, 0) => vec![(LOSE_WRITES_ENV.to_owned(), LOSE_EVERY.to_string())],
+            (Fault::LoseWrites, _) => Vec::new(),
+            (Fault::LaggingV1, _) => vec![(LAGGING_V1_WRITES_ENV.to_owned(), "1".to_owned())],
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -50,8 +94,10 @@ pub struct DemoOptions {
     pub json_out: Option<PathBuf>,
     /// Where the HTML report and the instances' logs go.
     pub report_dir: PathBuf,
-    /// Environment for the instances (fault injection).
+    /// Environment for the instances and the backfill processes.
     pub instance_env: Vec<(String, String)>,
+    /// A fault to inject on purpose (the run must then fail).
+    pub fault: Option<Fault>,
     /// Servers (maintenance-database URLs) of streaming replicas of the demo's server: the
     /// instances read from them and the backfill waits for them.
     pub replica_servers: Vec<String>,
@@ -72,6 +118,7 @@ impl DemoOptions {
             json_out: None,
             report_dir,
             instance_env: Vec::new(),
+            fault: None,
             replica_servers: Vec::new(),
             backfill_batch: 1000,
             backfill_sleep_ms: 100,
@@ -95,6 +142,8 @@ struct Timeline {
     control: TrafficControl,
     segments: Vec<Segment>,
     markers: Vec<Marker>,
+    /// Whether the backfill has run to the end.
+    backfilled: bool,
 }
 
 impl Timeline {
@@ -239,6 +288,8 @@ async fn backfill_with_a_crash(
             ])
             .env("DATABASE_URL", url)
             .env("RUST_LOG", "warn")
+            .env_remove(LAGGING_V1_WRITES_ENV)
+            .env_remove(LOSE_WRITES_ENV)
             .envs(
                 opts.instance_env
                     .iter()
@@ -311,6 +362,7 @@ async fn walk_zdm(
 
     timeline.enter("backfill");
     let rate = backfill_with_a_crash(url, opts, timeline).await?;
+    timeline.backfilled = true;
     timeline.enter("dual_write");
     pause(opts.phase_secs / 3.0).await;
 
@@ -392,11 +444,24 @@ fn deploy_new_code_everywhere(conn: &mut PgConnection) -> QueryResult<()> {
 /// its summary; the report is in `opts.report_dir`.
 pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, DemoError> {
     std::fs::create_dir_all(&opts.report_dir)?;
+    if let Some(fault) = opts.fault {
+        log::warn!(
+            "FAULT INJECTED ON PURPOSE ({}): {}; the audit must catch it and this run must fail",
+            fault.name(),
+            fault.describe()
+        );
+    }
     let scratch = {
         let (server, rows) = (database_url.to_owned(), opts.rows);
         blocking(move || ScratchDatabase::seeded(&server, "zdm_demo", rows, 7)).await?
     };
     let url = scratch.url.clone();
+    // Every seeded row, as digests, before any client writes: the rows no client writes are
+    // held to them at the end.
+    let seeded = {
+        let url = url.clone();
+        blocking(move || Ok(audit::Snapshot::take(&mut PgConnection::establish(&url)?)?)).await?
+    };
     // The replicas replay the scratch database too; the instances and the backfill get its
     // URL on each of them.
     let mut opts = opts;
@@ -410,8 +475,18 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
             .push(("DATABASE_REPLICA_URLS".to_owned(), urls.join(",")));
     }
     let token = crate::startup::generate_token();
-    let mut fleet =
-        Fleet::start(2, &url, &token, &opts.report_dir, opts.instance_env.clone()).await?;
+    let instance_env = (0..2)
+        .map(|index| {
+            let mut env = opts.instance_env.clone();
+            env.extend(
+                opts.fault
+                    .map(|f| f.instance_env(index))
+                    .unwrap_or_default(),
+            );
+            env
+        })
+        .collect();
+    let mut fleet = Fleet::start_each(&url, &token, &opts.report_dir, instance_env).await?;
     let admin = Admin {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
@@ -430,8 +505,16 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         control: control.clone(),
         segments: Vec::new(),
         markers: Vec::new(),
+        backfilled: false,
     };
     timeline.enter("baseline");
+    if let Some(fault) = opts.fault {
+        timeline.mark(format!(
+            "injected fault {}: {}",
+            fault.name(),
+            fault.describe()
+        ));
+    }
     let clients = traffic::start(
         opts.clients,
         opts.rows as i64,
@@ -472,10 +555,17 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
     let audit = {
         let url = url.clone();
         let ledgers = ledgers.clone();
+        let names: Vec<String> = timeline.segments.iter().map(|s| s.name.clone()).collect();
+        let backfilled = timeline.backfilled;
         blocking(move || {
             let mut conn = PgConnection::establish(&url)?;
-            let phase = state::current_phase(&mut conn)?;
-            Ok(audit::audit(&mut conn, phase, &ledgers)?)
+            let record = audit::RunRecord {
+                ledgers: &ledgers,
+                seeded: &seeded,
+                segment_names: &names,
+                backfilled,
+            };
+            Ok(audit::audit(&mut conn, &record)?)
         })
         .await?
     };
@@ -493,24 +583,23 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         (Some(b), Some(base)) if base > 0.0 => Some(b / base),
         _ => None,
     };
-    let lost_writes = audit.lost_writes;
     let summary = DemoSummary {
         mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
         requests: samples.len(),
         failed_requests,
-        lost_writes,
+        lost_writes: audit.lost_writes,
+        divergent_rows: audit.divergent,
+        untouched_rows_altered: audit.untouched_altered,
+        injected_fault: opts.fault.map(|f| f.name().to_owned()),
         p99_ms_by_phase,
-        passed: walk_error.is_none()
-            && failed_requests == 0
-            && lost_writes == 0
-            && audit.divergent == 0,
+        passed: walk_error.is_none() && failed_requests == 0 && !audit.found_anything(),
         walk_error,
         segments,
         faults: timeline.markers.clone(),
         lock_timeouts_retried: lock_timeouts,
         backfill_rows_per_s: backfill_rate,
         backfill_p99_vs_baseline,
-        acknowledged_writes_tracked: ledgers.iter().map(HashMap::len).sum(),
+        acknowledged_writes_tracked: ledgers.iter().map(|l| l.rows.len()).sum(),
         unacknowledged_creates,
         replicas: opts.replica_servers.len(),
         replica_reads,

@@ -43,12 +43,19 @@ pub struct SegmentStats {
     pub requests_per_s: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct DemoSummary {
     pub mode: String,
     pub requests: usize,
     pub failed_requests: usize,
+    /// The audit's findings (see `AuditResult`): acknowledged writes not found...
     pub lost_writes: usize,
+    /// ... rows breaking I2 ...
+    pub divergent_rows: usize,
+    /// ... and seeded rows no client wrote that changed anyway.
+    pub untouched_rows_altered: usize,
+    /// The fault injected on purpose (`--fault`), if any.
+    pub injected_fault: Option<String>,
     pub p99_ms_by_phase: BTreeMap<String, f64>,
     pub segments: Vec<SegmentStats>,
     pub faults: Vec<Marker>,
@@ -181,21 +188,106 @@ pub fn table(summary: &DemoSummary) -> String {
     if let Some(e) = &summary.walk_error {
         let _ = writeln!(out, "the migration stopped: {e}");
     }
-    let a = &summary.audit;
+    out.push_str(&audit_text(summary));
     let _ = writeln!(
         out,
-        "audit (in {}): {} rows checked against their last acknowledged write ({} uncertain), {} lost, {} divergent",
-        a.phase, a.rows_checked, a.uncertain, a.lost_writes, a.divergent
+        "{}: {} requests, {} failed, {} lost writes, {} divergent rows, {} untouched rows altered",
+        summary.mode,
+        summary.requests,
+        summary.failed_requests,
+        summary.lost_writes,
+        summary.divergent_rows,
+        summary.untouched_rows_altered
+    );
+    out
+}
+
+/// The injected fault (if any) and what the audit found, with examples.
+fn audit_text(summary: &DemoSummary) -> String {
+    let a = &summary.audit;
+    let mut out = String::new();
+    if let Some(fault) = &summary.injected_fault {
+        let _ = writeln!(out, "INJECTED FAULT: {fault}");
+    }
+    let by_phase = lost_by_phase(summary)
+        .iter()
+        .map(|(phase, n)| format!("{phase} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        out,
+        "audit (in {}): {} rows checked against their last acknowledged write ({} uncertain): {} lost{}",
+        a.phase,
+        a.rows_checked,
+        a.uncertain,
+        a.lost_writes,
+        if by_phase.is_empty() {
+            String::new()
+        } else {
+            format!(" (written in: {by_phase})")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  {} stale reads; {} divergent rows; {} of {} untouched seeded rows altered (checksum {} before, {} after)",
+        a.stale_reads,
+        a.divergent,
+        a.untouched_altered,
+        a.untouched_rows,
+        a.untouched_checksum_before,
+        a.untouched_checksum_after
     );
     for e in &a.examples {
         let _ = writeln!(out, "  {e}");
     }
-    let _ = writeln!(
-        out,
-        "{}: {} requests, {} failed, {} lost writes",
-        summary.mode, summary.requests, summary.failed_requests, summary.lost_writes
-    );
     out
+}
+
+/// The phase labels above the chart: their font size, a width per character that the
+/// labels' glyphs stay under on average (short lowercase words; a browser test holds the
+/// rendered boxes to it), the space kept between two labels on a row, and the row height.
+pub const LABEL_FONT_PX: f64 = 11.0;
+pub const LABEL_CHAR_PX: f64 = 7.0;
+pub const LABEL_GAP_PX: f64 = 6.0;
+pub const LABEL_ROW_PX: f64 = 15.0;
+
+/// Where a label goes: its left edge, its width (as `LABEL_CHAR_PX` estimates it) and its row
+/// (0 just above the chart, then upwards).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LabelBox {
+    pub x: f64,
+    pub width: f64,
+    pub row: usize,
+}
+
+/// Places each label (`(band start, text)`, in time order) a little right of its band's
+/// start, kept within `[left, right]`, on the lowest row where it keeps `LABEL_GAP_PX` from
+/// every label placed before it: short phases stagger instead of overlapping, whatever the
+/// run's length.
+pub fn place_labels<'a>(
+    labels: impl IntoIterator<Item = (f64, &'a str)>,
+    left: f64,
+    right: f64,
+) -> Vec<LabelBox> {
+    // The right end of the last label on each row; labels go left to right, so a label
+    // starting past a row's end (plus the gap) overlaps nothing on it.
+    let mut row_ends: Vec<f64> = Vec::new();
+    labels
+        .into_iter()
+        .map(|(start, text)| {
+            let width = text.chars().count() as f64 * LABEL_CHAR_PX;
+            let x = (start + 3.0).min(right - width).max(left);
+            let row = match row_ends.iter().position(|end| end + LABEL_GAP_PX <= x) {
+                Some(row) => row,
+                None => {
+                    row_ends.push(f64::NEG_INFINITY);
+                    row_ends.len() - 1
+                }
+            };
+            row_ends[row] = x + width;
+            LabelBox { x, width, row }
+        })
+        .collect()
 }
 
 /// Chart geometry, computed here so the template only places it.
@@ -204,6 +296,16 @@ struct Band {
     width: f64,
     name: String,
     shade: bool,
+    label_x: f64,
+    label_y: f64,
+}
+
+/// A row of the audit's table in the report.
+struct Finding {
+    check: String,
+    checked: String,
+    found: String,
+    bad: bool,
 }
 
 struct Line {
@@ -216,6 +318,10 @@ struct Line {
 struct ReportPage<'a> {
     summary: &'a DemoSummary,
     table: String,
+    /// The injected fault, described.
+    fault: Option<String>,
+    findings: Vec<Finding>,
+    label_font_px: f64,
     width: f64,
     height: f64,
     plot_top: f64,
@@ -230,14 +336,84 @@ struct ReportPage<'a> {
     x_ticks: Vec<(f64, String)>,
 }
 
+/// The audit's lost writes by the phase they were written in, in the run's order.
+fn lost_by_phase(summary: &DemoSummary) -> Vec<(&str, usize)> {
+    let mut phases: Vec<&str> = Vec::new();
+    for segment in &summary.segments {
+        if !phases.contains(&segment.name.as_str()) {
+            phases.push(&segment.name);
+        }
+    }
+    for phase in summary.audit.lost_writes_by_phase.keys() {
+        if !phases.contains(&phase.as_str()) {
+            phases.push(phase);
+        }
+    }
+    phases
+        .into_iter()
+        .filter_map(|p| Some((p, *summary.audit.lost_writes_by_phase.get(p)?)))
+        .collect()
+}
+
+fn findings(summary: &DemoSummary) -> Vec<Finding> {
+    let a = &summary.audit;
+    let by_phase = lost_by_phase(summary)
+        .iter()
+        .map(|(phase, n)| format!("{n} in {phase}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![
+        Finding {
+            check: "acknowledged writes read back (I3)".to_owned(),
+            checked: format!("{} rows ({} uncertain)", a.rows_checked, a.uncertain),
+            found: if by_phase.is_empty() {
+                format!("{} lost", a.lost_writes)
+            } else {
+                format!("{} lost (written: {by_phase})", a.lost_writes)
+            },
+            bad: a.lost_writes > 0,
+        },
+        Finding {
+            check: "reads show the reader's last acknowledged write".to_owned(),
+            checked: "every read of a row its client wrote".to_owned(),
+            found: format!("{} stale", a.stale_reads),
+            bad: a.stale_reads > 0,
+        },
+        Finding {
+            check: format!("rows consistent in {} (I2)", a.phase),
+            checked: "every row".to_owned(),
+            found: format!("{} divergent", a.divergent),
+            bad: a.divergent > 0,
+        },
+        Finding {
+            check: "untouched seeded rows unchanged (checksum)".to_owned(),
+            checked: format!(
+                "{} rows: {} before, {} after",
+                a.untouched_rows, a.untouched_checksum_before, a.untouched_checksum_after
+            ),
+            found: format!("{} altered", a.untouched_altered),
+            bad: a.untouched_altered > 0,
+        },
+    ]
+}
+
 pub fn html(
     summary: &DemoSummary,
     segments: &[Segment],
     samples: &[Sample],
 ) -> Result<String, askama::Error> {
-    let (width, height, left, right, top, bottom) = (1100.0, 380.0, 60.0, 1080.0, 30.0, 340.0);
+    let (width, left, right) = (1100.0, 60.0, 1080.0);
     let end_ms = segments.last().map_or(1, |s| s.end_ms.max(1));
     let x = |ms: u32| left + (right - left) * f64::from(ms) / f64::from(end_ms);
+    let labels = place_labels(
+        segments.iter().map(|s| (x(s.start_ms), s.name.as_str())),
+        left,
+        width - 4.0,
+    );
+    // Every row of labels above the first makes the chart that much taller.
+    let extra_rows = labels.iter().map(|l| l.row).max().unwrap_or(0) as f64;
+    let top = 30.0 + LABEL_ROW_PX * extra_rows;
+    let (bottom, height) = (top + 310.0, top + 350.0);
     let max_ms = samples.iter().map(|s| s.latency_us).max().unwrap_or(1000) as f64 / 1000.0;
     let (lo, hi) = (0.1_f64.log10(), max_ms.max(10.0).log10());
     let y = |ms: f64| bottom - (bottom - top) * ((ms.max(0.1).log10() - lo) / (hi - lo));
@@ -265,12 +441,15 @@ pub fn html(
     let [p50, p99, max] = lines;
     let bands = segments
         .iter()
+        .zip(&labels)
         .enumerate()
-        .map(|(i, s)| Band {
+        .map(|(i, (s, label))| Band {
             x: x(s.start_ms),
             width: (x(s.end_ms) - x(s.start_ms)).max(0.5),
             name: s.name.clone(),
             shade: i % 2 == 0,
+            label_x: label.x,
+            label_y: top - 8.0 - LABEL_ROW_PX * label.row as f64,
         })
         .collect();
     let markers = summary
@@ -307,6 +486,14 @@ pub fn html(
     ReportPage {
         summary,
         table: table(summary),
+        fault: summary.injected_fault.as_deref().map(|name| {
+            match <super::Fault as clap::ValueEnum>::from_str(name, false) {
+                Ok(fault) => format!("{name}: {}", fault.describe()),
+                Err(_) => name.to_owned(),
+            }
+        }),
+        findings: findings(summary),
+        label_font_px: LABEL_FONT_PX,
         width,
         height,
         plot_top: top,
@@ -321,4 +508,84 @@ pub fn html(
         x_ticks,
     }
     .render()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The segments of a zdm run, in order.
+    const NAMES: [&str; 11] = [
+        "baseline",
+        "expanding",
+        "expanded",
+        "dual_write",
+        "backfill",
+        "dual_write",
+        "backfilled",
+        "read_new",
+        "new_only",
+        "contracting",
+        "contracted",
+    ];
+
+    /// Places the labels of segments lasting `lengths_ms` on the report's chart.
+    fn layout(lengths_ms: &[u32]) -> Vec<LabelBox> {
+        let total: f64 = lengths_ms.iter().map(|l| f64::from(*l)).sum();
+        let mut start = 0.0;
+        let starts: Vec<f64> = lengths_ms
+            .iter()
+            .map(|l| {
+                let x = 60.0 + 1020.0 * start / total;
+                start += f64::from(*l);
+                x
+            })
+            .collect();
+        place_labels(starts.into_iter().zip(NAMES), 60.0, 1096.0)
+    }
+
+    fn assert_apart(boxes: &[LabelBox]) {
+        for (i, a) in boxes.iter().enumerate() {
+            assert!(
+                a.x >= 60.0 && a.x + a.width <= 1096.0,
+                "{a:?} leaves the chart"
+            );
+            for b in &boxes[i + 1..] {
+                let apart = a.row != b.row
+                    || a.x + a.width + LABEL_GAP_PX <= b.x
+                    || b.x + b.width + LABEL_GAP_PX <= a.x;
+                assert!(apart, "{a:?} overlaps {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn labels_of_short_phases_go_up_a_row_and_long_ones_stay_on_the_first() {
+        let even = layout(&[3000; 11]);
+        assert!(even.iter().all(|l| l.row == 0), "{even:?}");
+        // A 30-minute baseline, then every phase over in a few seconds.
+        let mut lengths = vec![1_800_000];
+        lengths.extend([2000; 10]);
+        let squeezed = layout(&lengths);
+        assert_apart(&squeezed);
+        assert!(squeezed.iter().any(|l| l.row >= 2), "{squeezed:?}");
+        // The end of the run: labels pushed left of the chart's right edge, still apart.
+        assert!(squeezed.iter().all(|l| l.x + l.width <= 1096.0));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn no_two_labels_overlap_whatever_the_phase_lengths(
+            lengths in prop::collection::vec(1u32..600_000, 11)
+        ) {
+            assert_apart(&layout(&lengths));
+        }
+    }
 }

@@ -3,17 +3,19 @@
 //! client's ledger, which the audit later holds the database to.
 //!
 //! Each client writes only rows it owns (the ones it created, and the seeded ids congruent to
-//! its number), so "the last acknowledged value" of a row is well defined.
+//! its number), so "the last acknowledged value" of a row is well defined. The last tenth of
+//! the seeded ids belongs to no client: those rows stand for the data nobody touches during a
+//! migration, which the audit's checksum holds to what it was before the traffic.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::audit::{Acknowledged, Ledger, RowState, StaleRead};
 use super::fleet::Rotation;
-use crate::domain::name_rule::{join_name, normalize_whitespace, split_full_name};
+use super::oracle::{Sent, SentName, split};
 use crate::seed::random_full_name;
 
 /// The CSRF token the clients' forms carry (as cookie and field).
@@ -41,20 +43,9 @@ pub struct Sample {
     pub outcome: Outcome,
 }
 
-/// The values a row must hold after an acknowledged write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Values {
-    pub full_name: String,
-    pub parts: (String, String),
-    pub email: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expected {
-    Present(Values),
-    Deleted,
-    /// The acknowledgement was lost (timeout): either outcome is fine, corruption is not.
-    EitherOf(Vec<Option<Values>>),
+/// The seeded ids at or below this one may be written by the clients; the rest by none.
+pub fn last_owned_seeded_id(seeded_rows: i64) -> i64 {
+    seeded_rows * 9 / 10
 }
 
 /// What the clients share with the driver.
@@ -68,7 +59,7 @@ pub struct TrafficControl {
 
 pub struct ClientResult {
     pub samples: Vec<Sample>,
-    pub ledger: HashMap<i64, Expected>,
+    pub ledger: Ledger,
     /// Creates whose answer was lost: their id is unknown, so the audit cannot check them.
     pub unacknowledged_creates: u64,
 }
@@ -89,7 +80,7 @@ struct Client {
     rotation: Rotation,
     control: TrafficControl,
     rng: fastrand::Rng,
-    ledger: HashMap<i64, Expected>,
+    ledger: Ledger,
     samples: Vec<Sample>,
     write_percent: u32,
     created: u64,
@@ -110,7 +101,7 @@ fn html_escape(text: &str) -> String {
 
 /// A v2 name: sometimes a multi-word first name ("Mary Ann"), so that split(join) differs.
 fn v2_name(rng: &mut fastrand::Rng) -> (String, String) {
-    let (first, last) = split_full_name(&random_full_name(rng));
+    let (first, last) = split(&random_full_name(rng));
     if rng.u32(0..4) == 0 && !last.is_empty() {
         return (format!("{first} Ann"), last);
     }
@@ -128,31 +119,45 @@ impl Client {
     }
 
     /// A row this client owns and believes present: one it wrote, or a seeded one (ids
-    /// `index + 1`, `index + 1 + clients`, ...) it has not deleted.
+    /// `index + 1`, `index + 1 + clients`, ... up to `last_owned_seeded_id`) it has not
+    /// deleted.
     fn owned_present(&mut self) -> Option<i64> {
+        let last_owned = last_owned_seeded_id(self.seeded_rows);
         for _ in 0..8 {
-            let candidate = if self.rng.bool() && !self.ledger.is_empty() {
-                let keys: Vec<i64> = self.ledger.keys().copied().collect();
+            let candidate = if self.rng.bool() && !self.ledger.rows.is_empty() {
+                let keys: Vec<i64> = self.ledger.rows.keys().copied().collect();
                 keys[self.rng.usize(..keys.len())]
             } else {
-                let per_client = (self.seeded_rows / self.clients as i64).max(1);
+                let per_client = (last_owned / self.clients as i64).max(1);
                 self.rng.i64(0..per_client) * self.clients as i64 + self.index as i64 + 1
             };
-            if candidate > self.seeded_rows && !self.ledger.contains_key(&candidate) {
-                continue;
-            }
-            match self.ledger.get(&candidate) {
-                Some(Expected::Present(_)) | None => return Some(candidate),
+            match self
+                .ledger
+                .rows
+                .get(&candidate)
+                .map(|a| a.states.as_slice())
+            {
+                None if candidate > last_owned => continue,
+                None | Some([RowState::Seeded | RowState::Written(_)]) => return Some(candidate),
                 _ => continue,
             }
         }
         None
     }
 
-    /// The last acknowledged values of a row; `None` for a seeded row not written yet.
-    fn current(&self, id: i64) -> Option<Values> {
-        match self.ledger.get(&id) {
-            Some(Expected::Present(v)) => Some(v.clone()),
+    /// The state the client last saw acknowledged for one of its present rows.
+    fn current_state(&self, id: i64) -> RowState {
+        match self.ledger.rows.get(&id).map(|a| a.states.as_slice()) {
+            Some([state]) => state.clone(),
+            _ => RowState::Seeded,
+        }
+    }
+
+    /// The last write the client saw acknowledged for a row; `None` for a seeded row not
+    /// written yet.
+    fn current(&self, id: i64) -> Option<Sent> {
+        match self.current_state(id) {
+            RowState::Written(sent) => Some(sent),
             _ => None,
         }
     }
@@ -234,29 +239,44 @@ impl Client {
         };
         let started = Instant::now();
         let (mut outcome, response) = self.send(self.http.get(&path), 200).await;
-        // A read must show the last acknowledged write, if this client made one.
-        if let (Outcome::Ok, Some(response), Some(expected)) = (outcome, response, self.current(id))
-        {
-            let seen_ok = if page {
+        // A read must show the last acknowledged write, if this client made one, as the
+        // audit's oracle says it reads back.
+        if let (Outcome::Ok, Some(response), Some(sent)) = (outcome, response, self.current(id)) {
+            let expected: Vec<String> = if v2 {
+                let (first, last) = sent.v2_name();
+                vec![first, last]
+            } else {
+                vec![sent.v1_name()]
+            };
+            let (seen_ok, seen) = if page {
                 let html = response.text().await.unwrap_or_default();
                 let shows =
-                    |value: &str| html.contains(&format!(r#"value="{}""#, html_escape(value)));
-                if v2 {
-                    shows(&expected.parts.0) && shows(&expected.parts.1)
-                } else {
-                    shows(&expected.full_name)
-                }
+                    |value: &String| html.contains(&format!(r#"value="{}""#, html_escape(value)));
+                (
+                    expected.iter().all(shows),
+                    "the edit page without it".to_owned(),
+                )
             } else {
                 let body: Value = response.json().await.unwrap_or_default();
-                if v2 {
-                    body["first_name"] == expected.parts.0.as_str()
-                        && body["last_name"] == expected.parts.1.as_str()
+                let fields: &[&str] = if v2 {
+                    &["first_name", "last_name"]
                 } else {
-                    body["full_name"] == expected.full_name.as_str()
-                }
+                    &["full_name"]
+                };
+                let seen: Vec<&str> = fields
+                    .iter()
+                    .map(|f| body[*f].as_str().unwrap_or_default())
+                    .collect();
+                (seen == expected, format!("{seen:?}"))
             };
             if !seen_ok {
                 outcome = Outcome::Stale;
+                self.ledger.stale_reads.push(StaleRead {
+                    id,
+                    segment,
+                    expected: format!("{version} {expected:?}"),
+                    seen,
+                });
             }
         }
         self.record(started, segment, outcome);
@@ -273,38 +293,32 @@ impl Client {
     }
 
     /// A write of a new name through `api`: a create when `id` is `None`, else an update.
-    /// Returns the request, the status that acknowledges it, and the values it leaves.
+    /// `email` is the row's (`None`: the seeded one, unknown to the client; JSON updates only).
+    /// Returns the request, the status that acknowledges it, and what it sent.
     fn name_write(
         &mut self,
         base: &str,
         api: Api,
         id: Option<i64>,
-        email: &str,
-    ) -> (reqwest::RequestBuilder, u16, Values) {
-        let (version, fields, values) = match api {
+        email: Option<&str>,
+    ) -> (reqwest::RequestBuilder, u16, Sent) {
+        let (version, fields, name) = match api {
             Api::V1Json | Api::V1Form => {
                 let full = random_full_name(&mut self.rng);
-                let values = Values {
-                    full_name: normalize_whitespace(&full),
-                    parts: split_full_name(&full),
-                    email: email.to_owned(),
-                };
-                ("v1", vec![("full_name", full)], values)
+                let name = SentName::Full(full.clone());
+                ("v1", vec![("full_name", full)], name)
             }
             Api::V2Json | Api::V2Form => {
                 let (first, last) = v2_name(&mut self.rng);
-                let values = Values {
-                    full_name: join_name(&first, &last),
-                    parts: (first.clone(), last.clone()),
-                    email: email.to_owned(),
-                };
-                (
-                    "v2",
-                    vec![("first_name", first), ("last_name", last)],
-                    values,
-                )
+                let name = SentName::Parts(first.clone(), last.clone());
+                ("v2", vec![("first_name", first), ("last_name", last)], name)
             }
         };
+        let sent = Sent {
+            name,
+            email: email.map(str::to_owned),
+        };
+        let email = email.unwrap_or_default();
         let row = id.map(|id| format!("/{id}")).unwrap_or_default();
         let (request, expect) = if matches!(api, Api::V1Json | Api::V2Json) {
             let mut body: serde_json::Map<String, Value> = fields
@@ -330,13 +344,13 @@ impl Client {
                 303,
             )
         };
-        (request, expect, values)
+        (request, expect, sent)
     }
 
     async fn create(&mut self, base: &str, segment: usize) {
         let api = self.pick_api();
         let email = self.email();
-        let (request, expect, values) = self.name_write(base, api, None, &email);
+        let (request, expect, sent) = self.name_write(base, api, None, Some(&email));
         let started = Instant::now();
         let (outcome, response) = self.send(request, expect).await;
         self.record(started, segment, outcome);
@@ -360,7 +374,13 @@ impl Client {
             _ => None,
         };
         if let Some(id) = id {
-            self.ledger.insert(id, Expected::Present(values));
+            self.ledger.rows.insert(
+                id,
+                Acknowledged {
+                    states: vec![RowState::Written(sent)],
+                    segment,
+                },
+            );
         }
     }
 
@@ -369,17 +389,17 @@ impl Client {
             return;
         };
         // A seeded row's email is unknown until written: forms need it, JSON keeps it.
-        let email = self.current(id).map(|v| v.email).unwrap_or_default();
-        let api = match (self.pick_api(), email.is_empty()) {
+        let email = self.current(id).and_then(|sent| sent.email);
+        let api = match (self.pick_api(), email.is_none()) {
             (Api::V1Form, true) => Api::V1Json,
             (Api::V2Form, true) => Api::V2Json,
             (api, _) => api,
         };
-        let (request, expect, values) = self.name_write(base, api, Some(id), &email);
+        let (request, expect, sent) = self.name_write(base, api, Some(id), email.as_deref());
         let started = Instant::now();
         let (outcome, _) = self.send(request, expect).await;
         self.record(started, segment, outcome);
-        self.settle(id, outcome, Some(values));
+        self.settle(id, segment, outcome, RowState::Written(sent));
     }
 
     async fn delete(&mut self, base: &str, segment: usize) {
@@ -401,29 +421,20 @@ impl Client {
         let started = Instant::now();
         let (outcome, _) = self.send(request, expect).await;
         self.record(started, segment, outcome);
-        self.settle(id, outcome, None);
+        self.settle(id, segment, outcome, RowState::Deleted);
     }
 
-    /// Records what a write means for the row: the new state when acknowledged, either state
-    /// when the answer was lost, nothing when refused.
-    fn settle(&mut self, id: i64, outcome: Outcome, new: Option<Values>) {
-        match outcome {
-            Outcome::Ok => {
-                self.ledger
-                    .insert(id, new.map_or(Expected::Deleted, Expected::Present));
-            }
-            Outcome::Timeout | Outcome::Connection => match self.current(id) {
-                Some(before) => {
-                    self.ledger
-                        .insert(id, Expected::EitherOf(vec![Some(before), new]));
-                }
-                // Neither the old (seeded) nor the new value is certain: nothing to hold it to.
-                None => {
-                    self.ledger.remove(&id);
-                }
-            },
-            Outcome::Status(_) | Outcome::Stale => {}
-        }
+    /// Records what a write sent in `segment` means for the row: the new state when
+    /// acknowledged, either state when the answer was lost, nothing when refused.
+    fn settle(&mut self, id: i64, segment: usize, outcome: Outcome, new: RowState) {
+        let states = match outcome {
+            Outcome::Ok => vec![new],
+            Outcome::Timeout | Outcome::Connection => vec![self.current_state(id), new],
+            Outcome::Status(_) | Outcome::Stale => return,
+        };
+        self.ledger
+            .rows
+            .insert(id, Acknowledged { states, segment });
     }
 }
 
@@ -449,7 +460,7 @@ pub fn start(
                 rotation: rotation.clone(),
                 control: control.clone(),
                 rng: fastrand::Rng::with_seed(index as u64 + 1),
-                ledger: HashMap::new(),
+                ledger: Ledger::default(),
                 samples: Vec::new(),
                 write_percent,
                 created: 0,

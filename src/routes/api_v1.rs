@@ -14,6 +14,7 @@ use crate::db::users::{self, StoredUser};
 use crate::domain::user::FieldErrors;
 use crate::domain::{NewUser, UserChanges};
 use crate::error::AppError;
+use crate::faults::commit_unless_lost;
 use crate::migration::Phase;
 
 /// Largest page a client may ask for.
@@ -210,14 +211,17 @@ async fn update(
     let id = id.into_inner();
     let changes = UserChanges::try_from(body.into_inner())?;
     let phase = state.v1_write_phase();
+    let lose = state.faults.lose_this_update();
     let user = db(&state, move |conn| {
-        Ok(users::update_user(
-            conn,
-            phase,
-            id,
-            changes.name.as_ref(),
-            changes.email.as_ref().map(|e| e.as_str()),
-        )?)
+        Ok(commit_unless_lost(conn, lose, |conn| {
+            users::update_user(
+                conn,
+                phase,
+                id,
+                changes.name.as_ref(),
+                changes.email.as_ref().map(|e| e.as_str()),
+            )
+        })?)
     })
     .await?;
     Ok(HttpResponse::Ok().json(V1User::new(user, phase)))

@@ -12,6 +12,7 @@ use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
 use crate::domain::{NewUser, UserChanges};
 use crate::error::AppError;
+use crate::faults::commit_unless_lost;
 use crate::migration::Phase;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -132,14 +133,17 @@ async fn update(
     let phase = v2_phase(&state)?;
     let id = id.into_inner();
     let changes = UserChanges::try_from(body.into_inner())?;
+    let lose = state.faults.lose_this_update();
     let user = db(&state, move |conn| {
-        Ok(users::update_user(
-            conn,
-            phase,
-            id,
-            changes.name.as_ref(),
-            changes.email.as_ref().map(|e| e.as_str()),
-        )?)
+        Ok(commit_unless_lost(conn, lose, |conn| {
+            users::update_user(
+                conn,
+                phase,
+                id,
+                changes.name.as_ref(),
+                changes.email.as_ref().map(|e| e.as_str()),
+            )
+        })?)
     })
     .await?;
     Ok(HttpResponse::Ok().json(V2User::new(user, phase)))

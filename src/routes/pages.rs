@@ -12,6 +12,7 @@ use crate::db::users::{self, StoredUser};
 use crate::domain::user::FieldErrors;
 use crate::domain::{FieldError, NewUser};
 use crate::error::{AppError, HtmlError};
+use crate::faults::commit_unless_lost;
 use crate::migration::Phase;
 
 /// Users per page of the list.
@@ -421,14 +422,17 @@ async fn update(
             });
         }
     };
+    let lose = state.faults.lose_this_update();
     let saved = db(&state, move |conn| {
-        Ok(users::update_user(
-            conn,
-            phase,
-            id,
-            Some(&valid.name),
-            Some(valid.email.as_str()),
-        )?)
+        Ok(commit_unless_lost(conn, lose, |conn| {
+            users::update_user(
+                conn,
+                phase,
+                id,
+                Some(&valid.name),
+                Some(valid.email.as_str()),
+            )
+        })?)
     })
     .await;
     match saved {

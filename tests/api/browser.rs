@@ -30,8 +30,8 @@ fn find(program: &str, fallback: &str) -> Option<PathBuf> {
 }
 
 /// A browser session; the driver process goes when this does.
-struct Browser {
-    client: Client,
+pub struct Browser {
+    pub client: Client,
     driver: Child,
     profile: PathBuf,
 }
@@ -44,7 +44,7 @@ impl Drop for Browser {
     }
 }
 
-async fn browser() -> Option<Browser> {
+pub async fn browser() -> Option<Browser> {
     let chromium = find("chromium", CHROMIUM);
     let driver_bin = find("chromedriver", "/usr/bin/chromedriver");
     let (Some(chromium), Some(driver_bin)) = (chromium, driver_bin) else {
@@ -99,7 +99,7 @@ async fn browser() -> Option<Browser> {
     panic!("could not start a Chromium session: {last_error}");
 }
 
-async fn screenshot(client: &Client, name: &str) {
+pub async fn screenshot(client: &Client, name: &str) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let png = client.screenshot().await.expect("taking a screenshot");

@@ -1,40 +1,56 @@
-//! `zdm demo --quick` end to end: it must hold (0 failed, 0 lost), and with dual-write
-//! broken on purpose its audit must say so.
+//! `zdm demo --quick` end to end: it must hold (0 failed, 0 lost, nothing altered), and the
+//! proof must be able to fail: with a fault injected on purpose, or a row altered behind the
+//! demo's back, its audit must say so and the run must exit non-zero.
+//!
+//! The runs meant to fail use 1-second phases: long enough for the damage to happen in every
+//! phase, short enough to keep the suite quick.
 
-use std::process::Command;
+mod report;
 
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
 use serde_json::Value;
 
 use crate::helpers::{scratch_cluster, server_url};
 
-fn run_demo(extra_env: &[(&str, &str)]) -> (bool, Value, String) {
+/// What a demo run left behind.
+struct Run {
+    passed: bool,
+    summary: Value,
+    /// Its output, and the instances' logs.
+    output: String,
+    /// The first instance's log.
+    app_a_log: String,
+}
+
+fn demo_command(name: &str, args: &[&str]) -> (Command, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("zdm-demo-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_zdm"));
     command
         .env("DATABASE_URL", server_url())
-        .envs(extra_env.iter().copied());
-    run_demo_with(command, &format!("{}", extra_env.len()), &[])
-}
-
-/// Runs `command` (a `zdm` with its environment) as `demo --quick` with `args`; returns whether it
-/// passed, its JSON summary and its output.
-fn run_demo_with(mut command: Command, name: &str, args: &[&str]) -> (bool, Value, String) {
-    let dir = std::env::temp_dir().join(format!("zdm-demo-test-{}-{name}", std::process::id()));
-    let json = dir.join("summary.json");
-    std::fs::create_dir_all(&dir).unwrap();
-    let output = command
+        .env("RUST_LOG", "warn")
         .args(["demo", "--quick", "--json-out"])
-        .arg(&json)
+        .arg(dir.join("summary.json"))
         .arg("--report-dir")
         .arg(&dir)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default())
-        .unwrap_or_default();
+        .args(args);
+    (command, dir)
+}
+
+/// Reads what the run in `dir` left, and removes the folder.
+fn finish(dir: std::path::PathBuf, output: Output) -> Run {
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("summary.json")).unwrap_or_default(),
+    )
+    .unwrap_or_default();
     let report = std::fs::read_to_string(dir.join("demo-latest.html")).unwrap_or_default();
     assert!(report.contains("<svg"), "the HTML report has its chart");
+    let app_a_log = std::fs::read_to_string(dir.join("app-a.log")).unwrap_or_default();
     // A failed demo's instance logs go into the output (and so into the assertion message).
     let mut logs = String::new();
     if !output.status.success() {
@@ -49,23 +65,35 @@ fn run_demo_with(mut command: Command, name: &str, args: &[&str]) -> (bool, Valu
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
-    (
-        output.status.success(),
+    Run {
+        passed: output.status.success(),
         summary,
-        format!(
-            "{stdout}\n{}{logs}",
+        output: format!(
+            "{}\n{}{logs}",
+            String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         ),
-    )
+        app_a_log,
+    }
+}
+
+fn run_demo(name: &str, args: &[&str]) -> Run {
+    let (mut command, dir) = demo_command(name, args);
+    let output = command.output().unwrap();
+    finish(dir, output)
 }
 
 #[test]
 fn the_quick_demo_holds_zero_downtime() {
-    let (ok, summary, output) = run_demo(&[]);
-    assert!(ok, "{output}");
+    let run = run_demo("clean", &[]);
+    let (summary, output) = (&run.summary, &run.output);
+    assert!(run.passed, "{output}");
     assert_eq!(summary["mode"], "zdm");
+    assert_eq!(summary["injected_fault"], Value::Null);
     assert_eq!(summary["failed_requests"], 0, "{output}");
     assert_eq!(summary["lost_writes"], 0, "{output}");
+    assert_eq!(summary["divergent_rows"], 0, "{output}");
+    assert_eq!(summary["untouched_rows_altered"], 0, "{output}");
     assert!(summary["requests"].as_u64().unwrap() > 1000);
     for phase in [
         "baseline",
@@ -86,20 +114,186 @@ fn the_quick_demo_holds_zero_downtime() {
         summary["lock_timeouts_retried"].as_u64().unwrap() >= 1,
         "the long transaction was met"
     );
-    assert!(summary["audit"]["rows_checked"].as_u64().unwrap() > 100);
+    let audit = &summary["audit"];
+    assert!(audit["rows_checked"].as_u64().unwrap() > 100);
+    assert_eq!(audit["stale_reads"], 0);
+    // The last tenth of the seeded rows is never written, and most others are not either.
+    assert!(audit["untouched_rows"].as_u64().unwrap() > 3000, "{audit}");
+    assert_eq!(
+        audit["untouched_checksum_before"],
+        audit["untouched_checksum_after"]
+    );
     assert!(output.contains("kill -9 of the backfill process"));
+    assert!(!output.contains("FAULT"), "no fault unless asked: {output}");
 }
 
 #[test]
-fn with_dual_write_broken_the_audit_fails() {
-    let (ok, summary, output) = run_demo(&[("ZDM_FAULT_LAGGING_V1_WRITES", "1")]);
-    assert!(!ok, "the demo must fail: {output}");
-    let lost = summary["lost_writes"].as_u64().unwrap_or(0);
-    let divergent = summary["audit"]["divergent"].as_i64().unwrap_or(0);
+fn with_writes_lost_on_purpose_the_audit_finds_them_and_the_demo_fails() {
+    let run = run_demo(
+        "lose-writes",
+        &["--fault", "lose-writes", "--phase-secs", "1"],
+    );
+    let (summary, output) = (&run.summary, &run.output);
+    assert!(!run.passed, "the demo must fail: {output}");
+    assert_eq!(summary["injected_fault"], "lose-writes");
     assert!(
-        lost > 0 || divergent > 0,
+        output.contains("FAULT INJECTED ON PURPOSE (lose-writes)"),
+        "the demo says so loudly: {output}"
+    );
+    assert!(
+        run.app_a_log
+            .contains("FAULT INJECTION ON (ZDM_FAULT_LOSE_WRITES=20)"),
+        "the instance says so loudly: {}",
+        run.app_a_log
+    );
+    assert_eq!(
+        summary["walk_error"],
+        Value::Null,
+        "the migration itself went through: {output}"
+    );
+    let lost = summary["lost_writes"].as_u64().unwrap_or(0);
+    assert!(lost > 0, "the audit found the lost writes: {output}");
+    assert_eq!(summary["audit"]["lost_writes"], lost);
+    let by_phase = summary["audit"]["lost_writes_by_phase"]
+        .as_object()
+        .unwrap();
+    assert_eq!(
+        by_phase.values().filter_map(Value::as_u64).sum::<u64>(),
+        lost
+    );
+    assert!(
+        by_phase.len() >= 3,
+        "losses were found in several phases: {output}"
+    );
+    assert!(output.contains("lost write: id "), "{output}");
+    assert!(output.contains("INJECTED FAULT: lose-writes"), "{output}");
+}
+
+#[test]
+fn with_dual_write_broken_on_purpose_the_audit_fails() {
+    let run = run_demo(
+        "lagging-v1",
+        &["--fault", "lagging-v1", "--phase-secs", "1"],
+    );
+    let (summary, output) = (&run.summary, &run.output);
+    assert!(!run.passed, "the demo must fail: {output}");
+    assert_eq!(summary["injected_fault"], "lagging-v1");
+    assert!(
+        run.app_a_log
+            .contains("FAULT INJECTION ON (ZDM_FAULT_LAGGING_V1_WRITES)"),
+        "{}",
+        run.app_a_log
+    );
+    let divergent = summary["divergent_rows"].as_u64().unwrap_or(0);
+    let lost = summary["lost_writes"].as_u64().unwrap_or(0);
+    assert!(
+        divergent > 0 || lost > 0,
         "the audit saw the damage: {output}"
     );
+    assert_eq!(summary["audit"]["divergent"], divergent);
+}
+
+#[test]
+fn the_old_fault_variable_still_means_lagging_v1() {
+    // With it set, a second fault is refused before anything starts: the demo read it.
+    let (mut command, dir) = demo_command("fault-env", &["--fault", "lose-writes"]);
+    let output = command
+        .env("ZDM_FAULT_LAGGING_V1_WRITES", "1")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "one fault at a time: --fault lose-writes with ZDM_FAULT_LAGGING_V1_WRITES=1"
+        ),
+        "{stderr}"
+    );
+}
+
+#[derive(QueryableByName)]
+struct StoredPhase {
+    #[diesel(sql_type = Text)]
+    phase: String,
+}
+
+/// Waits (up to two minutes) until the demo run by `child` has left baseline, which it does
+/// only after it took its snapshot of the seeded rows; returns a connection to its database.
+fn connect_once_past_baseline(child: &mut Child) -> PgConnection {
+    let url = zdm::db::with_database(&server_url(), &format!("zdm_demo_{}_0", child.id()));
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the demo did not leave baseline within two minutes"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the demo ended before leaving baseline"
+        );
+        if let Ok(mut conn) = PgConnection::establish(&url)
+            && let Ok(stored) = diesel::sql_query("SELECT phase FROM zdm_migration_state")
+                .get_result::<StoredPhase>(&mut conn)
+            && stored.phase != "baseline"
+        {
+            return conn;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn rows_altered_behind_the_demos_back_fail_its_checksum() {
+    let rows: i64 = 30_000;
+    let (mut command, dir) = demo_command(
+        "altered",
+        &["--rows", &rows.to_string(), "--phase-secs", "1"],
+    );
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut conn = connect_once_past_baseline(&mut child);
+    // Two seeded rows no client writes: one gets another name (its columns kept consistent,
+    // so only the checksum can tell), the other another email.
+    let (renamed, readdressed) = (rows, rows - 1);
+    assert!(renamed - 1 > zdm::demo::traffic::last_owned_seeded_id(rows));
+    conn.batch_execute("SET lock_timeout = '5s'").unwrap();
+    diesel::sql_query(
+        "UPDATE users SET full_name = 'Altered Behind-Back',
+           first_name = CASE WHEN first_name IS NULL THEN NULL ELSE 'Altered' END,
+           last_name = CASE WHEN last_name IS NULL THEN NULL ELSE 'Behind-Back' END
+         WHERE id = $1",
+    )
+    .bind::<BigInt, _>(renamed)
+    .execute(&mut conn)
+    .expect("renaming a seeded row (before the contract)");
+    diesel::sql_query("UPDATE users SET email = 'altered@example.org' WHERE id = $1")
+        .bind::<BigInt, _>(readdressed)
+        .execute(&mut conn)
+        .unwrap();
+    drop(conn);
+    let run = finish(dir, child.wait_with_output().unwrap());
+    let (summary, output) = (&run.summary, &run.output);
+    assert!(!run.passed, "the demo must fail: {output}");
+    assert_eq!(summary["untouched_rows_altered"], 2, "{output}");
+    assert_ne!(
+        summary["audit"]["untouched_checksum_before"],
+        summary["audit"]["untouched_checksum_after"]
+    );
+    for id in [renamed, readdressed] {
+        assert!(
+            output.contains(&format!("untouched row altered: id {id}:")),
+            "{output}"
+        );
+    }
+    // Nothing else was wrong: the checksum alone failed the run.
+    assert_eq!(summary["walk_error"], Value::Null, "{output}");
+    assert_eq!(summary["failed_requests"], 0, "{output}");
+    assert_eq!(summary["lost_writes"], 0, "{output}");
+    assert_eq!(summary["divergent_rows"], 0, "{output}");
 }
 
 #[test]
@@ -107,15 +301,17 @@ fn the_quick_demo_holds_with_a_streaming_replica() {
     // `--replicas 1` starts a private primary and a replica (here a scratch one, stopped and
     // removed at the end); the instances read from the replica, the backfill throttles on it.
     let mut cluster = scratch_cluster("demo-replicas");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_zdm"));
+    let (mut command, dir) = demo_command("replicas", &["--replicas", "1"]);
     command
         .env_remove("DATABASE_URL")
         .env("ZDM_DATA_DIR", &cluster.base);
-    let (ok, summary, output) = run_demo_with(command, "replicas", &["--replicas", "1"]);
+    let output = command.output().unwrap();
+    let run = finish(dir, output);
     if let Ok(primary) = cluster.primary() {
         let _ = cluster.replica(&primary);
     }
-    assert!(ok, "{output}");
+    let (summary, output) = (&run.summary, &run.output);
+    assert!(run.passed, "{output}");
     assert_eq!(summary["failed_requests"], 0, "{output}");
     assert_eq!(summary["lost_writes"], 0, "{output}");
     assert_eq!(summary["replicas"], 1);

@@ -62,6 +62,22 @@ impl Process {
     fn signal(&self, signal: Signal) -> nix::Result<()> {
         kill(Pid::from_raw(self.child.id() as i32), signal)
     }
+
+    /// Whether every thread of the process is stopped: SIGSTOP arrives asynchronously, and a
+    /// thread still running could accept a request (and start its timers) before it stops.
+    fn stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the command name, which is in parentheses.
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('T'))
+            })
+        })
+    }
 }
 
 impl Drop for Process {
@@ -110,6 +126,7 @@ async fn an_instance_frozen_past_its_lease_serves_no_stale_code_when_it_thaws() 
     // B freezes (a stop-the-world pause, a suspended VM). Requests queue on its socket, each
     // on a connection of its own (an idle kept-alive one would time out during the freeze).
     b.signal(Signal::SIGSTOP).unwrap();
+    eventually("B to be stopped", || b.stopped()).await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(0)
@@ -148,12 +165,17 @@ async fn an_instance_frozen_past_its_lease_serves_no_stale_code_when_it_thaws() 
         .unwrap();
     b.signal(Signal::SIGCONT).unwrap();
     for request in queued {
+        // 503 from the fence. A request whose head actix-web reads first thing after the thaw
+        // may instead get its 408: actix-web's clock (a cached "now") was frozen too, so the
+        // request timer it starts is already out. Either way no handler runs; never a 500 from
+        // read_new code meeting the contracted table, never a 2xx.
         let (create, read) = request.await.unwrap();
-        assert_eq!(
-            (create, read),
-            (503, 503),
-            "a thawed instance with a stale lease refuses, never runs read_new code on the contracted table"
-        );
+        for status in [create, read] {
+            assert!(
+                [503, 408].contains(&status),
+                "a thawed instance with a stale lease refuses, it answered {status}"
+            );
+        }
     }
     blocker.batch_execute("COMMIT").unwrap();
 

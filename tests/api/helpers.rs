@@ -321,7 +321,7 @@ pub fn serve_with(
         replica_max_lag_bytes: 4 * 1024 * 1024,
         backfill_max_p99_ms: None,
         read_replicas,
-        fault_lagging_v1_writes: false,
+        faults: Default::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
     let port = listener.local_addr().expect("reading the port").port();
@@ -558,7 +558,7 @@ impl TestApp {
             replica_max_lag_bytes: i64::MAX,
             backfill_max_p99_ms: None,
             read_replicas: Default::default(),
-            fault_lagging_v1_writes: false,
+            faults: Default::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
         let port = listener.local_addr().expect("reading the port").port();
