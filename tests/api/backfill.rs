@@ -210,7 +210,12 @@ async fn pause_resume_and_a_batch_size_change_while_running() {
     let paused = app.admin_post("/api/admin/backfill/pause", json!({})).await;
     assert_eq!(paused.status(), 200);
     let held = wait_until(&app, "the pause", |s| s["state"] == "paused").await;
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    // Once its runner has let go of the lock, nothing can move it any more.
+    let mut conn = app.db.conn();
+    crate::helpers::eventually("the runner to stop", || {
+        crate::helpers::backfill_runner_pids(&mut conn).is_empty()
+    })
+    .await;
     let still = status(&app).await;
     assert_eq!(
         still["last_id"], held["last_id"],

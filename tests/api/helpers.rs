@@ -621,3 +621,17 @@ pub fn waits_on_users(conn: &mut PgConnection, condition: &str) -> bool {
     .get_result(conn)
     .expect("reading pg_locks")
 }
+
+/// The sessions holding the backfill's advisory lock in this connection's database (the
+/// runner, if one runs). pg_locks lists every database of the cluster, and the tests beside
+/// this one hold the same key in theirs.
+pub fn backfill_runner_pids(conn: &mut PgConnection) -> Vec<i32> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(&format!(
+        "pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid = 0 AND objid = {} AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        zdm::migration::backfill::LOCK_KEY
+    )))
+    .load(conn)
+    .expect("reading pg_locks")
+}
