@@ -435,44 +435,55 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
     let mut conn = db.conn();
     zdm::seed::seed_users(&mut conn, Phase::Baseline, 3000, 3, |_| {}).unwrap();
     crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
-    let client = reqwest::Client::new();
-    let read = |id: i64| client.get(format!("{address}/api/v1/users/{id}")).send();
+    // An instance reports a p99 only for a heartbeat with at least MIN_REQUESTS_FOR_P99
+    // requests since the one before: eight clients reading without pause keep every heartbeat
+    // above that however slow each request is, where one client, on a loaded machine, did not.
+    let traffic = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (traffic, address) = (Arc::clone(&traffic), address.clone());
+            actix_web::rt::spawn(async move {
+                let client = reqwest::Client::new();
+                while traffic.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = fastrand::i64(1..=3000);
+                    let response = client
+                        .get(format!("{address}/api/v1/users/{id}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200);
+                }
+            })
+        })
+        .collect();
     // Users are being served, and the instance reports their p99 with its heartbeats...
-    let started = Instant::now();
-    while !zdm::migration::state::live_instances(&mut conn)
-        .unwrap()
-        .iter()
-        .any(|i| i.recent_p99_ms.is_some())
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no p99 reported"
-        );
-        for _ in 0..20 {
-            assert_eq!(read(fastrand::i64(1..=3000)).await.unwrap().status(), 200);
-        }
-    }
+    crate::helpers::eventually("a p99 in a heartbeat", || {
+        zdm::migration::state::live_instances(&mut conn)
+            .unwrap()
+            .iter()
+            .any(|i| i.recent_p99_ms.is_some())
+    })
+    .await;
     // ...so with a limit no request can meet, the backfill must wait.
     let worker = {
         let url = db.url.clone();
         std::thread::spawn(move || {
             let mut conn = PgConnection::establish(&url).unwrap();
-            backfill::set_knobs(&mut conn, backfill::Knobs::fixed(500, 0)).unwrap();
+            backfill::set_knobs(&mut conn, backfill::Knobs::fixed(100, 0)).unwrap();
             let mut throttle =
                 backfill::Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(Some(0.001));
             backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |_| {})
         })
     };
-    let started = Instant::now();
     let mut waiting = None;
-    while started.elapsed() < Duration::from_secs(2) {
-        assert_eq!(read(fastrand::i64(1..=3000)).await.unwrap().status(), 200);
+    crate::helpers::eventually("the backfill to wait for the requests", || {
         let status = backfill::status(&mut conn).unwrap();
-        if status.state == "throttled" && started.elapsed() > Duration::from_secs(1) {
-            waiting = Some(status);
-        }
-    }
-    let waiting = waiting.expect("the backfill waits while requests are slow");
+        assert_ne!(status.state, "done", "it ran through: {status:?}");
+        waiting = (status.state == "throttled").then_some(status);
+        waiting.is_some()
+    })
+    .await;
+    let waiting = waiting.unwrap();
     assert!(
         waiting
             .throttle_reason
@@ -486,6 +497,10 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
         "it did not run through meanwhile: {waiting:?}"
     );
     // Traffic stops: no instance reports a p99 any more, and the backfill finishes.
+    traffic.store(false, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
     let done = worker.join().unwrap().unwrap();
     assert_eq!(done.state, "done");
     assert_eq!(
