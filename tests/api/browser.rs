@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use diesel::prelude::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use zdm::migration::Phase;
+use zdm::migration::backfill::{self, Direction};
 
 use crate::helpers::{ADMIN_TOKEN, TestApp};
 
@@ -246,6 +248,35 @@ async fn shown_phase(c: &Client) -> String {
         .unwrap()
 }
 
+async fn text_of(c: &Client, id: &str) -> String {
+    c.find(Locator::Id(id)).await.unwrap().text().await.unwrap()
+}
+
+/// Waits (up to 30 s) until the backfill progress bar shows `value`, failing with the values
+/// it showed meanwhile.
+async fn wait_for_bar(c: &Client, value: f64) {
+    let mut seen = Vec::new();
+    for _ in 0..600 {
+        let shown = c
+            .execute(
+                "return document.getElementById('backfill-progress').value;",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap_or(0.0);
+        if shown == value {
+            return;
+        }
+        if seen.last() != Some(&shown) {
+            seen.push(shown);
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the bar never showed {value} %: {seen:?}");
+}
+
 async fn click_button(c: &Client, text: &str) {
     let xpath = format!("//button[normalize-space(.)='{text}']");
     click_and_wait(
@@ -283,46 +314,55 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
         app.wait_for_phase(to.parse().unwrap()).await;
     }
 
-    // The backfill, throttled so its progress can be watched, live (no reload).
-    fill(c, "batch_size", "1000").await;
-    fill(c, "sleep_ms", "40").await;
-    fill(c, "batch_target_ms", "0").await;
-    click_button(c, "Start / resume").await;
-    let mut seen = Vec::new();
-    for _ in 0..400 {
-        let value = c
-            .execute(
-                "return document.getElementById('backfill-progress').value;",
-                vec![],
-            )
-            .await
+    // A backfill started elsewhere (here, on a thread of the test) is watched live: it holds
+    // after 10 of its 40 batches until the page shows 25 %, and pauses itself after 20.
+    // Stopping at known points, not sampling a moving bar, makes the timing irrelevant.
+    c.execute("window.zdmNotReloaded = true;", vec![])
+        .await
+        .unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let runner = {
+        let url = app.db.url.clone();
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            let mut control = PgConnection::establish(&url).unwrap();
+            backfill::set_knobs(&mut conn, backfill::Knobs::fixed(1000, 0)).unwrap();
+            backfill::run(&mut conn, Direction::Forward, |s| match s.batches {
+                10 => {
+                    held_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                }
+                20 => drop(backfill::request_stop(&mut control, "paused").unwrap()),
+                _ => {}
+            })
             .unwrap()
-            .as_f64()
-            .unwrap_or(0.0);
-        if seen.last() != Some(&value) {
-            seen.push(value);
-        }
-        if seen.len() == 3 {
-            screenshot(c, "admin-backfill").await;
-        }
-        if value >= 100.0 {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(seen.last(), Some(&100.0), "the bar reached 100 %: {seen:?}");
-    assert!(seen.len() >= 4, "it moved without a reload: {seen:?}");
+        })
+    };
+    held_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    wait_for_bar(c, 25.0).await;
+    assert!(text_of(c, "backfill-state").await.starts_with("running"));
+    screenshot(c, "admin-backfill").await;
+    go_tx.send(()).unwrap();
+    assert_eq!(runner.join().unwrap().state, "paused");
+    wait_for_bar(c, 50.0).await;
+    assert!(text_of(c, "backfill-state").await.starts_with("paused"));
+    assert_eq!(
+        c.execute("return window.zdmNotReloaded === true;", vec![])
+            .await
+            .unwrap(),
+        json!(true),
+        "the bar moved from 0 to 25 to 50 % without a reload"
+    );
+
+    // The admin resumes it by clicking; it runs to the end.
+    click_button(c, "Start / resume").await;
+    wait_for_bar(c, 100.0).await;
     // The last batch brings the bar to 100 % while the backfill is still `running`; `done` is
     // stored just after, and the page shows it at its next refresh (every second).
     let mut state = String::new();
     for _ in 0..100 {
-        state = c
-            .find(Locator::Id("backfill-state"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        state = text_of(c, "backfill-state").await;
         if state.starts_with("done") {
             break;
         }
