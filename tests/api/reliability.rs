@@ -225,16 +225,20 @@ async fn dead_connections_cost_no_request_when_idle_and_at_most_one_each_when_bu
     }
 
     // Busy connections skip the ping (they answered a moment ago): one found dead answers
-    // 503 once and leaves the pool.
+    // 503 once and leaves the pool. Reads of one user all go through the one point-read
+    // connection, so at most the first read after the kill fails.
     warm_up().await;
     kill_backends(&db);
-    let mut failed = 0;
+    let mut statuses = Vec::new();
     for _ in 0..12 {
         let status = read().await.unwrap().status().as_u16();
         assert!(status == 200 || status == 503, "{status}");
-        failed += usize::from(status == 503);
+        statuses.push(status);
     }
-    assert!(failed <= 4, "{failed} failures for 4 dead connections");
+    assert!(
+        statuses[1..].iter().all(|s| *s == 200),
+        "one dead reader connection, at most one failure: {statuses:?}"
+    );
     for _ in 0..10 {
         assert_eq!(
             read().await.unwrap().status(),
