@@ -1,7 +1,7 @@
 // Live backfill progress on the admin dashboard. The page works without this script; it
 // only saves reloading: every second it reads /admin/status.json (same session cookie) and
 // updates the progress bar, rows, rate and ETA. A phase change reloads the page, since the
-// gates and buttons depend on it.
+// buttons depend on it, and so does a backfill stopping short or resuming (the resume offer).
 (function () {
   "use strict";
   var bar = document.getElementById("backfill-progress");
@@ -21,8 +21,16 @@
     fetch("/admin/status.json", { credentials: "same-origin", cache: "no-store" })
       .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
       .then(function (s) {
-        if (s.phase !== phase.dataset.phase) { window.location.reload(); return; }
         var b = s.backfill;
+        // The phase, and whether the backfill stopped short (the page then offers a resume),
+        // decide which controls the page shows: a change of either reloads it.
+        var stopped = b.state === "interrupted" || b.state === "failed";
+        var shown = document.getElementById("backfill-state");
+        if (s.phase !== phase.dataset.phase ||
+            (shown && String(stopped) !== shown.dataset.stopped)) {
+          window.location.reload();
+          return;
+        }
         var pct = b.rows_total > 0 ? Math.min(100, (b.rows_done * 100) / b.rows_total) : (b.state === "done" ? 100 : 0);
         bar.value = pct;
         bar.textContent = pct.toFixed(0) + " %";

@@ -12,6 +12,9 @@
 //!   machine or a busy table as on a fast idle one.
 //! - One runner at a time across all instances and processes: a session advisory lock, which
 //!   PostgreSQL releases by itself if the runner dies.
+//! - The status never says `running` when no runner holds that lock: whoever reads it and
+//!   finds the lock free records `interrupted` (the runner's process died, or it lost the
+//!   database and gave up).
 //! - A runner that died (`kill -9`) or failed (database restart) leaves its checkpoint; the
 //!   next start resumes from there. Only `done` and `cancelled` make it start afresh.
 
@@ -71,7 +74,8 @@ pub struct BackfillStatus {
     #[serde(skip)]
     pub singleton: bool,
     pub direction: String,
-    /// idle, running, throttled (waiting for replicas), paused, done, failed or cancelled.
+    /// idle, running, throttled (waiting for replicas or requests), paused, done, failed,
+    /// cancelled, or interrupted (stored as running, but no runner holds the lock).
     pub state: String,
     pub last_id: i64,
     pub max_id: i64,
@@ -126,8 +130,56 @@ pub enum BackfillError {
     Database(#[from] diesel::result::Error),
 }
 
+/// Why a backfill stored as running is `interrupted`, when no error of its own was recorded.
+pub const NO_RUNNER: &str = "no runner holds the backfill's lock: its process ended or lost the database; resume continues from the checkpoint";
+
+/// SQL: no session of this database holds the backfill's advisory lock (a bigint key shows in
+/// pg_locks as classid = its high 32 bits, objid = its low 32 bits, objsubid = 1).
+fn no_runner() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql(&format!(
+        "NOT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid = {} AND objid = {} AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        LOCK_KEY >> 32,
+        LOCK_KEY & 0xffff_ffff
+    ))
+}
+
+/// The backfill's status. One stored as running (or throttled) whose lock no session holds
+/// has no runner: it is recorded as `interrupted` here, keeping the last error it recorded,
+/// so no reader is ever told it runs.
 pub fn status(conn: &mut PgConnection) -> QueryResult<BackfillStatus> {
-    zdm_backfill::table.first(conn)
+    let stored: BackfillStatus = zdm_backfill::table.first(conn)?;
+    if !matches!(stored.state.as_str(), "running" | "throttled") {
+        return Ok(stored);
+    }
+    let interrupted: Option<BackfillStatus> = diesel::update(
+        zdm_backfill::table
+            .filter(zdm_backfill::state.eq_any(["running", "throttled"]))
+            .filter(no_runner()),
+    )
+    .set((
+        zdm_backfill::state.eq("interrupted"),
+        zdm_backfill::error.eq(diesel::dsl::sql::<
+            diesel::sql_types::Nullable<diesel::sql_types::Text>,
+        >("coalesce(error, ")
+        .bind::<diesel::sql_types::Text, _>(NO_RUNNER)
+        .sql(")")),
+        zdm_backfill::throttle_reason.eq(None::<String>),
+        zdm_backfill::updated_at.eq(now),
+    ))
+    .get_result(conn)
+    .optional()?;
+    match interrupted {
+        Some(status) => {
+            log::warn!(
+                "the backfill was running but no runner holds its lock: interrupted at id {}",
+                status.last_id
+            );
+            Ok(status)
+        }
+        None => zdm_backfill::table.first(conn),
+    }
 }
 
 /// The backfill's settings as a client changes them; `None` keeps the current value.
@@ -222,6 +274,7 @@ pub fn request_stop(
             "running",
             "throttled",
             "paused",
+            "interrupted",
         ])))
         .set(zdm_backfill::state.eq(to_state))
         .get_result(conn)
@@ -318,11 +371,12 @@ pub fn run_throttled(
 /// Resumes an interrupted run of the same direction, or starts afresh.
 fn begin(conn: &mut PgConnection, direction: Direction) -> QueryResult<BackfillStatus> {
     let current = status(conn)?;
-    // running: its runner died (kill -9, lost connection); paused: asked to; failed: a batch
-    // failed (database restart, statement_timeout). All keep their checkpoint.
+    // interrupted (or still running, read by nobody since): its runner died or lost the
+    // database; paused: asked to; failed: a batch failed (statement_timeout). All keep their
+    // checkpoint.
     let resumable = matches!(
         current.state.as_str(),
-        "running" | "throttled" | "paused" | "failed"
+        "running" | "throttled" | "interrupted" | "paused" | "failed"
     ) && current.direction == direction.as_str();
     if resumable {
         return diesel::update(zdm_backfill::table)
@@ -373,7 +427,17 @@ fn run_batch(
         ))?;
         // The row lock makes pause and cancel wait for this batch to commit, so once they
         // answer, no further batch runs.
-        let knobs: BackfillStatus = zdm_backfill::table.for_update().first(conn)?;
+        let mut knobs: BackfillStatus = zdm_backfill::table.for_update().first(conn)?;
+        if knobs.state == "interrupted" {
+            // This runner holds the lock: a reader that looked just before it took the lock
+            // marked it. It runs, so it says so again.
+            knobs = diesel::update(zdm_backfill::table)
+                .set((
+                    zdm_backfill::state.eq("running"),
+                    zdm_backfill::error.eq(None::<String>),
+                ))
+                .get_result(conn)?;
+        }
         if knobs.state != "running" {
             return Ok(knobs);
         }
@@ -551,19 +615,23 @@ impl Throttle {
             {
                 (state, reason) = ("throttled", Some(why));
             }
-            // Only a running (or throttled) backfill changes state here: a pause or cancel
-            // asked for meanwhile wins.
-            let updated: Option<BackfillStatus> = diesel::update(
-                zdm_backfill::table.filter(zdm_backfill::state.eq_any(["running", "throttled"])),
-            )
-            .set((
-                zdm_backfill::state.eq(state),
-                zdm_backfill::replica_lag_bytes.eq(lag),
-                zdm_backfill::throttle_reason.eq(&reason),
-                zdm_backfill::updated_at.eq(now),
-            ))
-            .get_result(conn)
-            .optional()?;
+            // Only a running (or throttled) backfill changes state here, or one a reader marked
+            // interrupted just before this runner took the lock: a pause or cancel asked for
+            // meanwhile wins.
+            let updated: Option<BackfillStatus> =
+                diesel::update(zdm_backfill::table.filter(zdm_backfill::state.eq_any([
+                    "running",
+                    "throttled",
+                    "interrupted",
+                ])))
+                .set((
+                    zdm_backfill::state.eq(state),
+                    zdm_backfill::replica_lag_bytes.eq(lag),
+                    zdm_backfill::throttle_reason.eq(&reason),
+                    zdm_backfill::updated_at.eq(now),
+                ))
+                .get_result(conn)
+                .optional()?;
             current = match updated {
                 Some(status) => status,
                 None => return Ok(status(conn)?),

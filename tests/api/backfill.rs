@@ -128,12 +128,12 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_checkpoint() {
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
 
+    // The row still says running, but no runner holds the lock: the status says so.
     let mut conn = app.db.conn();
     let crashed = backfill::status(&mut conn).unwrap();
-    assert_eq!(
-        crashed.state, "running",
-        "a killed runner leaves its state behind"
-    );
+    assert_eq!(crashed.state, "interrupted", "{crashed:?}");
+    assert_eq!(crashed.error.as_deref(), Some(backfill::NO_RUNNER));
+    assert_eq!(status(&app).await["state"], "interrupted");
     assert!(
         crashed.last_id > 0 && crashed.last_id < crashed.max_id,
         "{crashed:?}"
