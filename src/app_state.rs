@@ -32,6 +32,8 @@ pub struct AppState {
     pub read_replicas: crate::replicas::ReadReplicas,
     /// The backfill this process runs, if any, so a shutdown can stop it at a batch boundary.
     pub backfill_thread: BackfillThread,
+    /// How long a backfill this process runs waits for a lost database; stopped at shutdown.
+    pub backfill_ride_out: crate::migration::backfill::RideOut,
     /// Where `zdm demo` writes its reports; the dashboard links the latest.
     pub report_dir: std::path::PathBuf,
     /// Fault injection for the demo's own test (`ZDM_FAULT_LAGGING_V1_WRITES`): v1 writes

@@ -411,6 +411,7 @@ fn progress_bar(total: u64, what: &str) -> Result<ProgressBar, StartupError> {
 fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupError> {
     let database = startup::prepare_database(config)?;
     let mut conn = PgConnection::establish(&database.url)?;
+    let ride_out = backfill::RideOut::new(config.backfill_ride_out);
     let replicas: Vec<String> = config
         .replica_urls
         .iter()
@@ -426,10 +427,17 @@ fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupEr
     }
     backfill::set_knobs(&mut conn, knobs)?;
     let bar = progress_bar(0, "backfill")?;
-    let done = backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |s| {
-        bar.set_length(s.rows_total.max(0) as u64);
-        bar.set_position(s.rows_done.max(0) as u64);
-    })?;
+    let done = backfill::run_riding_out(
+        conn,
+        &database.url,
+        Direction::Forward,
+        &mut throttle,
+        &ride_out,
+        |s| {
+            bar.set_length(s.rows_total.max(0) as u64);
+            bar.set_position(s.rows_done.max(0) as u64);
+        },
+    )?;
     bar.finish_and_clear();
     println!(
         "backfill {}: {} rows scanned, {} filled, {} batches, {:.0} rows/s",

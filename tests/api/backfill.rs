@@ -371,42 +371,97 @@ async fn writes_of_a_lagging_instance_are_caught_by_verify_and_repaired_by_a_rer
     assert_eq!(response.status(), 200);
 }
 
+/// Terminates the session of this database's backfill runner, as a database restart does.
+fn cut_off_the_runner(conn: &mut PgConnection) {
+    let runners = crate::helpers::backfill_runner_pids(conn);
+    assert_eq!(runners.len(), 1, "one runner holds the backfill lock");
+    let killed: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "pg_terminate_backend({})",
+        runners[0]
+    )))
+    .get_result(conn)
+    .unwrap();
+    assert!(killed);
+}
+
 #[actix_web::test]
-async fn a_backfill_cut_off_from_the_database_resumes_from_its_checkpoint() {
+async fn a_backfill_cut_off_from_the_database_reconnects_and_resumes_by_itself() {
     let app = TestApp::spawn().await;
     app.seed(30_000);
     app.walk_to(Phase::DualWrite).await;
-    let url = app.db.url.clone();
-    let runner = std::thread::spawn(move || {
-        let mut conn = PgConnection::establish(&url).unwrap();
-        backfill::set_knobs(&mut conn, backfill::Knobs::fixed(500, 20)).unwrap();
-        backfill::run(&mut conn, Direction::Forward, |_| {})
-    });
-    wait_until(&app, "some batches", |s| {
-        s["batches"].as_i64().unwrap_or(0) >= 5
-    })
-    .await;
-    // What a database restart does to the runner: its session is killed. pg_locks lists
-    // every database of the cluster, and tests running beside this one hold the same key.
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let runner = {
+        let (url, first) = (app.db.url.clone(), app.db.conn());
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            backfill::set_knobs(&mut conn, backfill::Knobs::fixed(500, 20)).unwrap();
+            backfill::run_riding_out(
+                first,
+                &url,
+                Direction::Forward,
+                &mut backfill::Throttle::none(),
+                &backfill::RideOut::default(),
+                |s| seen_tx.send((s.last_id, s.batches)).unwrap(),
+            )
+        })
+    };
+    while seen_rx.recv().unwrap().1 < 5 {}
     let mut conn = app.db.conn();
-    let killed: Vec<bool> = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-        "pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = {} \
-         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        backfill::LOCK_KEY
-    )))
-    .load(&mut conn)
-    .unwrap();
-    assert_eq!(
-        killed,
-        [true],
-        "the runner's session held the backfill lock"
-    );
+    cut_off_the_runner(&mut conn);
+
+    // Nobody restarts it: it reconnects and finishes, from its checkpoint, not from the start.
+    let done = runner.join().unwrap().unwrap();
+    assert_eq!(done.state, "done");
+    assert_eq!(done.rows_done, 30_000, "no row scanned twice or skipped");
+    let checkpoints: Vec<i64> = seen_rx.try_iter().map(|(last_id, _)| last_id).collect();
     assert!(
-        runner.join().unwrap().is_err(),
-        "the runner saw its connection die"
+        checkpoints.windows(2).all(|w| w[0] <= w[1]),
+        "resumed, not restarted: {checkpoints:?}"
     );
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+}
+
+#[actix_web::test]
+async fn a_backfill_that_may_not_wait_for_the_database_records_failed_with_the_error() {
+    let app = TestApp::spawn().await;
+    app.seed(30_000);
+    app.walk_to(Phase::DualWrite).await;
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let runner = {
+        let (url, first) = (app.db.url.clone(), app.db.conn());
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            backfill::set_knobs(&mut conn, backfill::Knobs::fixed(500, 20)).unwrap();
+            backfill::run_riding_out(
+                first,
+                &url,
+                Direction::Forward,
+                &mut backfill::Throttle::none(),
+                &backfill::RideOut::new(Duration::ZERO),
+                |s| seen_tx.send(s.batches).unwrap(),
+            )
+        })
+    };
+    while seen_rx.recv().unwrap() < 5 {}
+    let mut conn = app.db.conn();
+    cut_off_the_runner(&mut conn);
+    assert!(matches!(
+        runner.join().unwrap(),
+        Err(BackfillError::GaveUp { .. })
+    ));
 
     let cut = backfill::status(&mut conn).unwrap();
+    assert_eq!(cut.state, "failed");
+    let error = cut.error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("the database was unreachable for") && error.contains("connection"),
+        "{error}"
+    );
     assert!(cut.last_id > 0 && cut.last_id < cut.max_id);
     let mut first_seen = None;
     let done = backfill::run(&mut conn, Direction::Forward, |s| {

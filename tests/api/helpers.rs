@@ -312,6 +312,7 @@ pub fn serve_with(
         sessions: Default::default(),
         login_limiter: Default::default(),
         backfill_thread: Default::default(),
+        backfill_ride_out: Default::default(),
         metrics,
         report_dir: report_dir.clone(),
         replica_urls: throttle_replicas,
@@ -544,6 +545,7 @@ impl TestApp {
             sessions: Default::default(),
             login_limiter: Default::default(),
             backfill_thread: Default::default(),
+            backfill_ride_out: Default::default(),
             metrics: std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics")),
             report_dir: std::env::temp_dir().join("zdm-stuck-reports"),
             replica_urls: Vec::new(),
@@ -626,6 +628,11 @@ pub fn waits_on_users(conn: &mut PgConnection, condition: &str) -> bool {
 /// runner, if one runs). pg_locks lists every database of the cluster, and the tests beside
 /// this one hold the same key in theirs.
 pub fn backfill_runner_pids(conn: &mut PgConnection) -> Vec<i32> {
+    try_backfill_runner_pids(conn).expect("reading pg_locks")
+}
+
+/// As `backfill_runner_pids`, for a database that may be gone.
+pub fn try_backfill_runner_pids(conn: &mut PgConnection) -> QueryResult<Vec<i32>> {
     diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(&format!(
         "pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
          AND classid = 0 AND objid = {} AND objsubid = 1 \
@@ -633,5 +640,4 @@ pub fn backfill_runner_pids(conn: &mut PgConnection) -> Vec<i32> {
         zdm::migration::backfill::LOCK_KEY
     )))
     .load(conn)
-    .expect("reading pg_locks")
 }

@@ -3,6 +3,7 @@
 
 mod admin_pages;
 mod backfill;
+mod backfill_crash;
 mod browser;
 mod demo;
 mod fuzz;
