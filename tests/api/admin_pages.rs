@@ -282,6 +282,11 @@ async fn an_interrupted_backfill_is_shown_with_why_and_resumed_from_the_page() {
         "{html}"
     );
     assert!(html.contains("Resume from id 5000"), "{html}");
+    // Without a script the page still renders the gates as they stand.
+    assert!(
+        html.contains("the backfill is interrupted (5000 of 20000 rows); run it to the end"),
+        "{html}"
+    );
     let resumed = post(
         &app,
         &cookie,

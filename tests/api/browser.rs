@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::json;
+use serde_json::{Value, json};
 use zdm::migration::Phase;
 use zdm::migration::backfill::{self, Direction};
 
@@ -301,6 +301,32 @@ async fn wait_for_bar(c: &Client, value: f64) {
     panic!("the bar never showed {value} %: {seen:?}");
 }
 
+/// Waits (up to 30 s) until the next step's gate list has a gate whose text (name, then
+/// detail, the screen-reader words left out) is `gate`.
+async fn wait_for_gate(c: &Client, gate: &str) {
+    let mut shown = Value::Null;
+    for _ in 0..600 {
+        shown = c
+            .execute(
+                "return Array.from(document.querySelectorAll('#next-gates li')).map(li => \
+                 Array.from(li.childNodes).filter(n => !(n.classList && \
+                 (n.classList.contains('visually-hidden') || n.classList.contains('gate-mark')))) \
+                 .map(n => n.textContent).join(' ').replace(/\\s+/g, ' ').trim());",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if shown
+            .as_array()
+            .is_some_and(|gates| gates.iter().any(|g| g == gate))
+        {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no gate {gate:?} among {shown}");
+}
+
 async fn click_button(c: &Client, text: &str) {
     let xpath = format!("//button[normalize-space(.)='{text}']");
     click_and_wait(
@@ -370,22 +396,43 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
     held_rx.recv_timeout(Duration::from_secs(60)).unwrap();
     wait_for_bar(c, 25.0).await;
     assert!(text_of(c, "backfill-state").await.starts_with("running"));
+    // The gates follow the progress: the page was rendered before the backfill started.
+    wait_for_gate(
+        c,
+        "backfill the backfill is running (10000 of 40000 rows); run it to the end",
+    )
+    .await;
+    wait_for_gate(
+        c,
+        "instances all 1 live instance(s) have applied dual_write or later",
+    )
+    .await;
     screenshot(c, "admin-backfill").await;
     go_tx.send(()).unwrap();
     assert_eq!(runner.join().unwrap().state, "paused");
     wait_for_bar(c, 50.0).await;
     assert!(text_of(c, "backfill-state").await.starts_with("paused"));
+    wait_for_gate(
+        c,
+        "backfill the backfill is paused (20000 of 40000 rows); run it to the end",
+    )
+    .await;
     assert_eq!(
         c.execute("return window.zdmNotReloaded === true;", vec![])
             .await
             .unwrap(),
         json!(true),
-        "the bar moved from 0 to 25 to 50 % without a reload"
+        "the bar moved from 0 to 25 to 50 % and the gates with it, without a reload"
     );
 
     // The admin resumes it by clicking; it runs to the end.
     click_button(c, "Start / resume").await;
     wait_for_bar(c, 100.0).await;
+    wait_for_gate(
+        c,
+        "backfill backfill done: 40000 rows scanned, 40000 filled",
+    )
+    .await;
     // The last batch brings the bar to 100 % while the backfill is still `running`; `done` is
     // stored just after, and the page shows it at its next refresh (every second).
     let mut state = String::new();
