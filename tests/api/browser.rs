@@ -7,6 +7,7 @@
 //! the captured output a passing test hides); under `CI=true`, which installs the browser,
 //! the skip is refused.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -33,7 +34,7 @@ fn find(program: &str, fallback: &str) -> Option<PathBuf> {
     })
 }
 
-/// A browser session; the driver process goes when this does.
+/// A browser session; the driver and the browser it started go when this does.
 struct Browser {
     client: Client,
     driver: Child,
@@ -42,7 +43,13 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // The driver leads a process group of its own, which the browser it started joins:
+        // killing the group ends both, also when a failed test never closed its session
+        // (killing the driver alone left the browser running).
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.driver.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
@@ -83,6 +90,7 @@ async fn browser(test: &str) -> Option<Browser> {
         .unwrap()
         .port();
     let driver = Command::new(driver_bin)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
