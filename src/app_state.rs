@@ -30,6 +30,8 @@ pub struct AppState {
     pub read_replicas: crate::replicas::ReadReplicas,
     /// The backfill this process runs, if any, so a shutdown can stop it at a batch boundary.
     pub backfill_thread: BackfillThread,
+    /// How long a backfill this process runs waits for a lost database; stopped at shutdown.
+    pub backfill_ride_out: crate::migration::backfill::RideOut,
     /// Where `zdm demo` writes its reports; the dashboard links the latest.
     pub report_dir: std::path::PathBuf,
     /// Faults injected for `zdm demo --fault` (see `crate::faults`); none in normal use.

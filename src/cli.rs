@@ -345,9 +345,16 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// A connection of the CLI's own to the migrated database, and what a backfill it runs waits
-/// for (the configured replicas and those of the private set-up, the requests' p99).
-fn connect(config: &Config) -> Result<(PgConnection, backfill::Throttle), StartupError> {
+/// The migrated database, as the CLI reaches it: a connection of its own, its URL (for a
+/// backfill that reconnects), and what a backfill it runs waits for (the configured replicas
+/// and those of the private set-up, the requests' p99).
+struct Connected {
+    conn: PgConnection,
+    url: String,
+    throttle: backfill::Throttle,
+}
+
+fn connect(config: &Config) -> Result<Connected, StartupError> {
     let database = startup::prepare_database(config)?;
     let replicas: Vec<String> = config
         .replica_urls
@@ -357,11 +364,19 @@ fn connect(config: &Config) -> Result<(PgConnection, backfill::Throttle), Startu
         .collect();
     let throttle = backfill::Throttle::new(replicas, config.replica_max_lag_bytes)
         .with_request_p99_limit(config.backfill_max_p99_ms);
-    Ok((PgConnection::establish(&database.url)?, throttle))
+    Ok(Connected {
+        conn: PgConnection::establish(&database.url)?,
+        url: database.url,
+        throttle,
+    })
 }
 
 fn migrate(config: &Config, action: MigrateAction) -> Result<(), StartupError> {
-    let (mut conn, mut throttle) = connect(config)?;
+    let Connected {
+        mut conn,
+        mut throttle,
+        ..
+    } = connect(config)?;
     match action {
         MigrateAction::Status => {}
         MigrateAction::Advance {
@@ -447,7 +462,12 @@ fn progress_bar(total: u64, what: &str) -> Result<ProgressBar, StartupError> {
 }
 
 fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupError> {
-    let (mut conn, mut throttle) = connect(config)?;
+    let Connected {
+        mut conn,
+        url,
+        mut throttle,
+    } = connect(config)?;
+    let ride_out = backfill::RideOut::new(config.backfill_ride_out);
     let phase = state::current_phase(&mut conn)?;
     let gate_list = crate::migration::gates::backfill_gates(&mut conn, phase)?;
     if let Some(gate) = gate_list.iter().find(|g| !g.met) {
@@ -455,10 +475,17 @@ fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupEr
     }
     backfill::set_knobs(&mut conn, knobs)?;
     let bar = progress_bar(0, "backfill")?;
-    let done = backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |s| {
-        bar.set_length(s.rows_total.max(0) as u64);
-        bar.set_position(s.rows_done.max(0) as u64);
-    })?;
+    let done = backfill::run_riding_out(
+        conn,
+        &url,
+        Direction::Forward,
+        &mut throttle,
+        &ride_out,
+        |s| {
+            bar.set_length(s.rows_total.max(0) as u64);
+            bar.set_position(s.rows_done.max(0) as u64);
+        },
+    )?;
     bar.finish_and_clear();
     println!(
         "backfill {}: {} rows scanned, {} filled, {} batches, {:.0} rows/s",
@@ -497,7 +524,7 @@ fn demo(config: &Config, opts: DemoOptions) -> Result<(), StartupError> {
 }
 
 fn run_verify(config: &Config) -> Result<(), StartupError> {
-    let (mut conn, _) = connect(config)?;
+    let mut conn = connect(config)?.conn;
     let phase = state::current_phase(&mut conn)?;
     let result = verify::verify(&mut conn, phase)?;
     println!("verify ({phase}): {} divergent row(s)", result.divergent);
@@ -508,7 +535,7 @@ fn run_verify(config: &Config) -> Result<(), StartupError> {
 }
 
 fn seed(config: &Config, users: u64, rng_seed: Option<u64>) -> Result<(), StartupError> {
-    let (mut conn, _) = connect(config)?;
+    let mut conn = connect(config)?.conn;
     let phase = state::current_phase(&mut conn)?;
     let bar = progress_bar(users, "seeding")?;
     let started = Instant::now();

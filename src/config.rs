@@ -33,6 +33,9 @@ pub struct Config {
     /// `ZDM_BACKFILL_MAX_P99_MS` (unset: off): the user requests' p99, as the instances
     /// report it, above which the backfill waits.
     pub backfill_max_p99_ms: Option<f64>,
+    /// `ZDM_BACKFILL_RIDE_OUT_SECS` (default 60): how long a backfill that lost the database
+    /// keeps reconnecting before it gives up.
+    pub backfill_ride_out: std::time::Duration,
     /// `ZDM_REPLICAS`: streaming replicas of the private PostgreSQL to start (with
     /// `DATABASE_URL` unset).
     pub private_replicas: usize,
@@ -144,10 +147,23 @@ impl Config {
                 value: v,
             })?,
         };
+        let backfill_ride_out = match var("ZDM_BACKFILL_RIDE_OUT_SECS") {
+            None => crate::migration::backfill::DEFAULT_RIDE_OUT,
+            Some(v) => std::time::Duration::from_secs(
+                v.parse::<u64>().ok().filter(|secs| *secs <= 86_400).ok_or(
+                    ConfigError::Invalid {
+                        name: "ZDM_BACKFILL_RIDE_OUT_SECS",
+                        expected: "a number of seconds from 0 to 86400",
+                        value: v,
+                    },
+                )?,
+            ),
+        };
         Ok(Self {
             contract_quiet_secs,
             trusted_proxies,
             backfill_max_p99_ms,
+            backfill_ride_out,
             replica_urls: var("DATABASE_REPLICA_URLS")
                 .map(|v| {
                     v.split(',')

@@ -36,7 +36,7 @@ pub struct Metrics {
     database_up: IntGauge,
 }
 
-const BACKFILL_STATES: [&str; 7] = [
+const BACKFILL_STATES: [&str; 8] = [
     "idle",
     "running",
     "throttled",
@@ -44,6 +44,7 @@ const BACKFILL_STATES: [&str; 7] = [
     "done",
     "failed",
     "cancelled",
+    "interrupted",
 ];
 
 /// The user-latency histogram's counts at some moment, so that a later look can tell what

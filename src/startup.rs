@@ -208,6 +208,7 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         replica_urls: replica_urls.clone(),
         replica_max_lag_bytes: config.replica_max_lag_bytes,
         backfill_max_p99_ms: config.backfill_max_p99_ms,
+        backfill_ride_out: backfill::RideOut::new(config.backfill_ride_out),
         read_replicas: if config.read_from_replicas {
             crate::replicas::ReadReplicas::start(&replica_urls, config.pool_limits())
         } else {
@@ -238,6 +239,8 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
 /// Pauses a backfill this process runs and waits for its batch in flight to commit, so it
 /// stops at a batch boundary (and resumes there on the next start).
 fn stop_backfill(state: &AppState) {
+    // A runner waiting for a lost database stops waiting.
+    state.backfill_ride_out.stop();
     let Some(thread) = state.backfill_thread.take_running() else {
         return;
     };

@@ -1,7 +1,9 @@
 // Live backfill progress on the admin dashboard. The page works without this script; it
 // only saves reloading: every second it reads /admin/status.json (same session cookie) and
-// updates the progress bar, rows, rate and ETA. A phase change reloads the page, since the
-// gates and buttons depend on it.
+// updates the progress bar, rows, rate and ETA, and the next step's gates (which follow the
+// backfill and the instances), built the way the page renders them. A phase change reloads
+// the page, since the buttons depend on it, and so does a backfill stopping short or
+// resuming (the resume offer).
 (function () {
   "use strict";
   var bar = document.getElementById("backfill-progress");
@@ -17,12 +19,47 @@
     var secs = Math.round(left / b.rows_per_s);
     return Math.floor(secs / 60) + "m " + String(secs % 60).padStart(2, "0") + "s";
   };
+  // One gate as the page renders it: mark, name, "met"/"not met" for screen readers, detail.
+  var gateItem = function (gate) {
+    var li = document.createElement("li");
+    li.className = gate.met ? "met" : "unmet";
+    var mark = document.createElement("span");
+    mark.className = "gate-mark";
+    mark.setAttribute("aria-hidden", "true");
+    mark.textContent = gate.met ? "✓" : "✗";
+    var name = document.createElement("strong");
+    name.textContent = gate.name;
+    var said = document.createElement("span");
+    said.className = "visually-hidden";
+    said.textContent = gate.met ? "met:" : "not met:";
+    li.append(mark, " ", name, " ", said, " " + gate.detail);
+    return li;
+  };
+  var showGates = function (next) {
+    var list = document.getElementById("next-gates");
+    if (!list || !next) { return; }
+    var items = next.gates.map(gateItem);
+    if (items.length === 0) {
+      var none = gateItem({ met: true, name: "", detail: "" });
+      none.replaceChildren(none.firstChild, " no gate");
+      items = [none];
+    }
+    list.replaceChildren.apply(list, items);
+  };
   var tick = function () {
     fetch("/admin/status.json", { credentials: "same-origin", cache: "no-store" })
       .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
       .then(function (s) {
-        if (s.phase !== phase.dataset.phase) { window.location.reload(); return; }
         var b = s.backfill;
+        // The phase, and whether the backfill stopped short (the page then offers a resume),
+        // decide which controls the page shows: a change of either reloads it.
+        var stopped = b.state === "interrupted" || b.state === "failed";
+        var shown = document.getElementById("backfill-state");
+        if (s.phase !== phase.dataset.phase ||
+            (shown && String(stopped) !== shown.dataset.stopped)) {
+          window.location.reload();
+          return;
+        }
         var pct = b.rows_total > 0 ? Math.min(100, (b.rows_done * 100) / b.rows_total) : (b.state === "done" ? 100 : 0);
         bar.value = pct;
         bar.textContent = pct.toFixed(0) + " %";
@@ -32,6 +69,7 @@
         text("backfill-eta", eta(b));
         text("backfill-batch", b.batch_size.toString());
         text("backfill-state", b.state + " (" + b.direction + ")");
+        showGates(s.next);
       })
       .catch(function () { /* keep the last figures; the next tick tries again */ });
   };

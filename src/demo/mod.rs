@@ -219,15 +219,52 @@ impl Admin {
     }
 }
 
-/// Holds ACCESS SHARE on `users` (a long report query) for `hold`, on its own thread.
-fn long_transaction(url: String, hold: Duration) -> std::thread::JoinHandle<Result<(), String>> {
-    std::thread::spawn(move || {
+/// How long the long transaction waits for the step it stands in the way of to reach it.
+const BLOCKER_WAITS_FOR_THE_STEP: Duration = Duration::from_secs(60);
+
+/// Holds ACCESS SHARE on `users` (a long report query) on its own thread: from before this
+/// returns until `hold` after a lock on `users` was first seen waiting behind it. Counted from
+/// then, not from its start, so the step it stands in the way of meets it however late that
+/// step starts on a loaded machine.
+async fn long_transaction(
+    url: String,
+    hold: Duration,
+) -> Result<std::thread::JoinHandle<Result<(), String>>, DemoError> {
+    let (held_tx, held_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let blocker = std::thread::spawn(move || {
         let mut conn = PgConnection::establish(&url).map_err(|e| e.to_string())?;
         conn.batch_execute("BEGIN; SELECT count(*) FROM users;")
             .map_err(|e| e.to_string())?;
+        let _ = held_tx.send(());
+        let give_up = Instant::now() + BLOCKER_WAITS_FOR_THE_STEP;
+        while !someone_waits_on_users(&mut conn).map_err(|e| e.to_string())? {
+            if Instant::now() >= give_up {
+                return Err("nothing waited for the long transaction".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         std::thread::sleep(hold);
         conn.batch_execute("COMMIT").map_err(|e| e.to_string())
-    })
+    });
+    let held = blocking(move || Ok(held_rx.recv().is_ok())).await?;
+    if !held {
+        // The thread ended before it held the lock: its error says why.
+        return Err(match blocker.join() {
+            Ok(Err(e)) => e.into(),
+            _ => "the long transaction did not start".into(),
+        });
+    }
+    Ok(blocker)
+}
+
+/// Whether a lock on `users` in this connection's database waits (pg_locks lists the whole
+/// cluster).
+fn someone_waits_on_users(conn: &mut PgConnection) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+    ))
+    .get_result(conn)
 }
 
 async fn pause(secs: f64) {
@@ -255,8 +292,7 @@ async fn advance_past_a_long_transaction(
     timeline.mark(format!(
         "long transaction holds users (1.5 s) during the {what}"
     ));
-    let blocker = long_transaction(url.to_owned(), Duration::from_millis(1500));
-    pause(0.2).await;
+    let blocker = long_transaction(url.to_owned(), Duration::from_millis(1500)).await?;
     let lock_timeouts = admin.advance(confirm).await?;
     blocker.join().map_err(|_| "the blocker panicked")??;
     timeline.mark(format!(

@@ -12,9 +12,18 @@
 //!   machine or a busy table as on a fast idle one.
 //! - One runner at a time across all instances and processes: a session advisory lock, which
 //!   PostgreSQL releases by itself if the runner dies.
-//! - A runner that died (`kill -9`) or failed (database restart) leaves its checkpoint; the
-//!   next start resumes from there. Only `done` and `cancelled` make it start afresh.
+//! - The status never says `running` when no runner holds that lock: whoever reads it and
+//!   finds the lock free records `interrupted` (the runner's process died, or it lost the
+//!   database and gave up).
+//! - A runner that loses its connection (a database restart or crash) reconnects, retrying
+//!   with backoff for a bounded time (`RideOut`), and resumes from the checkpoint by itself;
+//!   past the bound it gives up and records `failed` with the error if the database can be
+//!   reached to say so (else the status reads `interrupted` once it is back).
+//! - A runner that died (`kill -9`), failed or gave up leaves its checkpoint; the next start
+//!   resumes from there. Only `done` and `cancelled` make it start afresh.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -71,7 +80,8 @@ pub struct BackfillStatus {
     #[serde(skip)]
     pub singleton: bool,
     pub direction: String,
-    /// idle, running, throttled (waiting for replicas), paused, done, failed or cancelled.
+    /// idle, running, throttled (waiting for replicas or requests), paused, done, failed,
+    /// cancelled, or interrupted (stored as running, but no runner holds the lock).
     pub state: String,
     pub last_id: i64,
     pub max_id: i64,
@@ -122,12 +132,64 @@ pub enum BackfillError {
     AlreadyRunning,
     #[error("the backfill is {0}; only a running backfill can be paused or cancelled")]
     NotRunning(String),
+    #[error(
+        "the backfill lost the database and stopped waiting for it after {waited:.1?}: {error}"
+    )]
+    GaveUp { waited: Duration, error: String },
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
 }
 
+/// Why a backfill stored as running is `interrupted`, when no error of its own was recorded.
+pub const NO_RUNNER: &str = "no runner holds the backfill's lock: its process ended or lost the database; resume continues from the checkpoint";
+
+/// SQL: no session of this database holds the backfill's advisory lock (a bigint key shows in
+/// pg_locks as classid = its high 32 bits, objid = its low 32 bits, objsubid = 1).
+fn no_runner() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql(&format!(
+        "NOT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid = {} AND objid = {} AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        LOCK_KEY >> 32,
+        LOCK_KEY & 0xffff_ffff
+    ))
+}
+
+/// The backfill's status. One stored as running (or throttled) whose lock no session holds
+/// has no runner: it is recorded as `interrupted` here, keeping the last error it recorded,
+/// so no reader is ever told it runs.
 pub fn status(conn: &mut PgConnection) -> QueryResult<BackfillStatus> {
-    zdm_backfill::table.first(conn)
+    let stored: BackfillStatus = zdm_backfill::table.first(conn)?;
+    if !matches!(stored.state.as_str(), "running" | "throttled") {
+        return Ok(stored);
+    }
+    let interrupted: Option<BackfillStatus> = diesel::update(
+        zdm_backfill::table
+            .filter(zdm_backfill::state.eq_any(["running", "throttled"]))
+            .filter(no_runner()),
+    )
+    .set((
+        zdm_backfill::state.eq("interrupted"),
+        zdm_backfill::error.eq(diesel::dsl::sql::<
+            diesel::sql_types::Nullable<diesel::sql_types::Text>,
+        >("coalesce(error, ")
+        .bind::<diesel::sql_types::Text, _>(NO_RUNNER)
+        .sql(")")),
+        zdm_backfill::throttle_reason.eq(None::<String>),
+        zdm_backfill::updated_at.eq(now),
+    ))
+    .get_result(conn)
+    .optional()?;
+    match interrupted {
+        Some(status) => {
+            log::warn!(
+                "the backfill was running but no runner holds its lock: interrupted at id {}",
+                status.last_id
+            );
+            Ok(status)
+        }
+        None => zdm_backfill::table.first(conn),
+    }
 }
 
 /// The backfill's settings as a client changes them; `None` keeps the current value.
@@ -222,6 +284,7 @@ pub fn request_stop(
             "running",
             "throttled",
             "paused",
+            "interrupted",
         ])))
         .set(zdm_backfill::state.eq(to_state))
         .get_result(conn)
@@ -315,14 +378,208 @@ pub fn run_throttled(
     }
 }
 
+/// How a runner rides out a lost database: how long it keeps trying to get back before it
+/// gives up, and a switch that ends the waiting early (a shutdown). Clones share the switch.
+#[derive(Debug, Clone)]
+pub struct RideOut {
+    pub give_up_after: Duration,
+    stop: Arc<AtomicBool>,
+}
+
+/// How long a runner waits for a lost database unless configured (`ZDM_BACKFILL_RIDE_OUT_SECS`).
+pub const DEFAULT_RIDE_OUT: Duration = Duration::from_secs(60);
+/// The pause before the first reconnection attempt; doubled after each failed one, up to
+/// `LONGEST_RECONNECT_PAUSE`.
+const FIRST_RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+const LONGEST_RECONNECT_PAUSE: Duration = Duration::from_secs(2);
+
+impl RideOut {
+    pub fn new(give_up_after: Duration) -> Self {
+        Self {
+            give_up_after,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Ends the waiting for the database now, and any later one at once (for a shutdown: a
+    /// runner waiting for a database that is down must not hold it up).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Sleeps for `pause`, or until stopped.
+    fn sleep(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        while !self.stopped() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+}
+
+impl Default for RideOut {
+    fn default() -> Self {
+        Self::new(DEFAULT_RIDE_OUT)
+    }
+}
+
+/// Whether `error` means the connection is gone, rather than a query that failed on a
+/// working one: Diesel says so, or the connection no longer answers.
+fn connection_lost(conn: &mut PgConnection, error: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    matches!(
+        error,
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _
+        )
+    ) || diesel::select(1.into_sql::<diesel::sql_types::Integer>())
+        .execute(conn)
+        .is_err()
+}
+
+/// As `run_throttled`, on `conn` and then, when that connection is lost (a database restart
+/// or crash), on new connections to `url`: it reconnects, pausing 0.25 s, 0.5 s, 1 s, then 2 s
+/// between attempts and logging each, and resumes from the checkpoint by itself. It
+/// waits at most `ride_out.give_up_after` from the moment the connection was lost; past that
+/// it records `failed` with the error (if the database accepts a connection to say so; else
+/// the status reads `interrupted` once it is back) and returns `GaveUp`.
+pub fn run_riding_out(
+    conn: PgConnection,
+    url: &str,
+    direction: Direction,
+    throttle: &mut Throttle,
+    ride_out: &RideOut,
+    mut progress: impl FnMut(&BackfillStatus),
+) -> Result<BackfillStatus, BackfillError> {
+    let mut conn = Some(conn);
+    // Since when the database is lost, and the last error that said so.
+    let mut lost: Option<(Instant, String)> = None;
+    let mut attempts = 0;
+    let mut pause = FIRST_RECONNECT_PAUSE;
+    loop {
+        if let Some(mut current) = conn.take() {
+            let result = run_throttled(&mut current, direction, throttle, |s| {
+                // It is back: a later loss is a new outage, with a bound of its own.
+                if lost.take().is_some() {
+                    log::info!(
+                        "backfill: resumed at id {} after {attempts} reconnection attempt(s)",
+                        s.last_id
+                    );
+                    (attempts, pause) = (0, FIRST_RECONNECT_PAUSE);
+                }
+                progress(s);
+            });
+            match result {
+                Ok(done) => return Ok(done),
+                Err(BackfillError::AlreadyRunning) if lost.is_some() => {
+                    log::info!("backfill: another runner took it over while this one reconnected");
+                    return Ok(status(&mut current)?);
+                }
+                Err(BackfillError::Database(e)) if connection_lost(&mut current, &e) => {
+                    let error = one_line(&e);
+                    log::warn!("backfill: lost the database connection: {error}");
+                    let since = lost.map_or_else(Instant::now, |(since, _)| since);
+                    lost = Some((since, error));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((since, error)) = &mut lost else {
+            unreachable!("a runner only reconnects after losing its connection");
+        };
+        let waited = since.elapsed();
+        if ride_out.stopped() || waited >= ride_out.give_up_after {
+            return Err(give_up(url, ride_out, waited, error));
+        }
+        ride_out.sleep(pause.min(ride_out.give_up_after - waited));
+        if ride_out.stopped() {
+            continue;
+        }
+        attempts += 1;
+        match PgConnection::establish(url) {
+            Ok(fresh) => {
+                log::info!(
+                    "backfill: reconnected (attempt {attempts}); resuming from the checkpoint"
+                );
+                conn = Some(fresh);
+            }
+            Err(e) => {
+                *error = one_line(&e);
+                log::warn!(
+                    "backfill: reconnection attempt {attempts} failed ({error}); next in {:?}, giving up {:?} after the connection was lost",
+                    (pause * 2).min(LONGEST_RECONNECT_PAUSE),
+                    ride_out.give_up_after
+                );
+            }
+        }
+        pause = (pause * 2).min(LONGEST_RECONNECT_PAUSE);
+    }
+}
+
+/// An error as one line (libpq's messages span several), for the log and the status.
+fn one_line(error: &impl std::fmt::Display) -> String {
+    error
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A runner stops waiting for the database: past its bound it records `failed` with the error
+/// (unless another runner has taken over meanwhile), when the database accepts a connection
+/// to say so.
+fn give_up(url: &str, ride_out: &RideOut, waited: Duration, error: &str) -> BackfillError {
+    if ride_out.stopped() {
+        log::info!("backfill: stopped while waiting for the database ({error})");
+        return BackfillError::GaveUp {
+            waited,
+            error: format!("stopped while waiting for the database: {error}"),
+        };
+    }
+    let message = format!("the database was unreachable for {waited:.1?}: {error}");
+    log::error!("backfill: gave up; {message}; a resume continues from the checkpoint");
+    let recorded = PgConnection::establish(url)
+        .map_err(|e| e.to_string())
+        .and_then(|mut conn| {
+            diesel::update(
+                zdm_backfill::table
+                    .filter(zdm_backfill::state.eq_any(["running", "throttled", "interrupted"]))
+                    .filter(no_runner()),
+            )
+            .set((
+                zdm_backfill::state.eq("failed"),
+                zdm_backfill::error.eq(&message),
+                zdm_backfill::updated_at.eq(now),
+            ))
+            .execute(&mut conn)
+            .map_err(|e| e.to_string())
+        });
+    if let Err(e) = recorded {
+        log::warn!("backfill: could not record the failure ({e}); the status reads interrupted");
+    }
+    BackfillError::GaveUp {
+        waited,
+        error: error.to_owned(),
+    }
+}
+
 /// Resumes an interrupted run of the same direction, or starts afresh.
 fn begin(conn: &mut PgConnection, direction: Direction) -> QueryResult<BackfillStatus> {
     let current = status(conn)?;
-    // running: its runner died (kill -9, lost connection); paused: asked to; failed: a batch
-    // failed (database restart, statement_timeout). All keep their checkpoint.
+    // interrupted (or still running, read by nobody since): its runner died or gave up;
+    // paused: asked to; failed: a batch failed (statement_timeout, or the database was gone
+    // for longer than the runner waited). All keep their checkpoint.
     let resumable = matches!(
         current.state.as_str(),
-        "running" | "throttled" | "paused" | "failed"
+        "running" | "throttled" | "interrupted" | "paused" | "failed"
     ) && current.direction == direction.as_str();
     if resumable {
         return diesel::update(zdm_backfill::table)
@@ -373,7 +630,17 @@ fn run_batch(
         ))?;
         // The row lock makes pause and cancel wait for this batch to commit, so once they
         // answer, no further batch runs.
-        let knobs: BackfillStatus = zdm_backfill::table.for_update().first(conn)?;
+        let mut knobs: BackfillStatus = zdm_backfill::table.for_update().first(conn)?;
+        if knobs.state == "interrupted" {
+            // This runner holds the lock: a reader that looked just before it took the lock
+            // marked it. It runs, so it says so again.
+            knobs = diesel::update(zdm_backfill::table)
+                .set((
+                    zdm_backfill::state.eq("running"),
+                    zdm_backfill::error.eq(None::<String>),
+                ))
+                .get_result(conn)?;
+        }
         if knobs.state != "running" {
             return Ok(knobs);
         }
@@ -551,19 +818,23 @@ impl Throttle {
             {
                 (state, reason) = ("throttled", Some(why));
             }
-            // Only a running (or throttled) backfill changes state here: a pause or cancel
-            // asked for meanwhile wins.
-            let updated: Option<BackfillStatus> = diesel::update(
-                zdm_backfill::table.filter(zdm_backfill::state.eq_any(["running", "throttled"])),
-            )
-            .set((
-                zdm_backfill::state.eq(state),
-                zdm_backfill::replica_lag_bytes.eq(lag),
-                zdm_backfill::throttle_reason.eq(&reason),
-                zdm_backfill::updated_at.eq(now),
-            ))
-            .get_result(conn)
-            .optional()?;
+            // Only a running (or throttled) backfill changes state here, or one a reader marked
+            // interrupted just before this runner took the lock: a pause or cancel asked for
+            // meanwhile wins.
+            let updated: Option<BackfillStatus> =
+                diesel::update(zdm_backfill::table.filter(zdm_backfill::state.eq_any([
+                    "running",
+                    "throttled",
+                    "interrupted",
+                ])))
+                .set((
+                    zdm_backfill::state.eq(state),
+                    zdm_backfill::replica_lag_bytes.eq(lag),
+                    zdm_backfill::throttle_reason.eq(&reason),
+                    zdm_backfill::updated_at.eq(now),
+                ))
+                .get_result(conn)
+                .optional()?;
             current = match updated {
                 Some(status) => status,
                 None => return Ok(status(conn)?),

@@ -50,6 +50,8 @@ pub struct MigrationStatus {
 /// Reads the whole status (gates from the stored verification, no fresh one).
 pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, StateError> {
     let (phase, phase_since) = state::phase_and_since(conn)?;
+    // First: it marks a backfill whose runner is gone as interrupted, which the gates read.
+    let status = backfill::status(conn)?;
     let next = match phase.next() {
         Some(to) => Some(Step {
             phase: to,
@@ -64,7 +66,6 @@ pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, Stat
         }),
         None => None,
     };
-    let status = backfill::status(conn)?;
     let applied = runner::applied_steps(conn)?;
     Ok(MigrationStatus {
         phase,

@@ -184,7 +184,8 @@ fn view(status: BackfillStatus) -> BackfillView {
 }
 
 /// Starts (or resumes) the forward backfill in a thread of its own and returns once it has
-/// taken its lock and run its first step, or refused.
+/// taken its lock and run its first step, or refused. The thread rides out a lost database
+/// (see `backfill::run_riding_out`).
 pub async fn start_backfill_now(
     state: &web::Data<AppState>,
     knobs: Knobs,
@@ -206,10 +207,11 @@ pub async fn start_backfill_now(
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<Result<(), AppError>>(1);
     let url = state.database_url.clone();
     let mut throttle = state.backfill_throttle();
+    let ride_out = state.backfill_ride_out.clone();
     let handle = std::thread::Builder::new()
         .name("zdm-backfill".to_owned())
         .spawn(move || {
-            let mut conn = match PgConnection::establish(&url) {
+            let conn = match PgConnection::establish(&url) {
                 Ok(conn) => conn,
                 Err(e) => {
                     let _ = started_tx.send(Err(AppError::Unavailable(Box::new(e))));
@@ -217,13 +219,19 @@ pub async fn start_backfill_now(
                 }
             };
             let mut told = false;
-            let result =
-                backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |_| {
+            let result = backfill::run_riding_out(
+                conn,
+                &url,
+                Direction::Forward,
+                &mut throttle,
+                &ride_out,
+                |_| {
                     if !told {
                         let _ = started_tx.send(Ok(()));
                         told = true;
                     }
-                });
+                },
+            );
             match result {
                 Err(e) if !told => {
                     let _ = started_tx.send(Err(e.into()));

@@ -184,6 +184,8 @@ struct Dashboard {
     contract_next: bool,
     progress_percent: f64,
     eta: String,
+    /// The backfill stopped short (interrupted or failed): the page offers to resume it.
+    backfill_stopped: bool,
     /// Whether `zdm demo` left a report to link.
     demo_report: bool,
 }
@@ -223,8 +225,10 @@ impl Dashboard {
         } else {
             0.0
         };
+        let backfill_stopped = matches!(b.state.as_str(), "interrupted" | "failed");
         Self {
             eta: eta_text(&status),
+            backfill_stopped,
             timeline,
             csrf,
             instance_id,

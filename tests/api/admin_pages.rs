@@ -2,6 +2,7 @@
 
 use reqwest::header::{COOKIE, SET_COOKIE};
 use zdm::migration::Phase;
+use zdm::migration::backfill;
 
 use crate::helpers::{ADMIN_TOKEN, TestApp};
 
@@ -233,4 +234,76 @@ async fn the_dashboard_links_the_last_demo_report() {
         "log-in first"
     );
     std::fs::remove_dir_all(&app.report_dir).unwrap();
+}
+
+#[actix_web::test]
+async fn an_interrupted_backfill_is_shown_with_why_and_resumed_from_the_page() {
+    let app = TestApp::spawn().await;
+    app.seed(20_000);
+    app.walk_to(Phase::DualWrite).await;
+    // A runner (on a thread of the test) whose session dies after 5 batches, as in a database
+    // restart, before it can record anything.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let runner = {
+        let url = app.db.url.clone();
+        std::thread::spawn(move || {
+            use diesel::Connection;
+            let mut conn = diesel::PgConnection::establish(&url).unwrap();
+            backfill::set_knobs(&mut conn, backfill::Knobs::fixed(1000, 0)).unwrap();
+            backfill::run(&mut conn, backfill::Direction::Forward, |s| {
+                if s.batches == 5 {
+                    held_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                }
+            })
+        })
+    };
+    held_rx.recv().unwrap();
+    let mut conn = app.db.conn();
+    for pid in crate::helpers::backfill_runner_pids(&mut conn) {
+        diesel::RunQueryDsl::execute(
+            diesel::sql_query(format!("SELECT pg_terminate_backend({pid})")),
+            &mut conn,
+        )
+        .unwrap();
+    }
+    go_tx.send(()).unwrap();
+    assert!(
+        runner.join().unwrap().is_err(),
+        "the runner lost its session"
+    );
+
+    let cookie = log_in(&app).await;
+    let (status, html) = page(&app, &cookie, "/admin").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("The backfill was interrupted at id 5000 of 20000: no runner holds"),
+        "{html}"
+    );
+    assert!(html.contains("Resume from id 5000"), "{html}");
+    // Without a script the page still renders the gates as they stand.
+    assert!(
+        html.contains("the backfill is interrupted (5000 of 20000 rows); run it to the end"),
+        "{html}"
+    );
+    let resumed = post(
+        &app,
+        &cookie,
+        "/admin/backfill/resume",
+        &[("csrf", &csrf_of(&html))],
+    )
+    .await;
+    assert_eq!(resumed.status(), 303);
+    assert_eq!(
+        resumed.headers()["location"],
+        "/admin?notice=backfill_resume"
+    );
+    crate::helpers::eventually("the resumed backfill to finish", || {
+        backfill::status(&mut conn).unwrap().state == "done"
+    })
+    .await;
+    let (_, html) = page(&app, &cookie, "/admin").await;
+    assert!(!html.contains("backfill-stopped"), "{html}");
+    assert_eq!(backfill::status(&mut conn).unwrap().rows_done, 20_000);
 }

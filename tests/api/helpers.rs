@@ -315,6 +315,7 @@ pub fn serve_with(
         admin_token: ADMIN_TOKEN.to_owned(),
         trusted_proxies: Default::default(),
         backfill_thread: Default::default(),
+        backfill_ride_out: Default::default(),
         metrics,
         report_dir: report_dir.clone(),
         replica_urls: throttle_replicas,
@@ -552,6 +553,7 @@ impl TestApp {
             admin_token: ADMIN_TOKEN.to_owned(),
             trusted_proxies: Default::default(),
             backfill_thread: Default::default(),
+            backfill_ride_out: Default::default(),
             metrics: std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics")),
             report_dir: std::env::temp_dir().join("zdm-stuck-reports"),
             replica_urls: Vec::new(),
@@ -696,4 +698,22 @@ pub fn by_hand<T>(
     let outcome = run(conn).map(drop).map_err(|e| e.to_string());
     let _ = conn.batch_execute("ROLLBACK");
     outcome
+}
+
+/// The sessions holding the backfill's advisory lock in this connection's database (the
+/// runner, if one runs). pg_locks lists every database of the cluster, and the tests beside
+/// this one hold the same key in theirs.
+pub fn backfill_runner_pids(conn: &mut PgConnection) -> Vec<i32> {
+    try_backfill_runner_pids(conn).expect("reading pg_locks")
+}
+
+/// As `backfill_runner_pids`, for a database that may be gone.
+pub fn try_backfill_runner_pids(conn: &mut PgConnection) -> QueryResult<Vec<i32>> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(&format!(
+        "pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid = 0 AND objid = {} AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        zdm::migration::backfill::LOCK_KEY
+    )))
+    .load(conn)
 }

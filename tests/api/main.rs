@@ -4,6 +4,7 @@
 mod admin_fleet;
 mod admin_pages;
 mod backfill;
+mod backfill_crash;
 mod browser;
 mod demo;
 mod edges;

@@ -1,8 +1,10 @@
 //! `/metrics` and request ids: scrape after traffic and see the counters move.
 
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
 use zdm::migration::Phase;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TableLock, TestApp};
 
 /// The value of the first sample line starting with `prefix` (name and labels).
 fn sample(text: &str, prefix: &str) -> Option<f64> {
@@ -67,7 +69,41 @@ async fn metrics_count_requests_and_follow_the_migration() {
     );
     assert_eq!(sample(&after, r#"zdm_phase{phase="baseline"}"#), Some(1.0));
     assert_eq!(sample(&after, "zdm_database_up"), Some(1.0));
-    assert!(sample(&after, "zdm_db_pool_connections_idle").is_some());
+    // Every connection of the pool (4) is either idle or in use.
+    let pool = |text: &str| {
+        (
+            sample(text, "zdm_db_pool_connections_idle").unwrap(),
+            sample(text, "zdm_db_pool_connections_in_use").unwrap(),
+        )
+    };
+    let (idle, in_use) = pool(&after);
+    assert_eq!(idle + in_use, 4.0, "idle {idle}, in use {in_use}");
+    // Two list requests stuck behind a table lock hold two of them.
+    let lock = TableLock::take(&app.db.url);
+    let stuck: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url("/api/v1/users"));
+            actix_web::rt::spawn(async move { client.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    let mut conn = app.db.conn();
+    crate::helpers::eventually("two requests queued behind the lock", || {
+        let waiting: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        ))
+        .get_result(&mut conn)
+        .unwrap();
+        waiting >= 2
+    })
+    .await;
+    let (idle, in_use) = pool(&scrape(&app).await);
+    assert!(in_use >= 2.0, "idle {idle}, in use {in_use}");
+    assert_eq!(idle + in_use, 4.0);
+    drop(lock);
+    for request in stuck {
+        assert_eq!(request.await.unwrap(), 200);
+    }
 
     app.seed(3000);
     app.walk_to(Phase::DualWrite).await;
@@ -87,7 +123,86 @@ async fn metrics_count_requests_and_follow_the_migration() {
     assert!(sample(&later, "zdm_backfill_rows_done").unwrap() >= 3000.0);
     assert!(sample(&later, "zdm_backfill_batches").unwrap() >= 1.0);
     assert_eq!(sample(&later, "zdm_verify_divergent_rows"), Some(0.0));
-    assert!(sample(&later, "zdm_migration_lock_timeout_retries_total").is_some());
+    assert_eq!(
+        sample(&later, "zdm_migration_lock_timeout_retries_total"),
+        Some(0.0),
+        "no step met a lock"
+    );
+}
+
+/// The session of each lock request on `users` that waits in this connection's database,
+/// with when its transaction began.
+fn waiting_on_users(conn: &mut PgConnection) -> Vec<(i32, String)> {
+    #[derive(QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        xact_start: String,
+    }
+    diesel::sql_query(
+        "SELECT l.pid, a.xact_start::text AS xact_start FROM pg_locks l \
+         JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE NOT l.granted AND l.relation = 'users'::regclass \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .load::<Waiting>(conn)
+    .unwrap()
+    .into_iter()
+    .map(|w| (w.pid, w.xact_start))
+    .collect()
+}
+
+#[actix_web::test]
+async fn the_lock_timeout_counter_rises_when_a_step_meets_a_lock() {
+    let app = TestApp::spawn().await;
+    let retries = "zdm_migration_lock_timeout_retries_total";
+    assert_eq!(sample(&scrape(&app).await, retries), Some(0.0));
+
+    // A long transaction reads users while the expand is asked for.
+    let mut blocker = app.db.conn();
+    blocker
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .unwrap();
+    let advance = {
+        let (client, url) = (app.client.clone(), app.url("/api/admin/migration/advance"));
+        actix_web::rt::spawn(async move {
+            let response = client
+                .post(url)
+                .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status(),
+                response.json::<serde_json::Value>().await.unwrap(),
+            )
+        })
+    };
+    // The blocker goes once the step has given up at least once: its session is seen
+    // waiting in a transaction other than the first one seen (a retry).
+    let mut monitor = app.db.conn();
+    let mut first = None;
+    crate::helpers::eventually("the expand to retry after a lock timeout", || {
+        let waiting = waiting_on_users(&mut monitor);
+        let Some(seen) = waiting.first() else {
+            return false;
+        };
+        let first = first.get_or_insert_with(|| seen.clone());
+        waiting.iter().any(|w| w.0 == first.0 && w.1 != first.1)
+    })
+    .await;
+    blocker.batch_execute("COMMIT").unwrap();
+    let (status, body) = advance.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let met = body["transition"]["lock_timeouts"].as_f64().unwrap();
+    assert!(met >= 1.0, "{body}");
+    assert_eq!(
+        sample(&scrape(&app).await, retries),
+        Some(met),
+        "the counter rose by the lock timeouts the step met"
+    );
 }
 
 #[actix_web::test]

@@ -2,8 +2,9 @@
 //! away, with it the lag stays near the limit, and a replica that stops makes the backfill
 //! wait (in the state `throttled`) instead of failing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use zdm::bench::replicas;
 use zdm::local_pg::{LocalPg, ScratchCluster};
@@ -142,6 +143,12 @@ async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_
     })
     .await;
     let client = reqwest::Client::new();
+    // The replica stops replaying here, so the write below stays unreplayed for as long as
+    // the test needs it to, however slow the machine (its 1 s delay alone is a race).
+    let mut replica_conn = PgConnection::establish(&replica.url("postgres")).unwrap();
+    replica_conn
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .unwrap();
 
     let created = client
         .post(format!("{address}/api/v1/users"))
@@ -156,7 +163,7 @@ async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_
         .unwrap();
     let path = format!("{address}/api/v1/users/{id}");
 
-    // The writer reads its own write at once (the replica is a second behind: the primary).
+    // The writer reads its own write at once (the replica has not replayed it: the primary).
     let own = client
         .get(&path)
         .header("cookie", &cookie)
@@ -171,15 +178,17 @@ async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_
         "served by the lagging replica"
     );
     // ...and sees it once the replica has.
-    let mut seen = false;
-    for _ in 0..60 {
-        if client.get(&path).send().await.unwrap().status() == 200 {
-            seen = true;
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    replica_conn
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(&path).send().await.unwrap().status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "other clients see the write after replay"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(seen, "other clients see the write after replay");
 
     // A phase switch is read from the primary until the replica has the new schema: v2 reads
     // (first_name, last_name) right after dual_write never hit a replica without the columns.

@@ -107,7 +107,16 @@ async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() 
     };
     lock.wait_for_a_request().await;
     kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    // The shutdown has begun once the server stops taking connections; only then does the
+    // lock go, so the request is still in flight while the server shuts down.
+    crate::helpers::eventually("the server to stop listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    })
+    .await;
+    assert!(
+        !in_flight.is_finished(),
+        "the request is still in flight, not cut off, once the shutdown has begun"
+    );
     drop(lock);
     drop(conn);
     assert_eq!(

@@ -48,7 +48,9 @@ struct Rendered {
 
 #[actix_web::test]
 async fn phase_labels_of_short_phases_do_not_overlap_in_a_browser() {
-    let Some(b) = browser().await else { return };
+    let Some(b) = browser("phase_labels_of_short_phases_do_not_overlap_in_a_browser").await else {
+        return;
+    };
     let c = &b.client;
     let dir = std::env::temp_dir().join(format!("zdm-report-labels-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
