@@ -50,6 +50,11 @@ enum Command {
         /// (0: keep --batch-size; a --batch-size alone also turns it off).
         #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_BATCH_TARGET_MS)))]
         batch_target_ms: Option<i32>,
+        /// Workers filling disjoint key ranges at once, one connection each (1-16), or `auto`:
+        /// one more while the requests' p99 stays within ZDM_BACKFILL_MAX_P99_MS and the
+        /// replicas' lag within its limit, half as many when not.
+        #[arg(long, value_name = "N|auto")]
+        workers: Option<backfill::Workers>,
     },
     /// Count the rows that break the current phase's invariant.
     Verify,
@@ -86,6 +91,9 @@ enum Command {
         /// `ZDM_BACKFILL_MAX_P99_MS` set, 0 leaves the pacing to the latency throttle.
         #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
         backfill_sleep_ms: Option<i32>,
+        /// The backfill's workers (1-16 or `auto`; auto needs ZDM_BACKFILL_MAX_P99_MS).
+        #[arg(long, value_name = "N|auto")]
+        backfill_workers: Option<backfill::Workers>,
         /// Break the app on purpose, to see the audit catch it (the run then fails):
         /// `lose-writes` answers some updates as saved and rolls them back, `lagging-v1` makes
         /// v1 writes skip the new columns. `ZDM_FAULT_LAGGING_V1_WRITES=1` means the latter.
@@ -141,6 +149,10 @@ enum BenchWhat {
         /// entry in every index).
         #[arg(long)]
         without_email_index: bool,
+        /// Workers of the backfill (each on ranges of its own, one connection each); with
+        /// more than one the report ends with `parallel_backfill_vs_single_update`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_WORKERS)))]
+        workers: i32,
     },
     /// The HTTP serving path (one `zdm serve` under a built-in load client) against
     /// pgbench's point select, in a scratch database. Build with --release for real figures.
@@ -206,12 +218,14 @@ pub fn main() -> ExitCode {
                 batch_size,
                 sleep_ms,
                 batch_target_ms,
+                workers,
             } => run_backfill(
                 &config,
                 backfill::Knobs {
                     batch_size,
                     sleep_ms,
                     batch_target_ms,
+                    workers,
                 },
             ),
             Command::Verify => run_verify(&config),
@@ -227,6 +241,7 @@ pub fn main() -> ExitCode {
                 report_dir,
                 replicas,
                 backfill_sleep_ms,
+                backfill_workers,
                 fault,
             } => {
                 let dir = report_dir.unwrap_or_else(|| config.report_dir());
@@ -242,6 +257,7 @@ pub fn main() -> ExitCode {
                 opts.write_percent = write_percent.unwrap_or(opts.write_percent);
                 opts.json_out = json_out;
                 opts.backfill_sleep_ms = backfill_sleep_ms.unwrap_or(opts.backfill_sleep_ms);
+                opts.backfill_workers = backfill_workers;
                 if replicas > 0 {
                     if config.database_url.is_some() {
                         return Err("--replicas starts replicas of the private PostgreSQL: unset DATABASE_URL".into());
@@ -275,6 +291,7 @@ pub fn main() -> ExitCode {
                         autovacuum,
                         small_rows,
                         without_email_index,
+                        workers,
                     },
             } => {
                 let url = config.resolve_database_url()?;
@@ -285,6 +302,7 @@ pub fn main() -> ExitCode {
                         batch_size: Some(batch_size),
                         sleep_ms: Some(0),
                         batch_target_ms: Some(batch_target_ms),
+                        workers: Some(backfill::Workers::Fixed(workers)),
                     },
                     autovacuum,
                     small_rows,
@@ -426,6 +444,25 @@ fn print_status(conn: &mut PgConnection) -> Result<(), StartupError> {
         "backfill: {} ({}), {}/{} rows, {} filled, {:.0} rows/s",
         b.state, b.direction, b.rows_done, b.rows_total, b.rows_updated, status.backfill.rows_per_s
     );
+    println!(
+        "  workers: {} (set: {}){}",
+        b.workers,
+        b.workers_setting(),
+        b.workers_reason
+            .as_deref()
+            .map_or(String::new(), |why| format!(": {why}"))
+    );
+    for r in status.backfill.ranges.iter().filter(|r| !r.is_done()) {
+        println!(
+            "  range {}: ids {}..={} at {} ({:.0} %){}",
+            r.range_no,
+            r.start_id + 1,
+            r.end_id,
+            r.last_id,
+            r.percent(),
+            r.worker.map_or(String::new(), |w| format!(", worker {w}"))
+        );
+    }
     match &status.verify {
         Some(v) => println!(
             "verify: {} divergent in {} at {}{}",
@@ -455,7 +492,7 @@ fn print_status(conn: &mut PgConnection) -> Result<(), StartupError> {
 fn progress_bar(total: u64, what: &str) -> Result<ProgressBar, StartupError> {
     Ok(ProgressBar::new(total).with_style(
         ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} [{{bar:40}}] {{human_pos}}/{{human_len}} rows · {{per_sec}} · ETA {{eta}}"
+            "{{spinner}} {what} [{{bar:40}}] {{human_pos}}/{{human_len}} rows · {{per_sec}} · ETA {{eta}} {{msg}}"
         ))?
         .progress_chars("=> "),
     ))
@@ -473,6 +510,9 @@ fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupEr
     if let Some(gate) = gate_list.iter().find(|g| !g.met) {
         return Err(format!("cannot start the backfill: {}", gate.detail).into());
     }
+    if knobs.workers == Some(backfill::Workers::Auto) && config.backfill_max_p99_ms.is_none() {
+        return Err(backfill::AUTO_NEEDS_A_BUDGET.into());
+    }
     backfill::set_knobs(&mut conn, knobs)?;
     let bar = progress_bar(0, "backfill")?;
     let done = backfill::run_riding_out(
@@ -484,16 +524,18 @@ fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupEr
         |s| {
             bar.set_length(s.rows_total.max(0) as u64);
             bar.set_position(s.rows_done.max(0) as u64);
+            bar.set_message(format!("· {} worker(s)", s.workers));
         },
     )?;
     bar.finish_and_clear();
     println!(
-        "backfill {}: {} rows scanned, {} filled, {} batches, {:.0} rows/s",
+        "backfill {}: {} rows scanned, {} filled, {} batches, {:.0} rows/s, {} worker(s) at the end",
         done.state,
         done.rows_done,
         done.rows_updated,
         done.batches,
-        done.rows_per_s()
+        done.rows_per_s(),
+        done.workers
     );
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Prometheus metrics (`GET /metrics`): requests by route and status with a latency
-//! histogram, the phase, the backfill, the last verification, the pool, and the lock
+//! histogram, the phase, the backfill (and its workers), the last verification, the pool, and the lock
 //! timeouts the runner retried. Request metrics are counted as requests pass; the rest is
 //! read when scraped.
 
@@ -30,6 +30,7 @@ pub struct Metrics {
     backfill_rows_per_second: Gauge,
     backfill_state: IntGaugeVec,
     backfill_replica_lag: IntGauge,
+    backfill_workers: IntGauge,
     verify_divergent: IntGauge,
     pool_in_use: IntGauge,
     pool_idle: IntGauge,
@@ -153,6 +154,10 @@ impl Metrics {
             "backfill_replica_lag_bytes",
             "Largest replica replay lag the backfill last measured",
         )?;
+        let backfill_workers = IntGauge::new(
+            "backfill_workers",
+            "Workers the backfill runs now (0 when it does not run)",
+        )?;
         let verify_divergent = IntGauge::new(
             "verify_divergent_rows",
             "Divergent rows found by the last verification",
@@ -179,6 +184,7 @@ impl Metrics {
             Box::new(backfill_rows_per_second.clone()),
             Box::new(backfill_state.clone()),
             Box::new(backfill_replica_lag.clone()),
+            Box::new(backfill_workers.clone()),
             Box::new(verify_divergent.clone()),
             Box::new(pool_in_use.clone()),
             Box::new(pool_idle.clone()),
@@ -201,6 +207,7 @@ impl Metrics {
             backfill_rows_per_second,
             backfill_state,
             backfill_replica_lag,
+            backfill_workers,
             verify_divergent,
             pool_in_use,
             pool_idle,
@@ -286,6 +293,9 @@ impl Metrics {
         self.backfill_batches.set(b.batches);
         self.backfill_rows_per_second.set(b.rows_per_s());
         self.backfill_replica_lag.set(b.replica_lag_bytes);
+        let running = matches!(b.state.as_str(), "running" | "throttled");
+        self.backfill_workers
+            .set(if running { i64::from(b.workers) } else { 0 });
         for s in BACKFILL_STATES {
             self.backfill_state
                 .with_label_values(&[s])

@@ -1,7 +1,8 @@
 // Live backfill progress on the admin dashboard. The page works without this script; it
 // only saves reloading: every second it reads /admin/status.json (same session cookie) and
-// updates the progress bar, rows, rate and ETA, and the next step's gates (which follow the
-// backfill and the instances), built the way the page renders them. A phase change reloads
+// updates the progress bar, rows, rate and ETA, the workers with one bar per range left,
+// and the next step's gates (which follow the backfill and the instances), built the way
+// the page renders them. A phase change reloads
 // the page, since the buttons depend on it, and so does a backfill stopping short or
 // resuming (the resume offer).
 (function () {
@@ -46,6 +47,38 @@
     }
     list.replaceChildren.apply(list, items);
   };
+  // The bars of the ranges left, as the page renders them: the ranges with a worker first.
+  var showRanges = function (ranges) {
+    var list = document.getElementById("worker-bars");
+    if (!list || !ranges) { return; }
+    var open = ranges.filter(function (r) { return r.last_id < r.end_id; });
+    open.sort(function (a, b) {
+      var wa = a.worker === null ? Infinity : a.worker;
+      var wb = b.worker === null ? Infinity : b.worker;
+      return wa !== wb ? wa - wb : a.start_id - b.start_id;
+    });
+    var items = open.map(function (r) {
+      var span = Math.max(1, r.end_id - r.start_id);
+      var pct = Math.min(100, Math.max(0, ((r.last_id - r.start_id) * 100) / span));
+      var label = r.worker === null ? "waiting" : "worker " + r.worker;
+      var li = document.createElement("li");
+      var name = document.createElement("span");
+      name.className = "worker-label";
+      name.textContent = label;
+      var bar = document.createElement("progress");
+      bar.max = 100;
+      bar.value = pct;
+      bar.textContent = pct.toFixed(0) + " %";
+      bar.setAttribute("aria-label", label + ": ids " + (r.start_id + 1) + " to " + r.end_id);
+      var range = document.createElement("span");
+      range.className = "worker-range";
+      range.textContent = "ids " + (r.start_id + 1) + "–" + r.end_id + ", at " + r.last_id +
+        " (" + pct.toFixed(0) + " %) · " + r.batch_size + " rows per batch";
+      li.append(name, " ", bar, " ", range);
+      return li;
+    });
+    list.replaceChildren.apply(list, items);
+  };
   var tick = function () {
     fetch("/admin/status.json", { credentials: "same-origin", cache: "no-store" })
       .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
@@ -69,6 +102,10 @@
         text("backfill-eta", eta(b));
         text("backfill-batch", b.batch_size.toString());
         text("backfill-state", b.state + " (" + b.direction + ")");
+        text("backfill-workers", b.workers.toString());
+        text("backfill-workers-setting", String(b.workers_setting));
+        text("backfill-workers-reason", b.workers_reason || "");
+        showRanges(b.ranges);
         showGates(s.next);
       })
       .catch(function () { /* keep the last figures; the next tick tries again */ });

@@ -6,7 +6,8 @@
 //! whose speed drifts during the run favours neither, with autovacuum off for both tables
 //! while they are filled (see `backfill_benchmark`). Prints rows/s for both, the WAL each
 //! wrote, the batch transaction times, the peak RSS, and last
-//! `backfill_vs_single_update: R` (the rate ratio).
+//! `backfill_vs_single_update: R` (the rate ratio); with `--workers N` (N > 1) the backfill
+//! runs N workers and the last line is `parallel_backfill_vs_single_update: R`.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 use crate::db::scratch::ScratchDatabase;
-use crate::migration::backfill::{self, Direction, Knobs};
+use crate::migration::backfill::{self, Direction, Knobs, Throttle};
 use crate::migration::{Phase, runner, state};
 
 pub mod http;
@@ -86,7 +87,7 @@ pub struct BackfillBenchOptions {
     /// Users in each table.
     pub rows: u64,
     pub rounds: u32,
-    /// The backfill's knobs (its sleep should be 0).
+    /// The backfill's knobs (its sleep should be 0; `workers` a fixed count, one if unset).
     pub knobs: Knobs,
     /// Leave autovacuum on for the filled tables.
     pub autovacuum: bool,
@@ -111,6 +112,11 @@ pub struct BackfillBenchReport {
     pub batch_times: Vec<Duration>,
     /// The sizes those batches had, sorted.
     pub batch_sizes: Vec<i32>,
+    /// The backfill's workers.
+    pub workers: i32,
+    /// The ranges each full-size backfill fill ended with (its key range split among the
+    /// workers, and split again as they ran out of work), one per round.
+    pub ranges: Vec<usize>,
 }
 
 impl BackfillBenchReport {
@@ -195,12 +201,20 @@ struct Fill {
     first: Option<u64>,
 }
 
+/// How the report names the backfill with `workers` workers.
+fn backfill_label(workers: i32) -> String {
+    match workers {
+        1 => "zdm backfill".to_owned(),
+        n => format!("zdm backfill, {n} workers"),
+    }
+}
+
 impl Fill {
     /// How the report names it.
-    fn label(self) -> String {
+    fn label(self, workers: i32) -> String {
         let side = match self.side {
-            Side::Single => "single UPDATE",
-            Side::Backfill => "zdm backfill",
+            Side::Single => "single UPDATE".to_owned(),
+            Side::Backfill => backfill_label(workers),
         };
         match self.first {
             None => side.to_owned(),
@@ -421,11 +435,15 @@ pub fn backfill_benchmark(
          ALTER TABLE users_seed ADD PRIMARY KEY (id);",
     )?;
     let knobs = backfill::set_knobs(&mut conn, knobs)?;
-    let mut report = BackfillBenchReport::default();
+    let workers = knobs.workers_wanted;
+    let mut report = BackfillBenchReport {
+        workers,
+        ..BackfillBenchReport::default()
+    };
     for round in 0..rounds {
         for fill in round_order(round, small_rows) {
             rebuild(&mut conn, fill, autovacuum)?;
-            let round_label = format!("round {}: {}", round + 1, fill.label());
+            let round_label = format!("round {}: {}", round + 1, fill.label(workers));
             say(&format!("{round_label}..."));
             let table = fill.side.table();
             // Rows scanned by the time each batch ended, for the backfill's rate along the table.
@@ -443,22 +461,33 @@ pub fn backfill_benchmark(
                     .execute(conn)? as u64)
                 })?,
                 Side::Backfill => {
-                    let mut last = None::<Instant>;
-                    timed(&mut conn, table, |conn| {
-                        let done = backfill::run(conn, Direction::Forward, |s| {
-                            let now = Instant::now();
-                            if let Some(prev) = last
-                                && s.state == "running"
-                                && fill.first.is_none()
-                            {
-                                report.batch_times.push(now - prev);
-                                report.batch_sizes.push(s.batch_size);
-                            }
-                            last = Some(now);
-                            progress.push((now, s.rows_done));
-                        })?;
+                    let started = Instant::now();
+                    progress.push((started, 0));
+                    let url = scratch.url.clone();
+                    let run = timed(&mut conn, table, |conn| {
+                        let done = backfill::run_workers(
+                            conn,
+                            Some(&url),
+                            Direction::Forward,
+                            &mut Throttle::none(),
+                            |s| {
+                                if s.state == "running" {
+                                    progress.push((Instant::now(), s.rows_done));
+                                }
+                            },
+                            |batch| {
+                                if fill.first.is_none() {
+                                    report.batch_times.push(batch.took);
+                                    report.batch_sizes.push(batch.size);
+                                }
+                            },
+                        )?;
                         Ok(done.rows_updated as u64)
-                    })?
+                    })?;
+                    if fill.first.is_none() {
+                        report.ranges.push(backfill::ranges(&mut conn)?.len());
+                    }
+                    run
                 }
             };
             say(&format!("{round_label}  {}", line(&run)));
@@ -510,8 +539,15 @@ pub fn backfill_benchmark(
     } else {
         format!("of {}", knobs.batch_size)
     };
+    let ranges = report
+        .ranges
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     say(&format!(
-        "zdm backfill:  {} ({batches} batches {sizing}, sleep 0)",
+        "{}:  {} ({batches} batches {sizing}, sleep 0; ranges by round: {ranges})",
+        backfill_label(workers),
         total(&report.backfill)
     ));
     let ratios: Vec<String> = report
@@ -557,7 +593,12 @@ pub fn backfill_benchmark(
         "peak RSS of this process: {}",
         peak_rss_mib(None).map_or("unknown".to_owned(), |m| format!("{m:.1} MiB"))
     ));
-    say(&format!("backfill_vs_single_update: {:.2}", report.ratio()));
+    let ratio_name = if workers > 1 {
+        "parallel_backfill_vs_single_update"
+    } else {
+        "backfill_vs_single_update"
+    };
+    say(&format!("{ratio_name}: {:.2}", report.ratio()));
     Ok(report)
 }
 
@@ -664,7 +705,7 @@ mod tests {
         let labels = |r| {
             round_order(r, Some(10))
                 .into_iter()
-                .map(Fill::label)
+                .map(|f| f.label(1))
                 .collect::<Vec<_>>()
         };
         assert_eq!(

@@ -104,6 +104,8 @@ pub struct DemoOptions {
     /// Backfill batch size and sleep (throttled so it is visible under traffic).
     pub backfill_batch: i32,
     pub backfill_sleep_ms: i32,
+    /// The backfill's workers (`zdm backfill --workers`); none given: as stored (one).
+    pub backfill_workers: Option<backfill::Workers>,
 }
 
 impl DemoOptions {
@@ -122,6 +124,7 @@ impl DemoOptions {
             replica_servers: Vec::new(),
             backfill_batch: 1000,
             backfill_sleep_ms: 100,
+            backfill_workers: None,
         }
     }
 
@@ -313,6 +316,10 @@ async fn backfill_with_a_crash(
     opts: &DemoOptions,
     timeline: &mut Timeline,
 ) -> Result<f64, DemoError> {
+    let workers = opts
+        .backfill_workers
+        .map(|w| vec!["--workers".to_owned(), w.to_string()])
+        .unwrap_or_default();
     let spawn = || {
         Command::new(std::env::current_exe()?)
             .args([
@@ -322,6 +329,7 @@ async fn backfill_with_a_crash(
                 "--sleep-ms",
                 &opts.backfill_sleep_ms.to_string(),
             ])
+            .args(&workers)
             .env("DATABASE_URL", url)
             .env("RUST_LOG", "warn")
             .env_remove(LAGGING_V1_WRITES_ENV)

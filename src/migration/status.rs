@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::Phase;
-use super::backfill::{self, BackfillStatus};
+use super::backfill::{self, BackfillStatus, WorkerChange, WorkerRange, Workers};
 use super::gates::{self, Gate};
 use super::runner;
 use super::state::{self, HistoryEntry, Instance, StateError};
@@ -22,6 +22,35 @@ pub struct BackfillView {
     #[serde(flatten)]
     pub status: BackfillStatus,
     pub rows_per_s: f64,
+    /// The workers knob: a count, or "auto".
+    pub workers_setting: Workers,
+    /// The run's key ranges, each with its checkpoint and the worker on it.
+    pub ranges: Vec<WorkerRange>,
+    /// The latest changes of the number of workers, newest first.
+    pub worker_changes: Vec<WorkerChange>,
+}
+
+/// How many changes of the number of workers the status lists.
+const WORKER_CHANGES_SHOWN: i64 = 10;
+
+/// The backfill as the API and the dashboard show it (read first: it marks a backfill whose
+/// runner is gone as interrupted).
+pub fn backfill_view(conn: &mut PgConnection) -> QueryResult<BackfillView> {
+    let status = backfill::status(conn)?;
+    BackfillView::of(conn, status)
+}
+
+impl BackfillView {
+    /// `status` with its rate, ranges and changes of workers.
+    pub fn of(conn: &mut PgConnection, status: BackfillStatus) -> QueryResult<Self> {
+        Ok(Self {
+            rows_per_s: status.rows_per_s(),
+            workers_setting: status.workers_setting(),
+            ranges: backfill::ranges(conn)?,
+            worker_changes: backfill::worker_changes(conn, WORKER_CHANGES_SHOWN)?,
+            status,
+        })
+    }
 }
 
 /// One phase migration and whether it is applied: what `diesel migration list` shows.
@@ -51,7 +80,7 @@ pub struct MigrationStatus {
 pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, StateError> {
     let (phase, phase_since) = state::phase_and_since(conn)?;
     // First: it marks a backfill whose runner is gone as interrupted, which the gates read.
-    let status = backfill::status(conn)?;
+    let backfill = backfill_view(conn)?;
     let next = match phase.next() {
         Some(to) => Some(Step {
             phase: to,
@@ -79,10 +108,7 @@ pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, Stat
         phase_since,
         next,
         previous,
-        backfill: BackfillView {
-            rows_per_s: status.rows_per_s(),
-            status,
-        },
+        backfill,
         verify: verify::latest(conn)?,
         instances: state::live_instances(conn)?,
         history: state::history(conn, 50)?,

@@ -16,11 +16,11 @@ use super::{BODY_LIMIT, db};
 use crate::app_state::AppState;
 use crate::domain::FieldError;
 use crate::error::AppError;
-use crate::migration::backfill::{self, BackfillError, BackfillStatus, Direction, Knobs};
+use crate::migration::backfill::{self, BackfillError, Direction, Knobs, Workers};
 use crate::migration::gates;
 use crate::migration::runner::{self, RunError, Transition};
 use crate::migration::state::{self, StateError};
-use crate::migration::status::{BackfillView, MigrationStatus, migration_status};
+use crate::migration::status::{BackfillView, MigrationStatus, backfill_view, migration_status};
 use crate::migration::verify::{self, VerifyError, VerifyResult};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -169,18 +169,19 @@ async fn rollback(state: web::Data<AppState>) -> Result<HttpResponse, AppError> 
         .json(json!({ "transition": transition, "status": current_status(&state).await? })))
 }
 
-fn checked(knobs: &Knobs) -> Result<(), AppError> {
-    match knobs.invalid() {
-        Some((field, message)) => Err(AppError::Validation(FieldError::new(field, message))),
-        None => Ok(()),
+/// The knobs within their ranges; `"auto"` workers only where this instance has a p99
+/// budget (a backfill it starts runs here).
+fn checked(state: &AppState, knobs: &Knobs) -> Result<(), AppError> {
+    if let Some((field, message)) = knobs.invalid() {
+        return Err(AppError::Validation(FieldError::new(field, message)));
     }
-}
-
-fn view(status: BackfillStatus) -> BackfillView {
-    BackfillView {
-        rows_per_s: status.rows_per_s(),
-        status,
+    if knobs.workers == Some(Workers::Auto) && state.backfill_max_p99_ms.is_none() {
+        return Err(AppError::Validation(FieldError::new(
+            "workers",
+            backfill::AUTO_NEEDS_A_BUDGET,
+        )));
     }
+    Ok(())
 }
 
 /// Starts (or resumes) the forward backfill in a thread of its own and returns once it has
@@ -190,7 +191,7 @@ pub async fn start_backfill_now(
     state: &web::Data<AppState>,
     knobs: Knobs,
 ) -> Result<BackfillView, AppError> {
-    checked(&knobs)?;
+    checked(state, &knobs)?;
     let phase = state.phase.get();
     db(state, move |conn| {
         let gate_list = gates::backfill_gates(conn, phase)?;
@@ -251,7 +252,7 @@ pub async fn start_backfill_now(
             )));
         }
     }
-    Ok(view(db(state, |conn| Ok(backfill::status(conn)?)).await?))
+    db(state, |conn| Ok(backfill_view(conn)?)).await
 }
 
 /// Asks the running backfill to stop at the next batch boundary (`paused` or `cancelled`).
@@ -259,19 +260,23 @@ pub async fn stop_backfill_now(
     state: &web::Data<AppState>,
     to: &'static str,
 ) -> Result<BackfillView, AppError> {
-    Ok(view(
-        db(state, move |conn| Ok(backfill::request_stop(conn, to)?)).await?,
-    ))
+    db(state, move |conn| {
+        let stopped = backfill::request_stop(conn, to)?;
+        Ok(BackfillView::of(conn, stopped)?)
+    })
+    .await
 }
 
 pub async fn change_knobs(
     state: &web::Data<AppState>,
     knobs: Knobs,
 ) -> Result<BackfillView, AppError> {
-    checked(&knobs)?;
-    Ok(view(
-        db(state, move |conn| Ok(backfill::set_knobs(conn, knobs)?)).await?,
-    ))
+    checked(state, &knobs)?;
+    db(state, move |conn| {
+        let changed = backfill::set_knobs(conn, knobs)?;
+        Ok(BackfillView::of(conn, changed)?)
+    })
+    .await
 }
 
 /// Verifies the whole table for the stored phase.

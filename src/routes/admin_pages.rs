@@ -23,7 +23,7 @@ use super::db;
 use crate::app_state::AppState;
 use crate::error::{AppError, HtmlError};
 use crate::migration::Phase;
-use crate::migration::backfill::Knobs;
+use crate::migration::backfill::{self, Knobs, Workers};
 use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::status::MigrationStatus;
 use crate::secrets::new_secret;
@@ -165,6 +165,43 @@ fn checked(req: &HttpRequest, session: &AdminSession, csrf: &str) -> Result<(), 
     Ok(())
 }
 
+/// One bar under the backfill's total: a range left to do, and the worker on it.
+pub struct WorkerBar {
+    /// "worker 2", or "waiting" for a range no worker is on.
+    label: String,
+    percent: f64,
+    /// Its ids are `first..=last`; done up to `at`.
+    first: i64,
+    last: i64,
+    at: i64,
+    batch_size: i32,
+}
+
+/// The bars of the ranges not done yet, the ranges with a worker first (by worker).
+fn worker_bars(ranges: &[backfill::WorkerRange]) -> Vec<WorkerBar> {
+    let mut open: Vec<&backfill::WorkerRange> = ranges.iter().filter(|r| !r.is_done()).collect();
+    open.sort_by_key(|r| (r.worker.unwrap_or(i32::MAX), r.start_id));
+    open.into_iter()
+        .map(|r| WorkerBar {
+            label: r
+                .worker
+                .map_or("waiting".to_owned(), |w| format!("worker {w}")),
+            percent: r.percent(),
+            first: r.start_id + 1,
+            last: r.end_id,
+            at: r.last_id,
+            batch_size: r.batch_size,
+        })
+        .collect()
+}
+
+/// The choices of the workers knob: auto, then 1..=MAX_WORKERS.
+fn worker_choices() -> Vec<String> {
+    std::iter::once("auto".to_owned())
+        .chain((1..=backfill::MAX_WORKERS).map(|n| n.to_string()))
+        .collect()
+}
+
 struct TimelineStep {
     name: &'static str,
     summary: &'static str,
@@ -188,6 +225,10 @@ struct Dashboard {
     backfill_stopped: bool,
     /// Whether `zdm demo` left a report to link.
     demo_report: bool,
+    worker_bars: Vec<WorkerBar>,
+    worker_choices: Vec<String>,
+    /// The workers knob as set ("auto" or a count).
+    workers_setting: String,
 }
 
 fn eta_text(status: &MigrationStatus) -> String {
@@ -226,7 +267,12 @@ impl Dashboard {
             0.0
         };
         let backfill_stopped = matches!(b.state.as_str(), "interrupted" | "failed");
+        let worker_bars = worker_bars(&status.backfill.ranges);
+        let workers_setting = status.backfill.workers_setting.to_string();
         Self {
+            worker_bars,
+            worker_choices: worker_choices(),
+            workers_setting,
             eta: eta_text(&status),
             backfill_stopped,
             timeline,
@@ -356,6 +402,20 @@ pub struct BackfillForm {
     batch_size: Option<String>,
     sleep_ms: Option<String>,
     batch_target_ms: Option<String>,
+    workers: Option<String>,
+}
+
+/// Empty → not given; else a count of workers or "auto".
+fn optional_workers(value: Option<&str>) -> Result<Option<Workers>, AppError> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            AppError::Validation(crate::domain::FieldError::new(
+                "workers",
+                format!("workers must be {}.", backfill::WORKERS_EXPECTED),
+            ))
+        }),
+    }
 }
 
 /// Empty → not given; anything else must be a whole number.
@@ -386,6 +446,7 @@ async fn backfill_action(
             batch_size: optional_number(form.batch_size.as_deref(), "batch_size")?,
             sleep_ms: optional_number(form.sleep_ms.as_deref(), "sleep_ms")?,
             batch_target_ms: optional_number(form.batch_target_ms.as_deref(), "batch_target_ms")?,
+            workers: optional_workers(form.workers.as_deref())?,
         })
     })();
     let action = action.into_inner();

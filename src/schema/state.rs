@@ -61,5 +61,35 @@ diesel::table! {
         replica_lag_bytes -> Int8,
         throttle_reason -> Nullable<Text>,
         batch_target_ms -> Int4,
+        workers -> Int4,
+        workers_wanted -> Int4,
+        workers_auto -> Bool,
+        workers_reason -> Nullable<Text>,
+        workers_changed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    zdm_backfill_ranges (range_no) {
+        range_no -> Int4,
+        start_id -> Int8,
+        last_id -> Int8,
+        end_id -> Int8,
+        worker -> Nullable<Int4>,
+        rows_done -> Int8,
+        rows_updated -> Int8,
+        batches -> Int8,
+        batch_size -> Int4,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    zdm_backfill_worker_changes (id) {
+        id -> Int8,
+        at -> Timestamptz,
+        workers -> Int4,
+        previous -> Nullable<Int4>,
+        reason -> Text,
     }
 }

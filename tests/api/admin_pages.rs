@@ -307,3 +307,83 @@ async fn an_interrupted_backfill_is_shown_with_why_and_resumed_from_the_page() {
     assert!(!html.contains("backfill-stopped"), "{html}");
     assert_eq!(backfill::status(&mut conn).unwrap().rows_done, 20_000);
 }
+
+#[actix_web::test]
+async fn the_dashboard_sets_the_workers_and_shows_one_bar_per_worker() {
+    let app = TestApp::spawn().await;
+    app.seed(20_000);
+    app.walk_to(Phase::DualWrite).await;
+    let cookie = log_in(&app).await;
+    let (_, html) = page(&app, &cookie, "/admin").await;
+    assert!(
+        html.contains(r#"<option value="1" selected>1</option>"#),
+        "{html}"
+    );
+    let csrf = csrf_of(&html);
+    // A knob out of range, and auto on an instance without a p99 budget, are refused.
+    for workers in ["0", "seventeen", "auto"] {
+        let refused = post(
+            &app,
+            &cookie,
+            "/admin/backfill/settings",
+            &[("csrf", &csrf), ("workers", workers)],
+        )
+        .await;
+        assert_eq!(refused.status(), 422, "workers={workers}");
+        let html = refused.text().await.unwrap();
+        assert!(html.contains("workers"), "{html}");
+    }
+    let started = post(
+        &app,
+        &cookie,
+        "/admin/backfill/start",
+        &[
+            ("csrf", &csrf),
+            ("batch_size", "200"),
+            ("sleep_ms", "30"),
+            ("batch_target_ms", "0"),
+            ("workers", "2"),
+        ],
+    )
+    .await;
+    assert_eq!(started.status(), 303);
+    let mut conn = app.db.conn();
+    crate::helpers::eventually("two workers on ranges of their own", || {
+        let ranges = backfill::ranges(&mut conn).unwrap();
+        ranges
+            .iter()
+            .filter(|r| !r.is_done() && r.worker.is_some())
+            .count()
+            == 2
+    })
+    .await;
+    let (_, html) = page(&app, &cookie, "/admin").await;
+    assert!(html.contains("2</span> worker(s), set to"), "{html}");
+    assert!(
+        html.contains(r#"<option value="2" selected>2</option>"#),
+        "{html}"
+    );
+    for worker in ["worker 1", "worker 2"] {
+        assert!(
+            html.contains(&format!(r#"<span class="worker-label">{worker}</span>"#)),
+            "{worker}: {html}"
+        );
+    }
+    assert!(html.contains("set to 2"), "the reason: {html}");
+    let paused = post(&app, &cookie, "/admin/backfill/pause", &[("csrf", &csrf)]).await;
+    assert_eq!(paused.status(), 303);
+    crate::helpers::eventually("the runner to stop", || {
+        crate::helpers::backfill_runner_pids(&mut conn).is_empty()
+    })
+    .await;
+    // Paused: the ranges left wait for the next run.
+    let (_, html) = page(&app, &cookie, "/admin").await;
+    assert!(
+        html.contains(r#"<span class="worker-label">waiting</span>"#),
+        "{html}"
+    );
+    assert!(
+        !html.contains(r#"<span class="worker-label">worker"#),
+        "{html}"
+    );
+}

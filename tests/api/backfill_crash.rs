@@ -280,16 +280,17 @@ async fn a_backfill_rides_out_a_postmaster_killed_with_sigkill_and_finishes_by_i
     );
 
     // A crash loses only whole batches, each with its checkpoint: every row up to the
-    // checkpoint it recovered is filled, and no row is half-filled.
+    // checkpoint it recovered (of each range: one here) is filled, and no row is half-filled.
     let (recovered, unfilled, half_filled): (i64, i64, i64) = diesel::select(diesel::dsl::sql::<(
         diesel::sql_types::BigInt,
         diesel::sql_types::BigInt,
         diesel::sql_types::BigInt,
     )>(
-        "(SELECT last_id FROM zdm_backfill), \
-             (SELECT count(*) FROM users WHERE id <= (SELECT last_id FROM zdm_backfill) \
-                AND (first_name IS NULL OR zdm_name_norm(full_name) \
-                     IS DISTINCT FROM zdm_name_join(first_name, last_name))), \
+        "(SELECT min(last_id) FROM zdm_backfill_ranges WHERE last_id < end_id), \
+             (SELECT count(*) FROM users u JOIN zdm_backfill_ranges r \
+                ON u.id > r.start_id AND u.id <= r.last_id \
+                WHERE u.first_name IS NULL OR zdm_name_norm(u.full_name) \
+                     IS DISTINCT FROM zdm_name_join(u.first_name, u.last_name)), \
              (SELECT count(*) FROM users WHERE (first_name IS NULL) <> (last_name IS NULL))",
     ))
     .get_result(&mut conn)

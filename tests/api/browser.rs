@@ -335,6 +335,32 @@ async fn wait_for_gate(c: &Client, gate: &str) {
     panic!("no gate {gate:?} among {shown}");
 }
 
+/// Waits until the bars under the backfill's total read `bars` (label and range of each).
+async fn wait_for_worker_bars(c: &Client, bars: &[&str]) {
+    let mut shown = Value::Null;
+    for _ in 0..600 {
+        shown = c
+            .execute(
+                "return Array.from(document.querySelectorAll('#worker-bars li')).map(li => \
+                 li.textContent.replace(/\\s+/g, ' ').trim());",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if shown.as_array().is_some_and(|shown| {
+            shown.len() == bars.len()
+                && shown
+                    .iter()
+                    .zip(bars)
+                    .all(|(s, b)| s.as_str().is_some_and(|s| s.starts_with(b)))
+        }) {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the worker bars are not {bars:?}: {shown}");
+}
+
 async fn click_button(c: &Client, text: &str) {
     let xpath = format!("//button[normalize-space(.)='{text}']");
     click_and_wait(
@@ -415,6 +441,9 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
     held_rx.recv_timeout(Duration::from_secs(60)).unwrap();
     wait_for_bar(c, 25.0).await;
     assert!(text_of(c, "backfill-state").await.starts_with("running"));
+    // One bar per worker under the total, built by the script (the page had none).
+    wait_for_worker_bars(c, &["worker 1 25 % ids 1–40000, at 10000 (25 %)"]).await;
+    assert_eq!(text_of(c, "backfill-workers").await, "1");
     // The gates follow the progress: the page was rendered before the backfill started.
     wait_for_gate(
         c,
@@ -431,6 +460,7 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
     assert_eq!(runner.join().unwrap().state, "paused");
     wait_for_bar(c, 50.0).await;
     assert!(text_of(c, "backfill-state").await.starts_with("paused"));
+    wait_for_worker_bars(c, &["waiting 50 % ids 1–40000, at 20000 (50 %)"]).await;
     wait_for_gate(
         c,
         "backfill the backfill is paused (20000 of 40000 rows); run it to the end: `zdm backfill` or the dashboard",

@@ -5,6 +5,7 @@ mod admin_fleet;
 mod admin_pages;
 mod backfill;
 mod backfill_crash;
+mod backfill_workers;
 mod browser;
 mod demo;
 mod edges;

@@ -1,30 +1,51 @@
-//! One batch: a short transaction that repairs the rows after the checkpoint and moves the
-//! checkpoint, committed together.
-
-use std::time::Duration;
+//! One batch: a short transaction that repairs the rows after a range's checkpoint and moves
+//! the checkpoint, committed together.
 
 use diesel::connection::SimpleConnection;
 use diesel::dsl::now;
 use diesel::prelude::*;
 
-use super::knobs::next_batch_size;
 use super::status::BackfillStatus;
 use super::{BATCH_STATEMENT_TIMEOUT, Direction};
 use crate::migration::name_sql::{zdm_name_first, zdm_name_join, zdm_name_last};
 use crate::migration::verify::needs_repair;
 use crate::schema::expanded::users;
-use crate::schema::state::zdm_backfill;
+use crate::schema::state::{zdm_backfill, zdm_backfill_ranges};
 
-/// One batch: the ids after the checkpoint, up to `batch_size` of them, repaired and the
-/// checkpoint moved, in one transaction. With a target time, `batch_size` is first resized
-/// by how long the `last` batch took (stored with the checkpoint). Returns the state as
-/// stored after it, which also carries any knob or state change made meanwhile.
+/// What a batch did.
+pub(super) enum BatchOutcome {
+    /// The backfill was not `running` when the batch began (paused, cancelled, throttled, or
+    /// marked interrupted by a reader): nothing was done. Carries the row as stored.
+    NotRunning(BackfillStatus),
+    Ran(Ran),
+}
+
+/// A committed batch.
+pub(super) struct Ran {
+    /// `zdm_backfill` as the batch read it (its knobs and state).
+    pub stored: BackfillStatus,
+    /// The range's new checkpoint.
+    pub upper: i64,
+    /// Rows passed, and rows changed.
+    pub scanned: i64,
+    pub updated: i64,
+    /// The batch size it ran with.
+    pub size: i32,
+}
+
+/// One batch of range `range_no` from its checkpoint `from`: the ids after it, up to
+/// `size_for(knobs)` of them, repaired and the range's checkpoint moved, in one transaction.
+/// `reserve` is told the id the batch would end at (the size-th after `from`, if there is
+/// one) before anything is written, and answers where it ends: no further than the range's
+/// end as it stands then, which another worker may have shortened by splitting the range.
 pub(super) fn run_batch(
     conn: &mut PgConnection,
     direction: Direction,
-    current: &BackfillStatus,
-    last: Option<Duration>,
-) -> QueryResult<BackfillStatus> {
+    range_no: i32,
+    from: i64,
+    size_for: impl FnOnce(&BackfillStatus) -> i32,
+    reserve: impl FnOnce(Option<i64>) -> i64,
+) -> QueryResult<BatchOutcome> {
     conn.transaction(|conn| {
         // The commit need not wait for its WAL to reach the disk: a crash can only lose the
         // last batches together with their checkpoint (one transaction), and the next run
@@ -32,45 +53,30 @@ pub(super) fn run_batch(
         conn.batch_execute(&format!(
             "SET LOCAL statement_timeout = '{BATCH_STATEMENT_TIMEOUT}'; SET LOCAL synchronous_commit = off"
         ))?;
-        // The row lock makes pause and cancel wait for this batch to commit, so once they
+        // A shared row lock: the workers' batches run side by side, and pause and cancel
+        // (which update the row) wait for every batch in flight to commit, so once they
         // answer, no further batch runs.
-        let mut knobs: BackfillStatus = zdm_backfill::table.for_update().first(conn)?;
-        if knobs.state == "interrupted" {
-            // This runner holds the lock: a reader that looked just before it took the lock
-            // marked it. It runs, so it says so again.
-            knobs = diesel::update(zdm_backfill::table)
-                .set((
-                    zdm_backfill::state.eq("running"),
-                    zdm_backfill::error.eq(None::<String>),
-                ))
-                .get_result(conn)?;
+        let stored: BackfillStatus = zdm_backfill::table.for_share().first(conn)?;
+        if stored.state != "running" {
+            return Ok(BatchOutcome::NotRunning(stored));
         }
-        if knobs.state != "running" {
-            return Ok(knobs);
-        }
-        let from = current.last_id;
-        let batch_size = match last {
-            Some(took) if knobs.batch_target_ms > 0 => {
-                next_batch_size(knobs.batch_size, took, knobs.batch_target_ms)
-            }
-            _ => knobs.batch_size,
-        };
-        let batch = i64::from(batch_size.max(1));
-        // The batch ends at the batch_size-th id after the checkpoint; the last one, shorter,
-        // at max_id (rows inserted since the start are dual-written and need no backfill).
+        let size = size_for(&stored).max(1);
+        let batch = i64::from(size);
         let full_batch_end: Option<i64> = users::table
             .select(users::id)
             .filter(users::id.gt(from))
             .order(users::id)
             .offset(batch - 1)
             .first(conn)
-            .optional()?
-            .filter(|end| *end <= current.max_id);
-        let upper = full_batch_end.unwrap_or(current.max_id);
+            .optional()?;
+        // The last batch of a range, shorter, ends at the range's end (rows inserted since
+        // the start, past max_id, are dual-written and need no backfill).
+        let upper = reserve(full_batch_end);
         let in_batch = users::id.gt(from).and(users::id.le(upper));
-        let scanned: i64 = match full_batch_end {
-            Some(_) => batch,
-            None => users::table.filter(in_batch).count().get_result(conn)?,
+        let scanned: i64 = if full_batch_end == Some(upper) {
+            batch
+        } else {
+            users::table.filter(in_batch).count().get_result(conn)?
         };
         let updated = match direction {
             Direction::Forward => {
@@ -91,16 +97,29 @@ pub(super) fn run_batch(
                 .set(users::full_name.eq(zdm_name_join(users::first_name, users::last_name)))
                 .execute(conn)?
             }
-        };
-        diesel::update(zdm_backfill::table)
+        } as i64;
+        use zdm_backfill_ranges as r;
+        // The range must be there to take the checkpoint: without it, nothing of the batch
+        // stays (NotFound rolls it back).
+        let checkpointed = diesel::update(r::table.find(range_no))
             .set((
-                zdm_backfill::last_id.eq(upper),
-                zdm_backfill::rows_done.eq(zdm_backfill::rows_done + scanned),
-                zdm_backfill::rows_updated.eq(zdm_backfill::rows_updated + updated as i64),
-                zdm_backfill::batches.eq(zdm_backfill::batches + 1),
-                zdm_backfill::batch_size.eq(batch_size),
-                zdm_backfill::updated_at.eq(now),
+                r::last_id.eq(upper),
+                r::rows_done.eq(r::rows_done + scanned),
+                r::rows_updated.eq(r::rows_updated + updated),
+                r::batches.eq(r::batches + 1),
+                r::batch_size.eq(size),
+                r::updated_at.eq(now),
             ))
-            .get_result(conn)
+            .execute(conn)?;
+        if checkpointed != 1 {
+            return Err(diesel::result::Error::NotFound);
+        }
+        Ok(BatchOutcome::Ran(Ran {
+            stored,
+            upper,
+            scanned,
+            updated,
+            size,
+        }))
     })
 }

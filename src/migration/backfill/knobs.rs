@@ -1,12 +1,13 @@
-//! The knobs a client turns while the backfill runs (batch size, target batch time, sleep),
-//! and how the batch size follows the target time.
+//! The knobs a client turns while the backfill runs (batch size, target batch time, sleep,
+//! workers), and how the batch size follows the target time.
 
 use std::time::Duration;
 
 use diesel::prelude::*;
 
+use super::status::with_progress;
 use super::status::{BackfillStatus, status};
-use super::{MAX_BATCH_SIZE, MAX_BATCH_TARGET_MS, MAX_SLEEP_MS};
+use super::{MAX_BATCH_SIZE, MAX_BATCH_TARGET_MS, MAX_SLEEP_MS, MAX_WORKERS};
 use crate::schema::state::zdm_backfill;
 
 /// The target batch time may grow the batch size by at most this factor per batch, and
@@ -22,6 +23,99 @@ pub struct Knobs {
     pub sleep_ms: Option<i32>,
     /// The batch time the batch size follows, in milliseconds; 0 keeps batch_size as set.
     pub batch_target_ms: Option<i32>,
+    /// How many workers fill the key range at once: a fixed count or `"auto"`.
+    pub workers: Option<Workers>,
+}
+
+/// The workers knob: a fixed count (1 to `MAX_WORKERS`), or `auto`: the runner adds a worker
+/// while the users' p99 and the replicas' lag stay within their limits and halves the count
+/// when they do not. In JSON a number or `"auto"`; on the command line `N` or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Fixed(i32),
+    Auto,
+}
+
+impl Workers {
+    /// The count a run starts with: auto begins with one worker.
+    pub fn initial(self) -> i32 {
+        match self {
+            Workers::Fixed(n) => n,
+            Workers::Auto => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Workers::Fixed(n) => write!(f, "{n}"),
+            Workers::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// Why `"auto"` is refused where no p99 budget is configured.
+pub const AUTO_NEEDS_A_BUDGET: &str = "workers \"auto\" needs a p99 budget: set ZDM_BACKFILL_MAX_P99_MS (the users' p99 the backfill keeps within) where the backfill runs";
+
+/// What `Workers` accepts, said where it is refused.
+pub const WORKERS_EXPECTED: &str = "a whole number of workers from 1 to 16, or \"auto\"";
+
+impl std::str::FromStr for Workers {
+    type Err = String;
+
+    /// `auto`, or a count within 1..=MAX_WORKERS.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let value = value.trim();
+        if value.eq_ignore_ascii_case("auto") {
+            return Ok(Workers::Auto);
+        }
+        match value.parse::<i32>() {
+            Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(Workers::Fixed(n)),
+            _ => Err(format!("expected {WORKERS_EXPECTED}, not {value:?}")),
+        }
+    }
+}
+
+impl serde::Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Fixed(n) => serializer.serialize_i32(*n),
+            Workers::Auto => serializer.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Workers {
+    /// A whole number (its range is checked by `Knobs::invalid`, so that it answers 422
+    /// naming the field) or `"auto"`.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Workers;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(WORKERS_EXPECTED)
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Workers, E> {
+                Ok(Workers::Fixed(i32::try_from(n).unwrap_or(i32::MAX)))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Workers, E> {
+                Ok(Workers::Fixed(i32::try_from(n).unwrap_or(i32::MAX)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Workers, E> {
+                if s == "auto" {
+                    Ok(Workers::Auto)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(s), &self))
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl Knobs {
@@ -38,11 +132,24 @@ impl Knobs {
             batch_size: Some(batch_size),
             sleep_ms: Some(sleep_ms),
             batch_target_ms: None,
+            workers: None,
+        }
+    }
+
+    /// These knobs with `workers`.
+    pub fn with_workers(self, workers: Workers) -> Self {
+        Knobs {
+            workers: Some(workers),
+            ..self
         }
     }
 
     /// What each knob must lie within, as `(field, message)` for the first that does not.
     pub fn invalid(&self) -> Option<(&'static str, String)> {
+        let workers = match self.workers {
+            Some(Workers::Fixed(n)) => Some(n),
+            _ => None,
+        };
         // (field, value, lowest, what the lowest means, highest)
         let ranges = [
             ("batch_size", self.batch_size, 1, "", MAX_BATCH_SIZE),
@@ -54,6 +161,7 @@ impl Knobs {
                 " (a fixed batch size)",
                 MAX_BATCH_TARGET_MS,
             ),
+            ("workers", workers, 1, "", MAX_WORKERS),
         ];
         ranges
             .into_iter()
@@ -61,7 +169,14 @@ impl Knobs {
                 value.is_some_and(|v| !(low..=high).contains(&v)).then(|| {
                     (
                         field,
-                        format!("{field} must be between {low}{meaning} and {high}."),
+                        format!(
+                            "{field} must be between {low}{meaning} and {high}{}.",
+                            if field == "workers" {
+                                ", or \"auto\""
+                            } else {
+                                ""
+                            }
+                        ),
                     )
                 })
             })
@@ -69,7 +184,9 @@ impl Knobs {
 }
 
 /// Changes the knobs, also while running. A batch size given without a target time is kept
-/// as given (the target is turned off); with one, it is where the sizing starts from.
+/// as given (the target is turned off); with one, it is where the sizing starts from. A
+/// runner picks a new workers setting up within a fraction of a second: it re-splits what
+/// remains among the new count.
 pub fn set_knobs(conn: &mut PgConnection, knobs: Knobs) -> QueryResult<BackfillStatus> {
     let current = status(conn)?;
     let target = match (knobs.batch_size, knobs.batch_target_ms) {
@@ -77,13 +194,20 @@ pub fn set_knobs(conn: &mut PgConnection, knobs: Knobs) -> QueryResult<BackfillS
         (Some(_), None) => 0,
         (None, None) => current.batch_target_ms,
     };
-    diesel::update(zdm_backfill::table)
+    let workers = knobs.workers.unwrap_or(current.workers_setting());
+    let stored = diesel::update(zdm_backfill::table)
         .set((
             zdm_backfill::batch_size.eq(knobs.batch_size.unwrap_or(current.batch_size)),
             zdm_backfill::sleep_ms.eq(knobs.sleep_ms.unwrap_or(current.sleep_ms)),
             zdm_backfill::batch_target_ms.eq(target),
+            zdm_backfill::workers_auto.eq(workers == Workers::Auto),
+            zdm_backfill::workers_wanted.eq(match workers {
+                Workers::Fixed(n) => n,
+                Workers::Auto => current.workers_wanted,
+            }),
         ))
-        .get_result(conn)
+        .get_result(conn)?;
+    with_progress(conn, stored)
 }
 
 /// The next batch size: the last one scaled by how far its batch's time was from the
@@ -133,5 +257,33 @@ mod tests {
             Some("sleep_ms")
         );
         assert_eq!(Knobs::fixed(100_000, 0).invalid(), None);
+        for bad in [0, 17] {
+            assert_eq!(
+                Knobs::sleep(0)
+                    .with_workers(Workers::Fixed(bad))
+                    .invalid()
+                    .map(|e| e.0),
+                Some("workers")
+            );
+        }
+        assert_eq!(Knobs::sleep(0).with_workers(Workers::Auto).invalid(), None);
+    }
+
+    #[test]
+    fn workers_read_as_a_count_or_auto() {
+        let knobs: Knobs = serde_json::from_str(r#"{"workers": 3}"#).unwrap();
+        assert_eq!(knobs.workers, Some(Workers::Fixed(3)));
+        let knobs: Knobs = serde_json::from_str(r#"{"workers": "auto"}"#).unwrap();
+        assert_eq!(knobs.workers, Some(Workers::Auto));
+        let big: Knobs = serde_json::from_str(r#"{"workers": 99999999999}"#).unwrap();
+        assert_eq!(big.invalid().map(|e| e.0), Some("workers"));
+        assert!(serde_json::from_str::<Knobs>(r#"{"workers": "many"}"#).is_err());
+        assert!(serde_json::from_str::<Knobs>(r#"{"workers": 2.5}"#).is_err());
+        assert_eq!("auto".parse(), Ok(Workers::Auto));
+        assert_eq!(" 16 ".parse(), Ok(Workers::Fixed(16)));
+        assert!("0".parse::<Workers>().is_err());
+        assert!("17".parse::<Workers>().is_err());
+        assert_eq!(serde_json::to_string(&Workers::Auto).unwrap(), r#""auto""#);
+        assert_eq!(serde_json::to_string(&Workers::Fixed(4)).unwrap(), "4");
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! - Keyset batches over the primary key. Each batch is one short transaction with its own
 //!   `statement_timeout`: one guarded UPDATE whose WHERE is the repair condition (rows are
-//!   never read into Rust and written back), and the checkpoint (`last_id`) committed with it.
+//!   never read into Rust and written back), and the checkpoint committed with it.
 //!   Memory stays flat whatever the table size.
+//! - Workers: the key range is split into disjoint ranges, each with its own checkpoint,
+//!   filled by up to 16 workers at once (one connection each, still one runner). The count
+//!   is a knob that can change while it runs, or `auto`: within a p99 budget (see `auto`).
 //! - Batch size and the sleep between batches are read from `zdm_backfill` before every
 //!   batch, so they can be changed while it runs; so can its state (pause, cancel).
 //! - With a target batch time (the default), the batch size follows it: after each batch it
@@ -22,17 +25,20 @@
 //! - A runner that died (`kill -9`), failed or gave up leaves its checkpoint; the next start
 //!   resumes from there. Only `done` and `cancelled` make it start afresh.
 //!
-//! Here the run loop and where a run begins; `status` (what it says about itself, stop
-//! requests), `knobs` (what a client turns while it runs), `batch` (one transaction),
-//! `throttle` (waiting for replicas and requests) and `ride_out` (a lost database).
+//! Here the entry points and where a run begins; `workers` (the runner and its workers),
+//! `batch` (one transaction), `status` (what it says about itself, stop requests), `knobs`
+//! (what a client turns while it runs), `throttle` (waiting for replicas and requests),
+//! `auto` (the number of workers within the budget) and `ride_out` (a lost database).
 
+mod auto;
 mod batch;
 mod knobs;
 mod ride_out;
 mod status;
 mod throttle;
+mod workers;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
@@ -42,11 +48,15 @@ use serde::Serialize;
 use super::advisory_lock::AdvisoryLock;
 use crate::schema::expanded::users;
 use crate::schema::state::zdm_backfill;
-use batch::run_batch;
 
-pub use knobs::{Knobs, next_batch_size, set_knobs};
+pub use knobs::{
+    AUTO_NEEDS_A_BUDGET, Knobs, WORKERS_EXPECTED, Workers, next_batch_size, set_knobs,
+};
 pub use ride_out::{DEFAULT_RIDE_OUT, RideOut, run_riding_out};
-pub use status::{BackfillStatus, NO_RUNNER, request_stop, status};
+pub use status::{
+    BackfillStatus, NO_RUNNER, WorkerChange, WorkerRange, ranges, request_stop, status,
+    worker_changes,
+};
 pub use throttle::Throttle;
 
 /// Rows per batch unless changed: small enough for a batch to take milliseconds. With a
@@ -62,6 +72,8 @@ pub const MAX_BATCH_TARGET_MS: i32 = 10_000;
 pub const MAX_SLEEP_MS: i32 = 60_000;
 /// A batch that takes longer than this is cancelled (and retried by the next start).
 pub const BATCH_STATEMENT_TIMEOUT: &str = "5s";
+/// The most workers a backfill runs at once (as the table's CHECK allows).
+pub const MAX_WORKERS: i32 = 16;
 /// The advisory lock key held by the one running backfill ("zdmb").
 pub const LOCK_KEY: i64 = 0x7a64_6d62;
 
@@ -97,8 +109,26 @@ pub enum BackfillError {
     Database(#[from] diesel::result::Error),
 }
 
+/// What one batch did, as `run_workers` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchDone {
+    /// The worker that ran it (1 on the runner's connection).
+    pub worker: i32,
+    pub range_no: i32,
+    /// It covered the ids `(from, to]`.
+    pub from: i64,
+    pub to: i64,
+    /// Rows passed, rows changed.
+    pub rows: i64,
+    pub updated: i64,
+    /// Its batch size.
+    pub size: i32,
+    /// Its transaction's time, from its start to its commit.
+    pub took: Duration,
+}
+
 /// Runs (or resumes) the backfill in `direction` until it is done, paused or cancelled,
-/// calling `progress` after every batch. Blocks the calling thread.
+/// calling `progress` after every batch. Blocks the calling thread. One worker, on `conn`.
 pub fn run(
     conn: &mut PgConnection,
     direction: Direction,
@@ -108,114 +138,169 @@ pub fn run(
 }
 
 /// As `run`, waiting before each batch until every replica in `throttle` has replayed to
-/// within its lag limit.
+/// within its lag limit (and the requests are within its p99 limit). One worker, on `conn`:
+/// without a database URL no other connection can be opened (the reverse backfill of a
+/// rollback runs so).
 pub fn run_throttled(
     conn: &mut PgConnection,
     direction: Direction,
     throttle: &mut Throttle,
+    progress: impl FnMut(&BackfillStatus),
+) -> Result<BackfillStatus, BackfillError> {
+    run_workers(conn, None, direction, throttle, progress, |_| {})
+}
+
+/// The backfill with as many workers as its knob says (`workers`, or auto mode), the first on
+/// `conn`, the others on connections to `url` (`None`: one worker). Takes the backfill's lock
+/// on `conn` (`AlreadyRunning` if another runner holds it) and runs until the backfill is
+/// done, paused, cancelled or fails, calling `progress` with the status after every batch
+/// and `on_batch` with each batch. Blocks the calling thread.
+pub fn run_workers(
+    conn: &mut PgConnection,
+    url: Option<&str>,
+    direction: Direction,
+    throttle: &mut Throttle,
     mut progress: impl FnMut(&BackfillStatus),
+    mut on_batch: impl FnMut(&BatchDone),
 ) -> Result<BackfillStatus, BackfillError> {
     let mut lock =
         AdvisoryLock::try_acquire(conn, LOCK_KEY)?.ok_or(BackfillError::AlreadyRunning)?;
-    let conn = lock.conn();
-    let mut current = begin(conn, direction)?;
-    log::info!(
-        "backfill ({}) from id {} to {}",
-        direction.as_str(),
-        current.last_id,
-        current.max_id
-    );
-    progress(&current);
-    // How long the last batch took, for sizing the next one.
-    let mut last_batch = None::<Duration>;
-    loop {
-        if current.state != "running" {
-            log::info!("backfill {} at id {}", current.state, current.last_id);
-            return Ok(current);
-        }
-        if current.last_id >= current.max_id {
-            let done = diesel::update(zdm_backfill::table)
-                .set((
-                    zdm_backfill::state.eq("done"),
-                    zdm_backfill::finished_at.eq(now),
-                    zdm_backfill::updated_at.eq(now),
-                ))
-                .get_result(conn)?;
-            progress(&done);
-            log::info!(
-                "backfill done: {} rows scanned, {} updated",
-                done.rows_done,
-                done.rows_updated
-            );
-            return Ok(done);
-        }
-        current = throttle.wait_until_clear(conn, current, &mut progress)?;
-        if current.state != "running" {
-            continue;
-        }
-        let started = Instant::now();
-        current = match run_batch(conn, direction, &current, last_batch) {
-            Ok(next) => next,
-            Err(e) => {
-                let _ = diesel::update(zdm_backfill::table)
-                    .set((
-                        zdm_backfill::state.eq("failed"),
-                        zdm_backfill::error.eq(e.to_string()),
-                    ))
-                    .execute(conn);
-                return Err(e.into());
-            }
-        };
-        let took = started.elapsed();
-        last_batch = Some(took);
-        log::debug!(
-            "backfill batch to id {} in {took:?} ({} rows updated so far)",
-            current.last_id,
-            current.rows_updated
-        );
-        progress(&current);
-        if current.sleep_ms > 0 && current.state == "running" {
-            std::thread::sleep(Duration::from_millis(current.sleep_ms as u64));
-        }
-    }
+    workers::run(
+        lock.conn(),
+        url,
+        direction,
+        throttle,
+        &mut progress,
+        &mut on_batch,
+    )
 }
 
-/// Resumes an interrupted run of the same direction, or starts afresh.
-fn begin(conn: &mut PgConnection, direction: Direction) -> QueryResult<BackfillStatus> {
-    let current = status(conn)?;
+/// Resumes an interrupted run of the same direction, or starts afresh, and sets the number
+/// of workers it starts with. Returns the row as stored and the run's ranges.
+fn begin(
+    conn: &mut PgConnection,
+    direction: Direction,
+    can_grow: bool,
+    p99_budget_ms: Option<f64>,
+) -> QueryResult<(BackfillStatus, Vec<WorkerRange>)> {
+    use crate::schema::state::{zdm_backfill_ranges as r, zdm_backfill_worker_changes};
+    let current = status::stored_status(conn)?;
+    let (count, reason) = initial_workers(current.workers_setting(), can_grow, p99_budget_ms);
     // interrupted (or still running, read by nobody since): its runner died or gave up;
     // paused: asked to; failed: a batch failed (statement_timeout, or the database was gone
-    // for longer than the runner waited). All keep their checkpoint.
+    // for longer than the runner waited). All keep their checkpoints.
     let resumable = matches!(
         current.state.as_str(),
         "running" | "throttled" | "interrupted" | "paused" | "failed"
     ) && current.direction == direction.as_str();
     if resumable {
-        return diesel::update(zdm_backfill::table)
+        diesel::update(zdm_backfill::table)
             .set((
                 zdm_backfill::state.eq("running"),
                 zdm_backfill::error.eq(None::<String>),
             ))
-            .get_result(conn);
+            .execute(conn)?;
+        // Workers are assigned afresh.
+        diesel::update(r::table)
+            .set(r::worker.eq(None::<i32>))
+            .execute(conn)?;
+        let none: i64 = r::table.count().get_result(conn)?;
+        if none == 0 && current.last_id < current.max_id {
+            diesel::insert_into(r::table)
+                .values((
+                    r::range_no.eq(1),
+                    r::start_id.eq(current.last_id),
+                    r::last_id.eq(current.last_id),
+                    r::end_id.eq(current.max_id),
+                    r::batch_size.eq(current.batch_size),
+                ))
+                .execute(conn)?;
+        }
+    } else {
+        let (min_id, max_id): (Option<i64>, Option<i64>) = users::table
+            .select((diesel::dsl::min(users::id), diesel::dsl::max(users::id)))
+            .first(conn)?;
+        let rows_total: i64 = users::table.count().get_result(conn)?;
+        diesel::delete(r::table).execute(conn)?;
+        diesel::delete(zdm_backfill_worker_changes::table).execute(conn)?;
+        if let (Some(min_id), Some(max_id)) = (min_id, max_id) {
+            let ranges: Vec<_> = workers::split_evenly(min_id - 1, max_id, count)
+                .into_iter()
+                .zip(1..)
+                .map(|((after, last), no)| {
+                    (
+                        r::range_no.eq(no),
+                        r::start_id.eq(after),
+                        r::last_id.eq(after),
+                        r::end_id.eq(last),
+                        r::batch_size.eq(current.batch_size),
+                    )
+                })
+                .collect();
+            diesel::insert_into(r::table)
+                .values(&ranges)
+                .execute(conn)?;
+        }
+        diesel::update(zdm_backfill::table)
+            .set((
+                zdm_backfill::direction.eq(direction.as_str()),
+                zdm_backfill::state.eq("running"),
+                zdm_backfill::last_id.eq(0),
+                zdm_backfill::max_id.eq(max_id.unwrap_or(0)),
+                zdm_backfill::rows_done.eq(0),
+                zdm_backfill::rows_updated.eq(0),
+                zdm_backfill::rows_total.eq(rows_total),
+                zdm_backfill::batches.eq(0),
+                zdm_backfill::started_at.eq(now),
+                zdm_backfill::updated_at.eq(now),
+                zdm_backfill::finished_at.eq(None::<DateTime<Utc>>),
+                zdm_backfill::error.eq(None::<String>),
+            ))
+            .execute(conn)?;
     }
-    let max_id: Option<i64> = users::table
-        .select(diesel::dsl::max(users::id))
-        .first(conn)?;
-    let rows_total: i64 = users::table.count().get_result(conn)?;
-    diesel::update(zdm_backfill::table)
-        .set((
-            zdm_backfill::direction.eq(direction.as_str()),
-            zdm_backfill::state.eq("running"),
-            zdm_backfill::last_id.eq(0),
-            zdm_backfill::max_id.eq(max_id.unwrap_or(0)),
-            zdm_backfill::rows_done.eq(0),
-            zdm_backfill::rows_updated.eq(0),
-            zdm_backfill::rows_total.eq(rows_total),
-            zdm_backfill::batches.eq(0),
-            zdm_backfill::started_at.eq(now),
-            zdm_backfill::updated_at.eq(now),
-            zdm_backfill::finished_at.eq(None::<DateTime<Utc>>),
-            zdm_backfill::error.eq(None::<String>),
-        ))
-        .get_result(conn)
+    let stored = record_change(conn, None, count, &reason)?;
+    Ok((stored, ranges(conn)?))
+}
+
+/// The number of workers a run starts with, and why.
+fn initial_workers(setting: Workers, can_grow: bool, p99_budget_ms: Option<f64>) -> (i32, String) {
+    match (setting, p99_budget_ms) {
+        (Workers::Fixed(1), _) => (1, "set to 1".to_owned()),
+        _ if !can_grow => (1, workers::ONE_CONNECTION.to_owned()),
+        (Workers::Fixed(n), _) => (n, format!("set to {n}")),
+        (Workers::Auto, Some(budget)) => (
+            1,
+            format!(
+                "auto: starts with one worker and adds one at a time while the requests' p99 stays within {budget} ms"
+            ),
+        ),
+        (Workers::Auto, None) => (1, workers::NO_BUDGET.to_owned()),
+    }
+}
+
+/// Records that the run now has `workers` workers (`previous`: None at its start), and why:
+/// in the status and in the list of changes, in one transaction. Returns the row as stored.
+fn record_change(
+    conn: &mut PgConnection,
+    previous: Option<i32>,
+    workers: i32,
+    reason: &str,
+) -> QueryResult<BackfillStatus> {
+    use crate::schema::state::zdm_backfill_worker_changes as c;
+    conn.transaction(|conn| {
+        diesel::insert_into(c::table)
+            .values((
+                c::workers.eq(workers),
+                c::previous.eq(previous),
+                c::reason.eq(reason),
+            ))
+            .execute(conn)?;
+        diesel::update(zdm_backfill::table)
+            .set((
+                zdm_backfill::workers.eq(workers),
+                zdm_backfill::workers_reason.eq(reason),
+                zdm_backfill::workers_changed_at.eq(now),
+            ))
+            .get_result(conn)
+    })
 }

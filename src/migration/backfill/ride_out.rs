@@ -10,7 +10,7 @@ use diesel::prelude::*;
 
 use super::status::{BackfillStatus, no_runner, status};
 use super::throttle::Throttle;
-use super::{BackfillError, Direction, run_throttled};
+use super::{BackfillError, Direction, run_workers};
 use crate::schema::state::zdm_backfill;
 
 /// How a runner rides out a lost database: how long it keeps trying to get back before it
@@ -67,7 +67,7 @@ impl Default for RideOut {
 
 /// Whether `error` means the connection is gone, rather than a query that failed on a
 /// working one: Diesel says so, or the connection no longer answers.
-fn connection_lost(conn: &mut PgConnection, error: &diesel::result::Error) -> bool {
+pub(super) fn connection_lost(conn: &mut PgConnection, error: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     matches!(
         error,
@@ -101,7 +101,7 @@ pub fn run_riding_out(
     let mut pause = FIRST_RECONNECT_PAUSE;
     loop {
         if let Some(mut current) = conn.take() {
-            let result = run_throttled(&mut current, direction, throttle, |s| {
+            let on_progress = |s: &BackfillStatus| {
                 // It is back: a later loss is a new outage, with a bound of its own.
                 if lost.take().is_some() {
                     log::info!(
@@ -111,7 +111,15 @@ pub fn run_riding_out(
                     (attempts, pause) = (0, FIRST_RECONNECT_PAUSE);
                 }
                 progress(s);
-            });
+            };
+            let result = run_workers(
+                &mut current,
+                Some(url),
+                direction,
+                throttle,
+                on_progress,
+                |_| {},
+            );
             match result {
                 Ok(done) => return Ok(done),
                 Err(BackfillError::AlreadyRunning) if lost.is_some() => {
@@ -160,7 +168,7 @@ pub fn run_riding_out(
 }
 
 /// An error as one line (libpq's messages span several), for the log and the status.
-fn one_line(error: &impl std::fmt::Display) -> String {
+pub(super) fn one_line(error: &impl std::fmt::Display) -> String {
     error
         .to_string()
         .split_whitespace()

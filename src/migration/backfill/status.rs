@@ -1,13 +1,14 @@
 //! What the backfill says about itself: its stored status, read so that it never claims to
-//! run when no runner holds its lock, and the requests to stop it.
+//! run when no runner holds its lock, with the progress of its ranges (one checkpoint each),
+//! and the requests to stop it.
 
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::{BackfillError, LOCK_KEY};
-use crate::schema::state::zdm_backfill;
+use super::{BackfillError, LOCK_KEY, Workers};
+use crate::schema::state::{zdm_backfill, zdm_backfill_ranges, zdm_backfill_worker_changes};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Serialize)]
 pub struct BackfillStatus {
@@ -17,6 +18,8 @@ pub struct BackfillStatus {
     /// idle, running, throttled (waiting for replicas or requests), paused, done, failed,
     /// cancelled, or interrupted (stored as running, but no runner holds the lock).
     pub state: String,
+    /// The checkpoint: every id up to it is done (with several ranges, the lowest of their
+    /// checkpoints; each range has its own, see `WorkerRange`).
     pub last_id: i64,
     pub max_id: i64,
     pub rows_done: i64,
@@ -35,6 +38,15 @@ pub struct BackfillStatus {
     pub throttle_reason: Option<String>,
     /// The batch time the batch size follows, in milliseconds; 0: batch_size stays as set.
     pub batch_target_ms: i32,
+    /// Workers running now (while it runs), or the last run's count.
+    pub workers: i32,
+    /// The count asked for, when not `workers_auto`.
+    pub workers_wanted: i32,
+    /// The runner sets the count itself, within the p99 budget and the replicas' lag limit.
+    pub workers_auto: bool,
+    /// Why `workers` is what it is: the reason of its last change.
+    pub workers_reason: Option<String>,
+    pub workers_changed_at: Option<DateTime<Utc>>,
 }
 
 impl BackfillStatus {
@@ -52,12 +64,119 @@ impl BackfillStatus {
         }
     }
 
+    /// The workers knob as a client sets it.
+    pub fn workers_setting(&self) -> Workers {
+        if self.workers_auto {
+            Workers::Auto
+        } else {
+            Workers::Fixed(self.workers_wanted)
+        }
+    }
+
+    /// With the progress of `ranges` (the ranges of the run since it began): the counters
+    /// stored in `zdm_backfill` plus theirs, the checkpoint below which every range is done,
+    /// and the size of the last batch.
+    pub(super) fn with_ranges(mut self, ranges: &[WorkerRange]) -> Self {
+        if ranges.is_empty() {
+            return self;
+        }
+        for range in ranges {
+            self.rows_done += range.rows_done;
+            self.rows_updated += range.rows_updated;
+            self.batches += range.batches;
+            self.updated_at = self.updated_at.max(range.updated_at);
+        }
+        self.last_id = ranges
+            .iter()
+            .filter(|r| !r.is_done())
+            .map(|r| r.last_id)
+            .min()
+            .unwrap_or(self.max_id);
+        if self.batch_target_ms > 0
+            && let Some(latest) = ranges
+                .iter()
+                .filter(|r| r.batches > 0)
+                .max_by_key(|r| r.updated_at)
+        {
+            self.batch_size = latest.batch_size;
+        }
+        self
+    }
+
     pub fn is_finished(&self) -> bool {
         matches!(
             self.state.as_str(),
             "done" | "failed" | "cancelled" | "idle"
         )
     }
+}
+
+/// One of the disjoint key ranges `(start_id, end_id]` a run is split into, with its own
+/// checkpoint (`last_id`) and counters, committed with each of its batches.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Serialize)]
+pub struct WorkerRange {
+    pub range_no: i32,
+    /// The range starts after this id.
+    pub start_id: i64,
+    /// Its checkpoint: every id in `(start_id, last_id]` is done.
+    pub last_id: i64,
+    /// Its last id.
+    pub end_id: i64,
+    /// The worker on it (1 runs on the runner's own connection), if any.
+    pub worker: Option<i32>,
+    pub rows_done: i64,
+    pub rows_updated: i64,
+    pub batches: i64,
+    /// The size of its last batch.
+    pub batch_size: i32,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl WorkerRange {
+    pub fn is_done(&self) -> bool {
+        self.last_id >= self.end_id
+    }
+
+    /// How far along it is, by ids, in percent.
+    pub fn percent(&self) -> f64 {
+        let span = (self.end_id - self.start_id).max(1) as f64;
+        ((self.last_id - self.start_id) as f64 * 100.0 / span).clamp(0.0, 100.0)
+    }
+}
+
+/// A change of the number of workers during a run, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Serialize)]
+pub struct WorkerChange {
+    #[serde(skip)]
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub workers: i32,
+    pub previous: Option<i32>,
+    pub reason: String,
+}
+
+/// The ranges of the current (or last) run, in key order.
+pub fn ranges(conn: &mut PgConnection) -> QueryResult<Vec<WorkerRange>> {
+    zdm_backfill_ranges::table
+        .order(zdm_backfill_ranges::start_id)
+        .load(conn)
+}
+
+/// The last `limit` changes of the number of workers in the current (or last) run, newest
+/// first.
+pub fn worker_changes(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec<WorkerChange>> {
+    zdm_backfill_worker_changes::table
+        .order(zdm_backfill_worker_changes::id.desc())
+        .limit(limit)
+        .load(conn)
+}
+
+/// The status as stored, with the progress of the ranges.
+pub(super) fn with_progress(
+    conn: &mut PgConnection,
+    stored: BackfillStatus,
+) -> QueryResult<BackfillStatus> {
+    Ok(stored.with_ranges(&ranges(conn)?))
 }
 
 /// Why a backfill stored as running is `interrupted`, when no error of its own was recorded.
@@ -79,6 +198,12 @@ pub(super) fn no_runner() -> diesel::expression::SqlLiteral<diesel::sql_types::B
 /// has no runner: it is recorded as `interrupted` here, keeping the last error it recorded,
 /// so no reader is ever told it runs.
 pub fn status(conn: &mut PgConnection) -> QueryResult<BackfillStatus> {
+    let stored = stored_status(conn)?;
+    with_progress(conn, stored)
+}
+
+/// As `status`, without the ranges' progress: the row as stored (after the check above).
+pub(super) fn stored_status(conn: &mut PgConnection) -> QueryResult<BackfillStatus> {
     let stored: BackfillStatus = zdm_backfill::table.first(conn)?;
     if !matches!(stored.state.as_str(), "running" | "throttled") {
         return Ok(stored);
@@ -103,8 +228,7 @@ pub fn status(conn: &mut PgConnection) -> QueryResult<BackfillStatus> {
     match interrupted {
         Some(status) => {
             log::warn!(
-                "the backfill was running but no runner holds its lock: interrupted at id {}",
-                status.last_id
+                "the backfill was running but no runner holds its lock: interrupted; a resume continues from its checkpoints"
             );
             Ok(status)
         }
@@ -129,7 +253,7 @@ pub fn request_stop(
         .get_result(conn)
         .optional()?;
     match changed {
-        Some(status) => Ok(status),
+        Some(stored) => Ok(with_progress(conn, stored)?),
         None => Err(BackfillError::NotRunning(status(conn)?.state)),
     }
 }

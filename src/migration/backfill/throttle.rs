@@ -1,12 +1,13 @@
 //! Waiting before a batch: for streaming replicas to replay, and for the users' requests to
-//! be fast enough.
+//! be fast enough; and what the runner's auto mode reads to pick the number of workers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::dsl::now;
 use diesel::prelude::*;
 
 use super::BackfillError;
+use super::auto::Reading;
 use super::status::{BackfillStatus, status};
 use crate::schema::state::{zdm_backfill, zdm_instances};
 
@@ -19,17 +20,31 @@ use crate::schema::state::{zdm_backfill, zdm_instances};
 /// It can also watch the requests: with a p99 limit, it waits while any live instance
 /// reported (with its last heartbeat, see `follower`) a p99 above the limit for the user
 /// requests it answered just before.
+///
+/// One throttle serves every worker of a runner (behind a lock): one worker waits, the others
+/// queue behind it.
 pub struct Throttle {
     replicas: Vec<(String, Option<PgConnection>)>,
     pub max_lag_bytes: i64,
     pub max_request_p99_ms: Option<f64>,
+    /// When this throttle last stored `running`: within `RESTATE_EVERY` it is not stored
+    /// again, so that workers checking before each batch do not queue on the status row.
+    stored_running: Option<Instant>,
 }
 
 /// Instances whose latency reports are recent enough to act on.
 const LATENCY_REPORT_WINDOW_SECS: u32 = 2;
 
 /// How often a throttled backfill looks again.
-const THROTTLE_POLL: Duration = Duration::from_millis(200);
+pub(super) const THROTTLE_POLL: Duration = Duration::from_millis(200);
+
+/// How often a clear throttle stores `running` again (with the lag it measured).
+const RESTATE_EVERY: Duration = Duration::from_secs(1);
+
+/// A heartbeat reports the requests since the one before, which comes at most this long
+/// earlier (every 500 ms, checked every 250 ms): a report newer than a change of the number
+/// of workers by this much covers only requests made after it.
+const REPORT_COVERS: Duration = Duration::from_millis(800);
 
 impl Throttle {
     pub fn none() -> Self {
@@ -41,6 +56,7 @@ impl Throttle {
             replicas: replica_urls.into_iter().map(|url| (url, None)).collect(),
             max_lag_bytes,
             max_request_p99_ms: None,
+            stored_running: None,
         }
     }
 
@@ -97,18 +113,62 @@ impl Throttle {
         Ok(largest)
     }
 
+    /// Whether it watches anything at all.
+    pub(super) fn watches(&self) -> bool {
+        !self.replicas.is_empty() || self.max_request_p99_ms.is_some()
+    }
+
+    /// What auto mode decides on: the replicas' lag (or why it cannot be measured), and the
+    /// worst p99 among the live instances' reports that cover only requests made since the
+    /// number of workers last changed.
+    pub(super) fn reading(&mut self, conn: &mut PgConnection) -> QueryResult<Reading> {
+        #[derive(QueryableByName)]
+        struct Reports {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+            worst: Option<f64>,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            fresh: i64,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            live: i64,
+        }
+        let lag = self.largest_lag(conn);
+        let reports: Reports = diesel::sql_query(format!(
+            "SELECT max(recent_p99_ms) FILTER (WHERE fresh) AS worst,
+                    count(*) FILTER (WHERE fresh) AS fresh, count(*) AS live
+               FROM (SELECT recent_p99_ms,
+                            last_seen > coalesce((SELECT workers_changed_at FROM zdm_backfill),
+                                                 '-infinity')
+                                        + interval '{} milliseconds' AS fresh
+                       FROM zdm_instances
+                      WHERE last_seen > now() - interval '{LATENCY_REPORT_WINDOW_SECS} seconds') i",
+            REPORT_COVERS.as_millis()
+        ))
+        .get_result(conn)?;
+        Ok(Reading {
+            worst_p99_ms: reports.worst,
+            fresh_reports: reports.fresh,
+            live_instances: reports.live,
+            lag,
+        })
+    }
+
     /// Returns once the replicas are within the limit and the requests are fast enough
-    /// (state `running`), or as soon as the backfill was paused or cancelled meanwhile.
+    /// (state `running`), as soon as the backfill was paused or cancelled meanwhile, or when
+    /// `stop` says so (the runner ends). `progress` sees the row as stored while it waits.
     pub(super) fn wait_until_clear(
         &mut self,
         conn: &mut PgConnection,
         mut current: BackfillStatus,
-        progress: &mut impl FnMut(&BackfillStatus),
+        stop: &dyn Fn() -> bool,
+        progress: &mut dyn FnMut(&BackfillStatus),
     ) -> Result<BackfillStatus, BackfillError> {
-        if self.replicas.is_empty() && self.max_request_p99_ms.is_none() {
+        if !self.watches() {
             return Ok(current);
         }
         loop {
+            if stop() {
+                return Ok(current);
+            }
             let measured = self.largest_lag(conn);
             let (mut state, lag, mut reason) = match &measured {
                 Ok(lag) if *lag <= self.max_lag_bytes => ("running", *lag, None),
@@ -126,6 +186,15 @@ impl Throttle {
                 && let Some(why) = self.slow_requests(conn)?
             {
                 (state, reason) = ("throttled", Some(why));
+            }
+            if state == "running"
+                && self
+                    .stored_running
+                    .is_some_and(|at| at.elapsed() < RESTATE_EVERY)
+            {
+                // Stored as running a moment ago; a pause since then shows in the batch.
+                current.state = "running".to_owned();
+                return Ok(current);
             }
             // Only a running (or throttled) backfill changes state here, or one a reader marked
             // interrupted just before this runner took the lock: a pause or cancel asked for
@@ -149,8 +218,10 @@ impl Throttle {
                 None => return Ok(status(conn)?),
             };
             if state == "running" {
+                self.stored_running = Some(Instant::now());
                 return Ok(current);
             }
+            self.stored_running = None;
             log::debug!(
                 "backfill throttled: {}",
                 reason.as_deref().unwrap_or_default()

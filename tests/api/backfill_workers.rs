@@ -1,0 +1,513 @@
+//! The backfill with several workers: racing writers, a `kill -9` of its runner, the count
+//! changed while it runs, and auto mode under a budget no request can meet.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde_json::{Value, json};
+use zdm::migration::Phase;
+use zdm::migration::backfill::{self, Direction, Knobs, Throttle, Workers};
+use zdm::migration::verify;
+
+use crate::helpers::{TestApp, eventually};
+
+async fn status(app: &TestApp) -> Value {
+    app.admin_status().await["backfill"].clone()
+}
+
+async fn wait_until(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let s = status(app).await;
+        if done(&s) {
+            return s;
+        }
+        assert_ne!(s["state"], "failed", "the backfill failed: {s}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}: {s}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The workers on a range not done yet, as the status shows them.
+fn busy_workers(backfill: &Value) -> Vec<i64> {
+    let mut workers: Vec<i64> = backfill["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["last_id"].as_i64() < r["end_id"].as_i64())
+        .filter_map(|r| r["worker"].as_i64())
+        .collect();
+    workers.sort_unstable();
+    workers.dedup();
+    workers
+}
+
+/// Counts every update of a row of `users` from now on, in a table of the test's own
+/// (`updates_seen`), written by a trigger in the updating transaction: a batch rolled back
+/// leaves no count.
+fn count_updates(conn: &mut PgConnection) {
+    conn.batch_execute(
+        "CREATE TABLE updates_seen (id BIGINT NOT NULL);
+         CREATE FUNCTION count_update() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO updates_seen VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER count_update AFTER UPDATE ON users
+            FOR EACH ROW EXECUTE FUNCTION count_update();",
+    )
+    .unwrap();
+}
+
+/// (updates counted, rows updated at least once).
+fn updates_seen(conn: &mut PgConnection) -> (i64, i64) {
+    diesel::select(diesel::dsl::sql::<(
+        diesel::sql_types::BigInt,
+        diesel::sql_types::BigInt,
+    )>(
+        "(SELECT count(*) FROM updates_seen), (SELECT count(DISTINCT id) FROM updates_seen)",
+    ))
+    .get_result(conn)
+    .unwrap()
+}
+
+/// Ranges as stored: (start_id, last_id, end_id), in key order.
+fn stored_ranges(conn: &mut PgConnection) -> Vec<(i64, i64, i64)> {
+    backfill::ranges(conn)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.start_id, r.last_id, r.end_id))
+        .collect()
+}
+
+#[actix_web::test]
+async fn several_workers_racing_v1_and_v2_writers_lose_nothing() {
+    let app = TestApp::spawn().await;
+    app.seed(20_000);
+    app.walk_to(Phase::DualWrite).await;
+    let response = app
+        .admin_post(
+            "/api/admin/backfill/start",
+            json!({ "batch_size": 400, "sleep_ms": 5, "workers": 3 }),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let started: Value = response.json().await.unwrap();
+    assert_eq!(started["workers"], 3, "{started}");
+    assert_eq!(started["workers_setting"], 3);
+
+    // Writers rename random seeded rows through both APIs while the workers pass them.
+    // v2 names are chosen so that split(join) differs ("Mary Ann" + "Smith").
+    let mut expected: HashMap<i64, (String, String)> = HashMap::new();
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut writes = 0;
+    let mut workers_seen = Vec::new();
+    let mut metrics_seen = false;
+    loop {
+        let now = status(&app).await;
+        let running = now["state"] == "running";
+        for w in busy_workers(&now) {
+            if !workers_seen.contains(&w) {
+                workers_seen.push(w);
+            }
+        }
+        if running && !metrics_seen {
+            let metrics = app.get("/metrics").await.text().await.unwrap();
+            metrics_seen = metrics.contains("zdm_backfill_workers 3");
+        }
+        for _ in 0..20 {
+            let id = rng.i64(1..=20_000);
+            let n = writes;
+            writes += 1;
+            let (path, body, parts) = if n % 2 == 0 {
+                let full = format!("Writer{n} Van Der Test");
+                (
+                    format!("/api/v1/users/{id}"),
+                    json!({ "full_name": full }),
+                    (format!("Writer{n}"), "Van Der Test".to_owned()),
+                )
+            } else {
+                let (first, last) = (format!("Mary Ann{n}"), "Smith".to_owned());
+                (
+                    format!("/api/v2/users/{id}"),
+                    json!({ "first_name": first, "last_name": last }),
+                    (first, last),
+                )
+            };
+            let response = app.put_json(&path, &body).await;
+            assert_eq!(response.status(), 200, "write {n} to {path}");
+            expected.insert(id, parts);
+        }
+        if !running {
+            break;
+        }
+    }
+    assert!(writes >= 40);
+    workers_seen.sort_unstable();
+    assert_eq!(workers_seen, [1, 2, 3], "three workers ran at once");
+    assert!(metrics_seen, "/metrics showed zdm_backfill_workers 3");
+    let done = status(&app).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["rows_done"], 20_000, "every row passed once: {done}");
+
+    let mut conn = app.db.conn();
+    let result = verify::verify(&mut conn, Phase::DualWrite).unwrap();
+    assert_eq!(result.divergent, 0, "samples {:?}", result.sample_ids);
+    for (id, (first, last)) in &expected {
+        let v2: Value = app
+            .get(&format!("/api/v2/users/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                v2["first_name"].as_str().unwrap(),
+                v2["last_name"].as_str().unwrap()
+            ),
+            (first.as_str(), last.as_str())
+        );
+        let v1: Value = app
+            .get(&format!("/api/v1/users/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v1["full_name"], format!("{first} {last}"));
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("zdm_backfill_workers 0"), "none runs now");
+}
+
+#[actix_web::test]
+async fn a_runner_with_three_workers_killed_with_sigkill_resumes_with_no_gap() {
+    let app = TestApp::spawn().await;
+    app.seed(60_000);
+    app.walk_to(Phase::DualWrite).await;
+    let mut conn = app.db.conn();
+    count_updates(&mut conn);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zdm"))
+        .args([
+            "backfill",
+            "--workers",
+            "3",
+            "--batch-size",
+            "500",
+            "--sleep-ms",
+            "0",
+        ])
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let before_kill = wait_until(&app, "three workers, well under way", |s| {
+        s["rows_done"].as_i64().unwrap_or(0) >= 15_000 && busy_workers(s).len() == 3
+    })
+    .await;
+    assert_eq!(before_kill["state"], "running");
+    child.kill().unwrap(); // SIGKILL, to the child this test started
+    child.wait().unwrap();
+    // Its sessions end once PostgreSQL notices the process is gone.
+    eventually("the runner's session to end", || {
+        crate::helpers::backfill_runner_pids(&mut conn).is_empty()
+    })
+    .await;
+
+    let crashed = backfill::status(&mut conn).unwrap();
+    assert_eq!(crashed.state, "interrupted", "{crashed:?}");
+    // The ranges still cover every id once, and every checkpoint claims only rows its
+    // batches filled: no gap behind any of them.
+    let ranges = stored_ranges(&mut conn);
+    assert!(ranges.len() >= 3, "{ranges:?}");
+    assert_eq!(ranges[0].0, 0, "from the first id: {ranges:?}");
+    assert_eq!(ranges.last().unwrap().2, 60_000, "{ranges:?}");
+    assert!(
+        ranges.windows(2).all(|w| w[0].2 == w[1].0),
+        "disjoint and contiguous: {ranges:?}"
+    );
+    let unfilled_behind_checkpoints: i64 =
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM users u JOIN zdm_backfill_ranges r \
+            ON u.id > r.start_id AND u.id <= r.last_id WHERE u.first_name IS NULL)",
+        ))
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(unfilled_behind_checkpoints, 0);
+    let open = ranges.iter().filter(|r| r.1 < r.2).count();
+    assert!(open >= 2, "stopped mid-way in several ranges: {ranges:?}");
+    let (counted, _) = updates_seen(&mut conn);
+    assert_eq!(
+        counted, crashed.rows_updated,
+        "what the counters say was done"
+    );
+    assert!(crashed.rows_done < 60_000);
+
+    // A new runner, three workers again, resumes every range at its checkpoint.
+    let mut starts = Vec::new();
+    let done = backfill::run_workers(
+        &mut conn,
+        Some(&app.db.url),
+        Direction::Forward,
+        &mut Throttle::none(),
+        |_| {},
+        |batch| starts.push((batch.range_no, batch.from)),
+    )
+    .unwrap();
+    for (start, checkpoint, _) in ranges.iter().filter(|r| r.1 < r.2) {
+        assert!(
+            starts.iter().any(|(_, from)| from == checkpoint),
+            "the range from {start} resumed at its checkpoint {checkpoint}: {starts:?}"
+        );
+    }
+    assert_eq!(done.state, "done");
+    assert_eq!(done.rows_done, 60_000, "no row passed twice or skipped");
+    assert_eq!(done.rows_updated, 60_000);
+    assert_eq!(updates_seen(&mut conn), (60_000, 60_000), "each row once");
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+}
+
+#[actix_web::test]
+async fn changing_workers_one_three_two_mid_run_updates_every_row_exactly_once() {
+    let app = TestApp::spawn().await;
+    app.seed(30_000);
+    app.walk_to(Phase::DualWrite).await;
+    let mut conn = app.db.conn();
+    count_updates(&mut conn);
+
+    // The knob's edges, before anything runs.
+    for (body, code) in [
+        (json!({ "workers": 0 }), 422),
+        (json!({ "workers": 17 }), 422),
+        (json!({ "workers": "many" }), 400),
+        // This instance has no p99 budget.
+        (json!({ "workers": "auto" }), 422),
+    ] {
+        let refused = app.admin_post("/api/admin/backfill/settings", body).await;
+        assert_eq!(refused.status(), code);
+        let error = crate::helpers::error_of(refused).await;
+        assert!(error.contains("workers"), "{error}");
+    }
+
+    let started = app
+        .admin_post(
+            "/api/admin/backfill/start",
+            json!({ "batch_size": 300, "sleep_ms": 10, "workers": 1 }),
+        )
+        .await;
+    assert_eq!(started.status(), 202);
+    wait_until(&app, "a few batches of one worker", |s| {
+        s["batches"].as_i64().unwrap_or(0) >= 5
+    })
+    .await;
+    assert_eq!(busy_workers(&status(&app).await), [1]);
+
+    let three = app
+        .admin_post("/api/admin/backfill/settings", json!({ "workers": 3 }))
+        .await;
+    assert_eq!(three.status(), 200);
+    let at_three = wait_until(&app, "three workers on ranges of their own", |s| {
+        s["workers"] == 3 && busy_workers(s) == [1, 2, 3]
+    })
+    .await;
+    let batches_at_three = at_three["batches"].as_i64().unwrap();
+    wait_until(&app, "the three to run batches", |s| {
+        s["batches"].as_i64().unwrap() >= batches_at_three + 6
+    })
+    .await;
+
+    let two = app
+        .admin_post("/api/admin/backfill/settings", json!({ "workers": 2 }))
+        .await;
+    assert_eq!(two.status(), 200);
+    wait_until(&app, "two workers", |s| {
+        s["workers"] == 2 && busy_workers(s).iter().all(|w| *w <= 2)
+    })
+    .await;
+    let done = wait_until(&app, "the end", |s| s["state"] == "done").await;
+
+    assert_eq!(done["rows_done"], 30_000, "every row passed once: {done}");
+    assert_eq!(done["rows_updated"], 30_000, "{done}");
+    assert_eq!(
+        updates_seen(&mut conn),
+        (30_000, 30_000),
+        "every row needing repair was updated, and only once"
+    );
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+    let changes: Vec<(Option<i64>, i64)> = done["worker_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|c| (c["previous"].as_i64(), c["workers"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(changes, [(None, 1), (Some(1), 3), (Some(3), 2)]);
+    assert!(
+        done["worker_changes"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("set to 2")
+    );
+}
+
+#[actix_web::test]
+async fn auto_workers_under_a_budget_no_request_can_meet_stay_at_one_and_wait() {
+    let db = crate::helpers::TestDb::migrated();
+    let (address, follower, _) = crate::helpers::serve_with(
+        &db.url,
+        zdm::db::PoolLimits::with_size(4),
+        Default::default(),
+        Vec::new(),
+    );
+    let mut conn = db.conn();
+    zdm::seed::seed_users(&mut conn, Phase::Baseline, 3000, 3, |_| {}).unwrap();
+    crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
+    // Eight clients reading without pause keep every heartbeat's p99 report coming (see
+    // backfill::the_backfill_waits_while_requests_are_slower_than_its_p99_limit).
+    let traffic = Arc::new(AtomicBool::new(true));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (traffic, address) = (Arc::clone(&traffic), address.clone());
+            actix_web::rt::spawn(async move {
+                let client = reqwest::Client::new();
+                while traffic.load(Ordering::Relaxed) {
+                    let id = fastrand::i64(1..=3000);
+                    let response = client
+                        .get(format!("{address}/api/v1/users/{id}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200);
+                }
+            })
+        })
+        .collect();
+    eventually("a p99 in a heartbeat", || {
+        zdm::migration::state::live_instances(&mut conn)
+            .unwrap()
+            .iter()
+            .any(|i| i.recent_p99_ms.is_some())
+    })
+    .await;
+    // Auto mode, with a budget no request can meet; the runner could open more connections.
+    let runner = {
+        let url = db.url.clone();
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            backfill::set_knobs(&mut conn, Knobs::fixed(100, 0).with_workers(Workers::Auto))
+                .unwrap();
+            let mut throttle =
+                Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(Some(0.001));
+            let mut most = 0;
+            let done = backfill::run_workers(
+                &mut conn,
+                Some(&url),
+                Direction::Forward,
+                &mut throttle,
+                |s| most = most.max(s.workers),
+                |_| {},
+            );
+            (done, most)
+        })
+    };
+    let mut waiting = None;
+    eventually("the backfill to wait for the requests", || {
+        let status = backfill::status(&mut conn).unwrap();
+        assert_ne!(status.state, "done", "it ran through: {status:?}");
+        waiting = (status.state == "throttled").then_some(status);
+        waiting.is_some()
+    })
+    .await;
+    let waiting = waiting.unwrap();
+    assert_eq!(waiting.workers, 1);
+    assert!(waiting.workers_auto);
+    // It stays so while the instance keeps reporting, well past the time auto mode takes to
+    // add a worker when the requests allow it (two seconds).
+    let throttled_at = waiting.updated_at;
+    let mut reports = 0;
+    eventually("four more seconds of p99 reports", || {
+        let live = zdm::migration::state::live_instances(&mut conn).unwrap();
+        let status = backfill::status(&mut conn).unwrap();
+        assert_eq!(status.state, "throttled", "{status:?}");
+        assert_eq!(status.workers, 1, "{status:?}");
+        assert_eq!(
+            status.rows_done, waiting.rows_done,
+            "no batch while it waits"
+        );
+        reports += live.iter().filter(|i| i.recent_p99_ms.is_some()).count();
+        live.iter()
+            .any(|i| (i.last_seen - throttled_at).num_milliseconds() > 4000)
+    })
+    .await;
+    assert!(reports > 0);
+    assert!(
+        backfill::worker_changes(&mut conn, 100)
+            .unwrap()
+            .iter()
+            .all(|c| c.workers == 1),
+        "never more than one worker while the budget was unmet"
+    );
+    // Traffic stops: no instance reports a p99 any more, and the backfill finishes.
+    traffic.store(false, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let (done, _) = runner.join().unwrap();
+    let done = done.unwrap();
+    assert_eq!(done.state, "done");
+    assert_eq!(done.rows_done, 3000);
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+}
+
+#[test]
+fn workers_that_cannot_connect_leave_the_work_to_those_that_can() {
+    let db = crate::helpers::TestDb::migrated();
+    let mut conn = db.conn();
+    zdm::seed::seed_users(&mut conn, Phase::Baseline, 5000, 5, |_| {}).unwrap();
+    // No instance runs: the steps' gates about instances hold.
+    while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
+        zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
+    }
+    backfill::set_knobs(
+        &mut conn,
+        Knobs::fixed(200, 0).with_workers(Workers::Fixed(3)),
+    )
+    .unwrap();
+    // Workers beyond the first connect to a database that does not exist.
+    let nowhere = format!("{}_nowhere", db.url);
+    let done = backfill::run_workers(
+        &mut conn,
+        Some(&nowhere),
+        Direction::Forward,
+        &mut Throttle::none(),
+        |_| {},
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(done.state, "done");
+    assert_eq!((done.rows_done, done.rows_updated), (5000, 5000));
+    assert_eq!(done.workers, 1);
+    let why = done.workers_reason.unwrap_or_default();
+    assert!(why.starts_with("worker 2 could not connect"), "{why}");
+}
