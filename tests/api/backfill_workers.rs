@@ -511,3 +511,40 @@ fn workers_that_cannot_connect_leave_the_work_to_those_that_can() {
     let why = done.workers_reason.unwrap_or_default();
     assert!(why.starts_with("worker 2 could not connect"), "{why}");
 }
+
+/// `zdm bench backfill --workers 2`: every round fills every row both ways, the backfill
+/// with two workers, and the report ends with the parallel ratio.
+#[test]
+fn the_benchmark_runs_the_backfill_with_workers_and_ends_with_the_parallel_ratio() {
+    let mut lines = Vec::new();
+    let options = zdm::bench::BackfillBenchOptions {
+        rows: 4000,
+        rounds: 2,
+        knobs: Knobs::fixed(250, 0).with_workers(Workers::Fixed(2)),
+        autovacuum: false,
+        small_rows: None,
+        without_email_index: false,
+    };
+    let report = zdm::bench::backfill_benchmark(&crate::helpers::server_url(), options, |line| {
+        lines.push(line.to_owned())
+    })
+    .unwrap();
+    assert_eq!(report.workers, 2);
+    let rows: Vec<u64> = report.backfill.iter().map(|t| t.rows).collect();
+    assert_eq!(rows, [4000, 4000]);
+    // 4,000 rows in batches of 250 (a range split near the end adds a shorter one).
+    assert!(
+        report.batch_times.len() >= 32,
+        "{}",
+        report.batch_times.len()
+    );
+    assert!(report.ranges.iter().all(|n| *n >= 2), "{:?}", report.ranges);
+    assert!(lines.contains(&"round 1: zdm backfill, 2 workers...".to_owned()));
+    let last = lines.last().unwrap();
+    let ratio: f64 = last
+        .strip_prefix("parallel_backfill_vs_single_update: ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((ratio - report.ratio()).abs() < 0.01, "{last}");
+}
