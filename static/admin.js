@@ -104,7 +104,7 @@
         text("backfill-state", b.state + " (" + b.direction + ")");
         text("backfill-workers", b.workers.toString());
         text("backfill-workers-setting", String(b.workers_setting));
-        text("backfill-workers-reason", b.workers_reason || "");
+        text("backfill-workers-reason", b.workers_reason || "none");
         showRanges(b.ranges);
         showGates(s.next);
       })

@@ -370,8 +370,19 @@ async fn backfill_with_a_crash(
         return Err(format!("the resumed backfill failed: {exit}").into());
     }
     let url = url.to_owned();
-    let done = blocking(move || backfill_status(&url)).await?;
-    timeline.mark(format!("backfill done: {} rows", done.rows_done));
+    let (done, counts) = blocking(move || {
+        let mut conn = PgConnection::establish(&url)?;
+        let changes = backfill::worker_changes(&mut conn, 1000)?;
+        Ok::<_, DemoError>((backfill::status(&mut conn)?, changes))
+    })
+    .await?;
+    // The number of workers through the resumed run, oldest first (auto mode changes it).
+    let counts: Vec<String> = counts.iter().rev().map(|c| c.workers.to_string()).collect();
+    timeline.mark(format!(
+        "backfill done: {} rows; workers {}",
+        done.rows_done,
+        counts.join(" → ")
+    ));
     Ok(done.rows_per_s())
 }
 

@@ -358,7 +358,10 @@ async fn the_dashboard_sets_the_workers_and_shows_one_bar_per_worker() {
     })
     .await;
     let (_, html) = page(&app, &cookie, "/admin").await;
-    assert!(html.contains("2</span> worker(s), set to"), "{html}");
+    assert!(
+        html.contains(r#"Workers: <span id="backfill-workers">2</span> (knob: <span id="backfill-workers-setting">2</span>)"#),
+        "{html}"
+    );
     assert!(
         html.contains(r#"<option value="2" selected>2</option>"#),
         "{html}"
