@@ -61,6 +61,9 @@ enum Command {
         /// Run the one-step migration a hurried team would ship instead, to see what it breaks.
         #[arg(long)]
         naive: bool,
+        /// After the contract, undo it under the same traffic and walk back to read_new.
+        #[arg(long, conflicts_with = "naive")]
+        undo: bool,
         /// Users seeded before the traffic starts.
         #[arg(long, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
         rows: Option<u64>,
@@ -219,6 +222,7 @@ pub fn main() -> ExitCode {
             Command::Demo {
                 quick,
                 naive,
+                undo,
                 rows,
                 clients,
                 phase_secs,
@@ -236,6 +240,7 @@ pub fn main() -> ExitCode {
                     DemoOptions::full(dir)
                 };
                 opts.naive = naive;
+                opts.undo = undo;
                 opts.rows = rows.unwrap_or(opts.rows);
                 opts.clients = clients.map_or(opts.clients, |c| c as usize);
                 opts.phase_secs = phase_secs.filter(|s| *s > 0.0).unwrap_or(opts.phase_secs);

@@ -85,6 +85,9 @@ impl Fault {
 pub struct DemoOptions {
     /// The one-step migration instead of zdm's.
     pub naive: bool,
+    /// After the contract, undo it under the same traffic: back to new_only (full_name
+    /// re-added) and on to read_new (refilled by the reverse backfill).
+    pub undo: bool,
     pub rows: u64,
     pub clients: usize,
     /// Seconds of traffic in each phase.
@@ -111,6 +114,7 @@ impl DemoOptions {
     pub fn quick(report_dir: PathBuf) -> Self {
         Self {
             naive: false,
+            undo: false,
             rows: 30_000,
             clients: 8,
             phase_secs: 3.0,
@@ -206,6 +210,13 @@ impl Admin {
             return Err(format!("{path} answered {status}: {}", body["error"]).into());
         }
         Ok(body)
+    }
+
+    async fn rollback(&self) -> Result<usize, DemoError> {
+        let body = self
+            .post("/api/admin/migration/rollback", json!({}))
+            .await?;
+        Ok(body["transition"]["lock_timeouts"].as_u64().unwrap_or(0) as usize)
     }
 
     async fn advance(&self, confirm: Option<&str>) -> Result<usize, DemoError> {
@@ -419,7 +430,34 @@ async fn walk_zdm(
     fleet.wait_applied("contracted").await?;
     timeline.enter("contracted");
     pause(opts.phase_secs).await;
+    if opts.undo {
+        lock_timeouts += undo_the_contract(fleet, admin, opts, timeline).await?;
+    }
     Ok((lock_timeouts, Some(rate)))
+}
+
+/// The drop undone under the same traffic: contracted → new_only re-adds full_name (empty;
+/// new_only code does not read it), then new_only → read_new moves the phase back, waits for
+/// every instance to dual-write and refills full_name by the reverse backfill. The segments
+/// of this way back are named `… (undo)`.
+async fn undo_the_contract(
+    fleet: &mut Fleet,
+    admin: &Admin,
+    opts: &DemoOptions,
+    timeline: &mut Timeline,
+) -> Result<usize, DemoError> {
+    timeline.mark("undo: roll back the contract (full_name re-added)");
+    let mut lock_timeouts = admin.rollback().await?;
+    fleet.wait_applied("new_only").await?;
+    timeline.enter("new_only (undo)");
+    pause(opts.phase_secs).await;
+    timeline.enter("reverse backfill (undo)");
+    timeline.mark("undo: roll back to read_new (reverse backfill refills full_name)");
+    lock_timeouts += admin.rollback().await?;
+    fleet.wait_applied("read_new").await?;
+    timeline.enter("read_new (undo)");
+    pause(opts.phase_secs).await;
+    Ok(lock_timeouts)
 }
 
 /// What a hurried team ships: one transaction that adds the columns, fills them with one
@@ -621,6 +659,7 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
     };
     let summary = DemoSummary {
         mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
+        undo: opts.undo && !opts.naive,
         requests: samples.len(),
         failed_requests,
         lost_writes: audit.lost_writes,

@@ -46,6 +46,9 @@ pub struct SegmentStats {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DemoSummary {
     pub mode: String,
+    /// Whether the run undid the contract after it, walking back to read_new (`--undo`): its
+    /// segments then appear twice, the way back's named `… (undo)`.
+    pub undo: bool,
     pub requests: usize,
     pub failed_requests: usize,
     /// The audit's findings (see `AuditResult`): acknowledged writes not found...
