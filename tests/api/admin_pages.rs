@@ -190,6 +190,13 @@ async fn a_logged_in_admin_drives_the_migration_with_forms() {
     assert_eq!(response.status(), 303);
     app.wait_for_phase(Phase::Contracted).await;
 
+    // The drop can be undone from the page too.
+    let (_, dashboard) = page(&app, &cookie, "/admin").await;
+    assert!(dashboard.contains("Roll back to new_only"), "{dashboard}");
+    let response = post(&app, &cookie, "/admin/rollback", &[("csrf", &csrf)]).await;
+    assert_eq!(response.status(), 303);
+    app.wait_for_phase(Phase::NewOnly).await;
+
     let response = post(&app, &cookie, "/admin/logout", &[("csrf", &csrf)]).await;
     assert_eq!(response.status(), 303);
     let (status, _) = page(&app, &cookie, "/admin/status.json").await;
