@@ -9,11 +9,11 @@ use diesel::{Connection, PgConnection};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
-use crate::demo::DemoOptions;
 use crate::migration::backfill::{self, Direction};
 use crate::migration::status::migration_status;
 use crate::migration::{runner, state, verify};
 use crate::startup::{self, StartupError};
+use crate::tools::demo::DemoOptions;
 
 /// The name this process uses in the migration history.
 const CLI_ACTOR: &str = "cli";
@@ -93,7 +93,7 @@ enum Command {
         /// `lose-writes` answers some updates as saved and rolls them back, `lagging-v1` makes
         /// v1 writes skip the new columns. `ZDM_FAULT_LAGGING_V1_WRITES=1` means the latter.
         #[arg(long, value_enum)]
-        fault: Option<crate::demo::Fault>,
+        fault: Option<crate::tools::demo::Fault>,
     },
     /// Measure: `bench backfill --rows N`.
     Bench {
@@ -257,8 +257,8 @@ pub fn main() -> ExitCode {
                     }
                 }
                 opts.fault = match (fault, config.faults.lagging_v1_writes) {
-                    (None, true) => Some(crate::demo::Fault::LaggingV1),
-                    (Some(f), true) if f != crate::demo::Fault::LaggingV1 => {
+                    (None, true) => Some(crate::tools::demo::Fault::LaggingV1),
+                    (Some(f), true) if f != crate::tools::demo::Fault::LaggingV1 => {
                         return Err(format!(
                             "one fault at a time: --fault {} with {}=1",
                             f.name(),
@@ -506,8 +506,8 @@ fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupEr
 fn demo(config: &Config, opts: DemoOptions) -> Result<(), StartupError> {
     let url = config.resolve_database_url()?;
     let report_dir = opts.report_dir.clone();
-    let summary = actix_web::rt::System::new().block_on(crate::demo::run(&url, opts))?;
-    print!("{}", crate::demo::report::table(&summary));
+    let summary = actix_web::rt::System::new().block_on(crate::tools::demo::run(&url, opts))?;
+    print!("{}", crate::tools::demo::report::table(&summary));
     println!(
         "report: {}",
         report_dir
@@ -545,7 +545,8 @@ fn seed(config: &Config, users: u64, rng_seed: Option<u64>) -> Result<(), Startu
     let bar = progress_bar(users, "seeding")?;
     let started = Instant::now();
     let seed = rng_seed.unwrap_or_else(|| fastrand::u64(..));
-    let done = crate::seed::seed_users(&mut conn, phase, users, seed, |n| bar.set_position(n))?;
+    let done =
+        crate::tools::seed::seed_users(&mut conn, phase, users, seed, |n| bar.set_position(n))?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!(

@@ -11,7 +11,8 @@ use prometheus::{
 };
 
 use crate::db::DbPool;
-use crate::migration::{Phase, backfill, state, verify};
+use crate::domain::Phase;
+use crate::migration::{backfill, state, verify};
 
 pub struct Metrics {
     registry: Registry,
@@ -229,6 +230,15 @@ impl Metrics {
         self.http_requests
             .with_label_values(&[route, method_label(method), &status.to_string()])
             .inc();
+    }
+
+    /// The p99 of the user requests answered since its previous call, for the phase follower
+    /// to report with each heartbeat.
+    pub fn p99_reporter(
+        self: &std::sync::Arc<Self>,
+    ) -> impl FnMut() -> Option<f64> + Send + 'static {
+        let (metrics, mut since) = (self.clone(), LatencyMark::default());
+        move || metrics.user_p99_ms_since(&mut since)
     }
 
     /// The p99 of the user requests answered since `mark` was last moved here, in ms (the

@@ -178,8 +178,11 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         .cloned()
         .collect();
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
-    let follower =
-        PhaseFollower::start_reporting(database.pool.clone(), config.phase_poll, metrics.clone())?;
+    let follower = PhaseFollower::start_reporting(
+        database.pool.clone(),
+        config.phase_poll,
+        metrics.p99_reporter(),
+    )?;
     if let Some(token) = &config.admin_token
         && token.chars().count() < MIN_ADMIN_TOKEN_CHARS
     {

@@ -20,10 +20,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{BenchError, ms, peak_rss_mib, quantile};
-use crate::db::scratch::ScratchDatabase;
-use crate::demo::fleet::Fleet;
 use crate::local_pg::BinarySearch;
 use crate::migration::backfill;
+use crate::tools::demo::fleet::Fleet;
+use crate::tools::scratch::ScratchDatabase;
 
 #[derive(Debug, Clone)]
 pub struct HttpBenchOptions {

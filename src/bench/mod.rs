@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
-use crate::db::scratch::ScratchDatabase;
+use crate::domain::Phase;
 use crate::migration::backfill::{self, Direction, Knobs};
-use crate::migration::{Phase, runner, state};
+use crate::migration::{runner, state};
+use crate::tools::scratch::ScratchDatabase;
 
 pub mod http;
 pub mod replicas;

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
 use serde::Serialize;
 
-use super::Phase;
+use crate::domain::Phase;
 
 /// What a user types to allow the contract (the column that will be dropped).
 pub const CONTRACT_CONFIRMATION: &str = "users.full_name";

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::Phase;
 use super::follower::LIVE_WINDOW;
+use crate::domain::Phase;
 use crate::schema::state::{zdm_instances, zdm_migration_history, zdm_migration_state};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,7 +14,7 @@ pub enum StateError {
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
     #[error("the stored phase is invalid: {0}")]
-    Corrupt(#[from] super::phase::UnknownPhase),
+    Corrupt(#[from] crate::domain::phase::UnknownPhase),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
 }

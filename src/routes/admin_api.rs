@@ -16,12 +16,12 @@ use super::{BODY_LIMIT, db};
 use crate::app_state::AppState;
 use crate::domain::FieldError;
 use crate::error::AppError;
-use crate::migration::backfill::{self, BackfillError, BackfillStatus, Direction, Knobs};
+use crate::migration::backfill::{self, BackfillStatus, Direction, Knobs};
 use crate::migration::gates;
-use crate::migration::runner::{self, RunError, Transition};
-use crate::migration::state::{self, StateError};
+use crate::migration::runner::{self, Transition};
+use crate::migration::state;
 use crate::migration::status::{BackfillView, MigrationStatus, migration_status};
-use crate::migration::verify::{self, VerifyError, VerifyResult};
+use crate::migration::verify::{self, VerifyResult};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // The same actions as the dashboard's forms (`admin_pages`), authorised by Bearer token.
@@ -46,36 +46,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub fn token_matches(given: &str, expected: &str) -> bool {
     !expected.is_empty()
         && constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes())
-}
-
-impl From<VerifyError> for AppError {
-    fn from(e: VerifyError) -> Self {
-        match e {
-            VerifyError::NotApplicable(_) => AppError::Refused(e.to_string()),
-            VerifyError::Database(d) => d.into(),
-        }
-    }
-}
-
-impl From<BackfillError> for AppError {
-    fn from(e: BackfillError) -> Self {
-        match e {
-            BackfillError::Database(d) => d.into(),
-            refusal => AppError::Refused(refusal.to_string()),
-        }
-    }
-}
-
-impl From<RunError> for AppError {
-    fn from(e: RunError) -> Self {
-        if e.is_conflict() {
-            return AppError::Refused(e.to_string());
-        }
-        match e {
-            RunError::State(StateError::Database(d)) => d.into(),
-            other => AppError::internal(other),
-        }
-    }
 }
 
 async fn status(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {

@@ -21,8 +21,8 @@ use super::admin_auth::{self, AdminSession, SESSION_COOKIE, failed_attempt, sess
 use super::client::{client_info, cookie_name};
 use super::db;
 use crate::app_state::AppState;
+use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
-use crate::migration::Phase;
 use crate::migration::backfill::Knobs;
 use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::status::MigrationStatus;

@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use super::{db, db_read, read_user};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
+use crate::domain::Phase;
 use crate::domain::user::FieldErrors;
 use crate::domain::{NewUser, UserChanges};
 use crate::error::AppError;
 use crate::faults::commit_unless_lost;
-use crate::migration::Phase;
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i64 = 1000;

@@ -10,10 +10,10 @@ use super::api_v1::{Page, PageQuery, first_error};
 use super::{db, db_read, read_user, v2_phase};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
+use crate::domain::Phase;
 use crate::domain::{NewUser, UserChanges};
 use crate::error::AppError;
 use crate::faults::commit_unless_lost;
-use crate::migration::Phase;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(

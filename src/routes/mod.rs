@@ -10,6 +10,7 @@ pub mod client;
 pub mod csrf;
 pub mod home;
 pub mod input;
+pub mod migration_errors;
 pub mod pages;
 
 use actix_web::ResponseError;
@@ -23,8 +24,8 @@ use diesel::PgConnection;
 
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
+use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
-use crate::migration::Phase;
 use crate::replicas;
 
 /// Largest JSON or form body accepted; a user record is far smaller.

@@ -9,11 +9,11 @@ use serde::Deserialize;
 use super::{csrf, db, db_read, read_user, v2_phase};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
+use crate::domain::Phase;
 use crate::domain::user::FieldErrors;
 use crate::domain::{FieldError, NewUser};
 use crate::error::{AppError, HtmlError};
 use crate::faults::commit_unless_lost;
-use crate::migration::Phase;
 
 /// Users per page of the list.
 pub const PAGE_SIZE: i64 = 25;

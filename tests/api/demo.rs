@@ -269,7 +269,7 @@ fn rows_altered_behind_the_demos_back_fail_its_checksum() {
     // Two seeded rows no client writes: one gets another name (its columns kept consistent,
     // so only the checksum can tell), the other another email.
     let (renamed, readdressed) = (rows, rows - 1);
-    assert!(renamed - 1 > zdm::demo::traffic::last_owned_seeded_id(rows));
+    assert!(renamed - 1 > zdm::tools::demo::traffic::last_owned_seeded_id(rows));
     conn.batch_execute("SET lock_timeout = '5s'").unwrap();
     diesel::sql_query(
         "UPDATE users SET full_name = 'Altered Behind-Back',

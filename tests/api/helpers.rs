@@ -301,9 +301,12 @@ pub fn serve_with(
 ) -> (String, PhaseFollower, PathBuf) {
     let pool = db::build_pool(url, limits).expect("building the pool");
     let metrics = std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics"));
-    let follower =
-        PhaseFollower::start_reporting(pool.clone(), Duration::from_millis(50), metrics.clone())
-            .expect("following the phase");
+    let follower = PhaseFollower::start_reporting(
+        pool.clone(),
+        Duration::from_millis(50),
+        metrics.p99_reporter(),
+    )
+    .expect("following the phase");
     let report_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("reports-{}", follower.instance_id));
     let state = AppState {
@@ -573,7 +576,7 @@ impl TestApp {
     /// Loads `count` users the way the current phase writes them.
     pub fn seed(&self, count: u64) {
         let mut conn = self.db.conn();
-        zdm::seed::seed_users(&mut conn, self.phase(), count, 42, |_| {}).expect("seeding");
+        zdm::tools::seed::seed_users(&mut conn, self.phase(), count, 42, |_| {}).expect("seeding");
     }
 }
 

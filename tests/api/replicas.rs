@@ -216,7 +216,7 @@ async fn a_throttled_backfill_says_so_in_the_api_the_metrics_and_the_dashboard()
         vec![gone],
     );
     let mut conn = db.conn();
-    zdm::seed::seed_users(&mut conn, Phase::Baseline, 2000, 9, |_| {}).unwrap();
+    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 2000, 9, |_| {}).unwrap();
     crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
     let client = reqwest::Client::new();
     let admin = |path: &str| {

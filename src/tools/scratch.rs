@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
-use super::with_database;
+use crate::db::with_database;
 use crate::local_pg::{create_database_if_missing, quote_ident};
 
 pub struct ScratchDatabase {
@@ -47,9 +47,9 @@ impl ScratchDatabase {
         let scratch = Self::create(server_url, prefix)?;
         let mut conn = PgConnection::establish(&scratch.url)?;
         crate::migration::schema_migrations::run_infrastructure_migrations(&mut conn)?;
-        crate::seed::seed_users(
+        crate::tools::seed::seed_users(
             &mut conn,
-            crate::migration::Phase::Baseline,
+            crate::domain::Phase::Baseline,
             rows,
             rng_seed,
             |_| {},

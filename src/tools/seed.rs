@@ -7,8 +7,8 @@
 
 use diesel::prelude::*;
 
+use crate::domain::Phase;
 use crate::domain::name_rule::split_full_name;
-use crate::migration::Phase;
 use crate::schema::{SchemaVersion, expanded, v1, v2};
 
 // `COPY` needs every column of the target list, so there is one row type per schema version.

@@ -19,7 +19,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
 use super::oracle::{Row, Sent, norm};
-use crate::migration::Phase;
+use crate::domain::Phase;
 
 /// A state a client expects a row in.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,9 +32,10 @@ use serde_json::{Value, json};
 use self::fleet::Fleet;
 use self::report::{DemoSummary, Marker, Segment};
 use self::traffic::TrafficControl;
-use crate::db::scratch::ScratchDatabase;
+use crate::domain::Phase;
 use crate::faults::{LAGGING_V1_WRITES_ENV, LOSE_WRITES_ENV};
-use crate::migration::{Phase, backfill, state};
+use crate::migration::{backfill, state};
+use crate::tools::scratch::ScratchDatabase;
 
 pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
 
