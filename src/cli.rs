@@ -361,14 +361,11 @@ struct Connected {
 
 fn connect(config: &Config) -> Result<Connected, StartupError> {
     let database = startup::prepare_database(config)?;
-    let replicas: Vec<String> = config
-        .replica_urls
-        .iter()
-        .chain(&database.replica_urls)
-        .cloned()
-        .collect();
-    let throttle = backfill::Throttle::new(replicas, config.replica_max_lag_bytes)
-        .with_request_p99_limit(config.backfill_max_p99_ms);
+    let throttle = backfill::Throttle::new(
+        database.all_replica_urls(config),
+        config.replica_max_lag_bytes,
+    )
+    .with_request_p99_limit(config.backfill_max_p99_ms);
     Ok(Connected {
         conn: PgConnection::establish(&database.url)?,
         url: database.url,

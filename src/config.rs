@@ -135,7 +135,7 @@ impl Config {
                 "a positive number of bytes",
                 number(1..=i64::MAX),
             )?
-            .unwrap_or(16 * 1024 * 1024),
+            .unwrap_or(crate::replicas::DEFAULT_MAX_LAG_BYTES),
             backfill_max_p99_ms: parse_env(
                 "ZDM_BACKFILL_MAX_P99_MS",
                 "a positive number of milliseconds",
