@@ -101,6 +101,24 @@ where
     run_on(state, pool, work).await
 }
 
+/// Updates the user `id` as the code of `phase` writes it (the one write path of the v1 and
+/// v2 APIs and pages), where the lose-writes fault may roll it back after all.
+pub async fn update_user(
+    state: &web::Data<AppState>,
+    phase: Phase,
+    id: i64,
+    name: Option<crate::domain::Name>,
+    email: Option<String>,
+) -> Result<StoredUser, AppError> {
+    let lose = state.faults.lose_this_update();
+    db(state, move |conn| {
+        Ok(crate::faults::commit_unless_lost(conn, lose, |conn| {
+            users::update_user(conn, phase, id, name.as_ref(), email.as_deref())
+        })?)
+    })
+    .await
+}
+
 /// Reads the user `id` as `db_read` would, a read on the primary going through the
 /// coalesced point reads (`db::reads`).
 pub async fn read_user(
