@@ -6,8 +6,8 @@ use zdm::migration::backfill;
 
 use crate::helpers::{ADMIN_TOKEN, TestApp};
 
-/// Logs in and returns the session cookie (`name=value`).
-async fn log_in(app: &TestApp) -> String {
+/// Logs in through the form and returns the session cookie (`name=value`).
+pub async fn log_in(app: &TestApp) -> String {
     let response = app
         .post_form("/admin/login", &[("token", ADMIN_TOKEN)])
         .await;
@@ -19,7 +19,8 @@ async fn log_in(app: &TestApp) -> String {
     set_cookie.split(';').next().unwrap().to_owned()
 }
 
-async fn page(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
+/// `GET path` with the session cookie: the status and the body.
+pub async fn page(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
     let response = app
         .client
         .get(app.url(path))
@@ -30,7 +31,8 @@ async fn page(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-fn csrf_of(page: &str) -> String {
+/// The CSRF token of a page's forms.
+pub fn csrf_of(page: &str) -> String {
     page.split(r#"name="csrf" value=""#)
         .nth(1)
         .and_then(|rest| rest.split('"').next())
