@@ -37,6 +37,9 @@ pub fn phase_and_since(conn: &mut PgConnection) -> Result<(Phase, DateTime<Utc>)
 pub enum Action {
     Advance,
     Rollback,
+    /// A control of the backfill (what was asked is in the detail).
+    Backfill,
+    Verify,
 }
 
 impl Action {
@@ -44,6 +47,8 @@ impl Action {
         match self {
             Action::Advance => "advance",
             Action::Rollback => "rollback",
+            Action::Backfill => "backfill",
+            Action::Verify => "verify",
         }
     }
 }

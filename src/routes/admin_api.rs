@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::admin_auth::{self, api_actor, log_action};
+use super::admin_auth::{self, api_actor, record_action};
 use super::input::optional_json;
 use super::{BODY_LIMIT, db};
 use crate::app_state::AppState;
@@ -19,7 +19,7 @@ use crate::error::AppError;
 use crate::migration::backfill::{self, BackfillStatus, Direction, Knobs};
 use crate::migration::gates;
 use crate::migration::runner::{self, Transition};
-use crate::migration::state;
+use crate::migration::state::{self, Action};
 use crate::migration::status::{BackfillView, MigrationStatus, migration_status};
 use crate::migration::verify::{self, VerifyResult};
 
@@ -261,17 +261,35 @@ async fn start_backfill(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let knobs: Knobs = optional_json(&req, &body)?;
-    log_action(&api_actor(&state.instance_id), "backfill start");
+    record_action(
+        &state,
+        &api_actor(&state.instance_id),
+        Action::Backfill,
+        "start",
+    )
+    .await;
     Ok(HttpResponse::Accepted().json(start_backfill_now(&state, knobs).await?))
 }
 
 async fn pause_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    log_action(&api_actor(&state.instance_id), "backfill pause");
+    record_action(
+        &state,
+        &api_actor(&state.instance_id),
+        Action::Backfill,
+        "pause",
+    )
+    .await;
     Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "paused").await?))
 }
 
 async fn cancel_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    log_action(&api_actor(&state.instance_id), "backfill cancel");
+    record_action(
+        &state,
+        &api_actor(&state.instance_id),
+        Action::Backfill,
+        "cancel",
+    )
+    .await;
     Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "cancelled").await?))
 }
 
@@ -281,11 +299,17 @@ async fn backfill_settings(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let knobs: Knobs = optional_json(&req, &body)?;
-    log_action(&api_actor(&state.instance_id), "backfill settings");
+    record_action(
+        &state,
+        &api_actor(&state.instance_id),
+        Action::Backfill,
+        "settings",
+    )
+    .await;
     Ok(HttpResponse::Ok().json(change_knobs(&state, knobs).await?))
 }
 
 async fn run_verify(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    log_action(&api_actor(&state.instance_id), "verify");
+    record_action(&state, &api_actor(&state.instance_id), Action::Verify, "").await;
     Ok(HttpResponse::Ok().json(verify_now(&state).await?))
 }

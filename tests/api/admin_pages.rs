@@ -161,6 +161,19 @@ async fn a_logged_in_admin_drives_the_migration_with_forms() {
         actix_web::rt::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert!(done, "the backfill finished");
+    // The history says who started it.
+    let (_, json) = page(&app, &cookie, "/admin/status.json").await;
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let started = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["action"] == "backfill" && h["detail"] == "start")
+        .expect("the backfill's start in the history");
+    assert!(
+        started["actor"].as_str().unwrap().starts_with("session:"),
+        "{started}"
+    );
     let (_, dashboard) = page(&app, &cookie, "/admin").await;
     assert!(
         dashboard.contains(r#"<progress id="backfill-progress" max="100" value="100.0""#),
