@@ -5,6 +5,7 @@
 //! untidy spacing old data has (doubled, leading, trailing or non-breaking spaces). Emails are
 //! unique: every run has its own tag.
 
+use anyhow::Context;
 use diesel::prelude::*;
 
 use crate::domain::Phase;
@@ -242,14 +243,19 @@ pub fn seed_users(
     count: u64,
     rng_seed: u64,
     mut progress: impl FnMut(u64),
-) -> QueryResult<u64> {
+) -> anyhow::Result<u64> {
     let mut rng = fastrand::Rng::with_seed(rng_seed);
     let run_tag = format!("{:x}", rng_seed & 0xffff_ffff);
     let mut done = 0u64;
     while done < count {
         let rows = (count - done).min(CHUNK_ROWS as u64);
         let chunk = random_users(&mut rng, &run_tag, done..done + rows);
-        copy_users(conn, SchemaVersion::for_phase(phase), chunk)?;
+        copy_users(conn, SchemaVersion::for_phase(phase), chunk).with_context(|| {
+            format!(
+                "copying users {done}..{} into the table as {phase} has it",
+                done + rows
+            )
+        })?;
         done += rows;
         progress(done);
     }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result, anyhow, bail};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::{Value, json};
@@ -36,8 +37,6 @@ use crate::domain::Phase;
 use crate::faults::{LAGGING_V1_WRITES_ENV, LOSE_WRITES_ENV};
 use crate::migration::{backfill, state};
 use crate::tools::scratch::ScratchDatabase;
-
-pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A fault the demo injects into its own instances, so that the audit has something to find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -197,30 +196,31 @@ struct Admin {
 }
 
 impl Admin {
-    async fn post(&self, path: &str, body: Value) -> Result<Value, DemoError> {
+    async fn post(&self, path: &str, body: Value) -> Result<Value> {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .json(&body)
             .send()
-            .await?;
+            .await
+            .with_context(|| format!("sending POST {path}"))?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or_default();
         if !status.is_success() {
-            return Err(format!("{path} answered {status}: {}", body["error"]).into());
+            bail!("{path} answered {status}: {}", body["error"]);
         }
         Ok(body)
     }
 
-    async fn rollback(&self) -> Result<usize, DemoError> {
+    async fn rollback(&self) -> Result<usize> {
         let body = self
             .post("/api/admin/migration/rollback", json!({}))
             .await?;
         Ok(body["transition"]["lock_timeouts"].as_u64().unwrap_or(0) as usize)
     }
 
-    async fn advance(&self, confirm: Option<&str>) -> Result<usize, DemoError> {
+    async fn advance(&self, confirm: Option<&str>) -> Result<usize> {
         let body = self
             .post(
                 "/api/admin/migration/advance",
@@ -241,29 +241,31 @@ const BLOCKER_WAITS_FOR_THE_STEP: Duration = Duration::from_secs(60);
 async fn long_transaction(
     url: String,
     hold: Duration,
-) -> Result<std::thread::JoinHandle<Result<(), String>>, DemoError> {
+) -> Result<std::thread::JoinHandle<Result<()>>> {
     let (held_tx, held_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let blocker = std::thread::spawn(move || {
-        let mut conn = PgConnection::establish(&url).map_err(|e| e.to_string())?;
+        let mut conn =
+            PgConnection::establish(&url).context("connecting for the long transaction")?;
         conn.batch_execute("BEGIN; SELECT count(*) FROM users;")
-            .map_err(|e| e.to_string())?;
+            .context("starting the long transaction")?;
         let _ = held_tx.send(());
         let give_up = Instant::now() + BLOCKER_WAITS_FOR_THE_STEP;
-        while !someone_waits_on_users(&mut conn).map_err(|e| e.to_string())? {
+        while !someone_waits_on_users(&mut conn).context("looking for a lock waiting on users")? {
             if Instant::now() >= give_up {
-                return Err("nothing waited for the long transaction".to_owned());
+                bail!("nothing waited for the long transaction");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         std::thread::sleep(hold);
-        conn.batch_execute("COMMIT").map_err(|e| e.to_string())
+        conn.batch_execute("COMMIT")
+            .context("committing the long transaction")
     });
     let held = blocking(move || Ok(held_rx.recv().is_ok())).await?;
     if !held {
         // The thread ended before it held the lock: its error says why.
         return Err(match blocker.join() {
-            Ok(Err(e)) => e.into(),
-            _ => "the long transaction did not start".into(),
+            Ok(Err(e)) => e,
+            _ => anyhow!("the long transaction did not start"),
         });
     }
     Ok(blocker)
@@ -283,12 +285,12 @@ async fn pause(secs: f64) {
     actix_web::rt::time::sleep(Duration::from_secs_f64(secs)).await;
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, DemoError> + Send + 'static,
-) -> Result<T, DemoError> {
+/// Runs `f` (database work, waiting for a child process) on the blocking thread pool, so the
+/// clients' tasks keep running meanwhile.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     actix_web::rt::task::spawn_blocking(f)
         .await
-        .map_err(|e| DemoError::from(e.to_string()))?
+        .context("a blocking step of the demo panicked")?
 }
 
 /// Advances under a long transaction holding `users`: lock_timeout and the retries keep the
@@ -299,23 +301,28 @@ async fn advance_past_a_long_transaction(
     timeline: &mut Timeline,
     confirm: Option<&str>,
     what: &str,
-) -> Result<usize, DemoError> {
+) -> Result<usize> {
     timeline.enter(&format!("{what}ing"));
     timeline.mark(format!(
         "long transaction holds users (1.5 s) during the {what}"
     ));
     let blocker = long_transaction(url.to_owned(), Duration::from_millis(1500)).await?;
-    let lock_timeouts = admin.advance(confirm).await?;
-    blocker.join().map_err(|_| "the blocker panicked")??;
+    let lock_timeouts = admin
+        .advance(confirm)
+        .await
+        .with_context(|| format!("{what}ing past a long transaction"))?;
+    blocker
+        .join()
+        .map_err(|_| anyhow!("the long transaction panicked"))??;
     timeline.mark(format!(
         "{what} done after {lock_timeouts} lock timeout(s) retried"
     ));
     Ok(lock_timeouts)
 }
 
-fn backfill_status(url: &str) -> Result<backfill::BackfillStatus, DemoError> {
-    let mut conn = PgConnection::establish(url)?;
-    Ok(backfill::status(&mut conn)?)
+fn backfill_status(url: &str) -> Result<backfill::BackfillStatus> {
+    let mut conn = PgConnection::establish(url).context("connecting to the scratch database")?;
+    backfill::status(&mut conn).context("reading the backfill's progress")
 }
 
 /// Runs the backfill as a child process, kills it with SIGKILL part-way, and resumes it
@@ -324,9 +331,10 @@ async fn backfill_with_a_crash(
     url: &str,
     opts: &DemoOptions,
     timeline: &mut Timeline,
-) -> Result<f64, DemoError> {
-    let spawn = || {
-        Command::new(std::env::current_exe()?)
+) -> Result<f64> {
+    let spawn = || -> Result<std::process::Child> {
+        let exe = std::env::current_exe().context("finding the zdm executable")?;
+        Command::new(exe)
             .args([
                 "backfill",
                 "--batch-size",
@@ -347,6 +355,7 @@ async fn backfill_with_a_crash(
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .context("starting a backfill process")
     };
     timeline.mark("backfill starts (child process)");
     let mut child = spawn()?;
@@ -357,21 +366,29 @@ async fn backfill_with_a_crash(
         if status.rows_total > 0 && status.rows_done * 5 >= status.rows_total * 2 {
             break;
         }
-        if let Some(exit) = child.try_wait()? {
-            return Err(format!("the backfill ended early: {exit}").into());
+        if let Some(exit) = child
+            .try_wait()
+            .context("checking on the backfill process")?
+        {
+            bail!("the backfill ended early: {exit}");
         }
     }
-    child.kill()?;
-    child.wait()?;
+    child.kill().context("killing the backfill process")?;
+    child
+        .wait()
+        .context("waiting for the killed backfill process")?;
     timeline.mark("kill -9 of the backfill process at ~40 %");
     pause(0.5).await;
     timeline.mark("backfill resumed by a new process");
     let mut child = spawn()?;
-    let exit = actix_web::rt::task::spawn_blocking(move || child.wait())
-        .await
-        .map_err(|e| DemoError::from(e.to_string()))??;
+    let exit = blocking(move || {
+        child
+            .wait()
+            .context("waiting for the resumed backfill process")
+    })
+    .await?;
     if !exit.success() {
-        return Err(format!("the resumed backfill failed: {exit}").into());
+        bail!("the resumed backfill failed: {exit}");
     }
     let url = url.to_owned();
     let done = blocking(move || backfill_status(&url)).await?;
@@ -386,7 +403,7 @@ async fn walk_zdm(
     url: &str,
     opts: &DemoOptions,
     timeline: &mut Timeline,
-) -> Result<(usize, Option<f64>), DemoError> {
+) -> Result<(usize, Option<f64>)> {
     let mut lock_timeouts = 0;
     pause(opts.phase_secs).await;
 
@@ -395,13 +412,19 @@ async fn walk_zdm(
     timeline.enter("expanded");
     pause(opts.phase_secs).await;
 
-    admin.advance(None).await?;
+    admin
+        .advance(None)
+        .await
+        .context("advancing to dual_write")?;
     fleet.wait_applied("dual_write").await?;
     timeline.control.v2_enabled.store(true, Ordering::Release);
     timeline.enter("dual_write");
     pause(opts.phase_secs / 2.0).await;
     timeline.mark("rolling restart of app-b");
-    let took = fleet.rolling_restart(1).await?;
+    let took = fleet
+        .rolling_restart(1)
+        .await
+        .context("the rolling restart of app-b")?;
     timeline.mark(format!(
         "app-b back in rotation after {:.1} s",
         took.as_secs_f64()
@@ -409,7 +432,9 @@ async fn walk_zdm(
     pause(opts.phase_secs / 2.0).await;
 
     timeline.enter("backfill");
-    let rate = backfill_with_a_crash(url, opts, timeline).await?;
+    let rate = backfill_with_a_crash(url, opts, timeline)
+        .await
+        .context("the backfill with a crash")?;
     timeline.backfilled = true;
     timeline.enter("dual_write");
     pause(opts.phase_secs / 3.0).await;
@@ -419,12 +444,18 @@ async fn walk_zdm(
         (Phase::ReadNew, "read_new"),
         (Phase::NewOnly, "new_only"),
     ] {
-        admin.advance(None).await?;
+        admin
+            .advance(None)
+            .await
+            .with_context(|| format!("advancing to {to}"))?;
         fleet.wait_applied(to.as_str()).await?;
         timeline.enter(name);
         pause(opts.phase_secs).await;
     }
-    admin.post("/api/admin/verify", json!({})).await?;
+    admin
+        .post("/api/admin/verify", json!({}))
+        .await
+        .context("verifying before the contract")?;
     lock_timeouts +=
         advance_past_a_long_transaction(admin, url, timeline, Some("users.full_name"), "contract")
             .await?;
@@ -446,15 +477,18 @@ async fn undo_the_contract(
     admin: &Admin,
     opts: &DemoOptions,
     timeline: &mut Timeline,
-) -> Result<usize, DemoError> {
+) -> Result<usize> {
     timeline.mark("undo: roll back the contract (full_name re-added)");
-    let mut lock_timeouts = admin.rollback().await?;
+    let mut lock_timeouts = admin
+        .rollback()
+        .await
+        .context("rolling the contract back")?;
     fleet.wait_applied("new_only").await?;
     timeline.enter("new_only (undo)");
     pause(opts.phase_secs).await;
     timeline.enter("reverse backfill (undo)");
     timeline.mark("undo: roll back to read_new (reverse backfill refills full_name)");
-    lock_timeouts += admin.rollback().await?;
+    lock_timeouts += admin.rollback().await.context("rolling back to read_new")?;
     fleet.wait_applied("read_new").await?;
     timeline.enter("read_new (undo)");
     pause(opts.phase_secs).await;
@@ -468,13 +502,14 @@ async fn walk_naive(
     url: &str,
     opts: &DemoOptions,
     timeline: &mut Timeline,
-) -> Result<(), DemoError> {
+) -> Result<()> {
     pause(opts.phase_secs).await;
     timeline.enter("naive_ddl");
     timeline.mark("one transaction: ADD COLUMN, UPDATE every row, DROP COLUMN full_name");
     let url_owned = url.to_owned();
     blocking(move || {
-        let mut conn = PgConnection::establish(&url_owned)?;
+        let mut conn =
+            PgConnection::establish(&url_owned).context("connecting to the scratch database")?;
         conn.batch_execute(
             "BEGIN;
              ALTER TABLE users ADD COLUMN first_name TEXT, ADD COLUMN last_name TEXT;
@@ -482,8 +517,9 @@ async fn walk_naive(
              ALTER TABLE users DROP COLUMN full_name;
              ALTER TABLE users ALTER COLUMN first_name SET NOT NULL, ALTER COLUMN last_name SET NOT NULL;
              COMMIT;",
-        )?;
-        deploy_new_code_everywhere(&mut conn)?;
+        )
+        .context("running the one-step migration")?;
+        deploy_new_code_everywhere(&mut conn).context("deploying the new code everywhere")?;
         Ok(())
     })
     .await?;
@@ -517,8 +553,9 @@ fn deploy_new_code_everywhere(conn: &mut PgConnection) -> QueryResult<()> {
 
 /// Runs the demo against the server of `database_url` (in a scratch database) and returns
 /// its summary; the report is in `opts.report_dir`.
-pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, DemoError> {
-    std::fs::create_dir_all(&opts.report_dir)?;
+pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
+    std::fs::create_dir_all(&opts.report_dir)
+        .with_context(|| format!("creating the report folder {}", opts.report_dir.display()))?;
     if let Some(fault) = opts.fault {
         log::warn!(
             "FAULT INJECTED ON PURPOSE ({}): {}; the audit must catch it and this run must fail",
@@ -535,7 +572,12 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
     // held to them at the end.
     let seeded = {
         let url = url.clone();
-        blocking(move || Ok(audit::Snapshot::take(&mut PgConnection::establish(&url)?)?)).await?
+        blocking(move || {
+            let mut conn =
+                PgConnection::establish(&url).context("connecting to the scratch database")?;
+            audit::Snapshot::take(&mut conn).context("reading the seeded rows before the traffic")
+        })
+        .await?
     };
     // The replicas replay the scratch database too; the instances and the backfill get its
     // URL on each of them.
@@ -565,7 +607,8 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
     let admin = Admin {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
-            .build()?,
+            .build()
+            .context("building the HTTP client of the admin API")?,
         base: fleet.instances[0].url.clone(),
         token: fleet.admin_token().to_owned(),
     };
@@ -609,7 +652,7 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
     let mut ledgers = Vec::new();
     let mut unacknowledged_creates = 0;
     for client in clients {
-        let result = client.await.map_err(|e| DemoError::from(e.to_string()))?;
+        let result = client.await.context("a traffic client panicked")?;
         samples.extend(result.samples);
         ledgers.push(result.ledger);
         unacknowledged_creates += result.unacknowledged_creates;
@@ -622,8 +665,8 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
     let (lock_timeouts, backfill_rate, walk_error) = match walked {
         Ok((lock_timeouts, rate)) => (lock_timeouts, rate, None),
         Err(e) => {
-            log::error!("the migration stopped: {e}");
-            (0, None, Some(e.to_string()))
+            log::error!("the migration stopped: {e:#}");
+            (0, None, Some(format!("{e:#}")))
         }
     };
 
@@ -633,14 +676,15 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         let names: Vec<String> = timeline.segments.iter().map(|s| s.name.clone()).collect();
         let backfilled = timeline.backfilled;
         blocking(move || {
-            let mut conn = PgConnection::establish(&url)?;
+            let mut conn =
+                PgConnection::establish(&url).context("connecting to the scratch database")?;
             let record = audit::RunRecord {
                 ledgers: &ledgers,
                 seeded: &seeded,
                 segment_names: &names,
                 backfilled,
             };
-            Ok(audit::audit(&mut conn, &record)?)
+            audit::audit(&mut conn, &record).context("auditing the table after the traffic")
         })
         .await?
     };
@@ -681,12 +725,20 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         replica_reads,
         audit,
     };
-    let html = report::html(&summary, &timeline.segments, &samples)?;
+    let html =
+        report::html(&summary, &timeline.segments, &samples).context("rendering the report")?;
     let report_file = opts.report_dir.join(format!("demo-{}.html", summary.mode));
-    std::fs::write(&report_file, &html)?;
-    std::fs::write(opts.report_dir.join("demo-latest.html"), &html)?;
+    for file in [
+        report_file.clone(),
+        opts.report_dir.join("demo-latest.html"),
+    ] {
+        std::fs::write(&file, &html)
+            .with_context(|| format!("writing the report {}", file.display()))?;
+    }
     if let Some(path) = &opts.json_out {
-        std::fs::write(path, serde_json::to_string_pretty(&summary)?)?;
+        let json = serde_json::to_string_pretty(&summary).context("serialising the summary")?;
+        std::fs::write(path, json)
+            .with_context(|| format!("writing the summary {}", path.display()))?;
     }
     log::info!("report written to {}", report_file.display());
     Ok(summary)
