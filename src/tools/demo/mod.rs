@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 
 use self::fleet::Fleet;
 use self::report::{DemoSummary, Marker, Segment};
-use self::traffic::TrafficControl;
+use self::traffic::{Sample, TrafficControl};
 use crate::domain::Phase;
 use crate::faults::{LAGGING_V1_WRITES_ENV, LOSE_WRITES_ENV};
 use crate::migration::{backfill, state};
@@ -151,6 +151,21 @@ struct Timeline {
 }
 
 impl Timeline {
+    /// The clock starts now, in no segment yet.
+    fn start() -> Self {
+        Self {
+            control: TrafficControl {
+                segment: Arc::new(AtomicUsize::new(0)),
+                v2_enabled: Arc::new(AtomicBool::new(false)),
+                stop: Arc::new(AtomicBool::new(false)),
+                started: Instant::now(),
+            },
+            segments: Vec::new(),
+            markers: Vec::new(),
+            backfilled: false,
+        }
+    }
+
     fn now_ms(&self) -> u32 {
         self.control.started.elapsed().as_millis() as u32
     }
@@ -196,6 +211,19 @@ struct Admin {
 }
 
 impl Admin {
+    /// The admin API of the fleet's first instance, with a timeout long enough for a step
+    /// that waits for its gates and its locks.
+    fn of(fleet: &Fleet) -> Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .context("building the HTTP client of the admin API")?,
+            base: fleet.instances[0].url.clone(),
+            token: fleet.admin_token().to_owned(),
+        })
+    }
+
     async fn post(&self, path: &str, body: Value) -> Result<Value> {
         let response = self
             .http
@@ -563,34 +591,53 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
             fault.describe()
         );
     }
-    let scratch = {
-        let (server, rows) = (database_url.to_owned(), opts.rows);
-        blocking(move || ScratchDatabase::seeded(&server, "zdm_demo", rows, 7)).await?
-    };
+    let (scratch, seeded) = seed_scratch_database(database_url, opts.rows).await?;
+    let opts = with_replicas_of(opts, &scratch.name);
+    let fleet = start_instances(&scratch.url, &opts).await?;
+    let traffic = walk_under_traffic(fleet, &scratch.url, &opts).await?;
+    let audit = audit_the_table(&scratch.url, seeded, &traffic).await?;
+    drop(scratch);
+    let summary = summarize(&opts, &traffic, audit);
+    write_report(&opts, &summary, &traffic)?;
+    Ok(summary)
+}
+
+/// A scratch database seeded with `rows` users, and every seeded row as digests, taken before
+/// any client writes: the rows no client writes are held to them at the end.
+async fn seed_scratch_database(
+    database_url: &str,
+    rows: u64,
+) -> Result<(ScratchDatabase, audit::Snapshot)> {
+    let server = database_url.to_owned();
+    let scratch = blocking(move || ScratchDatabase::seeded(&server, "zdm_demo", rows, 7)).await?;
     let url = scratch.url.clone();
-    // Every seeded row, as digests, before any client writes: the rows no client writes are
-    // held to them at the end.
-    let seeded = {
-        let url = url.clone();
-        blocking(move || {
-            let mut conn =
-                PgConnection::establish(&url).context("connecting to the scratch database")?;
-            audit::Snapshot::take(&mut conn).context("reading the seeded rows before the traffic")
-        })
-        .await?
-    };
-    // The replicas replay the scratch database too; the instances and the backfill get its
-    // URL on each of them.
-    let mut opts = opts;
+    let seeded = blocking(move || {
+        let mut conn =
+            PgConnection::establish(&url).context("connecting to the scratch database")?;
+        audit::Snapshot::take(&mut conn).context("reading the seeded rows before the traffic")
+    })
+    .await?;
+    Ok((scratch, seeded))
+}
+
+/// The replicas replay the scratch database too; the instances and the backfill get its URL
+/// on each of them.
+fn with_replicas_of(mut opts: DemoOptions, scratch_name: &str) -> DemoOptions {
     if !opts.replica_servers.is_empty() {
         let urls: Vec<String> = opts
             .replica_servers
             .iter()
-            .map(|server| crate::db::with_database(server, &scratch.name))
+            .map(|server| crate::db::with_database(server, scratch_name))
             .collect();
         opts.instance_env
             .push(("DATABASE_REPLICA_URLS".to_owned(), urls.join(",")));
     }
+    opts
+}
+
+/// Starts the two instances on the scratch database at `url`, each with the demo's
+/// environment plus its part of the injected fault.
+async fn start_instances(url: &str, opts: &DemoOptions) -> Result<Fleet> {
     let token = crate::startup::generate_token();
     let instance_env = (0..2)
         .map(|index| {
@@ -603,28 +650,29 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
             env
         })
         .collect();
-    let mut fleet = Fleet::start_each(&url, &token, &opts.report_dir, instance_env).await?;
-    let admin = Admin {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .context("building the HTTP client of the admin API")?,
-        base: fleet.instances[0].url.clone(),
-        token: fleet.admin_token().to_owned(),
-    };
+    Fleet::start_each(url, &token, &opts.report_dir, instance_env).await
+}
 
-    let control = TrafficControl {
-        segment: Arc::new(AtomicUsize::new(0)),
-        v2_enabled: Arc::new(AtomicBool::new(false)),
-        stop: Arc::new(AtomicBool::new(false)),
-        started: Instant::now(),
-    };
-    let mut timeline = Timeline {
-        control: control.clone(),
-        segments: Vec::new(),
-        markers: Vec::new(),
-        backfilled: false,
-    };
+/// What the clients and the walk left: the audit and the report are made of it.
+struct Traffic {
+    timeline: Timeline,
+    samples: Vec<Sample>,
+    ledgers: Vec<audit::Ledger>,
+    unacknowledged_creates: u64,
+    replica_reads: u64,
+    lock_timeouts: usize,
+    backfill_rate: Option<f64>,
+    /// Why the walk stopped half-way (a gate refused, an instance failed), if it did.
+    walk_error: Option<String>,
+}
+
+/// Sends the clients' traffic while the driver walks the migration (the naive one with
+/// `--naive`), then stops the clients and the instances. A walk that stops half-way is not an
+/// error here: the run is still audited and reported, and the report says where and why.
+async fn walk_under_traffic(mut fleet: Fleet, url: &str, opts: &DemoOptions) -> Result<Traffic> {
+    let admin = Admin::of(&fleet)?;
+    let mut timeline = Timeline::start();
+    let control = timeline.control.clone();
     timeline.enter("baseline");
     if let Some(fault) = opts.fault {
         timeline.mark(format!(
@@ -641,11 +689,11 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
         control.clone(),
     );
     let walked = if opts.naive {
-        walk_naive(&mut fleet, &url, &opts, &mut timeline)
+        walk_naive(&mut fleet, url, opts, &mut timeline)
             .await
             .map(|()| (0, None))
     } else {
-        walk_zdm(&mut fleet, &admin, &url, &opts, &mut timeline).await
+        walk_zdm(&mut fleet, &admin, url, opts, &mut timeline).await
     };
     control.stop.store(true, Ordering::Release);
     let mut samples = Vec::new();
@@ -660,8 +708,6 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
     timeline.close();
     let replica_reads = fleet.replica_reads().await;
     fleet.stop();
-    // A walk that stopped half-way (a gate refused, an instance failed) is still audited and
-    // reported: the report then says where and why.
     let (lock_timeouts, backfill_rate, walk_error) = match walked {
         Ok((lock_timeouts, rate)) => (lock_timeouts, rate, None),
         Err(e) => {
@@ -669,64 +715,101 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
             (0, None, Some(format!("{e:#}")))
         }
     };
+    Ok(Traffic {
+        timeline,
+        samples,
+        ledgers,
+        unacknowledged_creates,
+        replica_reads,
+        lock_timeouts,
+        backfill_rate,
+        walk_error,
+    })
+}
 
-    let audit = {
-        let url = url.clone();
-        let ledgers = ledgers.clone();
-        let names: Vec<String> = timeline.segments.iter().map(|s| s.name.clone()).collect();
-        let backfilled = timeline.backfilled;
-        blocking(move || {
-            let mut conn =
-                PgConnection::establish(&url).context("connecting to the scratch database")?;
-            let record = audit::RunRecord {
-                ledgers: &ledgers,
-                seeded: &seeded,
-                segment_names: &names,
-                backfilled,
-            };
-            audit::audit(&mut conn, &record).context("auditing the table after the traffic")
-        })
-        .await?
-    };
-    drop(scratch);
+/// Holds the table, as the run left it, to the clients' ledgers and the seeded rows.
+async fn audit_the_table(
+    url: &str,
+    seeded: audit::Snapshot,
+    traffic: &Traffic,
+) -> Result<audit::AuditResult> {
+    let url = url.to_owned();
+    let ledgers = traffic.ledgers.clone();
+    let names: Vec<String> = traffic
+        .timeline
+        .segments
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let backfilled = traffic.timeline.backfilled;
+    blocking(move || {
+        let mut conn =
+            PgConnection::establish(&url).context("connecting to the scratch database")?;
+        let record = audit::RunRecord {
+            ledgers: &ledgers,
+            seeded: &seeded,
+            segment_names: &names,
+            backfilled,
+        };
+        audit::audit(&mut conn, &record).context("auditing the table after the traffic")
+    })
+    .await
+}
 
-    let segments = report::segment_stats(&timeline.segments, &samples);
-    let mut p99_ms_by_phase = BTreeMap::new();
-    for s in &segments {
-        let entry = p99_ms_by_phase.entry(s.name.clone()).or_insert(0.0_f64);
-        *entry = entry.max(s.p99_ms);
-    }
+/// The run's figures: per-segment statistics, the worst p99 of each phase, the audit's
+/// findings, and whether zero downtime held.
+fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -> DemoSummary {
+    let segments = report::segment_stats(&traffic.timeline.segments, &traffic.samples);
     let failed_requests: usize = segments.iter().map(|s| s.failed).sum();
-    let p99 = |name: &str| segments.iter().find(|s| s.name == name).map(|s| s.p99_ms);
-    let backfill_p99_vs_baseline = match (p99("backfill"), p99("baseline")) {
-        (Some(b), Some(base)) if base > 0.0 => Some(b / base),
-        _ => None,
-    };
-    let summary = DemoSummary {
+    DemoSummary {
         mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
         undo: opts.undo && !opts.naive,
-        requests: samples.len(),
+        requests: traffic.samples.len(),
         failed_requests,
         lost_writes: audit.lost_writes,
         divergent_rows: audit.divergent,
         untouched_rows_altered: audit.untouched_altered,
         injected_fault: opts.fault.map(|f| f.name().to_owned()),
-        p99_ms_by_phase,
-        passed: walk_error.is_none() && failed_requests == 0 && !audit.found_anything(),
-        walk_error,
+        p99_ms_by_phase: p99_ms_by_phase(&segments),
+        passed: traffic.walk_error.is_none() && failed_requests == 0 && !audit.found_anything(),
+        walk_error: traffic.walk_error.clone(),
+        backfill_p99_vs_baseline: backfill_p99_vs_baseline(&segments),
         segments,
-        faults: timeline.markers.clone(),
-        lock_timeouts_retried: lock_timeouts,
-        backfill_rows_per_s: backfill_rate,
-        backfill_p99_vs_baseline,
-        acknowledged_writes_tracked: ledgers.iter().map(|l| l.rows.len()).sum(),
-        unacknowledged_creates,
+        faults: traffic.timeline.markers.clone(),
+        lock_timeouts_retried: traffic.lock_timeouts,
+        backfill_rows_per_s: traffic.backfill_rate,
+        acknowledged_writes_tracked: traffic.ledgers.iter().map(|l| l.rows.len()).sum(),
+        unacknowledged_creates: traffic.unacknowledged_creates,
         replicas: opts.replica_servers.len(),
-        replica_reads,
+        replica_reads: traffic.replica_reads,
         audit,
-    };
-    let html =
-        report::html(&summary, &timeline.segments, &samples).context("rendering the report")?;
+    }
+}
+
+/// The worst p99 of each phase (a phase the run enters twice has two segments).
+fn p99_ms_by_phase(segments: &[report::SegmentStats]) -> BTreeMap<String, f64> {
+    let mut by_phase = BTreeMap::new();
+    for s in segments {
+        let entry = by_phase.entry(s.name.clone()).or_insert(0.0_f64);
+        *entry = entry.max(s.p99_ms);
+    }
+    by_phase
+}
+
+/// How much the backfill slowed the traffic: its p99 over the baseline's (target ≤ 2).
+fn backfill_p99_vs_baseline(segments: &[report::SegmentStats]) -> Option<f64> {
+    let p99 = |name: &str| segments.iter().find(|s| s.name == name).map(|s| s.p99_ms);
+    match (p99("backfill"), p99("baseline")) {
+        (Some(b), Some(base)) if base > 0.0 => Some(b / base),
+        _ => None,
+    }
+}
+
+/// Writes the HTML report (as `demo-<mode>.html` and `demo-latest.html`) and, if asked for,
+/// the summary as JSON.
+fn write_report(opts: &DemoOptions, summary: &DemoSummary, traffic: &Traffic) -> Result<()> {
+    let html = report::html(summary, &traffic.timeline.segments, &traffic.samples)
+        .context("rendering the report")?;
     let report_file = opts.report_dir.join(format!("demo-{}.html", summary.mode));
     for file in [
         report_file.clone(),
@@ -736,10 +819,10 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
             .with_context(|| format!("writing the report {}", file.display()))?;
     }
     if let Some(path) = &opts.json_out {
-        let json = serde_json::to_string_pretty(&summary).context("serialising the summary")?;
+        let json = serde_json::to_string_pretty(summary).context("serialising the summary")?;
         std::fs::write(path, json)
             .with_context(|| format!("writing the summary {}", path.display()))?;
     }
     log::info!("report written to {}", report_file.display());
-    Ok(summary)
+    Ok(())
 }
