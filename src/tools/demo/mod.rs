@@ -35,6 +35,7 @@ use self::report::{DemoSummary, Marker, Segment};
 use self::traffic::{Sample, TrafficControl};
 use crate::domain::Phase;
 use crate::faults::{LAGGING_V1_WRITES_ENV, LOSE_WRITES_ENV};
+use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::{backfill, state};
 use crate::tools::scratch::ScratchDatabase;
 
@@ -348,9 +349,13 @@ async fn advance_past_a_long_transaction(
     Ok(lock_timeouts)
 }
 
+/// A connection of the demo's own to its scratch database.
+fn connect(url: &str) -> Result<PgConnection> {
+    PgConnection::establish(url).context("connecting to the scratch database")
+}
+
 fn backfill_status(url: &str) -> Result<backfill::BackfillStatus> {
-    let mut conn = PgConnection::establish(url).context("connecting to the scratch database")?;
-    backfill::status(&mut conn).context("reading the backfill's progress")
+    backfill::status(&mut connect(url)?).context("reading the backfill's progress")
 }
 
 /// Runs the backfill as a child process, kills it with SIGKILL part-way, and resumes it
@@ -467,26 +472,27 @@ async fn walk_zdm(
     timeline.enter("dual_write");
     pause(opts.phase_secs / 3.0).await;
 
-    for (to, name) in [
-        (Phase::Backfilled, "backfilled"),
-        (Phase::ReadNew, "read_new"),
-        (Phase::NewOnly, "new_only"),
-    ] {
+    for to in [Phase::Backfilled, Phase::ReadNew, Phase::NewOnly] {
         admin
             .advance(None)
             .await
             .with_context(|| format!("advancing to {to}"))?;
         fleet.wait_applied(to.as_str()).await?;
-        timeline.enter(name);
+        timeline.enter(to.as_str());
         pause(opts.phase_secs).await;
     }
     admin
         .post("/api/admin/verify", json!({}))
         .await
         .context("verifying before the contract")?;
-    lock_timeouts +=
-        advance_past_a_long_transaction(admin, url, timeline, Some("users.full_name"), "contract")
-            .await?;
+    lock_timeouts += advance_past_a_long_transaction(
+        admin,
+        url,
+        timeline,
+        Some(CONTRACT_CONFIRMATION),
+        "contract",
+    )
+    .await?;
     fleet.wait_applied("contracted").await?;
     timeline.enter("contracted");
     pause(opts.phase_secs).await;
@@ -536,8 +542,7 @@ async fn walk_naive(
     timeline.mark("one transaction: ADD COLUMN, UPDATE every row, DROP COLUMN full_name");
     let url_owned = url.to_owned();
     blocking(move || {
-        let mut conn =
-            PgConnection::establish(&url_owned).context("connecting to the scratch database")?;
+        let mut conn = connect(&url_owned)?;
         conn.batch_execute(
             "BEGIN;
              ALTER TABLE users ADD COLUMN first_name TEXT, ADD COLUMN last_name TEXT;
@@ -560,23 +565,17 @@ async fn walk_naive(
 }
 
 /// "Deploys the new code": every instance follows the stored phase, so setting it to
-/// contracted switches them all within a poll interval.
+/// contracted switches them all within a poll interval. The phase moves as the engine moves
+/// it, only without any of its steps or gates: that is the point of the naive walk.
 fn deploy_new_code_everywhere(conn: &mut PgConnection) -> QueryResult<()> {
-    conn.transaction(|conn| {
-        diesel::sql_query(
-            "UPDATE zdm_migration_state SET phase = 'contracted', changed_at = now()",
-        )
-        .execute(conn)?;
-        state::record(
-            conn,
-            state::Action::Advance,
-            Phase::Baseline,
-            Phase::Contracted,
-            "demo --naive",
-            "done",
-            Some("one-step migration"),
-        )
-    })
+    state::set_phase(
+        conn,
+        state::Action::Advance,
+        Phase::Baseline,
+        Phase::Contracted,
+        "demo --naive",
+        Some("one-step migration"),
+    )
 }
 
 /// Runs the demo against the server of `database_url` (in a scratch database) and returns
@@ -612,8 +611,7 @@ async fn seed_scratch_database(
     let scratch = blocking(move || ScratchDatabase::seeded(&server, "zdm_demo", rows, 7)).await?;
     let url = scratch.url.clone();
     let seeded = blocking(move || {
-        let mut conn =
-            PgConnection::establish(&url).context("connecting to the scratch database")?;
+        let mut conn = connect(&url)?;
         audit::Snapshot::take(&mut conn).context("reading the seeded rows before the traffic")
     })
     .await?;
@@ -743,8 +741,7 @@ async fn audit_the_table(
         .collect();
     let backfilled = traffic.timeline.backfilled;
     blocking(move || {
-        let mut conn =
-            PgConnection::establish(&url).context("connecting to the scratch database")?;
+        let mut conn = connect(&url)?;
         let record = audit::RunRecord {
             ledgers: &ledgers,
             seeded: &seeded,
