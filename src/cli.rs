@@ -503,7 +503,9 @@ fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupEr
 fn demo(config: &Config, opts: DemoOptions) -> Result<(), StartupError> {
     let url = config.resolve_database_url()?;
     let report_dir = opts.report_dir.clone();
-    let summary = actix_web::rt::System::new().block_on(crate::tools::demo::run(&url, opts))?;
+    let summary = actix_web::rt::System::new()
+        .block_on(crate::tools::demo::run(&url, opts))
+        .map_err(|e| format!("{e:#}"))?;
     print!("{}", crate::tools::demo::report::table(&summary));
     println!(
         "report: {}",
@@ -543,7 +545,8 @@ fn seed(config: &Config, users: u64, rng_seed: Option<u64>) -> Result<(), Startu
     let started = Instant::now();
     let seed = rng_seed.unwrap_or_else(|| fastrand::u64(..));
     let done =
-        crate::tools::seed::seed_users(&mut conn, phase, users, seed, |n| bar.set_position(n))?;
+        crate::tools::seed::seed_users(&mut conn, phase, users, seed, |n| bar.set_position(n))
+            .map_err(|e| format!("{e:#}"))?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!(

@@ -398,7 +398,8 @@ pub fn backfill_benchmark(
     } else {
         "autovacuum: off for both tables during the fills (--autovacuum to leave it on); each fill's cleanup is the VACUUM timed after it"
     });
-    let scratch = ScratchDatabase::seeded(database_url, "zdm_bench", rows, 1)?;
+    let scratch = ScratchDatabase::seeded(database_url, "zdm_bench", rows, 1)
+        .map_err(|e| format!("{e:#}"))?;
     let mut conn = PgConnection::establish(&scratch.url)?;
     while state::current_phase(&mut conn)? < Phase::DualWrite {
         runner::advance(&mut conn, "bench", None)?;

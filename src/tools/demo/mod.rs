@@ -11,33 +11,33 @@
 //!
 //! With `--fault` the demo also breaks the app on purpose (see `Fault`), to show that the
 //! audit sees the damage and the run fails.
+//!
+//! Here: the options, the run's timeline and the steps of `run`. The walks through the
+//! migration are in `walk`, the instances in `fleet`, the clients in `traffic`, the audit in
+//! `audit` (with its own `oracle`) and the figures in `report`.
 
 pub mod audit;
 pub mod fleet;
 pub mod oracle;
 pub mod report;
 pub mod traffic;
+mod walk;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
+use anyhow::{Context, Result};
 use diesel::prelude::*;
-use serde_json::{Value, json};
 
 use self::fleet::Fleet;
 use self::report::{DemoSummary, Marker, Segment};
-use self::traffic::TrafficControl;
-use crate::domain::Phase;
+use self::traffic::{Sample, TrafficControl};
+use self::walk::{Admin, walk_naive, walk_zdm};
 use crate::faults::{LAGGING_V1_WRITES_ENV, LOSE_WRITES_ENV};
-use crate::migration::{backfill, state};
 use crate::tools::scratch::ScratchDatabase;
-
-pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A fault the demo injects into its own instances, so that the audit has something to find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -152,6 +152,21 @@ struct Timeline {
 }
 
 impl Timeline {
+    /// The clock starts now, in no segment yet.
+    fn start() -> Self {
+        Self {
+            control: TrafficControl {
+                segment: Arc::new(AtomicUsize::new(0)),
+                v2_enabled: Arc::new(AtomicBool::new(false)),
+                stop: Arc::new(AtomicBool::new(false)),
+                started: Instant::now(),
+            },
+            segments: Vec::new(),
+            markers: Vec::new(),
+            backfilled: false,
+        }
+    }
+
     fn now_ms(&self) -> u32 {
         self.control.started.elapsed().as_millis() as u32
     }
@@ -189,336 +204,28 @@ impl Timeline {
     }
 }
 
-/// The admin API of the first instance.
-struct Admin {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Admin {
-    async fn post(&self, path: &str, body: Value) -> Result<Value, DemoError> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(format!("{path} answered {status}: {}", body["error"]).into());
-        }
-        Ok(body)
-    }
-
-    async fn rollback(&self) -> Result<usize, DemoError> {
-        let body = self
-            .post("/api/admin/migration/rollback", json!({}))
-            .await?;
-        Ok(body["transition"]["lock_timeouts"].as_u64().unwrap_or(0) as usize)
-    }
-
-    async fn advance(&self, confirm: Option<&str>) -> Result<usize, DemoError> {
-        let body = self
-            .post(
-                "/api/admin/migration/advance",
-                json!({ "confirm": confirm }),
-            )
-            .await?;
-        Ok(body["transition"]["lock_timeouts"].as_u64().unwrap_or(0) as usize)
-    }
-}
-
-/// How long the long transaction waits for the step it stands in the way of to reach it.
-const BLOCKER_WAITS_FOR_THE_STEP: Duration = Duration::from_secs(60);
-
-/// Holds ACCESS SHARE on `users` (a long report query) on its own thread: from before this
-/// returns until `hold` after a lock on `users` was first seen waiting behind it. Counted from
-/// then, not from its start, so the step it stands in the way of meets it however late that
-/// step starts on a loaded machine.
-async fn long_transaction(
-    url: String,
-    hold: Duration,
-) -> Result<std::thread::JoinHandle<Result<(), String>>, DemoError> {
-    let (held_tx, held_rx) = std::sync::mpsc::sync_channel::<()>(1);
-    let blocker = std::thread::spawn(move || {
-        let mut conn = PgConnection::establish(&url).map_err(|e| e.to_string())?;
-        conn.batch_execute("BEGIN; SELECT count(*) FROM users;")
-            .map_err(|e| e.to_string())?;
-        let _ = held_tx.send(());
-        let give_up = Instant::now() + BLOCKER_WAITS_FOR_THE_STEP;
-        while !someone_waits_on_users(&mut conn).map_err(|e| e.to_string())? {
-            if Instant::now() >= give_up {
-                return Err("nothing waited for the long transaction".to_owned());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        std::thread::sleep(hold);
-        conn.batch_execute("COMMIT").map_err(|e| e.to_string())
-    });
-    let held = blocking(move || Ok(held_rx.recv().is_ok())).await?;
-    if !held {
-        // The thread ended before it held the lock: its error says why.
-        return Err(match blocker.join() {
-            Ok(Err(e)) => e.into(),
-            _ => "the long transaction did not start".into(),
-        });
-    }
-    Ok(blocker)
-}
-
-/// Whether a lock on `users` in this connection's database waits (pg_locks lists the whole
-/// cluster).
-fn someone_waits_on_users(conn: &mut PgConnection) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
-        "EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass \
-         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-    ))
-    .get_result(conn)
-}
-
 async fn pause(secs: f64) {
     actix_web::rt::time::sleep(Duration::from_secs_f64(secs)).await;
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, DemoError> + Send + 'static,
-) -> Result<T, DemoError> {
+/// Runs `f` (database work, waiting for a child process) on the blocking thread pool, so the
+/// clients' tasks keep running meanwhile.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     actix_web::rt::task::spawn_blocking(f)
         .await
-        .map_err(|e| DemoError::from(e.to_string()))?
+        .context("a blocking step of the demo panicked")?
 }
 
-/// Advances under a long transaction holding `users`: lock_timeout and the retries keep the
-/// traffic flowing while the DDL waits.
-async fn advance_past_a_long_transaction(
-    admin: &Admin,
-    url: &str,
-    timeline: &mut Timeline,
-    confirm: Option<&str>,
-    what: &str,
-) -> Result<usize, DemoError> {
-    timeline.enter(&format!("{what}ing"));
-    timeline.mark(format!(
-        "long transaction holds users (1.5 s) during the {what}"
-    ));
-    let blocker = long_transaction(url.to_owned(), Duration::from_millis(1500)).await?;
-    let lock_timeouts = admin.advance(confirm).await?;
-    blocker.join().map_err(|_| "the blocker panicked")??;
-    timeline.mark(format!(
-        "{what} done after {lock_timeouts} lock timeout(s) retried"
-    ));
-    Ok(lock_timeouts)
-}
-
-fn backfill_status(url: &str) -> Result<backfill::BackfillStatus, DemoError> {
-    let mut conn = PgConnection::establish(url)?;
-    Ok(backfill::status(&mut conn)?)
-}
-
-/// Runs the backfill as a child process, kills it with SIGKILL part-way, and resumes it
-/// with a new one. Returns the rows/s over the whole backfill.
-async fn backfill_with_a_crash(
-    url: &str,
-    opts: &DemoOptions,
-    timeline: &mut Timeline,
-) -> Result<f64, DemoError> {
-    let spawn = || {
-        Command::new(std::env::current_exe()?)
-            .args([
-                "backfill",
-                "--batch-size",
-                &opts.backfill_batch.to_string(),
-                "--sleep-ms",
-                &opts.backfill_sleep_ms.to_string(),
-            ])
-            .env("DATABASE_URL", url)
-            .env("RUST_LOG", "warn")
-            .env_remove(LAGGING_V1_WRITES_ENV)
-            .env_remove(LOSE_WRITES_ENV)
-            .envs(
-                opts.instance_env
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-    };
-    timeline.mark("backfill starts (child process)");
-    let mut child = spawn()?;
-    loop {
-        pause(0.05).await;
-        let url = url.to_owned();
-        let status = blocking(move || backfill_status(&url)).await?;
-        if status.rows_total > 0 && status.rows_done * 5 >= status.rows_total * 2 {
-            break;
-        }
-        if let Some(exit) = child.try_wait()? {
-            return Err(format!("the backfill ended early: {exit}").into());
-        }
-    }
-    child.kill()?;
-    child.wait()?;
-    timeline.mark("kill -9 of the backfill process at ~40 %");
-    pause(0.5).await;
-    timeline.mark("backfill resumed by a new process");
-    let mut child = spawn()?;
-    let exit = actix_web::rt::task::spawn_blocking(move || child.wait())
-        .await
-        .map_err(|e| DemoError::from(e.to_string()))??;
-    if !exit.success() {
-        return Err(format!("the resumed backfill failed: {exit}").into());
-    }
-    let url = url.to_owned();
-    let done = blocking(move || backfill_status(&url)).await?;
-    timeline.mark(format!("backfill done: {} rows", done.rows_done));
-    Ok(done.rows_per_s())
-}
-
-/// The zdm walk, baseline to contracted, with the faults.
-async fn walk_zdm(
-    fleet: &mut Fleet,
-    admin: &Admin,
-    url: &str,
-    opts: &DemoOptions,
-    timeline: &mut Timeline,
-) -> Result<(usize, Option<f64>), DemoError> {
-    let mut lock_timeouts = 0;
-    pause(opts.phase_secs).await;
-
-    lock_timeouts += advance_past_a_long_transaction(admin, url, timeline, None, "expand").await?;
-    fleet.wait_applied("expanded").await?;
-    timeline.enter("expanded");
-    pause(opts.phase_secs).await;
-
-    admin.advance(None).await?;
-    fleet.wait_applied("dual_write").await?;
-    timeline.control.v2_enabled.store(true, Ordering::Release);
-    timeline.enter("dual_write");
-    pause(opts.phase_secs / 2.0).await;
-    timeline.mark("rolling restart of app-b");
-    let took = fleet.rolling_restart(1).await?;
-    timeline.mark(format!(
-        "app-b back in rotation after {:.1} s",
-        took.as_secs_f64()
-    ));
-    pause(opts.phase_secs / 2.0).await;
-
-    timeline.enter("backfill");
-    let rate = backfill_with_a_crash(url, opts, timeline).await?;
-    timeline.backfilled = true;
-    timeline.enter("dual_write");
-    pause(opts.phase_secs / 3.0).await;
-
-    for (to, name) in [
-        (Phase::Backfilled, "backfilled"),
-        (Phase::ReadNew, "read_new"),
-        (Phase::NewOnly, "new_only"),
-    ] {
-        admin.advance(None).await?;
-        fleet.wait_applied(to.as_str()).await?;
-        timeline.enter(name);
-        pause(opts.phase_secs).await;
-    }
-    admin.post("/api/admin/verify", json!({})).await?;
-    lock_timeouts +=
-        advance_past_a_long_transaction(admin, url, timeline, Some("users.full_name"), "contract")
-            .await?;
-    fleet.wait_applied("contracted").await?;
-    timeline.enter("contracted");
-    pause(opts.phase_secs).await;
-    if opts.undo {
-        lock_timeouts += undo_the_contract(fleet, admin, opts, timeline).await?;
-    }
-    Ok((lock_timeouts, Some(rate)))
-}
-
-/// The drop undone under the same traffic: contracted → new_only re-adds full_name (empty;
-/// new_only code does not read it), then new_only → read_new moves the phase back, waits for
-/// every instance to dual-write and refills full_name by the reverse backfill. The segments
-/// of this way back are named `… (undo)`.
-async fn undo_the_contract(
-    fleet: &mut Fleet,
-    admin: &Admin,
-    opts: &DemoOptions,
-    timeline: &mut Timeline,
-) -> Result<usize, DemoError> {
-    timeline.mark("undo: roll back the contract (full_name re-added)");
-    let mut lock_timeouts = admin.rollback().await?;
-    fleet.wait_applied("new_only").await?;
-    timeline.enter("new_only (undo)");
-    pause(opts.phase_secs).await;
-    timeline.enter("reverse backfill (undo)");
-    timeline.mark("undo: roll back to read_new (reverse backfill refills full_name)");
-    lock_timeouts += admin.rollback().await?;
-    fleet.wait_applied("read_new").await?;
-    timeline.enter("read_new (undo)");
-    pause(opts.phase_secs).await;
-    Ok(lock_timeouts)
-}
-
-/// What a hurried team ships: one transaction that adds the columns, fills them with one
-/// UPDATE and drops full_name, with the new code deployed to every instance at once.
-async fn walk_naive(
-    fleet: &mut Fleet,
-    url: &str,
-    opts: &DemoOptions,
-    timeline: &mut Timeline,
-) -> Result<(), DemoError> {
-    pause(opts.phase_secs).await;
-    timeline.enter("naive_ddl");
-    timeline.mark("one transaction: ADD COLUMN, UPDATE every row, DROP COLUMN full_name");
-    let url_owned = url.to_owned();
-    blocking(move || {
-        let mut conn = PgConnection::establish(&url_owned)?;
-        conn.batch_execute(
-            "BEGIN;
-             ALTER TABLE users ADD COLUMN first_name TEXT, ADD COLUMN last_name TEXT;
-             UPDATE users SET first_name = zdm_name_first(full_name), last_name = zdm_name_last(full_name);
-             ALTER TABLE users DROP COLUMN full_name;
-             ALTER TABLE users ALTER COLUMN first_name SET NOT NULL, ALTER COLUMN last_name SET NOT NULL;
-             COMMIT;",
-        )?;
-        deploy_new_code_everywhere(&mut conn)?;
-        Ok(())
-    })
-    .await?;
-    timeline.mark("new code deployed to every instance at once");
-    fleet.wait_applied("contracted").await?;
-    timeline.control.v2_enabled.store(true, Ordering::Release);
-    timeline.enter("contracted");
-    pause(opts.phase_secs).await;
-    Ok(())
-}
-
-/// "Deploys the new code": every instance follows the stored phase, so setting it to
-/// contracted switches them all within a poll interval.
-fn deploy_new_code_everywhere(conn: &mut PgConnection) -> QueryResult<()> {
-    conn.transaction(|conn| {
-        diesel::sql_query(
-            "UPDATE zdm_migration_state SET phase = 'contracted', changed_at = now()",
-        )
-        .execute(conn)?;
-        state::record(
-            conn,
-            state::Action::Advance,
-            Phase::Baseline,
-            Phase::Contracted,
-            "demo --naive",
-            "done",
-            Some("one-step migration"),
-        )
-    })
+/// A connection of the demo's own to its scratch database.
+fn connect(url: &str) -> Result<PgConnection> {
+    PgConnection::establish(url).context("connecting to the scratch database")
 }
 
 /// Runs the demo against the server of `database_url` (in a scratch database) and returns
 /// its summary; the report is in `opts.report_dir`.
-pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, DemoError> {
-    std::fs::create_dir_all(&opts.report_dir)?;
+pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
+    std::fs::create_dir_all(&opts.report_dir)
+        .with_context(|| format!("creating the report folder {}", opts.report_dir.display()))?;
     if let Some(fault) = opts.fault {
         log::warn!(
             "FAULT INJECTED ON PURPOSE ({}): {}; the audit must catch it and this run must fail",
@@ -526,29 +233,52 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
             fault.describe()
         );
     }
-    let scratch = {
-        let (server, rows) = (database_url.to_owned(), opts.rows);
-        blocking(move || ScratchDatabase::seeded(&server, "zdm_demo", rows, 7)).await?
-    };
+    let (scratch, seeded) = seed_scratch_database(database_url, opts.rows).await?;
+    let opts = with_replicas_of(opts, &scratch.name);
+    let fleet = start_instances(&scratch.url, &opts).await?;
+    let traffic = walk_under_traffic(fleet, &scratch.url, &opts).await?;
+    let audit = audit_the_table(&scratch.url, seeded, &traffic).await?;
+    drop(scratch);
+    let summary = summarize(&opts, &traffic, audit);
+    write_report(&opts, &summary, &traffic)?;
+    Ok(summary)
+}
+
+/// A scratch database seeded with `rows` users, and every seeded row as digests, taken before
+/// any client writes: the rows no client writes are held to them at the end.
+async fn seed_scratch_database(
+    database_url: &str,
+    rows: u64,
+) -> Result<(ScratchDatabase, audit::Snapshot)> {
+    let server = database_url.to_owned();
+    let scratch = blocking(move || ScratchDatabase::seeded(&server, "zdm_demo", rows, 7)).await?;
     let url = scratch.url.clone();
-    // Every seeded row, as digests, before any client writes: the rows no client writes are
-    // held to them at the end.
-    let seeded = {
-        let url = url.clone();
-        blocking(move || Ok(audit::Snapshot::take(&mut PgConnection::establish(&url)?)?)).await?
-    };
-    // The replicas replay the scratch database too; the instances and the backfill get its
-    // URL on each of them.
-    let mut opts = opts;
+    let seeded = blocking(move || {
+        let mut conn = connect(&url)?;
+        audit::Snapshot::take(&mut conn).context("reading the seeded rows before the traffic")
+    })
+    .await?;
+    Ok((scratch, seeded))
+}
+
+/// The replicas replay the scratch database too; the instances and the backfill get its URL
+/// on each of them.
+fn with_replicas_of(mut opts: DemoOptions, scratch_name: &str) -> DemoOptions {
     if !opts.replica_servers.is_empty() {
         let urls: Vec<String> = opts
             .replica_servers
             .iter()
-            .map(|server| crate::db::with_database(server, &scratch.name))
+            .map(|server| crate::db::with_database(server, scratch_name))
             .collect();
         opts.instance_env
             .push(("DATABASE_REPLICA_URLS".to_owned(), urls.join(",")));
     }
+    opts
+}
+
+/// Starts the two instances on the scratch database at `url`, each with the demo's
+/// environment plus its part of the injected fault.
+async fn start_instances(url: &str, opts: &DemoOptions) -> Result<Fleet> {
     let token = crate::startup::generate_token();
     let instance_env = (0..2)
         .map(|index| {
@@ -561,27 +291,29 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
             env
         })
         .collect();
-    let mut fleet = Fleet::start_each(&url, &token, &opts.report_dir, instance_env).await?;
-    let admin = Admin {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()?,
-        base: fleet.instances[0].url.clone(),
-        token: fleet.admin_token().to_owned(),
-    };
+    Fleet::start_each(url, &token, &opts.report_dir, instance_env).await
+}
 
-    let control = TrafficControl {
-        segment: Arc::new(AtomicUsize::new(0)),
-        v2_enabled: Arc::new(AtomicBool::new(false)),
-        stop: Arc::new(AtomicBool::new(false)),
-        started: Instant::now(),
-    };
-    let mut timeline = Timeline {
-        control: control.clone(),
-        segments: Vec::new(),
-        markers: Vec::new(),
-        backfilled: false,
-    };
+/// What the clients and the walk left: the audit and the report are made of it.
+struct Traffic {
+    timeline: Timeline,
+    samples: Vec<Sample>,
+    ledgers: Vec<audit::Ledger>,
+    unacknowledged_creates: u64,
+    replica_reads: u64,
+    lock_timeouts: usize,
+    backfill_rate: Option<f64>,
+    /// Why the walk stopped half-way (a gate refused, an instance failed), if it did.
+    walk_error: Option<String>,
+}
+
+/// Sends the clients' traffic while the driver walks the migration (the naive one with
+/// `--naive`), then stops the clients and the instances. A walk that stops half-way is not an
+/// error here: the run is still audited and reported, and the report says where and why.
+async fn walk_under_traffic(mut fleet: Fleet, url: &str, opts: &DemoOptions) -> Result<Traffic> {
+    let admin = Admin::of(&fleet)?;
+    let mut timeline = Timeline::start();
+    let control = timeline.control.clone();
     timeline.enter("baseline");
     if let Some(fault) = opts.fault {
         timeline.mark(format!(
@@ -598,18 +330,18 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
         control.clone(),
     );
     let walked = if opts.naive {
-        walk_naive(&mut fleet, &url, &opts, &mut timeline)
+        walk_naive(&mut fleet, url, opts, &mut timeline)
             .await
             .map(|()| (0, None))
     } else {
-        walk_zdm(&mut fleet, &admin, &url, &opts, &mut timeline).await
+        walk_zdm(&mut fleet, &admin, url, opts, &mut timeline).await
     };
     control.stop.store(true, Ordering::Release);
     let mut samples = Vec::new();
     let mut ledgers = Vec::new();
     let mut unacknowledged_creates = 0;
     for client in clients {
-        let result = client.await.map_err(|e| DemoError::from(e.to_string()))?;
+        let result = client.await.context("a traffic client panicked")?;
         samples.extend(result.samples);
         ledgers.push(result.ledger);
         unacknowledged_creates += result.unacknowledged_creates;
@@ -617,77 +349,120 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary, D
     timeline.close();
     let replica_reads = fleet.replica_reads().await;
     fleet.stop();
-    // A walk that stopped half-way (a gate refused, an instance failed) is still audited and
-    // reported: the report then says where and why.
     let (lock_timeouts, backfill_rate, walk_error) = match walked {
         Ok((lock_timeouts, rate)) => (lock_timeouts, rate, None),
         Err(e) => {
-            log::error!("the migration stopped: {e}");
-            (0, None, Some(e.to_string()))
+            log::error!("the migration stopped: {e:#}");
+            (0, None, Some(format!("{e:#}")))
         }
     };
+    Ok(Traffic {
+        timeline,
+        samples,
+        ledgers,
+        unacknowledged_creates,
+        replica_reads,
+        lock_timeouts,
+        backfill_rate,
+        walk_error,
+    })
+}
 
-    let audit = {
-        let url = url.clone();
-        let ledgers = ledgers.clone();
-        let names: Vec<String> = timeline.segments.iter().map(|s| s.name.clone()).collect();
-        let backfilled = timeline.backfilled;
-        blocking(move || {
-            let mut conn = PgConnection::establish(&url)?;
-            let record = audit::RunRecord {
-                ledgers: &ledgers,
-                seeded: &seeded,
-                segment_names: &names,
-                backfilled,
-            };
-            Ok(audit::audit(&mut conn, &record)?)
-        })
-        .await?
-    };
-    drop(scratch);
+/// Holds the table, as the run left it, to the clients' ledgers and the seeded rows.
+async fn audit_the_table(
+    url: &str,
+    seeded: audit::Snapshot,
+    traffic: &Traffic,
+) -> Result<audit::AuditResult> {
+    let url = url.to_owned();
+    let ledgers = traffic.ledgers.clone();
+    let names: Vec<String> = traffic
+        .timeline
+        .segments
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let backfilled = traffic.timeline.backfilled;
+    blocking(move || {
+        let mut conn = connect(&url)?;
+        let record = audit::RunRecord {
+            ledgers: &ledgers,
+            seeded: &seeded,
+            segment_names: &names,
+            backfilled,
+        };
+        audit::audit(&mut conn, &record).context("auditing the table after the traffic")
+    })
+    .await
+}
 
-    let segments = report::segment_stats(&timeline.segments, &samples);
-    let mut p99_ms_by_phase = BTreeMap::new();
-    for s in &segments {
-        let entry = p99_ms_by_phase.entry(s.name.clone()).or_insert(0.0_f64);
-        *entry = entry.max(s.p99_ms);
-    }
+/// The run's figures: per-segment statistics, the worst p99 of each phase, the audit's
+/// findings, and whether zero downtime held.
+fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -> DemoSummary {
+    let segments = report::segment_stats(&traffic.timeline.segments, &traffic.samples);
     let failed_requests: usize = segments.iter().map(|s| s.failed).sum();
-    let p99 = |name: &str| segments.iter().find(|s| s.name == name).map(|s| s.p99_ms);
-    let backfill_p99_vs_baseline = match (p99("backfill"), p99("baseline")) {
-        (Some(b), Some(base)) if base > 0.0 => Some(b / base),
-        _ => None,
-    };
-    let summary = DemoSummary {
+    DemoSummary {
         mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
         undo: opts.undo && !opts.naive,
-        requests: samples.len(),
+        requests: traffic.samples.len(),
         failed_requests,
         lost_writes: audit.lost_writes,
         divergent_rows: audit.divergent,
         untouched_rows_altered: audit.untouched_altered,
         injected_fault: opts.fault.map(|f| f.name().to_owned()),
-        p99_ms_by_phase,
-        passed: walk_error.is_none() && failed_requests == 0 && !audit.found_anything(),
-        walk_error,
+        p99_ms_by_phase: p99_ms_by_phase(&segments),
+        passed: traffic.walk_error.is_none() && failed_requests == 0 && !audit.found_anything(),
+        walk_error: traffic.walk_error.clone(),
+        backfill_p99_vs_baseline: backfill_p99_vs_baseline(&segments),
         segments,
-        faults: timeline.markers.clone(),
-        lock_timeouts_retried: lock_timeouts,
-        backfill_rows_per_s: backfill_rate,
-        backfill_p99_vs_baseline,
-        acknowledged_writes_tracked: ledgers.iter().map(|l| l.rows.len()).sum(),
-        unacknowledged_creates,
+        faults: traffic.timeline.markers.clone(),
+        lock_timeouts_retried: traffic.lock_timeouts,
+        backfill_rows_per_s: traffic.backfill_rate,
+        acknowledged_writes_tracked: traffic.ledgers.iter().map(|l| l.rows.len()).sum(),
+        unacknowledged_creates: traffic.unacknowledged_creates,
         replicas: opts.replica_servers.len(),
-        replica_reads,
+        replica_reads: traffic.replica_reads,
         audit,
-    };
-    let html = report::html(&summary, &timeline.segments, &samples)?;
+    }
+}
+
+/// The worst p99 of each phase (a phase the run enters twice has two segments).
+fn p99_ms_by_phase(segments: &[report::SegmentStats]) -> BTreeMap<String, f64> {
+    let mut by_phase = BTreeMap::new();
+    for s in segments {
+        let entry = by_phase.entry(s.name.clone()).or_insert(0.0_f64);
+        *entry = entry.max(s.p99_ms);
+    }
+    by_phase
+}
+
+/// How much the backfill slowed the traffic: its p99 over the baseline's (target ≤ 2).
+fn backfill_p99_vs_baseline(segments: &[report::SegmentStats]) -> Option<f64> {
+    let p99 = |name: &str| segments.iter().find(|s| s.name == name).map(|s| s.p99_ms);
+    match (p99("backfill"), p99("baseline")) {
+        (Some(b), Some(base)) if base > 0.0 => Some(b / base),
+        _ => None,
+    }
+}
+
+/// Writes the HTML report (as `demo-<mode>.html` and `demo-latest.html`) and, if asked for,
+/// the summary as JSON.
+fn write_report(opts: &DemoOptions, summary: &DemoSummary, traffic: &Traffic) -> Result<()> {
+    let html = report::html(summary, &traffic.timeline.segments, &traffic.samples)
+        .context("rendering the report")?;
     let report_file = opts.report_dir.join(format!("demo-{}.html", summary.mode));
-    std::fs::write(&report_file, &html)?;
-    std::fs::write(opts.report_dir.join("demo-latest.html"), &html)?;
+    for file in [
+        report_file.clone(),
+        opts.report_dir.join("demo-latest.html"),
+    ] {
+        std::fs::write(&file, &html)
+            .with_context(|| format!("writing the report {}", file.display()))?;
+    }
     if let Some(path) = &opts.json_out {
-        std::fs::write(path, serde_json::to_string_pretty(&summary)?)?;
+        let json = serde_json::to_string_pretty(summary).context("serialising the summary")?;
+        std::fs::write(path, json)
+            .with_context(|| format!("writing the summary {}", path.display()))?;
     }
     log::info!("report written to {}", report_file.display());
-    Ok(summary)
+    Ok(())
 }
