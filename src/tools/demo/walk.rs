@@ -57,6 +57,48 @@ impl Admin {
         Ok(body)
     }
 
+    /// The migration's status (`GET /api/admin/migration`).
+    async fn status(&self) -> Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}/api/admin/migration", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .context("sending GET /api/admin/migration")?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("/api/admin/migration answered {status}");
+        }
+        response
+            .json()
+            .await
+            .context("reading the migration's status")
+    }
+
+    /// Waits, as a careful operator does, until the next step's gate `name` is met (at most
+    /// `patience`), and says so on the timeline.
+    async fn wait_for_gate(&self, name: &str, patience: Duration) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            let status = self.status().await?;
+            let gate = status["next"]["gates"]
+                .as_array()
+                .and_then(|gates| gates.iter().find(|g| g["name"] == name).cloned());
+            match gate {
+                Some(gate) if gate["met"] == true => return Ok(()),
+                Some(gate) if started.elapsed() > patience => {
+                    bail!(
+                        "the {name} gate stayed unmet for {patience:?}: {}",
+                        gate["detail"]
+                    )
+                }
+                None => return Ok(()),
+                Some(_) => pause(0.1).await,
+            }
+        }
+    }
+
     async fn rollback(&self) -> Result<usize> {
         let body = self
             .post("/api/admin/migration/rollback", json!({}))
@@ -279,10 +321,12 @@ pub(super) async fn walk_zdm(
         timeline.enter(to.as_str());
         pause(opts.phase_secs).await;
     }
+    // The contract waits until no client has used full_name for the quiet window: the
+    // instances' read_new statements count as used until new_only has been watched that long.
     admin
-        .post("/api/admin/verify", json!({}))
+        .wait_for_gate("clients", Duration::from_secs(60))
         .await
-        .context("verifying before the contract")?;
+        .context("waiting for the contract's quiet window")?;
     lock_timeouts += advance_past_a_long_transaction(
         admin,
         url,
