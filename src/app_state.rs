@@ -50,10 +50,10 @@ impl AppState {
     }
 
     /// The phase whose code v1 writes follow.
-    pub fn v1_write_phase(&self) -> crate::migration::Phase {
+    pub fn v1_write_phase(&self) -> crate::domain::Phase {
         let phase = self.phase.get();
         if self.faults.lagging_v1_writes {
-            phase.min(crate::migration::Phase::Expanded)
+            phase.min(crate::domain::Phase::Expanded)
         } else {
             phase
         }

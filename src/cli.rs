@@ -9,11 +9,11 @@ use diesel::{Connection, PgConnection};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
-use crate::demo::DemoOptions;
 use crate::migration::backfill::{self, Direction};
 use crate::migration::status::migration_status;
 use crate::migration::{runner, state, verify};
 use crate::startup::{self, StartupError};
+use crate::tools::demo::DemoOptions;
 
 /// The name this process uses in the migration history.
 const CLI_ACTOR: &str = "cli";
@@ -66,6 +66,9 @@ enum Command {
         /// Run the one-step migration a hurried team would ship instead, to see what it breaks.
         #[arg(long)]
         naive: bool,
+        /// After the contract, undo it under the same traffic and walk back to read_new.
+        #[arg(long, conflicts_with = "naive")]
+        undo: bool,
         /// Users seeded before the traffic starts.
         #[arg(long, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
         rows: Option<u64>,
@@ -98,7 +101,7 @@ enum Command {
         /// `lose-writes` answers some updates as saved and rolls them back, `lagging-v1` makes
         /// v1 writes skip the new columns. `ZDM_FAULT_LAGGING_V1_WRITES=1` means the latter.
         #[arg(long, value_enum)]
-        fault: Option<crate::demo::Fault>,
+        fault: Option<crate::tools::demo::Fault>,
     },
     /// Measure: `bench backfill --rows N`.
     Bench {
@@ -233,6 +236,7 @@ pub fn main() -> ExitCode {
             Command::Demo {
                 quick,
                 naive,
+                undo,
                 rows,
                 clients,
                 phase_secs,
@@ -251,6 +255,7 @@ pub fn main() -> ExitCode {
                     DemoOptions::full(dir)
                 };
                 opts.naive = naive;
+                opts.undo = undo;
                 opts.rows = rows.unwrap_or(opts.rows);
                 opts.clients = clients.map_or(opts.clients, |c| c as usize);
                 opts.phase_secs = phase_secs.filter(|s| *s > 0.0).unwrap_or(opts.phase_secs);
@@ -268,8 +273,8 @@ pub fn main() -> ExitCode {
                     }
                 }
                 opts.fault = match (fault, config.faults.lagging_v1_writes) {
-                    (None, true) => Some(crate::demo::Fault::LaggingV1),
-                    (Some(f), true) if f != crate::demo::Fault::LaggingV1 => {
+                    (None, true) => Some(crate::tools::demo::Fault::LaggingV1),
+                    (Some(f), true) if f != crate::tools::demo::Fault::LaggingV1 => {
                         return Err(format!(
                             "one fault at a time: --fault {} with {}=1",
                             f.name(),
@@ -374,14 +379,11 @@ struct Connected {
 
 fn connect(config: &Config) -> Result<Connected, StartupError> {
     let database = startup::prepare_database(config)?;
-    let replicas: Vec<String> = config
-        .replica_urls
-        .iter()
-        .chain(&database.replica_urls)
-        .cloned()
-        .collect();
-    let throttle = backfill::Throttle::new(replicas, config.replica_max_lag_bytes)
-        .with_request_p99_limit(config.backfill_max_p99_ms);
+    let throttle = backfill::Throttle::new(
+        database.all_replica_urls(config),
+        config.replica_max_lag_bytes,
+    )
+    .with_request_p99_limit(config.backfill_max_p99_ms);
     Ok(Connected {
         conn: PgConnection::establish(&database.url)?,
         url: database.url,
@@ -543,8 +545,10 @@ fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupEr
 fn demo(config: &Config, opts: DemoOptions) -> Result<(), StartupError> {
     let url = config.resolve_database_url()?;
     let report_dir = opts.report_dir.clone();
-    let summary = actix_web::rt::System::new().block_on(crate::demo::run(&url, opts))?;
-    print!("{}", crate::demo::report::table(&summary));
+    let summary = actix_web::rt::System::new()
+        .block_on(crate::tools::demo::run(&url, opts))
+        .map_err(|e| format!("{e:#}"))?;
+    print!("{}", crate::tools::demo::report::table(&summary));
     println!(
         "report: {}",
         report_dir
@@ -582,7 +586,9 @@ fn seed(config: &Config, users: u64, rng_seed: Option<u64>) -> Result<(), Startu
     let bar = progress_bar(users, "seeding")?;
     let started = Instant::now();
     let seed = rng_seed.unwrap_or_else(|| fastrand::u64(..));
-    let done = crate::seed::seed_users(&mut conn, phase, users, seed, |n| bar.set_position(n))?;
+    let done =
+        crate::tools::seed::seed_users(&mut conn, phase, users, seed, |n| bar.set_position(n))
+            .map_err(|e| format!("{e:#}"))?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!(

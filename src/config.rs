@@ -72,98 +72,55 @@ pub enum ConfigError {
     },
 }
 
+/// The environment variable `name`, unless unset or blank.
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The environment variable `name` through `parse`: `None` when unset, an error naming the
+/// variable and what it must be (`expected`) when `parse` refuses its value.
+fn parse_env<T>(
+    name: &'static str,
+    expected: &'static str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>, ConfigError> {
+    var(name)
+        .map(|value| {
+            parse(value.trim()).ok_or(ConfigError::Invalid {
+                name,
+                expected,
+                value,
+            })
+        })
+        .transpose()
+}
+
+/// A parser of a number within `range`.
+fn number<T: std::str::FromStr + PartialOrd>(
+    range: std::ops::RangeInclusive<T>,
+) -> impl FnOnce(&str) -> Option<T> {
+    move |value| value.parse::<T>().ok().filter(|n| range.contains(n))
+}
+
 impl Config {
     /// Reads `.env` (if present) and then the process environment, which wins.
     pub fn from_env() -> Result<Self, ConfigError> {
         let _ = dotenvy::dotenv();
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let pool_size = match var("ZDM_POOL_SIZE") {
-            None => 16,
-            Some(v) => v
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=500).contains(n))
-                .ok_or(ConfigError::Invalid {
-                    name: "ZDM_POOL_SIZE",
-                    expected: "a number from 1 to 500",
-                    value: v,
-                })?,
-        };
-        let statement_timeout_ms = match var("ZDM_STATEMENT_TIMEOUT_MS") {
-            None => 5000,
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (100..=600_000).contains(n))
-                .ok_or(ConfigError::Invalid {
-                    name: "ZDM_STATEMENT_TIMEOUT_MS",
-                    expected: "a number of milliseconds from 100 to 600000",
-                    value: v,
-                })?,
-        };
-        let replica_max_lag_bytes = match var("ZDM_REPLICA_MAX_LAG_BYTES") {
-            None => 16 * 1024 * 1024,
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or(ConfigError::Invalid {
-                    name: "ZDM_REPLICA_MAX_LAG_BYTES",
-                    expected: "a positive number of bytes",
-                    value: v,
-                })?,
-        };
-        let backfill_max_p99_ms = match var("ZDM_BACKFILL_MAX_P99_MS") {
-            None => None,
-            Some(v) => Some(
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|ms| ms.is_finite() && *ms > 0.0)
-                    .ok_or(ConfigError::Invalid {
-                        name: "ZDM_BACKFILL_MAX_P99_MS",
-                        expected: "a positive number of milliseconds",
-                        value: v,
-                    })?,
-            ),
-        };
-        let contract_quiet_secs = match var("ZDM_CONTRACT_QUIET_SECS") {
-            None => None,
-            Some(v) => Some(
-                v.parse::<i32>()
-                    .ok()
-                    .filter(|n| (0..=86_400).contains(n))
-                    .ok_or(ConfigError::Invalid {
-                        name: "ZDM_CONTRACT_QUIET_SECS",
-                        expected: "a number of seconds from 0 to 86400",
-                        value: v,
-                    })?,
-            ),
-        };
-        let trusted_proxies = match var("ZDM_TRUSTED_PROXIES") {
-            None => TrustedProxies::default(),
-            Some(v) => TrustedProxies::parse(&v).map_err(|_| ConfigError::Invalid {
-                name: "ZDM_TRUSTED_PROXIES",
-                expected: "comma-separated CIDRs such as 10.0.0.0/8,192.0.2.7/32",
-                value: v,
-            })?,
-        };
-        let backfill_ride_out = match var("ZDM_BACKFILL_RIDE_OUT_SECS") {
-            None => crate::migration::backfill::DEFAULT_RIDE_OUT,
-            Some(v) => std::time::Duration::from_secs(
-                v.parse::<u64>().ok().filter(|secs| *secs <= 86_400).ok_or(
-                    ConfigError::Invalid {
-                        name: "ZDM_BACKFILL_RIDE_OUT_SECS",
-                        expected: "a number of seconds from 0 to 86400",
-                        value: v,
-                    },
-                )?,
-            ),
-        };
+        let secs = std::time::Duration::from_secs;
         Ok(Self {
-            contract_quiet_secs,
-            trusted_proxies,
-            backfill_max_p99_ms,
-            backfill_ride_out,
+            database_url: var("DATABASE_URL"),
+            bind: var("ZDM_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
+            data_dir: PathBuf::from(var("ZDM_DATA_DIR").unwrap_or_else(|| ".zdm".to_owned())),
+            pool_size: parse_env("ZDM_POOL_SIZE", "a number from 1 to 500", number(1..=500))?
+                .unwrap_or(16),
+            statement_timeout_ms: parse_env(
+                "ZDM_STATEMENT_TIMEOUT_MS",
+                "a number of milliseconds from 100 to 600000",
+                number(100..=600_000),
+            )?
+            .unwrap_or(5000),
+            admin_token: var("ADMIN_TOKEN"),
+            phase_poll: std::time::Duration::from_millis(250),
             replica_urls: var("DATABASE_REPLICA_URLS")
                 .map(|v| {
                     v.split(',')
@@ -173,42 +130,48 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
-            replica_max_lag_bytes,
-            read_from_replicas: var("ZDM_READ_FROM_REPLICAS").is_none_or(|v| v != "0"),
-            private_replicas: match var("ZDM_REPLICAS") {
-                None => 0,
-                Some(v) => {
-                    v.parse::<usize>()
+            replica_max_lag_bytes: parse_env(
+                "ZDM_REPLICA_MAX_LAG_BYTES",
+                "a positive number of bytes",
+                number(1..=i64::MAX),
+            )?
+            .unwrap_or(crate::replicas::DEFAULT_MAX_LAG_BYTES),
+            backfill_max_p99_ms: parse_env(
+                "ZDM_BACKFILL_MAX_P99_MS",
+                "a positive number of milliseconds",
+                |v| {
+                    v.parse::<f64>()
                         .ok()
-                        .filter(|n| *n <= 8)
-                        .ok_or(ConfigError::Invalid {
-                            name: "ZDM_REPLICAS",
-                            expected: "a number from 0 to 8",
-                            value: v,
-                        })?
-                }
-            },
-            statement_timeout_ms,
-            database_url: var("DATABASE_URL"),
-            bind: var("ZDM_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
-            data_dir: var("ZDM_DATA_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(".zdm")),
-            pool_size,
-            admin_token: var("ADMIN_TOKEN"),
-            phase_poll: std::time::Duration::from_millis(250),
+                        .filter(|ms| ms.is_finite() && *ms > 0.0)
+                },
+            )?,
+            backfill_ride_out: parse_env(
+                "ZDM_BACKFILL_RIDE_OUT_SECS",
+                "a number of seconds from 0 to 86400",
+                number(0..=86_400),
+            )?
+            .map_or(crate::migration::backfill::DEFAULT_RIDE_OUT, secs),
+            private_replicas: parse_env("ZDM_REPLICAS", "a number from 0 to 8", number(0..=8))?
+                .unwrap_or(0),
+            read_from_replicas: var("ZDM_READ_FROM_REPLICAS").is_none_or(|v| v != "0"),
+            trusted_proxies: parse_env(
+                "ZDM_TRUSTED_PROXIES",
+                "comma-separated CIDRs such as 10.0.0.0/8,192.0.2.7/32",
+                |v| TrustedProxies::parse(v).ok(),
+            )?
+            .unwrap_or_default(),
+            contract_quiet_secs: parse_env(
+                "ZDM_CONTRACT_QUIET_SECS",
+                "a number of seconds from 0 to 86400",
+                number(0..=86_400),
+            )?,
             faults: crate::faults::Faults::new(
                 var(crate::faults::LAGGING_V1_WRITES_ENV).is_some_and(|v| v == "1"),
-                match var(crate::faults::LOSE_WRITES_ENV) {
-                    None => None,
-                    Some(v) => Some(v.parse::<u64>().ok().filter(|n| *n > 0).ok_or(
-                        ConfigError::Invalid {
-                            name: crate::faults::LOSE_WRITES_ENV,
-                            expected: "a positive number (lose every Nth update)",
-                            value: v,
-                        },
-                    )?),
-                },
+                parse_env(
+                    crate::faults::LOSE_WRITES_ENV,
+                    "a positive number (lose every Nth update)",
+                    number(1..=u64::MAX),
+                )?,
             ),
         })
     }
@@ -263,5 +226,29 @@ impl Config {
             replica_urls,
             started,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_out_of_range_names_its_variable_and_what_it_must_be() {
+        assert_eq!(number(1..=500)("16"), Some(16_u32));
+        assert_eq!(number(1..=500)("0"), None::<u32>);
+        assert_eq!(number(1..=500)("many"), None::<u32>);
+        // A variable no test sets: unset is None, not an error.
+        let unset = parse_env("ZDM_TEST_UNSET_VARIABLE", "anything", number(0..=1_u8));
+        assert!(matches!(unset, Ok(None)));
+        let err = ConfigError::Invalid {
+            name: "ZDM_POOL_SIZE",
+            expected: "a number from 1 to 500",
+            value: "0".to_owned(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "ZDM_POOL_SIZE must be a number from 1 to 500, got \"0\""
+        );
     }
 }

@@ -19,7 +19,9 @@
 //!   (503 with Retry-After); see `migration::follower`.
 //! - `Internal`: everything else (500). Logged with its cause; the client sees a generic text.
 //!
-//! Database text never reaches a client: only the messages written here do.
+//! Database text never reaches a client: only the messages written here do. How the
+//! migration's own errors map onto these is in `routes::migration_errors` (this module sits
+//! below the migration and knows nothing of it).
 //!
 //! JSON routes answer `{"error": "...", "field": "..."}`; HTML routes wrap the error in
 //! [`HtmlError`], which renders `templates/error.html`.
@@ -181,15 +183,6 @@ impl From<DieselError> for AppError {
                 AppError::Unavailable(Box::new(e))
             }
             other => AppError::Internal(Box::new(other)),
-        }
-    }
-}
-
-impl From<crate::migration::state::StateError> for AppError {
-    fn from(e: crate::migration::state::StateError) -> Self {
-        match e {
-            crate::migration::state::StateError::Database(e) => e.into(),
-            corrupt => AppError::internal(corrupt),
         }
     }
 }

@@ -11,7 +11,8 @@ use prometheus::{
 };
 
 use crate::db::DbPool;
-use crate::migration::{Phase, backfill, state, verify};
+use crate::domain::Phase;
+use crate::migration::{backfill, state, verify};
 
 pub struct Metrics {
     registry: Registry,
@@ -94,124 +95,122 @@ fn p99_of_buckets(bounds: &[f64], since: &[u64], total: u64) -> Option<f64> {
     Some(bound * 1000.0)
 }
 
+/// `collector`, registered in `registry` (which then exposes it).
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
+/// The requests' counter and histograms: every request by route, method and status, and the
+/// user requests alone, finely bucketed (what the backfill's latency throttle reads).
+fn request_metrics(
+    registry: &Registry,
+) -> Result<(IntCounterVec, HistogramVec, Histogram), prometheus::Error> {
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "http_requests_total",
+            "HTTP requests answered, by route pattern, method and status",
+        ),
+        &["route", "method", "status"],
+    )?;
+    let latency = HistogramVec::new(
+        HistogramOpts::new(
+            "http_request_duration_seconds",
+            "Time to answer, by route pattern and method",
+        )
+        .buckets(vec![
+            0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+        &["route", "method"],
+    )?;
+    let user_latency = Histogram::with_opts(
+        HistogramOpts::new(
+            "user_request_duration_seconds",
+            "Time to answer a user request (APIs and pages, not admin)",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+            0.2, 0.5, 1.0, 2.0, 5.0,
+        ]),
+    )?;
+    Ok((
+        registered(registry, requests)?,
+        registered(registry, latency)?,
+        registered(registry, user_latency)?,
+    ))
+}
+
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("zdm".to_owned()), None)?;
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "HTTP requests answered, by route pattern, method and status",
-            ),
-            &["route", "method", "status"],
-        )?;
-        let http_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "Time to answer, by route pattern and method",
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help)?);
+        let labelled = |name: &str, help: &str, label: &str| {
+            registered(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), &[label])?,
             )
-            .buckets(vec![
-                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["route", "method"],
+        };
+        let (http_requests, http_latency, user_latency) = request_metrics(&registry)?;
+        let user_reads = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "user_reads_total",
+                    "Reads of user data (both APIs and pages), by the server that answered",
+                ),
+                &["server"],
+            )?,
         )?;
-        let user_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "user_request_duration_seconds",
-                "Time to answer a user request (APIs and pages, not admin)",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-                0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
-            ]),
-        )?;
-        let lock_timeout_retries = IntCounter::new(
-            "migration_lock_timeout_retries_total",
-            "Lock timeouts a migration step met and retried (steps run by this instance)",
-        )?;
-        let user_reads = IntCounterVec::new(
-            Opts::new(
-                "user_reads_total",
-                "Reads of user data (both APIs and pages), by the server that answered",
-            ),
-            &["server"],
-        )?;
-        let phase = IntGaugeVec::new(Opts::new("phase", "1 for the stored phase"), &["phase"])?;
-        let backfill_rows_done =
-            IntGauge::new("backfill_rows_done", "Rows the backfill has passed")?;
-        let backfill_rows_total =
-            IntGauge::new("backfill_rows_total", "Rows the backfill has to pass")?;
-        let backfill_batches =
-            IntGauge::new("backfill_batches", "Batches the backfill has committed")?;
-        let backfill_rows_per_second = Gauge::new(
-            "backfill_rows_per_second",
-            "The backfill's rate since it started",
-        )?;
-        let backfill_state = IntGaugeVec::new(
-            Opts::new("backfill_state", "1 for the backfill's state"),
-            &["state"],
-        )?;
-        let backfill_replica_lag = IntGauge::new(
-            "backfill_replica_lag_bytes",
-            "Largest replica replay lag the backfill last measured",
-        )?;
-        let backfill_workers = IntGauge::new(
-            "backfill_workers",
-            "Workers the backfill runs now (0 when it does not run)",
-        )?;
-        let verify_divergent = IntGauge::new(
-            "verify_divergent_rows",
-            "Divergent rows found by the last verification",
-        )?;
-        let pool_in_use = IntGauge::new(
-            "db_pool_connections_in_use",
-            "Web pool connections checked out",
-        )?;
-        let pool_idle = IntGauge::new("db_pool_connections_idle", "Web pool connections idle")?;
-        let database_up = IntGauge::new(
-            "database_up",
-            "1 when the last scrape could read the database",
-        )?;
-        for collector in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_latency.clone()),
-            Box::new(user_latency.clone()),
-            Box::new(lock_timeout_retries.clone()),
-            Box::new(user_reads.clone()),
-            Box::new(phase.clone()),
-            Box::new(backfill_rows_done.clone()),
-            Box::new(backfill_rows_total.clone()),
-            Box::new(backfill_batches.clone()),
-            Box::new(backfill_rows_per_second.clone()),
-            Box::new(backfill_state.clone()),
-            Box::new(backfill_replica_lag.clone()),
-            Box::new(backfill_workers.clone()),
-            Box::new(verify_divergent.clone()),
-            Box::new(pool_in_use.clone()),
-            Box::new(pool_idle.clone()),
-            Box::new(database_up.clone()),
-        ] {
-            registry.register(collector)?;
-        }
         Ok(Self {
-            registry,
             http_requests,
             http_latency,
             user_latency,
-            lock_timeout_retries,
+            lock_timeout_retries: registered(
+                &registry,
+                IntCounter::new(
+                    "migration_lock_timeout_retries_total",
+                    "Lock timeouts a migration step met and retried (steps run by this instance)",
+                )?,
+            )?,
             reads_from_primary: user_reads.with_label_values(&["primary"]),
             reads_from_replicas: user_reads.with_label_values(&["replica"]),
-            phase,
-            backfill_rows_done,
-            backfill_rows_total,
-            backfill_batches,
-            backfill_rows_per_second,
-            backfill_state,
-            backfill_replica_lag,
-            backfill_workers,
-            verify_divergent,
-            pool_in_use,
-            pool_idle,
-            database_up,
+            phase: labelled("phase", "1 for the stored phase", "phase")?,
+            backfill_rows_done: gauge("backfill_rows_done", "Rows the backfill has passed")?,
+            backfill_rows_total: gauge("backfill_rows_total", "Rows the backfill has to pass")?,
+            backfill_batches: gauge("backfill_batches", "Batches the backfill has committed")?,
+            backfill_rows_per_second: registered(
+                &registry,
+                Gauge::new(
+                    "backfill_rows_per_second",
+                    "The backfill's rate since it started",
+                )?,
+            )?,
+            backfill_state: labelled("backfill_state", "1 for the backfill's state", "state")?,
+            backfill_replica_lag: gauge(
+                "backfill_replica_lag_bytes",
+                "Largest replica replay lag the backfill last measured",
+            )?,
+            backfill_workers: gauge(
+                "backfill_workers",
+                "Workers the backfill runs now (0 when it does not run)",
+            )?,
+            verify_divergent: gauge(
+                "verify_divergent_rows",
+                "Divergent rows found by the last verification",
+            )?,
+            pool_in_use: gauge(
+                "db_pool_connections_in_use",
+                "Web pool connections checked out",
+            )?,
+            pool_idle: gauge("db_pool_connections_idle", "Web pool connections idle")?,
+            database_up: gauge(
+                "database_up",
+                "1 when the last scrape could read the database",
+            )?,
+            registry,
         })
     }
 
@@ -236,6 +235,15 @@ impl Metrics {
         self.http_requests
             .with_label_values(&[route, method_label(method), &status.to_string()])
             .inc();
+    }
+
+    /// The p99 of the user requests answered since its previous call, for the phase follower
+    /// to report with each heartbeat.
+    pub fn p99_reporter(
+        self: &std::sync::Arc<Self>,
+    ) -> impl FnMut() -> Option<f64> + Send + 'static {
+        let (metrics, mut since) = (self.clone(), LatencyMark::default());
+        move || metrics.user_p99_ms_since(&mut since)
     }
 
     /// The p99 of the user requests answered since `mark` was last moved here, in ms (the

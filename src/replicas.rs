@@ -25,6 +25,10 @@ pub const COOKIE: &str = "zdm_lsn";
 /// The position a write answer carries when the primary's could not be read: no replica
 /// reaches it, so the client's reads go to the primary.
 pub const UNKNOWN_POSITION: u64 = u64::MAX;
+
+/// The replay lag above which the backfill waits, unless configured
+/// (`ZDM_REPLICA_MAX_LAG_BYTES`).
+pub const DEFAULT_MAX_LAG_BYTES: i64 = 16 * 1024 * 1024;
 const POLL: Duration = Duration::from_millis(100);
 
 /// A WAL position (`16/B374D848`) as a number.

@@ -138,6 +138,148 @@ pub struct Database {
     pub started: Vec<LocalPg>,
 }
 
+impl Database {
+    /// The replicas the configuration names and those the private set-up started.
+    pub fn all_replica_urls(&self, config: &Config) -> Vec<String> {
+        config
+            .replica_urls
+            .iter()
+            .chain(&self.replica_urls)
+            .cloned()
+            .collect()
+    }
+}
+
+/// How an instance's `AppState` is made, by the server and by the tests alike (so the tests
+/// run the production wiring, and a new field is one edit here): what every instance must
+/// have, and the rest with the defaults of a plain instance, changed by the setters.
+pub struct AppStateBuilder {
+    database_url: String,
+    pool: DbPool,
+    phase: crate::migration::follower::AppliedPhase,
+    instance_id: String,
+    admin_token: String,
+    trusted_proxies: crate::trusted_proxies::TrustedProxies,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    report_dir: std::path::PathBuf,
+    replica_urls: Vec<String>,
+    replica_max_lag_bytes: i64,
+    backfill_max_p99_ms: Option<f64>,
+    backfill_ride_out: backfill::RideOut,
+    read_replicas: crate::replicas::ReadReplicas,
+    user_reads_limits: crate::db::PoolLimits,
+    faults: crate::faults::Faults,
+}
+
+impl AppState {
+    pub fn builder(
+        database_url: &str,
+        pool: DbPool,
+        phase: crate::migration::follower::AppliedPhase,
+        instance_id: &str,
+    ) -> AppStateBuilder {
+        AppStateBuilder {
+            database_url: database_url.to_owned(),
+            pool,
+            phase,
+            instance_id: instance_id.to_owned(),
+            admin_token: String::new(),
+            trusted_proxies: Default::default(),
+            metrics: None,
+            report_dir: std::path::PathBuf::from(".zdm/reports"),
+            replica_urls: Vec::new(),
+            replica_max_lag_bytes: crate::replicas::DEFAULT_MAX_LAG_BYTES,
+            backfill_max_p99_ms: None,
+            backfill_ride_out: Default::default(),
+            read_replicas: Default::default(),
+            user_reads_limits: crate::db::PoolLimits::with_size(1),
+            faults: Default::default(),
+        }
+    }
+}
+
+impl AppStateBuilder {
+    /// Everything `zdm serve` takes from its configuration; `replica_urls` are all the
+    /// replicas (configured and started), which the backfill waits for and, unless
+    /// `ZDM_READ_FROM_REPLICAS=0`, the user reads may go to.
+    pub fn configured(mut self, config: &Config, replica_urls: Vec<String>) -> Self {
+        self.trusted_proxies = config.trusted_proxies.clone();
+        self.report_dir = config.report_dir();
+        self.backfill_max_p99_ms = config.backfill_max_p99_ms;
+        self.backfill_ride_out = backfill::RideOut::new(config.backfill_ride_out);
+        self.faults = config.faults.clone();
+        if config.read_from_replicas {
+            self.read_replicas =
+                crate::replicas::ReadReplicas::start(&replica_urls, config.pool_limits());
+        }
+        self.user_reads_limits = config.pool_limits();
+        self.throttle_replicas(replica_urls, config.replica_max_lag_bytes)
+    }
+
+    /// The Bearer token of the admin API and the password of the pages (empty: none opens).
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = token.into();
+        self
+    }
+
+    /// The metrics this instance counts into (the phase follower reports from the same);
+    /// fresh ones unless given.
+    pub fn metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn report_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.report_dir = dir;
+        self
+    }
+
+    /// The replicas whose replay lag the backfills this instance runs wait for, and the limit.
+    pub fn throttle_replicas(mut self, urls: Vec<String>, max_lag_bytes: i64) -> Self {
+        self.replica_urls = urls;
+        self.replica_max_lag_bytes = max_lag_bytes;
+        self
+    }
+
+    /// The replicas user reads may go to.
+    pub fn read_replicas(mut self, replicas: crate::replicas::ReadReplicas) -> Self {
+        self.read_replicas = replicas;
+        self
+    }
+
+    /// The limits of the coalesced point reads' connection.
+    pub fn user_reads_limits(mut self, limits: crate::db::PoolLimits) -> Self {
+        self.user_reads_limits = limits;
+        self
+    }
+
+    /// The state, with the coalesced point reads started.
+    pub fn build(self) -> Result<AppState, StartupError> {
+        let metrics = match self.metrics {
+            Some(metrics) => metrics,
+            None => std::sync::Arc::new(crate::metrics::Metrics::new()?),
+        };
+        Ok(AppState {
+            user_reads: UserReads::start(&self.database_url, self.user_reads_limits)?,
+            pool: self.pool,
+            database_url: self.database_url,
+            phase: self.phase,
+            instance_id: self.instance_id,
+            admin_token: self.admin_token,
+            trusted_proxies: self.trusted_proxies,
+            backfill_thread: Default::default(),
+            backfill_ride_out: self.backfill_ride_out,
+            metrics,
+            report_dir: self.report_dir,
+            replica_urls: self.replica_urls,
+            replica_max_lag_bytes: self.replica_max_lag_bytes,
+            backfill_max_p99_ms: self.backfill_max_p99_ms,
+            read_replicas: self.read_replicas,
+            faults: self.faults,
+        })
+    }
+}
+
 /// Connects (starting the private PostgreSQL when `DATABASE_URL` is unset) and applies the
 /// infrastructure migrations; phase migrations are left to the migration runner.
 pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
@@ -171,15 +313,13 @@ pub fn generate_token() -> String {
 /// `zdm serve`: runs until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> Result<(), StartupError> {
     let database = prepare_database(&config)?;
-    let replica_urls: Vec<String> = config
-        .replica_urls
-        .iter()
-        .chain(&database.replica_urls)
-        .cloned()
-        .collect();
+    let replica_urls = database.all_replica_urls(&config);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
-    let follower =
-        PhaseFollower::start_reporting(database.pool.clone(), config.phase_poll, metrics.clone())?;
+    let follower = PhaseFollower::start_reporting(
+        database.pool.clone(),
+        config.phase_poll,
+        metrics.p99_reporter(),
+    )?;
     if let Some(token) = &config.admin_token
         && token.chars().count() < MIN_ADMIN_TOKEN_CHARS
     {
@@ -194,28 +334,16 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         println!("ADMIN_TOKEN was not set; this run's admin token is: {token}");
         token
     });
-    let state = AppState {
-        user_reads: UserReads::start(&database.url, config.pool_limits())?,
-        pool: database.pool,
-        database_url: database.url,
-        phase: follower.applied(),
-        instance_id: follower.instance_id.clone(),
-        admin_token,
-        trusted_proxies: config.trusted_proxies.clone(),
-        backfill_thread: Default::default(),
-        metrics,
-        report_dir: config.report_dir(),
-        replica_urls: replica_urls.clone(),
-        replica_max_lag_bytes: config.replica_max_lag_bytes,
-        backfill_max_p99_ms: config.backfill_max_p99_ms,
-        backfill_ride_out: backfill::RideOut::new(config.backfill_ride_out),
-        read_replicas: if config.read_from_replicas {
-            crate::replicas::ReadReplicas::start(&replica_urls, config.pool_limits())
-        } else {
-            Default::default()
-        },
-        faults: config.faults.clone(),
-    };
+    let state = AppState::builder(
+        &database.url,
+        database.pool,
+        follower.applied(),
+        &follower.instance_id,
+    )
+    .configured(&config, replica_urls)
+    .admin_token(admin_token)
+    .metrics(metrics)
+    .build()?;
     state.faults.warn_if_on();
     let listener = TcpListener::bind(&config.bind)
         .map_err(|e| format!("cannot listen on {} (ZDM_BIND): {e}", config.bind))?;

@@ -230,7 +230,9 @@ BEGIN
      GROUP BY s.queryid
     ON CONFLICT (queryid) DO UPDATE
        SET last_called = CASE WHEN EXCLUDED.calls > u.calls THEN now() ELSE u.last_called END,
-           calls = EXCLUDED.calls;
+           calls = EXCLUDED.calls
+     -- Unchanged counts write nothing (every instance samples with every heartbeat).
+     WHERE u.calls IS DISTINCT FROM EXCLUDED.calls;
     RETURN true;
 EXCEPTION WHEN object_not_in_prerequisite_state THEN
     -- The extension exists but the library is not loaded (shared_preload_libraries).

@@ -20,10 +20,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{BenchError, ms, peak_rss_mib, quantile};
-use crate::db::scratch::ScratchDatabase;
-use crate::demo::fleet::Fleet;
 use crate::local_pg::BinarySearch;
 use crate::migration::backfill;
+use crate::tools::demo::fleet::Fleet;
+use crate::tools::scratch::ScratchDatabase;
 
 #[derive(Debug, Clone)]
 pub struct HttpBenchOptions {
@@ -304,6 +304,7 @@ pub async fn http_benchmark(
         let (server, rows) = (database_url.to_owned(), opts.rows);
         actix_web::rt::task::spawn_blocking(move || {
             ScratchDatabase::seeded(&server, "zdm_bench_http", rows, 11)
+                .map_err(|e| format!("{e:#}"))
         })
         .await
         .map_err(|e| e.to_string())??
@@ -319,7 +320,8 @@ pub async fn http_benchmark(
         &logs,
         vec![("ZDM_POOL_SIZE".to_owned(), opts.concurrency.to_string())],
     )
-    .await?;
+    .await
+    .map_err(|e| format!("{e:#}"))?;
     let base = fleet.instances[0].url.clone();
     let pid = fleet.pid(0).ok_or("the server is not running")?;
     let (rows, concurrency, secs) = (opts.rows, opts.concurrency, opts.secs);

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
-use crate::db::scratch::ScratchDatabase;
+use crate::domain::Phase;
 use crate::migration::backfill::{self, Direction, Knobs, Throttle};
-use crate::migration::{Phase, runner, state};
+use crate::migration::{runner, state};
+use crate::tools::scratch::ScratchDatabase;
 
 pub mod http;
 pub mod replicas;
@@ -411,7 +412,8 @@ pub fn backfill_benchmark(
     } else {
         "autovacuum: off for both tables during the fills (--autovacuum to leave it on); each fill's cleanup is the VACUUM timed after it"
     });
-    let scratch = ScratchDatabase::seeded(database_url, "zdm_bench", rows, 1)?;
+    let scratch = ScratchDatabase::seeded(database_url, "zdm_bench", rows, 1)
+        .map_err(|e| format!("{e:#}"))?;
     let mut conn = PgConnection::establish(&scratch.url)?;
     while state::current_phase(&mut conn)? < Phase::DualWrite {
         runner::advance(&mut conn, "bench", None)?;

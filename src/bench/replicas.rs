@@ -18,9 +18,10 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 use super::BenchError;
+use crate::domain::Phase;
 use crate::local_pg::{LocalPg, ScratchCluster};
 use crate::migration::backfill::{self, Direction, Throttle};
-use crate::migration::{Phase, runner, schema_migrations, state, verify};
+use crate::migration::{runner, schema_migrations, state, verify};
 use crate::replicas::{current_lsn, replayed_lsn};
 
 #[derive(Debug, Clone)]
@@ -95,7 +96,8 @@ pub fn prepared_database(primary: &LocalPg, name: &str, rows: u64) -> Result<Str
     let url = primary.url(name);
     let mut conn = PgConnection::establish(&url)?;
     schema_migrations::run_infrastructure_migrations(&mut conn)?;
-    crate::seed::seed_users(&mut conn, Phase::Baseline, rows, 5, |_| {})?;
+    crate::tools::seed::seed_users(&mut conn, Phase::Baseline, rows, 5, |_| {})
+        .map_err(|e| format!("{e:#}"))?;
     while state::current_phase(&mut conn)? < Phase::DualWrite {
         runner::advance(&mut conn, "bench", None)?;
     }

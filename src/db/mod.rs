@@ -3,7 +3,6 @@
 
 pub mod admin_auth;
 pub mod reads;
-pub mod scratch;
 pub mod users;
 
 use std::ops::{Deref, DerefMut};

@@ -21,8 +21,8 @@ use tokio::sync::oneshot;
 
 use super::users::{self, StoredUser};
 use super::{DbPool, PoolLimits, build_generic_plan_pool};
+use crate::domain::Phase;
 use crate::error::AppError;
-use crate::migration::Phase;
 
 /// The most ids one query reads.
 pub const MAX_BATCH: usize = 64;

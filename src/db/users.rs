@@ -7,8 +7,8 @@
 use diesel::prelude::*;
 
 use crate::domain::Name;
+use crate::domain::Phase;
 use crate::domain::name_rule::{is_consistent, join_name, split_full_name};
-use crate::migration::Phase;
 use crate::schema::{SchemaVersion, expanded, v1, v2};
 
 /// A row as stored, whatever the phase; columns the phase's schema lacks are `None`.

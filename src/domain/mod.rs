@@ -1,15 +1,19 @@
-//! Validated input: handlers turn raw form and JSON fields into these types first, so the
-//! rest of the code never sees an unchecked string.
+//! The bottom layer, using nothing else of the crate: validated input (handlers turn raw
+//! form and JSON fields into these types first, so the rest of the code never sees an
+//! unchecked string), the name rule, and the `Phase` of the migration, a core concept every
+//! other layer names.
 
 pub mod email;
 pub mod full_name;
 pub mod name_parts;
 pub mod name_rule;
+pub mod phase;
 pub mod user;
 
 pub use email::Email;
 pub use full_name::FullName;
 pub use name_parts::NameParts;
+pub use phase::Phase;
 pub use user::{Name, NewUser, UserChanges};
 
 /// Why a field was rejected; becomes a 422 naming the field.

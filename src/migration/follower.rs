@@ -24,10 +24,9 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 
-use super::Phase;
 use super::state::{self, StateError};
 use crate::db::DbPool;
-use crate::metrics::{LatencyMark, Metrics};
+use crate::domain::Phase;
 use crate::schema::state::zdm_instances;
 
 /// An instance that has not been heard of for this long is not live (the SQL gates use the
@@ -225,11 +224,9 @@ fn heartbeat(
 }
 
 /// What an instance reports about its requests with each heartbeat (the backfill's latency
-/// throttle reads it), and how often it beats to keep that fresh.
-struct LatencyReport {
-    metrics: Arc<Metrics>,
-    since: LatencyMark,
-}
+/// throttle reads it): the p99 of the user requests answered since the previous call, in ms
+/// (`None`: too few to tell).
+type LatencyReport = Box<dyn FnMut() -> Option<f64> + Send>;
 
 /// Heartbeats of an instance that reports its request latency: often enough for the
 /// backfill to react within a batch or two.
@@ -242,21 +239,15 @@ impl PhaseFollower {
         Self::start_with(pool, poll, None)
     }
 
-    /// As `start`, also reporting the p99 of the user requests `metrics` counted since the
-    /// previous heartbeat (every `REPORTING_HEARTBEAT_EVERY`).
+    /// As `start`, also reporting with each heartbeat (every `REPORTING_HEARTBEAT_EVERY`) the
+    /// p99 of the user requests answered since the previous one, as `recent_p99` tells it
+    /// (`Metrics::p99_reporter`).
     pub fn start_reporting(
         pool: DbPool,
         poll: Duration,
-        metrics: Arc<Metrics>,
+        recent_p99: impl FnMut() -> Option<f64> + Send + 'static,
     ) -> Result<Self, StateError> {
-        Self::start_with(
-            pool,
-            poll,
-            Some(LatencyReport {
-                metrics,
-                since: LatencyMark::default(),
-            }),
-        )
+        Self::start_with(pool, poll, Some(Box::new(recent_p99)))
     }
 
     fn start_with(
@@ -320,11 +311,7 @@ fn follow(
     } else {
         HEARTBEAT_EVERY
     };
-    let mut recent_p99 = move || {
-        report
-            .as_mut()
-            .and_then(|r| r.metrics.user_p99_ms_since(&mut r.since))
-    };
+    let mut recent_p99 = move || report.as_mut().and_then(|report| report());
     let mut last_beat = Instant::now();
     // The phase this instance has told the fleet it runs. It follows the applied phase once
     // no request that started under an older phase is still running (drain, I8), so "every

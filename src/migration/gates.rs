@@ -1,4 +1,4 @@
-//! The gates between phases (DESIGN §1): what must hold before a step moves the phase. They
+//! The gates between phases: what must hold before a step moves the phase. They
 //! are written once, in SQL (`zdm_gates`, migration `2026-11-30-000001_steps_in_sql`), where
 //! every phase migration checks them before it changes anything, whoever runs it (the runner,
 //! `diesel migration run`, psql). This module reads them for the 409 answer, the CLI and the
@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
 use serde::Serialize;
 
-use super::Phase;
+use crate::domain::Phase;
 
 /// What a user types to allow the contract (the column that will be dropped).
 pub const CONTRACT_CONFIRMATION: &str = "users.full_name";

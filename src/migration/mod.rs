@@ -7,11 +7,11 @@ pub mod backfill;
 pub mod follower;
 pub mod gates;
 pub mod name_sql;
-pub mod phase;
 pub mod runner;
 pub mod schema_migrations;
 pub mod state;
 pub mod status;
 pub mod verify;
 
-pub use phase::Phase;
+/// The phases this module moves through; the type lives at the bottom layer (`domain`).
+pub use crate::domain::Phase;

@@ -29,11 +29,11 @@ use diesel::sql_types::Text;
 use diesel_migrations::MigrationHarness;
 use serde::Serialize;
 
-use super::Phase;
 use super::advisory_lock::AdvisoryLock;
 use super::backfill::{self, BackfillError, Direction, Throttle};
 use super::schema_migrations::MIGRATIONS;
 use super::state::{self, Action, StateError};
+use crate::domain::Phase;
 
 /// Pauses between attempts of a migration that hit its lock_timeout.
 pub const LOCK_RETRY_SCHEDULE: [Duration; 5] = [

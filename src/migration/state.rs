@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::Phase;
 use super::follower::LIVE_WINDOW;
+use crate::domain::Phase;
 use crate::schema::state::{zdm_instances, zdm_migration_history, zdm_migration_state};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,7 +14,7 @@ pub enum StateError {
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
     #[error("the stored phase is invalid: {0}")]
-    Corrupt(#[from] super::phase::UnknownPhase),
+    Corrupt(#[from] crate::domain::phase::UnknownPhase),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
 }
@@ -37,6 +37,9 @@ pub fn phase_and_since(conn: &mut PgConnection) -> Result<(Phase, DateTime<Utc>)
 pub enum Action {
     Advance,
     Rollback,
+    /// A control of the backfill (what was asked is in the detail).
+    Backfill,
+    Verify,
 }
 
 impl Action {
@@ -44,6 +47,8 @@ impl Action {
         match self {
             Action::Advance => "advance",
             Action::Rollback => "rollback",
+            Action::Backfill => "backfill",
+            Action::Verify => "verify",
         }
     }
 }

@@ -4,12 +4,12 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::Phase;
 use super::backfill::{self, BackfillStatus, WorkerChange, WorkerRange, Workers};
 use super::gates::{self, Gate};
 use super::runner;
 use super::state::{self, HistoryEntry, Instance, StateError};
 use super::verify::{self, VerifyResult};
+use crate::domain::Phase;
 
 #[derive(Serialize)]
 pub struct Step {

@@ -15,8 +15,8 @@ use diesel::prelude::*;
 use diesel::sql_types::Bool;
 use serde::Serialize;
 
-use super::Phase;
 use super::name_sql::{zdm_name_join, zdm_name_norm};
+use crate::domain::Phase;
 use crate::schema::state::zdm_verify;
 use crate::schema::{SchemaVersion, expanded, v2};
 

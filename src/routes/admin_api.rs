@@ -10,18 +10,18 @@ use diesel::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::admin_auth::{self, api_actor, log_action};
+use super::admin_auth::{self, api_actor, record_action};
 use super::input::optional_json;
 use super::{BODY_LIMIT, db};
 use crate::app_state::AppState;
 use crate::domain::FieldError;
 use crate::error::AppError;
-use crate::migration::backfill::{self, BackfillError, Direction, Knobs, Workers};
+use crate::migration::backfill::{self, Direction, Knobs, Workers};
 use crate::migration::gates;
-use crate::migration::runner::{self, RunError, Transition};
-use crate::migration::state::{self, StateError};
+use crate::migration::runner::{self, Transition};
+use crate::migration::state::{self, Action};
 use crate::migration::status::{BackfillView, MigrationStatus, backfill_view, migration_status};
-use crate::migration::verify::{self, VerifyError, VerifyResult};
+use crate::migration::verify::{self, VerifyResult};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // The same actions as the dashboard's forms (`admin_pages`), authorised by Bearer token.
@@ -46,36 +46,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub fn token_matches(given: &str, expected: &str) -> bool {
     !expected.is_empty()
         && constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes())
-}
-
-impl From<VerifyError> for AppError {
-    fn from(e: VerifyError) -> Self {
-        match e {
-            VerifyError::NotApplicable(_) => AppError::Refused(e.to_string()),
-            VerifyError::Database(d) => d.into(),
-        }
-    }
-}
-
-impl From<BackfillError> for AppError {
-    fn from(e: BackfillError) -> Self {
-        match e {
-            BackfillError::Database(d) => d.into(),
-            refusal => AppError::Refused(refusal.to_string()),
-        }
-    }
-}
-
-impl From<RunError> for AppError {
-    fn from(e: RunError) -> Self {
-        if e.is_conflict() {
-            return AppError::Refused(e.to_string());
-        }
-        match e {
-            RunError::State(StateError::Database(d)) => d.into(),
-            other => AppError::internal(other),
-        }
-    }
 }
 
 async fn status(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
@@ -296,17 +266,35 @@ async fn start_backfill(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let knobs: Knobs = optional_json(&req, &body)?;
-    log_action(&api_actor(&state.instance_id), "backfill start");
+    record_action(
+        &state,
+        &api_actor(&state.instance_id),
+        Action::Backfill,
+        "start",
+    )
+    .await;
     Ok(HttpResponse::Accepted().json(start_backfill_now(&state, knobs).await?))
 }
 
 async fn pause_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    log_action(&api_actor(&state.instance_id), "backfill pause");
+    record_action(
+        &state,
+        &api_actor(&state.instance_id),
+        Action::Backfill,
+        "pause",
+    )
+    .await;
     Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "paused").await?))
 }
 
 async fn cancel_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    log_action(&api_actor(&state.instance_id), "backfill cancel");
+    record_action(
+        &state,
+        &api_actor(&state.instance_id),
+        Action::Backfill,
+        "cancel",
+    )
+    .await;
     Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "cancelled").await?))
 }
 
@@ -316,11 +304,17 @@ async fn backfill_settings(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let knobs: Knobs = optional_json(&req, &body)?;
-    log_action(&api_actor(&state.instance_id), "backfill settings");
+    record_action(
+        &state,
+        &api_actor(&state.instance_id),
+        Action::Backfill,
+        "settings",
+    )
+    .await;
     Ok(HttpResponse::Ok().json(change_knobs(&state, knobs).await?))
 }
 
 async fn run_verify(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    log_action(&api_actor(&state.instance_id), "verify");
+    record_action(&state, &api_actor(&state.instance_id), Action::Verify, "").await;
     Ok(HttpResponse::Ok().json(verify_now(&state).await?))
 }

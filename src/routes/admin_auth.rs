@@ -20,6 +20,7 @@ use super::db;
 use crate::app_state::AppState;
 use crate::db::admin_auth::{self, LOGIN_LIMITS};
 use crate::error::{AppError, HtmlError};
+use crate::migration::state::{self, Action};
 use crate::secrets::is_secret_form;
 
 /// The admin session cookie (`__Host-zdm_admin` over HTTPS, see `client::cookie_name`).
@@ -48,13 +49,31 @@ pub fn api_actor(instance_id: &str) -> String {
     format!("api@{instance_id}")
 }
 
-/// The log target of admin actions that the migration history does not hold (the history
-/// records phase transitions only): backfill controls and verifications, with who asked.
+/// The log target of admin actions.
 pub const ADMIN_LOG: &str = "zdm::admin";
 
-/// Logs an admin action and who asked for it.
-pub fn log_action(actor: &str, action: &str) {
-    log::info!(target: ADMIN_LOG, "{action} asked by {actor}");
+/// Records an admin action that is not a phase step (a backfill control, a verification) and
+/// who asked, in the history (outcome `asked`: the backfill's status says how it went) and the
+/// log. The history is best effort here: the action goes ahead if it cannot be written.
+pub async fn record_action(state: &web::Data<AppState>, actor: &str, action: Action, detail: &str) {
+    log::info!(target: ADMIN_LOG, "{} {detail} asked by {actor}", action.as_str());
+    let (actor, detail, phase) = (actor.to_owned(), detail.to_owned(), state.phase.get());
+    let detail = (!detail.is_empty()).then_some(detail);
+    let recorded = crate::routes::db(state, move |conn| {
+        Ok(state::record(
+            conn,
+            action,
+            phase,
+            phase,
+            &actor,
+            "asked",
+            detail.as_deref(),
+        )?)
+    })
+    .await;
+    if let Err(e) = recorded {
+        log::warn!("could not record the admin action in the history: {e}");
+    }
 }
 
 fn state_of(req: &HttpRequest) -> Result<web::Data<AppState>, AppError> {

@@ -21,10 +21,11 @@ use super::admin_auth::{self, AdminSession, SESSION_COOKIE, failed_attempt, sess
 use super::client::{client_info, cookie_name};
 use super::db;
 use crate::app_state::AppState;
+use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
-use crate::migration::Phase;
 use crate::migration::backfill::{self, Knobs, Workers};
 use crate::migration::gates::CONTRACT_CONFIRMATION;
+use crate::migration::state::Action;
 use crate::migration::status::MigrationStatus;
 use crate::secrets::new_secret;
 
@@ -451,10 +452,13 @@ async fn backfill_action(
     })();
     let action = action.into_inner();
     if notice_text(&format!("backfill_{action}")).is_some() {
-        admin_auth::log_action(
+        admin_auth::record_action(
+            &state,
             &session.actor(&state.instance_id),
-            &format!("backfill {action}"),
-        );
+            Action::Backfill,
+            &action,
+        )
+        .await;
     }
     let outcome = match (action.as_str(), knobs) {
         (_, Err(e)) => Err(e),
@@ -474,7 +478,13 @@ async fn verify(
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, HtmlError> {
     checked(&req, &session, &form.csrf)?;
-    admin_auth::log_action(&session.actor(&state.instance_id), "verify");
+    admin_auth::record_action(
+        &state,
+        &session.actor(&state.instance_id),
+        Action::Verify,
+        "",
+    )
+    .await;
     let outcome = verify_now(&state).await;
     finish(&state, session.csrf.clone(), outcome, "verified").await
 }

@@ -11,11 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::{db, db_read, read_user};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
+use crate::domain::Phase;
 use crate::domain::user::FieldErrors;
 use crate::domain::{NewUser, UserChanges};
 use crate::error::AppError;
-use crate::faults::commit_unless_lost;
-use crate::migration::Phase;
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE: i64 = 1000;
@@ -211,19 +210,8 @@ async fn update(
     let id = id.into_inner();
     let changes = UserChanges::try_from(body.into_inner())?;
     let phase = state.v1_write_phase();
-    let lose = state.faults.lose_this_update();
-    let user = db(&state, move |conn| {
-        Ok(commit_unless_lost(conn, lose, |conn| {
-            users::update_user(
-                conn,
-                phase,
-                id,
-                changes.name.as_ref(),
-                changes.email.as_ref().map(|e| e.as_str()),
-            )
-        })?)
-    })
-    .await?;
+    let email = changes.email.map(|e| e.as_str().to_owned());
+    let user = super::update_user(&state, phase, id, changes.name, email).await?;
     Ok(HttpResponse::Ok().json(V1User::new(user, phase)))
 }
 

@@ -10,10 +10,9 @@ use super::api_v1::{Page, PageQuery, first_error};
 use super::{db, db_read, read_user, v2_phase};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
+use crate::domain::Phase;
 use crate::domain::{NewUser, UserChanges};
 use crate::error::AppError;
-use crate::faults::commit_unless_lost;
-use crate::migration::Phase;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -133,19 +132,8 @@ async fn update(
     let phase = v2_phase(&state)?;
     let id = id.into_inner();
     let changes = UserChanges::try_from(body.into_inner())?;
-    let lose = state.faults.lose_this_update();
-    let user = db(&state, move |conn| {
-        Ok(commit_unless_lost(conn, lose, |conn| {
-            users::update_user(
-                conn,
-                phase,
-                id,
-                changes.name.as_ref(),
-                changes.email.as_ref().map(|e| e.as_str()),
-            )
-        })?)
-    })
-    .await?;
+    let email = changes.email.map(|e| e.as_str().to_owned());
+    let user = super::update_user(&state, phase, id, changes.name, email).await?;
     Ok(HttpResponse::Ok().json(V2User::new(user, phase)))
 }
 

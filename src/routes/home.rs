@@ -7,8 +7,8 @@ use serde_json::json;
 use super::db;
 use crate::app_state::AppState;
 use crate::db::users::{self, UserCount};
+use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
-use crate::migration::Phase;
 
 struct PhaseStep {
     name: &'static str,

@@ -10,6 +10,7 @@ pub mod client;
 pub mod csrf;
 pub mod home;
 pub mod input;
+pub mod migration_errors;
 pub mod pages;
 
 use actix_web::ResponseError;
@@ -23,8 +24,8 @@ use diesel::PgConnection;
 
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
+use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
-use crate::migration::Phase;
 use crate::replicas;
 
 /// Largest JSON or form body accepted; a user record is far smaller.
@@ -98,6 +99,24 @@ where
 {
     let pool = read_replica(state, req).unwrap_or(&state.pool).clone();
     run_on(state, pool, work).await
+}
+
+/// Updates the user `id` as the code of `phase` writes it (the one write path of the v1 and
+/// v2 APIs and pages), where the lose-writes fault may roll it back after all.
+pub async fn update_user(
+    state: &web::Data<AppState>,
+    phase: Phase,
+    id: i64,
+    name: Option<crate::domain::Name>,
+    email: Option<String>,
+) -> Result<StoredUser, AppError> {
+    let lose = state.faults.lose_this_update();
+    db(state, move |conn| {
+        Ok(crate::faults::commit_unless_lost(conn, lose, |conn| {
+            users::update_user(conn, phase, id, name.as_ref(), email.as_deref())
+        })?)
+    })
+    .await
 }
 
 /// Reads the user `id` as `db_read` would, a read on the primary going through the

@@ -9,11 +9,10 @@ use serde::Deserialize;
 use super::{csrf, db, db_read, read_user, v2_phase};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
+use crate::domain::Phase;
 use crate::domain::user::FieldErrors;
 use crate::domain::{FieldError, NewUser};
 use crate::error::{AppError, HtmlError};
-use crate::faults::commit_unless_lost;
-use crate::migration::Phase;
 
 /// Users per page of the list.
 pub const PAGE_SIZE: i64 = 25;
@@ -422,19 +421,8 @@ async fn update(
             });
         }
     };
-    let lose = state.faults.lose_this_update();
-    let saved = db(&state, move |conn| {
-        Ok(commit_unless_lost(conn, lose, |conn| {
-            users::update_user(
-                conn,
-                phase,
-                id,
-                Some(&valid.name),
-                Some(valid.email.as_str()),
-            )
-        })?)
-    })
-    .await;
+    let email = valid.email.as_str().to_owned();
+    let saved = super::update_user(&state, phase, id, Some(valid.name), Some(email)).await;
     match saved {
         Ok(user) => Ok(see_other(format!(
             "{}?after_id={}&notice=updated",

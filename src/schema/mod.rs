@@ -17,7 +17,7 @@ pub mod state;
 pub mod v1;
 pub mod v2;
 
-use crate::migration::Phase;
+use crate::domain::Phase;
 
 /// The schema module a phase's code uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

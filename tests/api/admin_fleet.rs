@@ -12,37 +12,8 @@ use nix::unistd::Pid;
 use reqwest::header::{COOKIE, SET_COOKIE};
 use sha2::{Digest, Sha256};
 
+use crate::admin_pages::{csrf_of, log_in, page};
 use crate::helpers::{ADMIN_TOKEN, TestApp, TestDb};
-
-/// Logs in through the form and returns the session cookie (`name=value`).
-pub async fn log_in(app: &TestApp) -> String {
-    let response = app
-        .post_form("/admin/login", &[("token", ADMIN_TOKEN)])
-        .await;
-    assert_eq!(response.status(), 303);
-    let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
-    set_cookie.split(';').next().unwrap().to_owned()
-}
-
-/// `GET path` with the cookie: the status and the body.
-async fn get_with(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
-    let response = app
-        .client
-        .get(app.url(path))
-        .header(COOKIE, cookie)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
-fn csrf_of(page: &str) -> String {
-    page.split(r#"name="csrf" value=""#)
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a CSRF field")
-        .to_owned()
-}
 
 #[actix_web::test]
 async fn a_log_in_on_one_instance_holds_on_the_other_and_a_log_out_ends_it_on_both() {
@@ -50,10 +21,10 @@ async fn a_log_in_on_one_instance_holds_on_the_other_and_a_log_out_ends_it_on_bo
     let b = TestApp::spawn_on(Arc::clone(&a.db)).await;
     let cookie = log_in(&a).await;
 
-    let (status, page) = get_with(&b, &cookie, "/admin").await;
+    let (status, dashboard) = page(&b, &cookie, "/admin").await;
     assert_eq!(status, 200, "the session made on A is one on B");
-    let csrf = csrf_of(&page);
-    assert_eq!(get_with(&b, &cookie, "/admin/status.json").await.0, 200);
+    let csrf = csrf_of(&dashboard);
+    assert_eq!(page(&b, &cookie, "/admin/status.json").await.0, 200);
 
     // An action on B is recorded with the session that asked.
     let response = b
@@ -85,9 +56,9 @@ async fn a_log_in_on_one_instance_holds_on_the_other_and_a_log_out_ends_it_on_bo
         .await
         .unwrap();
     assert_eq!(response.status(), 303);
-    let (status, _) = get_with(&a, &cookie, "/admin").await;
+    let (status, _) = page(&a, &cookie, "/admin").await;
     assert_eq!(status, 303, "logged out on B is logged out on A");
-    assert_eq!(get_with(&a, &cookie, "/admin/status.json").await.0, 401);
+    assert_eq!(page(&a, &cookie, "/admin/status.json").await.0, 401);
 }
 
 #[actix_web::test]
@@ -133,20 +104,20 @@ async fn sessions_end_after_30_idle_minutes_or_12_hours_on_every_instance() {
         ),
     ] {
         let cookie = log_in(&a).await;
-        assert_eq!(get_with(&b, &cookie, "/admin").await.0, 200);
+        assert_eq!(page(&b, &cookie, "/admin").await.0, 200);
         // Still alive 29 minutes after its last request.
         diesel::sql_query(
             "UPDATE zdm_admin_sessions SET last_seen_at = now() - interval '29 minutes'",
         )
         .execute(&mut conn)
         .unwrap();
-        assert_eq!(get_with(&a, &cookie, "/admin").await.0, 200, "{what}");
+        assert_eq!(page(&a, &cookie, "/admin").await.0, 200, "{what}");
         diesel::sql_query(format!("UPDATE zdm_admin_sessions SET {aged}"))
             .execute(&mut conn)
             .unwrap();
         for app in [&a, &b] {
-            assert_eq!(get_with(app, &cookie, "/admin").await.0, 303, "{what}");
-            assert_eq!(get_with(app, &cookie, "/admin/status.json").await.0, 401);
+            assert_eq!(page(app, &cookie, "/admin").await.0, 303, "{what}");
+            assert_eq!(page(app, &cookie, "/admin/status.json").await.0, 401);
         }
     }
 }

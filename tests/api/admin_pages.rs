@@ -6,8 +6,8 @@ use zdm::migration::backfill;
 
 use crate::helpers::{ADMIN_TOKEN, TestApp};
 
-/// Logs in and returns the session cookie (`name=value`).
-async fn log_in(app: &TestApp) -> String {
+/// Logs in through the form and returns the session cookie (`name=value`).
+pub async fn log_in(app: &TestApp) -> String {
     let response = app
         .post_form("/admin/login", &[("token", ADMIN_TOKEN)])
         .await;
@@ -19,7 +19,8 @@ async fn log_in(app: &TestApp) -> String {
     set_cookie.split(';').next().unwrap().to_owned()
 }
 
-async fn page(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
+/// `GET path` with the session cookie: the status and the body.
+pub async fn page(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
     let response = app
         .client
         .get(app.url(path))
@@ -30,7 +31,8 @@ async fn page(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-fn csrf_of(page: &str) -> String {
+/// The CSRF token of a page's forms.
+pub fn csrf_of(page: &str) -> String {
     page.split(r#"name="csrf" value=""#)
         .nth(1)
         .and_then(|rest| rest.split('"').next())
@@ -159,6 +161,19 @@ async fn a_logged_in_admin_drives_the_migration_with_forms() {
         actix_web::rt::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert!(done, "the backfill finished");
+    // The history says who started it.
+    let (_, json) = page(&app, &cookie, "/admin/status.json").await;
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let started = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["action"] == "backfill" && h["detail"] == "start")
+        .expect("the backfill's start in the history");
+    assert!(
+        started["actor"].as_str().unwrap().starts_with("session:"),
+        "{started}"
+    );
     let (_, dashboard) = page(&app, &cookie, "/admin").await;
     assert!(
         dashboard.contains(r#"<progress id="backfill-progress" max="100" value="100.0""#),
@@ -189,6 +204,13 @@ async fn a_logged_in_admin_drives_the_migration_with_forms() {
     .await;
     assert_eq!(response.status(), 303);
     app.wait_for_phase(Phase::Contracted).await;
+
+    // The drop can be undone from the page too.
+    let (_, dashboard) = page(&app, &cookie, "/admin").await;
+    assert!(dashboard.contains("Roll back to new_only"), "{dashboard}");
+    let response = post(&app, &cookie, "/admin/rollback", &[("csrf", &csrf)]).await;
+    assert_eq!(response.status(), 303);
+    app.wait_for_phase(Phase::NewOnly).await;
 
     let response = post(&app, &cookie, "/admin/logout", &[("csrf", &csrf)]).await;
     assert_eq!(response.status(), 303);

@@ -488,7 +488,7 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
         Vec::new(),
     );
     let mut conn = db.conn();
-    zdm::seed::seed_users(&mut conn, Phase::Baseline, 3000, 3, |_| {}).unwrap();
+    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 3000, 3, |_| {}).unwrap();
     crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
     // An instance reports a p99 only for a heartbeat with at least MIN_REQUESTS_FOR_P99
     // requests since the one before: eight clients reading without pause keep every heartbeat

@@ -58,7 +58,7 @@ async fn served_in_dual_write(
     let url = pg.url("zdm");
     let mut conn = PgConnection::establish(&url).unwrap();
     schema_migrations::run_infrastructure_migrations(&mut conn).unwrap();
-    zdm::seed::seed_users(&mut conn, Phase::Baseline, users, 11, |_| {}).unwrap();
+    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, users, 11, |_| {}).unwrap();
     let (address, follower, _) = crate::helpers::serve_with(
         &url,
         zdm::db::PoolLimits::with_size(4),
@@ -380,7 +380,7 @@ fn a_backfill_gives_up_on_a_database_gone_longer_than_it_waits_and_resumes_later
     let url = pg.url("zdm");
     let mut conn = PgConnection::establish(&url).unwrap();
     schema_migrations::run_infrastructure_migrations(&mut conn).unwrap();
-    zdm::seed::seed_users(&mut conn, Phase::Baseline, 20_000, 5, |_| {}).unwrap();
+    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 20_000, 5, |_| {}).unwrap();
     while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
         zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
     }

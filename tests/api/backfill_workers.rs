@@ -376,7 +376,7 @@ async fn auto_workers_under_a_budget_no_request_can_meet_stay_at_one_and_wait() 
         Vec::new(),
     );
     let mut conn = db.conn();
-    zdm::seed::seed_users(&mut conn, Phase::Baseline, 3000, 3, |_| {}).unwrap();
+    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 3000, 3, |_| {}).unwrap();
     crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
     // Eight clients reading without pause keep every heartbeat's p99 report coming (see
     // backfill::the_backfill_waits_while_requests_are_slower_than_its_p99_limit).
@@ -484,7 +484,7 @@ async fn auto_workers_under_a_budget_no_request_can_meet_stay_at_one_and_wait() 
 fn workers_that_cannot_connect_leave_the_work_to_those_that_can() {
     let db = crate::helpers::TestDb::migrated();
     let mut conn = db.conn();
-    zdm::seed::seed_users(&mut conn, Phase::Baseline, 5000, 5, |_| {}).unwrap();
+    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 5000, 5, |_| {}).unwrap();
     // No instance runs: the steps' gates about instances hold.
     while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
         zdm::migration::runner::advance(&mut conn, "test", None).unwrap();

@@ -83,12 +83,17 @@ fn run_demo(name: &str, args: &[&str]) -> Run {
     finish(dir, output)
 }
 
+/// The whole walk forward to contracted, and back to read_new (the contract undone), under
+/// the same traffic and the same audit.
 #[test]
-fn the_quick_demo_holds_zero_downtime() {
-    let run = run_demo("clean", &[]);
+fn the_quick_demo_holds_zero_downtime_forward_and_back() {
+    let run = run_demo("clean", &["--undo"]);
     let (summary, output) = (&run.summary, &run.output);
     assert!(run.passed, "{output}");
     assert_eq!(summary["mode"], "zdm");
+    assert_eq!(summary["undo"], true);
+    // The audit judged the table as read_new has it, after the reverse backfill.
+    assert_eq!(summary["audit"]["phase"], "read_new", "{output}");
     assert_eq!(summary["injected_fault"], Value::Null);
     assert_eq!(summary["failed_requests"], 0, "{output}");
     assert_eq!(summary["lost_writes"], 0, "{output}");
@@ -104,10 +109,15 @@ fn the_quick_demo_holds_zero_downtime() {
         "read_new",
         "new_only",
         "contracted",
+        "new_only (undo)",
+        "reverse backfill (undo)",
+        "read_new (undo)",
     ] {
         assert!(
-            summary["p99_ms_by_phase"][phase].as_f64().unwrap() > 0.0,
-            "{phase} was measured"
+            summary["p99_ms_by_phase"][phase]
+                .as_f64()
+                .is_some_and(|p99| p99 > 0.0),
+            "{phase} was measured: {output}"
         );
     }
     assert!(
@@ -259,7 +269,7 @@ fn rows_altered_behind_the_demos_back_fail_its_checksum() {
     // Two seeded rows no client writes: one gets another name (its columns kept consistent,
     // so only the checksum can tell), the other another email.
     let (renamed, readdressed) = (rows, rows - 1);
-    assert!(renamed - 1 > zdm::demo::traffic::last_owned_seeded_id(rows));
+    assert!(renamed - 1 > zdm::tools::demo::traffic::last_owned_seeded_id(rows));
     conn.batch_execute("SET lock_timeout = '5s'").unwrap();
     diesel::sql_query(
         "UPDATE users SET full_name = 'Altered Behind-Back',

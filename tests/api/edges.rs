@@ -419,7 +419,7 @@ fn any_sequence_of_steps_hand_runs_and_failures_leaves_exactly_the_phases_schema
         .run(&ops(), |ops| {
             let db = TestDb::migrated();
             let mut conn = db.conn();
-            zdm::seed::seed_users(&mut conn, Phase::Baseline, 40, 7, |_| {}).unwrap();
+            zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 40, 7, |_| {}).unwrap();
             let pool = zdm::db::build_pool(&db.url, zdm::db::PoolLimits::with_size(2)).unwrap();
             let follower = PhaseFollower::start(pool, Duration::from_millis(20)).unwrap();
             for (i, op) in ops.iter().enumerate() {

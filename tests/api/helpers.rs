@@ -12,7 +12,6 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use zdm::app_state::AppState;
-use zdm::db::reads::UserReads;
 use zdm::db::{self, with_database};
 use zdm::local_pg::{LocalPg, ScratchCluster, create_database_if_missing, quote_ident};
 use zdm::migration::Phase;
@@ -301,29 +300,23 @@ pub fn serve_with(
 ) -> (String, PhaseFollower, PathBuf) {
     let pool = db::build_pool(url, limits).expect("building the pool");
     let metrics = std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics"));
-    let follower =
-        PhaseFollower::start_reporting(pool.clone(), Duration::from_millis(50), metrics.clone())
-            .expect("following the phase");
+    let follower = PhaseFollower::start_reporting(
+        pool.clone(),
+        Duration::from_millis(50),
+        metrics.p99_reporter(),
+    )
+    .expect("following the phase");
     let report_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("reports-{}", follower.instance_id));
-    let state = AppState {
-        user_reads: UserReads::start(url, limits).expect("starting the reader"),
-        pool,
-        database_url: url.to_owned(),
-        phase: follower.applied(),
-        instance_id: follower.instance_id.clone(),
-        admin_token: ADMIN_TOKEN.to_owned(),
-        trusted_proxies: Default::default(),
-        backfill_thread: Default::default(),
-        backfill_ride_out: Default::default(),
-        metrics,
-        report_dir: report_dir.clone(),
-        replica_urls: throttle_replicas,
-        replica_max_lag_bytes: 4 * 1024 * 1024,
-        backfill_max_p99_ms: None,
-        read_replicas,
-        faults: Default::default(),
-    };
+    let state = AppState::builder(url, pool, follower.applied(), &follower.instance_id)
+        .admin_token(ADMIN_TOKEN)
+        .metrics(metrics)
+        .report_dir(report_dir.clone())
+        .throttle_replicas(throttle_replicas, 4 * 1024 * 1024)
+        .read_replicas(read_replicas)
+        .user_reads_limits(limits)
+        .build()
+        .expect("building the app state");
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
     let port = listener.local_addr().expect("reading the port").port();
     let server = zdm::startup::run(listener, state).expect("starting the server");
@@ -543,25 +536,12 @@ impl TestApp {
     ) -> (String, actix_web::dev::ServerHandle) {
         let pool =
             db::build_pool(&db.url, db::PoolLimits::with_size(2)).expect("building the pool");
-        let state = AppState {
-            user_reads: UserReads::start(&db.url, db::PoolLimits::with_size(1))
-                .expect("starting the reader"),
-            pool,
-            database_url: db.url.clone(),
-            phase: zdm::migration::follower::AppliedPhase::new(phase, 0),
-            instance_id: "stuck".to_owned(),
-            admin_token: ADMIN_TOKEN.to_owned(),
-            trusted_proxies: Default::default(),
-            backfill_thread: Default::default(),
-            backfill_ride_out: Default::default(),
-            metrics: std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics")),
-            report_dir: std::env::temp_dir().join("zdm-stuck-reports"),
-            replica_urls: Vec::new(),
-            replica_max_lag_bytes: i64::MAX,
-            backfill_max_p99_ms: None,
-            read_replicas: Default::default(),
-            faults: Default::default(),
-        };
+        let phase = zdm::migration::follower::AppliedPhase::new(phase, 0);
+        let state = AppState::builder(&db.url, pool, phase, "stuck")
+            .admin_token(ADMIN_TOKEN)
+            .report_dir(std::env::temp_dir().join("zdm-stuck-reports"))
+            .build()
+            .expect("building the app state");
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a random port");
         let port = listener.local_addr().expect("reading the port").port();
         let server = zdm::startup::run(listener, state).expect("starting the server");
@@ -573,7 +553,7 @@ impl TestApp {
     /// Loads `count` users the way the current phase writes them.
     pub fn seed(&self, count: u64) {
         let mut conn = self.db.conn();
-        zdm::seed::seed_users(&mut conn, self.phase(), count, 42, |_| {}).expect("seeding");
+        zdm::tools::seed::seed_users(&mut conn, self.phase(), count, 42, |_| {}).expect("seeding");
     }
 }
 

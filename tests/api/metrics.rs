@@ -137,8 +137,10 @@ fn waiting_on_users(conn: &mut PgConnection) -> Vec<(i32, String)> {
     struct Waiting {
         #[diesel(sql_type = diesel::sql_types::Integer)]
         pid: i32,
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        xact_start: String,
+        // pg_stat_activity is read a moment after pg_locks: the session may have ended its
+        // transaction in between.
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        xact_start: Option<String>,
     }
     diesel::sql_query(
         "SELECT l.pid, a.xact_start::text AS xact_start FROM pg_locks l \
@@ -149,7 +151,7 @@ fn waiting_on_users(conn: &mut PgConnection) -> Vec<(i32, String)> {
     .load::<Waiting>(conn)
     .unwrap()
     .into_iter()
-    .map(|w| (w.pid, w.xact_start))
+    .filter_map(|w| Some((w.pid, w.xact_start?)))
     .collect()
 }
 

@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use zdm::bench::replicas;
 use zdm::local_pg::{LocalPg, ScratchCluster};
 use zdm::migration::backfill::{self, Direction, Throttle};
+use zdm::migration::follower::PhaseFollower;
 use zdm::migration::{Phase, schema_migrations, verify};
 
 use crate::helpers::scratch_cluster;
@@ -21,6 +22,25 @@ fn with_slow_replica(name: &str) -> (ScratchCluster, LocalPg, LocalPg) {
     let replica = cluster.replica(&primary).unwrap();
     replicas::delay_replay(&replica, 1000).unwrap();
     (cluster, primary, replica)
+}
+
+/// An instance serving `app_url` whose user reads may go to `replica`, returned once the
+/// replica has replayed everything the primary (`conn`) has written so far.
+async fn serve_reading_from(
+    app_url: &str,
+    replica: &LocalPg,
+    conn: &mut PgConnection,
+) -> (String, PhaseFollower, zdm::replicas::ReadReplicas) {
+    let limits = zdm::db::PoolLimits::with_size(4);
+    let readers = zdm::replicas::ReadReplicas::start(&[replica.url("zdm")], limits);
+    let (address, follower, _) =
+        crate::helpers::serve_with(app_url, limits, readers.clone(), Vec::new());
+    let everything = zdm::replicas::current_lsn(conn).unwrap();
+    crate::helpers::eventually("the replica to catch up", || {
+        readers.pick(everything).is_some()
+    })
+    .await;
+    (address, follower, readers)
 }
 
 #[test]
@@ -125,23 +145,9 @@ async fn reads_go_to_a_replica_that_is_recent_enough_and_a_client_reads_its_own_
     let mut conn = PgConnection::establish(&url).unwrap();
     schema_migrations::run_infrastructure_migrations(&mut conn).unwrap();
 
-    let readers = zdm::replicas::ReadReplicas::start(
-        &[replica.url("zdm")],
-        zdm::db::PoolLimits::with_size(4),
-    );
-    let (address, follower, _) = crate::helpers::serve_with(
-        &url,
-        zdm::db::PoolLimits::with_size(4),
-        readers.clone(),
-        Vec::new(),
-    );
     // Until the replica has replayed the schema and this instance's phase, every read goes
     // to the primary.
-    let everything = zdm::replicas::current_lsn(&mut conn).unwrap();
-    crate::helpers::eventually("the replica to catch up", || {
-        readers.pick(everything).is_some()
-    })
-    .await;
+    let (address, follower, _readers) = serve_reading_from(&url, &replica, &mut conn).await;
     let client = reqwest::Client::new();
     // The replica stops replaying here, so the write below stays unreplayed for as long as
     // the test needs it to, however slow the machine (its 1 s delay alone is a race).
@@ -216,7 +222,7 @@ async fn a_throttled_backfill_says_so_in_the_api_the_metrics_and_the_dashboard()
         vec![gone],
     );
     let mut conn = db.conn();
-    zdm::seed::seed_users(&mut conn, Phase::Baseline, 2000, 9, |_| {}).unwrap();
+    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 2000, 9, |_| {}).unwrap();
     crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
     let client = reqwest::Client::new();
     let admin = |path: &str| {
@@ -327,21 +333,7 @@ async fn a_write_whose_position_cannot_be_read_sends_its_clients_reads_to_the_pr
     )
     .unwrap();
     let app_url = url.replace("user=postgres", "user=zdm_app");
-    let readers = zdm::replicas::ReadReplicas::start(
-        &[replica.url("zdm")],
-        zdm::db::PoolLimits::with_size(2),
-    );
-    let (address, _follower, _) = crate::helpers::serve_with(
-        &app_url,
-        zdm::db::PoolLimits::with_size(2),
-        readers.clone(),
-        Vec::new(),
-    );
-    let everything = zdm::replicas::current_lsn(&mut conn).unwrap();
-    crate::helpers::eventually("the replica to catch up", || {
-        readers.pick(everything).is_some()
-    })
-    .await;
+    let (address, _follower, _readers) = serve_reading_from(&app_url, &replica, &mut conn).await;
 
     // From now on the app cannot read the primary's WAL position after a write.
     diesel::connection::SimpleConnection::batch_execute(

@@ -298,7 +298,7 @@ async fn admin_answers_are_never_cached() {
         assert_eq!(response.status(), expected, "{path}");
         assert_eq!(response.headers()["cache-control"], "no-store", "{path}");
     }
-    let cookie = crate::admin_fleet::log_in(&app).await;
+    let cookie = crate::admin_pages::log_in(&app).await;
     let forged = app
         .client
         .post(app.url("/admin/advance"))

@@ -60,7 +60,7 @@ async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() 
     );
     let url = pg.url("zdm");
     let mut conn = PgConnection::establish(&url).unwrap();
-    zdm::seed::seed_users(
+    zdm::tools::seed::seed_users(
         &mut conn,
         zdm::migration::Phase::Baseline,
         20_000,

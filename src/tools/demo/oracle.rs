@@ -24,7 +24,7 @@
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
-use crate::migration::Phase;
+use crate::domain::Phase;
 
 pub fn norm(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -5,10 +5,11 @@
 //! untidy spacing old data has (doubled, leading, trailing or non-breaking spaces). Emails are
 //! unique: every run has its own tag.
 
+use anyhow::Context;
 use diesel::prelude::*;
 
+use crate::domain::Phase;
 use crate::domain::name_rule::split_full_name;
-use crate::migration::Phase;
 use crate::schema::{SchemaVersion, expanded, v1, v2};
 
 // `COPY` needs every column of the target list, so there is one row type per schema version.
@@ -34,6 +35,36 @@ struct V2Row {
     first_name: String,
     last_name: String,
     email: String,
+}
+
+impl V1Row {
+    fn new((full_name, email): (String, String)) -> Self {
+        Self { full_name, email }
+    }
+}
+
+impl ExpandedRow {
+    /// Dual-written, as every phase with both columns writes a row.
+    fn new((full_name, email): (String, String)) -> Self {
+        let (first, last) = split_full_name(&full_name);
+        Self {
+            full_name,
+            first_name: Some(first),
+            last_name: Some(last),
+            email,
+        }
+    }
+}
+
+impl V2Row {
+    fn new((full_name, email): (String, String)) -> Self {
+        let (first_name, last_name) = split_full_name(&full_name);
+        Self {
+            first_name,
+            last_name,
+            email,
+        }
+    }
 }
 
 /// Rows per COPY statement; each chunk commits on its own, so progress is visible and an
@@ -212,67 +243,59 @@ pub fn seed_users(
     count: u64,
     rng_seed: u64,
     mut progress: impl FnMut(u64),
-) -> QueryResult<u64> {
+) -> anyhow::Result<u64> {
     let mut rng = fastrand::Rng::with_seed(rng_seed);
     let run_tag = format!("{:x}", rng_seed & 0xffff_ffff);
     let mut done = 0u64;
     while done < count {
         let rows = (count - done).min(CHUNK_ROWS as u64);
-        let chunk: Vec<(String, String)> = (done..done + rows)
-            .map(|i| {
-                let full_name = random_full_name(&mut rng);
-                let email = format!("{}.{run_tag}.{i}@example.com", email_slug(&full_name));
-                (full_name, email)
-            })
-            .collect();
-        match SchemaVersion::for_phase(phase) {
-            SchemaVersion::V1 => {
-                let rows: Vec<V1Row> = chunk
-                    .into_iter()
-                    .map(|(full_name, email)| V1Row { full_name, email })
-                    .collect();
-                diesel::copy_from(v1::users::table)
-                    .from_insertable(rows)
-                    .execute(conn)?
-            }
-            SchemaVersion::Expanded => {
-                let rows: Vec<ExpandedRow> = chunk
-                    .into_iter()
-                    .map(|(full_name, email)| {
-                        let (first, last) = split_full_name(&full_name);
-                        ExpandedRow {
-                            full_name,
-                            first_name: Some(first),
-                            last_name: Some(last),
-                            email,
-                        }
-                    })
-                    .collect();
-                diesel::copy_from(expanded::users::table)
-                    .from_insertable(rows)
-                    .execute(conn)?
-            }
-            SchemaVersion::V2 => {
-                let rows: Vec<V2Row> = chunk
-                    .into_iter()
-                    .map(|(full_name, email)| {
-                        let (first_name, last_name) = split_full_name(&full_name);
-                        V2Row {
-                            first_name,
-                            last_name,
-                            email,
-                        }
-                    })
-                    .collect();
-                diesel::copy_from(v2::users::table)
-                    .from_insertable(rows)
-                    .execute(conn)?
-            }
-        };
+        let chunk = random_users(&mut rng, &run_tag, done..done + rows);
+        copy_users(conn, SchemaVersion::for_phase(phase), chunk).with_context(|| {
+            format!(
+                "copying users {done}..{} into the table as {phase} has it",
+                done + rows
+            )
+        })?;
         done += rows;
         progress(done);
     }
     Ok(done)
+}
+
+/// `(full_name, email)` of the users numbered `numbers`; `run_tag` keeps the emails of one
+/// run apart from another's.
+fn random_users(
+    rng: &mut fastrand::Rng,
+    run_tag: &str,
+    numbers: std::ops::Range<u64>,
+) -> Vec<(String, String)> {
+    numbers
+        .map(|i| {
+            let full_name = random_full_name(rng);
+            let email = format!("{}.{run_tag}.{i}@example.com", email_slug(&full_name));
+            (full_name, email)
+        })
+        .collect()
+}
+
+/// One `COPY` of `users` into the table as `version` has it, in one statement.
+fn copy_users(
+    conn: &mut PgConnection,
+    version: SchemaVersion,
+    users: Vec<(String, String)>,
+) -> QueryResult<usize> {
+    let users = users.into_iter();
+    match version {
+        SchemaVersion::V1 => diesel::copy_from(v1::users::table)
+            .from_insertable(users.map(V1Row::new).collect::<Vec<_>>())
+            .execute(conn),
+        SchemaVersion::Expanded => diesel::copy_from(expanded::users::table)
+            .from_insertable(users.map(ExpandedRow::new).collect::<Vec<_>>())
+            .execute(conn),
+        SchemaVersion::V2 => diesel::copy_from(v2::users::table)
+            .from_insertable(users.map(V2Row::new).collect::<Vec<_>>())
+            .execute(conn),
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
 use super::oracle::{Row, Sent, norm};
-use crate::migration::Phase;
+use crate::domain::Phase;
 
 /// A state a client expects a row in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,115 +271,168 @@ pub struct RunRecord<'a> {
     pub backfilled: bool,
 }
 
+impl RunRecord<'_> {
+    fn segment_name(&self, segment: usize) -> String {
+        self.segment_names
+            .get(segment)
+            .cloned()
+            .unwrap_or_else(|| format!("segment {segment}"))
+    }
+}
+
+/// Up to this many examples of each kind of finding go into the result.
+const EXAMPLES: usize = 10;
+
+/// The table as the audit read it: its rows by id, and the phase it was read in (which says
+/// what each API reads from a row).
+struct Table<'a> {
+    phase: Phase,
+    by_id: HashMap<i64, &'a Row>,
+}
+
 /// Judges the table (`rows`, read in `phase`) against the record of the run.
 pub fn judge(phase: Phase, rows: &[Row], record: &RunRecord) -> AuditResult {
-    const EXAMPLES: usize = 10;
-    let RunRecord {
-        ledgers,
-        seeded,
-        segment_names,
-        backfilled,
-    } = *record;
+    let table = Table {
+        phase,
+        by_id: rows.iter().map(|r| (r.id, r)).collect(),
+    };
     let mut result = AuditResult {
         phase: phase.as_str().to_owned(),
         ..AuditResult::default()
     };
-    let segment_name = |segment: usize| {
-        segment_names
-            .get(segment)
-            .cloned()
-            .unwrap_or_else(|| format!("segment {segment}"))
-    };
-    let by_id: HashMap<i64, &Row> = rows.iter().map(|r| (r.id, r)).collect();
-    let mut lost_examples = Vec::new();
-    for ledger in ledgers {
-        for (id, acknowledged) in &ledger.rows {
-            result.rows_checked += 1;
-            if acknowledged.states.len() > 1 {
-                result.uncertain += 1;
-            }
-            let found = by_id.get(id).copied();
-            let digest = seeded.rows.get(id);
-            if acknowledged
-                .states
-                .iter()
-                .any(|state| holds(phase, found, state, digest))
-            {
-                continue;
-            }
-            result.lost_writes += 1;
-            let name = segment_name(acknowledged.segment);
-            if lost_examples.len() < EXAMPLES {
-                lost_examples.push(format!(
-                    "lost write: id {id} (written in {name}): expected {}, found {}",
-                    expected_text(&acknowledged.states),
-                    found_text(found, phase)
-                ));
-            }
-            *result.lost_writes_by_phase.entry(name).or_default() += 1;
+    let mut examples = check_acknowledged_writes(&table, record, &mut result);
+    examples.extend(check_reads(record, &mut result));
+    examples.extend(check_consistency(
+        phase,
+        rows,
+        record.backfilled,
+        &mut result,
+    ));
+    examples.extend(check_untouched_rows(&table, record, &mut result));
+    result.examples = examples;
+    result
+}
+
+/// I3: every row a client wrote holds the last write it saw acknowledged (or, where the
+/// answer was lost, one of the two states it may be in). Returns examples of lost writes.
+fn check_acknowledged_writes(
+    table: &Table,
+    record: &RunRecord,
+    result: &mut AuditResult,
+) -> Vec<String> {
+    let mut examples = Vec::new();
+    for (id, acknowledged) in record.ledgers.iter().flat_map(|l| &l.rows) {
+        result.rows_checked += 1;
+        if acknowledged.states.len() > 1 {
+            result.uncertain += 1;
         }
-        result.stale_reads += ledger.stale_reads.len();
+        let found = table.by_id.get(id).copied();
+        let digest = record.seeded.rows.get(id);
+        if acknowledged
+            .states
+            .iter()
+            .any(|state| holds(table.phase, found, state, digest))
+        {
+            continue;
+        }
+        result.lost_writes += 1;
+        let name = record.segment_name(acknowledged.segment);
+        if examples.len() < EXAMPLES {
+            examples.push(format!(
+                "lost write: id {id} (written in {name}): expected {}, found {}",
+                expected_text(&acknowledged.states),
+                found_text(found, table.phase)
+            ));
+        }
+        *result.lost_writes_by_phase.entry(name).or_default() += 1;
     }
-    let stale_examples = ledgers
-        .iter()
-        .flat_map(|l| &l.stale_reads)
+    examples
+}
+
+/// The reads the clients logged as stale during the run. Returns examples of them.
+fn check_reads(record: &RunRecord, result: &mut AuditResult) -> Vec<String> {
+    let stale = || record.ledgers.iter().flat_map(|l| &l.stale_reads);
+    result.stale_reads = stale().count();
+    stale()
         .take(EXAMPLES)
         .map(|s| {
             format!(
                 "stale read: id {} in {}: expected {}, saw {}",
                 s.id,
-                segment_name(s.segment),
+                record.segment_name(s.segment),
                 s.expected,
                 s.seen
             )
-        });
-    let mut examples = lost_examples;
-    examples.extend(stale_examples);
+        })
+        .collect()
+}
 
+/// I2, row by row, as `phase` defines it. Returns examples of divergent rows.
+fn check_consistency(
+    phase: Phase,
+    rows: &[Row],
+    backfilled: bool,
+    result: &mut AuditResult,
+) -> Vec<String> {
     let divergent: Vec<&Row> = rows
         .iter()
         .filter(|r| r.diverges(phase, backfilled))
         .collect();
     result.divergent = divergent.len();
     result.divergent_ids = divergent.iter().take(EXAMPLES).map(|r| r.id).collect();
-    examples.extend(divergent.iter().take(EXAMPLES).map(|r| {
-        format!(
-            "divergent row: id {}: full_name {:?}, first_name {:?}, last_name {:?}",
-            r.id, r.full_name, r.first_name, r.last_name
-        )
-    }));
+    divergent
+        .iter()
+        .take(EXAMPLES)
+        .map(|r| {
+            format!(
+                "divergent row: id {}: full_name {:?}, first_name {:?}, last_name {:?}",
+                r.id, r.full_name, r.first_name, r.last_name
+            )
+        })
+        .collect()
+}
 
-    let touched: HashSet<i64> = ledgers
+/// Every seeded row no client wrote still has the digest it had before the traffic; their
+/// digests summed, before and now, make the report's checksums. Returns examples of rows
+/// altered (or gone).
+fn check_untouched_rows(
+    table: &Table,
+    record: &RunRecord,
+    result: &mut AuditResult,
+) -> Vec<String> {
+    let touched: HashSet<i64> = record
+        .ledgers
         .iter()
         .flat_map(|l| l.rows.keys().copied())
         .collect();
-    let mut untouched: Vec<(&i64, &Digest)> = seeded
+    let mut untouched: Vec<(&i64, &Digest)> = record
+        .seeded
         .rows
         .iter()
         .filter(|(id, _)| !touched.contains(id))
         .collect();
     untouched.sort_unstable_by_key(|(id, _)| **id);
+    let mut examples = Vec::new();
     let (mut before, mut after) = (0u64, 0u64);
     for (id, digest) in untouched {
         result.untouched_rows += 1;
         before = before.wrapping_add(digest.with_id(*id));
-        let found = by_id.get(id).copied();
-        let now = found.map(|row| Digest::of(row, phase));
+        let found = table.by_id.get(id).copied();
+        let now = found.map(|row| Digest::of(row, table.phase));
         after = after.wrapping_add(now.map_or(0, |d| d.with_id(*id)));
         if now != Some(*digest) {
             result.untouched_altered += 1;
             if result.untouched_altered <= EXAMPLES {
                 examples.push(format!(
                     "untouched row altered: id {id}: now {}",
-                    found_text(found, phase)
+                    found_text(found, table.phase)
                 ));
             }
         }
     }
     result.untouched_checksum_before = format!("{before:016x}");
     result.untouched_checksum_after = format!("{after:016x}");
-    result.examples = examples;
-    result
+    examples
 }
 
 /// Reads the table and judges it (see `judge`).

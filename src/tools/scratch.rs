@@ -3,10 +3,11 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use anyhow::Context;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
-use super::with_database;
+use crate::db::with_database;
 use crate::local_pg::{create_database_if_missing, quote_ident};
 
 pub struct ScratchDatabase {
@@ -20,15 +21,15 @@ impl ScratchDatabase {
     /// Creates `<prefix>_<pid>_<n>` on the server `server_url` points to: `n` counts the
     /// scratch databases this process made, so two runs in one process (tests running in
     /// parallel threads) never share one, and the first to finish cannot drop the other's.
-    pub fn create(
-        server_url: &str,
-        prefix: &str,
-    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+    pub fn create(server_url: &str, prefix: &str) -> anyhow::Result<Self> {
         static MADE: AtomicU32 = AtomicU32::new(0);
         let n = MADE.fetch_add(1, Ordering::Relaxed);
         let name = format!("{prefix}_{}_{n}", std::process::id());
-        let mut admin = PgConnection::establish(server_url)?;
-        create_database_if_missing(&mut admin, &name)?;
+        let mut admin = PgConnection::establish(server_url).with_context(|| {
+            format!("connecting to the server to create the scratch database {name}")
+        })?;
+        create_database_if_missing(&mut admin, &name)
+            .with_context(|| format!("creating the scratch database {name}"))?;
         Ok(Self {
             url: with_database(server_url, &name),
             server_url: server_url.to_owned(),
@@ -43,18 +44,24 @@ impl ScratchDatabase {
         prefix: &str,
         rows: u64,
         rng_seed: u64,
-    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> anyhow::Result<Self> {
         let scratch = Self::create(server_url, prefix)?;
-        let mut conn = PgConnection::establish(&scratch.url)?;
-        crate::migration::schema_migrations::run_infrastructure_migrations(&mut conn)?;
-        crate::seed::seed_users(
+        let name = &scratch.name;
+        let mut conn = PgConnection::establish(&scratch.url)
+            .with_context(|| format!("connecting to the scratch database {name}"))?;
+        crate::migration::schema_migrations::run_infrastructure_migrations(&mut conn)
+            .map_err(anyhow::Error::from_boxed)
+            .with_context(|| format!("migrating the scratch database {name}"))?;
+        crate::tools::seed::seed_users(
             &mut conn,
-            crate::migration::Phase::Baseline,
+            crate::domain::Phase::Baseline,
             rows,
             rng_seed,
             |_| {},
-        )?;
-        conn.batch_execute("VACUUM ANALYZE users")?;
+        )
+        .with_context(|| format!("seeding the scratch database {name}"))?;
+        conn.batch_execute("VACUUM ANALYZE users")
+            .with_context(|| format!("analysing the scratch database {name}"))?;
         Ok(scratch)
     }
 }

@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-use super::DemoError;
 
 pub struct Instance {
     pub name: String,
@@ -56,10 +55,9 @@ pub struct Fleet {
     earlier_replica_reads: u64,
 }
 
-fn free_port() -> Result<u16, DemoError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr().context("finding a free port")?.port())
 }
 
 impl Fleet {
@@ -71,7 +69,7 @@ impl Fleet {
         admin_token: &str,
         log_dir: &std::path::Path,
         extra_env: Vec<(String, String)>,
-    ) -> Result<Self, DemoError> {
+    ) -> Result<Self> {
         Self::start_each(database_url, admin_token, log_dir, vec![extra_env; count]).await
     }
 
@@ -82,7 +80,7 @@ impl Fleet {
         admin_token: &str,
         log_dir: &std::path::Path,
         env: Vec<Vec<(String, String)>>,
-    ) -> Result<Self, DemoError> {
+    ) -> Result<Self> {
         let count = env.len();
         let mut instances = Vec::new();
         for i in 0..count {
@@ -117,13 +115,19 @@ impl Fleet {
         Ok(fleet)
     }
 
-    fn spawn(&mut self, index: usize) -> Result<(), DemoError> {
+    fn spawn(&mut self, index: usize) -> Result<()> {
         let instance = &mut self.instances[index];
+        let name = &instance.name;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&instance.log)?;
-        let child = Command::new(std::env::current_exe()?)
+            .open(&instance.log)
+            .with_context(|| format!("opening the log of {name}, {}", instance.log.display()))?;
+        let stdout = log
+            .try_clone()
+            .with_context(|| format!("opening the log of {name}"))?;
+        let exe = std::env::current_exe().context("finding the zdm executable")?;
+        let child = Command::new(exe)
             .arg("serve")
             .env("DATABASE_URL", &self.database_url)
             .env("ZDM_BIND", &instance.bind)
@@ -142,15 +146,16 @@ impl Fleet {
                     .map(|(k, v)| (k.as_str(), v.as_str())),
             )
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
+            .stdout(stdout)
             .stderr(log)
-            .spawn()?;
+            .spawn()
+            .with_context(|| format!("starting instance {name}"))?;
         instance.child = Some(child);
         Ok(())
     }
 
     /// Waits (up to 30 s) until the instance answers `/healthz` with 200.
-    pub async fn wait_healthy(&self, index: usize) -> Result<(), DemoError> {
+    pub async fn wait_healthy(&self, index: usize) -> Result<()> {
         let client = reqwest::Client::new();
         let url = format!("{}/healthz", self.instances[index].url);
         let started = Instant::now();
@@ -166,12 +171,11 @@ impl Fleet {
             }
             actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(format!(
+        bail!(
             "{} did not become healthy; see {}",
             self.instances[index].name,
             self.instances[index].log.display()
         )
-        .into())
     }
 
     /// The phase each instance reports having applied.
@@ -198,7 +202,7 @@ impl Fleet {
     }
 
     /// Waits until every instance has applied `phase` (they follow the stored phase).
-    pub async fn wait_applied(&self, phase: &str) -> Result<Duration, DemoError> {
+    pub async fn wait_applied(&self, phase: &str) -> Result<Duration> {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(15) {
             if self
@@ -211,25 +215,27 @@ impl Fleet {
             }
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(format!(
+        bail!(
             "the instances did not all apply {phase}: {:?}",
             self.applied_phases().await
         )
-        .into())
     }
 
     /// A rolling restart of one instance: out of rotation, wait for its requests in flight,
     /// SIGTERM (graceful shutdown), start it again, back into rotation once healthy.
-    pub async fn rolling_restart(&mut self, index: usize) -> Result<Duration, DemoError> {
+    pub async fn rolling_restart(&mut self, index: usize) -> Result<Duration> {
         let started = Instant::now();
         self.rotation.set(index, false);
         actix_web::rt::time::sleep(Duration::from_millis(300)).await;
         self.earlier_replica_reads += self.replica_reads_of(index).await;
+        let name = self.instances[index].name.clone();
         if let Some(mut child) = self.instances[index].child.take() {
             let pid = Pid::from_raw(child.id() as i32);
-            kill(pid, Signal::SIGTERM)?;
+            kill(pid, Signal::SIGTERM).with_context(|| format!("stopping {name} (SIGTERM)"))?;
             let waited = actix_web::rt::task::spawn_blocking(move || child.wait()).await;
-            waited.map_err(|e| DemoError::from(e.to_string()))??;
+            waited
+                .context("the wait for the instance panicked")?
+                .with_context(|| format!("waiting for {name} to stop"))?;
         }
         self.spawn(index)?;
         self.wait_healthy(index).await?;

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::audit::{Acknowledged, Ledger, RowState, StaleRead};
 use super::fleet::Rotation;
 use super::oracle::{Sent, SentName, split};
-use crate::seed::random_full_name;
+use crate::tools::seed::random_full_name;
 
 /// The CSRF token the clients' forms carry (as cookie and field).
 const FORM_TOKEN: &str = "ZGVtby1mb3JtLXRva2VuLWRlbW8tZm9ybS10b2tlbiE";

@@ -46,6 +46,9 @@ pub struct SegmentStats {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DemoSummary {
     pub mode: String,
+    /// Whether the run undid the contract after it, walking back to read_new (`--undo`): its
+    /// segments then appear twice, the way back's named `… (undo)`.
+    pub undo: bool,
     pub requests: usize,
     pub failed_requests: usize,
     /// The audit's findings (see `AuditResult`): acknowledged writes not found...
@@ -397,115 +400,203 @@ fn findings(summary: &DemoSummary) -> Vec<Finding> {
     ]
 }
 
-pub fn html(
-    summary: &DemoSummary,
-    segments: &[Segment],
-    samples: &[Sample],
-) -> Result<String, askama::Error> {
-    let (width, left, right) = (1100.0, 60.0, 1080.0);
-    let end_ms = segments.last().map_or(1, |s| s.end_ms.max(1));
-    let x = |ms: u32| left + (right - left) * f64::from(ms) / f64::from(end_ms);
-    let labels = place_labels(
-        segments.iter().map(|s| (x(s.start_ms), s.name.as_str())),
-        left,
-        width - 4.0,
-    );
-    // Every row of labels above the first makes the chart that much taller.
-    let extra_rows = labels.iter().map(|l| l.row).max().unwrap_or(0) as f64;
-    let top = 30.0 + LABEL_ROW_PX * extra_rows;
-    let (bottom, height) = (top + 310.0, top + 350.0);
-    let max_ms = samples.iter().map(|s| s.latency_us).max().unwrap_or(1000) as f64 / 1000.0;
-    let (lo, hi) = (0.1_f64.log10(), max_ms.max(10.0).log10());
-    let y = |ms: f64| bottom - (bottom - top) * ((ms.max(0.1).log10() - lo) / (hi - lo));
-    // 250 ms buckets: p50, p99 and max of the requests started in each.
-    let bucket_ms = 250u32;
+/// The chart's time axis: the run, from its start to the end of its last segment, between
+/// `left` and `right`.
+struct TimeScale {
+    left: f64,
+    right: f64,
+    end_ms: u32,
+}
+
+impl TimeScale {
+    fn of(segments: &[Segment]) -> Self {
+        Self {
+            left: 60.0,
+            right: 1080.0,
+            end_ms: segments.last().map_or(1, |s| s.end_ms.max(1)),
+        }
+    }
+
+    fn x(&self, ms: u32) -> f64 {
+        self.left + (self.right - self.left) * f64::from(ms) / f64::from(self.end_ms)
+    }
+
+    /// About ten ticks, on whole seconds.
+    fn ticks(&self) -> Vec<(f64, String)> {
+        let step_s = ((f64::from(self.end_ms) / 1000.0 / 10.0).ceil() as u32).max(1);
+        (0..=self.end_ms / 1000)
+            .step_by(step_s as usize)
+            .map(|s| (self.x(s * 1000), format!("{s}s")))
+            .collect()
+    }
+}
+
+/// The chart's latency axis: logarithmic, from 0.1 ms at `bottom` to the slowest request (at
+/// least 10 ms) at `top`, so that sub-millisecond reads and multi-second stalls both show.
+struct LatencyScale {
+    top: f64,
+    bottom: f64,
+    lo: f64,
+    hi: f64,
+}
+
+impl LatencyScale {
+    fn new(top: f64, bottom: f64, samples: &[Sample]) -> Self {
+        let max_ms = samples.iter().map(|s| s.latency_us).max().unwrap_or(1000) as f64 / 1000.0;
+        Self {
+            top,
+            bottom,
+            lo: 0.1_f64.log10(),
+            hi: max_ms.max(10.0).log10(),
+        }
+    }
+
+    fn y(&self, ms: f64) -> f64 {
+        self.bottom
+            - (self.bottom - self.top) * ((ms.max(0.1).log10() - self.lo) / (self.hi - self.lo))
+    }
+
+    /// A tick per power of ten within the scale.
+    fn ticks(&self) -> Vec<(f64, String)> {
+        [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]
+            .into_iter()
+            .filter(|ms: &f64| ms.log10() <= self.hi + 1e-9)
+            .map(|ms| {
+                (
+                    self.y(ms),
+                    if ms < 1.0 {
+                        format!("{ms}")
+                    } else {
+                        format!("{ms:.0}")
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// Requests are grouped by the 250 ms in which they started.
+const BUCKET_MS: u32 = 250;
+
+/// The chart's curves: p50, p99 and max of each bucket's requests as SVG polyline points,
+/// and the failed requests of each bucket.
+struct Curves {
+    p50: String,
+    p99: String,
+    max: String,
+    failures: Vec<(f64, f64)>,
+}
+
+fn curves(time: &TimeScale, latency: &LatencyScale, samples: &[Sample]) -> Curves {
     let mut buckets: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     let mut failed: BTreeMap<u32, usize> = BTreeMap::new();
     for s in samples {
         buckets
-            .entry(s.at_ms / bucket_ms)
+            .entry(s.at_ms / BUCKET_MS)
             .or_default()
             .push(s.latency_us);
         if s.outcome != Outcome::Ok {
-            *failed.entry(s.at_ms / bucket_ms).or_default() += 1;
+            *failed.entry(s.at_ms / BUCKET_MS).or_default() += 1;
         }
     }
+    let middle = |bucket: u32| time.x(bucket * BUCKET_MS + BUCKET_MS / 2);
     let mut lines = [String::new(), String::new(), String::new()];
     for (b, lat) in &mut buckets {
         lat.sort_unstable();
-        let bx = x(*b * bucket_ms + bucket_ms / 2);
+        let bx = middle(*b);
         for (line, q) in lines.iter_mut().zip([0.5, 0.99, 1.0]) {
-            let _ = write!(line, "{bx:.1},{:.1} ", y(percentile(lat, q)));
+            let _ = write!(line, "{bx:.1},{:.1} ", latency.y(percentile(lat, q)));
         }
     }
     let [p50, p99, max] = lines;
-    let bands = segments
+    Curves {
+        p50,
+        p99,
+        max,
+        failures: failed
+            .iter()
+            .map(|(b, n)| (middle(*b), *n as f64))
+            .collect(),
+    }
+}
+
+/// A shaded band per segment, alternately, with its label where `place_labels` put it above
+/// the plot's `top`.
+fn bands(time: &TimeScale, segments: &[Segment], labels: &[LabelBox], top: f64) -> Vec<Band> {
+    segments
         .iter()
-        .zip(&labels)
+        .zip(labels)
         .enumerate()
         .map(|(i, (s, label))| Band {
-            x: x(s.start_ms),
-            width: (x(s.end_ms) - x(s.start_ms)).max(0.5),
+            x: time.x(s.start_ms),
+            width: (time.x(s.end_ms) - time.x(s.start_ms)).max(0.5),
             name: s.name.clone(),
             shade: i % 2 == 0,
             label_x: label.x,
             label_y: top - 8.0 - LABEL_ROW_PX * label.row as f64,
         })
-        .collect();
-    let markers = summary
-        .faults
-        .iter()
-        .map(|m| Line {
-            x: x(m.at_ms),
-            label: m.label.clone(),
-        })
-        .collect();
-    let failures = failed
-        .iter()
-        .map(|(b, n)| (x(*b * bucket_ms + bucket_ms / 2), *n as f64))
-        .collect();
-    let y_ticks = [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]
-        .into_iter()
-        .filter(|ms: &f64| ms.log10() <= hi + 1e-9)
-        .map(|ms| {
-            (
-                y(ms),
-                if ms < 1.0 {
-                    format!("{ms}")
-                } else {
-                    format!("{ms:.0}")
-                },
-            )
-        })
-        .collect();
-    let step_s = ((f64::from(end_ms) / 1000.0 / 10.0).ceil() as u32).max(1);
-    let x_ticks = (0..=end_ms / 1000)
-        .step_by(step_s as usize)
-        .map(|s| (x(s * 1000), format!("{s}s")))
-        .collect();
-    ReportPage {
-        summary,
-        table: table(summary),
-        fault: summary.injected_fault.as_deref().map(|name| {
-            match <super::Fault as clap::ValueEnum>::from_str(name, false) {
-                Ok(fault) => format!("{name}: {}", fault.describe()),
-                Err(_) => name.to_owned(),
-            }
-        }),
-        findings: findings(summary),
-        label_font_px: LABEL_FONT_PX,
-        width,
-        height,
-        plot_top: top,
-        plot_bottom: bottom,
-        bands,
-        markers,
+        .collect()
+}
+
+/// The injected fault's name and what it does (the name alone if it is not one the demo
+/// knows, as in a summary from another version).
+fn describe_fault(name: &str) -> String {
+    match <super::Fault as clap::ValueEnum>::from_str(name, false) {
+        Ok(fault) => format!("{name}: {}", fault.describe()),
+        Err(_) => name.to_owned(),
+    }
+}
+
+/// The self-contained HTML report: the table, the audit's findings and the latency chart.
+pub fn html(
+    summary: &DemoSummary,
+    segments: &[Segment],
+    samples: &[Sample],
+) -> Result<String, askama::Error> {
+    let width = 1100.0;
+    let time = TimeScale::of(segments);
+    let labels = place_labels(
+        segments
+            .iter()
+            .map(|s| (time.x(s.start_ms), s.name.as_str())),
+        time.left,
+        width - 4.0,
+    );
+    // Every row of labels above the first makes the chart that much taller.
+    let extra_rows = labels.iter().map(|l| l.row).max().unwrap_or(0) as f64;
+    let top = 30.0 + LABEL_ROW_PX * extra_rows;
+    let latency = LatencyScale::new(top, top + 310.0, samples);
+    let Curves {
         p50,
         p99,
         max,
         failures,
-        y_ticks,
-        x_ticks,
+    } = curves(&time, &latency, samples);
+    ReportPage {
+        summary,
+        table: table(summary),
+        fault: summary.injected_fault.as_deref().map(describe_fault),
+        findings: findings(summary),
+        label_font_px: LABEL_FONT_PX,
+        width,
+        height: top + 350.0,
+        plot_top: top,
+        plot_bottom: latency.bottom,
+        bands: bands(&time, segments, &labels, top),
+        markers: summary
+            .faults
+            .iter()
+            .map(|m| Line {
+                x: time.x(m.at_ms),
+                label: m.label.clone(),
+            })
+            .collect(),
+        p50,
+        p99,
+        max,
+        failures,
+        y_ticks: latency.ticks(),
+        x_ticks: time.ticks(),
     }
     .render()
 }

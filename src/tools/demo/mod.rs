@@ -1,0 +1,471 @@
+//! `zdm demo`: proves the zero-downtime claim under live traffic, and shows what the naive
+//! one-step migration breaks.
+//!
+//! Two real app instances (separate `zdm serve` processes) run on a scratch database of
+//! their own; clients send mixed v1/v2, JSON/form, read/write traffic to them over HTTP while
+//! the driver walks the whole migration, injecting faults on the way: a long transaction
+//! holding `users` during the expand and the contract, a `kill -9` of the process running
+//! the backfill (then a resume), and a rolling restart of one instance. At the end an audit
+//! holds the database to every acknowledged write and every untouched row, and a report shows
+//! per-phase latency and failures.
+//!
+//! With `--fault` the demo also breaks the app on purpose (see `Fault`), to show that the
+//! audit sees the damage and the run fails.
+//!
+//! Here: the options, the run's timeline and the steps of `run`. The walks through the
+//! migration are in `walk`, the instances in `fleet`, the clients in `traffic`, the audit in
+//! `audit` (with its own `oracle`) and the figures in `report`.
+
+pub mod audit;
+pub mod fleet;
+pub mod oracle;
+pub mod report;
+pub mod traffic;
+mod walk;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use diesel::prelude::*;
+
+use self::fleet::Fleet;
+use self::report::{DemoSummary, Marker, Segment};
+use self::traffic::{Sample, TrafficControl};
+use self::walk::{Admin, walk_naive, walk_zdm};
+use crate::faults::{LAGGING_V1_WRITES_ENV, LOSE_WRITES_ENV};
+use crate::tools::scratch::ScratchDatabase;
+
+/// A fault the demo injects into its own instances, so that the audit has something to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// The first instance answers every `LOSE_EVERY`th update as saved but rolls it back.
+    LoseWrites,
+    /// Every instance's v1 writes skip the new columns whatever the phase (a broken
+    /// dual-write, as from an instance still running expanded-phase code).
+    LaggingV1,
+}
+
+/// With `--fault lose-writes`, the first instance loses one update in this many.
+pub const LOSE_EVERY: u64 = 20;
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::LoseWrites => "lose-writes",
+            Fault::LaggingV1 => "lagging-v1",
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Fault::LoseWrites => format!(
+                "app-a answers every {LOSE_EVERY}th user update as saved, then rolls it back"
+            ),
+            Fault::LaggingV1 => {
+                "v1 writes skip first_name/last_name on every instance (a broken dual-write)"
+                    .to_owned()
+            }
+        }
+    }
+
+    /// The environment of instance `index` (of the instances only, never of the demo).
+    fn instance_env(self, index: usize) -> Vec<(String, String)> {
+        match (self, index) {
+            (Fault::LoseWrites, 0) => vec![(LOSE_WRITES_ENV.to_owned(), LOSE_EVERY.to_string())],
+            (Fault::LoseWrites, _) => Vec::new(),
+            (Fault::LaggingV1, _) => vec![(LAGGING_V1_WRITES_ENV.to_owned(), "1".to_owned())],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The one-step migration instead of zdm's.
+    pub naive: bool,
+    /// After the contract, undo it under the same traffic: back to new_only (full_name
+    /// re-added) and on to read_new (refilled by the reverse backfill).
+    pub undo: bool,
+    pub rows: u64,
+    pub clients: usize,
+    /// Seconds of traffic in each phase.
+    pub phase_secs: f64,
+    /// Percentage of requests that write.
+    pub write_percent: u32,
+    pub json_out: Option<PathBuf>,
+    /// Where the HTML report and the instances' logs go.
+    pub report_dir: PathBuf,
+    /// Environment for the instances and the backfill processes.
+    pub instance_env: Vec<(String, String)>,
+    /// A fault to inject on purpose (the run must then fail).
+    pub fault: Option<Fault>,
+    /// Servers (maintenance-database URLs) of streaming replicas of the demo's server: the
+    /// instances read from them and the backfill waits for them.
+    pub replica_servers: Vec<String>,
+    /// Backfill batch size and sleep (throttled so it is visible under traffic).
+    pub backfill_batch: i32,
+    pub backfill_sleep_ms: i32,
+    /// The backfill's workers (`zdm backfill --workers`); none given: as stored (one).
+    pub backfill_workers: Option<crate::migration::backfill::Workers>,
+}
+
+impl DemoOptions {
+    /// About a minute: small table, short phases.
+    pub fn quick(report_dir: PathBuf) -> Self {
+        Self {
+            naive: false,
+            undo: false,
+            rows: 30_000,
+            clients: 8,
+            phase_secs: 3.0,
+            write_percent: 30,
+            json_out: None,
+            report_dir,
+            instance_env: Vec::new(),
+            fault: None,
+            replica_servers: Vec::new(),
+            backfill_batch: 1000,
+            backfill_sleep_ms: 100,
+            backfill_workers: None,
+        }
+    }
+
+    pub fn full(report_dir: PathBuf) -> Self {
+        Self {
+            rows: 200_000,
+            clients: 16,
+            phase_secs: 10.0,
+            backfill_batch: 2000,
+            backfill_sleep_ms: 50,
+            ..Self::quick(report_dir)
+        }
+    }
+}
+
+/// The run's clock and record: which segment the traffic is in, when faults happened.
+struct Timeline {
+    control: TrafficControl,
+    segments: Vec<Segment>,
+    markers: Vec<Marker>,
+    /// Whether the backfill has run to the end.
+    backfilled: bool,
+}
+
+impl Timeline {
+    /// The clock starts now, in no segment yet.
+    fn start() -> Self {
+        Self {
+            control: TrafficControl {
+                segment: Arc::new(AtomicUsize::new(0)),
+                v2_enabled: Arc::new(AtomicBool::new(false)),
+                stop: Arc::new(AtomicBool::new(false)),
+                started: Instant::now(),
+            },
+            segments: Vec::new(),
+            markers: Vec::new(),
+            backfilled: false,
+        }
+    }
+
+    fn now_ms(&self) -> u32 {
+        self.control.started.elapsed().as_millis() as u32
+    }
+
+    fn enter(&mut self, name: &str) {
+        let now = self.now_ms();
+        if let Some(last) = self.segments.last_mut() {
+            last.end_ms = now;
+        }
+        self.segments.push(Segment {
+            name: name.to_owned(),
+            start_ms: now,
+            end_ms: now,
+        });
+        self.control
+            .segment
+            .store(self.segments.len() - 1, Ordering::Release);
+        log::info!("demo: {name}");
+    }
+
+    fn mark(&mut self, label: impl Into<String>) {
+        let label = label.into();
+        log::info!("demo fault: {label}");
+        self.markers.push(Marker {
+            at_ms: self.now_ms(),
+            label,
+        });
+    }
+
+    fn close(&mut self) {
+        let now = self.now_ms();
+        if let Some(last) = self.segments.last_mut() {
+            last.end_ms = now;
+        }
+    }
+}
+
+async fn pause(secs: f64) {
+    actix_web::rt::time::sleep(Duration::from_secs_f64(secs)).await;
+}
+
+/// Runs `f` (database work, waiting for a child process) on the blocking thread pool, so the
+/// clients' tasks keep running meanwhile.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    actix_web::rt::task::spawn_blocking(f)
+        .await
+        .context("a blocking step of the demo panicked")?
+}
+
+/// A connection of the demo's own to its scratch database.
+fn connect(url: &str) -> Result<PgConnection> {
+    PgConnection::establish(url).context("connecting to the scratch database")
+}
+
+/// Runs the demo against the server of `database_url` (in a scratch database) and returns
+/// its summary; the report is in `opts.report_dir`.
+pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
+    std::fs::create_dir_all(&opts.report_dir)
+        .with_context(|| format!("creating the report folder {}", opts.report_dir.display()))?;
+    if let Some(fault) = opts.fault {
+        log::warn!(
+            "FAULT INJECTED ON PURPOSE ({}): {}; the audit must catch it and this run must fail",
+            fault.name(),
+            fault.describe()
+        );
+    }
+    let (scratch, seeded) = seed_scratch_database(database_url, opts.rows).await?;
+    let opts = with_replicas_of(opts, &scratch.name);
+    let fleet = start_instances(&scratch.url, &opts).await?;
+    let traffic = walk_under_traffic(fleet, &scratch.url, &opts).await?;
+    let audit = audit_the_table(&scratch.url, seeded, &traffic).await?;
+    drop(scratch);
+    let summary = summarize(&opts, &traffic, audit);
+    write_report(&opts, &summary, &traffic)?;
+    Ok(summary)
+}
+
+/// A scratch database seeded with `rows` users, and every seeded row as digests, taken before
+/// any client writes: the rows no client writes are held to them at the end.
+async fn seed_scratch_database(
+    database_url: &str,
+    rows: u64,
+) -> Result<(ScratchDatabase, audit::Snapshot)> {
+    let server = database_url.to_owned();
+    let scratch = blocking(move || ScratchDatabase::seeded(&server, "zdm_demo", rows, 7)).await?;
+    let url = scratch.url.clone();
+    let seeded = blocking(move || {
+        let mut conn = connect(&url)?;
+        audit::Snapshot::take(&mut conn).context("reading the seeded rows before the traffic")
+    })
+    .await?;
+    Ok((scratch, seeded))
+}
+
+/// The replicas replay the scratch database too; the instances and the backfill get its URL
+/// on each of them.
+fn with_replicas_of(mut opts: DemoOptions, scratch_name: &str) -> DemoOptions {
+    if !opts.replica_servers.is_empty() {
+        let urls: Vec<String> = opts
+            .replica_servers
+            .iter()
+            .map(|server| crate::db::with_database(server, scratch_name))
+            .collect();
+        opts.instance_env
+            .push(("DATABASE_REPLICA_URLS".to_owned(), urls.join(",")));
+    }
+    opts
+}
+
+/// Starts the two instances on the scratch database at `url`, each with the demo's
+/// environment plus its part of the injected fault.
+async fn start_instances(url: &str, opts: &DemoOptions) -> Result<Fleet> {
+    let token = crate::startup::generate_token();
+    let instance_env = (0..2)
+        .map(|index| {
+            let mut env = opts.instance_env.clone();
+            env.extend(
+                opts.fault
+                    .map(|f| f.instance_env(index))
+                    .unwrap_or_default(),
+            );
+            env
+        })
+        .collect();
+    Fleet::start_each(url, &token, &opts.report_dir, instance_env).await
+}
+
+/// What the clients and the walk left: the audit and the report are made of it.
+struct Traffic {
+    timeline: Timeline,
+    samples: Vec<Sample>,
+    ledgers: Vec<audit::Ledger>,
+    unacknowledged_creates: u64,
+    replica_reads: u64,
+    lock_timeouts: usize,
+    backfill_rate: Option<f64>,
+    /// Why the walk stopped half-way (a gate refused, an instance failed), if it did.
+    walk_error: Option<String>,
+}
+
+/// Sends the clients' traffic while the driver walks the migration (the naive one with
+/// `--naive`), then stops the clients and the instances. A walk that stops half-way is not an
+/// error here: the run is still audited and reported, and the report says where and why.
+async fn walk_under_traffic(mut fleet: Fleet, url: &str, opts: &DemoOptions) -> Result<Traffic> {
+    let admin = Admin::of(&fleet)?;
+    let mut timeline = Timeline::start();
+    let control = timeline.control.clone();
+    timeline.enter("baseline");
+    if let Some(fault) = opts.fault {
+        timeline.mark(format!(
+            "injected fault {}: {}",
+            fault.name(),
+            fault.describe()
+        ));
+    }
+    let clients = traffic::start(
+        opts.clients,
+        opts.rows as i64,
+        opts.write_percent,
+        fleet.rotation.clone(),
+        control.clone(),
+    );
+    let walked = if opts.naive {
+        walk_naive(&mut fleet, url, opts, &mut timeline)
+            .await
+            .map(|()| (0, None))
+    } else {
+        walk_zdm(&mut fleet, &admin, url, opts, &mut timeline).await
+    };
+    control.stop.store(true, Ordering::Release);
+    let mut samples = Vec::new();
+    let mut ledgers = Vec::new();
+    let mut unacknowledged_creates = 0;
+    for client in clients {
+        let result = client.await.context("a traffic client panicked")?;
+        samples.extend(result.samples);
+        ledgers.push(result.ledger);
+        unacknowledged_creates += result.unacknowledged_creates;
+    }
+    timeline.close();
+    let replica_reads = fleet.replica_reads().await;
+    fleet.stop();
+    let (lock_timeouts, backfill_rate, walk_error) = match walked {
+        Ok((lock_timeouts, rate)) => (lock_timeouts, rate, None),
+        Err(e) => {
+            log::error!("the migration stopped: {e:#}");
+            (0, None, Some(format!("{e:#}")))
+        }
+    };
+    Ok(Traffic {
+        timeline,
+        samples,
+        ledgers,
+        unacknowledged_creates,
+        replica_reads,
+        lock_timeouts,
+        backfill_rate,
+        walk_error,
+    })
+}
+
+/// Holds the table, as the run left it, to the clients' ledgers and the seeded rows.
+async fn audit_the_table(
+    url: &str,
+    seeded: audit::Snapshot,
+    traffic: &Traffic,
+) -> Result<audit::AuditResult> {
+    let url = url.to_owned();
+    let ledgers = traffic.ledgers.clone();
+    let names: Vec<String> = traffic
+        .timeline
+        .segments
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let backfilled = traffic.timeline.backfilled;
+    blocking(move || {
+        let mut conn = connect(&url)?;
+        let record = audit::RunRecord {
+            ledgers: &ledgers,
+            seeded: &seeded,
+            segment_names: &names,
+            backfilled,
+        };
+        audit::audit(&mut conn, &record).context("auditing the table after the traffic")
+    })
+    .await
+}
+
+/// The run's figures: per-segment statistics, the worst p99 of each phase, the audit's
+/// findings, and whether zero downtime held.
+fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -> DemoSummary {
+    let segments = report::segment_stats(&traffic.timeline.segments, &traffic.samples);
+    let failed_requests: usize = segments.iter().map(|s| s.failed).sum();
+    DemoSummary {
+        mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
+        undo: opts.undo && !opts.naive,
+        requests: traffic.samples.len(),
+        failed_requests,
+        lost_writes: audit.lost_writes,
+        divergent_rows: audit.divergent,
+        untouched_rows_altered: audit.untouched_altered,
+        injected_fault: opts.fault.map(|f| f.name().to_owned()),
+        p99_ms_by_phase: p99_ms_by_phase(&segments),
+        passed: traffic.walk_error.is_none() && failed_requests == 0 && !audit.found_anything(),
+        walk_error: traffic.walk_error.clone(),
+        backfill_p99_vs_baseline: backfill_p99_vs_baseline(&segments),
+        segments,
+        faults: traffic.timeline.markers.clone(),
+        lock_timeouts_retried: traffic.lock_timeouts,
+        backfill_rows_per_s: traffic.backfill_rate,
+        acknowledged_writes_tracked: traffic.ledgers.iter().map(|l| l.rows.len()).sum(),
+        unacknowledged_creates: traffic.unacknowledged_creates,
+        replicas: opts.replica_servers.len(),
+        replica_reads: traffic.replica_reads,
+        audit,
+    }
+}
+
+/// The worst p99 of each phase (a phase the run enters twice has two segments).
+fn p99_ms_by_phase(segments: &[report::SegmentStats]) -> BTreeMap<String, f64> {
+    let mut by_phase = BTreeMap::new();
+    for s in segments {
+        let entry = by_phase.entry(s.name.clone()).or_insert(0.0_f64);
+        *entry = entry.max(s.p99_ms);
+    }
+    by_phase
+}
+
+/// How much the backfill slowed the traffic: its p99 over the baseline's (target ≤ 2).
+fn backfill_p99_vs_baseline(segments: &[report::SegmentStats]) -> Option<f64> {
+    let p99 = |name: &str| segments.iter().find(|s| s.name == name).map(|s| s.p99_ms);
+    match (p99("backfill"), p99("baseline")) {
+        (Some(b), Some(base)) if base > 0.0 => Some(b / base),
+        _ => None,
+    }
+}
+
+/// Writes the HTML report (as `demo-<mode>.html` and `demo-latest.html`) and, if asked for,
+/// the summary as JSON.
+fn write_report(opts: &DemoOptions, summary: &DemoSummary, traffic: &Traffic) -> Result<()> {
+    let html = report::html(summary, &traffic.timeline.segments, &traffic.samples)
+        .context("rendering the report")?;
+    let report_file = opts.report_dir.join(format!("demo-{}.html", summary.mode));
+    for file in [
+        report_file.clone(),
+        opts.report_dir.join("demo-latest.html"),
+    ] {
+        std::fs::write(&file, &html)
+            .with_context(|| format!("writing the report {}", file.display()))?;
+    }
+    if let Some(path) = &opts.json_out {
+        let json = serde_json::to_string_pretty(summary).context("serialising the summary")?;
+        std::fs::write(path, json)
+            .with_context(|| format!("writing the summary {}", path.display()))?;
+    }
+    log::info!("report written to {}", report_file.display());
+    Ok(())
+}

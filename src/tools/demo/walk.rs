@@ -1,0 +1,442 @@
+//! The driver's two walks through the migration, made while the clients send their traffic:
+//! zdm's, through the admin API of the first instance with its faults on the way (a long
+//! transaction in the way of the expand and the contract, a rolling restart, a `kill -9` of
+//! the backfill), and the naive one-step migration.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde_json::{Value, json};
+
+use super::fleet::Fleet;
+use super::{DemoOptions, Timeline, blocking, connect, pause};
+use crate::domain::Phase;
+use crate::faults::{LAGGING_V1_WRITES_ENV, LOSE_WRITES_ENV};
+use crate::migration::gates::CONTRACT_CONFIRMATION;
+use crate::migration::{backfill, state};
+
+/// The admin API of the first instance.
+pub(super) struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    /// The admin API of the fleet's first instance, with a timeout long enough for a step
+    /// that waits for its gates and its locks.
+    pub(super) fn of(fleet: &Fleet) -> Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .context("building the HTTP client of the admin API")?,
+            base: fleet.instances[0].url.clone(),
+            token: fleet.admin_token().to_owned(),
+        })
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("sending POST {path}"))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("{path} answered {status}: {}", body["error"]);
+        }
+        Ok(body)
+    }
+
+    /// The migration's status (`GET /api/admin/migration`).
+    async fn status(&self) -> Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}/api/admin/migration", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .context("sending GET /api/admin/migration")?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("/api/admin/migration answered {status}");
+        }
+        response
+            .json()
+            .await
+            .context("reading the migration's status")
+    }
+
+    /// Waits, as a careful operator does, until the next step's gate `name` is met (at most
+    /// `patience`), and says so on the timeline.
+    async fn wait_for_gate(&self, name: &str, patience: Duration) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            let status = self.status().await?;
+            let gate = status["next"]["gates"]
+                .as_array()
+                .and_then(|gates| gates.iter().find(|g| g["name"] == name).cloned());
+            match gate {
+                Some(gate) if gate["met"] == true => return Ok(()),
+                Some(gate) if started.elapsed() > patience => {
+                    bail!(
+                        "the {name} gate stayed unmet for {patience:?}: {}",
+                        gate["detail"]
+                    )
+                }
+                None => return Ok(()),
+                Some(_) => pause(0.1).await,
+            }
+        }
+    }
+
+    async fn rollback(&self) -> Result<usize> {
+        let body = self
+            .post("/api/admin/migration/rollback", json!({}))
+            .await?;
+        Ok(body["transition"]["lock_timeouts"].as_u64().unwrap_or(0) as usize)
+    }
+
+    async fn advance(&self, confirm: Option<&str>) -> Result<usize> {
+        let body = self
+            .post(
+                "/api/admin/migration/advance",
+                json!({ "confirm": confirm }),
+            )
+            .await?;
+        Ok(body["transition"]["lock_timeouts"].as_u64().unwrap_or(0) as usize)
+    }
+}
+
+/// How long the long transaction waits for the step it stands in the way of to reach it.
+const BLOCKER_WAITS_FOR_THE_STEP: Duration = Duration::from_secs(60);
+
+/// Holds ACCESS SHARE on `users` (a long report query) on its own thread: from before this
+/// returns until `hold` after a lock on `users` was first seen waiting behind it. Counted from
+/// then, not from its start, so the step it stands in the way of meets it however late that
+/// step starts on a loaded machine.
+async fn long_transaction(
+    url: String,
+    hold: Duration,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let (held_tx, held_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let blocker = std::thread::spawn(move || {
+        let mut conn =
+            PgConnection::establish(&url).context("connecting for the long transaction")?;
+        conn.batch_execute("BEGIN; SELECT count(*) FROM users;")
+            .context("starting the long transaction")?;
+        let _ = held_tx.send(());
+        let give_up = Instant::now() + BLOCKER_WAITS_FOR_THE_STEP;
+        while !someone_waits_on_users(&mut conn).context("looking for a lock waiting on users")? {
+            if Instant::now() >= give_up {
+                bail!("nothing waited for the long transaction");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(hold);
+        conn.batch_execute("COMMIT")
+            .context("committing the long transaction")
+    });
+    let held = blocking(move || Ok(held_rx.recv().is_ok())).await?;
+    if !held {
+        // The thread ended before it held the lock: its error says why.
+        return Err(match blocker.join() {
+            Ok(Err(e)) => e,
+            _ => anyhow!("the long transaction did not start"),
+        });
+    }
+    Ok(blocker)
+}
+
+/// Whether a lock on `users` in this connection's database waits (pg_locks lists the whole
+/// cluster).
+fn someone_waits_on_users(conn: &mut PgConnection) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+    ))
+    .get_result(conn)
+}
+
+/// Advances under a long transaction holding `users`: lock_timeout and the retries keep the
+/// traffic flowing while the DDL waits.
+async fn advance_past_a_long_transaction(
+    admin: &Admin,
+    url: &str,
+    timeline: &mut Timeline,
+    confirm: Option<&str>,
+    what: &str,
+) -> Result<usize> {
+    timeline.enter(&format!("{what}ing"));
+    timeline.mark(format!(
+        "long transaction holds users (1.5 s) during the {what}"
+    ));
+    let blocker = long_transaction(url.to_owned(), Duration::from_millis(1500)).await?;
+    let lock_timeouts = admin
+        .advance(confirm)
+        .await
+        .with_context(|| format!("{what}ing past a long transaction"))?;
+    blocker
+        .join()
+        .map_err(|_| anyhow!("the long transaction panicked"))??;
+    timeline.mark(format!(
+        "{what} done after {lock_timeouts} lock timeout(s) retried"
+    ));
+    Ok(lock_timeouts)
+}
+
+fn backfill_status(url: &str) -> Result<backfill::BackfillStatus> {
+    backfill::status(&mut connect(url)?).context("reading the backfill's progress")
+}
+
+/// Runs the backfill as a child process, kills it with SIGKILL part-way, and resumes it
+/// with a new one. Returns the rows/s over the whole backfill.
+async fn backfill_with_a_crash(
+    url: &str,
+    opts: &DemoOptions,
+    timeline: &mut Timeline,
+) -> Result<f64> {
+    let workers = opts
+        .backfill_workers
+        .map(|w| vec!["--workers".to_owned(), w.to_string()])
+        .unwrap_or_default();
+    let spawn = || -> Result<std::process::Child> {
+        let exe = std::env::current_exe().context("finding the zdm executable")?;
+        Command::new(exe)
+            .args([
+                "backfill",
+                "--batch-size",
+                &opts.backfill_batch.to_string(),
+                "--sleep-ms",
+                &opts.backfill_sleep_ms.to_string(),
+            ])
+            .args(&workers)
+            .env("DATABASE_URL", url)
+            .env("RUST_LOG", "warn")
+            .env_remove(LAGGING_V1_WRITES_ENV)
+            .env_remove(LOSE_WRITES_ENV)
+            .envs(
+                opts.instance_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting a backfill process")
+    };
+    timeline.mark("backfill starts (child process)");
+    let mut child = spawn()?;
+    loop {
+        pause(0.05).await;
+        let url = url.to_owned();
+        let status = blocking(move || backfill_status(&url)).await?;
+        if status.rows_total > 0 && status.rows_done * 5 >= status.rows_total * 2 {
+            break;
+        }
+        if let Some(exit) = child
+            .try_wait()
+            .context("checking on the backfill process")?
+        {
+            bail!("the backfill ended early: {exit}");
+        }
+    }
+    child.kill().context("killing the backfill process")?;
+    child
+        .wait()
+        .context("waiting for the killed backfill process")?;
+    timeline.mark("kill -9 of the backfill process at ~40 %");
+    pause(0.5).await;
+    timeline.mark("backfill resumed by a new process");
+    let mut child = spawn()?;
+    let exit = blocking(move || {
+        child
+            .wait()
+            .context("waiting for the resumed backfill process")
+    })
+    .await?;
+    if !exit.success() {
+        bail!("the resumed backfill failed: {exit}");
+    }
+    let url = url.to_owned();
+    let (done, changes) = blocking(move || {
+        let mut conn = connect(&url)?;
+        let changes = backfill::worker_changes(&mut conn, 1000)
+            .context("reading the changes of the worker count")?;
+        Ok((backfill_status(&url)?, changes))
+    })
+    .await?;
+    // The number of workers through the resumed run, oldest first (auto mode changes it).
+    let counts: Vec<String> = changes
+        .iter()
+        .rev()
+        .map(|c| c.workers.to_string())
+        .collect();
+    timeline.mark(format!(
+        "backfill done: {} rows; workers {}",
+        done.rows_done,
+        counts.join(" → ")
+    ));
+    Ok(done.rows_per_s())
+}
+
+/// The zdm walk, baseline to contracted, with the faults.
+pub(super) async fn walk_zdm(
+    fleet: &mut Fleet,
+    admin: &Admin,
+    url: &str,
+    opts: &DemoOptions,
+    timeline: &mut Timeline,
+) -> Result<(usize, Option<f64>)> {
+    let mut lock_timeouts = 0;
+    pause(opts.phase_secs).await;
+
+    lock_timeouts += advance_past_a_long_transaction(admin, url, timeline, None, "expand").await?;
+    fleet.wait_applied("expanded").await?;
+    timeline.enter("expanded");
+    pause(opts.phase_secs).await;
+
+    admin
+        .advance(None)
+        .await
+        .context("advancing to dual_write")?;
+    fleet.wait_applied("dual_write").await?;
+    timeline.control.v2_enabled.store(true, Ordering::Release);
+    timeline.enter("dual_write");
+    pause(opts.phase_secs / 2.0).await;
+    timeline.mark("rolling restart of app-b");
+    let took = fleet
+        .rolling_restart(1)
+        .await
+        .context("the rolling restart of app-b")?;
+    timeline.mark(format!(
+        "app-b back in rotation after {:.1} s",
+        took.as_secs_f64()
+    ));
+    pause(opts.phase_secs / 2.0).await;
+
+    timeline.enter("backfill");
+    let rate = backfill_with_a_crash(url, opts, timeline)
+        .await
+        .context("the backfill with a crash")?;
+    timeline.backfilled = true;
+    timeline.enter("dual_write");
+    pause(opts.phase_secs / 3.0).await;
+
+    for to in [Phase::Backfilled, Phase::ReadNew, Phase::NewOnly] {
+        admin
+            .advance(None)
+            .await
+            .with_context(|| format!("advancing to {to}"))?;
+        fleet.wait_applied(to.as_str()).await?;
+        timeline.enter(to.as_str());
+        pause(opts.phase_secs).await;
+    }
+    // The contract waits until no client has used full_name for the quiet window: the
+    // instances' read_new statements count as used until new_only has been watched that long.
+    admin
+        .wait_for_gate("clients", Duration::from_secs(60))
+        .await
+        .context("waiting for the contract's quiet window")?;
+    lock_timeouts += advance_past_a_long_transaction(
+        admin,
+        url,
+        timeline,
+        Some(CONTRACT_CONFIRMATION),
+        "contract",
+    )
+    .await?;
+    fleet.wait_applied("contracted").await?;
+    timeline.enter("contracted");
+    pause(opts.phase_secs).await;
+    if opts.undo {
+        lock_timeouts += undo_the_contract(fleet, admin, opts, timeline).await?;
+    }
+    Ok((lock_timeouts, Some(rate)))
+}
+
+/// The drop undone under the same traffic: contracted → new_only re-adds full_name (empty;
+/// new_only code does not read it), then new_only → read_new moves the phase back, waits for
+/// every instance to dual-write and refills full_name by the reverse backfill. The segments
+/// of this way back are named `… (undo)`.
+async fn undo_the_contract(
+    fleet: &mut Fleet,
+    admin: &Admin,
+    opts: &DemoOptions,
+    timeline: &mut Timeline,
+) -> Result<usize> {
+    timeline.mark("undo: roll back the contract (full_name re-added)");
+    let mut lock_timeouts = admin
+        .rollback()
+        .await
+        .context("rolling the contract back")?;
+    fleet.wait_applied("new_only").await?;
+    timeline.enter("new_only (undo)");
+    pause(opts.phase_secs).await;
+    timeline.enter("reverse backfill (undo)");
+    timeline.mark("undo: roll back to read_new (reverse backfill refills full_name)");
+    lock_timeouts += admin.rollback().await.context("rolling back to read_new")?;
+    fleet.wait_applied("read_new").await?;
+    timeline.enter("read_new (undo)");
+    pause(opts.phase_secs).await;
+    Ok(lock_timeouts)
+}
+
+/// What a hurried team ships: one transaction that adds the columns, fills them with one
+/// UPDATE and drops full_name, with the new code deployed to every instance at once.
+pub(super) async fn walk_naive(
+    fleet: &mut Fleet,
+    url: &str,
+    opts: &DemoOptions,
+    timeline: &mut Timeline,
+) -> Result<()> {
+    pause(opts.phase_secs).await;
+    timeline.enter("naive_ddl");
+    timeline.mark("one transaction: ADD COLUMN, UPDATE every row, DROP COLUMN full_name");
+    let url_owned = url.to_owned();
+    blocking(move || {
+        let mut conn = connect(&url_owned)?;
+        conn.batch_execute(
+            "BEGIN;
+             ALTER TABLE users ADD COLUMN first_name TEXT, ADD COLUMN last_name TEXT;
+             UPDATE users SET first_name = zdm_name_first(full_name), last_name = zdm_name_last(full_name);
+             ALTER TABLE users DROP COLUMN full_name;
+             ALTER TABLE users ALTER COLUMN first_name SET NOT NULL, ALTER COLUMN last_name SET NOT NULL;
+             COMMIT;",
+        )
+        .context("running the one-step migration")?;
+        deploy_new_code_everywhere(&mut conn).context("deploying the new code everywhere")?;
+        Ok(())
+    })
+    .await?;
+    timeline.mark("new code deployed to every instance at once");
+    fleet.wait_applied("contracted").await?;
+    timeline.control.v2_enabled.store(true, Ordering::Release);
+    timeline.enter("contracted");
+    pause(opts.phase_secs).await;
+    Ok(())
+}
+
+/// "Deploys the new code": every instance follows the stored phase, so setting it to
+/// contracted switches them all within a poll interval. The phase moves as the engine moves
+/// it, only without any of its steps or gates: that is the point of the naive walk.
+fn deploy_new_code_everywhere(conn: &mut PgConnection) -> QueryResult<()> {
+    state::set_phase(
+        conn,
+        state::Action::Advance,
+        Phase::Baseline,
+        Phase::Contracted,
+        "demo --naive",
+        Some("one-step migration"),
+    )
+}

@@ -1,0 +1,7 @@
+//! The tools beside the app, which use it and which nothing in the app uses: the proof under
+//! live traffic (`zdm demo`), the data it and the benchmarks start from (`zdm seed`, scratch
+//! databases).
+
+pub mod demo;
+pub mod scratch;
+pub mod seed;
