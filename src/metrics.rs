@@ -12,7 +12,8 @@ use prometheus::{
 
 use crate::db::DbPool;
 use crate::domain::Phase;
-use crate::migration::{backfill, state, verify};
+use crate::migration::backfill::{self, BackfillState};
+use crate::migration::{state, verify};
 
 pub struct Metrics {
     registry: Registry,
@@ -37,17 +38,6 @@ pub struct Metrics {
     pool_idle: IntGauge,
     database_up: IntGauge,
 }
-
-const BACKFILL_STATES: [&str; 8] = [
-    "idle",
-    "running",
-    "throttled",
-    "paused",
-    "done",
-    "failed",
-    "cancelled",
-    "interrupted",
-];
 
 /// The user-latency histogram's counts at some moment, so that a later look can tell what
 /// happened since.
@@ -301,12 +291,14 @@ impl Metrics {
         self.backfill_batches.set(b.batches);
         self.backfill_rows_per_second.set(b.rows_per_s());
         self.backfill_replica_lag.set(b.replica_lag_bytes);
-        let running = matches!(b.state.as_str(), "running" | "throttled");
-        self.backfill_workers
-            .set(if running { i64::from(b.workers) } else { 0 });
-        for s in BACKFILL_STATES {
+        self.backfill_workers.set(if b.state.is_active() {
+            i64::from(b.workers)
+        } else {
+            0
+        });
+        for s in BackfillState::ALL {
             self.backfill_state
-                .with_label_values(&[s])
+                .with_label_values(&[s.as_str()])
                 .set(i64::from(b.state == s));
         }
         if let Some(v) = verify::latest(conn)? {

@@ -378,7 +378,8 @@ fn stop_backfill(state: &AppState) {
         .get()
         .map_err(|e| e.to_string())
         .and_then(|mut conn| {
-            backfill::request_stop(&mut conn, "paused").map_err(|e| e.to_string())
+            backfill::request_stop(&mut conn, backfill::BackfillState::Paused)
+                .map_err(|e| e.to_string())
         });
     if let Err(e) = paused {
         log::warn!("could not pause the backfill: {e}");

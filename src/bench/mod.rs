@@ -473,7 +473,7 @@ pub fn backfill_benchmark(
                             Direction::Forward,
                             &mut Throttle::none(),
                             |s| {
-                                if s.state == "running" {
+                                if s.state == backfill::BackfillState::Running {
                                     progress.push((Instant::now(), s.rows_done));
                                 }
                             },

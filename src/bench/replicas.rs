@@ -20,7 +20,7 @@ use diesel::prelude::*;
 use super::BenchError;
 use crate::domain::Phase;
 use crate::local_pg::{LocalPg, ScratchCluster};
-use crate::migration::backfill::{self, Direction, Throttle};
+use crate::migration::backfill::{self, BackfillState, Direction, Throttle};
 use crate::migration::{runner, schema_migrations, state, verify};
 use crate::replicas::{current_lsn, replayed_lsn};
 
@@ -162,7 +162,7 @@ pub fn backfill_measuring_lag(
                         Direction::Forward,
                         &mut throttle,
                         |s| {
-                            waits += usize::from(s.state == "throttled");
+                            waits += usize::from(s.state == BackfillState::Throttled);
                         },
                     )?;
                     Ok((status, waits))
@@ -181,7 +181,7 @@ pub fn backfill_measuring_lag(
     let (status, waits) = worker
         .join()
         .map_err(|_| "the backfill thread panicked")??;
-    if status.state != "done" {
+    if status.state != BackfillState::Done {
         return Err(format!("the backfill ended {}", status.state).into());
     }
     Ok(LagRun {

@@ -30,7 +30,7 @@ use diesel_migrations::MigrationHarness;
 use serde::Serialize;
 
 use super::advisory_lock::AdvisoryLock;
-use super::backfill::{self, BackfillError, Direction, Throttle};
+use super::backfill::{self, BackfillError, BackfillState, Direction, Throttle};
 use super::schema_migrations::MIGRATIONS;
 use super::state::{self, Action, StateError};
 use crate::domain::Phase;
@@ -280,7 +280,7 @@ fn leave_new_only(conn: &mut PgConnection, throttle: &mut Throttle) -> Result<us
     .map_err(|e| classify(NEW_ONLY, &e).unwrap_or_else(|| e.into()))?;
     wait_for_instances(conn, Phase::ReadNew, ACK_TIMEOUT)?;
     let done = backfill::run_throttled(conn, Direction::Reverse, throttle, |_| {})?;
-    if done.state != "done" {
+    if done.state != BackfillState::Done {
         return Err(RunError::Migration {
             migration: NEW_ONLY.to_owned(),
             message: format!(

@@ -16,7 +16,7 @@ use super::{BODY_LIMIT, db};
 use crate::app_state::AppState;
 use crate::domain::FieldError;
 use crate::error::AppError;
-use crate::migration::backfill::{self, Direction, Knobs, Workers};
+use crate::migration::backfill::{self, BackfillState, Direction, Knobs, Workers};
 use crate::migration::gates;
 use crate::migration::runner::{self, Transition};
 use crate::migration::state::{self, Action};
@@ -228,7 +228,7 @@ pub async fn start_backfill_now(
 /// Asks the running backfill to stop at the next batch boundary (`paused` or `cancelled`).
 pub async fn stop_backfill_now(
     state: &web::Data<AppState>,
-    to: &'static str,
+    to: BackfillState,
 ) -> Result<BackfillView, AppError> {
     db(state, move |conn| {
         let stopped = backfill::request_stop(conn, to)?;
@@ -284,7 +284,7 @@ async fn pause_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppE
         "pause",
     )
     .await;
-    Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "paused").await?))
+    Ok(HttpResponse::Ok().json(stop_backfill_now(&state, BackfillState::Paused).await?))
 }
 
 async fn cancel_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
@@ -295,7 +295,7 @@ async fn cancel_backfill(state: web::Data<AppState>) -> Result<HttpResponse, App
         "cancel",
     )
     .await;
-    Ok(HttpResponse::Ok().json(stop_backfill_now(&state, "cancelled").await?))
+    Ok(HttpResponse::Ok().json(stop_backfill_now(&state, BackfillState::Cancelled).await?))
 }
 
 async fn backfill_settings(

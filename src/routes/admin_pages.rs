@@ -23,7 +23,7 @@ use super::db;
 use crate::app_state::AppState;
 use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
-use crate::migration::backfill::{self, Knobs, Workers};
+use crate::migration::backfill::{self, BackfillState, Knobs, Workers};
 use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::state::Action;
 use crate::migration::status::MigrationStatus;
@@ -235,7 +235,7 @@ struct Dashboard {
 fn eta_text(status: &MigrationStatus) -> String {
     let b = &status.backfill;
     let left = (b.status.rows_total - b.status.rows_done).max(0) as f64;
-    if b.status.state != "running" || b.rows_per_s <= 0.0 {
+    if b.status.state != BackfillState::Running || b.rows_per_s <= 0.0 {
         return "—".to_owned();
     }
     let secs = (left / b.rows_per_s).round() as u64;
@@ -262,12 +262,13 @@ impl Dashboard {
         let b = &status.backfill.status;
         let progress_percent = if b.rows_total > 0 {
             (b.rows_done as f64 * 100.0 / b.rows_total as f64).min(100.0)
-        } else if b.state == "done" {
+        } else if b.state == BackfillState::Done {
             100.0
         } else {
             0.0
         };
-        let backfill_stopped = matches!(b.state.as_str(), "interrupted" | "failed");
+        let backfill_stopped =
+            matches!(b.state, BackfillState::Interrupted | BackfillState::Failed);
         let worker_bars = worker_bars(&status.backfill.ranges);
         let workers_setting = status.backfill.workers_setting.to_string();
         Self {
@@ -463,8 +464,12 @@ async fn backfill_action(
     let outcome = match (action.as_str(), knobs) {
         (_, Err(e)) => Err(e),
         ("start" | "resume", Ok(knobs)) => start_backfill_now(&state, knobs).await.map(drop),
-        ("pause", Ok(_)) => stop_backfill_now(&state, "paused").await.map(drop),
-        ("cancel", Ok(_)) => stop_backfill_now(&state, "cancelled").await.map(drop),
+        ("pause", Ok(_)) => stop_backfill_now(&state, BackfillState::Paused)
+            .await
+            .map(drop),
+        ("cancel", Ok(_)) => stop_backfill_now(&state, BackfillState::Cancelled)
+            .await
+            .map(drop),
         ("settings", Ok(knobs)) => change_knobs(&state, knobs).await.map(drop),
         _ => return Err(HtmlError(AppError::NotFound)),
     };

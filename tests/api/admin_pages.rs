@@ -2,7 +2,7 @@
 
 use reqwest::header::{COOKIE, SET_COOKIE};
 use zdm::migration::Phase;
-use zdm::migration::backfill;
+use zdm::migration::backfill::{self, BackfillState};
 
 use crate::helpers::{ADMIN_TOKEN, TestApp};
 
@@ -322,7 +322,7 @@ async fn an_interrupted_backfill_is_shown_with_why_and_resumed_from_the_page() {
         "/admin?notice=backfill_resume"
     );
     crate::helpers::eventually("the resumed backfill to finish", || {
-        backfill::status(&mut conn).unwrap().state == "done"
+        backfill::status(&mut conn).unwrap().state == BackfillState::Done
     })
     .await;
     let (_, html) = page(&app, &cookie, "/admin").await;

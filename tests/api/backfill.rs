@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zdm::migration::Phase;
-use zdm::migration::backfill::{self, BackfillError, Direction};
+use zdm::migration::backfill::{self, BackfillError, BackfillState, Direction};
 use zdm::migration::verify;
 
 use crate::helpers::TestApp;
@@ -131,7 +131,7 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_checkpoint() {
     // The row still says running, but no runner holds the lock: the status says so.
     let mut conn = app.db.conn();
     let crashed = backfill::status(&mut conn).unwrap();
-    assert_eq!(crashed.state, "interrupted", "{crashed:?}");
+    assert_eq!(crashed.state, BackfillState::Interrupted, "{crashed:?}");
     assert_eq!(crashed.error.as_deref(), Some(backfill::NO_RUNNER));
     assert_eq!(status(&app).await["state"], "interrupted");
     assert!(
@@ -152,7 +152,7 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_checkpoint() {
     })
     .unwrap();
     assert_eq!(first_seen, Some(crashed.last_id), "resumed, not restarted");
-    assert_eq!(done.state, "done");
+    assert_eq!(done.state, BackfillState::Done);
     assert_eq!(done.rows_done, 60_000);
     assert_eq!(
         verify::verify(&mut conn, Phase::DualWrite)
@@ -411,7 +411,7 @@ async fn a_backfill_cut_off_from_the_database_reconnects_and_resumes_by_itself()
 
     // Nobody restarts it: it reconnects and finishes, from its checkpoint, not from the start.
     let done = runner.join().unwrap().unwrap();
-    assert_eq!(done.state, "done");
+    assert_eq!(done.state, BackfillState::Done);
     assert_eq!(done.rows_done, 30_000, "no row scanned twice or skipped");
     let checkpoints: Vec<i64> = seen_rx.try_iter().map(|(last_id, _)| last_id).collect();
     assert!(
@@ -456,7 +456,7 @@ async fn a_backfill_that_may_not_wait_for_the_database_records_failed_with_the_e
     ));
 
     let cut = backfill::status(&mut conn).unwrap();
-    assert_eq!(cut.state, "failed");
+    assert_eq!(cut.state, BackfillState::Failed);
     let error = cut.error.clone().unwrap_or_default();
     assert!(
         error.starts_with("the database was unreachable for") && error.contains("connection"),
@@ -469,7 +469,7 @@ async fn a_backfill_that_may_not_wait_for_the_database_records_failed_with_the_e
     })
     .unwrap();
     assert_eq!(first_seen, Some(cut.last_id));
-    assert_eq!(done.state, "done");
+    assert_eq!(done.state, BackfillState::Done);
     assert_eq!(
         verify::verify(&mut conn, Phase::DualWrite)
             .unwrap()
@@ -533,8 +533,12 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
     let mut waiting = None;
     crate::helpers::eventually("the backfill to wait for the requests", || {
         let status = backfill::status(&mut conn).unwrap();
-        assert_ne!(status.state, "done", "it ran through: {status:?}");
-        waiting = (status.state == "throttled").then_some(status);
+        assert_ne!(
+            status.state,
+            BackfillState::Done,
+            "it ran through: {status:?}"
+        );
+        waiting = (status.state == BackfillState::Throttled).then_some(status);
         waiting.is_some()
     })
     .await;
@@ -557,7 +561,7 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
         client.await.unwrap();
     }
     let done = worker.join().unwrap().unwrap();
-    assert_eq!(done.state, "done");
+    assert_eq!(done.state, BackfillState::Done);
     assert_eq!(
         verify::verify(&mut conn, Phase::DualWrite)
             .unwrap()

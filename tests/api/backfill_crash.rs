@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use zdm::local_pg::LocalPg;
-use zdm::migration::backfill::{self, BackfillError, Direction, RideOut, Throttle};
+use zdm::migration::backfill::{self, BackfillError, BackfillState, Direction, RideOut, Throttle};
 use zdm::migration::{Phase, schema_migrations, verify};
 
 use crate::helpers::{ADMIN_TOKEN, scratch_cluster, try_backfill_runner_pids};
@@ -275,7 +275,7 @@ async fn a_backfill_rides_out_a_postmaster_killed_with_sigkill_and_finishes_by_i
     let first_look = backfill::status(&mut conn).unwrap();
     let runner_after = !crate::helpers::backfill_runner_pids(&mut conn).is_empty();
     assert!(
-        runner_before || runner_after || first_look.state != "running",
+        runner_before || runner_after || first_look.state != BackfillState::Running,
         "no runner holds the lock, yet the status says running: {first_look:?}"
     );
 
@@ -416,14 +416,14 @@ fn a_backfill_gives_up_on_a_database_gone_longer_than_it_waits_and_resumes_later
     let pg = LocalPg::ensure_running(Path::new(&cluster.base)).unwrap();
     let mut conn = PgConnection::establish(&pg.url("zdm")).unwrap();
     let after = backfill::status(&mut conn).unwrap();
-    assert_eq!(after.state, "interrupted", "{after:?}");
+    assert_eq!(after.state, BackfillState::Interrupted, "{after:?}");
     assert_eq!(after.error.as_deref(), Some(backfill::NO_RUNNER));
     assert!(
         after.last_id > 0 && after.last_id < after.max_id,
         "{after:?}"
     );
     let done = backfill::run(&mut conn, Direction::Forward, |_| {}).unwrap();
-    assert_eq!(done.state, "done");
+    assert_eq!(done.state, BackfillState::Done);
     assert_eq!(
         verify::verify(&mut conn, Phase::DualWrite)
             .unwrap()

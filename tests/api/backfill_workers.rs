@@ -11,7 +11,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zdm::migration::Phase;
-use zdm::migration::backfill::{self, Direction, Knobs, Throttle, Workers};
+use zdm::migration::backfill::{self, BackfillState, Direction, Knobs, Throttle, Workers};
 use zdm::migration::verify;
 
 use crate::helpers::{TestApp, eventually};
@@ -221,7 +221,7 @@ async fn a_runner_with_three_workers_killed_with_sigkill_resumes_with_no_gap() {
     .await;
 
     let crashed = backfill::status(&mut conn).unwrap();
-    assert_eq!(crashed.state, "interrupted", "{crashed:?}");
+    assert_eq!(crashed.state, BackfillState::Interrupted, "{crashed:?}");
     // The ranges still cover every id once, and every checkpoint claims only rows its
     // batches filled: no gap behind any of them.
     let ranges = stored_ranges(&mut conn);
@@ -266,7 +266,7 @@ async fn a_runner_with_three_workers_killed_with_sigkill_resumes_with_no_gap() {
             "the range from {start} resumed at its checkpoint {checkpoint}: {starts:?}"
         );
     }
-    assert_eq!(done.state, "done");
+    assert_eq!(done.state, BackfillState::Done);
     assert_eq!(done.rows_done, 60_000, "no row passed twice or skipped");
     assert_eq!(done.rows_updated, 60_000);
     assert_eq!(updates_seen(&mut conn), (60_000, 60_000), "each row once");
@@ -429,8 +429,12 @@ async fn auto_workers_under_a_budget_no_request_can_meet_stay_at_one_and_wait() 
     let mut waiting = None;
     eventually("the backfill to wait for the requests", || {
         let status = backfill::status(&mut conn).unwrap();
-        assert_ne!(status.state, "done", "it ran through: {status:?}");
-        waiting = (status.state == "throttled").then_some(status);
+        assert_ne!(
+            status.state,
+            BackfillState::Done,
+            "it ran through: {status:?}"
+        );
+        waiting = (status.state == BackfillState::Throttled).then_some(status);
         waiting.is_some()
     })
     .await;
@@ -444,7 +448,7 @@ async fn auto_workers_under_a_budget_no_request_can_meet_stay_at_one_and_wait() 
     eventually("four more seconds of p99 reports", || {
         let live = zdm::migration::state::live_instances(&mut conn).unwrap();
         let status = backfill::status(&mut conn).unwrap();
-        assert_eq!(status.state, "throttled", "{status:?}");
+        assert_eq!(status.state, BackfillState::Throttled, "{status:?}");
         assert_eq!(status.workers, 1, "{status:?}");
         assert_eq!(
             status.rows_done, waiting.rows_done,
@@ -470,7 +474,7 @@ async fn auto_workers_under_a_budget_no_request_can_meet_stay_at_one_and_wait() 
     }
     let (done, _) = runner.join().unwrap();
     let done = done.unwrap();
-    assert_eq!(done.state, "done");
+    assert_eq!(done.state, BackfillState::Done);
     assert_eq!(done.rows_done, 3000);
     assert_eq!(
         verify::verify(&mut conn, Phase::DualWrite)
@@ -505,7 +509,7 @@ fn workers_that_cannot_connect_leave_the_work_to_those_that_can() {
         |_| {},
     )
     .unwrap();
-    assert_eq!(done.state, "done");
+    assert_eq!(done.state, BackfillState::Done);
     assert_eq!((done.rows_done, done.rows_updated), (5000, 5000));
     assert_eq!(done.workers, 1);
     let why = done.workers_reason.unwrap_or_default();

@@ -16,7 +16,7 @@ use diesel::prelude::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use zdm::migration::Phase;
-use zdm::migration::backfill::{self, Direction};
+use zdm::migration::backfill::{self, BackfillState, Direction};
 
 use crate::helpers::{ADMIN_TOKEN, TestApp};
 
@@ -432,7 +432,7 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
                     held_tx.send(()).unwrap();
                     go_rx.recv().unwrap();
                 }
-                20 => drop(backfill::request_stop(&mut control, "paused").unwrap()),
+                20 => drop(backfill::request_stop(&mut control, BackfillState::Paused).unwrap()),
                 _ => {}
             })
             .unwrap()
@@ -457,7 +457,7 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
     .await;
     screenshot(c, "admin-backfill").await;
     go_tx.send(()).unwrap();
-    assert_eq!(runner.join().unwrap().state, "paused");
+    assert_eq!(runner.join().unwrap().state, BackfillState::Paused);
     wait_for_bar(c, 50.0).await;
     assert!(text_of(c, "backfill-state").await.starts_with("paused"));
     wait_for_worker_bars(c, &["waiting 50 % ids 1–40000, at 20000 (50 %)"]).await;

@@ -12,7 +12,7 @@ use diesel_migrations::MigrationHarness;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{Value, json};
-use zdm::migration::backfill::{self, Direction, Throttle};
+use zdm::migration::backfill::{self, BackfillState, Direction, Throttle};
 use zdm::migration::follower::PhaseFollower;
 use zdm::migration::runner::{self, NEW_ONLY, STEPS};
 use zdm::migration::schema_migrations::{self, MIGRATIONS};
@@ -361,7 +361,7 @@ fn apply(conn: &mut PgConnection, op: Op) {
                 .all(|g| g.met)
             {
                 let done = backfill::run(conn, Direction::Forward, |_| {}).unwrap();
-                assert_eq!(done.state, "done");
+                assert_eq!(done.state, BackfillState::Done);
             }
         }
         Op::BreakRow => {
@@ -466,7 +466,7 @@ async fn the_reverse_backfill_of_a_rollback_waits_for_slow_requests() {
         conn.batch_execute("UPDATE zdm_instances SET last_seen = now() WHERE id = 'slow-instance'")
             .unwrap();
         let status = backfill::status(&mut conn).unwrap();
-        status.direction == "reverse" && status.state == "throttled"
+        status.direction == Direction::Reverse && status.state == BackfillState::Throttled
     })
     .await;
     let waiting = backfill::status(&mut conn).unwrap();

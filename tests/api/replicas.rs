@@ -8,7 +8,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use zdm::bench::replicas;
 use zdm::local_pg::{LocalPg, ScratchCluster};
-use zdm::migration::backfill::{self, Direction, Throttle};
+use zdm::migration::backfill::{self, BackfillState, Direction, Throttle};
 use zdm::migration::follower::PhaseFollower;
 use zdm::migration::{Phase, schema_migrations, verify};
 
@@ -91,7 +91,7 @@ fn the_backfill_keeps_a_slow_replica_within_its_lag_limit_and_waits_for_a_stoppe
     let mut waiting = None;
     for _ in 0..100 {
         let status = backfill::status(&mut conn).unwrap();
-        if status.state == "throttled" {
+        if status.state == BackfillState::Throttled {
             waiting = Some(status);
             break;
         }
@@ -114,7 +114,7 @@ fn the_backfill_keeps_a_slow_replica_within_its_lag_limit_and_waits_for_a_stoppe
     );
     primary.ensure_replica(1).unwrap();
     let done = worker.join().unwrap().unwrap();
-    assert_eq!(done.state, "done");
+    assert_eq!(done.state, BackfillState::Done);
     assert_eq!(done.throttle_reason, None);
     assert_eq!(
         verify::verify(&mut conn, Phase::DualWrite)

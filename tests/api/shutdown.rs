@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use zdm::local_pg::LocalPg;
-use zdm::migration::backfill;
+use zdm::migration::backfill::{self, BackfillState};
 
 use crate::helpers::{ADMIN_TOKEN, TableLock};
 
@@ -146,7 +146,8 @@ async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() 
     let mut conn = PgConnection::establish(&pg.url("zdm")).unwrap();
     let state = backfill::status(&mut conn).unwrap();
     assert_eq!(
-        state.state, "paused",
+        state.state,
+        BackfillState::Paused,
         "stopped at a batch boundary, ready to resume"
     );
     assert!(

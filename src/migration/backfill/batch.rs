@@ -6,7 +6,7 @@ use diesel::dsl::now;
 use diesel::prelude::*;
 
 use super::status::BackfillStatus;
-use super::{BATCH_STATEMENT_TIMEOUT, Direction};
+use super::{BATCH_STATEMENT_TIMEOUT, BackfillState, Direction};
 use crate::migration::name_sql::{zdm_name_first, zdm_name_join, zdm_name_last};
 use crate::migration::verify::needs_repair;
 use crate::schema::expanded::users;
@@ -57,7 +57,7 @@ pub(super) fn run_batch(
         // (which update the row) wait for every batch in flight to commit, so once they
         // answer, no further batch runs.
         let stored: BackfillStatus = zdm_backfill::table.for_share().first(conn)?;
-        if stored.state != "running" {
+        if stored.state != BackfillState::Running {
             return Ok(BatchOutcome::NotRunning(stored));
         }
         let size = size_for(&stored).max(1);

@@ -34,6 +34,7 @@ mod auto;
 mod batch;
 mod knobs;
 mod ride_out;
+mod state;
 mod status;
 mod throttle;
 mod workers;
@@ -43,7 +44,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
-use serde::Serialize;
 
 use super::advisory_lock::AdvisoryLock;
 use crate::schema::expanded::users;
@@ -53,6 +53,7 @@ pub use knobs::{
     AUTO_NEEDS_A_BUDGET, Knobs, WORKERS_EXPECTED, Workers, next_batch_size, set_knobs,
 };
 pub use ride_out::{DEFAULT_RIDE_OUT, RideOut, run_riding_out};
+pub use state::{BackfillState, Direction, UnknownName};
 pub use status::{
     BackfillStatus, NO_RUNNER, WorkerChange, WorkerRange, ranges, request_stop, status,
     worker_changes,
@@ -77,30 +78,12 @@ pub const MAX_WORKERS: i32 = 16;
 /// The advisory lock key held by the one running backfill ("zdmb").
 pub const LOCK_KEY: i64 = 0x7a64_6d62;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// first_name, last_name := split(full_name)
-    Forward,
-    /// full_name := join(first_name, last_name)
-    Reverse,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Forward => "forward",
-            Direction::Reverse => "reverse",
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
     #[error("a backfill is already running (another instance or process holds its lock)")]
     AlreadyRunning,
     #[error("the backfill is {0}; only a running backfill can be paused or cancelled")]
-    NotRunning(String),
+    NotRunning(BackfillState),
     #[error(
         "the backfill lost the database and stopped waiting for it after {waited:.1?}: {error}"
     )]
@@ -189,14 +172,11 @@ fn begin(
     // interrupted (or still running, read by nobody since): its runner died or gave up;
     // paused: asked to; failed: a batch failed (statement_timeout, or the database was gone
     // for longer than the runner waited). All keep their checkpoints.
-    let resumable = matches!(
-        current.state.as_str(),
-        "running" | "throttled" | "interrupted" | "paused" | "failed"
-    ) && current.direction == direction.as_str();
+    let resumable = current.state.is_resumable() && current.direction == direction;
     if resumable {
         diesel::update(zdm_backfill::table)
             .set((
-                zdm_backfill::state.eq("running"),
+                zdm_backfill::state.eq(BackfillState::Running),
                 zdm_backfill::error.eq(None::<String>),
             ))
             .execute(conn)?;
@@ -243,8 +223,8 @@ fn begin(
         }
         diesel::update(zdm_backfill::table)
             .set((
-                zdm_backfill::direction.eq(direction.as_str()),
-                zdm_backfill::state.eq("running"),
+                zdm_backfill::direction.eq(direction),
+                zdm_backfill::state.eq(BackfillState::Running),
                 zdm_backfill::last_id.eq(0),
                 zdm_backfill::max_id.eq(max_id.unwrap_or(0)),
                 zdm_backfill::rows_done.eq(0),

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 
 use super::status::{BackfillStatus, no_runner, status};
 use super::throttle::Throttle;
-use super::{BackfillError, Direction, run_workers};
+use super::{BackfillError, BackfillState, Direction, run_workers};
 use crate::schema::state::zdm_backfill;
 
 /// How a runner rides out a lost database: how long it keeps trying to get back before it
@@ -194,11 +194,11 @@ fn give_up(url: &str, ride_out: &RideOut, waited: Duration, error: &str) -> Back
         .and_then(|mut conn| {
             diesel::update(
                 zdm_backfill::table
-                    .filter(zdm_backfill::state.eq_any(["running", "throttled", "interrupted"]))
+                    .filter(zdm_backfill::state.eq_any(BackfillState::ACTIVE_OR_INTERRUPTED))
                     .filter(no_runner()),
             )
             .set((
-                zdm_backfill::state.eq("failed"),
+                zdm_backfill::state.eq(BackfillState::Failed),
                 zdm_backfill::error.eq(&message),
                 zdm_backfill::updated_at.eq(now),
             ))

@@ -7,17 +7,15 @@ use diesel::dsl::now;
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::{BackfillError, LOCK_KEY, Workers};
+use super::{BackfillError, BackfillState, Direction, LOCK_KEY, Workers};
 use crate::schema::state::{zdm_backfill, zdm_backfill_ranges, zdm_backfill_worker_changes};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Serialize)]
 pub struct BackfillStatus {
     #[serde(skip)]
     pub singleton: bool,
-    pub direction: String,
-    /// idle, running, throttled (waiting for replicas or requests), paused, done, failed,
-    /// cancelled, or interrupted (stored as running, but no runner holds the lock).
-    pub state: String,
+    pub direction: Direction,
+    pub state: BackfillState,
     /// The checkpoint: every id up to it is done (with several ranges, the lowest of their
     /// checkpoints; each range has its own, see `WorkerRange`).
     pub last_id: i64,
@@ -104,10 +102,7 @@ impl BackfillStatus {
     }
 
     pub fn is_finished(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "done" | "failed" | "cancelled" | "idle"
-        )
+        self.state.is_finished()
     }
 }
 
@@ -205,16 +200,16 @@ pub fn status(conn: &mut PgConnection) -> QueryResult<BackfillStatus> {
 /// As `status`, without the ranges' progress: the row as stored (after the check above).
 pub(super) fn stored_status(conn: &mut PgConnection) -> QueryResult<BackfillStatus> {
     let stored: BackfillStatus = zdm_backfill::table.first(conn)?;
-    if !matches!(stored.state.as_str(), "running" | "throttled") {
+    if !stored.state.is_active() {
         return Ok(stored);
     }
     let interrupted: Option<BackfillStatus> = diesel::update(
         zdm_backfill::table
-            .filter(zdm_backfill::state.eq_any(["running", "throttled"]))
+            .filter(zdm_backfill::state.eq_any([BackfillState::Running, BackfillState::Throttled]))
             .filter(no_runner()),
     )
     .set((
-        zdm_backfill::state.eq("interrupted"),
+        zdm_backfill::state.eq(BackfillState::Interrupted),
         zdm_backfill::error.eq(diesel::dsl::sql::<
             diesel::sql_types::Nullable<diesel::sql_types::Text>,
         >("coalesce(error, ")
@@ -240,18 +235,14 @@ pub(super) fn stored_status(conn: &mut PgConnection) -> QueryResult<BackfillStat
 /// for a resume, `cancelled` makes the next start begin afresh.
 pub fn request_stop(
     conn: &mut PgConnection,
-    to_state: &str,
+    to_state: BackfillState,
 ) -> Result<BackfillStatus, BackfillError> {
-    let changed: Option<BackfillStatus> =
-        diesel::update(zdm_backfill::table.filter(zdm_backfill::state.eq_any([
-            "running",
-            "throttled",
-            "paused",
-            "interrupted",
-        ])))
-        .set(zdm_backfill::state.eq(to_state))
-        .get_result(conn)
-        .optional()?;
+    let changed: Option<BackfillStatus> = diesel::update(
+        zdm_backfill::table.filter(zdm_backfill::state.eq_any(BackfillState::STOPPABLE)),
+    )
+    .set(zdm_backfill::state.eq(to_state))
+    .get_result(conn)
+    .optional()?;
     match changed {
         Some(stored) => Ok(with_progress(conn, stored)?),
         None => Err(BackfillError::NotRunning(status(conn)?.state)),

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use diesel::dsl::now;
 use diesel::prelude::*;
 
-use super::BackfillError;
 use super::auto::Reading;
 use super::status::{BackfillStatus, status};
+use super::{BackfillError, BackfillState};
 use crate::schema::state::{zdm_backfill, zdm_instances};
 
 /// Replica-lag throttling: streaming replicas replay the backfill's WAL; a backfill that
@@ -171,53 +171,55 @@ impl Throttle {
             }
             let measured = self.largest_lag(conn);
             let (mut state, lag, mut reason) = match &measured {
-                Ok(lag) if *lag <= self.max_lag_bytes => ("running", *lag, None),
+                Ok(lag) if *lag <= self.max_lag_bytes => (BackfillState::Running, *lag, None),
                 Ok(lag) => (
-                    "throttled",
+                    BackfillState::Throttled,
                     *lag,
                     Some(format!(
                         "replica lag {lag} bytes is above the limit of {} bytes",
                         self.max_lag_bytes
                     )),
                 ),
-                Err(why) => ("throttled", current.replica_lag_bytes, Some(why.clone())),
+                Err(why) => (
+                    BackfillState::Throttled,
+                    current.replica_lag_bytes,
+                    Some(why.clone()),
+                ),
             };
-            if state == "running"
+            if state == BackfillState::Running
                 && let Some(why) = self.slow_requests(conn)?
             {
-                (state, reason) = ("throttled", Some(why));
+                (state, reason) = (BackfillState::Throttled, Some(why));
             }
-            if state == "running"
+            if state == BackfillState::Running
                 && self
                     .stored_running
                     .is_some_and(|at| at.elapsed() < RESTATE_EVERY)
             {
                 // Stored as running a moment ago; a pause since then shows in the batch.
-                current.state = "running".to_owned();
+                current.state = BackfillState::Running;
                 return Ok(current);
             }
             // Only a running (or throttled) backfill changes state here, or one a reader marked
             // interrupted just before this runner took the lock: a pause or cancel asked for
             // meanwhile wins.
-            let updated: Option<BackfillStatus> =
-                diesel::update(zdm_backfill::table.filter(zdm_backfill::state.eq_any([
-                    "running",
-                    "throttled",
-                    "interrupted",
-                ])))
-                .set((
-                    zdm_backfill::state.eq(state),
-                    zdm_backfill::replica_lag_bytes.eq(lag),
-                    zdm_backfill::throttle_reason.eq(&reason),
-                    zdm_backfill::updated_at.eq(now),
-                ))
-                .get_result(conn)
-                .optional()?;
+            let updated: Option<BackfillStatus> = diesel::update(
+                zdm_backfill::table
+                    .filter(zdm_backfill::state.eq_any(BackfillState::ACTIVE_OR_INTERRUPTED)),
+            )
+            .set((
+                zdm_backfill::state.eq(state),
+                zdm_backfill::replica_lag_bytes.eq(lag),
+                zdm_backfill::throttle_reason.eq(&reason),
+                zdm_backfill::updated_at.eq(now),
+            ))
+            .get_result(conn)
+            .optional()?;
             current = match updated {
                 Some(status) => status,
                 None => return Ok(status(conn)?),
             };
-            if state == "running" {
+            if state == BackfillState::Running {
                 self.stored_running = Some(Instant::now());
                 return Ok(current);
             }

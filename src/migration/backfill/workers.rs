@@ -28,7 +28,7 @@ use super::knobs::{Workers, next_batch_size};
 use super::ride_out::{connection_lost, one_line};
 use super::status::{BackfillStatus, WorkerRange, with_progress};
 use super::throttle::{THROTTLE_POLL, Throttle};
-use super::{BackfillError, BatchDone, Direction, begin, record_change};
+use super::{BackfillError, BackfillState, BatchDone, Direction, begin, record_change};
 use crate::schema::state::{zdm_backfill, zdm_backfill_ranges};
 
 /// How long a worker with nothing to do waits before it looks again.
@@ -378,7 +378,7 @@ impl Worker {
                 Err(BackfillError::Database(e)) => return Err(e),
                 Err(other) => unreachable!("the throttle fails only on the database: {other}"),
             };
-            if status.state != "running" {
+            if status.state != BackfillState::Running {
                 if !shared.keeps(self.no) {
                     return Ok(Step::Pause(Duration::ZERO));
                 }
@@ -404,15 +404,15 @@ impl Worker {
             Ok(BatchOutcome::NotRunning(stored)) => {
                 shared.plan().unreserve(range_no);
                 self.stored = stored.clone();
-                return Ok(match stored.state.as_str() {
+                return Ok(match stored.state {
                     // A reader looked just before this runner took the lock and marked it;
                     // it runs, so it says so again.
-                    "interrupted" => {
+                    BackfillState::Interrupted => {
                         mark_running(conn)?;
                         Step::Pause(Duration::ZERO)
                     }
                     // Another worker waits for the throttle.
-                    "throttled" => Step::Pause(THROTTLE_POLL),
+                    BackfillState::Throttled => Step::Pause(THROTTLE_POLL),
                     _ => Step::Ended(WorkerEnd::NotRunning(Box::new(stored))),
                 });
             }
@@ -496,9 +496,9 @@ impl Worker {
 
 /// The runner holds the lock; a status a reader marked interrupted is running again.
 fn mark_running(conn: &mut PgConnection) -> QueryResult<usize> {
-    diesel::update(zdm_backfill::table.filter(zdm_backfill::state.eq("interrupted")))
+    diesel::update(zdm_backfill::table.filter(zdm_backfill::state.eq(BackfillState::Interrupted)))
         .set((
-            zdm_backfill::state.eq("running"),
+            zdm_backfill::state.eq(BackfillState::Running),
             zdm_backfill::error.eq(None::<String>),
         ))
         .execute(conn)
@@ -592,8 +592,8 @@ impl Runner<'_> {
         (self.progress)(&status);
     }
 
-    fn batch(&mut self, shared: &Shared, done: BatchDone, stored: Box<BackfillStatus>) {
-        self.stored = *stored;
+    fn batch(&mut self, shared: &Shared, done: BatchDone, stored: BackfillStatus) {
+        self.stored = stored;
         log::debug!(
             "backfill worker {} batch {}..={} in {:?} ({} rows, {} updated)",
             done.worker,
@@ -632,7 +632,7 @@ impl Runner<'_> {
             let pause = match stepped {
                 Ok(Step::Ran { done, stored }) => {
                     let sleep = Duration::from_millis(stored.sleep_ms.max(0) as u64);
-                    self.batch(shared, done, stored);
+                    self.batch(shared, done, *stored);
                     sleep
                 }
                 Ok(Step::Pause(pause)) => pause,
@@ -666,7 +666,7 @@ impl Runner<'_> {
 
     fn event(&mut self, shared: &Shared, event: Event) -> Option<End> {
         match event {
-            Event::Batch { done, stored } => self.batch(shared, done, stored),
+            Event::Batch { done, stored } => self.batch(shared, done, *stored),
             Event::Waiting(stored) => {
                 self.stored = *stored;
                 self.report(shared);
@@ -718,10 +718,7 @@ impl Runner<'_> {
         }
         self.looked = Some(Instant::now());
         let stored: BackfillStatus = zdm_backfill::table.first(conn)?;
-        if !matches!(
-            stored.state.as_str(),
-            "running" | "throttled" | "interrupted"
-        ) {
+        if !BackfillState::ACTIVE_OR_INTERRUPTED.contains(&stored.state) {
             self.stored = stored;
             return Ok(Some(End::Stopped));
         }
@@ -882,7 +879,7 @@ pub(super) fn run(
         End::Done => {
             let done: BackfillStatus = diesel::update(zdm_backfill::table)
                 .set((
-                    zdm_backfill::state.eq("done"),
+                    zdm_backfill::state.eq(BackfillState::Done),
                     zdm_backfill::last_id.eq(zdm_backfill::max_id),
                     zdm_backfill::finished_at.eq(now),
                     zdm_backfill::updated_at.eq(now),
@@ -906,7 +903,7 @@ pub(super) fn run(
         End::Failed(e) => {
             let _ = diesel::update(zdm_backfill::table)
                 .set((
-                    zdm_backfill::state.eq("failed"),
+                    zdm_backfill::state.eq(BackfillState::Failed),
                     zdm_backfill::error.eq(e.to_string()),
                 ))
                 .execute(conn);
