@@ -1,7 +1,11 @@
 //! Auto mode: the runner picks the number of workers itself, by additive increase and
 //! multiplicative decrease. While the users' p99 that the instances report and the replicas'
 //! lag stay within their limits it adds one worker at a time; when either is over, it halves
-//! the count, down to one worker, which then waits as a throttled backfill does.
+//! the count, down to one worker, which then waits as a throttled backfill does. A worker
+//! added and taken away again at the next reading was a failed probe: each one doubles the
+//! wait before the next addition (2, 4, 8, 16, 32 s), so that a server without room for
+//! another worker is not probed every two seconds at the users' expense; an addition that
+//! holds resets it.
 
 use std::time::Duration;
 
@@ -10,6 +14,41 @@ use super::MAX_WORKERS;
 /// A worker is added at most this often, and only while every report since the last change
 /// stayed within the limits (each is looked at as it comes).
 pub(super) const ADD_AFTER: Duration = Duration::from_secs(2);
+
+/// Failed probes in a row beyond which the wait stops doubling (2 s · 2^4 = 32 s).
+const MAX_BACKOFF_DOUBLINGS: u32 = 4;
+
+/// The additions that did not hold: how long to wait before the next one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Probes {
+    /// Additions taken back at once, in a row.
+    failed: u32,
+    /// Whether the last change was an addition.
+    last_added: bool,
+}
+
+impl Probes {
+    /// How long the count must hold before a worker is added.
+    pub fn add_after(self) -> Duration {
+        ADD_AFTER * 2u32.pow(self.failed.min(MAX_BACKOFF_DOUBLINGS))
+    }
+
+    /// Notes a change of the count from `from` to `to`.
+    pub fn changed(&mut self, from: i32, to: i32) {
+        if to > from {
+            // Adding again means the last addition held for its wait.
+            if self.last_added {
+                self.failed = 0;
+            }
+            self.last_added = true;
+        } else {
+            if self.last_added {
+                self.failed += 1;
+            }
+            self.last_added = false;
+        }
+    }
+}
 
 /// How often the runner looks.
 pub(super) const LOOK_EVERY: Duration = Duration::from_millis(250);
@@ -36,12 +75,14 @@ pub(super) struct Limits {
 }
 
 /// The number of workers to change to from `workers`, and why; `None` to keep it. `since`:
-/// how long ago the count last changed.
+/// how long ago the count last changed; `add_after`: how long it must hold before a worker
+/// is added (`Probes::add_after`).
 pub(super) fn decide(
     workers: i32,
     limits: Limits,
     reading: &Reading,
     since: Duration,
+    add_after: Duration,
 ) -> Option<(i32, String)> {
     let Limits {
         p99_budget_ms,
@@ -73,7 +114,7 @@ pub(super) fn decide(
         }
         None => "no instance reports a p99 (too few requests)".to_owned(),
     };
-    if workers >= MAX_WORKERS || since < ADD_AFTER {
+    if workers >= MAX_WORKERS || since < add_after {
         return None;
     }
     Some((
@@ -107,17 +148,24 @@ mod tests {
     #[test]
     fn adds_one_worker_at_a_time_while_within_the_limits() {
         let within = reading(Some(3.0), Ok(10));
-        let (next, why) = decide(2, LIMITS, &within, ADD_AFTER).unwrap();
+        let (next, why) = decide(2, LIMITS, &within, ADD_AFTER, ADD_AFTER).unwrap();
         assert_eq!(next, 3);
         assert!(
             why.contains("p99 of 3.0 ms is within the budget of 5 ms"),
             "{why}"
         );
-        assert_eq!(decide(2, LIMITS, &within, ADD_AFTER / 2), None, "not yet");
-        assert_eq!(decide(MAX_WORKERS, LIMITS, &within, ADD_AFTER), None);
+        assert_eq!(
+            decide(2, LIMITS, &within, ADD_AFTER / 2, ADD_AFTER),
+            None,
+            "not yet"
+        );
+        assert_eq!(
+            decide(MAX_WORKERS, LIMITS, &within, ADD_AFTER, ADD_AFTER),
+            None
+        );
         // Nobody reports a p99: no request is slow.
         assert_eq!(
-            decide(1, LIMITS, &reading(None, Ok(0)), ADD_AFTER).map(|d| d.0),
+            decide(1, LIMITS, &reading(None, Ok(0)), ADD_AFTER, ADD_AFTER).map(|d| d.0),
             Some(2)
         );
     }
@@ -125,18 +173,56 @@ mod tests {
     #[test]
     fn halves_when_over_a_limit_down_to_one() {
         let slow = reading(Some(7.5), Ok(0));
-        let (next, why) = decide(5, LIMITS, &slow, Duration::ZERO).unwrap();
+        let (next, why) = decide(5, LIMITS, &slow, Duration::ZERO, ADD_AFTER).unwrap();
         assert_eq!(next, 2);
         assert!(why.starts_with("requests' p99 of 7.5 ms is above"), "{why}");
-        assert_eq!(decide(2, LIMITS, &slow, ADD_AFTER).map(|d| d.0), Some(1));
+        assert_eq!(
+            decide(2, LIMITS, &slow, ADD_AFTER, ADD_AFTER).map(|d| d.0),
+            Some(1)
+        );
         // One worker over the budget: no change; that worker waits (the throttle).
-        assert_eq!(decide(1, LIMITS, &slow, ADD_AFTER * 10), None);
+        assert_eq!(decide(1, LIMITS, &slow, ADD_AFTER * 10, ADD_AFTER), None);
         let lagging = reading(Some(1.0), Ok(5000));
-        assert_eq!(decide(4, LIMITS, &lagging, ADD_AFTER).map(|d| d.0), Some(2));
+        assert_eq!(
+            decide(4, LIMITS, &lagging, ADD_AFTER, ADD_AFTER).map(|d| d.0),
+            Some(2)
+        );
         let unreachable = reading(Some(1.0), Err("replica 1 cannot be reached".to_owned()));
-        let (next, why) = decide(3, LIMITS, &unreachable, ADD_AFTER).unwrap();
+        let (next, why) = decide(3, LIMITS, &unreachable, ADD_AFTER, ADD_AFTER).unwrap();
         assert_eq!(next, 1);
         assert_eq!(why, "replica 1 cannot be reached: half the workers");
+    }
+
+    #[test]
+    fn each_failed_probe_doubles_the_wait_and_one_that_holds_resets_it() {
+        let mut probes = Probes::default();
+        assert_eq!(probes.add_after(), ADD_AFTER);
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            probes.changed(1, 2);
+            probes.changed(2, 1);
+            waits.push(probes.add_after().as_secs());
+        }
+        assert_eq!(waits, [4, 8, 16, 32, 32, 32]);
+        let within = reading(Some(1.0), Ok(0));
+        assert_eq!(
+            decide(1, LIMITS, &within, ADD_AFTER * 15, probes.add_after()),
+            None
+        );
+        assert_eq!(
+            decide(1, LIMITS, &within, ADD_AFTER * 16, probes.add_after()).map(|d| d.0),
+            Some(2)
+        );
+        // An addition that held resets the wait; only the one taken back counts.
+        probes.changed(1, 2);
+        probes.changed(2, 3);
+        assert_eq!(probes.add_after(), ADD_AFTER, "the addition to 2 held");
+        probes.changed(3, 1);
+        assert_eq!(
+            probes.add_after(),
+            ADD_AFTER * 2,
+            "the addition to 3 did not"
+        );
     }
 
     #[test]
@@ -145,13 +231,16 @@ mod tests {
             fresh_reports: 0,
             ..reading(Some(7.5), Ok(0))
         };
-        assert_eq!(decide(4, LIMITS, &stale, ADD_AFTER), None);
+        assert_eq!(decide(4, LIMITS, &stale, ADD_AFTER, ADD_AFTER), None);
         // No instance at all: nothing to wait for.
         let alone = Reading {
             fresh_reports: 0,
             live_instances: 0,
             ..reading(None, Ok(0))
         };
-        assert_eq!(decide(4, LIMITS, &alone, ADD_AFTER).map(|d| d.0), Some(5));
+        assert_eq!(
+            decide(4, LIMITS, &alone, ADD_AFTER, ADD_AFTER).map(|d| d.0),
+            Some(5)
+        );
     }
 }

@@ -573,6 +573,8 @@ struct Runner<'a> {
     /// Whether workers beyond the first can connect.
     can_grow: bool,
     changed: Instant,
+    /// Auto mode's additions that did not hold (they lengthen the wait before the next).
+    probes: auto::Probes,
     looked: Option<Instant>,
     /// A worker that could not connect, and why: the count goes down to those running.
     unconnected: Option<(i32, String)>,
@@ -745,6 +747,7 @@ impl Runner<'_> {
             log::info!("backfill: {from} → {to} worker(s): {reason}");
             shared.plan().target = to;
             self.changed = Instant::now();
+            self.probes.changed(from, to);
         }
         let target = shared.plan().target;
         for no in 2..=target {
@@ -781,6 +784,7 @@ impl Runner<'_> {
                     limits,
                     &reading,
                     self.changed.elapsed(),
+                    self.probes.add_after(),
                 ));
             }
         };
@@ -826,6 +830,7 @@ pub(super) fn run(
         alive: vec![false; super::MAX_WORKERS as usize + 1],
         can_grow: url.is_some(),
         changed: Instant::now(),
+        probes: auto::Probes::default(),
         looked: None,
         unconnected: None,
         grow_after: None,
