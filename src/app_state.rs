@@ -21,17 +21,13 @@ pub struct AppState {
     /// The proxies whose `X-Forwarded-For`/`-Proto` are believed (`ZDM_TRUSTED_PROXIES`).
     pub trusted_proxies: crate::trusted_proxies::TrustedProxies,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Streaming replicas whose replay lag throttles the backfill, and the limit.
-    pub replica_urls: Vec<String>,
-    pub replica_max_lag_bytes: i64,
-    /// The requests' p99 above which the backfill waits (`ZDM_BACKFILL_MAX_P99_MS`).
-    pub backfill_max_p99_ms: Option<f64>,
+    /// What the backfills this instance runs wait for (the replicas' lag, the requests'
+    /// p99) and how long they ride out a lost database (stopped at shutdown).
+    pub backfill: crate::migration::control::BackfillSettings,
     /// Replicas the user reads may go to (empty: all reads from the primary).
     pub read_replicas: crate::replicas::ReadReplicas,
     /// The backfill this process runs, if any, so a shutdown can stop it at a batch boundary.
     pub backfill_thread: BackfillThread,
-    /// How long a backfill this process runs waits for a lost database; stopped at shutdown.
-    pub backfill_ride_out: crate::migration::backfill::RideOut,
     /// Where `zdm demo` writes its reports; the dashboard links the latest.
     pub report_dir: std::path::PathBuf,
     /// Faults injected for `zdm demo --fault` (see `crate::faults`); none in normal use.
@@ -39,16 +35,6 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// What the backfills this instance runs wait for: the replicas' lag and the requests'
-    /// p99, as configured.
-    pub fn backfill_throttle(&self) -> crate::migration::backfill::Throttle {
-        crate::migration::backfill::Throttle::new(
-            self.replica_urls.clone(),
-            self.replica_max_lag_bytes,
-        )
-        .with_request_p99_limit(self.backfill_max_p99_ms)
-    }
-
     /// The phase whose code v1 writes follow.
     pub fn v1_write_phase(&self) -> crate::domain::Phase {
         let phase = self.phase.get();

@@ -16,6 +16,7 @@ use crate::db::reads::UserReads;
 use crate::db::{self, DbPool};
 use crate::local_pg::LocalPg;
 use crate::migration::backfill;
+use crate::migration::control::{self, BackfillSettings};
 use crate::migration::follower::PhaseFollower;
 use crate::migration::schema_migrations;
 use crate::routes;
@@ -162,10 +163,7 @@ pub struct AppStateBuilder {
     trusted_proxies: crate::trusted_proxies::TrustedProxies,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     report_dir: std::path::PathBuf,
-    replica_urls: Vec<String>,
-    replica_max_lag_bytes: i64,
-    backfill_max_p99_ms: Option<f64>,
-    backfill_ride_out: backfill::RideOut,
+    backfill: BackfillSettings,
     read_replicas: crate::replicas::ReadReplicas,
     user_reads_limits: crate::db::PoolLimits,
     faults: crate::faults::Faults,
@@ -187,10 +185,10 @@ impl AppState {
             trusted_proxies: Default::default(),
             metrics: None,
             report_dir: std::path::PathBuf::from(".zdm/reports"),
-            replica_urls: Vec::new(),
-            replica_max_lag_bytes: crate::replicas::DEFAULT_MAX_LAG_BYTES,
-            backfill_max_p99_ms: None,
-            backfill_ride_out: Default::default(),
+            backfill: BackfillSettings {
+                max_lag_bytes: crate::replicas::DEFAULT_MAX_LAG_BYTES,
+                ..Default::default()
+            },
             read_replicas: Default::default(),
             user_reads_limits: crate::db::PoolLimits::with_size(1),
             faults: Default::default(),
@@ -205,8 +203,8 @@ impl AppStateBuilder {
     pub fn configured(mut self, config: &Config, replica_urls: Vec<String>) -> Self {
         self.trusted_proxies = config.trusted_proxies.clone();
         self.report_dir = config.report_dir();
-        self.backfill_max_p99_ms = config.backfill_max_p99_ms;
-        self.backfill_ride_out = backfill::RideOut::new(config.backfill_ride_out);
+        self.backfill.max_p99_ms = config.backfill_max_p99_ms;
+        self.backfill.ride_out = backfill::RideOut::new(config.backfill_ride_out);
         self.faults = config.faults.clone();
         if config.read_from_replicas {
             self.read_replicas =
@@ -236,8 +234,8 @@ impl AppStateBuilder {
 
     /// The replicas whose replay lag the backfills this instance runs wait for, and the limit.
     pub fn throttle_replicas(mut self, urls: Vec<String>, max_lag_bytes: i64) -> Self {
-        self.replica_urls = urls;
-        self.replica_max_lag_bytes = max_lag_bytes;
+        self.backfill.replica_urls = urls;
+        self.backfill.max_lag_bytes = max_lag_bytes;
         self
     }
 
@@ -268,12 +266,9 @@ impl AppStateBuilder {
             admin_token: self.admin_token,
             trusted_proxies: self.trusted_proxies,
             backfill_thread: Default::default(),
-            backfill_ride_out: self.backfill_ride_out,
             metrics,
             report_dir: self.report_dir,
-            replica_urls: self.replica_urls,
-            replica_max_lag_bytes: self.replica_max_lag_bytes,
-            backfill_max_p99_ms: self.backfill_max_p99_ms,
+            backfill: self.backfill,
             read_replicas: self.read_replicas,
             faults: self.faults,
         })
@@ -368,7 +363,7 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
 /// stops at a batch boundary (and resumes there on the next start).
 fn stop_backfill(state: &AppState) {
     // A runner waiting for a lost database stops waiting.
-    state.backfill_ride_out.stop();
+    state.backfill.ride_out.stop();
     let Some(thread) = state.backfill_thread.take_running() else {
         return;
     };
@@ -378,7 +373,7 @@ fn stop_backfill(state: &AppState) {
         .get()
         .map_err(|e| e.to_string())
         .and_then(|mut conn| {
-            backfill::request_stop(&mut conn, backfill::BackfillState::Paused)
+            control::stop_backfill(&mut conn, backfill::BackfillState::Paused)
                 .map_err(|e| e.to_string())
         });
     if let Err(e) = paused {

@@ -4,6 +4,7 @@
 
 pub mod advisory_lock;
 pub mod backfill;
+pub mod control;
 pub mod follower;
 pub mod gates;
 pub mod name_sql;

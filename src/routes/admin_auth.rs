@@ -14,7 +14,6 @@ use actix_web::http::{Method, header};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 
-use super::admin_api::token_matches;
 use super::client::{client_info, cookie_name};
 use super::db;
 use crate::app_state::AppState;
@@ -214,6 +213,13 @@ pub async fn require_session(
         HtmlError(refusal).error_response()
     };
     Ok(no_store(req.into_response(response).map_into_right_body()))
+}
+
+/// Compares in constant time, so the answer's timing does not reveal how much of a guessed
+/// token was right.
+pub fn token_matches(given: &str, expected: &str) -> bool {
+    !expected.is_empty()
+        && constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes())
 }
 
 #[cfg(test)]

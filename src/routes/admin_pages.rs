@@ -13,11 +13,13 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 
-use super::admin_api::{
+use super::actions::{
     advance_step, change_knobs, current_status, rollback_step, start_backfill_now,
-    stop_backfill_now, token_matches, verify_now,
+    stop_backfill_now, verify_now,
 };
-use super::admin_auth::{self, AdminSession, SESSION_COOKIE, failed_attempt, session_of};
+use super::admin_auth::{
+    self, AdminSession, SESSION_COOKIE, failed_attempt, session_of, token_matches,
+};
 use super::client::{client_info, cookie_name};
 use super::db;
 use crate::app_state::AppState;

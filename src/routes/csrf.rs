@@ -12,7 +12,7 @@
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite};
 
-use super::admin_api::token_matches;
+use super::admin_auth::token_matches;
 use super::client::{client_info, cookie_name};
 use crate::error::AppError;
 use crate::secrets::{is_secret_form, new_secret};

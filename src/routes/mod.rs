@@ -1,5 +1,6 @@
 //! HTTP only: parse the request, call `db`/`migration`, render JSON or a template.
 
+pub mod actions;
 pub mod admin_api;
 pub mod admin_auth;
 pub mod admin_pages;
@@ -10,7 +11,6 @@ pub mod client;
 pub mod csrf;
 pub mod home;
 pub mod input;
-pub mod migration_errors;
 pub mod pages;
 
 use actix_web::ResponseError;

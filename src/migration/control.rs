@@ -1,0 +1,288 @@
+//! The operator's actions on the migration, for every front end: the admin API, the admin
+//! pages and the CLI parse their input, call these, and render what they return. Each runs
+//! on a blocking thread with a connection it is given or opens; none knows about HTTP.
+//!
+//! Here too: how the migration's errors reach a client (the `From` impls for `AppError` at
+//! the end): a step or a backfill the migration's state does not allow now is a 409 that
+//! says why; the database's own errors go through `AppError`'s usual mapping (503 when it
+//! cannot be reached, a logged 500 otherwise).
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use diesel::prelude::*;
+
+use super::backfill::{
+    self, BackfillError, BackfillState, BackfillStatus, Direction, Knobs, RideOut, Throttle,
+    Workers,
+};
+use super::runner::{self, Consent, RunError, Transition};
+use super::state::{self, StateError};
+use super::status::{BackfillView, MigrationStatus, backfill_view, migration_status};
+use super::verify::{self, VerifyError, VerifyResult};
+use super::{Phase, gates};
+use crate::domain::FieldError;
+use crate::error::AppError;
+
+/// How long a start waits for the backfill to take its lock and run its first step.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a backfill run from this process waits for, and how long it rides out a lost
+/// database: from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillSettings {
+    /// Streaming replicas whose replay lag throttles the backfill, and the limit.
+    pub replica_urls: Vec<String>,
+    pub max_lag_bytes: i64,
+    /// The requests' p99 above which it waits, and auto mode's budget
+    /// (`ZDM_BACKFILL_MAX_P99_MS`).
+    pub max_p99_ms: Option<f64>,
+    /// Stopped at shutdown, so that a runner waiting for the database gives up.
+    pub ride_out: RideOut,
+}
+
+impl BackfillSettings {
+    /// What its backfills (and the reverse backfill of a rollback) wait for.
+    pub fn throttle(&self) -> Throttle {
+        Throttle::new(self.replica_urls.clone(), self.max_lag_bytes)
+            .with_request_p99_limit(self.max_p99_ms)
+    }
+
+    /// The knobs within their ranges; `"auto"` workers only with a p99 budget (a backfill
+    /// started here runs here).
+    pub fn check(&self, knobs: &Knobs) -> Result<(), FieldError> {
+        if let Some((field, message)) = knobs.invalid() {
+            return Err(FieldError::new(field, message));
+        }
+        if knobs.workers == Some(Workers::Auto) && self.max_p99_ms.is_none() {
+            return Err(FieldError::new("workers", backfill::AUTO_NEEDS_A_BUDGET));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// A gate of the backfill is not met (the detail says which and why).
+    #[error("cannot start the backfill: {0}")]
+    GateUnmet(String),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Backfill(#[from] BackfillError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("the backfill did not start: {0}")]
+    NotStarted(String),
+}
+
+/// Advances one phase; `actor` goes into the history.
+pub fn advance(
+    conn: &mut PgConnection,
+    actor: &str,
+    consent: &Consent<'_>,
+) -> Result<Transition, RunError> {
+    runner::advance_with(conn, actor, consent)
+}
+
+/// Rolls back one phase; `actor` goes into the history. Its reverse backfill (out of
+/// new_only) waits as `settings` say.
+pub fn rollback(
+    conn: &mut PgConnection,
+    actor: &str,
+    settings: &BackfillSettings,
+) -> Result<Transition, RunError> {
+    runner::rollback(conn, actor, &mut settings.throttle())
+}
+
+/// Checks the knobs and the backfill's gates for the stored phase, and stores the knobs:
+/// what every start does first.
+fn prepare_backfill(
+    conn: &mut PgConnection,
+    settings: &BackfillSettings,
+    knobs: Knobs,
+) -> Result<(), ControlError> {
+    settings.check(&knobs)?;
+    let phase = state::current_phase(conn)?;
+    if let Some(gate) = gates::backfill_gates(conn, phase)?
+        .into_iter()
+        .find(|g| !g.met)
+    {
+        return Err(ControlError::GateUnmet(gate.detail));
+    }
+    backfill::set_knobs(conn, knobs)?;
+    Ok(())
+}
+
+/// Runs (or resumes) the forward backfill here until it ends, riding out a lost database;
+/// `progress` sees its status after every batch.
+pub fn run_backfill(
+    mut conn: PgConnection,
+    url: &str,
+    settings: &BackfillSettings,
+    knobs: Knobs,
+    progress: impl FnMut(&BackfillStatus),
+) -> Result<BackfillStatus, ControlError> {
+    prepare_backfill(&mut conn, settings, knobs)?;
+    Ok(backfill::run_riding_out(
+        conn,
+        url,
+        Direction::Forward,
+        &mut settings.throttle(),
+        &settings.ride_out,
+        progress,
+    )?)
+}
+
+/// Starts (or resumes) the forward backfill in a thread of its own and returns it once the
+/// backfill has taken its lock and run its first step, or the reason it did not. Blocks.
+pub fn start_backfill(
+    url: &str,
+    settings: &BackfillSettings,
+    knobs: Knobs,
+) -> Result<JoinHandle<()>, ControlError> {
+    prepare_backfill(&mut PgConnection::establish(url)?, settings, knobs)?;
+    let (started_tx, started_rx) = mpsc::sync_channel::<Result<(), ControlError>>(1);
+    let url = url.to_owned();
+    let settings = settings.clone();
+    let handle = std::thread::Builder::new()
+        .name("zdm-backfill".to_owned())
+        .spawn(move || {
+            let conn = match PgConnection::establish(&url) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let mut told = false;
+            let result = backfill::run_riding_out(
+                conn,
+                &url,
+                Direction::Forward,
+                &mut settings.throttle(),
+                &settings.ride_out,
+                |_| {
+                    if !told {
+                        let _ = started_tx.send(Ok(()));
+                        told = true;
+                    }
+                },
+            );
+            match result {
+                Err(e) if !told => {
+                    let _ = started_tx.send(Err(e.into()));
+                }
+                Err(e) => log::error!("backfill failed: {e}"),
+                Ok(_) => {}
+            }
+        })
+        .map_err(|e| ControlError::NotStarted(e.to_string()))?;
+    match started_rx.recv_timeout(START_TIMEOUT) {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(ControlError::NotStarted(e.to_string())),
+    }
+}
+
+/// The whole status, as the API, the dashboard and `zdm migrate status` show it.
+pub fn status(conn: &mut PgConnection) -> Result<MigrationStatus, StateError> {
+    migration_status(conn)
+}
+
+/// The backfill as the API and the dashboard show it.
+pub fn backfill_now(conn: &mut PgConnection) -> QueryResult<BackfillView> {
+    backfill_view(conn)
+}
+
+/// Asks the running backfill to stop at the next batch boundary: `Paused` keeps the
+/// checkpoints for a resume, `Cancelled` makes the next start begin afresh.
+pub fn stop_backfill(
+    conn: &mut PgConnection,
+    to: BackfillState,
+) -> Result<BackfillView, ControlError> {
+    let stopped = backfill::request_stop(conn, to)?;
+    Ok(BackfillView::of(conn, stopped)?)
+}
+
+/// Changes the knobs, also while it runs.
+pub fn change_knobs(
+    conn: &mut PgConnection,
+    settings: &BackfillSettings,
+    knobs: Knobs,
+) -> Result<BackfillView, ControlError> {
+    settings.check(&knobs)?;
+    let changed = backfill::set_knobs(conn, knobs)?;
+    Ok(BackfillView::of(conn, changed)?)
+}
+
+/// Verifies the whole table for the stored phase (a whole-table scan: give it a connection
+/// free of the web pool's statement_timeout).
+pub fn verify_now(conn: &mut PgConnection) -> Result<(Phase, VerifyResult), ControlError> {
+    let phase = state::current_phase(conn)?;
+    Ok((phase, verify::verify(conn, phase)?))
+}
+
+impl From<ControlError> for AppError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Invalid(field) => AppError::Validation(field),
+            refused @ ControlError::GateUnmet(_) => AppError::Refused(refused.to_string()),
+            ControlError::Run(e) => e.into(),
+            ControlError::Backfill(e) => e.into(),
+            ControlError::Verify(e) => e.into(),
+            ControlError::State(e) => e.into(),
+            ControlError::Database(e) => e.into(),
+            ControlError::Connect(e) => AppError::Unavailable(Box::new(e)),
+            not_started @ ControlError::NotStarted(_) => AppError::internal(not_started),
+        }
+    }
+}
+
+impl From<StateError> for AppError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Database(e) => e.into(),
+            corrupt => AppError::internal(corrupt),
+        }
+    }
+}
+
+impl From<VerifyError> for AppError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::NotApplicable(_) => AppError::Refused(e.to_string()),
+            VerifyError::Database(d) => d.into(),
+        }
+    }
+}
+
+impl From<BackfillError> for AppError {
+    fn from(e: BackfillError) -> Self {
+        match e {
+            BackfillError::Database(d) => d.into(),
+            refusal => AppError::Refused(refusal.to_string()),
+        }
+    }
+}
+
+impl From<RunError> for AppError {
+    fn from(e: RunError) -> Self {
+        if e.is_conflict() {
+            return AppError::Refused(e.to_string());
+        }
+        match e {
+            RunError::State(StateError::Database(d)) => d.into(),
+            other => AppError::internal(other),
+        }
+    }
+}

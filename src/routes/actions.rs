@@ -1,0 +1,116 @@
+//! The admin's actions on actix's blocking pool: the one path from the admin API and the
+//! dashboard's forms to `migration::control`, with what the HTTP side adds (the pool and its
+//! phase lease, connections of their own for long work, the metrics, the backfill thread
+//! this process keeps for its shutdown).
+
+use actix_web::web;
+use diesel::prelude::*;
+
+use super::db;
+use crate::app_state::AppState;
+use crate::error::AppError;
+use crate::migration::backfill::{BackfillState, Knobs};
+use crate::migration::control;
+use crate::migration::runner::{Consent, Transition};
+use crate::migration::status::{BackfillView, MigrationStatus};
+use crate::migration::verify::VerifyResult;
+
+/// The whole status, as the API and the dashboard show it.
+pub async fn current_status(state: &web::Data<AppState>) -> Result<MigrationStatus, AppError> {
+    db(state, |conn| Ok(control::status(conn)?)).await
+}
+
+/// Runs a migration step on a connection of its own (its advisory lock and any reverse
+/// backfill can outlive a pooled connection's fair share).
+async fn own_connection<F, T>(state: &web::Data<AppState>, work: F) -> Result<T, AppError>
+where
+    F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
+    T: Send + 'static,
+{
+    let url = state.database_url.clone();
+    web::block(move || {
+        let mut conn =
+            PgConnection::establish(&url).map_err(|e| AppError::Unavailable(Box::new(e)))?;
+        work(&mut conn)
+    })
+    .await?
+}
+
+/// Advances one phase; `actor` (an admin session or the API, and this instance) goes into
+/// the history.
+pub async fn advance_step(
+    state: &web::Data<AppState>,
+    actor: String,
+    confirm: Option<String>,
+    without_client_check: bool,
+) -> Result<Transition, AppError> {
+    let transition = own_connection(state, move |conn| {
+        let consent = Consent {
+            confirm: confirm.as_deref(),
+            without_client_check,
+        };
+        Ok(control::advance(conn, &actor, &consent)?)
+    })
+    .await?;
+    count_lock_timeouts(state, &transition);
+    Ok(transition)
+}
+
+/// Rolls back one phase; `actor` goes into the history.
+pub async fn rollback_step(
+    state: &web::Data<AppState>,
+    actor: String,
+) -> Result<Transition, AppError> {
+    let settings = state.backfill.clone();
+    let transition = own_connection(state, move |conn| {
+        Ok(control::rollback(conn, &actor, &settings)?)
+    })
+    .await?;
+    count_lock_timeouts(state, &transition);
+    Ok(transition)
+}
+
+fn count_lock_timeouts(state: &AppState, transition: &Transition) {
+    state
+        .metrics
+        .lock_timeout_retries
+        .inc_by(transition.lock_timeouts as u64);
+}
+
+/// Starts (or resumes) the forward backfill in a thread of this process and answers once it
+/// runs, or why it does not (see `control::start_backfill`).
+pub async fn start_backfill_now(
+    state: &web::Data<AppState>,
+    knobs: Knobs,
+) -> Result<BackfillView, AppError> {
+    let url = state.database_url.clone();
+    let settings = state.backfill.clone();
+    let thread = web::block(move || control::start_backfill(&url, &settings, knobs)).await??;
+    state.backfill_thread.set(thread);
+    db(state, |conn| Ok(control::backfill_now(conn)?)).await
+}
+
+/// Asks the running backfill to stop at the next batch boundary (`paused` or `cancelled`).
+pub async fn stop_backfill_now(
+    state: &web::Data<AppState>,
+    to: BackfillState,
+) -> Result<BackfillView, AppError> {
+    db(state, move |conn| Ok(control::stop_backfill(conn, to)?)).await
+}
+
+pub async fn change_knobs(
+    state: &web::Data<AppState>,
+    knobs: Knobs,
+) -> Result<BackfillView, AppError> {
+    let settings = state.backfill.clone();
+    db(state, move |conn| {
+        Ok(control::change_knobs(conn, &settings, knobs)?)
+    })
+    .await
+}
+
+/// Verifies the whole table for the stored phase, on a connection of its own (a whole-table
+/// scan, free of the web pool's statement_timeout).
+pub async fn verify_now(state: &web::Data<AppState>) -> Result<VerifyResult, AppError> {
+    own_connection(state, |conn| Ok(control::verify_now(conn)?.1)).await
+}
