@@ -20,7 +20,7 @@
 //! - `Internal`: everything else (500). Logged with its cause; the client sees a generic text.
 //!
 //! Database text never reaches a client: only the messages written here do. How the
-//! migration's own errors map onto these is in `routes::migration_errors` (this module sits
+//! migration's own errors map onto these is in `migration::control` (this module sits
 //! below the migration and knows nothing of it).
 //!
 //! JSON routes answer `{"error": "...", "field": "..."}`; HTML routes wrap the error in
