@@ -1,6 +1,5 @@
 //! The backfill engine against real traffic, real crashes and real concurrency.
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +10,7 @@ use zdm::migration::Phase;
 use zdm::migration::backfill::{self, BackfillError, BackfillState, Direction};
 use zdm::migration::verify;
 
-use crate::helpers::TestApp;
+use crate::helpers::{MixedWriters, TestApp};
 
 async fn status(app: &TestApp) -> Value {
     app.admin_status().await["backfill"].clone()
@@ -42,40 +41,15 @@ async fn concurrent_v1_and_v2_writers_racing_the_backfill_lose_nothing() {
     assert_eq!(response.status(), 202);
 
     // Writers rename random seeded rows through both APIs while the backfill passes them.
-    // v2 names are chosen so that split(join) differs ("Mary Ann" + "Smith").
-    let mut expected: HashMap<i64, (String, String)> = HashMap::new();
-    let mut rng = fastrand::Rng::with_seed(7);
-    let mut writes = 0;
+    let mut writers = MixedWriters::new(7);
     loop {
         let running = status(&app).await["state"] == "running";
-        for _ in 0..20 {
-            let id = rng.i64(1..=20_000);
-            let n = writes;
-            writes += 1;
-            let (path, body, parts) = if n % 2 == 0 {
-                let full = format!("Writer{n} Van Der Test");
-                (
-                    format!("/api/v1/users/{id}"),
-                    json!({ "full_name": full }),
-                    (format!("Writer{n}"), "Van Der Test".to_owned()),
-                )
-            } else {
-                let (first, last) = (format!("Mary Ann{n}"), "Smith".to_owned());
-                (
-                    format!("/api/v2/users/{id}"),
-                    json!({ "first_name": first, "last_name": last }),
-                    (first, last),
-                )
-            };
-            let response = app.put_json(&path, &body).await;
-            assert_eq!(response.status(), 200, "write {n} to {path}");
-            expected.insert(id, parts);
-        }
+        writers.write_twenty(&app).await;
         if !running {
             break;
         }
     }
-    assert!(writes >= 40);
+    assert!(writers.writes >= 40);
     let done = status(&app).await;
     assert_eq!(done["state"], "done");
     assert_eq!(done["rows_done"], 20_000);
@@ -83,28 +57,7 @@ async fn concurrent_v1_and_v2_writers_racing_the_backfill_lose_nothing() {
     let mut conn = app.db.conn();
     let result = verify::verify(&mut conn, Phase::DualWrite).unwrap();
     assert_eq!(result.divergent, 0, "samples {:?}", result.sample_ids);
-    for (id, (first, last)) in &expected {
-        let v2: Value = app
-            .get(&format!("/api/v2/users/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(
-            (
-                v2["first_name"].as_str().unwrap(),
-                v2["last_name"].as_str().unwrap()
-            ),
-            (first.as_str(), last.as_str())
-        );
-        let v1: Value = app
-            .get(&format!("/api/v1/users/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v1["full_name"], format!("{first} {last}"));
-    }
+    writers.assert_intact(&app).await;
 }
 
 #[actix_web::test]

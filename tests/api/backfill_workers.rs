@@ -1,7 +1,6 @@
 //! The backfill with several workers: racing writers, a `kill -9` of its runner, the count
 //! changed while it runs, and auto mode under a budget no request can meet.
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +13,7 @@ use zdm::migration::Phase;
 use zdm::migration::backfill::{self, BackfillState, Direction, Knobs, Throttle, Workers};
 use zdm::migration::verify;
 
-use crate::helpers::{TestApp, eventually};
+use crate::helpers::{MixedWriters, TestApp, eventually};
 
 async fn status(app: &TestApp) -> Value {
     app.admin_status().await["backfill"].clone()
@@ -102,10 +101,7 @@ async fn several_workers_racing_v1_and_v2_writers_lose_nothing() {
     assert_eq!(started["workers_setting"], 3);
 
     // Writers rename random seeded rows through both APIs while the workers pass them.
-    // v2 names are chosen so that split(join) differs ("Mary Ann" + "Smith").
-    let mut expected: HashMap<i64, (String, String)> = HashMap::new();
-    let mut rng = fastrand::Rng::with_seed(11);
-    let mut writes = 0;
+    let mut writers = MixedWriters::new(11);
     let mut workers_seen = Vec::new();
     let mut metrics_seen = false;
     loop {
@@ -120,34 +116,12 @@ async fn several_workers_racing_v1_and_v2_writers_lose_nothing() {
             let metrics = app.get("/metrics").await.text().await.unwrap();
             metrics_seen = metrics.contains("zdm_backfill_workers 3");
         }
-        for _ in 0..20 {
-            let id = rng.i64(1..=20_000);
-            let n = writes;
-            writes += 1;
-            let (path, body, parts) = if n % 2 == 0 {
-                let full = format!("Writer{n} Van Der Test");
-                (
-                    format!("/api/v1/users/{id}"),
-                    json!({ "full_name": full }),
-                    (format!("Writer{n}"), "Van Der Test".to_owned()),
-                )
-            } else {
-                let (first, last) = (format!("Mary Ann{n}"), "Smith".to_owned());
-                (
-                    format!("/api/v2/users/{id}"),
-                    json!({ "first_name": first, "last_name": last }),
-                    (first, last),
-                )
-            };
-            let response = app.put_json(&path, &body).await;
-            assert_eq!(response.status(), 200, "write {n} to {path}");
-            expected.insert(id, parts);
-        }
+        writers.write_twenty(&app).await;
         if !running {
             break;
         }
     }
-    assert!(writes >= 40);
+    assert!(writers.writes >= 40);
     workers_seen.sort_unstable();
     assert_eq!(workers_seen, [1, 2, 3], "three workers ran at once");
     assert!(metrics_seen, "/metrics showed zdm_backfill_workers 3");
@@ -158,28 +132,7 @@ async fn several_workers_racing_v1_and_v2_writers_lose_nothing() {
     let mut conn = app.db.conn();
     let result = verify::verify(&mut conn, Phase::DualWrite).unwrap();
     assert_eq!(result.divergent, 0, "samples {:?}", result.sample_ids);
-    for (id, (first, last)) in &expected {
-        let v2: Value = app
-            .get(&format!("/api/v2/users/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(
-            (
-                v2["first_name"].as_str().unwrap(),
-                v2["last_name"].as_str().unwrap()
-            ),
-            (first.as_str(), last.as_str())
-        );
-        let v1: Value = app
-            .get(&format!("/api/v1/users/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v1["full_name"], format!("{first} {last}"));
-    }
+    writers.assert_intact(&app).await;
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("zdm_backfill_workers 0"), "none runs now");
 }
