@@ -300,7 +300,7 @@ pub fn main() -> ExitCode {
                     },
             } => {
                 let url = config.resolve_database_url()?;
-                let options = crate::bench::BackfillBenchOptions {
+                let options = crate::tools::bench::BackfillBenchOptions {
                     rows,
                     rounds,
                     knobs: backfill::Knobs {
@@ -313,8 +313,9 @@ pub fn main() -> ExitCode {
                     small_rows,
                     without_email_index,
                 };
-                crate::bench::backfill_benchmark(&url, options, |line| println!("{line}"))
+                crate::tools::bench::backfill_benchmark(&url, options, |line| println!("{line}"))
                     .map(drop)
+                    .map_err(|e| format!("{e:#}").into())
             }
             Command::Bench {
                 what:
@@ -325,18 +326,19 @@ pub fn main() -> ExitCode {
                         batch_size,
                     },
             } => {
-                let opts = crate::bench::replicas::ReplicaBenchOptions {
+                let opts = crate::tools::bench::replicas::ReplicaBenchOptions {
                     rows,
                     max_lag_bytes,
                     apply_delay_ms,
                     batch_size,
                 };
-                crate::bench::replicas::replica_benchmark(
+                crate::tools::bench::replicas::replica_benchmark(
                     config.data_dir.join("bench-replicas"),
                     &opts,
                     |line| println!("{line}"),
                 )
                 .map(drop)
+                .map_err(|e| format!("{e:#}").into())
             }
             Command::Bench {
                 what:
@@ -347,16 +349,17 @@ pub fn main() -> ExitCode {
                     },
             } => {
                 let url = config.resolve_database_url()?;
-                let opts = crate::bench::http::HttpBenchOptions {
+                let opts = crate::tools::bench::http::HttpBenchOptions {
                     rows,
                     concurrency: concurrency as usize,
                     secs: secs.max(1.0),
                 };
                 actix_web::rt::System::new()
-                    .block_on(crate::bench::http::http_benchmark(&url, opts, |line| {
+                    .block_on(crate::tools::bench::http::http_benchmark(&url, opts, |line| {
                         println!("{line}")
                     }))
                     .map(drop)
+                    .map_err(|e| format!("{e:#}").into())
             }
         });
     match result {

@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result, bail};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
@@ -21,8 +22,6 @@ use crate::tools::scratch::ScratchDatabase;
 
 pub mod http;
 pub mod replicas;
-
-pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The value at quantile `q` (0..=1) of sorted durations.
 pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Duration {
@@ -306,24 +305,33 @@ fn autovacuum_on(conn: &mut PgConnection, table: &str) -> QueryResult<bool> {
 fn timed(
     conn: &mut PgConnection,
     table: &str,
-    fill: impl FnOnce(&mut PgConnection) -> Result<u64, BenchError>,
-) -> Result<Timed, BenchError> {
-    let wal_before = wal_position(conn)?;
+    fill: impl FnOnce(&mut PgConnection) -> Result<u64>,
+) -> Result<Timed> {
+    let wal_before = wal_position(conn).context("reading the WAL position before the fill")?;
     let checkpoints_before = checkpoint_count(conn);
-    let autovacuums_before = autovacuum_count(conn, table)?;
-    let autovacuum_on = autovacuum_on(conn, table)?;
-    let indexes = index_names(conn, table)?.len();
+    let autovacuums_before = autovacuum_count(conn, table)
+        .with_context(|| format!("counting the autovacuums of {table}"))?;
+    let autovacuum_on = autovacuum_on(conn, table)
+        .with_context(|| format!("reading whether autovacuum may run on {table}"))?;
+    let indexes = index_names(conn, table)
+        .with_context(|| format!("listing the indexes of {table}"))?
+        .len();
     let started = Instant::now();
     let rows = fill(conn)?;
     let secs = started.elapsed().as_secs_f64();
     let checkpoints = checkpoint_count(conn)
         .zip(checkpoints_before)
         .map(|(after, before)| after - before);
-    let wal_bytes = wal_position(conn)? - wal_before;
-    let autovacuums = autovacuum_count(conn, table)? - autovacuums_before;
-    let table_bytes = select_i64(conn, &format!("pg_table_size('{table}')"))?;
+    let wal_bytes =
+        wal_position(conn).context("reading the WAL position after the fill")? - wal_before;
+    let autovacuums = autovacuum_count(conn, table)
+        .with_context(|| format!("counting the autovacuums of {table} after the fill"))?
+        - autovacuums_before;
+    let table_bytes = select_i64(conn, &format!("pg_table_size('{table}')"))
+        .with_context(|| format!("reading the size of {table}"))?;
     let vacuum_started = Instant::now();
-    conn.batch_execute(&format!("VACUUM {table}"))?;
+    conn.batch_execute(&format!("VACUUM {table}"))
+        .with_context(|| format!("vacuuming {table} after the fill"))?;
     Ok(Timed {
         rows,
         secs,
@@ -342,14 +350,15 @@ fn timed(
 /// whichever side ran before it: the other side's table emptied too (its dead rows dropped,
 /// not left to VACUUM), every table vacuumed and analysed, and a checkpoint taken.
 /// Autovacuum stays off for the table unless `autovacuum`.
-fn rebuild(conn: &mut PgConnection, fill: Fill, autovacuum: bool) -> Result<(), BenchError> {
+fn rebuild(conn: &mut PgConnection, fill: Fill, autovacuum: bool) -> Result<()> {
     // The single UPDATE's twin belongs to no schema module (it exists only here), hence
     // plain SQL. Same columns, constraints and indexes as users.
     conn.batch_execute(
         "DROP TABLE IF EXISTS users_single;
          TRUNCATE users;
          CREATE TABLE users_single (LIKE users INCLUDING ALL);",
-    )?;
+    )
+    .context("emptying users and making users_single afresh")?;
     let table = fill.side.table();
     // The first n by users_seed's primary key, or all in the order they were copied in.
     let first = fill
@@ -358,9 +367,11 @@ fn rebuild(conn: &mut PgConnection, fill: Fill, autovacuum: bool) -> Result<(), 
     conn.batch_execute(&format!(
         "INSERT INTO {table} SELECT * FROM users_seed{first};
          ALTER TABLE {table} SET (autovacuum_enabled = {autovacuum});"
-    ))?;
+    ))
+    .with_context(|| format!("copying users_seed into {table}"))?;
     // One statement per call: VACUUM cannot run inside the implicit transaction of a batch.
-    conn.batch_execute("VACUUM ANALYZE")?;
+    conn.batch_execute("VACUUM ANALYZE")
+        .context("vacuuming the database")?;
     // Needs superuser; skipped if not.
     let _ = conn.batch_execute("CHECKPOINT");
     Ok(())
@@ -389,7 +400,7 @@ pub fn backfill_benchmark(
     database_url: &str,
     options: BackfillBenchOptions,
     mut say: impl FnMut(&str),
-) -> Result<BackfillBenchReport, BenchError> {
+) -> Result<BackfillBenchReport> {
     let BackfillBenchOptions {
         rows,
         rounds,
@@ -401,10 +412,7 @@ pub fn backfill_benchmark(
     if let Some(small) = small_rows
         && small >= rows
     {
-        return Err(format!(
-            "--small-rows ({small}) must be below --rows ({rows}): it sizes the smaller copy"
-        )
-        .into());
+        bail!("--small-rows ({small}) must be below --rows ({rows}): it sizes the smaller copy");
     }
     say(&format!("seeding {rows} users..."));
     say(if autovacuum {
@@ -412,19 +420,22 @@ pub fn backfill_benchmark(
     } else {
         "autovacuum: off for both tables during the fills (--autovacuum to leave it on); each fill's cleanup is the VACUUM timed after it"
     });
-    let scratch = ScratchDatabase::seeded(database_url, "zdm_bench", rows, 1)
-        .map_err(|e| format!("{e:#}"))?;
-    let mut conn = PgConnection::establish(&scratch.url)?;
-    while state::current_phase(&mut conn)? < Phase::DualWrite {
-        runner::advance(&mut conn, "bench", None)?;
+    let scratch = ScratchDatabase::seeded(database_url, "zdm_bench", rows, 1)?;
+    let mut conn = PgConnection::establish(&scratch.url)
+        .with_context(|| format!("connecting to the scratch database {}", scratch.name))?;
+    while state::current_phase(&mut conn).context("reading the phase")? < Phase::DualWrite {
+        runner::advance(&mut conn, "bench", None).context("advancing to dual_write")?;
     }
     if without_email_index {
         // Before the copies: the single UPDATE's table copies its indexes from users.
-        conn.batch_execute("DROP INDEX users_email_key")?;
+        conn.batch_execute("DROP INDEX users_email_key")
+            .context("dropping users_email_key")?;
     }
     say(&format!(
         "indexes on each filled table: {}{}",
-        index_names(&mut conn, "users")?.join(", "),
+        index_names(&mut conn, "users")
+            .context("listing the indexes of users")?
+            .join(", "),
         if without_email_index {
             " (users_email_key dropped: --without-email-index)"
         } else {
@@ -435,8 +446,9 @@ pub fn backfill_benchmark(
     conn.batch_execute(
         "CREATE TABLE users_seed AS SELECT * FROM users ORDER BY id;
          ALTER TABLE users_seed ADD PRIMARY KEY (id);",
-    )?;
-    let knobs = backfill::set_knobs(&mut conn, knobs)?;
+    )
+    .context("copying the seeded users into users_seed")?;
+    let knobs = backfill::set_knobs(&mut conn, knobs).context("setting the backfill's knobs")?;
     let workers = knobs.workers_wanted;
     let mut report = BackfillBenchReport {
         workers,
@@ -444,8 +456,9 @@ pub fn backfill_benchmark(
     };
     for round in 0..rounds {
         for fill in round_order(round, small_rows) {
-            rebuild(&mut conn, fill, autovacuum)?;
             let round_label = format!("round {}: {}", round + 1, fill.label(workers));
+            rebuild(&mut conn, fill, autovacuum)
+                .with_context(|| format!("preparing the table of {round_label}"))?;
             say(&format!("{round_label}..."));
             let table = fill.side.table();
             // Rows scanned by the time each batch ended, for the backfill's rate along the table.
@@ -460,8 +473,10 @@ pub fn backfill_benchmark(
                              OR zdm_name_norm(full_name)
                                 IS DISTINCT FROM zdm_name_join(first_name, last_name)",
                     )
-                    .execute(conn)? as u64)
-                })?,
+                    .execute(conn)
+                    .context("running the single UPDATE")? as u64)
+                })
+                .with_context(|| round_label.clone())?,
                 Side::Backfill => {
                     let started = Instant::now();
                     progress.push((started, 0));
@@ -483,11 +498,15 @@ pub fn backfill_benchmark(
                                     report.batch_sizes.push(batch.size);
                                 }
                             },
-                        )?;
+                        )
+                        .context("running the zdm backfill")?;
                         Ok(done.rows_updated as u64)
-                    })?;
+                    })
+                    .with_context(|| round_label.clone())?;
                     if fill.first.is_none() {
-                        report.ranges.push(backfill::ranges(&mut conn)?.len());
+                        let ranges =
+                            backfill::ranges(&mut conn).context("reading the backfill's ranges")?;
+                        report.ranges.push(ranges.len());
                     }
                     run
                 }
