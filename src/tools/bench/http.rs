@@ -7,7 +7,7 @@
 //! Prints requests/s and p50/p99 per scenario, the server's peak RSS, and as its last lines
 //! `read_vs_pgbench: R` and `dual_write_vs_single_write: W`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -307,6 +307,123 @@ fn pgbench_point_select(
     })
 }
 
+/// The one `zdm serve` under load, on the scratch database, with the admin API that walks it
+/// through the migration.
+struct Served {
+    fleet: Fleet,
+    /// The server's URL.
+    base: String,
+    /// The scratch database's URL.
+    url: String,
+    admin: reqwest::Client,
+    opts: HttpBenchOptions,
+}
+
+impl Served {
+    /// Starts the server on the database of `url`, its pool as large as the load's
+    /// concurrency, its log in `logs`.
+    async fn start(url: &str, logs: &Path, opts: &HttpBenchOptions) -> Result<Self> {
+        let token = crate::startup::generate_token();
+        let fleet = Fleet::start(
+            1,
+            url,
+            &token,
+            logs,
+            vec![("ZDM_POOL_SIZE".to_owned(), opts.concurrency.to_string())],
+        )
+        .await?;
+        Ok(Self {
+            base: fleet.instances[0].url.clone(),
+            fleet,
+            url: url.to_owned(),
+            admin: reqwest::Client::new(),
+            opts: opts.clone(),
+        })
+    }
+
+    /// Runs the load of `scenario`. Each scenario starts from the same state of the table:
+    /// the dead rows of the writes or the backfill before it vacuumed and the dirty pages
+    /// written out, untimed (else the second write scenario paid for the first's autovacuum
+    /// and checkpoint).
+    async fn load(&self, scenario: Scenario) -> Result<Figures> {
+        let (base, url) = (self.base.clone(), self.url.clone());
+        let HttpBenchOptions {
+            rows,
+            concurrency,
+            secs,
+        } = self.opts;
+        blocking(move || settle(&url).map(|()| drive(&base, scenario, rows, concurrency, secs)))
+            .await
+    }
+
+    /// Advances the migration to each of `phases` in turn, through the admin API, waiting
+    /// each time until the server has applied it.
+    async fn advance_through(&self, phases: [&str; 2]) -> Result<()> {
+        for to in phases {
+            let r = self
+                .admin
+                .post(format!("{}/api/admin/migration/advance", self.base))
+                .bearer_auth(self.fleet.admin_token())
+                .json(&json!({ "confirm": null }))
+                .send()
+                .await
+                .with_context(|| format!("advancing to {to}"))?;
+            if !r.status().is_success() {
+                bail!("advancing to {to}: {}", r.text().await.unwrap_or_default());
+            }
+            self.fleet.wait_applied(to).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the backfill of the database of `url` to the end, without pauses: the step between
+/// dual_write and backfilled, untimed.
+async fn backfill_to_the_end(url: &str) -> Result<()> {
+    let url = url.to_owned();
+    blocking(move || {
+        let mut conn =
+            PgConnection::establish(&url).context("connecting to the scratch database")?;
+        backfill::set_knobs(&mut conn, backfill::Knobs::sleep(0))
+            .context("setting the backfill's knobs")?;
+        backfill::run(&mut conn, backfill::Direction::Forward, |_| {})
+            .context("running the backfill")?;
+        Ok(())
+    })
+    .await
+}
+
+/// PostgreSQL's own rate for the point select of the v2 read, with the load's concurrency
+/// for as long as each scenario: the ceiling the serving path is measured against.
+async fn pgbench_ceiling(url: &str, opts: &HttpBenchOptions) -> Result<Figures> {
+    let url = url.to_owned();
+    let HttpBenchOptions {
+        rows,
+        concurrency,
+        secs,
+    } = *opts;
+    blocking(move || {
+        pgbench_point_select(
+            &url,
+            rows,
+            concurrency,
+            secs,
+            "id, first_name, last_name, email",
+        )
+    })
+    .await
+}
+
+/// One scenario's line of the report.
+fn figures_line(label: &str, f: &Figures) -> String {
+    format!(
+        "{label:<34} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}",
+        f.requests_per_s, f.p50_ms, f.p99_ms, f.errors
+    )
+}
+
+/// Runs the benchmark on the server of `database_url` and prints its figures; returns the
+/// last two, `(read_vs_pgbench, dual_write_vs_single_write)`.
 pub async fn http_benchmark(
     database_url: &str,
     opts: HttpBenchOptions,
@@ -317,104 +434,40 @@ pub async fn http_benchmark(
         let (server, rows) = (database_url.to_owned(), opts.rows);
         blocking(move || ScratchDatabase::seeded(&server, "zdm_bench_http", rows, 11)).await?
     };
-    let url = scratch.url.clone();
     let logs = std::env::temp_dir().join(format!("zdm-bench-http-{}", std::process::id()));
     std::fs::create_dir_all(&logs)
         .with_context(|| format!("creating the log folder {}", logs.display()))?;
-    let token = crate::startup::generate_token();
-    let mut fleet = Fleet::start(
-        1,
-        &url,
-        &token,
-        &logs,
-        vec![("ZDM_POOL_SIZE".to_owned(), opts.concurrency.to_string())],
-    )
-    .await?;
-    let base = fleet.instances[0].url.clone();
-    let pid = fleet.pid(0).context("the server is not running")?;
-    let (rows, concurrency, secs) = (opts.rows, opts.concurrency, opts.secs);
-    // Each scenario starts from the same state of the table: the dead rows of the writes or
-    // the backfill before it vacuumed and the dirty pages written out, untimed (else the
-    // second write scenario paid for the first's autovacuum and checkpoint).
-    let run = |scenario| {
-        let (base, url) = (base.clone(), url.clone());
-        blocking(move || settle(&url).map(|()| drive(&base, scenario, rows, concurrency, secs)))
-    };
-    let report = |say: &mut dyn FnMut(&str), label: &str, f: &Figures| {
-        say(&format!(
-            "{label:<34} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}",
-            f.requests_per_s, f.p50_ms, f.p99_ms, f.errors
-        ));
-    };
-
+    let mut served = Served::start(&scratch.url, &logs, &opts).await?;
+    let pid = served.fleet.pid(0).context("the server is not running")?;
+    let HttpBenchOptions {
+        rows,
+        concurrency,
+        secs,
+    } = opts;
     say(&format!(
         "load: {concurrency} keep-alive clients, {secs} s per scenario, {rows} users"
     ));
-    let v1_read = run(Scenario::V1Read).await?;
-    report(&mut say, "GET  /api/v1/users/{id} baseline", &v1_read);
-    let single_write = run(Scenario::V1Write).await?;
-    report(&mut say, "PUT  /api/v1/users/{id} baseline", &single_write);
-
-    let admin = reqwest::Client::new();
-    let advance = |confirm: Option<&str>| {
-        admin
-            .post(format!("{base}/api/admin/migration/advance"))
-            .bearer_auth(&token)
-            .json(&json!({ "confirm": confirm }))
-            .send()
-    };
-    for to in ["expanded", "dual_write"] {
-        let r = advance(None)
-            .await
-            .with_context(|| format!("advancing to {to}"))?;
-        if !r.status().is_success() {
-            bail!("advancing to {to}: {}", r.text().await.unwrap_or_default());
-        }
-        fleet.wait_applied(to).await?;
-    }
-    let dual_write = run(Scenario::V1Write).await?;
-    report(&mut say, "PUT  /api/v1/users/{id} dual_write", &dual_write);
-
-    {
-        let url = url.clone();
-        blocking(move || {
-            let mut conn =
-                PgConnection::establish(&url).context("connecting to the scratch database")?;
-            backfill::set_knobs(&mut conn, backfill::Knobs::sleep(0))
-                .context("setting the backfill's knobs")?;
-            backfill::run(&mut conn, backfill::Direction::Forward, |_| {})
-                .context("running the backfill")?;
-            Ok(())
-        })
-        .await?;
-    }
-    for to in ["backfilled", "read_new"] {
-        let r = advance(None)
-            .await
-            .with_context(|| format!("advancing to {to}"))?;
-        if !r.status().is_success() {
-            bail!("advancing to {to}: {}", r.text().await.unwrap_or_default());
-        }
-        fleet.wait_applied(to).await?;
-    }
-    let v2_read = run(Scenario::V2Read).await?;
-    report(&mut say, "GET  /api/v2/users/{id} read_new", &v2_read);
+    let v1_read = served.load(Scenario::V1Read).await?;
+    say(&figures_line("GET  /api/v1/users/{id} baseline", &v1_read));
+    let single_write = served.load(Scenario::V1Write).await?;
+    say(&figures_line(
+        "PUT  /api/v1/users/{id} baseline",
+        &single_write,
+    ));
+    served.advance_through(["expanded", "dual_write"]).await?;
+    let dual_write = served.load(Scenario::V1Write).await?;
+    say(&figures_line(
+        "PUT  /api/v1/users/{id} dual_write",
+        &dual_write,
+    ));
+    backfill_to_the_end(&scratch.url).await?;
+    served.advance_through(["backfilled", "read_new"]).await?;
+    let v2_read = served.load(Scenario::V2Read).await?;
+    say(&figures_line("GET  /api/v2/users/{id} read_new", &v2_read));
     let rss = peak_rss_mib(Some(pid));
-    fleet.stop();
+    served.fleet.stop();
 
-    let ceiling = {
-        let url = url.clone();
-        blocking(move || {
-            pgbench_point_select(
-                &url,
-                rows,
-                concurrency,
-                secs,
-                "id, first_name, last_name, email",
-            )
-        })
-        .await?
-    };
+    let ceiling = pgbench_ceiling(&scratch.url, &opts).await?;
     say(&format!(
         "{:<34} {:>8.0} tx/s    avg {:>6.2} ms   (pgbench, prepared point select, {concurrency} clients)",
         "pgbench SELECT ... WHERE id = :id", ceiling.requests_per_s, ceiling.p50_ms
