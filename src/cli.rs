@@ -1,10 +1,11 @@
-//! The `zdm` command line: `serve` (the default), `migrate`, `backfill`, `verify`, `seed`.
-//! The CLI runs the same gates and runner as the admin API, on its own connection.
+//! The `zdm` command line: `serve` (the default), `migrate`, `backfill`, `verify`, `demo`,
+//! `bench`, `seed`: one `clap::Args` struct per subcommand, whose `run` does it. The CLI runs
+//! the same gates and runner as the admin API, on its own connection.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use diesel::{Connection, PgConnection};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -13,7 +14,8 @@ use crate::migration::backfill::{self, Direction};
 use crate::migration::status::migration_status;
 use crate::migration::{runner, state, verify};
 use crate::startup::{self, StartupError};
-use crate::tools::demo::DemoOptions;
+use crate::tools::bench;
+use crate::tools::demo::{self, DemoOptions, Fault};
 
 /// The name this process uses in the migration history.
 const CLI_ACTOR: &str = "cli";
@@ -39,153 +41,56 @@ enum Command {
         action: MigrateAction,
     },
     /// Run (or resume) the backfill to the end, with a progress bar.
-    Backfill {
-        /// Rows per batch (each batch is one short transaction).
-        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_BATCH_SIZE)))]
-        batch_size: Option<i32>,
-        /// Pause between batches, in milliseconds.
-        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
-        sleep_ms: Option<i32>,
-        /// Resize batches after each one toward this transaction time, in milliseconds
-        /// (0: keep --batch-size; a --batch-size alone also turns it off).
-        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_BATCH_TARGET_MS)))]
-        batch_target_ms: Option<i32>,
-        /// Workers filling disjoint key ranges at once, one connection each (1-16), or `auto`:
-        /// one more while the requests' p99 stays within ZDM_BACKFILL_MAX_P99_MS and the
-        /// replicas' lag within its limit, half as many when not.
-        #[arg(long, value_name = "N|auto")]
-        workers: Option<backfill::Workers>,
-    },
+    Backfill(BackfillArgs),
     /// Count the rows that break the current phase's invariant.
     Verify,
     /// Prove zero downtime: two instances, live traffic, the whole migration, faults, audit.
-    Demo {
-        /// A small run that finishes in about a minute.
-        #[arg(long)]
-        quick: bool,
-        /// Run the one-step migration a hurried team would ship instead, to see what it breaks.
-        #[arg(long)]
-        naive: bool,
-        /// After the contract, undo it under the same traffic and walk back to read_new.
-        #[arg(long, conflicts_with = "naive")]
-        undo: bool,
-        /// Users seeded before the traffic starts.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
-        rows: Option<u64>,
-        /// Concurrent clients.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
-        clients: Option<u64>,
-        /// Seconds of traffic in each phase.
-        #[arg(long)]
-        phase_secs: Option<f64>,
-        /// Share of requests that write, in percent.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
-        write_percent: Option<u32>,
-        /// Write the summary as JSON to this file.
-        #[arg(long)]
-        json_out: Option<std::path::PathBuf>,
-        /// Where the HTML report goes (default: the data folder's reports/).
-        #[arg(long)]
-        report_dir: Option<std::path::PathBuf>,
-        /// Streaming replicas of the private PostgreSQL to read from and throttle on.
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=4))]
-        replicas: u64,
-        /// The backfill's sleep between batches, in ms (default: 100 quick, 50 full); with
-        /// `ZDM_BACKFILL_MAX_P99_MS` set, 0 leaves the pacing to the latency throttle.
-        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
-        backfill_sleep_ms: Option<i32>,
-        /// The backfill's workers (1-16 or `auto`; auto needs ZDM_BACKFILL_MAX_P99_MS).
-        #[arg(long, value_name = "N|auto")]
-        backfill_workers: Option<backfill::Workers>,
-        /// Break the app on purpose, to see the audit catch it (the run then fails):
-        /// `lose-writes` answers some updates as saved and rolls them back, `lagging-v1` makes
-        /// v1 writes skip the new columns. `ZDM_FAULT_LAGGING_V1_WRITES=1` means the latter.
-        #[arg(long, value_enum)]
-        fault: Option<crate::tools::demo::Fault>,
-    },
+    Demo(DemoArgs),
     /// Measure: `bench backfill --rows N`.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
     },
     /// Bulk-insert realistic users.
-    Seed {
-        /// How many users to insert.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-        users: u64,
-        /// Seed of the name generator (same seed, same names); random by default.
-        #[arg(long)]
-        rng_seed: Option<u64>,
-    },
+    Seed(SeedArgs),
 }
 
-#[derive(Debug, Subcommand)]
-enum BenchWhat {
-    /// The zdm backfill against one monolithic UPDATE on two identical tables, in a scratch
-    /// database on the same server (dropped afterwards).
-    Backfill {
-        /// Users in each table.
-        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-        rows: u64,
-        /// Rows in the backfill's first batch (and in every one with --batch-target-ms 0).
-        #[arg(long, default_value_t = backfill::DEFAULT_BATCH_SIZE, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_BATCH_SIZE)))]
-        batch_size: i32,
-        /// The batch time the backfill sizes its batches to, in milliseconds (0: fixed size).
-        #[arg(long, default_value_t = backfill::DEFAULT_BATCH_TARGET_MS, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_BATCH_TARGET_MS)))]
-        batch_target_ms: i32,
-        /// Rounds, each filling a fresh copy once each way; the order alternates (single
-        /// UPDATE first, then the backfill first), so an even number cancels steady drift.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=20))]
-        rounds: u32,
-        /// Leave autovacuum on for both tables during the fills. It may then run on the
-        /// backfill's table while the backfill's batches commit (never on the single
-        /// UPDATE's, which commits once), inside the backfill's timed fill.
-        #[arg(long)]
-        autovacuum: bool,
-        /// Also fill a copy of the first M users both ways in every round, and print each
-        /// way's rate on all rows against its rate on those M (measured in the same run, so
-        /// the machine's drift between runs does not enter it).
-        #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-        small_rows: Option<u64>,
-        /// Drop the unique index on lower(email) from both tables before the fills, to see
-        /// what its upkeep costs each row (every filled row gets a new version, and so a new
-        /// entry in every index).
-        #[arg(long)]
-        without_email_index: bool,
-        /// Workers of the backfill (each on ranges of its own, one connection each); with
-        /// more than one the report ends with `parallel_backfill_vs_single_update`.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_WORKERS)))]
-        workers: i32,
-    },
-    /// The HTTP serving path (one `zdm serve` under a built-in load client) against
-    /// pgbench's point select, in a scratch database. Build with --release for real figures.
-    Http {
-        /// Users seeded.
-        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-        rows: u64,
-        /// Concurrent keep-alive clients (and pgbench clients).
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=512))]
-        concurrency: u64,
-        /// Seconds per scenario.
-        #[arg(long, default_value_t = 10.0)]
-        secs: f64,
-    },
-    /// The backfill's effect on a streaming replica that applies WAL late, without and with
-    /// the lag throttle, on a scratch primary + replica of its own (removed afterwards).
-    Replicas {
-        /// Users in each of the two databases.
-        #[arg(long, default_value_t = 80_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-        rows: u64,
-        /// The throttle's replay-lag limit in bytes.
-        #[arg(long, default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(i64).range(1..))]
-        max_lag_bytes: i64,
-        /// How late the replica applies WAL, in milliseconds.
-        #[arg(long, default_value_t = 1000)]
-        apply_delay_ms: u64,
-        /// Rows per backfill batch.
-        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
-        batch_size: i32,
-    },
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,actix_server=warn"),
+    )
+    .init();
+    let cli = Cli::parse();
+    let result = Config::from_env()
+        .map_err(StartupError::from)
+        .and_then(|config| cli.command.unwrap_or(Command::Serve).run(config));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    fn run(self, config: Config) -> Result<(), StartupError> {
+        match self {
+            Command::Serve => actix_web::rt::System::new().block_on(startup::serve(config)),
+            Command::Migrate { action } => action.run(&config),
+            Command::Backfill(args) => args.run(&config),
+            Command::Verify => run_verify(&config),
+            Command::Demo(args) => args.run(&config),
+            Command::Bench { what } => what.run(&config),
+            Command::Seed(args) => args.run(&config),
+        }
+    }
+}
+
+/// An error of the tools (anyhow) with its whole chain of causes: converted into a boxed
+/// error as it is, it would show only its outermost context.
+fn with_causes(err: anyhow::Error) -> StartupError {
+    format!("{err:#}").into()
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,216 +111,34 @@ enum MigrateAction {
     Rollback,
 }
 
-pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,actix_server=warn"),
-    )
-    .init();
-    let cli = Cli::parse();
-    let result = Config::from_env()
-        .map_err(StartupError::from)
-        .and_then(|config| match cli.command.unwrap_or(Command::Serve) {
-            Command::Serve => actix_web::rt::System::new().block_on(startup::serve(config)),
-            Command::Migrate { action } => migrate(&config, action),
-            Command::Backfill {
-                batch_size,
-                sleep_ms,
-                batch_target_ms,
-                workers,
-            } => run_backfill(
-                &config,
-                backfill::Knobs {
-                    batch_size,
-                    sleep_ms,
-                    batch_target_ms,
-                    workers,
-                },
-            ),
-            Command::Verify => run_verify(&config),
-            Command::Seed { users, rng_seed } => seed(&config, users, rng_seed),
-            Command::Demo {
-                quick,
-                naive,
-                undo,
-                rows,
-                clients,
-                phase_secs,
-                write_percent,
-                json_out,
-                report_dir,
-                replicas,
-                backfill_sleep_ms,
-                backfill_workers,
-                fault,
-            } => {
-                let dir = report_dir.unwrap_or_else(|| config.report_dir());
-                let mut opts = if quick {
-                    DemoOptions::quick(dir)
-                } else {
-                    DemoOptions::full(dir)
-                };
-                opts.naive = naive;
-                opts.undo = undo;
-                opts.rows = rows.unwrap_or(opts.rows);
-                opts.clients = clients.map_or(opts.clients, |c| c as usize);
-                opts.phase_secs = phase_secs.filter(|s| *s > 0.0).unwrap_or(opts.phase_secs);
-                opts.write_percent = write_percent.unwrap_or(opts.write_percent);
-                opts.json_out = json_out;
-                opts.backfill_sleep_ms = backfill_sleep_ms.unwrap_or(opts.backfill_sleep_ms);
-                opts.backfill_workers = backfill_workers;
-                if replicas > 0 {
-                    if config.database_url.is_some() {
-                        return Err("--replicas starts replicas of the private PostgreSQL: unset DATABASE_URL".into());
-                    }
-                    let primary = crate::local_pg::LocalPg::ensure_running(&config.data_dir)?;
-                    for index in 1..=replicas as usize {
-                        opts.replica_servers.push(primary.ensure_replica(index)?.url("postgres"));
-                    }
-                }
-                opts.fault = match (fault, config.faults.lagging_v1_writes) {
-                    (None, true) => Some(crate::tools::demo::Fault::LaggingV1),
-                    (Some(f), true) if f != crate::tools::demo::Fault::LaggingV1 => {
-                        return Err(format!(
-                            "one fault at a time: --fault {} with {}=1",
-                            f.name(),
-                            crate::faults::LAGGING_V1_WRITES_ENV
-                        )
-                        .into());
-                    }
-                    (fault, _) => fault,
-                };
-                demo(&config, opts)
-            }
-            Command::Bench {
-                what:
-                    BenchWhat::Backfill {
-                        rows,
-                        batch_size,
-                        batch_target_ms,
-                        rounds,
-                        autovacuum,
-                        small_rows,
-                        without_email_index,
-                        workers,
-                    },
-            } => {
-                let url = config.resolve_database_url()?;
-                let options = crate::bench::BackfillBenchOptions {
-                    rows,
-                    rounds,
-                    knobs: backfill::Knobs {
-                        batch_size: Some(batch_size),
-                        sleep_ms: Some(0),
-                        batch_target_ms: Some(batch_target_ms),
-                        workers: Some(backfill::Workers::Fixed(workers)),
-                    },
-                    autovacuum,
-                    small_rows,
-                    without_email_index,
-                };
-                crate::bench::backfill_benchmark(&url, options, |line| println!("{line}"))
-                    .map(drop)
-            }
-            Command::Bench {
-                what:
-                    BenchWhat::Replicas {
-                        rows,
-                        max_lag_bytes,
-                        apply_delay_ms,
-                        batch_size,
-                    },
-            } => {
-                let opts = crate::bench::replicas::ReplicaBenchOptions {
-                    rows,
-                    max_lag_bytes,
-                    apply_delay_ms,
-                    batch_size,
-                };
-                crate::bench::replicas::replica_benchmark(
-                    config.data_dir.join("bench-replicas"),
-                    &opts,
-                    |line| println!("{line}"),
-                )
-                .map(drop)
-            }
-            Command::Bench {
-                what:
-                    BenchWhat::Http {
-                        rows,
-                        concurrency,
-                        secs,
-                    },
-            } => {
-                let url = config.resolve_database_url()?;
-                let opts = crate::bench::http::HttpBenchOptions {
-                    rows,
-                    concurrency: concurrency as usize,
-                    secs: secs.max(1.0),
-                };
-                actix_web::rt::System::new()
-                    .block_on(crate::bench::http::http_benchmark(&url, opts, |line| {
-                        println!("{line}")
-                    }))
-                    .map(drop)
-            }
-        });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// The migrated database, as the CLI reaches it: a connection of its own, its URL (for a
-/// backfill that reconnects), and what a backfill it runs waits for (the configured replicas
-/// and those of the private set-up, the requests' p99).
-struct Connected {
-    conn: PgConnection,
-    url: String,
-    throttle: backfill::Throttle,
-}
-
-fn connect(config: &Config) -> Result<Connected, StartupError> {
-    let database = startup::prepare_database(config)?;
-    let throttle = backfill::Throttle::new(
-        database.all_replica_urls(config),
-        config.replica_max_lag_bytes,
-    )
-    .with_request_p99_limit(config.backfill_max_p99_ms);
-    Ok(Connected {
-        conn: PgConnection::establish(&database.url)?,
-        url: database.url,
-        throttle,
-    })
-}
-
-fn migrate(config: &Config, action: MigrateAction) -> Result<(), StartupError> {
-    let Connected {
-        mut conn,
-        mut throttle,
-        ..
-    } = connect(config)?;
-    match action {
-        MigrateAction::Status => {}
-        MigrateAction::Advance {
-            confirm,
-            without_client_check,
-        } => {
-            let consent = runner::Consent {
-                confirm: confirm.as_deref(),
+impl MigrateAction {
+    /// Does the action, then prints where the migration stands.
+    fn run(self, config: &Config) -> Result<(), StartupError> {
+        let Connected {
+            mut conn,
+            mut throttle,
+            ..
+        } = connect(config)?;
+        match self {
+            MigrateAction::Status => {}
+            MigrateAction::Advance {
+                confirm,
                 without_client_check,
-            };
-            let t = runner::advance_with(&mut conn, CLI_ACTOR, &consent)?;
-            println!("advanced {} → {}", t.from, t.to);
+            } => {
+                let consent = runner::Consent {
+                    confirm: confirm.as_deref(),
+                    without_client_check,
+                };
+                let t = runner::advance_with(&mut conn, CLI_ACTOR, &consent)?;
+                println!("advanced {} → {}", t.from, t.to);
+            }
+            MigrateAction::Rollback => {
+                let t = runner::rollback(&mut conn, CLI_ACTOR, &mut throttle)?;
+                println!("rolled back {} → {}", t.from, t.to);
+            }
         }
-        MigrateAction::Rollback => {
-            let t = runner::rollback(&mut conn, CLI_ACTOR, &mut throttle)?;
-            println!("rolled back {} → {}", t.from, t.to);
-        }
+        print_status(&mut conn)
     }
-    print_status(&mut conn)
 }
 
 fn print_status(conn: &mut PgConnection) -> Result<(), StartupError> {
@@ -491,82 +214,73 @@ fn print_status(conn: &mut PgConnection) -> Result<(), StartupError> {
     Ok(())
 }
 
-fn progress_bar(total: u64, what: &str) -> Result<ProgressBar, StartupError> {
-    Ok(ProgressBar::new(total).with_style(
-        ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} [{{bar:40}}] {{human_pos}}/{{human_len}} rows · {{per_sec}} · ETA {{eta}} {{msg}}"
-        ))?
-        .progress_chars("=> "),
-    ))
+#[derive(Debug, Args)]
+struct BackfillArgs {
+    /// Rows per batch (each batch is one short transaction).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_BATCH_SIZE)))]
+    batch_size: Option<i32>,
+    /// Pause between batches, in milliseconds.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
+    sleep_ms: Option<i32>,
+    /// Resize batches after each one toward this transaction time, in milliseconds
+    /// (0: keep --batch-size; a --batch-size alone also turns it off).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_BATCH_TARGET_MS)))]
+    batch_target_ms: Option<i32>,
+    /// Workers filling disjoint key ranges at once, one connection each (1-16), or `auto`:
+    /// one more while the requests' p99 stays within ZDM_BACKFILL_MAX_P99_MS and the
+    /// replicas' lag within its limit, half as many when not.
+    #[arg(long, value_name = "N|auto")]
+    workers: Option<backfill::Workers>,
 }
 
-fn run_backfill(config: &Config, knobs: backfill::Knobs) -> Result<(), StartupError> {
-    let Connected {
-        mut conn,
-        url,
-        mut throttle,
-    } = connect(config)?;
-    let ride_out = backfill::RideOut::new(config.backfill_ride_out);
-    let phase = state::current_phase(&mut conn)?;
-    let gate_list = crate::migration::gates::backfill_gates(&mut conn, phase)?;
-    if let Some(gate) = gate_list.iter().find(|g| !g.met) {
-        return Err(format!("cannot start the backfill: {}", gate.detail).into());
+impl BackfillArgs {
+    fn run(self, config: &Config) -> Result<(), StartupError> {
+        let knobs = backfill::Knobs {
+            batch_size: self.batch_size,
+            sleep_ms: self.sleep_ms,
+            batch_target_ms: self.batch_target_ms,
+            workers: self.workers,
+        };
+        let Connected {
+            mut conn,
+            url,
+            mut throttle,
+        } = connect(config)?;
+        let ride_out = backfill::RideOut::new(config.backfill_ride_out);
+        let phase = state::current_phase(&mut conn)?;
+        let gate_list = crate::migration::gates::backfill_gates(&mut conn, phase)?;
+        if let Some(gate) = gate_list.iter().find(|g| !g.met) {
+            return Err(format!("cannot start the backfill: {}", gate.detail).into());
+        }
+        if knobs.workers == Some(backfill::Workers::Auto) && config.backfill_max_p99_ms.is_none() {
+            return Err(backfill::AUTO_NEEDS_A_BUDGET.into());
+        }
+        backfill::set_knobs(&mut conn, knobs)?;
+        let bar = progress_bar(0, "backfill")?;
+        let done = backfill::run_riding_out(
+            conn,
+            &url,
+            Direction::Forward,
+            &mut throttle,
+            &ride_out,
+            |s| {
+                bar.set_length(s.rows_total.max(0) as u64);
+                bar.set_position(s.rows_done.max(0) as u64);
+                bar.set_message(format!("· {} worker(s)", s.workers));
+            },
+        )?;
+        bar.finish_and_clear();
+        println!(
+            "backfill {}: {} rows scanned, {} filled, {} batches, {:.0} rows/s, {} worker(s) at the end",
+            done.state,
+            done.rows_done,
+            done.rows_updated,
+            done.batches,
+            done.rows_per_s(),
+            done.workers
+        );
+        Ok(())
     }
-    if knobs.workers == Some(backfill::Workers::Auto) && config.backfill_max_p99_ms.is_none() {
-        return Err(backfill::AUTO_NEEDS_A_BUDGET.into());
-    }
-    backfill::set_knobs(&mut conn, knobs)?;
-    let bar = progress_bar(0, "backfill")?;
-    let done = backfill::run_riding_out(
-        conn,
-        &url,
-        Direction::Forward,
-        &mut throttle,
-        &ride_out,
-        |s| {
-            bar.set_length(s.rows_total.max(0) as u64);
-            bar.set_position(s.rows_done.max(0) as u64);
-            bar.set_message(format!("· {} worker(s)", s.workers));
-        },
-    )?;
-    bar.finish_and_clear();
-    println!(
-        "backfill {}: {} rows scanned, {} filled, {} batches, {:.0} rows/s, {} worker(s) at the end",
-        done.state,
-        done.rows_done,
-        done.rows_updated,
-        done.batches,
-        done.rows_per_s(),
-        done.workers
-    );
-    Ok(())
-}
-
-fn demo(config: &Config, opts: DemoOptions) -> Result<(), StartupError> {
-    let url = config.resolve_database_url()?;
-    let report_dir = opts.report_dir.clone();
-    let summary = actix_web::rt::System::new()
-        .block_on(crate::tools::demo::run(&url, opts))
-        .map_err(|e| format!("{e:#}"))?;
-    print!("{}", crate::tools::demo::report::table(&summary));
-    println!(
-        "report: {}",
-        report_dir
-            .join(format!("demo-{}.html", summary.mode))
-            .display()
-    );
-    if summary.mode == "zdm" && !summary.passed {
-        return Err(format!(
-            "zero downtime did not hold: {} failed request(s), {} lost write(s), {} divergent row(s), {} untouched row(s) altered{} (see the report)",
-            summary.failed_requests,
-            summary.lost_writes,
-            summary.divergent_rows,
-            summary.untouched_rows_altered,
-            if summary.walk_error.is_some() { ", and the migration stopped" } else { "" }
-        )
-        .into());
-    }
-    Ok(())
 }
 
 fn run_verify(config: &Config) -> Result<(), StartupError> {
@@ -580,20 +294,333 @@ fn run_verify(config: &Config) -> Result<(), StartupError> {
     Ok(())
 }
 
-fn seed(config: &Config, users: u64, rng_seed: Option<u64>) -> Result<(), StartupError> {
-    let mut conn = connect(config)?.conn;
-    let phase = state::current_phase(&mut conn)?;
-    let bar = progress_bar(users, "seeding")?;
-    let started = Instant::now();
-    let seed = rng_seed.unwrap_or_else(|| fastrand::u64(..));
-    let done =
-        crate::tools::seed::seed_users(&mut conn, phase, users, seed, |n| bar.set_position(n))
-            .map_err(|e| format!("{e:#}"))?;
-    bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "seeded {done} users in {secs:.1} s ({:.0} rows/s)",
-        done as f64 / secs.max(f64::EPSILON)
-    );
-    Ok(())
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// A small run that finishes in about a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Run the one-step migration a hurried team would ship instead, to see what it breaks.
+    #[arg(long)]
+    naive: bool,
+    /// After the contract, undo it under the same traffic and walk back to read_new.
+    #[arg(long, conflicts_with = "naive")]
+    undo: bool,
+    /// Users seeded before the traffic starts.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
+    rows: Option<u64>,
+    /// Concurrent clients.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    clients: Option<u64>,
+    /// Seconds of traffic in each phase.
+    #[arg(long)]
+    phase_secs: Option<f64>,
+    /// Share of requests that write, in percent.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+    write_percent: Option<u32>,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
+    /// Where the HTML report goes (default: the data folder's reports/).
+    #[arg(long)]
+    report_dir: Option<std::path::PathBuf>,
+    /// Streaming replicas of the private PostgreSQL to read from and throttle on.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=4))]
+    replicas: u64,
+    /// The backfill's sleep between batches, in ms (default: 100 quick, 50 full); with
+    /// `ZDM_BACKFILL_MAX_P99_MS` set, 0 leaves the pacing to the latency throttle.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
+    backfill_sleep_ms: Option<i32>,
+    /// The backfill's workers (1-16 or `auto`; auto needs ZDM_BACKFILL_MAX_P99_MS).
+    #[arg(long, value_name = "N|auto")]
+    backfill_workers: Option<backfill::Workers>,
+    /// Break the app on purpose, to see the audit catch it (the run then fails):
+    /// `lose-writes` answers some updates as saved and rolls them back, `lagging-v1` makes
+    /// v1 writes skip the new columns. `ZDM_FAULT_LAGGING_V1_WRITES=1` means the latter.
+    #[arg(long, value_enum)]
+    fault: Option<Fault>,
+}
+
+impl DemoArgs {
+    fn run(self, config: &Config) -> Result<(), StartupError> {
+        let opts = self.options(config)?;
+        let url = config.resolve_database_url()?;
+        let report_dir = opts.report_dir.clone();
+        let summary = actix_web::rt::System::new()
+            .block_on(demo::run(&url, opts))
+            .map_err(with_causes)?;
+        print!("{}", demo::report::table(&summary));
+        println!(
+            "report: {}",
+            report_dir
+                .join(format!("demo-{}.html", summary.mode))
+                .display()
+        );
+        if summary.mode == "zdm" && !summary.passed {
+            return Err(format!(
+                "zero downtime did not hold: {} failed request(s), {} lost write(s), {} divergent row(s), {} untouched row(s) altered{} (see the report)",
+                summary.failed_requests,
+                summary.lost_writes,
+                summary.divergent_rows,
+                summary.untouched_rows_altered,
+                if summary.walk_error.is_some() { ", and the migration stopped" } else { "" }
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The demo's options: the quick or the full run's, with what the flags change, the
+    /// replicas started, and the fault (one at a time, from the flag or the environment).
+    fn options(self, config: &Config) -> Result<DemoOptions, StartupError> {
+        let dir = self.report_dir.unwrap_or_else(|| config.report_dir());
+        let mut opts = if self.quick {
+            DemoOptions::quick(dir)
+        } else {
+            DemoOptions::full(dir)
+        };
+        opts.naive = self.naive;
+        opts.undo = self.undo;
+        opts.rows = self.rows.unwrap_or(opts.rows);
+        opts.clients = self.clients.map_or(opts.clients, |c| c as usize);
+        opts.phase_secs = self
+            .phase_secs
+            .filter(|s| *s > 0.0)
+            .unwrap_or(opts.phase_secs);
+        opts.write_percent = self.write_percent.unwrap_or(opts.write_percent);
+        opts.json_out = self.json_out;
+        opts.backfill_sleep_ms = self.backfill_sleep_ms.unwrap_or(opts.backfill_sleep_ms);
+        opts.backfill_workers = self.backfill_workers;
+        if self.replicas > 0 {
+            if config.database_url.is_some() {
+                return Err(
+                    "--replicas starts replicas of the private PostgreSQL: unset DATABASE_URL"
+                        .into(),
+                );
+            }
+            let primary = crate::local_pg::LocalPg::ensure_running(&config.data_dir)?;
+            for index in 1..=self.replicas as usize {
+                opts.replica_servers
+                    .push(primary.ensure_replica(index)?.url("postgres"));
+            }
+        }
+        opts.fault = match (self.fault, config.faults.lagging_v1_writes) {
+            (None, true) => Some(Fault::LaggingV1),
+            (Some(f), true) if f != Fault::LaggingV1 => {
+                return Err(format!(
+                    "one fault at a time: --fault {} with {}=1",
+                    f.name(),
+                    crate::faults::LAGGING_V1_WRITES_ENV
+                )
+                .into());
+            }
+            (fault, _) => fault,
+        };
+        Ok(opts)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// The zdm backfill against one monolithic UPDATE on two identical tables, in a scratch
+    /// database on the same server (dropped afterwards).
+    Backfill(BenchBackfillArgs),
+    /// The HTTP serving path (one `zdm serve` under a built-in load client) against
+    /// pgbench's point select, in a scratch database. Build with --release for real figures.
+    Http(BenchHttpArgs),
+    /// The backfill's effect on a streaming replica that applies WAL late, without and with
+    /// the lag throttle, on a scratch primary + replica of its own (removed afterwards).
+    Replicas(BenchReplicasArgs),
+}
+
+impl BenchWhat {
+    fn run(self, config: &Config) -> Result<(), StartupError> {
+        match self {
+            BenchWhat::Backfill(args) => args.run(config),
+            BenchWhat::Http(args) => args.run(config),
+            BenchWhat::Replicas(args) => args.run(config),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct BenchBackfillArgs {
+    /// Users in each table.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    rows: u64,
+    /// Rows in the backfill's first batch (and in every one with --batch-target-ms 0).
+    #[arg(long, default_value_t = backfill::DEFAULT_BATCH_SIZE, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_BATCH_SIZE)))]
+    batch_size: i32,
+    /// The batch time the backfill sizes its batches to, in milliseconds (0: fixed size).
+    #[arg(long, default_value_t = backfill::DEFAULT_BATCH_TARGET_MS, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_BATCH_TARGET_MS)))]
+    batch_target_ms: i32,
+    /// Rounds, each filling a fresh copy once each way; the order alternates (single
+    /// UPDATE first, then the backfill first), so an even number cancels steady drift.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
+    /// Leave autovacuum on for both tables during the fills. It may then run on the
+    /// backfill's table while the backfill's batches commit (never on the single
+    /// UPDATE's, which commits once), inside the backfill's timed fill.
+    #[arg(long)]
+    autovacuum: bool,
+    /// Also fill a copy of the first M users both ways in every round, and print each
+    /// way's rate on all rows against its rate on those M (measured in the same run, so
+    /// the machine's drift between runs does not enter it).
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    small_rows: Option<u64>,
+    /// Drop the unique index on lower(email) from both tables before the fills, to see
+    /// what its upkeep costs each row (every filled row gets a new version, and so a new
+    /// entry in every index).
+    #[arg(long)]
+    without_email_index: bool,
+    /// Workers of the backfill (each on ranges of its own, one connection each); with
+    /// more than one the report ends with `parallel_backfill_vs_single_update`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_WORKERS)))]
+    workers: i32,
+}
+
+impl BenchBackfillArgs {
+    fn run(self, config: &Config) -> Result<(), StartupError> {
+        let url = config.resolve_database_url()?;
+        let options = bench::BackfillBenchOptions {
+            rows: self.rows,
+            rounds: self.rounds,
+            knobs: backfill::Knobs {
+                batch_size: Some(self.batch_size),
+                sleep_ms: Some(0),
+                batch_target_ms: Some(self.batch_target_ms),
+                workers: Some(backfill::Workers::Fixed(self.workers)),
+            },
+            autovacuum: self.autovacuum,
+            small_rows: self.small_rows,
+            without_email_index: self.without_email_index,
+        };
+        bench::backfill_benchmark(&url, options, |line| println!("{line}"))
+            .map(drop)
+            .map_err(with_causes)
+    }
+}
+
+#[derive(Debug, Args)]
+struct BenchHttpArgs {
+    /// Users seeded.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    rows: u64,
+    /// Concurrent keep-alive clients (and pgbench clients).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=512))]
+    concurrency: u64,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+}
+
+impl BenchHttpArgs {
+    fn run(self, config: &Config) -> Result<(), StartupError> {
+        let url = config.resolve_database_url()?;
+        let opts = bench::http::HttpBenchOptions {
+            rows: self.rows,
+            concurrency: self.concurrency as usize,
+            secs: self.secs.max(1.0),
+        };
+        actix_web::rt::System::new()
+            .block_on(bench::http::http_benchmark(&url, opts, |line| {
+                println!("{line}")
+            }))
+            .map(drop)
+            .map_err(with_causes)
+    }
+}
+
+#[derive(Debug, Args)]
+struct BenchReplicasArgs {
+    /// Users in each of the two databases.
+    #[arg(long, default_value_t = 80_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    rows: u64,
+    /// The throttle's replay-lag limit in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(i64).range(1..))]
+    max_lag_bytes: i64,
+    /// How late the replica applies WAL, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    apply_delay_ms: u64,
+    /// Rows per backfill batch.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
+    batch_size: i32,
+}
+
+impl BenchReplicasArgs {
+    fn run(self, config: &Config) -> Result<(), StartupError> {
+        let opts = bench::replicas::ReplicaBenchOptions {
+            rows: self.rows,
+            max_lag_bytes: self.max_lag_bytes,
+            apply_delay_ms: self.apply_delay_ms,
+            batch_size: self.batch_size,
+        };
+        bench::replicas::replica_benchmark(config.data_dir.join("bench-replicas"), &opts, |line| {
+            println!("{line}")
+        })
+        .map(drop)
+        .map_err(with_causes)
+    }
+}
+
+#[derive(Debug, Args)]
+struct SeedArgs {
+    /// How many users to insert.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    users: u64,
+    /// Seed of the name generator (same seed, same names); random by default.
+    #[arg(long)]
+    rng_seed: Option<u64>,
+}
+
+impl SeedArgs {
+    fn run(self, config: &Config) -> Result<(), StartupError> {
+        let mut conn = connect(config)?.conn;
+        let phase = state::current_phase(&mut conn)?;
+        let bar = progress_bar(self.users, "seeding")?;
+        let started = Instant::now();
+        let seed = self.rng_seed.unwrap_or_else(|| fastrand::u64(..));
+        let done = crate::tools::seed::seed_users(&mut conn, phase, self.users, seed, |n| {
+            bar.set_position(n)
+        })
+        .map_err(with_causes)?;
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "seeded {done} users in {secs:.1} s ({:.0} rows/s)",
+            done as f64 / secs.max(f64::EPSILON)
+        );
+        Ok(())
+    }
+}
+
+/// The migrated database, as the CLI reaches it: a connection of its own, its URL (for a
+/// backfill that reconnects), and what a backfill it runs waits for (the configured replicas
+/// and those of the private set-up, the requests' p99).
+struct Connected {
+    conn: PgConnection,
+    url: String,
+    throttle: backfill::Throttle,
+}
+
+fn connect(config: &Config) -> Result<Connected, StartupError> {
+    let database = startup::prepare_database(config)?;
+    let throttle = backfill::Throttle::new(
+        database.all_replica_urls(config),
+        config.replica_max_lag_bytes,
+    )
+    .with_request_p99_limit(config.backfill_max_p99_ms);
+    Ok(Connected {
+        conn: PgConnection::establish(&database.url)?,
+        url: database.url,
+        throttle,
+    })
+}
+
+fn progress_bar(total: u64, what: &str) -> Result<ProgressBar, StartupError> {
+    Ok(ProgressBar::new(total).with_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:40}}] {{human_pos}}/{{human_len}} rows · {{per_sec}} · ETA {{eta}} {{msg}}"
+        ))?
+        .progress_chars("=> "),
+    ))
 }

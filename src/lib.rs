@@ -1,7 +1,6 @@
 //! zdm: a zero-downtime PostgreSQL schema migration you can run, watch and measure.
 
 pub mod app_state;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -1,7 +1,8 @@
 //! The tools beside the app, which use it and which nothing in the app uses: the proof under
-//! live traffic (`zdm demo`), the data it and the benchmarks start from (`zdm seed`, scratch
-//! databases).
+//! live traffic (`zdm demo`), the figures (`zdm bench`), the data they start from (`zdm seed`,
+//! scratch databases).
 
+pub mod bench;
 pub mod demo;
 pub mod scratch;
 pub mod seed;

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use zdm::migration::Phase;
 use zdm::migration::backfill::{self, BackfillError, BackfillState, Direction};
 use zdm::migration::verify;
+use zdm::tools::bench;
 
 use crate::helpers::{MixedWriters, TestApp};
 
@@ -524,7 +525,7 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
 }
 
 /// The rows each of `runs` changed, in order.
-fn rows_of(runs: &[zdm::bench::Timed]) -> Vec<u64> {
+fn rows_of(runs: &[bench::Timed]) -> Vec<u64> {
     runs.iter().map(|t| t.rows).collect()
 }
 
@@ -534,7 +535,7 @@ fn rows_of(runs: &[zdm::bench::Timed]) -> Vec<u64> {
 #[test]
 fn the_benchmark_fills_every_row_both_ways_in_every_round() {
     let mut lines = Vec::new();
-    let options = zdm::bench::BackfillBenchOptions {
+    let options = bench::BackfillBenchOptions {
         rows: 3000,
         rounds: 2,
         knobs: backfill::Knobs::fixed(400, 0),
@@ -542,7 +543,7 @@ fn the_benchmark_fills_every_row_both_ways_in_every_round() {
         small_rows: None,
         without_email_index: false,
     };
-    let report = zdm::bench::backfill_benchmark(&crate::helpers::server_url(), options, |line| {
+    let report = bench::backfill_benchmark(&crate::helpers::server_url(), options, |line| {
         lines.push(line.to_owned())
     })
     .unwrap();
@@ -632,7 +633,7 @@ fn the_benchmark_can_leave_autovacuum_on_compare_two_sizes_and_drop_the_email_in
     ))
     .get_result(&mut conn)
     .unwrap();
-    let options = zdm::bench::BackfillBenchOptions {
+    let options = bench::BackfillBenchOptions {
         rows: 500,
         rounds: 1,
         knobs: backfill::Knobs::fixed(400, 0),
@@ -642,7 +643,7 @@ fn the_benchmark_can_leave_autovacuum_on_compare_two_sizes_and_drop_the_email_in
     };
     let mut lines = Vec::new();
     let report =
-        zdm::bench::backfill_benchmark(&url, options, |line| lines.push(line.to_owned())).unwrap();
+        bench::backfill_benchmark(&url, options, |line| lines.push(line.to_owned())).unwrap();
     assert!(
         report
             .fills()
@@ -669,11 +670,11 @@ fn the_benchmark_can_leave_autovacuum_on_compare_two_sizes_and_drop_the_email_in
     );
 
     // The smaller copy must be smaller; refused before anything is seeded.
-    let too_big = zdm::bench::BackfillBenchOptions {
+    let too_big = bench::BackfillBenchOptions {
         small_rows: Some(500),
         ..options
     };
-    let err = zdm::bench::backfill_benchmark(&url, too_big, |_| ()).unwrap_err();
+    let err = bench::backfill_benchmark(&url, too_big, |_| ()).unwrap_err();
     assert!(
         err.to_string().contains("must be below --rows (500)"),
         "{err}"

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use zdm::migration::Phase;
 use zdm::migration::backfill::{self, BackfillState, Direction, Knobs, Throttle, Workers};
 use zdm::migration::verify;
+use zdm::tools::bench;
 
 use crate::helpers::{MixedWriters, TestApp, eventually};
 
@@ -474,7 +475,7 @@ fn workers_that_cannot_connect_leave_the_work_to_those_that_can() {
 #[test]
 fn the_benchmark_runs_the_backfill_with_workers_and_ends_with_the_parallel_ratio() {
     let mut lines = Vec::new();
-    let options = zdm::bench::BackfillBenchOptions {
+    let options = bench::BackfillBenchOptions {
         rows: 4000,
         rounds: 2,
         knobs: Knobs::fixed(250, 0).with_workers(Workers::Fixed(2)),
@@ -482,7 +483,7 @@ fn the_benchmark_runs_the_backfill_with_workers_and_ends_with_the_parallel_ratio
         small_rows: None,
         without_email_index: false,
     };
-    let report = zdm::bench::backfill_benchmark(&crate::helpers::server_url(), options, |line| {
+    let report = bench::backfill_benchmark(&crate::helpers::server_url(), options, |line| {
         lines.push(line.to_owned())
     })
     .unwrap();

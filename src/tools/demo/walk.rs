@@ -3,7 +3,7 @@
 //! transaction in the way of the expand and the contract, a rolling restart, a `kill -9` of
 //! the backfill), and the naive one-step migration.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -198,51 +198,49 @@ fn backfill_status(url: &str) -> Result<backfill::BackfillStatus> {
     backfill::status(&mut connect(url)?).context("reading the backfill's progress")
 }
 
-/// Runs the backfill as a child process, kills it with SIGKILL part-way, and resumes it
-/// with a new one. Returns the rows/s over the whole backfill.
-async fn backfill_with_a_crash(
-    url: &str,
-    opts: &DemoOptions,
-    timeline: &mut Timeline,
-) -> Result<f64> {
+/// Starts `zdm backfill` as a child process on the database of `url`, with the demo's knobs
+/// and the instances' common environment, without the fault variables this process may have
+/// inherited (a fault is injected into instances, never into the backfill).
+fn start_backfill_process(url: &str, opts: &DemoOptions) -> Result<Child> {
     let workers = opts
         .backfill_workers
         .map(|w| vec!["--workers".to_owned(), w.to_string()])
         .unwrap_or_default();
-    let spawn = || -> Result<std::process::Child> {
-        let exe = std::env::current_exe().context("finding the zdm executable")?;
-        Command::new(exe)
-            .args([
-                "backfill",
-                "--batch-size",
-                &opts.backfill_batch.to_string(),
-                "--sleep-ms",
-                &opts.backfill_sleep_ms.to_string(),
-            ])
-            .args(&workers)
-            .env("DATABASE_URL", url)
-            .env("RUST_LOG", "warn")
-            .env_remove(LAGGING_V1_WRITES_ENV)
-            .env_remove(LOSE_WRITES_ENV)
-            .envs(
-                opts.instance_env
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting a backfill process")
-    };
-    timeline.mark("backfill starts (child process)");
-    let mut child = spawn()?;
+    let exe = std::env::current_exe().context("finding the zdm executable")?;
+    Command::new(exe)
+        .args([
+            "backfill",
+            "--batch-size",
+            &opts.backfill_batch.to_string(),
+            "--sleep-ms",
+            &opts.backfill_sleep_ms.to_string(),
+        ])
+        .args(&workers)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .env_remove(LAGGING_V1_WRITES_ENV)
+        .env_remove(LOSE_WRITES_ENV)
+        .envs(
+            opts.instance_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting a backfill process")
+}
+
+/// Waits until the backfill of `url` is two fifths done, or fails if `child`, which runs
+/// it, ends before.
+async fn wait_until_two_fifths_done(url: &str, child: &mut Child) -> Result<()> {
     loop {
         pause(0.05).await;
         let url = url.to_owned();
         let status = blocking(move || backfill_status(&url)).await?;
         if status.rows_total > 0 && status.rows_done * 5 >= status.rows_total * 2 {
-            break;
+            return Ok(());
         }
         if let Some(exit) = child
             .try_wait()
@@ -251,6 +249,18 @@ async fn backfill_with_a_crash(
             bail!("the backfill ended early: {exit}");
         }
     }
+}
+
+/// Runs the backfill as a child process, kills it with SIGKILL part-way, and resumes it
+/// with a new one. Returns the rows/s over the whole backfill.
+async fn backfill_with_a_crash(
+    url: &str,
+    opts: &DemoOptions,
+    timeline: &mut Timeline,
+) -> Result<f64> {
+    timeline.mark("backfill starts (child process)");
+    let mut child = start_backfill_process(url, opts)?;
+    wait_until_two_fifths_done(url, &mut child).await?;
     child.kill().context("killing the backfill process")?;
     child
         .wait()
@@ -258,7 +268,7 @@ async fn backfill_with_a_crash(
     timeline.mark("kill -9 of the backfill process at ~40 %");
     pause(0.5).await;
     timeline.mark("backfill resumed by a new process");
-    let mut child = spawn()?;
+    let mut child = start_backfill_process(url, opts)?;
     let exit = blocking(move || {
         child
             .wait()

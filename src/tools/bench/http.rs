@@ -7,19 +7,20 @@
 //! Prints requests/s and p50/p99 per scenario, the server's peak RSS, and as its last lines
 //! `read_vs_pgbench: R` and `dual_write_vs_single_write: W`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::rt::net::TcpStream;
+use anyhow::{Context, Result, bail};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{BenchError, ms, peak_rss_mib, quantile};
+use super::{ms, peak_rss_mib, quantile};
 use crate::local_pg::BinarySearch;
 use crate::migration::backfill;
 use crate::tools::demo::fleet::Fleet;
@@ -224,10 +225,21 @@ async fn read_response(conn: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::R
     }
 }
 
+/// Runs `work` (database work, a child process, a load that blocks its thread) on the
+/// blocking thread pool, off the runtime that drives the server's admin API.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    actix_web::rt::task::spawn_blocking(work)
+        .await
+        .context("a blocking step of the benchmark panicked")?
+}
+
 /// Vacuums `users` and, where allowed (superuser), writes a checkpoint.
-fn settle(url: &str) -> Result<(), BenchError> {
-    let mut conn = PgConnection::establish(url)?;
-    conn.batch_execute("VACUUM users")?;
+fn settle(url: &str) -> Result<()> {
+    let mut conn = PgConnection::establish(url).context("connecting to the scratch database")?;
+    conn.batch_execute("VACUUM users")
+        .context("vacuuming users")?;
     let _ = conn.batch_execute("CHECKPOINT");
     Ok(())
 }
@@ -250,13 +262,14 @@ fn pgbench_point_select(
     concurrency: usize,
     secs: f64,
     columns: &str,
-) -> Result<Figures, BenchError> {
-    let bin = pgbench().ok_or("pgbench was not found next to the PostgreSQL server binaries")?;
+) -> Result<Figures> {
+    let bin = pgbench().context("pgbench was not found next to the PostgreSQL server binaries")?;
     let script = std::env::temp_dir().join(format!("zdm-bench-{}.sql", std::process::id()));
     std::fs::write(
         &script,
         format!("\\set id random(1, {rows})\nSELECT {columns} FROM users WHERE id = :id;\n"),
-    )?;
+    )
+    .with_context(|| format!("writing pgbench's script {}", script.display()))?;
     let output = Command::new(bin)
         .args(["-n", "-M", "prepared", "-r"])
         .arg(format!("-c{concurrency}"))
@@ -265,16 +278,16 @@ fn pgbench_point_select(
         .arg("-f")
         .arg(&script)
         .arg(url)
-        .output()?;
+        .output()
+        .context("running pgbench")?;
     let _ = std::fs::remove_file(&script);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
-        return Err(format!(
+        bail!(
             "pgbench failed: {}{}",
             text,
             String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
+        );
     }
     let number_after = |label: &str| -> Option<f64> {
         let line = text.lines().find(|l| l.contains(label))?;
@@ -287,127 +300,174 @@ fn pgbench_point_select(
     };
     Ok(Figures {
         requests_per_s: number_after("tps = ")
-            .ok_or_else(|| format!("no tps in pgbench's output: {text}"))?,
+            .with_context(|| format!("no tps in pgbench's output: {text}"))?,
         p50_ms: number_after("latency average = ").unwrap_or(0.0),
         p99_ms: 0.0,
         errors: 0,
     })
 }
 
+/// The one `zdm serve` under load, on the scratch database, with the admin API that walks it
+/// through the migration.
+struct Served {
+    fleet: Fleet,
+    /// The server's URL.
+    base: String,
+    /// The scratch database's URL.
+    url: String,
+    admin: reqwest::Client,
+    opts: HttpBenchOptions,
+}
+
+impl Served {
+    /// Starts the server on the database of `url`, its pool as large as the load's
+    /// concurrency, its log in `logs`.
+    async fn start(url: &str, logs: &Path, opts: &HttpBenchOptions) -> Result<Self> {
+        let token = crate::startup::generate_token();
+        let fleet = Fleet::start(
+            1,
+            url,
+            &token,
+            logs,
+            vec![("ZDM_POOL_SIZE".to_owned(), opts.concurrency.to_string())],
+        )
+        .await?;
+        Ok(Self {
+            base: fleet.instances[0].url.clone(),
+            fleet,
+            url: url.to_owned(),
+            admin: reqwest::Client::new(),
+            opts: opts.clone(),
+        })
+    }
+
+    /// Runs the load of `scenario`. Each scenario starts from the same state of the table:
+    /// the dead rows of the writes or the backfill before it vacuumed and the dirty pages
+    /// written out, untimed (else the second write scenario paid for the first's autovacuum
+    /// and checkpoint).
+    async fn load(&self, scenario: Scenario) -> Result<Figures> {
+        let (base, url) = (self.base.clone(), self.url.clone());
+        let HttpBenchOptions {
+            rows,
+            concurrency,
+            secs,
+        } = self.opts;
+        blocking(move || settle(&url).map(|()| drive(&base, scenario, rows, concurrency, secs)))
+            .await
+    }
+
+    /// Advances the migration to each of `phases` in turn, through the admin API, waiting
+    /// each time until the server has applied it.
+    async fn advance_through(&self, phases: [&str; 2]) -> Result<()> {
+        for to in phases {
+            let r = self
+                .admin
+                .post(format!("{}/api/admin/migration/advance", self.base))
+                .bearer_auth(self.fleet.admin_token())
+                .json(&json!({ "confirm": null }))
+                .send()
+                .await
+                .with_context(|| format!("advancing to {to}"))?;
+            if !r.status().is_success() {
+                bail!("advancing to {to}: {}", r.text().await.unwrap_or_default());
+            }
+            self.fleet.wait_applied(to).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the backfill of the database of `url` to the end, without pauses: the step between
+/// dual_write and backfilled, untimed.
+async fn backfill_to_the_end(url: &str) -> Result<()> {
+    let url = url.to_owned();
+    blocking(move || {
+        let mut conn =
+            PgConnection::establish(&url).context("connecting to the scratch database")?;
+        backfill::set_knobs(&mut conn, backfill::Knobs::sleep(0))
+            .context("setting the backfill's knobs")?;
+        backfill::run(&mut conn, backfill::Direction::Forward, |_| {})
+            .context("running the backfill")?;
+        Ok(())
+    })
+    .await
+}
+
+/// PostgreSQL's own rate for the point select of the v2 read, with the load's concurrency
+/// for as long as each scenario: the ceiling the serving path is measured against.
+async fn pgbench_ceiling(url: &str, opts: &HttpBenchOptions) -> Result<Figures> {
+    let url = url.to_owned();
+    let HttpBenchOptions {
+        rows,
+        concurrency,
+        secs,
+    } = *opts;
+    blocking(move || {
+        pgbench_point_select(
+            &url,
+            rows,
+            concurrency,
+            secs,
+            "id, first_name, last_name, email",
+        )
+    })
+    .await
+}
+
+/// One scenario's line of the report.
+fn figures_line(label: &str, f: &Figures) -> String {
+    format!(
+        "{label:<34} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}",
+        f.requests_per_s, f.p50_ms, f.p99_ms, f.errors
+    )
+}
+
+/// Runs the benchmark on the server of `database_url` and prints its figures; returns the
+/// last two, `(read_vs_pgbench, dual_write_vs_single_write)`.
 pub async fn http_benchmark(
     database_url: &str,
     opts: HttpBenchOptions,
     mut say: impl FnMut(&str),
-) -> Result<(f64, f64), BenchError> {
+) -> Result<(f64, f64)> {
     say(&format!("seeding {} users...", opts.rows));
     let scratch = {
         let (server, rows) = (database_url.to_owned(), opts.rows);
-        actix_web::rt::task::spawn_blocking(move || {
-            ScratchDatabase::seeded(&server, "zdm_bench_http", rows, 11)
-                .map_err(|e| format!("{e:#}"))
-        })
-        .await
-        .map_err(|e| e.to_string())??
+        blocking(move || ScratchDatabase::seeded(&server, "zdm_bench_http", rows, 11)).await?
     };
-    let url = scratch.url.clone();
     let logs = std::env::temp_dir().join(format!("zdm-bench-http-{}", std::process::id()));
-    std::fs::create_dir_all(&logs)?;
-    let token = crate::startup::generate_token();
-    let mut fleet = Fleet::start(
-        1,
-        &url,
-        &token,
-        &logs,
-        vec![("ZDM_POOL_SIZE".to_owned(), opts.concurrency.to_string())],
-    )
-    .await
-    .map_err(|e| format!("{e:#}"))?;
-    let base = fleet.instances[0].url.clone();
-    let pid = fleet.pid(0).ok_or("the server is not running")?;
-    let (rows, concurrency, secs) = (opts.rows, opts.concurrency, opts.secs);
-    // Each scenario starts from the same state of the table: the dead rows of the writes or
-    // the backfill before it vacuumed and the dirty pages written out, untimed (else the
-    // second write scenario paid for the first's autovacuum and checkpoint).
-    let run = |scenario| {
-        let (base, url) = (base.clone(), url.clone());
-        actix_web::rt::task::spawn_blocking(move || {
-            settle(&url).map(|()| drive(&base, scenario, rows, concurrency, secs))
-        })
-    };
-    let report = |say: &mut dyn FnMut(&str), label: &str, f: &Figures| {
-        say(&format!(
-            "{label:<34} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}",
-            f.requests_per_s, f.p50_ms, f.p99_ms, f.errors
-        ));
-    };
-
+    std::fs::create_dir_all(&logs)
+        .with_context(|| format!("creating the log folder {}", logs.display()))?;
+    let mut served = Served::start(&scratch.url, &logs, &opts).await?;
+    let pid = served.fleet.pid(0).context("the server is not running")?;
+    let HttpBenchOptions {
+        rows,
+        concurrency,
+        secs,
+    } = opts;
     say(&format!(
         "load: {concurrency} keep-alive clients, {secs} s per scenario, {rows} users"
     ));
-    let v1_read = run(Scenario::V1Read).await.map_err(|e| e.to_string())??;
-    report(&mut say, "GET  /api/v1/users/{id} baseline", &v1_read);
-    let single_write = run(Scenario::V1Write).await.map_err(|e| e.to_string())??;
-    report(&mut say, "PUT  /api/v1/users/{id} baseline", &single_write);
-
-    let admin = reqwest::Client::new();
-    let advance = |confirm: Option<&str>| {
-        admin
-            .post(format!("{base}/api/admin/migration/advance"))
-            .bearer_auth(&token)
-            .json(&json!({ "confirm": confirm }))
-            .send()
-    };
-    for to in ["expanded", "dual_write"] {
-        let r = advance(None).await?;
-        if !r.status().is_success() {
-            return Err(
-                format!("advancing to {to}: {}", r.text().await.unwrap_or_default()).into(),
-            );
-        }
-        fleet.wait_applied(to).await?;
-    }
-    let dual_write = run(Scenario::V1Write).await.map_err(|e| e.to_string())??;
-    report(&mut say, "PUT  /api/v1/users/{id} dual_write", &dual_write);
-
-    {
-        let url = url.clone();
-        actix_web::rt::task::spawn_blocking(move || -> Result<(), BenchError> {
-            let mut conn = PgConnection::establish(&url)?;
-            backfill::set_knobs(&mut conn, backfill::Knobs::sleep(0))?;
-            backfill::run(&mut conn, backfill::Direction::Forward, |_| {})?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-    }
-    for to in ["backfilled", "read_new"] {
-        let r = advance(None).await?;
-        if !r.status().is_success() {
-            return Err(
-                format!("advancing to {to}: {}", r.text().await.unwrap_or_default()).into(),
-            );
-        }
-        fleet.wait_applied(to).await?;
-    }
-    let v2_read = run(Scenario::V2Read).await.map_err(|e| e.to_string())??;
-    report(&mut say, "GET  /api/v2/users/{id} read_new", &v2_read);
+    let v1_read = served.load(Scenario::V1Read).await?;
+    say(&figures_line("GET  /api/v1/users/{id} baseline", &v1_read));
+    let single_write = served.load(Scenario::V1Write).await?;
+    say(&figures_line(
+        "PUT  /api/v1/users/{id} baseline",
+        &single_write,
+    ));
+    served.advance_through(["expanded", "dual_write"]).await?;
+    let dual_write = served.load(Scenario::V1Write).await?;
+    say(&figures_line(
+        "PUT  /api/v1/users/{id} dual_write",
+        &dual_write,
+    ));
+    backfill_to_the_end(&scratch.url).await?;
+    served.advance_through(["backfilled", "read_new"]).await?;
+    let v2_read = served.load(Scenario::V2Read).await?;
+    say(&figures_line("GET  /api/v2/users/{id} read_new", &v2_read));
     let rss = peak_rss_mib(Some(pid));
-    fleet.stop();
+    served.fleet.stop();
 
-    let ceiling = {
-        let url = url.clone();
-        actix_web::rt::task::spawn_blocking(move || {
-            pgbench_point_select(
-                &url,
-                rows,
-                concurrency,
-                secs,
-                "id, first_name, last_name, email",
-            )
-        })
-        .await
-        .map_err(|e| e.to_string())??
-    };
+    let ceiling = pgbench_ceiling(&scratch.url, &opts).await?;
     say(&format!(
         "{:<34} {:>8.0} tx/s    avg {:>6.2} ms   (pgbench, prepared point select, {concurrency} clients)",
         "pgbench SELECT ... WHERE id = :id", ceiling.requests_per_s, ceiling.p50_ms

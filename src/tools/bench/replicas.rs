@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result, anyhow, bail};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
-use super::BenchError;
 use crate::domain::Phase;
 use crate::local_pg::{LocalPg, ScratchCluster};
 use crate::migration::backfill::{self, BackfillState, Direction, Throttle};
@@ -67,42 +67,54 @@ pub fn replica_benchmark(
     base: PathBuf,
     opts: &ReplicaBenchOptions,
     mut say: impl FnMut(&str),
-) -> Result<LagFigures, BenchError> {
+) -> Result<LagFigures> {
     say(&format!(
         "starting a scratch primary and a streaming replica in {}...",
         base.display()
     ));
     let mut cluster = ScratchCluster::new(base);
-    let primary = cluster.primary()?;
-    let replica = cluster.replica(&primary)?;
+    let primary = cluster.primary().context("starting the scratch primary")?;
+    let replica = cluster
+        .replica(&primary)
+        .context("starting the streaming replica")?;
     delay_replay(&replica, opts.apply_delay_ms)?;
     measure(&primary, &replica, opts, say)
 }
 
 /// Makes `replica` apply WAL `ms` milliseconds after the primary wrote it.
-pub fn delay_replay(replica: &LocalPg, ms: u64) -> Result<(), BenchError> {
-    let mut conn = PgConnection::establish(&replica.url("postgres"))?;
+pub fn delay_replay(replica: &LocalPg, ms: u64) -> Result<()> {
+    let mut conn =
+        PgConnection::establish(&replica.url("postgres")).context("connecting to the replica")?;
     conn.batch_execute(&format!(
         "ALTER SYSTEM SET recovery_min_apply_delay = '{ms}ms'"
-    ))?;
-    conn.batch_execute("SELECT pg_reload_conf()")?;
+    ))
+    .context("setting the replica's recovery_min_apply_delay")?;
+    conn.batch_execute("SELECT pg_reload_conf()")
+        .context("reloading the replica's configuration")?;
     Ok(())
 }
 
 /// A database `name` on `primary` with `rows` seeded users, in dual_write: ready for the
 /// backfill. Returns its URL.
-pub fn prepared_database(primary: &LocalPg, name: &str, rows: u64) -> Result<String, BenchError> {
-    primary.create_database_if_missing(name)?;
+pub fn prepared_database(primary: &LocalPg, name: &str, rows: u64) -> Result<String> {
+    primary
+        .create_database_if_missing(name)
+        .with_context(|| format!("creating the database {name}"))?;
     let url = primary.url(name);
-    let mut conn = PgConnection::establish(&url)?;
-    schema_migrations::run_infrastructure_migrations(&mut conn)?;
+    let mut conn =
+        PgConnection::establish(&url).with_context(|| format!("connecting to {name}"))?;
+    schema_migrations::run_infrastructure_migrations(&mut conn)
+        .map_err(anyhow::Error::from_boxed)
+        .with_context(|| format!("migrating {name}"))?;
     crate::tools::seed::seed_users(&mut conn, Phase::Baseline, rows, 5, |_| {})
-        .map_err(|e| format!("{e:#}"))?;
-    while state::current_phase(&mut conn)? < Phase::DualWrite {
-        runner::advance(&mut conn, "bench", None)?;
+        .with_context(|| format!("seeding {name}"))?;
+    while state::current_phase(&mut conn).context("reading the phase")? < Phase::DualWrite {
+        runner::advance(&mut conn, "bench", None)
+            .with_context(|| format!("advancing {name} to dual_write"))?;
     }
     // Vacuum now, so that autovacuum does not write WAL of its own during a measured run.
-    conn.batch_execute("VACUUM ANALYZE users")?;
+    conn.batch_execute("VACUUM ANALYZE users")
+        .with_context(|| format!("vacuuming {name}"))?;
     Ok(url)
 }
 
@@ -116,27 +128,33 @@ pub struct ReplayLag {
 }
 
 impl ReplayLag {
-    pub fn connect(primary: &LocalPg, replica: &LocalPg) -> Result<Self, BenchError> {
+    pub fn connect(primary: &LocalPg, replica: &LocalPg) -> Result<Self> {
         Ok(Self {
-            primary: PgConnection::establish(&primary.url("postgres"))?,
-            replica: PgConnection::establish(&replica.url("postgres"))?,
+            primary: PgConnection::establish(&primary.url("postgres"))
+                .context("connecting to the primary")?,
+            replica: PgConnection::establish(&replica.url("postgres"))
+                .context("connecting to the replica")?,
         })
     }
 
-    pub fn bytes(&mut self) -> Result<i64, BenchError> {
-        let replayed = replayed_lsn(&mut self.replica)?.ok_or("the replica is not replaying")?;
-        Ok(current_lsn(&mut self.primary)?.saturating_sub(replayed) as i64)
+    pub fn bytes(&mut self) -> Result<i64> {
+        let replayed = replayed_lsn(&mut self.replica)
+            .context("reading the replica's replay position")?
+            .context("the replica is not replaying")?;
+        let written =
+            current_lsn(&mut self.primary).context("reading the primary's WAL position")?;
+        Ok(written.saturating_sub(replayed) as i64)
     }
 
     /// Waits (up to a minute) until the replica has replayed to within `bytes`.
-    pub fn wait_below(&mut self, bytes: i64) -> Result<(), BenchError> {
+    pub fn wait_below(&mut self, bytes: i64) -> Result<()> {
         for _ in 0..600 {
             if self.bytes()? <= bytes {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err("the replica did not catch up within a minute".into())
+        bail!("the replica did not catch up within a minute")
     }
 }
 
@@ -146,31 +164,28 @@ pub fn backfill_measuring_lag(
     lag: &mut ReplayLag,
     mut throttle: Throttle,
     batch_size: i32,
-) -> Result<LagRun, BenchError> {
+) -> Result<LagRun> {
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let worker = {
         let (url, done) = (url.to_owned(), done.clone());
-        std::thread::spawn(
-            move || -> Result<(backfill::BackfillStatus, usize), BenchError> {
-                let result = (|| {
-                    let mut conn = PgConnection::establish(&url)?;
-                    backfill::set_knobs(&mut conn, backfill::Knobs::fixed(batch_size, 0))?;
-                    let mut waits = 0;
-                    let status = backfill::run_throttled(
-                        &mut conn,
-                        Direction::Forward,
-                        &mut throttle,
-                        |s| {
-                            waits += usize::from(s.state == BackfillState::Throttled);
-                        },
-                    )?;
-                    Ok((status, waits))
-                })();
-                done.store(true, Ordering::Release);
-                result
-            },
-        )
+        std::thread::spawn(move || -> Result<(backfill::BackfillStatus, usize)> {
+            let result = (|| {
+                let mut conn =
+                    PgConnection::establish(&url).context("connecting for the backfill")?;
+                backfill::set_knobs(&mut conn, backfill::Knobs::fixed(batch_size, 0))
+                    .context("setting the backfill's knobs")?;
+                let mut waits = 0;
+                let status =
+                    backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |s| {
+                        waits += usize::from(s.state == BackfillState::Throttled);
+                    })
+                    .context("running the backfill")?;
+                Ok((status, waits))
+            })();
+            done.store(true, Ordering::Release);
+            result
+        })
     };
     let mut largest = 0;
     while !done.load(Ordering::Acquire) {
@@ -180,9 +195,9 @@ pub fn backfill_measuring_lag(
     let secs = started.elapsed().as_secs_f64();
     let (status, waits) = worker
         .join()
-        .map_err(|_| "the backfill thread panicked")??;
+        .map_err(|_| anyhow!("the backfill thread panicked"))??;
     if status.state != BackfillState::Done {
-        return Err(format!("the backfill ended {}", status.state).into());
+        bail!("the backfill ended {}", status.state);
     }
     Ok(LagRun {
         largest_lag_bytes: largest,
@@ -198,7 +213,7 @@ pub fn measure(
     replica: &LocalPg,
     opts: &ReplicaBenchOptions,
     mut say: impl FnMut(&str),
-) -> Result<LagFigures, BenchError> {
+) -> Result<LagFigures> {
     let limit = opts.max_lag_bytes;
     say(&format!("seeding two databases of {} users...", opts.rows));
     let free = prepared_database(primary, "zdm_lag_free", opts.rows)?;
@@ -208,10 +223,14 @@ pub fn measure(
 
     say("backfill without the throttle...");
     let without_throttle =
-        backfill_measuring_lag(&free, &mut lag, Throttle::none(), opts.batch_size)?;
+        backfill_measuring_lag(&free, &mut lag, Throttle::none(), opts.batch_size)
+            .context("the backfill without the throttle")?;
     // The free run's dead row versions are vacuumed before the next run, not during it: the
     // replica's lag counts every writer's WAL, and the throttle holds back only the backfill.
-    PgConnection::establish(&free)?.batch_execute("VACUUM users")?;
+    PgConnection::establish(&free)
+        .context("connecting to vacuum after the free run")?
+        .batch_execute("VACUUM users")
+        .context("vacuuming after the free run")?;
     lag.wait_below(limit / 4)?;
     say("backfill with the throttle...");
     let with_throttle = backfill_measuring_lag(
@@ -219,12 +238,15 @@ pub fn measure(
         &mut lag,
         Throttle::new(vec![replica.url("zdm_lag_throttled")], limit),
         opts.batch_size,
-    )?;
+    )
+    .context("the backfill with the throttle")?;
     for url in [&free, &throttled] {
-        let divergent =
-            verify::verify(&mut PgConnection::establish(url)?, Phase::DualWrite)?.divergent;
+        let mut conn = PgConnection::establish(url).context("connecting to verify")?;
+        let divergent = verify::verify(&mut conn, Phase::DualWrite)
+            .context("verifying after the backfill")?
+            .divergent;
         if divergent != 0 {
-            return Err(format!("{divergent} rows diverge after the backfill").into());
+            bail!("{divergent} rows diverge after the backfill");
         }
     }
 

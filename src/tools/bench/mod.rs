@@ -11,18 +11,17 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result, bail};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 use crate::domain::Phase;
-use crate::migration::backfill::{self, Direction, Knobs, Throttle};
+use crate::migration::backfill::{self, BackfillStatus, Direction, Knobs, Throttle};
 use crate::migration::{runner, state};
 use crate::tools::scratch::ScratchDatabase;
 
 pub mod http;
 pub mod replicas;
-
-pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The value at quantile `q` (0..=1) of sorted durations.
 pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Duration {
@@ -306,24 +305,33 @@ fn autovacuum_on(conn: &mut PgConnection, table: &str) -> QueryResult<bool> {
 fn timed(
     conn: &mut PgConnection,
     table: &str,
-    fill: impl FnOnce(&mut PgConnection) -> Result<u64, BenchError>,
-) -> Result<Timed, BenchError> {
-    let wal_before = wal_position(conn)?;
+    fill: impl FnOnce(&mut PgConnection) -> Result<u64>,
+) -> Result<Timed> {
+    let wal_before = wal_position(conn).context("reading the WAL position before the fill")?;
     let checkpoints_before = checkpoint_count(conn);
-    let autovacuums_before = autovacuum_count(conn, table)?;
-    let autovacuum_on = autovacuum_on(conn, table)?;
-    let indexes = index_names(conn, table)?.len();
+    let autovacuums_before = autovacuum_count(conn, table)
+        .with_context(|| format!("counting the autovacuums of {table}"))?;
+    let autovacuum_on = autovacuum_on(conn, table)
+        .with_context(|| format!("reading whether autovacuum may run on {table}"))?;
+    let indexes = index_names(conn, table)
+        .with_context(|| format!("listing the indexes of {table}"))?
+        .len();
     let started = Instant::now();
     let rows = fill(conn)?;
     let secs = started.elapsed().as_secs_f64();
     let checkpoints = checkpoint_count(conn)
         .zip(checkpoints_before)
         .map(|(after, before)| after - before);
-    let wal_bytes = wal_position(conn)? - wal_before;
-    let autovacuums = autovacuum_count(conn, table)? - autovacuums_before;
-    let table_bytes = select_i64(conn, &format!("pg_table_size('{table}')"))?;
+    let wal_bytes =
+        wal_position(conn).context("reading the WAL position after the fill")? - wal_before;
+    let autovacuums = autovacuum_count(conn, table)
+        .with_context(|| format!("counting the autovacuums of {table} after the fill"))?
+        - autovacuums_before;
+    let table_bytes = select_i64(conn, &format!("pg_table_size('{table}')"))
+        .with_context(|| format!("reading the size of {table}"))?;
     let vacuum_started = Instant::now();
-    conn.batch_execute(&format!("VACUUM {table}"))?;
+    conn.batch_execute(&format!("VACUUM {table}"))
+        .with_context(|| format!("vacuuming {table} after the fill"))?;
     Ok(Timed {
         rows,
         secs,
@@ -342,14 +350,15 @@ fn timed(
 /// whichever side ran before it: the other side's table emptied too (its dead rows dropped,
 /// not left to VACUUM), every table vacuumed and analysed, and a checkpoint taken.
 /// Autovacuum stays off for the table unless `autovacuum`.
-fn rebuild(conn: &mut PgConnection, fill: Fill, autovacuum: bool) -> Result<(), BenchError> {
+fn rebuild(conn: &mut PgConnection, fill: Fill, autovacuum: bool) -> Result<()> {
     // The single UPDATE's twin belongs to no schema module (it exists only here), hence
     // plain SQL. Same columns, constraints and indexes as users.
     conn.batch_execute(
         "DROP TABLE IF EXISTS users_single;
          TRUNCATE users;
          CREATE TABLE users_single (LIKE users INCLUDING ALL);",
-    )?;
+    )
+    .context("emptying users and making users_single afresh")?;
     let table = fill.side.table();
     // The first n by users_seed's primary key, or all in the order they were copied in.
     let first = fill
@@ -358,9 +367,11 @@ fn rebuild(conn: &mut PgConnection, fill: Fill, autovacuum: bool) -> Result<(), 
     conn.batch_execute(&format!(
         "INSERT INTO {table} SELECT * FROM users_seed{first};
          ALTER TABLE {table} SET (autovacuum_enabled = {autovacuum});"
-    ))?;
+    ))
+    .with_context(|| format!("copying users_seed into {table}"))?;
     // One statement per call: VACUUM cannot run inside the implicit transaction of a batch.
-    conn.batch_execute("VACUUM ANALYZE")?;
+    conn.batch_execute("VACUUM ANALYZE")
+        .context("vacuuming the database")?;
     // Needs superuser; skipped if not.
     let _ = conn.batch_execute("CHECKPOINT");
     Ok(())
@@ -389,42 +400,70 @@ pub fn backfill_benchmark(
     database_url: &str,
     options: BackfillBenchOptions,
     mut say: impl FnMut(&str),
-) -> Result<BackfillBenchReport, BenchError> {
+) -> Result<BackfillBenchReport> {
     let BackfillBenchOptions {
-        rows,
-        rounds,
-        knobs,
-        autovacuum,
-        small_rows,
-        without_email_index,
+        rows, small_rows, ..
     } = options;
     if let Some(small) = small_rows
         && small >= rows
     {
-        return Err(format!(
-            "--small-rows ({small}) must be below --rows ({rows}): it sizes the smaller copy"
-        )
-        .into());
+        bail!("--small-rows ({small}) must be below --rows ({rows}): it sizes the smaller copy");
     }
     say(&format!("seeding {rows} users..."));
-    say(if autovacuum {
+    say(if options.autovacuum {
         "autovacuum: on (it may run on the backfill's table during its fill, never on the single UPDATE's)"
     } else {
         "autovacuum: off for both tables during the fills (--autovacuum to leave it on); each fill's cleanup is the VACUUM timed after it"
     });
-    let scratch = ScratchDatabase::seeded(database_url, "zdm_bench", rows, 1)
-        .map_err(|e| format!("{e:#}"))?;
-    let mut conn = PgConnection::establish(&scratch.url)?;
-    while state::current_phase(&mut conn)? < Phase::DualWrite {
-        runner::advance(&mut conn, "bench", None)?;
+    let scratch = ScratchDatabase::seeded(database_url, "zdm_bench", rows, 1)?;
+    let mut conn = PgConnection::establish(&scratch.url)
+        .with_context(|| format!("connecting to the scratch database {}", scratch.name))?;
+    prepare(&mut conn, options.without_email_index, &mut say)?;
+    let knobs =
+        backfill::set_knobs(&mut conn, options.knobs).context("setting the backfill's knobs")?;
+    let mut report = BackfillBenchReport {
+        workers: knobs.workers_wanted,
+        ..BackfillBenchReport::default()
+    };
+    for round in 0..options.rounds {
+        run_round(
+            &mut conn,
+            &scratch.url,
+            round,
+            &options,
+            &mut report,
+            &mut say,
+        )?;
+    }
+    report.batch_times.sort();
+    report.batch_sizes.sort();
+    drop(conn);
+    drop(scratch);
+    report.print(&options, &knobs, &mut say);
+    Ok(report)
+}
+
+/// Brings the freshly seeded scratch database to dual_write (where the backfill runs), drops
+/// the email index if asked, and copies the seeded users into `users_seed`, the source of
+/// every fill.
+fn prepare(
+    conn: &mut PgConnection,
+    without_email_index: bool,
+    say: &mut impl FnMut(&str),
+) -> Result<()> {
+    while state::current_phase(conn).context("reading the phase")? < Phase::DualWrite {
+        runner::advance(conn, "bench", None).context("advancing to dual_write")?;
     }
     if without_email_index {
         // Before the copies: the single UPDATE's table copies its indexes from users.
-        conn.batch_execute("DROP INDEX users_email_key")?;
+        conn.batch_execute("DROP INDEX users_email_key")
+            .context("dropping users_email_key")?;
     }
     say(&format!(
         "indexes on each filled table: {}{}",
-        index_names(&mut conn, "users")?.join(", "),
+        index_names(conn, "users")
+            .context("listing the indexes of users")?
+            .join(", "),
         if without_email_index {
             " (users_email_key dropped: --without-email-index)"
         } else {
@@ -435,173 +474,218 @@ pub fn backfill_benchmark(
     conn.batch_execute(
         "CREATE TABLE users_seed AS SELECT * FROM users ORDER BY id;
          ALTER TABLE users_seed ADD PRIMARY KEY (id);",
-    )?;
-    let knobs = backfill::set_knobs(&mut conn, knobs)?;
-    let workers = knobs.workers_wanted;
-    let mut report = BackfillBenchReport {
-        workers,
-        ..BackfillBenchReport::default()
-    };
-    for round in 0..rounds {
-        for fill in round_order(round, small_rows) {
-            rebuild(&mut conn, fill, autovacuum)?;
-            let round_label = format!("round {}: {}", round + 1, fill.label(workers));
-            say(&format!("{round_label}..."));
-            let table = fill.side.table();
-            // Rows scanned by the time each batch ended, for the backfill's rate along the table.
-            let mut progress = Vec::new();
-            let run = match fill.side {
-                Side::Single => timed(&mut conn, table, |conn| {
-                    Ok(diesel::sql_query(
-                        "UPDATE users_single
-                            SET first_name = zdm_name_first(full_name),
-                                last_name = zdm_name_last(full_name)
-                          WHERE first_name IS NULL OR last_name IS NULL
-                             OR zdm_name_norm(full_name)
-                                IS DISTINCT FROM zdm_name_join(first_name, last_name)",
-                    )
-                    .execute(conn)? as u64)
-                })?,
-                Side::Backfill => {
-                    let started = Instant::now();
-                    progress.push((started, 0));
-                    let url = scratch.url.clone();
-                    let run = timed(&mut conn, table, |conn| {
-                        let done = backfill::run_workers(
-                            conn,
-                            Some(&url),
-                            Direction::Forward,
-                            &mut Throttle::none(),
-                            |s| {
-                                if s.state == backfill::BackfillState::Running {
-                                    progress.push((Instant::now(), s.rows_done));
-                                }
-                            },
-                            |batch| {
-                                if fill.first.is_none() {
-                                    report.batch_times.push(batch.took);
-                                    report.batch_sizes.push(batch.size);
-                                }
-                            },
-                        )?;
-                        Ok(done.rows_updated as u64)
-                    })?;
-                    if fill.first.is_none() {
-                        report.ranges.push(backfill::ranges(&mut conn)?.len());
-                    }
-                    run
-                }
-            };
-            say(&format!("{round_label}  {}", line(&run)));
-            if fill.side == Side::Backfill {
-                let tenths: Vec<String> = rates_by_tenth(&progress)
-                    .iter()
-                    .map(|rate| format!("{:.1}", rate / 1000.0))
-                    .collect();
-                say(&format!(
-                    "{round_label} by tenth of the table, thousand rows/s: {}",
-                    tenths.join(", ")
-                ));
-            }
-            report.runs_of(fill).push(run);
-        }
-    }
-    report.batch_times.sort();
-    report.batch_sizes.sort();
-    drop(conn);
-    drop(scratch);
+    )
+    .context("copying the seeded users into users_seed")
+}
 
-    let total = |runs: &[Timed]| {
-        let secs: f64 = runs.iter().map(|t| t.secs).sum();
-        let rounds = match runs.len() {
-            1 => "1 round".to_owned(),
-            n => format!("{n} rounds"),
+/// The fills of round `round` (see `round_order`), each on its table made afresh, into
+/// `report`, each followed by its line (and the backfill's by its rate along the table).
+fn run_round(
+    conn: &mut PgConnection,
+    url: &str,
+    round: u32,
+    options: &BackfillBenchOptions,
+    report: &mut BackfillBenchReport,
+    say: &mut impl FnMut(&str),
+) -> Result<()> {
+    for fill in round_order(round, options.small_rows) {
+        let label = format!("round {}: {}", round + 1, fill.label(report.workers));
+        rebuild(conn, fill, options.autovacuum)
+            .with_context(|| format!("preparing the table of {label}"))?;
+        say(&format!("{label}..."));
+        let (run, along_the_table) = match fill.side {
+            Side::Single => (single_update(conn).with_context(|| label.clone())?, None),
+            Side::Backfill => {
+                let (run, rates) =
+                    zdm_backfill(conn, url, fill, report).with_context(|| label.clone())?;
+                (run, Some(rates))
+            }
         };
-        format!(
-            "{:.0} rows/s ({rounds}, {secs:.1} s)",
-            BackfillBenchReport::rate(runs)
-        )
-    };
-    say(&format!("rows: {rows}"));
-    say(&format!(
-        "single UPDATE: {} (one transaction each)",
-        total(&report.single)
-    ));
-    let batches = report.batch_times.len();
-    let sizes = &report.batch_sizes;
-    let sizing = if knobs.batch_target_ms > 0 {
-        format!(
-            "sized to {} ms from {}: median {}, range {}..{}",
-            knobs.batch_target_ms,
-            knobs.batch_size,
-            sizes.get(sizes.len() / 2).unwrap_or(&0),
-            sizes.first().unwrap_or(&0),
-            sizes.last().unwrap_or(&0)
-        )
-    } else {
-        format!("of {}", knobs.batch_size)
-    };
-    let ranges = report
-        .ranges
-        .iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    say(&format!(
-        "{}:  {} ({batches} batches {sizing}, sleep 0; ranges by round: {ranges})",
-        backfill_label(workers),
-        total(&report.backfill)
-    ));
-    let ratios: Vec<String> = report
-        .backfill
-        .iter()
-        .zip(&report.single)
-        .map(|(b, s)| format!("{:.2}", b.rate() / s.rate()))
-        .collect();
-    say(&format!("ratio by round: {}", ratios.join(", ")));
-    say(&format!(
-        "with the VACUUM after each fill: single UPDATE {:.0} rows/s, zdm backfill {:.0} rows/s, ratio {:.2}",
-        BackfillBenchReport::rate_with_vacuum(&report.single),
-        BackfillBenchReport::rate_with_vacuum(&report.backfill),
-        report.ratio_with_vacuum()
-    ));
-    let times = &report.batch_times;
-    say(&format!(
-        "batch transaction: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        ms(quantile(times, 0.5)),
-        ms(quantile(times, 0.99)),
-        ms(times.last().copied().unwrap_or_default())
-    ));
-    // What each way leaves behind: one big UPDATE doubles the table (every row gets a new
-    // version that autovacuum can only reclaim afterwards); batches let it keep up.
-    let mib = |runs: &[Timed]| runs.last().map_or(0.0, |t| t.table_bytes as f64 / MIB);
-    say(&format!(
-        "table size afterwards (last round): single UPDATE {:.0} MiB, zdm backfill {:.0} MiB",
-        mib(&report.single),
-        mib(&report.backfill)
-    ));
-    if let (Some(small), Some((backfill_ratio, single_ratio))) = (small_rows, report.size_ratios())
-    {
-        say(&format!(
-            "first {small} rows: single UPDATE {}, zdm backfill {}",
-            total(&report.small_single),
-            total(&report.small_backfill)
-        ));
-        say(&format!(
-            "rate at {rows} rows against {small}: zdm backfill {backfill_ratio:.2}, single UPDATE {single_ratio:.2}"
-        ));
+        say(&format!("{label}  {}", line(&run)));
+        if let Some(rates) = along_the_table {
+            let tenths: Vec<String> = rates
+                .iter()
+                .map(|rate| format!("{:.1}", rate / 1000.0))
+                .collect();
+            say(&format!(
+                "{label} by tenth of the table, thousand rows/s: {}",
+                tenths.join(", ")
+            ));
+        }
+        report.runs_of(fill).push(run);
     }
-    say(&format!(
-        "peak RSS of this process: {}",
-        peak_rss_mib(None).map_or("unknown".to_owned(), |m| format!("{m:.1} MiB"))
-    ));
-    let ratio_name = if workers > 1 {
-        "parallel_backfill_vs_single_update"
-    } else {
-        "backfill_vs_single_update"
+    Ok(())
+}
+
+/// The single UPDATE a hurried team would run, timed: all of `users_single` in one
+/// transaction.
+fn single_update(conn: &mut PgConnection) -> Result<Timed> {
+    timed(conn, Side::Single.table(), |conn| {
+        let rows = diesel::sql_query(
+            "UPDATE users_single
+                SET first_name = zdm_name_first(full_name),
+                    last_name = zdm_name_last(full_name)
+              WHERE first_name IS NULL OR last_name IS NULL
+                 OR zdm_name_norm(full_name)
+                    IS DISTINCT FROM zdm_name_join(first_name, last_name)",
+        )
+        .execute(conn)
+        .context("running the single UPDATE")?;
+        Ok(rows as u64)
+    })
+}
+
+/// The zdm backfill of `users` to the end, timed, its workers connecting to `url`; with its
+/// rate through each tenth of the table. A full-size fill's batches and ranges go into
+/// `report` (a small copy's would blur them).
+fn zdm_backfill(
+    conn: &mut PgConnection,
+    url: &str,
+    fill: Fill,
+    report: &mut BackfillBenchReport,
+) -> Result<(Timed, Vec<f64>)> {
+    let full_size = fill.first.is_none();
+    // Rows scanned by the time each batch ended, for the backfill's rate along the table.
+    let mut progress = vec![(Instant::now(), 0)];
+    let run = timed(conn, Side::Backfill.table(), |conn| {
+        let done = backfill::run_workers(
+            conn,
+            Some(url),
+            Direction::Forward,
+            &mut Throttle::none(),
+            |s| {
+                if s.state == backfill::BackfillState::Running {
+                    progress.push((Instant::now(), s.rows_done));
+                }
+            },
+            |batch| {
+                if full_size {
+                    report.batch_times.push(batch.took);
+                    report.batch_sizes.push(batch.size);
+                }
+            },
+        )
+        .context("running the zdm backfill")?;
+        Ok(done.rows_updated as u64)
+    })?;
+    if full_size {
+        let ranges = backfill::ranges(conn).context("reading the backfill's ranges")?;
+        report.ranges.push(ranges.len());
+    }
+    Ok((run, rates_by_tenth(&progress)))
+}
+
+impl BackfillBenchReport {
+    /// Prints the figures of the run: each side's rate, the backfill's batches, what each way
+    /// leaves behind, and last the rate ratio (the line a script reads). `knobs`: the
+    /// backfill's, as it ran with them.
+    fn print(
+        &self,
+        options: &BackfillBenchOptions,
+        knobs: &BackfillStatus,
+        say: &mut impl FnMut(&str),
+    ) {
+        let rows = options.rows;
+        say(&format!("rows: {rows}"));
+        say(&format!(
+            "single UPDATE: {} (one transaction each)",
+            rate_across_rounds(&self.single)
+        ));
+        say(&self.backfill_summary(knobs));
+        let ratios: Vec<String> = self
+            .backfill
+            .iter()
+            .zip(&self.single)
+            .map(|(b, s)| format!("{:.2}", b.rate() / s.rate()))
+            .collect();
+        say(&format!("ratio by round: {}", ratios.join(", ")));
+        say(&format!(
+            "with the VACUUM after each fill: single UPDATE {:.0} rows/s, zdm backfill {:.0} rows/s, ratio {:.2}",
+            Self::rate_with_vacuum(&self.single),
+            Self::rate_with_vacuum(&self.backfill),
+            self.ratio_with_vacuum()
+        ));
+        let times = &self.batch_times;
+        say(&format!(
+            "batch transaction: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms(quantile(times, 0.5)),
+            ms(quantile(times, 0.99)),
+            ms(times.last().copied().unwrap_or_default())
+        ));
+        // What each way leaves behind: one big UPDATE doubles the table (every row gets a new
+        // version that autovacuum can only reclaim afterwards); batches let it keep up.
+        let mib = |runs: &[Timed]| runs.last().map_or(0.0, |t| t.table_bytes as f64 / MIB);
+        say(&format!(
+            "table size afterwards (last round): single UPDATE {:.0} MiB, zdm backfill {:.0} MiB",
+            mib(&self.single),
+            mib(&self.backfill)
+        ));
+        if let (Some(small), Some((backfill_ratio, single_ratio))) =
+            (options.small_rows, self.size_ratios())
+        {
+            say(&format!(
+                "first {small} rows: single UPDATE {}, zdm backfill {}",
+                rate_across_rounds(&self.small_single),
+                rate_across_rounds(&self.small_backfill)
+            ));
+            say(&format!(
+                "rate at {rows} rows against {small}: zdm backfill {backfill_ratio:.2}, single UPDATE {single_ratio:.2}"
+            ));
+        }
+        say(&format!(
+            "peak RSS of this process: {}",
+            peak_rss_mib(None).map_or("unknown".to_owned(), |m| format!("{m:.1} MiB"))
+        ));
+        let ratio_name = if self.workers > 1 {
+            "parallel_backfill_vs_single_update"
+        } else {
+            "backfill_vs_single_update"
+        };
+        say(&format!("{ratio_name}: {:.2}", self.ratio()));
+    }
+
+    /// The backfill's line: its rate, its batches and how it sized them (to a target time,
+    /// or fixed), the ranges each round ended with.
+    fn backfill_summary(&self, knobs: &BackfillStatus) -> String {
+        let sizes = &self.batch_sizes;
+        let sizing = if knobs.batch_target_ms > 0 {
+            format!(
+                "sized to {} ms from {}: median {}, range {}..{}",
+                knobs.batch_target_ms,
+                knobs.batch_size,
+                sizes.get(sizes.len() / 2).unwrap_or(&0),
+                sizes.first().unwrap_or(&0),
+                sizes.last().unwrap_or(&0)
+            )
+        } else {
+            format!("of {}", knobs.batch_size)
+        };
+        let ranges = self
+            .ranges
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "{}:  {} ({} batches {sizing}, sleep 0; ranges by round: {ranges})",
+            backfill_label(self.workers),
+            rate_across_rounds(&self.backfill),
+            self.batch_times.len()
+        )
+    }
+}
+
+/// A side's rate across all its rounds, as the report gives it.
+fn rate_across_rounds(runs: &[Timed]) -> String {
+    let secs: f64 = runs.iter().map(|t| t.secs).sum();
+    let rounds = match runs.len() {
+        1 => "1 round".to_owned(),
+        n => format!("{n} rounds"),
     };
-    say(&format!("{ratio_name}: {:.2}", report.ratio()));
-    Ok(report)
+    format!(
+        "{:.0} rows/s ({rounds}, {secs:.1} s)",
+        BackfillBenchReport::rate(runs)
+    )
 }
 
 /// The rate through each tenth of a run, from the rows done (scanned) at successive moments,
