@@ -10,9 +10,10 @@ use diesel::{Connection, PgConnection};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
-use crate::migration::backfill::{self, Direction};
-use crate::migration::status::migration_status;
-use crate::migration::{runner, state, verify};
+use crate::migration::backfill;
+use crate::migration::control::{self, BackfillSettings};
+use crate::migration::runner::Consent;
+use crate::migration::state;
 use crate::startup::{self, StartupError};
 use crate::tools::bench;
 use crate::tools::demo::{self, DemoOptions, Fault};
@@ -115,9 +116,7 @@ impl MigrateAction {
     /// Does the action, then prints where the migration stands.
     fn run(self, config: &Config) -> Result<(), StartupError> {
         let Connected {
-            mut conn,
-            mut throttle,
-            ..
+            mut conn, settings, ..
         } = connect(config)?;
         match self {
             MigrateAction::Status => {}
@@ -125,15 +124,15 @@ impl MigrateAction {
                 confirm,
                 without_client_check,
             } => {
-                let consent = runner::Consent {
+                let consent = Consent {
                     confirm: confirm.as_deref(),
                     without_client_check,
                 };
-                let t = runner::advance_with(&mut conn, CLI_ACTOR, &consent)?;
+                let t = control::advance(&mut conn, CLI_ACTOR, &consent)?;
                 println!("advanced {} → {}", t.from, t.to);
             }
             MigrateAction::Rollback => {
-                let t = runner::rollback(&mut conn, CLI_ACTOR, &mut throttle)?;
+                let t = control::rollback(&mut conn, CLI_ACTOR, &settings)?;
                 println!("rolled back {} → {}", t.from, t.to);
             }
         }
@@ -142,7 +141,7 @@ impl MigrateAction {
 }
 
 fn print_status(conn: &mut PgConnection) -> Result<(), StartupError> {
-    let status = migration_status(conn)?;
+    let status = control::status(conn)?;
     println!(
         "phase: {} (since {})",
         status.phase,
@@ -242,33 +241,16 @@ impl BackfillArgs {
             workers: self.workers,
         };
         let Connected {
-            mut conn,
-            url,
-            mut throttle,
-        } = connect(config)?;
-        let ride_out = backfill::RideOut::new(config.backfill_ride_out);
-        let phase = state::current_phase(&mut conn)?;
-        let gate_list = crate::migration::gates::backfill_gates(&mut conn, phase)?;
-        if let Some(gate) = gate_list.iter().find(|g| !g.met) {
-            return Err(format!("cannot start the backfill: {}", gate.detail).into());
-        }
-        if knobs.workers == Some(backfill::Workers::Auto) && config.backfill_max_p99_ms.is_none() {
-            return Err(backfill::AUTO_NEEDS_A_BUDGET.into());
-        }
-        backfill::set_knobs(&mut conn, knobs)?;
-        let bar = progress_bar(0, "backfill")?;
-        let done = backfill::run_riding_out(
             conn,
-            &url,
-            Direction::Forward,
-            &mut throttle,
-            &ride_out,
-            |s| {
-                bar.set_length(s.rows_total.max(0) as u64);
-                bar.set_position(s.rows_done.max(0) as u64);
-                bar.set_message(format!("· {} worker(s)", s.workers));
-            },
-        )?;
+            url,
+            settings,
+        } = connect(config)?;
+        let bar = progress_bar(0, "backfill")?;
+        let done = control::run_backfill(conn, &url, &settings, knobs, |s| {
+            bar.set_length(s.rows_total.max(0) as u64);
+            bar.set_position(s.rows_done.max(0) as u64);
+            bar.set_message(format!("· {} worker(s)", s.workers));
+        })?;
         bar.finish_and_clear();
         println!(
             "backfill {}: {} rows scanned, {} filled, {} batches, {:.0} rows/s, {} worker(s) at the end",
@@ -284,9 +266,7 @@ impl BackfillArgs {
 }
 
 fn run_verify(config: &Config) -> Result<(), StartupError> {
-    let mut conn = connect(config)?.conn;
-    let phase = state::current_phase(&mut conn)?;
-    let result = verify::verify(&mut conn, phase)?;
+    let (phase, result) = control::verify_now(&mut connect(config)?.conn)?;
     println!("verify ({phase}): {} divergent row(s)", result.divergent);
     if !result.sample_ids.is_empty() {
         println!("  e.g. ids {:?}", result.sample_ids);
@@ -595,24 +575,21 @@ impl SeedArgs {
 
 /// The migrated database, as the CLI reaches it: a connection of its own, its URL (for a
 /// backfill that reconnects), and what a backfill it runs waits for (the configured replicas
-/// and those of the private set-up, the requests' p99).
+/// and those of the private set-up, the requests' p99) and how long it rides out a lost
+/// database.
 struct Connected {
     conn: PgConnection,
     url: String,
-    throttle: backfill::Throttle,
+    settings: BackfillSettings,
 }
 
 fn connect(config: &Config) -> Result<Connected, StartupError> {
     let database = startup::prepare_database(config)?;
-    let throttle = backfill::Throttle::new(
-        database.all_replica_urls(config),
-        config.replica_max_lag_bytes,
-    )
-    .with_request_p99_limit(config.backfill_max_p99_ms);
+    let settings = config.backfill_settings(database.all_replica_urls(config));
     Ok(Connected {
         conn: PgConnection::establish(&database.url)?,
         url: database.url,
-        throttle,
+        settings,
     })
 }
 

@@ -184,6 +184,20 @@ impl Config {
         }
     }
 
+    /// What a backfill this process runs waits for (`replica_urls`: the configured replicas and
+    /// those the private set-up started) and how long it rides out a lost database.
+    pub fn backfill_settings(
+        &self,
+        replica_urls: Vec<String>,
+    ) -> crate::migration::control::BackfillSettings {
+        crate::migration::control::BackfillSettings {
+            replica_urls,
+            max_lag_bytes: self.replica_max_lag_bytes,
+            max_p99_ms: self.backfill_max_p99_ms,
+            ride_out: crate::migration::backfill::RideOut::new(self.backfill_ride_out),
+        }
+    }
+
     /// Where `zdm demo` writes its reports.
     pub fn report_dir(&self) -> PathBuf {
         self.data_dir.join("reports")

@@ -203,15 +203,14 @@ impl AppStateBuilder {
     pub fn configured(mut self, config: &Config, replica_urls: Vec<String>) -> Self {
         self.trusted_proxies = config.trusted_proxies.clone();
         self.report_dir = config.report_dir();
-        self.backfill.max_p99_ms = config.backfill_max_p99_ms;
-        self.backfill.ride_out = backfill::RideOut::new(config.backfill_ride_out);
+        self.backfill = config.backfill_settings(replica_urls.clone());
         self.faults = config.faults.clone();
         if config.read_from_replicas {
             self.read_replicas =
                 crate::replicas::ReadReplicas::start(&replica_urls, config.pool_limits());
         }
         self.user_reads_limits = config.pool_limits();
-        self.throttle_replicas(replica_urls, config.replica_max_lag_bytes)
+        self
     }
 
     /// The Bearer token of the admin API and the password of the pages (empty: none opens).
