@@ -365,30 +365,53 @@ impl Worker {
             }
             return Ok(Step::Ended(WorkerEnd::Asked));
         }
-        if shared.waits_for_throttle() {
-            let stop = || !shared.keeps(self.no);
-            let waited = locked(&shared.throttle).wait_until_clear(
-                conn,
-                self.stored.clone(),
-                &stop,
-                on_wait,
-            );
-            let status = match waited {
-                Ok(status) => status,
-                Err(BackfillError::Database(e)) => return Err(e),
-                Err(other) => unreachable!("the throttle fails only on the database: {other}"),
-            };
-            if status.state != BackfillState::Running {
-                if !shared.keeps(self.no) {
-                    return Ok(Step::Pause(Duration::ZERO));
-                }
-                self.stored = status.clone();
-                return Ok(Step::Ended(WorkerEnd::NotRunning(Box::new(status))));
-            }
+        if shared.waits_for_throttle()
+            && let Some(instead) = self.wait_for_throttle(shared, conn, on_wait)?
+        {
+            return Ok(instead);
         }
         let Some((range_no, from)) = self.claim(shared, conn)? else {
             return Ok(Step::Pause(IDLE));
         };
+        self.run_one_batch(shared, conn, range_no, from)
+    }
+
+    /// Waits until the replicas and the requests are within their limits (telling `on_wait`
+    /// while it waits). None: go on to the batch; else the step to take instead, as the
+    /// backfill stopped running or this worker was let go while it waited.
+    fn wait_for_throttle(
+        &mut self,
+        shared: &Shared,
+        conn: &mut PgConnection,
+        on_wait: &mut dyn FnMut(&BackfillStatus),
+    ) -> QueryResult<Option<Step>> {
+        let stop = || !shared.keeps(self.no);
+        let waited =
+            locked(&shared.throttle).wait_until_clear(conn, self.stored.clone(), &stop, on_wait);
+        let status = match waited {
+            Ok(status) => status,
+            Err(BackfillError::Database(e)) => return Err(e),
+            Err(other) => unreachable!("the throttle fails only on the database: {other}"),
+        };
+        if status.state == BackfillState::Running {
+            return Ok(None);
+        }
+        if !shared.keeps(self.no) {
+            return Ok(Some(Step::Pause(Duration::ZERO)));
+        }
+        self.stored = status.clone();
+        Ok(Some(Step::Ended(WorkerEnd::NotRunning(Box::new(status)))))
+    }
+
+    /// Runs the next batch of `range_no`, from `from`, within what this worker reserves of
+    /// the range, and learns its time for the size of the next.
+    fn run_one_batch(
+        &mut self,
+        shared: &Shared,
+        conn: &mut PgConnection,
+        range_no: i32,
+        from: i64,
+    ) -> QueryResult<Step> {
         let started = Instant::now();
         let sizing = &self.sizing;
         let outcome = run_batch(
@@ -403,18 +426,7 @@ impl Worker {
             Ok(BatchOutcome::Ran(ran)) => ran,
             Ok(BatchOutcome::NotRunning(stored)) => {
                 shared.plan().unreserve(range_no);
-                self.stored = stored.clone();
-                return Ok(match stored.state {
-                    // A reader looked just before this runner took the lock and marked it;
-                    // it runs, so it says so again.
-                    BackfillState::Interrupted => {
-                        mark_running(conn)?;
-                        Step::Pause(Duration::ZERO)
-                    }
-                    // Another worker waits for the throttle.
-                    BackfillState::Throttled => Step::Pause(THROTTLE_POLL),
-                    _ => Step::Ended(WorkerEnd::NotRunning(Box::new(stored))),
-                });
+                return self.not_running(conn, stored);
             }
             Err(e) => {
                 shared.plan().unreserve(range_no);
@@ -437,6 +449,26 @@ impl Worker {
                 took,
             },
             stored: Box::new(ran.stored),
+        })
+    }
+
+    /// What a worker does when its batch found the backfill not `running` (`stored`).
+    fn not_running(
+        &mut self,
+        conn: &mut PgConnection,
+        stored: BackfillStatus,
+    ) -> QueryResult<Step> {
+        self.stored = stored.clone();
+        Ok(match stored.state {
+            // A reader looked just before this runner took the lock and marked it;
+            // it runs, so it says so again.
+            BackfillState::Interrupted => {
+                mark_running(conn)?;
+                Step::Pause(Duration::ZERO)
+            }
+            // Another worker waits for the throttle.
+            BackfillState::Throttled => Step::Pause(THROTTLE_POLL),
+            _ => Step::Ended(WorkerEnd::NotRunning(Box::new(stored))),
         })
     }
 
