@@ -2,7 +2,7 @@
 //! the checkpoint, committed together.
 
 use diesel::connection::SimpleConnection;
-use diesel::dsl::now;
+use diesel::dsl::{self, now};
 use diesel::prelude::*;
 
 use super::status::BackfillStatus;
@@ -61,65 +61,104 @@ pub(super) fn run_batch(
             return Ok(BatchOutcome::NotRunning(stored));
         }
         let size = size_for(&stored).max(1);
-        let batch = i64::from(size);
-        let full_batch_end: Option<i64> = users::table
-            .select(users::id)
-            .filter(users::id.gt(from))
-            .order(users::id)
-            .offset(batch - 1)
-            .first(conn)
-            .optional()?;
-        // The last batch of a range, shorter, ends at the range's end (rows inserted since
-        // the start, past max_id, are dual-written and need no backfill).
-        let upper = reserve(full_batch_end);
-        let in_batch = users::id.gt(from).and(users::id.le(upper));
-        let scanned: i64 = if full_batch_end == Some(upper) {
-            batch
-        } else {
-            users::table.filter(in_batch).count().get_result(conn)?
-        };
-        let updated = match direction {
-            Direction::Forward => {
-                diesel::update(users::table.filter(in_batch).filter(needs_repair()))
-                    .set((
-                        users::first_name.eq(zdm_name_first(users::full_name).nullable()),
-                        users::last_name.eq(zdm_name_last(users::full_name).nullable()),
-                    ))
-                    .execute(conn)?
-            }
-            Direction::Reverse => {
-                let joined = zdm_name_join(users::first_name, users::last_name);
-                diesel::update(
-                    users::table
-                        .filter(in_batch)
-                        .filter(users::full_name.is_distinct_from(joined)),
-                )
-                .set(users::full_name.eq(zdm_name_join(users::first_name, users::last_name)))
-                .execute(conn)?
-            }
-        } as i64;
-        use zdm_backfill_ranges as r;
-        // The range must be there to take the checkpoint: without it, nothing of the batch
-        // stays (NotFound rolls it back).
-        let checkpointed = diesel::update(r::table.find(range_no))
-            .set((
-                r::last_id.eq(upper),
-                r::rows_done.eq(r::rows_done + scanned),
-                r::rows_updated.eq(r::rows_updated + updated),
-                r::batches.eq(r::batches + 1),
-                r::batch_size.eq(size),
-                r::updated_at.eq(now),
-            ))
-            .execute(conn)?;
-        if checkpointed != 1 {
-            return Err(diesel::result::Error::NotFound);
-        }
-        Ok(BatchOutcome::Ran(Ran {
+        let (upper, scanned) = batch_end(conn, from, size, reserve)?;
+        let updated = repair(conn, direction, from, upper)?;
+        let ran = Ran {
             stored,
             upper,
             scanned,
             updated,
             size,
-        }))
+        };
+        checkpoint(conn, range_no, &ran)?;
+        Ok(BatchOutcome::Ran(ran))
     })
+}
+
+/// Where the batch of `size` ids after `from` ends, as `reserve` allows, and how many rows
+/// it passes.
+fn batch_end(
+    conn: &mut PgConnection,
+    from: i64,
+    size: i32,
+    reserve: impl FnOnce(Option<i64>) -> i64,
+) -> QueryResult<(i64, i64)> {
+    let batch = i64::from(size);
+    let full_batch_end: Option<i64> = users::table
+        .select(users::id)
+        .filter(users::id.gt(from))
+        .order(users::id)
+        .offset(batch - 1)
+        .first(conn)
+        .optional()?;
+    // The last batch of a range, shorter, ends at the range's end (rows inserted since
+    // the start, past max_id, are dual-written and need no backfill).
+    let upper = reserve(full_batch_end);
+    let scanned: i64 = if full_batch_end == Some(upper) {
+        batch
+    } else {
+        users::table
+            .filter(ids_in(from, upper))
+            .count()
+            .get_result(conn)?
+    };
+    Ok((upper, scanned))
+}
+
+/// Repairs the rows of `(from, upper]` that need it, in one UPDATE whose WHERE is the
+/// repair condition: rows already right are neither read into Rust nor written again.
+/// Returns the rows changed.
+fn repair(
+    conn: &mut PgConnection,
+    direction: Direction,
+    from: i64,
+    upper: i64,
+) -> QueryResult<i64> {
+    let in_batch = ids_in(from, upper);
+    let updated = match direction {
+        Direction::Forward => diesel::update(users::table.filter(in_batch).filter(needs_repair()))
+            .set((
+                users::first_name.eq(zdm_name_first(users::full_name).nullable()),
+                users::last_name.eq(zdm_name_last(users::full_name).nullable()),
+            ))
+            .execute(conn)?,
+        Direction::Reverse => {
+            let joined = zdm_name_join(users::first_name, users::last_name);
+            diesel::update(
+                users::table
+                    .filter(in_batch)
+                    .filter(users::full_name.is_distinct_from(joined)),
+            )
+            .set(users::full_name.eq(zdm_name_join(users::first_name, users::last_name)))
+            .execute(conn)?
+        }
+    };
+    Ok(updated as i64)
+}
+
+/// Moves range `range_no`'s checkpoint past the batch `ran` and adds to its counters, in the
+/// batch's transaction.
+fn checkpoint(conn: &mut PgConnection, range_no: i32, ran: &Ran) -> QueryResult<()> {
+    use zdm_backfill_ranges as r;
+    // The range must be there to take the checkpoint: without it, nothing of the batch
+    // stays (NotFound rolls it back).
+    let checkpointed = diesel::update(r::table.find(range_no))
+        .set((
+            r::last_id.eq(ran.upper),
+            r::rows_done.eq(r::rows_done + ran.scanned),
+            r::rows_updated.eq(r::rows_updated + ran.updated),
+            r::batches.eq(r::batches + 1),
+            r::batch_size.eq(ran.size),
+            r::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    if checkpointed != 1 {
+        return Err(diesel::result::Error::NotFound);
+    }
+    Ok(())
+}
+
+/// The ids `(from, upper]`.
+fn ids_in(from: i64, upper: i64) -> dsl::And<dsl::Gt<users::id, i64>, dsl::LtEq<users::id, i64>> {
+    users::id.gt(from).and(users::id.le(upper))
 }

@@ -166,80 +166,101 @@ fn begin(
     can_grow: bool,
     p99_budget_ms: Option<f64>,
 ) -> QueryResult<(BackfillStatus, Vec<WorkerRange>)> {
-    use crate::schema::state::{zdm_backfill_ranges as r, zdm_backfill_worker_changes};
     let current = status::stored_status(conn)?;
     let (count, reason) = initial_workers(current.workers_setting(), can_grow, p99_budget_ms);
     // interrupted (or still running, read by nobody since): its runner died or gave up;
     // paused: asked to; failed: a batch failed (statement_timeout, or the database was gone
     // for longer than the runner waited). All keep their checkpoints.
-    let resumable = current.state.is_resumable() && current.direction == direction;
-    if resumable {
-        diesel::update(zdm_backfill::table)
-            .set((
-                zdm_backfill::state.eq(BackfillState::Running),
-                zdm_backfill::error.eq(None::<String>),
-            ))
-            .execute(conn)?;
-        // Workers are assigned afresh.
-        diesel::update(r::table)
-            .set(r::worker.eq(None::<i32>))
-            .execute(conn)?;
-        let none: i64 = r::table.count().get_result(conn)?;
-        if none == 0 && current.last_id < current.max_id {
-            diesel::insert_into(r::table)
-                .values((
-                    r::range_no.eq(1),
-                    r::start_id.eq(current.last_id),
-                    r::last_id.eq(current.last_id),
-                    r::end_id.eq(current.max_id),
-                    r::batch_size.eq(current.batch_size),
-                ))
-                .execute(conn)?;
-        }
+    if current.state.is_resumable() && current.direction == direction {
+        resume(conn, &current)?;
     } else {
-        let (min_id, max_id): (Option<i64>, Option<i64>) = users::table
-            .select((diesel::dsl::min(users::id), diesel::dsl::max(users::id)))
-            .first(conn)?;
-        let rows_total: i64 = users::table.count().get_result(conn)?;
-        diesel::delete(r::table).execute(conn)?;
-        diesel::delete(zdm_backfill_worker_changes::table).execute(conn)?;
-        if let (Some(min_id), Some(max_id)) = (min_id, max_id) {
-            let ranges: Vec<_> = workers::split_evenly(min_id - 1, max_id, count)
-                .into_iter()
-                .zip(1..)
-                .map(|((after, last), no)| {
-                    (
-                        r::range_no.eq(no),
-                        r::start_id.eq(after),
-                        r::last_id.eq(after),
-                        r::end_id.eq(last),
-                        r::batch_size.eq(current.batch_size),
-                    )
-                })
-                .collect();
-            diesel::insert_into(r::table)
-                .values(&ranges)
-                .execute(conn)?;
-        }
-        diesel::update(zdm_backfill::table)
-            .set((
-                zdm_backfill::direction.eq(direction),
-                zdm_backfill::state.eq(BackfillState::Running),
-                zdm_backfill::last_id.eq(0),
-                zdm_backfill::max_id.eq(max_id.unwrap_or(0)),
-                zdm_backfill::rows_done.eq(0),
-                zdm_backfill::rows_updated.eq(0),
-                zdm_backfill::rows_total.eq(rows_total),
-                zdm_backfill::batches.eq(0),
-                zdm_backfill::started_at.eq(now),
-                zdm_backfill::updated_at.eq(now),
-                zdm_backfill::finished_at.eq(None::<DateTime<Utc>>),
-                zdm_backfill::error.eq(None::<String>),
-            ))
-            .execute(conn)?;
+        start_afresh(conn, direction, current.batch_size, count)?;
     }
     let stored = record_change(conn, None, count, &reason)?;
     Ok((stored, ranges(conn)?))
+}
+
+/// Marks the run `current` running again, from the checkpoints its ranges hold.
+fn resume(conn: &mut PgConnection, current: &BackfillStatus) -> QueryResult<()> {
+    use crate::schema::state::zdm_backfill_ranges as r;
+    diesel::update(zdm_backfill::table)
+        .set((
+            zdm_backfill::state.eq(BackfillState::Running),
+            zdm_backfill::error.eq(None::<String>),
+        ))
+        .execute(conn)?;
+    // Workers are assigned afresh.
+    diesel::update(r::table)
+        .set(r::worker.eq(None::<i32>))
+        .execute(conn)?;
+    // Ids left but no range to hold them (a run checkpointed before there were ranges): its
+    // checkpoint becomes its one range, as the migration that added the ranges does.
+    let stored_ranges: i64 = r::table.count().get_result(conn)?;
+    if stored_ranges == 0 && current.last_id < current.max_id {
+        diesel::insert_into(r::table)
+            .values((
+                r::range_no.eq(1),
+                r::start_id.eq(current.last_id),
+                r::last_id.eq(current.last_id),
+                r::end_id.eq(current.max_id),
+                r::batch_size.eq(current.batch_size),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Starts a run in `direction` over the ids in the table now, split evenly into one range
+/// per worker it starts with (`workers`), each beginning with `batch_size`. The previous
+/// run's ranges, counters and changes of the worker count go.
+fn start_afresh(
+    conn: &mut PgConnection,
+    direction: Direction,
+    batch_size: i32,
+    workers: i32,
+) -> QueryResult<()> {
+    use crate::schema::state::{zdm_backfill_ranges as r, zdm_backfill_worker_changes};
+    let (min_id, max_id): (Option<i64>, Option<i64>) = users::table
+        .select((diesel::dsl::min(users::id), diesel::dsl::max(users::id)))
+        .first(conn)?;
+    let rows_total: i64 = users::table.count().get_result(conn)?;
+    diesel::delete(r::table).execute(conn)?;
+    diesel::delete(zdm_backfill_worker_changes::table).execute(conn)?;
+    if let (Some(min_id), Some(max_id)) = (min_id, max_id) {
+        let ranges: Vec<_> = workers::split_evenly(min_id - 1, max_id, workers)
+            .into_iter()
+            .zip(1..)
+            .map(|((after, last), no)| {
+                (
+                    r::range_no.eq(no),
+                    r::start_id.eq(after),
+                    r::last_id.eq(after),
+                    r::end_id.eq(last),
+                    r::batch_size.eq(batch_size),
+                )
+            })
+            .collect();
+        diesel::insert_into(r::table)
+            .values(&ranges)
+            .execute(conn)?;
+    }
+    diesel::update(zdm_backfill::table)
+        .set((
+            zdm_backfill::direction.eq(direction),
+            zdm_backfill::state.eq(BackfillState::Running),
+            zdm_backfill::last_id.eq(0),
+            zdm_backfill::max_id.eq(max_id.unwrap_or(0)),
+            zdm_backfill::rows_done.eq(0),
+            zdm_backfill::rows_updated.eq(0),
+            zdm_backfill::rows_total.eq(rows_total),
+            zdm_backfill::batches.eq(0),
+            zdm_backfill::started_at.eq(now),
+            zdm_backfill::updated_at.eq(now),
+            zdm_backfill::finished_at.eq(None::<DateTime<Utc>>),
+            zdm_backfill::error.eq(None::<String>),
+        ))
+        .execute(conn)?;
+    Ok(())
 }
 
 /// The number of workers a run starts with, and why.

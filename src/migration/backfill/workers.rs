@@ -365,30 +365,53 @@ impl Worker {
             }
             return Ok(Step::Ended(WorkerEnd::Asked));
         }
-        if shared.waits_for_throttle() {
-            let stop = || !shared.keeps(self.no);
-            let waited = locked(&shared.throttle).wait_until_clear(
-                conn,
-                self.stored.clone(),
-                &stop,
-                on_wait,
-            );
-            let status = match waited {
-                Ok(status) => status,
-                Err(BackfillError::Database(e)) => return Err(e),
-                Err(other) => unreachable!("the throttle fails only on the database: {other}"),
-            };
-            if status.state != BackfillState::Running {
-                if !shared.keeps(self.no) {
-                    return Ok(Step::Pause(Duration::ZERO));
-                }
-                self.stored = status.clone();
-                return Ok(Step::Ended(WorkerEnd::NotRunning(Box::new(status))));
-            }
+        if shared.waits_for_throttle()
+            && let Some(instead) = self.wait_for_throttle(shared, conn, on_wait)?
+        {
+            return Ok(instead);
         }
         let Some((range_no, from)) = self.claim(shared, conn)? else {
             return Ok(Step::Pause(IDLE));
         };
+        self.run_one_batch(shared, conn, range_no, from)
+    }
+
+    /// Waits until the replicas and the requests are within their limits (telling `on_wait`
+    /// while it waits). None: go on to the batch; else the step to take instead, as the
+    /// backfill stopped running or this worker was let go while it waited.
+    fn wait_for_throttle(
+        &mut self,
+        shared: &Shared,
+        conn: &mut PgConnection,
+        on_wait: &mut dyn FnMut(&BackfillStatus),
+    ) -> QueryResult<Option<Step>> {
+        let stop = || !shared.keeps(self.no);
+        let waited =
+            locked(&shared.throttle).wait_until_clear(conn, self.stored.clone(), &stop, on_wait);
+        let status = match waited {
+            Ok(status) => status,
+            Err(BackfillError::Database(e)) => return Err(e),
+            Err(other) => unreachable!("the throttle fails only on the database: {other}"),
+        };
+        if status.state == BackfillState::Running {
+            return Ok(None);
+        }
+        if !shared.keeps(self.no) {
+            return Ok(Some(Step::Pause(Duration::ZERO)));
+        }
+        self.stored = status.clone();
+        Ok(Some(Step::Ended(WorkerEnd::NotRunning(Box::new(status)))))
+    }
+
+    /// Runs the next batch of `range_no`, from `from`, within what this worker reserves of
+    /// the range, and learns its time for the size of the next.
+    fn run_one_batch(
+        &mut self,
+        shared: &Shared,
+        conn: &mut PgConnection,
+        range_no: i32,
+        from: i64,
+    ) -> QueryResult<Step> {
         let started = Instant::now();
         let sizing = &self.sizing;
         let outcome = run_batch(
@@ -403,18 +426,7 @@ impl Worker {
             Ok(BatchOutcome::Ran(ran)) => ran,
             Ok(BatchOutcome::NotRunning(stored)) => {
                 shared.plan().unreserve(range_no);
-                self.stored = stored.clone();
-                return Ok(match stored.state {
-                    // A reader looked just before this runner took the lock and marked it;
-                    // it runs, so it says so again.
-                    BackfillState::Interrupted => {
-                        mark_running(conn)?;
-                        Step::Pause(Duration::ZERO)
-                    }
-                    // Another worker waits for the throttle.
-                    BackfillState::Throttled => Step::Pause(THROTTLE_POLL),
-                    _ => Step::Ended(WorkerEnd::NotRunning(Box::new(stored))),
-                });
+                return self.not_running(conn, stored);
             }
             Err(e) => {
                 shared.plan().unreserve(range_no);
@@ -437,6 +449,26 @@ impl Worker {
                 took,
             },
             stored: Box::new(ran.stored),
+        })
+    }
+
+    /// What a worker does when its batch found the backfill not `running` (`stored`).
+    fn not_running(
+        &mut self,
+        conn: &mut PgConnection,
+        stored: BackfillStatus,
+    ) -> QueryResult<Step> {
+        self.stored = stored.clone();
+        Ok(match stored.state {
+            // A reader looked just before this runner took the lock and marked it;
+            // it runs, so it says so again.
+            BackfillState::Interrupted => {
+                mark_running(conn)?;
+                Step::Pause(Duration::ZERO)
+            }
+            // Another worker waits for the throttle.
+            BackfillState::Throttled => Step::Pause(THROTTLE_POLL),
+            _ => Step::Ended(WorkerEnd::NotRunning(Box::new(stored))),
         })
     }
 
@@ -584,7 +616,29 @@ struct Runner<'a> {
     on_batch: &'a mut dyn FnMut(&BatchDone),
 }
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
+    fn new(
+        stored: BackfillStatus,
+        events: mpsc::Receiver<Event>,
+        can_grow: bool,
+        progress: &'a mut dyn FnMut(&BackfillStatus),
+        on_batch: &'a mut dyn FnMut(&BatchDone),
+    ) -> Self {
+        Self {
+            stored,
+            events,
+            alive: vec![false; super::MAX_WORKERS as usize + 1],
+            can_grow,
+            changed: Instant::now(),
+            probes: auto::Probes::default(),
+            looked: None,
+            unconnected: None,
+            grow_after: None,
+            progress,
+            on_batch,
+        }
+    }
+
     fn status(&self, shared: &Shared) -> BackfillStatus {
         self.stored.clone().with_ranges(&shared.plan().ranges())
     }
@@ -759,6 +813,85 @@ impl Runner<'_> {
         Ok(None)
     }
 
+    /// Once every worker has ended (their batches are committed or rolled back): what they
+    /// said last still counts (a worker that could not connect is recorded so), and no open
+    /// range is shown with a worker on it any more. The writes are best effort: the database
+    /// may be gone (it may be why the run ended), and the end is told either way.
+    fn after_the_workers(&mut self, shared: &Shared, conn: &mut PgConnection) {
+        while let Ok(event) = self.events.try_recv() {
+            let _ = self.event(shared, event);
+        }
+        if let Some((worker, error)) = self.unconnected.take() {
+            let from = shared.plan().target;
+            let to = (worker - 1).clamp(1, from);
+            if to != from {
+                let reason = format!("worker {worker} could not connect ({error})");
+                let _ = record_change(conn, Some(from), to, &reason);
+                log::info!("backfill: {from} → {to} worker(s): {reason}");
+            }
+        }
+        let _ = diesel::update(
+            zdm_backfill_ranges::table
+                .filter(zdm_backfill_ranges::worker.is_not_null())
+                .filter(zdm_backfill_ranges::last_id.lt(zdm_backfill_ranges::end_id)),
+        )
+        .set(zdm_backfill_ranges::worker.eq(None::<i32>))
+        .execute(conn);
+    }
+
+    /// Records how the run ended (`done`, or `failed` if the database can still be told)
+    /// and returns its status, or the error.
+    fn finish(
+        &mut self,
+        conn: &mut PgConnection,
+        end: End,
+    ) -> Result<BackfillStatus, BackfillError> {
+        match end {
+            End::Done => {
+                let done: BackfillStatus = diesel::update(zdm_backfill::table)
+                    .set((
+                        zdm_backfill::state.eq(BackfillState::Done),
+                        zdm_backfill::last_id.eq(zdm_backfill::max_id),
+                        zdm_backfill::finished_at.eq(now),
+                        zdm_backfill::updated_at.eq(now),
+                    ))
+                    .get_result(conn)?;
+                let done = with_progress(conn, done)?;
+                (self.progress)(&done);
+                log::info!(
+                    "backfill done: {} rows scanned, {} updated",
+                    done.rows_done,
+                    done.rows_updated
+                );
+                Ok(done)
+            }
+            End::Stopped => {
+                let stored: BackfillStatus = zdm_backfill::table.first(conn)?;
+                let stopped = with_progress(conn, stored)?;
+                log::info!("backfill {} at id {}", stopped.state, stopped.last_id);
+                Ok(stopped)
+            }
+            End::Failed(e) => {
+                let _ = diesel::update(zdm_backfill::table)
+                    .set((
+                        zdm_backfill::state.eq(BackfillState::Failed),
+                        zdm_backfill::error.eq(e.to_string()),
+                    ))
+                    .execute(conn);
+                Err(e.into())
+            }
+            End::Lost(error) => {
+                log::warn!("backfill: a worker lost its connection: {error}");
+                Err(BackfillError::Database(
+                    diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::ClosedConnection,
+                        Box::new(error),
+                    ),
+                ))
+            }
+        }
+    }
+
     /// The number of workers the knob (or auto mode) asks for now, if it differs.
     fn wanted(
         &self,
@@ -824,23 +957,25 @@ pub(super) fn run(
         stop: AtomicBool::new(false),
         auto: AtomicBool::new(stored.workers_auto),
     };
-    let mut runner = Runner {
-        stored,
-        events,
-        alive: vec![false; super::MAX_WORKERS as usize + 1],
-        can_grow: url.is_some(),
-        changed: Instant::now(),
-        probes: auto::Probes::default(),
-        looked: None,
-        unconnected: None,
-        grow_after: None,
-        progress,
-        on_batch,
-    };
+    let mut runner = Runner::new(stored, events, url.is_some(), progress, on_batch);
     runner.report(&shared);
+    let end = drive_with_workers(&mut runner, &shared, conn, url);
+    runner.after_the_workers(&shared, conn);
+    runner.finish(conn, end)
+}
+
+/// Worker 1 and the runner's bookkeeping on `conn`, and the workers it starts on threads of
+/// their own with connections to `url`. Returns how the run ended, once every worker has.
+fn drive_with_workers(
+    runner: &mut Runner,
+    shared: &Shared,
+    conn: &mut PgConnection,
+    url: Option<&str>,
+) -> End {
+    // The connections of workers that ended, for workers started later to reuse.
     let spare = Mutex::new(Vec::new());
-    let end = std::thread::scope(|scope| {
-        let (shared, spare) = (&shared, &spare);
+    std::thread::scope(|scope| {
+        let spare = &spare;
         let mut spawn = |no: i32, stored: BackfillStatus| {
             let Some(url) = url else {
                 return false;
@@ -858,72 +993,7 @@ pub(super) fn run(
         let end = runner.drive(shared, conn, &mut spawn);
         shared.stop.store(true, Ordering::Release);
         end
-    });
-    // Every worker has ended: their batches are committed or rolled back. What they said
-    // last still counts (a worker that could not connect is recorded so).
-    while let Ok(event) = runner.events.try_recv() {
-        let _ = runner.event(&shared, event);
-    }
-    if let Some((worker, error)) = runner.unconnected.take() {
-        let from = locked(&shared.plan).target;
-        let to = (worker - 1).clamp(1, from);
-        if to != from {
-            let reason = format!("worker {worker} could not connect ({error})");
-            let _ = record_change(conn, Some(from), to, &reason);
-            log::info!("backfill: {from} → {to} worker(s): {reason}");
-        }
-    }
-    let _ = diesel::update(
-        zdm_backfill_ranges::table
-            .filter(zdm_backfill_ranges::worker.is_not_null())
-            .filter(zdm_backfill_ranges::last_id.lt(zdm_backfill_ranges::end_id)),
-    )
-    .set(zdm_backfill_ranges::worker.eq(None::<i32>))
-    .execute(conn);
-    match end {
-        End::Done => {
-            let done: BackfillStatus = diesel::update(zdm_backfill::table)
-                .set((
-                    zdm_backfill::state.eq(BackfillState::Done),
-                    zdm_backfill::last_id.eq(zdm_backfill::max_id),
-                    zdm_backfill::finished_at.eq(now),
-                    zdm_backfill::updated_at.eq(now),
-                ))
-                .get_result(conn)?;
-            let done = with_progress(conn, done)?;
-            (runner.progress)(&done);
-            log::info!(
-                "backfill done: {} rows scanned, {} updated",
-                done.rows_done,
-                done.rows_updated
-            );
-            Ok(done)
-        }
-        End::Stopped => {
-            let stored: BackfillStatus = zdm_backfill::table.first(conn)?;
-            let stopped = with_progress(conn, stored)?;
-            log::info!("backfill {} at id {}", stopped.state, stopped.last_id);
-            Ok(stopped)
-        }
-        End::Failed(e) => {
-            let _ = diesel::update(zdm_backfill::table)
-                .set((
-                    zdm_backfill::state.eq(BackfillState::Failed),
-                    zdm_backfill::error.eq(e.to_string()),
-                ))
-                .execute(conn);
-            Err(e.into())
-        }
-        End::Lost(error) => {
-            log::warn!("backfill: a worker lost its connection: {error}");
-            Err(BackfillError::Database(
-                diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::ClosedConnection,
-                    Box::new(error),
-                ),
-            ))
-        }
-    }
+    })
 }
 
 /// Splits the ids `(after, last]` into `parts` ranges of about the same span.
