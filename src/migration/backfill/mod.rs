@@ -305,3 +305,15 @@ fn record_change(
             .get_result(conn)
     })
 }
+
+/// Sleeps for `pause`, or until `stopped` says so (looked at every `tick`).
+pub(super) fn sleep_unless(pause: Duration, tick: Duration, stopped: impl Fn() -> bool) {
+    let until = std::time::Instant::now() + pause;
+    while !stopped() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(tick));
+    }
+}

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 
 use super::status::{BackfillStatus, no_runner, status};
 use super::throttle::Throttle;
-use super::{BackfillError, BackfillState, Direction, run_workers};
+use super::{BackfillError, BackfillState, Direction, run_workers, sleep_unless};
 use crate::schema::state::zdm_backfill;
 
 /// How a runner rides out a lost database: how long it keeps trying to get back before it
@@ -48,14 +48,7 @@ impl RideOut {
 
     /// Sleeps for `pause`, or until stopped.
     fn sleep(&self, pause: Duration) {
-        let until = Instant::now() + pause;
-        while !self.stopped() {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(50)));
-        }
+        sleep_unless(pause, Duration::from_millis(50), || self.stopped());
     }
 }
 

@@ -256,14 +256,7 @@ impl Shared<'_> {
 
     /// Sleeps for `pause`, or until the run ends.
     fn sleep(&self, pause: Duration) {
-        let until = Instant::now() + pause;
-        while !self.stopped() {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(20)));
-        }
+        super::sleep_unless(pause, Duration::from_millis(20), || self.stopped());
     }
 }
 
