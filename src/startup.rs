@@ -16,7 +16,7 @@ use crate::db::reads::UserReads;
 use crate::db::{self, DbPool};
 use crate::local_pg::LocalPg;
 use crate::migration::backfill;
-use crate::migration::control::{self, BackfillSettings};
+use crate::migration::control::BackfillSettings;
 use crate::migration::follower::PhaseFollower;
 use crate::migration::schema_migrations;
 use crate::routes;
@@ -372,7 +372,7 @@ fn stop_backfill(state: &AppState) {
         .get()
         .map_err(|e| e.to_string())
         .and_then(|mut conn| {
-            control::stop_backfill(&mut conn, backfill::BackfillState::Paused)
+            backfill::request_stop(&mut conn, backfill::BackfillState::Paused)
                 .map_err(|e| e.to_string())
         });
     if let Err(e) = paused {

@@ -143,14 +143,18 @@ pub fn run_backfill(
     )?)
 }
 
-/// Starts (or resumes) the forward backfill in a thread of its own and returns it once the
-/// backfill has taken its lock and run its first step, or the reason it did not. Blocks.
+/// Starts (or resumes) the forward backfill in a thread of its own, handed to `keep` at once
+/// (so that a shutdown can stop it, even if it starts late), and returns the backfill's
+/// view once it has taken its lock and run its first step, or the reason it did not.
+/// Blocks.
 pub fn start_backfill(
     url: &str,
     settings: &BackfillSettings,
     knobs: Knobs,
-) -> Result<JoinHandle<()>, ControlError> {
-    prepare_backfill(&mut PgConnection::establish(url)?, settings, knobs)?;
+    keep: impl FnOnce(JoinHandle<()>),
+) -> Result<BackfillView, ControlError> {
+    let mut conn = PgConnection::establish(url)?;
+    prepare_backfill(&mut conn, settings, knobs)?;
     let (started_tx, started_rx) = mpsc::sync_channel::<Result<(), ControlError>>(1);
     let url = url.to_owned();
     let settings = settings.clone();
@@ -187,8 +191,9 @@ pub fn start_backfill(
             }
         })
         .map_err(|e| ControlError::NotStarted(e.to_string()))?;
+    keep(handle);
     match started_rx.recv_timeout(START_TIMEOUT) {
-        Ok(Ok(())) => Ok(handle),
+        Ok(Ok(())) => Ok(backfill_view(&mut conn)?),
         Ok(Err(e)) => Err(e),
         Err(e) => Err(ControlError::NotStarted(e.to_string())),
     }
@@ -197,11 +202,6 @@ pub fn start_backfill(
 /// The whole status, as the API, the dashboard and `zdm migrate status` show it.
 pub fn status(conn: &mut PgConnection) -> Result<MigrationStatus, StateError> {
     migration_status(conn)
-}
-
-/// The backfill as the API and the dashboard show it.
-pub fn backfill_now(conn: &mut PgConnection) -> QueryResult<BackfillView> {
-    backfill_view(conn)
 }
 
 /// Asks the running backfill to stop at the next batch boundary: `Paused` keeps the

@@ -85,9 +85,14 @@ pub async fn start_backfill_now(
 ) -> Result<BackfillView, AppError> {
     let url = state.database_url.clone();
     let settings = state.backfill.clone();
-    let thread = web::block(move || control::start_backfill(&url, &settings, knobs)).await??;
-    state.backfill_thread.set(thread);
-    db(state, |conn| Ok(control::backfill_now(conn)?)).await
+    let keeper = state.clone();
+    let view = web::block(move || {
+        control::start_backfill(&url, &settings, knobs, |thread| {
+            keeper.backfill_thread.set(thread)
+        })
+    })
+    .await??;
+    Ok(view)
 }
 
 /// Asks the running backfill to stop at the next batch boundary (`paused` or `cancelled`).

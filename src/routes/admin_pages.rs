@@ -226,6 +226,8 @@ struct Dashboard {
     eta: String,
     /// The backfill stopped short (interrupted or failed): the page offers to resume it.
     backfill_stopped: bool,
+    /// It stopped because it failed (not interrupted).
+    backfill_failed: bool,
     /// Whether `zdm demo` left a report to link.
     demo_report: bool,
     worker_bars: Vec<WorkerBar>,
@@ -279,6 +281,7 @@ impl Dashboard {
             workers_setting,
             eta: eta_text(&status),
             backfill_stopped,
+            backfill_failed: b.state == BackfillState::Failed,
             timeline,
             csrf,
             instance_id,

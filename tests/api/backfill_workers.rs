@@ -506,3 +506,63 @@ fn the_benchmark_runs_the_backfill_with_workers_and_ends_with_the_parallel_ratio
         .unwrap();
     assert!((ratio - report.ratio()).abs() < 0.01, "{last}");
 }
+
+/// Every batch holds the backfill's status row FOR SHARE, and PostgreSQL lets a new share
+/// lock past an update waiting for that row while nobody holds more than a share lock. With
+/// workers starting batches back to back, a pause or a change of the knobs could wait behind
+/// them until its statement_timeout (a 503, the backfill still running): they hold new
+/// batches back instead. Here twelve connections take the row as batches do, back to back.
+#[actix_web::test]
+async fn a_pause_and_a_knob_change_get_past_batches_that_start_back_to_back() {
+    let app = TestApp::spawn().await;
+    let mut conn = app.db.conn();
+    // Running, with its runner's lock held (so that reading the status changes nothing).
+    let mut runner = app.db.conn();
+    diesel::sql_query(format!("SELECT pg_advisory_lock({})", backfill::LOCK_KEY))
+        .execute(&mut runner)
+        .unwrap();
+    conn.batch_execute("UPDATE zdm_backfill SET state = 'running'")
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let batches: Vec<_> = (0..12)
+        .map(|_| {
+            let (url, stop) = (app.db.url.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut conn = PgConnection::establish(&url).unwrap();
+                while !stop.load(Ordering::Acquire) {
+                    conn.batch_execute(
+                        "BEGIN; SELECT 1 FROM zdm_backfill FOR SHARE; SELECT pg_sleep(0.04); COMMIT",
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    eventually("the batches to hold the row", || {
+        diesel::sql_query(
+            "SELECT 1 AS one FROM pg_locks WHERE relation = 'zdm_backfill'::regclass AND mode = 'RowShareLock' AND granted",
+        )
+        .execute(&mut conn)
+        .unwrap()
+            >= 2
+    })
+    .await;
+
+    // A batch in flight lasts 40 ms: far less than this.
+    conn.batch_execute("SET statement_timeout = '1s'").unwrap();
+    let knobs = Knobs {
+        sleep_ms: Some(7),
+        ..Default::default()
+    };
+    let changed = backfill::set_knobs(&mut conn, knobs);
+    let paused = backfill::request_stop(&mut conn, BackfillState::Paused);
+    stop.store(true, Ordering::Release);
+    for batch in batches {
+        batch.join().unwrap();
+    }
+    assert_eq!(changed.expect("the knobs changed").sleep_ms, 7);
+    assert_eq!(
+        paused.expect("the pause got through").state,
+        BackfillState::Paused
+    );
+}

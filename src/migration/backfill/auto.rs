@@ -2,10 +2,10 @@
 //! multiplicative decrease. While the users' p99 that the instances report and the replicas'
 //! lag stay within their limits it adds one worker at a time; when either is over, it halves
 //! the count, down to one worker, which then waits as a throttled backfill does. A worker
-//! added and taken away again at the next reading was a failed probe: each one doubles the
-//! wait before the next addition (2, 4, 8, 16, 32 s), so that a server without room for
-//! another worker is not probed every two seconds at the users' expense; an addition that
-//! holds resets it.
+//! added and taken away again before its count held for `ADD_AFTER` was a failed probe: each
+//! one in a row at the same count doubles the wait before the next addition reaching that
+//! count (2, 4, 8, 16, 32 s), so that a server without room for another worker is not probed
+//! every two seconds at the users' expense; once that count holds, the wait is reset.
 
 use std::time::Duration;
 
@@ -21,31 +21,44 @@ const MAX_BACKOFF_DOUBLINGS: u32 = 4;
 /// The additions that did not hold: how long to wait before the next one.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Probes {
-    /// Additions taken back at once, in a row.
+    /// The count an addition reached and that was taken back at once, and how many times in
+    /// a row that happened.
+    failed_at: Option<i32>,
     failed: u32,
-    /// Whether the last change was an addition.
-    last_added: bool,
+    /// The count the last addition reached, while it is the count.
+    trying: Option<i32>,
 }
 
 impl Probes {
-    /// How long the count must hold before a worker is added.
-    pub fn add_after(self) -> Duration {
-        ADD_AFTER * 2u32.pow(self.failed.min(MAX_BACKOFF_DOUBLINGS))
+    /// How long the count must hold before a worker is added to reach `next`.
+    pub fn add_after(self, next: i32) -> Duration {
+        if self.failed_at == Some(next) {
+            ADD_AFTER * 2u32.pow(self.failed.min(MAX_BACKOFF_DOUBLINGS))
+        } else {
+            ADD_AFTER
+        }
     }
 
-    /// Notes a change of the count from `from` to `to`.
-    pub fn changed(&mut self, from: i32, to: i32) {
+    /// Notes a change of the count from `from`, which it had for `held`, to `to`.
+    pub fn changed(&mut self, from: i32, to: i32, held: Duration) {
+        let held_long = held >= ADD_AFTER;
         if to > from {
-            // Adding again means the last addition held for its wait.
-            if self.last_added {
-                self.failed = 0;
+            // Adding beyond the count that failed: it held.
+            if self.failed_at == Some(from) {
+                *self = Probes::default();
             }
-            self.last_added = true;
-        } else {
-            if self.last_added {
-                self.failed += 1;
-            }
-            self.last_added = false;
+            self.trying = Some(to);
+            return;
+        }
+        if self.trying.take() == Some(from) && !held_long {
+            self.failed = if self.failed_at == Some(from) {
+                self.failed + 1
+            } else {
+                1
+            };
+            self.failed_at = Some(from);
+        } else if held_long && self.failed_at == Some(from) {
+            *self = Probes::default();
         }
     }
 }
@@ -194,35 +207,49 @@ mod tests {
     }
 
     #[test]
-    fn each_failed_probe_doubles_the_wait_and_one_that_holds_resets_it() {
+    fn each_failed_probe_doubles_the_wait_and_a_count_that_holds_resets_it() {
+        let quick = Duration::from_millis(500);
         let mut probes = Probes::default();
-        assert_eq!(probes.add_after(), ADD_AFTER);
+        assert_eq!(probes.add_after(2), ADD_AFTER);
         let mut waits = Vec::new();
         for _ in 0..6 {
-            probes.changed(1, 2);
-            probes.changed(2, 1);
-            waits.push(probes.add_after().as_secs());
+            probes.changed(1, 2, ADD_AFTER);
+            probes.changed(2, 1, quick);
+            waits.push(probes.add_after(2).as_secs());
         }
         assert_eq!(waits, [4, 8, 16, 32, 32, 32]);
+        assert_eq!(probes.add_after(3), ADD_AFTER, "only the count that failed");
         let within = reading(Some(1.0), Ok(0));
         assert_eq!(
-            decide(1, LIMITS, &within, ADD_AFTER * 15, probes.add_after()),
+            decide(1, LIMITS, &within, ADD_AFTER * 15, probes.add_after(2)),
             None
         );
         assert_eq!(
-            decide(1, LIMITS, &within, ADD_AFTER * 16, probes.add_after()).map(|d| d.0),
+            decide(1, LIMITS, &within, ADD_AFTER * 16, probes.add_after(2)).map(|d| d.0),
             Some(2)
         );
-        // An addition that held resets the wait; only the one taken back counts.
-        probes.changed(1, 2);
-        probes.changed(2, 3);
-        assert_eq!(probes.add_after(), ADD_AFTER, "the addition to 2 held");
-        probes.changed(3, 1);
-        assert_eq!(
-            probes.add_after(),
-            ADD_AFTER * 2,
-            "the addition to 3 did not"
-        );
+
+        // From four workers: the fifth fails each time, the climb back to four does not
+        // reset it.
+        let mut probes = Probes::default();
+        for _ in 0..3 {
+            probes.changed(4, 5, ADD_AFTER);
+            probes.changed(5, 2, quick);
+            assert_eq!(probes.add_after(3), ADD_AFTER);
+            probes.changed(2, 3, ADD_AFTER);
+            probes.changed(3, 4, ADD_AFTER);
+        }
+        assert_eq!(probes.add_after(5), ADD_AFTER * 8);
+        // Five workers that held long enough for a sixth: the wait is reset.
+        probes.changed(4, 5, ADD_AFTER * 8);
+        probes.changed(5, 6, ADD_AFTER);
+        assert_eq!(probes.add_after(5), ADD_AFTER);
+
+        // A count that held and is halved later (the users' traffic grew) is no failed probe.
+        let mut probes = Probes::default();
+        probes.changed(1, 2, ADD_AFTER);
+        probes.changed(2, 1, ADD_AFTER * 10);
+        assert_eq!(probes.add_after(2), ADD_AFTER);
     }
 
     #[test]

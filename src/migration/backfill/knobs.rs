@@ -36,16 +36,6 @@ pub enum Workers {
     Auto,
 }
 
-impl Workers {
-    /// The count a run starts with: auto begins with one worker.
-    pub fn initial(self) -> i32 {
-        match self {
-            Workers::Fixed(n) => n,
-            Workers::Auto => 1,
-        }
-    }
-}
-
 impl std::fmt::Display for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -195,18 +185,21 @@ pub fn set_knobs(conn: &mut PgConnection, knobs: Knobs) -> QueryResult<BackfillS
         (None, None) => current.batch_target_ms,
     };
     let workers = knobs.workers.unwrap_or(current.workers_setting());
-    let stored = diesel::update(zdm_backfill::table)
-        .set((
-            zdm_backfill::batch_size.eq(knobs.batch_size.unwrap_or(current.batch_size)),
-            zdm_backfill::sleep_ms.eq(knobs.sleep_ms.unwrap_or(current.sleep_ms)),
-            zdm_backfill::batch_target_ms.eq(target),
-            zdm_backfill::workers_auto.eq(workers == Workers::Auto),
-            zdm_backfill::workers_wanted.eq(match workers {
-                Workers::Fixed(n) => n,
-                Workers::Auto => current.workers_wanted,
-            }),
-        ))
-        .get_result(conn)?;
+    let stored = conn.transaction(|conn| {
+        super::hold_back_batches(conn)?;
+        diesel::update(zdm_backfill::table)
+            .set((
+                zdm_backfill::batch_size.eq(knobs.batch_size.unwrap_or(current.batch_size)),
+                zdm_backfill::sleep_ms.eq(knobs.sleep_ms.unwrap_or(current.sleep_ms)),
+                zdm_backfill::batch_target_ms.eq(target),
+                zdm_backfill::workers_auto.eq(workers == Workers::Auto),
+                zdm_backfill::workers_wanted.eq(match workers {
+                    Workers::Fixed(n) => n,
+                    Workers::Auto => current.workers_wanted,
+                }),
+            ))
+            .get_result(conn)
+    })?;
     with_progress(conn, stored)
 }
 

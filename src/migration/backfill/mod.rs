@@ -42,6 +42,7 @@ mod workers;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use diesel::connection::SimpleConnection;
 use diesel::dsl::now;
 use diesel::prelude::*;
 
@@ -289,6 +290,7 @@ fn record_change(
 ) -> QueryResult<BackfillStatus> {
     use crate::schema::state::zdm_backfill_worker_changes as c;
     conn.transaction(|conn| {
+        hold_back_batches(conn)?;
         diesel::insert_into(c::table)
             .values((
                 c::workers.eq(workers),
@@ -304,6 +306,17 @@ fn record_change(
             ))
             .get_result(conn)
     })
+}
+
+/// Makes way, in the current transaction, for a change of the backfill's status row that
+/// must not wait behind a stream of batches. Each batch holds the row `FOR SHARE`, and
+/// PostgreSQL lets a new share lock past an update waiting for the row as long as no one
+/// holds more than a share lock: with workers starting batches back to back, a pause could
+/// wait until its statement_timeout. An EXCLUSIVE lock on the table queues in order, waits
+/// for the batches in flight and holds new ones back until this transaction ends; plain
+/// reads go on.
+pub(super) fn hold_back_batches(conn: &mut PgConnection) -> QueryResult<()> {
+    conn.batch_execute("LOCK TABLE zdm_backfill IN EXCLUSIVE MODE")
 }
 
 /// Sleeps for `pause`, or until `stopped` says so (looked at every `tick`).

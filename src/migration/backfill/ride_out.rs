@@ -73,7 +73,7 @@ pub(super) fn connection_lost(conn: &mut PgConnection, error: &diesel::result::E
         .is_err()
 }
 
-/// As `run_throttled`, on `conn` and then, when that connection is lost (a database restart
+/// Runs the backfill with its workers as `run_workers` does, on `conn` and then, when that connection is lost (a database restart
 /// or crash), on new connections to `url`: it reconnects, pausing 0.25 s, 0.5 s, 1 s, then 2 s
 /// between attempts and logging each, and resumes from the checkpoint by itself. It
 /// waits at most `ride_out.give_up_after` from the moment the connection was lost; past that

@@ -237,12 +237,15 @@ pub fn request_stop(
     conn: &mut PgConnection,
     to_state: BackfillState,
 ) -> Result<BackfillStatus, BackfillError> {
-    let changed: Option<BackfillStatus> = diesel::update(
-        zdm_backfill::table.filter(zdm_backfill::state.eq_any(BackfillState::STOPPABLE)),
-    )
-    .set(zdm_backfill::state.eq(to_state))
-    .get_result(conn)
-    .optional()?;
+    let changed: Option<BackfillStatus> = conn.transaction(|conn| {
+        super::hold_back_batches(conn)?;
+        diesel::update(
+            zdm_backfill::table.filter(zdm_backfill::state.eq_any(BackfillState::STOPPABLE)),
+        )
+        .set(zdm_backfill::state.eq(to_state))
+        .get_result(conn)
+        .optional()
+    })?;
     match changed {
         Some(stored) => Ok(with_progress(conn, stored)?),
         None => Err(BackfillError::NotRunning(status(conn)?.state)),

@@ -790,11 +790,13 @@ impl<'a> Runner<'a> {
         };
         let from = shared.plan().target;
         if let Some((to, reason)) = change.filter(|(to, _)| *to != from) {
+            // The workers follow the new count at once; its record may wait for the
+            // batches in flight.
+            shared.plan().target = to;
             self.stored = record_change(conn, Some(from), to, &reason)?;
             log::info!("backfill: {from} → {to} worker(s): {reason}");
-            shared.plan().target = to;
+            self.probes.changed(from, to, self.changed.elapsed());
             self.changed = Instant::now();
-            self.probes.changed(from, to);
         }
         let target = shared.plan().target;
         for no in 2..=target {
@@ -910,7 +912,7 @@ impl<'a> Runner<'a> {
                     limits,
                     &reading,
                     self.changed.elapsed(),
-                    self.probes.add_after(),
+                    self.probes.add_after(current + 1),
                 ));
             }
         };
