@@ -36,17 +36,26 @@ const WORKER_CHANGES_SHOWN: i64 = 10;
 /// The backfill as the API and the dashboard show it (read first: it marks a backfill whose
 /// runner is gone as interrupted).
 pub fn backfill_view(conn: &mut PgConnection) -> QueryResult<BackfillView> {
-    let status = backfill::status(conn)?;
-    BackfillView::of(conn, status)
+    let (status, ranges) = backfill::status_and_ranges(conn)?;
+    BackfillView::with_ranges(conn, status, ranges)
 }
 
 impl BackfillView {
     /// `status` with its rate, ranges and changes of workers.
     pub fn of(conn: &mut PgConnection, status: BackfillStatus) -> QueryResult<Self> {
+        let ranges = backfill::ranges(conn)?;
+        Self::with_ranges(conn, status, ranges)
+    }
+
+    fn with_ranges(
+        conn: &mut PgConnection,
+        status: BackfillStatus,
+        ranges: Vec<WorkerRange>,
+    ) -> QueryResult<Self> {
         Ok(Self {
             rows_per_s: status.rows_per_s(),
             workers_setting: status.workers_setting(),
-            ranges: backfill::ranges(conn)?,
+            ranges,
             worker_changes: backfill::worker_changes(conn, WORKER_CHANGES_SHOWN)?,
             status,
         })

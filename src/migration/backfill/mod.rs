@@ -57,7 +57,7 @@ pub use ride_out::{DEFAULT_RIDE_OUT, RideOut, run_riding_out};
 pub use state::{BackfillState, Direction, UnknownName};
 pub use status::{
     BackfillStatus, NO_RUNNER, WorkerChange, WorkerRange, ranges, request_stop, status,
-    worker_changes,
+    status_and_ranges, worker_changes,
 };
 pub use throttle::Throttle;
 

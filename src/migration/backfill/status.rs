@@ -193,8 +193,16 @@ pub(super) fn no_runner() -> diesel::expression::SqlLiteral<diesel::sql_types::B
 /// has no runner: it is recorded as `interrupted` here, keeping the last error it recorded,
 /// so no reader is ever told it runs.
 pub fn status(conn: &mut PgConnection) -> QueryResult<BackfillStatus> {
+    Ok(status_and_ranges(conn)?.0)
+}
+
+/// As `status`, with the ranges it counted (read once).
+pub fn status_and_ranges(
+    conn: &mut PgConnection,
+) -> QueryResult<(BackfillStatus, Vec<WorkerRange>)> {
     let stored = stored_status(conn)?;
-    with_progress(conn, stored)
+    let ranges = ranges(conn)?;
+    Ok((stored.with_ranges(&ranges), ranges))
 }
 
 /// As `status`, without the ranges' progress: the row as stored (after the check above).
