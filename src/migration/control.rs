@@ -123,6 +123,24 @@ fn prepare_backfill(
     Ok(())
 }
 
+/// The forward backfill on `conn` until it ends, riding out a lost database (reconnecting to
+/// `url`) and waiting as `settings` say; `progress` sees its status after every batch.
+fn fill_forward(
+    conn: PgConnection,
+    url: &str,
+    settings: &BackfillSettings,
+    progress: impl FnMut(&BackfillStatus),
+) -> Result<BackfillStatus, BackfillError> {
+    backfill::run_riding_out(
+        conn,
+        url,
+        Direction::Forward,
+        &mut settings.throttle(),
+        &settings.ride_out,
+        progress,
+    )
+}
+
 /// Runs (or resumes) the forward backfill here until it ends, riding out a lost database;
 /// `progress` sees its status after every batch.
 pub fn run_backfill(
@@ -133,14 +151,7 @@ pub fn run_backfill(
     progress: impl FnMut(&BackfillStatus),
 ) -> Result<BackfillStatus, ControlError> {
     prepare_backfill(&mut conn, settings, knobs)?;
-    Ok(backfill::run_riding_out(
-        conn,
-        url,
-        Direction::Forward,
-        &mut settings.throttle(),
-        &settings.ride_out,
-        progress,
-    )?)
+    Ok(fill_forward(conn, url, settings, progress)?)
 }
 
 /// Starts (or resumes) the forward backfill in a thread of its own, handed to `keep` at once
@@ -169,19 +180,12 @@ pub fn start_backfill(
                 }
             };
             let mut told = false;
-            let result = backfill::run_riding_out(
-                conn,
-                &url,
-                Direction::Forward,
-                &mut settings.throttle(),
-                &settings.ride_out,
-                |_| {
-                    if !told {
-                        let _ = started_tx.send(Ok(()));
-                        told = true;
-                    }
-                },
-            );
+            let result = fill_forward(conn, &url, &settings, |_| {
+                if !told {
+                    let _ = started_tx.send(Ok(()));
+                    told = true;
+                }
+            });
             match result {
                 Err(e) if !told => {
                     let _ = started_tx.send(Err(e.into()));
