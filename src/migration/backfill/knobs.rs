@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 
-use super::status::with_progress;
-use super::status::{BackfillStatus, status};
+use super::status::{BackfillStatus, stored_status, with_progress};
 use super::{MAX_BATCH_SIZE, MAX_BATCH_TARGET_MS, MAX_SLEEP_MS, MAX_WORKERS};
 use crate::schema::state::zdm_backfill;
 
@@ -178,7 +177,7 @@ impl Knobs {
 /// runner picks a new workers setting up within a fraction of a second: it re-splits what
 /// remains among the new count.
 pub fn set_knobs(conn: &mut PgConnection, knobs: Knobs) -> QueryResult<BackfillStatus> {
-    let current = status(conn)?;
+    let current = stored_status(conn)?;
     let target = match (knobs.batch_size, knobs.batch_target_ms) {
         (_, Some(target)) => target,
         (Some(_), None) => 0,
