@@ -291,12 +291,7 @@ async fn writes_of_a_lagging_instance_are_caught_by_verify_and_repaired_by_a_rer
     let refused = app.advance(None).await;
     assert_eq!(refused.status(), 409, "the gate sees the divergence");
     // Until repaired, v2 reads the split of full_name, not the stale parts.
-    let v2: Value = app
-        .get(&format!("/api/v2/users/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v2: Value = app.get_json(&format!("/api/v2/users/{id}")).await;
     assert_eq!(
         (v2["first_name"].as_str(), v2["last_name"].as_str()),
         (Some("Augusta"), Some("Ada King"))

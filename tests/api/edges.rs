@@ -559,12 +559,7 @@ async fn a_divergent_row_in_read_new_holds_back_new_only_until_repaired() {
     // The backfill repairs it (full_name is the newer write), and new_only may go.
     app.backfill_to_the_end().await;
     assert_eq!(app.advance(None).await.status(), 200);
-    let v2: Value = app
-        .get(&format!("/api/v2/users/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v2: Value = app.get_json(&format!("/api/v2/users/{id}")).await;
     assert_eq!(
         (v2["first_name"].as_str(), v2["last_name"].as_str()),
         (Some("Augusta"), Some("Ada King"))

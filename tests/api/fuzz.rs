@@ -227,7 +227,7 @@ async fn no_input_makes_the_app_answer_5xx_or_store_a_refused_request() {
             "in {phase}"
         );
         // Still alive and serving.
-        let health: Value = app.get("/healthz").await.json().await.unwrap();
+        let health: Value = app.get_json("/healthz").await;
         assert_eq!(health["status"], "ok", "in {phase}");
     }
 }

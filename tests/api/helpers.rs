@@ -398,6 +398,11 @@ impl TestApp {
             .expect("GET failed")
     }
 
+    /// GET `path` and its body as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).await.json().await.expect("a JSON body")
+    }
+
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
@@ -746,12 +751,7 @@ impl MixedWriters {
     /// Every acknowledged write reads back through both APIs as written last.
     pub async fn assert_intact(&self, app: &TestApp) {
         for (id, (first, last)) in &self.expected {
-            let v2: serde_json::Value = app
-                .get(&format!("/api/v2/users/{id}"))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let v2: serde_json::Value = app.get_json(&format!("/api/v2/users/{id}")).await;
             assert_eq!(
                 (
                     v2["first_name"].as_str().unwrap(),
@@ -759,12 +759,7 @@ impl MixedWriters {
                 ),
                 (first.as_str(), last.as_str())
             );
-            let v1: serde_json::Value = app
-                .get(&format!("/api/v1/users/{id}"))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let v1: serde_json::Value = app.get_json(&format!("/api/v1/users/{id}")).await;
             assert_eq!(v1["full_name"], format!("{first} {last}"));
         }
     }

@@ -138,12 +138,7 @@ impl Ledger {
         for app in apps {
             let phase = app.phase();
             for (id, expected) in &self.users {
-                let v1: Value = app
-                    .get(&format!("/api/v1/users/{id}"))
-                    .await
-                    .json()
-                    .await
-                    .unwrap();
+                let v1: Value = app.get_json(&format!("/api/v1/users/{id}")).await;
                 assert_eq!(
                     v1["full_name"],
                     expected.full_name.as_str(),
