@@ -310,6 +310,9 @@ struct DemoArgs {
     /// `ZDM_BACKFILL_MAX_P99_MS` set, 0 leaves the pacing to the latency throttle.
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
     backfill_sleep_ms: Option<i32>,
+    /// Rows in each of the backfill's batches (default: 1000 quick, 2000 full).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_BATCH_SIZE)))]
+    backfill_batch: Option<i32>,
     /// The backfill's workers (1-16 or `auto`; auto needs ZDM_BACKFILL_MAX_P99_MS).
     #[arg(long, value_name = "N|auto")]
     backfill_workers: Option<backfill::Workers>,
@@ -369,6 +372,7 @@ impl DemoArgs {
         opts.write_percent = self.write_percent.unwrap_or(opts.write_percent);
         opts.json_out = self.json_out;
         opts.backfill_sleep_ms = self.backfill_sleep_ms.unwrap_or(opts.backfill_sleep_ms);
+        opts.backfill_batch = self.backfill_batch.unwrap_or(opts.backfill_batch);
         opts.backfill_workers = self.backfill_workers;
         if self.replicas > 0 {
             if config.database_url.is_some() {

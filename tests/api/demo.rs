@@ -87,7 +87,7 @@ fn run_demo(name: &str, args: &[&str]) -> Run {
 /// the same traffic and the same audit.
 #[test]
 fn the_quick_demo_holds_zero_downtime_forward_and_back() {
-    let run = run_demo("clean", &["--undo"]);
+    let run = run_demo("clean", &["--undo", "--backfill-batch", "250"]);
     let (summary, output) = (&run.summary, &run.output);
     assert!(run.passed, "{output}");
     assert_eq!(summary["mode"], "zdm");
@@ -134,7 +134,25 @@ fn the_quick_demo_holds_zero_downtime_forward_and_back() {
         audit["untouched_checksum_after"]
     );
     assert!(output.contains("kill -9 of the backfill process"));
+    // `--backfill-batch 250`: the seeded rows took a batch per 250 at least.
+    let (rows, batches) = backfill_rows_and_batches(output);
+    assert!(rows >= 30_000 && batches >= rows / 250, "{output}");
     assert!(!output.contains("FAULT"), "no fault unless asked: {output}");
+}
+
+/// What the demo's "backfill done: N rows in B batches" line says.
+fn backfill_rows_and_batches(output: &str) -> (u64, u64) {
+    let line = output
+        .lines()
+        .find_map(|l| l.split_once("backfill done: ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no backfill line: {output}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [rows, "rows", "in", batches, "batches;", ..] => {
+            (rows.parse().unwrap(), batches.parse().unwrap())
+        }
+        _ => panic!("unexpected backfill line: {line}"),
+    }
 }
 
 #[test]

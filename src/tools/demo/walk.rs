@@ -293,8 +293,9 @@ async fn backfill_with_a_crash(
         .map(|c| c.workers.to_string())
         .collect();
     timeline.mark(format!(
-        "backfill done: {} rows; workers {}",
+        "backfill done: {} rows in {} batches; workers {}",
         done.rows_done,
+        done.batches,
         counts.join(" → ")
     ));
     Ok(done.rows_per_s())
