@@ -134,6 +134,20 @@ fn the_quick_demo_holds_zero_downtime_forward_and_back() {
         audit["untouched_checksum_after"]
     );
     assert!(output.contains("kill -9 of the backfill process"));
+    // The machine's load beside the latency, in every phase long enough for two samples.
+    if cfg!(target_os = "linux") {
+        let cpus = summary["cpus"].as_f64().expect("the CPUs were counted");
+        for segment in summary["segments"].as_array().unwrap() {
+            if segment["seconds"].as_f64().unwrap() >= 1.0 {
+                let busy = segment["cpu_busy_cores"].as_f64();
+                assert!(
+                    busy.is_some_and(|b| b > 0.0 && b <= cpus),
+                    "cpu measured in {segment}"
+                );
+            }
+        }
+        assert!(output.contains("CPUs kept busy"), "{output}");
+    }
     // `--backfill-batch 250`: the seeded rows took a batch per 250 at least.
     let (rows, batches) = backfill_rows_and_batches(output);
     assert!(rows >= 30_000 && batches >= rows / 250, "{output}");

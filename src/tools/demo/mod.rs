@@ -17,6 +17,7 @@
 //! `audit` (with its own `oracle`) and the figures in `report`.
 
 pub mod audit;
+pub mod cpu;
 pub mod fleet;
 pub mod oracle;
 pub mod report;
@@ -308,6 +309,8 @@ struct Traffic {
     backfill_rate: Option<f64>,
     /// Why the walk stopped half-way (a gate refused, an instance failed), if it did.
     walk_error: Option<String>,
+    /// How busy the machine's CPUs were, through the run (none without `/proc/stat`).
+    cpu: Vec<cpu::CpuSample>,
 }
 
 /// Sends the clients' traffic while the driver walks the migration (the naive one with
@@ -317,6 +320,7 @@ async fn walk_under_traffic(mut fleet: Fleet, url: &str, opts: &DemoOptions) -> 
     let admin = Admin::of(&fleet)?;
     let mut timeline = Timeline::start();
     let control = timeline.control.clone();
+    let cpu = cpu::CpuSampler::start(control.started).context("starting the CPU sampler")?;
     timeline.enter("baseline");
     if let Some(fault) = opts.fault {
         timeline.mark(format!(
@@ -350,6 +354,7 @@ async fn walk_under_traffic(mut fleet: Fleet, url: &str, opts: &DemoOptions) -> 
         unacknowledged_creates += result.unacknowledged_creates;
     }
     timeline.close();
+    let cpu = cpu.finish();
     let replica_reads = fleet.replica_reads().await;
     fleet.stop();
     let (lock_timeouts, backfill_rate, walk_error) = match walked {
@@ -368,6 +373,7 @@ async fn walk_under_traffic(mut fleet: Fleet, url: &str, opts: &DemoOptions) -> 
         lock_timeouts,
         backfill_rate,
         walk_error,
+        cpu,
     })
 }
 
@@ -402,7 +408,8 @@ async fn audit_the_table(
 /// The run's figures: per-segment statistics, the worst p99 of each phase, the audit's
 /// findings, and whether zero downtime held.
 fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -> DemoSummary {
-    let segments = report::segment_stats(&traffic.timeline.segments, &traffic.samples);
+    let segments =
+        report::segment_stats(&traffic.timeline.segments, &traffic.samples, &traffic.cpu);
     let failed_requests: usize = segments.iter().map(|s| s.failed).sum();
     DemoSummary {
         mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
@@ -423,6 +430,7 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
         backfill_rows_per_s: traffic.backfill_rate,
         acknowledged_writes_tracked: traffic.ledgers.iter().map(|l| l.rows.len()).sum(),
         unacknowledged_creates: traffic.unacknowledged_creates,
+        cpus: traffic.cpu.first().map(|s| s.times.cpus),
         replicas: opts.replica_servers.len(),
         replica_reads: traffic.replica_reads,
         audit,

@@ -9,6 +9,7 @@ use askama::Template;
 use serde::Serialize;
 
 use super::audit::AuditResult;
+use super::cpu::{CpuSample, busy_cores};
 use super::traffic::{Outcome, Sample};
 
 /// A stretch of the run: a phase, or the backfill within dual_write.
@@ -41,6 +42,9 @@ pub struct SegmentStats {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub requests_per_s: f64,
+    /// The machine's CPUs kept busy (by anything) during the segment, in cores; none
+    /// without `/proc/stat` or in a segment shorter than two of its samples.
+    pub cpu_busy_cores: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -69,6 +73,8 @@ pub struct DemoSummary {
     pub audit: AuditResult,
     pub acknowledged_writes_tracked: usize,
     pub unacknowledged_creates: u64,
+    /// The machine's CPUs, as the `cpu` column counts them (none without `/proc/stat`).
+    pub cpus: Option<u32>,
     /// Streaming replicas the instances read from and the backfill waited for.
     pub replicas: usize,
     /// Reads of user data the replicas answered (the rest went to the primary).
@@ -76,6 +82,14 @@ pub struct DemoSummary {
     /// Why the walk stopped before the end, if it did.
     pub walk_error: Option<String>,
     pub passed: bool,
+}
+
+impl SegmentStats {
+    /// The `cpu` column: busy cores with two decimals, or "-" where none were measured.
+    pub fn cpu_text(&self) -> String {
+        self.cpu_busy_cores
+            .map_or_else(|| "-".to_owned(), |cores| format!("{cores:.2}"))
+    }
 }
 
 fn percentile(sorted_us: &[u32], q: f64) -> f64 {
@@ -86,7 +100,11 @@ fn percentile(sorted_us: &[u32], q: f64) -> f64 {
     f64::from(sorted_us[rank.min(sorted_us.len() - 1)]) / 1000.0
 }
 
-pub fn segment_stats(segments: &[Segment], samples: &[Sample]) -> Vec<SegmentStats> {
+pub fn segment_stats(
+    segments: &[Segment],
+    samples: &[Sample],
+    cpu: &[CpuSample],
+) -> Vec<SegmentStats> {
     segments
         .iter()
         .enumerate()
@@ -118,6 +136,7 @@ pub fn segment_stats(segments: &[Segment], samples: &[Sample]) -> Vec<SegmentSta
                 } else {
                     0.0
                 },
+                cpu_busy_cores: busy_cores(cpu, seg.start_ms, seg.end_ms),
             }
         })
         .collect()
@@ -128,7 +147,7 @@ pub fn table(summary: &DemoSummary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:>6} {:>8} {:>6} {:>7} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "{:<12} {:>6} {:>8} {:>6} {:>7} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}",
         "phase",
         "secs",
         "requests",
@@ -140,12 +159,13 @@ pub fn table(summary: &DemoSummary) -> String {
         "p95 ms",
         "p99 ms",
         "max ms",
-        "req/s"
+        "req/s",
+        "cpu"
     );
     for s in &summary.segments {
         let _ = writeln!(
             out,
-            "{:<12} {:>6.1} {:>8} {:>6} {:>7} {:>5} {:>5} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.0}",
+            "{:<12} {:>6.1} {:>8} {:>6} {:>7} {:>5} {:>5} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.0} {:>5}",
             s.name,
             s.seconds,
             s.requests,
@@ -157,7 +177,14 @@ pub fn table(summary: &DemoSummary) -> String {
             s.p95_ms,
             s.p99_ms,
             s.max_ms,
-            s.requests_per_s
+            s.requests_per_s,
+            s.cpu_text()
+        );
+    }
+    if let Some(cpus) = summary.cpus {
+        let _ = writeln!(
+            out,
+            "cpu: the machine's {cpus} CPUs kept busy by anything (clients, instances, PostgreSQL), in cores"
         );
     }
     let _ = writeln!(out, "faults:");
