@@ -69,10 +69,10 @@ pub fn busy_cores(samples: &[CpuSample], start_ms: u32, end_ms: u32) -> Option<f
     (total > 0).then(|| f64::from(last.times.cpus) * busy as f64 / total as f64)
 }
 
-/// Reads `/proc/stat` on a thread of its own until stopped.
+/// Reads `/proc/stat` on a thread of its own until finished or dropped.
 pub struct CpuSampler {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<CpuSample>>,
+    thread: Option<JoinHandle<Vec<CpuSample>>>,
 }
 
 impl CpuSampler {
@@ -97,13 +97,26 @@ impl CpuSampler {
                 }
                 samples
             })?;
-        Ok(Self { stop, thread })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stops sampling and returns what was read.
-    pub fn finish(self) -> Vec<CpuSample> {
+    pub fn finish(mut self) -> Vec<CpuSample> {
         self.stop.store(true, Ordering::Release);
-        self.thread.join().unwrap_or_default()
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for CpuSampler {
+    /// A run that ends early (an error before `finish`) does not leave the thread sampling.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 

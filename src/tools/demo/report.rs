@@ -184,7 +184,7 @@ pub fn table(summary: &DemoSummary) -> String {
     if let Some(cpus) = summary.cpus {
         let _ = writeln!(
             out,
-            "cpu: the machine's {cpus} CPUs kept busy by anything (clients, instances, PostgreSQL), in cores"
+            "cpu: the machine's {cpus} CPUs kept busy by anything on it (clients, instances, backfill, PostgreSQL), in cores"
         );
     }
     let _ = writeln!(out, "faults:");
