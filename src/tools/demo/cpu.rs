@@ -16,7 +16,8 @@ const EVERY: Duration = Duration::from_millis(250);
 pub struct CpuTimes {
     /// Spent on anything but idling or waiting for I/O.
     pub busy: u64,
-    pub total: u64,
+    /// Idle or waiting for I/O (the kernel's iowait can go down: see `busy_cores`).
+    pub idle: u64,
     /// CPUs counted.
     pub cpus: u32,
 }
@@ -44,7 +45,7 @@ pub fn parse_proc_stat(text: &str) -> Option<CpuTimes> {
     let busy = user + nice + system + irq + softirq + steal;
     (cpus > 0).then_some(CpuTimes {
         busy,
-        total: busy + idle + iowait,
+        idle: idle + iowait,
         cpus,
     })
 }
@@ -56,17 +57,28 @@ pub struct CpuSample {
     pub times: CpuTimes,
 }
 
-/// The CPUs kept busy between the first and the last sample within `[start_ms, end_ms]`,
-/// in cores (2.0: both of two CPUs all the time); `None` with fewer than two samples.
+/// The CPUs kept busy during `[start_ms, end_ms]`, in cores (2.0: both of two CPUs all the
+/// time): from the sample at or just before the start to the one at or just after the end
+/// (one `EVERY` more on either side at most); `None` without two such samples. Each counter's
+/// change is floored at zero (the kernel's iowait can go down) and the result kept within
+/// the CPUs.
 pub fn busy_cores(samples: &[CpuSample], start_ms: u32, end_ms: u32) -> Option<f64> {
-    let mut within = samples
+    let first = samples
         .iter()
-        .filter(|s| (start_ms..=end_ms).contains(&s.at_ms));
-    let first = within.next()?;
-    let last = within.next_back()?;
-    let total = last.times.total.checked_sub(first.times.total)?;
-    let busy = last.times.busy.checked_sub(first.times.busy)?;
-    (total > 0).then(|| f64::from(last.times.cpus) * busy as f64 / total as f64)
+        .rev()
+        .find(|s| s.at_ms <= start_ms)
+        .or_else(|| samples.iter().find(|s| s.at_ms >= start_ms))?;
+    let last = samples
+        .iter()
+        .find(|s| s.at_ms >= end_ms)
+        .or_else(|| samples.iter().rev().find(|s| s.at_ms <= end_ms))?;
+    if last.at_ms <= first.at_ms {
+        return None;
+    }
+    let busy = last.times.busy.saturating_sub(first.times.busy);
+    let idle = last.times.idle.saturating_sub(first.times.idle);
+    let cpus = f64::from(last.times.cpus);
+    (busy + idle > 0).then(|| (cpus * busy as f64 / (busy + idle) as f64).clamp(0.0, cpus))
 }
 
 /// Reads `/proc/stat` on a thread of its own until finished or dropped.
@@ -93,7 +105,8 @@ impl CpuSampler {
                     };
                     let at_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
                     samples.push(CpuSample { at_ms, times });
-                    std::thread::sleep(EVERY);
+                    // `finish` unparks it, so the run does not wait out the pause.
+                    std::thread::park_timeout(EVERY);
                 }
                 samples
             })?;
@@ -106,10 +119,11 @@ impl CpuSampler {
     /// Stops sampling and returns what was read.
     pub fn finish(mut self) -> Vec<CpuSample> {
         self.stop.store(true, Ordering::Release);
-        self.thread
-            .take()
-            .and_then(|thread| thread.join().ok())
-            .unwrap_or_default()
+        let Some(thread) = self.thread.take() else {
+            return Vec::new();
+        };
+        thread.thread().unpark();
+        thread.join().unwrap_or_default()
     }
 }
 
@@ -136,7 +150,7 @@ mod tests {
             times,
             CpuTimes {
                 busy: 100 + 5 + 50 + 3 + 2,
-                total: 160 + 800 + 20,
+                idle: 800 + 20,
                 cpus: 2
             }
         );
@@ -146,23 +160,29 @@ mod tests {
 
     #[test]
     fn busy_cores_are_the_busy_share_of_the_window_times_the_cpus() {
-        let at = |at_ms, busy, total| CpuSample {
+        let at = |at_ms, busy, idle| CpuSample {
             at_ms,
             times: CpuTimes {
                 busy,
-                total,
+                idle,
                 cpus: 2,
             },
         };
         let samples = [
             at(0, 0, 0),
-            at(1000, 50, 200),
-            at(2000, 200, 400),
-            at(3000, 210, 600),
+            at(1000, 50, 150),
+            at(2000, 200, 200),
+            at(3000, 210, 390),
         ];
-        // 150 busy ticks of 200 on two CPUs between 1 s and 2 s.
-        assert_eq!(busy_cores(&samples, 900, 2100), Some(1.5));
-        assert_eq!(busy_cores(&samples, 1000, 3000), Some(2.0 * 160.0 / 400.0));
-        assert_eq!(busy_cores(&samples, 1500, 2500), None, "one sample only");
+        // From the sample at the start to the one at the end: 150 busy ticks of 200.
+        assert_eq!(busy_cores(&samples, 1000, 2000), Some(1.5));
+        // A window between samples reaches out to the ones around it.
+        assert_eq!(busy_cores(&samples, 1500, 2500), Some(2.0 * 160.0 / 400.0));
+        assert_eq!(busy_cores(&samples, 1200, 1800), Some(1.5));
+        // Past the last sample: only one sample to go by.
+        assert_eq!(busy_cores(&samples, 3500, 4000), None);
+        // Idle time that went down counts as none, and the result stays within the CPUs.
+        let shrinking = [at(0, 0, 100), at(1000, 100, 40)];
+        assert_eq!(busy_cores(&shrinking, 0, 1000), Some(2.0));
     }
 }
