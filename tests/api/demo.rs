@@ -134,7 +134,7 @@ fn the_quick_demo_holds_zero_downtime_forward_and_back() {
         audit["untouched_checksum_after"]
     );
     assert!(output.contains("kill -9 of the backfill process"));
-    // The machine's load beside the latency, in every phase long enough for two samples.
+    // The machine's load beside the latency, in every phase of a second or more.
     if cfg!(target_os = "linux") {
         let cpus = summary["cpus"].as_f64().expect("the CPUs were counted");
         for segment in summary["segments"].as_array().unwrap() {

@@ -42,8 +42,8 @@ pub struct SegmentStats {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub requests_per_s: f64,
-    /// The machine's CPUs kept busy (by anything) during the segment, in cores; none
-    /// without `/proc/stat` or in a segment shorter than two of its samples.
+    /// The machine's CPUs kept busy (by anything) during the segment, in cores (see
+    /// `cpu::busy_cores`); none without `/proc/stat` or without a sample on either side.
     pub cpu_busy_cores: Option<f64>,
 }
 
