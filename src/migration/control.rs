@@ -104,14 +104,10 @@ pub fn rollback(
     runner::rollback(conn, actor, &mut settings.throttle())
 }
 
-/// Checks the knobs and the backfill's gates for the stored phase, and stores the knobs:
+/// Checks the backfill's gates for the stored phase and stores the knobs (checked before
+/// anything touches the database, so that a bad knob is told as such even while it is down):
 /// what every start does first.
-fn prepare_backfill(
-    conn: &mut PgConnection,
-    settings: &BackfillSettings,
-    knobs: Knobs,
-) -> Result<(), ControlError> {
-    settings.check(&knobs)?;
+fn prepare_backfill(conn: &mut PgConnection, knobs: Knobs) -> Result<(), ControlError> {
     let phase = state::current_phase(conn)?;
     if let Some(gate) = gates::backfill_gates(conn, phase)?
         .into_iter()
@@ -150,7 +146,8 @@ pub fn run_backfill(
     knobs: Knobs,
     progress: impl FnMut(&BackfillStatus),
 ) -> Result<BackfillStatus, ControlError> {
-    prepare_backfill(&mut conn, settings, knobs)?;
+    settings.check(&knobs)?;
+    prepare_backfill(&mut conn, knobs)?;
     Ok(fill_forward(conn, url, settings, progress)?)
 }
 
@@ -164,8 +161,9 @@ pub fn start_backfill(
     knobs: Knobs,
     keep: impl FnOnce(JoinHandle<()>),
 ) -> Result<BackfillView, ControlError> {
+    settings.check(&knobs)?;
     let mut conn = PgConnection::establish(url)?;
-    prepare_backfill(&mut conn, settings, knobs)?;
+    prepare_backfill(&mut conn, knobs)?;
     let (started_tx, started_rx) = mpsc::sync_channel::<Result<(), ControlError>>(1);
     let url = url.to_owned();
     let settings = settings.clone();
@@ -214,8 +212,8 @@ pub fn stop_backfill(
     conn: &mut PgConnection,
     to: BackfillState,
 ) -> Result<BackfillView, ControlError> {
-    let stopped = backfill::request_stop(conn, to)?;
-    Ok(BackfillView::of(conn, stopped)?)
+    let (stopped, ranges) = backfill::request_stop(conn, to)?;
+    Ok(BackfillView::with_ranges(conn, stopped, ranges)?)
 }
 
 /// Changes the knobs, also while it runs.
@@ -225,8 +223,8 @@ pub fn change_knobs(
     knobs: Knobs,
 ) -> Result<BackfillView, ControlError> {
     settings.check(&knobs)?;
-    let changed = backfill::set_knobs(conn, knobs)?;
-    Ok(BackfillView::of(conn, changed)?)
+    let (changed, ranges) = backfill::set_knobs(conn, knobs)?;
+    Ok(BackfillView::with_ranges(conn, changed, ranges)?)
 }
 
 /// Verifies the whole table for the stored phase (a whole-table scan: give it a connection

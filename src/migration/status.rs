@@ -41,13 +41,9 @@ pub fn backfill_view(conn: &mut PgConnection) -> QueryResult<BackfillView> {
 }
 
 impl BackfillView {
-    /// `status` with its rate, ranges and changes of workers.
-    pub fn of(conn: &mut PgConnection, status: BackfillStatus) -> QueryResult<Self> {
-        let ranges = backfill::ranges(conn)?;
-        Self::with_ranges(conn, status, ranges)
-    }
-
-    fn with_ranges(
+    /// `status` (with the progress of `ranges`, as `backfill::status_and_ranges` returns
+    /// them) with its rate, ranges and changes of workers.
+    pub fn with_ranges(
         conn: &mut PgConnection,
         status: BackfillStatus,
         ranges: Vec<WorkerRange>,

@@ -675,3 +675,29 @@ fn the_benchmark_can_leave_autovacuum_on_compare_two_sizes_and_drop_the_email_in
         "{err}"
     );
 }
+
+/// A knob out of range is refused as such (422, naming it) before anything waits for the
+/// database: also while the database is gone, where a start with good knobs answers 503.
+#[actix_web::test]
+async fn a_bad_knob_is_refused_as_such_while_the_database_is_down() {
+    let app = TestApp::spawn().await;
+    let mut server = PgConnection::establish(&crate::helpers::server_url()).unwrap();
+    diesel::sql_query(format!("DROP DATABASE \"{}\" WITH (FORCE)", app.db.name))
+        .execute(&mut server)
+        .unwrap();
+    for path in ["start", "resume", "settings"] {
+        let bad = app
+            .admin_post(
+                &format!("/api/admin/backfill/{path}"),
+                json!({ "batch_size": 0 }),
+            )
+            .await;
+        assert_eq!(bad.status(), 422, "{path}");
+        let error = crate::helpers::error_of(bad).await;
+        assert!(error.contains("batch_size"), "{path}: {error}");
+    }
+    let good = app
+        .admin_post("/api/admin/backfill/start", json!({ "batch_size": 100 }))
+        .await;
+    assert_eq!(good.status(), 503, "the database is gone");
+}

@@ -560,9 +560,9 @@ async fn a_pause_and_a_knob_change_get_past_batches_that_start_back_to_back() {
     for batch in batches {
         batch.join().unwrap();
     }
-    assert_eq!(changed.expect("the knobs changed").sleep_ms, 7);
+    assert_eq!(changed.expect("the knobs changed").0.sleep_ms, 7);
     assert_eq!(
-        paused.expect("the pause got through").state,
+        paused.expect("the pause got through").0.state,
         BackfillState::Paused
     );
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 
-use super::status::{BackfillStatus, stored_status, with_progress};
+use super::status::{BackfillStatus, WorkerRange, stored_status, with_progress_and_ranges};
 use super::{MAX_BATCH_SIZE, MAX_BATCH_TARGET_MS, MAX_SLEEP_MS, MAX_WORKERS};
 use crate::schema::state::zdm_backfill;
 
@@ -175,8 +175,12 @@ impl Knobs {
 /// Changes the knobs, also while running. A batch size given without a target time is kept
 /// as given (the target is turned off); with one, it is where the sizing starts from. A
 /// runner picks a new workers setting up within a fraction of a second: it re-splits what
-/// remains among the new count.
-pub fn set_knobs(conn: &mut PgConnection, knobs: Knobs) -> QueryResult<BackfillStatus> {
+/// remains among the new count. Returns the status and the ranges it counted, as
+/// `status_and_ranges` does.
+pub fn set_knobs(
+    conn: &mut PgConnection,
+    knobs: Knobs,
+) -> QueryResult<(BackfillStatus, Vec<WorkerRange>)> {
     let current = stored_status(conn)?;
     let target = match (knobs.batch_size, knobs.batch_target_ms) {
         (_, Some(target)) => target,
@@ -199,7 +203,7 @@ pub fn set_knobs(conn: &mut PgConnection, knobs: Knobs) -> QueryResult<BackfillS
             ))
             .get_result(conn)
     })?;
-    with_progress(conn, stored)
+    with_progress_and_ranges(conn, stored)
 }
 
 /// The next batch size: the last one scaled by how far its batch's time was from the

@@ -171,7 +171,16 @@ pub(super) fn with_progress(
     conn: &mut PgConnection,
     stored: BackfillStatus,
 ) -> QueryResult<BackfillStatus> {
-    Ok(stored.with_ranges(&ranges(conn)?))
+    Ok(with_progress_and_ranges(conn, stored)?.0)
+}
+
+/// As `with_progress`, with the ranges it counted (read once).
+pub(super) fn with_progress_and_ranges(
+    conn: &mut PgConnection,
+    stored: BackfillStatus,
+) -> QueryResult<(BackfillStatus, Vec<WorkerRange>)> {
+    let ranges = ranges(conn)?;
+    Ok((stored.with_ranges(&ranges), ranges))
 }
 
 /// Why a backfill stored as running is `interrupted`, when no error of its own was recorded.
@@ -201,8 +210,7 @@ pub fn status_and_ranges(
     conn: &mut PgConnection,
 ) -> QueryResult<(BackfillStatus, Vec<WorkerRange>)> {
     let stored = stored_status(conn)?;
-    let ranges = ranges(conn)?;
-    Ok((stored.with_ranges(&ranges), ranges))
+    with_progress_and_ranges(conn, stored)
 }
 
 /// As `status`, without the ranges' progress: the row as stored (after the check above).
@@ -240,11 +248,12 @@ pub(super) fn stored_status(conn: &mut PgConnection) -> QueryResult<BackfillStat
 }
 
 /// Asks a running backfill to stop at the next batch boundary: `paused` keeps the checkpoint
-/// for a resume, `cancelled` makes the next start begin afresh.
+/// for a resume, `cancelled` makes the next start begin afresh. Returns the status and the
+/// ranges it counted, as `status_and_ranges` does.
 pub fn request_stop(
     conn: &mut PgConnection,
     to_state: BackfillState,
-) -> Result<BackfillStatus, BackfillError> {
+) -> Result<(BackfillStatus, Vec<WorkerRange>), BackfillError> {
     let changed: Option<BackfillStatus> = conn.transaction(|conn| {
         super::hold_back_batches(conn)?;
         diesel::update(
@@ -255,7 +264,7 @@ pub fn request_stop(
         .optional()
     })?;
     match changed {
-        Some(stored) => Ok(with_progress(conn, stored)?),
+        Some(stored) => Ok(with_progress_and_ranges(conn, stored)?),
         None => Err(BackfillError::NotRunning(status(conn)?.state)),
     }
 }

@@ -419,7 +419,7 @@ pub fn backfill_benchmark(
     let mut conn = PgConnection::establish(&scratch.url)
         .with_context(|| format!("connecting to the scratch database {}", scratch.name))?;
     prepare(&mut conn, options.without_email_index, &mut say)?;
-    let knobs =
+    let (knobs, _) =
         backfill::set_knobs(&mut conn, options.knobs).context("setting the backfill's knobs")?;
     let mut report = BackfillBenchReport {
         workers: knobs.workers_wanted,
