@@ -295,6 +295,11 @@ async fn an_interrupted_backfill_is_shown_with_why_and_resumed_from_the_page() {
         runner.join().unwrap().is_err(),
         "the runner lost its session"
     );
+    // Its lock goes as its session ends, which may come just after the runner heard of it.
+    crate::helpers::eventually("the runner's session to end", || {
+        crate::helpers::backfill_runner_pids(&mut conn).is_empty()
+    })
+    .await;
 
     let cookie = log_in(&app).await;
     let (status, html) = page(&app, &cookie, "/admin").await;

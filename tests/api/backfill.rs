@@ -82,8 +82,13 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_checkpoint() {
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
 
-    // The row still says running, but no runner holds the lock: the status says so.
+    // The row still says running, but no runner holds the lock: the status says so (once
+    // PostgreSQL noticed the process is gone and ended its session).
     let mut conn = app.db.conn();
+    crate::helpers::eventually("the runner's session to end", || {
+        crate::helpers::backfill_runner_pids(&mut conn).is_empty()
+    })
+    .await;
     let crashed = backfill::status(&mut conn).unwrap();
     assert_eq!(crashed.state, BackfillState::Interrupted, "{crashed:?}");
     assert_eq!(crashed.error.as_deref(), Some(backfill::NO_RUNNER));

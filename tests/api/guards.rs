@@ -210,33 +210,35 @@ async fn step_under_blocker(
 }
 
 /// The longest a read may wait while a step waits for a lock: the steps' lock_timeout
-/// (200 ms, after which the DDL gives up its place in the queue) plus 300 ms for scheduling
-/// on a loaded two-core machine. The blocker holds 1.5 s.
-const MAX_READ_STALL: Duration = Duration::from_millis(200 + 300);
+/// (200 ms, after which the DDL gives up its place in the queue) plus a second for
+/// scheduling on a loaded two-core machine. The blocker holds `BLOCKED_FOR`, well above it:
+/// a step queued without a lock_timeout would hold the reads up for all of it.
+const MAX_READ_STALL: Duration = Duration::from_millis(200 + 1000);
+const BLOCKED_FOR: Duration = Duration::from_millis(3000);
 
 #[actix_web::test]
 async fn expand_and_contract_give_up_within_lock_timeout_then_retry_past_a_long_transaction() {
     let app = TestApp::spawn().await;
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
 
-    // Blocked for 1.5 s: the expand times out and retries, reads are held up at most about
+    // Blocked for 3 s: the expand times out and retries, reads are held up at most about
     // one lock_timeout (200 ms) at a time, and it succeeds once the blocker ends.
-    let (result, slowest) = step_under_blocker(&app, id, Duration::from_millis(1500), |conn| {
+    let (result, slowest) = step_under_blocker(&app, id, BLOCKED_FOR, |conn| {
         runner::advance(conn, "test", None)
     })
     .await;
-    let transition = result.expect("the expand succeeds after the blocker");
-    assert!(transition.lock_timeouts >= 1, "it met the blocker");
     assert!(
         slowest <= MAX_READ_STALL,
         "reads stalled {slowest:?}, more than one lock_timeout"
     );
+    let transition = result.expect("the expand succeeds after the blocker");
+    assert!(transition.lock_timeouts >= 1, "it met the blocker");
     app.wait_for_phase(Phase::Expanded).await;
 
     app.walk_to(Phase::NewOnly).await;
     let mut conn = app.db.conn();
     zdm::migration::verify::verify(&mut conn, Phase::NewOnly).unwrap();
-    let (result, slowest) = step_under_blocker(&app, id, Duration::from_millis(1500), |conn| {
+    let (result, slowest) = step_under_blocker(&app, id, BLOCKED_FOR, |conn| {
         runner::advance(conn, "test", Some("users.full_name"))
     })
     .await;

@@ -229,7 +229,7 @@ pub fn serve(url: &str, limits: db::PoolLimits) -> (String, PhaseFollower, PathB
 }
 
 /// As `serve`, with user reads allowed on these replicas.
-/// Waits (up to 5 s) until the instance of `follower` runs `phase` and has said so in its
+/// Waits (up to 30 s) until the instance of `follower` runs `phase` and has said so in its
 /// heartbeat, which is what the gates read (it switches first and acknowledges right after).
 pub async fn wait_for_acknowledged(
     conn: &mut PgConnection,
@@ -237,7 +237,8 @@ pub async fn wait_for_acknowledged(
     phase: Phase,
 ) {
     use zdm::schema::state::zdm_instances;
-    for _ in 0..100 {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
         let acknowledged: Option<String> = zdm_instances::table
             .find(&follower.instance_id)
             .select(zdm_instances::applied_phase)

@@ -321,11 +321,33 @@ fn a_transaction_left_idle_on_a_pooled_connection_is_ended_by_the_server() {
         .get_result(&mut **conn)
         .unwrap();
     assert_eq!(setting.statement_timeout, "1234ms");
+    let pid: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "pg_backend_pid()",
+    ))
+    .get_result(&mut **conn)
+    .unwrap();
     // A forgotten transaction (a bug, a crashed handler) would hold its locks forever...
     conn.batch_execute("BEGIN; SELECT count(*) FROM users;")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
-    // ...but the server ends the session, releasing them.
+    // ...but the server ends the session, releasing them (watched from another session:
+    // a query on this one would restart its idle time).
+    let mut watcher = db.conn();
+    let started = Instant::now();
+    loop {
+        let alive: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+            "count(*) FROM pg_stat_activity WHERE pid = {pid}"
+        )))
+        .get_result(&mut watcher)
+        .unwrap();
+        if alive == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the idle transaction was not ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         conn.batch_execute("SELECT 1").is_err(),
         "the idle transaction was ended"

@@ -39,7 +39,9 @@ async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() 
         .unwrap();
     let client = reqwest::Client::new();
     let mut up = false;
-    for _ in 0..300 {
+    // initdb, the server's start and the migrations: seconds, longer on a loaded machine.
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < Duration::from_secs(120) {
         if client
             .get(format!("{address}/healthz"))
             .send()
