@@ -310,9 +310,14 @@ struct DemoArgs {
     /// `ZDM_BACKFILL_MAX_P99_MS` set, 0 leaves the pacing to the latency throttle.
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
     backfill_sleep_ms: Option<i32>,
-    /// Rows in each of the backfill's batches (default: 1000 quick, 2000 full).
+    /// Rows in each of the backfill's batches (default: 1000 quick, 2000 full); with
+    /// --backfill-batch-target-ms, in its first.
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_BATCH_SIZE)))]
     backfill_batch: Option<i32>,
+    /// Size the backfill's batches toward this transaction time, in ms (default: fixed
+    /// batches of --backfill-batch rows).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_BATCH_TARGET_MS)))]
+    backfill_batch_target_ms: Option<i32>,
     /// The backfill's workers (1-16 or `auto`; auto needs ZDM_BACKFILL_MAX_P99_MS).
     #[arg(long, value_name = "N|auto")]
     backfill_workers: Option<backfill::Workers>,
@@ -373,6 +378,7 @@ impl DemoArgs {
         opts.json_out = self.json_out;
         opts.backfill_sleep_ms = self.backfill_sleep_ms.unwrap_or(opts.backfill_sleep_ms);
         opts.backfill_batch = self.backfill_batch.unwrap_or(opts.backfill_batch);
+        opts.backfill_batch_target_ms = self.backfill_batch_target_ms;
         opts.backfill_workers = self.backfill_workers;
         if self.replicas > 0 {
             if config.database_url.is_some() {

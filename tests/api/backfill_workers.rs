@@ -566,3 +566,45 @@ async fn a_pause_and_a_knob_change_get_past_batches_that_start_back_to_back() {
         BackfillState::Paused
     );
 }
+
+/// Under a p99 budget, batches sized by time aim at no longer than the budget (a batch's WAL
+/// is what the users' commits wait for): the same fill, from batches of 1,000 toward 40 ms,
+/// runs far smaller batches with a budget of 1 ms than with none.
+#[test]
+fn under_a_p99_budget_batches_sized_by_time_stay_short() {
+    let median_batch = |budget: Option<f64>| {
+        let db = crate::helpers::TestDb::migrated();
+        let mut conn = db.conn();
+        zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 20_000, 5, |_| {}).unwrap();
+        while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
+            zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
+        }
+        let sized = Knobs {
+            batch_target_ms: Some(40),
+            ..Knobs::fixed(1000, 0)
+        };
+        backfill::set_knobs(&mut conn, sized).unwrap();
+        // No instance reports a p99 here, so the budget never makes the backfill wait.
+        let mut throttle = Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(budget);
+        let mut sizes = Vec::new();
+        let done = backfill::run_workers(
+            &mut conn,
+            None,
+            Direction::Forward,
+            &mut throttle,
+            |_| {},
+            |batch| sizes.push(batch.size),
+        )
+        .unwrap();
+        assert_eq!(done.state, BackfillState::Done);
+        assert_eq!(done.rows_updated, 20_000);
+        sizes.sort_unstable();
+        sizes[sizes.len() / 2]
+    };
+    let free = median_batch(None);
+    let budgeted = median_batch(Some(1.0));
+    assert!(
+        budgeted * 4 < free,
+        "median batch of {budgeted} rows under a 1 ms budget, {free} without"
+    );
+}

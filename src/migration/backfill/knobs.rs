@@ -172,6 +172,15 @@ impl Knobs {
     }
 }
 
+/// The batch time the sizing aims at: the knob's (`batch_target_ms`), but under a p99 budget
+/// for the users' requests no longer than the budget. A batch's commit puts its row versions
+/// and index entries in the WAL at once, and the users' commits wait for the WAL's flush: the
+/// bigger the batch, the longer they may wait (the README's pacing section measures it).
+pub fn batch_time_target_ms(knob_ms: i32, p99_budget_ms: Option<f64>) -> f64 {
+    let knob = f64::from(knob_ms);
+    p99_budget_ms.map_or(knob, |budget| knob.min(budget))
+}
+
 /// Changes the knobs, also while running. A batch size given without a target time is kept
 /// as given (the target is turned off); with one, it is where the sizing starts from. A
 /// runner picks a new workers setting up within a fraction of a second: it re-splits what
@@ -208,9 +217,9 @@ pub fn set_knobs(
 
 /// The next batch size: the last one scaled by how far its batch's time was from the
 /// target, by at most `MAX_RESIZE_STEP` either way, within 1..=MAX_BATCH_SIZE.
-pub fn next_batch_size(size: i32, took: Duration, target_ms: i32) -> i32 {
+pub fn next_batch_size(size: i32, took: Duration, target_ms: f64) -> i32 {
     let took_ms = (took.as_secs_f64() * 1000.0).max(0.1);
-    let factor = (f64::from(target_ms) / took_ms).clamp(1.0 / MAX_RESIZE_STEP, MAX_RESIZE_STEP);
+    let factor = (target_ms / took_ms).clamp(1.0 / MAX_RESIZE_STEP, MAX_RESIZE_STEP);
     ((f64::from(size) * factor).round() as i32).clamp(1, MAX_BATCH_SIZE)
 }
 
@@ -222,15 +231,35 @@ mod tests {
     fn the_batch_size_moves_toward_the_target_time_by_bounded_steps() {
         let ms = Duration::from_millis;
         // Twice as fast as the target: grows, but by at most 1.5×.
-        assert_eq!(next_batch_size(1000, ms(20), 40), 1500);
-        assert_eq!(next_batch_size(1000, ms(32), 40), 1250);
-        assert_eq!(next_batch_size(1000, ms(40), 40), 1000);
-        assert_eq!(next_batch_size(1000, ms(50), 40), 800);
+        assert_eq!(next_batch_size(1000, ms(20), 40.0), 1500);
+        assert_eq!(next_batch_size(1000, ms(32), 40.0), 1250);
+        assert_eq!(next_batch_size(1000, ms(40), 40.0), 1000);
+        assert_eq!(next_batch_size(1000, ms(50), 40.0), 800);
         // A batch stalled by a checkpoint shrinks the next by a third, not to nothing.
-        assert_eq!(next_batch_size(1000, ms(900), 40), 667);
-        assert_eq!(next_batch_size(1, ms(900), 40), 1);
-        assert_eq!(next_batch_size(MAX_BATCH_SIZE, ms(1), 40), MAX_BATCH_SIZE);
-        assert_eq!(next_batch_size(10, Duration::ZERO, 40), 15);
+        assert_eq!(next_batch_size(1000, ms(900), 40.0), 667);
+        assert_eq!(next_batch_size(1, ms(900), 40.0), 1);
+        assert_eq!(next_batch_size(MAX_BATCH_SIZE, ms(1), 40.0), MAX_BATCH_SIZE);
+        assert_eq!(next_batch_size(10, Duration::ZERO, 40.0), 15);
+    }
+
+    #[test]
+    fn under_a_p99_budget_batches_aim_at_no_longer_than_the_budget() {
+        assert_eq!(batch_time_target_ms(40, None), 40.0);
+        assert_eq!(batch_time_target_ms(40, Some(2.0)), 2.0);
+        assert_eq!(batch_time_target_ms(40, Some(1.5)), 1.5);
+        // A target already below the budget stays.
+        assert_eq!(batch_time_target_ms(1, Some(5.0)), 1.0);
+        // 10-ms batches of 1,000 rows: toward 40 ms they grow, toward a 2 ms budget they
+        // shrink.
+        let took = Duration::from_millis(10);
+        assert_eq!(
+            next_batch_size(1000, took, batch_time_target_ms(40, None)),
+            1500
+        );
+        assert_eq!(
+            next_batch_size(1000, took, batch_time_target_ms(40, Some(2.0))),
+            667
+        );
     }
 
     #[test]

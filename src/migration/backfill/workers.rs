@@ -24,7 +24,7 @@ use diesel::prelude::*;
 
 use super::auto::{self, Limits};
 use super::batch::{BatchOutcome, Ran, run_batch};
-use super::knobs::{Workers, next_batch_size};
+use super::knobs::{Workers, batch_time_target_ms, next_batch_size};
 use super::ride_out::{connection_lost, one_line};
 use super::status::{BackfillStatus, WorkerRange, with_progress};
 use super::throttle::{THROTTLE_POLL, Throttle};
@@ -225,6 +225,9 @@ struct Shared<'t> {
     stop: AtomicBool,
     /// Auto mode (as the runner last read the knob).
     auto: AtomicBool,
+    /// The users' p99 budget the throttle watches, if any: batches sized by time aim at no
+    /// longer than it.
+    p99_budget_ms: Option<f64>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -288,8 +291,9 @@ enum WorkerEnd {
     Failed(diesel::result::Error),
 }
 
-/// The batch size a worker's next batch takes: with a target time, its own last size scaled
-/// by its last batch's time; after a change of the knobs, the knob's size.
+/// The batch size a worker's next batch takes: with a target time (no longer than a p99
+/// budget, `batch_time_target_ms`), its own last size scaled by its last batch's time; after
+/// a change of the knobs, the knob's size.
 #[derive(Default)]
 struct Sizing {
     /// (batch_size, batch_target_ms) as the knobs said at the last batch.
@@ -299,13 +303,14 @@ struct Sizing {
 }
 
 impl Sizing {
-    fn next(&self, stored: &BackfillStatus) -> i32 {
+    fn next(&self, stored: &BackfillStatus, p99_budget_ms: Option<f64>) -> i32 {
         let knob = (stored.batch_size, stored.batch_target_ms);
         if stored.batch_target_ms <= 0 || self.knob != Some(knob) {
             return stored.batch_size;
         }
+        let target_ms = batch_time_target_ms(stored.batch_target_ms, p99_budget_ms);
         match self.last {
-            Some(took) => next_batch_size(self.size, took, stored.batch_target_ms),
+            Some(took) => next_batch_size(self.size, took, target_ms),
             None => self.size,
         }
     }
@@ -412,7 +417,7 @@ impl Worker {
             shared.direction,
             range_no,
             from,
-            |stored| sizing.next(stored),
+            |stored| sizing.next(stored, shared.p99_budget_ms),
             |full_end| shared.plan().reserve(range_no, full_end),
         );
         let ran = match outcome {
@@ -943,6 +948,14 @@ pub(super) fn run(
         stored.workers,
         stored.workers_reason.as_deref().unwrap_or_default()
     );
+    let p99_budget_ms = throttle.max_request_p99_ms;
+    let target_ms = batch_time_target_ms(stored.batch_target_ms, p99_budget_ms);
+    if stored.batch_target_ms > 0 && target_ms < f64::from(stored.batch_target_ms) {
+        log::info!(
+            "backfill batches sized toward {target_ms} ms, the users' p99 budget, rather than the {} ms set",
+            stored.batch_target_ms
+        );
+    }
     let (events_tx, events) = mpsc::channel();
     let shared = Shared {
         plan: Mutex::new(Plan::new(ranges, stored.workers)),
@@ -951,6 +964,7 @@ pub(super) fn run(
         direction,
         stop: AtomicBool::new(false),
         auto: AtomicBool::new(stored.workers_auto),
+        p99_budget_ms,
     };
     let mut runner = Runner::new(stored, events, url.is_some(), progress, on_batch);
     runner.report(&shared);

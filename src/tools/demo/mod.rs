@@ -109,6 +109,9 @@ pub struct DemoOptions {
     /// Backfill batch size and sleep (throttled so it is visible under traffic).
     pub backfill_batch: i32,
     pub backfill_sleep_ms: i32,
+    /// The batch time the backfill sizes its batches to, starting from `backfill_batch`
+    /// (`zdm backfill --batch-target-ms`); none: batches of `backfill_batch` rows.
+    pub backfill_batch_target_ms: Option<i32>,
     /// The backfill's workers (`zdm backfill --workers`); none given: as stored (one).
     pub backfill_workers: Option<crate::migration::backfill::Workers>,
 }
@@ -130,6 +133,7 @@ impl DemoOptions {
             replica_servers: Vec::new(),
             backfill_batch: 1000,
             backfill_sleep_ms: 100,
+            backfill_batch_target_ms: None,
             backfill_workers: None,
         }
     }

@@ -206,6 +206,10 @@ fn start_backfill_process(url: &str, opts: &DemoOptions) -> Result<Child> {
         .backfill_workers
         .map(|w| vec!["--workers".to_owned(), w.to_string()])
         .unwrap_or_default();
+    let sizing = opts
+        .backfill_batch_target_ms
+        .map(|ms| vec!["--batch-target-ms".to_owned(), ms.to_string()])
+        .unwrap_or_default();
     let exe = std::env::current_exe().context("finding the zdm executable")?;
     Command::new(exe)
         .args([
@@ -216,6 +220,7 @@ fn start_backfill_process(url: &str, opts: &DemoOptions) -> Result<Child> {
             &opts.backfill_sleep_ms.to_string(),
         ])
         .args(&workers)
+        .args(&sizing)
         .env("DATABASE_URL", url)
         .env("RUST_LOG", "warn")
         .env_remove(LAGGING_V1_WRITES_ENV)
