@@ -7,12 +7,13 @@
 //! count (2, 4, 8, 16, 32 s), so that a server without room for another worker is not probed
 //! every two seconds at the users' expense; once that count holds, the wait is reset.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::MAX_WORKERS;
 
-/// A worker is added at most this often, and only while every report since the last change
-/// stayed within the limits (each is looked at as it comes).
+/// A worker is added once the count has held this long with every reading within the limits
+/// (`Calm`): a reading over them starts the wait again, also at one worker, which it only
+/// makes wait.
 pub(super) const ADD_AFTER: Duration = Duration::from_secs(2);
 
 /// Failed probes in a row beyond which the wait stops doubling (2 s · 2^4 = 32 s).
@@ -87,14 +88,54 @@ pub(super) struct Limits {
     pub max_lag_bytes: i64,
 }
 
-/// The number of workers to change to from `workers`, and why; `None` to keep it. `since`:
-/// how long ago the count last changed; `add_after`: how long it must hold before a worker
-/// is added (`Probes::add_after`).
+/// Whether `reading` is over a limit: the replicas' lag (or it cannot be measured), or a
+/// p99 above the budget. Such a reading halves the count or, at one worker, makes it wait
+/// (the throttle), and the time it must then hold before a worker is added starts again.
+pub(super) fn is_over(limits: Limits, reading: &Reading) -> bool {
+    let lag_over = match &reading.lag {
+        Err(_) => true,
+        Ok(lag) => *lag > limits.max_lag_bytes,
+    };
+    lag_over
+        || reading
+            .worst_p99_ms
+            .is_some_and(|p99| p99 > limits.p99_budget_ms)
+}
+
+/// How long the count has held with every reading within the limits.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Calm {
+    since: Instant,
+}
+
+impl Calm {
+    pub fn new(now: Instant) -> Self {
+        Self { since: now }
+    }
+
+    /// The count changed at `now`: the wait starts again.
+    pub fn changed(&mut self, now: Instant) {
+        self.since = now;
+    }
+
+    /// Notes `reading`, taken at `now`, and answers how long it has been calm.
+    pub fn saw(&mut self, limits: Limits, reading: &Reading, now: Instant) -> Duration {
+        if is_over(limits, reading) {
+            self.since = now;
+        }
+        now.saturating_duration_since(self.since)
+    }
+}
+
+/// The number of workers to change to from `workers`, and why; `None` to keep it. `calm`:
+/// how long the count has held with every reading within the limits (since the count last
+/// changed or a reading was over, whichever came later: `is_over`); `add_after`: how long it
+/// must hold so before a worker is added (`Probes::add_after`).
 pub(super) fn decide(
     workers: i32,
     limits: Limits,
     reading: &Reading,
-    since: Duration,
+    calm: Duration,
     add_after: Duration,
 ) -> Option<(i32, String)> {
     let Limits {
@@ -127,7 +168,7 @@ pub(super) fn decide(
         }
         None => "no instance reports a p99 (too few requests)".to_owned(),
     };
-    if workers >= MAX_WORKERS || since < add_after {
+    if workers >= MAX_WORKERS || calm < add_after {
         return None;
     }
     Some((
@@ -250,6 +291,51 @@ mod tests {
         probes.changed(1, 2, ADD_AFTER);
         probes.changed(2, 1, ADD_AFTER * 10);
         assert_eq!(probes.add_after(2), ADD_AFTER);
+    }
+
+    #[test]
+    fn a_reading_over_a_limit_starts_the_wait_for_another_worker_again() {
+        let start = Instant::now();
+        let mut calm = Calm::new(start);
+        let (within, over) = (reading(Some(4.0), Ok(0)), reading(Some(6.0), Ok(0)));
+        // One worker near its budget: readings over and within by turns, every 250 ms.
+        for tick in 1..=40u32 {
+            let now = start + LOOK_EVERY * tick;
+            let seen = if tick % 2 == 0 { &over } else { &within };
+            let held = calm.saw(LIMITS, seen, now);
+            assert_eq!(
+                decide(1, LIMITS, seen, held, ADD_AFTER),
+                None,
+                "no worker added at {:?}",
+                now - start
+            );
+        }
+        // Within the budget for 2 s since the last reading over it: one more.
+        let last_over = start + LOOK_EVERY * 40;
+        let mut added = None;
+        for tick in 1..=8u32 {
+            let now = last_over + LOOK_EVERY * tick;
+            let held = calm.saw(LIMITS, &within, now);
+            added = decide(1, LIMITS, &within, held, ADD_AFTER).map(|d| d.0);
+            assert_eq!(added.is_some(), tick == 8, "at {:?}", now - last_over);
+        }
+        assert_eq!(added, Some(2));
+        // A change of the count starts it again.
+        calm.changed(last_over + ADD_AFTER);
+        let held = calm.saw(LIMITS, &within, last_over + ADD_AFTER + LOOK_EVERY);
+        assert_eq!(held, LOOK_EVERY);
+    }
+
+    #[test]
+    fn a_reading_over_a_limit_is_told_apart() {
+        assert!(!is_over(LIMITS, &reading(Some(5.0), Ok(1000))));
+        assert!(!is_over(LIMITS, &reading(None, Ok(0))));
+        assert!(is_over(LIMITS, &reading(Some(5.5), Ok(0))));
+        assert!(is_over(LIMITS, &reading(Some(1.0), Ok(1001))));
+        assert!(is_over(
+            LIMITS,
+            &reading(None, Err("replica 1 cannot be reached".to_owned()))
+        ));
     }
 
     #[test]

@@ -603,6 +603,8 @@ struct Runner<'a> {
     /// Whether workers beyond the first can connect.
     can_grow: bool,
     changed: Instant,
+    /// How long auto mode's readings have all been within the limits.
+    calm: auto::Calm,
     /// Auto mode's additions that did not hold (they lengthen the wait before the next).
     probes: auto::Probes,
     looked: Option<Instant>,
@@ -628,6 +630,7 @@ impl<'a> Runner<'a> {
             alive: vec![false; super::MAX_WORKERS as usize + 1],
             can_grow,
             changed: Instant::now(),
+            calm: auto::Calm::new(Instant::now()),
             probes: auto::Probes::default(),
             looked: None,
             unconnected: None,
@@ -802,6 +805,7 @@ impl<'a> Runner<'a> {
             log::info!("backfill: {from} → {to} worker(s): {reason}");
             self.probes.changed(from, to, self.changed.elapsed());
             self.changed = Instant::now();
+            self.calm.changed(self.changed);
         }
         let target = shared.plan().target;
         for no in 2..=target {
@@ -894,7 +898,7 @@ impl<'a> Runner<'a> {
 
     /// The number of workers the knob (or auto mode) asks for now, if it differs.
     fn wanted(
-        &self,
+        &mut self,
         shared: &Shared,
         conn: &mut PgConnection,
     ) -> QueryResult<Option<(i32, String)>> {
@@ -912,11 +916,12 @@ impl<'a> Runner<'a> {
                     max_lag_bytes: throttle.max_lag_bytes,
                 };
                 let reading = throttle.reading(conn)?;
+                let calm = self.calm.saw(limits, &reading, Instant::now());
                 return Ok(auto::decide(
                     current,
                     limits,
                     &reading,
-                    self.changed.elapsed(),
+                    calm,
                     self.probes.add_after(current + 1),
                 ));
             }
