@@ -104,9 +104,9 @@ pub fn rollback(
     runner::rollback(conn, actor, &mut settings.throttle())
 }
 
-/// Checks the backfill's gates for the stored phase and stores the knobs (checked before
-/// anything touches the database, so that a bad knob is told as such even while it is down):
-/// what every start does first.
+/// Checks the backfill's gates for the stored phase and stores the knobs, which its callers
+/// check before they touch the database (so that a bad knob is told as such even while it
+/// is down): what every start does first.
 fn prepare_backfill(conn: &mut PgConnection, knobs: Knobs) -> Result<(), ControlError> {
     let phase = state::current_phase(conn)?;
     if let Some(gate) = gates::backfill_gates(conn, phase)?

@@ -72,6 +72,8 @@ async fn start_backfill(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let knobs: Knobs = optional_json(&req, &body)?;
+    // A bad knob is told before anything waits for the database (also while it is down).
+    state.backfill.check(&knobs).map_err(AppError::Validation)?;
     record_action(
         &state,
         &api_actor(&state.instance_id),
@@ -110,6 +112,8 @@ async fn backfill_settings(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let knobs: Knobs = optional_json(&req, &body)?;
+    // A bad knob is told before anything waits for the database (also while it is down).
+    state.backfill.check(&knobs).map_err(AppError::Validation)?;
     record_action(
         &state,
         &api_actor(&state.instance_id),

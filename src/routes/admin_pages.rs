@@ -448,16 +448,20 @@ async fn backfill_action(
     let form = form.into_inner();
     checked(&req, &session, &form.csrf)?;
     let csrf = session.csrf.clone();
+    // Bad knobs are told before anything waits for the database (also while it is down),
+    // and are not recorded as asked.
     let knobs = (|| {
-        Ok::<_, AppError>(Knobs {
+        let knobs = Knobs {
             batch_size: optional_number(form.batch_size.as_deref(), "batch_size")?,
             sleep_ms: optional_number(form.sleep_ms.as_deref(), "sleep_ms")?,
             batch_target_ms: optional_number(form.batch_target_ms.as_deref(), "batch_target_ms")?,
             workers: optional_workers(form.workers.as_deref())?,
-        })
+        };
+        state.backfill.check(&knobs).map_err(AppError::Validation)?;
+        Ok::<_, AppError>(knobs)
     })();
     let action = action.into_inner();
-    if notice_text(&format!("backfill_{action}")).is_some() {
+    if knobs.is_ok() && notice_text(&format!("backfill_{action}")).is_some() {
         admin_auth::record_action(
             &state,
             &session.actor(&state.instance_id),
