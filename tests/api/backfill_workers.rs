@@ -608,3 +608,165 @@ fn under_a_p99_budget_batches_sized_by_time_stay_short() {
         "median batch of {budgeted} rows under a 1 ms budget, {free} without"
     );
 }
+
+/// Auto mode adds a worker only once every reading has stayed within the budget for 2 s, also
+/// after its one worker waited for the throttle: the runner's own looks (every 250 ms) need
+/// not see the reports over the budget that the waiting worker saw. An instance's heartbeat
+/// is written here (over the budget, then within), so that the switch is known to the
+/// millisecond.
+#[test]
+fn after_a_throttled_wait_auto_mode_adds_a_worker_only_after_two_calm_seconds() {
+    let db = crate::helpers::TestDb::migrated();
+    let mut conn = db.conn();
+    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 150_000, 5, |_| {}).unwrap();
+    while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
+        zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
+    }
+    conn.batch_execute(
+        "INSERT INTO zdm_instances (id, applied_phase, started_at, last_seen, recent_p99_ms)
+         VALUES ('reporter', 'dual_write', now(), now(), 10.0)",
+    )
+    .unwrap();
+    let calm = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reporter = {
+        let (url, calm, stop) = (db.url.clone(), calm.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            while !stop.load(Ordering::Acquire) {
+                let p99 = if calm.load(Ordering::Acquire) {
+                    1.0
+                } else {
+                    10.0
+                };
+                conn.batch_execute(&format!(
+                    "UPDATE zdm_instances SET last_seen = now(), recent_p99_ms = {p99}"
+                ))
+                .unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let runner = {
+        let url = db.url.clone();
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            backfill::set_knobs(&mut conn, Knobs::fixed(100, 0).with_workers(Workers::Auto))
+                .unwrap();
+            let mut throttle =
+                Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(Some(2.0));
+            backfill::run_workers(
+                &mut conn,
+                Some(&url),
+                Direction::Forward,
+                &mut throttle,
+                |_| {},
+                |_| {},
+            )
+        })
+    };
+    // Waiting for the throttle well past the 2 s auto mode waits before adding a worker.
+    let started = Instant::now();
+    let throttled = loop {
+        let status = backfill::status(&mut conn).unwrap();
+        if status.state == BackfillState::Throttled {
+            break Instant::now();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{status:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    while throttled.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let calm_from: chrono::DateTime<chrono::Utc> =
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Timestamptz>("now()"))
+            .get_result(&mut conn)
+            .unwrap();
+    calm.store(true, Ordering::Release);
+    let done = runner.join().unwrap().expect("the backfill ran to the end");
+    stop.store(true, Ordering::Release);
+    reporter.join().unwrap();
+    assert_eq!(done.state, BackfillState::Done);
+    let changes = backfill::worker_changes(&mut conn, 100).unwrap();
+    let added = changes
+        .iter()
+        .rev()
+        .find(|c| c.previous.is_some_and(|p| c.workers > p))
+        .expect("a worker was added once the requests were fast");
+    let after = (added.at - calm_from).num_milliseconds();
+    assert!(
+        after >= 1500,
+        "a worker was added {after} ms after the last report over the budget: {changes:?}"
+    );
+}
+
+/// A worker added while batches are sized by time begins at the size the others reached,
+/// not at the knob's size again (under a budget, a first batch of 5,000 rows is what the
+/// budget's cap is there to avoid).
+#[test]
+fn a_worker_added_under_a_budget_starts_with_the_short_batches_of_the_others() {
+    let db = crate::helpers::TestDb::migrated();
+    let mut conn = db.conn();
+    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 60_000, 5, |_| {}).unwrap();
+    while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
+        zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
+    }
+    let knobs = Knobs {
+        batch_target_ms: Some(40),
+        ..Knobs::fixed(5000, 0).with_workers(Workers::Fixed(1))
+    };
+    backfill::set_knobs(&mut conn, knobs).unwrap();
+    let (batches_tx, batches) = std::sync::mpsc::channel();
+    let runner = {
+        let url = db.url.clone();
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            // No instance reports a p99 here, so the budget never makes the backfill wait.
+            let mut throttle =
+                Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(Some(1.0));
+            backfill::run_workers(
+                &mut conn,
+                Some(&url),
+                Direction::Forward,
+                &mut throttle,
+                |_| {},
+                |b| drop(batches_tx.send((b.worker, b.size))),
+            )
+        })
+    };
+    let next = || {
+        batches
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a batch")
+    };
+    let mut first_worker = Vec::new();
+    while first_worker.len() < 15 {
+        first_worker.push(next().1);
+    }
+    assert_eq!(first_worker[0], 5000);
+    let reached = *first_worker.last().unwrap();
+    assert!(
+        reached < 1000,
+        "worker 1's batches shrank: {first_worker:?}"
+    );
+    backfill::set_knobs(
+        &mut conn,
+        Knobs {
+            workers: Some(Workers::Fixed(2)),
+            ..Knobs::default()
+        },
+    )
+    .unwrap();
+    let second_first = loop {
+        let (worker, size) = next();
+        if worker == 2 {
+            break size;
+        }
+    };
+    assert!(
+        second_first <= 1000,
+        "worker 2's first batch: {second_first} rows (worker 1 had reached {reached})"
+    );
+    let done = runner.join().unwrap().unwrap();
+    assert_eq!(done.state, BackfillState::Done);
+}

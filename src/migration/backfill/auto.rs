@@ -113,8 +113,9 @@ impl Calm {
         Self { since: now }
     }
 
-    /// The count changed at `now`: the wait starts again.
-    pub fn changed(&mut self, now: Instant) {
+    /// The count changed, or a worker waits for the throttle (a reading over a limit the
+    /// runner's own looks did not see), at `now`: the wait starts again.
+    pub fn restart(&mut self, now: Instant) {
         self.since = now;
     }
 
@@ -321,7 +322,7 @@ mod tests {
         }
         assert_eq!(added, Some(2));
         // A change of the count starts it again.
-        calm.changed(last_over + ADD_AFTER);
+        calm.restart(last_over + ADD_AFTER);
         let held = calm.saw(LIMITS, &within, last_over + ADD_AFTER + LOOK_EVERY);
         assert_eq!(held, LOOK_EVERY);
     }

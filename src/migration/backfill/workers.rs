@@ -228,6 +228,9 @@ struct Shared<'t> {
     /// The users' p99 budget the throttle watches, if any: batches sized by time aim at no
     /// longer than it.
     p99_budget_ms: Option<f64>,
+    /// The size the last batch sized by time ran with, and the knobs it followed: a worker
+    /// started later begins there, not at the knob's size again.
+    sized: Mutex<Sizing>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -294,7 +297,7 @@ enum WorkerEnd {
 /// The batch size a worker's next batch takes: with a target time (no longer than a p99
 /// budget, `batch_time_target_ms`), its own last size scaled by its last batch's time; after
 /// a change of the knobs, the knob's size.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Sizing {
     /// (batch_size, batch_target_ms) as the knobs said at the last batch.
     knob: Option<(i32, i32)>,
@@ -302,23 +305,34 @@ struct Sizing {
     last: Option<Duration>,
 }
 
+/// The knobs sizing follows, as stored: (batch_size, batch_target_ms).
+fn sizing_knob(stored: &BackfillStatus) -> (i32, i32) {
+    (stored.batch_size, stored.batch_target_ms)
+}
+
 impl Sizing {
-    fn next(&self, stored: &BackfillStatus, p99_budget_ms: Option<f64>) -> i32 {
-        let knob = (stored.batch_size, stored.batch_target_ms);
-        if stored.batch_target_ms <= 0 || self.knob != Some(knob) {
-            return stored.batch_size;
+    fn next(&self, knob: (i32, i32), p99_budget_ms: Option<f64>) -> i32 {
+        let (batch_size, target_ms) = knob;
+        if target_ms <= 0 || self.knob != Some(knob) {
+            return batch_size;
         }
-        let target_ms = batch_time_target_ms(stored.batch_target_ms, p99_budget_ms);
+        let target_ms = batch_time_target_ms(target_ms, p99_budget_ms);
         match self.last {
             Some(took) => next_batch_size(self.size, took, target_ms),
             None => self.size,
         }
     }
 
-    fn ran(&mut self, stored: &BackfillStatus, size: i32, took: Duration) {
-        self.knob = Some((stored.batch_size, stored.batch_target_ms));
+    fn ran(&mut self, knob: (i32, i32), size: i32, took: Duration) {
+        self.knob = Some(knob);
         self.size = size;
         self.last = Some(took);
+    }
+
+    /// Where a new worker starts: at this size while the knobs are the same, its own time to
+    /// come.
+    fn to_start_from(self) -> Self {
+        Self { last: None, ..self }
     }
 }
 
@@ -417,7 +431,7 @@ impl Worker {
             shared.direction,
             range_no,
             from,
-            |stored| sizing.next(stored, shared.p99_budget_ms),
+            |stored| sizing.next(sizing_knob(stored), shared.p99_budget_ms),
             |full_end| shared.plan().reserve(range_no, full_end),
         );
         let ran = match outcome {
@@ -433,7 +447,8 @@ impl Worker {
         };
         let took = started.elapsed();
         shared.plan().finish(range_no, &ran);
-        self.sizing.ran(&ran.stored, ran.size, took);
+        self.sizing.ran(sizing_knob(&ran.stored), ran.size, took);
+        *locked(&shared.sized) = self.sizing;
         self.stored = ran.stored.clone();
         Ok(Step::Ran {
             done: BatchDone {
@@ -562,6 +577,7 @@ fn worker_thread(
         }
     };
     let mut worker = Worker::new(no, stored);
+    worker.sizing = locked(&shared.sized).to_start_from();
     let end = loop {
         let mut on_wait = |s: &BackfillStatus| send(Event::Waiting(Box::new(s.clone())));
         match worker.step(shared, &mut conn, &mut on_wait) {
@@ -681,6 +697,7 @@ impl<'a> Runner<'a> {
             }
             let stepped = {
                 let mut on_wait = |s: &BackfillStatus| {
+                    self.calm.restart(Instant::now());
                     self.stored = s.clone();
                     self.report(shared);
                 };
@@ -725,6 +742,7 @@ impl<'a> Runner<'a> {
         match event {
             Event::Batch { done, stored } => self.batch(shared, done, *stored),
             Event::Waiting(stored) => {
+                self.calm.restart(Instant::now());
                 self.stored = *stored;
                 self.report(shared);
             }
@@ -805,7 +823,7 @@ impl<'a> Runner<'a> {
             log::info!("backfill: {from} → {to} worker(s): {reason}");
             self.probes.changed(from, to, self.changed.elapsed());
             self.changed = Instant::now();
-            self.calm.changed(self.changed);
+            self.calm.restart(self.changed);
         }
         let target = shared.plan().target;
         for no in 2..=target {
@@ -970,6 +988,7 @@ pub(super) fn run(
         stop: AtomicBool::new(false),
         auto: AtomicBool::new(stored.workers_auto),
         p99_budget_ms,
+        sized: Mutex::new(Sizing::default()),
     };
     let mut runner = Runner::new(stored, events, url.is_some(), progress, on_batch);
     runner.report(&shared);
@@ -1099,6 +1118,26 @@ mod tests {
         plan.unreserve(1);
         assert_eq!(plan.reserve(1, Some(90)), 70);
         assert_eq!(plan.reserve(1, None), 70);
+    }
+
+    #[test]
+    fn a_worker_added_later_starts_at_the_size_the_others_reached() {
+        let knob = (5000, 40);
+        let mut first = Sizing::default();
+        assert_eq!(first.next(knob, Some(2.0)), 5000, "the knob's size first");
+        // 25-ms batches against a 2 ms budget: down by a third each time.
+        let mut size = 5000;
+        for _ in 0..10 {
+            first.ran(knob, size, Duration::from_millis(25));
+            size = first.next(knob, Some(2.0));
+        }
+        assert_eq!(size, 87);
+        // A worker started now begins where the first one is, not at 5,000 again...
+        let added = first.to_start_from();
+        assert_eq!(added.next(knob, Some(2.0)), first.size);
+        // ...unless the knobs changed since.
+        assert_eq!(added.next((300, 40), Some(2.0)), 300);
+        assert_eq!(added.next((5000, 0), Some(2.0)), 5000);
     }
 
     #[test]
