@@ -360,26 +360,7 @@ async fn auto_workers_under_a_budget_no_request_can_meet_stay_at_one_and_wait() 
     })
     .await;
     // Auto mode, with a budget no request can meet; the runner could open more connections.
-    let runner = {
-        let url = db.url.clone();
-        std::thread::spawn(move || {
-            let mut conn = PgConnection::establish(&url).unwrap();
-            backfill::set_knobs(&mut conn, Knobs::fixed(100, 0).with_workers(Workers::Auto))
-                .unwrap();
-            let mut throttle =
-                Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(Some(0.001));
-            let mut most = 0;
-            let done = backfill::run_workers(
-                &mut conn,
-                Some(&url),
-                Direction::Forward,
-                &mut throttle,
-                |s| most = most.max(s.workers),
-                |_| {},
-            );
-            (done, most)
-        })
-    };
+    let runner = auto_under_a_budget(&db.url, 0.001);
     let mut waiting = None;
     eventually("the backfill to wait for the requests", || {
         let status = backfill::status(&mut conn).unwrap();
@@ -440,13 +421,7 @@ async fn auto_workers_under_a_budget_no_request_can_meet_stay_at_one_and_wait() 
 
 #[test]
 fn workers_that_cannot_connect_leave_the_work_to_those_that_can() {
-    let db = crate::helpers::TestDb::migrated();
-    let mut conn = db.conn();
-    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 5000, 5, |_| {}).unwrap();
-    // No instance runs: the steps' gates about instances hold.
-    while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
-        zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
-    }
+    let (db, mut conn) = seeded_at_dual_write(5000);
     backfill::set_knobs(
         &mut conn,
         Knobs::fixed(200, 0).with_workers(Workers::Fixed(3)),
@@ -573,12 +548,7 @@ async fn a_pause_and_a_knob_change_get_past_batches_that_start_back_to_back() {
 #[test]
 fn under_a_p99_budget_batches_sized_by_time_stay_short() {
     let median_batch = |budget: Option<f64>| {
-        let db = crate::helpers::TestDb::migrated();
-        let mut conn = db.conn();
-        zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 20_000, 5, |_| {}).unwrap();
-        while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
-            zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
-        }
+        let (_db, mut conn) = seeded_at_dual_write(20_000);
         let sized = Knobs {
             batch_target_ms: Some(40),
             ..Knobs::fixed(1000, 0)
@@ -616,12 +586,7 @@ fn under_a_p99_budget_batches_sized_by_time_stay_short() {
 /// millisecond.
 #[test]
 fn after_a_throttled_wait_auto_mode_adds_a_worker_only_after_two_calm_seconds() {
-    let db = crate::helpers::TestDb::migrated();
-    let mut conn = db.conn();
-    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 150_000, 5, |_| {}).unwrap();
-    while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
-        zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
-    }
+    let (db, mut conn) = seeded_at_dual_write(150_000);
     conn.batch_execute(
         "INSERT INTO zdm_instances (id, applied_phase, started_at, last_seen, recent_p99_ms)
          VALUES ('reporter', 'dual_write', now(), now(), 10.0)",
@@ -647,24 +612,7 @@ fn after_a_throttled_wait_auto_mode_adds_a_worker_only_after_two_calm_seconds() 
             }
         })
     };
-    let runner = {
-        let url = db.url.clone();
-        std::thread::spawn(move || {
-            let mut conn = PgConnection::establish(&url).unwrap();
-            backfill::set_knobs(&mut conn, Knobs::fixed(100, 0).with_workers(Workers::Auto))
-                .unwrap();
-            let mut throttle =
-                Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(Some(2.0));
-            backfill::run_workers(
-                &mut conn,
-                Some(&url),
-                Direction::Forward,
-                &mut throttle,
-                |_| {},
-                |_| {},
-            )
-        })
-    };
+    let runner = auto_under_a_budget(&db.url, 2.0);
     // Waiting for the throttle well past the 2 s auto mode waits before adding a worker.
     let started = Instant::now();
     let throttled = loop {
@@ -683,7 +631,11 @@ fn after_a_throttled_wait_auto_mode_adds_a_worker_only_after_two_calm_seconds() 
             .get_result(&mut conn)
             .unwrap();
     calm.store(true, Ordering::Release);
-    let done = runner.join().unwrap().expect("the backfill ran to the end");
+    let done = runner
+        .join()
+        .unwrap()
+        .0
+        .expect("the backfill ran to the end");
     stop.store(true, Ordering::Release);
     reporter.join().unwrap();
     assert_eq!(done.state, BackfillState::Done);
@@ -705,12 +657,7 @@ fn after_a_throttled_wait_auto_mode_adds_a_worker_only_after_two_calm_seconds() 
 /// budget's cap is there to avoid).
 #[test]
 fn a_worker_added_under_a_budget_starts_with_the_short_batches_of_the_others() {
-    let db = crate::helpers::TestDb::migrated();
-    let mut conn = db.conn();
-    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 60_000, 5, |_| {}).unwrap();
-    while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
-        zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
-    }
+    let (db, mut conn) = seeded_at_dual_write(60_000);
     let knobs = Knobs {
         batch_target_ms: Some(40),
         ..Knobs::fixed(5000, 0).with_workers(Workers::Fixed(1))
@@ -730,7 +677,9 @@ fn a_worker_added_under_a_budget_starts_with_the_short_batches_of_the_others() {
                 Direction::Forward,
                 &mut throttle,
                 |_| {},
-                |b| drop(batches_tx.send((b.worker, b.size))),
+                |b| {
+                    let _ = batches_tx.send((b.worker, b.size));
+                },
             )
         })
     };
@@ -769,4 +718,45 @@ fn a_worker_added_under_a_budget_starts_with_the_short_batches_of_the_others() {
     );
     let done = runner.join().unwrap().unwrap();
     assert_eq!(done.state, BackfillState::Done);
+}
+
+/// A database of its own with `rows` seeded users, walked to dual_write by hand (no instance
+/// runs, so the steps' gates about instances hold), and a connection to it.
+fn seeded_at_dual_write(rows: u64) -> (crate::helpers::TestDb, PgConnection) {
+    let db = crate::helpers::TestDb::migrated();
+    let mut conn = db.conn();
+    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, rows, 5, |_| {}).unwrap();
+    while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
+        zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
+    }
+    (db, conn)
+}
+
+/// The backfill in auto mode under a p99 budget of `budget_ms`, in batches of 100, on a
+/// thread of its own (more workers connect to `url`): how it ended, and the most workers
+/// it ran at once.
+fn auto_under_a_budget(
+    url: &str,
+    budget_ms: f64,
+) -> std::thread::JoinHandle<(
+    Result<backfill::BackfillStatus, backfill::BackfillError>,
+    i32,
+)> {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).unwrap();
+        backfill::set_knobs(&mut conn, Knobs::fixed(100, 0).with_workers(Workers::Auto)).unwrap();
+        let mut throttle =
+            Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(Some(budget_ms));
+        let mut most = 0;
+        let done = backfill::run_workers(
+            &mut conn,
+            Some(&url),
+            Direction::Forward,
+            &mut throttle,
+            |s| most = most.max(s.workers),
+            |_| {},
+        );
+        (done, most)
+    })
 }
