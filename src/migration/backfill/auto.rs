@@ -92,14 +92,28 @@ pub(super) struct Limits {
 /// p99 above the budget. Such a reading halves the count or, at one worker, makes it wait
 /// (the throttle), and the time it must then hold before a worker is added starts again.
 pub(super) fn is_over(limits: Limits, reading: &Reading) -> bool {
-    let lag_over = match &reading.lag {
-        Err(_) => true,
-        Ok(lag) => *lag > limits.max_lag_bytes,
-    };
-    lag_over
-        || reading
-            .worst_p99_ms
-            .is_some_and(|p99| p99 > limits.p99_budget_ms)
+    lag_over(limits, reading).is_some() || p99_over(limits, reading).is_some()
+}
+
+/// Why the replicas' lag is over its limit, or why it cannot be measured, if so.
+fn lag_over(limits: Limits, reading: &Reading) -> Option<String> {
+    match &reading.lag {
+        Err(why) => Some(why.clone()),
+        Ok(lag) if *lag > limits.max_lag_bytes => Some(format!(
+            "replica lag {lag} bytes is above the limit of {} bytes",
+            limits.max_lag_bytes
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// Why the requests' p99 is over the budget, if it is.
+fn p99_over(limits: Limits, reading: &Reading) -> Option<String> {
+    let budget = limits.p99_budget_ms;
+    reading
+        .worst_p99_ms
+        .filter(|p99| *p99 > budget)
+        .map(|p99| format!("requests' p99 of {p99:.1} ms is above the budget of {budget} ms"))
 }
 
 /// How long the count has held with every reading within the limits.
@@ -139,34 +153,21 @@ pub(super) fn decide(
     calm: Duration,
     add_after: Duration,
 ) -> Option<(i32, String)> {
-    let Limits {
-        p99_budget_ms,
-        max_lag_bytes,
-    } = limits;
-    let lag = match &reading.lag {
-        Err(why) => return halve(workers, why),
-        Ok(lag) if *lag > max_lag_bytes => {
-            return halve(
-                workers,
-                &format!("replica lag {lag} bytes is above the limit of {max_lag_bytes} bytes"),
-            );
-        }
-        Ok(lag) => *lag,
-    };
+    if let Some(why) = lag_over(limits, reading) {
+        return halve(workers, &why);
+    }
+    // Within its limit, so measured.
+    let lag = reading.lag.as_ref().map_or(0, |lag| *lag);
     // The instances have not reported on the requests made since the last change yet.
     if reading.live_instances > 0 && reading.fresh_reports == 0 {
         return None;
     }
+    if let Some(why) = p99_over(limits, reading) {
+        return halve(workers, &why);
+    }
+    let budget = limits.p99_budget_ms;
     let requests = match reading.worst_p99_ms {
-        Some(p99) if p99 > p99_budget_ms => {
-            return halve(
-                workers,
-                &format!("requests' p99 of {p99:.1} ms is above the budget of {p99_budget_ms} ms"),
-            );
-        }
-        Some(p99) => {
-            format!("requests' p99 of {p99:.1} ms is within the budget of {p99_budget_ms} ms")
-        }
+        Some(p99) => format!("requests' p99 of {p99:.1} ms is within the budget of {budget} ms"),
         None => "no instance reports a p99 (too few requests)".to_owned(),
     };
     if workers >= MAX_WORKERS || calm < add_after {
