@@ -77,6 +77,13 @@ fn count_lock_timeouts(state: &AppState, transition: &Transition) {
         .inc_by(transition.lock_timeouts as u64);
 }
 
+/// Checks the knobs, for the routes to call before anything waits for the database (also
+/// while it is down), so that a bad knob is told as such; `control` checks them again for
+/// its other callers.
+pub fn check_knobs(state: &AppState, knobs: &Knobs) -> Result<(), AppError> {
+    state.backfill.check(knobs).map_err(AppError::Validation)
+}
+
 /// Starts (or resumes) the forward backfill in a thread of this process and answers once it
 /// runs, or why it does not (see `control::start_backfill`).
 pub async fn start_backfill_now(

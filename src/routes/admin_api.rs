@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::BODY_LIMIT;
 use super::actions::{
-    advance_step, change_knobs, current_status, rollback_step, start_backfill_now,
+    advance_step, change_knobs, check_knobs, current_status, rollback_step, start_backfill_now,
     stop_backfill_now, verify_now,
 };
 use super::admin_auth::{self, api_actor, record_action};
@@ -72,8 +72,7 @@ async fn start_backfill(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let knobs: Knobs = optional_json(&req, &body)?;
-    // A bad knob is told before anything waits for the database (also while it is down).
-    state.backfill.check(&knobs).map_err(AppError::Validation)?;
+    check_knobs(&state, &knobs)?;
     record_action(
         &state,
         &api_actor(&state.instance_id),
@@ -112,8 +111,7 @@ async fn backfill_settings(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let knobs: Knobs = optional_json(&req, &body)?;
-    // A bad knob is told before anything waits for the database (also while it is down).
-    state.backfill.check(&knobs).map_err(AppError::Validation)?;
+    check_knobs(&state, &knobs)?;
     record_action(
         &state,
         &api_actor(&state.instance_id),

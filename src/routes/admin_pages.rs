@@ -14,7 +14,7 @@ use askama::Template;
 use serde::Deserialize;
 
 use super::actions::{
-    advance_step, change_knobs, current_status, rollback_step, start_backfill_now,
+    advance_step, change_knobs, check_knobs, current_status, rollback_step, start_backfill_now,
     stop_backfill_now, verify_now,
 };
 use super::admin_auth::{
@@ -448,8 +448,7 @@ async fn backfill_action(
     let form = form.into_inner();
     checked(&req, &session, &form.csrf)?;
     let csrf = session.csrf.clone();
-    // Bad knobs are told before anything waits for the database (also while it is down),
-    // and are not recorded as asked.
+    // Bad knobs are not recorded as asked.
     let knobs = (|| {
         let knobs = Knobs {
             batch_size: optional_number(form.batch_size.as_deref(), "batch_size")?,
@@ -457,7 +456,7 @@ async fn backfill_action(
             batch_target_ms: optional_number(form.batch_target_ms.as_deref(), "batch_target_ms")?,
             workers: optional_workers(form.workers.as_deref())?,
         };
-        state.backfill.check(&knobs).map_err(AppError::Validation)?;
+        check_knobs(&state, &knobs)?;
         Ok::<_, AppError>(knobs)
     })();
     let action = action.into_inner();
