@@ -32,6 +32,9 @@ const SERVER_SETTINGS: &[(&str, &str)] = &[
     ("checkpoint_timeout", "15min"),
     // The contract's client check reads which statements still use full_name.
     ("shared_preload_libraries", "pg_stat_statements"),
+    // Room for the statements of many databases (a test run makes hundreds), so that entries
+    // the contract watches are not evicted by others' churn (an eviction counts as a use).
+    ("pg_stat_statements.max", "20000"),
 ];
 /// Unix socket paths are limited to about 107 bytes; longer folders get a socket under /tmp.
 const MAX_SOCKET_DIR_LEN: usize = 80;
