@@ -10,6 +10,7 @@
 -- Run again after any failure, it picks up where it stopped: each part is idempotent.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('advance', 'dual_write', 'backfilled', 'skip');
 DO $$
 BEGIN
@@ -27,10 +28,12 @@ COMMIT;
 
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SET LOCAL statement_timeout = 0;
 SELECT zdm_validate_or_drop('users_names_present', 'dual_write')
   FROM zdm_migration_state WHERE phase = 'dual_write';
 COMMIT;
 
 BEGIN;
+SET LOCAL statement_timeout = 0;
 SELECT zdm_finish_step('advance', 'dual_write', 'backfilled');
 COMMIT;

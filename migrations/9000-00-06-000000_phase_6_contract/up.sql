@@ -9,17 +9,30 @@
 -- dashboard's field, or by hand PGOPTIONS='-c zdm.confirm=users.full_name' diesel migration run.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('advance', 'new_only', 'contracted');
 DO $$
+DECLARE
+    reason text;
+    reason_detail text;
 BEGIN
     ALTER TABLE users DROP COLUMN IF EXISTS full_name;
     ALTER TABLE users
         ALTER COLUMN first_name SET NOT NULL,
         ALTER COLUMN last_name SET NOT NULL;
     ALTER TABLE users DROP CONSTRAINT IF EXISTS users_names_present;
-EXCEPTION WHEN lock_not_available THEN
-    PERFORM zdm_lock_timeout('DROP COLUMN full_name');
+EXCEPTION
+    WHEN lock_not_available THEN
+        PERFORM zdm_lock_timeout('DROP COLUMN full_name');
+    WHEN dependent_objects_still_exist THEN
+        GET STACKED DIAGNOSTICS reason = MESSAGE_TEXT, reason_detail = PG_EXCEPTION_DETAIL;
+        PERFORM zdm_refuse_dependents('advance from new_only', reason, reason_detail);
 END;
 $$;
+-- A trigger whose function names full_name, made after the gates (a function's body is not a
+-- dependency PostgreSQL knows), would fail every write from now on: with users locked now,
+-- nothing can be added in between.
+SELECT zdm_require_gate(g.name, g.met, g.detail, 'advance from new_only')
+  FROM zdm_dependencies_gate(ARRAY['full_name']) AS g;
 SELECT zdm_finish_step('advance', 'new_only', 'contracted');
 COMMIT;

@@ -113,7 +113,10 @@ fn prepare_backfill(conn: &mut PgConnection, knobs: Knobs) -> Result<(), Control
         .into_iter()
         .find(|g| !g.met)
     {
-        return Err(ControlError::GateUnmet(gate.detail));
+        return Err(ControlError::GateUnmet(format!(
+            "{} gate: {}",
+            gate.name, gate.detail
+        )));
     }
     backfill::set_knobs(conn, knobs)?;
     Ok(())
@@ -262,7 +265,9 @@ impl From<StateError> for AppError {
 impl From<VerifyError> for AppError {
     fn from(e: VerifyError) -> Self {
         match e {
-            VerifyError::NotApplicable(_) => AppError::Refused(e.to_string()),
+            VerifyError::NotApplicable(_) | VerifyError::GateUnmet { .. } => {
+                AppError::Refused(e.to_string())
+            }
             VerifyError::Database(d) => d.into(),
         }
     }

@@ -30,6 +30,8 @@ pub enum GateStep {
     Rollback,
     /// Starting (or resuming) the forward backfill.
     Backfill,
+    /// A verification of the whole table.
+    Verify,
 }
 
 impl GateStep {
@@ -38,6 +40,7 @@ impl GateStep {
             GateStep::Advance => "advance",
             GateStep::Rollback => "rollback",
             GateStep::Backfill => "backfill",
+            GateStep::Verify => "verify",
         }
     }
 }

@@ -101,6 +101,14 @@ pub enum RunError {
         secs: u64,
         waiting: String,
     },
+    #[error(
+        "{migration} was canceled by {setting} ({message}); each step sets its own timeouts, so this one came from elsewhere (a role's or the database's setting applied to zdm's session): nothing of the step remains, try again"
+    )]
+    Canceled {
+        migration: String,
+        setting: &'static str,
+        message: String,
+    },
     #[error("migration {migration} failed: {message}")]
     Migration { migration: String, message: String },
     #[error(transparent)]
@@ -137,6 +145,7 @@ impl RunError {
             self,
             RunError::LockTimeout { .. }
                 | RunError::AckTimeout { .. }
+                | RunError::Canceled { .. }
                 | RunError::Backfill(BackfillError::AlreadyRunning)
         )
     }
@@ -446,13 +455,36 @@ pub fn is_lock_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     raised(error, LOCK_TIMEOUT_PREFIX).is_some()
 }
 
-/// A refusal or an undone step, as the SQL of `migration` raised it.
+/// The setting whose timeout canceled a statement or ended the session, where one did.
+/// PostgreSQL's own message is matched (Diesel exposes no SQLSTATE for it), as for requests.
+fn timeout_setting(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    [
+        ("statement timeout", "statement_timeout"),
+        (
+            "idle-in-transaction timeout",
+            "idle_in_transaction_session_timeout",
+        ),
+    ]
+    .into_iter()
+    .find(|(words, _)| raised(error, words).is_some())
+    .map(|(_, setting)| setting)
+}
+
+/// A refusal, an undone step, or a step canceled by a timeout, as the SQL of `migration`
+/// raised it.
 fn classify(migration: &str, error: &(dyn std::error::Error + 'static)) -> Option<RunError> {
     if let Some(message) = raised(error, GATE_PREFIX) {
         return Some(RunError::Refused(message));
     }
     if let Some(message) = raised(error, UNDONE_PREFIX) {
         return Some(RunError::Undone(message));
+    }
+    if let Some(setting) = timeout_setting(error) {
+        return Some(RunError::Canceled {
+            migration: migration.to_owned(),
+            setting,
+            message: error.to_string(),
+        });
     }
     is_lock_timeout(error).then(|| RunError::LockTimeout {
         migration: migration.to_owned(),

@@ -358,7 +358,19 @@ impl TestApp {
 
     /// An instance whose web pool has these limits.
     pub async fn spawn_with(db: Arc<TestDb>, limits: db::PoolLimits) -> Self {
-        let (address, follower, report_dir) = serve(&db.url, limits);
+        let url = db.url.clone();
+        Self::spawn_at(&url, db, limits)
+    }
+
+    /// An instance whose sessions run as `role` (see `AppRole`): zdm as production runs it,
+    /// an ordinary role that owns users.
+    pub async fn spawn_as(db: Arc<TestDb>, role: &AppRole) -> Self {
+        let url = role.url(&db.url);
+        Self::spawn_at(&url, db, db::PoolLimits::with_size(4))
+    }
+
+    fn spawn_at(url: &str, db: Arc<TestDb>, limits: db::PoolLimits) -> Self {
+        let (address, follower, report_dir) = serve(url, limits);
         TestApp {
             address,
             client: reqwest::Client::builder()
@@ -762,6 +774,80 @@ impl MixedWriters {
             );
             let v1: serde_json::Value = app.get_json(&format!("/api/v1/users/{id}")).await;
             assert_eq!(v1["full_name"], format!("{first} {last}"));
+        }
+    }
+}
+
+/// An ordinary role of a test's own (no superuser, no BYPASSRLS, not pg_read_all_stats) that
+/// owns the database and users and may use zdm's tables, as an application role does in
+/// production. Sessions
+/// take it with `-c role=…`, so the test server's own user needs no password for it. Dropped
+/// with what it owns when this value goes away.
+pub struct AppRole {
+    pub name: String,
+    db_url: String,
+}
+
+impl AppRole {
+    pub fn create(db: &TestDb, suffix: &str) -> Self {
+        Self::with_grants(
+            db,
+            suffix,
+            "GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role};
+             ALTER TABLE users OWNER TO {role};
+             DO $$ BEGIN
+                 EXECUTE format('ALTER DATABASE %I OWNER TO {role}', current_database());
+             END $$;",
+        )
+    }
+
+    /// A role that may only read users: a reporting client's.
+    pub fn reader(db: &TestDb, suffix: &str) -> Self {
+        Self::with_grants(db, suffix, "GRANT SELECT ON users TO {role};")
+    }
+
+    fn with_grants(db: &TestDb, suffix: &str, grants: &str) -> Self {
+        let name = format!("{}_{suffix}", db.name);
+        let role = quote_ident(&name);
+        db.conn()
+            .batch_execute(&format!(
+                "CREATE ROLE {role} NOLOGIN; {}",
+                grants.replace("{role}", &role)
+            ))
+            .expect("creating a role");
+        AppRole {
+            name,
+            db_url: db.url.clone(),
+        }
+    }
+
+    /// A session of the test database running as this role.
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(&self.url(&self.db_url)).expect("connecting as the role")
+    }
+
+    /// `url` with its sessions running as this role.
+    pub fn url(&self, url: &str) -> String {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}options=-c%20role%3D{}", self.name)
+    }
+}
+
+impl Drop for AppRole {
+    fn drop(&mut self) {
+        // Never panic here: this also runs while a failed test unwinds.
+        let dropped = PgConnection::establish(&self.db_url)
+            .map_err(|e| e.to_string())
+            .and_then(|mut conn| {
+                conn.batch_execute(&format!(
+                    "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role};",
+                    role = quote_ident(&self.name)
+                ))
+                .map_err(|e| e.to_string())
+            });
+        if let Err(e) = dropped {
+            eprintln!("could not drop role {}: {e}", self.name);
         }
     }
 }

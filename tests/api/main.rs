@@ -13,6 +13,7 @@ mod fencing;
 mod fuzz;
 mod guards;
 mod helpers;
+mod lived_in;
 mod local_pg;
 mod metrics;
 mod name_rule;

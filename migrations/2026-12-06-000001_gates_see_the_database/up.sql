@@ -1,0 +1,407 @@
+-- The steps see the database as it is, not as zdm left it: other roles' clients, a
+-- statistics reset, the views, triggers and functions that use a column, columns of the same
+-- name that zdm did not make, and row-level security. Each is a gate (zdm_gates), so the
+-- dashboard, `zdm migrate status`, the runner's 409 and `diesel migration run` all see it.
+-- New functions and one new table; zdm_column_use (zdm's own) gains two columns.
+-- squawk-ignore-file require-lock-timeout, adding-field-with-default, prefer-bigint-over-int
+
+-- Gate: users' name columns are the phase's, as zdm makes them. first_name and last_name are
+-- text, without a default, not generated, nullable before the contract, with no constraint
+-- but zdm's own: a column of the same name left by an earlier attempt (`ADD COLUMN IF NOT
+-- EXISTS` would keep it silently) must be exactly that, or writes fail later. full_name is
+-- there until the contract (and may be back while the contract's rollback is half-way).
+CREATE FUNCTION zdm_schema_gate(for_phase text)
+RETURNS TABLE (name text, met boolean, detail text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    idx integer := zdm_phase_index(for_phase);
+    col text;
+    att record;
+    problems text[] := '{}';
+    foreign_constraints text;
+BEGIN
+    FOREACH col IN ARRAY ARRAY['full_name', 'first_name', 'last_name'] LOOP
+        SELECT a.attnum, a.attnotnull, a.atthasdef, a.attgenerated, a.attidentity,
+               format_type(a.atttypid, a.atttypmod) AS type
+          INTO att
+          FROM pg_attribute a
+         WHERE a.attrelid = 'users'::regclass AND a.attname = col AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            IF col = 'full_name' AND idx < 6 THEN
+                problems := problems || 'users.full_name is missing'::text;
+            ELSIF col <> 'full_name' AND idx >= 1 THEN
+                problems := problems || format('users.%s is missing', col);
+            END IF;
+            CONTINUE;
+        END IF;
+        IF col = 'full_name' THEN
+            -- The application's own column: what it holds beside zdm's needs is its own.
+            CONTINUE;
+        END IF;
+        IF att.type <> 'text' THEN
+            problems := problems || format('users.%s is %s, not text', col, att.type);
+        END IF;
+        IF att.atthasdef OR att.attgenerated <> '' OR att.attidentity <> '' THEN
+            problems := problems || format('users.%s has a default or is generated', col);
+        END IF;
+        IF att.attnotnull AND idx < 6 THEN
+            problems := problems || format('users.%s is NOT NULL before the contract', col);
+        END IF;
+        SELECT string_agg(format('%s (%s)', c.conname, pg_get_constraintdef(c.oid)), ', ' ORDER BY c.conname)
+          INTO foreign_constraints
+          FROM pg_constraint c
+         WHERE c.conrelid = 'users'::regclass AND att.attnum = ANY (c.conkey)
+           AND c.conname NOT IN ('users_names_present', 'users_full_name_present');
+        IF foreign_constraints IS NOT NULL THEN
+            problems := problems || format('users.%s has a constraint zdm did not make: %s',
+                                           col, foreign_constraints);
+        END IF;
+    END LOOP;
+    name := 'schema';
+    met := cardinality(problems) = 0;
+    detail := CASE WHEN met
+        THEN format('users has %s''s name columns', for_phase)
+        ELSE format('users is not as %s has it: %s; zdm makes first_name and last_name as text, '
+                    'nullable, without a default or a constraint of their own: drop or fix what '
+                    'differs (a leftover of an earlier attempt?), then try again',
+                    for_phase, array_to_string(problems, '; '))
+    END;
+    RETURN NEXT;
+END;
+$$;
+
+-- Gate: nothing else depends on the columns a step drops. What PostgreSQL records (views,
+-- materialized views, indexes, triggers, policies, statistics, publications' column lists,
+-- generated columns, constraints not zdm's) would make the DROP fail, or vanish with it; a
+-- function's body is not recorded, so functions whose body names a column are found by
+-- their text: those of triggers on users, and any other that names users too (zdm's own, and
+-- extensions', left out).
+CREATE FUNCTION zdm_dependencies_gate(columns text[])
+RETURNS TABLE (name text, met boolean, detail text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    found text[];
+    names_a_column text := '\m(' || array_to_string(columns, '|') || ')\M';
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT what ORDER BY what), '{}') INTO found FROM (
+        -- What the catalogue records as depending on the columns.
+        SELECT coalesce(
+                   (SELECT format('%s %s', CASE v.relkind WHEN 'm' THEN 'materialized view'
+                                                          ELSE 'view' END, v.oid::regclass)
+                      FROM pg_rewrite r JOIN pg_class v ON v.oid = r.ev_class
+                     WHERE d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+                       AND r.rulename = '_RETURN'),
+                   pg_describe_object(d.classid, d.objid, d.objsubid)) AS what
+          FROM pg_depend d
+          JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+         WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = 'users'::regclass
+           AND a.attname = ANY (columns) AND d.deptype IN ('n', 'a')
+           AND NOT (d.classid = 'pg_constraint'::regclass
+                    AND EXISTS (SELECT FROM pg_constraint c
+                                 WHERE c.oid = d.objid
+                                   AND c.conname IN ('users_names_present', 'users_full_name_present')))
+        UNION ALL
+        -- Trigger functions on users whose body names a column.
+        SELECT format('trigger %s on users (its function %s names %s)',
+                      t.tgname, p.oid::regprocedure, array_to_string(columns, ' or '))
+          FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+         WHERE t.tgrelid = 'users'::regclass AND NOT t.tgisinternal
+           AND p.prosrc ~* names_a_column
+        UNION ALL
+        -- Other functions whose body names users and a column.
+        SELECT format('function %s (its body names users and %s)',
+                      p.oid::regprocedure, array_to_string(columns, ' or '))
+          FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+         WHERE l.lanname NOT IN ('internal', 'c')
+           AND p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+           AND p.proname NOT LIKE 'zdm\_%'
+           AND NOT EXISTS (SELECT FROM pg_depend e
+                            WHERE e.classid = 'pg_proc'::regclass AND e.objid = p.oid
+                              AND e.deptype = 'e')
+           AND NOT EXISTS (SELECT FROM pg_trigger t
+                            WHERE t.tgfoid = p.oid AND t.tgrelid = 'users'::regclass)
+           AND p.prosrc ~* names_a_column AND p.prosrc ~* '\musers\M'
+    ) AS objects;
+    name := 'dependencies';
+    met := cardinality(found) = 0;
+    detail := CASE WHEN met
+        THEN format('nothing else uses users.%s', array_to_string(columns, ', users.'))
+        ELSE format('%s use(s) users.%s: %s; drop or change them first (the step drops the column)',
+                    cardinality(found), array_to_string(columns, ', users.'),
+                    array_to_string(found, ', '))
+    END;
+    RETURN NEXT;
+END;
+$$;
+
+-- Gate: row-level security cannot hide rows of users from zdm's role. A backfill or a
+-- verification that sees half the table reports done and 0 divergent for the half it saw.
+-- Policies apply unless the role is a superuser, has BYPASSRLS, or owns the table and the
+-- table does not FORCE them.
+CREATE FUNCTION zdm_row_security_gate()
+RETURNS TABLE (name text, met boolean, detail text)
+LANGUAGE sql STABLE AS $$
+    SELECT 'row security', NOT s.hidden,
+           CASE WHEN NOT s.hidden
+                THEN format('row-level security hides no row of users from %s', current_user)
+                ELSE format('row-level security on users can hide rows from %s (policies: %s), '
+                            'so the backfill and verify would miss them: ALTER ROLE %s BYPASSRLS '
+                            '(as a superuser), or make %s the owner of users without FORCE ROW '
+                            'LEVEL SECURITY',
+                            current_user, coalesce(s.policies, 'none, so every row is hidden'),
+                            quote_ident(current_user), quote_ident(current_user))
+           END
+      FROM (SELECT c.relrowsecurity
+                   AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
+                   AND NOT r.rolbypassrls AND NOT r.rolsuper AS hidden,
+                   (SELECT string_agg(p.polname, ', ' ORDER BY p.polname)
+                      FROM pg_policy p WHERE p.polrelid = c.oid) AS policies
+              FROM pg_class c, pg_roles r
+             WHERE c.oid = 'users'::regclass AND r.rolname = current_user) AS s
+$$;
+
+-- Refuses with one gate's finding, as zdm_require_gates does with a step's: for what a step
+-- checks again after its DDL (then holding the table's lock, so nothing can change in
+-- between).
+CREATE FUNCTION zdm_require_gate(gate_name text, gate_met boolean, gate_detail text, during text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT gate_met THEN
+        RAISE EXCEPTION 'zdm gate: cannot %: % gate: %', during, gate_name, gate_detail
+            USING HINT = 'Nothing of the step remains; meet the gate, then run the step again.';
+    END IF;
+END;
+$$;
+
+-- When pg_stat_statements was last reset, as the last sample saw it, so that a reset since
+-- is noticed.
+CREATE TABLE zdm_column_use_watch (
+    singleton BOOLEAN PRIMARY KEY DEFAULT true CHECK (singleton),
+    stats_reset TIMESTAMPTZ,
+    sampled_at TIMESTAMPTZ NOT NULL,
+    -- The last reset noticed: a use just before it is lost, so it counts as one.
+    reset_at TIMESTAMPTZ
+);
+
+-- A statement's total execution time as last sampled: with its calls, what tells an entry
+-- that was evicted and came back from one that did not run. Whether it is in
+-- pg_stat_statements as last sampled, and why it last counted as used.
+ALTER TABLE zdm_column_use ADD COLUMN total_exec_time DOUBLE PRECISION;
+ALTER TABLE zdm_column_use ADD COLUMN present BOOLEAN NOT NULL DEFAULT true;
+ALTER TABLE zdm_column_use ADD COLUMN why TEXT NOT NULL DEFAULT 'ran';
+
+-- Samples pg_stat_statements: statements of this database that name users and full_name
+-- (another table's full_name is not users'; a statement naming both cannot be told apart and
+-- counts), zdm's own left out (they also name a zdm_ object; zdm's request code cannot name
+-- full_name from new_only on). A statement counts as used now when:
+-- - it is seen for the first time (when it ran before is unknown);
+-- - its calls or its total execution time changed, up or down: an entry that was reset or
+--   evicted and came back starts again from zero, and its time tells it apart even where its
+--   calls come back to the same count;
+-- - it left pg_stat_statements (a reset, an eviction): it may have run just before;
+-- - pg_stat_statements was reset since the last sample: every statement there ran since.
+-- A reset also counts as a use at its own time (one just before it is lost). What no sample
+-- can see: a statement that came and was evicted between two samples. Returns false where
+-- pg_stat_statements cannot be read.
+CREATE OR REPLACE FUNCTION zdm_sample_column_use() RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    stats_reset_now timestamptz;
+    watched boolean;
+    stats_reset_before timestamptz;
+    was_reset boolean;
+    why_now text;
+BEGIN
+    IF to_regclass('pg_stat_statements') IS NULL THEN
+        RETURN false;
+    END IF;
+    IF to_regclass('pg_stat_statements_info') IS NOT NULL THEN
+        SELECT i.stats_reset INTO stats_reset_now FROM pg_stat_statements_info i;
+    END IF;
+    SELECT true, w.stats_reset INTO watched, stats_reset_before
+      FROM zdm_column_use_watch w FOR UPDATE;
+    was_reset := coalesce(watched AND stats_reset_now IS DISTINCT FROM stats_reset_before, false);
+    why_now := CASE WHEN was_reset
+        THEN format('ran since pg_stat_statements was reset at %s',
+                    to_char(stats_reset_now AT TIME ZONE 'UTC', 'HH24:MI:SS "UTC"'))
+        ELSE 'ran' END;
+    INSERT INTO zdm_column_use_watch AS w (singleton, stats_reset, sampled_at, reset_at)
+    VALUES (true, stats_reset_now, now(),
+            CASE WHEN was_reset THEN least(coalesce(stats_reset_now, now()), now()) END)
+    ON CONFLICT (singleton) DO UPDATE
+       SET stats_reset = EXCLUDED.stats_reset, sampled_at = EXCLUDED.sampled_at,
+           reset_at = coalesce(EXCLUDED.reset_at, w.reset_at);
+
+    WITH sampled AS (
+        SELECT s.queryid, min(s.query) AS query, sum(s.calls) AS calls,
+               sum(s.total_exec_time) AS total_exec_time
+          FROM pg_stat_statements s
+         WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND s.queryid IS NOT NULL
+           -- Reads and writes (not DDL, such as the migration that made the column), naming
+           -- the column and the table in the SQL itself, not in a comment (a migration file's
+           -- comments are part of its first statement's text).
+           AND regexp_replace(s.query, '--[^\n]*|/\*.*?\*/', '', 'g')
+               ~* '^\s*(select|insert|update|delete|with|copy|merge|table)\M.*\mfull_name\M'
+           AND regexp_replace(s.query, '--[^\n]*|/\*.*?\*/', '', 'g') ~* '\musers\M'
+           AND s.query !~* '\mzdm_'
+         GROUP BY s.queryid
+    ), gone AS (
+        UPDATE zdm_column_use u
+           SET present = false, last_called = now(),
+               why = 'left pg_stat_statements (a reset or an eviction) and may have run just before'
+         WHERE u.present AND NOT EXISTS (SELECT FROM sampled s WHERE s.queryid = u.queryid)
+    )
+    INSERT INTO zdm_column_use AS u (queryid, query, calls, total_exec_time, last_called, present, why)
+    SELECT s.queryid, s.query, s.calls, s.total_exec_time, now(), true, why_now
+      FROM sampled s
+    ON CONFLICT (queryid) DO UPDATE
+       SET last_called = now(), calls = EXCLUDED.calls, total_exec_time = EXCLUDED.total_exec_time,
+           present = true, why = why_now
+     -- Unchanged counters write nothing (every instance samples with every heartbeat).
+     WHERE was_reset OR NOT u.present OR u.calls IS DISTINCT FROM EXCLUDED.calls
+        OR (u.total_exec_time IS NOT NULL
+            AND u.total_exec_time IS DISTINCT FROM EXCLUDED.total_exec_time);
+    RETURN true;
+EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    -- The extension exists but the library is not loaded (shared_preload_libraries).
+    RETURN false;
+END;
+$$;
+
+-- Gate: no client has used users.full_name for the quiet window, observed since entering
+-- new_only. It is unknown (met only with zdm.without_client_check = 'true', which the runner
+-- sets from `without_client_check`) where pg_stat_statements is unavailable, or where zdm's
+-- role sees only its own statements there (neither a superuser nor a member of
+-- pg_read_all_stats): another role's client would go unseen.
+CREATE OR REPLACE FUNCTION zdm_clients_gate()
+RETURNS TABLE (name text, met boolean, detail text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    quiet integer;
+    entered timestamptz;
+    latest record;
+    reset_at timestamptz;
+    unknown text;
+BEGIN
+    name := 'clients';
+    IF NOT zdm_sample_column_use() THEN
+        unknown := 'install pg_stat_statements';
+    ELSIF NOT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN
+        unknown := format('%s sees only its own statements in pg_stat_statements; '
+                          'GRANT pg_read_all_stats TO %s',
+                          current_user, quote_ident(current_user));
+    END IF;
+    IF unknown IS NOT NULL THEN
+        met := current_setting('zdm.without_client_check', true) IS NOT DISTINCT FROM 'true';
+        detail := CASE WHEN met
+            THEN format('not checked (%s), contract confirmed without_client_check', unknown)
+            ELSE format('unknown: %s (or contract with without_client_check)', unknown) END;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    SELECT contract_quiet_secs, changed_at INTO quiet, entered FROM zdm_migration_state;
+    SELECT u.query, u.last_called, u.why INTO latest FROM zdm_column_use u
+     WHERE u.last_called > now() - make_interval(secs => quiet)
+     ORDER BY u.last_called DESC LIMIT 1;
+    SELECT w.reset_at INTO reset_at FROM zdm_column_use_watch w
+     WHERE w.reset_at > now() - make_interval(secs => quiet);
+    IF latest IS NOT NULL THEN
+        met := false;
+        detail := format('`%s` names users and full_name and %s (counted at %s); waiting until no client has used it for %s s',
+                         left(regexp_replace(latest.query, '\s+', ' ', 'g'), 80), latest.why,
+                         to_char(latest.last_called AT TIME ZONE 'UTC', 'HH24:MI:SS "UTC"'), quiet);
+    ELSIF reset_at IS NOT NULL THEN
+        met := false;
+        detail := format('pg_stat_statements was reset at %s, so a use just before it cannot be ruled out; watching again until %s',
+                         to_char(reset_at AT TIME ZONE 'UTC', 'HH24:MI:SS "UTC"'),
+                         to_char((reset_at + make_interval(secs => quiet)) AT TIME ZONE 'UTC',
+                                 'HH24:MI:SS "UTC"'));
+    ELSIF entered > now() - make_interval(secs => quiet) THEN
+        met := false;
+        detail := format('watching for clients of users.full_name since entering new_only; the quiet window of %s s ends at %s',
+                         quiet, to_char((entered + make_interval(secs => quiet)) AT TIME ZONE 'UTC',
+                                        'HH24:MI:SS "UTC"'));
+    ELSE
+        met := true;
+        detail := format('no client has used users.full_name for %s s', quiet);
+    END IF;
+    RETURN NEXT;
+END;
+$$;
+
+-- The gates of one step: 'advance' or 'rollback' from from_phase, 'refill' (the end of the
+-- rollback out of new_only, once the phase is back at read_new), 'backfill' (starting the
+-- forward backfill in from_phase) or 'verify' (a verification in from_phase). verify_mode:
+-- 'fresh', 'stored' or 'skip' (the step verifies later itself). Every step first finds the
+-- schema as its phase has it.
+CREATE OR REPLACE FUNCTION zdm_gates(step text, from_phase text, verify_mode text DEFAULT 'stored')
+RETURNS TABLE (name text, met boolean, detail text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF step IN ('advance', 'rollback') THEN
+        RETURN QUERY SELECT * FROM zdm_schema_gate(from_phase);
+    END IF;
+    -- What reads every row must see every row: the backfill, verify, and the reverse backfill.
+    IF step IN ('backfill', 'verify', 'refill')
+       OR (step = 'advance' AND from_phase IN ('dual_write', 'backfilled', 'read_new'))
+       OR (step = 'rollback' AND from_phase = 'new_only') THEN
+        RETURN QUERY SELECT * FROM zdm_row_security_gate();
+    END IF;
+    IF step = 'advance' THEN
+        IF from_phase = 'expanded' THEN
+            RETURN QUERY SELECT * FROM zdm_instances_gate('expanded', 'contracted');
+        ELSIF from_phase = 'dual_write' THEN
+            RETURN QUERY SELECT * FROM zdm_instances_gate('dual_write', 'contracted');
+            RETURN QUERY SELECT * FROM zdm_backfill_gate();
+        ELSIF from_phase = 'read_new' THEN
+            RETURN QUERY SELECT * FROM zdm_instances_gate('read_new', 'contracted');
+        ELSIF from_phase = 'new_only' THEN
+            RETURN QUERY SELECT * FROM zdm_instances_gate('new_only', 'contracted');
+            RETURN QUERY SELECT * FROM zdm_dependencies_gate(ARRAY['full_name']);
+            RETURN QUERY SELECT * FROM zdm_clients_gate();
+            RETURN QUERY SELECT * FROM zdm_confirmation_gate();
+        END IF;
+        -- I2 holds on every row: before the guard is validated, before reads switch to the
+        -- new columns, and the last moment full_name is kept.
+        IF from_phase IN ('dual_write', 'backfilled', 'read_new') AND verify_mode <> 'skip' THEN
+            RETURN QUERY SELECT * FROM zdm_verify_gate(from_phase, verify_mode);
+        END IF;
+    ELSIF step = 'rollback' AND from_phase = 'expanded' THEN
+        -- The new columns are dropped: no instance may still write them, nothing may use them.
+        RETURN QUERY SELECT * FROM zdm_instances_gate('baseline', 'expanded');
+        RETURN QUERY SELECT * FROM zdm_dependencies_gate(ARRAY['first_name', 'last_name']);
+    ELSIF step = 'refill' THEN
+        RETURN QUERY SELECT * FROM zdm_instances_gate('dual_write', 'read_new');
+        RETURN QUERY SELECT * FROM zdm_refilled_gate();
+    ELSIF step = 'backfill' THEN
+        -- No row the backfill fills may be overwritten by a write of full_name alone.
+        RETURN QUERY SELECT 'phase',
+            from_phase IN ('dual_write', 'backfilled', 'read_new'),
+            CASE WHEN from_phase IN ('dual_write', 'backfilled', 'read_new')
+                 THEN format('phase %s writes both name forms', from_phase)
+                 ELSE format('the backfill runs in dual_write, backfilled or read_new; the phase is %s',
+                             from_phase) END;
+        RETURN QUERY SELECT * FROM zdm_instances_gate('dual_write', 'read_new');
+    END IF;
+END;
+$$;
+
+-- Statements sampled before only a statement naming users counted (another table's
+-- full_name, say) were never uses of users.full_name.
+DELETE FROM zdm_column_use
+ WHERE regexp_replace(query, '--[^\n]*|/\*.*?\*/', '', 'g') !~* '\musers\M';
+
+-- A DROP that PostgreSQL refused because something created after the step's gates depends
+-- on the column: a refusal like the dependencies gate's, in PostgreSQL's words, so the
+-- runner answers 409 and the step's transaction leaves nothing behind.
+CREATE FUNCTION zdm_refuse_dependents(during text, reason text, reason_detail text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'zdm gate: cannot %: dependencies gate: %',
+        during, reason || coalesce(': ' || replace(nullif(reason_detail, ''), E'\n', '; '), '')
+        USING HINT = 'Nothing of the step remains; drop or change what depends on the column, then run the step again.';
+END;
+$$;

@@ -1,0 +1,440 @@
+//! The steps on a lived-in database: zdm as an ordinary role, other roles' clients, another
+//! table's `full_name`, views and triggers on the columns a step drops, a statistics reset,
+//! a leftover column of the same name, a database's own statement_timeout, and row-level
+//! security. Each is something a production database has that the lab set-up had not.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde_json::{Value, json};
+use zdm::local_pg::quote_ident;
+use zdm::migration::{Phase, gates, state};
+
+use crate::helpers::{AppRole, TestApp, TestDb, error_of, eventually, users_columns};
+
+/// The gate `name` of the next step, as the dashboard and `zdm migrate status` show it.
+async fn next_gate(app: &TestApp, name: &str) -> Value {
+    let status = app.admin_status().await;
+    status["next"]["gates"]
+        .as_array()
+        .and_then(|gates| gates.iter().find(|g| g["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no {name} gate in {status}"))
+}
+
+/// Whether the clients gate of the contract is met now (checking it samples the statistics).
+fn clients_gate_met(conn: &mut PgConnection) -> bool {
+    gates::advance_gates(conn, Phase::NewOnly)
+        .expect("reading the gates")
+        .iter()
+        .any(|g| g.name == "clients" && g.met)
+}
+
+async fn contract(app: &TestApp) -> reqwest::Response {
+    app.advance(Some("users.full_name")).await
+}
+
+async fn assert_refused(response: reqwest::Response, words: &[&str]) -> String {
+    assert_eq!(response.status(), 409);
+    let error = error_of(response).await;
+    for w in words {
+        assert!(error.contains(w), "{w:?} not in {error}");
+    }
+    error
+}
+
+#[actix_web::test]
+async fn the_clients_gate_is_unknown_until_zdms_role_may_read_every_roles_statements() {
+    let db = Arc::new(TestDb::migrated());
+    let zdm_role = AppRole::create(&db, "zdm");
+    let reporter = AppRole::reader(&db, "reporter");
+    let app = TestApp::spawn_as(db.clone(), &zdm_role).await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    let mut conn = db.conn();
+    state::set_contract_quiet_secs(&mut conn, 1).unwrap();
+    app.walk_to(Phase::NewOnly).await;
+
+    // A reporting client of a role of its own reads full_name.
+    let mut report = reporter.conn();
+    let read = format!("SELECT full_name FROM users WHERE id = {id}");
+    report.batch_execute(&read).unwrap();
+    let read_at = Instant::now();
+    let (_, entered) = state::phase_and_since(&mut conn).unwrap();
+    // Past the quiet window zdm's role has seen no use: it cannot see the report's.
+    eventually("the quiet window to pass", || {
+        read_at.elapsed() > Duration::from_millis(1500)
+            && chrono::Utc::now() - entered > chrono::Duration::milliseconds(1500)
+    })
+    .await;
+    let grant = format!("GRANT pg_read_all_stats TO {}", zdm_role.name);
+    let clients = next_gate(&app, "clients").await;
+    assert_eq!(clients["met"], false, "{clients}");
+    assert!(
+        clients["detail"].as_str().unwrap().contains(&grant),
+        "{clients}"
+    );
+    assert_refused(contract(&app).await, &["clients gate", &grant]).await;
+    assert_eq!(app.phase(), Phase::NewOnly);
+    assert!(users_columns(&mut conn).contains(&"full_name?".to_owned()));
+
+    // With the grant the report's statement is seen, and holds the drop while it runs.
+    conn.batch_execute(&grant).unwrap();
+    report.batch_execute(&read).unwrap();
+    assert_refused(
+        contract(&app).await,
+        &["clients gate", "SELECT full_name FROM users WHERE id ="],
+    )
+    .await;
+    eventually("the report's quiet window to pass", || {
+        clients_gate_met(&mut conn)
+    })
+    .await;
+    assert_eq!(contract(&app).await.status(), 200);
+}
+
+#[actix_web::test]
+async fn another_tables_full_name_does_not_hold_the_contract_but_a_join_with_users_does() {
+    let app = TestApp::spawn().await;
+    let mut conn = app.db.conn();
+    conn.batch_execute(
+        "CREATE TABLE customers (id bigint PRIMARY KEY, full_name text);
+         INSERT INTO customers VALUES (1, 'Grace Hopper');",
+    )
+    .unwrap();
+    state::set_contract_quiet_secs(&mut conn, 2).unwrap();
+    app.walk_to(Phase::NewOnly).await;
+
+    // A client of customers reads its own full_name all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        let mut customers = app.db.conn();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                customers
+                    .batch_execute("SELECT full_name FROM customers WHERE id = 1")
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    // A statement naming both tables cannot be told apart: it counts.
+    conn.batch_execute(
+        "SELECT c.full_name FROM customers c JOIN users u ON u.id = c.id WHERE c.id = 1",
+    )
+    .unwrap();
+    let error = assert_refused(contract(&app).await, &["clients gate", "JOIN users"]).await;
+    assert!(!error.contains("FROM customers WHERE"), "{error}");
+
+    eventually("the clients gate to open while customers is read", || {
+        clients_gate_met(&mut conn)
+    })
+    .await;
+    let clients = next_gate(&app, "clients").await;
+    assert!(
+        !clients["detail"].as_str().unwrap().contains("customers"),
+        "{clients}"
+    );
+    assert_eq!(contract(&app).await.status(), 200);
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+}
+
+#[actix_web::test]
+async fn a_view_or_a_trigger_function_using_full_name_holds_the_drop_naming_it() {
+    let app = TestApp::spawn().await;
+    app.create_user("Ada Lovelace", "ada@example.com").await;
+    let mut conn = app.db.conn();
+    conn.batch_execute("CREATE VIEW legacy_users AS SELECT id, full_name FROM users")
+        .unwrap();
+    app.walk_to(Phase::NewOnly).await;
+
+    assert_refused(
+        contract(&app).await,
+        &["dependencies gate", "view legacy_users"],
+    )
+    .await;
+    let dependencies = next_gate(&app, "dependencies").await;
+    assert_eq!(dependencies["met"], false, "{dependencies}");
+    assert!(users_columns(&mut conn).contains(&"full_name?".to_owned()));
+    conn.batch_execute("DROP VIEW legacy_users").unwrap();
+
+    // An audit trigger whose function copies NEW.full_name: PostgreSQL records no dependency,
+    // and after the drop every write would fail.
+    conn.batch_execute(
+        "CREATE TABLE users_audit (user_id bigint, name text);
+         CREATE FUNCTION users_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO users_audit VALUES (NEW.id, NEW.full_name);
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER users_audit AFTER INSERT ON users
+             FOR EACH ROW EXECUTE FUNCTION users_audit();",
+    )
+    .unwrap();
+    assert_refused(
+        contract(&app).await,
+        &["dependencies gate", "trigger users_audit on users"],
+    )
+    .await;
+    app.create_user("Grace Hopper", "grace@example.com").await;
+
+    conn.batch_execute("DROP TRIGGER users_audit ON users")
+        .unwrap();
+    assert_eq!(contract(&app).await.status(), 200);
+    app.wait_for_phase(Phase::Contracted).await;
+    app.create_user("Katherine Johnson", "katherine@example.com")
+        .await;
+}
+
+#[actix_web::test]
+async fn the_rollback_of_the_expand_is_held_by_a_view_of_the_new_columns() {
+    let app = TestApp::spawn().await;
+    app.walk_to(Phase::Expanded).await;
+    let mut conn = app.db.conn();
+    conn.batch_execute("CREATE VIEW first_names AS SELECT id, first_name FROM users")
+        .unwrap();
+    assert_refused(
+        app.rollback().await,
+        &["dependencies gate", "view first_names"],
+    )
+    .await;
+    assert!(users_columns(&mut conn).contains(&"first_name?".to_owned()));
+    conn.batch_execute("DROP VIEW first_names").unwrap();
+    assert_eq!(app.rollback().await.status(), 200);
+}
+
+#[actix_web::test]
+async fn a_dependency_made_after_the_gates_looked_is_a_409_in_postgresqls_words() {
+    let app = TestApp::spawn().await;
+    app.walk_to(Phase::NewOnly).await;
+    let mut conn = app.db.conn();
+    // The view appears between the gates and the DROP: here, a gate that saw nothing.
+    conn.batch_execute(
+        "CREATE VIEW legacy_users AS SELECT id, full_name FROM users;
+         CREATE OR REPLACE FUNCTION zdm_dependencies_gate(columns text[])
+         RETURNS TABLE (name text, met boolean, detail text)
+         LANGUAGE sql AS $$ SELECT 'dependencies', true, 'nothing seen' $$;",
+    )
+    .unwrap();
+    assert_refused(contract(&app).await, &["dependencies gate", "legacy_users"]).await;
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::NewOnly);
+    assert!(users_columns(&mut conn).contains(&"full_name?".to_owned()));
+    let last = &state::history(&mut conn, 1).unwrap()[0];
+    assert_eq!(last.outcome, "refused", "{last:?}");
+}
+
+#[actix_web::test]
+async fn a_use_after_the_statistics_were_reset_holds_the_contract() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    let mut conn = app.db.conn();
+    state::set_contract_quiet_secs(&mut conn, 2).unwrap();
+    app.walk_to(Phase::NewOnly).await;
+
+    let mut legacy = app.db.conn();
+    let read = format!("SELECT full_name FROM users WHERE id = {id}");
+    for _ in 0..8 {
+        legacy.batch_execute(&read).unwrap();
+    }
+    assert!(!clients_gate_met(&mut conn));
+    eventually("the legacy client's quiet window to pass", || {
+        clients_gate_met(&mut conn)
+    })
+    .await;
+
+    // A monitoring job resets this database's statistics; the client reads once more: one
+    // call where zdm last saw eight.
+    conn.batch_execute(
+        "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0)",
+    )
+    .unwrap();
+    legacy.batch_execute(&read).unwrap();
+    assert_refused(
+        contract(&app).await,
+        &["clients gate", "SELECT full_name FROM users WHERE id ="],
+    )
+    .await;
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::NewOnly);
+
+    // Reset again with the client quiet: the statement leaves the statistics, and a use just
+    // before it left cannot be ruled out.
+    eventually("the quiet window to pass again", || {
+        clients_gate_met(&mut conn)
+    })
+    .await;
+    conn.batch_execute(
+        "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0)",
+    )
+    .unwrap();
+    let clients = next_gate(&app, "clients").await;
+    assert_eq!(clients["met"], false, "{clients}");
+    assert!(
+        clients["detail"]
+            .as_str()
+            .unwrap()
+            .contains("left pg_stat_statements"),
+        "{clients}"
+    );
+}
+
+#[actix_web::test]
+async fn the_expand_and_every_step_refuse_name_columns_zdm_did_not_make() {
+    let app = TestApp::spawn().await;
+    let mut conn = app.db.conn();
+    // A leftover of an earlier attempt.
+    conn.batch_execute("ALTER TABLE users ADD COLUMN first_name varchar(4)")
+        .unwrap();
+    let error = assert_refused(
+        app.advance(None).await,
+        &[
+            "schema gate",
+            "users.first_name is character varying(4), not text",
+        ],
+    )
+    .await;
+    assert!(!error.contains("users.last_name"), "{error}");
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::Baseline);
+    let schema = next_gate(&app, "schema").await;
+    assert_eq!(schema["met"], false, "{schema}");
+
+    // One exactly as zdm makes it is kept.
+    conn.batch_execute(
+        "ALTER TABLE users DROP COLUMN first_name;
+         ALTER TABLE users ADD COLUMN first_name text;",
+    )
+    .unwrap();
+    app.walk_to(Phase::DualWrite).await;
+    app.create_user("Bartholomew Longname", "bart@example.com")
+        .await;
+
+    // A constraint added on the way holds the next step, named.
+    conn.batch_execute(
+        "ALTER TABLE users ADD CONSTRAINT short_last_name CHECK (char_length(last_name) < 40)",
+    )
+    .unwrap();
+    app.backfill_to_the_end().await;
+    assert_refused(
+        app.advance(None).await,
+        &[
+            "schema gate",
+            "users.last_name has a constraint zdm did not make: short_last_name",
+        ],
+    )
+    .await;
+    conn.batch_execute("ALTER TABLE users DROP CONSTRAINT short_last_name")
+        .unwrap();
+    assert_eq!(app.advance(None).await.status(), 200);
+}
+
+#[actix_web::test]
+async fn a_databases_statement_timeout_does_not_cancel_a_steps_scans() {
+    let app = TestApp::spawn().await;
+    app.walk_to(Phase::DualWrite).await;
+    let mut conn = app.db.conn();
+    // Enough rows, already in agreement, that a scan of them takes longer than the guard
+    // rail below; the backfill has nothing to do.
+    conn.batch_execute(
+        "INSERT INTO users (full_name, email, first_name, last_name)
+         SELECT 'User ' || g, 'user' || g || '@example.com', 'User', g::text
+           FROM generate_series(1, 400000) AS g;
+         UPDATE zdm_backfill SET state = 'done', direction = 'forward';",
+    )
+    .unwrap();
+    // A DBA's guard rail, for every new session of the database.
+    conn.batch_execute(&format!(
+        "ALTER DATABASE {} SET statement_timeout = '100ms'",
+        quote_ident(&app.db.name)
+    ))
+    .unwrap();
+    let mut guarded = app.db.conn();
+    let scan: Result<usize, _> =
+        diesel::sql_query("SELECT zdm_verify_names('dual_write')").execute(&mut guarded);
+    assert!(
+        scan.is_err(),
+        "a scan of the table must outlast the guard rail for this test to mean anything"
+    );
+
+    // The step to backfilled validates its guard and verifies; the step to read_new verifies.
+    for to in [Phase::Backfilled, Phase::ReadNew] {
+        let response = app.advance(None).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "to {to}: {}",
+            error_of(response).await
+        );
+        app.wait_for_phase(to).await;
+    }
+    let verified = app.admin_post("/api/admin/verify", json!({})).await;
+    assert_eq!(verified.status(), 200);
+}
+
+#[actix_web::test]
+async fn row_level_security_that_hides_rows_refuses_the_backfill_and_verify() {
+    let db = Arc::new(TestDb::migrated());
+    let zdm_role = AppRole::create(&db, "zdm");
+    let app = TestApp::spawn_as(db.clone(), &zdm_role).await;
+    for n in 0..4 {
+        app.create_user(&format!("Tenant User{n}"), &format!("t{n}@example.com"))
+            .await;
+    }
+    app.walk_to(Phase::DualWrite).await;
+    let mut conn = db.conn();
+    // A multi-tenant database: zdm's role matches the policy for half the rows.
+    conn.batch_execute(
+        "ALTER TABLE users ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE users FORCE ROW LEVEL SECURITY;
+         CREATE POLICY tenant_even ON users USING (id % 2 = 0);",
+    )
+    .unwrap();
+    let bypass = format!("ALTER ROLE {} BYPASSRLS", zdm_role.name);
+    let started = app.admin_post("/api/admin/backfill/start", json!({})).await;
+    assert_refused(started, &["row security gate", "tenant_even", &bypass]).await;
+    assert_refused(
+        app.admin_post("/api/admin/verify", json!({})).await,
+        &["row security gate", "tenant_even"],
+    )
+    .await;
+    let status = app.admin_status().await;
+    assert_ne!(status["backfill"]["state"], "done", "{status}");
+
+    // The grant it names lets both see every row.
+    conn.batch_execute(&bypass).unwrap();
+    app.backfill_to_the_end().await;
+    let verified: Value = app
+        .admin_post("/api/admin/verify", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verified["divergent"], 0, "{verified}");
+    assert_eq!(app.advance(None).await.status(), 200);
+    let filled: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(SELECT count(*) FROM users WHERE first_name IS NOT NULL)",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(filled, 4);
+}
+
+#[test]
+fn every_transaction_of_a_phase_migration_sets_its_own_statement_timeout() {
+    let dir = crate::helpers::project_dir().join("migrations");
+    let mut checked = 0;
+    for step in zdm::migration::runner::STEPS {
+        for file in ["up.sql", "down.sql"] {
+            let sql = std::fs::read_to_string(dir.join(step).join(file)).unwrap();
+            for transaction in sql.split("\nBEGIN;").filter(|t| t.contains("SELECT zdm_")) {
+                checked += 1;
+                assert!(
+                    transaction.contains("SET LOCAL statement_timeout = 0"),
+                    "{step}/{file}: a transaction runs under the session's statement_timeout:\n{transaction}"
+                );
+            }
+        }
+    }
+    assert!(checked >= 18, "{checked}");
+}
