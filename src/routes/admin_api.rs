@@ -10,7 +10,7 @@ use serde_json::json;
 use super::BODY_LIMIT;
 use super::actions::{
     advance_step, change_knobs, check_knobs, current_status, rollback_step, start_backfill_now,
-    stop_backfill_now, verify_now,
+    step_from, stop_backfill_now, verify_now,
 };
 use super::admin_auth::{self, api_actor, record_action};
 use super::input::optional_json;
@@ -43,6 +43,8 @@ async fn status(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct AdvanceBody {
+    /// The phase the step starts from; without it, from wherever the migration is.
+    from: Option<String>,
     confirm: Option<String>,
     #[serde(default)]
     without_client_check: bool,
@@ -54,14 +56,28 @@ async fn advance(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let body: AdvanceBody = optional_json(&req, &body)?;
+    let from = step_from(body.from.as_deref())?;
     let actor = api_actor(&state.instance_id);
-    let transition = advance_step(&state, actor, body.confirm, body.without_client_check).await?;
+    let transition =
+        advance_step(&state, actor, from, body.confirm, body.without_client_check).await?;
     Ok(HttpResponse::Ok()
         .json(json!({ "transition": transition, "status": current_status(&state).await? })))
 }
 
-async fn rollback(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let transition = rollback_step(&state, api_actor(&state.instance_id)).await?;
+#[derive(Debug, Default, Deserialize)]
+pub struct RollbackBody {
+    /// As `AdvanceBody::from`.
+    from: Option<String>,
+}
+
+async fn rollback(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let body: RollbackBody = optional_json(&req, &body)?;
+    let from = step_from(body.from.as_deref())?;
+    let transition = rollback_step(&state, api_actor(&state.instance_id), from).await?;
     Ok(HttpResponse::Ok()
         .json(json!({ "transition": transition, "status": current_status(&state).await? })))
 }

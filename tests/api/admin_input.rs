@@ -1,0 +1,180 @@
+//! What the admin API and the dashboard take from a client: a step that names the phase it
+//! starts from, and bodies that are refused rather than half understood.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use reqwest::header::COOKIE;
+use serde_json::json;
+use zdm::migration::{Phase, state};
+
+use crate::admin_pages::{csrf_of, log_in, page};
+use crate::helpers::{TestApp, TestDb, error_of};
+
+/// The outcomes of the history's steps (advances and rollbacks), newest first.
+fn step_outcomes(app: &TestApp) -> Vec<(String, String, String)> {
+    state::history(&mut app.db.conn(), 100)
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.action == "advance" || h.action == "rollback")
+        .map(|h| (h.action, h.to_phase, h.outcome))
+        .collect()
+}
+
+#[actix_web::test]
+async fn many_advances_from_the_same_phase_take_one_step_and_tell_the_others_where_it_is() {
+    let db = Arc::new(TestDb::migrated());
+    let a = TestApp::spawn_on(db.clone()).await;
+    let b = TestApp::spawn_on(db).await;
+    // Twelve operators (or retries) on two instances, each pressing "Advance" once on a page
+    // that showed baseline.
+    let presses = (0..12).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        app.admin_post(
+            "/api/admin/migration/advance",
+            json!({ "from": "baseline" }),
+        )
+    });
+    let responses = futures_util::future::join_all(presses).await;
+    let mut stepped = 0;
+    for response in responses {
+        match response.status().as_u16() {
+            200 => stepped += 1,
+            409 => {
+                let error = error_of(response).await;
+                assert!(
+                    error.contains("expanded") && error.contains("baseline"),
+                    "a stale press says where the migration is: {error}"
+                );
+            }
+            other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+        }
+    }
+    assert_eq!(stepped, 1, "exactly one step");
+    a.wait_for_phase(Phase::Expanded).await;
+    b.wait_for_phase(Phase::Expanded).await;
+    assert_eq!(
+        step_outcomes(&a),
+        [("advance".into(), "expanded".into(), "done".into())],
+        "one step done, nothing recorded as failed"
+    );
+
+    // A rollback that names a phase the migration has left takes no step either.
+    let stale = a
+        .admin_post(
+            "/api/admin/migration/rollback",
+            json!({ "from": "dual_write" }),
+        )
+        .await;
+    assert_eq!(stale.status(), 409);
+    assert!(error_of(stale).await.contains("the phase is expanded"));
+    let right = a
+        .admin_post(
+            "/api/admin/migration/rollback",
+            json!({ "from": "expanded" }),
+        )
+        .await;
+    assert_eq!(right.status(), 200);
+    a.wait_for_phase(Phase::Baseline).await;
+
+    // A phase that does not exist is a bad field, not a step.
+    let response = a
+        .admin_post(
+            "/api/admin/migration/advance",
+            json!({ "from": "dual-write" }),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["field"], "from", "{error}");
+
+    // Without `from`, a step goes from wherever the migration is, as before.
+    assert_eq!(a.advance(None).await.status(), 200);
+    a.wait_for_phase(Phase::Expanded).await;
+    assert!(
+        step_outcomes(&a)
+            .iter()
+            .all(|(_, _, outcome)| outcome == "done")
+    );
+}
+
+#[actix_web::test]
+async fn the_dashboard_sends_the_phase_it_showed_and_a_stale_form_takes_no_step() {
+    let app = TestApp::spawn().await;
+    let cookie = log_in(&app).await;
+    let (_, dashboard) = page(&app, &cookie, "/admin").await;
+    assert!(
+        dashboard.contains(r#"name="from" value="baseline""#),
+        "both step forms carry the phase shown"
+    );
+    let csrf = csrf_of(&dashboard);
+    let press = || {
+        app.client
+            .post(app.url("/admin/advance"))
+            .header(COOKIE, &cookie)
+            .form(&[("csrf", csrf.as_str()), ("from", "baseline")])
+            .send()
+    };
+    assert_eq!(press().await.unwrap().status(), 303);
+    app.wait_for_phase(Phase::Expanded).await;
+    // The same form sent again (a double click, a resubmitted page) is refused, saying where
+    // the migration is.
+    let again = press().await.unwrap();
+    assert_eq!(again.status(), 409);
+    let text = again.text().await.unwrap();
+    assert!(text.contains("the phase is expanded"), "{text}");
+    assert_eq!(app.phase(), Phase::Expanded);
+    let stale_rollback = app
+        .client
+        .post(app.url("/admin/rollback"))
+        .header(COOKIE, &cookie)
+        .form(&[("csrf", csrf.as_str()), ("from", "dual_write")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale_rollback.status(), 409);
+    assert_eq!(app.phase(), Phase::Expanded);
+    assert_eq!(
+        step_outcomes(&app),
+        [("advance".into(), "expanded".into(), "done".into())]
+    );
+}
+
+#[actix_web::test]
+async fn the_cli_takes_a_step_only_from_the_phase_it_names() {
+    let app = TestApp::spawn().await;
+    let zdm = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_zdm"))
+            .args(args)
+            .env("DATABASE_URL", &app.db.url)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let stale = zdm(&["migrate", "advance", "--from", "expanded"]);
+    assert!(!stale.status.success());
+    let stderr = String::from_utf8_lossy(&stale.stderr);
+    assert!(stderr.contains("the phase is baseline"), "{stderr}");
+    assert_eq!(app.phase(), Phase::Baseline);
+
+    let ok = zdm(&["migrate", "advance", "--from", "baseline"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    app.wait_for_phase(Phase::Expanded).await;
+    let stale = zdm(&["migrate", "rollback", "--from", "baseline"]);
+    assert!(!stale.status.success());
+    assert_eq!(app.phase(), Phase::Expanded);
+    let unknown = zdm(&["migrate", "rollback", "--from", "nowhere"]);
+    assert!(!unknown.status.success());
+    assert_eq!(app.phase(), Phase::Expanded);
+    let ok = zdm(&["migrate", "rollback", "--from", "expanded"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    app.wait_for_phase(Phase::Baseline).await;
+}
