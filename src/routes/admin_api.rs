@@ -42,6 +42,7 @@ async fn status(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdvanceBody {
     /// The phase the step starts from; without it, from wherever the migration is.
     from: Option<String>,
@@ -65,6 +66,7 @@ async fn advance(
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RollbackBody {
     /// As `AdvanceBody::from`.
     from: Option<String>,
@@ -99,7 +101,17 @@ async fn start_backfill(
     Ok(HttpResponse::Accepted().json(start_backfill_now(&state, knobs).await?))
 }
 
-async fn pause_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+/// The body of an action that takes no fields: empty, or `{}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
+
+async fn pause_backfill(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let NoFields {} = optional_json(&req, &body)?;
     record_action(
         &state,
         &api_actor(&state.instance_id),
@@ -110,7 +122,12 @@ async fn pause_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppE
     Ok(HttpResponse::Ok().json(stop_backfill_now(&state, BackfillState::Paused).await?))
 }
 
-async fn cancel_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+async fn cancel_backfill(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let NoFields {} = optional_json(&req, &body)?;
     record_action(
         &state,
         &api_actor(&state.instance_id),
@@ -138,7 +155,12 @@ async fn backfill_settings(
     Ok(HttpResponse::Ok().json(change_knobs(&state, knobs).await?))
 }
 
-async fn run_verify(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+async fn run_verify(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let NoFields {} = optional_json(&req, &body)?;
     record_action(&state, &api_actor(&state.instance_id), Action::Verify, "").await;
     Ok(HttpResponse::Ok().json(verify_now(&state).await?))
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use zdm::migration::{Phase, state};
 
 use crate::admin_pages::{csrf_of, log_in, page};
-use crate::helpers::{TestApp, TestDb, error_of};
+use crate::helpers::{ADMIN_TOKEN, TestApp, TestDb, error_of};
 
 /// The outcomes of the history's steps (advances and rollbacks), newest first.
 fn step_outcomes(app: &TestApp) -> Vec<(String, String, String)> {
@@ -177,4 +177,107 @@ async fn the_cli_takes_a_step_only_from_the_phase_it_names() {
         String::from_utf8_lossy(&ok.stderr)
     );
     app.wait_for_phase(Phase::Baseline).await;
+}
+
+/// POSTs `body` as it is (not re-encoded) to the admin API with the token.
+async fn admin_raw(app: &TestApp, path: &str, body: &str) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `field` of a 422, after checking that it is one.
+async fn refused_field(response: reqwest::Response, what: &str) -> String {
+    assert_eq!(response.status(), 422, "{what}");
+    let error: serde_json::Value = response.json().await.unwrap();
+    error["field"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Nothing in the history but what the walk to the test's phase did: no failed step, no
+/// action asked.
+fn assert_nothing_recorded_since(app: &TestApp, before: usize) {
+    let history = state::history(&mut app.db.conn(), 1000).unwrap();
+    assert!(history.iter().all(|h| h.outcome != "failed"), "{history:?}");
+    assert_eq!(
+        history.len(),
+        before,
+        "{:?}",
+        &history[..history.len() - before]
+    );
+}
+
+#[actix_web::test]
+async fn unknown_fields_and_positional_bodies_are_refused_naming_the_field() {
+    let app = TestApp::spawn().await;
+    app.walk_to(Phase::DualWrite).await;
+    let before = state::history(&mut app.db.conn(), 1000).unwrap().len();
+    let knobs = |status: serde_json::Value| {
+        let b = &status["backfill"];
+        (b["batch_size"].clone(), b["sleep_ms"].clone())
+    };
+    let stored = knobs(app.admin_status().await);
+    assert!(stored.0.is_i64() && stored.1.is_i64(), "{stored:?}");
+    let mut cases = vec![
+        (
+            "/api/admin/migration/advance",
+            r#"{"withoutClientCheck":true}"#,
+            "withoutClientCheck",
+        ),
+        (
+            "/api/admin/migration/rollback",
+            r#"{"confirm":"users.full_name"}"#,
+            "confirm",
+        ),
+        (
+            "/api/admin/backfill/settings",
+            r#"{"sleepms":5000}"#,
+            "sleepms",
+        ),
+        ("/api/admin/backfill/pause", r#"{"now":true}"#, "now"),
+        ("/api/admin/backfill/cancel", r#"{"now":true}"#, "now"),
+        ("/api/admin/verify", r#"{"phase":"baseline"}"#, "phase"),
+    ];
+    for path in ["/api/admin/backfill/start", "/api/admin/backfill/resume"] {
+        cases.push((path, r#"{"batchsize":0}"#, "batchsize"));
+        cases.push((path, r#"{"batch_size ":0}"#, "batch_size "));
+        cases.push((path, r#"{"Batch_Size":0}"#, "Batch_Size"));
+        cases.push((path, r#"{"batch_size":10,"sleepms":0}"#, "sleepms"));
+    }
+    for path in [
+        "/api/admin/backfill/start",
+        "/api/admin/backfill/settings",
+        "/api/admin/migration/advance",
+    ] {
+        cases.push((path, "[777,3,41,2]", "body"));
+        cases.push((path, "null", "body"));
+        cases.push((path, r#""batch_size""#, "body"));
+    }
+    for (path, body, field) in cases {
+        let response = admin_raw(&app, path, body).await;
+        assert_eq!(refused_field(response, body).await, field, "{path} {body}");
+    }
+    assert_eq!(app.phase(), Phase::DualWrite);
+    let status = app.admin_status().await;
+    assert_eq!(status["backfill"]["state"], "idle");
+    assert_eq!(knobs(status), stored, "no knob was set");
+    assert_nothing_recorded_since(&app, before);
+
+    // Empty bodies and empty objects are still what they were: the stored knobs.
+    for body in ["", " ", "{}"] {
+        let response = admin_raw(&app, "/api/admin/backfill/settings", body).await;
+        assert_eq!(response.status(), 200, "{body:?}");
+    }
+    let empty = app
+        .client
+        .post(app.url("/api/admin/verify"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 200);
 }

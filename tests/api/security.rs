@@ -230,7 +230,7 @@ async fn admin_bodies_are_read_only_after_authentication_and_never_half_understo
             "{error}"
         );
     }
-    for (body, status) in [("{", 400), ("[1]", 400), ("{} trailing", 400)] {
+    for (body, status) in [("{", 400), ("[1]", 422), ("{} trailing", 400)] {
         let response = app
             .client
             .post(app.url("/api/admin/backfill/start"))
