@@ -55,7 +55,9 @@ pub fn step_from(value: Option<&str>) -> Result<Option<Phase>, AppError> {
 }
 
 /// Advances one phase, from `from` if given (409 naming the phase when it is another);
-/// `actor` (an admin session or the API, and this instance) goes into the history.
+/// `actor` (an admin session or the API, and this instance) goes into the history. A
+/// confirmation with control characters is refused first: it could never match, and a NUL
+/// byte would fail the step in PostgreSQL rather than be refused.
 pub async fn advance_step(
     state: &web::Data<AppState>,
     actor: String,
@@ -63,6 +65,15 @@ pub async fn advance_step(
     confirm: Option<String>,
     without_client_check: bool,
 ) -> Result<Transition, AppError> {
+    if confirm
+        .as_deref()
+        .is_some_and(|c| c.chars().any(char::is_control))
+    {
+        return Err(AppError::Validation(FieldError::new(
+            "confirm",
+            "confirm must not contain control characters (such as NUL).",
+        )));
+    }
     let transition = own_connection(state, move |conn| {
         let consent = Consent {
             confirm: confirm.as_deref(),

@@ -74,8 +74,9 @@ pub fn path_config() -> web::PathConfig {
 /// A JSON body that may be left out, parsed by the handler (after authentication) instead of
 /// an extractor: an empty body is `T::default()`; anything else must be a JSON object of
 /// `T`'s fields (415 for another content type, 400 for JSON that does not parse or a field
-/// of the wrong type, 422 naming the field for one `T` does not have, 422 naming `body` for
-/// an array or any other value in place of the object). Unlike `Option<web::Json<T>>`, a
+/// of the wrong type, 422 naming the field for one `T` does not have or one whose text holds
+/// a NUL byte, which PostgreSQL refuses to store, 422 naming `body` for an array or any other
+/// value in place of the object). Unlike `Option<web::Json<T>>`, a
 /// malformed body is never taken for a missing one, and a misspelt knob is never ignored.
 pub fn optional_json<T: DeserializeOwned + Default>(
     req: &HttpRequest,
@@ -104,6 +105,15 @@ pub fn optional_json<T: DeserializeOwned + Default>(
             expected: fields,
         });
     }
+    if let Some(field) = fields
+        .iter()
+        .find(|f| object.get(**f).is_some_and(holds_nul))
+    {
+        return Err(AppError::Validation(FieldError::new(
+            field,
+            format!("{field} must not contain a NUL byte."),
+        )));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -113,6 +123,16 @@ pub fn optional_json<T: DeserializeOwned + Default>(
             AppError::BadRequest(format!("Malformed JSON body: field {path}: {inner}."))
         }
     })
+}
+
+/// Whether a JSON value holds a NUL byte in any of its text.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 /// The fields of the struct `T`, as serde's derive names them to the deserializer (so that
@@ -163,5 +183,22 @@ mod tests {
         #[derive(serde::Deserialize)]
         struct Nothing {}
         assert!(struct_fields::<Nothing>().is_empty());
+    }
+
+    #[test]
+    fn nul_bytes_are_found_at_any_depth() {
+        for (json, nul) in [
+            (r#""auto""#, false),
+            (r#""auto\u0000""#, true),
+            (r#"["a", {"b": "c\u0000"}]"#, true),
+            (r#"{"\u0000": 1}"#, true),
+            ("7", false),
+        ] {
+            assert_eq!(
+                holds_nul(&serde_json::from_str(json).unwrap()),
+                nul,
+                "{json}"
+            );
+        }
     }
 }

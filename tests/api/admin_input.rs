@@ -212,6 +212,90 @@ fn assert_nothing_recorded_since(app: &TestApp, before: usize) {
 }
 
 #[actix_web::test]
+async fn a_nul_byte_in_an_admin_text_field_is_a_bad_field_and_records_nothing() {
+    let app = TestApp::spawn().await;
+    app.walk_to(Phase::DualWrite).await;
+    let before = state::history(&mut app.db.conn(), 1000).unwrap().len();
+    for (path, body, field) in [
+        (
+            "/api/admin/migration/advance",
+            r#"{"confirm":"users.full_name\u0000"}"#,
+            "confirm",
+        ),
+        (
+            "/api/admin/migration/advance",
+            r#"{"from":"dual_write\u0000"}"#,
+            "from",
+        ),
+        (
+            "/api/admin/migration/rollback",
+            r#"{"from":"dual_write\u0000"}"#,
+            "from",
+        ),
+        (
+            "/api/admin/backfill/start",
+            r#"{"workers":"auto\u0000"}"#,
+            "workers",
+        ),
+        (
+            "/api/admin/backfill/settings",
+            r#"{"workers":"2\u0000"}"#,
+            "workers",
+        ),
+    ] {
+        let response = admin_raw(&app, path, body).await;
+        assert_eq!(refused_field(response, body).await, field, "{path} {body}");
+    }
+    // The dashboard's forms alike.
+    let cookie = log_in(&app).await;
+    let (_, dashboard) = page(&app, &cookie, "/admin").await;
+    let csrf = csrf_of(&dashboard);
+    for (path, fields, field) in [
+        ("/admin/advance", "confirm=users.full_name%00", "confirm"),
+        ("/admin/advance", "from=dual_write%00", "from"),
+        ("/admin/rollback", "from=dual_write%00", "from"),
+        ("/admin/backfill/start", "workers=auto%00", "workers"),
+        (
+            "/admin/backfill/settings",
+            "batch_size=100%00",
+            "batch_size",
+        ),
+    ] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .header(COOKIE, &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}&{fields}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422, "{path} {fields}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains(field), "{path} {fields}: {text}");
+    }
+    // The token and the CSRF token are compared, never stored: a NUL is just a wrong one.
+    for (path, body, cookie, status) in [
+        ("/admin/login", "token=test-admin-token%00", "", 401),
+        ("/admin/advance", "csrf=%00", cookie.as_str(), 403),
+    ] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .header(COOKIE, cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path} {body}");
+    }
+    assert_eq!(app.phase(), Phase::DualWrite);
+    assert_eq!(app.admin_status().await["backfill"]["state"], "idle");
+    assert_nothing_recorded_since(&app, before);
+}
+
+#[actix_web::test]
 async fn unknown_fields_and_positional_bodies_are_refused_naming_the_field() {
     let app = TestApp::spawn().await;
     app.walk_to(Phase::DualWrite).await;
