@@ -85,7 +85,8 @@ pub fn optional_json<T: DeserializeOwned + Default>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    if req.content_type() != "application/json" {
+    // Media types are case-insensitive: Application/JSON is JSON.
+    if !req.content_type().eq_ignore_ascii_case("application/json") {
         return Err(AppError::UnsupportedMediaType(
             "Send the body as JSON with Content-Type: application/json.".to_owned(),
         ));

@@ -365,3 +365,38 @@ async fn unknown_fields_and_positional_bodies_are_refused_naming_the_field() {
         .unwrap();
     assert_eq!(empty.status(), 200);
 }
+
+#[actix_web::test]
+async fn the_bearer_scheme_and_the_json_media_type_are_case_insensitive() {
+    let app = TestApp::spawn().await;
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = app
+            .client
+            .get(app.url("/api/admin/migration"))
+            .header("authorization", format!("{scheme} {ADMIN_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    let response = app
+        .client
+        .post(app.url("/api/admin/migration/advance"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "Application/JSON; charset=UTF-8")
+        .body(r#"{"from":"baseline"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    app.wait_for_phase(Phase::Expanded).await;
+    let response = app
+        .client
+        .post(app.url("/api/v1/users"))
+        .header("content-type", "Application/JSON")
+        .body(r#"{"full_name":"Ada Lovelace","email":"ada@example.com"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}

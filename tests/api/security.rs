@@ -418,19 +418,25 @@ async fn the_latency_the_backfill_watches_leaves_out_a_slow_client() {
 #[actix_web::test]
 async fn forms_with_invalid_utf8_are_refused_like_json() {
     let app = TestApp::spawn().await;
-    let response = app
-        .client
-        .post(app.url("/v1/users"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header(COOKIE, format!("zdm_csrf={FORM_TOKEN}"))
-        .body(format!(
-            "full_name=A%ff%feB&email=utf8%40example.com&csrf={FORM_TOKEN}"
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    assert!(response.text().await.unwrap().contains("not valid UTF-8"));
+    // Media types are case-insensitive, for the form parser and for this check alike.
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "Application/X-WWW-Form-URLEncoded",
+    ] {
+        let response = app
+            .client
+            .post(app.url("/v1/users"))
+            .header("content-type", content_type)
+            .header(COOKIE, format!("zdm_csrf={FORM_TOKEN}"))
+            .body(format!(
+                "full_name=A%ff%feB&email=utf8%40example.com&csrf={FORM_TOKEN}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{content_type}");
+        assert!(response.text().await.unwrap().contains("not valid UTF-8"));
+    }
     let json = app
         .client
         .post(app.url("/api/v1/users"))
