@@ -557,3 +557,69 @@ async fn the_home_page_never_counts_a_big_table() {
     let shown = count(app.get("/").await.text().await.unwrap());
     assert!(shown.starts_with("about 10,0"), "{shown}");
 }
+
+#[actix_web::test]
+async fn names_of_invisible_characters_only_are_blank() {
+    let app = TestApp::spawn().await;
+    app.walk_to(zdm::migration::Phase::DualWrite).await;
+    let invisible = [
+        "\u{200B}",
+        "\u{FEFF}",
+        "\u{2060}",
+        "\u{00AD}",
+        "\u{3164}",
+        "\u{115F}",
+        "\u{180E}",
+        "\u{061C}",
+        "\u{200E}",
+        "\u{200B} \u{FEFF}",
+    ];
+    for (i, name) in invisible.into_iter().enumerate() {
+        let email = format!("invisible{i}@example.com");
+        let v1 = app
+            .post_json(
+                "/api/v1/users",
+                &serde_json::json!({ "full_name": name, "email": email }),
+            )
+            .await;
+        assert_eq!(v1.status(), 422, "{name:?}");
+        let error: serde_json::Value = v1.json().await.unwrap();
+        assert_eq!(error["field"], "full_name", "{name:?}");
+        let form = app
+            .post_form("/v1/users", &[("full_name", name), ("email", &email)])
+            .await;
+        assert_eq!(form.status(), 422, "{name:?}");
+        for (first, last, field) in [(name, "Smith", "first_name"), ("Ada", name, "last_name")] {
+            let v2 = app
+                .post_json(
+                    "/api/v2/users",
+                    &serde_json::json!({ "first_name": first, "last_name": last, "email": email }),
+                )
+                .await;
+            assert_eq!(v2.status(), 422, "{first:?} {last:?}");
+            let error: serde_json::Value = v2.json().await.unwrap();
+            assert_eq!(error["field"], field, "{first:?} {last:?}");
+            let form = app
+                .post_form(
+                    "/v2/users",
+                    &[
+                        ("first_name", first),
+                        ("last_name", last),
+                        ("email", &email),
+                    ],
+                )
+                .await;
+            assert_eq!(form.status(), 422, "{first:?} {last:?}");
+        }
+    }
+    let list = app.get_json("/api/v1/users").await;
+    assert_eq!(list["users"].as_array().unwrap().len(), 0, "{list}");
+    // A visible name keeps its invisible joiners and marks.
+    let ok = app
+        .post_json(
+            "/api/v1/users",
+            &serde_json::json!({ "full_name": "Ada\u{00AD}line 👩\u{200D}💻", "email": "ok@example.com" }),
+        )
+        .await;
+    assert_eq!(ok.status(), 201);
+}
