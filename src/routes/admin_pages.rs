@@ -29,7 +29,7 @@ use crate::migration::backfill::{self, BackfillState, Knobs, Workers};
 use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::state::Action;
 use crate::migration::status::MigrationStatus;
-use crate::secrets::new_secret;
+use crate::secrets::{is_secret_form, new_secret};
 
 /// The report `zdm demo` writes last, in the report folder.
 const DEMO_REPORT: &str = "demo-latest.html";
@@ -109,12 +109,21 @@ async fn login(
         new_secret().map_err(AppError::internal)?,
         new_secret().map_err(AppError::internal)?,
     );
+    let https = client_info(&req).https;
+    // The session this browser held before ends: a log-in replaces it rather than leaving
+    // it valid beside the new one.
+    let previous = req
+        .cookie(&cookie_name(SESSION_COOKIE, https))
+        .map(|c| c.value().to_owned())
+        .filter(|old| is_secret_form(old));
     let stored = id.clone();
     db(&state, move |conn| {
+        if let Some(previous) = previous {
+            crate::db::admin_auth::delete_session(conn, &previous)?;
+        }
         Ok(crate::db::admin_auth::create_session(conn, &stored, &csrf)?)
     })
     .await?;
-    let https = client_info(&req).https;
     let cookie = Cookie::build(cookie_name(SESSION_COOKIE, https), id)
         .path("/")
         .http_only(true)
