@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::migration::backfill;
 use crate::migration::control::{self, BackfillSettings};
 use crate::migration::runner::Consent;
-use crate::migration::state;
+use crate::migration::{Phase, state};
 use crate::startup::{self, StartupError};
 use crate::tools::bench;
 use crate::tools::demo::{self, DemoOptions, Fault};
@@ -100,6 +100,10 @@ enum MigrateAction {
     Status,
     /// Advance one phase if its gates are met.
     Advance {
+        /// Only if the phase is still this one (as `migrate status` showed it): a command
+        /// repeated after its step went through takes no second step.
+        #[arg(long, value_name = "PHASE")]
+        from: Option<Phase>,
         /// Required to contract: type `users.full_name`.
         #[arg(long)]
         confirm: Option<String>,
@@ -109,7 +113,11 @@ enum MigrateAction {
         without_client_check: bool,
     },
     /// Roll back one phase where the data allows.
-    Rollback,
+    Rollback {
+        /// Only if the phase is still this one, as for `advance`.
+        #[arg(long, value_name = "PHASE")]
+        from: Option<Phase>,
+    },
 }
 
 impl MigrateAction {
@@ -121,6 +129,7 @@ impl MigrateAction {
         match self {
             MigrateAction::Status => {}
             MigrateAction::Advance {
+                from,
                 confirm,
                 without_client_check,
             } => {
@@ -128,11 +137,11 @@ impl MigrateAction {
                     confirm: confirm.as_deref(),
                     without_client_check,
                 };
-                let t = control::advance(&mut conn, CLI_ACTOR, &consent)?;
+                let t = control::advance(&mut conn, CLI_ACTOR, from, &consent)?;
                 println!("advanced {} → {}", t.from, t.to);
             }
-            MigrateAction::Rollback => {
-                let t = control::rollback(&mut conn, CLI_ACTOR, &settings)?;
+            MigrateAction::Rollback { from } => {
+                let t = control::rollback(&mut conn, CLI_ACTOR, from, &settings)?;
                 println!("rolled back {} → {}", t.from, t.to);
             }
         }

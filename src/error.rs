@@ -2,6 +2,7 @@
 //!
 //! When to use what:
 //! - `Validation`: input that parsed but breaks a rule (422, names the field).
+//! - `UnknownField`: a body with a field the request does not take (422, names it).
 //! - `BadRequest`: input that does not parse at all (400).
 //! - `NotFound`: no such row or route (404). `diesel::NotFound` converts to it.
 //! - `Conflict`: the request clashes with stored data, e.g. a duplicate email (409).
@@ -40,6 +41,12 @@ type Cause = Box<dyn std::error::Error + Send + Sync>;
 pub enum AppError {
     #[error("{0}")]
     Validation(FieldError),
+    /// A body field the request does not take, named as the client spelt it.
+    #[error("{}", unknown_field_message(.field, .expected))]
+    UnknownField {
+        field: String,
+        expected: &'static [&'static str],
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("not found")]
@@ -85,9 +92,10 @@ impl AppError {
     }
 
     /// The field a client should fix, if the error is about one.
-    pub fn field(&self) -> Option<&'static str> {
+    pub fn field(&self) -> Option<&str> {
         match self {
             AppError::Validation(e) | AppError::Conflict(e) => Some(e.field),
+            AppError::UnknownField { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -132,6 +140,17 @@ impl AppError {
             AppError::Fenced => log::warn!("refused a request: the phase lease is stale"),
             _ => {}
         }
+    }
+}
+
+fn unknown_field_message(field: &str, expected: &[&str]) -> String {
+    if expected.is_empty() {
+        format!("Unknown field {field:?}: this request takes no fields.")
+    } else {
+        format!(
+            "Unknown field {field:?}: this request takes {}.",
+            expected.join(", ")
+        )
     }
 }
 
@@ -200,16 +219,18 @@ impl From<actix_web::error::BlockingError> for AppError {
 }
 
 #[derive(Serialize)]
-struct ErrorBody {
+struct ErrorBody<'a> {
     error: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'static str>,
+    field: Option<&'a str>,
 }
 
 impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
         match self {
-            AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Validation(_) | AppError::UnknownField { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::Conflict(_) | AppError::Refused(_) => StatusCode::CONFLICT,

@@ -17,6 +17,42 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Characters that show nothing by themselves: Unicode's default-ignorable code points
+/// (zero-width spaces and joiners, the soft hyphen, word joiners, byte order marks, bidi
+/// marks, variation selectors, Hangul fillers, tags...) and the blank braille pattern. A
+/// name may hold them (an emoji needs its joiners, a long word its soft hyphens) but not be
+/// made of them alone: it would show as blank.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
+/// Whether a normalised name shows nothing: empty, or spaces and invisible characters only.
+pub(crate) fn looks_blank(name: &str) -> bool {
+    name.chars().all(|c| c == ' ' || is_invisible(c))
+}
+
 /// Why a name part cannot be stored as sent, if it cannot: control characters, or
 /// bidirectional controls.
 pub(crate) fn refused_characters(
@@ -45,15 +81,15 @@ pub(crate) fn refused_characters(
 
 impl FullName {
     /// Whitespace is normalised (see `name_rule`); control characters such as NUL, tabs or
-    /// newlines, bidirectional controls, blank names and names over `FULL_NAME_MAX_CHARS`
-    /// characters are refused.
+    /// newlines, bidirectional controls, blank names (invisible characters only count as
+    /// blank) and names over `FULL_NAME_MAX_CHARS` characters are refused.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         const FIELD: &str = "full_name";
         if let Some(refused) = refused_characters(raw, FIELD, "Full name") {
             return Err(refused);
         }
         let name = normalize_whitespace(raw);
-        if name.is_empty() {
+        if looks_blank(&name) {
             return Err(FieldError::new(FIELD, "Full name must not be blank."));
         }
         let chars = name.chars().count();
@@ -97,6 +133,8 @@ mod tests {
             "🙂",
             // Emoji joined by U+200D stay whole.
             "Ada 👩\u{200D}💻",
+            // A visible name keeps its invisible characters.
+            "Ada\u{00AD}line",
             "\u{05D3}\u{05D5}\u{05D3} Cohen",
         ] {
             assert_eq!(FullName::parse(ok).unwrap().as_str(), ok);
@@ -131,6 +169,11 @@ mod tests {
             "Ada\nLovelace",
             "Ada\tL",
             "A\u{7f}",
+            "\u{200B}",
+            "\u{FEFF}\u{2060}",
+            "\u{00AD} \u{3164}",
+            "\u{115F}\u{180E}\u{061C}\u{200E}",
+            "\u{2800}",
         ] {
             let err = FullName::parse(bad).unwrap_err();
             assert_eq!(err.field, "full_name", "{bad:?}");

@@ -1,7 +1,7 @@
 //! A person's name as v2 clients send it: first and last name apart.
 
 use super::FieldError;
-use super::full_name::{FULL_NAME_MAX_CHARS, refused_characters};
+use super::full_name::{FULL_NAME_MAX_CHARS, looks_blank, refused_characters};
 use super::name_rule::{join_name, normalize_whitespace};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,14 +19,21 @@ fn part(raw: &str, field: &'static str, label: &str) -> Result<String, FieldErro
 
 impl NameParts {
     /// Both parts are normalised by the name rule. The first name is required; the last name
-    /// may be empty (people with one name). Together they obey the full name's length cap.
+    /// may be empty (people with one name), but not invisible characters only (it would look
+    /// empty and be something else). Together they obey the full name's length cap.
     pub fn parse(first_name: &str, last_name: &str) -> Result<Self, FieldError> {
         let first_name = part(first_name, "first_name", "First name")?;
         let last_name = part(last_name, "last_name", "Last name")?;
-        if first_name.is_empty() {
+        if looks_blank(&first_name) {
             return Err(FieldError::new(
                 "first_name",
                 "First name must not be blank.",
+            ));
+        }
+        if !last_name.is_empty() && looks_blank(&last_name) {
+            return Err(FieldError::new(
+                "last_name",
+                "Last name has no visible character: leave it empty or write it out.",
             ));
         }
         let chars = join_name(&first_name, &last_name).chars().count();
@@ -62,6 +69,14 @@ mod tests {
         assert_eq!(
             NameParts::parse("  ", "Smith").unwrap_err().field,
             "first_name"
+        );
+        assert_eq!(
+            NameParts::parse("\u{200B}", "Smith").unwrap_err().field,
+            "first_name"
+        );
+        assert_eq!(
+            NameParts::parse("Ann", "\u{FEFF}").unwrap_err().field,
+            "last_name"
         );
         assert_eq!(
             NameParts::parse("Ann", "Sm\0ith").unwrap_err().field,

@@ -85,23 +85,26 @@ pub enum ControlError {
     NotStarted(String),
 }
 
-/// Advances one phase; `actor` goes into the history.
+/// Advances one phase, from `from` if given (else from wherever the migration is); `actor`
+/// goes into the history.
 pub fn advance(
     conn: &mut PgConnection,
     actor: &str,
+    from: Option<Phase>,
     consent: &Consent<'_>,
 ) -> Result<Transition, RunError> {
-    runner::advance_with(conn, actor, consent)
+    runner::advance_with(conn, actor, from, consent)
 }
 
-/// Rolls back one phase; `actor` goes into the history. Its reverse backfill (out of
-/// new_only) waits as `settings` say.
+/// Rolls back one phase, from `from` if given; `actor` goes into the history. Its reverse
+/// backfill (out of new_only) waits as `settings` say.
 pub fn rollback(
     conn: &mut PgConnection,
     actor: &str,
+    from: Option<Phase>,
     settings: &BackfillSettings,
 ) -> Result<Transition, RunError> {
-    runner::rollback(conn, actor, &mut settings.throttle())
+    runner::rollback(conn, actor, from, &mut settings.throttle())
 }
 
 /// Checks the backfill's gates for the stored phase and stores the knobs, which its callers

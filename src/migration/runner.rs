@@ -46,6 +46,8 @@ pub const LOCK_RETRY_SCHEDULE: [Duration; 5] = [
 /// How long a rollback out of new_only waits for every instance to dual-write again.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 const LOCK_KEY: i64 = 0x7a64_6d72; // "zdmr"
+/// How long a step that names the phase it starts from waits for a step in progress.
+pub const NAMED_STEP_WAIT: Duration = Duration::from_secs(10);
 
 pub const EXPAND: &str = "9000-00-01-000000_phase_1_expand";
 pub const DUAL_WRITE: &str = "9000-00-02-000000_phase_2_dual_write";
@@ -71,6 +73,10 @@ const LOCK_TIMEOUT_PREFIX: &str = "zdm_lock_timeout: ";
 pub enum RunError {
     #[error("another migration step is in progress; try again when it has finished")]
     Busy,
+    /// The step named the phase it starts from, and the phase is another: someone else (or an
+    /// earlier try of the same request) took a step meanwhile.
+    #[error("the phase is {phase}, not {expected}: another step was taken since; nothing was done")]
+    PhaseMoved { expected: Phase, phase: Phase },
     /// A gate of the step is unmet (checked by the step's SQL): what, and what to do.
     #[error("{0}")]
     Refused(String),
@@ -130,6 +136,7 @@ impl RunError {
         matches!(
             self,
             RunError::Busy
+                | RunError::PhaseMoved { .. }
                 | RunError::Refused(_)
                 | RunError::AtEnd
                 | RunError::AtStart
@@ -175,6 +182,7 @@ pub fn advance(
     advance_with(
         conn,
         actor,
+        None,
         &Consent {
             confirm,
             without_client_check: false,
@@ -192,15 +200,17 @@ pub struct Consent<'a> {
     pub without_client_check: bool,
 }
 
-/// As `advance`, with the contract's consent.
+/// As `advance`, with the contract's consent, and only from `expected` when it is given (see
+/// `take_lock`).
 pub fn advance_with(
     conn: &mut PgConnection,
     actor: &str,
+    expected: Option<Phase>,
     consent: &Consent,
 ) -> Result<Transition, RunError> {
-    let mut lock = AdvisoryLock::try_acquire(conn, LOCK_KEY)?.ok_or(RunError::Busy)?;
+    let mut lock = take_lock(conn, expected)?;
     let conn = lock.conn();
-    let from = state::current_phase(conn)?;
+    let from = phase_as_expected(conn, expected)?;
     let to = from.next().ok_or(RunError::AtEnd)?;
     let outcome = with_step_settings(conn, actor, consent, |conn| {
         let migration = step_migration(from).ok_or(RunError::AtEnd)?;
@@ -232,15 +242,17 @@ pub fn advance_with(
 /// everything full_name held (its normalised form is their join), so the drop is undone by
 /// re-adding the column empty, and the rollback new_only → read_new refills it. The reverse
 /// backfill of that rollback waits for `throttle` (replica lag, the requests' p99) like the
-/// forward backfill.
+/// forward backfill. Only from `expected` when it is given (the stored phase: read_new for
+/// a rollback out of new_only that stopped half-way).
 pub fn rollback(
     conn: &mut PgConnection,
     actor: &str,
+    expected: Option<Phase>,
     throttle: &mut Throttle,
 ) -> Result<Transition, RunError> {
-    let mut lock = AdvisoryLock::try_acquire(conn, LOCK_KEY)?.ok_or(RunError::Busy)?;
+    let mut lock = take_lock(conn, expected)?;
     let conn = lock.conn();
-    let from = state::current_phase(conn)?;
+    let from = phase_as_expected(conn, expected)?;
     let last = last_applied_step(conn)?;
     // A rollback out of new_only that stopped half-way (instances slow to acknowledge, the
     // reverse backfill paused): the phase is already read_new, full_name still optional.
@@ -272,6 +284,32 @@ pub fn rollback(
         record_failure(conn, Action::Rollback, from, to, actor, e);
     }
     outcome
+}
+
+/// Takes the runner's lock. A step that names the phase it starts from (`expected`) waits
+/// for a step in progress, up to `NAMED_STEP_WAIT`, and is then checked against the phase
+/// that step left: two operators who each press "Advance" once take one step between them,
+/// and a retry of a step that went through is refused. Without it, a step is refused at once
+/// while another runs.
+fn take_lock(
+    conn: &mut PgConnection,
+    expected: Option<Phase>,
+) -> Result<AdvisoryLock<'_>, RunError> {
+    let lock = match expected {
+        Some(_) => AdvisoryLock::acquire_within(conn, LOCK_KEY, NAMED_STEP_WAIT)?,
+        None => AdvisoryLock::try_acquire(conn, LOCK_KEY)?,
+    };
+    lock.ok_or(RunError::Busy)
+}
+
+/// The stored phase, read under the runner's lock, if it is `expected` (or nothing was
+/// expected). A refusal here changes nothing and is not recorded.
+fn phase_as_expected(conn: &mut PgConnection, expected: Option<Phase>) -> Result<Phase, RunError> {
+    let phase = state::current_phase(conn)?;
+    match expected {
+        Some(expected) if expected != phase => Err(RunError::PhaseMoved { expected, phase }),
+        _ => Ok(phase),
+    }
 }
 
 /// The rollback out of new_only. The phase goes back to read_new first (as the first

@@ -8,6 +8,7 @@ use diesel::prelude::*;
 
 use super::db;
 use crate::app_state::AppState;
+use crate::domain::{FieldError, Phase};
 use crate::error::AppError;
 use crate::migration::backfill::{BackfillState, Knobs};
 use crate::migration::control;
@@ -36,34 +37,64 @@ where
     .await?
 }
 
-/// Advances one phase; `actor` (an admin session or the API, and this instance) goes into
-/// the history.
+/// The phase a step starts from, as a form or a body names it (empty: not named).
+pub fn step_from(value: Option<&str>) -> Result<Option<Phase>, AppError> {
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            let phases: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+            AppError::Validation(FieldError::new(
+                "from",
+                format!(
+                    "from must name the phase the step starts from: one of {}.",
+                    phases.join(", ")
+                ),
+            ))
+        }),
+    }
+}
+
+/// Advances one phase, from `from` if given (409 naming the phase when it is another);
+/// `actor` (an admin session or the API, and this instance) goes into the history. A
+/// confirmation with control characters is refused first: it could never match, and a NUL
+/// byte would fail the step in PostgreSQL rather than be refused.
 pub async fn advance_step(
     state: &web::Data<AppState>,
     actor: String,
+    from: Option<Phase>,
     confirm: Option<String>,
     without_client_check: bool,
 ) -> Result<Transition, AppError> {
+    if confirm
+        .as_deref()
+        .is_some_and(|c| c.chars().any(char::is_control))
+    {
+        return Err(AppError::Validation(FieldError::new(
+            "confirm",
+            "confirm must not contain control characters (such as NUL).",
+        )));
+    }
     let transition = own_connection(state, move |conn| {
         let consent = Consent {
             confirm: confirm.as_deref(),
             without_client_check,
         };
-        Ok(control::advance(conn, &actor, &consent)?)
+        Ok(control::advance(conn, &actor, from, &consent)?)
     })
     .await?;
     count_lock_timeouts(state, &transition);
     Ok(transition)
 }
 
-/// Rolls back one phase; `actor` goes into the history.
+/// Rolls back one phase, from `from` if given; `actor` goes into the history.
 pub async fn rollback_step(
     state: &web::Data<AppState>,
     actor: String,
+    from: Option<Phase>,
 ) -> Result<Transition, AppError> {
     let settings = state.backfill.clone();
     let transition = own_connection(state, move |conn| {
-        Ok(control::rollback(conn, &actor, &settings)?)
+        Ok(control::rollback(conn, &actor, from, &settings)?)
     })
     .await?;
     count_lock_timeouts(state, &transition);

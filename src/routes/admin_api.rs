@@ -10,7 +10,7 @@ use serde_json::json;
 use super::BODY_LIMIT;
 use super::actions::{
     advance_step, change_knobs, check_knobs, current_status, rollback_step, start_backfill_now,
-    stop_backfill_now, verify_now,
+    step_from, stop_backfill_now, verify_now,
 };
 use super::admin_auth::{self, api_actor, record_action};
 use super::input::optional_json;
@@ -42,7 +42,10 @@ async fn status(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdvanceBody {
+    /// The phase the step starts from; without it, from wherever the migration is.
+    from: Option<String>,
     confirm: Option<String>,
     #[serde(default)]
     without_client_check: bool,
@@ -54,14 +57,29 @@ async fn advance(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let body: AdvanceBody = optional_json(&req, &body)?;
+    let from = step_from(body.from.as_deref())?;
     let actor = api_actor(&state.instance_id);
-    let transition = advance_step(&state, actor, body.confirm, body.without_client_check).await?;
+    let transition =
+        advance_step(&state, actor, from, body.confirm, body.without_client_check).await?;
     Ok(HttpResponse::Ok()
         .json(json!({ "transition": transition, "status": current_status(&state).await? })))
 }
 
-async fn rollback(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let transition = rollback_step(&state, api_actor(&state.instance_id)).await?;
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    /// As `AdvanceBody::from`.
+    from: Option<String>,
+}
+
+async fn rollback(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let body: RollbackBody = optional_json(&req, &body)?;
+    let from = step_from(body.from.as_deref())?;
+    let transition = rollback_step(&state, api_actor(&state.instance_id), from).await?;
     Ok(HttpResponse::Ok()
         .json(json!({ "transition": transition, "status": current_status(&state).await? })))
 }
@@ -83,7 +101,17 @@ async fn start_backfill(
     Ok(HttpResponse::Accepted().json(start_backfill_now(&state, knobs).await?))
 }
 
-async fn pause_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+/// The body of an action that takes no fields: empty, or `{}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
+
+async fn pause_backfill(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let NoFields {} = optional_json(&req, &body)?;
     record_action(
         &state,
         &api_actor(&state.instance_id),
@@ -94,7 +122,12 @@ async fn pause_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppE
     Ok(HttpResponse::Ok().json(stop_backfill_now(&state, BackfillState::Paused).await?))
 }
 
-async fn cancel_backfill(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+async fn cancel_backfill(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let NoFields {} = optional_json(&req, &body)?;
     record_action(
         &state,
         &api_actor(&state.instance_id),
@@ -122,7 +155,12 @@ async fn backfill_settings(
     Ok(HttpResponse::Ok().json(change_knobs(&state, knobs).await?))
 }
 
-async fn run_verify(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+async fn run_verify(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let NoFields {} = optional_json(&req, &body)?;
     record_action(&state, &api_actor(&state.instance_id), Action::Verify, "").await;
     Ok(HttpResponse::Ok().json(verify_now(&state).await?))
 }

@@ -140,15 +140,17 @@ pub async fn session_of(
 }
 
 /// The Bearer token check of the admin API. A wrong token counts as a failed attempt; no
-/// token at all is simply refused.
+/// token at all is simply refused. The scheme's name is case-insensitive (RFC 7235):
+/// `bearer` is Bearer.
 async fn check_bearer(req: &HttpRequest) -> Result<(), AppError> {
     let state = state_of(req)?;
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .unwrap_or_default();
     if token_matches(given, &state.admin_token) {
         return Ok(());

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::actions::{
     advance_step, change_knobs, check_knobs, current_status, rollback_step, start_backfill_now,
-    stop_backfill_now, verify_now,
+    step_from, stop_backfill_now, verify_now,
 };
 use super::admin_auth::{
     self, AdminSession, SESSION_COOKIE, failed_attempt, session_of, token_matches,
@@ -29,7 +29,7 @@ use crate::migration::backfill::{self, BackfillState, Knobs, Workers};
 use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::state::Action;
 use crate::migration::status::MigrationStatus;
-use crate::secrets::new_secret;
+use crate::secrets::{is_secret_form, new_secret};
 
 /// The report `zdm demo` writes last, in the report folder.
 const DEMO_REPORT: &str = "demo-latest.html";
@@ -109,12 +109,21 @@ async fn login(
         new_secret().map_err(AppError::internal)?,
         new_secret().map_err(AppError::internal)?,
     );
+    let https = client_info(&req).https;
+    // The session this browser held before ends: a log-in replaces it rather than leaving
+    // it valid beside the new one.
+    let previous = req
+        .cookie(&cookie_name(SESSION_COOKIE, https))
+        .map(|c| c.value().to_owned())
+        .filter(|old| is_secret_form(old));
     let stored = id.clone();
     db(&state, move |conn| {
+        if let Some(previous) = previous {
+            crate::db::admin_auth::delete_session(conn, &previous)?;
+        }
         Ok(crate::db::admin_auth::create_session(conn, &stored, &csrf)?)
     })
     .await?;
-    let https = client_info(&req).https;
     let cookie = Cookie::build(cookie_name(SESSION_COOKIE, https), id)
         .path("/")
         .http_only(true)
@@ -368,6 +377,9 @@ async fn finish<T>(
 pub struct AdvanceForm {
     #[serde(default)]
     csrf: String,
+    /// The phase the page showed: a form sent twice, or after someone else's step, takes no
+    /// second step.
+    from: Option<String>,
     confirm: Option<String>,
     /// The checkbox "without the client check" (sent only when ticked).
     without_client_check: Option<String>,
@@ -387,18 +399,33 @@ async fn advance(
         .filter(|c| !c.is_empty());
     let actor = session.actor(&state.instance_id);
     let without_client_check = form.without_client_check.is_some();
-    let outcome = advance_step(&state, actor, confirm, without_client_check).await;
+    let outcome = match step_from(form.from.as_deref()) {
+        Ok(from) => advance_step(&state, actor, from, confirm, without_client_check).await,
+        Err(e) => Err(e),
+    };
     finish(&state, session.csrf.clone(), outcome, "advanced").await
+}
+
+#[derive(Deserialize)]
+pub struct RollbackForm {
+    #[serde(default)]
+    csrf: String,
+    /// As `AdvanceForm::from`.
+    from: Option<String>,
 }
 
 async fn rollback(
     req: HttpRequest,
     state: web::Data<AppState>,
     session: web::ReqData<AdminSession>,
-    form: web::Form<CsrfForm>,
+    form: web::Form<RollbackForm>,
 ) -> Result<HttpResponse, HtmlError> {
     checked(&req, &session, &form.csrf)?;
-    let outcome = rollback_step(&state, session.actor(&state.instance_id)).await;
+    let actor = session.actor(&state.instance_id);
+    let outcome = match step_from(form.from.as_deref()) {
+        Ok(from) => rollback_step(&state, actor, from).await,
+        Err(e) => Err(e),
+    };
     finish(&state, session.csrf.clone(), outcome, "rolled_back").await
 }
 

@@ -56,7 +56,11 @@ pub async fn read_whole(req: &mut ServiceRequest) -> Result<(), HttpResponse> {
         Ok(Err(e)) => return Err(refusal(req, e)),
         Ok(Ok(body)) => body,
     };
-    if req.content_type() == "application/x-www-form-urlencoded" && !form_is_utf8(&body) {
+    // Case-insensitive, as media types are (and as the form extractor reads them).
+    let form = req
+        .content_type()
+        .eq_ignore_ascii_case("application/x-www-form-urlencoded");
+    if form && !form_is_utf8(&body) {
         return Err(refusal(
             req,
             AppError::BadRequest("Malformed form: a field is not valid UTF-8.".to_owned()),

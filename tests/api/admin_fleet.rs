@@ -407,3 +407,36 @@ async fn behind_a_trusted_proxy_limits_count_the_forwarded_client_and_cookies_fo
     let csrf = set_cookie_named(&page, "__Host-zdm_csrf").expect("a __Host- CSRF cookie");
     assert!(csrf.contains("Secure"), "{csrf}");
 }
+
+#[actix_web::test]
+async fn logging_in_again_ends_the_previous_session_of_that_browser() {
+    let app = TestApp::spawn().await;
+    let first = log_in(&app).await;
+    let log_in_with = |cookie: &str, token: &str| {
+        app.client
+            .post(app.url("/admin/login"))
+            .header(COOKIE, cookie.to_owned())
+            .form(&[("token", token)])
+            .send()
+    };
+    // A wrong token while logged in changes nothing.
+    let wrong = log_in_with(&first, "guess").await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(page(&app, &first, "/admin/status.json").await.0, 200);
+
+    let again = log_in_with(&first, ADMIN_TOKEN).await.unwrap();
+    assert_eq!(again.status(), 303);
+    let second = set_cookie_named(&again, "zdm_admin")
+        .expect("a new session cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_ne!(second, first);
+    assert_eq!(page(&app, &second, "/admin/status.json").await.0, 200);
+    assert_eq!(
+        page(&app, &first, "/admin/status.json").await.0,
+        401,
+        "the session the browser held before is over"
+    );
+}

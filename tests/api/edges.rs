@@ -335,7 +335,7 @@ fn apply(conn: &mut PgConnection, op: Op) {
             }
         }
         Op::Rollback => {
-            if let Err(e) = runner::rollback(conn, "test", &mut Throttle::none()) {
+            if let Err(e) = runner::rollback(conn, "test", None, &mut Throttle::none()) {
                 assert!(e.is_conflict(), "rollback from {phase}: {e}");
             }
         }
@@ -459,6 +459,7 @@ async fn the_reverse_backfill_of_a_rollback_waits_for_slow_requests() {
         runner::rollback(
             &mut conn,
             "test",
+            None,
             &mut Throttle::none().with_request_p99_limit(Some(50.0)),
         )
     });

@@ -275,6 +275,7 @@ async fn new_only_retries_past_a_long_transaction_in_both_directions() {
         runner::rollback(
             conn,
             "test",
+            None,
             &mut zdm::migration::backfill::Throttle::none(),
         )
     })

@@ -2,6 +2,7 @@
 //! PostgreSQL, one fresh database per test.
 
 mod admin_fleet;
+mod admin_input;
 mod admin_pages;
 mod backfill;
 mod backfill_crash;

@@ -230,7 +230,7 @@ async fn admin_bodies_are_read_only_after_authentication_and_never_half_understo
             "{error}"
         );
     }
-    for (body, status) in [("{", 400), ("[1]", 400), ("{} trailing", 400)] {
+    for (body, status) in [("{", 400), ("[1]", 422), ("{} trailing", 400)] {
         let response = app
             .client
             .post(app.url("/api/admin/backfill/start"))
@@ -418,19 +418,25 @@ async fn the_latency_the_backfill_watches_leaves_out_a_slow_client() {
 #[actix_web::test]
 async fn forms_with_invalid_utf8_are_refused_like_json() {
     let app = TestApp::spawn().await;
-    let response = app
-        .client
-        .post(app.url("/v1/users"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header(COOKIE, format!("zdm_csrf={FORM_TOKEN}"))
-        .body(format!(
-            "full_name=A%ff%feB&email=utf8%40example.com&csrf={FORM_TOKEN}"
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    assert!(response.text().await.unwrap().contains("not valid UTF-8"));
+    // Media types are case-insensitive, for the form parser and for this check alike.
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "Application/X-WWW-Form-URLEncoded",
+    ] {
+        let response = app
+            .client
+            .post(app.url("/v1/users"))
+            .header("content-type", content_type)
+            .header(COOKIE, format!("zdm_csrf={FORM_TOKEN}"))
+            .body(format!(
+                "full_name=A%ff%feB&email=utf8%40example.com&csrf={FORM_TOKEN}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{content_type}");
+        assert!(response.text().await.unwrap().contains("not valid UTF-8"));
+    }
     let json = app
         .client
         .post(app.url("/api/v1/users"))
@@ -550,4 +556,70 @@ async fn the_home_page_never_counts_a_big_table() {
     // Above 10,000 rows the page shows the planner's estimate instead of counting them all.
     let shown = count(app.get("/").await.text().await.unwrap());
     assert!(shown.starts_with("about 10,0"), "{shown}");
+}
+
+#[actix_web::test]
+async fn names_of_invisible_characters_only_are_blank() {
+    let app = TestApp::spawn().await;
+    app.walk_to(zdm::migration::Phase::DualWrite).await;
+    let invisible = [
+        "\u{200B}",
+        "\u{FEFF}",
+        "\u{2060}",
+        "\u{00AD}",
+        "\u{3164}",
+        "\u{115F}",
+        "\u{180E}",
+        "\u{061C}",
+        "\u{200E}",
+        "\u{200B} \u{FEFF}",
+    ];
+    for (i, name) in invisible.into_iter().enumerate() {
+        let email = format!("invisible{i}@example.com");
+        let v1 = app
+            .post_json(
+                "/api/v1/users",
+                &serde_json::json!({ "full_name": name, "email": email }),
+            )
+            .await;
+        assert_eq!(v1.status(), 422, "{name:?}");
+        let error: serde_json::Value = v1.json().await.unwrap();
+        assert_eq!(error["field"], "full_name", "{name:?}");
+        let form = app
+            .post_form("/v1/users", &[("full_name", name), ("email", &email)])
+            .await;
+        assert_eq!(form.status(), 422, "{name:?}");
+        for (first, last, field) in [(name, "Smith", "first_name"), ("Ada", name, "last_name")] {
+            let v2 = app
+                .post_json(
+                    "/api/v2/users",
+                    &serde_json::json!({ "first_name": first, "last_name": last, "email": email }),
+                )
+                .await;
+            assert_eq!(v2.status(), 422, "{first:?} {last:?}");
+            let error: serde_json::Value = v2.json().await.unwrap();
+            assert_eq!(error["field"], field, "{first:?} {last:?}");
+            let form = app
+                .post_form(
+                    "/v2/users",
+                    &[
+                        ("first_name", first),
+                        ("last_name", last),
+                        ("email", &email),
+                    ],
+                )
+                .await;
+            assert_eq!(form.status(), 422, "{first:?} {last:?}");
+        }
+    }
+    let list = app.get_json("/api/v1/users").await;
+    assert_eq!(list["users"].as_array().unwrap().len(), 0, "{list}");
+    // A visible name keeps its invisible joiners and marks.
+    let ok = app
+        .post_json(
+            "/api/v1/users",
+            &serde_json::json!({ "full_name": "Ada\u{00AD}line 👩\u{200D}💻", "email": "ok@example.com" }),
+        )
+        .await;
+    assert_eq!(ok.status(), 201);
 }

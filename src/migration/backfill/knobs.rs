@@ -15,6 +15,7 @@ const MAX_RESIZE_STEP: f64 = 1.5;
 
 /// The backfill's settings as a client changes them; `None` keeps the current value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Knobs {
     /// Rows per batch.
     pub batch_size: Option<i32>,
