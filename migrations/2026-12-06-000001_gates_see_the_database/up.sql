@@ -179,7 +179,6 @@ $$;
 CREATE TABLE zdm_column_use_watch (
     singleton BOOLEAN PRIMARY KEY DEFAULT true CHECK (singleton),
     stats_reset TIMESTAMPTZ,
-    sampled_at TIMESTAMPTZ NOT NULL,
     -- The last reset noticed: a use just before it is lost, so it counts as one.
     reset_at TIMESTAMPTZ
 );
@@ -219,19 +218,22 @@ BEGIN
     IF to_regclass('pg_stat_statements_info') IS NOT NULL THEN
         SELECT i.stats_reset INTO stats_reset_now FROM pg_stat_statements_info i;
     END IF;
-    SELECT true, w.stats_reset INTO watched, stats_reset_before
-      FROM zdm_column_use_watch w FOR UPDATE;
+    -- Read without a lock: two samplers noticing the same reset mark the same statements.
+    SELECT true, w.stats_reset INTO watched, stats_reset_before FROM zdm_column_use_watch w;
     was_reset := coalesce(watched AND stats_reset_now IS DISTINCT FROM stats_reset_before, false);
     why_now := CASE WHEN was_reset
         THEN format('ran since pg_stat_statements was reset at %s',
                     to_char(stats_reset_now AT TIME ZONE 'UTC', 'HH24:MI:SS "UTC"'))
         ELSE 'ran' END;
-    INSERT INTO zdm_column_use_watch AS w (singleton, stats_reset, sampled_at, reset_at)
-    VALUES (true, stats_reset_now, now(),
+    INSERT INTO zdm_column_use_watch AS w (singleton, stats_reset, reset_at)
+    VALUES (true, stats_reset_now,
             CASE WHEN was_reset THEN least(coalesce(stats_reset_now, now()), now()) END)
     ON CONFLICT (singleton) DO UPDATE
-       SET stats_reset = EXCLUDED.stats_reset, sampled_at = EXCLUDED.sampled_at,
-           reset_at = coalesce(EXCLUDED.reset_at, w.reset_at);
+       SET stats_reset = EXCLUDED.stats_reset,
+           reset_at = coalesce(EXCLUDED.reset_at, w.reset_at)
+     -- Written only when it changed: a step's transaction (which samples in its gates) then
+     -- holds no lock that every heartbeat's sample would queue behind.
+     WHERE w.stats_reset IS DISTINCT FROM EXCLUDED.stats_reset;
 
     WITH sampled AS (
         SELECT s.queryid, min(s.query) AS query, sum(s.calls) AS calls,
@@ -264,9 +266,18 @@ BEGIN
         OR (u.total_exec_time IS NOT NULL
             AND u.total_exec_time IS DISTINCT FROM EXCLUDED.total_exec_time);
     RETURN true;
-EXCEPTION WHEN object_not_in_prerequisite_state THEN
-    -- The extension exists but the library is not loaded (shared_preload_libraries).
-    RETURN false;
+EXCEPTION
+    WHEN lock_not_available THEN
+        -- A step's lock_timeout met while another sampler writes the same rows: the step
+        -- retries, as after any lock timeout.
+        PERFORM zdm_lock_timeout('the sample of pg_stat_statements');
+    WHEN object_not_in_prerequisite_state THEN
+        -- The name covers its whole class (lock_not_available too): only 55000 itself means
+        -- the extension exists but its library is not loaded (shared_preload_libraries).
+        IF SQLSTATE <> '55000' THEN
+            RAISE;
+        END IF;
+        RETURN false;
 END;
 $$;
 

@@ -438,3 +438,65 @@ fn every_transaction_of_a_phase_migration_sets_its_own_statement_timeout() {
     }
     assert!(checked >= 18, "{checked}");
 }
+
+/// Whether the contract's step (the migration's SQL on the runner's session) waits for a lock.
+fn contract_waits_for_a_lock(conn: &mut PgConnection) -> bool {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock' AND query LIKE '%zdm_begin_step(''advance'', ''new_only''%')",
+    ))
+    .get_result(conn)
+    .unwrap()
+}
+
+#[actix_web::test]
+async fn a_sample_that_meets_the_steps_lock_timeout_is_retried_not_taken_for_a_missing_extension() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    app.walk_to(Phase::NewOnly).await;
+    let mut conn = app.db.conn();
+    let read = format!("SELECT full_name FROM users WHERE id = {id}");
+    conn.batch_execute(&read).unwrap();
+    assert!(clients_gate_met(&mut conn), "the quiet window is 0 s here");
+
+    // A session holds the sampled statement's row while the client reads again, so the
+    // contract's sample must wait for that row, past the step's lock_timeout.
+    let mut holder = app.db.conn();
+    holder
+        .batch_execute("BEGIN; SELECT * FROM zdm_column_use FOR UPDATE")
+        .unwrap();
+    conn.batch_execute(&read).unwrap();
+    let contract = {
+        let app_address = app.address.clone();
+        let client = app.client.clone();
+        actix_web::rt::spawn(async move {
+            client
+                .post(format!("{app_address}/api/admin/migration/advance"))
+                .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                .json(&json!({ "confirm": "users.full_name" }))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // Once the step's first try waited and gave up, the row is let go.
+    eventually("the contract to wait for the row", || {
+        contract_waits_for_a_lock(&mut conn)
+    })
+    .await;
+    eventually("the contract's first try to give up", || {
+        !contract_waits_for_a_lock(&mut conn)
+    })
+    .await;
+    holder.batch_execute("ROLLBACK").unwrap();
+    let contracted = contract.await.unwrap();
+    assert_eq!(contracted.status(), 200, "{}", error_of(contracted).await);
+    let last = &state::history(&mut conn, 1).unwrap()[0];
+    assert!(
+        last.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("lock timeout(s) retried"),
+        "{last:?}"
+    );
+}
