@@ -10,8 +10,12 @@ pub struct AppState {
     pub pool: DbPool,
     /// Reads of one user by id from the primary, coalesced (see `db::reads`).
     pub user_reads: crate::db::reads::UserReads,
-    /// For work that needs a connection of its own (advisory locks held for minutes).
-    pub database_url: String,
+    /// For work that needs a session of its own (advisory locks held for minutes, the steps'
+    /// session settings, the backfill's long-lived connections): `DIRECT_DATABASE_URL`
+    /// where the pool goes through a transaction-mode pooler, else the pool's URL.
+    pub session_url: String,
+    /// Which URL serves what, for the dashboard and the status.
+    pub connections: crate::db::Connections,
     /// The phase this instance has applied (kept current by the phase follower).
     pub phase: AppliedPhase,
     /// This instance's name in `zdm_instances` and in the history.

@@ -124,7 +124,10 @@ impl MigrateAction {
     /// Does the action, then prints where the migration stands.
     fn run(self, config: &Config) -> Result<(), StartupError> {
         let Connected {
-            mut conn, settings, ..
+            mut conn,
+            settings,
+            connections,
+            ..
         } = connect(config)?;
         match self {
             MigrateAction::Status => {}
@@ -145,12 +148,25 @@ impl MigrateAction {
                 println!("rolled back {} → {}", t.from, t.to);
             }
         }
-        print_status(&mut conn)
+        print_status(&mut conn, connections)
     }
 }
 
-fn print_status(conn: &mut PgConnection) -> Result<(), StartupError> {
+fn print_status(
+    conn: &mut PgConnection,
+    connections: crate::db::Connections,
+) -> Result<(), StartupError> {
     let status = control::status(conn)?;
+    println!(
+        "requests: {}{}; migrations, steps, backfill and verify: {}",
+        connections.requests,
+        if connections.pooled {
+            " (a transaction-mode pooler)"
+        } else {
+            ""
+        },
+        connections.sessions
+    );
     println!(
         "phase: {} (since {})",
         status.phase,
@@ -253,6 +269,7 @@ impl BackfillArgs {
             conn,
             url,
             settings,
+            ..
         } = connect(config)?;
         let bar = progress_bar(0, "backfill")?;
         let done = control::run_backfill(conn, &url, &settings, knobs, |s| {
@@ -600,14 +617,17 @@ struct Connected {
     conn: PgConnection,
     url: String,
     settings: BackfillSettings,
+    connections: crate::db::Connections,
 }
 
 fn connect(config: &Config) -> Result<Connected, StartupError> {
     let database = startup::prepare_database(config)?;
     let settings = config.backfill_settings(database.all_replica_urls(config));
+    let direct = (database.session_url != database.url).then_some(database.session_url.as_str());
     Ok(Connected {
-        conn: PgConnection::establish(&database.url)?,
-        url: database.url,
+        conn: PgConnection::establish(&database.session_url)?,
+        connections: crate::db::Connections::new(&database.url, direct),
+        url: database.session_url,
         settings,
     })
 }

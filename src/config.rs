@@ -13,6 +13,10 @@ pub const APP_DATABASE: &str = "zdm";
 pub struct Config {
     /// `DATABASE_URL`: an existing server to use. Unset → the private cluster in `data_dir`.
     pub database_url: Option<String>,
+    /// `DIRECT_DATABASE_URL`: a session to the server itself, for the work that needs one
+    /// (migrations, the step runner, the backfill, verify). When set, `DATABASE_URL` is taken
+    /// for a transaction-mode pooler, and nothing on it relies on a session (DESIGN §6).
+    pub direct_database_url: Option<String>,
     /// `ZDM_BIND`: address the HTTP server listens on.
     pub bind: String,
     /// `ZDM_DATA_DIR`: where the private cluster lives (git-ignored `.zdm` by default).
@@ -55,7 +59,10 @@ pub struct Config {
 
 /// The database to use, as `Config::resolve_database` found or made it.
 pub struct ResolvedDatabase {
+    /// What requests use (a pooler when `direct_url` is set).
     pub url: String,
+    /// `DIRECT_DATABASE_URL`, if set.
+    pub direct_url: Option<String>,
     /// Streaming replicas of the private primary (`ZDM_REPLICAS`).
     pub replica_urls: Vec<String>,
     /// Clusters this process started, replicas before their primary.
@@ -102,6 +109,13 @@ fn number<T: std::str::FromStr + PartialOrd>(
     move |value| value.parse::<T>().ok().filter(|n| range.contains(n))
 }
 
+impl ResolvedDatabase {
+    /// Where the work that needs a session goes: `DIRECT_DATABASE_URL`, else `DATABASE_URL`.
+    pub fn session_url(&self) -> &str {
+        self.direct_url.as_deref().unwrap_or(&self.url)
+    }
+}
+
 impl Config {
     /// Reads `.env` (if present) and then the process environment, which wins.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -109,6 +123,16 @@ impl Config {
         let secs = std::time::Duration::from_secs;
         Ok(Self {
             database_url: var("DATABASE_URL"),
+            direct_database_url: match (var("DIRECT_DATABASE_URL"), var("DATABASE_URL")) {
+                (Some(_), None) => {
+                    return Err(ConfigError::Invalid {
+                        name: "DIRECT_DATABASE_URL",
+                        expected: "set only with DATABASE_URL (the pooler it bypasses)",
+                        value: "set".to_owned(),
+                    });
+                }
+                (direct, _) => direct,
+            },
             bind: var("ZDM_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
             data_dir: PathBuf::from(var("ZDM_DATA_DIR").unwrap_or_else(|| ".zdm".to_owned())),
             pool_size: parse_env("ZDM_POOL_SIZE", "a number from 1 to 500", number(1..=500))?
@@ -180,6 +204,7 @@ impl Config {
     pub fn pool_limits(&self) -> crate::db::PoolLimits {
         crate::db::PoolLimits {
             statement_timeout: std::time::Duration::from_millis(self.statement_timeout_ms),
+            through_pooler: self.direct_database_url.is_some(),
             ..crate::db::PoolLimits::with_size(self.pool_size)
         }
     }
@@ -216,6 +241,7 @@ impl Config {
         if let Some(url) = &self.database_url {
             return Ok(ResolvedDatabase {
                 url: url.clone(),
+                direct_url: self.direct_database_url.clone(),
                 replica_urls: Vec::new(),
                 started: Vec::new(),
             });
@@ -237,6 +263,7 @@ impl Config {
         }
         Ok(ResolvedDatabase {
             url,
+            direct_url: None,
             replica_urls,
             started,
         })

@@ -10,6 +10,7 @@ pub mod faults;
 pub mod local_pg;
 pub mod metrics;
 pub mod migration;
+pub mod pgbouncer;
 pub mod replicas;
 pub mod routes;
 pub mod schema;

@@ -429,7 +429,7 @@ fn chown_to(path: &Path, run_as: Option<(Uid, Gid)>) -> Result<(), LocalPgError>
 }
 
 /// `None` when we can run the server ourselves; the `postgres` user when we are root.
-fn server_user() -> Result<Option<(Uid, Gid)>, LocalPgError> {
+pub(crate) fn server_user() -> Result<Option<(Uid, Gid)>, LocalPgError> {
     if !Uid::effective().is_root() {
         return Ok(None);
     }
@@ -574,7 +574,7 @@ fn tail(path: &Path, max: usize) -> String {
 }
 
 /// Percent-encodes a socket path for a libpq URL query value.
-fn percent_encode(value: &str) -> String {
+pub(crate) fn percent_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || b"/-_.~".contains(&byte) {

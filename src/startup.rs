@@ -131,7 +131,10 @@ fn security_headers() -> DefaultHeaders {
 
 /// A connected, migrated database.
 pub struct Database {
+    /// What requests use: `DATABASE_URL` (a pooler when `DIRECT_DATABASE_URL` is set).
     pub url: String,
+    /// Where the work that needs a session goes (see `ResolvedDatabase::session_url`).
+    pub session_url: String,
     pub pool: DbPool,
     /// Streaming replicas the private set-up started (`ZDM_REPLICAS`).
     pub replica_urls: Vec<String>,
@@ -156,6 +159,7 @@ impl Database {
 /// have, and the rest with the defaults of a plain instance, changed by the setters.
 pub struct AppStateBuilder {
     database_url: String,
+    session_url: Option<String>,
     pool: DbPool,
     phase: crate::migration::follower::AppliedPhase,
     instance_id: String,
@@ -178,6 +182,7 @@ impl AppState {
     ) -> AppStateBuilder {
         AppStateBuilder {
             database_url: database_url.to_owned(),
+            session_url: None,
             pool,
             phase,
             instance_id: instance_id.to_owned(),
@@ -210,6 +215,13 @@ impl AppStateBuilder {
                 crate::replicas::ReadReplicas::start(&replica_urls, config.pool_limits());
         }
         self.user_reads_limits = config.pool_limits();
+        self
+    }
+
+    /// Where the work that needs a session goes (`DIRECT_DATABASE_URL`), when the pool's URL
+    /// is a transaction-mode pooler; unset, the pool's URL serves both.
+    pub fn session_url(mut self, url: impl Into<String>) -> Self {
+        self.session_url = Some(url.into());
         self
     }
 
@@ -259,7 +271,11 @@ impl AppStateBuilder {
         Ok(AppState {
             user_reads: UserReads::start(&self.database_url, self.user_reads_limits)?,
             pool: self.pool,
-            database_url: self.database_url,
+            connections: crate::db::Connections::new(
+                &self.database_url,
+                self.session_url.as_deref(),
+            ),
+            session_url: self.session_url.unwrap_or(self.database_url),
             phase: self.phase,
             instance_id: self.instance_id,
             admin_token: self.admin_token,
@@ -278,9 +294,11 @@ impl AppStateBuilder {
 /// infrastructure migrations; phase migrations are left to the migration runner.
 pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
     let resolved = config.resolve_database()?;
+    let session_url = resolved.session_url().to_owned();
     let url = resolved.url;
     let pool = db::build_pool(&url, config.pool_limits())?;
-    let mut conn = pool.get()?;
+    // Migrations need a session (diesel's bookkeeping, DDL, advisory locks).
+    let mut conn = <diesel::PgConnection as diesel::Connection>::establish(&session_url)?;
     for name in schema_migrations::run_infrastructure_migrations(&mut conn)? {
         log::info!("applied migration {name}");
     }
@@ -289,6 +307,7 @@ pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
     }
     Ok(Database {
         url,
+        session_url,
         pool,
         replica_urls: resolved.replica_urls,
         started: resolved.started,
@@ -328,12 +347,16 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         println!("ADMIN_TOKEN was not set; this run's admin token is: {token}");
         token
     });
+    if config.direct_database_url.is_some() {
+        warn_without_statement_timeout(&database.pool);
+    }
     let state = AppState::builder(
         &database.url,
         database.pool,
         follower.applied(),
         &follower.instance_id,
     )
+    .session_url(database.session_url.clone())
     .configured(&config, replica_urls)
     .admin_token(admin_token)
     .metrics(metrics)
@@ -356,6 +379,32 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         pg.stop()?;
     }
     Ok(())
+}
+
+/// Behind a transaction-mode pooler the web pool sets no session settings (they would change
+/// the server session of whichever client gets it next): its requests' `statement_timeout`
+/// is the pooled role's own. Says so at start when that is none.
+fn warn_without_statement_timeout(pool: &DbPool) {
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement_timeout: String,
+    }
+    let setting = pool.get().map_err(|e| e.to_string()).and_then(|mut conn| {
+        use diesel::RunQueryDsl;
+        diesel::sql_query("SHOW statement_timeout")
+            .get_result::<Setting>(&mut **conn)
+            .map_err(|e| e.to_string())
+    });
+    match setting {
+        Ok(s) if s.statement_timeout == "0" => log::warn!(
+            "DATABASE_URL's role has no statement_timeout, and behind a pooler zdm sets none \
+             per session: give the role one (ALTER ROLE … SET statement_timeout = '5s'; \
+             SET idle_in_transaction_session_timeout = '10s')"
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("could not read the pooled role's statement_timeout: {e}"),
+    }
 }
 
 /// Pauses a backfill this process runs and waits for its batch in flight to commit, so it

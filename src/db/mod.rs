@@ -9,7 +9,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use diesel::PgConnection;
-use diesel::connection::SimpleConnection;
+use diesel::connection::{CacheSize, Connection, SimpleConnection};
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, ManageConnection, Pool, PoolError};
 
 pub type DbPool = Pool<Manager>;
@@ -53,11 +53,27 @@ impl DerefMut for DbConn {
 /// proven themselves, which on a busy pool is almost none: an idle one is still checked, so
 /// a restart costs no request, and a busy one killed under load costs at most the one
 /// request that finds it dead (503: the client may retry).
-pub struct Manager(ConnectionManager<PgConnection>);
+///
+/// Behind a transaction-mode pooler (`through_pooler`), a connection's statements may run on a
+/// different server session each transaction, shared with other clients: Diesel's named
+/// prepared statements would meet one another's names there ("prepared statement
+/// \"__diesel_stmt_1\" already exists") or be missing. With its statement cache off, Diesel
+/// sends each statement unnamed (parse, bind and execute in one round trip).
+pub struct Manager {
+    inner: ConnectionManager<PgConnection>,
+    through_pooler: bool,
+}
 
 impl Manager {
     pub fn new(database_url: &str) -> Self {
-        Self(ConnectionManager::new(database_url))
+        Self::with(database_url, false)
+    }
+
+    fn with(database_url: &str, through_pooler: bool) -> Self {
+        Self {
+            inner: ConnectionManager::new(database_url),
+            through_pooler,
+        }
     }
 }
 
@@ -66,8 +82,12 @@ impl ManageConnection for Manager {
     type Error = diesel::r2d2::Error;
 
     fn connect(&self) -> Result<DbConn, Self::Error> {
+        let mut conn = self.inner.connect()?;
+        if self.through_pooler {
+            conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+        }
         Ok(DbConn {
-            conn: self.0.connect()?,
+            conn,
             proven_at: None,
         })
     }
@@ -75,12 +95,12 @@ impl ManageConnection for Manager {
     fn is_valid(&self, conn: &mut DbConn) -> Result<(), Self::Error> {
         match conn.proven_at.take() {
             Some(at) if at.elapsed() < PROVEN_FOR => Ok(()),
-            _ => self.0.is_valid(&mut conn.conn),
+            _ => self.inner.is_valid(&mut conn.conn),
         }
     }
 
     fn has_broken(&self, conn: &mut DbConn) -> bool {
-        self.0.has_broken(&mut conn.conn)
+        self.inner.has_broken(&mut conn.conn)
     }
 }
 
@@ -95,6 +115,13 @@ pub struct PoolLimits {
     pub statement_timeout: Duration,
     /// `idle_in_transaction_session_timeout` of every pooled connection.
     pub idle_in_transaction_timeout: Duration,
+    /// Whether the URL is a transaction-mode pooler (`DIRECT_DATABASE_URL` is set): then
+    /// nothing relies on the session. No named prepared statements (see `Manager`), and no
+    /// session `SET` at checkout, which would change the server session of whichever client
+    /// gets it next: the timeouts above come from the pooled role's own settings instead
+    /// (`ALTER ROLE … SET statement_timeout`, see the README), and generic plans are not
+    /// forced.
+    pub through_pooler: bool,
 }
 
 impl PoolLimits {
@@ -104,6 +131,7 @@ impl PoolLimits {
             checkout_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(5),
             idle_in_transaction_timeout: Duration::from_secs(10),
+            through_pooler: false,
         }
     }
 }
@@ -116,6 +144,9 @@ struct SessionSettings {
 
 impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SessionSettings {
     fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
+        if self.limits.through_pooler {
+            return Ok(());
+        }
         conn.batch_execute(&format!(
             "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}; {}",
             self.limits.statement_timeout.as_millis(),
@@ -161,7 +192,58 @@ fn pool_with(
             limits,
             generic_plans,
         }))
-        .build(Manager::new(database_url))
+        .build(Manager::with(database_url, limits.through_pooler))
+}
+
+/// Which URL serves what, as the dashboard and `zdm migrate status` show it: hosts, ports and
+/// the database, never a user or a password.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Connections {
+    /// Where requests go (`DATABASE_URL`).
+    pub requests: String,
+    /// Where the work that needs a session goes: migrations, the steps, the backfill, verify
+    /// (`DIRECT_DATABASE_URL`, else `DATABASE_URL`).
+    pub sessions: String,
+    /// Whether requests go through a transaction-mode pooler (`DIRECT_DATABASE_URL` is set).
+    pub pooled: bool,
+}
+
+impl Connections {
+    pub fn new(requests_url: &str, direct_url: Option<&str>) -> Self {
+        Self {
+            requests: describe_url(requests_url),
+            sessions: describe_url(direct_url.unwrap_or(requests_url)),
+            pooled: direct_url.is_some(),
+        }
+    }
+}
+
+/// `host:port/database` of a PostgreSQL URL (each host of a multi-host one; a socket folder
+/// given as `host=`), without its user, password or other parameters.
+pub fn describe_url(url: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let rest = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+    let hosts = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, hosts)| hosts);
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+    };
+    let database = param("dbname").unwrap_or_else(|| database.to_owned());
+    let hosts = match (hosts.is_empty(), param("host"), param("port")) {
+        (true, Some(host), port) => format!("{host}:{}", port.as_deref().unwrap_or("5432")),
+        (true, None, port) => format!("localhost:{}", port.as_deref().unwrap_or("5432")),
+        (false, _, _) => hosts.to_owned(),
+    };
+    format!("{hosts}/{database}")
 }
 
 /// `url` with its database replaced by `database` (for tools that create databases of their
@@ -185,7 +267,26 @@ pub fn with_database(url: &str, database: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{describe_url, with_database};
+
+    #[test]
+    fn a_url_is_described_without_its_user_or_password() {
+        assert_eq!(
+            describe_url("postgres://zdm_web:s3cret@10.0.0.5:6432/zdm?sslmode=require"),
+            "10.0.0.5:6432/zdm"
+        );
+        assert_eq!(
+            describe_url(
+                "postgres://u:p@127.0.0.1:5440,127.0.0.1:5441/zdm?target_session_attrs=read-write"
+            ),
+            "127.0.0.1:5440,127.0.0.1:5441/zdm"
+        );
+        assert_eq!(
+            describe_url("postgres:///zdm?host=%2Ftmp%2Fpg&port=5432&user=postgres&password=x"),
+            "/tmp/pg:5432/zdm"
+        );
+        assert!(!describe_url("postgresql://a:b@h/d").contains('b'));
+    }
 
     #[test]
     fn replaces_only_the_database() {

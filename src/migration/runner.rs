@@ -455,18 +455,25 @@ pub fn is_applied(conn: &mut PgConnection, name: &str) -> Result<bool, RunError>
     Ok(applied_steps(conn)?.contains(&name))
 }
 
-/// The phase migrations applied, in order.
+/// The phase migrations applied, in order. Read with a plain SELECT, not diesel's harness,
+/// which first creates its bookkeeping table if missing: a role with no DDL rights (the
+/// requests' behind a pooler) shows the status too.
 pub fn applied_steps(conn: &mut PgConnection) -> QueryResult<Vec<&'static str>> {
-    let applied: Vec<String> = conn
-        .applied_migrations()
-        .map_err(diesel::result::Error::QueryBuilderError)?
+    let applied: Vec<String> = diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+        .load::<AppliedVersion>(conn)?
         .into_iter()
-        .map(|v| v.to_string())
+        .map(|v| v.version)
         .collect();
     Ok(STEPS
         .into_iter()
         .filter(|name| applied.contains(&version_of(name)))
         .collect())
+}
+
+#[derive(QueryableByName)]
+struct AppliedVersion {
+    #[diesel(sql_type = Text)]
+    version: String,
 }
 
 /// The last phase migration applied (what a revert would undo), if any.

@@ -79,6 +79,8 @@ pub struct MigrationStatus {
     pub verify: Option<VerifyResult>,
     pub instances: Vec<Instance>,
     pub history: Vec<HistoryEntry>,
+    /// Which URL serves what (filled in by whoever knows: the server, the CLI).
+    pub connections: crate::db::Connections,
 }
 
 /// Reads the whole status (gates from the stored verification, no fresh one).
@@ -117,5 +119,6 @@ pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, Stat
         verify: verify::latest(conn)?,
         instances: state::live_instances(conn)?,
         history: state::history(conn, 50)?,
+        connections: Default::default(),
     })
 }

@@ -18,7 +18,14 @@ use crate::migration::verify::VerifyResult;
 
 /// The whole status, as the API and the dashboard show it.
 pub async fn current_status(state: &web::Data<AppState>) -> Result<MigrationStatus, AppError> {
-    db(state, |conn| Ok(control::status(conn)?)).await
+    let connections = state.connections.clone();
+    db(state, move |conn| {
+        Ok(MigrationStatus {
+            connections,
+            ..control::status(conn)?
+        })
+    })
+    .await
 }
 
 /// Runs a migration step on a connection of its own (its advisory lock and any reverse
@@ -28,7 +35,7 @@ where
     F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
     T: Send + 'static,
 {
-    let url = state.database_url.clone();
+    let url = state.session_url.clone();
     web::block(move || {
         let mut conn =
             PgConnection::establish(&url).map_err(|e| AppError::Unavailable(Box::new(e)))?;
@@ -121,7 +128,7 @@ pub async fn start_backfill_now(
     state: &web::Data<AppState>,
     knobs: Knobs,
 ) -> Result<BackfillView, AppError> {
-    let url = state.database_url.clone();
+    let url = state.session_url.clone();
     let settings = state.backfill.clone();
     let keeper = state.clone();
     let view = web::block(move || {

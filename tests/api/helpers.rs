@@ -299,6 +299,16 @@ pub fn serve_with(
     read_replicas: zdm::replicas::ReadReplicas,
     throttle_replicas: Vec<String>,
 ) -> (String, PhaseFollower, PathBuf) {
+    serve_full(url, None, limits, read_replicas, throttle_replicas)
+}
+
+fn serve_full(
+    url: &str,
+    session_url: Option<&str>,
+    limits: db::PoolLimits,
+    read_replicas: zdm::replicas::ReadReplicas,
+    throttle_replicas: Vec<String>,
+) -> (String, PhaseFollower, PathBuf) {
     let pool = db::build_pool(url, limits).expect("building the pool");
     let metrics = std::sync::Arc::new(zdm::metrics::Metrics::new().expect("metrics"));
     let follower = PhaseFollower::start_reporting(
@@ -309,7 +319,11 @@ pub fn serve_with(
     .expect("following the phase");
     let report_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("reports-{}", follower.instance_id));
-    let state = AppState::builder(url, pool, follower.applied(), &follower.instance_id)
+    let mut builder = AppState::builder(url, pool, follower.applied(), &follower.instance_id);
+    if let Some(session_url) = session_url {
+        builder = builder.session_url(session_url);
+    }
+    let state = builder
         .admin_token(ADMIN_TOKEN)
         .metrics(metrics)
         .report_dir(report_dir.clone())
@@ -369,8 +383,30 @@ impl TestApp {
         Self::spawn_at(&url, db, db::PoolLimits::with_size(4))
     }
 
-    fn spawn_at(url: &str, db: Arc<TestDb>, limits: db::PoolLimits) -> Self {
-        let (address, follower, report_dir) = serve(url, limits);
+    pub fn spawn_at(url: &str, db: Arc<TestDb>, limits: db::PoolLimits) -> Self {
+        Self::spawn_serving(serve(url, limits), db)
+    }
+
+    /// An instance whose requests go through the transaction-mode pooler at `pooled_url`
+    /// and whose work that needs a session goes to the test database directly
+    /// (`DIRECT_DATABASE_URL`), with a web pool of `size`.
+    pub fn spawn_pooled(pooled_url: &str, db: Arc<TestDb>, size: u32) -> Self {
+        let limits = db::PoolLimits {
+            through_pooler: true,
+            ..db::PoolLimits::with_size(size)
+        };
+        let served = serve_full(
+            pooled_url,
+            Some(&db.url),
+            limits,
+            Default::default(),
+            Vec::new(),
+        );
+        Self::spawn_serving(served, db)
+    }
+
+    fn spawn_serving(served: (String, PhaseFollower, PathBuf), db: Arc<TestDb>) -> Self {
+        let (address, follower, report_dir) = served;
         TestApp {
             address,
             client: reqwest::Client::builder()
@@ -778,6 +814,12 @@ impl MixedWriters {
     }
 }
 
+/// What the README grants the role of `DATABASE_URL` behind a pooler, and nothing more.
+pub const POOLED_ROLE_GRANTS: &str = "
+    GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
+    GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role};
+    GRANT pg_read_all_stats TO {role};";
+
 /// An ordinary role of a test's own (no superuser, no BYPASSRLS, not pg_read_all_stats) that
 /// owns the database and users and may use zdm's tables, as an application role does in
 /// production. Sessions
@@ -805,6 +847,17 @@ impl AppRole {
     /// A role that may only read users: a reporting client's.
     pub fn reader(db: &TestDb, suffix: &str) -> Self {
         Self::with_grants(db, suffix, "GRANT SELECT ON users TO {role};")
+    }
+
+    /// The role of the requests behind a pooler, with only the grants the README gives it:
+    /// DML on the tables, the sequences, and the statistics its heartbeats sample. It logs in
+    /// (through the pooler) as itself.
+    pub fn pooled(db: &TestDb) -> Self {
+        let role = Self::with_grants(db, "web", POOLED_ROLE_GRANTS);
+        db.conn()
+            .batch_execute(&format!("ALTER ROLE {} LOGIN", quote_ident(&role.name)))
+            .expect("letting the pooled role log in");
+        role
     }
 
     fn with_grants(db: &TestDb, suffix: &str, grants: &str) -> Self {
@@ -850,4 +903,45 @@ impl Drop for AppRole {
             eprintln!("could not drop role {}: {e}", self.name);
         }
     }
+}
+
+/// A PgBouncer of a test's own in transaction mode in front of the test server, with
+/// `server_connections` per database and user (fewer than the instances' pools together, so
+/// that server connections are certainly shared between clients), letting in the server's
+/// user and `roles`.
+pub fn pgbouncer(server_connections: u32, roles: &[&str]) -> zdm::pgbouncer::PgBouncer {
+    let url = server().base_url.clone();
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(|v| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+    };
+    let (Some(host), Some(port), Some(user)) = (param("host"), param("port"), param("user")) else {
+        panic!(
+            "the pooler tests run against the private PostgreSQL (a URL with host=, port=, user=), not {url}"
+        );
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "zdm-pgb-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    let mut users = vec![user.as_str()];
+    users.extend_from_slice(roles);
+    zdm::pgbouncer::PgBouncer::start(
+        &dir,
+        &zdm::pgbouncer::Upstream {
+            host,
+            port: port.parse().expect("a port"),
+            pool_size: server_connections,
+        },
+        &users,
+    )
+    .expect("starting pgbouncer")
 }

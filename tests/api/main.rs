@@ -19,6 +19,7 @@ mod local_pg;
 mod metrics;
 mod name_rule;
 mod phases;
+mod pooler;
 mod reliability;
 mod replicas;
 mod schema_migrations;

@@ -1,0 +1,144 @@
+//! A PgBouncer of zdm's own in transaction mode, in front of a PostgreSQL server: what the
+//! tests put between the instances and the database, as production does (DESIGN §6). Its
+//! configuration is written to a folder of its own, it listens on a unix socket there, and it
+//! stops (and the folder goes) when the value is dropped.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The port only names the socket file (`.s.PGSQL.<port>`); no TCP listener is opened.
+const PORT: u16 = 6432;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgBouncerError {
+    #[error(
+        "pgbouncer was not found on PATH or in /usr/sbin: install it (Debian/Ubuntu: `apt-get install pgbouncer`)"
+    )]
+    NotFound,
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("pgbouncer did not start within 10 s; its log says:\n{log}")]
+    NotStarted { log: String },
+    #[error(transparent)]
+    LocalPg(#[from] crate::local_pg::LocalPgError),
+}
+
+/// Where PgBouncer sends its server connections, and how many it keeps per database and user.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// A host name or a unix socket folder.
+    pub host: String,
+    pub port: u16,
+    /// Server connections per database and user: fewer than the clients, so that every
+    /// server connection is shared between transactions of different clients.
+    pub pool_size: u32,
+}
+
+pub struct PgBouncer {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl PgBouncer {
+    /// Starts PgBouncer in transaction mode under `dir` (made afresh), letting in `users`
+    /// without a password (the server behind it decides who may connect).
+    pub fn start(dir: &Path, upstream: &Upstream, users: &[&str]) -> Result<Self, PgBouncerError> {
+        let binary = find_binary()?;
+        let io = |what: &str| {
+            let what = format!("{what} ({})", dir.display());
+            move |source| PgBouncerError::Io { what, source }
+        };
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(io("creating pgbouncer's folder"))?;
+        let users: String = users.iter().map(|u| format!("\"{u}\" \"\"\n")).collect();
+        std::fs::write(dir.join("users.txt"), users).map_err(io("writing its users"))?;
+        let config = format!(
+            "[databases]\n\
+             * = host={host} port={port}\n\
+             [pgbouncer]\n\
+             unix_socket_dir = {dir}\n\
+             listen_port = {PORT}\n\
+             auth_type = trust\n\
+             auth_file = {dir}/users.txt\n\
+             pool_mode = transaction\n\
+             default_pool_size = {size}\n\
+             min_pool_size = 0\n\
+             reserve_pool_size = 0\n\
+             max_client_conn = 2000\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             logfile = {dir}/pgbouncer.log\n\
+             pidfile = {dir}/pgbouncer.pid\n",
+            host = upstream.host,
+            port = upstream.port,
+            dir = dir.display(),
+            size = upstream.pool_size,
+        );
+        let ini = dir.join("pgbouncer.ini");
+        std::fs::write(&ini, config).map_err(io("writing pgbouncer.ini"))?;
+        let mut command = Command::new(binary);
+        command
+            .arg(&ini)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // PgBouncer refuses to run as root: it runs as the user the private PostgreSQL does.
+        if let Some((uid, gid)) = crate::local_pg::server_user()? {
+            for entry in std::fs::read_dir(dir).map_err(io("listing pgbouncer's folder"))? {
+                let path = entry.map_err(io("listing pgbouncer's folder"))?.path();
+                std::os::unix::fs::chown(&path, Some(uid.as_raw()), Some(gid.as_raw()))
+                    .map_err(io("handing pgbouncer's files to its user"))?;
+            }
+            std::os::unix::fs::chown(dir, Some(uid.as_raw()), Some(gid.as_raw()))
+                .map_err(io("handing pgbouncer's folder to its user"))?;
+            command.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        let child = command.spawn().map_err(io("starting pgbouncer"))?;
+        let bouncer = PgBouncer {
+            dir: dir.to_owned(),
+            child,
+        };
+        let socket = dir.join(format!(".s.PGSQL.{PORT}"));
+        let started = Instant::now();
+        while !socket.exists() {
+            if started.elapsed() > Duration::from_secs(10) {
+                let log = std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default();
+                return Err(PgBouncerError::NotStarted { log });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(bouncer)
+    }
+
+    /// The URL of `database` through the pooler, as `user`.
+    pub fn url(&self, database: &str, user: &str) -> String {
+        format!(
+            "postgres:///{database}?host={}&port={PORT}&user={user}",
+            crate::local_pg::percent_encode(&self.dir.to_string_lossy())
+        )
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn find_binary() -> Result<PathBuf, PgBouncerError> {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join("pgbouncer"))
+        .find(|p| p.is_file())
+        .ok_or(PgBouncerError::NotFound)
+}
