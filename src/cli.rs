@@ -332,6 +332,11 @@ struct DemoArgs {
     /// Streaming replicas of the private PostgreSQL to read from and throttle on.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=4))]
     replicas: u64,
+    /// Put a real PgBouncer in transaction mode between the instances and the database (found
+    /// on PATH or in /usr/sbin; Debian's package `pgbouncer`), with fewer server connections
+    /// than the instances' pools together; the steps, the backfill and verify go direct.
+    #[arg(long)]
+    pooler: bool,
     /// The backfill's sleep between batches, in ms (default: 100 quick, 50 full); with
     /// `ZDM_BACKFILL_MAX_P99_MS` set, 0 leaves the pacing to the latency throttle.
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
@@ -406,6 +411,7 @@ impl DemoArgs {
         opts.backfill_batch = self.backfill_batch.unwrap_or(opts.backfill_batch);
         opts.backfill_batch_target_ms = self.backfill_batch_target_ms;
         opts.backfill_workers = self.backfill_workers;
+        opts.pooler = self.pooler;
         if self.replicas > 0 {
             if config.database_url.is_some() {
                 return Err(

@@ -24,6 +24,10 @@ pub enum PgBouncerError {
     },
     #[error("pgbouncer did not start within 10 s; its log says:\n{log}")]
     NotStarted { log: String },
+    #[error(
+        "a pooler goes in front of a server named by host and port (the private PostgreSQL, or a URL with them): {0}"
+    )]
+    NoUpstream(String),
     #[error(transparent)]
     LocalPg(#[from] crate::local_pg::LocalPgError),
 }
@@ -37,6 +41,54 @@ pub struct Upstream {
     /// Server connections per database and user: fewer than the clients, so that every
     /// server connection is shared between transactions of different clients.
     pub pool_size: u32,
+}
+
+impl Upstream {
+    /// The server of `url` (its first host, or the socket folder of `host=`) and the user
+    /// it names (the one the pooler's clients log in as).
+    pub fn from_url(url: &str, pool_size: u32) -> Result<(Self, String), PgBouncerError> {
+        let no_upstream = || PgBouncerError::NoUpstream(crate::db::describe_url(url));
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .map(|v| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+        };
+        let rest = base.split_once("://").map_or(base, |(_, rest)| rest);
+        let authority = rest
+            .split_once('/')
+            .map_or(rest, |(authority, _)| authority);
+        let (user, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (
+                Some(userinfo.split(':').next().unwrap_or(userinfo).to_owned()),
+                hosts,
+            ),
+            None => (None, authority),
+        };
+        let first = hosts.split(',').next().unwrap_or_default();
+        let (host, port) = match first.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => {
+                (Some(host.to_owned()), Some(port.to_owned()))
+            }
+            _ => ((!first.is_empty()).then(|| first.to_owned()), None),
+        };
+        let host = param("host").or(host).ok_or_else(no_upstream)?;
+        let port = param("port").or(port).unwrap_or_else(|| "5432".to_owned());
+        let user = param("user").or(user).ok_or_else(no_upstream)?;
+        Ok((
+            Upstream {
+                host,
+                port: port.parse().map_err(|_| no_upstream())?,
+                pool_size,
+            },
+            user,
+        ))
+    }
 }
 
 pub struct PgBouncer {
@@ -141,4 +193,29 @@ fn find_binary() -> Result<PathBuf, PgBouncerError> {
         .map(|dir| dir.join("pgbouncer"))
         .find(|p| p.is_file())
         .ok_or(PgBouncerError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Upstream;
+
+    #[test]
+    fn the_upstream_is_the_urls_first_host_or_its_socket_folder() {
+        let (up, user) = Upstream::from_url(
+            "postgres:///zdm?host=%2Ftmp%2Fpg&port=5433&user=postgres",
+            2,
+        )
+        .unwrap();
+        assert_eq!(
+            (up.host.as_str(), up.port, user.as_str()),
+            ("/tmp/pg", 5433, "postgres")
+        );
+        let (up, user) =
+            Upstream::from_url("postgres://zdm:secret@db1:5440,db2:5441/zdm", 2).unwrap();
+        assert_eq!(
+            (up.host.as_str(), up.port, user.as_str()),
+            ("db1", 5440, "zdm")
+        );
+        assert!(Upstream::from_url("postgres:///zdm", 2).is_err());
+    }
 }

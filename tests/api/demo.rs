@@ -84,14 +84,16 @@ fn run_demo(name: &str, args: &[&str]) -> Run {
 }
 
 /// The whole walk forward to contracted, and back to read_new (the contract undone), under
-/// the same traffic and the same audit.
+/// the same traffic and the same audit, with the requests through a real PgBouncer in
+/// transaction mode (as production runs it).
 #[test]
-fn the_quick_demo_holds_zero_downtime_forward_and_back() {
-    let run = run_demo("clean", &["--undo", "--backfill-batch", "250"]);
+fn the_quick_demo_holds_zero_downtime_forward_and_back_behind_a_pooler() {
+    let run = run_demo("clean", &["--undo", "--pooler", "--backfill-batch", "250"]);
     let (summary, output) = (&run.summary, &run.output);
     assert!(run.passed, "{output}");
     assert_eq!(summary["mode"], "zdm");
     assert_eq!(summary["undo"], true);
+    assert_eq!(summary["pooler"], "pgbouncer transaction", "{output}");
     // The audit judged the table as read_new has it, after the reverse backfill.
     assert_eq!(summary["audit"]["phase"], "read_new", "{output}");
     assert_eq!(summary["injected_fault"], Value::Null);

@@ -910,23 +910,9 @@ impl Drop for AppRole {
 /// that server connections are certainly shared between clients), letting in the server's
 /// user and `roles`.
 pub fn pgbouncer(server_connections: u32, roles: &[&str]) -> zdm::pgbouncer::PgBouncer {
-    let url = server().base_url.clone();
-    let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
-    let param = |name: &str| {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .map(|v| {
-                percent_encoding::percent_decode_str(v)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-    };
-    let (Some(host), Some(port), Some(user)) = (param("host"), param("port"), param("user")) else {
-        panic!(
-            "the pooler tests run against the private PostgreSQL (a URL with host=, port=, user=), not {url}"
-        );
-    };
+    let (upstream, user) =
+        zdm::pgbouncer::Upstream::from_url(&server().base_url, server_connections)
+            .expect("the pooler tests need a server named by host and port");
     let dir = std::env::temp_dir().join(format!(
         "zdm-pgb-{}-{}",
         std::process::id(),
@@ -934,14 +920,5 @@ pub fn pgbouncer(server_connections: u32, roles: &[&str]) -> zdm::pgbouncer::PgB
     ));
     let mut users = vec![user.as_str()];
     users.extend_from_slice(roles);
-    zdm::pgbouncer::PgBouncer::start(
-        &dir,
-        &zdm::pgbouncer::Upstream {
-            host,
-            port: port.parse().expect("a port"),
-            pool_size: server_connections,
-        },
-        &users,
-    )
-    .expect("starting pgbouncer")
+    zdm::pgbouncer::PgBouncer::start(&dir, &upstream, &users).expect("starting pgbouncer")
 }

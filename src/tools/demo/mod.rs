@@ -114,6 +114,9 @@ pub struct DemoOptions {
     pub backfill_batch_target_ms: Option<i32>,
     /// The backfill's workers (`zdm backfill --workers`); none given: as stored (one).
     pub backfill_workers: Option<crate::migration::backfill::Workers>,
+    /// Requests through a PgBouncer in transaction mode (`--pooler`), the work that needs a
+    /// session direct (`DIRECT_DATABASE_URL`).
+    pub pooler: bool,
 }
 
 impl DemoOptions {
@@ -135,6 +138,7 @@ impl DemoOptions {
             backfill_sleep_ms: 100,
             backfill_batch_target_ms: None,
             backfill_workers: None,
+            pooler: false,
         }
     }
 
@@ -242,9 +246,17 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
         );
     }
     let (scratch, seeded) = seed_scratch_database(database_url, opts.rows).await?;
-    let opts = with_replicas_of(opts, &scratch.name);
-    let fleet = start_instances(&scratch.url, &opts).await?;
+    let mut opts = with_replicas_of(opts, &scratch.name);
+    // Dropped after the traffic has stopped.
+    let pooler = if opts.pooler {
+        Some(start_pooler(database_url, &scratch, &mut opts)?)
+    } else {
+        None
+    };
+    let instances_url = pooler.as_ref().map_or(scratch.url.clone(), |p| p.1.clone());
+    let fleet = start_instances(&instances_url, &opts).await?;
     let traffic = walk_under_traffic(fleet, &scratch.url, &opts).await?;
+    drop(pooler);
     let audit = audit_the_table(&scratch.url, seeded, &traffic).await?;
     drop(scratch);
     let summary = summarize(&opts, &traffic, audit);
@@ -267,6 +279,29 @@ async fn seed_scratch_database(
     })
     .await?;
     Ok((scratch, seeded))
+}
+
+/// Server connections of the demo's PgBouncer, per database and user: fewer than the two
+/// instances' pools together (16 each, and a point reader each), so they are shared.
+const POOLER_SERVER_CONNECTIONS: u32 = 8;
+
+/// Starts a PgBouncer in transaction mode in front of the scratch database; the instances
+/// (and the backfill processes) get its URL as `DATABASE_URL` and the scratch database's as
+/// `DIRECT_DATABASE_URL`. Returns it with the URL through it.
+fn start_pooler(
+    server_url: &str,
+    scratch: &ScratchDatabase,
+    opts: &mut DemoOptions,
+) -> Result<(crate::pgbouncer::PgBouncer, String)> {
+    let (upstream, user) =
+        crate::pgbouncer::Upstream::from_url(server_url, POOLER_SERVER_CONNECTIONS)?;
+    let dir = std::env::temp_dir().join(format!("zdm-demo-pgb-{}", std::process::id()));
+    let bouncer = crate::pgbouncer::PgBouncer::start(&dir, &upstream, &[&user])
+        .context("starting the demo's pgbouncer")?;
+    let url = bouncer.url(&scratch.name, &user);
+    opts.instance_env
+        .push(("DIRECT_DATABASE_URL".to_owned(), scratch.url.clone()));
+    Ok((bouncer, url))
 }
 
 /// The replicas replay the scratch database too; the instances and the backfill get its URL
@@ -437,6 +472,7 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
         cpus: traffic.cpu.first().map(|s| s.times.cpus),
         replicas: opts.replica_servers.len(),
         replica_reads: traffic.replica_reads,
+        pooler: opts.pooler.then(|| "pgbouncer transaction".to_owned()),
         audit,
     }
 }

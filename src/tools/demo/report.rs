@@ -81,6 +81,8 @@ pub struct DemoSummary {
     pub replica_reads: u64,
     /// Why the walk stopped before the end, if it did.
     pub walk_error: Option<String>,
+    /// The pooler the requests went through (`--pooler`: "pgbouncer transaction"), if any.
+    pub pooler: Option<String>,
     pub passed: bool,
 }
 
@@ -213,6 +215,12 @@ pub fn table(summary: &DemoSummary) -> String {
             out,
             "streaming replicas: {}, which answered {} reads of user data",
             summary.replicas, summary.replica_reads
+        );
+    }
+    if let Some(pooler) = &summary.pooler {
+        let _ = writeln!(
+            out,
+            "requests through a pooler: {pooler} (the steps, the backfill and verify direct)"
         );
     }
     if let Some(e) = &summary.walk_error {
