@@ -533,6 +533,10 @@ struct BenchHttpArgs {
     /// Seconds per scenario.
     #[arg(long, default_value_t = 10.0)]
     secs: f64,
+    /// The server's requests and pgbench both through a real PgBouncer in transaction mode
+    /// (`DATABASE_URL` the pooler, `DIRECT_DATABASE_URL` the database).
+    #[arg(long)]
+    pooler: bool,
 }
 
 impl BenchHttpArgs {
@@ -542,6 +546,7 @@ impl BenchHttpArgs {
             rows: self.rows,
             concurrency: self.concurrency as usize,
             secs: self.secs.max(1.0),
+            pooler: self.pooler,
         };
         actix_web::rt::System::new()
             .block_on(bench::http::http_benchmark(&url, opts, |line| {

@@ -53,7 +53,8 @@ async fn the_clients_gate_is_unknown_until_zdms_role_may_read_every_roles_statem
     let app = TestApp::spawn_as(db.clone(), &zdm_role).await;
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
     let mut conn = db.conn();
-    state::set_contract_quiet_secs(&mut conn, 1).unwrap();
+    // Long enough that a loaded machine does not outlast it between a use and the check.
+    state::set_contract_quiet_secs(&mut conn, 3).unwrap();
     app.walk_to(Phase::NewOnly).await;
 
     // A reporting client of a role of its own reads full_name.
@@ -64,8 +65,8 @@ async fn the_clients_gate_is_unknown_until_zdms_role_may_read_every_roles_statem
     let (_, entered) = state::phase_and_since(&mut conn).unwrap();
     // Past the quiet window zdm's role has seen no use: it cannot see the report's.
     eventually("the quiet window to pass", || {
-        read_at.elapsed() > Duration::from_millis(1500)
-            && chrono::Utc::now() - entered > chrono::Duration::milliseconds(1500)
+        read_at.elapsed() > Duration::from_millis(3500)
+            && chrono::Utc::now() - entered > chrono::Duration::milliseconds(3500)
     })
     .await;
     let grant = format!("GRANT pg_read_all_stats TO {}", zdm_role.name);
@@ -103,7 +104,7 @@ async fn another_tables_full_name_does_not_hold_the_contract_but_a_join_with_use
          INSERT INTO customers VALUES (1, 'Grace Hopper');",
     )
     .unwrap();
-    state::set_contract_quiet_secs(&mut conn, 2).unwrap();
+    state::set_contract_quiet_secs(&mut conn, 5).unwrap();
     app.walk_to(Phase::NewOnly).await;
 
     // A client of customers reads its own full_name all along.
@@ -231,7 +232,8 @@ async fn a_use_after_the_statistics_were_reset_holds_the_contract() {
     let app = TestApp::spawn().await;
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
     let mut conn = app.db.conn();
-    state::set_contract_quiet_secs(&mut conn, 2).unwrap();
+    // Long enough that a loaded machine does not outlast it between a use and the check.
+    state::set_contract_quiet_secs(&mut conn, 5).unwrap();
     app.walk_to(Phase::NewOnly).await;
 
     let mut legacy = app.db.conn();

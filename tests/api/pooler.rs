@@ -152,7 +152,7 @@ async fn the_drops_client_gate_sees_a_client_behind_the_pooler() {
     let app = TestApp::spawn_pooled(&url, db.clone(), 4);
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
     let mut conn = db.conn();
-    zdm::migration::state::set_contract_quiet_secs(&mut conn, 1).unwrap();
+    zdm::migration::state::set_contract_quiet_secs(&mut conn, 3).unwrap();
     app.walk_to(Phase::NewOnly).await;
 
     // A report of a role of its own reads full_name: the heartbeats (through the pooler, as

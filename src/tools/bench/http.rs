@@ -31,6 +31,14 @@ pub struct HttpBenchOptions {
     pub rows: u64,
     pub concurrency: usize,
     pub secs: f64,
+    /// The server's requests and pgbench through a PgBouncer in transaction mode.
+    pub pooler: bool,
+}
+
+/// Server connections of the benchmark's PgBouncer: half the load's clients (at least two),
+/// so that they are shared, for the server and pgbench alike.
+fn pooler_server_connections(concurrency: usize) -> u32 {
+    (concurrency / 2).max(2) as u32
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -262,6 +270,7 @@ fn pgbench_point_select(
     concurrency: usize,
     secs: f64,
     columns: &str,
+    mode: &str,
 ) -> Result<Figures> {
     let bin = pgbench().context("pgbench was not found next to the PostgreSQL server binaries")?;
     let script = std::env::temp_dir().join(format!("zdm-bench-{}.sql", std::process::id()));
@@ -271,7 +280,7 @@ fn pgbench_point_select(
     )
     .with_context(|| format!("writing pgbench's script {}", script.display()))?;
     let output = Command::new(bin)
-        .args(["-n", "-M", "prepared", "-r"])
+        .args(["-n", "-M", mode, "-r"])
         .arg(format!("-c{concurrency}"))
         .arg(format!("-j{}", 2.min(concurrency)))
         .arg(format!("-T{}", secs.ceil() as u64))
@@ -320,18 +329,20 @@ struct Served {
 }
 
 impl Served {
-    /// Starts the server on the database of `url`, its pool as large as the load's
-    /// concurrency, its log in `logs`.
-    async fn start(url: &str, logs: &Path, opts: &HttpBenchOptions) -> Result<Self> {
+    /// Starts the server on the database of `url` (its requests through `requests_url`, a
+    /// pooler, where given), its pool as large as the load's concurrency, its log in `logs`.
+    async fn start(
+        url: &str,
+        requests_url: Option<&str>,
+        logs: &Path,
+        opts: &HttpBenchOptions,
+    ) -> Result<Self> {
         let token = crate::startup::generate_token();
-        let fleet = Fleet::start(
-            1,
-            url,
-            &token,
-            logs,
-            vec![("ZDM_POOL_SIZE".to_owned(), opts.concurrency.to_string())],
-        )
-        .await?;
+        let mut env = vec![("ZDM_POOL_SIZE".to_owned(), opts.concurrency.to_string())];
+        if requests_url.is_some() {
+            env.push(("DIRECT_DATABASE_URL".to_owned(), url.to_owned()));
+        }
+        let fleet = Fleet::start(1, requests_url.unwrap_or(url), &token, logs, env).await?;
         Ok(Self {
             base: fleet.instances[0].url.clone(),
             fleet,
@@ -351,6 +362,7 @@ impl Served {
             rows,
             concurrency,
             secs,
+            ..
         } = self.opts;
         blocking(move || settle(&url).map(|()| drive(&base, scenario, rows, concurrency, secs)))
             .await
@@ -401,6 +413,7 @@ async fn pgbench_ceiling(url: &str, opts: &HttpBenchOptions) -> Result<Figures> 
         rows,
         concurrency,
         secs,
+        pooler,
     } = *opts;
     blocking(move || {
         pgbench_point_select(
@@ -409,9 +422,17 @@ async fn pgbench_ceiling(url: &str, opts: &HttpBenchOptions) -> Result<Figures> 
             concurrency,
             secs,
             "id, first_name, last_name, email",
+            pgbench_mode(pooler),
         )
     })
     .await
+}
+
+/// pgbench's query mode: named prepared statements, except through a transaction-mode
+/// pooler, which keeps no statement between transactions (PgBouncer 1.18): there, unnamed
+/// ones (`extended`), as zdm's requests send them.
+fn pgbench_mode(pooler: bool) -> &'static str {
+    if pooler { "extended" } else { "prepared" }
 }
 
 /// One scenario's line of the report.
@@ -437,12 +458,32 @@ pub async fn http_benchmark(
     let logs = std::env::temp_dir().join(format!("zdm-bench-http-{}", std::process::id()));
     std::fs::create_dir_all(&logs)
         .with_context(|| format!("creating the log folder {}", logs.display()))?;
-    let mut served = Served::start(&scratch.url, &logs, &opts).await?;
+    // Through the pooler, the requests and pgbench alike; the steps and the backfill direct.
+    let pooler = if opts.pooler {
+        let (upstream, user) = crate::pgbouncer::Upstream::from_url(
+            database_url,
+            pooler_server_connections(opts.concurrency),
+        )?;
+        let bouncer =
+            crate::pgbouncer::PgBouncer::start(&logs.join("pgbouncer"), &upstream, &[&user])
+                .context("starting pgbouncer")?;
+        let url = bouncer.url(&scratch.name, &user);
+        say(&format!(
+            "through pgbouncer, transaction mode, {} server connections",
+            upstream.pool_size
+        ));
+        Some((bouncer, url))
+    } else {
+        None
+    };
+    let requests_url = pooler.as_ref().map(|(_, url)| url.as_str());
+    let mut served = Served::start(&scratch.url, requests_url, &logs, &opts).await?;
     let pid = served.fleet.pid(0).context("the server is not running")?;
     let HttpBenchOptions {
         rows,
         concurrency,
         secs,
+        ..
     } = opts;
     say(&format!(
         "load: {concurrency} keep-alive clients, {secs} s per scenario, {rows} users"
@@ -467,11 +508,15 @@ pub async fn http_benchmark(
     let rss = peak_rss_mib(Some(pid));
     served.fleet.stop();
 
-    let ceiling = pgbench_ceiling(&scratch.url, &opts).await?;
+    let ceiling = pgbench_ceiling(requests_url.unwrap_or(&scratch.url), &opts).await?;
     say(&format!(
-        "{:<34} {:>8.0} tx/s    avg {:>6.2} ms   (pgbench, prepared point select, {concurrency} clients)",
-        "pgbench SELECT ... WHERE id = :id", ceiling.requests_per_s, ceiling.p50_ms
+        "{:<34} {:>8.0} tx/s    avg {:>6.2} ms   (pgbench, {} point select, {concurrency} clients)",
+        "pgbench SELECT ... WHERE id = :id",
+        ceiling.requests_per_s,
+        ceiling.p50_ms,
+        pgbench_mode(opts.pooler)
     ));
+    drop(pooler);
     say(&format!(
         "peak server RSS: {}",
         rss.map_or("unknown".to_owned(), |m| format!("{m:.1} MiB"))
