@@ -270,6 +270,7 @@ impl AppStateBuilder {
             backfill: self.backfill,
             read_replicas: self.read_replicas,
             faults: self.faults,
+            failed_logins: Default::default(),
         })
     }
 }

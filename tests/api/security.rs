@@ -1,10 +1,15 @@
 //! Hostile requests: forged form posts, guessed admin tokens, markup in names, and the
 //! headers every answer carries.
 
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
 use diesel::RunQueryDsl;
 use reqwest::header::{COOKIE, SET_COOKIE};
+use zdm::db::PoolLimits;
 
-use crate::helpers::{ADMIN_TOKEN, FORM_TOKEN, TestApp};
+use crate::helpers::{ADMIN_TOKEN, FORM_TOKEN, TestApp, TestDb};
 
 #[actix_web::test]
 async fn form_pages_hand_out_a_csrf_token_in_an_httponly_strict_cookie() {
@@ -185,6 +190,71 @@ async fn guessing_the_admin_token_is_rate_limited() {
         right.status(),
         303,
         "the right token is never held up by the limit on failures"
+    );
+}
+
+/// A client over its limit that keeps sending wrong tokens is refused from memory: the users
+/// of the instance, on a web pool of one connection that makes them wait at most 200 ms,
+/// never get a 503 while it floods.
+#[actix_web::test]
+async fn a_flood_of_wrong_tokens_over_the_limit_does_not_reach_the_users() {
+    let limits = PoolLimits {
+        checkout_timeout: Duration::from_millis(200),
+        ..PoolLimits::with_size(1)
+    };
+    let app = TestApp::spawn_with(Arc::new(TestDb::migrated()), limits).await;
+    app.create_user("Ada Lovelace", "ada@example.com").await;
+    let wrong = || {
+        let request = app
+            .client
+            .get(app.url("/api/admin/status"))
+            .bearer_auth("wrong-token");
+        async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
+    };
+    let mut first = Vec::new();
+    for _ in 0..6 {
+        first.push(wrong().await);
+    }
+    assert_eq!(first, [401, 401, 401, 401, 401, 429]);
+
+    // 200 clients' connections, each sending 10 wrong tokens one after the other, and 4
+    // users listing users until the flood is over.
+    let flood_done = Cell::new(false);
+    let flood = async {
+        let statuses: Vec<u16> = futures_util::future::join_all((0..200).map(|_| async {
+            let mut statuses = Vec::new();
+            for _ in 0..10 {
+                statuses.push(wrong().await);
+            }
+            statuses
+        }))
+        .await
+        .concat();
+        flood_done.set(true);
+        statuses
+    };
+    let user = || async {
+        let mut statuses = Vec::new();
+        while !flood_done.get() || statuses.len() < 5 {
+            statuses.push(app.get("/api/v1/users").await.status().as_u16());
+        }
+        statuses
+    };
+    let users = futures_util::future::join_all((0..4).map(|_| user()));
+    let (flood, users) = futures_util::future::join(flood, users).await;
+    let users = users.concat();
+    let count = |statuses: &[u16], status| statuses.iter().filter(|&&s| s == status).count();
+    assert_eq!(
+        count(&users, 200),
+        users.len(),
+        "every user request answered (503s: {})",
+        count(&users, 503)
+    );
+    assert_eq!(
+        count(&flood, 429),
+        flood.len(),
+        "every wrong token refused as over the limit (503s: {})",
+        count(&flood, 503)
     );
 }
 
