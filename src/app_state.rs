@@ -35,6 +35,8 @@ pub struct AppState {
     /// The clients this instance knows to be over the failed log-in limit, so a flood of
     /// wrong tokens is refused without database work.
     pub failed_logins: crate::failed_logins::FailedLogins,
+    /// The key the user forms' CSRF tokens are signed with, read once from PostgreSQL.
+    pub user_form_key: crate::secrets::UserFormKey,
 }
 
 impl AppState {

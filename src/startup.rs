@@ -271,6 +271,7 @@ impl AppStateBuilder {
             read_replicas: self.read_replicas,
             faults: self.faults,
             failed_logins: Default::default(),
+            user_form_key: Default::default(),
         })
     }
 }

@@ -1,5 +1,6 @@
-//! Admin sessions and failed admin log-ins, kept in PostgreSQL: every instance of a fleet
-//! sees the same ones, and a restart forgets none.
+//! Admin sessions, failed admin log-ins and the key the user forms' CSRF tokens are signed
+//! with, kept in PostgreSQL: every instance of a fleet sees the same ones, and a restart
+//! forgets none.
 //!
 //! A session is stored under the SHA-256 of its id, never the id itself, so reading the table
 //! (a backup, a replica, a log of its rows) gives no one a way in.
@@ -92,6 +93,20 @@ pub fn delete_session(conn: &mut PgConnection, session_id: &str) -> QueryResult<
     diesel::delete(zdm_admin_sessions::table.find(id_hash(session_id)))
         .execute(conn)
         .map(drop)
+}
+
+#[derive(QueryableByName)]
+struct ServerKey {
+    #[diesel(sql_type = Bytea)]
+    key: Vec<u8>,
+}
+
+/// The key the CSRF tokens of the user pages' forms are signed with: made once per database
+/// by its migration, so every instance signs alike and a restart keeps the forms it showed.
+pub fn user_form_key(conn: &mut PgConnection) -> QueryResult<Vec<u8>> {
+    diesel::sql_query("SELECT key FROM zdm_server_keys WHERE name = 'user_forms'")
+        .get_result::<ServerKey>(conn)
+        .map(|row| row.key)
 }
 
 #[derive(QueryableByName)]

@@ -9,6 +9,7 @@ use diesel::RunQueryDsl;
 use reqwest::header::{COOKIE, SET_COOKIE};
 use zdm::db::PoolLimits;
 
+use crate::admin_pages::{csrf_of, log_in, page};
 use crate::helpers::{ADMIN_TOKEN, FORM_TOKEN, TestApp, TestDb};
 
 #[actix_web::test]
@@ -21,31 +22,35 @@ async fn form_pages_hand_out_a_csrf_token_in_an_httponly_strict_cookie() {
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
-    let token = cookie
+    let value = cookie
         .trim_start_matches("zdm_csrf=")
         .split(';')
         .next()
         .unwrap()
         .to_owned();
-    let page = response.text().await.unwrap();
-    assert!(page.contains(&format!(
-        r#"<input type="hidden" name="csrf" value="{token}">"#
-    )));
     assert!(
-        zdm::secrets::is_secret_form(&token),
-        "256 bits from the OS CSPRNG, as 43 characters of base64url: {token}"
+        zdm::secrets::is_secret_form(&value),
+        "256 bits from the OS CSPRNG, as 43 characters of base64url: {value}"
     );
+    // The form's token is the cookie signed with the server's key, not the cookie itself.
+    let key = zdm::db::admin_auth::user_form_key(&mut app.db.conn()).unwrap();
+    let token = zdm::secrets::user_form_token(&key, &value);
+    assert_ne!(token, value);
+    let field = |token: &str| format!(r#"<input type="hidden" name="csrf" value="{token}">"#);
+    let page = response.text().await.unwrap();
+    assert!(page.contains(&field(&token)), "{page}");
+    assert!(!page.contains(&value), "the cookie stays out of the page");
 
-    // A browser that already has the cookie keeps it.
+    // A browser that already has the cookie keeps it, and its token.
     let again = app
         .client
         .get(app.url("/v1/users/new"))
-        .header(COOKIE, format!("zdm_csrf={token}"))
+        .header(COOKIE, format!("zdm_csrf={value}"))
         .send()
         .await
         .unwrap();
     assert!(again.headers().get(SET_COOKIE).is_none());
-    assert!(again.text().await.unwrap().contains(&token));
+    assert!(again.text().await.unwrap().contains(&field(&token)));
 }
 
 #[actix_web::test]
@@ -53,12 +58,24 @@ async fn forged_form_posts_are_refused_with_403() {
     let app = TestApp::spawn().await;
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
     let fields = [("full_name", "Mallory"), ("email", "mallory@example.com")];
+    let token = app.form_token();
     let with_token = [
         ("full_name", "Mallory"),
         ("email", "mallory@example.com"),
-        ("csrf", FORM_TOKEN),
+        ("csrf", &token),
     ];
     let cookie = format!("zdm_csrf={FORM_TOKEN}");
+    // A token zdm signed, for the cookie of another browser (the forger's own).
+    let (other_cookie, other_token) = {
+        let page = app.get("/v1/users/new").await;
+        let cookie = page.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        (
+            cookie,
+            crate::admin_pages::csrf_of(&page.text().await.unwrap()),
+        )
+    };
+    assert!(other_cookie.starts_with("zdm_csrf="), "{other_cookie}");
     let attempts = [
         // no token at all
         app.client.post(app.url("/v1/users")).form(&fields),
@@ -86,6 +103,24 @@ async fn forged_form_posts_are_refused_with_403() {
                 ("email", "m@example.com"),
                 ("csrf", &"x".repeat(40)),
             ]),
+        // a planted cookie of the form zdm issues, repeated in the field
+        app.client
+            .post(app.url("/v1/users"))
+            .header(COOKIE, &cookie)
+            .form(&[
+                ("full_name", "Mallory"),
+                ("email", "m@example.com"),
+                ("csrf", FORM_TOKEN),
+            ]),
+        // a token zdm signed for another cookie
+        app.client
+            .post(app.url("/v1/users"))
+            .header(COOKIE, &cookie)
+            .form(&[
+                ("full_name", "Mallory"),
+                ("email", "m@example.com"),
+                ("csrf", &other_token),
+            ]),
         // right token, but sent by another site
         app.client
             .post(app.url(&format!("/v1/users/{id}")))
@@ -96,7 +131,7 @@ async fn forged_form_posts_are_refused_with_403() {
             .post(app.url(&format!("/v1/users/{id}/delete")))
             .header(COOKIE, &cookie)
             .header("origin", "https://evil.example")
-            .form(&[("csrf", FORM_TOKEN)]),
+            .form(&[("csrf", &token)]),
     ];
     for attempt in attempts {
         let response = attempt.send().await.unwrap();
@@ -125,6 +160,20 @@ async fn forged_form_posts_are_refused_with_403() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 303);
+    // And so does the other browser's, with its own cookie.
+    let theirs = app
+        .client
+        .post(app.url("/v1/users"))
+        .header(COOKIE, &other_cookie)
+        .form(&[
+            ("full_name", "Grace Hopper"),
+            ("email", "grace@example.com"),
+            ("csrf", &other_token),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), 303);
 
     // Admin forms check the origin as well as their session token.
     let login = app
@@ -191,6 +240,40 @@ async fn guessing_the_admin_token_is_rate_limited() {
         303,
         "the right token is never held up by the limit on failures"
     );
+}
+
+/// An admin form takes only the token stored with its own session: not another session's,
+/// not a user form's.
+#[actix_web::test]
+async fn admin_forms_take_only_the_token_of_their_own_session() {
+    let app = TestApp::spawn().await;
+    let (mine, theirs) = (log_in(&app).await, log_in(&app).await);
+    let csrf_of_session = |cookie: String| {
+        let app = &app;
+        async move { csrf_of(&page(app, &cookie, "/admin").await.1) }
+    };
+    let (my_token, their_token) = (
+        csrf_of_session(mine.clone()).await,
+        csrf_of_session(theirs.clone()).await,
+    );
+    assert_ne!(my_token, their_token);
+    let log_out = |cookies: String, csrf: String| {
+        let request = app
+            .client
+            .post(app.url("/admin/logout"))
+            .header(COOKIE, cookies)
+            .form(&[("csrf", csrf)]);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(log_out(mine.clone(), their_token).await, 403);
+    assert_eq!(
+        log_out(format!("{mine}; zdm_csrf={FORM_TOKEN}"), app.form_token()).await,
+        403
+    );
+    assert_eq!(log_out(mine.clone(), FORM_TOKEN.to_owned()).await, 403);
+    assert_eq!(page(&app, &mine, "/admin").await.0, 200, "still logged in");
+    assert_eq!(log_out(mine.clone(), my_token).await, 303);
+    assert_eq!(page(&app, &mine, "/admin").await.0, 303, "logged out");
 }
 
 /// A client over its limit that keeps sending wrong tokens is refused from memory: the users
@@ -488,6 +571,7 @@ async fn the_latency_the_backfill_watches_leaves_out_a_slow_client() {
 #[actix_web::test]
 async fn forms_with_invalid_utf8_are_refused_like_json() {
     let app = TestApp::spawn().await;
+    let token = app.form_token();
     // Media types are case-insensitive, for the form parser and for this check alike.
     for content_type in [
         "application/x-www-form-urlencoded",
@@ -499,7 +583,7 @@ async fn forms_with_invalid_utf8_are_refused_like_json() {
             .header("content-type", content_type)
             .header(COOKIE, format!("zdm_csrf={FORM_TOKEN}"))
             .body(format!(
-                "full_name=A%ff%feB&email=utf8%40example.com&csrf={FORM_TOKEN}"
+                "full_name=A%ff%feB&email=utf8%40example.com&csrf={token}"
             ))
             .send()
             .await
