@@ -36,6 +36,11 @@ pub struct AppState {
     pub report_dir: std::path::PathBuf,
     /// Faults injected for `zdm demo --fault` (see `crate::faults`); none in normal use.
     pub faults: crate::faults::Faults,
+    /// The clients this instance knows to be over the failed log-in limit, so a flood of
+    /// wrong tokens is refused without database work.
+    pub failed_logins: crate::failed_logins::FailedLogins,
+    /// The key the user forms' CSRF tokens are signed with, read once from PostgreSQL.
+    pub user_form_key: crate::secrets::UserFormKey,
 }
 
 impl AppState {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod failed_logins;
 pub mod faults;
 pub mod local_pg;
 pub mod metrics;

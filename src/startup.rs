@@ -286,6 +286,8 @@ impl AppStateBuilder {
             backfill: self.backfill,
             read_replicas: self.read_replicas,
             faults: self.faults,
+            failed_logins: Default::default(),
+            user_form_key: Default::default(),
         })
     }
 }

@@ -3,7 +3,7 @@
 //! send them, and believing them would let a client choose the address its failed log-ins are
 //! counted under, or make the app treat plain HTTP as HTTPS.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -47,7 +47,8 @@ impl TrustedProxies {
     /// headers in order; `forwarded_proto` the first `X-Forwarded-Proto`. Both count only
     /// when the peer is trusted; then the client is the nearest address in the chain that is
     /// not itself a trusted proxy (addresses further left were written by whoever sent the
-    /// request and prove nothing).
+    /// request and prove nothing). A hop's port is dropped; a hop that names no address
+    /// (`unknown`, empty) ends the walk at the proxy that wrote it.
     pub fn client(
         &self,
         peer: IpAddr,
@@ -68,7 +69,9 @@ impl TrustedProxies {
             .map(str::trim)
             .collect::<Vec<_>>();
         for hop in hops.into_iter().rev() {
-            let Ok(hop) = hop.parse::<IpAddr>() else {
+            // `unknown`, an empty hop or anything else that is no address: the proxy that
+            // wrote it could not name its client, so that proxy is the client.
+            let Some(hop) = hop_address(hop) else {
                 break;
             };
             ip = hop.to_canonical();
@@ -81,6 +84,23 @@ impl TrustedProxies {
             .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"));
         ClientInfo { ip, https }
     }
+}
+
+/// The address of one `X-Forwarded-For` hop, which proxies write as `198.51.100.50`,
+/// `198.51.100.50:4444`, `2001:db8::1` or `[2001:db8::1]:80`: the port says nothing about
+/// who the client is, and dropping it keeps such clients apart instead of counting them all
+/// under their proxy.
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .or_else(|_| hop.parse::<SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .or_else(|| {
+            hop.strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<Ipv6Addr>()
+                .ok()
+                .map(IpAddr::V6)
+        })
 }
 
 #[cfg(test)]
@@ -110,6 +130,44 @@ mod tests {
         let client = proxies.client(ip("203.0.113.5"), &["198.51.100.1"], Some("https"));
         assert_eq!(client.ip, ip("203.0.113.5"));
         assert!(!client.https);
+    }
+
+    #[test]
+    fn hops_written_with_a_port_are_their_address() {
+        let proxies = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        let peer = ip("10.0.0.2");
+        for (hop, client) in [
+            ("198.51.100.50:4444", "198.51.100.50"),
+            ("[2001:db8::1]:80", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("198.51.100.50:4444, 10.0.0.1:8080", "198.51.100.50"),
+        ] {
+            assert_eq!(proxies.client(peer, &[hop], None).ip, ip(client), "{hop}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_or_empty_hop_is_the_proxy_that_wrote_it() {
+        let proxies = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        let peer = ip("10.0.0.2");
+        for hops in [
+            &["unknown"][..],
+            &["Unknown"],
+            &[""],
+            &["  "],
+            &["198.51.100.9, unknown"],
+            &["198.51.100.9, "],
+            &["198.51.100.9", ""],
+        ] {
+            assert_eq!(proxies.client(peer, hops, None).ip, peer, "{hops:?}");
+        }
+        // Written by the proxy in front of the peer: that proxy is the client.
+        assert_eq!(
+            proxies
+                .client(peer, &["198.51.100.9, unknown, 10.0.0.1"], None)
+                .ip,
+            ip("10.0.0.1")
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Admin sessions and failed admin log-ins, kept in PostgreSQL: every instance of a fleet
-//! sees the same ones, and a restart forgets none.
+//! Admin sessions, failed admin log-ins and the key the user forms' CSRF tokens are signed
+//! with, kept in PostgreSQL: every instance of a fleet sees the same ones, and a restart
+//! forgets none.
 //!
 //! A session is stored under the SHA-256 of its id, never the id itself, so reading the table
 //! (a backup, a replica, a log of its rows) gives no one a way in.
@@ -95,6 +96,20 @@ pub fn delete_session(conn: &mut PgConnection, session_id: &str) -> QueryResult<
 }
 
 #[derive(QueryableByName)]
+struct ServerKey {
+    #[diesel(sql_type = Bytea)]
+    key: Vec<u8>,
+}
+
+/// The key the CSRF tokens of the user pages' forms are signed with: made once per database
+/// by its migration, so every instance signs alike and a restart keeps the forms it showed.
+pub fn user_form_key(conn: &mut PgConnection) -> QueryResult<Vec<u8>> {
+    diesel::sql_query("SELECT key FROM zdm_server_keys WHERE name = 'user_forms'")
+        .get_result::<ServerKey>(conn)
+        .map(|row| row.key)
+}
+
+#[derive(QueryableByName)]
 struct LimitCheck {
     /// Seconds until the client is under its limit again (`None`: it is).
     #[diesel(sql_type = Nullable<Double>)]
@@ -104,14 +119,30 @@ struct LimitCheck {
     overall_wait: Option<f64>,
 }
 
-/// After a failed log-in of `client`: `Some(wait)` when the client, or all clients together,
-/// already used up the failures `limits` allow (the failure is then not counted), else
-/// `None`, with the failure recorded.
+/// What PostgreSQL said after a failure: how long the client, and how long everyone, must
+/// still wait (`None`: under that limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LimitWaits {
+    pub client: Option<Duration>,
+    pub everyone: Option<Duration>,
+}
+
+impl LimitWaits {
+    /// The wait that applies: the longer of the two (`None`: the failure was recorded).
+    pub fn longest(&self) -> Option<Duration> {
+        self.client.max(self.everyone)
+    }
+}
+
+/// After a failed log-in of `client`: the waits when the client, or all clients together,
+/// already used up the failures `limits` allow (the failure is then not counted), else none,
+/// with the failure recorded. Both waits are told apart so an instance can remember which
+/// clients to refuse without asking again (`failed_logins`).
 pub fn record_failed_login(
     conn: &mut PgConnection,
     client: &str,
     limits: LoginLimits,
-) -> QueryResult<Option<Duration>> {
+) -> QueryResult<LimitWaits> {
     conn.transaction(|conn| {
         diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
             .bind::<BigInt, _>(LOGIN_LOCK_KEY)
@@ -138,16 +169,17 @@ pub fn record_failed_login(
         .bind::<BigInt, _>(limits.overall)
         .bind::<Double, _>(window)
         .get_result(conn)?;
-        let wait = [check.client_wait, check.overall_wait]
-            .into_iter()
-            .flatten()
-            .reduce(f64::max);
-        if let Some(wait) = wait {
-            return Ok(Some(Duration::from_secs_f64(wait.max(0.0))));
+        let wait = |secs: Option<f64>| secs.map(|s| Duration::from_secs_f64(s.max(0.0)));
+        let waits = LimitWaits {
+            client: wait(check.client_wait),
+            everyone: wait(check.overall_wait),
+        };
+        if waits.longest().is_some() {
+            return Ok(waits);
         }
         diesel::sql_query("INSERT INTO zdm_admin_login_failures (client) VALUES ($1)")
             .bind::<Text, _>(client)
             .execute(conn)?;
-        Ok(None)
+        Ok(waits)
     })
 }

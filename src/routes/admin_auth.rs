@@ -98,24 +98,34 @@ fn limit_key(ip: std::net::IpAddr) -> String {
 
 /// Counts a failed attempt (a wrong token) of this request's client: `Ok` when it was
 /// counted, `TooManyRequests` when the client or everyone is over the limit.
+///
+/// A client this instance already knows to be over the limit is refused from memory, before
+/// any database work; the others take their turn, one at a time per instance, so a flood of
+/// wrong tokens holds at most one pooled connection and the users keep the rest.
 pub async fn failed_attempt(
     state: &web::Data<AppState>,
     req: &HttpRequest,
 ) -> Result<(), AppError> {
     let client = client_key(req);
-    let wait = db(state, move |conn| {
-        Ok(admin_auth::record_failed_login(
-            conn,
-            &client,
-            LOGIN_LIMITS,
-        )?)
+    let over_limit = |wait: std::time::Duration| AppError::TooManyRequests {
+        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+    };
+    if let Some(wait) = state.failed_logins.wait_of(&client) {
+        return Err(over_limit(wait));
+    }
+    let _turn = state.failed_logins.turn().await;
+    if let Some(wait) = state.failed_logins.wait_of(&client) {
+        return Err(over_limit(wait));
+    }
+    let key = client.clone();
+    let waits = db(state, move |conn| {
+        Ok(admin_auth::record_failed_login(conn, &key, LOGIN_LIMITS)?)
     })
     .await?;
-    match wait {
+    state.failed_logins.remember(&client, waits);
+    match waits.longest() {
         None => Ok(()),
-        Some(wait) => Err(AppError::TooManyRequests {
-            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-        }),
+        Some(wait) => Err(over_limit(wait)),
     }
 }
 

@@ -3,19 +3,20 @@
 //! Two checks, both needed to pass:
 //! - the request comes from our own pages: `Sec-Fetch-Site` (sent by browsers) is
 //!   `same-origin` or `none`, and `Origin`, when sent, is this server's own;
-//! - the form carries a token only our pages know. The user pages use a double-submit token:
-//!   a random value in an HttpOnly, SameSite=Strict cookie, repeated in a hidden field (a
-//!   forging site can neither read nor set the cookie). Only a value of the form this app
-//!   issues (`secrets`) counts as a token: a cookie planted with any other value is refused.
-//!   The admin pages use the token of the logged-in session instead.
+//! - the form carries a token only our pages know. The user pages have no session: their
+//!   browser holds a random value in an HttpOnly, SameSite=Strict cookie, and the hidden field
+//!   holds the HMAC of that value under a key only the server knows (`secrets`, kept in
+//!   PostgreSQL for the fleet), so a cookie a client planted, with any token of its own
+//!   making, is refused. The admin pages use the token stored with the logged-in session.
 
-use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite};
+use actix_web::{HttpRequest, web};
 
-use super::admin_auth::token_matches;
 use super::client::{client_info, cookie_name};
+use super::db;
+use crate::app_state::AppState;
 use crate::error::AppError;
-use crate::secrets::{is_secret_form, new_secret};
+use crate::secrets::{is_secret_form, is_user_form_token, new_secret, user_form_token};
 
 /// The double-submit cookie (`__Host-zdm_csrf` over HTTPS, see `client::cookie_name`).
 pub const COOKIE: &str = "zdm_csrf";
@@ -51,17 +52,34 @@ pub fn check_same_origin(req: &HttpRequest) -> Result<(), AppError> {
     Ok(())
 }
 
+/// The key the user forms' tokens are signed with (read from PostgreSQL once per instance).
+pub async fn user_form_key(state: &web::Data<AppState>) -> Result<Vec<u8>, AppError> {
+    let key = state
+        .user_form_key
+        .get(|| {
+            db(state, |conn| {
+                Ok(crate::db::admin_auth::user_form_key(conn)?)
+            })
+        })
+        .await?;
+    Ok(key.to_vec())
+}
+
 /// The token for the user pages' forms, and the cookie to set when the browser has none yet
 /// (or one this app did not issue).
-pub fn form_token(req: &HttpRequest) -> Result<(String, Option<Cookie<'static>>), AppError> {
+pub fn form_token(
+    req: &HttpRequest,
+    key: &[u8],
+) -> Result<(String, Option<Cookie<'static>>), AppError> {
     let https = client_info(req).https;
     if let Some(cookie) = req.cookie(&cookie_name(COOKIE, https))
         && is_secret_form(cookie.value())
     {
-        return Ok((cookie.value().to_owned(), None));
+        return Ok((user_form_token(key, cookie.value()), None));
     }
-    let token = new_secret().map_err(AppError::internal)?;
-    let cookie = Cookie::build(cookie_name(COOKIE, https), token.clone())
+    let value = new_secret().map_err(AppError::internal)?;
+    let token = user_form_token(key, &value);
+    let cookie = Cookie::build(cookie_name(COOKIE, https), value)
         .path("/")
         .http_only(true)
         .same_site(SameSite::Strict)
@@ -70,13 +88,14 @@ pub fn form_token(req: &HttpRequest) -> Result<(String, Option<Cookie<'static>>)
     Ok((token, Some(cookie)))
 }
 
-/// A user-page form post: same origin, and its `csrf` field repeats the cookie.
-pub fn check_form(req: &HttpRequest, field: &str) -> Result<(), AppError> {
+/// A user-page form post: same origin, and its `csrf` field is the token the server made for
+/// the browser's cookie.
+pub fn check_form(req: &HttpRequest, key: &[u8], field: &str) -> Result<(), AppError> {
     check_same_origin(req)?;
     let cookie = req
         .cookie(&cookie_name(COOKIE, client_info(req).https))
         .ok_or_else(|| forbidden("its security cookie is missing"))?;
-    if !is_secret_form(cookie.value()) || !token_matches(field, cookie.value()) {
+    if !is_secret_form(cookie.value()) || !is_user_form_token(key, cookie.value(), field) {
         return Err(forbidden("its security token is missing or wrong"));
     }
     Ok(())

@@ -99,10 +99,11 @@ fn html(status: StatusCode, page: impl Template) -> Result<HttpResponse, HtmlErr
 /// cookie when the browser had none.
 fn form_page<T: Template>(
     req: &HttpRequest,
+    key: &[u8],
     status: StatusCode,
     page: impl FnOnce(String) -> T,
 ) -> Result<HttpResponse, HtmlError> {
-    let (token, cookie) = csrf::form_token(req)?;
+    let (token, cookie) = csrf::form_token(req, key)?;
     let mut response = html(status, page(token))?;
     if let Some(cookie) = cookie {
         response.add_cookie(&cookie).map_err(AppError::internal)?;
@@ -312,6 +313,7 @@ impl FormPage {
 /// email); other errors become an error page.
 fn form_rejected(
     req: &HttpRequest,
+    key: &[u8],
     version: Version,
     id: Option<i64>,
     form: UserForm,
@@ -322,7 +324,7 @@ fn form_rejected(
         AppError::Validation(field_error) => (StatusCode::UNPROCESSABLE_ENTITY, field_error),
         other => return Err(other.into()),
     };
-    form_page(req, status, |csrf| {
+    form_page(req, key, status, |csrf| {
         FormPage::new(version, id, form, &[field_error], csrf)
     })
 }
@@ -333,7 +335,8 @@ async fn new_form(
     version: web::Data<Version>,
 ) -> Result<HttpResponse, HtmlError> {
     version.phase(&state)?;
-    form_page(&req, StatusCode::OK, |csrf| {
+    let key = csrf::user_form_key(&state).await?;
+    form_page(&req, &key, StatusCode::OK, |csrf| {
         FormPage::new(**version, None, UserForm::default(), &[], csrf)
     })
 }
@@ -347,11 +350,12 @@ async fn create(
     let version = **version;
     let phase = version.write_phase(&state)?;
     let form = form.into_inner();
-    csrf::check_form(&req, &form.csrf)?;
+    let key = csrf::user_form_key(&state).await?;
+    csrf::check_form(&req, &key, &form.csrf)?;
     let new = match form.parse(version) {
         Ok(new) => new,
         Err(errors) => {
-            return form_page(&req, StatusCode::UNPROCESSABLE_ENTITY, |csrf| {
+            return form_page(&req, &key, StatusCode::UNPROCESSABLE_ENTITY, |csrf| {
                 FormPage::new(version, None, form, &errors, csrf)
             });
         }
@@ -371,7 +375,7 @@ async fn create(
             version.prefix(),
             user.id - 1
         ))),
-        Err(err) => form_rejected(&req, version, None, form, err),
+        Err(err) => form_rejected(&req, &key, version, None, form, err),
     }
 }
 
@@ -396,7 +400,8 @@ async fn edit_form(
     let (version, id) = (**version, id.into_inner());
     let (user, phase) = find_for_page(&state, &req, version, id).await?;
     let form = UserForm::from_stored(user, version, phase);
-    form_page(&req, StatusCode::OK, |csrf| {
+    let key = csrf::user_form_key(&state).await?;
+    form_page(&req, &key, StatusCode::OK, |csrf| {
         FormPage::new(version, Some(id), form, &[], csrf)
     })
 }
@@ -412,11 +417,12 @@ async fn update(
     let phase = version.write_phase(&state)?;
     let id = id.into_inner();
     let form = form.into_inner();
-    csrf::check_form(&req, &form.csrf)?;
+    let key = csrf::user_form_key(&state).await?;
+    csrf::check_form(&req, &key, &form.csrf)?;
     let valid = match form.parse(version) {
         Ok(valid) => valid,
         Err(errors) => {
-            return form_page(&req, StatusCode::UNPROCESSABLE_ENTITY, |csrf| {
+            return form_page(&req, &key, StatusCode::UNPROCESSABLE_ENTITY, |csrf| {
                 FormPage::new(version, Some(id), form, &errors, csrf)
             });
         }
@@ -429,7 +435,7 @@ async fn update(
             version.prefix(),
             user.id - 1
         ))),
-        Err(err) => form_rejected(&req, version, Some(id), form, err),
+        Err(err) => form_rejected(&req, &key, version, Some(id), form, err),
     }
 }
 
@@ -452,7 +458,8 @@ async fn confirm_delete(
 ) -> Result<HttpResponse, HtmlError> {
     let (version, id) = (**version, id.into_inner());
     let (user, phase) = find_for_page(&state, &req, version, id).await?;
-    form_page(&req, StatusCode::OK, |csrf| DeletePage {
+    let key = csrf::user_form_key(&state).await?;
+    form_page(&req, &key, StatusCode::OK, |csrf| DeletePage {
         version: version.label(),
         prefix: version.prefix(),
         id,
@@ -477,7 +484,8 @@ async fn delete(
 ) -> Result<HttpResponse, HtmlError> {
     let version = **version;
     version.phase(&state)?;
-    csrf::check_form(&req, &form.csrf)?;
+    let key = csrf::user_form_key(&state).await?;
+    csrf::check_form(&req, &key, &form.csrf)?;
     let id = id.into_inner();
     db(&state, move |conn| Ok(users::delete_user(conn, id)?)).await?;
     Ok(see_other(format!("{}?notice=deleted", version.prefix())))

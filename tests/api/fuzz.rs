@@ -65,14 +65,15 @@ fn json_body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// A urlencoded body: known and unknown keys, duplicated keys, raw undecodable bytes.
-fn form_body() -> impl Strategy<Value = Vec<u8>> {
+/// A urlencoded body: known and unknown keys, duplicated keys, raw undecodable bytes; the
+/// well-formed ones carry `csrf`, the token of the `FORM_TOKEN` cookie.
+fn form_body(csrf: String) -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec((proptest::sample::select(KEYS), nasty_string()), 0..6).prop_map(
-            |kv| {
+            move |kv| {
                 let mut pairs: Vec<(String, String)> =
                     kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-                pairs.push(("csrf".to_owned(), FORM_TOKEN.to_owned()));
+                pairs.push(("csrf".to_owned(), csrf.clone()));
                 serde_urlencoded_pairs(&pairs).into_bytes()
             }
         ),
@@ -143,7 +144,7 @@ async fn send_checked(
 /// Generated requests against every parser, in `app`'s current phase.
 async fn fuzz_every_parser(app: &TestApp, id: i64, runner: &mut TestRunner) -> usize {
     let mut conn = app.db.conn();
-    let (json, form, text) = (json_body(), form_body(), nasty_string());
+    let (json, form, text) = (json_body(), form_body(app.form_token()), nasty_string());
     let json_targets = [
         ("POST", "/api/v1/users".to_owned()),
         ("PUT", format!("/api/v1/users/{id}")),

@@ -339,8 +339,9 @@ fn serve_full(
     (format!("http://127.0.0.1:{port}"), follower, report_dir)
 }
 
-/// The double-submit CSRF token test forms send (cookie and field alike).
-/// It has the form of the tokens the app issues (43 characters of base64url).
+/// The CSRF cookie test forms send (their field carries `TestApp::form_token`, the token the
+/// app signs for it). It has the form of the values the app issues (43 characters of
+/// base64url).
 pub const FORM_TOKEN: &str = "dGVzdC1mb3JtLXRva2VuLXRlc3QtZm9ybS10b2tlbiE";
 
 /// The admin token of every test app.
@@ -473,7 +474,8 @@ impl TestApp {
     /// Posts a user-page form as a browser would: with the CSRF cookie and its field.
     pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
         let mut with_token = fields.to_vec();
-        with_token.push(("csrf", FORM_TOKEN));
+        let token = self.form_token();
+        with_token.push(("csrf", &token));
         self.client
             .post(self.url(path))
             .header("cookie", format!("zdm_csrf={FORM_TOKEN}"))
@@ -481,6 +483,13 @@ impl TestApp {
             .send()
             .await
             .expect("form POST failed")
+    }
+
+    /// The CSRF token the app's form pages give a browser whose cookie is `FORM_TOKEN`.
+    pub fn form_token(&self) -> String {
+        let key = zdm::db::admin_auth::user_form_key(&mut self.db.conn())
+            .expect("reading the user forms' key");
+        zdm::secrets::user_form_token(&key, FORM_TOKEN)
     }
 
     /// Creates a user through the v1 API and returns its id.

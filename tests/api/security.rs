@@ -1,10 +1,16 @@
 //! Hostile requests: forged form posts, guessed admin tokens, markup in names, and the
 //! headers every answer carries.
 
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
 use diesel::RunQueryDsl;
 use reqwest::header::{COOKIE, SET_COOKIE};
+use zdm::db::PoolLimits;
 
-use crate::helpers::{ADMIN_TOKEN, FORM_TOKEN, TestApp};
+use crate::admin_pages::{csrf_of, log_in, page};
+use crate::helpers::{ADMIN_TOKEN, FORM_TOKEN, TestApp, TestDb};
 
 #[actix_web::test]
 async fn form_pages_hand_out_a_csrf_token_in_an_httponly_strict_cookie() {
@@ -16,31 +22,35 @@ async fn form_pages_hand_out_a_csrf_token_in_an_httponly_strict_cookie() {
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
-    let token = cookie
+    let value = cookie
         .trim_start_matches("zdm_csrf=")
         .split(';')
         .next()
         .unwrap()
         .to_owned();
-    let page = response.text().await.unwrap();
-    assert!(page.contains(&format!(
-        r#"<input type="hidden" name="csrf" value="{token}">"#
-    )));
     assert!(
-        zdm::secrets::is_secret_form(&token),
-        "256 bits from the OS CSPRNG, as 43 characters of base64url: {token}"
+        zdm::secrets::is_secret_form(&value),
+        "256 bits from the OS CSPRNG, as 43 characters of base64url: {value}"
     );
+    // The form's token is the cookie signed with the server's key, not the cookie itself.
+    let key = zdm::db::admin_auth::user_form_key(&mut app.db.conn()).unwrap();
+    let token = zdm::secrets::user_form_token(&key, &value);
+    assert_ne!(token, value);
+    let field = |token: &str| format!(r#"<input type="hidden" name="csrf" value="{token}">"#);
+    let page = response.text().await.unwrap();
+    assert!(page.contains(&field(&token)), "{page}");
+    assert!(!page.contains(&value), "the cookie stays out of the page");
 
-    // A browser that already has the cookie keeps it.
+    // A browser that already has the cookie keeps it, and its token.
     let again = app
         .client
         .get(app.url("/v1/users/new"))
-        .header(COOKIE, format!("zdm_csrf={token}"))
+        .header(COOKIE, format!("zdm_csrf={value}"))
         .send()
         .await
         .unwrap();
     assert!(again.headers().get(SET_COOKIE).is_none());
-    assert!(again.text().await.unwrap().contains(&token));
+    assert!(again.text().await.unwrap().contains(&field(&token)));
 }
 
 #[actix_web::test]
@@ -48,12 +58,24 @@ async fn forged_form_posts_are_refused_with_403() {
     let app = TestApp::spawn().await;
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
     let fields = [("full_name", "Mallory"), ("email", "mallory@example.com")];
+    let token = app.form_token();
     let with_token = [
         ("full_name", "Mallory"),
         ("email", "mallory@example.com"),
-        ("csrf", FORM_TOKEN),
+        ("csrf", &token),
     ];
     let cookie = format!("zdm_csrf={FORM_TOKEN}");
+    // A token zdm signed, for the cookie of another browser (the forger's own).
+    let (other_cookie, other_token) = {
+        let page = app.get("/v1/users/new").await;
+        let cookie = page.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        (
+            cookie,
+            crate::admin_pages::csrf_of(&page.text().await.unwrap()),
+        )
+    };
+    assert!(other_cookie.starts_with("zdm_csrf="), "{other_cookie}");
     let attempts = [
         // no token at all
         app.client.post(app.url("/v1/users")).form(&fields),
@@ -81,6 +103,24 @@ async fn forged_form_posts_are_refused_with_403() {
                 ("email", "m@example.com"),
                 ("csrf", &"x".repeat(40)),
             ]),
+        // a planted cookie of the form zdm issues, repeated in the field
+        app.client
+            .post(app.url("/v1/users"))
+            .header(COOKIE, &cookie)
+            .form(&[
+                ("full_name", "Mallory"),
+                ("email", "m@example.com"),
+                ("csrf", FORM_TOKEN),
+            ]),
+        // a token zdm signed for another cookie
+        app.client
+            .post(app.url("/v1/users"))
+            .header(COOKIE, &cookie)
+            .form(&[
+                ("full_name", "Mallory"),
+                ("email", "m@example.com"),
+                ("csrf", &other_token),
+            ]),
         // right token, but sent by another site
         app.client
             .post(app.url(&format!("/v1/users/{id}")))
@@ -91,7 +131,7 @@ async fn forged_form_posts_are_refused_with_403() {
             .post(app.url(&format!("/v1/users/{id}/delete")))
             .header(COOKIE, &cookie)
             .header("origin", "https://evil.example")
-            .form(&[("csrf", FORM_TOKEN)]),
+            .form(&[("csrf", &token)]),
     ];
     for attempt in attempts {
         let response = attempt.send().await.unwrap();
@@ -120,6 +160,20 @@ async fn forged_form_posts_are_refused_with_403() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 303);
+    // And so does the other browser's, with its own cookie.
+    let theirs = app
+        .client
+        .post(app.url("/v1/users"))
+        .header(COOKIE, &other_cookie)
+        .form(&[
+            ("full_name", "Grace Hopper"),
+            ("email", "grace@example.com"),
+            ("csrf", &other_token),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), 303);
 
     // Admin forms check the origin as well as their session token.
     let login = app
@@ -185,6 +239,105 @@ async fn guessing_the_admin_token_is_rate_limited() {
         right.status(),
         303,
         "the right token is never held up by the limit on failures"
+    );
+}
+
+/// An admin form takes only the token stored with its own session: not another session's,
+/// not a user form's.
+#[actix_web::test]
+async fn admin_forms_take_only_the_token_of_their_own_session() {
+    let app = TestApp::spawn().await;
+    let (mine, theirs) = (log_in(&app).await, log_in(&app).await);
+    let csrf_of_session = |cookie: String| {
+        let app = &app;
+        async move { csrf_of(&page(app, &cookie, "/admin").await.1) }
+    };
+    let (my_token, their_token) = (
+        csrf_of_session(mine.clone()).await,
+        csrf_of_session(theirs.clone()).await,
+    );
+    assert_ne!(my_token, their_token);
+    let log_out = |cookies: String, csrf: String| {
+        let request = app
+            .client
+            .post(app.url("/admin/logout"))
+            .header(COOKIE, cookies)
+            .form(&[("csrf", csrf)]);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(log_out(mine.clone(), their_token).await, 403);
+    assert_eq!(
+        log_out(format!("{mine}; zdm_csrf={FORM_TOKEN}"), app.form_token()).await,
+        403
+    );
+    assert_eq!(log_out(mine.clone(), FORM_TOKEN.to_owned()).await, 403);
+    assert_eq!(page(&app, &mine, "/admin").await.0, 200, "still logged in");
+    assert_eq!(log_out(mine.clone(), my_token).await, 303);
+    assert_eq!(page(&app, &mine, "/admin").await.0, 303, "logged out");
+}
+
+/// A client over its limit that keeps sending wrong tokens is refused from memory: the users
+/// of the instance, on a web pool of one connection that makes them wait at most 200 ms,
+/// never get a 503 while it floods.
+#[actix_web::test]
+async fn a_flood_of_wrong_tokens_over_the_limit_does_not_reach_the_users() {
+    let limits = PoolLimits {
+        checkout_timeout: Duration::from_millis(200),
+        ..PoolLimits::with_size(1)
+    };
+    let app = TestApp::spawn_with(Arc::new(TestDb::migrated()), limits).await;
+    app.create_user("Ada Lovelace", "ada@example.com").await;
+    let wrong = || {
+        let request = app
+            .client
+            .get(app.url("/api/admin/status"))
+            .bearer_auth("wrong-token");
+        async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
+    };
+    let mut first = Vec::new();
+    for _ in 0..6 {
+        first.push(wrong().await);
+    }
+    assert_eq!(first, [401, 401, 401, 401, 401, 429]);
+
+    // 200 clients' connections, each sending 10 wrong tokens one after the other, and 4
+    // users listing users until the flood is over.
+    let flood_done = Cell::new(false);
+    let flood = async {
+        let statuses: Vec<u16> = futures_util::future::join_all((0..200).map(|_| async {
+            let mut statuses = Vec::new();
+            for _ in 0..10 {
+                statuses.push(wrong().await);
+            }
+            statuses
+        }))
+        .await
+        .concat();
+        flood_done.set(true);
+        statuses
+    };
+    let user = || async {
+        let mut statuses = Vec::new();
+        while !flood_done.get() || statuses.len() < 5 {
+            statuses.push(app.get("/api/v1/users").await.status().as_u16());
+        }
+        statuses
+    };
+    let users = futures_util::future::join_all((0..4).map(|_| user()));
+    let (flood, users) = futures_util::future::join(flood, users).await;
+    let users = users.concat();
+    let count = |statuses: &[u16], status| statuses.iter().filter(|&&s| s == status).count();
+    assert_eq!(
+        count(&users, 200),
+        users.len(),
+        "every user request answered (503s: {})",
+        count(&users, 503)
+    );
+    assert_eq!(
+        count(&flood, 429),
+        flood.len(),
+        "every wrong token refused as over the limit (503s: {})",
+        count(&flood, 503)
     );
 }
 
@@ -418,6 +571,7 @@ async fn the_latency_the_backfill_watches_leaves_out_a_slow_client() {
 #[actix_web::test]
 async fn forms_with_invalid_utf8_are_refused_like_json() {
     let app = TestApp::spawn().await;
+    let token = app.form_token();
     // Media types are case-insensitive, for the form parser and for this check alike.
     for content_type in [
         "application/x-www-form-urlencoded",
@@ -429,7 +583,7 @@ async fn forms_with_invalid_utf8_are_refused_like_json() {
             .header("content-type", content_type)
             .header(COOKIE, format!("zdm_csrf={FORM_TOKEN}"))
             .body(format!(
-                "full_name=A%ff%feB&email=utf8%40example.com&csrf={FORM_TOKEN}"
+                "full_name=A%ff%feB&email=utf8%40example.com&csrf={token}"
             ))
             .send()
             .await

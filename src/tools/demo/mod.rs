@@ -368,7 +368,12 @@ async fn walk_under_traffic(mut fleet: Fleet, url: &str, opts: &DemoOptions) -> 
             fault.describe()
         ));
     }
+    // The clients' forms carry the token the instances sign for their cookie, as a browser's
+    // would after loading the page.
+    let form_key = crate::db::admin_auth::user_form_key(&mut connect(url)?)
+        .context("reading the user forms' key")?;
     let clients = traffic::start(
+        &form_key,
         opts.clients,
         opts.rows as i64,
         opts.write_percent,

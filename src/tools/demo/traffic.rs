@@ -18,8 +18,8 @@ use super::fleet::Rotation;
 use super::oracle::{Sent, SentName, split};
 use crate::tools::seed::random_full_name;
 
-/// The CSRF token the clients' forms carry (as cookie and field).
-const FORM_TOKEN: &str = "ZGVtby1mb3JtLXRva2VuLWRlbW8tZm9ybS10b2tlbiE";
+/// The CSRF cookie of every client; its forms carry the token the app signs for it.
+const FORM_COOKIE: &str = "ZGVtby1mb3JtLXRva2VuLWRlbW8tZm9ybS10b2tlbiE";
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +88,8 @@ struct Client {
     /// The write position the app last set (`zdm_lsn=…`), sent back with every request as a
     /// browser would, so reads with replicas see this client's own writes.
     position_cookie: Option<String>,
+    /// The CSRF token of `FORM_COOKIE`, as the app's form pages would give it.
+    form_token: String,
 }
 
 /// As askama escapes text in a page (the five characters HTML gives meaning to).
@@ -178,11 +180,11 @@ impl Client {
         request: reqwest::RequestBuilder,
         expect: u16,
     ) -> (Outcome, Option<reqwest::Response>) {
-        // Forms need the double-submit CSRF token; a client that is no browser sets both the
-        // cookie and the field itself, and keeps the cookie that carries its write position.
+        // Forms need the CSRF cookie and its token; a client that is no browser sends the
+        // cookie itself, and keeps the cookie that carries its write position.
         let cookies = match &self.position_cookie {
-            Some(position) => format!("zdm_csrf={FORM_TOKEN}; {position}"),
-            None => format!("zdm_csrf={FORM_TOKEN}"),
+            Some(position) => format!("zdm_csrf={FORM_COOKIE}; {position}"),
+            None => format!("zdm_csrf={FORM_COOKIE}"),
         };
         let answer = request.header("cookie", cookies).send().await;
         if let Ok(r) = &answer
@@ -336,7 +338,7 @@ impl Client {
         } else {
             let mut form: Vec<(&str, String)> = fields;
             form.push(("email", email.to_owned()));
-            form.push(("csrf", FORM_TOKEN.to_owned()));
+            form.push(("csrf", self.form_token.clone()));
             (
                 self.http
                     .post(format!("{base}/{version}/users{row}"))
@@ -410,7 +412,7 @@ impl Client {
         let (request, expect) = if self.rng.bool() {
             (self.http.delete(format!("{base}/api/v1/users/{id}")), 204)
         } else {
-            let form = [("csrf", FORM_TOKEN)];
+            let form = [("csrf", self.form_token.as_str())];
             (
                 self.http
                     .post(format!("{base}/v1/users/{id}/delete"))
@@ -438,8 +440,10 @@ impl Client {
     }
 }
 
-/// Starts `clients` clients; they run until `control.stop` is set.
+/// Starts `clients` clients; they run until `control.stop` is set. `form_key` is the app's
+/// key for the user forms' CSRF tokens.
 pub fn start(
+    form_key: &[u8],
     clients: usize,
     seeded_rows: i64,
     write_percent: u32,
@@ -466,6 +470,7 @@ pub fn start(
                 created: 0,
                 unacknowledged_creates: 0,
                 position_cookie: None,
+                form_token: crate::secrets::user_form_token(form_key, FORM_COOKIE),
             };
             actix_web::rt::spawn(async move {
                 while !client.control.stop.load(Ordering::Acquire) {
