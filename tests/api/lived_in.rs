@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
+use diesel_migrations::MigrationHarness;
 use serde_json::{Value, json};
 use zdm::local_pg::quote_ident;
+use zdm::migration::schema_migrations::MIGRATIONS;
 use zdm::migration::{Phase, gates, state};
 
 use crate::helpers::{AppRole, TestApp, TestDb, error_of, eventually, users_columns};
@@ -159,6 +161,17 @@ async fn a_view_or_a_trigger_function_using_full_name_holds_the_drop_naming_it()
     .await;
     let dependencies = next_gate(&app, "dependencies").await;
     assert_eq!(dependencies["met"], false, "{dependencies}");
+    // `diesel migration run` refuses the same way: the gates live in the migration's SQL.
+    conn.batch_execute("SET zdm.confirm = 'users.full_name'")
+        .unwrap();
+    let by_hand = crate::helpers::by_hand(&mut conn, |conn| {
+        conn.run_pending_migrations(MIGRATIONS).map(drop)
+    })
+    .unwrap_err();
+    assert!(
+        by_hand.contains("dependencies gate") && by_hand.contains("view legacy_users"),
+        "{by_hand}"
+    );
     assert!(users_columns(&mut conn).contains(&"full_name?".to_owned()));
     conn.batch_execute("DROP VIEW legacy_users").unwrap();
 
@@ -332,22 +345,23 @@ async fn the_expand_and_every_step_refuse_name_columns_zdm_did_not_make() {
 }
 
 #[actix_web::test]
-async fn a_databases_statement_timeout_does_not_cancel_a_steps_scans() {
+async fn a_databases_timeouts_do_not_cancel_a_steps_scans_or_the_backfill() {
     let app = TestApp::spawn().await;
     app.walk_to(Phase::DualWrite).await;
     let mut conn = app.db.conn();
-    // Enough rows, already in agreement, that a scan of them takes longer than the guard
-    // rail below; the backfill has nothing to do.
+    // Enough rows that a scan of them takes longer than the guard rail below: in agreement
+    // already, and a tenth of them still to fill.
     conn.batch_execute(
         "INSERT INTO users (full_name, email, first_name, last_name)
          SELECT 'User ' || g, 'user' || g || '@example.com', 'User', g::text
            FROM generate_series(1, 400000) AS g;
-         UPDATE zdm_backfill SET state = 'done', direction = 'forward';",
+         UPDATE users SET first_name = NULL, last_name = NULL WHERE id % 10 = 0;",
     )
     .unwrap();
-    // A DBA's guard rail, for every new session of the database.
+    // A DBA's guard rails, for every new session of the database.
     conn.batch_execute(&format!(
-        "ALTER DATABASE {} SET statement_timeout = '100ms'",
+        "ALTER DATABASE {} SET statement_timeout = '100ms';
+         ALTER DATABASE {0} SET idle_in_transaction_session_timeout = '1s';",
         quote_ident(&app.db.name)
     ))
     .unwrap();
@@ -359,7 +373,9 @@ async fn a_databases_statement_timeout_does_not_cancel_a_steps_scans() {
         "a scan of the table must outlast the guard rail for this test to mean anything"
     );
 
-    // The step to backfilled validates its guard and verifies; the step to read_new verifies.
+    // The backfill's sessions, the step to backfilled (its guard validated, then a verify)
+    // and the step to read_new (a verify).
+    app.backfill_to_the_end().await;
     for to in [Phase::Backfilled, Phase::ReadNew] {
         let response = app.advance(None).await;
         assert_eq!(
