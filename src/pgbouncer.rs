@@ -48,38 +48,23 @@ impl Upstream {
     /// it names (the one the pooler's clients log in as).
     pub fn from_url(url: &str, pool_size: u32) -> Result<(Self, String), PgBouncerError> {
         let no_upstream = || PgBouncerError::NoUpstream(crate::db::describe_url(url));
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let param = |name: &str| {
-            query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-                .map(|v| {
-                    percent_encoding::percent_decode_str(v)
-                        .decode_utf8_lossy()
-                        .into_owned()
-                })
-        };
-        let rest = base.split_once("://").map_or(base, |(_, rest)| rest);
-        let authority = rest
-            .split_once('/')
-            .map_or(rest, |(authority, _)| authority);
-        let (user, hosts) = match authority.rsplit_once('@') {
-            Some((userinfo, hosts)) => (
-                Some(userinfo.split(':').next().unwrap_or(userinfo).to_owned()),
-                hosts,
-            ),
-            None => (None, authority),
-        };
-        let first = hosts.split(',').next().unwrap_or_default();
+        let parts = crate::db::PgUrl::parse(url);
+        let first = parts.hosts.split(',').next().unwrap_or_default();
         let (host, port) = match first.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() => {
                 (Some(host.to_owned()), Some(port.to_owned()))
             }
             _ => ((!first.is_empty()).then(|| first.to_owned()), None),
         };
-        let host = param("host").or(host).ok_or_else(no_upstream)?;
-        let port = param("port").or(port).unwrap_or_else(|| "5432".to_owned());
-        let user = param("user").or(user).ok_or_else(no_upstream)?;
+        let host = parts.param("host").or(host).ok_or_else(no_upstream)?;
+        let port = parts
+            .param("port")
+            .or(port)
+            .unwrap_or_else(|| "5432".to_owned());
+        let user = parts
+            .param("user")
+            .or(parts.user.map(str::to_owned))
+            .ok_or_else(no_upstream)?;
         Ok((
             Upstream {
                 host,

@@ -218,17 +218,37 @@ impl Connections {
     }
 }
 
-/// `host:port/database` of a PostgreSQL URL (each host of a multi-host one; a socket folder
-/// given as `host=`), without its user, password or other parameters.
-pub fn describe_url(url: &str) -> String {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let rest = base.split_once("://").map_or(base, |(_, rest)| rest);
-    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
-    let hosts = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, hosts)| hosts);
-    let param = |name: &str| {
-        query
+/// The parts of a PostgreSQL URL (`postgres://user:password@hosts/database?params`) that zdm
+/// reads, for showing it and for putting a pooler in front of its server.
+pub struct PgUrl<'a> {
+    /// The user before the `@`, if any (without its password).
+    pub user: Option<&'a str>,
+    /// `host:port[,host:port…]` after the `@` (empty where `host=` names a socket folder).
+    pub hosts: &'a str,
+    pub database: &'a str,
+    query: &'a str,
+}
+
+impl<'a> PgUrl<'a> {
+    pub fn parse(url: &'a str) -> Self {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let rest = base.split_once("://").map_or(base, |(_, rest)| rest);
+        let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+        let (user, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (userinfo.split(':').next(), hosts),
+            None => (None, authority),
+        };
+        Self {
+            user,
+            hosts,
+            database,
+            query,
+        }
+    }
+
+    /// The query parameter `name`, percent-decoded.
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.query
             .split('&')
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             .map(|v| {
@@ -236,12 +256,24 @@ pub fn describe_url(url: &str) -> String {
                     .decode_utf8_lossy()
                     .into_owned()
             })
-    };
-    let database = param("dbname").unwrap_or_else(|| database.to_owned());
-    let hosts = match (hosts.is_empty(), param("host"), param("port")) {
+    }
+}
+
+/// `host:port/database` of a PostgreSQL URL (each host of a multi-host one; a socket folder
+/// given as `host=`), without its user, password or other parameters.
+pub fn describe_url(url: &str) -> String {
+    let parts = PgUrl::parse(url);
+    let database = parts
+        .param("dbname")
+        .unwrap_or_else(|| parts.database.to_owned());
+    let hosts = match (
+        parts.hosts.is_empty(),
+        parts.param("host"),
+        parts.param("port"),
+    ) {
         (true, Some(host), port) => format!("{host}:{}", port.as_deref().unwrap_or("5432")),
         (true, None, port) => format!("localhost:{}", port.as_deref().unwrap_or("5432")),
-        (false, _, _) => hosts.to_owned(),
+        (false, _, _) => parts.hosts.to_owned(),
     };
     format!("{hosts}/{database}")
 }
