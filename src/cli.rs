@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the web app and the API (the default).
-    Serve,
+    Serve(ServeArgs),
     /// Show, advance or roll back the migration's phase.
     Migrate {
         #[command(subcommand)]
@@ -64,7 +64,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = Config::from_env()
         .map_err(StartupError::from)
-        .and_then(|config| cli.command.unwrap_or(Command::Serve).run(config));
+        .and_then(|config| {
+            cli.command
+                .unwrap_or(Command::Serve(ServeArgs::default()))
+                .run(config)
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -77,7 +81,10 @@ pub fn main() -> ExitCode {
 impl Command {
     fn run(self, config: Config) -> Result<(), StartupError> {
         match self {
-            Command::Serve => actix_web::rt::System::new().block_on(startup::serve(config)),
+            Command::Serve(args) => actix_web::rt::System::new().block_on(startup::serve(
+                config,
+                crate::faults::Faults::injected(&args.inject_fault),
+            )),
             Command::Migrate { action } => action.run(&config),
             Command::Backfill(args) => args.run(&config),
             Command::Verify => run_verify(&config),
@@ -86,6 +93,15 @@ impl Command {
             Command::Seed(args) => args.run(&config),
         }
     }
+}
+
+#[derive(Debug, Default, Args)]
+struct ServeArgs {
+    /// Break this instance on purpose (`lagging-v1`, `lose-writes=N`): only `zdm demo --fault`
+    /// passes it, to the instances it starts, so that its audit has something to catch. Hidden
+    /// because no one else should: the instance says so loudly at start.
+    #[arg(long, hide = true, value_name = "FAULT")]
+    inject_fault: Vec<crate::faults::InjectedFault>,
 }
 
 /// An error of the tools (anyhow) with its whole chain of causes: converted into a boxed
@@ -354,7 +370,7 @@ struct DemoArgs {
     backfill_workers: Option<backfill::Workers>,
     /// Break the app on purpose, to see the audit catch it (the run then fails):
     /// `lose-writes` answers some updates as saved and rolls them back, `lagging-v1` makes
-    /// v1 writes skip the new columns. `ZDM_FAULT_LAGGING_V1_WRITES=1` means the latter.
+    /// v1 writes skip the new columns.
     #[arg(long, value_enum)]
     fault: Option<Fault>,
 }
@@ -389,7 +405,7 @@ impl DemoArgs {
     }
 
     /// The demo's options: the quick or the full run's, with what the flags change, the
-    /// replicas started, and the fault (one at a time, from the flag or the environment).
+    /// replicas started, and the fault.
     fn options(self, config: &Config) -> Result<DemoOptions, StartupError> {
         let dir = self.report_dir.unwrap_or_else(|| config.report_dir());
         let mut opts = if self.quick {
@@ -425,18 +441,7 @@ impl DemoArgs {
                     .push(primary.ensure_replica(index)?.url("postgres"));
             }
         }
-        opts.fault = match (self.fault, config.faults.lagging_v1_writes) {
-            (None, true) => Some(Fault::LaggingV1),
-            (Some(f), true) if f != Fault::LaggingV1 => {
-                return Err(format!(
-                    "one fault at a time: --fault {} with {}=1",
-                    f.name(),
-                    crate::faults::LAGGING_V1_WRITES_ENV
-                )
-                .into());
-            }
-            (fault, _) => fault,
-        };
+        opts.fault = self.fault;
         Ok(opts)
     }
 }

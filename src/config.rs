@@ -53,8 +53,6 @@ pub struct Config {
     /// may have used `users.full_name` before the contract. Written to the database at start,
     /// where the contract's gate (SQL) reads it.
     pub contract_quiet_secs: Option<i32>,
-    /// `ZDM_FAULT_*`: faults to inject (`zdm demo --fault`); none in normal use.
-    pub faults: crate::faults::Faults,
 }
 
 /// The database to use, as `Config::resolve_database` found or made it.
@@ -77,6 +75,11 @@ pub enum ConfigError {
         expected: &'static str,
         value: String,
     },
+    #[error(
+        "{name} is set, but faults are demo-only: `zdm demo --fault …` injects them into the \
+         instances it starts, and no environment variable switches one on; unset {name}"
+    )]
+    FaultVariable { name: String },
 }
 
 /// The environment variable `name`, unless unset or blank.
@@ -120,6 +123,7 @@ impl Config {
     /// Reads `.env` (if present) and then the process environment, which wins.
     pub fn from_env() -> Result<Self, ConfigError> {
         let _ = dotenvy::dotenv();
+        Self::refuse_fault_variables()?;
         let secs = std::time::Duration::from_secs;
         Ok(Self {
             database_url: var("DATABASE_URL"),
@@ -189,15 +193,21 @@ impl Config {
                 "a number of seconds from 0 to 86400",
                 number(0..=86_400),
             )?,
-            faults: crate::faults::Faults::new(
-                var(crate::faults::LAGGING_V1_WRITES_ENV).is_some_and(|v| v == "1"),
-                parse_env(
-                    crate::faults::LOSE_WRITES_ENV,
-                    "a positive number (lose every Nth update)",
-                    number(1..=u64::MAX),
-                )?,
-            ),
         })
+    }
+
+    /// Refuses a fault variable (`ZDM_FAULT_*`, in the environment or `.env`): faults are
+    /// switched on only by the demo, for the instances it starts, so a production process
+    /// that inherited one is misconfigured, and saying so at start beats running without the
+    /// fault someone asked for, or with it.
+    fn refuse_fault_variables() -> Result<(), ConfigError> {
+        match std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .find(|name| name.starts_with(crate::faults::FAULT_ENV_PREFIX) && var(name).is_some())
+        {
+            Some(name) => Err(ConfigError::FaultVariable { name }),
+            None => Ok(()),
+        }
     }
 
     /// The limits of the web pool's connections.

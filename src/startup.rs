@@ -209,7 +209,6 @@ impl AppStateBuilder {
         self.trusted_proxies = config.trusted_proxies.clone();
         self.report_dir = config.report_dir();
         self.backfill = config.backfill_settings(replica_urls.clone());
-        self.faults = config.faults.clone();
         if config.read_from_replicas {
             self.read_replicas =
                 crate::replicas::ReadReplicas::start(&replica_urls, config.pool_limits());
@@ -253,6 +252,12 @@ impl AppStateBuilder {
     /// The replicas user reads may go to.
     pub fn read_replicas(mut self, replicas: crate::replicas::ReadReplicas) -> Self {
         self.read_replicas = replicas;
+        self
+    }
+
+    /// Faults to inject (`zdm serve --inject-fault`, which only the demo passes).
+    pub fn faults(mut self, faults: crate::faults::Faults) -> Self {
+        self.faults = faults;
         self
     }
 
@@ -325,8 +330,9 @@ pub fn generate_token() -> String {
     crate::secrets::new_secret().expect("the operating system gives no random bytes")
 }
 
-/// `zdm serve`: runs until SIGINT/SIGTERM.
-pub async fn serve(config: Config) -> Result<(), StartupError> {
+/// `zdm serve`: runs until SIGINT/SIGTERM, with `faults` injected (none but in the demo's
+/// instances).
+pub async fn serve(config: Config, faults: crate::faults::Faults) -> Result<(), StartupError> {
     let database = prepare_database(&config)?;
     let replica_urls = database.all_replica_urls(&config);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
@@ -362,6 +368,7 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
     .configured(&config, replica_urls)
     .admin_token(admin_token)
     .metrics(metrics)
+    .faults(faults)
     .build()?;
     state.faults.warn_if_on();
     let listener = TcpListener::bind(&config.bind)

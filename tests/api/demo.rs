@@ -183,7 +183,7 @@ fn with_writes_lost_on_purpose_the_audit_finds_them_and_the_demo_fails() {
     );
     assert!(
         run.app_a_log
-            .contains("FAULT INJECTION ON (ZDM_FAULT_LOSE_WRITES=20)"),
+            .contains("FAULT INJECTION ON (--inject-fault lose-writes=20)"),
         "the instance says so loudly: {}",
         run.app_a_log
     );
@@ -221,7 +221,7 @@ fn with_dual_write_broken_on_purpose_the_audit_fails() {
     assert_eq!(summary["injected_fault"], "lagging-v1");
     assert!(
         run.app_a_log
-            .contains("FAULT INJECTION ON (ZDM_FAULT_LAGGING_V1_WRITES)"),
+            .contains("FAULT INJECTION ON (--inject-fault lagging-v1)"),
         "{}",
         run.app_a_log
     );
@@ -235,9 +235,9 @@ fn with_dual_write_broken_on_purpose_the_audit_fails() {
 }
 
 #[test]
-fn the_old_fault_variable_still_means_lagging_v1() {
-    // With it set, a second fault is refused before anything starts: the demo read it.
-    let (mut command, dir) = demo_command("fault-env", &["--fault", "lose-writes"]);
+fn a_fault_variable_is_refused_and_the_flag_named_instead() {
+    // The old variable switches nothing on: the demo refuses it before anything starts.
+    let (mut command, dir) = demo_command("fault-env", &[]);
     let output = command
         .env("ZDM_FAULT_LAGGING_V1_WRITES", "1")
         .output()
@@ -246,9 +246,8 @@ fn the_old_fault_variable_still_means_lagging_v1() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains(
-            "one fault at a time: --fault lose-writes with ZDM_FAULT_LAGGING_V1_WRITES=1"
-        ),
+        stderr.contains("ZDM_FAULT_LAGGING_V1_WRITES is set, but faults are demo-only")
+            && stderr.contains("zdm demo --fault"),
         "{stderr}"
     );
 }

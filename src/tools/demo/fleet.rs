@@ -49,10 +49,19 @@ pub struct Fleet {
     pub rotation: Rotation,
     database_url: String,
     admin_token: String,
-    /// Each instance's environment on top of the fleet's settings.
-    env: Vec<Vec<(String, String)>>,
+    /// What each instance is started with on top of the fleet's settings.
+    setups: Vec<InstanceSetup>,
     /// Reads replicas answered in instances since restarted (their counters start again).
     earlier_replica_reads: u64,
+}
+
+/// What one instance of a fleet is started with, on top of the fleet's settings.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceSetup {
+    /// Its environment.
+    pub env: Vec<(String, String)>,
+    /// Its arguments after `serve` (the demo's `--inject-fault`).
+    pub args: Vec<String>,
 }
 
 fn free_port() -> Result<u16> {
@@ -70,18 +79,21 @@ impl Fleet {
         log_dir: &std::path::Path,
         extra_env: Vec<(String, String)>,
     ) -> Result<Self> {
-        Self::start_each(database_url, admin_token, log_dir, vec![extra_env; count]).await
+        let setup = InstanceSetup {
+            env: extra_env,
+            args: Vec::new(),
+        };
+        Self::start_each(database_url, admin_token, log_dir, vec![setup; count]).await
     }
 
-    /// Starts one instance per entry of `env` (its extra environment) and waits until each
-    /// answers `/healthz`.
+    /// Starts one instance per entry of `setups` and waits until each answers `/healthz`.
     pub async fn start_each(
         database_url: &str,
         admin_token: &str,
         log_dir: &std::path::Path,
-        env: Vec<Vec<(String, String)>>,
+        setups: Vec<InstanceSetup>,
     ) -> Result<Self> {
-        let count = env.len();
+        let count = setups.len();
         let mut instances = Vec::new();
         for i in 0..count {
             let port = free_port()?;
@@ -102,7 +114,7 @@ impl Fleet {
             rotation,
             database_url: database_url.to_owned(),
             admin_token: admin_token.to_owned(),
-            env,
+            setups,
             earlier_replica_reads: 0,
         };
         for i in 0..count {
@@ -129,6 +141,7 @@ impl Fleet {
         let exe = std::env::current_exe().context("finding the zdm executable")?;
         let child = Command::new(exe)
             .arg("serve")
+            .args(&self.setups[index].args)
             .env("DATABASE_URL", &self.database_url)
             .env("ZDM_BIND", &instance.bind)
             .env("ADMIN_TOKEN", &self.admin_token)
@@ -137,11 +150,9 @@ impl Fleet {
             // full_name, not the default five minutes.
             .env("ZDM_CONTRACT_QUIET_SECS", "1")
             .env("RUST_LOG", "warn")
-            // Faults come only from the demo's own choice, never from its environment.
-            .env_remove(crate::faults::LAGGING_V1_WRITES_ENV)
-            .env_remove(crate::faults::LOSE_WRITES_ENV)
             .envs(
-                self.env[index]
+                self.setups[index]
+                    .env
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_str())),
             )

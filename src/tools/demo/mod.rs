@@ -33,11 +33,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use diesel::prelude::*;
 
-use self::fleet::Fleet;
+use self::fleet::{Fleet, InstanceSetup};
 use self::report::{DemoSummary, Marker, Segment};
 use self::traffic::{Sample, TrafficControl};
 use self::walk::{Admin, walk_naive, walk_zdm};
-use crate::faults::{LAGGING_V1_WRITES_ENV, LOSE_WRITES_ENV};
+use crate::faults::InjectedFault;
 use crate::tools::scratch::ScratchDatabase;
 
 /// A fault the demo injects into its own instances, so that the audit has something to find.
@@ -73,13 +73,15 @@ impl Fault {
         }
     }
 
-    /// The environment of instance `index` (of the instances only, never of the demo).
-    fn instance_env(self, index: usize) -> Vec<(String, String)> {
-        match (self, index) {
-            (Fault::LoseWrites, 0) => vec![(LOSE_WRITES_ENV.to_owned(), LOSE_EVERY.to_string())],
-            (Fault::LoseWrites, _) => Vec::new(),
-            (Fault::LaggingV1, _) => vec![(LAGGING_V1_WRITES_ENV.to_owned(), "1".to_owned())],
-        }
+    /// The `zdm serve` arguments of instance `index` (of the instances only, never of the
+    /// demo): faults are switched on by a flag, never by the environment.
+    fn instance_args(self, index: usize) -> Vec<String> {
+        let fault = match (self, index) {
+            (Fault::LoseWrites, 0) => InjectedFault::LoseWrites(LOSE_EVERY),
+            (Fault::LoseWrites, _) => return Vec::new(),
+            (Fault::LaggingV1, _) => InjectedFault::LaggingV1Writes,
+        };
+        vec![format!("--inject-fault={fault}")]
     }
 }
 
@@ -320,21 +322,19 @@ fn with_replicas_of(mut opts: DemoOptions, scratch_name: &str) -> DemoOptions {
 }
 
 /// Starts the two instances on the scratch database at `url`, each with the demo's
-/// environment plus its part of the injected fault.
+/// environment and its part of the injected fault.
 async fn start_instances(url: &str, opts: &DemoOptions) -> Result<Fleet> {
     let token = crate::startup::generate_token();
-    let instance_env = (0..2)
-        .map(|index| {
-            let mut env = opts.instance_env.clone();
-            env.extend(
-                opts.fault
-                    .map(|f| f.instance_env(index))
-                    .unwrap_or_default(),
-            );
-            env
+    let setups = (0..2)
+        .map(|index| InstanceSetup {
+            env: opts.instance_env.clone(),
+            args: opts
+                .fault
+                .map(|f| f.instance_args(index))
+                .unwrap_or_default(),
         })
         .collect();
-    Fleet::start_each(url, &token, &opts.report_dir, instance_env).await
+    Fleet::start_each(url, &token, &opts.report_dir, setups).await
 }
 
 /// What the clients and the walk left: the audit and the report are made of it.

@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use super::fleet::Fleet;
 use super::{DemoOptions, Timeline, blocking, connect, pause};
 use crate::domain::Phase;
-use crate::faults::{LAGGING_V1_WRITES_ENV, LOSE_WRITES_ENV};
 use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::{backfill, state};
 
@@ -223,8 +222,6 @@ fn start_backfill_process(url: &str, opts: &DemoOptions) -> Result<Child> {
         .args(&sizing)
         .env("DATABASE_URL", url)
         .env("RUST_LOG", "warn")
-        .env_remove(LAGGING_V1_WRITES_ENV)
-        .env_remove(LOSE_WRITES_ENV)
         .envs(
             opts.instance_env
                 .iter()
