@@ -1,7 +1,7 @@
 //! One fleet, one admin: sessions and the limit on failed log-ins live in PostgreSQL, so they
 //! hold on every instance and across restarts.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,7 +182,7 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub async fn start(db: &TestDb, port: u16, env: &[(&str, &str)]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_zdm"))
+        let child = crate::helpers::zdm_command()
             .arg("serve")
             .current_dir(env!("CARGO_TARGET_TMPDIR"))
             .env("DATABASE_URL", &db.url)

@@ -1,7 +1,6 @@
 //! What the admin API and the dashboard take from a client: a step that names the phase it
 //! starts from, and bodies that are refused rather than half understood.
 
-use std::process::Command;
 use std::sync::Arc;
 
 use reqwest::header::COOKIE;
@@ -144,7 +143,7 @@ async fn the_dashboard_sends_the_phase_it_showed_and_a_stale_form_takes_no_step(
 async fn the_cli_takes_a_step_only_from_the_phase_it_names() {
     let app = TestApp::spawn().await;
     let zdm = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_zdm"))
+        crate::helpers::zdm_command()
             .args(args)
             .env("DATABASE_URL", &app.db.url)
             .env("RUST_LOG", "error")

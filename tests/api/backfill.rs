@@ -1,6 +1,6 @@
 //! The backfill engine against real traffic, real crashes and real concurrency.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,7 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_checkpoint() {
     let app = TestApp::spawn().await;
     app.seed(60_000);
     app.walk_to(Phase::DualWrite).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zdm"))
+    let mut child = crate::helpers::zdm_command()
         .args(["backfill", "--batch-size", "1000", "--sleep-ms", "30"])
         .env("DATABASE_URL", &app.db.url)
         .env("RUST_LOG", "error")

@@ -1,7 +1,7 @@
 //! The backfill with several workers: racing writers, a `kill -9` of its runner, the count
 //! changed while it runs, and auto mode under a budget no request can meet.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -145,7 +145,7 @@ async fn a_runner_with_three_workers_killed_with_sigkill_resumes_with_no_gap() {
     app.walk_to(Phase::DualWrite).await;
     let mut conn = app.db.conn();
     count_updates(&mut conn);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zdm"))
+    let mut child = crate::helpers::zdm_command()
         .args([
             "backfill",
             "--workers",

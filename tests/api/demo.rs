@@ -30,7 +30,7 @@ struct Run {
 fn demo_command(name: &str, args: &[&str]) -> (Command, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("zdm-demo-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_zdm"));
+    let mut command = crate::helpers::zdm_command();
     command
         .env("DATABASE_URL", server_url())
         .env("RUST_LOG", "warn")

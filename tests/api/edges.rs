@@ -79,7 +79,7 @@ async fn a_hand_run_in_dual_write_stops_at_the_backfill_gate_and_a_rollback_keep
     assert_eq!(history[0].to_phase, "dual_write");
     assert!(history[0].actor.starts_with("by hand"), "{history:?}");
     // `zdm migrate status` lists the phase migrations as `diesel migration list` does.
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_zdm"))
+    let status = crate::helpers::zdm_command()
         .args(["migrate", "status"])
         .env("DATABASE_URL", &app.db.url)
         .env("RUST_LOG", "error")

@@ -1,7 +1,7 @@
 //! Fault injection is the demo's alone: a production process that inherited a fault variable
 //! must not lose writes because of it.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -34,7 +34,7 @@ async fn a_plain_serve_with_a_fault_variable_loses_no_acknowledged_write() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zdm"))
+    let mut child = crate::helpers::zdm_command()
         .arg("serve")
         .env("DATABASE_URL", &db.url)
         .env("ZDM_BIND", format!("127.0.0.1:{port}"))

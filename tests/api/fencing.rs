@@ -2,7 +2,7 @@
 //! phase-dependent request, and an instance acknowledges a new phase only once the requests
 //! begun under the old one have finished.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -27,7 +27,7 @@ impl Process {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_zdm"))
+        let child = crate::helpers::zdm_command()
             .arg("serve")
             .env("DATABASE_URL", url)
             .env("ZDM_BIND", format!("127.0.0.1:{port}"))

@@ -2,7 +2,6 @@
 //! lock_timeout with retries under a blocking transaction, and schema modules that match the
 //! database at their phases.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
@@ -97,7 +96,7 @@ async fn the_contract_is_refused_before_its_gate_by_api_cli_and_sql() {
     assert_eq!(refused.status(), 409);
     assert!(error_of(refused).await.contains("slow-deploy (read_new)"));
     // ...and through the CLI, which exits non-zero saying why.
-    let cli = Command::new(env!("CARGO_BIN_EXE_zdm"))
+    let cli = crate::helpers::zdm_command()
         .args(["migrate", "advance", "--confirm", "users.full_name"])
         .env("DATABASE_URL", &app.db.url)
         .env("RUST_LOG", "error")
@@ -112,7 +111,7 @@ async fn the_contract_is_refused_before_its_gate_by_api_cli_and_sql() {
     // The CLI without the typed confirmation is refused too.
     conn.batch_execute("DELETE FROM zdm_instances WHERE id = 'slow-deploy'")
         .unwrap();
-    let cli = Command::new(env!("CARGO_BIN_EXE_zdm"))
+    let cli = crate::helpers::zdm_command()
         .args(["migrate", "advance"])
         .env("DATABASE_URL", &app.db.url)
         .env("RUST_LOG", "error")
@@ -130,7 +129,7 @@ async fn the_contract_is_refused_before_its_gate_by_api_cli_and_sql() {
     assert_eq!(columns, 1, "full_name is still there");
 
     // With the CLI and the confirmation, it goes through.
-    let cli = Command::new(env!("CARGO_BIN_EXE_zdm"))
+    let cli = crate::helpers::zdm_command()
         .args(["migrate", "advance", "--confirm", "users.full_name"])
         .env("DATABASE_URL", &app.db.url)
         .env("RUST_LOG", "error")

@@ -34,6 +34,29 @@ struct Server {
     template: String,
 }
 
+/// The `zdm` binary as the tests start it: without the settings of whoever runs the tests
+/// (every `ZDM_*` variable, the database URLs and the admin token), so that a test sets what
+/// it needs and a shell's exports change nothing. The test's own process reads none of
+/// them: it builds its configuration in code.
+pub fn zdm_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_zdm"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|name| {
+            name.starts_with("ZDM_")
+                || [
+                    "DATABASE_URL",
+                    "DIRECT_DATABASE_URL",
+                    "DATABASE_REPLICA_URLS",
+                    "ADMIN_TOKEN",
+                ]
+                .contains(&name)
+        }) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 pub fn project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -3,7 +3,7 @@
 //! stopped cleanly.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -26,7 +26,7 @@ async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() 
         .unwrap()
         .port();
     let address = format!("http://127.0.0.1:{port}");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_zdm"))
+    let mut server = crate::helpers::zdm_command()
         .arg("serve")
         .env_remove("DATABASE_URL")
         .env("ZDM_DATA_DIR", &base)
