@@ -368,7 +368,7 @@ fn serve_full(
 pub const FORM_TOKEN: &str = "dGVzdC1mb3JtLXRva2VuLXRlc3QtZm9ybS10b2tlbiE";
 
 /// The admin token of every test app.
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-long-enough-to-pass";
 
 /// The real server on 127.0.0.1:<random port>, against its own database (or one shared with
 /// another `TestApp`, to test two instances).
