@@ -23,6 +23,11 @@ async fn home_page_says_what_zdm_is_and_the_current_phase() {
     );
     let page = text(response).await;
     assert!(page.contains("first_name"));
+    // Every step is reversible, the drop of full_name too (its rollback re-adds the column).
+    assert!(
+        page.contains("Each step is reversible, the drop of the old column too"),
+        "{page}"
+    );
     assert!(page.contains(r#"<span class="phase-name" id="current-phase">baseline</span>"#));
     let css = app.get("/static/app.css").await;
     assert_eq!(css.status(), 200);
