@@ -100,7 +100,7 @@ async fn login(
             StatusCode::UNAUTHORIZED,
             LoginPage {
                 error: Some(
-                    "That is not the admin token. It is ADMIN_TOKEN, or the one `zdm serve` printed at start.",
+                    "That is not the admin token. It is ADMIN_TOKEN, or the one zdm serve printed when it started.",
                 ),
             },
         );
