@@ -47,7 +47,7 @@ enum Command {
     Verify,
     /// Prove zero downtime: two instances, live traffic, the whole migration, faults, audit.
     Demo(DemoArgs),
-    /// Measure: `bench backfill --rows N`.
+    /// Measure: `bench backfill`, `bench http` or `bench replicas` (see `zdm bench --help`).
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
@@ -655,4 +655,25 @@ fn progress_bar(total: u64, what: &str) -> Result<ProgressBar, StartupError> {
         ))?
         .progress_chars("=> "),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn the_help_names_every_bench_subcommand() {
+        let mut cli = Cli::command();
+        let help = cli.render_help().to_string();
+        let bench_line = help
+            .lines()
+            .find(|line| line.trim_start().starts_with("bench "))
+            .unwrap_or_else(|| panic!("no bench line in {help}"));
+        let bench = cli.find_subcommand("bench").expect("a bench subcommand");
+        for sub in bench.get_subcommands().filter(|s| s.get_name() != "help") {
+            assert!(bench_line.contains(sub.get_name()), "{bench_line}");
+        }
+    }
 }
