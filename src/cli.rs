@@ -57,9 +57,11 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,actix_server=warn"),
-    )
+    // A refused step is printed once, as the error below, not also as its history's log line.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!(
+        "info,actix_server=warn,{}=off",
+        crate::migration::runner::HISTORY_LOG
+    )))
     .init();
     let cli = Cli::parse();
     let result = Config::from_env()
@@ -120,7 +122,7 @@ enum MigrateAction {
         /// repeated after its step went through takes no second step.
         #[arg(long, value_name = "PHASE")]
         from: Option<Phase>,
-        /// Required to contract: type `users.full_name`.
+        /// Required to contract: `--confirm users.full_name` (the column dropped).
         #[arg(long)]
         confirm: Option<String>,
         /// Contract although pg_stat_statements cannot tell whether a client zdm does not run
@@ -156,7 +158,8 @@ impl MigrateAction {
                     confirm: confirm.as_deref(),
                     without_client_check,
                 };
-                let t = control::advance(&mut conn, CLI_ACTOR, from, &consent)?;
+                let t =
+                    control::advance(&mut conn, CLI_ACTOR, from, &consent).map_err(in_cli_words)?;
                 println!("advanced {} → {}", t.from, t.to);
             }
             MigrateAction::Rollback { from } => {
@@ -165,6 +168,20 @@ impl MigrateAction {
             }
         }
         print_status(&mut conn, connections)
+    }
+}
+
+/// A refused advance as the command line says it: the confirmation gate speaks the
+/// dashboard's words (type `users.full_name` into its field), where here it is a flag.
+fn in_cli_words(err: crate::migration::runner::RunError) -> StartupError {
+    match err {
+        crate::migration::runner::RunError::Refused(why) => why
+            .replace(
+                "type `users.full_name` to confirm",
+                "pass --confirm users.full_name to confirm",
+            )
+            .into(),
+        other => other.into(),
     }
 }
 

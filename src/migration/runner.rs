@@ -64,6 +64,10 @@ pub fn step_migration(from: Phase) -> Option<&'static str> {
     STEPS.get(from.index()).copied()
 }
 
+/// The log target of a refused or failed step as the history records it: the CLI, which
+/// prints the error itself, leaves it out of its log.
+pub const HISTORY_LOG: &str = "zdm::history";
+
 /// What the SQL of a phase migration raises, by the prefix it starts with.
 const GATE_PREFIX: &str = "zdm gate: ";
 const UNDONE_PREFIX: &str = "zdm step undone: ";
@@ -423,7 +427,7 @@ fn record_failure(
             action.as_str()
         );
     }
-    log::warn!("{} {from} → {to} {outcome}: {error}", action.as_str());
+    log::warn!(target: HISTORY_LOG, "{} {from} → {to} {outcome}: {error}", action.as_str());
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
