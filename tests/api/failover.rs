@@ -300,6 +300,30 @@ async fn kill_the_primary(primary: &LocalPg) -> Instant {
     killed
 }
 
+/// The standby's WAL receiver, stopped (SIGSTOP) until this value goes: the standby neither
+/// takes nor confirms the primary's WAL. Let go (SIGCONT) also when a test fails, so that
+/// nothing waits for it forever.
+struct FrozenReceiver(Pid);
+
+impl FrozenReceiver {
+    fn freeze(standby: &LocalPg) -> Self {
+        let receiver = Pid::from_raw(wal_receiver_pid(standby));
+        kill(receiver, Signal::SIGSTOP).unwrap();
+        FrozenReceiver(receiver)
+    }
+
+    /// Kills it: what it received but had not flushed is gone, as on a cut link.
+    fn cut(self) {
+        kill(self.0, Signal::SIGKILL).unwrap();
+    }
+}
+
+impl Drop for FrozenReceiver {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
 /// The standby's WAL receiver, the process that takes the primary's WAL and confirms it.
 fn wal_receiver_pid(standby: &LocalPg) -> i32 {
     let mut conn = PgConnection::establish(&standby.url("zdm")).unwrap();
@@ -393,8 +417,7 @@ async fn a_failover_mid_backfill_loses_no_acknowledged_write_and_the_backfill_fi
     // committed on the primary but not acknowledged, until the primary dies under it. (An
     // asynchronous standby would let the primary acknowledge writes it never receives: the
     // wait ends after 200 of them, and the check below finds them lost.)
-    let receiver = Pid::from_raw(wal_receiver_pid(&standby));
-    kill(receiver, Signal::SIGSTOP).unwrap();
+    let receiver = FrozenReceiver::freeze(&standby);
     let acknowledged_before_the_stall = tally.acknowledged.load(Ordering::Relaxed);
     let mut watch = PgConnection::establish(&primary_url).unwrap();
     eventually("a write waiting for the standby's confirmation", || {
@@ -411,7 +434,7 @@ async fn a_failover_mid_backfill_loses_no_acknowledged_write_and_the_backfill_fi
     let acknowledged_in_the_stall =
         tally.acknowledged.load(Ordering::Relaxed) - acknowledged_before_the_stall;
     let killed = kill_the_primary(&primary).await;
-    kill(receiver, Signal::SIGKILL).unwrap();
+    receiver.cut();
     // The HA manager notices: by then the clients have met the outage.
     eventually("a client to meet the outage", || {
         tally.unavailable.load(Ordering::Relaxed) + tally.no_answer.load(Ordering::Relaxed) > 0
@@ -498,5 +521,114 @@ async fn a_failover_mid_backfill_loses_no_acknowledged_write_and_the_backfill_fi
     assert_eq!(
         zdm::migration::state::current_phase(&mut conn).unwrap(),
         Phase::Backfilled
+    );
+}
+
+#[actix_web::test]
+async fn a_step_in_flight_when_the_primary_dies_committed_on_the_new_primary_or_not_at_all() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let (_cluster, primary, standby, url) =
+        cluster_with_a_synchronous_standby("failover-step", 20_000);
+    let (address, follower, _) = crate::helpers::serve_with(
+        &url,
+        zdm::db::PoolLimits::with_size(4),
+        Default::default(),
+        Vec::new(),
+    );
+    let mut conn = PgConnection::establish(&url).unwrap();
+    crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
+    backfill::run(&mut conn, backfill::Direction::Forward, |_| {}).unwrap();
+    drop(conn);
+
+    // The step to backfilled starts while the standby does not confirm: its first part
+    // commits on the primary and waits for the standby when the primary dies.
+    let receiver = FrozenReceiver::freeze(&standby);
+    let step = {
+        let address = address.clone();
+        actix_web::rt::spawn(async move {
+            let response = reqwest::Client::new()
+                .post(format!("{address}/api/admin/migration/advance"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({ "from": "dual_write" }))
+                .timeout(Duration::from_secs(120))
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        })
+    };
+    let mut watch = PgConnection::establish(&primary.url("zdm")).unwrap();
+    eventually("the step waiting for the standby's confirmation", || {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            // (pg_stat_activity keeps the first kilobyte of the step's file: its header)
+            "EXISTS (SELECT FROM pg_stat_activity WHERE wait_event = 'SyncRep' \
+             AND query LIKE '%Step 3, dual_write → backfilled%')",
+        ))
+        .get_result(&mut watch)
+        .unwrap()
+    })
+    .await;
+    drop(watch);
+    kill_the_primary(&primary).await;
+    receiver.cut();
+    promote(&standby).await;
+
+    // Not committed on the new primary: the step says so with a 503 (never a 500), and the
+    // history of the new primary says it failed and why.
+    let (status, body) = step.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let mut conn = PgConnection::establish(&standby.url("zdm")).unwrap();
+    assert_eq!(
+        zdm::migration::state::current_phase(&mut conn).unwrap(),
+        Phase::DualWrite
+    );
+    let last = zdm::migration::state::history(&mut conn, 1)
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (
+            last.action.as_str(),
+            last.from_phase.as_str(),
+            last.to_phase.as_str(),
+            last.outcome.as_str()
+        ),
+        ("advance", "dual_write", "backfilled", "failed"),
+        "{last:?}"
+    );
+    let detail = last.detail.unwrap_or_default();
+    assert!(
+        detail.contains("connection to the database was lost")
+            && detail.contains("the phase is dual_write"),
+        "{detail}"
+    );
+
+    // A retry takes the step on the new primary, and a rollback undoes it.
+    let client = reqwest::Client::new();
+    for (path, from, to) in [
+        ("advance", "dual_write", Phase::Backfilled),
+        ("rollback", "backfilled", Phase::DualWrite),
+    ] {
+        let response = client
+            .post(format!("{address}/api/admin/migration/{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "from": from }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert_eq!(
+            status,
+            200,
+            "{path}: {}",
+            response.text().await.unwrap_or_default()
+        );
+        assert_eq!(zdm::migration::state::current_phase(&mut conn).unwrap(), to);
+        crate::helpers::wait_for_acknowledged(&mut conn, &follower, to).await;
+    }
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
     );
 }
