@@ -12,7 +12,8 @@
 //! - `TooManyRequests`: too many failed admin log-ins (429 with Retry-After).
 //! - `PayloadTooLarge`: body over the limit (413).
 //! - `RequestTimeout`: the body did not arrive in time (408).
-//! - `Unavailable`: the database cannot be reached right now (503); the client may retry.
+//! - `Unavailable`: the database cannot be reached right now, e.g. no primary during a
+//!   failover (503 with Retry-After); the client may retry.
 //! - `ConstraintRefused`: the database's constraints refused a write the code thought valid:
 //!   the schema moved on under this instance (503 naming the constraint, logged as an error);
 //!   the client may retry once the instance has caught up.
@@ -123,7 +124,9 @@ impl AppError {
             AppError::TooManyRequests { retry_after_secs } => {
                 response.insert_header(("Retry-After", retry_after_secs.to_string()));
             }
-            AppError::ConstraintRefused { .. } | AppError::Fenced => {
+            // A database that cannot be reached is usually back within seconds (a restart, a
+            // failover to a standby): the client is told it may retry.
+            AppError::Unavailable(_) | AppError::ConstraintRefused { .. } | AppError::Fenced => {
                 response.insert_header(("Retry-After", "1"));
             }
             _ => {}

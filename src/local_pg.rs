@@ -271,7 +271,116 @@ impl LocalPg {
             .output()
             .map_err(io_err("running pg_basebackup"))?;
         check(out, "pg_basebackup")?;
+        // The name the replica streams under (its walreceiver's application_name), which a
+        // primary's `synchronous_standby_names` refers to.
+        let auto_conf = scratch.join("postgresql.auto.conf");
+        let mut text =
+            fs::read_to_string(&auto_conf).map_err(io_err("reading postgresql.auto.conf"))?;
+        text.push_str(&format!("cluster_name = '{}'\n", self.standby_name()));
+        fs::write(&auto_conf, text).map_err(io_err("writing postgresql.auto.conf"))?;
         fs::rename(&scratch, &self.data_dir).map_err(io_err("moving the replica into place"))
+    }
+
+    /// The name this replica streams under: `zdm_` and its folder's name (`zdm_replica_1`).
+    pub fn standby_name(&self) -> String {
+        let folder = self
+            .base_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        format!("zdm_{}", folder.replace('-', "_"))
+    }
+
+    /// Makes `standby` (a replica of this primary) synchronous: from now on a commit here is
+    /// acknowledged only once the standby has flushed it (`synchronous_commit = on`), so a
+    /// failover to it loses no acknowledged write. Set with `ALTER SYSTEM` on this primary
+    /// only, after the standby was cloned: a promoted standby does not wait for a standby of
+    /// its own (an HA manager clears the setting on promotion for the same reason). Returns
+    /// once the primary reports the standby as `sync` (within 60 s).
+    pub fn make_synchronous(&self, standby: &LocalPg) -> Result<(), LocalPgError> {
+        let name = standby.standby_name();
+        let mut conn = PgConnection::establish(&self.url("postgres"))?;
+        let database = |source| LocalPgError::Database {
+            name: "postgres".to_owned(),
+            source,
+        };
+        // ALTER SYSTEM runs outside any transaction, so one statement at a time.
+        for sql in [
+            format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{}'",
+                quote_ident(&name)
+            ),
+            "ALTER SYSTEM SET synchronous_commit = on".to_owned(),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            diesel::sql_query(sql)
+                .execute(&mut conn)
+                .map_err(database)?;
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let sync: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "EXISTS (SELECT FROM pg_stat_replication WHERE sync_state = 'sync' AND application_name = ",
+            )
+            .bind::<Text, _>(&name)
+            .sql(")"))
+            .get_result(&mut conn)
+            .map_err(database)?;
+            if sync {
+                return Ok(());
+            }
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                return Err(LocalPgError::Command {
+                    what: format!("making {name} a synchronous standby"),
+                    detail: "the primary did not report it as sync within 60 s".to_owned(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote`, as an HA manager does when the
+    /// primary is lost), returning once it accepts writes.
+    pub fn promote(&self) -> Result<(), LocalPgError> {
+        let out = self
+            .command("pg_ctl")
+            .arg("promote")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-w", "-t", "60"])
+            .output()
+            .map_err(io_err("running pg_ctl promote"))?;
+        check(out, "pg_ctl promote")
+    }
+
+    /// The postmaster's process id (the first line of `postmaster.pid`), for a test or a demo
+    /// that kills the server as a crash would.
+    pub fn postmaster_pid(&self) -> Result<i32, LocalPgError> {
+        let text = fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .map_err(io_err("reading postmaster.pid"))?;
+        text.lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .ok_or_else(|| LocalPgError::Command {
+                what: "reading postmaster.pid".to_owned(),
+                detail: "no process id on its first line".to_owned(),
+            })
+    }
+
+    /// A libpq URL for `database` naming every server of `servers` in turn, taking the first
+    /// that accepts writes (`target_session_attrs=read-write`): what an application uses to
+    /// follow a failover by itself.
+    pub fn multi_host_url(servers: &[&LocalPg], database: &str) -> String {
+        let hosts: Vec<String> = servers
+            .iter()
+            .map(|pg| percent_encode(&pg.socket_dir.to_string_lossy()))
+            .collect();
+        let ports: Vec<String> = servers.iter().map(|_| PORT.to_string()).collect();
+        format!(
+            "postgres:///{database}?host={}&port={}&user={SUPERUSER}&target_session_attrs=read-write",
+            hosts.join(","),
+            ports.join(",")
+        )
     }
 
     /// Stops the server (fast shutdown: open sessions are ended, data is flushed).
@@ -620,6 +729,14 @@ impl ScratchCluster {
         let replica = primary.ensure_replica(1)?;
         self.replicas.push(replica.clone());
         Ok(replica)
+    }
+
+    /// Replica number 1 as a synchronous standby of the primary (see
+    /// `LocalPg::make_synchronous`): a failover to it loses no acknowledged write.
+    pub fn synchronous_standby(&mut self, primary: &LocalPg) -> Result<LocalPg, LocalPgError> {
+        let standby = self.replica(primary)?;
+        primary.make_synchronous(&standby)?;
+        Ok(standby)
     }
 }
 

@@ -266,16 +266,34 @@ pub fn describe_url(url: &str) -> String {
     let database = parts
         .param("dbname")
         .unwrap_or_else(|| parts.database.to_owned());
-    let hosts = match (
-        parts.hosts.is_empty(),
-        parts.param("host"),
-        parts.param("port"),
-    ) {
-        (true, Some(host), port) => format!("{host}:{}", port.as_deref().unwrap_or("5432")),
-        (true, None, port) => format!("localhost:{}", port.as_deref().unwrap_or("5432")),
-        (false, _, _) => parts.hosts.to_owned(),
+    let hosts = if parts.hosts.is_empty() {
+        pair_hosts_and_ports(
+            parts.param("host").as_deref().unwrap_or("localhost"),
+            parts.param("port").as_deref().unwrap_or("5432"),
+        )
+    } else {
+        parts.hosts.to_owned()
     };
     format!("{hosts}/{database}")
+}
+
+/// `host:port` of each server of libpq's `host=` and `port=` lists (`host=a,b&port=1,2`:
+/// `a:1,b:2`); a single port serves every host, as in libpq.
+fn pair_hosts_and_ports(hosts: &str, ports: &str) -> String {
+    let ports: Vec<&str> = ports.split(',').collect();
+    hosts
+        .split(',')
+        .enumerate()
+        .map(|(i, host)| {
+            let port = if ports.len() == 1 {
+                ports[0]
+            } else {
+                ports.get(i).copied().unwrap_or("5432")
+            };
+            format!("{host}:{port}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `url` with its database replaced by `database` (for tools that create databases of their
@@ -318,6 +336,16 @@ mod tests {
             "/tmp/pg:5432/zdm"
         );
         assert!(!describe_url("postgresql://a:b@h/d").contains('b'));
+        assert_eq!(
+            describe_url(
+                "postgres:///zdm?host=%2Fa%2Frun,%2Fb%2Frun&port=5432,5433&user=postgres&target_session_attrs=read-write"
+            ),
+            "/a/run:5432,/b/run:5433/zdm"
+        );
+        assert_eq!(
+            describe_url("postgres:///zdm?host=/a,/b&port=5432"),
+            "/a:5432,/b:5432/zdm"
+        );
     }
 
     #[test]
@@ -331,5 +359,19 @@ mod tests {
             "postgres:///t?host=/tmp/x&port=5432"
         );
         assert_eq!(with_database("postgres://host", "t"), "postgres://host/t");
+        assert_eq!(
+            with_database(
+                "postgres:///zdm?host=/a,/b&port=5432,5432&target_session_attrs=read-write",
+                "t"
+            ),
+            "postgres:///t?host=/a,/b&port=5432,5432&target_session_attrs=read-write"
+        );
+        assert_eq!(
+            with_database(
+                "postgres://u@h1:5440,h2:5441/zdm?target_session_attrs=read-write",
+                "t"
+            ),
+            "postgres://u@h1:5440,h2:5441/t?target_session_attrs=read-write"
+        );
     }
 }

@@ -107,6 +107,45 @@ pub fn rollback(
     runner::rollback(conn, actor, from, &mut settings.throttle())
 }
 
+/// How long a step that lost its connection waits for a server to answer again (a restart,
+/// a standby promoted by an HA manager) to learn whether it committed.
+pub const SETTLE_WAIT: Duration = Duration::from_secs(60);
+
+/// `outcome` of a step run on a connection to `url`; when that connection was lost under it,
+/// waits (up to `wait`, trying every 0.25 s) for a server to answer at `url` and asks it
+/// whether the step committed (`runner::settle_interrupted`): a step that did is a success,
+/// one that did not stays `Interrupted`, now with its `failed` line in the history.
+pub fn settle_step(
+    url: &str,
+    outcome: Result<Transition, RunError>,
+    actor: &str,
+    wait: Duration,
+) -> Result<Transition, RunError> {
+    let Err(interrupted @ RunError::Interrupted { .. }) = outcome else {
+        return outcome;
+    };
+    let started = std::time::Instant::now();
+    loop {
+        match PgConnection::establish(url) {
+            Ok(mut conn) => {
+                return match runner::settle_interrupted(&mut conn, &interrupted, actor) {
+                    Ok(Some(committed)) => Ok(committed),
+                    Ok(None) => Err(interrupted),
+                    Err(e) => {
+                        log::warn!("could not settle the interrupted step: {e}");
+                        Err(interrupted)
+                    }
+                };
+            }
+            Err(e) if started.elapsed() >= wait => {
+                log::warn!("no server answered within {wait:?} after a step was interrupted: {e}");
+                return Err(interrupted);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
 /// Checks the backfill's gates for the stored phase and stores the knobs, which its callers
 /// check before they touch the database (so that a bad knob is told as such even while it
 /// is down): what every start does first.
@@ -292,6 +331,9 @@ impl From<RunError> for AppError {
         }
         match e {
             RunError::State(StateError::Database(d)) => d.into(),
+            interrupted @ RunError::Interrupted { .. } => {
+                AppError::Unavailable(Box::new(interrupted))
+            }
             other => AppError::internal(other),
         }
     }

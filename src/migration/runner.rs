@@ -121,6 +121,19 @@ pub enum RunError {
     },
     #[error("migration {migration} failed: {message}")]
     Migration { migration: String, message: String },
+    /// The connection died under the step (the server crashed, or the primary was lost in a
+    /// failover): the step committed on the server that answers next or not at all, which
+    /// only that server can tell (see `settle_interrupted`).
+    #[error(
+        "the connection to the database was lost during the {} {from} → {to} ({message}); it committed on the server that answers next or not at all: its phase and history say which",
+        action.as_str()
+    )]
+    Interrupted {
+        action: Action,
+        from: Phase,
+        to: Phase,
+        message: String,
+    },
     #[error(transparent)]
     Backfill(#[from] BackfillError),
     #[error(transparent)]
@@ -235,7 +248,11 @@ pub fn advance_with(
             lock_timeouts,
         })
     });
-    if let Err(e) = &outcome {
+    let outcome = outcome.map_err(|e| interrupted(conn, e, Action::Advance, from, to));
+    // An interrupted step is recorded once its outcome is known (`settle_interrupted`).
+    if let Err(e) = &outcome
+        && !matches!(e, RunError::Interrupted { .. })
+    {
         record_failure(conn, Action::Advance, from, to, actor, e);
     }
     outcome
@@ -284,10 +301,76 @@ pub fn rollback(
             lock_timeouts,
         })
     });
-    if let Err(e) = &outcome {
+    let outcome = outcome.map_err(|e| interrupted(conn, e, Action::Rollback, from, to));
+    // An interrupted step is recorded once its outcome is known (`settle_interrupted`).
+    if let Err(e) = &outcome
+        && !matches!(e, RunError::Interrupted { .. })
+    {
         record_failure(conn, Action::Rollback, from, to, actor, e);
     }
     outcome
+}
+
+/// `error`, or `Interrupted` when the connection no longer answers: whatever the step met,
+/// its outcome is then for the next server to tell.
+fn interrupted(
+    conn: &mut PgConnection,
+    error: RunError,
+    action: Action,
+    from: Phase,
+    to: Phase,
+) -> RunError {
+    let alive = diesel::select(1.into_sql::<diesel::sql_types::Integer>())
+        .execute(conn)
+        .is_ok();
+    if alive {
+        return error;
+    }
+    RunError::Interrupted {
+        action,
+        from,
+        to,
+        message: error
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// After a step lost its connection (`Interrupted`), on a connection to the server that
+/// answers now (the same one restarted, or the standby promoted in its place): whether the
+/// step committed there. If the phase moved to `to`, it did, and its `done` line is in the
+/// history (the phase and its history line commit together). If not, nothing of the step
+/// holds but what a retry picks up again (each part of a step is idempotent), and a
+/// `failed` line saying so is recorded, since the lost connection could not record it.
+pub fn settle_interrupted(
+    conn: &mut PgConnection,
+    interrupted: &RunError,
+    actor: &str,
+) -> Result<Option<Transition>, RunError> {
+    let RunError::Interrupted {
+        action, from, to, ..
+    } = interrupted
+    else {
+        return Ok(None);
+    };
+    let phase = state::current_phase(conn)?;
+    if phase == *to {
+        log::info!(
+            "the interrupted {} {from} → {to} committed: the phase is {to}",
+            action.as_str()
+        );
+        return Ok(Some(Transition {
+            from: *from,
+            to: *to,
+            lock_timeouts: 0,
+        }));
+    }
+    let detail = format!("{interrupted}; it did not commit here: the phase is {phase}, try again");
+    state::record(conn, *action, *from, *to, actor, "failed", Some(&detail))?;
+    log::warn!("{detail}");
+    Ok(None)
 }
 
 /// Takes the runner's lock. A step that names the phase it starts from (`expected`) waits

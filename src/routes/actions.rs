@@ -32,14 +32,14 @@ pub async fn current_status(state: &web::Data<AppState>) -> Result<MigrationStat
 /// backfill can outlive a pooled connection's fair share).
 async fn own_connection<F, T>(state: &web::Data<AppState>, work: F) -> Result<T, AppError>
 where
-    F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
+    F: FnOnce(&mut PgConnection, &str) -> Result<T, AppError> + Send + 'static,
     T: Send + 'static,
 {
     let url = state.session_url.clone();
     web::block(move || {
         let mut conn =
             PgConnection::establish(&url).map_err(|e| AppError::Unavailable(Box::new(e)))?;
-        work(&mut conn)
+        work(&mut conn, &url)
     })
     .await?
 }
@@ -81,12 +81,18 @@ pub async fn advance_step(
             "confirm must not contain control characters (such as NUL).",
         )));
     }
-    let transition = own_connection(state, move |conn| {
+    let transition = own_connection(state, move |conn, url| {
         let consent = Consent {
             confirm: confirm.as_deref(),
             without_client_check,
         };
-        Ok(control::advance(conn, &actor, from, &consent)?)
+        let outcome = control::advance(conn, &actor, from, &consent);
+        Ok(control::settle_step(
+            url,
+            outcome,
+            &actor,
+            control::SETTLE_WAIT,
+        )?)
     })
     .await?;
     count_lock_timeouts(state, &transition);
@@ -100,8 +106,14 @@ pub async fn rollback_step(
     from: Option<Phase>,
 ) -> Result<Transition, AppError> {
     let settings = state.backfill.clone();
-    let transition = own_connection(state, move |conn| {
-        Ok(control::rollback(conn, &actor, from, &settings)?)
+    let transition = own_connection(state, move |conn, url| {
+        let outcome = control::rollback(conn, &actor, from, &settings);
+        Ok(control::settle_step(
+            url,
+            outcome,
+            &actor,
+            control::SETTLE_WAIT,
+        )?)
     })
     .await?;
     count_lock_timeouts(state, &transition);
@@ -162,5 +174,5 @@ pub async fn change_knobs(
 /// Verifies the whole table for the stored phase, on a connection of its own (a whole-table
 /// scan, free of the web pool's statement_timeout).
 pub async fn verify_now(state: &web::Data<AppState>) -> Result<VerifyResult, AppError> {
-    own_connection(state, |conn| Ok(control::verify_now(conn)?.1)).await
+    own_connection(state, |conn, _| Ok(control::verify_now(conn)?.1)).await
 }

@@ -10,6 +10,7 @@ mod backfill_workers;
 mod browser;
 mod demo;
 mod edges;
+mod failover;
 mod faults;
 mod fencing;
 mod fuzz;
