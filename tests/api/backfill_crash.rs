@@ -17,16 +17,7 @@ use zdm::migration::backfill::{self, BackfillError, BackfillState, Direction, Ri
 use zdm::migration::{Phase, schema_migrations, verify};
 
 use crate::helpers::{ADMIN_TOKEN, scratch_cluster, try_backfill_runner_pids};
-
-/// The postmaster's process id: the first line of `postmaster.pid`.
-fn postmaster_pid(pg: &LocalPg) -> i32 {
-    std::fs::read_to_string(pg.data_dir.join("postmaster.pid"))
-        .expect("reading postmaster.pid")
-        .lines()
-        .next()
-        .and_then(|line| line.trim().parse().ok())
-        .expect("a pid on the first line of postmaster.pid")
-}
+use crate::writers::{Tally, assert_every_acknowledged_write_is_there, start_writers};
 
 /// Starts the cluster under `base` again after a crash. PostgreSQL refuses to start while
 /// processes of the killed server still hold its shared memory (they notice the postmaster is
@@ -67,78 +58,6 @@ async fn served_in_dual_write(
     );
     crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
     (address, follower, url)
-}
-
-/// A stored name: (full_name, first_name, last_name).
-type Stored = (String, Option<String>, Option<String>);
-
-/// What a row may hold after the writes to it: the last acknowledged one, or any sent after
-/// it whose answer was lost (it may have committed before the crash or not).
-#[derive(Default)]
-struct Expected {
-    acknowledged: Option<Stored>,
-    maybe: Vec<Stored>,
-}
-
-/// A client that renames its own users, through v1 and v2 in turn, until `stop`; every
-/// write is recorded in `log` as acknowledged (200) or uncertain (no answer, or 503).
-async fn writer(
-    address: String,
-    ids: Vec<i64>,
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<HashMap<i64, Expected>>>,
-    acknowledged: Arc<std::sync::atomic::AtomicUsize>,
-) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let id = ids[n % ids.len()];
-        n += 1;
-        let (path, body, stored) = if n % 2 == 0 {
-            let full = format!("Writer{id} N{n} Crash");
-            (
-                format!("{address}/api/v1/users/{id}"),
-                json!({ "full_name": full }),
-                (
-                    full,
-                    Some(format!("Writer{id}")),
-                    Some(format!("N{n} Crash")),
-                ),
-            )
-        } else {
-            let (first, last) = (format!("Mary Ann{n}"), format!("W{id}"));
-            (
-                format!("{address}/api/v2/users/{id}"),
-                json!({ "first_name": first, "last_name": last }),
-                (format!("{first} {last}"), Some(first), Some(last)),
-            )
-        };
-        let status = client
-            .put(&path)
-            .json(&body)
-            .send()
-            .await
-            .map(|r| r.status().as_u16());
-        {
-            let mut log = log.lock().unwrap();
-            let expected = log.entry(id).or_default();
-            match status {
-                Ok(200) => {
-                    expected.acknowledged = Some(stored);
-                    expected.maybe.clear();
-                    acknowledged.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(503) | Err(_) => expected.maybe.push(stored),
-                Ok(other) => panic!("PUT {path} answered {other}"),
-            }
-        }
-        if !matches!(status, Ok(200)) {
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// Whether a runner holds the backfill's lock, read on `conn` (reconnected to `url` when
@@ -186,19 +105,8 @@ async fn a_backfill_rides_out_a_postmaster_killed_with_sigkill_and_finishes_by_i
     // Clients rename users of their own through both APIs the whole time.
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(HashMap::new()));
-    let acknowledged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let ids = (0..50).map(|i| 1 + w + 4 * i).collect();
-            actix_web::rt::spawn(writer(
-                address.clone(),
-                ids,
-                Arc::clone(&stop),
-                Arc::clone(&log),
-                Arc::clone(&acknowledged),
-            ))
-        })
-        .collect();
+    let tally = Arc::new(Tally::default());
+    let writers = start_writers(&address, 4, &stop, &log, &tally, "Crash");
     // A watcher holds every status shown, by the API and by the same status function read
     // straight from the database (which sees the database back first), to whether a runner
     // held the lock just before and just after it.
@@ -253,18 +161,18 @@ async fn a_backfill_rides_out_a_postmaster_killed_with_sigkill_and_finishes_by_i
     })
     .await;
     assert!(
-        acknowledged.load(Ordering::Relaxed) > 0,
+        tally.acknowledged.load(Ordering::Relaxed) > 0,
         "the clients write"
     );
 
     // SIGKILL to the postmaster: its server processes go down with it, nothing is flushed.
-    let postmaster = Pid::from_raw(postmaster_pid(&pg));
+    let postmaster = Pid::from_raw(pg.postmaster_pid().unwrap());
     kill(postmaster, Signal::SIGKILL).unwrap();
     crate::helpers::eventually("the postmaster to be gone", || {
         kill(postmaster, None).is_err()
     })
     .await;
-    let acknowledged_before_restart = acknowledged.load(Ordering::Relaxed);
+    let acknowledged_before_restart = tally.acknowledged.load(Ordering::Relaxed);
     let pg = restart(cluster.base.clone()).await;
     assert!(pg.started_here, "the killed server was started again");
 
@@ -319,7 +227,7 @@ async fn a_backfill_rides_out_a_postmaster_killed_with_sigkill_and_finishes_by_i
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
-        acknowledged.load(Ordering::Relaxed) > acknowledged_before_restart,
+        tally.acknowledged.load(Ordering::Relaxed) > acknowledged_before_restart,
         "the clients wrote again after the restart"
     );
     stop.store(true, Ordering::Relaxed);
@@ -340,34 +248,11 @@ async fn a_backfill_rides_out_a_postmaster_killed_with_sigkill_and_finishes_by_i
         0
     );
 
-    // Every acknowledged write is there (or one sent after it whose answer was lost).
-    use zdm::schema::expanded::users;
-    let log = log.lock().unwrap();
-    let ids: Vec<i64> = log.keys().copied().collect();
-    let stored: Vec<(i64, Stored)> = users::table
-        .filter(users::id.eq_any(&ids))
-        .select((
-            users::id,
-            (users::full_name, users::first_name, users::last_name),
-        ))
-        .load(&mut conn)
-        .unwrap();
-    assert_eq!(stored.len(), ids.len());
-    for (id, row) in stored {
-        let expected = &log[&id];
-        let allowed = expected
-            .acknowledged
-            .iter()
-            .chain(&expected.maybe)
-            .any(|e| *e == row);
-        let untouched = expected.acknowledged.is_none();
-        assert!(
-            allowed || untouched,
-            "user {id} holds {row:?}, not its last acknowledged write {:?} (or a later unanswered one {:?})",
-            expected.acknowledged,
-            expected.maybe
-        );
-    }
+    // Every answer was 200 or 503 (or none, while the database was gone), and every
+    // acknowledged write is there (or one sent after it whose answer was lost).
+    let others = tally.others.lock().unwrap().clone();
+    assert!(others.is_empty(), "writes answered otherwise: {others:?}");
+    assert_every_acknowledged_write_is_there(&mut conn, &log.lock().unwrap());
     drop(conn);
 }
 

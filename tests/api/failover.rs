@@ -4,7 +4,7 @@
 //! standby promoted with `pg_ctl promote`, as an HA manager would.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,41 +16,9 @@ use zdm::local_pg::{LocalPg, ScratchCluster};
 use zdm::migration::{Phase, backfill, schema_migrations, verify};
 
 use crate::helpers::{ADMIN_TOKEN, eventually, scratch_cluster};
-
-/// A stored name: (full_name, first_name, last_name).
-type Stored = (String, Option<String>, Option<String>);
-
-/// What a row may hold after the writes to it: the last acknowledged one, or any sent after
-/// it whose answer did not say (a 503, or no answer: it may have committed or not).
-#[derive(Default)]
-struct Expected {
-    acknowledged: Option<Stored>,
-    maybe: Vec<Stored>,
-}
-
-/// What the writers saw, counted as a user would.
-#[derive(Default)]
-struct Tally {
-    acknowledged: AtomicUsize,
-    unavailable: AtomicUsize,
-    /// 503s that do not say when to try again (`Retry-After`).
-    unavailable_without_retry_after: AtomicUsize,
-    /// Any other answer than 200 or 503 (a 500, a 409...), with its status and path.
-    others: Mutex<Vec<String>>,
-    /// Requests that got no answer at all (a hang past the client's timeout, a reset).
-    no_answer: AtomicUsize,
-}
-
-/// The status of an answer; a 503 without `Retry-After` is counted apart.
-fn answer_of(response: &reqwest::Response, tally: &Tally) -> u16 {
-    let status = response.status().as_u16();
-    if status == 503 && !response.headers().contains_key("retry-after") {
-        tally
-            .unavailable_without_retry_after
-            .fetch_add(1, Ordering::Relaxed);
-    }
-    status
-}
+use crate::writers::{
+    Stored, Tally, answer_of, assert_every_acknowledged_write_is_there, start_writers,
+};
 
 /// A primary with a synchronous standby, a database `zdm` seeded with `users` rows in
 /// baseline, and the multi-host URL that reaches whichever of the two accepts writes.
@@ -70,77 +38,6 @@ fn cluster_with_a_synchronous_standby(
     let standby = cluster.synchronous_standby(&primary).unwrap();
     let url = LocalPg::multi_host_url(&[&primary, &standby], "zdm");
     (cluster, primary, standby, url)
-}
-
-/// A client that renames its own users, through v1 and v2 in turn, until `stop`, recording
-/// every write in `log` and every answer in `tally`.
-async fn writer(
-    address: String,
-    ids: Vec<i64>,
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<HashMap<i64, Expected>>>,
-    tally: Arc<Tally>,
-) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let id = ids[n % ids.len()];
-        n += 1;
-        let (path, body, stored) = if n % 2 == 0 {
-            let full = format!("Writer{id} N{n} Failover");
-            (
-                format!("{address}/api/v1/users/{id}"),
-                json!({ "full_name": full }),
-                (
-                    full,
-                    Some(format!("Writer{id}")),
-                    Some(format!("N{n} Failover")),
-                ),
-            )
-        } else {
-            let (first, last) = (format!("Mary Ann{n}"), format!("W{id}"));
-            (
-                format!("{address}/api/v2/users/{id}"),
-                json!({ "first_name": first, "last_name": last }),
-                (format!("{first} {last}"), Some(first), Some(last)),
-            )
-        };
-        let status = client
-            .put(&path)
-            .json(&body)
-            .send()
-            .await
-            .map(|r| answer_of(&r, &tally));
-        {
-            let mut log = log.lock().unwrap();
-            let expected = log.entry(id).or_default();
-            match status {
-                Ok(200) => {
-                    expected.acknowledged = Some(stored);
-                    expected.maybe.clear();
-                    tally.acknowledged.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(503) => {
-                    expected.maybe.push(stored);
-                    tally.unavailable.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(other) => {
-                    expected.maybe.push(stored);
-                    tally.others.lock().unwrap().push(format!("{other} {path}"));
-                }
-                Err(_) => {
-                    expected.maybe.push(stored);
-                    tally.no_answer.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        if !matches!(status, Ok(200)) {
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// Acknowledged new users: email and name. A rename can be overwritten by a later one; a
@@ -235,58 +132,6 @@ fn assert_every_acknowledged_user_is_there(conn: &mut PgConnection, created: &[(
     );
 }
 
-/// `writers` writers on disjoint users of their own.
-fn start_writers(
-    address: &str,
-    writers: i64,
-    stop: &Arc<AtomicBool>,
-    log: &Arc<Mutex<HashMap<i64, Expected>>>,
-    tally: &Arc<Tally>,
-) -> Vec<actix_web::rt::task::JoinHandle<()>> {
-    (0..writers)
-        .map(|w| {
-            let ids = (0..50).map(|i| 1 + w + writers * i).collect();
-            actix_web::rt::spawn(writer(
-                address.to_owned(),
-                ids,
-                Arc::clone(stop),
-                Arc::clone(log),
-                Arc::clone(tally),
-            ))
-        })
-        .collect()
-}
-
-/// Every acknowledged write is on `conn`'s server with its values (or one sent after it
-/// whose answer did not say).
-fn assert_every_acknowledged_write_is_there(conn: &mut PgConnection, log: &HashMap<i64, Expected>) {
-    use zdm::schema::expanded::users;
-    let ids: Vec<i64> = log.keys().copied().collect();
-    let stored: Vec<(i64, Stored)> = users::table
-        .filter(users::id.eq_any(&ids))
-        .select((
-            users::id,
-            (users::full_name, users::first_name, users::last_name),
-        ))
-        .load(conn)
-        .unwrap();
-    assert_eq!(stored.len(), ids.len());
-    for (id, row) in stored {
-        let expected = &log[&id];
-        let allowed = expected
-            .acknowledged
-            .iter()
-            .chain(&expected.maybe)
-            .any(|e| *e == row);
-        assert!(
-            allowed || expected.acknowledged.is_none(),
-            "user {id} holds {row:?}, not its last acknowledged write {:?} (or a later unanswered one {:?})",
-            expected.acknowledged,
-            expected.maybe
-        );
-    }
-}
-
 /// Kills the primary's postmaster with SIGKILL (its server processes go down with it,
 /// nothing is flushed) and waits until it is gone.
 async fn kill_the_primary(primary: &LocalPg) -> Instant {
@@ -375,7 +220,7 @@ async fn a_failover_mid_backfill_loses_no_acknowledged_write_and_the_backfill_fi
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(HashMap::new()));
     let tally = Arc::new(Tally::default());
-    let mut writers = start_writers(&address, 3, &stop, &log, &tally);
+    let mut writers = start_writers(&address, 3, &stop, &log, &tally, "Failover");
     let created: Created = Default::default();
     writers.push(actix_web::rt::spawn(creator(
         address.clone(),

@@ -30,3 +30,4 @@ mod shutdown;
 mod v1_api;
 mod v1_pages;
 mod v2_pages;
+mod writers;
