@@ -156,7 +156,10 @@ impl Database {
 
 /// How an instance's `AppState` is made, by the server and by the tests alike (so the tests
 /// run the production wiring, and a new field is one edit here): what every instance must
-/// have, and the rest with the defaults of a plain instance, changed by the setters.
+/// have, and the rest with the defaults of a plain instance, changed by the setters. The
+/// server applies its configuration with `configured`; the tests set what they need with
+/// the setters instead, so they skip what only the environment gives (the trusted proxies,
+/// the replicas from `DATABASE_REPLICA_URLS`, the backfill's p99 budget).
 pub struct AppStateBuilder {
     database_url: String,
     session_url: Option<String>,

@@ -251,7 +251,6 @@ pub fn serve(url: &str, limits: db::PoolLimits) -> (String, PhaseFollower, PathB
     serve_with(url, limits, Default::default(), Vec::new())
 }
 
-/// As `serve`, with user reads allowed on these replicas.
 /// Waits (up to 30 s) until the instance of `follower` runs `phase` and has said so in its
 /// heartbeat, which is what the gates read (it switches first and acknowledges right after).
 pub async fn wait_for_acknowledged(
@@ -316,6 +315,8 @@ pub async fn advance_served(conn: &mut PgConnection, follower: &PhaseFollower, t
     }
 }
 
+/// As `serve`, with user reads allowed on these replicas and the backfill throttled on
+/// `throttle_replicas`.
 pub fn serve_with(
     url: &str,
     limits: db::PoolLimits,
@@ -454,7 +455,7 @@ impl TestApp {
         self.follower.applied()
     }
 
-    /// Waits (up to 5 s) until this instance runs `phase` and has acknowledged it.
+    /// Waits (up to 30 s) until this instance runs `phase` and has acknowledged it.
     pub async fn wait_for_phase(&self, phase: Phase) {
         wait_for_acknowledged(&mut self.db.conn(), &self.follower, phase).await;
     }
@@ -553,7 +554,8 @@ impl TestApp {
         response.json().await.expect("a JSON status")
     }
 
-    /// Advances through the admin API and waits until this instance has applied the result.
+    /// Asks the admin API to advance (with the contract's confirmation, if given); does not
+    /// wait for the instance to apply the result (`wait_for_phase` does).
     pub async fn advance(&self, confirm: Option<&str>) -> reqwest::Response {
         let body = match confirm {
             Some(c) => serde_json::json!({ "confirm": c }),
