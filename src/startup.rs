@@ -159,7 +159,7 @@ impl Database {
 /// have, and the rest with the defaults of a plain instance, changed by the setters. The
 /// server applies its configuration with `configured`; the tests set what they need with
 /// the setters instead, so they skip what only the environment gives (the trusted proxies,
-/// the replicas from `DATABASE_REPLICA_URLS`, the backfill's p99 budget).
+/// the replicas, the backfill's limits and ride-out, the report folder) unless they set it.
 pub struct AppStateBuilder {
     database_url: String,
     session_url: Option<String>,
