@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::{Value, json};
+use serde_json::json;
 use zdm::local_pg::LocalPg;
 use zdm::migration::backfill::{self, BackfillError, BackfillState, Direction, RideOut, Throttle};
 use zdm::migration::{Phase, schema_migrations, verify};
 
 use crate::helpers::{ADMIN_TOKEN, scratch_cluster, try_backfill_runner_pids};
-use crate::writers::{Tally, assert_every_acknowledged_write_is_there, start_writers};
+use crate::writers::{
+    Tally, admin_status, assert_every_acknowledged_write_is_there, start_writers,
+};
 
 /// Starts the cluster under `base` again after a crash. PostgreSQL refuses to start while
 /// processes of the killed server still hold its shared memory (they notice the postmaster is
@@ -87,18 +89,7 @@ async fn a_backfill_rides_out_a_postmaster_killed_with_sigkill_and_finishes_by_i
         let (client, address) = (client.clone(), address.clone());
         move || {
             let (client, address) = (client.clone(), address.clone());
-            async move {
-                let response = client
-                    .get(format!("{address}/api/admin/migration"))
-                    .bearer_auth(ADMIN_TOKEN)
-                    .send()
-                    .await
-                    .ok()?;
-                if response.status() != 200 {
-                    return None;
-                }
-                Some(response.json::<Value>().await.ok()?["backfill"].clone())
-            }
+            async move { Some(admin_status(&client, &address).await?["backfill"].clone()) }
         }
     };
 

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::{Value, json};
+use serde_json::json;
 use zdm::local_pg::{LocalPg, ScratchCluster};
 use zdm::migration::{Phase, backfill, schema_migrations, verify};
 
 use crate::helpers::{ADMIN_TOKEN, eventually, scratch_cluster};
 use crate::writers::{
-    Stored, Tally, answer_of, assert_every_acknowledged_write_is_there, start_writers,
+    Stored, Tally, admin_status, answer_of, assert_every_acknowledged_write_is_there, start_writers,
 };
 
 /// A primary with a synchronous standby, a database `zdm` seeded with `users` rows in
@@ -132,6 +132,26 @@ fn assert_every_acknowledged_user_is_there(conn: &mut PgConnection, created: &[(
     );
 }
 
+/// An instance on `url` (the multi-host URL), walked to dual_write: its address, its
+/// follower (the instance lives as long as it does) and a connection of the test's own.
+async fn served_in_dual_write(
+    url: &str,
+) -> (
+    String,
+    zdm::migration::follower::PhaseFollower,
+    PgConnection,
+) {
+    let (address, follower, _) = crate::helpers::serve_with(
+        url,
+        zdm::db::PoolLimits::with_size(4),
+        Default::default(),
+        Vec::new(),
+    );
+    let mut conn = PgConnection::establish(url).unwrap();
+    crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
+    (address, follower, conn)
+}
+
 /// Kills the primary's postmaster with SIGKILL (its server processes go down with it,
 /// nothing is flushed) and waits until it is gone.
 async fn kill_the_primary(primary: &LocalPg) -> Instant {
@@ -188,32 +208,12 @@ async fn promote(standby: &LocalPg) {
         .unwrap();
 }
 
-async fn admin_status(client: &reqwest::Client, address: &str) -> Option<Value> {
-    let response = client
-        .get(format!("{address}/api/admin/migration"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .ok()?;
-    if response.status() != 200 {
-        return None;
-    }
-    response.json().await.ok()
-}
-
 #[actix_web::test]
 async fn a_failover_mid_backfill_loses_no_acknowledged_write_and_the_backfill_finishes_by_itself() {
     let _ = env_logger::builder().is_test(true).try_init();
     let rows = 100_000;
     let (_cluster, primary, standby, url) = cluster_with_a_synchronous_standby("failover", rows);
-    let (address, follower, _) = crate::helpers::serve_with(
-        &url,
-        zdm::db::PoolLimits::with_size(4),
-        Default::default(),
-        Vec::new(),
-    );
-    let mut conn = PgConnection::establish(&url).unwrap();
-    crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
+    let (address, _follower, conn) = served_in_dual_write(&url).await;
     drop(conn);
     let client = reqwest::Client::new();
 
@@ -374,14 +374,7 @@ async fn a_step_in_flight_when_the_primary_dies_committed_on_the_new_primary_or_
     let _ = env_logger::builder().is_test(true).try_init();
     let (_cluster, primary, standby, url) =
         cluster_with_a_synchronous_standby("failover-step", 20_000);
-    let (address, follower, _) = crate::helpers::serve_with(
-        &url,
-        zdm::db::PoolLimits::with_size(4),
-        Default::default(),
-        Vec::new(),
-    );
-    let mut conn = PgConnection::establish(&url).unwrap();
-    crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
+    let (address, follower, mut conn) = served_in_dual_write(&url).await;
     backfill::run(&mut conn, backfill::Direction::Forward, |_| {}).unwrap();
     drop(conn);
 

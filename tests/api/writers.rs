@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use diesel::prelude::*;
-use serde_json::json;
+use serde_json::{Value, json};
+
+use crate::helpers::ADMIN_TOKEN;
 
 /// A stored name: (full_name, first_name, last_name).
 pub type Stored = (String, Option<String>, Option<String>);
@@ -171,4 +173,19 @@ pub fn assert_every_acknowledged_write_is_there(
             expected.maybe
         );
     }
+}
+
+/// The admin API's migration status, or `None` while the instance or the database cannot
+/// answer it.
+pub async fn admin_status(client: &reqwest::Client, address: &str) -> Option<Value> {
+    let response = client
+        .get(format!("{address}/api/admin/migration"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    response.json().await.ok()
 }
