@@ -370,6 +370,16 @@ struct DemoArgs {
     /// than the instances' pools together; the steps, the backfill and verify go direct.
     #[arg(long)]
     pooler: bool,
+    /// Run on a primary and a synchronous streaming standby of the demo's own (removed
+    /// afterwards), the instances connected to both through a multi-host URL; mid-backfill the
+    /// primary is killed (SIGKILL) and the standby promoted. 503s while no primary answers
+    /// are counted apart; no acknowledged write may be lost.
+    #[arg(long, conflicts_with_all = ["naive", "replicas"])]
+    failover: bool,
+    /// With --failover: an asynchronous standby instead, to measure what PostgreSQL allows
+    /// to be lost there (acknowledged writes within the replication lag).
+    #[arg(long, requires = "failover")]
+    async_standby: bool,
     /// The backfill's sleep between batches, in ms (default: 100 quick, 50 full); with
     /// `ZDM_BACKFILL_MAX_P99_MS` set, 0 leaves the pacing to the latency throttle.
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=i64::from(backfill::MAX_SLEEP_MS)))]
@@ -394,8 +404,25 @@ struct DemoArgs {
 
 impl DemoArgs {
     fn run(self, config: &Config) -> Result<(), StartupError> {
-        let opts = self.options(config)?;
-        let url = config.resolve_database_url()?;
+        // The failover's primary and standby, removed when the run is over.
+        let failover = self
+            .failover
+            .then(|| {
+                demo::failover::Failover::start(
+                    &config.data_dir.join("demo-failover"),
+                    !self.async_standby,
+                )
+            })
+            .transpose()
+            .map_err(with_causes)?;
+        let mut opts = self.options(config)?;
+        let url = match failover {
+            Some((_, ref failover, ref url)) => {
+                opts.failover = Some(failover.clone());
+                url.clone()
+            }
+            None => config.resolve_database_url()?,
+        };
         let report_dir = opts.report_dir.clone();
         let summary = actix_web::rt::System::new()
             .block_on(demo::run(&url, opts))

@@ -745,12 +745,22 @@ impl Drop for ScratchCluster {
         for replica in &self.replicas {
             let _ = replica.stop();
         }
-        if let Ok(pg) = LocalPg::ensure_running(&self.base) {
+        // A primary killed on purpose (a failover) stays down: it is not started to be stopped.
+        if postmaster_alive(&self.base.join("pgdata"))
+            && let Ok(pg) = LocalPg::ensure_running(&self.base)
+        {
             let _ = pg.stop();
-            let _ = fs::remove_dir_all(&pg.base_dir);
         }
         let _ = fs::remove_dir_all(&self.base);
     }
+}
+
+/// Whether the postmaster named by `data_dir`'s `postmaster.pid` is alive.
+fn postmaster_alive(data_dir: &Path) -> bool {
+    fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok())
+        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
 }
 
 /// Creates the database `name` when missing, on a connection to any other database.

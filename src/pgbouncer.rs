@@ -56,9 +56,16 @@ impl Upstream {
             }
             _ => ((!first.is_empty()).then(|| first.to_owned()), None),
         };
-        let host = parts.param("host").or(host).ok_or_else(no_upstream)?;
+        // libpq's host= and port= may list several servers: the first of each pair.
+        let first_of = |list: String| list.split(',').next().unwrap_or_default().to_owned();
+        let host = parts
+            .param("host")
+            .map(first_of)
+            .or(host)
+            .ok_or_else(no_upstream)?;
         let port = parts
             .param("port")
+            .map(first_of)
             .or(port)
             .unwrap_or_else(|| "5432".to_owned());
         let user = parts
@@ -81,6 +88,33 @@ pub struct PgBouncer {
     child: Child,
 }
 
+/// PgBouncer's configuration: every database to `upstream`, transaction mode, `dir`'s socket.
+fn write_config(ini: &Path, dir: &Path, upstream: &Upstream) -> std::io::Result<()> {
+    let config = format!(
+        "[databases]\n\
+         * = host={host} port={port}\n\
+         [pgbouncer]\n\
+         unix_socket_dir = {dir}\n\
+         listen_port = {PORT}\n\
+         auth_type = trust\n\
+         auth_file = {dir}/users.txt\n\
+         pool_mode = transaction\n\
+         default_pool_size = {size}\n\
+         min_pool_size = 0\n\
+         reserve_pool_size = 0\n\
+         max_client_conn = 2000\n\
+         ignore_startup_parameters = extra_float_digits\n\
+         server_login_retry = 1\n\
+         logfile = {dir}/pgbouncer.log\n\
+         pidfile = {dir}/pgbouncer.pid\n",
+        host = upstream.host,
+        port = upstream.port,
+        dir = dir.display(),
+        size = upstream.pool_size,
+    );
+    std::fs::write(ini, config)
+}
+
 impl PgBouncer {
     /// Starts PgBouncer in transaction mode under `dir` (made afresh), letting in `users`
     /// without a password (the server behind it decides who may connect).
@@ -94,29 +128,8 @@ impl PgBouncer {
         std::fs::create_dir_all(dir).map_err(io("creating pgbouncer's folder"))?;
         let users: String = users.iter().map(|u| format!("\"{u}\" \"\"\n")).collect();
         std::fs::write(dir.join("users.txt"), users).map_err(io("writing its users"))?;
-        let config = format!(
-            "[databases]\n\
-             * = host={host} port={port}\n\
-             [pgbouncer]\n\
-             unix_socket_dir = {dir}\n\
-             listen_port = {PORT}\n\
-             auth_type = trust\n\
-             auth_file = {dir}/users.txt\n\
-             pool_mode = transaction\n\
-             default_pool_size = {size}\n\
-             min_pool_size = 0\n\
-             reserve_pool_size = 0\n\
-             max_client_conn = 2000\n\
-             ignore_startup_parameters = extra_float_digits\n\
-             logfile = {dir}/pgbouncer.log\n\
-             pidfile = {dir}/pgbouncer.pid\n",
-            host = upstream.host,
-            port = upstream.port,
-            dir = dir.display(),
-            size = upstream.pool_size,
-        );
         let ini = dir.join("pgbouncer.ini");
-        std::fs::write(&ini, config).map_err(io("writing pgbouncer.ini"))?;
+        write_config(&ini, dir, upstream).map_err(io("writing pgbouncer.ini"))?;
         let mut command = Command::new(binary);
         command
             .arg(&ini)
@@ -149,6 +162,21 @@ impl PgBouncer {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(bouncer)
+    }
+
+    /// Sends the pooler's new server connections to `upstream` from now on, as an HA manager
+    /// does after a failover: the configuration is rewritten and PgBouncer reloads it
+    /// (SIGHUP), closing its connections to the old server as they are released.
+    pub fn retarget(&self, upstream: &Upstream) -> Result<(), PgBouncerError> {
+        let io = |what: &'static str| {
+            let what = format!("{what} ({})", self.dir.display());
+            move |source| PgBouncerError::Io { what, source }
+        };
+        write_config(&self.dir.join("pgbouncer.ini"), &self.dir, upstream)
+            .map_err(io("rewriting pgbouncer.ini"))?;
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)
+            .map_err(|e| io("reloading pgbouncer (SIGHUP)")(std::io::Error::from(e)))
     }
 
     /// The URL of `database` through the pooler, as `user`.
@@ -201,6 +229,12 @@ mod tests {
             (up.host.as_str(), up.port, user.as_str()),
             ("db1", 5440, "zdm")
         );
+        let (up, _) = Upstream::from_url(
+            "postgres:///zdm?host=%2Fa,%2Fb&port=5432,5433&user=postgres&target_session_attrs=read-write",
+            2,
+        )
+        .unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("/a", 5432));
         assert!(Upstream::from_url("postgres:///zdm", 2).is_err());
     }
 }

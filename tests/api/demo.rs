@@ -5,6 +5,7 @@
 //! The runs meant to fail use 1-second phases: long enough for the damage to happen in every
 //! phase, short enough to keep the suite quick.
 
+mod failover;
 mod report;
 
 use std::process::{Child, Command, Output, Stdio};
@@ -78,8 +79,13 @@ fn finish(dir: std::path::PathBuf, output: Output) -> Run {
 }
 
 fn run_demo(name: &str, args: &[&str]) -> Run {
+    run_demo_with(name, args, &[])
+}
+
+/// `run_demo` with more environment for the demo.
+fn run_demo_with(name: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Run {
     let (mut command, dir) = demo_command(name, args);
-    let output = command.output().unwrap();
+    let output = command.envs(env.iter().copied()).output().unwrap();
     finish(dir, output)
 }
 

@@ -1,7 +1,11 @@
 //! A failover underneath the app, each time on a private cluster of the test's own: a primary
 //! with a synchronous streaming standby, the app connected through a libpq multi-host URL
 //! (`target_session_attrs=read-write`), the primary's postmaster killed with SIGKILL and the
-//! standby promoted with `pg_ctl promote`, as an HA manager would.
+//! standby promoted with `pg_ctl promote`, as an HA manager would. Each test runs twice: with
+//! the app on the multi-host URL, and with its requests through a PgBouncer in transaction
+//! mode (two server connections) in front of the primary, which the test, as the HA
+//! manager's hook does, points at the new primary once it is promoted; the work that needs a
+//! session goes direct, on the multi-host URL.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +18,7 @@ use nix::unistd::Pid;
 use serde_json::json;
 use zdm::local_pg::{LocalPg, ScratchCluster};
 use zdm::migration::{Phase, backfill, schema_migrations, verify};
+use zdm::pgbouncer::{PgBouncer, Upstream};
 
 use crate::helpers::{ADMIN_TOKEN, eventually, scratch_cluster};
 use crate::writers::{
@@ -132,24 +137,52 @@ fn assert_every_acknowledged_user_is_there(conn: &mut PgConnection, created: &[(
     );
 }
 
-/// An instance on `url` (the multi-host URL), walked to dual_write: its address, its
-/// follower (the instance lives as long as it does) and a connection of the test's own.
+/// A PgBouncer in transaction mode in front of `primary`, with two server connections, in a
+/// folder named after the test.
+fn pooler_in_front_of(primary: &LocalPg, name: &str) -> PgBouncer {
+    let (upstream, user) = Upstream::from_url(&primary.url("zdm"), 2).unwrap();
+    let dir = std::env::temp_dir().join(format!("zdm-pgb-{name}-{}", std::process::id()));
+    PgBouncer::start(&dir, &upstream, &[&user]).expect("starting pgbouncer")
+}
+
+/// An instance walked to dual_write: on `url` (the multi-host URL), or with its requests
+/// through `pooler`. Its address, its follower (the instance lives as long as it does) and
+/// a connection of the test's own on `url`.
 async fn served_in_dual_write(
     url: &str,
+    pooler: Option<&PgBouncer>,
 ) -> (
     String,
     zdm::migration::follower::PhaseFollower,
     PgConnection,
 ) {
-    let (address, follower, _) = crate::helpers::serve_with(
-        url,
-        zdm::db::PoolLimits::with_size(4),
-        Default::default(),
-        Vec::new(),
-    );
+    let (address, follower, _) = match pooler {
+        Some(pooler) => {
+            let user = zdm::db::PgUrl::parse(url)
+                .param("user")
+                .expect("the URL names its user");
+            crate::helpers::serve_pooled(&pooler.url("zdm", &user), url, 4)
+        }
+        None => crate::helpers::serve_with(
+            url,
+            zdm::db::PoolLimits::with_size(4),
+            Default::default(),
+            Vec::new(),
+        ),
+    };
     let mut conn = PgConnection::establish(url).unwrap();
     crate::helpers::advance_served(&mut conn, &follower, Phase::DualWrite).await;
     (address, follower, conn)
+}
+
+/// Promotes the standby, as an HA manager would, and points the pooler (if any) at it, as
+/// the HA manager's hook would.
+async fn fail_over_to(standby: &LocalPg, pooler: Option<&PgBouncer>) {
+    promote(standby).await;
+    if let Some(pooler) = pooler {
+        let (upstream, _) = Upstream::from_url(&standby.url("zdm"), 2).unwrap();
+        pooler.retarget(&upstream).unwrap();
+    }
 }
 
 /// Kills the primary's postmaster with SIGKILL (its server processes go down with it,
@@ -210,10 +243,20 @@ async fn promote(standby: &LocalPg) {
 
 #[actix_web::test]
 async fn a_failover_mid_backfill_loses_no_acknowledged_write_and_the_backfill_finishes_by_itself() {
+    failover_mid_backfill("failover", false).await;
+}
+
+#[actix_web::test]
+async fn through_a_pooler_a_failover_mid_backfill_loses_no_acknowledged_write() {
+    failover_mid_backfill("failover-pooled", true).await;
+}
+
+async fn failover_mid_backfill(name: &str, through_pooler: bool) {
     let _ = env_logger::builder().is_test(true).try_init();
     let rows = 100_000;
-    let (_cluster, primary, standby, url) = cluster_with_a_synchronous_standby("failover", rows);
-    let (address, _follower, conn) = served_in_dual_write(&url).await;
+    let (_cluster, primary, standby, url) = cluster_with_a_synchronous_standby(name, rows);
+    let pooler = through_pooler.then(|| pooler_in_front_of(&primary, name));
+    let (address, _follower, conn) = served_in_dual_write(&url, pooler.as_ref()).await;
     drop(conn);
     let client = reqwest::Client::new();
 
@@ -285,7 +328,7 @@ async fn a_failover_mid_backfill_loses_no_acknowledged_write_and_the_backfill_fi
         tally.unavailable.load(Ordering::Relaxed) + tally.no_answer.load(Ordering::Relaxed) > 0
     })
     .await;
-    promote(&standby).await;
+    fail_over_to(&standby, pooler.as_ref()).await;
     let without_primary = killed.elapsed();
     let acknowledged_at_promotion = tally.acknowledged.load(Ordering::Relaxed);
 
@@ -371,10 +414,19 @@ async fn a_failover_mid_backfill_loses_no_acknowledged_write_and_the_backfill_fi
 
 #[actix_web::test]
 async fn a_step_in_flight_when_the_primary_dies_committed_on_the_new_primary_or_not_at_all() {
+    step_in_flight("failover-step", false).await;
+}
+
+#[actix_web::test]
+async fn through_a_pooler_a_step_in_flight_when_the_primary_dies_committed_or_not_at_all() {
+    step_in_flight("failover-step-pooled", true).await;
+}
+
+async fn step_in_flight(name: &str, through_pooler: bool) {
     let _ = env_logger::builder().is_test(true).try_init();
-    let (_cluster, primary, standby, url) =
-        cluster_with_a_synchronous_standby("failover-step", 20_000);
-    let (address, follower, mut conn) = served_in_dual_write(&url).await;
+    let (_cluster, primary, standby, url) = cluster_with_a_synchronous_standby(name, 20_000);
+    let pooler = through_pooler.then(|| pooler_in_front_of(&primary, name));
+    let (address, follower, mut conn) = served_in_dual_write(&url, pooler.as_ref()).await;
     backfill::run(&mut conn, backfill::Direction::Forward, |_| {}).unwrap();
     drop(conn);
 
@@ -409,7 +461,7 @@ async fn a_step_in_flight_when_the_primary_dies_committed_on_the_new_primary_or_
     drop(watch);
     kill_the_primary(&primary).await;
     receiver.cut();
-    promote(&standby).await;
+    fail_over_to(&standby, pooler.as_ref()).await;
 
     // Not committed on the new primary: the step says so with a 503 (never a 500), and the
     // history of the new primary says it failed and why.

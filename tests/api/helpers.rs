@@ -326,6 +326,26 @@ pub fn serve_with(
     serve_full(url, None, limits, read_replicas, throttle_replicas)
 }
 
+/// As `serve_with`, with the requests through a transaction-mode pooler at `pooled_url`
+/// and the work that needs a session on `direct_url` (`DIRECT_DATABASE_URL`).
+pub fn serve_pooled(
+    pooled_url: &str,
+    direct_url: &str,
+    size: u32,
+) -> (String, PhaseFollower, PathBuf) {
+    let limits = db::PoolLimits {
+        through_pooler: true,
+        ..db::PoolLimits::with_size(size)
+    };
+    serve_full(
+        pooled_url,
+        Some(direct_url),
+        limits,
+        Default::default(),
+        Vec::new(),
+    )
+}
+
 fn serve_full(
     url: &str,
     session_url: Option<&str>,
@@ -416,17 +436,7 @@ impl TestApp {
     /// and whose work that needs a session goes to the test database directly
     /// (`DIRECT_DATABASE_URL`), with a web pool of `size`.
     pub fn spawn_pooled(pooled_url: &str, db: Arc<TestDb>, size: u32) -> Self {
-        let limits = db::PoolLimits {
-            through_pooler: true,
-            ..db::PoolLimits::with_size(size)
-        };
-        let served = serve_full(
-            pooled_url,
-            Some(&db.url),
-            limits,
-            Default::default(),
-            Vec::new(),
-        );
+        let served = serve_pooled(pooled_url, &db.url, size);
         Self::spawn_serving(served, db)
     }
 

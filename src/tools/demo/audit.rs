@@ -66,6 +66,10 @@ pub struct AuditResult {
     pub lost_writes: usize,
     /// The same, by the segment the lost write was sent in.
     pub lost_writes_by_phase: BTreeMap<String, usize>,
+    /// Acknowledged writes from before a promotion that the new primary lacks, with an
+    /// asynchronous standby: PostgreSQL allows their loss there, so they are counted here and
+    /// not in `lost_writes` (see `RunRecord::async_promotion`).
+    pub lost_to_async_replication: usize,
     /// Reads during the run that did not show the reader's last acknowledged write.
     pub stale_reads: usize,
     /// Rows breaking the phase's invariant (I2), by the audit's own check.
@@ -269,6 +273,10 @@ pub struct RunRecord<'a> {
     pub segment_names: &'a [String],
     /// Whether the backfill ran to the end (from then on every row has the new columns).
     pub backfilled: bool,
+    /// With a failover to an asynchronous standby, the segment in which the standby was
+    /// promoted: a write last acknowledged in it or before may be missing without zdm being
+    /// at fault. None otherwise (every acknowledged write must then be there).
+    pub async_promotion: Option<usize>,
 }
 
 impl RunRecord<'_> {
@@ -333,6 +341,13 @@ fn check_acknowledged_writes(
             .iter()
             .any(|state| holds(table.phase, found, state, digest))
         {
+            continue;
+        }
+        if record
+            .async_promotion
+            .is_some_and(|promoted| acknowledged.segment <= promoted)
+        {
+            result.lost_to_async_replication += 1;
             continue;
         }
         result.lost_writes += 1;
@@ -481,6 +496,7 @@ mod tests {
             seeded,
             segment_names: &NAMES_OWNED,
             backfilled: true,
+            async_promotion: None,
         }
     }
 
@@ -552,6 +568,37 @@ mod tests {
             result.untouched_checksum_before,
             result.untouched_checksum_after
         );
+    }
+
+    #[test]
+    fn an_asynchronous_standby_may_lose_what_was_acknowledged_up_to_its_promotion_only() {
+        let snapshot = Snapshot::of(Phase::Baseline, &seeded_rows());
+        let lost_in = |segment| {
+            let mut ledger = clean_ledger();
+            ledger.rows.insert(
+                5,
+                acknowledged(
+                    written(SentName::Full("Edsger W. Dijkstra".into()), None),
+                    segment,
+                ),
+            );
+            ledger
+        };
+        let judged = |segment, promoted| {
+            let ledgers = [lost_in(segment)];
+            let record = RunRecord {
+                async_promotion: promoted,
+                ..record(&ledgers, &snapshot)
+            };
+            let result = judge(Phase::DualWrite, &clean_end(), &record);
+            (result.lost_writes, result.lost_to_async_replication)
+        };
+        // Promoted in segment 2: a write acknowledged in 1 may be gone, one in 3 may not.
+        assert_eq!(judged(1, Some(2)), (0, 1));
+        assert_eq!(judged(2, Some(2)), (0, 1));
+        assert_eq!(judged(3, Some(2)), (1, 0));
+        // With a synchronous standby (or none), every acknowledged write must be there.
+        assert_eq!(judged(1, None), (1, 0));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 pub mod audit;
 pub mod cpu;
+pub mod failover;
 pub mod fleet;
 pub mod oracle;
 pub mod report;
@@ -33,8 +34,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use diesel::prelude::*;
 
+use self::failover::Failover;
 use self::fleet::{Fleet, InstanceSetup};
-use self::report::{DemoSummary, Marker, Segment};
+use self::report::{DemoSummary, FailoverSummary, Marker, Segment};
 use self::traffic::{Sample, TrafficControl};
 use self::walk::{Admin, walk_naive, walk_zdm};
 use crate::faults::InjectedFault;
@@ -119,6 +121,9 @@ pub struct DemoOptions {
     /// Requests through a PgBouncer in transaction mode (`--pooler`), the work that needs a
     /// session direct (`DIRECT_DATABASE_URL`).
     pub pooler: bool,
+    /// The primary and standby the demo's server is, killed and promoted mid-backfill
+    /// (`--failover`); the URL `run` is given then names both.
+    pub failover: Option<Failover>,
 }
 
 impl DemoOptions {
@@ -141,6 +146,7 @@ impl DemoOptions {
             backfill_batch_target_ms: None,
             backfill_workers: None,
             pooler: false,
+            failover: None,
         }
     }
 
@@ -163,6 +169,10 @@ struct Timeline {
     markers: Vec<Marker>,
     /// Whether the backfill has run to the end.
     backfilled: bool,
+    /// The segment in which a failover's standby was promoted, if one was.
+    promoted_in: Option<usize>,
+    /// How long the failover left the run without a primary.
+    without_primary: Option<Duration>,
 }
 
 impl Timeline {
@@ -174,10 +184,13 @@ impl Timeline {
                 v2_enabled: Arc::new(AtomicBool::new(false)),
                 stop: Arc::new(AtomicBool::new(false)),
                 started: Instant::now(),
+                async_promoted_in: Arc::new(AtomicUsize::new(traffic::NOT_PROMOTED)),
             },
             segments: Vec::new(),
             markers: Vec::new(),
             backfilled: false,
+            promoted_in: None,
+            without_primary: None,
         }
     }
 
@@ -257,9 +270,10 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
     };
     let instances_url = pooler.as_ref().map_or(scratch.url.clone(), |p| p.1.clone());
     let fleet = start_instances(&instances_url, &opts).await?;
-    let traffic = walk_under_traffic(fleet, &scratch.url, &opts).await?;
+    let traffic =
+        walk_under_traffic(fleet, &scratch.url, &opts, pooler.as_ref().map(|p| &p.0)).await?;
     drop(pooler);
-    let audit = audit_the_table(&scratch.url, seeded, &traffic).await?;
+    let audit = audit_the_table(&opts, &scratch.url, seeded, &traffic).await?;
     drop(scratch);
     let summary = summarize(&opts, &traffic, audit);
     write_report(&opts, &summary, &traffic)?;
@@ -285,7 +299,7 @@ async fn seed_scratch_database(
 
 /// Server connections of the demo's PgBouncer, per database and user: fewer than the two
 /// instances' pools together (16 each, and a point reader each), so they are shared.
-const POOLER_SERVER_CONNECTIONS: u32 = 8;
+pub(crate) const POOLER_SERVER_CONNECTIONS: u32 = 8;
 
 /// Starts a PgBouncer in transaction mode in front of the scratch database; the instances
 /// (and the backfill processes) get its URL as `DATABASE_URL` and the scratch database's as
@@ -355,7 +369,12 @@ struct Traffic {
 /// Sends the clients' traffic while the driver walks the migration (the naive one with
 /// `--naive`), then stops the clients and the instances. A walk that stops half-way is not an
 /// error here: the run is still audited and reported, and the report says where and why.
-async fn walk_under_traffic(mut fleet: Fleet, url: &str, opts: &DemoOptions) -> Result<Traffic> {
+async fn walk_under_traffic(
+    mut fleet: Fleet,
+    url: &str,
+    opts: &DemoOptions,
+    pooler: Option<&crate::pgbouncer::PgBouncer>,
+) -> Result<Traffic> {
     let admin = Admin::of(&fleet)?;
     let mut timeline = Timeline::start();
     let control = timeline.control.clone();
@@ -385,7 +404,7 @@ async fn walk_under_traffic(mut fleet: Fleet, url: &str, opts: &DemoOptions) -> 
             .await
             .map(|()| (0, None))
     } else {
-        walk_zdm(&mut fleet, &admin, url, opts, &mut timeline).await
+        walk_zdm(&mut fleet, &admin, url, opts, pooler, &mut timeline).await
     };
     control.stop.store(true, Ordering::Release);
     let mut samples = Vec::new();
@@ -423,6 +442,7 @@ async fn walk_under_traffic(mut fleet: Fleet, url: &str, opts: &DemoOptions) -> 
 
 /// Holds the table, as the run left it, to the clients' ledgers and the seeded rows.
 async fn audit_the_table(
+    opts: &DemoOptions,
     url: &str,
     seeded: audit::Snapshot,
     traffic: &Traffic,
@@ -436,6 +456,11 @@ async fn audit_the_table(
         .map(|s| s.name.clone())
         .collect();
     let backfilled = traffic.timeline.backfilled;
+    // With an asynchronous standby, what was acknowledged before the promotion may be gone.
+    let async_promotion = traffic
+        .timeline
+        .promoted_in
+        .filter(|_| opts.failover.as_ref().is_some_and(|f| !f.synchronous));
     blocking(move || {
         let mut conn = connect(&url)?;
         let record = audit::RunRecord {
@@ -443,6 +468,7 @@ async fn audit_the_table(
             seeded: &seeded,
             segment_names: &names,
             backfilled,
+            async_promotion,
         };
         audit::audit(&mut conn, &record).context("auditing the table after the traffic")
     })
@@ -455,6 +481,19 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
     let segments =
         report::segment_stats(&traffic.timeline.segments, &traffic.samples, &traffic.cpu);
     let failed_requests: usize = segments.iter().map(|s| s.failed).sum();
+    let unavailable_requests: usize = segments.iter().map(|s| s.unavailable).sum();
+    let failover = opts.failover.as_ref().map(|f| FailoverSummary {
+        standby: f.standby_kind().to_owned(),
+        seconds_without_primary: traffic
+            .timeline
+            .without_primary
+            .map_or(0.0, |d| d.as_secs_f64()),
+        unavailable_requests,
+        lost_to_async_replication: audit.lost_to_async_replication,
+        requests_meeting_the_loss: segments.iter().map(|s| s.lost_upstream).sum(),
+    });
+    // A 503 is downtime too, except while a failover leaves no primary to answer.
+    let unavailable_excused = failover.is_some() || unavailable_requests == 0;
     DemoSummary {
         mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
         undo: opts.undo && !opts.naive,
@@ -465,7 +504,10 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
         untouched_rows_altered: audit.untouched_altered,
         injected_fault: opts.fault.map(|f| f.name().to_owned()),
         p99_ms_by_phase: p99_ms_by_phase(&segments),
-        passed: traffic.walk_error.is_none() && failed_requests == 0 && !audit.found_anything(),
+        passed: traffic.walk_error.is_none()
+            && failed_requests == 0
+            && unavailable_excused
+            && !audit.found_anything(),
         walk_error: traffic.walk_error.clone(),
         backfill_p99_vs_baseline: backfill_p99_vs_baseline(&segments),
         segments,
@@ -478,6 +520,8 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
         replicas: opts.replica_servers.len(),
         replica_reads: traffic.replica_reads,
         pooler: opts.pooler.then(|| "pgbouncer transaction".to_owned()),
+        unavailable_requests,
+        failover,
         audit,
     }
 }

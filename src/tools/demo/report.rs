@@ -37,6 +37,12 @@ pub struct SegmentStats {
     pub failed_timeout: usize,
     pub failed_connection: usize,
     pub stale_reads: usize,
+    /// 503s with `Retry-After` (no database for now), counted apart from `failed`: a run
+    /// with a failover expects them, any other run fails on them.
+    pub unavailable: usize,
+    /// Requests that met a row lost with the old primary of an asynchronous standby (see
+    /// `Outcome::LostUpstream`), counted apart from `failed` too.
+    pub lost_upstream: usize,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -83,7 +89,30 @@ pub struct DemoSummary {
     pub walk_error: Option<String>,
     /// The pooler the requests went through (`--pooler`: "pgbouncer transaction"), if any.
     pub pooler: Option<String>,
+    /// Requests answered 503 with `Retry-After` (see `SegmentStats::unavailable`).
+    pub unavailable_requests: usize,
+    /// The failover mid-backfill (`--failover`), if the run had one.
+    pub failover: Option<FailoverSummary>,
     pub passed: bool,
+}
+
+/// What a failover did to the run: how long no primary accepted writes, and what the users
+/// met meanwhile.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FailoverSummary {
+    /// "synchronous" (a commit waits for the standby) or "asynchronous".
+    pub standby: String,
+    /// From the primary's SIGKILL until the promoted standby accepted writes.
+    pub seconds_without_primary: f64,
+    /// Requests answered 503 with `Retry-After` through the whole run.
+    pub unavailable_requests: usize,
+    /// Acknowledged writes from before the promotion that the new primary lacks: what
+    /// PostgreSQL's asynchronous replication allows to be lost (always 0 with a synchronous
+    /// standby, where any loss is a lost write and fails the run).
+    pub lost_to_async_replication: usize,
+    /// Requests that met such a lost write afterwards: a 404 for a row whose creation was
+    /// lost, a read without the lost value.
+    pub requests_meeting_the_loss: usize,
 }
 
 impl SegmentStats {
@@ -120,6 +149,8 @@ pub fn segment_stats(
             let failed_timeout = count(|o| matches!(o, Outcome::Timeout));
             let failed_connection = count(|o| matches!(o, Outcome::Connection));
             let stale_reads = count(|o| matches!(o, Outcome::Stale));
+            let unavailable = count(|o| matches!(o, Outcome::Unavailable));
+            let lost_upstream = count(|o| matches!(o, Outcome::LostUpstream));
             SegmentStats {
                 name: seg.name.clone(),
                 seconds,
@@ -129,6 +160,8 @@ pub fn segment_stats(
                 failed_timeout,
                 failed_connection,
                 stale_reads,
+                unavailable,
+                lost_upstream,
                 p50_ms: percentile(&latencies, 0.50),
                 p95_ms: percentile(&latencies, 0.95),
                 p99_ms: percentile(&latencies, 0.99),
@@ -149,11 +182,12 @@ pub fn table(summary: &DemoSummary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:>6} {:>8} {:>6} {:>7} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}",
+        "{:<12} {:>6} {:>8} {:>6} {:>4} {:>7} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}",
         "phase",
         "secs",
         "requests",
         "failed",
+        "503",
         "status",
         "t/o",
         "conn",
@@ -167,11 +201,12 @@ pub fn table(summary: &DemoSummary) -> String {
     for s in &summary.segments {
         let _ = writeln!(
             out,
-            "{:<12} {:>6.1} {:>8} {:>6} {:>7} {:>5} {:>5} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.0} {:>5}",
+            "{:<12} {:>6.1} {:>8} {:>6} {:>4} {:>7} {:>5} {:>5} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.0} {:>5}",
             s.name,
             s.seconds,
             s.requests,
             s.failed,
+            s.unavailable,
             s.failed_status + s.stale_reads,
             s.failed_timeout,
             s.failed_connection,
@@ -221,6 +256,27 @@ pub fn table(summary: &DemoSummary) -> String {
         let _ = writeln!(
             out,
             "requests through a pooler: {pooler} (the steps, the backfill and verify direct)"
+        );
+    }
+    if let Some(f) = &summary.failover {
+        let loss = if f.standby == "synchronous" {
+            "no acknowledged write may be lost".to_owned()
+        } else {
+            format!(
+                "{} acknowledged writes lost to asynchronous replication, met by {} requests since",
+                f.lost_to_async_replication, f.requests_meeting_the_loss
+            )
+        };
+        let _ = writeln!(
+            out,
+            "failover: primary killed (SIGKILL), {} standby promoted; {:.1} s without a primary; {} requests answered 503 + Retry-After; {loss}",
+            f.standby, f.seconds_without_primary, f.unavailable_requests
+        );
+    } else if summary.unavailable_requests > 0 {
+        let _ = writeln!(
+            out,
+            "{} requests answered 503 (no database) in a run without a failover",
+            summary.unavailable_requests
         );
     }
     if let Some(e) = &summary.walk_error {

@@ -27,12 +27,22 @@ pub enum Outcome {
     Ok,
     /// An unexpected HTTP status.
     Status(u16),
+    /// 503 with `Retry-After`: no database to answer for now (a failover), try again later.
+    /// The request may or may not have taken effect.
+    Unavailable,
     Timeout,
     /// Refused, reset or otherwise broken connection.
     Connection,
     /// 200, but not the value this client last wrote (a lost write, seen by a read).
     Stale,
+    /// A 404 or a stale read of a row whose last acknowledged write came before an
+    /// asynchronous standby was promoted: a loss PostgreSQL's asynchronous replication
+    /// allows, counted apart (see `TrafficControl::async_promoted_in`).
+    LostUpstream,
 }
+
+/// `TrafficControl::async_promoted_in` before any promotion (or with a synchronous standby).
+pub const NOT_PROMOTED: usize = usize::MAX;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -55,6 +65,9 @@ pub struct TrafficControl {
     pub v2_enabled: Arc<AtomicBool>,
     pub stop: Arc<AtomicBool>,
     pub started: Instant,
+    /// The segment in which an asynchronous standby was promoted (`NOT_PROMOTED` if none
+    /// was): the writes acknowledged up to it may be gone.
+    pub async_promoted_in: Arc<AtomicUsize>,
 }
 
 pub struct ClientResult {
@@ -147,6 +160,24 @@ impl Client {
         None
     }
 
+    /// Whether the row's last acknowledged write came before an asynchronous standby was
+    /// promoted, and so may have been lost with the old primary.
+    fn lost_upstream(&self, id: i64) -> bool {
+        let promoted = self.control.async_promoted_in.load(Ordering::Acquire);
+        self.ledger
+            .rows
+            .get(&id)
+            .is_some_and(|a| promoted != NOT_PROMOTED && a.segment <= promoted)
+    }
+
+    /// `outcome`, or `LostUpstream` for a 404 of a row lost with the old primary.
+    fn unless_lost_upstream(&self, id: i64, outcome: Outcome) -> Outcome {
+        match outcome {
+            Outcome::Status(404) if self.lost_upstream(id) => Outcome::LostUpstream,
+            other => other,
+        }
+    }
+
     /// The state the client last saw acknowledged for one of its present rows.
     fn current_state(&self, id: i64) -> RowState {
         match self.ledger.rows.get(&id).map(|a| a.states.as_slice()) {
@@ -199,6 +230,12 @@ impl Client {
         }
         match answer {
             Ok(r) if r.status().as_u16() == expect => (Outcome::Ok, Some(r)),
+            Ok(r)
+                if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    && r.headers().contains_key(reqwest::header::RETRY_AFTER) =>
+            {
+                (Outcome::Unavailable, Some(r))
+            }
             Ok(r) => {
                 log::debug!("{} answered {} (expected {expect})", r.url(), r.status());
                 (Outcome::Status(r.status().as_u16()), Some(r))
@@ -271,7 +308,9 @@ impl Client {
                     .collect();
                 (seen == expected, format!("{seen:?}"))
             };
-            if !seen_ok {
+            if !seen_ok && self.lost_upstream(id) {
+                outcome = Outcome::LostUpstream;
+            } else if !seen_ok {
                 outcome = Outcome::Stale;
                 self.ledger.stale_reads.push(StaleRead {
                     id,
@@ -281,6 +320,7 @@ impl Client {
                 });
             }
         }
+        let outcome = self.unless_lost_upstream(id, outcome);
         self.record(started, segment, outcome);
     }
 
@@ -369,7 +409,7 @@ impl Client {
                 .and_then(|rest| rest.split('&').next())
                 .and_then(|n| n.parse::<i64>().ok())
                 .map(|n| n + 1),
-            (Outcome::Timeout | Outcome::Connection, _) => {
+            (Outcome::Timeout | Outcome::Connection | Outcome::Unavailable, _) => {
                 self.unacknowledged_creates += 1;
                 None
             }
@@ -400,6 +440,7 @@ impl Client {
         let (request, expect, sent) = self.name_write(base, api, Some(id), email.as_deref());
         let started = Instant::now();
         let (outcome, _) = self.send(request, expect).await;
+        let outcome = self.unless_lost_upstream(id, outcome);
         self.record(started, segment, outcome);
         self.settle(id, segment, outcome, RowState::Written(sent));
     }
@@ -422,17 +463,21 @@ impl Client {
         };
         let started = Instant::now();
         let (outcome, _) = self.send(request, expect).await;
+        let outcome = self.unless_lost_upstream(id, outcome);
         self.record(started, segment, outcome);
         self.settle(id, segment, outcome, RowState::Deleted);
     }
 
     /// Records what a write sent in `segment` means for the row: the new state when
-    /// acknowledged, either state when the answer was lost, nothing when refused.
+    /// acknowledged, either state when the answer was lost (or was a 503: the database may
+    /// have committed before it went away), nothing when refused.
     fn settle(&mut self, id: i64, segment: usize, outcome: Outcome, new: RowState) {
         let states = match outcome {
             Outcome::Ok => vec![new],
-            Outcome::Timeout | Outcome::Connection => vec![self.current_state(id), new],
-            Outcome::Status(_) | Outcome::Stale => return,
+            Outcome::Timeout | Outcome::Connection | Outcome::Unavailable => {
+                vec![self.current_state(id), new]
+            }
+            Outcome::Status(_) | Outcome::Stale | Outcome::LostUpstream => return,
         };
         self.ledger
             .rows

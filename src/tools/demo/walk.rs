@@ -1,7 +1,7 @@
 //! The driver's two walks through the migration, made while the clients send their traffic:
 //! zdm's, through the admin API of the first instance with its faults on the way (a long
 //! transaction in the way of the expand and the contract, a rolling restart, a `kill -9` of
-//! the backfill), and the naive one-step migration.
+//! the backfill, a failover with `--failover`), and the naive one-step migration.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use super::failover::fail_over;
 use super::fleet::Fleet;
 use super::{DemoOptions, Timeline, blocking, connect, pause};
 use crate::domain::Phase;
 use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::{backfill, state};
+use crate::pgbouncer::PgBouncer;
 
 /// The admin API of the first instance.
 pub(super) struct Admin {
@@ -39,21 +42,25 @@ impl Admin {
         })
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<Value> {
+    /// POSTs `body` to `path`: the answer's status and body.
+    async fn send(&self, path: &str, body: &Value) -> Result<(StatusCode, Value)> {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
-            .json(&body)
+            .json(body)
             .send()
             .await
             .with_context(|| format!("sending POST {path}"))?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!("{path} answered {status}: {}", body["error"]);
+        Ok((status, response.json().await.unwrap_or_default()))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        match self.send(path, &body).await? {
+            (status, body) if status.is_success() => Ok(body),
+            (status, body) => bail!("{path} answered {status}: {}", body["error"]),
         }
-        Ok(body)
     }
 
     /// The migration's status (`GET /api/admin/migration`).
@@ -105,16 +112,43 @@ impl Admin {
         Ok(body["transition"]["lock_timeouts"].as_u64().unwrap_or(0) as usize)
     }
 
-    async fn advance(&self, confirm: Option<&str>) -> Result<usize> {
-        let body = self
-            .post(
-                "/api/admin/migration/advance",
-                json!({ "confirm": confirm }),
-            )
-            .await?;
-        Ok(body["transition"]["lock_timeouts"].as_u64().unwrap_or(0) as usize)
+    /// Advances from `from`, trying again while the instance answers 503 (no primary for
+    /// now), as an operator would. Naming `from` makes that safe: a step that committed before
+    /// its answer was lost is not taken twice, and the phase shows it was taken.
+    async fn advance(&self, from: Phase, confirm: Option<&str>) -> Result<usize> {
+        const PATH: &str = "/api/admin/migration/advance";
+        let body = json!({ "from": from.as_str(), "confirm": confirm });
+        let give_up = Instant::now() + UNAVAILABLE_PATIENCE;
+        let mut unavailable = false;
+        loop {
+            let (status, answer) = self.send(PATH, &body).await?;
+            if status.is_success() {
+                return Ok(answer["transition"]["lock_timeouts"].as_u64().unwrap_or(0) as usize);
+            }
+            if status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < give_up {
+                unavailable = true;
+                pause(0.25).await;
+                continue;
+            }
+            if unavailable && self.phase().await.ok() == from.next() {
+                return Ok(0);
+            }
+            bail!("{PATH} answered {status}: {}", answer["error"]);
+        }
+    }
+
+    /// The stored phase, as the status reports it.
+    async fn phase(&self) -> Result<Phase> {
+        let status = self.status().await?;
+        status["phase"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow!("the status names no phase: {status}"))
     }
 }
+
+/// How long a step is tried again while the instance answers 503.
+const UNAVAILABLE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// How long the long transaction waits for the step it stands in the way of to reach it.
 const BLOCKER_WAITS_FOR_THE_STEP: Duration = Duration::from_secs(60);
@@ -172,7 +206,7 @@ async fn advance_past_a_long_transaction(
     admin: &Admin,
     url: &str,
     timeline: &mut Timeline,
-    confirm: Option<&str>,
+    (from, confirm): (Phase, Option<&str>),
     what: &str,
 ) -> Result<usize> {
     timeline.enter(&format!("{what}ing"));
@@ -181,7 +215,7 @@ async fn advance_past_a_long_transaction(
     ));
     let blocker = long_transaction(url.to_owned(), Duration::from_millis(1500)).await?;
     let lock_timeouts = admin
-        .advance(confirm)
+        .advance(from, confirm)
         .await
         .with_context(|| format!("{what}ing past a long transaction"))?;
     blocker
@@ -234,14 +268,14 @@ fn start_backfill_process(url: &str, opts: &DemoOptions) -> Result<Child> {
         .context("starting a backfill process")
 }
 
-/// Waits until the backfill of `url` is two fifths done, or fails if `child`, which runs
-/// it, ends before.
-async fn wait_until_two_fifths_done(url: &str, child: &mut Child) -> Result<()> {
+/// Waits until `fifths` fifths of the backfill of `url` are done, or fails if `child`, which
+/// runs it, ends before.
+async fn wait_until_fifths_done(url: &str, child: &mut Child, fifths: i64) -> Result<()> {
     loop {
         pause(0.05).await;
         let url = url.to_owned();
         let status = blocking(move || backfill_status(&url)).await?;
-        if status.rows_total > 0 && status.rows_done * 5 >= status.rows_total * 2 {
+        if status.rows_total > 0 && status.rows_done * 5 >= status.rows_total * fifths {
             return Ok(());
         }
         if let Some(exit) = child
@@ -254,15 +288,18 @@ async fn wait_until_two_fifths_done(url: &str, child: &mut Child) -> Result<()> 
 }
 
 /// Runs the backfill as a child process, kills it with SIGKILL part-way, and resumes it
-/// with a new one. Returns the rows/s over the whole backfill.
+/// with a new one; with `--failover`, the primary dies under the resumed one at ~70 % and
+/// it goes on, by itself, on the promoted standby. Returns the rows/s over the whole
+/// backfill.
 async fn backfill_with_a_crash(
     url: &str,
     opts: &DemoOptions,
+    pooler: Option<&PgBouncer>,
     timeline: &mut Timeline,
 ) -> Result<f64> {
     timeline.mark("backfill starts (child process)");
     let mut child = start_backfill_process(url, opts)?;
-    wait_until_two_fifths_done(url, &mut child).await?;
+    wait_until_fifths_done(url, &mut child, 2).await?;
     child.kill().context("killing the backfill process")?;
     child
         .wait()
@@ -271,6 +308,13 @@ async fn backfill_with_a_crash(
     pause(0.5).await;
     timeline.mark("backfill resumed by a new process");
     let mut child = start_backfill_process(url, opts)?;
+    if let Some(failover) = &opts.failover {
+        wait_until_fifths_done(url, &mut child, 3).await?;
+        fail_over(failover, pooler, timeline)
+            .await
+            .context("the failover")?;
+        timeline.enter("backfill");
+    }
     let exit = blocking(move || {
         child
             .wait()
@@ -309,18 +353,21 @@ pub(super) async fn walk_zdm(
     admin: &Admin,
     url: &str,
     opts: &DemoOptions,
+    pooler: Option<&PgBouncer>,
     timeline: &mut Timeline,
 ) -> Result<(usize, Option<f64>)> {
     let mut lock_timeouts = 0;
     pause(opts.phase_secs).await;
 
-    lock_timeouts += advance_past_a_long_transaction(admin, url, timeline, None, "expand").await?;
+    lock_timeouts +=
+        advance_past_a_long_transaction(admin, url, timeline, (Phase::Baseline, None), "expand")
+            .await?;
     fleet.wait_applied("expanded").await?;
     timeline.enter("expanded");
     pause(opts.phase_secs).await;
 
     admin
-        .advance(None)
+        .advance(Phase::Expanded, None)
         .await
         .context("advancing to dual_write")?;
     fleet.wait_applied("dual_write").await?;
@@ -339,7 +386,7 @@ pub(super) async fn walk_zdm(
     pause(opts.phase_secs / 2.0).await;
 
     timeline.enter("backfill");
-    let rate = backfill_with_a_crash(url, opts, timeline)
+    let rate = backfill_with_a_crash(url, opts, pooler, timeline)
         .await
         .context("the backfill with a crash")?;
     timeline.backfilled = true;
@@ -347,8 +394,9 @@ pub(super) async fn walk_zdm(
     pause(opts.phase_secs / 3.0).await;
 
     for to in [Phase::Backfilled, Phase::ReadNew, Phase::NewOnly] {
+        let from = to.previous().context("a phase after baseline")?;
         admin
-            .advance(None)
+            .advance(from, None)
             .await
             .with_context(|| format!("advancing to {to}"))?;
         fleet.wait_applied(to.as_str()).await?;
@@ -365,7 +413,7 @@ pub(super) async fn walk_zdm(
         admin,
         url,
         timeline,
-        Some(CONTRACT_CONFIRMATION),
+        (Phase::NewOnly, Some(CONTRACT_CONFIRMATION)),
         "contract",
     )
     .await?;
