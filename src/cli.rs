@@ -143,12 +143,16 @@ impl MigrateAction {
     fn run(self, config: &Config) -> Result<(), StartupError> {
         let Connected {
             mut conn,
+            url,
             settings,
             connections,
-            ..
         } = connect(config)?;
-        match self {
-            MigrateAction::Status => {}
+        // A step whose connection dies under it (a failover) is settled on the server that
+        // answers next: it committed there or not at all, and the history says which.
+        let settled =
+            |outcome| control::settle_step(&url, outcome, CLI_ACTOR, control::SETTLE_WAIT);
+        let stepped = match self {
+            MigrateAction::Status => false,
             MigrateAction::Advance {
                 from,
                 confirm,
@@ -158,14 +162,20 @@ impl MigrateAction {
                     confirm: confirm.as_deref(),
                     without_client_check,
                 };
-                let t =
-                    control::advance(&mut conn, CLI_ACTOR, from, &consent).map_err(in_cli_words)?;
+                let t = settled(control::advance(&mut conn, CLI_ACTOR, from, &consent))
+                    .map_err(in_cli_words)?;
                 println!("advanced {} → {}", t.from, t.to);
+                true
             }
             MigrateAction::Rollback { from } => {
-                let t = control::rollback(&mut conn, CLI_ACTOR, from, &settings)?;
+                let t = settled(control::rollback(&mut conn, CLI_ACTOR, from, &settings))?;
                 println!("rolled back {} → {}", t.from, t.to);
+                true
             }
+        };
+        if stepped {
+            // The step's own connection may be the one a failover ended.
+            conn = PgConnection::establish(&url)?;
         }
         print_status(&mut conn, connections)
     }

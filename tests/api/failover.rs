@@ -414,18 +414,69 @@ async fn failover_mid_backfill(name: &str, through_pooler: bool) {
 
 #[actix_web::test]
 async fn a_step_in_flight_when_the_primary_dies_committed_on_the_new_primary_or_not_at_all() {
-    step_in_flight("failover-step", false).await;
+    step_in_flight("failover-step", StepBy::Api).await;
 }
 
 #[actix_web::test]
 async fn through_a_pooler_a_step_in_flight_when_the_primary_dies_committed_or_not_at_all() {
-    step_in_flight("failover-step-pooled", true).await;
+    step_in_flight("failover-step-pooled", StepBy::ApiThroughPooler).await;
 }
 
-async fn step_in_flight(name: &str, through_pooler: bool) {
+#[actix_web::test]
+async fn a_cli_step_in_flight_when_the_primary_dies_is_settled_on_the_new_primary() {
+    step_in_flight("failover-step-cli", StepBy::Cli).await;
+}
+
+/// Who takes the step the primary dies under.
+#[derive(Clone, Copy, PartialEq)]
+enum StepBy {
+    /// The admin API of an instance on the multi-host URL...
+    Api,
+    /// ... of one whose requests go through a pooler...
+    ApiThroughPooler,
+    /// ... or `zdm migrate advance` on the multi-host URL.
+    Cli,
+}
+
+/// The step to backfilled, as `by` takes it: whether it succeeded, and what it answered.
+fn start_step(
+    by: StepBy,
+    address: &str,
+    url: &str,
+) -> actix_web::rt::task::JoinHandle<(bool, String)> {
+    let (address, url) = (address.to_owned(), url.to_owned());
+    if by == StepBy::Cli {
+        return actix_web::rt::task::spawn_blocking(move || {
+            let out = crate::helpers::zdm_command()
+                .env("DATABASE_URL", &url)
+                .args(["migrate", "advance", "--from", "dual_write"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            (out.status.success(), text)
+        });
+    }
+    actix_web::rt::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(format!("{address}/api/admin/migration/advance"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "from": "dual_write" }))
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        // Not committed: a 503 (never a 500).
+        assert!(matches!(status, 200 | 503), "the step answered {status}");
+        (status == 200, response.text().await.unwrap())
+    })
+}
+
+async fn step_in_flight(name: &str, by: StepBy) {
     let _ = env_logger::builder().is_test(true).try_init();
     let (_cluster, primary, standby, url) = cluster_with_a_synchronous_standby(name, 20_000);
-    let pooler = through_pooler.then(|| pooler_in_front_of(&primary, name));
+    let pooler = (by == StepBy::ApiThroughPooler).then(|| pooler_in_front_of(&primary, name));
     let (address, follower, mut conn) = served_in_dual_write(&url, pooler.as_ref()).await;
     backfill::run(&mut conn, backfill::Direction::Forward, |_| {}).unwrap();
     drop(conn);
@@ -433,20 +484,7 @@ async fn step_in_flight(name: &str, through_pooler: bool) {
     // The step to backfilled starts while the standby does not confirm: its first part
     // commits on the primary and waits for the standby when the primary dies.
     let receiver = FrozenReceiver::freeze(&standby);
-    let step = {
-        let address = address.clone();
-        actix_web::rt::spawn(async move {
-            let response = reqwest::Client::new()
-                .post(format!("{address}/api/admin/migration/advance"))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&json!({ "from": "dual_write" }))
-                .timeout(Duration::from_secs(120))
-                .send()
-                .await
-                .unwrap();
-            (response.status().as_u16(), response.text().await.unwrap())
-        })
-    };
+    let step = start_step(by, &address, &url);
     let mut watch = PgConnection::establish(&primary.url("zdm")).unwrap();
     eventually("the step waiting for the standby's confirmation", || {
         diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
@@ -463,10 +501,16 @@ async fn step_in_flight(name: &str, through_pooler: bool) {
     receiver.cut();
     fail_over_to(&standby, pooler.as_ref()).await;
 
-    // Not committed on the new primary: the step says so with a 503 (never a 500), and the
-    // history of the new primary says it failed and why.
-    let (status, body) = step.await.unwrap();
-    assert_eq!(status, 503, "{body}");
+    // Not committed on the new primary: the step says so (the API with a 503, never a
+    // 500), and the history of the new primary says it failed and why.
+    let (succeeded, answer) = step.await.unwrap();
+    assert!(!succeeded, "{answer}");
+    if by == StepBy::Cli {
+        assert!(
+            answer.contains("connection to the database was lost"),
+            "the command says its connection was lost: {answer}"
+        );
+    }
     let mut conn = PgConnection::establish(&standby.url("zdm")).unwrap();
     assert_eq!(
         zdm::migration::state::current_phase(&mut conn).unwrap(),
