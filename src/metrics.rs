@@ -72,7 +72,7 @@ pub const MIN_REQUESTS_FOR_P99: u64 = 20;
 
 /// The p99 in ms from cumulative bucket counts (`since[i]` requests took at most
 /// `bounds[i]` seconds) of `total` requests; beyond the last bucket it is that bucket's bound.
-fn p99_of_buckets(bounds: &[f64], since: &[u64], total: u64) -> Option<f64> {
+pub fn p99_of_buckets(bounds: &[f64], since: &[u64], total: u64) -> Option<f64> {
     if total < MIN_REQUESTS_FOR_P99 {
         return None;
     }

@@ -128,6 +128,21 @@ fn the_quick_demo_holds_zero_downtime_forward_and_back_behind_a_pooler() {
             "{phase} was measured: {output}"
         );
     }
+    // The instances' own histograms measured the same phases.
+    for phase in ["baseline", "backfill", "contracted"] {
+        assert!(
+            summary["server_p99_ms_by_phase"][phase]
+                .as_f64()
+                .is_some_and(|p99| p99 > 0.0),
+            "{phase} was measured by the instances: {output}"
+        );
+    }
+    assert!(
+        summary["server_backfill_p99_vs_quiet"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "{output}"
+    );
     assert!(
         summary["lock_timeouts_retried"].as_u64().unwrap() >= 1,
         "the long transaction was met"

@@ -22,6 +22,7 @@ pub mod failover;
 pub mod fleet;
 pub mod oracle;
 pub mod report;
+pub mod server_latency;
 pub mod traffic;
 mod walk;
 
@@ -364,6 +365,8 @@ struct Traffic {
     walk_error: Option<String>,
     /// How busy the machine's CPUs were, through the run (none without `/proc/stat`).
     cpu: Vec<cpu::CpuSample>,
+    /// The instances' own latency histograms, through the run.
+    server: server_latency::ServerLatency,
 }
 
 /// Sends the clients' traffic while the driver walks the migration (the naive one with
@@ -379,6 +382,7 @@ async fn walk_under_traffic(
     let mut timeline = Timeline::start();
     let control = timeline.control.clone();
     let cpu = cpu::CpuSampler::start(control.started).context("starting the CPU sampler")?;
+    let server = server_latency::Sampler::start(fleet.rotation.urls.clone(), control.started);
     timeline.enter("baseline");
     if let Some(fault) = opts.fault {
         timeline.mark(format!(
@@ -418,6 +422,7 @@ async fn walk_under_traffic(
     }
     timeline.close();
     let cpu = cpu.finish();
+    let server = server.finish().await;
     let replica_reads = fleet.replica_reads().await;
     fleet.stop();
     let (lock_timeouts, backfill_rate, walk_error) = match walked {
@@ -437,6 +442,7 @@ async fn walk_under_traffic(
         backfill_rate,
         walk_error,
         cpu,
+        server,
     })
 }
 
@@ -478,8 +484,12 @@ async fn audit_the_table(
 /// The run's figures: per-segment statistics, the worst p99 of each phase, the audit's
 /// findings, and whether zero downtime held.
 fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -> DemoSummary {
-    let segments =
+    let mut segments =
         report::segment_stats(&traffic.timeline.segments, &traffic.samples, &traffic.cpu);
+    for (stats, segment) in segments.iter_mut().zip(&traffic.timeline.segments) {
+        let counts = traffic.server.between(segment.start_ms, segment.end_ms);
+        stats.server_p99_ms = traffic.server.p99_ms(&counts);
+    }
     let failed_requests: usize = segments.iter().map(|s| s.failed).sum();
     let unavailable_requests: usize = segments.iter().map(|s| s.unavailable).sum();
     let failover = opts.failover.as_ref().map(|f| FailoverSummary {
@@ -503,7 +513,12 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
         divergent_rows: audit.divergent,
         untouched_rows_altered: audit.untouched_altered,
         injected_fault: opts.fault.map(|f| f.name().to_owned()),
-        p99_ms_by_phase: p99_ms_by_phase(&segments),
+        p99_ms_by_phase: p99_ms_by_phase(&segments, |s| Some(s.p99_ms)),
+        server_p99_ms_by_phase: p99_ms_by_phase(&segments, |s| s.server_p99_ms),
+        server_backfill_p99_vs_quiet: server_backfill_p99_vs_quiet(
+            &traffic.timeline.segments,
+            &traffic.server,
+        ),
         passed: traffic.walk_error.is_none()
             && failed_requests == 0
             && unavailable_excused
@@ -526,14 +541,48 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
     }
 }
 
-/// The worst p99 of each phase (a phase the run enters twice has two segments).
-fn p99_ms_by_phase(segments: &[report::SegmentStats]) -> BTreeMap<String, f64> {
+/// The worst p99 of each phase, as `p99` gives a segment's (a phase the run enters twice has
+/// two segments).
+fn p99_ms_by_phase(
+    segments: &[report::SegmentStats],
+    p99: impl Fn(&report::SegmentStats) -> Option<f64>,
+) -> BTreeMap<String, f64> {
     let mut by_phase = BTreeMap::new();
     for s in segments {
-        let entry = by_phase.entry(s.name.clone()).or_insert(0.0_f64);
-        *entry = entry.max(s.p99_ms);
+        if let Some(p99) = p99(s) {
+            let entry = by_phase.entry(s.name.clone()).or_insert(0.0_f64);
+            *entry = entry.max(p99);
+        }
     }
     by_phase
+}
+
+/// The servers' p99 during the backfill over their p99 in the quiet phases of the same run
+/// (baseline, expanded and dual_write before the backfill, taken together): what the
+/// backfill cost the users, as the instances measured it.
+fn server_backfill_p99_vs_quiet(
+    segments: &[Segment],
+    server: &server_latency::ServerLatency,
+) -> Option<f64> {
+    let first_backfill = segments.iter().position(|s| s.name == "backfill")?;
+    let summed = |chosen: &mut dyn Iterator<Item = &Segment>| {
+        chosen.fold(Vec::new(), |mut sum: Vec<u64>, s| {
+            let counts = server.between(s.start_ms, s.end_ms);
+            sum.resize(counts.len(), 0);
+            sum.iter_mut().zip(counts).for_each(|(a, c)| *a += c);
+            sum
+        })
+    };
+    let quiet = summed(
+        &mut segments[..first_backfill]
+            .iter()
+            .filter(|s| ["baseline", "expanded", "dual_write"].contains(&s.name.as_str())),
+    );
+    let backfill = summed(&mut segments.iter().filter(|s| s.name == "backfill"));
+    match (server.p99_ms(&backfill), server.p99_ms(&quiet)) {
+        (Some(b), Some(q)) if q > 0.0 => Some(b / q),
+        _ => None,
+    }
 }
 
 /// How much the backfill slowed the traffic: its p99 over the baseline's (target ≤ 2).

@@ -43,6 +43,9 @@ pub struct SegmentStats {
     /// Requests that met a row lost with the old primary of an asynchronous standby (see
     /// `Outcome::LostUpstream`), counted apart from `failed` too.
     pub lost_upstream: usize,
+    /// The p99 of the user requests the instances answered in the segment, as their own
+    /// histograms measured it (see `server_latency`); none with too few.
+    pub server_p99_ms: Option<f64>,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -70,6 +73,11 @@ pub struct DemoSummary {
     /// The fault injected on purpose (`--fault`), if any.
     pub injected_fault: Option<String>,
     pub p99_ms_by_phase: BTreeMap<String, f64>,
+    /// The same, as the instances measured it (the upper bound of a histogram bucket).
+    pub server_p99_ms_by_phase: BTreeMap<String, f64>,
+    /// The instances' p99 during the backfill over theirs in the quiet phases of the run
+    /// (baseline, expanded, dual_write before the backfill), taken together.
+    pub server_backfill_p99_vs_quiet: Option<f64>,
     pub segments: Vec<SegmentStats>,
     pub faults: Vec<Marker>,
     pub lock_timeouts_retried: usize,
@@ -162,6 +170,7 @@ pub fn segment_stats(
                 stale_reads,
                 unavailable,
                 lost_upstream,
+                server_p99_ms: None,
                 p50_ms: percentile(&latencies, 0.50),
                 p95_ms: percentile(&latencies, 0.95),
                 p99_ms: percentile(&latencies, 0.99),
@@ -182,7 +191,7 @@ pub fn table(summary: &DemoSummary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:>6} {:>8} {:>6} {:>4} {:>7} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}",
+        "{:<12} {:>6} {:>8} {:>6} {:>4} {:>7} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}",
         "phase",
         "secs",
         "requests",
@@ -194,6 +203,7 @@ pub fn table(summary: &DemoSummary) -> String {
         "p50 ms",
         "p95 ms",
         "p99 ms",
+        "srv p99",
         "max ms",
         "req/s",
         "cpu"
@@ -201,7 +211,7 @@ pub fn table(summary: &DemoSummary) -> String {
     for s in &summary.segments {
         let _ = writeln!(
             out,
-            "{:<12} {:>6.1} {:>8} {:>6} {:>4} {:>7} {:>5} {:>5} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.0} {:>5}",
+            "{:<12} {:>6.1} {:>8} {:>6} {:>4} {:>7} {:>5} {:>5} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>8.1} {:>7.0} {:>5}",
             s.name,
             s.seconds,
             s.requests,
@@ -213,6 +223,8 @@ pub fn table(summary: &DemoSummary) -> String {
             s.p50_ms,
             s.p95_ms,
             s.p99_ms,
+            s.server_p99_ms
+                .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}")),
             s.max_ms,
             s.requests_per_s,
             s.cpu_text()
@@ -243,6 +255,12 @@ pub fn table(summary: &DemoSummary) -> String {
         let _ = writeln!(
             out,
             "p99 during the backfill / p99 in baseline: {r:.2} (target ≤ 2)"
+        );
+    }
+    if let Some(r) = summary.server_backfill_p99_vs_quiet {
+        let _ = writeln!(
+            out,
+            "the instances' own p99 during the backfill / in the quiet phases (srv p99: the upper bound of a histogram bucket): {r:.2}"
         );
     }
     if summary.replicas > 0 {
