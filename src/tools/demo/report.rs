@@ -425,6 +425,31 @@ struct Line {
     label: String,
 }
 
+/// The instances' p99 of each segment (`SegmentStats::server_p99_ms`) as a flat line over
+/// the segment, in SVG polyline points; a segment without one interrupts nothing, it is
+/// skipped.
+fn server_p99_steps(
+    summary: &DemoSummary,
+    segments: &[Segment],
+    time: &TimeScale,
+    latency: &LatencyScale,
+) -> String {
+    summary
+        .segments
+        .iter()
+        .zip(segments)
+        .filter_map(|(stats, seg)| {
+            let y = latency.y(stats.server_p99_ms?);
+            Some(format!(
+                "{:.1},{y:.1} {:.1},{y:.1}",
+                time.x(seg.start_ms),
+                time.x(seg.end_ms)
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[derive(Template)]
 #[template(path = "demo/report.html")]
 struct ReportPage<'a> {
@@ -443,6 +468,8 @@ struct ReportPage<'a> {
     p50: String,
     p99: String,
     max: String,
+    /// The instances' own p99 of each segment, as a step: SVG polyline points.
+    server_p99: String,
     failures: Vec<(f64, f64)>,
     y_ticks: Vec<(f64, String)>,
     x_ticks: Vec<(f64, String)>,
@@ -703,6 +730,7 @@ pub fn html(
         p50,
         p99,
         max,
+        server_p99: server_p99_steps(summary, segments, &time, &latency),
         failures,
         y_ticks: latency.ticks(),
         x_ticks: time.ticks(),
