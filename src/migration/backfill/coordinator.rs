@@ -168,7 +168,9 @@ impl<'a> Coordinator<'a> {
             return None;
         }
         self.looked = Some(Instant::now());
-        self.look(shared, conn, spawn).err().map(|end| end.on(conn))
+        self.look(shared, conn, spawn)
+            .err()
+            .map(|end| end.checked_on(conn))
     }
 
     /// The coordinator reads the database every `auto::LOOK_EVERY`, and at once after a

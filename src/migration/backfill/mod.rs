@@ -182,7 +182,7 @@ fn run_locked(
         Ok(None) => return Err(Failure::Error(BackfillError::AlreadyRunning)),
         Err(e) => e,
     };
-    Err(Failure::on(conn, error))
+    Err(Failure::checked_on(conn, error))
 }
 
 /// Resumes an interrupted run of the same direction, or starts afresh, and sets the number

@@ -32,8 +32,8 @@ pub(super) enum Failure {
 }
 
 impl Failure {
-    /// `error`, met on `conn`, told apart.
-    pub fn on(conn: &mut PgConnection, error: diesel::result::Error) -> Self {
+    /// `error`, checked on `conn`, the connection it was met on.
+    pub fn checked_on(conn: &mut PgConnection, error: diesel::result::Error) -> Self {
         if connection_lost(conn, &error) {
             Failure::ConnectionLost(error)
         } else {
@@ -62,8 +62,8 @@ pub(super) fn run(
     on_batch: &mut dyn FnMut(&BatchDone),
 ) -> Result<BackfillStatus, Failure> {
     let p99_budget_ms = throttle.max_request_p99_ms;
-    let (stored, ranges) =
-        begin(conn, direction, url.is_some(), p99_budget_ms).map_err(|e| Failure::on(conn, e))?;
+    let (stored, ranges) = begin(conn, direction, url.is_some(), p99_budget_ms)
+        .map_err(|e| Failure::checked_on(conn, e))?;
     log_start(
         &stored,
         direction,
@@ -199,7 +199,7 @@ fn record_end(
             }),
         End::Failed(e) => {
             let _ = store::record_failed(conn, &e.to_string());
-            return Err(Failure::on(conn, e));
+            return Err(Failure::checked_on(conn, e));
         }
         End::Lost(e) => {
             log::warn!(
@@ -209,5 +209,5 @@ fn record_end(
             return Err(Failure::ConnectionLost(e));
         }
     };
-    recorded.map_err(|e| Failure::on(conn, e))
+    recorded.map_err(|e| Failure::checked_on(conn, e))
 }

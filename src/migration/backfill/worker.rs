@@ -48,9 +48,9 @@ impl From<diesel::result::Error> for End {
 }
 
 impl End {
-    /// This end as told apart on `conn`, the connection it failed on: a failure whose
-    /// connection is gone is `Lost`.
-    pub fn on(self, conn: &mut PgConnection) -> Self {
+    /// This end checked on `conn`, the connection it failed on: a failure whose connection
+    /// is gone is `Lost`.
+    pub fn checked_on(self, conn: &mut PgConnection) -> Self {
         match self {
             End::Failed(e) if connection_lost(conn, &e) => End::Lost(e),
             other => other,
@@ -93,8 +93,7 @@ pub(super) struct Shared<'t> {
     pub sized: Mutex<Sizing>,
 }
 
-/// A lock whose holder panicked still guards data that is whole: every change under it is
-/// one assignment.
+/// Locks `mutex`, also after a thread panicked while holding it.
 pub(super) fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -151,7 +150,7 @@ impl Worker {
         tell: &mut dyn FnMut(News),
     ) -> Result<Duration, End> {
         self.try_step(shared, conn, tell)
-            .map_err(|end| end.on(conn))
+            .map_err(|end| end.checked_on(conn))
     }
 
     fn try_step(
