@@ -219,12 +219,12 @@ impl<'a> Coordinator<'a> {
         Ok(change.filter(|(to, _)| *to != current))
     }
 
-    /// Worker `worker` could not connect (`error`): the workers below it keep going, those
-    /// above leave their ranges to them, and no worker is added for a while.
+    /// Worker `worker` could not connect (`error`): fewer workers (`count_without`), and no
+    /// worker is added for a while.
     fn after_no_connection(&mut self, shared: &Shared, worker: i32, error: &str) -> (i32, String) {
         self.grow_after = Some(Instant::now() + RETRY_CONNECT_AFTER);
         (
-            (worker - 1).clamp(1, shared.plan().target),
+            count_without(worker, shared.plan().target),
             format!(
                 "worker {worker} could not connect ({error}); more are tried again in {} s",
                 RETRY_CONNECT_AFTER.as_secs()
@@ -303,14 +303,18 @@ impl<'a> Coordinator<'a> {
             let _ = self.event(shared, event);
         }
         if let Some((worker, error)) = self.unconnected.take() {
-            let from = shared.plan().target;
-            let to = (worker - 1).clamp(1, from);
-            if to != from {
+            let to = count_without(worker, shared.plan().target);
+            if to != shared.plan().target {
                 let reason = format!("worker {worker} could not connect ({error})");
-                let _ = record_change(conn, Some(from), to, &reason);
-                log::info!("backfill: {from} → {to} worker(s): {reason}");
+                let _ = self.change_count(shared, conn, to, &reason);
             }
         }
         let _ = store::leave_open_ranges(conn);
     }
+}
+
+/// The number of workers once worker `worker` could not connect: the workers below it keep
+/// going, those above leave their ranges to them.
+fn count_without(worker: i32, target: i32) -> i32 {
+    (worker - 1).clamp(1, target)
 }
