@@ -319,7 +319,12 @@ impl From<BackfillError> for AppError {
     fn from(e: BackfillError) -> Self {
         match e {
             BackfillError::Database(d) => d.into(),
-            refusal => AppError::Refused(refusal.to_string()),
+            // The database was gone for longer than the runner waits: as with any database
+            // that cannot be reached, the client may try again once it is back.
+            gave_up @ BackfillError::GaveUp { .. } => AppError::Unavailable(Box::new(gave_up)),
+            refusal @ (BackfillError::AlreadyRunning | BackfillError::NotRunning(_)) => {
+                AppError::Refused(refusal.to_string())
+            }
         }
     }
 }

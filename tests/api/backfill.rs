@@ -4,10 +4,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_web::ResponseError;
 use diesel::prelude::*;
 use serde_json::{Value, json};
+use zdm::error::AppError;
 use zdm::migration::Phase;
 use zdm::migration::backfill::{self, BackfillError, BackfillState, Direction};
+use zdm::migration::control::ControlError;
 use zdm::migration::verify;
 use zdm::tools::bench;
 
@@ -404,10 +407,19 @@ async fn a_backfill_that_may_not_wait_for_the_database_records_failed_with_the_e
     while seen_rx.recv().unwrap() < 5 {}
     let mut conn = app.db.conn();
     cut_off_the_runner(&mut conn);
-    assert!(matches!(
-        runner.join().unwrap(),
-        Err(BackfillError::GaveUp { .. })
-    ));
+    let gave_up = runner.join().unwrap();
+    let Err(gave_up @ BackfillError::GaveUp { .. }) = gave_up else {
+        panic!("it gave up: {gave_up:?}");
+    };
+    // A client that started it is told the database is unavailable, and when to try again,
+    // as for any database that cannot be reached (not that the request clashes with a state).
+    let answer = AppError::from(ControlError::Backfill(gave_up)).error_response();
+    assert_eq!(answer.status(), 503);
+    let retry_after = answer
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap());
+    assert_eq!(retry_after, Some("1"));
 
     let cut = backfill::status(&mut conn).unwrap();
     assert_eq!(cut.state, BackfillState::Failed);

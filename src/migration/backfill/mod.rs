@@ -25,19 +25,27 @@
 //! - A runner that died (`kill -9`), failed or gave up leaves its checkpoint; the next start
 //!   resumes from there. Only `done` and `cancelled` make it start afresh.
 //!
-//! Here the entry points and where a run begins; `workers` (the runner and its workers),
-//! `batch` (one transaction), `status` (what it says about itself, stop requests), `knobs`
-//! (what a client turns while it runs), `throttle` (waiting for replicas and requests),
-//! `auto` (the number of workers within the budget) and `ride_out` (a lost database).
+//! Here the entry points and where a run begins. A run: `runner` (from its start to its
+//! recorded end), `coordinator` (the number of workers, what they did told to the caller),
+//! `worker` (one connection's batches), `plan` (which worker works on which range, pure),
+//! `sizing` (the next batch's size), `batch` (one transaction) and `store` (the other
+//! writes). Around it: `status` (what it says about itself, stop requests), `knobs` (what a
+//! client turns while it runs), `throttle` (waiting for replicas and requests), `auto` (the
+//! number of workers within the budget) and `ride_out` (a lost database).
 
 mod auto;
 mod batch;
+mod coordinator;
 mod knobs;
+mod plan;
 mod ride_out;
+mod runner;
+mod sizing;
 mod state;
 mod status;
+mod store;
 mod throttle;
-mod workers;
+mod worker;
 
 use std::time::Duration;
 
@@ -49,6 +57,7 @@ use diesel::prelude::*;
 use super::advisory_lock::AdvisoryLock;
 use crate::schema::expanded::users;
 use crate::schema::state::zdm_backfill;
+use runner::Failure;
 
 pub use knobs::{
     AUTO_NEEDS_A_BUDGET, Knobs, WORKERS_EXPECTED, Workers, next_batch_size, set_knobs,
@@ -147,16 +156,33 @@ pub fn run_workers(
     mut progress: impl FnMut(&BackfillStatus),
     mut on_batch: impl FnMut(&BatchDone),
 ) -> Result<BackfillStatus, BackfillError> {
-    let mut lock =
-        AdvisoryLock::try_acquire(conn, LOCK_KEY)?.ok_or(BackfillError::AlreadyRunning)?;
-    workers::run(
-        lock.conn(),
+    Ok(run_locked(
+        conn,
         url,
         direction,
         throttle,
         &mut progress,
         &mut on_batch,
-    )
+    )?)
+}
+
+/// As `run_workers`, telling a lost connection apart from other failures, for riding it out.
+fn run_locked(
+    conn: &mut PgConnection,
+    url: Option<&str>,
+    direction: Direction,
+    throttle: &mut Throttle,
+    progress: &mut dyn FnMut(&BackfillStatus),
+    on_batch: &mut dyn FnMut(&BatchDone),
+) -> Result<BackfillStatus, Failure> {
+    let error = match AdvisoryLock::try_acquire(conn, LOCK_KEY) {
+        Ok(Some(mut lock)) => {
+            return runner::run(lock.conn(), url, direction, throttle, progress, on_batch);
+        }
+        Ok(None) => return Err(Failure::Error(BackfillError::AlreadyRunning)),
+        Err(e) => e,
+    };
+    Err(Failure::checked_on(conn, error))
 }
 
 /// Resumes an interrupted run of the same direction, or starts afresh, and sets the number
@@ -228,7 +254,7 @@ fn start_afresh(
     diesel::delete(r::table).execute(conn)?;
     diesel::delete(zdm_backfill_worker_changes::table).execute(conn)?;
     if let (Some(min_id), Some(max_id)) = (min_id, max_id) {
-        let ranges: Vec<_> = workers::split_evenly(min_id - 1, max_id, workers)
+        let ranges: Vec<_> = plan::split_evenly(min_id - 1, max_id, workers)
             .into_iter()
             .zip(1..)
             .map(|((after, last), no)| {
@@ -268,7 +294,7 @@ fn start_afresh(
 fn initial_workers(setting: Workers, can_grow: bool, p99_budget_ms: Option<f64>) -> (i32, String) {
     match (setting, p99_budget_ms) {
         (Workers::Fixed(1), _) => (1, "set to 1".to_owned()),
-        _ if !can_grow => (1, workers::ONE_CONNECTION.to_owned()),
+        _ if !can_grow => (1, coordinator::ONE_CONNECTION.to_owned()),
         (Workers::Fixed(n), _) => (n, format!("set to {n}")),
         (Workers::Auto, Some(budget)) => (
             1,
@@ -276,7 +302,7 @@ fn initial_workers(setting: Workers, can_grow: bool, p99_budget_ms: Option<f64>)
                 "auto: starts with one worker and adds one at a time while the requests' p99 stays within {budget} ms"
             ),
         ),
-        (Workers::Auto, None) => (1, workers::NO_BUDGET.to_owned()),
+        (Workers::Auto, None) => (1, coordinator::NO_BUDGET.to_owned()),
     }
 }
 

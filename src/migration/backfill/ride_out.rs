@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use diesel::dsl::now;
 use diesel::prelude::*;
 
+use super::runner::Failure;
 use super::status::{BackfillStatus, no_runner, status};
 use super::throttle::Throttle;
-use super::{BackfillError, BackfillState, Direction, run_workers, sleep_unless};
+use super::{BackfillError, BackfillState, Direction, run_locked, sleep_unless};
 use crate::schema::state::zdm_backfill;
 
 /// How a runner rides out a lost database: how long it keeps trying to get back before it
@@ -73,7 +74,8 @@ pub(super) fn connection_lost(conn: &mut PgConnection, error: &diesel::result::E
         .is_err()
 }
 
-/// Runs the backfill with its workers as `run_workers` does, on `conn` and then, when that connection is lost (a database restart
+/// Runs the backfill with its workers as `run_workers` does, on `conn` and then, when a
+/// connection of the run is lost (a database restart
 /// or crash), on new connections to `url`: it reconnects, pausing 0.25 s, 0.5 s, 1 s, then 2 s
 /// between attempts and logging each, and resumes from the checkpoint by itself. It
 /// waits at most `ride_out.give_up_after` from the moment the connection was lost; past that
@@ -94,7 +96,7 @@ pub fn run_riding_out(
     let mut pause = FIRST_RECONNECT_PAUSE;
     loop {
         if let Some(mut current) = conn.take() {
-            let on_progress = |s: &BackfillStatus| {
+            let mut on_progress = |s: &BackfillStatus| {
                 // It is back: a later loss is a new outage, with a bound of its own.
                 if lost.take().is_some() {
                     log::info!(
@@ -105,27 +107,27 @@ pub fn run_riding_out(
                 }
                 progress(s);
             };
-            let result = run_workers(
+            let result = run_locked(
                 &mut current,
                 Some(url),
                 direction,
                 throttle,
-                on_progress,
-                |_| {},
+                &mut on_progress,
+                &mut |_| {},
             );
             match result {
                 Ok(done) => return Ok(done),
-                Err(BackfillError::AlreadyRunning) if lost.is_some() => {
+                Err(Failure::Error(BackfillError::AlreadyRunning)) if lost.is_some() => {
                     log::info!("backfill: another runner took it over while this one reconnected");
                     return Ok(status(&mut current)?);
                 }
-                Err(BackfillError::Database(e)) if connection_lost(&mut current, &e) => {
+                Err(Failure::ConnectionLost(e)) => {
                     let error = one_line(&e);
                     log::warn!("backfill: lost the database connection: {error}");
                     let since = lost.map_or_else(Instant::now, |(since, _)| since);
                     lost = Some((since, error));
                 }
-                Err(e) => return Err(e),
+                Err(Failure::Error(e)) => return Err(e),
             }
         }
         let Some((since, error)) = &mut lost else {
