@@ -1,6 +1,7 @@
-//! The zero-downtime migration: its phases, the state every instance follows, the gates
-//! between phases, the runner that moves them, the backfill and verification, and the
-//! embedded schema migrations.
+//! The zero-downtime migration: the state every instance follows, the gates between phases,
+//! the runner that moves them, the backfill and verification, and the embedded schema
+//! migrations. The phases themselves are `crate::domain::Phase`, the one path they are
+//! named by.
 
 pub mod advisory_lock;
 pub mod backfill;
@@ -13,6 +14,3 @@ pub mod schema_migrations;
 pub mod state;
 pub mod status;
 pub mod verify;
-
-/// The phases this module moves through; the type lives at the bottom layer (`domain`).
-pub use crate::domain::Phase;

@@ -13,7 +13,7 @@ pub enum StateError {
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
     #[error("the stored phase is invalid: {0}")]
-    Corrupt(#[from] crate::domain::phase::UnknownPhase),
+    Corrupt(#[from] crate::domain::UnknownPhase),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use serde_json::{Value, json};
-use zdm::migration::Phase;
+use zdm::domain::Phase;
 use zdm::migration::backfill::{self, BackfillError, BackfillState, Direction};
 use zdm::migration::verify;
 use zdm::tools::bench;
