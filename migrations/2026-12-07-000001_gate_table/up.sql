@@ -148,9 +148,9 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     ('advance',  '{new_only}',                         'dependencies',     '{full_name}'),
     ('advance',  '{new_only}',                         'clients',          NULL),
     ('advance',  '{new_only}',                         'confirmation',     NULL),
-    -- I2 holds on every row: before the guard is validated, before reads switch to the new
-    -- columns, and the last moment full_name is kept (not checked with verify_mode 'skip':
-    -- the step verifies later itself).
+    -- I2 (the invariants are listed in src/migration/mod.rs) holds on every row: before the
+    -- guard is validated, before reads switch to the new columns, and the last moment
+    -- full_name is kept (not checked with verify_mode 'skip': the step verifies later itself).
     ('advance',  '{dual_write,backfilled,read_new}',   'verify',           NULL),
     -- The new columns are dropped: no instance may still write them, nothing may use them.
     ('rollback', '{expanded}',                         'instances',        '{baseline,expanded}'),

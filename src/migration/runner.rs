@@ -7,18 +7,20 @@
 //!
 //! - One step at a time across the fleet: it holds a session advisory lock while it works; a
 //!   second runner is refused at once. (The step's SQL also locks the phase row.)
-//! - DDL safety (I4): every phase migration sets `lock_timeout = 200ms` itself, so a migration
-//!   waiting behind a long transaction holds up other sessions for at most that long. When it
-//!   gives up, its SQL says so with zdm's own DETAIL (`zdm_lock_timeout`, whatever the
-//!   server's language), its transaction rolls back, and the runner tries again after 0.2 s,
-//!   0.4 s, 0.8 s, 1.6 s and 3.2 s: six attempts, about 7.4 s in all at worst. Then it fails
-//!   cleanly.
+//! - DDL safety ([I4]): every phase migration sets `lock_timeout = 200ms` itself, so a
+//!   migration waiting behind a long transaction holds up other sessions for at most that
+//!   long. When it gives up, its SQL says so with zdm's own DETAIL (`zdm_lock_timeout`,
+//!   whatever the server's language), its transaction rolls back, and the runner tries again
+//!   after 0.2 s, 0.4 s, 0.8 s, 1.6 s and 3.2 s: six attempts, about 7.4 s in all at worst.
+//!   Then it fails cleanly.
 //! - The rollback out of new_only, which needs the fleet between its parts: the phase goes
 //!   back to read_new, the runner waits until every instance dual-writes again, runs the
 //!   reverse backfill (throttled like the forward one), and then reverts the migration.
 //! - Who asked (the history's actor) and the contract's confirmation reach the SQL through
 //!   the session settings `zdm.actor` and `zdm.confirm`; refused and failed steps are
 //!   recorded in the history here.
+//!
+//! [I4]: crate::migration#invariants
 
 use std::time::{Duration, Instant};
 
