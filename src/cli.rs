@@ -10,10 +10,11 @@ use diesel::{Connection, PgConnection};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
+use crate::domain::Phase;
 use crate::migration::backfill;
 use crate::migration::control::{self, BackfillSettings};
 use crate::migration::runner::Consent;
-use crate::migration::{Phase, state};
+use crate::migration::state;
 use crate::startup::{self, StartupError};
 use crate::tools::bench;
 use crate::tools::demo::{self, DemoOptions, Fault};

@@ -1,4 +1,6 @@
 //! zdm: a zero-downtime PostgreSQL schema migration you can run, watch and measure.
+//!
+//! The invariants the code names I1–I8 are listed in [`migration`](crate::migration#invariants).
 
 pub mod app_state;
 pub mod cli;

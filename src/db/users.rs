@@ -35,8 +35,10 @@ impl StoredUser {
     }
 
     /// The parts a v2 client sees. Before reads switch, the new columns are trusted only where
-    /// they agree with `full_name` (invariant I2); elsewhere (a row not yet backfilled, or
+    /// they agree with `full_name` (invariant [I2]); elsewhere (a row not yet backfilled, or
     /// last written by a lagging v1-only instance) `full_name` is split by the name rule.
+    ///
+    /// [I2]: crate::migration#invariants
     pub fn v2_name_parts(&self, phase: Phase) -> (String, String) {
         match (&self.full_name, &self.first_name, &self.last_name) {
             (Some(full), Some(first), Some(last))

@@ -7,13 +7,14 @@ pub mod email;
 pub mod full_name;
 pub mod name_parts;
 pub mod name_rule;
-pub mod phase;
+mod phase;
 pub mod user;
 
 pub use email::Email;
 pub use full_name::FullName;
 pub use name_parts::NameParts;
-pub use phase::Phase;
+// Private module: `crate::domain::Phase` is the one path the phases are named by.
+pub use phase::{Phase, UnknownPhase};
 pub use user::{Name, NewUser, UserChanges};
 
 /// Why a field was rejected; becomes a 422 naming the field.

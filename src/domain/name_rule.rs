@@ -1,4 +1,4 @@
-//! The name rule (invariant I1): how one `full_name` maps to `first_name` + `last_name` and
+//! The name rule (invariant [I1]): how one `full_name` maps to `first_name` + `last_name` and
 //! back. Dual-write uses this Rust side; the backfill and verify use the SQL side
 //! (`zdm_name_*` functions in `migrations/…_name_rule_and_coordination/up.sql`). A
 //! differential property test runs both on thousands of generated names and requires
@@ -14,6 +14,8 @@
 //! round does not hold, and need not: a v2 client may write `"Mary Ann"` + `"Smith"`, whose
 //! join splits as `"Mary"` + `"Ann Smith"`. Consistency (I2) is therefore defined on the
 //! joined form: `normalize_whitespace(full_name) == join_name(first_name, last_name)`.
+//!
+//! [I1]: crate::migration#invariants
 
 pub fn normalize_whitespace(input: &str) -> String {
     let mut out = String::with_capacity(input.len());

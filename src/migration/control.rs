@@ -17,12 +17,12 @@ use super::backfill::{
     self, BackfillError, BackfillState, BackfillStatus, Direction, Knobs, RideOut, Throttle,
     Workers,
 };
+use super::gates;
 use super::runner::{self, Consent, RunError, Transition};
 use super::state::{self, StateError};
 use super::status::{BackfillView, MigrationStatus, backfill_view, migration_status};
 use super::verify::{self, VerifyError, VerifyResult};
-use super::{Phase, gates};
-use crate::domain::FieldError;
+use crate::domain::{FieldError, Phase};
 use crate::error::AppError;
 
 /// How long a start waits for the backfill to take its lock and run its first step.

@@ -6,7 +6,7 @@
 //! every `HEARTBEAT_EVERY` otherwise. Gates that need "every live instance acknowledged" read
 //! those heartbeats. Request handlers read the applied phase from memory: no query per request.
 //!
-//! Two rules keep an instance from running code of a phase the fleet has left (I8):
+//! Two rules keep an instance from running code of a phase the fleet has left ([I8]):
 //! - Fencing: every successful read renews a lease of `PHASE_LEASE` (half the live window).
 //!   Past it, the instance serves no phase-dependent request (503) until it has read the
 //!   phase again: a frozen or partitioned instance that the gates stopped waiting for never
@@ -16,6 +16,8 @@
 //!
 //! A serving instance also reports the p99 of its recent user requests with each heartbeat
 //! (then every `REPORTING_HEARTBEAT_EVERY`), for the backfill's latency throttle.
+//!
+//! [I8]: crate::migration#invariants
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -29,8 +31,9 @@ use crate::db::DbPool;
 use crate::domain::Phase;
 use crate::schema::state::zdm_instances;
 
-/// An instance that has not been heard of for this long is not live (the SQL gates use the
-/// same window).
+/// An instance that has not been heard of for this long is not live. Who is live is decided
+/// in SQL, by `zdm_live_window()` (migration `2026-12-07-000001_gate_table`), which must be
+/// this: a test reads it from the database and compares.
 pub const LIVE_WINDOW: Duration = Duration::from_secs(10);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 

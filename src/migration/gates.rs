@@ -1,8 +1,20 @@
-//! The gates between phases: what must hold before a step moves the phase. They
-//! are written once, in SQL (`zdm_gates`, migration `2026-11-30-000001_steps_in_sql`), where
-//! every phase migration checks them before it changes anything, whoever runs it (the runner,
-//! `diesel migration run`, psql). This module reads them for the 409 answer, the CLI and the
-//! dashboard. Each gate says whether it is met and why.
+//! The gates between phases: what must hold before a step moves the phase. They are checked
+//! in SQL, where every phase migration checks them before it changes anything, whoever runs
+//! it (the runner, `diesel migration run`, psql). This module reads them for the 409 answer,
+//! the CLI and the dashboard. Each gate says whether it is met and why.
+//!
+//! Where they live (the newest migration that defines a function holds its definition):
+//! - `2026-12-07-000001_gate_table`: the gate table, which step checks which gates in which
+//!   order (`zdm_gate_table`), read by `zdm_gates`, each gate checked through `zdm_gate`;
+//!   the refusal (`zdm_require_gates`); the `instances` and `phase` gates.
+//! - `2026-12-06-000001_gates_see_the_database`: the `schema`, `row security`,
+//!   `dependencies` and `clients` gates.
+//! - `2026-11-30-000005_backfill_workers`: the `backfill` gate.
+//! - `2026-11-30-000001_steps_in_sql`: the `verify`, `reverse backfill` and `confirmation`
+//!   gates, and the steps' start and end (`zdm_begin_step`, `zdm_finish_step`).
+//!
+//! A refused step raises SQLSTATE `ZD001` with DETAIL `zdm:refused` (`zdm_raise`); the runner
+//! tells it apart by that, not by its words.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};

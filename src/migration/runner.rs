@@ -7,22 +7,26 @@
 //!
 //! - One step at a time across the fleet: it holds a session advisory lock while it works; a
 //!   second runner is refused at once. (The step's SQL also locks the phase row.)
-//! - DDL safety (I4): every phase migration sets `lock_timeout = 200ms` itself, so a migration
-//!   waiting behind a long transaction holds up other sessions for at most that long. When it
-//!   gives up, its SQL says so in zdm's own words (`zdm_lock_timeout`, whatever the server's
-//!   language), its transaction rolls back, and the runner tries again after 0.2 s, 0.4 s,
-//!   0.8 s, 1.6 s and 3.2 s: six attempts, about 7.4 s in all at worst. Then it fails cleanly.
+//! - DDL safety ([I4]): every phase migration sets `lock_timeout = 200ms` itself, so a
+//!   migration waiting behind a long transaction holds up other sessions for at most that
+//!   long. When it gives up, its SQL says so with zdm's own DETAIL (`zdm_lock_timeout`,
+//!   whatever the server's language), its transaction rolls back, and the runner tries again
+//!   after 0.2 s, 0.4 s, 0.8 s, 1.6 s and 3.2 s: six attempts, about 7.4 s in all at worst.
+//!   Then it fails cleanly.
 //! - The rollback out of new_only, which needs the fleet between its parts: the phase goes
 //!   back to read_new, the runner waits until every instance dual-writes again, runs the
 //!   reverse backfill (throttled like the forward one), and then reverts the migration.
 //! - Who asked (the history's actor) and the contract's confirmation reach the SQL through
 //!   the session settings `zdm.actor` and `zdm.confirm`; refused and failed steps are
 //!   recorded in the history here.
+//!
+//! [I4]: crate::migration#invariants
 
 use std::time::{Duration, Instant};
 
+use diesel::connection::BoxableConnection;
 use diesel::connection::SimpleConnection;
-use diesel::migration::{Migration, MigrationSource};
+use diesel::migration::{Migration, MigrationMetadata, MigrationName, MigrationSource};
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
@@ -49,12 +53,39 @@ const LOCK_KEY: i64 = 0x7a64_6d72; // "zdmr"
 /// How long a step that names the phase it starts from waits for a step in progress.
 pub const NAMED_STEP_WAIT: Duration = Duration::from_secs(10);
 
-pub const EXPAND: &str = "9000-00-01-000000_phase_1_expand";
-pub const DUAL_WRITE: &str = "9000-00-02-000000_phase_2_dual_write";
-pub const BACKFILLED: &str = "9000-00-03-000000_phase_3_backfilled";
-pub const READ_NEW: &str = "9000-00-04-000000_phase_4_read_new";
-pub const NEW_ONLY: &str = "9000-00-05-000000_phase_5_new_only";
-pub const CONTRACT: &str = "9000-00-06-000000_phase_6_contract";
+/// A phase migration's SQL, read from the files `embed_migrations!` embeds (see
+/// `StepMigration`).
+struct StepFiles {
+    name: &'static str,
+    up: &'static str,
+    down: &'static str,
+}
+
+macro_rules! step_files {
+    ($name:literal) => {
+        StepFiles {
+            name: $name,
+            up: include_str!(concat!("../../migrations/", $name, "/up.sql")),
+            down: include_str!(concat!("../../migrations/", $name, "/down.sql")),
+        }
+    };
+}
+
+const STEP_FILES: [StepFiles; 6] = [
+    step_files!("9000-00-01-000000_phase_1_expand"),
+    step_files!("9000-00-02-000000_phase_2_dual_write"),
+    step_files!("9000-00-03-000000_phase_3_backfilled"),
+    step_files!("9000-00-04-000000_phase_4_read_new"),
+    step_files!("9000-00-05-000000_phase_5_new_only"),
+    step_files!("9000-00-06-000000_phase_6_contract"),
+];
+
+pub const EXPAND: &str = STEP_FILES[0].name;
+pub const DUAL_WRITE: &str = STEP_FILES[1].name;
+pub const BACKFILLED: &str = STEP_FILES[2].name;
+pub const READ_NEW: &str = STEP_FILES[3].name;
+pub const NEW_ONLY: &str = STEP_FILES[4].name;
+pub const CONTRACT: &str = STEP_FILES[5].name;
 
 /// The phase migrations in order: the one at index `i` steps from `Phase::ALL[i]` to the next.
 pub const STEPS: [&str; 6] = [EXPAND, DUAL_WRITE, BACKFILLED, READ_NEW, NEW_ONLY, CONTRACT];
@@ -68,10 +99,40 @@ pub fn step_migration(from: Phase) -> Option<&'static str> {
 /// prints the error itself, leaves it out of its log.
 pub const HISTORY_LOG: &str = "zdm::history";
 
-/// What the SQL of a phase migration raises, by the prefix it starts with.
-const GATE_PREFIX: &str = "zdm gate: ";
-const UNDONE_PREFIX: &str = "zdm step undone: ";
-const LOCK_TIMEOUT_PREFIX: &str = "zdm_lock_timeout: ";
+/// What the SQL of a phase migration raises (`zdm_raise` in migration
+/// `2026-12-07-000001_gate_table`), told apart by the DETAIL it raises it with: Diesel hands
+/// on the DETAIL, not the SQLSTATE. The message is for people, in words the runner passes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Raised {
+    /// A gate is unmet, or the phase is not the step's: nothing was changed.
+    Refused,
+    /// The step found something wrong on its way and undid what it had done.
+    Undone,
+    /// A lock wait reached lock_timeout; the step may be tried again.
+    LockTimeout,
+}
+
+impl Raised {
+    const ALL: [Raised; 3] = [Raised::Refused, Raised::Undone, Raised::LockTimeout];
+
+    fn detail(self) -> &'static str {
+        match self {
+            Raised::Refused => "zdm:refused",
+            Raised::Undone => "zdm:undone",
+            Raised::LockTimeout => "zdm:lock_timeout",
+        }
+    }
+
+    /// The words the message starts with for someone reading the database's error (psql,
+    /// `diesel migration run`); the runner's own error says its kind otherwise.
+    fn label(self) -> &'static str {
+        match self {
+            Raised::Refused => "zdm gate: ",
+            Raised::Undone => "zdm step undone: ",
+            Raised::LockTimeout => "zdm_lock_timeout: ",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -519,18 +580,48 @@ enum Step {
     Down,
 }
 
-fn find_migration(name: &str) -> Result<Box<dyn Migration<Pg>>, RunError> {
-    MigrationSource::<Pg>::migrations(&MIGRATIONS)
-        .map_err(|e| RunError::Migration {
-            migration: name.to_owned(),
-            message: e.to_string(),
-        })?
+/// A phase migration as the harness runs it (in a transaction unless its metadata says not,
+/// recorded in `__diesel_schema_migrations`), with its SQL sent by this module: the harness's
+/// own error keeps only the message of what the SQL raised, this one Diesel's error with its
+/// DETAIL (see `Raised`). The SQL is the same file's, read at build time.
+struct StepMigration {
+    embedded: Box<dyn Migration<Pg>>,
+    files: &'static StepFiles,
+}
+
+impl Migration<Pg> for StepMigration {
+    fn run(&self, conn: &mut dyn BoxableConnection<Pg>) -> diesel::migration::Result<()> {
+        Ok(conn.batch_execute(self.files.up)?)
+    }
+
+    fn revert(&self, conn: &mut dyn BoxableConnection<Pg>) -> diesel::migration::Result<()> {
+        Ok(conn.batch_execute(self.files.down)?)
+    }
+
+    fn metadata(&self) -> &dyn MigrationMetadata {
+        self.embedded.metadata()
+    }
+
+    fn name(&self) -> &dyn MigrationName {
+        self.embedded.name()
+    }
+}
+
+fn find_migration(name: &str) -> Result<StepMigration, RunError> {
+    let not_found = |message: String| RunError::Migration {
+        migration: name.to_owned(),
+        message,
+    };
+    let files = STEP_FILES
+        .iter()
+        .find(|files| files.name == name)
+        .ok_or_else(|| not_found("not a phase migration".to_owned()))?;
+    let embedded = MigrationSource::<Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| not_found(e.to_string()))?
         .into_iter()
         .find(|m| m.name().to_string() == name)
-        .ok_or_else(|| RunError::Migration {
-            migration: name.to_owned(),
-            message: "not embedded in this binary".to_owned(),
-        })
+        .ok_or_else(|| not_found("not embedded in this binary".to_owned()))?;
+    Ok(StepMigration { embedded, files })
 }
 
 fn version_of(name: &str) -> String {
@@ -568,28 +659,41 @@ pub fn last_applied_step(conn: &mut PgConnection) -> Result<Option<&'static str>
     Ok(applied_steps(conn)?.last().copied())
 }
 
-/// The text after `prefix` in an error (or any of its causes), where zdm's SQL raised it.
-fn raised(error: &(dyn std::error::Error + 'static), prefix: &str) -> Option<String> {
+/// What zdm's SQL raised in `error` or any of its causes, and its message for people.
+fn raised(error: &(dyn std::error::Error + 'static)) -> Option<(Raised, String)> {
     let mut current = Some(error);
     while let Some(e) = current {
-        let text = e.to_string();
-        if let Some(at) = text.find(prefix) {
-            return Some(text[at + prefix.len()..].trim().to_owned());
+        if let Some(diesel::result::Error::DatabaseError(_, info)) =
+            e.downcast_ref::<diesel::result::Error>()
+        {
+            let kind = Raised::ALL
+                .into_iter()
+                .find(|kind| info.details() == Some(kind.detail()))?;
+            let message = info.message();
+            let message = message.strip_prefix(kind.label()).unwrap_or(message);
+            return Some((kind, message.trim().to_owned()));
         }
         current = e.source();
     }
     None
 }
 
-/// Whether an error is a lock wait that reached lock_timeout. Only zdm's own message counts
-/// (see `zdm_lock_timeout` in the SQL): PostgreSQL's follows the server's `lc_messages`.
+/// Whether an error is a lock wait that reached lock_timeout. Only zdm's own DETAIL counts
+/// (see `zdm_lock_timeout` in the SQL): PostgreSQL's message follows the server's
+/// `lc_messages`.
 pub fn is_lock_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    raised(error, LOCK_TIMEOUT_PREFIX).is_some()
+    matches!(raised(error), Some((Raised::LockTimeout, _)))
 }
 
 /// The setting whose timeout canceled a statement or ended the session, where one did.
 /// PostgreSQL's own message is matched (Diesel exposes no SQLSTATE for it), as for requests.
 fn timeout_setting(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut texts = Vec::new();
+    let mut current = Some(error);
+    while let Some(e) = current {
+        texts.push(e.to_string());
+        current = e.source();
+    }
     [
         ("statement timeout", "statement_timeout"),
         (
@@ -598,18 +702,17 @@ fn timeout_setting(error: &(dyn std::error::Error + 'static)) -> Option<&'static
         ),
     ]
     .into_iter()
-    .find(|(words, _)| raised(error, words).is_some())
+    .find(|(words, _)| texts.iter().any(|text| text.contains(words)))
     .map(|(_, setting)| setting)
 }
 
-/// A refusal, an undone step, or a step canceled by a timeout, as the SQL of `migration`
-/// raised it.
+/// A refusal, an undone step, a lock timeout, or a step canceled by a timeout, as the SQL
+/// of `migration` raised it.
 fn classify(migration: &str, error: &(dyn std::error::Error + 'static)) -> Option<RunError> {
-    if let Some(message) = raised(error, GATE_PREFIX) {
-        return Some(RunError::Refused(message));
-    }
-    if let Some(message) = raised(error, UNDONE_PREFIX) {
-        return Some(RunError::Undone(message));
+    match raised(error) {
+        Some((Raised::Refused, message)) => return Some(RunError::Refused(message)),
+        Some((Raised::Undone, message)) => return Some(RunError::Undone(message)),
+        Some((Raised::LockTimeout, _)) | None => {}
     }
     if let Some(setting) = timeout_setting(error) {
         return Some(RunError::Canceled {
@@ -641,8 +744,8 @@ fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunEr
                 .execute(conn)?;
         }
         let result = match step {
-            Step::Up => conn.run_migration(migration.as_ref()).map(drop),
-            Step::Down => conn.revert_migration(migration.as_ref()).map(drop),
+            Step::Up => conn.run_migration(&migration).map(drop),
+            Step::Down => conn.revert_migration(&migration).map(drop),
         };
         let Err(e) = result else {
             log::info!(
@@ -687,29 +790,91 @@ fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunEr
 mod tests {
     use super::*;
 
-    #[derive(Debug)]
-    struct Text(&'static str);
+    /// What PostgreSQL reports of an error: its message and DETAIL.
+    struct Reported {
+        message: &'static str,
+        detail: Option<&'static str>,
+    }
 
-    impl std::fmt::Display for Text {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.0)
+    impl diesel::result::DatabaseErrorInformation for Reported {
+        fn message(&self) -> &str {
+            self.message
+        }
+        fn details(&self) -> Option<&str> {
+            self.detail
+        }
+        fn hint(&self) -> Option<&str> {
+            None
+        }
+        fn table_name(&self) -> Option<&str> {
+            None
+        }
+        fn column_name(&self) -> Option<&str> {
+            None
+        }
+        fn constraint_name(&self) -> Option<&str> {
+            None
+        }
+        fn statement_position(&self) -> Option<i32> {
+            None
         }
     }
 
-    impl std::error::Error for Text {}
+    /// The error as the migration harness hands it on (boxed).
+    fn reported(
+        message: &'static str,
+        detail: Option<&'static str>,
+    ) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::Unknown,
+            Box::new(Reported { message, detail }),
+        ))
+    }
 
     #[test]
-    fn a_lock_timeout_is_known_by_zdms_words_not_the_servers() {
-        assert!(is_lock_timeout(&Text(
-            "Failed to run x with: zdm_lock_timeout: ADD COLUMN could not take its lock within lock_timeout"
-        )));
-        // PostgreSQL's own message, in English or in German: not relied on.
-        assert!(!is_lock_timeout(&Text(
-            "canceling statement due to lock timeout"
-        )));
-        assert!(!is_lock_timeout(&Text(
-            "storniere Anfrage wegen Zeitüberschreitung einer Sperre"
-        )));
+    fn a_lock_timeout_is_known_by_zdms_detail_not_the_servers_words() {
+        let zdms = "zdm_lock_timeout: ADD COLUMN could not take its lock within lock_timeout";
+        assert!(is_lock_timeout(
+            reported(zdms, Some("zdm:lock_timeout")).as_ref()
+        ));
+        // PostgreSQL's own message, in English or in German, or zdm's words without its
+        // DETAIL: not relied on.
+        for message in [
+            "canceling statement due to lock timeout",
+            "storniere Anfrage wegen Zeitüberschreitung einer Sperre",
+            zdms,
+        ] {
+            assert!(
+                !is_lock_timeout(reported(message, None).as_ref()),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_and_undone_steps_are_known_by_their_detail_and_keep_their_words() {
+        let refusal = reported(
+            "zdm gate: cannot advance from expanded: instances gate: waiting for instance(s) to apply expanded or later: a (baseline)",
+            Some("zdm:refused"),
+        );
+        match classify(EXPAND, refusal.as_ref()) {
+            Some(RunError::Refused(message)) => assert_eq!(
+                message,
+                "cannot advance from expanded: instances gate: waiting for instance(s) to apply expanded or later: a (baseline)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let undone = reported(
+            "zdm step undone: VALIDATE CONSTRAINT users_names_present found rows that break it",
+            Some("zdm:undone"),
+        );
+        assert!(matches!(
+            classify(BACKFILLED, undone.as_ref()),
+            Some(RunError::Undone(m)) if m.starts_with("VALIDATE CONSTRAINT")
+        ));
+        // The same words raised by anything else (a user's own trigger, say) are no refusal.
+        let imitation = reported("zdm gate: cannot advance", None);
+        assert!(classify(EXPAND, imitation.as_ref()).is_none());
     }
 
     #[test]

@@ -5,7 +5,6 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::follower::LIVE_WINDOW;
 use crate::domain::Phase;
 use crate::schema::state::{zdm_instances, zdm_migration_history, zdm_migration_state};
 
@@ -14,7 +13,7 @@ pub enum StateError {
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
     #[error("the stored phase is invalid: {0}")]
-    Corrupt(#[from] crate::domain::phase::UnknownPhase),
+    Corrupt(#[from] crate::domain::UnknownPhase),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
 }
@@ -142,11 +141,8 @@ impl Instance {
 
 /// Instances heard of within the live window.
 pub fn live_instances(conn: &mut PgConnection) -> QueryResult<Vec<Instance>> {
-    // The database's clock decides, as in the SQL gate `zdm_require_phase`.
-    let live = diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-        "last_seen > now() - interval '{} seconds'",
-        LIVE_WINDOW.as_secs()
-    ));
+    // The database's clock and window decide, as in the SQL gate `zdm_instances_gate`.
+    let live = diesel::dsl::sql::<diesel::sql_types::Bool>("last_seen > now() - zdm_live_window()");
     zdm_instances::table
         .filter(live)
         .order(zdm_instances::id)

@@ -2,11 +2,13 @@
 //! of their ids, and stores the result where the gates (and the contract migration's SQL)
 //! read it.
 //!
-//! - dual_write, backfilled, read_new: invariant I2, `norm(full_name) = join(first, last)`
+//! - dual_write, backfilled, read_new: invariant [I2], `norm(full_name) = join(first, last)`
 //!   with both parts present. Its negation is exactly the backfill's repair condition.
 //! - new_only, contracted: `full_name` is no longer maintained, so what matters is that every
 //!   row has both new columns (the data the contract keeps).
 //! - baseline, expanded: nothing to verify yet (nobody writes the new columns).
+//!
+//! [I2]: crate::migration#invariants
 
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;

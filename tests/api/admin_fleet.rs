@@ -42,7 +42,7 @@ async fn a_log_in_on_one_instance_holds_on_the_other_and_a_log_out_ends_it_on_bo
         history[0]["actor"],
         format!("session:{}@{}", &id[..8], b.instance_id)
     );
-    a.wait_for_phase(zdm::migration::Phase::Expanded).await;
+    a.wait_for_phase(zdm::domain::Phase::Expanded).await;
     a.rollback().await;
     let history = a.admin_status().await["history"].clone();
     assert_eq!(history[0]["actor"], format!("api@{}", a.instance_id));

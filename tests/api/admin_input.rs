@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use reqwest::header::COOKIE;
 use serde_json::json;
-use zdm::migration::{Phase, state};
+use zdm::domain::Phase;
+use zdm::migration::state;
 
 use crate::admin_pages::{csrf_of, log_in, page};
 use crate::helpers::{ADMIN_TOKEN, TestApp, TestDb, error_of};

@@ -1,7 +1,7 @@
 //! The admin dashboard: log-in, session cookie, CSRF, and driving the migration by form.
 
 use reqwest::header::{COOKIE, SET_COOKIE};
-use zdm::migration::Phase;
+use zdm::domain::Phase;
 use zdm::migration::backfill::{self, BackfillState};
 
 use crate::helpers::{ADMIN_TOKEN, TestApp};

@@ -12,9 +12,10 @@ use diesel::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
+use zdm::domain::Phase;
 use zdm::local_pg::LocalPg;
 use zdm::migration::backfill::{self, BackfillError, BackfillState, Direction, RideOut, Throttle};
-use zdm::migration::{Phase, schema_migrations, verify};
+use zdm::migration::{schema_migrations, verify};
 
 use crate::helpers::{ADMIN_TOKEN, scratch_cluster, try_backfill_runner_pids};
 use crate::writers::{

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::{Value, json};
-use zdm::migration::Phase;
+use zdm::domain::Phase;
 use zdm::migration::backfill::{self, BackfillState, Direction, Knobs, Throttle, Workers};
 use zdm::migration::verify;
 use zdm::tools::bench;

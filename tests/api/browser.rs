@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use zdm::migration::Phase;
+use zdm::domain::Phase;
 use zdm::migration::backfill::{self, BackfillState, Direction};
 
 use crate::helpers::{ADMIN_TOKEN, TestApp};

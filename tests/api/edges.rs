@@ -12,11 +12,12 @@ use diesel_migrations::MigrationHarness;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{Value, json};
+use zdm::domain::Phase;
 use zdm::migration::backfill::{self, BackfillState, Direction, Throttle};
 use zdm::migration::follower::PhaseFollower;
 use zdm::migration::runner::{self, NEW_ONLY, STEPS};
 use zdm::migration::schema_migrations::{self, MIGRATIONS};
-use zdm::migration::{Phase, gates, state};
+use zdm::migration::{gates, state};
 
 use crate::helpers::{TestApp, TestDb, by_hand, error_of, users_checks, users_columns};
 

@@ -16,8 +16,9 @@ use diesel::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
+use zdm::domain::Phase;
 use zdm::local_pg::{LocalPg, ScratchCluster};
-use zdm::migration::{Phase, backfill, schema_migrations, verify};
+use zdm::migration::{backfill, schema_migrations, verify};
 use zdm::pgbouncer::{PgBouncer, Upstream};
 
 use crate::helpers::{ADMIN_TOKEN, eventually, scratch_cluster};

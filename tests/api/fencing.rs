@@ -10,7 +10,8 @@ use diesel::prelude::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-use zdm::migration::{Phase, runner, state};
+use zdm::domain::Phase;
+use zdm::migration::{runner, state};
 
 use crate::helpers::{ADMIN_TOKEN, TestApp, eventually, wait_for_every_instance};
 

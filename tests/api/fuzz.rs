@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::Value;
-use zdm::migration::Phase;
+use zdm::domain::Phase;
 
 use crate::helpers::{ADMIN_TOKEN, FORM_TOKEN, TestApp};
 

@@ -10,9 +10,10 @@ use diesel::prelude::*;
 use diesel::sql_types::{SqlType, Text};
 use diesel_migrations::MigrationHarness;
 use serde_json::json;
+use zdm::domain::Phase;
 use zdm::migration::runner::{self, CONTRACT, RunError};
 use zdm::migration::schema_migrations::MIGRATIONS;
-use zdm::migration::{Phase, state};
+use zdm::migration::state;
 use zdm::schema::{SchemaVersion, expanded, v1, v2};
 
 use crate::helpers::{TestApp, by_hand, error_of};

@@ -13,8 +13,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use zdm::app_state::AppState;
 use zdm::db::{self, with_database};
+use zdm::domain::Phase;
 use zdm::local_pg::{LocalPg, ScratchCluster, create_database_if_missing, quote_ident};
-use zdm::migration::Phase;
 use zdm::migration::follower::PhaseFollower;
 use zdm::migration::schema_migrations;
 

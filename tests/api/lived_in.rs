@@ -11,9 +11,10 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel_migrations::MigrationHarness;
 use serde_json::{Value, json};
+use zdm::domain::Phase;
 use zdm::local_pg::quote_ident;
 use zdm::migration::schema_migrations::MIGRATIONS;
-use zdm::migration::{Phase, gates, state};
+use zdm::migration::{gates, state};
 
 use crate::helpers::{AppRole, TestApp, TestDb, error_of, eventually, users_columns};
 

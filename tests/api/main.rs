@@ -14,6 +14,7 @@ mod failover;
 mod faults;
 mod fencing;
 mod fuzz;
+mod gate_table;
 mod guards;
 mod helpers;
 mod lived_in;

@@ -2,7 +2,7 @@
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use zdm::migration::Phase;
+use zdm::domain::Phase;
 
 use crate::helpers::{TableLock, TestApp};
 

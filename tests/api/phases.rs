@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use diesel::prelude::*;
 use serde_json::{Value, json};
+use zdm::domain::Phase;
 use zdm::domain::name_rule::{join_name, normalize_whitespace, split_full_name};
-use zdm::migration::Phase;
 
 use crate::helpers::{TestApp, users_columns};
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use zdm::migration::Phase;
+use zdm::domain::Phase;
 
 use diesel::connection::SimpleConnection;
 

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
+use zdm::domain::Phase;
 use zdm::local_pg::{LocalPg, ScratchCluster};
 use zdm::migration::backfill::{self, BackfillState, Direction, Throttle};
 use zdm::migration::follower::PhaseFollower;
-use zdm::migration::{Phase, schema_migrations, verify};
+use zdm::migration::{schema_migrations, verify};
 use zdm::tools::bench::replicas;
 
 use crate::helpers::scratch_cluster;

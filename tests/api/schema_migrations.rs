@@ -4,8 +4,9 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_migrations::MigrationHarness;
+use zdm::domain::Phase;
 use zdm::migration::schema_migrations::{self, MIGRATIONS, is_phase_migration};
-use zdm::migration::{Phase, state};
+use zdm::migration::state;
 
 use crate::helpers::TestDb;
 

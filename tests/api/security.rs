@@ -344,7 +344,7 @@ async fn a_flood_of_wrong_tokens_over_the_limit_does_not_reach_the_users() {
 #[actix_web::test]
 async fn admin_bodies_are_read_only_after_authentication_and_never_half_understood() {
     let app = TestApp::spawn().await;
-    app.walk_to(zdm::migration::Phase::DualWrite).await;
+    app.walk_to(zdm::domain::Phase::DualWrite).await;
     let bad = r#"{"batch_size":"not-a-number"}"#;
     // Without the token: 401 whatever the body, and nothing of it echoed.
     for token in [None, Some("wrong")] {
@@ -639,7 +639,7 @@ async fn names_with_bidirectional_overrides_are_refused_but_emoji_joiners_kept()
     let stored: serde_json::Value = ok.json().await.unwrap();
     assert_eq!(stored["full_name"], "Ada 👩\u{200D}💻");
 
-    app.walk_to(zdm::migration::Phase::DualWrite).await;
+    app.walk_to(zdm::domain::Phase::DualWrite).await;
     let v2 = app
         .post_json(
             "/api/v2/users",
@@ -715,7 +715,7 @@ async fn the_home_page_never_counts_a_big_table() {
 #[actix_web::test]
 async fn names_of_invisible_characters_only_are_blank() {
     let app = TestApp::spawn().await;
-    app.walk_to(zdm::migration::Phase::DualWrite).await;
+    app.walk_to(zdm::domain::Phase::DualWrite).await;
     let invisible = [
         "\u{200B}",
         "\u{FEFF}",

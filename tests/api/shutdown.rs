@@ -62,14 +62,8 @@ async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() 
     );
     let url = pg.url("zdm");
     let mut conn = PgConnection::establish(&url).unwrap();
-    zdm::tools::seed::seed_users(
-        &mut conn,
-        zdm::migration::Phase::Baseline,
-        20_000,
-        3,
-        |_| {},
-    )
-    .unwrap();
+    zdm::tools::seed::seed_users(&mut conn, zdm::domain::Phase::Baseline, 20_000, 3, |_| {})
+        .unwrap();
     let admin = |path: &str, body: Value| {
         client
             .post(format!("{address}{path}"))

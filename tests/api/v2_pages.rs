@@ -1,7 +1,7 @@
 //! The v2 pages: released at dual_write, first and last name apart, and still right after
 //! the contract; v1 pages keep working through the new columns.
 
-use zdm::migration::Phase;
+use zdm::domain::Phase;
 
 use crate::helpers::TestApp;
 
