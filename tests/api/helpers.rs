@@ -444,8 +444,12 @@ impl TestApp {
         let (address, follower, report_dir) = served;
         TestApp {
             address,
+            // A kept-alive connection idle for longer than the server keeps it (actix: 5 s)
+            // may be closed under a request sent on it (IncompleteMessage): a test that
+            // spends seconds in the database between two requests meets that.
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .expect("building the HTTP client"),
             instance_id: follower.instance_id.clone(),
