@@ -53,6 +53,10 @@ pub struct Config {
     /// may have used `users.full_name` before the contract. Written to the database at start,
     /// where the contract's gate (SQL) reads it.
     pub contract_quiet_secs: Option<i32>,
+    /// `ZDM_LOCK_ATTEMPT_MS` (unset: as stored, 20 on a new database): how long each attempt
+    /// of a step waits for its lock on users (its lock_timeout), a stall for the requests
+    /// queued behind it. Written to the database at start, where the steps' SQL reads it.
+    pub lock_attempt_ms: Option<i32>,
 }
 
 /// The database to use, as `Config::resolve_database` found or made it.
@@ -192,6 +196,11 @@ impl Config {
                 "ZDM_CONTRACT_QUIET_SECS",
                 "a number of seconds from 0 to 86400",
                 number(0..=86_400),
+            )?,
+            lock_attempt_ms: parse_env(
+                "ZDM_LOCK_ATTEMPT_MS",
+                "a number of milliseconds from 1 to 10000",
+                number(1..=10_000),
             )?,
         })
     }

@@ -315,6 +315,9 @@ pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
     if let Some(secs) = config.contract_quiet_secs {
         crate::migration::state::set_contract_quiet_secs(&mut conn, secs)?;
     }
+    if let Some(ms) = config.lock_attempt_ms {
+        crate::migration::state::set_lock_attempt_ms(&mut conn, ms)?;
+    }
     Ok(Database {
         url,
         session_url,

@@ -3,6 +3,7 @@
 -- Step 1 back, expanded → baseline: no live instance writes the new columns (the gate), so
 -- dropping them loses nothing. Catalogue only.
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('rollback', 'expanded', 'baseline');
 DO $$

@@ -4,6 +4,7 @@
 -- Step 3 back, backfilled → dual_write: every instance still dual-writes; only the guard goes.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('rollback', 'backfilled', 'dual_write');
 DO $$

@@ -10,6 +10,7 @@
 -- Run again after any failure, it picks up where it stopped: each part is idempotent.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('advance', 'dual_write', 'backfilled', 'skip');
 DO $$
@@ -28,6 +29,7 @@ COMMIT;
 
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_validate_or_drop('users_names_present', 'dual_write')
   FROM zdm_migration_state WHERE phase = 'dual_write';

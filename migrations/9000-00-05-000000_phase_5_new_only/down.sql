@@ -13,6 +13,7 @@
 -- so; run again, it picks up where it stopped.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('rollback', 'new_only', 'read_new');
 SELECT zdm_finish_step('rollback', 'new_only', 'read_new', 'full_name is refilled next');
@@ -20,6 +21,7 @@ COMMIT;
 
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_require_gates('refill', 'read_new');
 SELECT set_config('zdm.step_failure', '', false);
@@ -38,12 +40,14 @@ COMMIT;
 
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_validate_or_drop('users_full_name_present');
 COMMIT;
 
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_require_no_step_failure();
 DO $$

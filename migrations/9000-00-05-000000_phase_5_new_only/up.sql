@@ -7,6 +7,7 @@
 -- would otherwise reach the drop unnoticed). DROP NOT NULL only changes the catalogue.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('advance', 'read_new', 'new_only');
 DO $$

@@ -11,6 +11,7 @@
 -- 3. the parts become nullable again, as in new_only (catalogue only), and the phase moves.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('rollback', 'contracted', 'new_only');
 DO $$
@@ -30,12 +31,14 @@ COMMIT;
 
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_validate_or_drop('users_names_present');
 COMMIT;
 
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
+SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_require_no_step_failure();
 DO $$

@@ -32,7 +32,7 @@ use crate::domain::Phase;
 use crate::schema::state::zdm_instances;
 
 /// An instance that has not been heard of for this long is not live. Who is live is decided
-/// in SQL, by `zdm_live_window()` (migration `2026-12-07-000001_gate_table`), which must be
+/// in SQL, by `zdm_live_window()` (migration `2026-12-06-000003_gate_table`), which must be
 /// this: a test reads it from the database and compares.
 pub const LIVE_WINDOW: Duration = Duration::from_secs(10);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);

@@ -4,7 +4,7 @@
 //! the CLI and the dashboard. Each gate says whether it is met and why.
 //!
 //! Where they live (the newest migration that defines a function holds its definition):
-//! - `2026-12-07-000001_gate_table`: the gate table, which step checks which gates in which
+//! - `2026-12-06-000003_gate_table`: the gate table, which step checks which gates in which
 //!   order (`zdm_gate_table`), read by `zdm_gates`, each gate checked through `zdm_gate`;
 //!   the refusal (`zdm_require_gates`); the `instances` and `phase` gates.
 //! - `2026-12-06-000001_gates_see_the_database`: the `schema`, `row security`,

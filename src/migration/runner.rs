@@ -7,12 +7,13 @@
 //!
 //! - One step at a time across the fleet: it holds a session advisory lock while it works; a
 //!   second runner is refused at once. (The step's SQL also locks the phase row.)
-//! - DDL safety ([I4]): every phase migration sets `lock_timeout = 200ms` itself, so a
-//!   migration waiting behind a long transaction holds up other sessions for at most that
-//!   long. When it gives up, its SQL says so with zdm's own DETAIL (`zdm_lock_timeout`,
-//!   whatever the server's language), its transaction rolls back, and the runner tries again
-//!   after 0.2 s, 0.4 s, 0.8 s, 1.6 s and 3.2 s: six attempts, about 7.4 s in all at worst.
-//!   Then it fails cleanly.
+//! - DDL safety ([I4]): every transaction of a phase migration sets its own lock_timeout
+//!   (`zdm_lock_attempt()`: the stored `lock_attempt_ms`, 20 ms by default), so a migration
+//!   waiting behind a long transaction holds up other sessions for at most that long. When it
+//!   gives up, its SQL says so with zdm's own DETAIL (`zdm_lock_timeout`, whatever the
+//!   server's language), its transaction rolls back, and the runner tries again after a
+//!   jittered pause growing from 25 ms to 1 s (`lock_retry_pause`), within
+//!   `LOCK_WAIT_BUDGET` (8 s). Then it fails cleanly.
 //! - The rollback out of new_only, which needs the fleet between its parts: the phase goes
 //!   back to read_new, the runner waits until every instance dual-writes again, runs the
 //!   reverse backfill (throttled like the forward one), and then reverts the migration.
@@ -39,14 +40,19 @@ use super::schema_migrations::MIGRATIONS;
 use super::state::{self, Action, StateError};
 use crate::domain::Phase;
 
-/// Pauses between attempts of a migration that hit its lock_timeout.
-pub const LOCK_RETRY_SCHEDULE: [Duration; 5] = [
-    Duration::from_millis(200),
-    Duration::from_millis(400),
-    Duration::from_millis(800),
-    Duration::from_millis(1600),
-    Duration::from_millis(3200),
-];
+/// How long a step keeps trying for its lock on users: attempts as long as the stored
+/// `lock_attempt_ms` (20 ms unless `ZDM_LOCK_ATTEMPT_MS` says otherwise; each is that long a
+/// stall for the requests queued behind it) and the pauses between them, until this much time
+/// has gone.
+pub const LOCK_WAIT_BUDGET: Duration = Duration::from_secs(8);
+
+/// The pause after the `n`th lock timeout (from 1): from 25 ms, doubling up to 1 s, jittered
+/// down to half of that, so that the requests queued behind an attempt go through before the
+/// next, and two steps retrying at once fall out of step.
+pub fn lock_retry_pause(n: u32, rng: &mut fastrand::Rng) -> Duration {
+    let cap_ms = (25_u64 << n.saturating_sub(1).min(6)).min(1000);
+    Duration::from_millis(rng.u64(cap_ms / 2..=cap_ms))
+}
 /// How long a rollback out of new_only waits for every instance to dual-write again.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 const LOCK_KEY: i64 = 0x7a64_6d72; // "zdmr"
@@ -100,7 +106,7 @@ pub fn step_migration(from: Phase) -> Option<&'static str> {
 pub const HISTORY_LOG: &str = "zdm::history";
 
 /// What the SQL of a phase migration raises (`zdm_raise` in migration
-/// `2026-12-07-000001_gate_table`), told apart by the DETAIL it raises it with: Diesel hands
+/// `2026-12-06-000003_gate_table`), told apart by the DETAIL it raises it with: Diesel hands
 /// on the DETAIL, not the SQLSTATE. The message is for people, in words the runner passes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Raised {
@@ -161,9 +167,14 @@ pub enum RunError {
     )]
     Mismatch { phase: Phase, applied: String },
     #[error(
-        "{migration} could not take its lock within lock_timeout in {attempts} attempts; nothing was applied (a long transaction holds users)"
+        "{migration} could not take its lock within lock_timeout in {attempts} attempts over {:.1} s; nothing was applied (a long transaction holds users)",
+        waited.as_secs_f64()
     )]
-    LockTimeout { migration: String, attempts: usize },
+    LockTimeout {
+        migration: String,
+        attempts: usize,
+        waited: Duration,
+    },
     #[error(
         "instances did not apply {phase} within {secs} s: {waiting}; the phase is {phase}, run rollback again to finish"
     )]
@@ -724,10 +735,12 @@ fn classify(migration: &str, error: &(dyn std::error::Error + 'static)) -> Optio
     is_lock_timeout(error).then(|| RunError::LockTimeout {
         migration: migration.to_owned(),
         attempts: 1,
+        waited: Duration::ZERO,
     })
 }
 
-/// Applies (or reverts) one phase migration, retrying lock timeouts on the schedule.
+/// Applies (or reverts) one phase migration, retrying lock timeouts (`lock_retry_pause`)
+/// within `LOCK_WAIT_BUDGET`.
 /// Nothing happens if it is already applied (reverted). Returns the lock timeouts met.
 fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunError> {
     let applied = is_applied(conn, name)?;
@@ -736,11 +749,15 @@ fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunEr
     }
     let migration = find_migration(name)?;
     let mut lock_timeouts = 0;
-    let mut pauses = LOCK_RETRY_SCHEDULE.iter();
+    let started = std::time::Instant::now();
+    let mut rng = fastrand::Rng::new();
     loop {
         if lock_timeouts > 0 {
             diesel::sql_query("SELECT set_config('zdm.retries', $1, false)")
-                .bind::<Text, _>(format!("{lock_timeouts} lock timeout(s) retried"))
+                .bind::<Text, _>(format!(
+                    "{lock_timeouts} lock timeout(s) retried over {:.2} s",
+                    started.elapsed().as_secs_f64()
+                ))
                 .execute(conn)?;
         }
         let result = match step {
@@ -766,14 +783,16 @@ fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunEr
         match classify(name, e.as_ref()) {
             Some(RunError::LockTimeout { .. }) => {
                 lock_timeouts += 1;
-                let Some(pause) = pauses.next() else {
+                let pause = lock_retry_pause(lock_timeouts as u32, &mut rng);
+                if started.elapsed() + pause > LOCK_WAIT_BUDGET {
                     return Err(RunError::LockTimeout {
                         migration: name.to_owned(),
                         attempts: lock_timeouts,
+                        waited: started.elapsed(),
                     });
-                };
+                }
                 log::warn!("{name}: lock timeout (attempt {lock_timeouts}), retrying in {pause:?}");
-                std::thread::sleep(*pause);
+                std::thread::sleep(pause);
             }
             Some(refused_or_undone) => return Err(refused_or_undone),
             None => {
@@ -789,6 +808,19 @@ fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_retry_pauses_grow_from_25_ms_to_1_s_jittered_down_to_half() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..200 {
+            let mut ms = |n| lock_retry_pause(n, &mut rng).as_millis();
+            assert!((12..=25).contains(&ms(1)));
+            assert!((50..=100).contains(&ms(3)));
+            assert!((400..=800).contains(&ms(6)));
+            assert!((500..=1000).contains(&ms(7)));
+            assert!((500..=1000).contains(&ms(40)));
+        }
+    }
 
     /// What PostgreSQL reports of an error: its message and DETAIL.
     struct Reported {

@@ -158,6 +158,14 @@ pub fn set_contract_quiet_secs(conn: &mut PgConnection, secs: i32) -> QueryResul
         .map(drop)
 }
 
+/// Stores how long each attempt of a step waits for its lock on users (`zdm_lock_attempt`).
+pub fn set_lock_attempt_ms(conn: &mut PgConnection, ms: i32) -> QueryResult<()> {
+    diesel::sql_query("UPDATE zdm_migration_state SET lock_attempt_ms = $1")
+        .bind::<diesel::sql_types::Integer, _>(ms)
+        .execute(conn)
+        .map(drop)
+}
+
 /// Samples the use of `users.full_name` by every client (see `zdm_sample_column_use`):
 /// false where pg_stat_statements is unavailable.
 pub fn sample_column_use(conn: &mut PgConnection) -> QueryResult<bool> {

@@ -508,8 +508,9 @@ fn every_transaction_of_a_phase_migration_that_locks_users_sets_lock_timeout() {
                 if locks_users {
                     checked += 1;
                     assert!(
-                        transaction.contains("SET LOCAL lock_timeout"),
-                        "{step}/{file}: a transaction locks users without lock_timeout:\n{transaction}"
+                        transaction.contains("SET LOCAL lock_timeout")
+                            && transaction.contains("SELECT zdm_lock_attempt();"),
+                        "{step}/{file}: a transaction locks users without the stored lock_timeout:\n{transaction}"
                     );
                 }
             }

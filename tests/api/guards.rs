@@ -223,11 +223,11 @@ async fn step_under_blocker(
     (worker.join().unwrap(), slowest)
 }
 
-/// The longest a read may wait while a step waits for a lock: the steps' lock_timeout
-/// (200 ms, after which the DDL gives up its place in the queue) plus a second for
+/// The longest a read may wait while a step waits for a lock: an attempt's lock_timeout
+/// (20 ms, after which the DDL gives up its place in the queue) plus a second for
 /// scheduling on a loaded two-core machine. The blocker holds `BLOCKED_FOR`, well above it:
 /// a step queued without a lock_timeout would hold the reads up for all of it.
-const MAX_READ_STALL: Duration = Duration::from_millis(200 + 1000);
+const MAX_READ_STALL: Duration = Duration::from_millis(20 + 1000);
 const BLOCKED_FOR: Duration = Duration::from_millis(3000);
 
 #[actix_web::test]
@@ -326,6 +326,24 @@ async fn a_lock_timeout_is_retried_whatever_the_servers_language() {
 }
 
 #[actix_web::test]
+async fn the_users_wait_as_long_as_an_attempt_of_the_stored_length() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    // Attempts of 1.5 s (ZDM_LOCK_ATTEMPT_MS=1500) instead of 20 ms: a read that comes while
+    // the DDL waits queues behind it for the whole attempt.
+    let (result, slowest) = step_under_blocker(&app, id, Duration::from_millis(300), |conn| {
+        state::set_lock_attempt_ms(conn, 1500).unwrap();
+        runner::advance(conn, "test", None)
+    })
+    .await;
+    result.expect("the expand succeeds once the blocker ends");
+    assert!(
+        slowest >= Duration::from_millis(1400),
+        "a read waited {slowest:?}, not the attempt's 1.5 s"
+    );
+}
+
+#[actix_web::test]
 async fn a_blocker_longer_than_the_retry_schedule_fails_the_step_cleanly() {
     let app = TestApp::spawn().await;
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
@@ -334,8 +352,15 @@ async fn a_blocker_longer_than_the_retry_schedule_fails_the_step_cleanly() {
     })
     .await;
     match result {
-        Err(RunError::LockTimeout { attempts, .. }) => {
-            assert_eq!(attempts, runner::LOCK_RETRY_SCHEDULE.len() + 1)
+        Err(RunError::LockTimeout {
+            attempts, waited, ..
+        }) => {
+            // Short attempts, many of them, until the budget is spent.
+            assert!(attempts >= 8, "{attempts} attempts");
+            assert!(
+                waited >= runner::LOCK_WAIT_BUDGET / 2 && waited <= runner::LOCK_WAIT_BUDGET,
+                "{waited:?}"
+            );
         }
         other => panic!("expected a lock timeout, got {other:?}"),
     }
