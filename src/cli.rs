@@ -597,6 +597,11 @@ struct BenchHttpArgs {
     /// (`DATABASE_URL` the pooler, `DIRECT_DATABASE_URL` the database).
     #[arg(long)]
     pooler: bool,
+    /// The server direct, but sending its statements as it does behind a pooler: unnamed,
+    /// planned afresh each time (no statement cache, no generic plan), to measure that cost
+    /// apart from the pooler's hop.
+    #[arg(long, conflicts_with = "pooler")]
+    unnamed_statements: bool,
 }
 
 impl BenchHttpArgs {
@@ -607,6 +612,7 @@ impl BenchHttpArgs {
             concurrency: self.concurrency as usize,
             secs: self.secs.max(1.0),
             pooler: self.pooler,
+            unnamed_statements: self.unnamed_statements,
         };
         actix_web::rt::System::new()
             .block_on(bench::http::http_benchmark(&url, opts, |line| {

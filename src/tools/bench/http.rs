@@ -33,6 +33,9 @@ pub struct HttpBenchOptions {
     pub secs: f64,
     /// The server's requests and pgbench through a PgBouncer in transaction mode.
     pub pooler: bool,
+    /// The server direct, its statements sent as behind a pooler (unnamed, no generic plan):
+    /// the cost of that apart from the pooler's hop; pgbench then sends unnamed ones too.
+    pub unnamed_statements: bool,
 }
 
 /// Server connections of the benchmark's PgBouncer: half the load's clients (at least two),
@@ -339,7 +342,9 @@ impl Served {
     ) -> Result<Self> {
         let token = crate::startup::generate_token();
         let mut env = vec![("ZDM_POOL_SIZE".to_owned(), opts.concurrency.to_string())];
-        if requests_url.is_some() {
+        // Behind a pooler, or as if (`unnamed_statements`): a DIRECT_DATABASE_URL makes the
+        // server treat DATABASE_URL as a transaction-mode pooler.
+        if requests_url.is_some() || opts.unnamed_statements {
             env.push(("DIRECT_DATABASE_URL".to_owned(), url.to_owned()));
         }
         let fleet = Fleet::start(1, requests_url.unwrap_or(url), &token, logs, env).await?;
@@ -414,6 +419,7 @@ async fn pgbench_ceiling(url: &str, opts: &HttpBenchOptions) -> Result<Figures> 
         concurrency,
         secs,
         pooler,
+        unnamed_statements,
     } = *opts;
     blocking(move || {
         pgbench_point_select(
@@ -422,7 +428,7 @@ async fn pgbench_ceiling(url: &str, opts: &HttpBenchOptions) -> Result<Figures> 
             concurrency,
             secs,
             "id, first_name, last_name, email",
-            pgbench_mode(pooler),
+            pgbench_mode(pooler || unnamed_statements),
         )
     })
     .await
@@ -514,7 +520,7 @@ pub async fn http_benchmark(
         "pgbench SELECT ... WHERE id = :id",
         ceiling.requests_per_s,
         ceiling.p50_ms,
-        pgbench_mode(opts.pooler)
+        pgbench_mode(opts.pooler || opts.unnamed_statements)
     ));
     drop(pooler);
     say(&format!(
