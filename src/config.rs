@@ -37,6 +37,10 @@ pub struct Config {
     /// `ZDM_BACKFILL_MAX_P99_MS` (unset: off): the user requests' p99, as the instances
     /// report it, above which the backfill waits.
     pub backfill_max_p99_ms: Option<f64>,
+    /// `ZDM_BACKFILL_MAX_P99_RATIO` (unset: off; not with `ZDM_BACKFILL_MAX_P99_MS`): the same
+    /// budget relative to the instances' own p99 when a backfill run starts (1.5: half as
+    /// slow again).
+    pub backfill_max_p99_ratio: Option<f64>,
     /// `ZDM_BACKFILL_RIDE_OUT_SECS` (default 60): how long a backfill that lost the database
     /// keeps reconnecting before it gives up.
     pub backfill_ride_out: std::time::Duration,
@@ -177,6 +181,16 @@ impl Config {
                         .filter(|ms| ms.is_finite() && *ms > 0.0)
                 },
             )?,
+            backfill_max_p99_ratio: parse_env(
+                "ZDM_BACKFILL_MAX_P99_RATIO",
+                "a ratio from 1 to 100 (1.5: the users' p99 half as slow again as before the backfill), without ZDM_BACKFILL_MAX_P99_MS",
+                |v| {
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|r| (1.0..=100.0).contains(r))
+                        .filter(|_| var("ZDM_BACKFILL_MAX_P99_MS").is_none())
+                },
+            )?,
             backfill_ride_out: parse_env(
                 "ZDM_BACKFILL_RIDE_OUT_SECS",
                 "a number of seconds from 0 to 86400",
@@ -238,6 +252,7 @@ impl Config {
             replica_urls,
             max_lag_bytes: self.replica_max_lag_bytes,
             max_p99_ms: self.backfill_max_p99_ms,
+            max_p99_ratio: self.backfill_max_p99_ratio,
             ride_out: crate::migration::backfill::RideOut::new(self.backfill_ride_out),
         }
     }

@@ -38,6 +38,9 @@ pub struct BackfillSettings {
     /// The requests' p99 above which it waits, and auto mode's budget
     /// (`ZDM_BACKFILL_MAX_P99_MS`).
     pub max_p99_ms: Option<f64>,
+    /// The same relative to the instances' own p99 when a run starts
+    /// (`ZDM_BACKFILL_MAX_P99_RATIO`).
+    pub max_p99_ratio: Option<f64>,
     /// Stopped at shutdown, so that a runner waiting for the database gives up.
     pub ride_out: RideOut,
 }
@@ -47,6 +50,7 @@ impl BackfillSettings {
     pub fn throttle(&self) -> Throttle {
         Throttle::new(self.replica_urls.clone(), self.max_lag_bytes)
             .with_request_p99_limit(self.max_p99_ms)
+            .with_request_p99_ratio(self.max_p99_ratio)
     }
 
     /// The knobs within their ranges; `"auto"` workers only with a p99 budget (a backfill
@@ -55,7 +59,10 @@ impl BackfillSettings {
         if let Some((field, message)) = knobs.invalid() {
             return Err(FieldError::new(field, message));
         }
-        if knobs.workers == Some(Workers::Auto) && self.max_p99_ms.is_none() {
+        if knobs.workers == Some(Workers::Auto)
+            && self.max_p99_ms.is_none()
+            && self.max_p99_ratio.is_none()
+        {
             return Err(FieldError::new("workers", backfill::AUTO_NEEDS_A_BUDGET));
         }
         Ok(())

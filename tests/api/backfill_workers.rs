@@ -760,3 +760,35 @@ fn auto_under_a_budget(
         (done, most)
     })
 }
+
+/// A relative budget (`ZDM_BACKFILL_MAX_P99_RATIO`) is fixed when the run starts, from the
+/// instances' own p99 then, and the run's record says so: 1.5 × 4 ms here.
+#[test]
+fn a_relative_budget_is_fixed_from_the_instances_p99_when_the_run_starts() {
+    let (_db, mut conn) = seeded_at_dual_write(5_000);
+    conn.batch_execute(
+        "INSERT INTO zdm_instances (id, applied_phase, started_at, last_seen, recent_p99_ms)
+         VALUES ('reporter', 'dual_write', now(), now(), 4.0)",
+    )
+    .unwrap();
+    let mut throttle = Throttle::new(Vec::new(), i64::MAX).with_request_p99_ratio(Some(1.5));
+    let done = backfill::run_workers(
+        &mut conn,
+        None,
+        Direction::Forward,
+        &mut throttle,
+        |_| {},
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(done.state, BackfillState::Done);
+    assert_eq!(throttle.max_request_p99_ms, Some(6.0));
+    let changes = backfill::worker_changes(&mut conn, 10).unwrap();
+    let first = changes.last().expect("the run's first count is recorded");
+    assert!(
+        first
+            .reason
+            .contains("p99 budget 6.0 ms: 1.5 × the instances' 4.0 ms when the run started"),
+        "{first:?}"
+    );
+}

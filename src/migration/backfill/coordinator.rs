@@ -20,8 +20,7 @@ use super::{BackfillState, BatchDone, record_change, store};
 const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(5);
 
 /// Why auto mode keeps one worker where the runner has no p99 budget.
-pub(super) const NO_BUDGET: &str =
-    "auto needs a p99 budget (ZDM_BACKFILL_MAX_P99_MS) where the backfill runs: one worker";
+pub(super) const NO_BUDGET: &str = "auto needs a p99 budget (ZDM_BACKFILL_MAX_P99_MS or ZDM_BACKFILL_MAX_P99_RATIO, with traffic to measure) where the backfill runs: one worker";
 
 /// Why a runner without a database URL runs one worker.
 pub(super) const ONE_CONNECTION: &str =

@@ -46,7 +46,7 @@ impl std::fmt::Display for Workers {
 }
 
 /// Why `"auto"` is refused where no p99 budget is configured.
-pub const AUTO_NEEDS_A_BUDGET: &str = "workers \"auto\" needs a p99 budget: set ZDM_BACKFILL_MAX_P99_MS (the users' p99 the backfill keeps within) where the backfill runs";
+pub const AUTO_NEEDS_A_BUDGET: &str = "workers \"auto\" needs a p99 budget: set ZDM_BACKFILL_MAX_P99_MS (the users' p99 the backfill keeps within) or ZDM_BACKFILL_MAX_P99_RATIO (that p99 relative to theirs when it starts) where the backfill runs";
 
 /// What `Workers` accepts, said where it is refused.
 pub const WORKERS_EXPECTED: &str = "a whole number of workers from 1 to 16, or \"auto\"";

@@ -186,15 +186,20 @@ fn run_locked(
 }
 
 /// Resumes an interrupted run of the same direction, or starts afresh, and sets the number
-/// of workers it starts with. Returns the row as stored and the run's ranges.
+/// of workers it starts with. `budget`: the users' p99 budget of this run, and where a
+/// relative one was set from (recorded with the run's first count of workers). Returns the
+/// row as stored and the run's ranges.
 fn begin(
     conn: &mut PgConnection,
     direction: Direction,
     can_grow: bool,
-    p99_budget_ms: Option<f64>,
+    (p99_budget_ms, budget_note): (Option<f64>, Option<&str>),
 ) -> QueryResult<(BackfillStatus, Vec<WorkerRange>)> {
     let current = status::stored_status(conn)?;
-    let (count, reason) = initial_workers(current.workers_setting(), can_grow, p99_budget_ms);
+    let (count, mut reason) = initial_workers(current.workers_setting(), can_grow, p99_budget_ms);
+    if let Some(note) = budget_note {
+        reason = format!("{reason} ({note})");
+    }
     // interrupted (or still running, read by nobody since): its runner died or gave up;
     // paused: asked to; failed: a batch failed (statement_timeout, or the database was gone
     // for longer than the runner waited). All keep their checkpoints.
@@ -299,7 +304,7 @@ fn initial_workers(setting: Workers, can_grow: bool, p99_budget_ms: Option<f64>)
         (Workers::Auto, Some(budget)) => (
             1,
             format!(
-                "auto: starts with one worker and adds one at a time while the requests' p99 stays within {budget} ms"
+                "auto: starts with one worker and adds one at a time while the requests' p99 stays within {budget:.1} ms"
             ),
         ),
         (Workers::Auto, None) => (1, coordinator::NO_BUDGET.to_owned()),

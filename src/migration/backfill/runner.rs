@@ -61,9 +61,17 @@ pub(super) fn run(
     progress: &mut dyn FnMut(&BackfillStatus),
     on_batch: &mut dyn FnMut(&BatchDone),
 ) -> Result<BackfillStatus, Failure> {
-    let p99_budget_ms = throttle.max_request_p99_ms;
-    let (stored, ranges) = begin(conn, direction, url.is_some(), p99_budget_ms)
+    let budget_note = throttle
+        .resolve_budget(conn)
         .map_err(|e| Failure::checked_on(conn, e))?;
+    let p99_budget_ms = throttle.max_request_p99_ms;
+    let (stored, ranges) = begin(
+        conn,
+        direction,
+        url.is_some(),
+        (p99_budget_ms, budget_note.as_deref()),
+    )
+    .map_err(|e| Failure::checked_on(conn, e))?;
     log_start(
         &stored,
         direction,

@@ -27,6 +27,9 @@ pub struct Throttle {
     replicas: Vec<(String, Option<PgConnection>)>,
     pub max_lag_bytes: i64,
     pub max_request_p99_ms: Option<f64>,
+    /// A budget relative to the instances' own p99 when a run starts
+    /// (`ZDM_BACKFILL_MAX_P99_RATIO`): `resolve_budget` turns it into `max_request_p99_ms`.
+    pub max_request_p99_ratio: Option<f64>,
     /// When this throttle last stored `running`: within `RESTATE_EVERY` it is not stored
     /// again, so that workers checking before each batch do not queue on the status row.
     stored_running: Option<Instant>,
@@ -46,6 +49,17 @@ const RESTATE_EVERY: Duration = Duration::from_secs(1);
 /// of workers by this much covers only requests made after it.
 const REPORT_COVERS: Duration = Duration::from_millis(800);
 
+/// The worst p99 the live instances reported with their last heartbeats.
+fn worst_recent_p99(conn: &mut PgConnection) -> QueryResult<Option<f64>> {
+    let recent = diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "last_seen > now() - interval '{LATENCY_REPORT_WINDOW_SECS} seconds'"
+    ));
+    zdm_instances::table
+        .filter(recent)
+        .select(diesel::dsl::max(zdm_instances::recent_p99_ms))
+        .first(conn)
+}
+
 impl Throttle {
     pub fn none() -> Self {
         Self::new(Vec::new(), i64::MAX)
@@ -56,6 +70,7 @@ impl Throttle {
             replicas: replica_urls.into_iter().map(|url| (url, None)).collect(),
             max_lag_bytes,
             max_request_p99_ms: None,
+            max_request_p99_ratio: None,
             stored_running: None,
         }
     }
@@ -66,18 +81,48 @@ impl Throttle {
         self
     }
 
+    /// Also waits while the requests' p99 is above `ratio` times theirs when the run starts
+    /// (`None`: no relative budget). See `resolve_budget`.
+    pub fn with_request_p99_ratio(mut self, ratio: Option<f64>) -> Self {
+        self.max_request_p99_ratio = ratio;
+        self
+    }
+
+    /// With a relative budget, sets this run's limit: the ratio times the worst p99 the live
+    /// instances reported just before the run started, before any batch of it. Returns what
+    /// it was set from, for the run's record (`None` without a relative budget). Where no
+    /// instance reported a p99 (no traffic), there is no limit: nothing to keep it within.
+    pub(super) fn resolve_budget(
+        &mut self,
+        conn: &mut PgConnection,
+    ) -> QueryResult<Option<String>> {
+        let Some(ratio) = self.max_request_p99_ratio else {
+            return Ok(None);
+        };
+        let note = match worst_recent_p99(conn)? {
+            Some(p99) => {
+                let limit = ratio * p99;
+                self.max_request_p99_ms = Some(limit);
+                format!(
+                    "p99 budget {limit:.1} ms: {ratio} × the instances' {p99:.1} ms when the run started"
+                )
+            }
+            None => {
+                self.max_request_p99_ms = None;
+                format!(
+                    "no p99 budget: no instance reported its requests' p99 when the run started (ratio {ratio})"
+                )
+            }
+        };
+        Ok(Some(note))
+    }
+
     /// Why the requests say wait, if they do: the worst p99 the live instances reported.
     fn slow_requests(&self, conn: &mut PgConnection) -> QueryResult<Option<String>> {
         let Some(limit) = self.max_request_p99_ms else {
             return Ok(None);
         };
-        let recent = diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-            "last_seen > now() - interval '{LATENCY_REPORT_WINDOW_SECS} seconds'"
-        ));
-        let worst: Option<f64> = zdm_instances::table
-            .filter(recent)
-            .select(diesel::dsl::max(zdm_instances::recent_p99_ms))
-            .first(conn)?;
+        let worst = worst_recent_p99(conn)?;
         Ok(worst
             .filter(|p99| *p99 > limit)
             .map(|p99| format!("requests' p99 of {p99:.1} ms is above the limit of {limit:.1} ms")))
@@ -115,7 +160,9 @@ impl Throttle {
 
     /// Whether it watches anything at all.
     pub(super) fn watches(&self) -> bool {
-        !self.replicas.is_empty() || self.max_request_p99_ms.is_some()
+        !self.replicas.is_empty()
+            || self.max_request_p99_ms.is_some()
+            || self.max_request_p99_ratio.is_some()
     }
 
     /// What auto mode decides on: the replicas' lag (or why it cannot be measured), and the
