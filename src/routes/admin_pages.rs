@@ -22,6 +22,7 @@ use super::admin_auth::{
 };
 use super::client::{client_info, cookie_name};
 use super::db;
+use super::render::{self, Caching, notice_text};
 use crate::app_state::AppState;
 use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
@@ -49,20 +50,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/verify", web::post().to(verify))
             .route("/demo-report", web::get().to(demo_report)),
     );
-}
-
-fn html(status: StatusCode, page: impl Template) -> Result<HttpResponse, HtmlError> {
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(page.render()?))
-}
-
-fn see_other(location: &str) -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish()
 }
 
 #[derive(Template)]
@@ -310,18 +297,25 @@ pub struct DashboardQuery {
     notice: Option<String>,
 }
 
-/// What a finished action says on the dashboard; fixed texts, never echoed input.
-fn notice_text(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "advanced" => "Advanced one phase.",
-        "rolled_back" => "Rolled back one phase.",
-        "backfill_start" | "backfill_resume" => "Backfill started.",
-        "backfill_pause" => "Backfill paused.",
-        "backfill_cancel" => "Backfill cancelled.",
-        "backfill_settings" => "Backfill settings saved.",
-        "verified" => "Verification done.",
-        _ => return None,
-    })
+/// What a finished action says on the dashboard.
+const NOTICES: &[(&str, &str)] = &[
+    ("advanced", "Advanced one phase."),
+    ("rolled_back", "Rolled back one phase."),
+    ("backfill_start", "Backfill started."),
+    ("backfill_resume", "Backfill started."),
+    ("backfill_pause", "Backfill paused."),
+    ("backfill_cancel", "Backfill cancelled."),
+    ("backfill_settings", "Backfill settings saved."),
+    ("verified", "Verification done."),
+];
+
+/// The dashboard's pages and redirects: never kept by a browser or proxy.
+fn html(status: StatusCode, page: impl Template) -> Result<HttpResponse, HtmlError> {
+    render::html(status, page, Caching::NoStore)
+}
+
+fn see_other(location: &str) -> HttpResponse {
+    render::see_other(location, Caching::NoStore)
 }
 
 async fn render(
@@ -333,7 +327,7 @@ async fn render(
 ) -> Result<HttpResponse, HtmlError> {
     let status = current_status(state).await?;
     let mut page = Dashboard::new(status, csrf, state.instance_id.clone());
-    page.notice = notice.and_then(notice_text).map(str::to_owned);
+    page.notice = notice_text(notice, NOTICES).map(str::to_owned);
     page.error = error;
     page.demo_report = state.report_dir.join(DEMO_REPORT).is_file();
     html(status_code, page)
@@ -487,7 +481,7 @@ async fn backfill_action(
         Ok::<_, AppError>(knobs)
     })();
     let action = action.into_inner();
-    if knobs.is_ok() && notice_text(&format!("backfill_{action}")).is_some() {
+    if knobs.is_ok() && notice_text(Some(&format!("backfill_{action}")), NOTICES).is_some() {
         admin_auth::record_action(
             &state,
             &session.actor(&state.instance_id),

@@ -12,6 +12,7 @@ pub mod csrf;
 pub mod home;
 pub mod input;
 pub mod pages;
+pub mod render;
 
 use actix_web::ResponseError;
 use actix_web::body::{EitherBody, MessageBody};
