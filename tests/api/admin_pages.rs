@@ -148,21 +148,10 @@ async fn a_logged_in_admin_drives_the_migration_with_forms() {
     )
     .await;
     assert_eq!(response.status(), 303);
-    let mut done = false;
-    for _ in 0..200 {
-        let (_, json) = page(&app, &cookie, "/admin/status.json").await;
-        let status: serde_json::Value = serde_json::from_str(&json).unwrap();
-        if status["backfill"]["state"] == "done" {
-            assert_eq!(
-                status["backfill"]["rows_done"],
-                status["backfill"]["rows_total"]
-            );
-            done = true;
-            break;
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(done, "the backfill finished");
+    let done = app
+        .wait_for_backfill("the backfill to finish", |b| b["state"] == "done")
+        .await;
+    assert_eq!(done["rows_done"], done["rows_total"]);
     // The history says who started it.
     let (_, json) = page(&app, &cookie, "/admin/status.json").await;
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();

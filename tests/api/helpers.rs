@@ -251,45 +251,69 @@ pub fn serve(url: &str, limits: db::PoolLimits) -> (String, PhaseFollower, PathB
     serve_with(url, limits, Default::default(), Vec::new())
 }
 
-/// Waits (up to 30 s) until the instance of `follower` runs `phase` and has said so in its
-/// heartbeat, which is what the gates read (it switches first and acknowledges right after).
+/// How long a test waits for something before it fails: long enough for a loaded machine,
+/// and only ever spent when the thing does not happen.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The one way the tests wait: asks `check` every 20 ms until it answers `Ok`, and fails the
+/// test once `within` has passed, naming `what` it waited for and what `check` saw last
+/// (its `Err`). Never a fixed sleep: on a slow machine a test waits longer, not wrongly.
+pub async fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                started.elapsed() < within,
+                "waited {within:?} for {what}; last seen: {seen}"
+            ),
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`wait_for`] a condition that holds or not, for up to [`WAIT`].
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    wait_for(what, WAIT, async || {
+        if done() {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    })
+    .await
+}
+
+/// Waits until the instance of `follower` runs `phase` and has said so in its heartbeat,
+/// which is what the gates read (it switches first and acknowledges right after).
 pub async fn wait_for_acknowledged(
     conn: &mut PgConnection,
     follower: &PhaseFollower,
     phase: Phase,
 ) {
     use zdm::schema::state::zdm_instances;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
+    let what = format!("instance {} to acknowledge {phase}", follower.instance_id);
+    wait_for(&what, WAIT, async || {
         let acknowledged: Option<String> = zdm_instances::table
             .find(&follower.instance_id)
             .select(zdm_instances::applied_phase)
             .first(conn)
             .optional()
             .expect("reading the heartbeat");
-        if follower.applied().get() == phase && acknowledged.as_deref() == Some(phase.as_str()) {
-            return;
+        let applied = follower.applied().get();
+        if applied == phase && acknowledged.as_deref() == Some(phase.as_str()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "it runs {applied}, its heartbeat says {acknowledged:?}"
+            ))
         }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "instance {} did not apply {phase} (it is at {})",
-        follower.instance_id,
-        follower.applied().get()
-    );
-}
-
-/// Polls `done` every 20 ms until it holds; fails the test after 30 s, saying what it
-/// waited for.
-pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "waited 30 s for {what}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Waits until every live instance has applied the stored phase, the gate a next step
@@ -552,6 +576,29 @@ impl TestApp {
             .expect("admin GET failed");
         assert_eq!(response.status(), 200);
         response.json().await.expect("a JSON status")
+    }
+
+    /// Waits until the backfill's status (as `GET /api/admin/migration` shows it) meets
+    /// `done`, and returns it; a backfill that failed fails the test at once. Up to 60 s: a
+    /// backfill under racing writers on a loaded machine takes its time.
+    pub async fn wait_for_backfill(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(what, Duration::from_secs(60), async || {
+            let backfill = self.admin_status().await["backfill"].clone();
+            assert_ne!(
+                backfill["state"], "failed",
+                "the backfill failed: {backfill}"
+            );
+            if done(&backfill) {
+                Ok(backfill)
+            } else {
+                Err(backfill.to_string())
+            }
+        })
+        .await
     }
 
     /// Asks the admin API to advance (with the contract's confirmation, if given); does not
