@@ -11,7 +11,7 @@ use actix_web::http::{StatusCode, header};
 use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::actions::{
     advance_step, change_knobs, check_knobs, current_status, rollback_step, start_backfill_now,
@@ -23,6 +23,7 @@ use super::admin_auth::{
 use super::client::{client_info, cookie_name};
 use super::db;
 use super::render::{self, Caching, notice_text};
+use super::shown_gates::{ShownGate, next_gates};
 use crate::app_state::AppState;
 use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
@@ -226,6 +227,8 @@ struct Dashboard {
     backfill_failed: bool,
     /// Whether `zdm demo` left a report to link.
     demo_report: bool,
+    /// The next step's gates, as shown.
+    next_gates: Vec<ShownGate>,
     worker_bars: Vec<WorkerBar>,
     worker_choices: Vec<String>,
     /// The workers knob as set ("auto" or a count).
@@ -272,6 +275,7 @@ impl Dashboard {
         let worker_bars = worker_bars(&status.backfill.ranges);
         let workers_setting = status.backfill.workers_setting.to_string();
         Self {
+            next_gates: next_gates(&status),
             worker_bars,
             worker_choices: worker_choices(),
             workers_setting,
@@ -342,11 +346,21 @@ async fn dashboard(
     render(&state, csrf, StatusCode::OK, query.notice.as_deref(), None).await
 }
 
+/// What `static/admin.js` redraws the page from: the status, and the next step's gates as
+/// the page shows them.
+#[derive(Serialize)]
+struct DashboardStatus {
+    #[serde(flatten)]
+    status: MigrationStatus,
+    next_gates: Vec<ShownGate>,
+}
+
 async fn status_json(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let status = current_status(&state).await?;
+    let next_gates = next_gates(&status);
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(status))
+        .json(DashboardStatus { status, next_gates }))
 }
 
 /// After an action: back to the dashboard with a notice, or the dashboard with the reason it

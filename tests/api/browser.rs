@@ -433,6 +433,23 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
         app.wait_for_phase(to.parse().unwrap()).await;
         login_instance.wait_for_phase(to.parse().unwrap()).await;
     }
+    // Before the backfill, its gate says it has not started, and the verification the step
+    // runs itself is marked as such, not as unmet.
+    wait_for_gate(
+        c,
+        "backfill the backfill has not started: start it below, or run zdm backfill",
+    )
+    .await;
+    let verify_mark = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#next-gates li.on-advance .gate-mark'))\
+             .map(m => m.textContent);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(verify_mark, json!(["↻"]));
+
     // A backfill started elsewhere (here, on a thread of the test) is watched live: it holds
     // after 10 of its 40 batches until the page shows 25 %, and pauses itself after 20.
     // Stopping at known points, not sampling a moving bar, makes the timing irrelevant.
