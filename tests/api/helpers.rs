@@ -57,6 +57,99 @@ pub fn zdm_command() -> std::process::Command {
     command
 }
 
+/// A real `zdm serve` process, started as an operator starts it (its own binary, its own
+/// settings, nothing of the caller's shell); stopped when dropped.
+pub struct ServeProcess {
+    pub address: String,
+    child: std::process::Child,
+}
+
+impl ServeProcess {
+    /// Starts `zdm serve` on `port` with the tests' admin token and `env` (its database among
+    /// them: `DATABASE_URL`, or `ZDM_DATA_DIR` for a private cluster), and returns once
+    /// `/healthz` answers 200, waiting up to `within` (a private cluster's first start runs
+    /// initdb).
+    pub async fn start(port: u16, env: &[(&str, &str)], within: Duration) -> Self {
+        let child = zdm_command()
+            .arg("serve")
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
+            .env("ZDM_BIND", format!("127.0.0.1:{port}"))
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting zdm serve");
+        let process = ServeProcess {
+            address: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let client = reqwest::Client::new();
+        let health = format!("{}/healthz", process.address);
+        let what = format!("zdm serve to come up on {}", process.address);
+        wait_for(&what, within, async || {
+            match client
+                .get(&health)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => Ok(()),
+                Ok(r) => Err(format!("/healthz answered {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        process
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> nix::Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal)
+    }
+
+    /// Waits until the process has exited, and how it ended.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        wait_for("zdm serve to exit", WAIT, async || {
+            child
+                .try_wait()
+                .expect("reading the process's state")
+                .ok_or_else(|| "still running".to_owned())
+        })
+        .await
+    }
+
+    /// SIGTERM, and waits for the process to exit.
+    pub fn stop(mut self) {
+        let _ = self.signal(nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        // A test may have left it stopped (SIGSTOP): it must run to be killed and reaped.
+        let _ = self.signal(nix::sys::signal::Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
