@@ -720,15 +720,14 @@ impl TestApp {
             "{}",
             response.text().await.unwrap_or_default()
         );
-        for _ in 0..600 {
-            let status = self.admin_status().await;
-            match status["backfill"]["state"].as_str() {
-                Some("done") => return,
-                Some("running") => actix_web::rt::time::sleep(Duration::from_millis(50)).await,
-                other => panic!("backfill ended {other:?}: {status}"),
-            }
-        }
-        panic!("the backfill did not finish in 30 s");
+        self.wait_for_backfill("the backfill to finish", |backfill| {
+            assert!(
+                matches!(backfill["state"].as_str(), Some("done" | "running")),
+                "the backfill stopped short: {backfill}"
+            );
+            backfill["state"] == "done"
+        })
+        .await;
     }
 }
 
