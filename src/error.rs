@@ -27,6 +27,9 @@
 //!
 //! JSON routes answer `{"error": "...", "field": "..."}`; HTML routes wrap the error in
 //! [`HtmlError`], which renders `templates/error.html`.
+//!
+//! Outside a request (start-up, the embedded migrations, the commands) an error only ends
+//! the process with its message, so any error will do: [`BoxError`].
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -36,7 +39,10 @@ use serde::Serialize;
 
 use crate::domain::FieldError;
 
-type Cause = Box<dyn std::error::Error + Send + Sync>;
+/// Any error, for code whose caller only reports it: start-up, migrations, the commands.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+type Cause = BoxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

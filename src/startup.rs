@@ -21,7 +21,8 @@ use crate::migration::follower::PhaseFollower;
 use crate::migration::schema_migrations;
 use crate::routes;
 
-pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
+/// What start-up and the commands fail with: any error, reported by the caller.
+pub use crate::error::BoxError as StartupError;
 
 /// The log target of the one line per request.
 const ACCESS_LOG: &str = "zdm::access";

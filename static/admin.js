@@ -20,28 +20,29 @@
     var secs = Math.round(left / b.rows_per_s);
     return Math.floor(secs / 60) + "m " + String(secs % 60).padStart(2, "0") + "s";
   };
-  // One gate as the page renders it: mark, name, "met"/"not met" for screen readers, detail.
+  // One gate as the page renders it (the server decides its mark and words): mark, name,
+  // what a screen reader says of the mark, detail.
   var gateItem = function (gate) {
     var li = document.createElement("li");
-    li.className = gate.met ? "met" : "unmet";
+    li.className = gate.class;
     var mark = document.createElement("span");
     mark.className = "gate-mark";
     mark.setAttribute("aria-hidden", "true");
-    mark.textContent = gate.met ? "✓" : "✗";
+    mark.textContent = gate.symbol;
     var name = document.createElement("strong");
     name.textContent = gate.name;
     var said = document.createElement("span");
     said.className = "visually-hidden";
-    said.textContent = gate.met ? "met:" : "not met:";
+    said.textContent = gate.said + ":";
     li.append(mark, " ", name, " ", said, " " + gate.detail);
     return li;
   };
-  var showGates = function (next) {
+  var showGates = function (gates) {
     var list = document.getElementById("next-gates");
-    if (!list || !next) { return; }
-    var items = next.gates.map(gateItem);
+    if (!list || !gates) { return; }
+    var items = gates.map(gateItem);
     if (items.length === 0) {
-      var none = gateItem({ met: true, name: "", detail: "" });
+      var none = gateItem({ class: "met", symbol: "✓", said: "met", name: "", detail: "" });
       none.replaceChildren(none.firstChild, " no gate");
       items = [none];
     }
@@ -106,7 +107,7 @@
         text("backfill-workers-setting", String(b.workers_setting));
         text("backfill-workers-reason", b.workers_reason || "none");
         showRanges(b.ranges);
-        showGates(s.next);
+        showGates(s.next_gates);
       })
       .catch(function () { /* keep the last figures; the next tick tries again */ });
   };

@@ -10,9 +10,9 @@ use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+use crate::error::BoxError;
 
-pub type MigrationError = Box<dyn std::error::Error + Send + Sync>;
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Whether a migration belongs to the phased change of `users` (applied step by step).
 pub fn is_phase_migration(name: &str) -> bool {
@@ -21,9 +21,7 @@ pub fn is_phase_migration(name: &str) -> bool {
 
 /// Applies every pending infrastructure migration, in order, and no phase migration.
 /// Returns the names applied.
-pub fn run_infrastructure_migrations(
-    conn: &mut PgConnection,
-) -> Result<Vec<String>, MigrationError> {
+pub fn run_infrastructure_migrations(conn: &mut PgConnection) -> Result<Vec<String>, BoxError> {
     let pending = conn.pending_migrations(MIGRATIONS)?;
     let mut applied = Vec::new();
     for migration in pending
@@ -37,7 +35,7 @@ pub fn run_infrastructure_migrations(
 }
 
 /// Every embedded migration's name, in order.
-pub fn all_migration_names() -> Result<Vec<String>, MigrationError> {
+pub fn all_migration_names() -> Result<Vec<String>, BoxError> {
     let mut names: Vec<String> = MigrationSource::<Pg>::migrations(&MIGRATIONS)?
         .iter()
         .map(|m| m.name().to_string())

@@ -11,7 +11,7 @@ use actix_web::http::{StatusCode, header};
 use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::actions::{
     advance_step, change_knobs, check_knobs, current_status, rollback_step, start_backfill_now,
@@ -22,6 +22,8 @@ use super::admin_auth::{
 };
 use super::client::{client_info, cookie_name};
 use super::db;
+use super::render::{self, Caching, notice_text};
+use super::shown_gates::{ShownGate, next_gates};
 use crate::app_state::AppState;
 use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
@@ -49,20 +51,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/verify", web::post().to(verify))
             .route("/demo-report", web::get().to(demo_report)),
     );
-}
-
-fn html(status: StatusCode, page: impl Template) -> Result<HttpResponse, HtmlError> {
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(page.render()?))
-}
-
-fn see_other(location: &str) -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish()
 }
 
 #[derive(Template)]
@@ -239,6 +227,8 @@ struct Dashboard {
     backfill_failed: bool,
     /// Whether `zdm demo` left a report to link.
     demo_report: bool,
+    /// The next step's gates, as shown.
+    next_gates: Vec<ShownGate>,
     worker_bars: Vec<WorkerBar>,
     worker_choices: Vec<String>,
     /// The workers knob as set ("auto" or a count).
@@ -285,6 +275,7 @@ impl Dashboard {
         let worker_bars = worker_bars(&status.backfill.ranges);
         let workers_setting = status.backfill.workers_setting.to_string();
         Self {
+            next_gates: next_gates(&status),
             worker_bars,
             worker_choices: worker_choices(),
             workers_setting,
@@ -310,18 +301,25 @@ pub struct DashboardQuery {
     notice: Option<String>,
 }
 
-/// What a finished action says on the dashboard; fixed texts, never echoed input.
-fn notice_text(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "advanced" => "Advanced one phase.",
-        "rolled_back" => "Rolled back one phase.",
-        "backfill_start" | "backfill_resume" => "Backfill started.",
-        "backfill_pause" => "Backfill paused.",
-        "backfill_cancel" => "Backfill cancelled.",
-        "backfill_settings" => "Backfill settings saved.",
-        "verified" => "Verification done.",
-        _ => return None,
-    })
+/// What a finished action says on the dashboard.
+const NOTICES: &[(&str, &str)] = &[
+    ("advanced", "Advanced one phase."),
+    ("rolled_back", "Rolled back one phase."),
+    ("backfill_start", "Backfill started."),
+    ("backfill_resume", "Backfill started."),
+    ("backfill_pause", "Backfill paused."),
+    ("backfill_cancel", "Backfill cancelled."),
+    ("backfill_settings", "Backfill settings saved."),
+    ("verified", "Verification done."),
+];
+
+/// The dashboard's pages and redirects: never kept by a browser or proxy.
+fn html(status: StatusCode, page: impl Template) -> Result<HttpResponse, HtmlError> {
+    render::html(status, page, Caching::NoStore)
+}
+
+fn see_other(location: &str) -> HttpResponse {
+    render::see_other(location, Caching::NoStore)
 }
 
 async fn render(
@@ -333,7 +331,7 @@ async fn render(
 ) -> Result<HttpResponse, HtmlError> {
     let status = current_status(state).await?;
     let mut page = Dashboard::new(status, csrf, state.instance_id.clone());
-    page.notice = notice.and_then(notice_text).map(str::to_owned);
+    page.notice = notice_text(notice, NOTICES).map(str::to_owned);
     page.error = error;
     page.demo_report = state.report_dir.join(DEMO_REPORT).is_file();
     html(status_code, page)
@@ -348,11 +346,21 @@ async fn dashboard(
     render(&state, csrf, StatusCode::OK, query.notice.as_deref(), None).await
 }
 
+/// What `static/admin.js` redraws the page from: the status, and the next step's gates as
+/// the page shows them.
+#[derive(Serialize)]
+struct DashboardStatus {
+    #[serde(flatten)]
+    status: MigrationStatus,
+    next_gates: Vec<ShownGate>,
+}
+
 async fn status_json(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let status = current_status(&state).await?;
+    let next_gates = next_gates(&status);
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(status))
+        .json(DashboardStatus { status, next_gates }))
 }
 
 /// After an action: back to the dashboard with a notice, or the dashboard with the reason it
@@ -487,7 +495,7 @@ async fn backfill_action(
         Ok::<_, AppError>(knobs)
     })();
     let action = action.into_inner();
-    if knobs.is_ok() && notice_text(&format!("backfill_{action}")).is_some() {
+    if knobs.is_ok() && notice_text(Some(&format!("backfill_{action}")), NOTICES).is_some() {
         admin_auth::record_action(
             &state,
             &session.actor(&state.instance_id),

@@ -12,6 +12,8 @@ pub mod csrf;
 pub mod home;
 pub mod input;
 pub mod pages;
+pub mod render;
+pub mod shown_gates;
 
 use actix_web::ResponseError;
 use actix_web::body::{EitherBody, MessageBody};

@@ -1,11 +1,12 @@
 //! The user pages, one set of handlers for both versions: `/v1/users…` with one "Full name"
 //! field and `/v2/users…` with "First name" and "Last name" (released at dual_write).
 
-use actix_web::http::{StatusCode, header};
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 
+use super::render::{Caching, html, notice_text, see_other};
 use super::{csrf, db, db_read, read_user, v2_phase};
 use crate::app_state::AppState;
 use crate::db::users::{self, StoredUser};
@@ -89,12 +90,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     }
 }
 
-fn html(status: StatusCode, page: impl Template) -> Result<HttpResponse, HtmlError> {
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(page.render()?))
-}
-
 /// Renders a page holding a form: the form gets the CSRF token, and the response sets its
 /// cookie when the browser had none.
 fn form_page<T: Template>(
@@ -104,28 +99,19 @@ fn form_page<T: Template>(
     page: impl FnOnce(String) -> T,
 ) -> Result<HttpResponse, HtmlError> {
     let (token, cookie) = csrf::form_token(req, key)?;
-    let mut response = html(status, page(token))?;
+    let mut response = html(status, page(token), Caching::Default)?;
     if let Some(cookie) = cookie {
         response.add_cookie(&cookie).map_err(AppError::internal)?;
     }
     Ok(response)
 }
 
-fn see_other(location: String) -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, location))
-        .finish()
-}
-
-/// What a finished action says on the list page; fixed texts, never echoed input.
-fn notice_text(code: Option<&str>) -> Option<&'static str> {
-    match code? {
-        "created" => Some("User created."),
-        "updated" => Some("User saved."),
-        "deleted" => Some("User deleted."),
-        _ => None,
-    }
-}
+/// What a finished action says on the list page.
+const NOTICES: &[(&str, &str)] = &[
+    ("created", "User created."),
+    ("updated", "User saved."),
+    ("deleted", "User deleted."),
+];
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
@@ -187,8 +173,9 @@ async fn list(
             rows,
             after_id,
             next_after_id,
-            notice: notice_text(query.notice.as_deref()),
+            notice: notice_text(query.notice.as_deref(), NOTICES),
         },
+        Caching::Default,
     )
 }
 
@@ -370,11 +357,14 @@ async fn create(
     })
     .await
     {
-        Ok(user) => Ok(see_other(format!(
-            "{}?after_id={}&notice=created",
-            version.prefix(),
-            user.id - 1
-        ))),
+        Ok(user) => Ok(see_other(
+            &format!(
+                "{}?after_id={}&notice=created",
+                version.prefix(),
+                user.id - 1
+            ),
+            Caching::Default,
+        )),
         Err(err) => form_rejected(&req, &key, version, None, form, err),
     }
 }
@@ -430,11 +420,14 @@ async fn update(
     let email = valid.email.as_str().to_owned();
     let saved = super::update_user(&state, phase, id, Some(valid.name), Some(email)).await;
     match saved {
-        Ok(user) => Ok(see_other(format!(
-            "{}?after_id={}&notice=updated",
-            version.prefix(),
-            user.id - 1
-        ))),
+        Ok(user) => Ok(see_other(
+            &format!(
+                "{}?after_id={}&notice=updated",
+                version.prefix(),
+                user.id - 1
+            ),
+            Caching::Default,
+        )),
         Err(err) => form_rejected(&req, &key, version, Some(id), form, err),
     }
 }
@@ -488,5 +481,8 @@ async fn delete(
     csrf::check_form(&req, &key, &form.csrf)?;
     let id = id.into_inner();
     db(&state, move |conn| Ok(users::delete_user(conn, id)?)).await?;
-    Ok(see_other(format!("{}?notice=deleted", version.prefix())))
+    Ok(see_other(
+        &format!("{}?notice=deleted", version.prefix()),
+        Caching::Default,
+    ))
 }

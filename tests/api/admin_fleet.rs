@@ -1,19 +1,15 @@
 //! One fleet, one admin: sessions and the limit on failed log-ins live in PostgreSQL, so they
 //! hold on every instance and across restarts.
 
-use std::process::{Child, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::sql_types::{Bytea, Text};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use reqwest::header::{COOKIE, SET_COOKIE};
 use sha2::{Digest, Sha256};
 
 use crate::admin_pages::{csrf_of, log_in, page};
-use crate::helpers::{ADMIN_TOKEN, TestApp, TestDb};
+use crate::helpers::{ADMIN_TOKEN, ServeProcess, TestApp, TestDb, WAIT, free_port};
 
 #[actix_web::test]
 async fn a_log_in_on_one_instance_holds_on_the_other_and_a_log_out_ends_it_on_both() {
@@ -174,77 +170,16 @@ async fn failed_log_ins_spread_over_two_instances_and_both_doors_are_limited_tog
     assert_eq!(a.get("/api/admin/migration").await.status(), 401);
 }
 
-/// A real `zdm serve` process on a test database, killed when dropped.
-pub struct ServeProcess {
-    pub address: String,
-    child: Child,
-}
-
-impl ServeProcess {
-    pub async fn start(db: &TestDb, port: u16, env: &[(&str, &str)]) -> Self {
-        let child = crate::helpers::zdm_command()
-            .arg("serve")
-            .current_dir(env!("CARGO_TARGET_TMPDIR"))
-            .env("DATABASE_URL", &db.url)
-            .env("ZDM_BIND", format!("127.0.0.1:{port}"))
-            .env("ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("ZDM_POOL_SIZE", "2")
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting zdm serve");
-        let address = format!("http://127.0.0.1:{port}");
-        let process = ServeProcess { address, child };
-        let client = reqwest::Client::new();
-        let health = format!("{}/healthz", process.address);
-        let mut up = false;
-        for _ in 0..300 {
-            if client
-                .get(&health)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                up = true;
-                break;
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(up, "zdm serve came up on {}", process.address);
-        process
-    }
-
-    /// SIGTERM, and waits for the process to exit.
-    pub fn stop(mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[actix_web::test]
 async fn a_session_and_the_failures_survive_a_restart_of_the_instance() {
     let db = TestDb::migrated();
     let port = free_port();
-    let server = ServeProcess::start(&db, port, &[]).await;
+    let server = ServeProcess::start(
+        port,
+        &[("DATABASE_URL", &db.url), ("ZDM_POOL_SIZE", "2")],
+        WAIT,
+    )
+    .await;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -275,7 +210,12 @@ async fn a_session_and_the_failures_survive_a_restart_of_the_instance() {
     }
     server.stop();
 
-    let _server = ServeProcess::start(&db, port, &[]).await;
+    let _server = ServeProcess::start(
+        port,
+        &[("DATABASE_URL", &db.url), ("ZDM_POOL_SIZE", "2")],
+        WAIT,
+    )
+    .await;
     let dashboard = client
         .get(url("/admin"))
         .header(COOKIE, &cookie)
@@ -336,8 +276,16 @@ async fn x_forwarded_headers_from_an_untrusted_peer_are_ignored() {
 #[actix_web::test]
 async fn behind_a_trusted_proxy_limits_count_the_forwarded_client_and_cookies_follow_https() {
     let db = TestDb::migrated();
-    let server =
-        ServeProcess::start(&db, free_port(), &[("ZDM_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let server = ServeProcess::start(
+        free_port(),
+        &[
+            ("DATABASE_URL", &db.url),
+            ("ZDM_POOL_SIZE", "2"),
+            ("ZDM_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ],
+        WAIT,
+    )
+    .await;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

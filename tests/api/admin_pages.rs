@@ -127,6 +127,25 @@ async fn a_logged_in_admin_drives_the_migration_with_forms() {
         assert_eq!(response.status(), 303);
         app.wait_for_phase(to).await;
     }
+    // Before the backfill: it says it has not started, and the verification the step runs
+    // itself is not shown as unmet.
+    let (_, dashboard) = page(&app, &cookie, "/admin").await;
+    assert!(
+        dashboard.contains("the backfill has not started"),
+        "{dashboard}"
+    );
+    assert!(!dashboard.contains("0 of 0 rows"), "{dashboard}");
+    let (_, json) = page(&app, &cookie, "/admin/status.json").await;
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let verify_gate = status["next_gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "verify")
+        .expect("the verify gate");
+    assert_eq!(verify_gate["mark"], "on_advance", "{verify_gate}");
+    assert_eq!(verify_gate["symbol"], "↻");
+
     // An unmet gate comes back as the dashboard with the reason.
     let response = post(&app, &cookie, "/admin/advance", &[("csrf", &csrf)]).await;
     assert_eq!(response.status(), 409);
@@ -148,21 +167,10 @@ async fn a_logged_in_admin_drives_the_migration_with_forms() {
     )
     .await;
     assert_eq!(response.status(), 303);
-    let mut done = false;
-    for _ in 0..200 {
-        let (_, json) = page(&app, &cookie, "/admin/status.json").await;
-        let status: serde_json::Value = serde_json::from_str(&json).unwrap();
-        if status["backfill"]["state"] == "done" {
-            assert_eq!(
-                status["backfill"]["rows_done"],
-                status["backfill"]["rows_total"]
-            );
-            done = true;
-            break;
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(done, "the backfill finished");
+    let done = app
+        .wait_for_backfill("the backfill to finish", |b| b["state"] == "done")
+        .await;
+    assert_eq!(done["rows_done"], done["rows_total"]);
     // The history says who started it.
     let (_, json) = page(&app, &cookie, "/admin/status.json").await;
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -20,17 +20,6 @@ async fn status(app: &TestApp) -> Value {
     app.admin_status().await["backfill"].clone()
 }
 
-async fn wait_until(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..1200 {
-        let s = status(app).await;
-        if done(&s) {
-            return s;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[actix_web::test]
 async fn concurrent_v1_and_v2_writers_racing_the_backfill_lose_nothing() {
     let app = TestApp::spawn().await;
@@ -77,10 +66,11 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_checkpoint() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let before_kill = wait_until(&app, "the child to be half-way", |s| {
-        s["rows_done"].as_i64().unwrap_or(0) >= 10_000
-    })
-    .await;
+    let before_kill = app
+        .wait_for_backfill("the child to be half-way", |s| {
+            s["rows_done"].as_i64().unwrap_or(0) >= 10_000
+        })
+        .await;
     assert_eq!(before_kill["state"], "running");
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
@@ -152,7 +142,8 @@ async fn only_one_backfill_runs_at_a_time() {
         .admin_post("/api/admin/backfill/cancel", json!({}))
         .await;
     assert_eq!(cancelled.status(), 200);
-    wait_until(&app, "the cancel", |s| s["state"] == "cancelled").await;
+    app.wait_for_backfill("the cancel", |s| s["state"] == "cancelled")
+        .await;
 }
 
 #[actix_web::test]
@@ -165,13 +156,13 @@ async fn pause_resume_and_a_batch_size_change_while_running() {
         json!({ "batch_size": 250, "sleep_ms": 10 }),
     )
     .await;
-    wait_until(&app, "some batches", |s| {
-        s["batches"].as_i64().unwrap_or(0) >= 4
-    })
-    .await;
+    app.wait_for_backfill("some batches", |s| s["batches"].as_i64().unwrap_or(0) >= 4)
+        .await;
     let paused = app.admin_post("/api/admin/backfill/pause", json!({})).await;
     assert_eq!(paused.status(), 200);
-    let held = wait_until(&app, "the pause", |s| s["state"] == "paused").await;
+    let held = app
+        .wait_for_backfill("the pause", |s| s["state"] == "paused")
+        .await;
     // Once its runner has let go of the lock, nothing can move it any more.
     let mut conn = app.db.conn();
     crate::helpers::eventually("the runner to stop", || {
@@ -189,10 +180,11 @@ async fn pause_resume_and_a_batch_size_change_while_running() {
         .admin_post("/api/admin/backfill/resume", json!({}))
         .await;
     assert_eq!(resumed.status(), 202);
-    let before = wait_until(&app, "progress after resume", |s| {
-        s["state"] == "running" && s["last_id"].as_i64() > held["last_id"].as_i64()
-    })
-    .await;
+    let before = app
+        .wait_for_backfill("progress after resume", |s| {
+            s["state"] == "running" && s["last_id"].as_i64() > held["last_id"].as_i64()
+        })
+        .await;
     assert!(
         before["rows_done"].as_i64().unwrap() > held["rows_done"].as_i64().unwrap(),
         "it continued"
@@ -205,7 +197,9 @@ async fn pause_resume_and_a_batch_size_change_while_running() {
         .await;
     assert_eq!(changed.status(), 200);
     let started = Instant::now();
-    let done = wait_until(&app, "the end", |s| s["state"] == "done").await;
+    let done = app
+        .wait_for_backfill("the end", |s| s["state"] == "done")
+        .await;
     let rows_after = done["rows_done"].as_i64().unwrap() - before["rows_done"].as_i64().unwrap();
     let batches_after = done["batches"].as_i64().unwrap() - before["batches"].as_i64().unwrap();
     assert!(
@@ -230,7 +224,8 @@ async fn batches_follow_a_target_time_unless_a_batch_size_alone_is_given() {
         async move {
             let started = app.admin_post("/api/admin/backfill/start", knobs).await;
             assert_eq!(started.status(), 202);
-            wait_until(app, "the end", |s| s["state"] == "done").await
+            app.wait_for_backfill("the end", |s| s["state"] == "done")
+                .await
         }
     };
 

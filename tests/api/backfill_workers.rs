@@ -20,22 +20,6 @@ async fn status(app: &TestApp) -> Value {
     app.admin_status().await["backfill"].clone()
 }
 
-async fn wait_until(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        let s = status(app).await;
-        if done(&s) {
-            return s;
-        }
-        assert_ne!(s["state"], "failed", "the backfill failed: {s}");
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}: {s}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The workers on a range not done yet, as the status shows them.
 fn busy_workers(backfill: &Value) -> Vec<i64> {
     let mut workers: Vec<i64> = backfill["ranges"]
@@ -161,10 +145,11 @@ async fn a_runner_with_three_workers_killed_with_sigkill_resumes_with_no_gap() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let before_kill = wait_until(&app, "three workers, well under way", |s| {
-        s["rows_done"].as_i64().unwrap_or(0) >= 15_000 && busy_workers(s).len() == 3
-    })
-    .await;
+    let before_kill = app
+        .wait_for_backfill("three workers, well under way", |s| {
+            s["rows_done"].as_i64().unwrap_or(0) >= 15_000 && busy_workers(s).len() == 3
+        })
+        .await;
     assert_eq!(before_kill["state"], "running");
     child.kill().unwrap(); // SIGKILL, to the child this test started
     child.wait().unwrap();
@@ -261,7 +246,7 @@ async fn changing_workers_one_three_two_mid_run_updates_every_row_exactly_once()
         )
         .await;
     assert_eq!(started.status(), 202);
-    wait_until(&app, "a few batches of one worker", |s| {
+    app.wait_for_backfill("a few batches of one worker", |s| {
         s["batches"].as_i64().unwrap_or(0) >= 5
     })
     .await;
@@ -271,12 +256,13 @@ async fn changing_workers_one_three_two_mid_run_updates_every_row_exactly_once()
         .admin_post("/api/admin/backfill/settings", json!({ "workers": 3 }))
         .await;
     assert_eq!(three.status(), 200);
-    let at_three = wait_until(&app, "three workers on ranges of their own", |s| {
-        s["workers"] == 3 && busy_workers(s) == [1, 2, 3]
-    })
-    .await;
+    let at_three = app
+        .wait_for_backfill("three workers on ranges of their own", |s| {
+            s["workers"] == 3 && busy_workers(s) == [1, 2, 3]
+        })
+        .await;
     let batches_at_three = at_three["batches"].as_i64().unwrap();
-    wait_until(&app, "the three to run batches", |s| {
+    app.wait_for_backfill("the three to run batches", |s| {
         s["batches"].as_i64().unwrap() >= batches_at_three + 6
     })
     .await;
@@ -285,11 +271,13 @@ async fn changing_workers_one_three_two_mid_run_updates_every_row_exactly_once()
         .admin_post("/api/admin/backfill/settings", json!({ "workers": 2 }))
         .await;
     assert_eq!(two.status(), 200);
-    wait_until(&app, "two workers", |s| {
+    app.wait_for_backfill("two workers", |s| {
         s["workers"] == 2 && busy_workers(s).iter().all(|w| *w <= 2)
     })
     .await;
-    let done = wait_until(&app, "the end", |s| s["state"] == "done").await;
+    let done = app
+        .wait_for_backfill("the end", |s| s["state"] == "done")
+        .await;
 
     assert_eq!(done["rows_done"], 30_000, "every row passed once: {done}");
     assert_eq!(done["rows_updated"], 30_000, "{done}");

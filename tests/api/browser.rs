@@ -10,15 +10,15 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel::prelude::*;
 use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::{Value, json};
+use serde_json::json;
 use zdm::domain::Phase;
 use zdm::migration::backfill::{self, BackfillState, Direction};
 
-use crate::helpers::{ADMIN_TOKEN, TestApp};
+use crate::helpers::{ADMIN_TOKEN, TestApp, WAIT, wait_for};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -154,13 +154,15 @@ async fn value_of(client: &Client, id: &str) -> String {
 /// Clicks and waits for the next page: the clicked element's document must go away first.
 async fn click_and_wait(element: fantoccini::elements::Element) {
     element.clone().click().await.unwrap();
-    for _ in 0..200 {
-        if element.is_displayed().await.is_err() {
-            return;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the page did not change after the click");
+    wait_for(
+        "the next page after the click",
+        WAIT,
+        async || match element.is_displayed().await {
+            Err(_) => Ok(()),
+            Ok(_) => Err("the clicked element is still there".to_owned()),
+        },
+    )
+    .await
 }
 
 async fn submit(client: &Client) {
@@ -284,11 +286,12 @@ async fn text_of(c: &Client, id: &str) -> String {
     c.find(Locator::Id(id)).await.unwrap().text().await.unwrap()
 }
 
-/// Waits (up to 30 s) until the backfill progress bar shows `value`, failing with the values
-/// it showed meanwhile.
+/// Waits until the backfill progress bar shows `value`, failing with the values it showed
+/// meanwhile.
 async fn wait_for_bar(c: &Client, value: f64) {
     let mut seen = Vec::new();
-    for _ in 0..600 {
+    let what = format!("the bar to show {value} %");
+    wait_for(&what, WAIT, async || {
         let shown = c
             .execute(
                 "return document.getElementById('backfill-progress').value;",
@@ -298,23 +301,38 @@ async fn wait_for_bar(c: &Client, value: f64) {
             .unwrap()
             .as_f64()
             .unwrap_or(0.0);
-        if shown == value {
-            return;
-        }
         if seen.last() != Some(&shown) {
             seen.push(shown);
         }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the bar never showed {value} %: {seen:?}");
+        if shown == value {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await
 }
 
-/// Waits (up to 30 s) until the next step's gate list has a gate whose text (name, then
-/// detail, the screen-reader words left out) is `gate`.
+/// Waits until the element `id` reads something that starts with `start`.
+async fn wait_for_text(c: &Client, id: &str, start: &str) {
+    let what = format!("#{id} to read {start}…");
+    wait_for(&what, WAIT, async || {
+        let shown = text_of(c, id).await;
+        if shown.starts_with(start) {
+            Ok(())
+        } else {
+            Err(shown)
+        }
+    })
+    .await
+}
+
+/// Waits until the next step's gate list has a gate whose text (name, then detail, the mark
+/// and the screen-reader words left out) is `gate`.
 async fn wait_for_gate(c: &Client, gate: &str) {
-    let mut shown = Value::Null;
-    for _ in 0..600 {
-        shown = c
+    let what = format!("the gate {gate:?}");
+    wait_for(&what, WAIT, async || {
+        let shown = c
             .execute(
                 "return Array.from(document.querySelectorAll('#next-gates li')).map(li => \
                  Array.from(li.childNodes).filter(n => !(n.classList && \
@@ -328,18 +346,19 @@ async fn wait_for_gate(c: &Client, gate: &str) {
             .as_array()
             .is_some_and(|gates| gates.iter().any(|g| g == gate))
         {
-            return;
+            Ok(())
+        } else {
+            Err(shown.to_string())
         }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no gate {gate:?} among {shown}");
+    })
+    .await
 }
 
 /// Waits until the bars under the backfill's total read `bars` (label and range of each).
 async fn wait_for_worker_bars(c: &Client, bars: &[&str]) {
-    let mut shown = Value::Null;
-    for _ in 0..600 {
-        shown = c
+    let what = format!("the worker bars {bars:?}");
+    wait_for(&what, WAIT, async || {
+        let shown = c
             .execute(
                 "return Array.from(document.querySelectorAll('#worker-bars li')).map(li => \
                  li.textContent.replace(/\\s+/g, ' ').trim());",
@@ -347,18 +366,20 @@ async fn wait_for_worker_bars(c: &Client, bars: &[&str]) {
             )
             .await
             .unwrap();
-        if shown.as_array().is_some_and(|shown| {
+        let matches = shown.as_array().is_some_and(|shown| {
             shown.len() == bars.len()
                 && shown
                     .iter()
                     .zip(bars)
                     .all(|(s, b)| s.as_str().is_some_and(|s| s.starts_with(b)))
-        }) {
-            return;
+        });
+        if matches {
+            Ok(())
+        } else {
+            Err(shown.to_string())
         }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the worker bars are not {bars:?}: {shown}");
+    })
+    .await
 }
 
 async fn click_button(c: &Client, text: &str) {
@@ -412,6 +433,22 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
         app.wait_for_phase(to.parse().unwrap()).await;
         login_instance.wait_for_phase(to.parse().unwrap()).await;
     }
+    // Before the backfill, its gate says it has not started, and the verification the step
+    // runs itself is marked as such, not as unmet.
+    wait_for_gate(
+        c,
+        "backfill the backfill has not started: start it below, or run zdm backfill",
+    )
+    .await;
+    let verify_mark = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#next-gates li.on-advance .gate-mark'))\
+             .map(m => m.textContent);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(verify_mark, json!(["↻"]));
 
     // A backfill started elsewhere (here, on a thread of the test) is watched live: it holds
     // after 10 of its 40 batches until the page shows 25 %, and pauses itself after 20.
@@ -459,7 +496,8 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
     go_tx.send(()).unwrap();
     assert_eq!(runner.join().unwrap().state, BackfillState::Paused);
     wait_for_bar(c, 50.0).await;
-    assert!(text_of(c, "backfill-state").await.starts_with("paused"));
+    // As at the end: the bar can show the last batch before the state says it stopped.
+    wait_for_text(c, "backfill-state", "paused").await;
     wait_for_worker_bars(c, &["waiting 50 % ids 1–40000, at 20000 (50 %)"]).await;
     wait_for_gate(
         c,
@@ -484,16 +522,7 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
     .await;
     // The last batch brings the bar to 100 % while the backfill is still `running`; `done` is
     // stored just after, and the page shows it at its next refresh (every second).
-    let mut state = String::new();
-    let waited = Instant::now();
-    while waited.elapsed() < Duration::from_secs(30) {
-        state = text_of(c, "backfill-state").await;
-        if state.starts_with("done") {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(state.starts_with("done"), "{state}");
+    wait_for_text(c, "backfill-state", "done").await;
 
     for to in ["backfilled", "read_new", "new_only"] {
         click_button(c, &format!("Advance to {to}")).await;

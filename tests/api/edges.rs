@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -19,7 +19,9 @@ use zdm::migration::runner::{self, NEW_ONLY, STEPS};
 use zdm::migration::schema_migrations::{self, MIGRATIONS};
 use zdm::migration::{gates, state};
 
-use crate::helpers::{TestApp, TestDb, by_hand, error_of, users_checks, users_columns};
+use crate::helpers::{
+    TestApp, TestDb, WAIT, by_hand, error_of, users_checks, users_columns, wait_for,
+};
 
 /// `diesel migration run`: every pending migration in order, until one fails.
 fn hand_run(conn: &mut PgConnection) -> Result<(), String> {
@@ -300,21 +302,25 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     )
 }
 
-/// Waits until the instance of `follower` has acknowledged the stored phase.
+/// Waits until the instance of `follower` has acknowledged the stored phase (this test runs
+/// outside any runtime, so it starts one to wait in).
 fn settle(conn: &mut PgConnection, follower: &PhaseFollower) {
-    let started = Instant::now();
-    loop {
-        let phase = state::current_phase(conn).unwrap();
-        let live = state::live_instances(conn).unwrap();
-        if follower.applied().get() == phase && live.iter().all(|i| i.phase() == Some(phase)) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the instance did not apply {phase}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    actix_web::rt::System::new().block_on(wait_for(
+        "the instance to acknowledge the stored phase",
+        WAIT,
+        async || {
+            let phase = state::current_phase(conn).unwrap();
+            let live = state::live_instances(conn).unwrap();
+            let applied = follower.applied().get();
+            if applied == phase && live.iter().all(|i| i.phase() == Some(phase)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the stored phase is {phase}, the instance runs {applied}"
+                ))
+            }
+        },
+    ))
 }
 
 /// Only a refusal or a step that undid itself may stop a step; anything else is a bug.

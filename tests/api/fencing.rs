@@ -2,91 +2,31 @@
 //! phase-dependent request, and an instance acknowledges a new phase only once the requests
 //! begun under the old one have finished.
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use zdm::domain::Phase;
 use zdm::migration::{runner, state};
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, eventually, wait_for_every_instance};
+use crate::helpers::{ServeProcess, TestApp, WAIT, eventually, free_port, wait_for_every_instance};
 
-/// A `zdm serve` process on `url`, killed when dropped.
-struct Process {
-    child: Child,
-    address: String,
-}
-
-impl Process {
-    async fn serve(url: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = crate::helpers::zdm_command()
-            .arg("serve")
-            .env("DATABASE_URL", url)
-            .env("ZDM_BIND", format!("127.0.0.1:{port}"))
-            .env("ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("ZDM_POOL_SIZE", "4")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let process = Process {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let healthz = format!("{}/healthz", process.address);
-        for _ in 0..300 {
-            if client
-                .get(&healthz)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return process;
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("zdm serve did not come up");
-    }
-
-    fn signal(&self, signal: Signal) -> nix::Result<()> {
-        kill(Pid::from_raw(self.child.id() as i32), signal)
-    }
-
-    /// Whether every thread of the process is stopped: SIGSTOP arrives asynchronously, and a
-    /// thread still running could accept a request (and start its timers) before it stops.
-    fn stopped(&self) -> bool {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
-            return false;
-        };
-        tasks.flatten().all(|task| {
-            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-                // The state follows the command name, which is in parentheses.
-                stat.rsplit(')')
-                    .next()
-                    .is_some_and(|rest| rest.trim_start().starts_with('T'))
-            })
+/// Whether every thread of process `pid` is stopped: SIGSTOP arrives asynchronously, and a
+/// thread still running could accept a request (and start its timers) before it stops.
+fn stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('T'))
         })
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.signal(Signal::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    })
 }
 
 /// The instance ids the database counts as live.
@@ -103,7 +43,12 @@ async fn an_instance_frozen_past_its_lease_serves_no_stale_code_when_it_thaws() 
     let a = TestApp::spawn().await;
     let mut conn = a.db.conn();
     a.walk_to(Phase::ReadNew).await;
-    let b = Process::serve(&a.db.url).await;
+    let b = ServeProcess::start(
+        free_port(),
+        &[("DATABASE_URL", &a.db.url), ("ZDM_POOL_SIZE", "4")],
+        WAIT,
+    )
+    .await;
     wait_for_every_instance(&mut conn).await;
     let b_id = live_ids(&mut conn)
         .into_iter()
@@ -127,7 +72,7 @@ async fn an_instance_frozen_past_its_lease_serves_no_stale_code_when_it_thaws() 
     // B freezes (a stop-the-world pause, a suspended VM). Requests queue on its socket, each
     // on a connection of its own (an idle kept-alive one would time out during the freeze).
     b.signal(Signal::SIGSTOP).unwrap();
-    eventually("B to be stopped", || b.stopped()).await;
+    eventually("B to be stopped", || stopped(b.pid())).await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(0)

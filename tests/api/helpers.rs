@@ -57,6 +57,99 @@ pub fn zdm_command() -> std::process::Command {
     command
 }
 
+/// A real `zdm serve` process, started as an operator starts it (its own binary, its own
+/// settings, nothing of the caller's shell); stopped when dropped.
+pub struct ServeProcess {
+    pub address: String,
+    child: std::process::Child,
+}
+
+impl ServeProcess {
+    /// Starts `zdm serve` on `port` with the tests' admin token and `env` (its database among
+    /// them: `DATABASE_URL`, or `ZDM_DATA_DIR` for a private cluster), and returns once
+    /// `/healthz` answers 200, waiting up to `within` (a private cluster's first start runs
+    /// initdb).
+    pub async fn start(port: u16, env: &[(&str, &str)], within: Duration) -> Self {
+        let child = zdm_command()
+            .arg("serve")
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
+            .env("ZDM_BIND", format!("127.0.0.1:{port}"))
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting zdm serve");
+        let process = ServeProcess {
+            address: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let client = reqwest::Client::new();
+        let health = format!("{}/healthz", process.address);
+        let what = format!("zdm serve to come up on {}", process.address);
+        wait_for(&what, within, async || {
+            match client
+                .get(&health)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => Ok(()),
+                Ok(r) => Err(format!("/healthz answered {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        process
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> nix::Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal)
+    }
+
+    /// Waits until the process has exited, and how it ended.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        wait_for("zdm serve to exit", WAIT, async || {
+            child
+                .try_wait()
+                .expect("reading the process's state")
+                .ok_or_else(|| "still running".to_owned())
+        })
+        .await
+    }
+
+    /// SIGTERM, and waits for the process to exit.
+    pub fn stop(mut self) {
+        let _ = self.signal(nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        // A test may have left it stopped (SIGSTOP): it must run to be killed and reaped.
+        let _ = self.signal(nix::sys::signal::Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -251,45 +344,69 @@ pub fn serve(url: &str, limits: db::PoolLimits) -> (String, PhaseFollower, PathB
     serve_with(url, limits, Default::default(), Vec::new())
 }
 
-/// Waits (up to 30 s) until the instance of `follower` runs `phase` and has said so in its
-/// heartbeat, which is what the gates read (it switches first and acknowledges right after).
+/// How long a test waits for something before it fails: long enough for a loaded machine,
+/// and only ever spent when the thing does not happen.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The one way the tests wait: asks `check` every 20 ms until it answers `Ok`, and fails the
+/// test once `within` has passed, naming `what` it waited for and what `check` saw last
+/// (its `Err`). Never a fixed sleep: on a slow machine a test waits longer, not wrongly.
+pub async fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                started.elapsed() < within,
+                "waited {within:?} for {what}; last seen: {seen}"
+            ),
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`wait_for`] a condition that holds or not, for up to [`WAIT`].
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    wait_for(what, WAIT, async || {
+        if done() {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    })
+    .await
+}
+
+/// Waits until the instance of `follower` runs `phase` and has said so in its heartbeat,
+/// which is what the gates read (it switches first and acknowledges right after).
 pub async fn wait_for_acknowledged(
     conn: &mut PgConnection,
     follower: &PhaseFollower,
     phase: Phase,
 ) {
     use zdm::schema::state::zdm_instances;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
+    let what = format!("instance {} to acknowledge {phase}", follower.instance_id);
+    wait_for(&what, WAIT, async || {
         let acknowledged: Option<String> = zdm_instances::table
             .find(&follower.instance_id)
             .select(zdm_instances::applied_phase)
             .first(conn)
             .optional()
             .expect("reading the heartbeat");
-        if follower.applied().get() == phase && acknowledged.as_deref() == Some(phase.as_str()) {
-            return;
+        let applied = follower.applied().get();
+        if applied == phase && acknowledged.as_deref() == Some(phase.as_str()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "it runs {applied}, its heartbeat says {acknowledged:?}"
+            ))
         }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "instance {} did not apply {phase} (it is at {})",
-        follower.instance_id,
-        follower.applied().get()
-    );
-}
-
-/// Polls `done` every 20 ms until it holds; fails the test after 30 s, saying what it
-/// waited for.
-pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "waited 30 s for {what}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Waits until every live instance has applied the stored phase, the gate a next step
@@ -568,6 +685,29 @@ impl TestApp {
         response.json().await.expect("a JSON status")
     }
 
+    /// Waits until the backfill's status (as `GET /api/admin/migration` shows it) meets
+    /// `done`, and returns it; a backfill that failed fails the test at once. Up to 60 s: a
+    /// backfill under racing writers on a loaded machine takes its time.
+    pub async fn wait_for_backfill(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(what, Duration::from_secs(60), async || {
+            let backfill = self.admin_status().await["backfill"].clone();
+            assert_ne!(
+                backfill["state"], "failed",
+                "the backfill failed: {backfill}"
+            );
+            if done(&backfill) {
+                Ok(backfill)
+            } else {
+                Err(backfill.to_string())
+            }
+        })
+        .await
+    }
+
     /// Asks the admin API to advance (with the contract's confirmation, if given); does not
     /// wait for the instance to apply the result (`wait_for_phase` does).
     pub async fn advance(&self, confirm: Option<&str>) -> reqwest::Response {
@@ -594,15 +734,14 @@ impl TestApp {
             "{}",
             response.text().await.unwrap_or_default()
         );
-        for _ in 0..600 {
-            let status = self.admin_status().await;
-            match status["backfill"]["state"].as_str() {
-                Some("done") => return,
-                Some("running") => actix_web::rt::time::sleep(Duration::from_millis(50)).await,
-                other => panic!("backfill ended {other:?}: {status}"),
-            }
-        }
-        panic!("the backfill did not finish in 30 s");
+        self.wait_for_backfill("the backfill to finish", |backfill| {
+            assert!(
+                matches!(backfill["state"].as_str(), Some("done" | "running")),
+                "the backfill stopped short: {backfill}"
+            );
+            backfill["state"] == "done"
+        })
+        .await;
     }
 }
 

@@ -180,15 +180,15 @@ async fn the_drops_client_gate_sees_a_client_behind_the_pooler() {
 
 /// Waits until the backfill has run to the end.
 async fn backfill_done(app: &TestApp) {
-    for _ in 0..600 {
-        let status = app.admin_status().await;
-        match status["backfill"]["state"].as_str() {
-            Some("done") => return,
-            Some("running" | "throttled") => {
-                actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await
-            }
-            other => panic!("the backfill ended {other:?}: {status}"),
-        }
-    }
-    panic!("the backfill did not finish in 30 s");
+    app.wait_for_backfill("the backfill to finish", |backfill| {
+        assert!(
+            matches!(
+                backfill["state"].as_str(),
+                Some("done" | "running" | "throttled")
+            ),
+            "the backfill stopped short: {backfill}"
+        );
+        backfill["state"] == "done"
+    })
+    .await;
 }

@@ -3,57 +3,31 @@
 //! stopped cleanly.
 
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel::prelude::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use zdm::local_pg::LocalPg;
 use zdm::migration::backfill::{self, BackfillState};
 
-use crate::helpers::{ADMIN_TOKEN, TableLock};
+use crate::helpers::{ADMIN_TOKEN, ServeProcess, TableLock, free_port};
 
 #[actix_web::test]
 async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("pg-shutdown-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
-    let mut server = crate::helpers::zdm_command()
-        .arg("serve")
-        .env_remove("DATABASE_URL")
-        .env("ZDM_DATA_DIR", &base)
-        .env("ZDM_BIND", format!("127.0.0.1:{port}"))
-        .env("ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
-    let mut up = false;
     // initdb, the server's start and the migrations: seconds, longer on a loaded machine.
-    let waited = std::time::Instant::now();
-    while waited.elapsed() < Duration::from_secs(120) {
-        if client
-            .get(format!("{address}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            up = true;
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "zdm serve started its own PostgreSQL and came up");
+    let mut server = ServeProcess::start(
+        port,
+        &[("ZDM_DATA_DIR", base.to_str().unwrap())],
+        Duration::from_secs(120),
+    )
+    .await;
+    let client = reqwest::Client::new();
 
     let pg = LocalPg::ensure_running(&base).unwrap();
     assert!(
@@ -102,7 +76,7 @@ async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() 
         )
     };
     lock.wait_for_a_request().await;
-    kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
+    server.signal(Signal::SIGTERM).unwrap();
     // The shutdown has begun once the server stops taking connections; only then does the
     // lock go, so the request is still in flight while the server shuts down.
     crate::helpers::eventually("the server to stop listening", || {
@@ -121,17 +95,7 @@ async fn sigterm_finishes_requests_pauses_the_backfill_and_stops_its_postgres() 
         "the request in flight was answered"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "zdm serve did not exit after SIGTERM"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = server.exited().await;
     assert!(status.success(), "{status}");
     assert!(
         !pg.data_dir.join("postmaster.pid").exists(),
