@@ -11,7 +11,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel_migrations::MigrationHarness;
 use serde_json::{Value, json};
-use zdm::local_pg::quote_ident;
+use zdm::db::databases::quote_ident;
 use zdm::migration::schema_migrations::MIGRATIONS;
 use zdm::migration::{Phase, gates, state};
 

@@ -1,0 +1,59 @@
+//! A private PostgreSQL of its own (primary and replicas) for a test or a benchmark that
+//! stops, restarts or clones it without disturbing anything else.
+
+use std::fs;
+use std::path::PathBuf;
+
+use super::{LocalPg, LocalPgError};
+
+/// A private PostgreSQL of its own (primary and replicas) under `base`, for a test or a
+/// benchmark that stops, restarts or clones it without disturbing anything else. Stopped and
+/// removed, replicas included, when dropped (also on a failure or a panic).
+pub struct ScratchCluster {
+    pub base: PathBuf,
+    replicas: Vec<LocalPg>,
+}
+
+impl ScratchCluster {
+    /// A fresh cluster under `base` (whatever a killed earlier run left there is removed).
+    pub fn new(base: PathBuf) -> Self {
+        let _ = fs::remove_dir_all(&base);
+        Self {
+            base,
+            replicas: Vec::new(),
+        }
+    }
+
+    /// The primary, started (created on first use).
+    pub fn primary(&self) -> Result<LocalPg, LocalPgError> {
+        LocalPg::ensure_running(&self.base)
+    }
+
+    /// Streaming replica number 1 of the primary, stopped with the cluster.
+    pub fn replica(&mut self, primary: &LocalPg) -> Result<LocalPg, LocalPgError> {
+        let replica = primary.ensure_replica(1)?;
+        self.replicas.push(replica.clone());
+        Ok(replica)
+    }
+
+    /// Replica number 1 as a synchronous standby of the primary (see
+    /// `LocalPg::make_synchronous`): a failover to it loses no acknowledged write.
+    pub fn synchronous_standby(&mut self, primary: &LocalPg) -> Result<LocalPg, LocalPgError> {
+        let standby = self.replica(primary)?;
+        primary.make_synchronous(&standby)?;
+        Ok(standby)
+    }
+}
+
+impl Drop for ScratchCluster {
+    fn drop(&mut self) {
+        for replica in &self.replicas {
+            let _ = replica.stop();
+        }
+        if let Ok(pg) = LocalPg::ensure_running(&self.base) {
+            let _ = pg.stop();
+            let _ = fs::remove_dir_all(&pg.base_dir);
+        }
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
