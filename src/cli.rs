@@ -403,14 +403,13 @@ impl DemoArgs {
         print!("{}", demo::report::table(&summary));
         println!(
             "report: {}",
-            report_dir
-                .join(format!("demo-{}.html", summary.mode))
-                .display()
+            demo::report_file(&report_dir, &summary).display()
         );
         if summary.mode == "zdm" && !summary.passed {
             return Err(format!(
-                "zero downtime did not hold: {} failed request(s), {} lost write(s), {} divergent row(s), {} untouched row(s) altered{} (see the report)",
+                "zero downtime did not hold: {} failed request(s), {} stale read(s), {} lost write(s), {} divergent row(s), {} untouched row(s) altered{} (see the report)",
                 summary.failed_requests,
+                summary.stale_reads,
                 summary.lost_writes,
                 summary.divergent_rows,
                 summary.untouched_rows_altered,

@@ -13,6 +13,7 @@ use diesel::prelude::*;
 use serde_json::{Value, json};
 
 use super::fleet::Fleet;
+use super::report::BackfillRun;
 use super::{DemoOptions, Timeline, blocking, connect, pause};
 use crate::domain::Phase;
 use crate::migration::gates::CONTRACT_CONFIRMATION;
@@ -254,12 +255,12 @@ async fn wait_until_two_fifths_done(url: &str, child: &mut Child) -> Result<()> 
 }
 
 /// Runs the backfill as a child process, kills it with SIGKILL part-way, and resumes it
-/// with a new one. Returns the rows/s over the whole backfill.
+/// with a new one. Returns what the whole backfill did.
 async fn backfill_with_a_crash(
     url: &str,
     opts: &DemoOptions,
     timeline: &mut Timeline,
-) -> Result<f64> {
+) -> Result<BackfillRun> {
     timeline.mark("backfill starts (child process)");
     let mut child = start_backfill_process(url, opts)?;
     wait_until_two_fifths_done(url, &mut child).await?;
@@ -300,7 +301,11 @@ async fn backfill_with_a_crash(
         done.batches,
         counts.join(" → ")
     ));
-    Ok(done.rows_per_s())
+    Ok(BackfillRun {
+        rows: done.rows_done,
+        batches: done.batches,
+        rows_per_s: done.rows_per_s(),
+    })
 }
 
 /// The zdm walk, baseline to contracted, with the faults.
@@ -310,7 +315,7 @@ pub(super) async fn walk_zdm(
     url: &str,
     opts: &DemoOptions,
     timeline: &mut Timeline,
-) -> Result<(usize, Option<f64>)> {
+) -> Result<(usize, Option<BackfillRun>)> {
     let mut lock_timeouts = 0;
     pause(opts.phase_secs).await;
 
@@ -339,7 +344,7 @@ pub(super) async fn walk_zdm(
     pause(opts.phase_secs / 2.0).await;
 
     timeline.enter("backfill");
-    let rate = backfill_with_a_crash(url, opts, timeline)
+    let backfill = backfill_with_a_crash(url, opts, timeline)
         .await
         .context("the backfill with a crash")?;
     timeline.backfilled = true;
@@ -375,7 +380,7 @@ pub(super) async fn walk_zdm(
     if opts.undo {
         lock_timeouts += undo_the_contract(fleet, admin, opts, timeline).await?;
     }
-    Ok((lock_timeouts, Some(rate)))
+    Ok((lock_timeouts, Some(backfill)))
 }
 
 /// The drop undone under the same traffic: contracted → new_only re-adds full_name (empty;
