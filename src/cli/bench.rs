@@ -79,7 +79,7 @@ pub(super) struct BenchBackfillArgs {
 impl BenchBackfillArgs {
     fn run(self, config: &Config) -> Result<(), StartupError> {
         let url = database_url(config)?;
-        let options = bench::BackfillBenchOptions {
+        let options = bench::backfill::BackfillBenchOptions {
             rows: self.rows,
             rounds: self.rounds,
             knobs: backfill::Knobs {
@@ -92,7 +92,7 @@ impl BenchBackfillArgs {
             small_rows: self.small_rows,
             without_email_index: self.without_email_index,
         };
-        bench::backfill_benchmark(&url, options, |line| println!("{line}"))
+        bench::backfill::backfill_benchmark(&url, options, |line| println!("{line}"))
             .map(drop)
             .map_err(with_causes)
     }

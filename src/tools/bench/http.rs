@@ -20,11 +20,11 @@ use diesel::prelude::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ms, peak_rss_mib, quantile};
 use crate::local_pg::BinarySearch;
 use crate::migration::backfill;
 use crate::tools::demo::fleet::Fleet;
 use crate::tools::scratch::ScratchDatabase;
+use crate::tools::stats::{ms, nearest_rank, peak_rss_mib};
 
 #[derive(Debug, Clone)]
 pub struct HttpBenchOptions {
@@ -107,8 +107,8 @@ fn drive(base: &str, scenario: Scenario, rows: u64, concurrency: usize, secs: f6
     latencies.sort();
     Figures {
         requests_per_s: latencies.len() as f64 / elapsed,
-        p50_ms: ms(quantile(&latencies, 0.5)),
-        p99_ms: ms(quantile(&latencies, 0.99)),
+        p50_ms: ms(nearest_rank(&latencies, 0.5)),
+        p99_ms: ms(nearest_rank(&latencies, 0.99)),
         errors,
     }
 }
