@@ -9,6 +9,10 @@ use crate::trusted_proxies::TrustedProxies;
 /// The database the app uses when it starts its own private PostgreSQL.
 pub const APP_DATABASE: &str = "zdm";
 
+/// The most streaming replicas of the private PostgreSQL one set-up starts (`ZDM_REPLICAS`,
+/// `zdm demo --replicas`).
+pub const MAX_PRIVATE_REPLICAS: usize = 8;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `DATABASE_URL`: an existing server to use. Unset → the private cluster in `data_dir`.
@@ -71,8 +75,9 @@ pub struct ResolvedDatabase {
     pub direct_url: Option<String>,
     /// Streaming replicas of the private primary (`ZDM_REPLICAS`).
     pub replica_urls: Vec<String>,
-    /// Clusters this process started, replicas before their primary.
-    pub started: Vec<LocalPg>,
+    /// The private clusters in use, replicas before their primary, each saying whether this
+    /// process started it (none with `DATABASE_URL`).
+    pub private: Vec<LocalPg>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,8 +202,12 @@ impl Config {
                 number(0..=86_400),
             )?
             .map_or(crate::migration::backfill::DEFAULT_RIDE_OUT, secs),
-            private_replicas: parse_env("ZDM_REPLICAS", "a number from 0 to 8", number(0..=8))?
-                .unwrap_or(0),
+            private_replicas: parse_env(
+                "ZDM_REPLICAS",
+                "a number from 0 to 8",
+                number(0..=MAX_PRIVATE_REPLICAS),
+            )?
+            .unwrap_or(0),
             read_from_replicas: var("ZDM_READ_FROM_REPLICAS").is_none_or(|v| v != "0"),
             trusted_proxies: parse_env(
                 "ZDM_TRUSTED_PROXIES",
@@ -262,44 +271,32 @@ impl Config {
         self.data_dir.join("reports")
     }
 
-    /// The URL of the app database: `DATABASE_URL` as given, or the private cluster, started
-    /// and with its `zdm` database created when needed.
-    pub fn resolve_database_url(&self) -> Result<String, LocalPgError> {
-        Ok(self.resolve_database()?.url)
-    }
-
     /// The app database, with what the private set-up made: the URLs of its streaming
-    /// replicas (`ZDM_REPLICAS`), and the clusters this call started (so the caller can stop
-    /// them again when it exits; replicas first).
+    /// replicas (`ZDM_REPLICAS`), and the private clusters in use (so the caller can stop
+    /// those it started when it exits, or say that they keep running; replicas first).
     pub fn resolve_database(&self) -> Result<ResolvedDatabase, LocalPgError> {
         if let Some(url) = &self.database_url {
             return Ok(ResolvedDatabase {
                 url: url.clone(),
                 direct_url: self.direct_database_url.clone(),
                 replica_urls: Vec::new(),
-                started: Vec::new(),
+                private: Vec::new(),
             });
         }
         let pg = LocalPg::ensure_running(&self.data_dir)?;
         pg.create_database_if_missing(APP_DATABASE)?;
-        let mut started = Vec::new();
-        let mut replica_urls = Vec::new();
+        let mut private = Vec::new();
         for index in 1..=self.private_replicas {
-            let replica = pg.ensure_replica(index)?;
-            replica_urls.push(replica.url(APP_DATABASE));
-            if replica.started_here {
-                started.push(replica);
-            }
+            private.push(pg.ensure_replica(index)?);
         }
+        let replica_urls = private.iter().map(|r| r.url(APP_DATABASE)).collect();
         let url = pg.url(APP_DATABASE);
-        if pg.started_here {
-            started.push(pg);
-        }
+        private.push(pg);
         Ok(ResolvedDatabase {
             url,
             direct_url: None,
             replica_urls,
-            started,
+            private,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod failed_logins;
 pub mod faults;
+pub mod fnv;
 pub mod local_pg;
 pub mod metrics;
 pub mod migration;

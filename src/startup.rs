@@ -130,17 +130,16 @@ fn security_headers() -> DefaultHeaders {
         .add(("Referrer-Policy", "same-origin"))
 }
 
-/// A connected, migrated database.
+/// A migrated database.
 pub struct Database {
     /// What requests use: `DATABASE_URL` (a pooler when `DIRECT_DATABASE_URL` is set).
     pub url: String,
     /// Where the work that needs a session goes (see `ResolvedDatabase::session_url`).
     pub session_url: String,
-    pub pool: DbPool,
     /// Streaming replicas the private set-up started (`ZDM_REPLICAS`).
     pub replica_urls: Vec<String>,
-    /// The private clusters this process started, replicas first.
-    pub started: Vec<LocalPg>,
+    /// The private clusters in use, replicas first (see `ResolvedDatabase::private`).
+    pub private: Vec<LocalPg>,
 }
 
 impl Database {
@@ -306,8 +305,6 @@ impl AppStateBuilder {
 pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
     let resolved = config.resolve_database()?;
     let session_url = resolved.session_url().to_owned();
-    let url = resolved.url;
-    let pool = db::build_pool(&url, config.pool_limits())?;
     // Migrations need a session (diesel's bookkeeping, DDL, advisory locks).
     let mut conn = <diesel::PgConnection as diesel::Connection>::establish(&session_url)?;
     for name in schema_migrations::run_infrastructure_migrations(&mut conn)? {
@@ -320,12 +317,22 @@ pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
         crate::migration::state::set_lock_attempt_ms(&mut conn, ms)?;
     }
     Ok(Database {
-        url,
+        url: resolved.url,
         session_url,
-        pool,
         replica_urls: resolved.replica_urls,
-        started: resolved.started,
+        private: resolved.private,
     })
+}
+
+/// Says, on stderr, that the private PostgreSQL servers of `clusters` keep running after this
+/// process ends (`how` they came to run) and how to stop them: nothing else would tell.
+pub fn say_left_running(clusters: &[LocalPg], how: &str) {
+    for pg in clusters {
+        eprintln!(
+            "note: the private PostgreSQL in {} {how} and keeps running; `zdm db stop` stops it",
+            pg.base_dir.display()
+        );
+    }
 }
 
 /// A configured admin token shorter than this draws a warning at start: 22 random base64
@@ -341,13 +348,11 @@ pub fn generate_token() -> String {
 /// instances).
 pub async fn serve(config: Config, faults: crate::faults::Faults) -> Result<(), StartupError> {
     let database = prepare_database(&config)?;
+    let pool = db::build_pool(&database.url, config.pool_limits())?;
     let replica_urls = database.all_replica_urls(&config);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
-    let follower = PhaseFollower::start_reporting(
-        database.pool.clone(),
-        config.phase_poll,
-        metrics.p99_reporter(),
-    )?;
+    let follower =
+        PhaseFollower::start_reporting(pool.clone(), config.phase_poll, metrics.p99_reporter())?;
     if let Some(token) = &config.admin_token
         && token.chars().count() < MIN_ADMIN_TOKEN_CHARS
     {
@@ -363,11 +368,11 @@ pub async fn serve(config: Config, faults: crate::faults::Faults) -> Result<(), 
         token
     });
     if config.direct_database_url.is_some() {
-        warn_without_statement_timeout(&database.pool);
+        warn_without_statement_timeout(&pool);
     }
     let state = AppState::builder(
         &database.url,
-        database.pool,
+        pool,
         follower.applied(),
         &follower.instance_id,
     )
@@ -387,13 +392,19 @@ pub async fn serve(config: Config, faults: crate::faults::Faults) -> Result<(), 
     stop_backfill(&state);
     state.read_replicas.stop();
     drop(follower);
-    for pg in database.started {
+    let mut left_running = Vec::new();
+    for pg in database.private {
+        if !pg.started_here {
+            left_running.push(pg);
+            continue;
+        }
         log::info!(
             "stopping the private PostgreSQL this process started ({})",
             pg.base_dir.display()
         );
         pg.stop()?;
     }
+    say_left_running(&left_running, "was running before this process started");
     Ok(())
 }
 

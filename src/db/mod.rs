@@ -2,6 +2,7 @@
 //! (`fn(&mut PgConnection, ..) -> QueryResult<T>`), free of any HTTP types.
 
 pub mod admin_auth;
+pub mod databases;
 pub mod reads;
 pub mod users;
 

@@ -33,8 +33,9 @@ use crate::migration::state::Action;
 use crate::migration::status::MigrationStatus;
 use crate::secrets::{is_secret_form, new_secret};
 
-/// The report `zdm demo` writes last, in the report folder.
-const DEMO_REPORT: &str = "demo-latest.html";
+/// The report of the last `zdm demo` run of zdm's migration without an injected fault, in
+/// the report folder: the proof, which runs in other modes never overwrite.
+pub const DEMO_REPORT: &str = "demo-zdm.html";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -537,8 +538,8 @@ async fn verify(
     finish(&state, session.csrf.clone(), outcome, "verified").await
 }
 
-/// The latest `zdm demo` report. It is one self-contained file with its own inline styles,
-/// so it gets a policy of its own: no script at all, inline styles only.
+/// The proof's `zdm demo` report (`DEMO_REPORT`). It is one self-contained file with its own
+/// inline styles, so it gets a policy of its own: no script at all, inline styles only.
 async fn demo_report(state: web::Data<AppState>) -> Result<HttpResponse, HtmlError> {
     let path = state.report_dir.join(DEMO_REPORT);
     let body = web::block(move || std::fs::read_to_string(path))

@@ -6,3 +6,4 @@ pub mod bench;
 pub mod demo;
 pub mod scratch;
 pub mod seed;
+pub mod stats;

@@ -239,7 +239,7 @@ async fn the_dashboard_links_the_last_demo_report() {
     );
     std::fs::create_dir_all(&app.report_dir).unwrap();
     std::fs::write(
-        app.report_dir.join("demo-latest.html"),
+        app.report_dir.join(zdm::routes::admin_pages::DEMO_REPORT),
         "<html><body>report body</body></html>",
     )
     .unwrap();

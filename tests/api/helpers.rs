@@ -12,19 +12,24 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use zdm::app_state::AppState;
+use zdm::db::databases::{self, quote_ident};
 use zdm::db::{self, with_database};
 use zdm::domain::Phase;
-use zdm::local_pg::{LocalPg, ScratchCluster, create_database_if_missing, quote_ident};
+use zdm::fnv::Fnv1a;
+use zdm::local_pg::{LocalPg, ScratchCluster};
 use zdm::migration::follower::PhaseFollower;
 use zdm::migration::schema_migrations;
+use zdm::tools::scratch::ScratchDatabase;
 
-/// Test databases are named `zdm_test_<pid>_<n>` so a later run can tell a leftover of a
-/// crashed run (its process is gone) from a database another running process still uses.
-const TEST_DB_PREFIX: &str = "zdm_test_";
+/// Test databases are named `zdm_test_<pid>_<n>` (see `ScratchDatabase::create`) so a later
+/// run can tell a leftover of a crashed run (its process is gone) from a database another
+/// running process still uses.
+const TEST_DB_PREFIX: &str = "zdm_test";
 /// Any stable number: serialises template set-up across test processes.
 const TEMPLATE_LOCK_KEY: i64 = 0x7a64_6d74;
 
 static SERVER: OnceLock<Server> = OnceLock::new();
+/// Numbers the folders and roles the tests make, unique within this process.
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The PostgreSQL server the tests use and the template they copy.
@@ -187,14 +192,6 @@ fn database_names(conn: &mut PgConnection, like: &str) -> Vec<String> {
         .collect()
 }
 
-fn drop_database(conn: &mut PgConnection, name: &str) -> QueryResult<usize> {
-    diesel::sql_query(format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        quote_ident(name)
-    ))
-    .execute(conn)
-}
-
 /// A name for the current migrations: the template is rebuilt whenever one changes.
 fn migrations_fingerprint() -> u64 {
     let mut files: Vec<PathBuf> = Vec::new();
@@ -210,15 +207,14 @@ fn migrations_fingerprint() -> u64 {
         }
     }
     files.sort();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = Fnv1a::default();
     for file in files {
         let bytes = std::fs::read(&file).expect("reading a migration");
         let name = file.strip_prefix(project_dir()).unwrap_or(&file);
-        for byte in name.as_os_str().as_encoded_bytes().iter().chain(&bytes) {
-            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
-        }
+        hash.write(name.as_os_str().as_encoded_bytes());
+        hash.write(&bytes);
     }
-    hash
+    hash.finish()
 }
 
 /// Builds (once per set of migrations) a database with the infrastructure migrations applied,
@@ -233,24 +229,24 @@ fn prepare_template(base_url: &str) -> String {
         .execute(&mut conn)
         .expect("taking the template lock");
 
-    for leftover in database_names(&mut conn, &format!("{TEST_DB_PREFIX}%")) {
+    for leftover in database_names(&mut conn, &format!("{TEST_DB_PREFIX}_%")) {
         let pid = leftover
-            .strip_prefix(TEST_DB_PREFIX)
+            .strip_prefix(&format!("{TEST_DB_PREFIX}_"))
             .and_then(|rest| rest.split('_').next())
             .and_then(|pid| pid.parse::<u32>().ok());
         let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
-            drop_database(&mut conn, &leftover).expect("dropping a leftover test database");
+            databases::drop(&mut conn, &leftover).expect("dropping a leftover test database");
         }
     }
     for old in database_names(&mut conn, "zdm_tpl_%") {
         if old != template {
-            drop_database(&mut conn, &old).expect("dropping an outdated template");
+            databases::drop(&mut conn, &old).expect("dropping an outdated template");
         }
     }
     if database_names(&mut conn, &template).is_empty() {
-        drop_database(&mut conn, &building).expect("dropping a half-built template");
-        create_database_if_missing(&mut conn, &building).expect("creating the template");
+        databases::drop(&mut conn, &building).expect("dropping a half-built template");
+        databases::create(&mut conn, &building, None).expect("creating the template");
         {
             let mut tpl = PgConnection::establish(&with_database(base_url, &building))
                 .expect("connecting to the template");
@@ -280,61 +276,32 @@ fn prepare_template(base_url: &str) -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
-    admin_url: String,
+    _scratch: ScratchDatabase,
 }
 
 impl TestDb {
     /// A copy of the migrated template.
     pub fn migrated() -> Self {
-        Self::create(true)
+        Self::create(Some(&server().template))
     }
 
     /// A database with no tables at all, for stepping through migrations by hand.
     pub fn empty() -> Self {
-        Self::create(false)
+        Self::create(None)
     }
 
-    fn create(from_template: bool) -> Self {
-        let server = server();
-        let name = format!(
-            "{TEST_DB_PREFIX}{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let mut conn = PgConnection::establish(&server.base_url).expect("connecting");
-        let sql = if from_template {
-            format!(
-                "CREATE DATABASE {} TEMPLATE {}",
-                quote_ident(&name),
-                quote_ident(&server.template)
-            )
-        } else {
-            format!("CREATE DATABASE {}", quote_ident(&name))
-        };
-        diesel::sql_query(sql)
-            .execute(&mut conn)
+    fn create(template: Option<&str>) -> Self {
+        let scratch = ScratchDatabase::create_from(&server().base_url, TEST_DB_PREFIX, template)
             .expect("creating a test database");
         TestDb {
-            url: with_database(&server.base_url, &name),
-            admin_url: server.base_url.clone(),
-            name,
+            name: scratch.name.clone(),
+            url: scratch.url.clone(),
+            _scratch: scratch,
         }
     }
 
     pub fn conn(&self) -> PgConnection {
         PgConnection::establish(&self.url).expect("connecting to the test database")
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        // Never panic here: this also runs while a failed test unwinds.
-        let dropped = PgConnection::establish(&self.admin_url)
-            .map_err(|e| e.to_string())
-            .and_then(|mut conn| drop_database(&mut conn, &self.name).map_err(|e| e.to_string()));
-        if let Err(e) = dropped {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
     }
 }
 

@@ -11,8 +11,8 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel_migrations::MigrationHarness;
 use serde_json::{Value, json};
+use zdm::db::databases::quote_ident;
 use zdm::domain::Phase;
-use zdm::local_pg::quote_ident;
 use zdm::migration::schema_migrations::MIGRATIONS;
 use zdm::migration::{gates, state};
 

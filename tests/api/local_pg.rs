@@ -103,3 +103,39 @@ fn a_private_streaming_replica_follows_the_primary() {
         "a later call reuses the running replica"
     );
 }
+
+/// A command that starts the private PostgreSQL leaves it running for the commands after it,
+/// and says so; `zdm db stop` stops it, and says when nothing runs.
+#[test]
+fn a_command_that_starts_the_private_postgres_says_so_and_db_stop_stops_it() {
+    let cluster = scratch_cluster("left-running");
+    let zdm = |args: &[&str]| {
+        let out = crate::helpers::zdm_command()
+            .args(args)
+            .env("ZDM_DATA_DIR", &cluster.base)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "zdm {args:?}: {stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (_, stderr) = zdm(&["seed", "--users", "10"]);
+    assert!(
+        stderr.contains("was started by this command and keeps running; `zdm db stop` stops it"),
+        "{stderr}"
+    );
+    // Found running, it is not this command's to mention.
+    let (_, stderr) = zdm(&["migrate", "status"]);
+    assert!(!stderr.contains("keeps running"), "{stderr}");
+    let (stdout, _) = zdm(&["db", "stop"]);
+    assert!(
+        stdout.contains("stopped the private PostgreSQL in"),
+        "{stdout}"
+    );
+    let (stdout, _) = zdm(&["db", "stop"]);
+    assert!(
+        stdout.contains("no private PostgreSQL is running"),
+        "{stdout}"
+    );
+}

@@ -20,11 +20,11 @@ use diesel::prelude::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ms, peak_rss_mib, quantile};
 use crate::local_pg::BinarySearch;
 use crate::migration::backfill;
 use crate::tools::demo::fleet::Fleet;
 use crate::tools::scratch::ScratchDatabase;
+use crate::tools::stats::{ms, nearest_rank, peak_rss_mib};
 
 #[derive(Debug, Clone)]
 pub struct HttpBenchOptions {
@@ -110,8 +110,8 @@ fn drive(base: &str, scenario: Scenario, rows: u64, concurrency: usize, secs: f6
     latencies.sort();
     Figures {
         requests_per_s: latencies.len() as f64 / elapsed,
-        p50_ms: ms(quantile(&latencies, 0.5)),
-        p99_ms: ms(quantile(&latencies, 0.99)),
+        p50_ms: ms(nearest_rank(&latencies, 0.5)),
+        p99_ms: ms(nearest_rank(&latencies, 0.99)),
         errors,
     }
 }
@@ -449,6 +449,29 @@ fn figures_line(label: &str, f: &Figures) -> String {
     )
 }
 
+/// Starts a PgBouncer in transaction mode in front of the server of `database_url`, its logs
+/// under `logs`; returns it with the URL of the scratch database through it.
+fn start_pooler(
+    database_url: &str,
+    scratch: &ScratchDatabase,
+    logs: &Path,
+    opts: &HttpBenchOptions,
+    say: &mut impl FnMut(&str),
+) -> Result<(crate::pgbouncer::PgBouncer, String)> {
+    let (upstream, user) = crate::pgbouncer::Upstream::from_url(
+        database_url,
+        pooler_server_connections(opts.concurrency),
+    )?;
+    let bouncer = crate::pgbouncer::PgBouncer::start(&logs.join("pgbouncer"), &upstream, &[&user])
+        .context("starting pgbouncer")?;
+    let url = bouncer.url(&scratch.name, &user);
+    say(&format!(
+        "through pgbouncer, transaction mode, {} server connections",
+        upstream.pool_size
+    ));
+    Ok((bouncer, url))
+}
+
 /// Runs the benchmark on the server of `database_url` and prints its figures; returns the
 /// last two, `(read_vs_pgbench, dual_write_vs_single_write)`.
 pub async fn http_benchmark(
@@ -466,19 +489,13 @@ pub async fn http_benchmark(
         .with_context(|| format!("creating the log folder {}", logs.display()))?;
     // Through the pooler, the requests and pgbench alike; the steps and the backfill direct.
     let pooler = if opts.pooler {
-        let (upstream, user) = crate::pgbouncer::Upstream::from_url(
+        Some(start_pooler(
             database_url,
-            pooler_server_connections(opts.concurrency),
-        )?;
-        let bouncer =
-            crate::pgbouncer::PgBouncer::start(&logs.join("pgbouncer"), &upstream, &[&user])
-                .context("starting pgbouncer")?;
-        let url = bouncer.url(&scratch.name, &user);
-        say(&format!(
-            "through pgbouncer, transaction mode, {} server connections",
-            upstream.pool_size
-        ));
-        Some((bouncer, url))
+            &scratch,
+            &logs,
+            &opts,
+            &mut say,
+        )?)
     } else {
         None
     };

@@ -250,7 +250,7 @@ pub fn measure(
         }
     }
 
-    let mib = |bytes: i64| bytes as f64 / super::MIB;
+    let mib = |bytes: i64| bytes as f64 / crate::tools::stats::MIB;
     say(&format!(
         "rows: {} per run, batches of {}, replica applies WAL {} ms late, limit {:.1} MiB",
         opts.rows,

@@ -14,9 +14,10 @@
 //!
 //! Here: the options, the run's timeline and the steps of `run`. The walks through the
 //! migration are in `walk`, the instances in `fleet`, the clients in `traffic`, the audit in
-//! `audit` (with its own `oracle`) and the figures in `report`.
+//! `audit` (with its own `oracle`), the figures in `report` and their chart in `chart`.
 
 pub mod audit;
+pub mod chart;
 pub mod cpu;
 pub mod failover;
 pub mod fleet;
@@ -27,7 +28,7 @@ pub mod traffic;
 mod walk;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ use diesel::prelude::*;
 
 use self::failover::Failover;
 use self::fleet::{Fleet, InstanceSetup};
-use self::report::{DemoSummary, FailoverSummary, Marker, Segment};
+use self::report::{BackfillRun, DemoSummary, FailoverSummary, Marker, Segment};
 use self::traffic::{Sample, TrafficControl};
 use self::walk::{Admin, walk_naive, walk_zdm};
 use crate::faults::InjectedFault;
@@ -108,8 +109,9 @@ pub struct DemoOptions {
     pub instance_env: Vec<(String, String)>,
     /// A fault to inject on purpose (the run must then fail).
     pub fault: Option<Fault>,
-    /// Servers (maintenance-database URLs) of streaming replicas of the demo's server: the
-    /// instances read from them and the backfill waits for them.
+    /// Streaming replicas of the demo's server (URLs of any database on them: the demo points
+    /// them at its scratch database): the instances read from them and the backfill waits
+    /// for them.
     pub replica_servers: Vec<String>,
     /// Backfill batch size and sleep (throttled so it is visible under traffic).
     pub backfill_batch: i32,
@@ -360,7 +362,7 @@ struct Traffic {
     unacknowledged_creates: u64,
     replica_reads: u64,
     lock_timeouts: usize,
-    backfill_rate: Option<f64>,
+    backfill: Option<BackfillRun>,
     /// Why the walk stopped half-way (a gate refused, an instance failed), if it did.
     walk_error: Option<String>,
     /// How busy the machine's CPUs were, through the run (none without `/proc/stat`).
@@ -425,8 +427,8 @@ async fn walk_under_traffic(
     let server = server.finish().await;
     let replica_reads = fleet.replica_reads().await;
     fleet.stop();
-    let (lock_timeouts, backfill_rate, walk_error) = match walked {
-        Ok((lock_timeouts, rate)) => (lock_timeouts, rate, None),
+    let (lock_timeouts, backfill, walk_error) = match walked {
+        Ok((lock_timeouts, backfill)) => (lock_timeouts, backfill, None),
         Err(e) => {
             log::error!("the migration stopped: {e:#}");
             (0, None, Some(format!("{e:#}")))
@@ -439,7 +441,7 @@ async fn walk_under_traffic(
         unacknowledged_creates,
         replica_reads,
         lock_timeouts,
-        backfill_rate,
+        backfill,
         walk_error,
         cpu,
         server,
@@ -509,6 +511,7 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
         undo: opts.undo && !opts.naive,
         requests: traffic.samples.len(),
         failed_requests,
+        stale_reads: segments.iter().map(|s| s.stale_reads).sum(),
         lost_writes: audit.lost_writes,
         divergent_rows: audit.divergent,
         untouched_rows_altered: audit.untouched_altered,
@@ -528,7 +531,7 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
         segments,
         faults: traffic.timeline.markers.clone(),
         lock_timeouts_retried: traffic.lock_timeouts,
-        backfill_rows_per_s: traffic.backfill_rate,
+        backfill: traffic.backfill,
         acknowledged_writes_tracked: traffic.ledgers.iter().map(|l| l.rows.len()).sum(),
         unacknowledged_creates: traffic.unacknowledged_creates,
         cpus: traffic.cpu.first().map(|s| s.times.cpus),
@@ -594,19 +597,31 @@ fn backfill_p99_vs_baseline(segments: &[report::SegmentStats]) -> Option<f64> {
     }
 }
 
-/// Writes the HTML report (as `demo-<mode>.html` and `demo-latest.html`) and, if asked for,
-/// the summary as JSON.
+/// The file of a run's HTML report in `report_dir`: one per mode and injected fault or
+/// failover (`demo-zdm.html`, `demo-naive.html`, `demo-zdm-lose-writes.html`,
+/// `demo-zdm-failover.html`), so that a run meant to fail, or one of another set-up, never
+/// overwrites the proof, the report the dashboard links.
+pub fn report_file(report_dir: &Path, summary: &DemoSummary) -> PathBuf {
+    let failover = summary.failover.as_ref().map(|f| match f.standby.as_str() {
+        "synchronous" => "failover".to_owned(),
+        other => format!("failover-{other}"),
+    });
+    let name = match (&summary.injected_fault, failover) {
+        (None, None) if summary.mode == "zdm" => crate::routes::admin_pages::DEMO_REPORT.to_owned(),
+        (None, None) => format!("demo-{}.html", summary.mode),
+        (Some(fault), _) => format!("demo-{}-{fault}.html", summary.mode),
+        (None, Some(failover)) => format!("demo-{}-{failover}.html", summary.mode),
+    };
+    report_dir.join(name)
+}
+
+/// Writes the HTML report (see `report_file`) and, if asked for, the summary as JSON.
 fn write_report(opts: &DemoOptions, summary: &DemoSummary, traffic: &Traffic) -> Result<()> {
     let html = report::html(summary, &traffic.timeline.segments, &traffic.samples)
         .context("rendering the report")?;
-    let report_file = opts.report_dir.join(format!("demo-{}.html", summary.mode));
-    for file in [
-        report_file.clone(),
-        opts.report_dir.join("demo-latest.html"),
-    ] {
-        std::fs::write(&file, &html)
-            .with_context(|| format!("writing the report {}", file.display()))?;
-    }
+    let report_file = report_file(&opts.report_dir, summary);
+    std::fs::write(&report_file, &html)
+        .with_context(|| format!("writing the report {}", report_file.display()))?;
     if let Some(path) = &opts.json_out {
         let json = serde_json::to_string_pretty(summary).context("serialising the summary")?;
         std::fs::write(path, json)
@@ -614,4 +629,36 @@ fn write_report(opts: &DemoOptions, summary: &DemoSummary, traffic: &Traffic) ->
     }
     log::info!("report written to {}", report_file.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_mode_and_fault_has_a_report_of_its_own_and_the_dashboard_links_the_proof() {
+        let dir = Path::new("reports");
+        let file = |mode: &str, fault: Option<Fault>| {
+            let summary = DemoSummary {
+                mode: mode.to_owned(),
+                injected_fault: fault.map(|f| f.name().to_owned()),
+                ..DemoSummary::default()
+            };
+            report_file(dir, &summary)
+        };
+        assert_eq!(file("zdm", None), dir.join("demo-zdm.html"));
+        assert_eq!(
+            file("zdm", None),
+            dir.join(crate::routes::admin_pages::DEMO_REPORT)
+        );
+        assert_eq!(file("naive", None), dir.join("demo-naive.html"));
+        assert_eq!(
+            file("zdm", Some(Fault::LoseWrites)),
+            dir.join("demo-zdm-lose-writes.html")
+        );
+        assert_eq!(
+            file("zdm", Some(Fault::LaggingV1)),
+            dir.join("demo-zdm-lagging-v1.html")
+        );
+    }
 }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::failover::fail_over;
 use super::fleet::Fleet;
+use super::report::BackfillRun;
 use super::{DemoOptions, Timeline, blocking, connect, pause};
 use crate::domain::Phase;
 use crate::migration::gates::CONTRACT_CONFIRMATION;
@@ -289,14 +290,13 @@ async fn wait_until_fifths_done(url: &str, child: &mut Child, fifths: i64) -> Re
 
 /// Runs the backfill as a child process, kills it with SIGKILL part-way, and resumes it
 /// with a new one; with `--failover`, the primary dies under the resumed one at ~70 % and
-/// it goes on, by itself, on the promoted standby. Returns the rows/s over the whole
-/// backfill.
+/// it goes on, by itself, on the promoted standby. Returns what the whole backfill did.
 async fn backfill_with_a_crash(
     url: &str,
     opts: &DemoOptions,
     pooler: Option<&PgBouncer>,
     timeline: &mut Timeline,
-) -> Result<f64> {
+) -> Result<BackfillRun> {
     timeline.mark("backfill starts (child process)");
     let mut child = start_backfill_process(url, opts)?;
     wait_until_fifths_done(url, &mut child, 2).await?;
@@ -344,7 +344,11 @@ async fn backfill_with_a_crash(
         done.batches,
         counts.join(" → ")
     ));
-    Ok(done.rows_per_s())
+    Ok(BackfillRun {
+        rows: done.rows_done,
+        batches: done.batches,
+        rows_per_s: done.rows_per_s(),
+    })
 }
 
 /// The zdm walk, baseline to contracted, with the faults.
@@ -355,7 +359,7 @@ pub(super) async fn walk_zdm(
     opts: &DemoOptions,
     pooler: Option<&PgBouncer>,
     timeline: &mut Timeline,
-) -> Result<(usize, Option<f64>)> {
+) -> Result<(usize, Option<BackfillRun>)> {
     let mut lock_timeouts = 0;
     pause(opts.phase_secs).await;
 
@@ -386,7 +390,7 @@ pub(super) async fn walk_zdm(
     pause(opts.phase_secs / 2.0).await;
 
     timeline.enter("backfill");
-    let rate = backfill_with_a_crash(url, opts, pooler, timeline)
+    let backfill = backfill_with_a_crash(url, opts, pooler, timeline)
         .await
         .context("the backfill with a crash")?;
     timeline.backfilled = true;
@@ -423,7 +427,7 @@ pub(super) async fn walk_zdm(
     if opts.undo {
         lock_timeouts += undo_the_contract(fleet, admin, opts, timeline).await?;
     }
-    Ok((lock_timeouts, Some(rate)))
+    Ok((lock_timeouts, Some(backfill)))
 }
 
 /// The drop undone under the same traffic: contracted → new_only re-adds full_name (empty;

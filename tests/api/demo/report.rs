@@ -2,7 +2,8 @@
 //! for their labels to collide, no two phase labels overlap, measured on the rendered text.
 
 use fantoccini::Locator;
-use zdm::tools::demo::report::{self, DemoSummary, LABEL_CHAR_PX, Segment};
+use zdm::tools::demo::chart::LABEL_CHAR_PX;
+use zdm::tools::demo::report::{self, DemoSummary, Segment};
 
 use crate::browser::{browser, screenshot};
 
