@@ -11,8 +11,9 @@ ALTER TABLE zdm_migration_state
     CHECK (lock_attempt_ms BETWEEN 1 AND 10000);
 
 -- Sets this transaction's lock_timeout to the stored attempt length: every transaction of a
--- phase migration calls it before its DDL, after a literal SET LOCAL lock_timeout that bounds
--- the wait where this row cannot be read.
+-- phase migration calls it right before its DDL on users. The literal SET LOCAL lock_timeout
+-- at the top of each bounds the rest: the gates' waits on zdm's own rows (a heartbeat's
+-- sample of pg_stat_statements), which no request queues behind.
 CREATE OR REPLACE FUNCTION zdm_lock_attempt() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -3,9 +3,10 @@
 -- Step 1 back, expanded → baseline: no live instance writes the new columns (the gate), so
 -- dropping them loses nothing. Catalogue only.
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('rollback', 'expanded', 'baseline');
+-- The DDL's own attempt at its lock: lock_attempt_ms (zdm_lock_attempt).
+SELECT zdm_lock_attempt();
 DO $$
 DECLARE
     reason text;

@@ -9,9 +9,10 @@
 -- recognises it whatever the server's language), and zdm_finish_step moves the stored phase
 -- and records it, all in the migration's transaction.
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('advance', 'baseline', 'expanded');
+-- The DDL's own attempt at its lock: lock_attempt_ms (zdm_lock_attempt).
+SELECT zdm_lock_attempt();
 DO $$
 BEGIN
     ALTER TABLE users

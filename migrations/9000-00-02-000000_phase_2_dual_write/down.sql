@@ -5,9 +5,10 @@
 -- A NOT VALID guard left by a step to backfilled that could not finish would refuse those
 -- writes: it goes too, so the schema is exactly expanded's whatever happened before.
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('rollback', 'dual_write', 'expanded');
+-- The DDL's own attempt at its lock: lock_attempt_ms (zdm_lock_attempt).
+SELECT zdm_lock_attempt();
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_constraint

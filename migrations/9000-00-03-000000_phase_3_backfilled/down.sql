@@ -4,9 +4,10 @@
 -- Step 3 back, backfilled → dual_write: every instance still dual-writes; only the guard goes.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('rollback', 'backfilled', 'dual_write');
+-- The DDL's own attempt at its lock: lock_attempt_ms (zdm_lock_attempt).
+SELECT zdm_lock_attempt();
 DO $$
 BEGIN
     ALTER TABLE users DROP CONSTRAINT IF EXISTS users_names_present;

@@ -10,9 +10,10 @@
 -- Run again after any failure, it picks up where it stopped: each part is idempotent.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('advance', 'dual_write', 'backfilled', 'skip');
+-- The DDL's own attempt at its lock: lock_attempt_ms (zdm_lock_attempt).
+SELECT zdm_lock_attempt();
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_constraint
@@ -29,8 +30,9 @@ COMMIT;
 
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
+-- The DDL's own attempt at its lock: lock_attempt_ms (zdm_lock_attempt).
+SELECT zdm_lock_attempt();
 SELECT zdm_validate_or_drop('users_names_present', 'dual_write')
   FROM zdm_migration_state WHERE phase = 'dual_write';
 COMMIT;

@@ -13,7 +13,6 @@
 -- so; run again, it picks up where it stopped.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('rollback', 'new_only', 'read_new');
 SELECT zdm_finish_step('rollback', 'new_only', 'read_new', 'full_name is refilled next');
@@ -21,10 +20,11 @@ COMMIT;
 
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_require_gates('refill', 'read_new');
 SELECT set_config('zdm.step_failure', '', false);
+-- The DDL's own attempt at its lock: lock_attempt_ms (zdm_lock_attempt).
+SELECT zdm_lock_attempt();
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_constraint
@@ -40,16 +40,18 @@ COMMIT;
 
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
+-- The DDL's own attempt at its lock: lock_attempt_ms (zdm_lock_attempt).
+SELECT zdm_lock_attempt();
 SELECT zdm_validate_or_drop('users_full_name_present');
 COMMIT;
 
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_require_no_step_failure();
+-- The DDL's own attempt at its lock: lock_attempt_ms (zdm_lock_attempt).
+SELECT zdm_lock_attempt();
 DO $$
 BEGIN
     ALTER TABLE users ALTER COLUMN full_name SET NOT NULL;

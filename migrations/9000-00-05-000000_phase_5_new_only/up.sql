@@ -7,9 +7,10 @@
 -- would otherwise reach the drop unnoticed). DROP NOT NULL only changes the catalogue.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('advance', 'read_new', 'new_only');
+-- The DDL's own attempt at its lock: lock_attempt_ms (zdm_lock_attempt).
+SELECT zdm_lock_attempt();
 DO $$
 BEGIN
     ALTER TABLE users ALTER COLUMN full_name DROP NOT NULL;

@@ -9,9 +9,10 @@
 -- dashboard's field, or by hand PGOPTIONS='-c zdm.confirm=users.full_name' diesel migration run.
 BEGIN;
 SET LOCAL lock_timeout = '200ms';
-SELECT zdm_lock_attempt();
 SET LOCAL statement_timeout = 0;
 SELECT zdm_begin_step('advance', 'new_only', 'contracted');
+-- The DDL's own attempt at its lock: lock_attempt_ms (zdm_lock_attempt).
+SELECT zdm_lock_attempt();
 DO $$
 DECLARE
     reason text;

@@ -74,7 +74,7 @@ impl MigrateAction {
         };
         if stepped {
             // The step's own connection may be the one a failover ended.
-            conn = diesel::Connection::establish(&url)?;
+            conn = crate::db::session(&url)?;
         }
         print_status(&mut conn, connections)
     }

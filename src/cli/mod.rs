@@ -18,7 +18,7 @@ mod verify;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use diesel::{Connection, PgConnection};
+use diesel::PgConnection;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use self::backfill::BackfillArgs;
@@ -142,7 +142,7 @@ fn connect(config: &Config) -> Result<Connected, StartupError> {
     let settings = config.backfill_settings(database.all_replica_urls(config));
     let direct = (database.session_url != database.url).then_some(database.session_url.as_str());
     Ok(Connected {
-        conn: PgConnection::establish(&database.session_url)?,
+        conn: crate::db::session(&database.session_url)?,
         connections: crate::db::Connections::new(&database.url, direct),
         url: database.session_url,
         settings,

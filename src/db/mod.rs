@@ -162,6 +162,18 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SessionSettings {
     }
 }
 
+/// A session of zdm's own to the server itself (`DIRECT_DATABASE_URL`, or the one URL), for
+/// the work that bounds its own statements: the steps, the backfill's runner and workers,
+/// verify. A role's or a database's `statement_timeout` (a DBA's guard rail) would cancel
+/// their scans and their bookkeeping half-way, so the session has none; each backfill batch
+/// sets its own.
+pub fn session(url: &str) -> diesel::ConnectionResult<PgConnection> {
+    let mut conn = PgConnection::establish(url)?;
+    conn.batch_execute("SET statement_timeout = 0")
+        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
 pub fn build_pool(database_url: &str, limits: PoolLimits) -> Result<DbPool, PoolError> {
     pool_with(database_url, limits, false)
 }

@@ -133,7 +133,7 @@ pub fn settle_step(
     };
     let started = std::time::Instant::now();
     loop {
-        match PgConnection::establish(url) {
+        match crate::db::session(url) {
             Ok(mut conn) => {
                 return match runner::settle_interrupted(&mut conn, &interrupted, actor) {
                     Ok(Some(committed)) => Ok(committed),
@@ -214,7 +214,7 @@ pub fn start_backfill(
     keep: impl FnOnce(JoinHandle<()>),
 ) -> Result<BackfillView, ControlError> {
     settings.check(&knobs)?;
-    let mut conn = PgConnection::establish(url)?;
+    let mut conn = crate::db::session(url)?;
     prepare_backfill(&mut conn, knobs)?;
     let (started_tx, started_rx) = mpsc::sync_channel::<Result<(), ControlError>>(1);
     let url = url.to_owned();
@@ -222,7 +222,7 @@ pub fn start_backfill(
     let handle = std::thread::Builder::new()
         .name("zdm-backfill".to_owned())
         .spawn(move || {
-            let conn = match PgConnection::establish(&url) {
+            let conn = match crate::db::session(&url) {
                 Ok(conn) => conn,
                 Err(e) => {
                     let _ = started_tx.send(Err(e.into()));

@@ -37,8 +37,7 @@ where
 {
     let url = state.session_url.clone();
     web::block(move || {
-        let mut conn =
-            PgConnection::establish(&url).map_err(|e| AppError::Unavailable(Box::new(e)))?;
+        let mut conn = crate::db::session(&url).map_err(|e| AppError::Unavailable(Box::new(e)))?;
         work(&mut conn, &url)
     })
     .await?

@@ -142,7 +142,7 @@ pub fn run_riding_out(
             continue;
         }
         attempts += 1;
-        match PgConnection::establish(url) {
+        match crate::db::session(url) {
             Ok(fresh) => {
                 log::info!(
                     "backfill: reconnected (attempt {attempts}); resuming from the checkpoint"
@@ -184,7 +184,7 @@ fn give_up(url: &str, ride_out: &RideOut, waited: Duration, error: &str) -> Back
     }
     let message = format!("the database was unreachable for {waited:.1?}: {error}");
     log::error!("backfill: gave up; {message}; a resume continues from the checkpoint");
-    let recorded = PgConnection::establish(url)
+    let recorded = crate::db::session(url)
         .map_err(|e| e.to_string())
         .and_then(|mut conn| {
             diesel::update(

@@ -331,10 +331,9 @@ pub(super) fn worker_thread(
     let send = |event| {
         let _ = shared.events.send(event);
     };
-    let connected = locked(spare).pop().map_or_else(
-        || PgConnection::establish(url).map_err(|e| one_line(&e)),
-        Ok,
-    );
+    let connected = locked(spare)
+        .pop()
+        .map_or_else(|| crate::db::session(url).map_err(|e| one_line(&e)), Ok);
     let mut conn = match connected {
         Ok(conn) => conn,
         Err(error) => {
