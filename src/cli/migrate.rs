@@ -121,13 +121,8 @@ fn print_status(
     }
     if let Some(next) = &status.next {
         println!("next:  {}", next.phase);
-        for gate in &next.gates {
-            println!(
-                "  [{}] {}: {}",
-                if gate.met { "x" } else { " " },
-                gate.name,
-                gate.detail
-            );
+        for gate in crate::migration::shown_gates::next_gates(&status) {
+            println!("  [{}] {}: {}", gate.symbol, gate.name, gate.detail);
         }
     }
     print_backfill(&status.backfill);
@@ -161,10 +156,14 @@ fn print_status(
 /// still to fill.
 fn print_backfill(backfill: &crate::migration::status::BackfillView) {
     let b = &backfill.status;
-    println!(
-        "backfill: {} ({}), {}/{} rows, {} filled, {:.0} rows/s",
-        b.state, b.direction, b.rows_done, b.rows_total, b.rows_updated, backfill.rows_per_s
-    );
+    if b.state == crate::migration::backfill::BackfillState::Idle && b.rows_total == 0 {
+        println!("backfill: not started yet (zdm backfill, or Start on the dashboard)");
+    } else {
+        println!(
+            "backfill: {} ({}), {}/{} rows, {} filled, {:.0} rows/s",
+            b.state, b.direction, b.rows_done, b.rows_total, b.rows_updated, backfill.rows_per_s
+        );
+    }
     println!(
         "  workers: {} (set: {}){}",
         b.workers,

@@ -38,6 +38,7 @@ pub mod gates;
 pub mod name_sql;
 pub mod runner;
 pub mod schema_migrations;
+pub mod shown_gates;
 pub mod state;
 pub mod status;
 pub mod verify;

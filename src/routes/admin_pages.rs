@@ -23,12 +23,12 @@ use super::admin_auth::{
 use super::client::{client_info, cookie_name};
 use super::db;
 use super::render::{self, Caching, notice_text};
-use super::shown_gates::{ShownGate, next_gates};
 use crate::app_state::AppState;
 use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
 use crate::migration::backfill::{self, BackfillState, Knobs, Workers};
 use crate::migration::gates::CONTRACT_CONFIRMATION;
+use crate::migration::shown_gates::{ShownGate, next_gates};
 use crate::migration::state::Action;
 use crate::migration::status::MigrationStatus;
 use crate::secrets::{is_secret_form, new_secret};

@@ -13,7 +13,6 @@ pub mod home;
 pub mod input;
 pub mod pages;
 pub mod render;
-pub mod shown_gates;
 
 use actix_web::ResponseError;
 use actix_web::body::{EitherBody, MessageBody};

@@ -437,7 +437,7 @@ async fn an_admin_walks_the_migration_by_clicking_and_watches_the_backfill() {
     // runs itself is marked as such, not as unmet.
     wait_for_gate(
         c,
-        "backfill the backfill has not started: start it below, or run zdm backfill",
+        "backfill the backfill has not started yet (Start on the dashboard, or zdm backfill)",
     )
     .await;
     let verify_mark = c

@@ -569,3 +569,30 @@ async fn each_schema_module_matches_the_database_at_its_phases() {
             .any(|c| c.starts_with("full_name"))
     );
 }
+
+/// `zdm migrate status` shows the gates as the dashboard does: the verification the step
+/// runs itself as such (↻), not as unmet, and a backfill never started as not started, not
+/// as "0/0 rows".
+#[actix_web::test]
+async fn migrate_status_shows_the_gates_as_the_dashboard_does() {
+    let app = TestApp::spawn().await;
+    app.walk_to(Phase::DualWrite).await;
+    let out = crate::helpers::zdm_command()
+        .args(["migrate", "status"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("[↻] verify: no verification in this phase yet"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[✗] backfill: the backfill has not started yet"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("backfill: not started yet"), "{stdout}");
+    assert!(!stdout.contains("0/0 rows"), "{stdout}");
+}

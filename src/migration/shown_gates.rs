@@ -1,5 +1,5 @@
-//! The next step's gates as the dashboard shows them (the page and `/admin/status.json`,
-//! which `static/admin.js` redraws from). A gate the step checks for itself when it is taken
+//! The next step's gates as people are shown them: the dashboard (the page and
+//! `/admin/status.json`, which `static/admin.js` redraws from) and `zdm migrate status`. A gate the step checks for itself when it is taken
 //! (a fresh verification) is shown as such, not as unmet; a backfill never started says so
 //! instead of counting "0 of 0 rows".
 
@@ -100,7 +100,7 @@ fn shown(gate: &Gate, context: Context) -> ShownGate {
     } else if gate.name == BACKFILL_GATE && context.backfill_not_started {
         (
             GateMark::Unmet,
-            "the backfill has not started: start it below, or run zdm backfill".to_owned(),
+            "the backfill has not started yet (Start on the dashboard, or zdm backfill)".to_owned(),
         )
     } else {
         (GateMark::Unmet, gate.detail.clone())
