@@ -504,8 +504,19 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
         lost_to_async_replication: audit.lost_to_async_replication,
         requests_meeting_the_loss: segments.iter().map(|s| s.lost_upstream).sum(),
     });
-    // A 503 is downtime too, except while a failover leaves no primary to answer.
-    let unavailable_excused = failover.is_some() || unavailable_requests == 0;
+    // A 503 is downtime too, except while a failover leaves no primary to answer: in the
+    // failover's segment, and the segments on either side of it (a request is counted in the
+    // segment it started in, and the instances take a moment to reach the new primary).
+    let around_the_failover = |i: usize| {
+        traffic
+            .timeline
+            .promoted_in
+            .is_some_and(|p| i + 1 >= p && i <= p + 1)
+    };
+    let unavailable_excused = segments
+        .iter()
+        .enumerate()
+        .all(|(i, s)| s.unavailable == 0 || around_the_failover(i));
     DemoSummary {
         mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
         undo: opts.undo && !opts.naive,
