@@ -1,0 +1,254 @@
+//! The phase migrations (`STEPS`, one per step, read from `migrations/9000-*`), which of them
+//! are applied, and `apply`, which runs or reverts one as the migration harness would,
+//! retrying lock timeouts within `LOCK_WAIT_BUDGET`.
+
+use std::time::Duration;
+
+use diesel::connection::BoxableConnection;
+use diesel::connection::SimpleConnection;
+use diesel::migration::{Migration, MigrationMetadata, MigrationName, MigrationSource};
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel_migrations::MigrationHarness;
+
+use super::super::schema_migrations::MIGRATIONS;
+use super::error::{RunError, classify};
+use crate::domain::Phase;
+
+/// How long a step keeps trying for its lock on users: attempts as long as the stored
+/// `lock_attempt_ms` (20 ms unless `ZDM_LOCK_ATTEMPT_MS` says otherwise; each is that long a
+/// stall for the requests queued behind it) and the pauses between them, until this much time
+/// has gone.
+pub const LOCK_WAIT_BUDGET: Duration = Duration::from_secs(8);
+
+/// The pause after the `n`th lock timeout (from 1): from 25 ms, doubling up to 1 s, jittered
+/// down to half of that, so that the requests queued behind an attempt go through before the
+/// next, and two steps retrying at once fall out of step.
+pub fn lock_retry_pause(n: u32, rng: &mut fastrand::Rng) -> Duration {
+    let cap_ms = (25_u64 << n.saturating_sub(1).min(6)).min(1000);
+    Duration::from_millis(rng.u64(cap_ms / 2..=cap_ms))
+}
+
+/// A phase migration's SQL, read from the files `embed_migrations!` embeds (see
+/// `StepMigration`).
+struct StepFiles {
+    name: &'static str,
+    up: &'static str,
+    down: &'static str,
+}
+
+macro_rules! step_files {
+    ($name:literal) => {
+        StepFiles {
+            name: $name,
+            up: include_str!(concat!("../../../migrations/", $name, "/up.sql")),
+            down: include_str!(concat!("../../../migrations/", $name, "/down.sql")),
+        }
+    };
+}
+
+const STEP_FILES: [StepFiles; 6] = [
+    step_files!("9000-00-01-000000_phase_1_expand"),
+    step_files!("9000-00-02-000000_phase_2_dual_write"),
+    step_files!("9000-00-03-000000_phase_3_backfilled"),
+    step_files!("9000-00-04-000000_phase_4_read_new"),
+    step_files!("9000-00-05-000000_phase_5_new_only"),
+    step_files!("9000-00-06-000000_phase_6_contract"),
+];
+
+pub const EXPAND: &str = STEP_FILES[0].name;
+pub const DUAL_WRITE: &str = STEP_FILES[1].name;
+pub const BACKFILLED: &str = STEP_FILES[2].name;
+pub const READ_NEW: &str = STEP_FILES[3].name;
+pub const NEW_ONLY: &str = STEP_FILES[4].name;
+pub const CONTRACT: &str = STEP_FILES[5].name;
+
+/// The phase migrations in order: the one at index `i` steps from `Phase::ALL[i]` to the next.
+pub const STEPS: [&str; 6] = [EXPAND, DUAL_WRITE, BACKFILLED, READ_NEW, NEW_ONLY, CONTRACT];
+
+/// The phase migration that advances from `from` (and that a rollback to `from` reverts).
+pub fn step_migration(from: Phase) -> Option<&'static str> {
+    STEPS.get(from.index()).copied()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    Up,
+    Down,
+}
+
+/// A phase migration as the harness runs it (in a transaction unless its metadata says not,
+/// recorded in `__diesel_schema_migrations`), with its SQL sent by this module: the harness's
+/// own error keeps only the message of what the SQL raised, this one Diesel's error with its
+/// DETAIL (see `Raised`). The SQL is the same file's, read at build time.
+struct StepMigration {
+    embedded: Box<dyn Migration<Pg>>,
+    files: &'static StepFiles,
+}
+
+impl Migration<Pg> for StepMigration {
+    fn run(&self, conn: &mut dyn BoxableConnection<Pg>) -> diesel::migration::Result<()> {
+        Ok(conn.batch_execute(self.files.up)?)
+    }
+
+    fn revert(&self, conn: &mut dyn BoxableConnection<Pg>) -> diesel::migration::Result<()> {
+        Ok(conn.batch_execute(self.files.down)?)
+    }
+
+    fn metadata(&self) -> &dyn MigrationMetadata {
+        self.embedded.metadata()
+    }
+
+    fn name(&self) -> &dyn MigrationName {
+        self.embedded.name()
+    }
+}
+
+fn find_migration(name: &str) -> Result<StepMigration, RunError> {
+    let not_found = |message: String| RunError::Migration {
+        migration: name.to_owned(),
+        message,
+    };
+    let files = STEP_FILES
+        .iter()
+        .find(|files| files.name == name)
+        .ok_or_else(|| not_found("not a phase migration".to_owned()))?;
+    let embedded = MigrationSource::<Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| not_found(e.to_string()))?
+        .into_iter()
+        .find(|m| m.name().to_string() == name)
+        .ok_or_else(|| not_found("not embedded in this binary".to_owned()))?;
+    Ok(StepMigration { embedded, files })
+}
+
+fn version_of(name: &str) -> String {
+    name.split('_').next().unwrap_or(name).replace('-', "")
+}
+
+/// Whether the phase migration `name` is applied.
+pub fn is_applied(conn: &mut PgConnection, name: &str) -> Result<bool, RunError> {
+    Ok(applied_steps(conn)?.contains(&name))
+}
+
+/// The phase migrations applied, in order. Read with a plain SELECT, not diesel's harness,
+/// which first creates its bookkeeping table if missing: a role with no DDL rights (the
+/// requests' behind a pooler) shows the status too.
+pub fn applied_steps(conn: &mut PgConnection) -> QueryResult<Vec<&'static str>> {
+    let applied: Vec<String> = diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+        .load::<AppliedVersion>(conn)?
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    Ok(STEPS
+        .into_iter()
+        .filter(|name| applied.contains(&version_of(name)))
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct AppliedVersion {
+    #[diesel(sql_type = Text)]
+    version: String,
+}
+
+/// The last phase migration applied (what a revert would undo), if any.
+pub fn last_applied_step(conn: &mut PgConnection) -> Result<Option<&'static str>, RunError> {
+    Ok(applied_steps(conn)?.last().copied())
+}
+
+/// Applies (or reverts) one phase migration, retrying lock timeouts (`lock_retry_pause`)
+/// within `LOCK_WAIT_BUDGET`.
+/// Nothing happens if it is already applied (reverted). Returns the lock timeouts met.
+pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunError> {
+    let applied = is_applied(conn, name)?;
+    if applied == (step == Step::Up) {
+        return Ok(0);
+    }
+    let migration = find_migration(name)?;
+    let mut lock_timeouts = 0;
+    let started = std::time::Instant::now();
+    let mut rng = fastrand::Rng::new();
+    loop {
+        if lock_timeouts > 0 {
+            diesel::sql_query("SELECT set_config('zdm.retries', $1, false)")
+                .bind::<Text, _>(format!(
+                    "{lock_timeouts} lock timeout(s) retried over {:.2} s",
+                    started.elapsed().as_secs_f64()
+                ))
+                .execute(conn)?;
+        }
+        let result = match step {
+            Step::Up => conn.run_migration(&migration).map(drop),
+            Step::Down => conn.revert_migration(&migration).map(drop),
+        };
+        let Err(e) = result else {
+            log::info!(
+                "{} {name}",
+                if step == Step::Up {
+                    "applied"
+                } else {
+                    "reverted"
+                }
+            );
+            return Ok(lock_timeouts);
+        };
+        // A migration that manages its own transactions (BEGIN ... COMMIT in its file) leaves
+        // its failed transaction open: end it, or the retry (and whatever uses this
+        // connection next) meets "current transaction is aborted". Without one open,
+        // PostgreSQL only warns.
+        let _ = conn.batch_execute("ROLLBACK");
+        match classify(name, e.as_ref()) {
+            Some(RunError::LockTimeout { .. }) => {
+                lock_timeouts += 1;
+                let pause = lock_retry_pause(lock_timeouts as u32, &mut rng);
+                if started.elapsed() + pause > LOCK_WAIT_BUDGET {
+                    return Err(RunError::LockTimeout {
+                        migration: name.to_owned(),
+                        attempts: lock_timeouts,
+                        waited: started.elapsed(),
+                    });
+                }
+                log::warn!("{name}: lock timeout (attempt {lock_timeouts}), retrying in {pause:?}");
+                std::thread::sleep(pause);
+            }
+            Some(refused_or_undone) => return Err(refused_or_undone),
+            None => {
+                return Err(RunError::Migration {
+                    migration: name.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_retry_pauses_grow_from_25_ms_to_1_s_jittered_down_to_half() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..200 {
+            let mut ms = |n| lock_retry_pause(n, &mut rng).as_millis();
+            assert!((12..=25).contains(&ms(1)));
+            assert!((50..=100).contains(&ms(3)));
+            assert!((400..=800).contains(&ms(6)));
+            assert!((500..=1000).contains(&ms(7)));
+            assert!((500..=1000).contains(&ms(40)));
+        }
+    }
+
+    #[test]
+    fn every_phase_step_has_its_migration_in_order() {
+        assert_eq!(STEPS.len(), Phase::ALL.len() - 1);
+        for (i, name) in STEPS.iter().enumerate() {
+            assert!(name.contains(&format!("_phase_{}_", i + 1)), "{name}");
+            assert_eq!(step_migration(Phase::ALL[i]), Some(*name));
+        }
+        assert_eq!(step_migration(Phase::Contracted), None);
+        let names = super::super::super::schema_migrations::all_migration_names().unwrap();
+        assert_eq!(&names[names.len() - STEPS.len()..], &STEPS);
+    }
+}
