@@ -7,7 +7,7 @@
 -- many; the runner pauses between them, jittered and growing, within a bounded total
 -- (`runner::LOCK_WAIT_BUDGET`). Set with ZDM_LOCK_ATTEMPT_MS.
 ALTER TABLE zdm_migration_state
-    ADD COLUMN lock_attempt_ms INTEGER NOT NULL DEFAULT 20
+    ADD COLUMN lock_attempt_ms INTEGER NOT NULL DEFAULT 10
     CHECK (lock_attempt_ms BETWEEN 1 AND 10000);
 
 -- Sets this transaction's lock_timeout to the stored attempt length: every transaction of a

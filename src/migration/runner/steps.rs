@@ -17,7 +17,7 @@ use super::error::{RunError, classify};
 use crate::domain::Phase;
 
 /// How long a step keeps trying for its lock on users: attempts as long as the stored
-/// `lock_attempt_ms` (20 ms unless `ZDM_LOCK_ATTEMPT_MS` says otherwise; each is that long a
+/// `lock_attempt_ms` (10 ms unless `ZDM_LOCK_ATTEMPT_MS` says otherwise; each is that long a
 /// stall for the requests queued behind it) and the pauses between them, until this much time
 /// has gone.
 pub const LOCK_WAIT_BUDGET: Duration = Duration::from_secs(8);
