@@ -529,9 +529,15 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
         injected_fault: opts.fault.map(|f| f.name().to_owned()),
         p99_ms_by_phase: p99_ms_by_phase(&segments, |s| Some(s.p99_ms)),
         server_p99_ms_by_phase: p99_ms_by_phase(&segments, |s| s.server_p99_ms),
-        server_backfill_p99_vs_quiet: server_backfill_p99_vs_quiet(
+        server_backfill_p99_vs_quiet: server_p99_vs_quiet(
             &traffic.timeline.segments,
             &traffic.server,
+            &["backfill"],
+        ),
+        server_ddl_p99_vs_quiet: server_p99_vs_quiet(
+            &traffic.timeline.segments,
+            &traffic.server,
+            &["expanding", "contracting"],
         ),
         passed: traffic.walk_error.is_none()
             && failed_requests == 0
@@ -571,14 +577,18 @@ fn p99_ms_by_phase(
     by_phase
 }
 
-/// The servers' p99 during the backfill over their p99 in the quiet phases of the same run
-/// (baseline, expanded and dual_write before the backfill, taken together): what the
-/// backfill cost the users, as the instances measured it.
-fn server_backfill_p99_vs_quiet(
+/// The servers' p99 in the segments named `names` over their p99 in the quiet phases of the
+/// same run (baseline, expanded and dual_write before the backfill, taken together): what
+/// the backfill, or a DDL waiting for its lock, cost the users, as the instances measured it.
+fn server_p99_vs_quiet(
     segments: &[Segment],
     server: &server_latency::ServerLatency,
+    names: &[&str],
 ) -> Option<f64> {
-    let first_backfill = segments.iter().position(|s| s.name == "backfill")?;
+    let before_backfill = segments
+        .iter()
+        .position(|s| s.name == "backfill")
+        .unwrap_or(segments.len());
     let summed = |chosen: &mut dyn Iterator<Item = &Segment>| {
         chosen.fold(Vec::new(), |mut sum: Vec<u64>, s| {
             let counts = server.between(s.start_ms, s.end_ms);
@@ -588,13 +598,13 @@ fn server_backfill_p99_vs_quiet(
         })
     };
     let quiet = summed(
-        &mut segments[..first_backfill]
+        &mut segments[..before_backfill]
             .iter()
             .filter(|s| ["baseline", "expanded", "dual_write"].contains(&s.name.as_str())),
     );
-    let backfill = summed(&mut segments.iter().filter(|s| s.name == "backfill"));
-    match (server.p99_ms(&backfill), server.p99_ms(&quiet)) {
-        (Some(b), Some(q)) if q > 0.0 => Some(b / q),
+    let named = summed(&mut segments.iter().filter(|s| names.contains(&s.name.as_str())));
+    match (server.p99_ms(&named), server.p99_ms(&quiet)) {
+        (Some(n), Some(q)) if q > 0.0 => Some(n / q),
         _ => None,
     }
 }
