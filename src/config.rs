@@ -61,7 +61,7 @@ pub struct Config {
     /// may have used `users.full_name` before the contract. Written to the database at start,
     /// where the contract's gate (SQL) reads it.
     pub contract_quiet_secs: Option<i32>,
-    /// `ZDM_LOCK_ATTEMPT_MS` (unset: as stored, 10 on a new database): how long each attempt
+    /// `ZDM_LOCK_ATTEMPT_MS` (unset: as stored, 5 on a new database): how long each attempt
     /// of a step waits for its lock on users (its lock_timeout), a stall for the requests
     /// queued behind it. Written to the database at start, where the steps' SQL reads it.
     pub lock_attempt_ms: Option<i32>,

@@ -7,17 +7,24 @@
 -- many; the runner pauses between them, jittered and growing, within a bounded total
 -- (`runner::LOCK_WAIT_BUDGET`). Set with ZDM_LOCK_ATTEMPT_MS.
 ALTER TABLE zdm_migration_state
-    ADD COLUMN lock_attempt_ms INTEGER NOT NULL DEFAULT 10
+    ADD COLUMN lock_attempt_ms INTEGER NOT NULL DEFAULT 5
     CHECK (lock_attempt_ms BETWEEN 1 AND 10000);
 
--- Sets this transaction's lock_timeout to the stored attempt length: every transaction of a
--- phase migration calls it right before its DDL on users. The literal SET LOCAL lock_timeout
+-- Sets this transaction's lock_timeout to the stored attempt length, times the session's
+-- zdm.lock_attempt_scale (set by the runner: longer attempts after 2 s of trying, so that a
+-- table that is never free for 5 ms still lets the step through), at most 200 ms (or the
+-- stored length, if longer). Every transaction of a phase migration calls it right before
+-- its DDL on users. The literal SET LOCAL lock_timeout
 -- at the top of each bounds the rest: the gates' waits on zdm's own rows (a heartbeat's
 -- sample of pg_stat_statements), which no request queues behind.
 CREATE OR REPLACE FUNCTION zdm_lock_attempt() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM set_config('lock_timeout', s.lock_attempt_ms || 'ms', true)
+    PERFORM set_config('lock_timeout',
+                       least(s.lock_attempt_ms
+                             * coalesce(nullif(current_setting('zdm.lock_attempt_scale', true), '')::int, 1),
+                             greatest(s.lock_attempt_ms, 200)) || 'ms',
+                       true)
        FROM zdm_migration_state s;
 END;
 $$;

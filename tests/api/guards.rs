@@ -224,10 +224,10 @@ async fn step_under_blocker(
 }
 
 /// The longest a read may wait while a step waits for a lock: an attempt's lock_timeout
-/// (10 ms, after which the DDL gives up its place in the queue) plus a second for
+/// (5 ms, after which the DDL gives up its place in the queue) plus a second for
 /// scheduling on a loaded two-core machine. The blocker holds `BLOCKED_FOR`, well above it:
 /// a step queued without a lock_timeout would hold the reads up for all of it.
-const MAX_READ_STALL: Duration = Duration::from_millis(10 + 1000);
+const MAX_READ_STALL: Duration = Duration::from_millis(5 + 1000);
 const BLOCKED_FOR: Duration = Duration::from_millis(3000);
 
 #[actix_web::test]
@@ -329,7 +329,7 @@ async fn a_lock_timeout_is_retried_whatever_the_servers_language() {
 async fn the_users_wait_as_long_as_an_attempt_of_the_stored_length() {
     let app = TestApp::spawn().await;
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
-    // Attempts of 1.5 s (ZDM_LOCK_ATTEMPT_MS=1500) instead of 10 ms: a read that comes while
+    // Attempts of 1.5 s (ZDM_LOCK_ATTEMPT_MS=1500) instead of 5 ms: a read that comes while
     // the DDL waits queues behind it for the whole attempt.
     let (result, slowest) = step_under_blocker(&app, id, Duration::from_millis(300), |conn| {
         state::set_lock_attempt_ms(conn, 1500).unwrap();

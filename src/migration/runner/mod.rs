@@ -8,7 +8,7 @@
 //! - One step at a time across the fleet: it holds a session advisory lock while it works; a
 //!   second runner is refused at once. (The step's SQL also locks the phase row.)
 //! - DDL safety ([I4]): every transaction of a phase migration sets its own lock_timeout
-//!   (`zdm_lock_attempt()`: the stored `lock_attempt_ms`, 10 ms by default), so a migration
+//!   (`zdm_lock_attempt()`: the stored `lock_attempt_ms`, 5 ms by default), so a migration
 //!   waiting behind a long transaction holds up other sessions for at most that long. When it
 //!   gives up, its SQL says so with zdm's own DETAIL (`zdm_lock_timeout`, whatever the
 //!   server's language), its transaction rolls back, and the runner tries again after a
@@ -327,7 +327,7 @@ fn set_settings(conn: &mut PgConnection, actor: &str, consent: &Consent) -> Quer
     diesel::sql_query(
         "SELECT set_config('zdm.actor', $1, false), set_config('zdm.confirm', $2, false), \
          set_config('zdm.without_client_check', $3, false), set_config('zdm.detail', $4, false), \
-         set_config('zdm.retries', '', false)",
+         set_config('zdm.retries', '', false), set_config('zdm.lock_attempt_scale', '', false)",
     )
     .bind::<Text, _>(actor)
     .bind::<Text, _>(consent.confirm.unwrap_or(""))

@@ -17,10 +17,26 @@ use super::error::{RunError, classify};
 use crate::domain::Phase;
 
 /// How long a step keeps trying for its lock on users: attempts as long as the stored
-/// `lock_attempt_ms` (10 ms unless `ZDM_LOCK_ATTEMPT_MS` says otherwise; each is that long a
-/// stall for the requests queued behind it) and the pauses between them, until this much time
-/// has gone.
-pub const LOCK_WAIT_BUDGET: Duration = Duration::from_secs(8);
+/// `lock_attempt_ms` (5 ms unless `ZDM_LOCK_ATTEMPT_MS` says otherwise; each is that long a
+/// stall for the requests queued behind it, see `lock_attempt_scale`) and the pauses between
+/// them, until this much time has gone.
+pub const LOCK_WAIT_BUDGET: Duration = Duration::from_secs(10);
+
+/// How long attempts stay as short as stored: a transaction in the way (a report, a
+/// migration of someone else's) usually ends within it.
+const SHORT_ATTEMPTS_FOR: Duration = Duration::from_secs(2);
+
+/// By how much an attempt `elapsed` into a step is longer than the stored `lock_attempt_ms`
+/// (`zdm.lock_attempt_scale`, which `zdm_lock_attempt()` multiplies by, up to 200 ms): 1 for
+/// `SHORT_ATTEMPTS_FOR`, then doubling every second. On a table so busy that some
+/// transaction always holds it a little longer than an attempt, the step still gets its lock;
+/// behind one long transaction the attempts stay short.
+pub fn lock_attempt_scale(elapsed: Duration) -> u32 {
+    let Some(over) = elapsed.checked_sub(SHORT_ATTEMPTS_FOR) else {
+        return 1;
+    };
+    1 << (over.as_secs() + 1).min(6)
+}
 
 /// The pause after the `n`th lock timeout (from 1): from 25 ms, doubling up to 1 s, jittered
 /// down to half of that, so that the requests queued behind an attempt go through before the
@@ -171,12 +187,16 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
     let mut rng = fastrand::Rng::new();
     loop {
         if lock_timeouts > 0 {
-            diesel::sql_query("SELECT set_config('zdm.retries', $1, false)")
-                .bind::<Text, _>(format!(
-                    "{lock_timeouts} lock timeout(s) retried over {:.2} s",
-                    started.elapsed().as_secs_f64()
-                ))
-                .execute(conn)?;
+            diesel::sql_query(
+                "SELECT set_config('zdm.retries', $1, false), \
+                        set_config('zdm.lock_attempt_scale', $2, false)",
+            )
+            .bind::<Text, _>(format!(
+                "{lock_timeouts} lock timeout(s) retried over {:.2} s",
+                started.elapsed().as_secs_f64()
+            ))
+            .bind::<Text, _>(lock_attempt_scale(started.elapsed()).to_string())
+            .execute(conn)?;
         }
         let result = match step {
             Step::Up => conn.run_migration(&migration).map(drop),
@@ -238,6 +258,14 @@ mod tests {
             assert!((500..=1000).contains(&ms(7)));
             assert!((500..=1000).contains(&ms(40)));
         }
+    }
+
+    #[test]
+    fn attempts_stay_short_for_two_seconds_then_double_every_second() {
+        let scale = |ms| lock_attempt_scale(Duration::from_millis(ms));
+        assert_eq!((scale(0), scale(1999)), (1, 1));
+        assert_eq!((scale(2000), scale(2999), scale(3000)), (2, 2, 4));
+        assert_eq!((scale(6500), scale(60_000)), (32, 64));
     }
 
     #[test]
