@@ -91,22 +91,9 @@ impl ServeProcess {
             address: format!("http://127.0.0.1:{port}"),
             child,
         };
-        let client = reqwest::Client::new();
-        let health = format!("{}/healthz", process.address);
-        let what = format!("zdm serve to come up on {}", process.address);
-        wait_for(&what, within, async || {
-            match client
-                .get(&health)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => Ok(()),
-                Ok(r) => Err(format!("/healthz answered {}", r.status())),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .await;
+        zdm::tools::demo::fleet::wait_until_healthy(&process.address, within)
+            .await
+            .expect("zdm serve came up");
         process
     }
 

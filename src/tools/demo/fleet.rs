@@ -167,26 +167,16 @@ impl Fleet {
 
     /// Waits (up to 30 s) until the instance answers `/healthz` with 200.
     pub async fn wait_healthy(&self, index: usize) -> Result<()> {
-        let client = reqwest::Client::new();
-        let url = format!("{}/healthz", self.instances[index].url);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(r) = client
-                .get(&url)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!(
-            "{} did not become healthy; see {}",
-            self.instances[index].name,
-            self.instances[index].log.display()
-        )
+        let instance = &self.instances[index];
+        wait_until_healthy(&instance.url, Duration::from_secs(30))
+            .await
+            .with_context(|| {
+                format!(
+                    "{} did not become healthy; see {}",
+                    instance.name,
+                    instance.log.display()
+                )
+            })
     }
 
     /// The phase each instance reports having applied.
@@ -307,5 +297,29 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Waits, up to `within`, until the `zdm serve` at `base` answers `/healthz` with 200 (every
+/// 100 ms, each look given 1 s); else an error saying what it answered last.
+pub async fn wait_until_healthy(base: &str, within: Duration) -> Result<()> {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/healthz");
+    let started = Instant::now();
+    loop {
+        let last = match client
+            .get(&url)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => format!("/healthz answered {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() >= within {
+            bail!("{base} did not answer /healthz within {within:?}: {last}");
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 }
