@@ -126,8 +126,9 @@ impl DemoArgs {
         let summary = summary?;
         if summary.mode == "zdm" && !summary.passed {
             return Err(format!(
-                "zero downtime did not hold: {} failed request(s), {} stale read(s), {} lost write(s), {} divergent row(s), {} untouched row(s) altered{} (see the report)",
+                "zero downtime did not hold: {} failed request(s), {} answered 503, {} stale read(s), {} lost write(s), {} divergent row(s), {} untouched row(s) altered{} (see the report)",
                 summary.failed_requests,
+                summary.unavailable_requests,
                 summary.stale_reads,
                 summary.lost_writes,
                 summary.divergent_rows,
