@@ -86,6 +86,14 @@ impl Upstream {
 pub struct PgBouncer {
     dir: PathBuf,
     child: Child,
+    /// Server connections per database and user, as started.
+    pool_size: u32,
+}
+
+/// An I/O error of the pooler's files or process in `dir`, saying `what` was being done.
+fn io_error(dir: &Path, what: &str) -> impl FnOnce(std::io::Error) -> PgBouncerError + use<> {
+    let what = format!("{what} ({})", dir.display());
+    move |source| PgBouncerError::Io { what, source }
 }
 
 /// PgBouncer's configuration: every database to `upstream`, transaction mode, `dir`'s socket.
@@ -120,10 +128,7 @@ impl PgBouncer {
     /// without a password (the server behind it decides who may connect).
     pub fn start(dir: &Path, upstream: &Upstream, users: &[&str]) -> Result<Self, PgBouncerError> {
         let binary = find_binary()?;
-        let io = |what: &str| {
-            let what = format!("{what} ({})", dir.display());
-            move |source| PgBouncerError::Io { what, source }
-        };
+        let io = |what: &str| io_error(dir, what);
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(io("creating pgbouncer's folder"))?;
         let users: String = users.iter().map(|u| format!("\"{u}\" \"\"\n")).collect();
@@ -151,6 +156,7 @@ impl PgBouncer {
         let bouncer = PgBouncer {
             dir: dir.to_owned(),
             child,
+            pool_size: upstream.pool_size,
         };
         let socket = dir.join(format!(".s.PGSQL.{PORT}"));
         let started = Instant::now();
@@ -164,19 +170,18 @@ impl PgBouncer {
         Ok(bouncer)
     }
 
-    /// Sends the pooler's new server connections to `upstream` from now on, as an HA manager
-    /// does after a failover: the configuration is rewritten and PgBouncer reloads it
-    /// (SIGHUP), closing its connections to the old server as they are released.
-    pub fn retarget(&self, upstream: &Upstream) -> Result<(), PgBouncerError> {
-        let io = |what: &'static str| {
-            let what = format!("{what} ({})", self.dir.display());
-            move |source| PgBouncerError::Io { what, source }
-        };
-        write_config(&self.dir.join("pgbouncer.ini"), &self.dir, upstream)
-            .map_err(io("rewriting pgbouncer.ini"))?;
+    /// Sends the pooler's new server connections to the server of `url` from now on (as
+    /// many as it started with), as an HA manager does after a failover: the configuration is
+    /// rewritten and PgBouncer reloads it (SIGHUP), closing its connections to the old server
+    /// as they are released.
+    pub fn retarget(&self, url: &str) -> Result<(), PgBouncerError> {
+        let (upstream, _) = Upstream::from_url(url, self.pool_size)?;
+        write_config(&self.dir.join("pgbouncer.ini"), &self.dir, &upstream)
+            .map_err(io_error(&self.dir, "rewriting pgbouncer.ini"))?;
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)
-            .map_err(|e| io("reloading pgbouncer (SIGHUP)")(std::io::Error::from(e)))
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).map_err(|e| {
+            io_error(&self.dir, "reloading pgbouncer (SIGHUP)")(std::io::Error::from(e))
+        })
     }
 
     /// The URL of `database` through the pooler, as `user`.

@@ -3,9 +3,12 @@
 //! failover.
 
 use std::fs;
+use std::path::Path;
 
 use diesel::prelude::*;
 use diesel::sql_types::Text;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use super::{
     LocalPg, LocalPgError, PORT, SUPERUSER, check, io_err, lock_base_dir, percent_encode,
@@ -148,15 +151,27 @@ impl LocalPg {
     /// The postmaster's process id (the first line of `postmaster.pid`), for a test or a demo
     /// that kills the server as a crash would.
     pub fn postmaster_pid(&self) -> Result<i32, LocalPgError> {
-        let text = fs::read_to_string(self.data_dir.join("postmaster.pid"))
-            .map_err(io_err("reading postmaster.pid"))?;
-        text.lines()
-            .next()
-            .and_then(|line| line.trim().parse().ok())
-            .ok_or_else(|| LocalPgError::Command {
-                what: "reading postmaster.pid".to_owned(),
-                detail: "no process id on its first line".to_owned(),
-            })
+        postmaster_pid_in(&self.data_dir)
+    }
+
+    /// Kills the postmaster with SIGKILL, as a crash or a lost machine would (its server
+    /// processes go down with it, nothing is flushed), and returns once it is gone (within
+    /// 10 s).
+    pub fn kill_postmaster(&self) -> Result<(), LocalPgError> {
+        let postmaster = Pid::from_raw(self.postmaster_pid()?);
+        let failed = |detail: String| LocalPgError::Command {
+            what: "killing the postmaster".to_owned(),
+            detail,
+        };
+        kill(postmaster, Signal::SIGKILL).map_err(|e| failed(e.to_string()))?;
+        let started = std::time::Instant::now();
+        while kill(postmaster, None).is_ok() {
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(failed("still there 10 s after SIGKILL".to_owned()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// A libpq URL for `database` naming every server of `servers` in turn, taking the first
@@ -174,4 +189,17 @@ impl LocalPg {
             ports.join(",")
         )
     }
+}
+
+/// The process id on the first line of `data_dir`'s `postmaster.pid`.
+pub(super) fn postmaster_pid_in(data_dir: &Path) -> Result<i32, LocalPgError> {
+    let text = fs::read_to_string(data_dir.join("postmaster.pid"))
+        .map_err(io_err("reading postmaster.pid"))?;
+    text.lines()
+        .next()
+        .and_then(|line| line.trim().parse().ok())
+        .ok_or_else(|| LocalPgError::Command {
+            what: "reading postmaster.pid".to_owned(),
+            detail: "no process id on its first line".to_owned(),
+        })
 }

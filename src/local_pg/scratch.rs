@@ -62,8 +62,6 @@ impl Drop for ScratchCluster {
 
 /// Whether the postmaster named by `data_dir`'s `postmaster.pid` is alive.
 fn postmaster_alive(data_dir: &Path) -> bool {
-    fs::read_to_string(data_dir.join("postmaster.pid"))
-        .ok()
-        .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok())
-        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+    super::replica::postmaster_pid_in(data_dir)
+        .is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
 }

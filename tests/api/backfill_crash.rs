@@ -9,8 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::json;
 use zdm::domain::Phase;
 use zdm::local_pg::LocalPg;
@@ -158,12 +156,7 @@ async fn a_backfill_rides_out_a_postmaster_killed_with_sigkill_and_finishes_by_i
     );
 
     // SIGKILL to the postmaster: its server processes go down with it, nothing is flushed.
-    let postmaster = Pid::from_raw(pg.postmaster_pid().unwrap());
-    kill(postmaster, Signal::SIGKILL).unwrap();
-    crate::helpers::eventually("the postmaster to be gone", || {
-        kill(postmaster, None).is_err()
-    })
-    .await;
+    pg.kill_postmaster().unwrap();
     let acknowledged_before_restart = tally.acknowledged.load(Ordering::Relaxed);
     let pg = restart(cluster.base.clone()).await;
     assert!(pg.started_here, "the killed server was started again");

@@ -181,21 +181,19 @@ async fn served_in_dual_write(
 async fn fail_over_to(standby: &LocalPg, pooler: Option<&PgBouncer>) {
     promote(standby).await;
     if let Some(pooler) = pooler {
-        let (upstream, _) = Upstream::from_url(&standby.url("zdm"), 2).unwrap();
-        pooler.retarget(&upstream).unwrap();
+        pooler.retarget(&standby.url("zdm")).unwrap();
     }
 }
 
 /// Kills the primary's postmaster with SIGKILL (its server processes go down with it,
-/// nothing is flushed) and waits until it is gone.
+/// nothing is flushed) and waits until it is gone; returns when it was killed.
 async fn kill_the_primary(primary: &LocalPg) -> Instant {
-    let postmaster = Pid::from_raw(primary.postmaster_pid().unwrap());
-    kill(postmaster, Signal::SIGKILL).unwrap();
     let killed = Instant::now();
-    eventually("the postmaster to be gone", || {
-        kill(postmaster, None).is_err()
-    })
-    .await;
+    let primary = primary.clone();
+    actix_web::rt::task::spawn_blocking(move || primary.kill_postmaster())
+        .await
+        .unwrap()
+        .unwrap();
     killed
 }
 

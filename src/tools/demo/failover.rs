@@ -9,12 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use super::{Timeline, blocking, pause};
 use crate::local_pg::{LocalPg, ScratchCluster};
-use crate::pgbouncer::{PgBouncer, Upstream};
+use crate::pgbouncer::PgBouncer;
 
 /// The primary and the standby the demo fails over between.
 #[derive(Debug, Clone)]
@@ -71,28 +69,16 @@ pub(super) async fn fail_over(
     timeline: &mut Timeline,
 ) -> Result<()> {
     timeline.enter("failover");
-    let postmaster = Pid::from_raw(
-        failover
-            .primary
-            .postmaster_pid()
-            .context("finding the primary's postmaster")?,
-    );
     timeline.mark("kill -9 of the primary (PostgreSQL's postmaster)");
-    kill(postmaster, Signal::SIGKILL).context("killing the primary")?;
     let killed = Instant::now();
-    while kill(postmaster, None).is_ok() {
-        pause(0.01).await;
-    }
+    let primary = failover.primary.clone();
+    blocking(move || primary.kill_postmaster().context("killing the primary")).await?;
     pause(DETECTION.as_secs_f64()).await;
     let standby = failover.standby.clone();
     blocking(move || standby.promote().context("promoting the standby")).await?;
     if let Some(pooler) = pooler {
-        let (upstream, _) = Upstream::from_url(
-            &failover.standby.url("postgres"),
-            super::POOLER_SERVER_CONNECTIONS,
-        )?;
         pooler
-            .retarget(&upstream)
+            .retarget(&failover.standby.url("postgres"))
             .context("pointing the pooler at the new primary")?;
     }
     let without_primary = killed.elapsed();

@@ -302,7 +302,7 @@ async fn seed_scratch_database(
 
 /// Server connections of the demo's PgBouncer, per database and user: fewer than the two
 /// instances' pools together (16 each, and a point reader each), so they are shared.
-pub(crate) const POOLER_SERVER_CONNECTIONS: u32 = 8;
+const POOLER_SERVER_CONNECTIONS: u32 = 8;
 
 /// Starts a PgBouncer in transaction mode in front of the scratch database; the instances
 /// (and the backfill processes) get its URL as `DATABASE_URL` and the scratch database's as
