@@ -85,7 +85,8 @@ impl Upstream {
 
 pub struct PgBouncer {
     dir: PathBuf,
-    child: Child,
+    /// Replaced by `restart`.
+    child: std::sync::Mutex<Child>,
     /// Server connections per database and user, as started.
     pool_size: u32,
 }
@@ -135,39 +136,24 @@ impl PgBouncer {
         std::fs::write(dir.join("users.txt"), users).map_err(io("writing its users"))?;
         let ini = dir.join("pgbouncer.ini");
         write_config(&ini, dir, upstream).map_err(io("writing pgbouncer.ini"))?;
-        let mut command = Command::new(binary);
-        command
-            .arg(&ini)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // PgBouncer refuses to run as root: it runs as the user the private PostgreSQL does.
-        if let Some((uid, gid)) = crate::local_pg::server_user()? {
-            for entry in std::fs::read_dir(dir).map_err(io("listing pgbouncer's folder"))? {
-                let path = entry.map_err(io("listing pgbouncer's folder"))?.path();
-                std::os::unix::fs::chown(&path, Some(uid.as_raw()), Some(gid.as_raw()))
-                    .map_err(io("handing pgbouncer's files to its user"))?;
-            }
-            std::os::unix::fs::chown(dir, Some(uid.as_raw()), Some(gid.as_raw()))
-                .map_err(io("handing pgbouncer's folder to its user"))?;
-            command.uid(uid.as_raw()).gid(gid.as_raw());
-        }
-        let child = command.spawn().map_err(io("starting pgbouncer"))?;
-        let bouncer = PgBouncer {
+        let child = spawn(dir, binary)?;
+        Ok(PgBouncer {
             dir: dir.to_owned(),
-            child,
+            child: std::sync::Mutex::new(child),
             pool_size: upstream.pool_size,
-        };
-        let socket = dir.join(format!(".s.PGSQL.{PORT}"));
-        let started = Instant::now();
-        while !socket.exists() {
-            if started.elapsed() > Duration::from_secs(10) {
-                let log = std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default();
-                return Err(PgBouncerError::NotStarted { log });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(bouncer)
+        })
+    }
+
+    /// `kill -9` of PgBouncer and a start of a new one with the same configuration, as a
+    /// crash and its supervisor's restart would: every client connection through it breaks.
+    pub fn restart(&self) -> Result<(), PgBouncerError> {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(self.dir.join(format!(".s.PGSQL.{PORT}")));
+        let _ = std::fs::remove_file(self.dir.join("pgbouncer.pid"));
+        *child = spawn(&self.dir, find_binary()?)?;
+        Ok(())
     }
 
     /// Sends the pooler's new server connections to the server of `url` from now on (as
@@ -178,7 +164,8 @@ impl PgBouncer {
         let (upstream, _) = Upstream::from_url(url, self.pool_size)?;
         write_config(&self.dir.join("pgbouncer.ini"), &self.dir, &upstream)
             .map_err(io_error(&self.dir, "rewriting pgbouncer.ini"))?;
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let pid = self.child.lock().unwrap_or_else(|e| e.into_inner()).id();
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).map_err(|e| {
             io_error(&self.dir, "reloading pgbouncer (SIGHUP)")(std::io::Error::from(e))
         })
@@ -193,10 +180,46 @@ impl PgBouncer {
     }
 }
 
+/// Starts PgBouncer on the configuration in `dir` and waits for its socket.
+fn spawn(dir: &Path, binary: PathBuf) -> Result<Child, PgBouncerError> {
+    let io = |what: &str| io_error(dir, what);
+    let mut command = Command::new(binary);
+    command
+        .arg(dir.join("pgbouncer.ini"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // PgBouncer refuses to run as root: it runs as the user the private PostgreSQL does.
+    if let Some((uid, gid)) = crate::local_pg::server_user()? {
+        for entry in std::fs::read_dir(dir).map_err(io("listing pgbouncer's folder"))? {
+            let path = entry.map_err(io("listing pgbouncer's folder"))?.path();
+            std::os::unix::fs::chown(&path, Some(uid.as_raw()), Some(gid.as_raw()))
+                .map_err(io("handing pgbouncer's files to its user"))?;
+        }
+        std::os::unix::fs::chown(dir, Some(uid.as_raw()), Some(gid.as_raw()))
+            .map_err(io("handing pgbouncer's folder to its user"))?;
+        command.uid(uid.as_raw()).gid(gid.as_raw());
+    }
+    let mut child = command.spawn().map_err(io("starting pgbouncer"))?;
+    let socket = dir.join(format!(".s.PGSQL.{PORT}"));
+    let started = Instant::now();
+    while !socket.exists() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default();
+            return Err(PgBouncerError::NotStarted { log });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
 impl Drop for PgBouncer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -25,7 +25,16 @@ pub struct Instance {
 pub struct Rotation {
     pub urls: Arc<Vec<String>>,
     up: Arc<Vec<AtomicBool>>,
+    /// When each instance last went down by a fault and last came back, in ms since `epoch`
+    /// (0: never): what the load balancer answers for a request it lost with its instance.
+    faulted_ms: Arc<Vec<AtomicU64>>,
+    back_ms: Arc<Vec<AtomicU64>>,
+    epoch: Instant,
 }
+
+/// After an instance comes back, errors of connections to its old process are still its
+/// fault's for this long (a client's pool may hold one).
+const FAULT_ECHO: Duration = Duration::from_secs(2);
 
 impl Rotation {
     /// A random instance in rotation (`None` if all are out).
@@ -41,6 +50,57 @@ impl Rotation {
 
     pub fn set(&self, index: usize, up: bool) {
         self.up[index].store(up, Ordering::Release);
+    }
+
+    /// Whether an instance is in rotation.
+    pub fn is_up(&self, index: usize) -> bool {
+        self.up[index].load(Ordering::Acquire)
+    }
+
+    fn new(urls: Vec<String>) -> Self {
+        let count = urls.len();
+        let zeros = || Arc::new((0..count).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+        Self {
+            urls: Arc::new(urls),
+            up: Arc::new((0..count).map(|_| AtomicBool::new(false)).collect()),
+            faulted_ms: zeros(),
+            back_ms: zeros(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Takes an instance out at once because a fault strikes it (a crash, a freeze), as a
+    /// load balancer's health check would.
+    pub fn fault(&self, index: usize) {
+        self.faulted_ms[index].store(self.now_ms(), Ordering::Release);
+        self.set(index, false);
+    }
+
+    /// Puts an instance back after its fault.
+    pub fn back(&self, index: usize) {
+        self.back_ms[index].store(self.now_ms(), Ordering::Release);
+        self.set(index, true);
+    }
+
+    /// Whether a request to `url` sent at `sent` that got no answer (refused, reset, timed
+    /// out) was lost to a fault of its instance: the instance is out, went down after the
+    /// request was sent, or came back only just now. A load balancer answers such a request
+    /// 503, as it has no instance that answered it.
+    pub fn lost_to_a_fault(&self, url: &str, sent: Instant) -> bool {
+        let Some(index) = self.urls.iter().position(|u| url.starts_with(u.as_str())) else {
+            return false;
+        };
+        let sent_ms = sent.saturating_duration_since(self.epoch).as_millis() as u64;
+        let faulted = self.faulted_ms[index].load(Ordering::Acquire);
+        let back = self.back_ms[index].load(Ordering::Acquire);
+        faulted != 0
+            && (!self.up[index].load(Ordering::Acquire)
+                || faulted >= sent_ms
+                || self.now_ms() < back + FAULT_ECHO.as_millis() as u64)
     }
 }
 
@@ -94,6 +154,19 @@ impl Fleet {
         setups: Vec<InstanceSetup>,
     ) -> Result<Self> {
         let count = setups.len();
+        Self::start_first(database_url, admin_token, log_dir, setups, count).await
+    }
+
+    /// As `start_each`, but starts only the first `running` instances: the others wait for
+    /// `start_again` (an instance that joins late).
+    pub async fn start_first(
+        database_url: &str,
+        admin_token: &str,
+        log_dir: &std::path::Path,
+        setups: Vec<InstanceSetup>,
+        running: usize,
+    ) -> Result<Self> {
+        let count = setups.len();
         let mut instances = Vec::new();
         for i in 0..count {
             let port = free_port()?;
@@ -105,10 +178,7 @@ impl Fleet {
                 log: log_dir.join(format!("app-{}.log", (b'a' + i as u8) as char)),
             });
         }
-        let rotation = Rotation {
-            urls: Arc::new(instances.iter().map(|i| i.url.clone()).collect()),
-            up: Arc::new((0..count).map(|_| AtomicBool::new(false)).collect()),
-        };
+        let rotation = Rotation::new(instances.iter().map(|i| i.url.clone()).collect());
         let mut fleet = Fleet {
             instances,
             rotation,
@@ -117,10 +187,10 @@ impl Fleet {
             setups,
             earlier_replica_reads: 0,
         };
-        for i in 0..count {
+        for i in 0..running {
             fleet.spawn(i)?;
         }
-        for i in 0..count {
+        for i in 0..running {
             fleet.wait_healthy(i).await?;
             fleet.rotation.set(i, true);
         }
@@ -179,11 +249,15 @@ impl Fleet {
             })
     }
 
-    /// The phase each instance reports having applied.
+    /// The phase each instance in rotation reports having applied (an instance out of it,
+    /// stopped or frozen, learns the phase when it comes back, before it takes requests).
     pub async fn applied_phases(&self) -> Vec<Option<String>> {
         let client = reqwest::Client::new();
         let mut phases = Vec::new();
-        for instance in &self.instances {
+        for (index, instance) in self.instances.iter().enumerate() {
+            if !self.rotation.up[index].load(Ordering::Acquire) {
+                continue;
+            }
             let phase = match client
                 .get(format!("{}/healthz", instance.url))
                 .timeout(Duration::from_secs(1))
@@ -244,6 +318,53 @@ impl Fleet {
         Ok(started.elapsed())
     }
 
+    /// `kill -9` of an instance, out of rotation at once (its requests in flight are lost).
+    pub async fn kill(&mut self, index: usize) -> Result<()> {
+        self.rotation.fault(index);
+        self.earlier_replica_reads += self.replica_reads_of(index).await;
+        if let Some(mut child) = self.instances[index].child.take() {
+            let name = &self.instances[index].name;
+            child.kill().with_context(|| format!("killing {name}"))?;
+            child
+                .wait()
+                .with_context(|| format!("waiting for {name} to die"))?;
+        }
+        Ok(())
+    }
+
+    /// `SIGSTOP` (`frozen`) or `SIGCONT` of an instance; frozen, it is out of rotation.
+    pub fn freeze(&mut self, index: usize, frozen: bool) -> Result<()> {
+        let Some(pid) = self.pid(index) else {
+            bail!("{} does not run", self.instances[index].name);
+        };
+        if frozen {
+            self.rotation.fault(index);
+        }
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("{signal} to {}", self.instances[index].name))
+    }
+
+    /// Starts an instance that is not running (killed, or never started) and puts it in
+    /// rotation once healthy; an instance that runs (thawed) goes back once healthy.
+    pub async fn start_again(&mut self, index: usize) -> Result<()> {
+        if self.instances[index].child.is_none() {
+            self.spawn(index)?;
+        }
+        self.wait_healthy(index).await?;
+        self.rotation.back(index);
+        Ok(())
+    }
+
+    /// Whether an instance is in rotation.
+    pub fn is_up(&self, index: usize) -> bool {
+        self.rotation.is_up(index)
+    }
+
     /// Reads of user data that replicas answered, over the whole run of the fleet.
     pub async fn replica_reads(&self) -> u64 {
         let mut total = self.earlier_replica_reads;
@@ -279,6 +400,8 @@ impl Fleet {
     pub fn stop(&mut self) {
         for instance in &mut self.instances {
             if let Some(mut child) = instance.child.take() {
+                // A frozen one first thaws, to shut down gracefully.
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
                 let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
                 let started = Instant::now();
                 while started.elapsed() < Duration::from_secs(10) {

@@ -17,6 +17,7 @@
 //! `audit` (with its own `oracle`), the figures in `report` and their chart in `chart`.
 
 pub mod audit;
+pub mod chaos;
 pub mod chart;
 pub mod cpu;
 pub mod failover;
@@ -127,6 +128,8 @@ pub struct DemoOptions {
     /// The primary and standby the demo's server is, killed and promoted mid-backfill
     /// (`--failover`); the URL `run` is given then names both.
     pub failover: Option<Failover>,
+    /// A walk and faults drawn from a seed instead of the fixed script (`--chaos`).
+    pub chaos: Option<chaos::Chaos>,
 }
 
 impl DemoOptions {
@@ -150,6 +153,7 @@ impl DemoOptions {
             backfill_workers: None,
             pooler: false,
             failover: None,
+            chaos: None,
         }
     }
 
@@ -176,6 +180,11 @@ struct Timeline {
     promoted_in: Option<usize>,
     /// How long the failover left the run without a primary.
     without_primary: Option<Duration>,
+    /// The windows of a chaos run's faults, from when each struck until its effect ended
+    /// (none yet: it lasts): a 503 within one is the fault's.
+    fault_windows: Vec<(u32, Option<u32>)>,
+    /// The faults a chaos run struck.
+    faults_injected: usize,
 }
 
 impl Timeline {
@@ -194,6 +203,8 @@ impl Timeline {
             backfilled: false,
             promoted_in: None,
             without_primary: None,
+            fault_windows: Vec::new(),
+            faults_injected: 0,
         }
     }
 
@@ -342,7 +353,13 @@ fn with_replicas_of(mut opts: DemoOptions, scratch_name: &str) -> DemoOptions {
 /// environment and its part of the injected fault.
 async fn start_instances(url: &str, opts: &DemoOptions) -> Result<Fleet> {
     let token = crate::startup::generate_token();
-    let setups = (0..2)
+    let running = opts
+        .chaos
+        .as_ref()
+        .map_or(2, |c| c.schedule.setup.instances as usize);
+    // A chaos run has one more, which may join late.
+    let count = running + usize::from(opts.chaos.is_some());
+    let setups = (0..count)
         .map(|index| InstanceSetup {
             env: opts.instance_env.clone(),
             args: opts
@@ -351,7 +368,7 @@ async fn start_instances(url: &str, opts: &DemoOptions) -> Result<Fleet> {
                 .unwrap_or_default(),
         })
         .collect();
-    Fleet::start_each(url, &token, &opts.report_dir, setups).await
+    Fleet::start_first(url, &token, &opts.report_dir, setups, running).await
 }
 
 /// What the clients and the walk left: the audit and the report are made of it.
@@ -409,6 +426,8 @@ async fn walk_under_traffic(
         walk_naive(&mut fleet, url, opts, &mut timeline)
             .await
             .map(|()| (0, None))
+    } else if let Some(chaos) = &opts.chaos {
+        chaos::walk_chaos(&mut fleet, &admin, url, opts, pooler, &mut timeline, chaos).await
     } else {
         walk_zdm(&mut fleet, &admin, url, opts, pooler, &mut timeline).await
     };
@@ -513,10 +532,17 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
             .promoted_in
             .is_some_and(|p| i + 1 >= p && i <= p + 1)
     };
-    let unavailable_excused = segments
-        .iter()
-        .enumerate()
-        .all(|(i, s)| s.unavailable == 0 || around_the_failover(i));
+    let fault_windows = closed_windows(&traffic.timeline);
+    let unavailable_outside_faults = match &opts.chaos {
+        Some(_) => unavailable_outside(&traffic.samples, &fault_windows),
+        None => segments
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !around_the_failover(*i))
+            .map(|(_, s)| s.unavailable)
+            .sum(),
+    };
+    let chaos = opts.chaos.as_ref();
     DemoSummary {
         mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
         undo: opts.undo && !opts.naive,
@@ -541,8 +567,15 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
         ),
         passed: traffic.walk_error.is_none()
             && failed_requests == 0
-            && unavailable_excused
+            && unavailable_outside_faults == 0
             && !audit.found_anything(),
+        seed: chaos.map(|c| c.schedule.seed),
+        replay: chaos.map(|c| chaos::replay_hint(opts, c)),
+        schedule: chaos.map(|c| c.schedule.clone()),
+        faults_injected: chaos.map(|_| traffic.timeline.faults_injected),
+        control: chaos.is_some_and(|c| c.control),
+        fault_windows,
+        unavailable_outside_faults,
         walk_error: traffic.walk_error.clone(),
         backfill_p99_vs_baseline: backfill_p99_vs_baseline(&segments),
         segments,
@@ -559,6 +592,34 @@ fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -
         failover,
         audit,
     }
+}
+
+/// How long after a fault's effect ended its 503s may still come: the instances' pools
+/// reconnect, a client's request sent during the fault finishes.
+const FAULT_AFTERMATH_MS: u32 = 3_000;
+
+/// The timeline's fault windows, those still open closed at the run's end.
+fn closed_windows(timeline: &Timeline) -> Vec<(u32, u32)> {
+    let end = timeline.segments.last().map_or(0, |s| s.end_ms);
+    timeline
+        .fault_windows
+        .iter()
+        .map(|(start, stop)| (*start, stop.unwrap_or(end)))
+        .collect()
+}
+
+/// The 503s of requests that were in flight in no fault's window (nor its aftermath).
+fn unavailable_outside(samples: &[Sample], windows: &[(u32, u32)]) -> usize {
+    samples
+        .iter()
+        .filter(|s| s.outcome == traffic::Outcome::Unavailable)
+        .filter(|s| {
+            let (sent, answered) = (s.at_ms, s.at_ms + s.latency_us / 1000);
+            !windows
+                .iter()
+                .any(|(start, end)| sent <= end + FAULT_AFTERMATH_MS && answered >= *start)
+        })
+        .count()
 }
 
 /// The worst p99 of each phase, as `p99` gives a segment's (a phase the run enters twice has
@@ -627,6 +688,20 @@ pub fn report_file(report_dir: &Path, summary: &DemoSummary) -> PathBuf {
         "synchronous" => "failover".to_owned(),
         other => format!("failover-{other}"),
     });
+    if let Some(seed) = summary.seed {
+        // A chaos run: the last one that passed, and each that failed under its seed.
+        let control = if summary.control { "-control" } else { "" };
+        let fault = summary
+            .injected_fault
+            .as_ref()
+            .map(|f| format!("-{f}"))
+            .unwrap_or_default();
+        let name = match summary.passed {
+            true => format!("demo-chaos{control}{fault}.html"),
+            false => format!("demo-chaos{control}{fault}-seed-{seed}.html"),
+        };
+        return report_dir.join(name);
+    }
     let name = match (&summary.injected_fault, failover) {
         (None, None) if summary.mode == "zdm" => crate::routes::admin_pages::DEMO_REPORT.to_owned(),
         (None, None) => format!("demo-{}.html", summary.mode),

@@ -120,6 +120,25 @@ pub struct DemoSummary {
     pub unavailable_requests: usize,
     /// The failover mid-backfill (`--failover`), if the run had one.
     pub failover: Option<FailoverSummary>,
+    /// A chaos run's seed (`--chaos`), and the command that replays it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<String>,
+    /// A chaos run's schedule: the steps and faults with their planned times.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<super::chaos::schedule::Schedule>,
+    /// The faults a chaos run struck (those skipped, an instance already down, apart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults_injected: Option<usize>,
+    /// A chaos run without the migration (`--control`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub control: bool,
+    /// A chaos run's faults, from when each struck until its effect ended (ms of the run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fault_windows: Vec<(u32, u32)>,
+    /// 503s outside every fault's window (a chaos run fails on them).
+    pub unavailable_outside_faults: usize,
     pub passed: bool,
 }
 
@@ -337,6 +356,21 @@ fn run_notes(summary: &DemoSummary) -> String {
 /// The failover (seconds without a primary, the 503s, what was lost), or the 503s of a run
 /// without one.
 fn failover_note(summary: &DemoSummary) -> String {
+    if let Some(seed) = summary.seed {
+        return format!(
+            "chaos, seed {seed}{}: {} faults struck; {} requests answered 503, {} of them outside every fault's window (and {} s after it); replay: {}\n",
+            if summary.control {
+                " (control: no migration)"
+            } else {
+                ""
+            },
+            summary.faults_injected.unwrap_or_default(),
+            summary.unavailable_requests,
+            summary.unavailable_outside_faults,
+            super::FAULT_AFTERMATH_MS / 1000,
+            summary.replay.as_deref().unwrap_or_default()
+        );
+    }
     let Some(f) = &summary.failover else {
         return match summary.unavailable_requests {
             0 => String::new(),

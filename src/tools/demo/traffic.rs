@@ -27,7 +27,8 @@ pub enum Outcome {
     Ok,
     /// An unexpected HTTP status.
     Status(u16),
-    /// 503 with `Retry-After`: no database to answer for now (a failover), try again later.
+    /// 503 with `Retry-After`: no database to answer for now (a failover), try again later;
+    /// or no answer from an instance a fault took down, which a load balancer answers 503.
     /// The request may or may not have taken effect.
     Unavailable,
     Timeout,
@@ -217,6 +218,7 @@ impl Client {
             Some(position) => format!("zdm_csrf={FORM_COOKIE}; {position}"),
             None => format!("zdm_csrf={FORM_COOKIE}"),
         };
+        let sent = Instant::now();
         let answer = request.header("cookie", cookies).send().await;
         if let Ok(r) = &answer
             && let Some(position) = r
@@ -239,6 +241,13 @@ impl Client {
             Ok(r) => {
                 log::debug!("{} answered {} (expected {expect})", r.url(), r.status());
                 (Outcome::Status(r.status().as_u16()), Some(r))
+            }
+            // No answer from an instance a fault took down: the load balancer answers 503.
+            Err(e)
+                if e.url()
+                    .is_some_and(|u| self.rotation.lost_to_a_fault(u.as_str(), sent)) =>
+            {
+                (Outcome::Unavailable, None)
             }
             Err(e) if e.is_timeout() => (Outcome::Timeout, None),
             Err(_) => (Outcome::Connection, None),

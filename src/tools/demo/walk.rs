@@ -22,42 +22,69 @@ use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::migration::{backfill, state};
 use crate::pgbouncer::PgBouncer;
 
-/// The admin API of the first instance.
+/// The admin API of the instances in rotation (the first one up).
+#[derive(Clone)]
 pub(super) struct Admin {
     http: reqwest::Client,
-    base: String,
+    rotation: super::fleet::Rotation,
     token: String,
 }
 
 impl Admin {
-    /// The admin API of the fleet's first instance, with a timeout long enough for a step
-    /// that waits for its gates and its locks.
+    /// The admin API of the fleet, with a timeout long enough for a step that waits for its
+    /// gates and its locks.
     pub(super) fn of(fleet: &Fleet) -> Result<Self> {
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()
                 .context("building the HTTP client of the admin API")?,
-            base: fleet.instances[0].url.clone(),
+            rotation: fleet.rotation.clone(),
             token: fleet.admin_token().to_owned(),
         })
     }
 
-    /// POSTs `body` to `path`: the answer's status and body.
+    /// The first instance in rotation, waiting (up to `UNAVAILABLE_PATIENCE`) while none is.
+    async fn base(&self) -> Result<String> {
+        let give_up = Instant::now() + UNAVAILABLE_PATIENCE;
+        loop {
+            if let Some(url) = (0..self.rotation.urls.len())
+                .find(|i| self.rotation.is_up(*i))
+                .map(|i| self.rotation.urls[i].clone())
+            {
+                return Ok(url);
+            }
+            if Instant::now() > give_up {
+                bail!("no instance in rotation for {UNAVAILABLE_PATIENCE:?}");
+            }
+            pause(0.1).await;
+        }
+    }
+
+    /// POSTs `body` to `path`: the answer's status and body. An instance that does not
+    /// answer (a fault took it down) counts as 503: the load balancer's answer.
     async fn send(&self, path: &str, body: &Value) -> Result<(StatusCode, Value)> {
-        let response = self
+        let base = self.base().await?;
+        let sent = Instant::now();
+        let response = match self
             .http
-            .post(format!("{}{path}", self.base))
+            .post(format!("{base}{path}"))
             .bearer_auth(&self.token)
             .json(body)
             .send()
             .await
-            .with_context(|| format!("sending POST {path}"))?;
+        {
+            Err(e) if self.rotation.lost_to_a_fault(&base, sent) => {
+                log::info!("POST {path}: {base} was lost to a fault ({e})");
+                return Ok((StatusCode::SERVICE_UNAVAILABLE, Value::Null));
+            }
+            answer => answer.with_context(|| format!("sending POST {path}"))?,
+        };
         let status = response.status();
         Ok((status, response.json().await.unwrap_or_default()))
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<Value> {
+    pub(super) async fn post(&self, path: &str, body: Value) -> Result<Value> {
         match self.send(path, &body).await? {
             (status, body) if status.is_success() => Ok(body),
             (status, body) => bail!("{path} answered {status}: {}", body["error"]),
@@ -68,7 +95,7 @@ impl Admin {
     async fn status(&self) -> Result<Value> {
         let response = self
             .http
-            .get(format!("{}/api/admin/migration", self.base))
+            .get(format!("{}/api/admin/migration", self.base().await?))
             .bearer_auth(&self.token)
             .send()
             .await
@@ -116,13 +143,36 @@ impl Admin {
     /// Advances from `from`, trying again while the instance answers 503 (no primary for
     /// now), as an operator would. Naming `from` makes that safe: a step that committed before
     /// its answer was lost is not taken twice, and the phase shows it was taken.
-    async fn advance(&self, from: Phase, confirm: Option<&str>) -> Result<usize> {
-        const PATH: &str = "/api/admin/migration/advance";
-        let body = json!({ "from": from.as_str(), "confirm": confirm });
+    pub(super) async fn advance(&self, from: Phase, confirm: Option<&str>) -> Result<usize> {
+        let to = from.next().context("advancing past the last phase")?;
+        self.step("advance", from, to, confirm).await
+    }
+
+    /// Rolls back from `from`, as `advance` advances.
+    pub(super) async fn rollback_from(&self, from: Phase) -> Result<usize> {
+        let to = from
+            .previous()
+            .context("rolling back before the first phase")?;
+        self.step("rollback", from, to, None).await
+    }
+
+    /// The step `action` (advance, rollback) from `from` to `to`: its lock timeouts retried.
+    async fn step(
+        &self,
+        action: &str,
+        from: Phase,
+        to: Phase,
+        confirm: Option<&str>,
+    ) -> Result<usize> {
+        let path = format!("/api/admin/migration/{action}");
+        let mut body = json!({ "from": from.as_str() });
+        if let Some(confirm) = confirm {
+            body["confirm"] = json!(confirm);
+        }
         let give_up = Instant::now() + UNAVAILABLE_PATIENCE;
         let mut unavailable = false;
         loop {
-            let (status, answer) = self.send(PATH, &body).await?;
+            let (status, answer) = self.send(&path, &body).await?;
             if status.is_success() {
                 return Ok(answer["transition"]["lock_timeouts"].as_u64().unwrap_or(0) as usize);
             }
@@ -131,15 +181,15 @@ impl Admin {
                 pause(0.25).await;
                 continue;
             }
-            if unavailable && self.phase().await.ok() == from.next() {
+            if unavailable && self.phase().await.ok() == Some(to) {
                 return Ok(0);
             }
-            bail!("{PATH} answered {status}: {}", answer["error"]);
+            bail!("{path} answered {status}: {}", answer["error"]);
         }
     }
 
     /// The stored phase, as the status reports it.
-    async fn phase(&self) -> Result<Phase> {
+    pub(super) async fn phase(&self) -> Result<Phase> {
         let status = self.status().await?;
         status["phase"]
             .as_str()
@@ -228,14 +278,14 @@ async fn advance_past_a_long_transaction(
     Ok(lock_timeouts)
 }
 
-fn backfill_status(url: &str) -> Result<backfill::BackfillStatus> {
+pub(super) fn backfill_status(url: &str) -> Result<backfill::BackfillStatus> {
     backfill::status(&mut connect(url)?).context("reading the backfill's progress")
 }
 
 /// Starts `zdm backfill` as a child process on the database of `url`, with the demo's knobs
 /// and the instances' common environment, without the fault variables this process may have
 /// inherited (a fault is injected into instances, never into the backfill).
-fn start_backfill_process(url: &str, opts: &DemoOptions) -> Result<Child> {
+pub(super) fn start_backfill_process(url: &str, opts: &DemoOptions) -> Result<Child> {
     let workers = opts
         .backfill_workers
         .map(|w| vec!["--workers".to_owned(), w.to_string()])

@@ -1,5 +1,7 @@
 //! `zdm demo`: the proof under live traffic, with the options that change the run.
 
+mod chaos;
+
 use clap::Args;
 
 use super::{say_started_and_left_running, with_causes};
@@ -76,10 +78,36 @@ pub(super) struct DemoArgs {
     /// v1 writes skip the new columns.
     #[arg(long, value_enum)]
     fault: Option<Fault>,
+    /// Chaos: the walk (with rollbacks and re-advances) and the faults drawn from --seed, on
+    /// a PostgreSQL of the run's own (removed afterwards) that faults restart and kill. A 503
+    /// while a fault lasts is counted apart; anything else the audit finds fails the run.
+    #[arg(long, conflicts_with_all = ["naive", "undo", "failover", "replicas"])]
+    chaos: bool,
+    /// The chaos run's seed (the same seed draws the same schedule on any machine).
+    #[arg(long, requires = "chaos", default_value_t = 1)]
+    seed: u64,
+    /// Chaos runs of seeds --seed … --seed + N − 1, one line each and a summary; JSON with
+    /// --json-out.
+    #[arg(long, requires = "chaos", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    runs: Option<u64>,
+    /// Write the chaos schedule as JSON to this file before the run starts.
+    #[arg(long, requires = "chaos", conflicts_with = "runs")]
+    schedule_out: Option<std::path::PathBuf>,
+    /// Replay the chaos schedule of this file (written by --schedule-out) instead of drawing
+    /// one from --seed.
+    #[arg(long, requires = "chaos", conflicts_with = "runs")]
+    schedule: Option<std::path::PathBuf>,
+    /// With --chaos: the same traffic and faults with no migration, to show that the audit
+    /// finds nothing where there is nothing to find.
+    #[arg(long, requires = "chaos")]
+    control: bool,
 }
 
 impl DemoArgs {
     pub(super) fn run(self, config: &Config) -> Result<(), StartupError> {
+        if self.chaos {
+            return self.run_chaos(config);
+        }
         if self.replicas > 0 && config.database_url.is_some() {
             return Err(
                 "--replicas starts replicas of the private PostgreSQL: unset DATABASE_URL".into(),
@@ -142,7 +170,7 @@ impl DemoArgs {
 
     /// The demo's options: the quick or the full run's, with what the flags change, and the
     /// fault (the replicas are the caller's to start).
-    fn options(self, config: &Config) -> DemoOptions {
+    pub(super) fn options(self, config: &Config) -> DemoOptions {
         let dir = self.report_dir.unwrap_or_else(|| config.report_dir());
         let mut opts = if self.quick {
             DemoOptions::quick(dir)

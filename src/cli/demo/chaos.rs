@@ -1,0 +1,162 @@
+//! `zdm demo --chaos`: one seeded run, a replayed schedule, or `--runs N` seeds in a row,
+//! each on a PostgreSQL of its own that the faults may restart and kill.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::DemoArgs;
+use crate::cli::with_causes;
+use crate::config::Config;
+use crate::local_pg::ScratchCluster;
+use crate::startup::StartupError;
+use crate::tools::demo::chaos::schedule::{self, Schedule, Setup};
+use crate::tools::demo::chaos::{self, Chaos};
+use crate::tools::demo::report::DemoSummary;
+use crate::tools::demo::{self, DemoOptions};
+
+/// Instances a chaos run starts with (one more may join late).
+const INSTANCES: u32 = 2;
+
+impl DemoArgs {
+    pub(super) fn run_chaos(self, config: &Config) -> Result<(), StartupError> {
+        let runs = self.runs.unwrap_or(1);
+        let first = self.seed;
+        let control = self.control;
+        let setup = Setup {
+            instances: INSTANCES,
+            pooler: self.pooler,
+        };
+        let replayed = self
+            .schedule
+            .as_deref()
+            .map(chaos::read_schedule)
+            .transpose()
+            .map_err(with_causes)?;
+        let schedule_out = self.schedule_out.clone();
+        let json_out = self.json_out.clone();
+        let mut opts = DemoArgs {
+            quick: true,
+            json_out: None,
+            ..self
+        }
+        .options(config);
+        // The quick size unless asked otherwise (`--quick` is the default for chaos).
+        opts.chaos = None;
+        let base = config.data_dir.join("demo-chaos");
+        let mut summaries = Vec::new();
+        for seed in first..first + runs {
+            let schedule = match &replayed {
+                Some(schedule) => schedule.clone(),
+                None => schedule::draw(seed, setup),
+            };
+            if let Some(path) = &schedule_out {
+                write_json(path, &schedule).map_err(with_causes)?;
+            }
+            let summary = run_one(&base, &opts, schedule, control).map_err(with_causes)?;
+            println!("{}", one_line(&summary));
+            if runs == 1 {
+                print!("{}", demo::report::table(&summary));
+                println!(
+                    "report: {}",
+                    demo::report_file(&opts.report_dir, &summary).display()
+                );
+            }
+            summaries.push(summary);
+        }
+        let failed: Vec<u64> = summaries
+            .iter()
+            .filter(|s| !s.passed)
+            .filter_map(|s| s.seed)
+            .collect();
+        if runs > 1 {
+            println!("{}", totals(&summaries, &failed));
+        }
+        if let Some(path) = &json_out {
+            let json = if runs > 1 {
+                serde_json::json!({ "runs": summaries, "failed_seeds": failed })
+            } else {
+                serde_json::to_value(&summaries[0]).unwrap_or_default()
+            };
+            write_json(path, &json).map_err(with_causes)?;
+        }
+        match failed.as_slice() {
+            [] => Ok(()),
+            _ => Err(format!(
+                "chaos: {} of {runs} run(s) failed, seeds {failed:?}; replay one with: {}",
+                failed.len(),
+                summaries
+                    .iter()
+                    .find(|s| !s.passed)
+                    .and_then(|s| s.replay.clone())
+                    .unwrap_or_default()
+            )
+            .into()),
+        }
+    }
+}
+
+/// One chaos run of `schedule` on a PostgreSQL of its own under `base`, removed afterwards.
+fn run_one(
+    base: &Path,
+    opts: &DemoOptions,
+    schedule: Schedule,
+    control: bool,
+) -> anyhow::Result<DemoSummary> {
+    let cluster = ScratchCluster::new(base.to_owned());
+    let server = cluster
+        .primary()
+        .context("starting the chaos run's PostgreSQL")?;
+    let url = server.url("postgres");
+    let mut opts = opts.clone();
+    opts.chaos = Some(Chaos {
+        schedule,
+        control,
+        server,
+    });
+    let summary = actix_web::rt::System::new().block_on(demo::run(&url, opts));
+    drop(cluster);
+    summary
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(value).context("serialising to JSON")?;
+    std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A run in one line: its seed, what it did and what the audit found.
+fn one_line(s: &DemoSummary) -> String {
+    format!(
+        "seed {:>5} {}: {} requests, {} answered 503 ({} outside a fault), {} failed, {} lost, {} divergent, {} faults, ended at {}{}",
+        s.seed.unwrap_or_default(),
+        if s.passed { "passed" } else { "FAILED" },
+        s.requests,
+        s.unavailable_requests,
+        s.unavailable_outside_faults,
+        s.failed_requests,
+        s.lost_writes,
+        s.divergent_rows,
+        s.faults_injected.unwrap_or_default(),
+        s.audit.phase,
+        match (&s.walk_error, s.passed) {
+            (Some(e), _) => format!("; the walk stopped: {e}"),
+            (None, false) => format!("; replay: {}", s.replay.clone().unwrap_or_default()),
+            (None, true) => String::new(),
+        }
+    )
+}
+
+/// The summary of `--runs`.
+fn totals(summaries: &[DemoSummary], failed: &[u64]) -> String {
+    let sum = |f: fn(&DemoSummary) -> usize| summaries.iter().map(f).sum::<usize>();
+    format!(
+        "chaos: {} runs, {} requests, {} answered 503, {} failed, {} lost, {} divergent, {} faults; failed seeds: {failed:?}",
+        summaries.len(),
+        sum(|s| s.requests),
+        sum(|s| s.unavailable_requests),
+        sum(|s| s.failed_requests),
+        sum(|s| s.lost_writes),
+        sum(|s| s.divergent_rows),
+        sum(|s| s.faults_injected.unwrap_or_default()),
+    )
+}

@@ -1,0 +1,479 @@
+//! The faults of a chaos run, struck when the schedule says and ended when they are due: a
+//! killed or frozen instance comes back, a killed or paused backfill is resumed by a new
+//! process, a transaction in the way commits. Each fault opens a window on the timeline, from
+//! when it struck until its effect ended; a 503 within one is the fault's, not a failure.
+
+use std::process::Child;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde_json::{Value, json};
+
+use super::Chaos;
+use super::schedule::What;
+use crate::domain::Phase;
+use crate::local_pg::LocalPg;
+use crate::pgbouncer::PgBouncer;
+use crate::tools::demo::fleet::Fleet;
+use crate::tools::demo::report::BackfillRun;
+use crate::tools::demo::walk::{Admin, backfill_status, start_backfill_process};
+use crate::tools::demo::{DemoOptions, Timeline, blocking, connect, pause};
+
+/// The role of a DBA's report, which reads `full_name` as a client zdm does not know.
+pub const REPORT_ROLE: &str = "zdm_chaos_report";
+
+/// What ends a lasting fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undo {
+    /// A killed instance started again.
+    Restart(usize),
+    /// A frozen instance thawed.
+    Thaw(usize),
+    /// A killed or paused backfill resumed by a new process.
+    ResumeBackfill,
+}
+
+struct Pending {
+    due: Instant,
+    undo: Undo,
+    window: usize,
+}
+
+/// A fault that runs on a thread of its own (a transaction of another client).
+struct Background {
+    thread: JoinHandle<Result<()>>,
+    window: usize,
+    what: String,
+}
+
+pub(super) struct Faults<'a> {
+    fleet: &'a mut Fleet,
+    admin: Admin,
+    url: &'a str,
+    opts: &'a DemoOptions,
+    pooler: Option<&'a PgBouncer>,
+    pub timeline: &'a mut Timeline,
+    server: LocalPg,
+    /// The instance that joins late (the fleet's last).
+    late: usize,
+    backfill: Option<Child>,
+    backfill_started: bool,
+    pending: Vec<Pending>,
+    background: Vec<Background>,
+}
+
+impl<'a> Faults<'a> {
+    pub fn new(
+        fleet: &'a mut Fleet,
+        url: &'a str,
+        opts: &'a DemoOptions,
+        pooler: Option<&'a PgBouncer>,
+        timeline: &'a mut Timeline,
+        chaos: &Chaos,
+    ) -> Result<Self> {
+        let mut conn = connect(url)?;
+        conn.batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {REPORT_ROLE} LOGIN; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             GRANT SELECT ON users TO {REPORT_ROLE};"
+        ))
+        .context("creating the DBA report's role")?;
+        Ok(Self {
+            admin: Admin::of(fleet)?,
+            late: fleet.instances.len() - 1,
+            fleet,
+            url,
+            opts,
+            pooler,
+            timeline,
+            server: chaos.server.clone(),
+            backfill: None,
+            backfill_started: false,
+            pending: Vec::new(),
+            background: Vec::new(),
+        })
+    }
+
+    /// Runs what is due until `at_ms` after the traffic started.
+    pub async fn until(&mut self, at_ms: u32) -> Result<()> {
+        while self.timeline.now_ms() < at_ms {
+            self.pump().await?;
+            let left = at_ms.saturating_sub(self.timeline.now_ms()).min(50);
+            pause(f64::from(left) / 1000.0).await;
+        }
+        Ok(())
+    }
+
+    pub async fn dwell(&mut self, how_long: Duration) -> Result<()> {
+        let at = self.timeline.now_ms() + how_long.as_millis() as u32;
+        self.until(at).await
+    }
+
+    /// Ends the lasting faults that are due, and notes the background ones that ended.
+    pub async fn pump(&mut self) -> Result<()> {
+        let now = Instant::now();
+        while let Some(index) = self.pending.iter().position(|p| p.due <= now) {
+            let pending = self.pending.remove(index);
+            self.undo(pending).await?;
+        }
+        while let Some(index) = self.background.iter().position(|b| b.thread.is_finished()) {
+            let done = self.background.remove(index);
+            let outcome = match done.thread.join() {
+                Ok(Ok(())) => "done".to_owned(),
+                Ok(Err(e)) => format!("ended with an error: {e:#}"),
+                Err(_) => "panicked".to_owned(),
+            };
+            self.close(done.window, format!("{} {outcome}", done.what));
+        }
+        Ok(())
+    }
+
+    /// Waits until every lasting fault has ended.
+    pub async fn settle(&mut self) -> Result<()> {
+        while !self.pending.is_empty() || !self.background.is_empty() {
+            self.pump().await?;
+            pause(0.05).await;
+        }
+        Ok(())
+    }
+
+    /// Opens a fault's window and says so on the timeline; returns the window.
+    fn open(&mut self, label: String) -> usize {
+        self.timeline.mark(label);
+        self.timeline.faults_injected += 1;
+        let now = self.timeline.now_ms();
+        self.timeline.fault_windows.push((now, None));
+        self.timeline.fault_windows.len() - 1
+    }
+
+    fn close(&mut self, window: usize, label: String) {
+        let now = self.timeline.now_ms();
+        self.timeline.fault_windows[window].1 = Some(now);
+        self.timeline.mark(label);
+    }
+
+    fn later(&mut self, after_ms: u32, undo: Undo, window: usize) {
+        self.pending.push(Pending {
+            due: Instant::now() + Duration::from_millis(u64::from(after_ms)),
+            undo,
+            window,
+        });
+    }
+
+    async fn undo(&mut self, pending: Pending) -> Result<()> {
+        let label = match pending.undo {
+            Undo::Restart(index) => {
+                self.fleet.start_again(index).await?;
+                format!("{} started again, back in rotation", self.name(index))
+            }
+            Undo::Thaw(index) => {
+                self.fleet.freeze(index, false)?;
+                self.fleet.start_again(index).await?;
+                format!("SIGCONT to {}, back in rotation", self.name(index))
+            }
+            Undo::ResumeBackfill => {
+                self.backfill = Some(start_backfill_process(self.url, self.opts)?);
+                "backfill resumed by a new process".to_owned()
+            }
+        };
+        self.close(pending.window, label);
+        Ok(())
+    }
+
+    fn name(&self, index: usize) -> String {
+        self.fleet.instances[index].name.clone()
+    }
+
+    /// Whether instance `index` may be taken down: it is up, and not the last one up.
+    fn can_take_down(&self, index: usize) -> bool {
+        let up = (0..self.fleet.instances.len())
+            .filter(|i| self.fleet.is_up(*i))
+            .count();
+        self.fleet.is_up(index) && up > 1
+    }
+
+    /// Strikes the fault `what`.
+    pub async fn strike(&mut self, what: &What) -> Result<()> {
+        match *what {
+            What::KillInstance { instance, down_ms } => {
+                let index = instance as usize;
+                if !self.can_take_down(index) {
+                    return self.skip(what, "it is down, or the last one up");
+                }
+                let window = self.open(format!("kill -9 of {}", self.name(index)));
+                self.fleet.kill(index).await?;
+                self.later(down_ms, Undo::Restart(index), window);
+            }
+            What::FreezeInstance { instance, for_ms } => {
+                let index = instance as usize;
+                if !self.can_take_down(index) {
+                    return self.skip(what, "it is down, or the last one up");
+                }
+                let window = self.open(format!(
+                    "SIGSTOP of {} for {:.1} s",
+                    self.name(index),
+                    f64::from(for_ms) / 1000.0
+                ));
+                self.fleet.freeze(index, true)?;
+                self.later(for_ms, Undo::Thaw(index), window);
+            }
+            What::LateInstance => {
+                if self.fleet.pid(self.late).is_some() {
+                    return self.skip(what, "it runs already");
+                }
+                self.timeline.faults_injected += 1;
+                self.fleet.start_again(self.late).await?;
+                self.timeline.mark(format!(
+                    "{} joins late, on the phase the database has",
+                    self.name(self.late)
+                ));
+            }
+            What::RestartPostgres | What::KillPostgres => self.restart_postgres(what).await?,
+            What::RestartPooler => {
+                let Some(pooler) = self.pooler else {
+                    return self.skip(what, "no pooler in this run");
+                };
+                let window = self.open("kill -9 of PgBouncer, started again".to_owned());
+                pooler.restart().context("restarting PgBouncer")?;
+                self.close(window, "PgBouncer back".to_owned());
+            }
+            What::HoldLock { for_ms } => {
+                let sql = format!(
+                    "BEGIN; SELECT count(*) FROM users; SELECT pg_sleep({}); COMMIT;",
+                    f64::from(for_ms) / 1000.0
+                );
+                let what = format!("a transaction holding users for {for_ms} ms");
+                self.in_background(self.url.to_owned(), sql, what);
+            }
+            What::ReportQuery { for_ms } => {
+                let sql = format!(
+                    "BEGIN; SELECT count(full_name) FROM users; SELECT pg_sleep({}); COMMIT;",
+                    f64::from(for_ms) / 1000.0
+                );
+                let what = format!("{REPORT_ROLE}'s report reading full_name for {for_ms} ms");
+                self.in_background(as_role(self.url, REPORT_ROLE), sql, what);
+            }
+            What::StatsReset => self.dba("SELECT pg_stat_statements_reset()").await?,
+            What::Vacuum => self.dba("VACUUM users").await?,
+            ref backfill => return self.strike_backfill(backfill).await,
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, what: &What, why: &str) -> Result<()> {
+        self.timeline.mark(format!("{what:?} skipped: {why}"));
+        Ok(())
+    }
+
+    /// A fast restart, or a `kill -9` and a start (crash recovery), of PostgreSQL.
+    async fn restart_postgres(&mut self, what: &What) -> Result<()> {
+        let kill = *what == What::KillPostgres;
+        let window = self.open(if kill {
+            "kill -9 of PostgreSQL".to_owned()
+        } else {
+            "fast restart of PostgreSQL".to_owned()
+        });
+        let server = self.server.clone();
+        blocking(move || {
+            if kill {
+                server.kill_postmaster().context("killing PostgreSQL")?;
+            } else {
+                server.stop().context("stopping PostgreSQL")?;
+            }
+            LocalPg::ensure_running(&server.base_dir).context("starting PostgreSQL again")?;
+            Ok(())
+        })
+        .await?;
+        self.close(window, "PostgreSQL accepts connections again".to_owned());
+        Ok(())
+    }
+
+    /// Runs `sql` (a transaction of another client) on a thread of its own, at `url`.
+    fn in_background(&mut self, url: String, sql: String, what: String) {
+        let window = self.open(format!("{what} starts"));
+        let thread = std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).context("connecting")?;
+            conn.batch_execute(&sql).context("running it")?;
+            Ok(())
+        });
+        self.background.push(Background {
+            thread,
+            window,
+            what,
+        });
+    }
+
+    /// A DBA's job on the scratch database.
+    async fn dba(&mut self, sql: &'static str) -> Result<()> {
+        let window = self.open(format!("a DBA runs {sql}"));
+        let url = self.url.to_owned();
+        let done = blocking(move || {
+            connect(&url)?.batch_execute(sql).context("running it")?;
+            Ok(())
+        })
+        .await;
+        let outcome = done.map_or_else(|e| format!("failed: {e:#}"), |()| "done".to_owned());
+        self.close(window, format!("{sql} {outcome}"));
+        Ok(())
+    }
+
+    async fn strike_backfill(&mut self, what: &What) -> Result<()> {
+        let running = match self.backfill.as_mut() {
+            Some(child) => child.try_wait().ok().flatten().is_none(),
+            None => false,
+        };
+        if !running {
+            return self.skip(what, "no backfill process runs");
+        }
+        match *what {
+            What::KillBackfill { down_ms } => {
+                let window = self.open("kill -9 of the backfill process".to_owned());
+                if let Some(mut child) = self.backfill.take() {
+                    child.kill().context("killing the backfill process")?;
+                    child.wait().context("waiting for the killed backfill")?;
+                }
+                self.later(down_ms, Undo::ResumeBackfill, window);
+            }
+            What::PauseBackfill { for_ms } => {
+                let window = self.open(format!("backfill paused for {for_ms} ms"));
+                let answer = self
+                    .admin
+                    .post("/api/admin/backfill/pause", json!({}))
+                    .await;
+                if let Err(e) = answer {
+                    self.timeline.mark(format!("the pause was refused: {e:#}"));
+                }
+                self.wait_for_backfill_exit(Duration::from_secs(30)).await?;
+                self.later(for_ms, Undo::ResumeBackfill, window);
+            }
+            What::BackfillWorkers { workers } => {
+                self.settings(json!({ "workers": workers }), what).await;
+            }
+            What::BackfillBatch { rows } => {
+                self.settings(json!({ "batch_size": rows }), what).await;
+            }
+            _ => bail!("{what:?} is no fault of the backfill"),
+        }
+        Ok(())
+    }
+
+    /// Changes the running backfill's knobs through the admin API.
+    async fn settings(&mut self, knobs: Value, what: &What) {
+        self.timeline.faults_injected += 1;
+        let answer = self
+            .admin
+            .post("/api/admin/backfill/settings", knobs.clone())
+            .await;
+        self.timeline.mark(match answer {
+            Ok(_) => format!("backfill knobs changed while it runs: {knobs}"),
+            Err(e) => format!("{what:?} refused: {e:#}"),
+        });
+    }
+
+    async fn wait_for_backfill_exit(&mut self, within: Duration) -> Result<()> {
+        let give_up = Instant::now() + within;
+        while let Some(child) = self.backfill.as_mut() {
+            if child
+                .try_wait()
+                .context("checking on the backfill")?
+                .is_some()
+            {
+                self.backfill = None;
+                break;
+            }
+            if Instant::now() > give_up {
+                bail!("the paused backfill's process did not end within {within:?}");
+            }
+            pause(0.05).await;
+        }
+        Ok(())
+    }
+
+    pub fn start_backfill(&mut self) -> Result<()> {
+        self.timeline.enter("backfill");
+        self.timeline.mark("backfill starts (child process)");
+        self.backfill = Some(start_backfill_process(self.url, self.opts)?);
+        self.backfill_started = true;
+        Ok(())
+    }
+
+    pub fn backfill_started(&self) -> bool {
+        self.backfill_started
+    }
+
+    /// Waits until the backfill is done, resuming it (as an operator would) whenever its
+    /// process ended before: killed, failed, or out of patience with a database that went
+    /// away. A pause the schedule made ends when it is due. Fails after `patience`.
+    pub async fn finish_backfill(&mut self, patience: Duration) -> Result<BackfillRun> {
+        let give_up = Instant::now() + patience;
+        loop {
+            self.pump().await?;
+            if Instant::now() > give_up {
+                bail!("the backfill was not done after {patience:?}");
+            }
+            let resuming = self.pending.iter().any(|p| p.undo == Undo::ResumeBackfill);
+            let running = match self.backfill.as_mut() {
+                Some(child) => child.try_wait().ok().flatten().is_none(),
+                None => false,
+            };
+            if resuming || running {
+                pause(0.1).await;
+                continue;
+            }
+            let url = self.url.to_owned();
+            let status = match blocking(move || backfill_status(&url)).await {
+                Ok(status) => status,
+                Err(_) => {
+                    pause(0.2).await;
+                    continue;
+                }
+            };
+            if status.state == crate::migration::backfill::BackfillState::Done {
+                self.backfill = None;
+                self.timeline.backfilled = true;
+                return Ok(BackfillRun {
+                    rows: status.rows_done,
+                    batches: status.batches,
+                    rows_per_s: status.rows_per_s(),
+                });
+            }
+            self.timeline.mark(format!(
+                "the backfill's process ended with the backfill {}: a new one resumes it",
+                status.state
+            ));
+            self.backfill = Some(start_backfill_process(self.url, self.opts)?);
+        }
+    }
+
+    /// Waits (up to 30 s) until the instances in rotation have applied `phase`, ending the
+    /// faults that are due meanwhile.
+    pub async fn wait_applied(&mut self, phase: Phase) -> Result<()> {
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            let phases = self.fleet.applied_phases().await;
+            if phases.iter().all(|p| p.as_deref() == Some(phase.as_str())) {
+                return Ok(());
+            }
+            if Instant::now() > give_up {
+                bail!("the instances did not all apply {phase}: {phases:?}");
+            }
+            self.pump().await?;
+            pause(0.05).await;
+        }
+    }
+}
+
+/// `url` with its `user` parameter set to `role`.
+fn as_role(url: &str, role: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("user="))
+        .map(str::to_owned)
+        .collect();
+    params.push(format!("user={role}"));
+    format!("{base}?{}", params.join("&"))
+}

@@ -1,0 +1,188 @@
+//! `zdm demo --chaos --seed S`: the walk and its faults drawn from a seed (`schedule`) and run
+//! under the demo's live traffic, on a PostgreSQL of the demo's own that the faults restart
+//! and kill. The audit is the demo's own; a 503 while a fault lasts is counted apart, any
+//! other failure fails the run, and the seed (or the schedule's file) replays it.
+//!
+//! Here: the run of a schedule, event by event. A step (an advance, a rollback) is tried
+//! again, as an operator would, while a fault keeps it from being taken; meanwhile the faults
+//! that last (a frozen instance, a killed one, a paused backfill, a transaction in the way)
+//! end when they are due (`faults`).
+
+mod faults;
+pub mod schedule;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use self::faults::Faults;
+use self::schedule::{Schedule, What};
+use super::fleet::Fleet;
+use super::report::BackfillRun;
+use super::walk::Admin;
+use super::{DemoOptions, Timeline, pause};
+use crate::domain::Phase;
+use crate::local_pg::LocalPg;
+use crate::migration::gates::CONTRACT_CONFIRMATION;
+use crate::pgbouncer::PgBouncer;
+
+/// What a chaos run is given.
+#[derive(Debug, Clone)]
+pub struct Chaos {
+    pub schedule: Schedule,
+    /// The same traffic and faults with no migration (`--control`): a finding there is the
+    /// harness's, not the migration's.
+    pub control: bool,
+    /// The demo's own PostgreSQL, which the faults restart and kill.
+    pub server: LocalPg,
+}
+
+/// How long a step is tried again while faults keep it from being taken.
+const STEP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// How long the run waits, at the end, for the backfill to finish.
+const BACKFILL_PATIENCE: Duration = Duration::from_secs(180);
+
+/// Runs `chaos`'s schedule under the traffic: returns the lock timeouts the steps retried
+/// and what the backfill did.
+pub(super) async fn walk_chaos(
+    fleet: &mut Fleet,
+    admin: &Admin,
+    url: &str,
+    opts: &DemoOptions,
+    pooler: Option<&PgBouncer>,
+    timeline: &mut Timeline,
+    chaos: &Chaos,
+) -> Result<(usize, Option<BackfillRun>)> {
+    let mut faults = Faults::new(fleet, url, opts, pooler, timeline, chaos)?;
+    if chaos.control {
+        faults
+            .timeline
+            .mark("control run: the same traffic and faults, no migration");
+    }
+    let mut phase = Phase::Baseline;
+    let mut lock_timeouts = 0;
+    for event in &chaos.schedule.events {
+        faults.until(event.at_ms).await?;
+        match &event.what {
+            What::Advance { to } | What::Rollback { to } if !chaos.control => {
+                let to: Phase = to.parse()?;
+                if phase == Phase::DualWrite && to == Phase::Backfilled {
+                    faults.finish_backfill(BACKFILL_PATIENCE).await?;
+                }
+                lock_timeouts += step(&mut faults, admin, phase, to).await?;
+                phase = to;
+            }
+            What::StartBackfill if !chaos.control => faults.start_backfill()?,
+            what if !what.is_step() => faults.strike(what).await?,
+            _ => {}
+        }
+    }
+    faults.settle().await?;
+    let backfill = if faults.backfill_started() {
+        Some(faults.finish_backfill(BACKFILL_PATIENCE).await?)
+    } else {
+        None
+    };
+    faults.dwell(Duration::from_secs(1)).await?;
+    Ok((lock_timeouts, backfill))
+}
+
+/// The segment a step's DDL waits in, if it takes a lock on `users`.
+fn ddl_segment(from: Phase, to: Phase) -> Option<&'static str> {
+    match (from, to) {
+        (Phase::Baseline, Phase::Expanded) => Some("expanding"),
+        (Phase::NewOnly, Phase::Contracted) => Some("contracting"),
+        (Phase::Contracted, Phase::NewOnly) => Some("re-adding full_name"),
+        _ => None,
+    }
+}
+
+/// Takes the step from `from` to `to` (an advance or a rollback of one phase), trying again
+/// while faults keep it from being taken, then waits until the instances in rotation apply
+/// `to`. Returns the lock timeouts it retried.
+async fn step(faults: &mut Faults<'_>, admin: &Admin, from: Phase, to: Phase) -> Result<usize> {
+    let advance = to > from;
+    let action = if advance { "advance" } else { "rollback" };
+    if let Some(segment) = ddl_segment(from, to) {
+        faults.timeline.enter(segment);
+    }
+    let give_up = Instant::now() + STEP_PATIENCE;
+    let lock_timeouts = loop {
+        let admin_now = admin.clone();
+        let taking = actix_web::rt::spawn(async move {
+            let confirm = (to == Phase::Contracted).then_some(CONTRACT_CONFIRMATION);
+            if advance {
+                admin_now.advance(from, confirm).await
+            } else {
+                admin_now.rollback_from(from).await
+            }
+        });
+        while !taking.is_finished() {
+            faults.pump().await?;
+            pause(0.05).await;
+        }
+        let error = match taking.await.context("a step of the walk panicked")? {
+            Ok(lock_timeouts) => break lock_timeouts,
+            Err(e) => e,
+        };
+        // Its answer lost, the step may have been taken all the same.
+        if admin.phase().await.ok() == Some(to) {
+            break 0;
+        }
+        if Instant::now() > give_up {
+            return Err(error.context(format!("{action} from {from} to {to}")));
+        }
+        faults.timeline.mark(format!(
+            "{action} to {to} not taken ({:#}): tried again",
+            error
+        ));
+        faults.dwell(Duration::from_secs(1)).await?;
+    };
+    faults.wait_applied(to).await?;
+    if to == Phase::DualWrite {
+        faults
+            .timeline
+            .control
+            .v2_enabled
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+    let name = if advance {
+        to.as_str().to_owned()
+    } else {
+        format!("{to} (rolled back)")
+    };
+    faults.timeline.enter(&name);
+    Ok(lock_timeouts)
+}
+
+/// The command that replays a chaos run of `opts`: its seed with the options that shape it.
+pub fn replay_hint(opts: &DemoOptions, chaos: &Chaos) -> String {
+    let mut command = format!("zdm demo --chaos --seed {}", chaos.schedule.seed);
+    if opts.rows == DemoOptions::quick(Default::default()).rows {
+        command.push_str(" --quick");
+    } else {
+        command.push_str(&format!(" --rows {}", opts.rows));
+    }
+    for (on, flag) in [(chaos.control, " --control"), (opts.pooler, " --pooler")] {
+        if on {
+            command.push_str(flag);
+        }
+    }
+    if let Some(fault) = opts.fault {
+        command.push_str(&format!(" --fault {}", fault.name()));
+    }
+    command
+}
+
+/// Reads a schedule written by `--schedule-out`.
+pub fn read_schedule(path: &std::path::Path) -> Result<Schedule> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the schedule {}", path.display()))?;
+    let schedule: Schedule = serde_json::from_str(&text)
+        .with_context(|| format!("reading the schedule {} as JSON", path.display()))?;
+    if schedule.setup.instances == 0 {
+        bail!("the schedule {} names no instances", path.display());
+    }
+    Ok(schedule)
+}
