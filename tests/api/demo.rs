@@ -5,6 +5,7 @@
 //! The runs meant to fail use 1-second phases: long enough for the damage to happen in every
 //! phase, short enough to keep the suite quick.
 
+mod chaos;
 mod failover;
 mod report;
 
@@ -51,10 +52,30 @@ fn finish(dir: std::path::PathBuf, output: Output) -> Run {
     .unwrap_or_default();
     // One report per mode and fault: a run meant to fail leaves the proof's report alone.
     let mode = summary["mode"].as_str().unwrap_or("");
+    // A chaos run's (or the last of `--runs`): passed or failed under its seed.
+    let chaos = summary["runs"]
+        .as_array()
+        .and_then(|runs| runs.last())
+        .unwrap_or(&summary);
     let expected = match (
         summary["injected_fault"].as_str(),
         summary["failover"]["standby"].as_str(),
     ) {
+        _ if chaos["seed"].is_u64() => {
+            let fault = chaos["injected_fault"]
+                .as_str()
+                .map(|f| format!("-{f}"))
+                .unwrap_or_default();
+            let control = if chaos["control"] == true {
+                "-control"
+            } else {
+                ""
+            };
+            match chaos["passed"] == true {
+                true => format!("demo-chaos{control}{fault}.html"),
+                false => format!("demo-chaos{control}{fault}-seed-{}.html", chaos["seed"]),
+            }
+        }
         (Some(fault), _) => format!("demo-{mode}-{fault}.html"),
         (None, Some("synchronous")) => format!("demo-{mode}-failover.html"),
         (None, Some(standby)) => format!("demo-{mode}-failover-{standby}.html"),

@@ -86,6 +86,10 @@ pub(super) struct Chart {
     /// The instances' own p99 of each segment, as a step: SVG polyline points.
     pub server_p99: String,
     pub failures: Vec<(f64, f64)>,
+    /// 503s (`Outcome::Unavailable`) per time bucket, apart from the failures.
+    pub unavailable: Vec<(f64, f64)>,
+    /// A chaos run's faults, from when each struck until its effect ended: x and width.
+    pub fault_spans: Vec<(f64, f64)>,
     pub y_ticks: Vec<(f64, String)>,
     pub x_ticks: Vec<(f64, String)>,
 }
@@ -111,6 +115,7 @@ pub(super) fn chart(summary: &DemoSummary, segments: &[Segment], samples: &[Samp
         p99,
         max,
         failures,
+        unavailable,
     } = curves(&time, &latency, samples);
     Chart {
         label_font_px: LABEL_FONT_PX,
@@ -132,6 +137,15 @@ pub(super) fn chart(summary: &DemoSummary, segments: &[Segment], samples: &[Samp
         max,
         server_p99: server_p99_steps(summary, segments, &time, &latency),
         failures,
+        unavailable,
+        fault_spans: summary
+            .fault_windows
+            .iter()
+            .map(|(start, end)| {
+                let x = time.x(*start);
+                (x, (time.x(*end) - x).max(2.0))
+            })
+            .collect(),
         y_ticks: latency.ticks(),
         x_ticks: time.ticks(),
     }
@@ -246,18 +260,22 @@ struct Curves {
     p99: String,
     max: String,
     failures: Vec<(f64, f64)>,
+    unavailable: Vec<(f64, f64)>,
 }
 
 fn curves(time: &TimeScale, latency: &LatencyScale, samples: &[Sample]) -> Curves {
     let mut buckets: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     let mut failed: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut unavailable: BTreeMap<u32, usize> = BTreeMap::new();
     for s in samples {
         buckets
             .entry(s.at_ms / BUCKET_MS)
             .or_default()
             .push(s.latency_us);
-        if s.outcome != Outcome::Ok {
-            *failed.entry(s.at_ms / BUCKET_MS).or_default() += 1;
+        match s.outcome {
+            Outcome::Ok => {}
+            Outcome::Unavailable => *unavailable.entry(s.at_ms / BUCKET_MS).or_default() += 1,
+            _ => *failed.entry(s.at_ms / BUCKET_MS).or_default() += 1,
         }
     }
     let middle = |bucket: u32| time.x(bucket * BUCKET_MS + BUCKET_MS / 2);
@@ -275,6 +293,10 @@ fn curves(time: &TimeScale, latency: &LatencyScale, samples: &[Sample]) -> Curve
         p99,
         max,
         failures: failed
+            .iter()
+            .map(|(b, n)| (middle(*b), *n as f64))
+            .collect(),
+        unavailable: unavailable
             .iter()
             .map(|(b, n)| (middle(*b), *n as f64))
             .collect(),

@@ -446,3 +446,28 @@ pub async fn wait_until_healthy(base: &str, within: Duration) -> Result<()> {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_lost_with_its_instance_is_the_faults_and_no_other_is() {
+        let rotation = Rotation::new(vec!["http://a".to_owned(), "http://b".to_owned()]);
+        rotation.set(0, true);
+        rotation.set(1, true);
+        let sent = Instant::now();
+        // No fault yet: a lost request is a failure.
+        assert!(!rotation.lost_to_a_fault("http://a/api/v1/users/1", sent));
+        std::thread::sleep(Duration::from_millis(5));
+        rotation.fault(0);
+        // Sent before the instance went down, or while it is down: the fault's.
+        assert!(rotation.lost_to_a_fault("http://a/api/v1/users/1", sent));
+        assert!(rotation.lost_to_a_fault("http://a/healthz", Instant::now()));
+        // The other instance had no fault.
+        assert!(!rotation.lost_to_a_fault("http://b/api/v1/users/1", sent));
+        rotation.back(0);
+        // Just back: a pooled connection to its old process may still fail.
+        assert!(rotation.lost_to_a_fault("http://a/x", Instant::now()));
+    }
+}

@@ -25,10 +25,10 @@ pub mod fleet;
 pub mod oracle;
 pub mod report;
 pub mod server_latency;
+mod summary;
 pub mod traffic;
 mod walk;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -39,7 +39,7 @@ use diesel::prelude::*;
 
 use self::failover::Failover;
 use self::fleet::{Fleet, InstanceSetup};
-use self::report::{BackfillRun, DemoSummary, FailoverSummary, Marker, Segment};
+use self::report::{BackfillRun, DemoSummary, Marker, Segment};
 use self::traffic::{Sample, TrafficControl};
 use self::walk::{Admin, walk_naive, walk_zdm};
 use crate::faults::InjectedFault;
@@ -289,7 +289,7 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
     drop(pooler);
     let audit = audit_the_table(&opts, &scratch.url, seeded, &traffic).await?;
     drop(scratch);
-    let summary = summarize(&opts, &traffic, audit);
+    let summary = summary::summarize(&opts, &traffic, audit);
     write_report(&opts, &summary, &traffic)?;
     Ok(summary)
 }
@@ -500,183 +500,6 @@ async fn audit_the_table(
         audit::audit(&mut conn, &record).context("auditing the table after the traffic")
     })
     .await
-}
-
-/// The run's figures: per-segment statistics, the worst p99 of each phase, the audit's
-/// findings, and whether zero downtime held.
-fn summarize(opts: &DemoOptions, traffic: &Traffic, audit: audit::AuditResult) -> DemoSummary {
-    let mut segments =
-        report::segment_stats(&traffic.timeline.segments, &traffic.samples, &traffic.cpu);
-    for (stats, segment) in segments.iter_mut().zip(&traffic.timeline.segments) {
-        let counts = traffic.server.between(segment.start_ms, segment.end_ms);
-        stats.server_p99_ms = traffic.server.p99_ms(&counts);
-    }
-    let failed_requests: usize = segments.iter().map(|s| s.failed).sum();
-    let unavailable_requests: usize = segments.iter().map(|s| s.unavailable).sum();
-    let failover = opts.failover.as_ref().map(|f| FailoverSummary {
-        standby: f.standby_kind().to_owned(),
-        seconds_without_primary: traffic
-            .timeline
-            .without_primary
-            .map_or(0.0, |d| d.as_secs_f64()),
-        unavailable_requests,
-        lost_to_async_replication: audit.lost_to_async_replication,
-        requests_meeting_the_loss: segments.iter().map(|s| s.lost_upstream).sum(),
-    });
-    // A 503 is downtime too, except while a failover leaves no primary to answer: in the
-    // failover's segment, and the segments on either side of it (a request is counted in the
-    // segment it started in, and the instances take a moment to reach the new primary).
-    let around_the_failover = |i: usize| {
-        traffic
-            .timeline
-            .promoted_in
-            .is_some_and(|p| i + 1 >= p && i <= p + 1)
-    };
-    let fault_windows = closed_windows(&traffic.timeline);
-    let unavailable_outside_faults = match &opts.chaos {
-        Some(_) => unavailable_outside(&traffic.samples, &fault_windows),
-        None => segments
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !around_the_failover(*i))
-            .map(|(_, s)| s.unavailable)
-            .sum(),
-    };
-    let chaos = opts.chaos.as_ref();
-    DemoSummary {
-        mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
-        undo: opts.undo && !opts.naive,
-        requests: traffic.samples.len(),
-        failed_requests,
-        stale_reads: segments.iter().map(|s| s.stale_reads).sum(),
-        lost_writes: audit.lost_writes,
-        divergent_rows: audit.divergent,
-        untouched_rows_altered: audit.untouched_altered,
-        injected_fault: opts.fault.map(|f| f.name().to_owned()),
-        p99_ms_by_phase: p99_ms_by_phase(&segments, |s| Some(s.p99_ms)),
-        server_p99_ms_by_phase: p99_ms_by_phase(&segments, |s| s.server_p99_ms),
-        server_backfill_p99_vs_quiet: server_p99_vs_quiet(
-            &traffic.timeline.segments,
-            &traffic.server,
-            &["backfill"],
-        ),
-        server_ddl_p99_vs_quiet: server_p99_vs_quiet(
-            &traffic.timeline.segments,
-            &traffic.server,
-            &["expanding", "contracting"],
-        ),
-        passed: traffic.walk_error.is_none()
-            && failed_requests == 0
-            && unavailable_outside_faults == 0
-            && !audit.found_anything(),
-        seed: chaos.map(|c| c.schedule.seed),
-        replay: chaos.map(|c| chaos::replay_hint(opts, c)),
-        schedule: chaos.map(|c| c.schedule.clone()),
-        faults_injected: chaos.map(|_| traffic.timeline.faults_injected),
-        control: chaos.is_some_and(|c| c.control),
-        fault_windows,
-        unavailable_outside_faults,
-        walk_error: traffic.walk_error.clone(),
-        backfill_p99_vs_baseline: backfill_p99_vs_baseline(&segments),
-        segments,
-        faults: traffic.timeline.markers.clone(),
-        lock_timeouts_retried: traffic.lock_timeouts,
-        backfill: traffic.backfill,
-        acknowledged_writes_tracked: traffic.ledgers.iter().map(|l| l.rows.len()).sum(),
-        unacknowledged_creates: traffic.unacknowledged_creates,
-        cpus: traffic.cpu.first().map(|s| s.times.cpus),
-        replicas: opts.replica_servers.len(),
-        replica_reads: traffic.replica_reads,
-        pooler: opts.pooler.then(|| "pgbouncer transaction".to_owned()),
-        unavailable_requests,
-        failover,
-        audit,
-    }
-}
-
-/// How long after a fault's effect ended its 503s may still come: the instances' pools
-/// reconnect, a client's request sent during the fault finishes.
-const FAULT_AFTERMATH_MS: u32 = 3_000;
-
-/// The timeline's fault windows, those still open closed at the run's end.
-fn closed_windows(timeline: &Timeline) -> Vec<(u32, u32)> {
-    let end = timeline.segments.last().map_or(0, |s| s.end_ms);
-    timeline
-        .fault_windows
-        .iter()
-        .map(|(start, stop)| (*start, stop.unwrap_or(end)))
-        .collect()
-}
-
-/// The 503s of requests that were in flight in no fault's window (nor its aftermath).
-fn unavailable_outside(samples: &[Sample], windows: &[(u32, u32)]) -> usize {
-    samples
-        .iter()
-        .filter(|s| s.outcome == traffic::Outcome::Unavailable)
-        .filter(|s| {
-            let (sent, answered) = (s.at_ms, s.at_ms + s.latency_us / 1000);
-            !windows
-                .iter()
-                .any(|(start, end)| sent <= end + FAULT_AFTERMATH_MS && answered >= *start)
-        })
-        .count()
-}
-
-/// The worst p99 of each phase, as `p99` gives a segment's (a phase the run enters twice has
-/// two segments).
-fn p99_ms_by_phase(
-    segments: &[report::SegmentStats],
-    p99: impl Fn(&report::SegmentStats) -> Option<f64>,
-) -> BTreeMap<String, f64> {
-    let mut by_phase = BTreeMap::new();
-    for s in segments {
-        if let Some(p99) = p99(s) {
-            let entry = by_phase.entry(s.name.clone()).or_insert(0.0_f64);
-            *entry = entry.max(p99);
-        }
-    }
-    by_phase
-}
-
-/// The servers' p99 in the segments named `names` over their p99 in the quiet phases of the
-/// same run (baseline, expanded and dual_write before the backfill, taken together): what
-/// the backfill, or a DDL waiting for its lock, cost the users, as the instances measured it.
-fn server_p99_vs_quiet(
-    segments: &[Segment],
-    server: &server_latency::ServerLatency,
-    names: &[&str],
-) -> Option<f64> {
-    let before_backfill = segments
-        .iter()
-        .position(|s| s.name == "backfill")
-        .unwrap_or(segments.len());
-    let summed = |chosen: &mut dyn Iterator<Item = &Segment>| {
-        chosen.fold(Vec::new(), |mut sum: Vec<u64>, s| {
-            let counts = server.between(s.start_ms, s.end_ms);
-            sum.resize(counts.len(), 0);
-            sum.iter_mut().zip(counts).for_each(|(a, c)| *a += c);
-            sum
-        })
-    };
-    let quiet = summed(
-        &mut segments[..before_backfill]
-            .iter()
-            .filter(|s| ["baseline", "expanded", "dual_write"].contains(&s.name.as_str())),
-    );
-    let named = summed(&mut segments.iter().filter(|s| names.contains(&s.name.as_str())));
-    match (server.p99_ms(&named), server.p99_ms(&quiet)) {
-        (Some(n), Some(q)) if q > 0.0 => Some(n / q),
-        _ => None,
-    }
-}
-
-/// How much the backfill slowed the traffic: its p99 over the baseline's (target ≤ 2).
-fn backfill_p99_vs_baseline(segments: &[report::SegmentStats]) -> Option<f64> {
-    let p99 = |name: &str| segments.iter().find(|s| s.name == name).map(|s| s.p99_ms);
-    match (p99("backfill"), p99("baseline")) {
-        (Some(b), Some(base)) if base > 0.0 => Some(b / base),
-        _ => None,
-    }
 }
 
 /// The file of a run's HTML report in `report_dir`: one per mode and injected fault or

@@ -367,7 +367,7 @@ fn failover_note(summary: &DemoSummary) -> String {
             summary.faults_injected.unwrap_or_default(),
             summary.unavailable_requests,
             summary.unavailable_outside_faults,
-            super::FAULT_AFTERMATH_MS / 1000,
+            super::summary::FAULT_AFTERMATH_MS / 1000,
             summary.replay.as_deref().unwrap_or_default()
         );
     }
