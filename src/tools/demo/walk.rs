@@ -148,12 +148,31 @@ impl Admin {
         self.step("advance", from, to, confirm).await
     }
 
-    /// Rolls back from `from`, as `advance` advances.
-    pub(super) async fn rollback_from(&self, from: Phase) -> Result<usize> {
-        let to = from
-            .previous()
-            .context("rolling back before the first phase")?;
+    /// Rolls back from `from` to `to`, as `advance` advances: `to` is `from`'s previous
+    /// phase, or `from` itself (read_new) to finish a rollback out of new_only that stopped
+    /// half-way.
+    pub(super) async fn rollback_from(&self, from: Phase, to: Phase) -> Result<usize> {
         self.step("rollback", from, to, None).await
+    }
+
+    /// The stored phase, and whether the step into it finished: a rollback out of new_only
+    /// can stop half-way, with the phase read_new and new_only's migration still applied
+    /// (`zdm migrate rollback` again finishes it).
+    pub(super) async fn position(&self) -> Result<(Phase, bool)> {
+        let status = self.status().await?;
+        let applied = status["migrations"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["applied"] == true).count());
+        let phase: Phase = status["phase"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow!("the status names no phase: {status}"))?;
+        Ok((phase, applied == phase.index()))
+    }
+
+    /// Whether the migration is at `phase`, the step into it finished.
+    pub(super) async fn is_at(&self, phase: Phase) -> Result<bool> {
+        Ok(self.position().await? == (phase, true))
     }
 
     /// The step `action` (advance, rollback) from `from` to `to`: its lock timeouts retried.
@@ -181,20 +200,11 @@ impl Admin {
                 pause(0.25).await;
                 continue;
             }
-            if unavailable && self.phase().await.ok() == Some(to) {
+            if unavailable && self.is_at(to).await.unwrap_or(false) {
                 return Ok(0);
             }
             bail!("{path} answered {status}: {}", answer["error"]);
         }
-    }
-
-    /// The stored phase, as the status reports it.
-    pub(super) async fn phase(&self) -> Result<Phase> {
-        let status = self.status().await?;
-        status["phase"]
-            .as_str()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| anyhow!("the status names no phase: {status}"))
     }
 }
 

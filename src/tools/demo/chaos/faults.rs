@@ -344,7 +344,9 @@ impl<'a> Faults<'a> {
                     .post("/api/admin/backfill/pause", json!({}))
                     .await;
                 if let Err(e) = answer {
-                    self.timeline.mark(format!("the pause was refused: {e:#}"));
+                    // Not started yet, or done: the process goes on (or ends) by itself.
+                    self.close(window, format!("the pause was refused: {e:#}"));
+                    return Ok(());
                 }
                 self.wait_for_backfill_exit(Duration::from_secs(30)).await?;
                 self.later(for_ms, Undo::ResumeBackfill, window);

@@ -108,37 +108,59 @@ async fn step(faults: &mut Faults<'_>, admin: &Admin, from: Phase, to: Phase) ->
         faults.timeline.enter(segment);
     }
     let give_up = Instant::now() + STEP_PATIENCE;
-    let lock_timeouts = loop {
+    let mut lock_timeouts = 0;
+    let mut wait = false;
+    loop {
+        if wait {
+            if Instant::now() > give_up {
+                bail!("{action} from {from} to {to}: not taken within {STEP_PATIENCE:?}");
+            }
+            faults.dwell(Duration::from_secs(1)).await?;
+        }
+        wait = true;
+        // Where the migration is before each try: a try whose answer was lost may have
+        // taken the step, and a rollback out of new_only may have stopped half-way (it is
+        // then finished from where it stopped).
+        let sent_from = match admin.position().await {
+            Ok((phase, true)) if phase == to => break,
+            Ok((phase, false)) if phase == to && !advance => to,
+            Ok((phase, _)) if phase == from => from,
+            Ok((phase, finished)) => {
+                bail!(
+                    "{action} from {from} to {to}: the migration is at {phase} (finished: {finished})"
+                )
+            }
+            Err(e) => {
+                faults
+                    .timeline
+                    .mark(format!("no status ({e:#}): tried again"));
+                continue;
+            }
+        };
         let admin_now = admin.clone();
         let taking = actix_web::rt::spawn(async move {
             let confirm = (to == Phase::Contracted).then_some(CONTRACT_CONFIRMATION);
-            if advance {
-                admin_now.advance(from, confirm).await
-            } else {
-                admin_now.rollback_from(from).await
+            match advance {
+                true => admin_now.advance(from, confirm).await,
+                false => admin_now.rollback_from(sent_from, to).await,
             }
         });
         while !taking.is_finished() {
             faults.pump().await?;
             pause(0.05).await;
         }
-        let error = match taking.await.context("a step of the walk panicked")? {
-            Ok(lock_timeouts) => break lock_timeouts,
-            Err(e) => e,
-        };
-        // Its answer lost, the step may have been taken all the same.
-        if admin.phase().await.ok() == Some(to) {
-            break 0;
+        // Taken: the next look at the position ends the loop (or finishes a rollback that
+        // stopped half-way).
+        match taking.await.context("a step of the walk panicked")? {
+            Ok(retried) => {
+                lock_timeouts += retried;
+                wait = false;
+            }
+            Err(e) => faults
+                .timeline
+                .mark(format!("{action} to {to} not taken ({e:#}): tried again")),
         }
-        if Instant::now() > give_up {
-            return Err(error.context(format!("{action} from {from} to {to}")));
-        }
-        faults.timeline.mark(format!(
-            "{action} to {to} not taken ({:#}): tried again",
-            error
-        ));
-        faults.dwell(Duration::from_secs(1)).await?;
-    };
+    }
     faults.wait_applied(to).await?;
     if to == Phase::DualWrite {
         faults
