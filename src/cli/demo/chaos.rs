@@ -12,6 +12,7 @@ use crate::local_pg::ScratchCluster;
 use crate::startup::StartupError;
 use crate::tools::demo::chaos::schedule::{self, Schedule, Setup};
 use crate::tools::demo::chaos::{self, Chaos};
+use crate::tools::demo::failover::Failover;
 use crate::tools::demo::report::DemoSummary;
 use crate::tools::demo::{self, DemoOptions};
 
@@ -20,12 +21,14 @@ const INSTANCES: u32 = 2;
 
 impl DemoArgs {
     pub(super) fn run_chaos(self, config: &Config) -> Result<(), StartupError> {
+        let self_runs = self.runs;
         let runs = self.runs.unwrap_or(1);
         let first = self.seed;
         let control = self.control;
         let setup = Setup {
             instances: INSTANCES,
             pooler: self.pooler,
+            failover: self.failover,
         };
         let replayed = self
             .schedule
@@ -38,6 +41,8 @@ impl DemoArgs {
         let mut opts = DemoArgs {
             quick: true,
             json_out: None,
+            // A promotion is one of the faults a schedule may draw, not the fixed script's.
+            failover: false,
             ..self
         }
         .options(config);
@@ -53,6 +58,13 @@ impl DemoArgs {
             if let Some(path) = &schedule_out {
                 write_json(path, &schedule).map_err(with_causes)?;
             }
+            if schedule.setup.failover != setup.failover || schedule.setup.pooler != setup.pooler {
+                return Err(format!(
+                    "the schedule was drawn for {:?}: give --pooler and --failover as it was run",
+                    schedule.setup
+                )
+                .into());
+            }
             let summary = run_one(&base, &opts, schedule, control).map_err(with_causes)?;
             println!("{}", one_line(&summary));
             if runs == 1 {
@@ -64,35 +76,41 @@ impl DemoArgs {
             }
             summaries.push(summary);
         }
-        let failed: Vec<u64> = summaries
-            .iter()
-            .filter(|s| !s.passed)
-            .filter_map(|s| s.seed)
-            .collect();
-        if runs > 1 {
-            println!("{}", totals(&summaries, &failed));
-        }
-        if let Some(path) = &json_out {
-            let json = if runs > 1 {
-                serde_json::json!({ "runs": summaries, "failed_seeds": failed })
-            } else {
-                serde_json::to_value(&summaries[0]).unwrap_or_default()
-            };
-            write_json(path, &json).map_err(with_causes)?;
-        }
-        match failed.as_slice() {
-            [] => Ok(()),
-            _ => Err(format!(
-                "chaos: {} of {runs} run(s) failed, seeds {failed:?}; replay one with: {}",
-                failed.len(),
-                summaries
-                    .iter()
-                    .find(|s| !s.passed)
-                    .and_then(|s| s.replay.clone())
-                    .unwrap_or_default()
-            )
-            .into()),
-        }
+        report_runs(&summaries, json_out.as_deref(), self_runs.is_some())
+    }
+}
+
+/// Prints the summary of `--runs`, writes the JSON, and fails naming the seeds that failed
+/// and how to replay the first.
+fn report_runs(
+    summaries: &[DemoSummary],
+    json_out: Option<&Path>,
+    as_runs: bool,
+) -> Result<(), StartupError> {
+    let failed: Vec<u64> = summaries
+        .iter()
+        .filter(|s| !s.passed)
+        .filter_map(|s| s.seed)
+        .collect();
+    let runs = summaries.len();
+    if runs > 1 {
+        println!("{}", totals(summaries, &failed));
+    }
+    if let Some(path) = json_out {
+        let json = match (summaries, as_runs) {
+            ([one], false) => serde_json::to_value(one).unwrap_or_default(),
+            _ => serde_json::json!({ "runs": summaries, "failed_seeds": failed }),
+        };
+        write_json(path, &json).map_err(with_causes)?;
+    }
+    match summaries.iter().find(|s| !s.passed) {
+        None => Ok(()),
+        Some(first) => Err(format!(
+            "chaos: {} of {runs} run(s) failed, seeds {failed:?}; replay the first with: {}",
+            failed.len(),
+            first.replay.clone().unwrap_or_default()
+        )
+        .into()),
     }
 }
 
@@ -103,16 +121,24 @@ fn run_one(
     schedule: Schedule,
     control: bool,
 ) -> anyhow::Result<DemoSummary> {
-    let cluster = ScratchCluster::new(base.to_owned());
-    let server = cluster
-        .primary()
-        .context("starting the chaos run's PostgreSQL")?;
-    let url = server.url("postgres");
+    // With a failover: a primary and a synchronous standby, reached by a multi-host URL.
+    let (cluster, server, standby, url) = if schedule.setup.failover {
+        let (cluster, failover, url) = Failover::start(base, true)?;
+        (cluster, failover.primary, Some(failover.standby), url)
+    } else {
+        let cluster = ScratchCluster::new(base.to_owned());
+        let server = cluster
+            .primary()
+            .context("starting the chaos run's PostgreSQL")?;
+        let url = server.url("postgres");
+        (cluster, server, None, url)
+    };
     let mut opts = opts.clone();
     opts.chaos = Some(Chaos {
         schedule,
         control,
         server,
+        standby,
     });
     let summary = actix_web::rt::System::new().block_on(demo::run(&url, opts));
     drop(cluster);

@@ -70,18 +70,7 @@ pub(super) async fn fail_over(
 ) -> Result<()> {
     timeline.enter("failover");
     timeline.mark("kill -9 of the primary (PostgreSQL's postmaster)");
-    let killed = Instant::now();
-    let primary = failover.primary.clone();
-    blocking(move || primary.kill_postmaster().context("killing the primary")).await?;
-    pause(DETECTION.as_secs_f64()).await;
-    let standby = failover.standby.clone();
-    blocking(move || standby.promote().context("promoting the standby")).await?;
-    if let Some(pooler) = pooler {
-        pooler
-            .retarget(&failover.standby.url("postgres"))
-            .context("pointing the pooler at the new primary")?;
-    }
-    let without_primary = killed.elapsed();
+    let without_primary = kill_and_promote(failover, pooler).await?;
     timeline.mark(format!(
         "{} standby promoted: {:.1} s without a primary{}",
         failover.standby_kind(),
@@ -102,4 +91,24 @@ pub(super) async fn fail_over(
     }
     timeline.without_primary = Some(without_primary);
     Ok(())
+}
+
+/// Kills the primary, and after `DETECTION` promotes the standby and points the pooler, if
+/// any, at it. Returns how long no primary accepted writes.
+pub(super) async fn kill_and_promote(
+    failover: &Failover,
+    pooler: Option<&PgBouncer>,
+) -> Result<Duration> {
+    let killed = Instant::now();
+    let primary = failover.primary.clone();
+    blocking(move || primary.kill_postmaster().context("killing the primary")).await?;
+    pause(DETECTION.as_secs_f64()).await;
+    let standby = failover.standby.clone();
+    blocking(move || standby.promote().context("promoting the standby")).await?;
+    if let Some(pooler) = pooler {
+        pooler
+            .retarget(&failover.standby.url("postgres"))
+            .context("pointing the pooler at the new primary")?;
+    }
+    Ok(killed.elapsed())
 }

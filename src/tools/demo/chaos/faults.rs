@@ -56,7 +56,9 @@ pub(super) struct Faults<'a> {
     opts: &'a DemoOptions,
     pooler: Option<&'a PgBouncer>,
     pub timeline: &'a mut Timeline,
+    /// The primary, which the faults restart and kill, and its standby until promoted.
     server: LocalPg,
+    standby: Option<LocalPg>,
     /// The instance that joins late (the fleet's last).
     late: usize,
     backfill: Option<Child>,
@@ -90,6 +92,7 @@ impl<'a> Faults<'a> {
             pooler,
             timeline,
             server: chaos.server.clone(),
+            standby: chaos.standby.clone(),
             backfill: None,
             backfill_started: false,
             pending: Vec::new(),
@@ -198,6 +201,46 @@ impl<'a> Faults<'a> {
     /// Strikes the fault `what`.
     pub async fn strike(&mut self, what: &What) -> Result<()> {
         match *what {
+            What::KillInstance { .. } | What::FreezeInstance { .. } | What::LateInstance => {
+                return self.strike_instance(what).await;
+            }
+            What::RestartPostgres | What::KillPostgres => self.restart_postgres(what).await?,
+            What::RestartPooler => {
+                let Some(pooler) = self.pooler else {
+                    return self.skip(what, "no pooler in this run");
+                };
+                let window = self.open("kill -9 of PgBouncer, started again".to_owned());
+                pooler.restart().context("restarting PgBouncer")?;
+                self.close(window, "PgBouncer back".to_owned());
+            }
+            What::Failover => self.fail_over().await?,
+            What::HoldLock { for_ms } => {
+                let sql = format!(
+                    "BEGIN; SELECT count(*) FROM users; SELECT pg_sleep({}); COMMIT;",
+                    f64::from(for_ms) / 1000.0
+                );
+                let what = format!("a transaction holding users for {for_ms} ms");
+                self.in_background(self.url.to_owned(), sql, what);
+            }
+            What::ReportQuery { for_ms } => {
+                let sql = format!(
+                    "BEGIN; SELECT count(full_name) FROM users; SELECT pg_sleep({}); COMMIT;",
+                    f64::from(for_ms) / 1000.0
+                );
+                let what = format!("{REPORT_ROLE}'s report reading full_name for {for_ms} ms");
+                self.in_background(as_role(self.url, REPORT_ROLE), sql, what);
+            }
+            What::StatsReset => self.dba("SELECT pg_stat_statements_reset()").await?,
+            What::Vacuum => self.dba("VACUUM users").await?,
+            ref backfill => return self.strike_backfill(backfill).await,
+        }
+        Ok(())
+    }
+
+    /// A fault of an instance: `kill -9` (started again when due), `SIGSTOP` (thawed when
+    /// due), or one more joining late.
+    async fn strike_instance(&mut self, what: &What) -> Result<()> {
+        match *what {
             What::KillInstance { instance, down_ms } => {
                 let index = instance as usize;
                 if !self.can_take_down(index) {
@@ -231,35 +274,38 @@ impl<'a> Faults<'a> {
                     self.name(self.late)
                 ));
             }
-            What::RestartPostgres | What::KillPostgres => self.restart_postgres(what).await?,
-            What::RestartPooler => {
-                let Some(pooler) = self.pooler else {
-                    return self.skip(what, "no pooler in this run");
-                };
-                let window = self.open("kill -9 of PgBouncer, started again".to_owned());
-                pooler.restart().context("restarting PgBouncer")?;
-                self.close(window, "PgBouncer back".to_owned());
-            }
-            What::HoldLock { for_ms } => {
-                let sql = format!(
-                    "BEGIN; SELECT count(*) FROM users; SELECT pg_sleep({}); COMMIT;",
-                    f64::from(for_ms) / 1000.0
-                );
-                let what = format!("a transaction holding users for {for_ms} ms");
-                self.in_background(self.url.to_owned(), sql, what);
-            }
-            What::ReportQuery { for_ms } => {
-                let sql = format!(
-                    "BEGIN; SELECT count(full_name) FROM users; SELECT pg_sleep({}); COMMIT;",
-                    f64::from(for_ms) / 1000.0
-                );
-                let what = format!("{REPORT_ROLE}'s report reading full_name for {for_ms} ms");
-                self.in_background(as_role(self.url, REPORT_ROLE), sql, what);
-            }
-            What::StatsReset => self.dba("SELECT pg_stat_statements_reset()").await?,
-            What::Vacuum => self.dba("VACUUM users").await?,
-            ref backfill => return self.strike_backfill(backfill).await,
+            _ => bail!("{what:?} is no fault of an instance"),
         }
+        Ok(())
+    }
+
+    /// `kill -9` of the primary and its standby promoted, the pooler pointed at it: the
+    /// faults that restart or kill PostgreSQL strike the new primary from then on.
+    async fn fail_over(&mut self) -> Result<()> {
+        let Some(standby) = self.standby.take() else {
+            return self.skip(&What::Failover, "no standby to promote");
+        };
+        let window = self.open("kill -9 of the primary".to_owned());
+        let primary = std::mem::replace(&mut self.server, standby.clone());
+        let failover = crate::tools::demo::failover::Failover {
+            primary,
+            standby,
+            synchronous: true,
+        };
+        let promoted =
+            crate::tools::demo::failover::kill_and_promote(&failover, self.pooler).await?;
+        self.close(
+            window,
+            format!(
+                "standby promoted after {:.1} s without a primary{}",
+                promoted.as_secs_f64(),
+                if self.pooler.is_some() {
+                    "; the pooler points at it"
+                } else {
+                    ""
+                }
+            ),
+        );
         Ok(())
     }
 

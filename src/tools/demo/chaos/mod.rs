@@ -35,6 +35,8 @@ pub struct Chaos {
     pub control: bool,
     /// The demo's own PostgreSQL, which the faults restart and kill.
     pub server: LocalPg,
+    /// Its synchronous standby (`--failover`), which a fault promotes.
+    pub standby: Option<LocalPg>,
 }
 
 /// How long a step is tried again while faults keep it from being taken.
@@ -186,7 +188,11 @@ pub fn replay_hint(opts: &DemoOptions, chaos: &Chaos) -> String {
     } else {
         command.push_str(&format!(" --rows {}", opts.rows));
     }
-    for (on, flag) in [(chaos.control, " --control"), (opts.pooler, " --pooler")] {
+    for (on, flag) in [
+        (chaos.control, " --control"),
+        (opts.pooler, " --pooler"),
+        (chaos.schedule.setup.failover, " --failover"),
+    ] {
         if on {
             command.push_str(flag);
         }

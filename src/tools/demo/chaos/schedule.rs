@@ -15,6 +15,9 @@ pub struct Setup {
     pub instances: u32,
     /// Whether a PgBouncer stands in front (its restart is then a fault).
     pub pooler: bool,
+    /// Whether the server has a synchronous standby (its promotion is then a fault).
+    #[serde(default)]
+    pub failover: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +76,9 @@ pub enum What {
     ReportQuery { for_ms: u32 },
     /// A restart of the PgBouncer in front.
     RestartPooler,
+    /// `kill -9` of the primary and, a second later, the standby promoted (the pooler
+    /// pointed at it), as an HA manager does.
+    Failover,
 }
 
 impl What {
@@ -100,6 +106,13 @@ pub fn draw(seed: u64, setup: Setup) -> Schedule {
     let mut faults = backfill_faults(&mut rng, &events);
     faults.extend(lock_holders(&mut rng, &events));
     faults.extend(faults_anywhere(&mut rng, setup, end_ms));
+    if setup.failover {
+        // One promotion: there is one standby.
+        faults.push(Event {
+            at_ms: rng.u32(1_000..end_ms),
+            what: What::Failover,
+        });
+    }
     events.extend(faults);
     // Stable: a fault drawn for the moment of a step comes after it.
     events.sort_by_key(|e| e.at_ms);
@@ -282,6 +295,7 @@ mod tests {
     const SETUP: Setup = Setup {
         instances: 2,
         pooler: true,
+        failover: true,
     };
 
     /// The phases the walk of `schedule` passes through, starting at baseline; fails on a
@@ -369,25 +383,22 @@ mod tests {
                     .to_owned()
             })
             .collect();
-        assert_eq!(kinds.len(), 17, "every kind of event: {kinds:?}");
-        let without_pooler = draw(
-            7,
-            Setup {
-                instances: 2,
-                pooler: false,
-            },
+        assert_eq!(kinds.len(), 18, "every kind of event: {kinds:?}");
+        let plain = Setup {
+            instances: 2,
+            pooler: false,
+            failover: false,
+        };
+        let only = |kind: What| move |s: &Schedule| s.events.iter().any(|e| e.what == kind);
+        assert!(
+            !(0..200)
+                .map(|seed| draw(seed, plain))
+                .any(|s| only(What::RestartPooler)(&s))
         );
-        assert!((0..200).all(|seed| {
-            !draw(
-                seed,
-                Setup {
-                    pooler: false,
-                    ..without_pooler.setup
-                },
-            )
-            .events
-            .iter()
-            .any(|e| e.what == What::RestartPooler)
-        }));
+        assert!(
+            !(0..200)
+                .map(|seed| draw(seed, plain))
+                .any(|s| only(What::Failover)(&s))
+        );
     }
 }
