@@ -29,6 +29,7 @@ impl DemoArgs {
             instances: INSTANCES,
             pooler: self.pooler,
             failover: self.failover,
+            replicas: self.replicas > 0,
         };
         let replayed = self
             .schedule
@@ -58,9 +59,14 @@ impl DemoArgs {
             if let Some(path) = &schedule_out {
                 write_json(path, &schedule).map_err(with_causes)?;
             }
-            if schedule.setup.failover != setup.failover || schedule.setup.pooler != setup.pooler {
+            if (
+                schedule.setup.pooler,
+                schedule.setup.failover,
+                schedule.setup.replicas,
+            ) != (setup.pooler, setup.failover, setup.replicas)
+            {
                 return Err(format!(
-                    "the schedule was drawn for {:?}: give --pooler and --failover as it was run",
+                    "the schedule was drawn for {:?}: give --pooler, --failover and --replicas as it was run",
                     schedule.setup
                 )
                 .into());
@@ -122,7 +128,7 @@ fn run_one(
     control: bool,
 ) -> anyhow::Result<DemoSummary> {
     // With a failover: a primary and a synchronous standby, reached by a multi-host URL.
-    let (cluster, server, standby, url) = if schedule.setup.failover {
+    let (mut cluster, server, standby, url) = if schedule.setup.failover {
         let (cluster, failover, url) = Failover::start(base, true)?;
         (cluster, failover.primary, Some(failover.standby), url)
     } else {
@@ -134,11 +140,21 @@ fn run_one(
         (cluster, server, None, url)
     };
     let mut opts = opts.clone();
+    let replica = if schedule.setup.replicas {
+        let replica = cluster
+            .replica(&server)
+            .context("starting the chaos run's replica")?;
+        opts.replica_servers = vec![replica.url("postgres")];
+        Some(replica)
+    } else {
+        None
+    };
     opts.chaos = Some(Chaos {
         schedule,
         control,
         server,
         standby,
+        replica,
     });
     let summary = actix_web::rt::System::new().block_on(demo::run(&url, opts));
     drop(cluster);

@@ -81,7 +81,7 @@ pub(super) struct DemoArgs {
     /// Chaos: the walk (with rollbacks and re-advances) and the faults drawn from --seed, on
     /// a PostgreSQL of the run's own (removed afterwards) that faults restart and kill. A 503
     /// while a fault lasts is counted apart; anything else the audit finds fails the run.
-    #[arg(long, conflicts_with_all = ["naive", "undo", "replicas", "async_standby"])]
+    #[arg(long, conflicts_with_all = ["naive", "undo", "async_standby"])]
     chaos: bool,
     /// The chaos run's seed (the same seed draws the same schedule on any machine).
     #[arg(long, requires = "chaos", default_value_t = 1)]

@@ -129,3 +129,28 @@ fn the_control_run_passes_and_an_injected_loss_is_caught_on_the_replayed_schedul
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// With a standby, a promotion is among the faults; with a replica, its stop.
+#[test]
+fn a_seed_with_a_failover_and_one_with_a_replica_stopped_hold() {
+    for (name, args, fault) in [
+        (
+            "failover",
+            ["--failover", "--pooler"],
+            "standby promoted after",
+        ),
+        ("replica", ["--replicas", "1"], "the replica stopped for"),
+    ] {
+        let run = chaos_run(name, &[&["--seed", "2"], &args[..]].concat());
+        let (summary, output) = (&run.summary, &run.output);
+        assert!(run.passed, "{name}: {output}");
+        assert_eq!(summary["lost_writes"], 0, "{name}: {output}");
+        assert_eq!(summary["failed_requests"], 0, "{name}: {output}");
+        let struck = summary["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["label"].as_str().unwrap().contains(fault));
+        assert!(struck, "{name}: {fault}: {output}");
+    }
+}

@@ -34,6 +34,8 @@ enum Undo {
     Thaw(usize),
     /// A killed or paused backfill resumed by a new process.
     ResumeBackfill,
+    /// The stopped replica started again.
+    StartReplica,
 }
 
 struct Pending {
@@ -59,6 +61,7 @@ pub(super) struct Faults<'a> {
     /// The primary, which the faults restart and kill, and its standby until promoted.
     server: LocalPg,
     standby: Option<LocalPg>,
+    replica: Option<LocalPg>,
     /// The instance that joins late (the fleet's last).
     late: usize,
     backfill: Option<Child>,
@@ -93,6 +96,7 @@ impl<'a> Faults<'a> {
             timeline,
             server: chaos.server.clone(),
             standby: chaos.standby.clone(),
+            replica: chaos.replica.clone(),
             backfill: None,
             backfill_started: false,
             pending: Vec::new(),
@@ -181,6 +185,16 @@ impl<'a> Faults<'a> {
                 self.backfill = Some(start_backfill_process(self.url, self.opts)?);
                 "backfill resumed by a new process".to_owned()
             }
+            Undo::StartReplica => {
+                if let Some(replica) = self.replica.clone() {
+                    blocking(move || {
+                        LocalPg::ensure_running(&replica.base_dir)
+                            .context("starting the replica again")
+                    })
+                    .await?;
+                }
+                "the replica is back".to_owned()
+            }
         };
         self.close(pending.window, label);
         Ok(())
@@ -214,6 +228,17 @@ impl<'a> Faults<'a> {
                 self.close(window, "PgBouncer back".to_owned());
             }
             What::Failover => self.fail_over().await?,
+            What::StopReplica { for_ms } => {
+                let Some(replica) = self.replica.clone() else {
+                    return self.skip(what, "no replica in this run");
+                };
+                if self.pending.iter().any(|p| p.undo == Undo::StartReplica) {
+                    return self.skip(what, "the replica is stopped already");
+                }
+                let window = self.open(format!("the replica stopped for {for_ms} ms"));
+                blocking(move || replica.stop().context("stopping the replica")).await?;
+                self.later(for_ms, Undo::StartReplica, window);
+            }
             What::HoldLock { for_ms } => {
                 let sql = format!(
                     "BEGIN; SELECT count(*) FROM users; SELECT pg_sleep({}); COMMIT;",

@@ -37,6 +37,8 @@ pub struct Chaos {
     pub server: LocalPg,
     /// Its synchronous standby (`--failover`), which a fault promotes.
     pub standby: Option<LocalPg>,
+    /// Its streaming replica (`--replicas 1`), which a fault stops.
+    pub replica: Option<LocalPg>,
 }
 
 /// How long a step is tried again while faults keep it from being taken.
@@ -192,6 +194,7 @@ pub fn replay_hint(opts: &DemoOptions, chaos: &Chaos) -> String {
         (chaos.control, " --control"),
         (opts.pooler, " --pooler"),
         (chaos.schedule.setup.failover, " --failover"),
+        (chaos.schedule.setup.replicas, " --replicas 1"),
     ] {
         if on {
             command.push_str(flag);

@@ -18,6 +18,10 @@ pub struct Setup {
     /// Whether the server has a synchronous standby (its promotion is then a fault).
     #[serde(default)]
     pub failover: bool,
+    /// Whether the instances read from a streaming replica, which the backfill waits for
+    /// (its stop is then a fault).
+    #[serde(default)]
+    pub replicas: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +83,8 @@ pub enum What {
     /// `kill -9` of the primary and, a second later, the standby promoted (the pooler
     /// pointed at it), as an HA manager does.
     Failover,
+    /// The streaming replica stopped (fast shutdown) for `for_ms`, then started again.
+    StopReplica { for_ms: u32 },
 }
 
 impl What {
@@ -112,6 +118,16 @@ pub fn draw(seed: u64, setup: Setup) -> Schedule {
             at_ms: rng.u32(1_000..end_ms),
             what: What::Failover,
         });
+    }
+    if setup.replicas {
+        for _ in 0..rng.u32(1..=2) {
+            faults.push(Event {
+                at_ms: rng.u32(1_000..end_ms),
+                what: What::StopReplica {
+                    for_ms: rng.u32(500..=5_000),
+                },
+            });
+        }
     }
     events.extend(faults);
     // Stable: a fault drawn for the moment of a step comes after it.
@@ -296,6 +312,7 @@ mod tests {
         instances: 2,
         pooler: true,
         failover: true,
+        replicas: true,
     };
 
     /// The phases the walk of `schedule` passes through, starting at baseline; fails on a
@@ -383,11 +400,12 @@ mod tests {
                     .to_owned()
             })
             .collect();
-        assert_eq!(kinds.len(), 18, "every kind of event: {kinds:?}");
+        assert_eq!(kinds.len(), 19, "every kind of event: {kinds:?}");
         let plain = Setup {
             instances: 2,
             pooler: false,
             failover: false,
+            replicas: false,
         };
         let only = |kind: What| move |s: &Schedule| s.events.iter().any(|e| e.what == kind);
         assert!(
@@ -400,5 +418,21 @@ mod tests {
                 .map(|seed| draw(seed, plain))
                 .any(|s| only(What::Failover)(&s))
         );
+        // A setup's own faults are drawn after the others: the rest of the schedule is the
+        // same with them or without.
+        let with_all = draw(9, SETUP);
+        let without: Vec<&Event> = with_all
+            .events
+            .iter()
+            .filter(|e| !matches!(e.what, What::Failover | What::StopReplica { .. }))
+            .collect();
+        let pooled = draw(
+            9,
+            Setup {
+                pooler: true,
+                ..plain
+            },
+        );
+        assert_eq!(without, pooled.events.iter().collect::<Vec<_>>());
     }
 }
