@@ -477,3 +477,27 @@ async fn an_instance_still_in_read_new_serves_rows_written_without_full_name() {
     assert_eq!(renamed.status(), 200);
     handle.stop(false).await;
 }
+
+/// Found by `zdm demo --chaos --seed 18 --pooler`: rolled back from new_only (the reverse
+/// backfill) down to dual_write, the advance to backfilled was refused with "the backfill is
+/// done … run it to the end". The forward backfill must indeed run again (the gate asks for
+/// it), and the refusal now says so; once it has run, the step is taken.
+#[actix_web::test]
+async fn after_a_rollback_through_the_reverse_backfill_the_gate_asks_for_the_forward_one() {
+    let a = TestApp::spawn().await;
+    a.seed(200);
+    a.walk_to(Phase::NewOnly).await;
+    for to in [Phase::ReadNew, Phase::Backfilled, Phase::DualWrite] {
+        step(&[&a], a.rollback().await, to).await;
+    }
+    let refused = a.advance(None).await;
+    assert_eq!(refused.status(), 409);
+    let body = refused.text().await.unwrap();
+    assert!(
+        body.contains("the last backfill is the reverse one")
+            && body.contains("run the forward backfill again"),
+        "{body}"
+    );
+    a.backfill_to_the_end().await;
+    step(&[&a], a.advance(None).await, Phase::Backfilled).await;
+}

@@ -480,7 +480,13 @@ impl<'a> Faults<'a> {
     /// Waits until the backfill is done, resuming it (as an operator would) whenever its
     /// process ended before: killed, failed, or out of patience with a database that went
     /// away. A pause the schedule made ends when it is due. Fails after `patience`.
-    pub async fn finish_backfill(&mut self, patience: Duration) -> Result<BackfillRun> {
+    /// `forward_only`: only a forward backfill counts (before the step to backfilled, whose
+    /// gate asks for it); else the reverse one of a rollback out of new_only does too.
+    pub async fn finish_backfill(
+        &mut self,
+        patience: Duration,
+        forward_only: bool,
+    ) -> Result<BackfillRun> {
         let give_up = Instant::now() + patience;
         loop {
             self.pump().await?;
@@ -504,7 +510,11 @@ impl<'a> Faults<'a> {
                     continue;
                 }
             };
-            if status.state == crate::migration::backfill::BackfillState::Done {
+            // A forward backfill done; the reverse one of a rollback out of new_only does not
+            // count (the gate asks for the forward one again).
+            let forward =
+                status.direction == crate::migration::backfill::Direction::Forward || !forward_only;
+            if status.state == crate::migration::backfill::BackfillState::Done && forward {
                 self.backfill = None;
                 self.timeline.backfilled = true;
                 return Ok(BackfillRun {
@@ -513,10 +523,15 @@ impl<'a> Faults<'a> {
                     rows_per_s: status.rows_per_s(),
                 });
             }
-            self.timeline.mark(format!(
-                "the backfill's process ended with the backfill {}: a new one resumes it",
-                status.state
-            ));
+            self.timeline.mark(match forward {
+                true => format!(
+                    "the backfill's process ended with the backfill {}: a new one resumes it",
+                    status.state
+                ),
+                false => {
+                    "the last backfill was the reverse one: the forward one runs again".to_owned()
+                }
+            });
             self.backfill = Some(start_backfill_process(self.url, self.opts)?);
         }
     }

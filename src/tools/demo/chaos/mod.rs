@@ -72,7 +72,7 @@ pub(super) async fn walk_chaos(
             What::Advance { to } | What::Rollback { to } if !chaos.control => {
                 let to: Phase = to.parse()?;
                 if phase == Phase::DualWrite && to == Phase::Backfilled {
-                    faults.finish_backfill(BACKFILL_PATIENCE).await?;
+                    faults.finish_backfill(BACKFILL_PATIENCE, true).await?;
                 }
                 lock_timeouts += step(&mut faults, admin, phase, to).await?;
                 phase = to;
@@ -84,7 +84,7 @@ pub(super) async fn walk_chaos(
     }
     faults.settle().await?;
     let backfill = if faults.backfill_started() {
-        Some(faults.finish_backfill(BACKFILL_PATIENCE).await?)
+        Some(faults.finish_backfill(BACKFILL_PATIENCE, false).await?)
     } else {
         None
     };
