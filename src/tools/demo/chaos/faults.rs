@@ -334,8 +334,10 @@ impl<'a> Faults<'a> {
         Ok(())
     }
 
+    /// Notes on the timeline a fault the schedule drew that cannot strike now (as its JSON).
     fn skip(&mut self, what: &What, why: &str) -> Result<()> {
-        self.timeline.mark(format!("{what:?} skipped: {why}"));
+        let drawn = serde_json::to_string(what).unwrap_or_default();
+        self.timeline.mark(format!("{drawn} skipped: {why}"));
         Ok(())
     }
 
@@ -442,7 +444,10 @@ impl<'a> Faults<'a> {
             .await;
         self.timeline.mark(match answer {
             Ok(_) => format!("backfill knobs changed while it runs: {knobs}"),
-            Err(e) => format!("{what:?} refused: {e:#}"),
+            Err(e) => format!(
+                "{} refused: {e:#}",
+                serde_json::to_string(what).unwrap_or_default()
+            ),
         });
     }
 
