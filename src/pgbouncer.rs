@@ -146,14 +146,24 @@ impl PgBouncer {
 
     /// `kill -9` of PgBouncer and a start of a new one with the same configuration, as a
     /// crash and its supervisor's restart would: every client connection through it breaks.
+    /// Returns at once; `is_listening` says when the new one takes connections.
     pub fn restart(&self) -> Result<(), PgBouncerError> {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         let _ = child.kill();
         let _ = child.wait();
-        let _ = std::fs::remove_file(self.dir.join(format!(".s.PGSQL.{PORT}")));
+        let _ = std::fs::remove_file(self.socket());
         let _ = std::fs::remove_file(self.dir.join("pgbouncer.pid"));
-        *child = spawn(&self.dir, find_binary()?)?;
+        *child = spawn_process(&self.dir, find_binary()?)?;
         Ok(())
+    }
+
+    /// Whether PgBouncer listens on its socket.
+    pub fn is_listening(&self) -> bool {
+        self.socket().exists()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join(format!(".s.PGSQL.{PORT}"))
     }
 
     /// Sends the pooler's new server connections to the server of `url` from now on (as
@@ -182,6 +192,23 @@ impl PgBouncer {
 
 /// Starts PgBouncer on the configuration in `dir` and waits for its socket.
 fn spawn(dir: &Path, binary: PathBuf) -> Result<Child, PgBouncerError> {
+    let mut child = spawn_process(dir, binary)?;
+    let socket = dir.join(format!(".s.PGSQL.{PORT}"));
+    let started = Instant::now();
+    while !socket.exists() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default();
+            return Err(PgBouncerError::NotStarted { log });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// Starts PgBouncer on the configuration in `dir`, without waiting for it.
+fn spawn_process(dir: &Path, binary: PathBuf) -> Result<Child, PgBouncerError> {
     let io = |what: &str| io_error(dir, what);
     let mut command = Command::new(binary);
     command
@@ -200,19 +227,7 @@ fn spawn(dir: &Path, binary: PathBuf) -> Result<Child, PgBouncerError> {
             .map_err(io("handing pgbouncer's folder to its user"))?;
         command.uid(uid.as_raw()).gid(gid.as_raw());
     }
-    let mut child = command.spawn().map_err(io("starting pgbouncer"))?;
-    let socket = dir.join(format!(".s.PGSQL.{PORT}"));
-    let started = Instant::now();
-    while !socket.exists() {
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default();
-            return Err(PgBouncerError::NotStarted { log });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(child)
+    command.spawn().map_err(io("starting pgbouncer"))
 }
 
 impl Drop for PgBouncer {

@@ -8,13 +8,11 @@ use anyhow::Context;
 use super::DemoArgs;
 use crate::cli::with_causes;
 use crate::config::Config;
-use crate::local_pg::ScratchCluster;
 use crate::startup::StartupError;
-use crate::tools::demo::chaos::schedule::{self, Schedule, Setup};
-use crate::tools::demo::chaos::{self, Chaos};
-use crate::tools::demo::failover::Failover;
+use crate::tools::demo;
+use crate::tools::demo::chaos;
+use crate::tools::demo::chaos::schedule::{self, Setup};
 use crate::tools::demo::report::DemoSummary;
-use crate::tools::demo::{self, DemoOptions};
 
 /// Instances a chaos run starts with (one more may join late).
 const INSTANCES: u32 = 2;
@@ -31,6 +29,8 @@ impl DemoArgs {
             failover: self.failover,
             replicas: self.replicas > 0,
         };
+        let schedule_file = self.schedule.clone();
+        let backfill_batch = self.backfill_batch.unwrap_or(chaos::BACKFILL_BATCH);
         let replayed = self
             .schedule
             .as_deref()
@@ -49,6 +49,8 @@ impl DemoArgs {
         .options(config);
         // The quick size unless asked otherwise (`--quick` is the default for chaos).
         opts.chaos = None;
+        opts.schedule_file = schedule_file;
+        opts.backfill_batch = backfill_batch;
         let base = config.data_dir.join("demo-chaos");
         let mut summaries = Vec::new();
         for seed in first..first + runs {
@@ -71,7 +73,9 @@ impl DemoArgs {
                 )
                 .into());
             }
-            let summary = run_one(&base, &opts, schedule, control).map_err(with_causes)?;
+            // A run the harness could not finish fails its seed; the next seeds still run.
+            let summary = chaos::run_seed(&base, &opts, schedule.clone(), control)
+                .unwrap_or_else(|e| chaos::harness_failure(&opts, schedule, control, &e));
             println!("{}", one_line(&summary));
             if runs == 1 {
                 print!("{}", demo::report::table(&summary));
@@ -118,47 +122,6 @@ fn report_runs(
         )
         .into()),
     }
-}
-
-/// One chaos run of `schedule` on a PostgreSQL of its own under `base`, removed afterwards.
-fn run_one(
-    base: &Path,
-    opts: &DemoOptions,
-    schedule: Schedule,
-    control: bool,
-) -> anyhow::Result<DemoSummary> {
-    // With a failover: a primary and a synchronous standby, reached by a multi-host URL.
-    let (mut cluster, server, standby, url) = if schedule.setup.failover {
-        let (cluster, failover, url) = Failover::start(base, true)?;
-        (cluster, failover.primary, Some(failover.standby), url)
-    } else {
-        let cluster = ScratchCluster::new(base.to_owned());
-        let server = cluster
-            .primary()
-            .context("starting the chaos run's PostgreSQL")?;
-        let url = server.url("postgres");
-        (cluster, server, None, url)
-    };
-    let mut opts = opts.clone();
-    let replica = if schedule.setup.replicas {
-        let replica = cluster
-            .replica(&server)
-            .context("starting the chaos run's replica")?;
-        opts.replica_servers = vec![replica.url("postgres")];
-        Some(replica)
-    } else {
-        None
-    };
-    opts.chaos = Some(Chaos {
-        schedule,
-        control,
-        server,
-        standby,
-        replica,
-    });
-    let summary = actix_web::rt::System::new().block_on(demo::run(&url, opts));
-    drop(cluster);
-    summary
 }
 
 fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {

@@ -274,7 +274,9 @@ fn curves(time: &TimeScale, latency: &LatencyScale, samples: &[Sample]) -> Curve
             .push(s.latency_us);
         match s.outcome {
             Outcome::Ok => {}
-            Outcome::Unavailable => *unavailable.entry(s.at_ms / BUCKET_MS).or_default() += 1,
+            Outcome::Unavailable | Outcome::LostWithInstance => {
+                *unavailable.entry(s.at_ms / BUCKET_MS).or_default() += 1
+            }
             _ => *failed.entry(s.at_ms / BUCKET_MS).or_default() += 1,
         }
     }

@@ -130,6 +130,8 @@ pub struct DemoOptions {
     pub failover: Option<Failover>,
     /// A walk and faults drawn from a seed instead of the fixed script (`--chaos`).
     pub chaos: Option<chaos::Chaos>,
+    /// The file a chaos run's schedule was read from (`--schedule`), to replay it by.
+    pub schedule_file: Option<PathBuf>,
 }
 
 impl DemoOptions {
@@ -154,6 +156,7 @@ impl DemoOptions {
             pooler: false,
             failover: None,
             chaos: None,
+            schedule_file: None,
         }
     }
 
@@ -180,11 +183,11 @@ struct Timeline {
     promoted_in: Option<usize>,
     /// How long the failover left the run without a primary.
     without_primary: Option<Duration>,
-    /// The windows of a chaos run's faults, from when each struck until its effect ended
-    /// (none yet: it lasts): a 503 within one is the fault's.
-    fault_windows: Vec<(u32, Option<u32>)>,
-    /// The faults a chaos run struck.
+    /// The windows of a chaos run's faults (see `FaultWindow`).
+    fault_windows: Vec<FaultWindow>,
+    /// The faults a chaos run struck, and how many of each kind.
     faults_injected: usize,
+    faults_struck: std::collections::BTreeMap<String, usize>,
 }
 
 impl Timeline {
@@ -205,6 +208,7 @@ impl Timeline {
             without_primary: None,
             fault_windows: Vec::new(),
             faults_injected: 0,
+            faults_struck: Default::default(),
         }
     }
 
@@ -243,6 +247,22 @@ impl Timeline {
             last.end_ms = now;
         }
     }
+}
+
+/// How long after a fault's effect ended its effects may still show: the instances' pools
+/// reconnect, a request sent during the fault finishes.
+const FAULT_AFTERMATH_MS: u32 = 3_000;
+
+/// A chaos run's fault, from when it struck until its effect ended (none yet: it lasts).
+#[derive(Debug, Clone, Copy)]
+struct FaultWindow {
+    start_ms: u32,
+    end_ms: Option<u32>,
+    /// Whether the instances themselves may answer 503 while it lasts (and a little after):
+    /// the database, the pooler or a replica is away, or a frozen instance holds locks that
+    /// others wait for. A fault that only takes an instance down makes the load balancer
+    /// answer for that instance's requests (`Outcome::LostWithInstance`), never the others.
+    app_may_503: bool,
 }
 
 async fn pause(secs: f64) {

@@ -131,6 +131,9 @@ pub struct DemoSummary {
     /// The faults a chaos run struck (those skipped, an instance already down, apart).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub faults_injected: Option<usize>,
+    /// The same by kind (the schedule's `kind`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub faults_struck: BTreeMap<String, usize>,
     /// A chaos run without the migration (`--control`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub control: bool,
@@ -192,7 +195,8 @@ pub fn segment_stats(
             let failed_timeout = count(|o| matches!(o, Outcome::Timeout));
             let failed_connection = count(|o| matches!(o, Outcome::Connection));
             let stale_reads = count(|o| matches!(o, Outcome::Stale));
-            let unavailable = count(|o| matches!(o, Outcome::Unavailable));
+            let unavailable =
+                count(|o| matches!(o, Outcome::Unavailable | Outcome::LostWithInstance));
             let lost_upstream = count(|o| matches!(o, Outcome::LostUpstream));
             SegmentStats {
                 name: seg.name.clone(),
@@ -367,7 +371,7 @@ fn failover_note(summary: &DemoSummary) -> String {
             summary.faults_injected.unwrap_or_default(),
             summary.unavailable_requests,
             summary.unavailable_outside_faults,
-            super::summary::FAULT_AFTERMATH_MS / 1000,
+            super::FAULT_AFTERMATH_MS / 1000,
             summary.replay.as_deref().unwrap_or_default()
         );
     }

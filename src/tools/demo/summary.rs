@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::report::{self, DemoSummary, FailoverSummary, Segment};
 use super::traffic::{self, Sample};
-use super::{DemoOptions, Timeline, Traffic, audit, chaos, server_latency};
+use super::{DemoOptions, FAULT_AFTERMATH_MS, Timeline, Traffic, audit, chaos, server_latency};
 
 /// The run's figures: per-segment statistics, the worst p99 of each phase, the audit's
 /// findings, and whether zero downtime held.
@@ -33,25 +33,7 @@ pub(super) fn summarize(
         lost_to_async_replication: audit.lost_to_async_replication,
         requests_meeting_the_loss: segments.iter().map(|s| s.lost_upstream).sum(),
     });
-    // A 503 is downtime too, except while a failover leaves no primary to answer: in the
-    // failover's segment, and the segments on either side of it (a request is counted in the
-    // segment it started in, and the instances take a moment to reach the new primary).
-    let around_the_failover = |i: usize| {
-        traffic
-            .timeline
-            .promoted_in
-            .is_some_and(|p| i + 1 >= p && i <= p + 1)
-    };
-    let fault_windows = closed_windows(&traffic.timeline);
-    let unavailable_outside_faults = match &opts.chaos {
-        Some(_) => unavailable_outside(&traffic.samples, &fault_windows),
-        None => segments
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !around_the_failover(*i))
-            .map(|(_, s)| s.unavailable)
-            .sum(),
-    };
+    let unavailable_outside_faults = unexcused_503s(opts, traffic, &segments);
     let chaos = opts.chaos.as_ref();
     DemoSummary {
         mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
@@ -80,11 +62,12 @@ pub(super) fn summarize(
             && unavailable_outside_faults == 0
             && !audit.found_anything(),
         seed: chaos.map(|c| c.schedule.seed),
-        replay: chaos.map(|c| chaos::replay_hint(opts, c)),
+        replay: chaos.map(|c| chaos::replay_hint(opts, &c.schedule, c.control)),
         schedule: chaos.map(|c| c.schedule.clone()),
         faults_injected: chaos.map(|_| traffic.timeline.faults_injected),
+        faults_struck: traffic.timeline.faults_struck.clone(),
         control: chaos.is_some_and(|c| c.control),
-        fault_windows,
+        fault_windows: closed_windows(&traffic.timeline, false),
         unavailable_outside_faults,
         walk_error: traffic.walk_error.clone(),
         backfill_p99_vs_baseline: backfill_p99_vs_baseline(&segments),
@@ -104,21 +87,48 @@ pub(super) fn summarize(
     }
 }
 
-/// How long after a fault's effect ended its 503s may still come: the instances' pools
-/// reconnect, a client's request sent during the fault finishes.
-pub(super) const FAULT_AFTERMATH_MS: u32 = 3_000;
+/// The 503s no fault excuses. A chaos run's: the instances' own outside every window of a
+/// fault that lets them answer 503. Otherwise every 503, except while a failover leaves no
+/// primary to answer: in the failover's segment and those on either side of it (a request is
+/// counted in the segment it started in, and the instances take a moment to reach the new
+/// primary).
+fn unexcused_503s(
+    opts: &DemoOptions,
+    traffic: &Traffic,
+    segments: &[report::SegmentStats],
+) -> usize {
+    if opts.chaos.is_some() {
+        return unavailable_outside(&traffic.samples, &closed_windows(&traffic.timeline, true));
+    }
+    let around_the_failover = |i: usize| {
+        traffic
+            .timeline
+            .promoted_in
+            .is_some_and(|p| i + 1 >= p && i <= p + 1)
+    };
+    segments
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !around_the_failover(*i))
+        .map(|(_, s)| s.unavailable)
+        .sum()
+}
 
-/// The timeline's fault windows, those still open closed at the run's end.
-fn closed_windows(timeline: &Timeline) -> Vec<(u32, u32)> {
+/// The timeline's fault windows (those where the instances may answer 503 only, with
+/// `app_may_503`), those still open closed at the run's end.
+fn closed_windows(timeline: &Timeline, app_may_503: bool) -> Vec<(u32, u32)> {
     let end = timeline.segments.last().map_or(0, |s| s.end_ms);
     timeline
         .fault_windows
         .iter()
-        .map(|(start, stop)| (*start, stop.unwrap_or(end)))
+        .filter(|w| w.app_may_503 || !app_may_503)
+        .map(|w| (w.start_ms, w.end_ms.unwrap_or(end)))
         .collect()
 }
 
-/// The 503s of requests that were in flight in no fault's window (nor its aftermath).
+/// The instances' own 503s of requests that were in flight in no window of a fault that
+/// lets them answer 503 (nor its aftermath). The load balancer's 503s for an instance a
+/// fault took down are that fault's by construction (`Rotation::lost_to_a_fault`).
 fn unavailable_outside(samples: &[Sample], windows: &[(u32, u32)]) -> usize {
     samples
         .iter()
@@ -210,11 +220,14 @@ mod tests {
         assert_eq!(unavailable_outside(&[sample(9_000, 10)], &windows), 1);
         assert_eq!(unavailable_outside(&[sample(15_100, 1)], &windows), 1);
         assert_eq!(unavailable_outside(&[sample(11_000, 1)], &[]), 1);
-        // Anything else is no 503.
-        let ok = Sample {
-            outcome: traffic::Outcome::Ok,
-            ..sample(1, 1)
-        };
-        assert_eq!(unavailable_outside(&[ok], &[]), 0);
+        // Anything else is no 503 of the instances': the load balancer's for an instance a
+        // fault took down is that fault's.
+        for outcome in [traffic::Outcome::Ok, traffic::Outcome::LostWithInstance] {
+            let other = Sample {
+                outcome,
+                ..sample(1, 1)
+            };
+            assert_eq!(unavailable_outside(&[other], &[]), 0);
+        }
     }
 }

@@ -27,10 +27,12 @@ pub enum Outcome {
     Ok,
     /// An unexpected HTTP status.
     Status(u16),
-    /// 503 with `Retry-After`: no database to answer for now (a failover), try again later;
-    /// or no answer from an instance a fault took down, which a load balancer answers 503.
+    /// 503 with `Retry-After`: no database to answer for now (a failover), try again later.
     /// The request may or may not have taken effect.
     Unavailable,
+    /// No answer from an instance a fault took down (killed, frozen): the load balancer
+    /// answers 503 for it. The request may or may not have taken effect.
+    LostWithInstance,
     Timeout,
     /// Refused, reset or otherwise broken connection.
     Connection,
@@ -247,7 +249,7 @@ impl Client {
                 if e.url()
                     .is_some_and(|u| self.rotation.lost_to_a_fault(u.as_str(), sent)) =>
             {
-                (Outcome::Unavailable, None)
+                (Outcome::LostWithInstance, None)
             }
             Err(e) if e.is_timeout() => (Outcome::Timeout, None),
             Err(_) => (Outcome::Connection, None),
@@ -418,7 +420,13 @@ impl Client {
                 .and_then(|rest| rest.split('&').next())
                 .and_then(|n| n.parse::<i64>().ok())
                 .map(|n| n + 1),
-            (Outcome::Timeout | Outcome::Connection | Outcome::Unavailable, _) => {
+            (
+                Outcome::Timeout
+                | Outcome::Connection
+                | Outcome::Unavailable
+                | Outcome::LostWithInstance,
+                _,
+            ) => {
                 self.unacknowledged_creates += 1;
                 None
             }
@@ -483,7 +491,10 @@ impl Client {
     fn settle(&mut self, id: i64, segment: usize, outcome: Outcome, new: RowState) {
         let states = match outcome {
             Outcome::Ok => vec![new],
-            Outcome::Timeout | Outcome::Connection | Outcome::Unavailable => {
+            Outcome::Timeout
+            | Outcome::Connection
+            | Outcome::Unavailable
+            | Outcome::LostWithInstance => {
                 vec![self.current_state(id), new]
             }
             Outcome::Status(_) | Outcome::Stale | Outcome::LostUpstream => return,

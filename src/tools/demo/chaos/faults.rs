@@ -13,14 +13,14 @@ use diesel::prelude::*;
 use serde_json::{Value, json};
 
 use super::Chaos;
-use super::schedule::What;
+use super::schedule::{Event, What};
 use crate::domain::Phase;
 use crate::local_pg::LocalPg;
 use crate::pgbouncer::PgBouncer;
 use crate::tools::demo::fleet::Fleet;
 use crate::tools::demo::report::BackfillRun;
 use crate::tools::demo::walk::{Admin, backfill_status, start_backfill_process};
-use crate::tools::demo::{DemoOptions, Timeline, blocking, connect, pause};
+use crate::tools::demo::{DemoOptions, FaultWindow, Timeline, blocking, connect, pause};
 
 /// The role of a DBA's report, which reads `full_name` as a client zdm does not know.
 pub const REPORT_ROLE: &str = "zdm_chaos_report";
@@ -65,9 +65,16 @@ pub(super) struct Faults<'a> {
     /// The instance that joins late (the fleet's last).
     late: usize,
     backfill: Option<Child>,
+    /// When the running backfill process was started (ms of the run).
+    backfill_since_ms: u32,
     backfill_started: bool,
     pending: Vec<Pending>,
     background: Vec<Background>,
+    /// The faults not struck yet, in order, each with the number of steps before it in the
+    /// schedule: it strikes when due once that many steps have begun.
+    queue: std::collections::VecDeque<(usize, Event)>,
+    /// Steps of the walk begun so far (set by the walk).
+    pub steps_begun: usize,
 }
 
 impl<'a> Faults<'a> {
@@ -98,9 +105,12 @@ impl<'a> Faults<'a> {
             standby: chaos.standby.clone(),
             replica: chaos.replica.clone(),
             backfill: None,
+            backfill_since_ms: 0,
             backfill_started: false,
             pending: Vec::new(),
             background: Vec::new(),
+            queue: faults_in_order(&chaos.schedule.events),
+            steps_begun: 0,
         })
     }
 
@@ -111,7 +121,8 @@ impl<'a> Faults<'a> {
             let left = at_ms.saturating_sub(self.timeline.now_ms()).min(50);
             pause(f64::from(left) / 1000.0).await;
         }
-        Ok(())
+        // What is due at `at_ms` itself comes first.
+        self.pump().await
     }
 
     pub async fn dwell(&mut self, how_long: Duration) -> Result<()> {
@@ -119,8 +130,18 @@ impl<'a> Faults<'a> {
         self.until(at).await
     }
 
-    /// Ends the lasting faults that are due, and notes the background ones that ended.
+    /// Strikes the faults that are due, ends the lasting ones that are due, and notes the
+    /// background ones that ended.
     pub async fn pump(&mut self) -> Result<()> {
+        let now = self.timeline.now_ms();
+        while let Some((after, event)) = self.queue.front()
+            && *after <= self.steps_begun
+            && event.at_ms <= now
+        {
+            let what = event.what.clone();
+            self.queue.pop_front();
+            self.strike(&what).await?;
+        }
         let now = Instant::now();
         while let Some(index) = self.pending.iter().position(|p| p.due <= now) {
             let pending = self.pending.remove(index);
@@ -138,27 +159,43 @@ impl<'a> Faults<'a> {
         Ok(())
     }
 
-    /// Waits until every lasting fault has ended.
+    /// Strikes the faults left, each when due (the walk is over).
+    pub async fn strike_the_rest(&mut self) -> Result<()> {
+        while let Some((_, last)) = self.queue.back() {
+            let at = last.at_ms;
+            self.until(at).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits (up to `SETTLE_PATIENCE`) until every lasting fault has ended.
     pub async fn settle(&mut self) -> Result<()> {
+        let give_up = Instant::now() + SETTLE_PATIENCE;
         while !self.pending.is_empty() || !self.background.is_empty() {
+            if Instant::now() > give_up {
+                bail!("faults still lasting after {SETTLE_PATIENCE:?}");
+            }
             self.pump().await?;
             pause(0.05).await;
         }
         Ok(())
     }
 
-    /// Opens a fault's window and says so on the timeline; returns the window.
-    fn open(&mut self, label: String) -> usize {
+    /// Opens a fault's window (`app_may_503`: see `FaultWindow`) and says so on the
+    /// timeline; returns the window.
+    fn open(&mut self, label: String, app_may_503: bool) -> usize {
         self.timeline.mark(label);
         self.timeline.faults_injected += 1;
-        let now = self.timeline.now_ms();
-        self.timeline.fault_windows.push((now, None));
+        self.timeline.fault_windows.push(FaultWindow {
+            start_ms: self.timeline.now_ms(),
+            end_ms: None,
+            app_may_503,
+        });
         self.timeline.fault_windows.len() - 1
     }
 
     fn close(&mut self, window: usize, label: String) {
-        let now = self.timeline.now_ms();
-        self.timeline.fault_windows[window].1 = Some(now);
+        self.timeline.fault_windows[window].end_ms = Some(self.timeline.now_ms());
         self.timeline.mark(label);
     }
 
@@ -182,7 +219,7 @@ impl<'a> Faults<'a> {
                 format!("SIGCONT to {}, back in rotation", self.name(index))
             }
             Undo::ResumeBackfill => {
-                self.backfill = Some(start_backfill_process(self.url, self.opts)?);
+                self.spawn_backfill()?;
                 "backfill resumed by a new process".to_owned()
             }
             Undo::StartReplica => {
@@ -212,8 +249,21 @@ impl<'a> Faults<'a> {
         self.fleet.is_up(index) && up > 1
     }
 
-    /// Strikes the fault `what`.
-    pub async fn strike(&mut self, what: &What) -> Result<()> {
+    /// Strikes the fault `what`, counting it by kind if it could strike.
+    async fn strike(&mut self, what: &What) -> Result<()> {
+        let before = self.timeline.faults_injected;
+        self.strike_one(what).await?;
+        if self.timeline.faults_injected > before {
+            let kind = serde_json::to_value(what).unwrap_or_default()["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            *self.timeline.faults_struck.entry(kind).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    async fn strike_one(&mut self, what: &What) -> Result<()> {
         match *what {
             What::KillInstance { .. } | What::FreezeInstance { .. } | What::LateInstance => {
                 return self.strike_instance(what).await;
@@ -223,8 +273,15 @@ impl<'a> Faults<'a> {
                 let Some(pooler) = self.pooler else {
                     return self.skip(what, "no pooler in this run");
                 };
-                let window = self.open("kill -9 of PgBouncer, started again".to_owned());
+                let window = self.open("kill -9 of PgBouncer, started again".to_owned(), true);
                 pooler.restart().context("restarting PgBouncer")?;
+                let give_up = Instant::now() + Duration::from_secs(10);
+                while !pooler.is_listening() {
+                    if Instant::now() > give_up {
+                        bail!("PgBouncer did not listen again within 10 s");
+                    }
+                    pause(0.02).await;
+                }
                 self.close(window, "PgBouncer back".to_owned());
             }
             What::Failover => self.fail_over().await?,
@@ -235,7 +292,7 @@ impl<'a> Faults<'a> {
                 if self.pending.iter().any(|p| p.undo == Undo::StartReplica) {
                     return self.skip(what, "the replica is stopped already");
                 }
-                let window = self.open(format!("the replica stopped for {for_ms} ms"));
+                let window = self.open(format!("the replica stopped for {for_ms} ms"), true);
                 blocking(move || replica.stop().context("stopping the replica")).await?;
                 self.later(for_ms, Undo::StartReplica, window);
             }
@@ -271,7 +328,7 @@ impl<'a> Faults<'a> {
                 if !self.can_take_down(index) {
                     return self.skip(what, "it is down, or the last one up");
                 }
-                let window = self.open(format!("kill -9 of {}", self.name(index)));
+                let window = self.open(format!("kill -9 of {}", self.name(index)), false);
                 self.fleet.kill(index).await?;
                 self.later(down_ms, Undo::Restart(index), window);
             }
@@ -280,11 +337,14 @@ impl<'a> Faults<'a> {
                 if !self.can_take_down(index) {
                     return self.skip(what, "it is down, or the last one up");
                 }
-                let window = self.open(format!(
-                    "SIGSTOP of {} for {:.1} s",
-                    self.name(index),
-                    f64::from(for_ms) / 1000.0
-                ));
+                let window = self.open(
+                    format!(
+                        "SIGSTOP of {} for {:.1} s",
+                        self.name(index),
+                        f64::from(for_ms) / 1000.0
+                    ),
+                    true,
+                );
                 self.fleet.freeze(index, true)?;
                 self.later(for_ms, Undo::Thaw(index), window);
             }
@@ -310,7 +370,7 @@ impl<'a> Faults<'a> {
         let Some(standby) = self.standby.take() else {
             return self.skip(&What::Failover, "no standby to promote");
         };
-        let window = self.open("kill -9 of the primary".to_owned());
+        let window = self.open("kill -9 of the primary".to_owned(), true);
         let primary = std::mem::replace(&mut self.server, standby.clone());
         let failover = crate::tools::demo::failover::Failover {
             primary,
@@ -344,11 +404,14 @@ impl<'a> Faults<'a> {
     /// A fast restart, or a `kill -9` and a start (crash recovery), of PostgreSQL.
     async fn restart_postgres(&mut self, what: &What) -> Result<()> {
         let kill = *what == What::KillPostgres;
-        let window = self.open(if kill {
-            "kill -9 of PostgreSQL".to_owned()
-        } else {
-            "fast restart of PostgreSQL".to_owned()
-        });
+        let window = self.open(
+            if kill {
+                "kill -9 of PostgreSQL".to_owned()
+            } else {
+                "fast restart of PostgreSQL".to_owned()
+            },
+            true,
+        );
         let server = self.server.clone();
         blocking(move || {
             if kill {
@@ -356,8 +419,19 @@ impl<'a> Faults<'a> {
             } else {
                 server.stop().context("stopping PostgreSQL")?;
             }
-            LocalPg::ensure_running(&server.base_dir).context("starting PostgreSQL again")?;
-            Ok(())
+            // After a kill -9 the old server processes may take a moment to notice their
+            // postmaster is gone and let go of the shared memory: start until it works.
+            let give_up = Instant::now() + Duration::from_secs(30);
+            loop {
+                match LocalPg::ensure_running(&server.base_dir) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if Instant::now() > give_up => {
+                        return Err(e).context("starting PostgreSQL again");
+                    }
+                    Err(e) => log::info!("PostgreSQL did not start yet: {e}"),
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
         })
         .await?;
         self.close(window, "PostgreSQL accepts connections again".to_owned());
@@ -366,7 +440,7 @@ impl<'a> Faults<'a> {
 
     /// Runs `sql` (a transaction of another client) on a thread of its own, at `url`.
     fn in_background(&mut self, url: String, sql: String, what: String) {
-        let window = self.open(format!("{what} starts"));
+        let window = self.open(format!("{what} starts"), false);
         let thread = std::thread::spawn(move || {
             let mut conn = PgConnection::establish(&url).context("connecting")?;
             conn.batch_execute(&sql).context("running it")?;
@@ -381,7 +455,7 @@ impl<'a> Faults<'a> {
 
     /// A DBA's job on the scratch database.
     async fn dba(&mut self, sql: &'static str) -> Result<()> {
-        let window = self.open(format!("a DBA runs {sql}"));
+        let window = self.open(format!("a DBA runs {sql}"), false);
         let url = self.url.to_owned();
         let done = blocking(move || {
             connect(&url)?.batch_execute(sql).context("running it")?;
@@ -403,7 +477,7 @@ impl<'a> Faults<'a> {
         }
         match *what {
             What::KillBackfill { down_ms } => {
-                let window = self.open("kill -9 of the backfill process".to_owned());
+                let window = self.open("kill -9 of the backfill process".to_owned(), false);
                 if let Some(mut child) = self.backfill.take() {
                     child.kill().context("killing the backfill process")?;
                     child.wait().context("waiting for the killed backfill")?;
@@ -411,7 +485,7 @@ impl<'a> Faults<'a> {
                 self.later(down_ms, Undo::ResumeBackfill, window);
             }
             What::PauseBackfill { for_ms } => {
-                let window = self.open(format!("backfill paused for {for_ms} ms"));
+                let window = self.open(format!("backfill paused for {for_ms} ms"), false);
                 let answer = self
                     .admin
                     .post("/api/admin/backfill/pause", json!({}))
@@ -437,11 +511,13 @@ impl<'a> Faults<'a> {
 
     /// Changes the running backfill's knobs through the admin API.
     async fn settings(&mut self, knobs: Value, what: &What) {
-        self.timeline.faults_injected += 1;
         let answer = self
             .admin
             .post("/api/admin/backfill/settings", knobs.clone())
             .await;
+        if answer.is_ok() {
+            self.timeline.faults_injected += 1;
+        }
         self.timeline.mark(match answer {
             Ok(_) => format!("backfill knobs changed while it runs: {knobs}"),
             Err(e) => format!(
@@ -473,9 +549,25 @@ impl<'a> Faults<'a> {
     pub fn start_backfill(&mut self) -> Result<()> {
         self.timeline.enter("backfill");
         self.timeline.mark("backfill starts (child process)");
-        self.backfill = Some(start_backfill_process(self.url, self.opts)?);
+        self.spawn_backfill()?;
         self.backfill_started = true;
         Ok(())
+    }
+
+    fn spawn_backfill(&mut self) -> Result<()> {
+        self.backfill = Some(start_backfill_process(self.url, self.opts)?);
+        self.backfill_since_ms = self.timeline.now_ms();
+        Ok(())
+    }
+
+    /// Whether a fault that may take the database away (see `FaultWindow::app_may_503`) met
+    /// the backfill process started at `since_ms`.
+    fn database_fault_since(&self, since_ms: u32) -> bool {
+        self.timeline.fault_windows.iter().any(|w| {
+            w.app_may_503
+                && w.end_ms
+                    .is_none_or(|end| end + crate::tools::demo::FAULT_AFTERMATH_MS >= since_ms)
+        })
     }
 
     pub fn backfill_started(&self) -> bool {
@@ -499,14 +591,17 @@ impl<'a> Faults<'a> {
                 bail!("the backfill was not done after {patience:?}");
             }
             let resuming = self.pending.iter().any(|p| p.undo == Undo::ResumeBackfill);
-            let running = match self.backfill.as_mut() {
-                Some(child) => child.try_wait().ok().flatten().is_none(),
-                None => false,
+            let exit = match self.backfill.as_mut() {
+                Some(child) => child.try_wait().context("checking on the backfill")?,
+                None => None,
             };
+            let running = self.backfill.is_some() && exit.is_none();
             if resuming || running {
                 pause(0.1).await;
                 continue;
             }
+            // A process that ended by itself (not killed, not paused by the schedule).
+            let ended_by_itself = self.backfill.take().is_some();
             let url = self.url.to_owned();
             let status = match blocking(move || backfill_status(&url)).await {
                 Ok(status) => status,
@@ -528,16 +623,25 @@ impl<'a> Faults<'a> {
                     rows_per_s: status.rows_per_s(),
                 });
             }
+            let paused = status.state == crate::migration::backfill::BackfillState::Paused;
+            if ended_by_itself && !paused && !self.database_fault_since(self.backfill_since_ms) {
+                bail!(
+                    "the backfill's process ended by itself ({}) with the backfill {}, and no fault took the database away meanwhile: {}",
+                    exit.map_or("gone".to_owned(), |e| e.to_string()),
+                    status.state,
+                    status.error.as_deref().unwrap_or("no error recorded")
+                );
+            }
             self.timeline.mark(match forward {
                 true => format!(
-                    "the backfill's process ended with the backfill {}: a new one resumes it",
+                    "the backfill's process ended with the backfill {} (a database fault met it): a new one resumes it",
                     status.state
                 ),
                 false => {
                     "the last backfill was the reverse one: the forward one runs again".to_owned()
                 }
             });
-            self.backfill = Some(start_backfill_process(self.url, self.opts)?);
+            self.spawn_backfill()?;
         }
     }
 
@@ -557,6 +661,33 @@ impl<'a> Faults<'a> {
             pause(0.05).await;
         }
     }
+}
+
+impl Drop for Faults<'_> {
+    /// A walk that stopped half-way leaves no backfill process writing under the audit.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.backfill.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The longest a fault lasts (a freeze of 15 s), with room: `settle` gives up after it.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The schedule's faults in order, each with the number of steps before it.
+fn faults_in_order(events: &[Event]) -> std::collections::VecDeque<(usize, Event)> {
+    let mut steps = 0;
+    let mut faults = std::collections::VecDeque::new();
+    for event in events {
+        if event.what.is_step() {
+            steps += 1;
+        } else {
+            faults.push_back((steps, event.clone()));
+        }
+    }
+    faults
 }
 
 /// `url` with its `user` parameter set to `role`.

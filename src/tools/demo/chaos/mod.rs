@@ -11,6 +11,7 @@
 mod faults;
 pub mod schedule;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -22,9 +23,11 @@ use super::report::BackfillRun;
 use super::walk::Admin;
 use super::{DemoOptions, Timeline, pause};
 use crate::domain::Phase;
-use crate::local_pg::LocalPg;
+use crate::local_pg::{LocalPg, ScratchCluster};
 use crate::migration::gates::CONTRACT_CONFIRMATION;
 use crate::pgbouncer::PgBouncer;
+use crate::tools::demo::failover::Failover;
+use crate::tools::demo::report::DemoSummary;
 
 /// What a chaos run is given.
 #[derive(Debug, Clone)]
@@ -40,6 +43,10 @@ pub struct Chaos {
     /// Its streaming replica (`--replicas 1`), which a fault stops.
     pub replica: Option<LocalPg>,
 }
+
+/// Rows in each of a chaos run's backfill batches unless given: half the quick run's, so
+/// that its backfill lasts the seconds its faults are drawn in (about 7 s at 30,000 rows).
+pub const BACKFILL_BATCH: i32 = 500;
 
 /// How long a step is tried again while faults keep it from being taken.
 const STEP_PATIENCE: Duration = Duration::from_secs(120);
@@ -58,6 +65,12 @@ pub(super) async fn walk_chaos(
     timeline: &mut Timeline,
     chaos: &Chaos,
 ) -> Result<(usize, Option<BackfillRun>)> {
+    log::warn!(
+        "CHAOS: faults are struck on purpose, drawn from seed {} ({} events); replay: {}",
+        chaos.schedule.seed,
+        chaos.schedule.events.len(),
+        replay_hint(opts, &chaos.schedule, chaos.control)
+    );
     let mut faults = Faults::new(fleet, url, opts, pooler, timeline, chaos)?;
     if chaos.control {
         faults
@@ -66,8 +79,13 @@ pub(super) async fn walk_chaos(
     }
     let mut phase = Phase::Baseline;
     let mut lock_timeouts = 0;
-    for event in &chaos.schedule.events {
+    // The steps in order, each at its time or as soon after as the one before lets it; a
+    // fault strikes when due once the step before it has begun, also while that step waits.
+    let steps = chaos.schedule.events.iter().filter(|e| e.what.is_step());
+    for (begun, event) in steps.enumerate() {
+        faults.steps_begun = begun;
         faults.until(event.at_ms).await?;
+        faults.steps_begun = begun + 1;
         match &event.what {
             What::Advance { to } | What::Rollback { to } if !chaos.control => {
                 let to: Phase = to.parse()?;
@@ -78,10 +96,11 @@ pub(super) async fn walk_chaos(
                 phase = to;
             }
             What::StartBackfill if !chaos.control => faults.start_backfill()?,
-            what if !what.is_step() => faults.strike(what).await?,
             _ => {}
         }
     }
+    faults.steps_begun = usize::MAX;
+    faults.strike_the_rest().await?;
     faults.settle().await?;
     let backfill = if faults.backfill_started() {
         Some(faults.finish_backfill(BACKFILL_PATIENCE, false).await?)
@@ -182,19 +201,111 @@ async fn step(faults: &mut Faults<'_>, admin: &Admin, from: Phase, to: Phase) ->
     Ok(lock_timeouts)
 }
 
-/// The command that replays a chaos run of `opts`: its seed with the options that shape it.
-pub fn replay_hint(opts: &DemoOptions, chaos: &Chaos) -> String {
-    let mut command = format!("zdm demo --chaos --seed {}", chaos.schedule.seed);
-    if opts.rows == DemoOptions::quick(Default::default()).rows {
-        command.push_str(" --quick");
+/// One chaos run of `schedule` on a PostgreSQL of its own under `base` (with a standby or a
+/// replica as the schedule's set-up asks), removed afterwards.
+pub fn run_seed(
+    base: &Path,
+    opts: &DemoOptions,
+    schedule: Schedule,
+    control: bool,
+) -> anyhow::Result<DemoSummary> {
+    // With a failover: a primary and a synchronous standby, reached by a multi-host URL.
+    let (mut cluster, server, standby, url) = if schedule.setup.failover {
+        let (cluster, failover, url) = Failover::start(base, true)?;
+        (cluster, failover.primary, Some(failover.standby), url)
     } else {
-        command.push_str(&format!(" --rows {}", opts.rows));
+        let cluster = ScratchCluster::new(base.to_owned());
+        let server = cluster
+            .primary()
+            .context("starting the chaos run's PostgreSQL")?;
+        let url = server.url("postgres");
+        (cluster, server, None, url)
+    };
+    let mut opts = opts.clone();
+    let replica = if schedule.setup.replicas {
+        let replica = cluster
+            .replica(&server)
+            .context("starting the chaos run's replica")?;
+        opts.replica_servers = vec![replica.url("postgres")];
+        Some(replica)
+    } else {
+        None
+    };
+    opts.chaos = Some(Chaos {
+        schedule,
+        control,
+        server,
+        standby,
+        replica,
+    });
+    let summary = actix_web::rt::System::new().block_on(super::run(&url, opts));
+    drop(cluster);
+    summary
+}
+
+/// The summary of a run the harness could not finish (a cluster that would not start, a
+/// report it could not write): failed, naming its seed, how to replay it and why.
+pub fn harness_failure(
+    opts: &DemoOptions,
+    schedule: Schedule,
+    control: bool,
+    error: &anyhow::Error,
+) -> DemoSummary {
+    DemoSummary {
+        mode: "zdm".to_owned(),
+        seed: Some(schedule.seed),
+        replay: Some(replay_hint(opts, &schedule, control)),
+        walk_error: Some(format!("the run could not finish: {error:#}")),
+        schedule: Some(schedule),
+        control,
+        passed: false,
+        ..DemoSummary::default()
+    }
+}
+
+/// The command that replays a chaos run of `opts`: its seed (or the schedule's file it was
+/// read from) with the options that shape the run where they are not the quick run's.
+pub fn replay_hint(opts: &DemoOptions, schedule: &Schedule, control: bool) -> String {
+    let quick = DemoOptions {
+        backfill_batch: BACKFILL_BATCH,
+        ..DemoOptions::quick(Default::default())
+    };
+    let mut command = match &opts.schedule_file {
+        Some(file) => format!("zdm demo --chaos --schedule {}", file.display()),
+        None => format!("zdm demo --chaos --seed {}", schedule.seed),
+    };
+    let numbers = [
+        ("--rows", opts.rows, quick.rows),
+        ("--clients", opts.clients as u64, quick.clients as u64),
+        (
+            "--write-percent",
+            u64::from(opts.write_percent),
+            u64::from(quick.write_percent),
+        ),
+        (
+            "--backfill-batch",
+            opts.backfill_batch as u64,
+            quick.backfill_batch as u64,
+        ),
+        (
+            "--backfill-sleep-ms",
+            opts.backfill_sleep_ms as u64,
+            quick.backfill_sleep_ms as u64,
+        ),
+    ];
+    for (flag, value, default) in numbers {
+        if value != default {
+            command.push_str(&format!(" {flag} {value}"));
+        }
+    }
+    if let Some(workers) = opts.backfill_workers {
+        command.push_str(&format!(" --backfill-workers {workers}"));
     }
     for (on, flag) in [
-        (chaos.control, " --control"),
-        (opts.pooler, " --pooler"),
-        (chaos.schedule.setup.failover, " --failover"),
-        (chaos.schedule.setup.replicas, " --replicas 1"),
+        (control, " --control"),
+        (schedule.setup.pooler, " --pooler"),
+        (schedule.setup.failover, " --failover"),
+        (schedule.setup.replicas, " --replicas 1"),
     ] {
         if on {
             command.push_str(flag);
