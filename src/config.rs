@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::local_pg::{LocalPg, LocalPgError};
+use crate::migration::backfill::AutoRule;
 use crate::trusted_proxies::TrustedProxies;
 
 /// The database the app uses when it starts its own private PostgreSQL.
@@ -45,6 +46,9 @@ pub struct Config {
     /// budget relative to the instances' own p99 when a backfill run starts (1.5: half as
     /// slow again).
     pub backfill_max_p99_ratio: Option<f64>,
+    /// `ZDM_BACKFILL_AUTO_RULE` (`zone` or `aimd`; unset: zone): how auto workers move their
+    /// count within the budget.
+    pub backfill_auto_rule: AutoRule,
     /// `ZDM_BACKFILL_RIDE_OUT_SECS` (default 60): how long a backfill that lost the database
     /// keeps reconnecting before it gives up.
     pub backfill_ride_out: std::time::Duration,
@@ -196,6 +200,12 @@ impl Config {
                         .filter(|_| var("ZDM_BACKFILL_MAX_P99_MS").is_none())
                 },
             )?,
+            backfill_auto_rule: parse_env(
+                "ZDM_BACKFILL_AUTO_RULE",
+                "\"zone\" (one worker at a time, a dead band, halving only over the budget) or \"aimd\" (one more while within the budget, half as many when over)",
+                |v| v.parse().ok(),
+            )?
+            .unwrap_or_default(),
             backfill_ride_out: parse_env(
                 "ZDM_BACKFILL_RIDE_OUT_SECS",
                 "a number of seconds from 0 to 86400",
@@ -262,6 +272,7 @@ impl Config {
             max_lag_bytes: self.replica_max_lag_bytes,
             max_p99_ms: self.backfill_max_p99_ms,
             max_p99_ratio: self.backfill_max_p99_ratio,
+            auto_rule: self.backfill_auto_rule,
             ride_out: crate::migration::backfill::RideOut::new(self.backfill_ride_out),
         }
     }

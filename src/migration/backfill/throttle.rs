@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use diesel::dsl::now;
 use diesel::prelude::*;
 
-use super::auto::Reading;
+use super::auto::{AutoRule, Reading};
 use super::status::{BackfillStatus, status};
 use super::{BackfillError, BackfillState};
 use crate::schema::state::{zdm_backfill, zdm_instances};
@@ -30,6 +30,11 @@ pub struct Throttle {
     /// A budget relative to the instances' own p99 when a run starts
     /// (`ZDM_BACKFILL_MAX_P99_RATIO`): `resolve_budget` turns it into `max_request_p99_ms`.
     pub max_request_p99_ratio: Option<f64>,
+    /// The worst p99 the live instances reported when the run started (`resolve_budget`),
+    /// with a budget: where the zone rule's headroom begins.
+    pub quiet_p99_ms: Option<f64>,
+    /// How auto mode moves the number of workers.
+    pub auto_rule: AutoRule,
     /// When this throttle last stored `running`: within `RESTATE_EVERY` it is not stored
     /// again, so that workers checking before each batch do not queue on the status row.
     stored_running: Option<Instant>,
@@ -71,6 +76,8 @@ impl Throttle {
             max_lag_bytes,
             max_request_p99_ms: None,
             max_request_p99_ratio: None,
+            quiet_p99_ms: None,
+            auto_rule: AutoRule::default(),
             stored_running: None,
         }
     }
@@ -88,7 +95,14 @@ impl Throttle {
         self
     }
 
-    /// With a relative budget, sets this run's limit: the ratio times the worst p99 the live
+    /// Auto mode moves the number of workers by `rule`.
+    pub fn with_auto_rule(mut self, rule: AutoRule) -> Self {
+        self.auto_rule = rule;
+        self
+    }
+
+    /// With a budget, notes the instances' p99 when the run starts (`quiet_p99_ms`). With a
+    /// relative budget, sets this run's limit: the ratio times the worst p99 the live
     /// instances reported just before the run started, before any batch of it. Returns what
     /// it was set from, for the run's record (`None` without a relative budget). Where no
     /// instance reported a p99 (no traffic), there is no limit: nothing to keep it within.
@@ -96,10 +110,16 @@ impl Throttle {
         &mut self,
         conn: &mut PgConnection,
     ) -> QueryResult<Option<String>> {
+        let budgeted = self.max_request_p99_ratio.is_some() || self.max_request_p99_ms.is_some();
+        self.quiet_p99_ms = if budgeted {
+            worst_recent_p99(conn)?
+        } else {
+            None
+        };
         let Some(ratio) = self.max_request_p99_ratio else {
             return Ok(None);
         };
-        let note = match worst_recent_p99(conn)? {
+        let note = match self.quiet_p99_ms {
             Some(p99) => {
                 let limit = ratio * p99;
                 self.max_request_p99_ms = Some(limit);
