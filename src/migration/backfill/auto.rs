@@ -14,7 +14,7 @@ use super::MAX_WORKERS;
 
 /// How auto mode moves the number of workers (`ZDM_BACKFILL_AUTO_RULE`). The default stays
 /// AIMD, the rule auto mode had before the zone rule: in ABBA pairs on the demo the zone rule
-/// held the budget in 4 runs of 8 to AIMD's 3, at a lower rate, both within the runs' spread
+/// held the budget in 6 runs of 12 to AIMD's 4, at a lower rate, both within the runs' spread
 /// (README, "The backfill's cost to the users"): nothing showed that a new default helps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AutoRule {
