@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::local_pg::{LocalPg, LocalPgError};
+use crate::migration::backfill::AutoRule;
 use crate::trusted_proxies::TrustedProxies;
 
 /// The database the app uses when it starts its own private PostgreSQL.
@@ -45,6 +46,9 @@ pub struct Config {
     /// budget relative to the instances' own p99 when a backfill run starts (1.5: half as
     /// slow again).
     pub backfill_max_p99_ratio: Option<f64>,
+    /// `ZDM_BACKFILL_AUTO_RULE` (`zone` or `aimd`; unset: aimd): how auto workers move their
+    /// count within the budget.
+    pub backfill_auto_rule: AutoRule,
     /// `ZDM_BACKFILL_RIDE_OUT_SECS` (default 60): how long a backfill that lost the database
     /// keeps reconnecting before it gives up.
     pub backfill_ride_out: std::time::Duration,
@@ -94,6 +98,9 @@ pub enum ConfigError {
     )]
     FaultVariable { name: String },
 }
+
+/// What `ZDM_BACKFILL_AUTO_RULE` accepts, said where it is refused.
+const AUTO_RULE_EXPECTED: &str = "\"zone\" (one worker at a time, a dead band, halving only over the budget) or \"aimd\" (one more while within the budget, half as many when over)";
 
 /// The environment variable `name`, unless unset or blank.
 fn var(name: &str) -> Option<String> {
@@ -177,25 +184,12 @@ impl Config {
                 number(1..=i64::MAX),
             )?
             .unwrap_or(crate::replicas::DEFAULT_MAX_LAG_BYTES),
-            backfill_max_p99_ms: parse_env(
-                "ZDM_BACKFILL_MAX_P99_MS",
-                "a positive number of milliseconds",
-                |v| {
-                    v.parse::<f64>()
-                        .ok()
-                        .filter(|ms| ms.is_finite() && *ms > 0.0)
-                },
-            )?,
-            backfill_max_p99_ratio: parse_env(
-                "ZDM_BACKFILL_MAX_P99_RATIO",
-                "a ratio from 1 to 100 (1.5: the users' p99 half as slow again as before the backfill), without ZDM_BACKFILL_MAX_P99_MS",
-                |v| {
-                    v.parse::<f64>()
-                        .ok()
-                        .filter(|r| (1.0..=100.0).contains(r))
-                        .filter(|_| var("ZDM_BACKFILL_MAX_P99_MS").is_none())
-                },
-            )?,
+            backfill_max_p99_ms: Self::backfill_max_p99_ms()?,
+            backfill_max_p99_ratio: Self::backfill_max_p99_ratio()?,
+            backfill_auto_rule: parse_env("ZDM_BACKFILL_AUTO_RULE", AUTO_RULE_EXPECTED, |v| {
+                v.parse().ok()
+            })?
+            .unwrap_or_default(),
             backfill_ride_out: parse_env(
                 "ZDM_BACKFILL_RIDE_OUT_SECS",
                 "a number of seconds from 0 to 86400",
@@ -226,6 +220,33 @@ impl Config {
                 number(1..=10_000),
             )?,
         })
+    }
+
+    /// `ZDM_BACKFILL_MAX_P99_MS`.
+    fn backfill_max_p99_ms() -> Result<Option<f64>, ConfigError> {
+        parse_env(
+            "ZDM_BACKFILL_MAX_P99_MS",
+            "a positive number of milliseconds",
+            |v| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|ms| ms.is_finite() && *ms > 0.0)
+            },
+        )
+    }
+
+    /// `ZDM_BACKFILL_MAX_P99_RATIO`, refused beside `ZDM_BACKFILL_MAX_P99_MS`.
+    fn backfill_max_p99_ratio() -> Result<Option<f64>, ConfigError> {
+        parse_env(
+            "ZDM_BACKFILL_MAX_P99_RATIO",
+            "a ratio from 1 to 100 (1.5: the users' p99 half as slow again as before the backfill), without ZDM_BACKFILL_MAX_P99_MS",
+            |v| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|r| (1.0..=100.0).contains(r))
+                    .filter(|_| var("ZDM_BACKFILL_MAX_P99_MS").is_none())
+            },
+        )
     }
 
     /// Refuses a fault variable (`ZDM_FAULT_*`, in the environment or `.env`): faults are
@@ -262,6 +283,7 @@ impl Config {
             max_lag_bytes: self.replica_max_lag_bytes,
             max_p99_ms: self.backfill_max_p99_ms,
             max_p99_ratio: self.backfill_max_p99_ratio,
+            auto_rule: self.backfill_auto_rule,
             ride_out: crate::migration::backfill::RideOut::new(self.backfill_ride_out),
         }
     }
@@ -321,6 +343,24 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "ZDM_POOL_SIZE must be a number from 1 to 500, got \"0\""
+        );
+    }
+
+    #[test]
+    fn an_auto_rule_is_zone_or_aimd_and_a_bad_one_is_refused_by_name() {
+        let parse = |v: &str| v.parse::<AutoRule>().ok();
+        assert_eq!(parse("zone"), Some(AutoRule::Zone));
+        assert_eq!(parse("aimd"), Some(AutoRule::Aimd));
+        assert_eq!(parse("halving"), None);
+        let err = ConfigError::Invalid {
+            name: "ZDM_BACKFILL_AUTO_RULE",
+            expected: AUTO_RULE_EXPECTED,
+            value: "halving".to_owned(),
+        };
+        assert!(
+            err.to_string()
+                .starts_with("ZDM_BACKFILL_AUTO_RULE must be \"zone\" (one worker at a time"),
+            "{err}"
         );
     }
 }

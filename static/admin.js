@@ -106,6 +106,7 @@
         text("backfill-workers", b.workers.toString());
         text("backfill-workers-setting", String(b.workers_setting));
         text("backfill-workers-reason", b.workers_reason || "none");
+        text("backfill-workers-rule", b.workers_rule || "not recorded yet");
         showRanges(b.ranges);
         showGates(s.next_gates);
       })

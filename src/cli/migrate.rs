@@ -165,9 +165,10 @@ fn print_backfill(backfill: &crate::migration::status::BackfillView) {
         );
     }
     println!(
-        "  workers: {} (set: {}){}",
+        "  workers: {} (set: {}; auto rule: {}){}",
         b.workers,
         b.workers_setting(),
+        b.workers_rule.as_deref().unwrap_or("not recorded yet"),
         b.workers_reason
             .as_deref()
             .map_or(String::new(), |why| format!(": {why}"))

@@ -14,8 +14,8 @@ use std::time::Duration;
 use diesel::prelude::*;
 
 use super::backfill::{
-    self, BackfillError, BackfillState, BackfillStatus, Direction, Knobs, RideOut, Throttle,
-    Workers,
+    self, AutoRule, BackfillError, BackfillState, BackfillStatus, Direction, Knobs, RideOut,
+    Throttle, Workers,
 };
 use super::gates;
 use super::runner::{self, Consent, RunError, Transition};
@@ -41,6 +41,8 @@ pub struct BackfillSettings {
     /// The same relative to the instances' own p99 when a run starts
     /// (`ZDM_BACKFILL_MAX_P99_RATIO`).
     pub max_p99_ratio: Option<f64>,
+    /// How auto workers move their count (`ZDM_BACKFILL_AUTO_RULE`).
+    pub auto_rule: AutoRule,
     /// Stopped at shutdown, so that a runner waiting for the database gives up.
     pub ride_out: RideOut,
 }
@@ -51,6 +53,7 @@ impl BackfillSettings {
         Throttle::new(self.replica_urls.clone(), self.max_lag_bytes)
             .with_request_p99_limit(self.max_p99_ms)
             .with_request_p99_ratio(self.max_p99_ratio)
+            .with_auto_rule(self.auto_rule)
     }
 
     /// The knobs within their ranges; `"auto"` workers only with a p99 budget (a backfill

@@ -66,6 +66,7 @@ diesel::table! {
         workers_auto -> Bool,
         workers_reason -> Nullable<Text>,
         workers_changed_at -> Nullable<Timestamptz>,
+        workers_rule -> Nullable<Text>,
     }
 }
 

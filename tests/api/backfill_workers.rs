@@ -10,7 +10,9 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zdm::domain::Phase;
-use zdm::migration::backfill::{self, BackfillState, Direction, Knobs, Throttle, Workers};
+use zdm::migration::backfill::{
+    self, AutoRule, BackfillState, Direction, Knobs, Throttle, Workers,
+};
 use zdm::migration::verify;
 use zdm::tools::bench::backfill as backfill_bench;
 
@@ -348,7 +350,7 @@ async fn auto_workers_under_a_budget_no_request_can_meet_stay_at_one_and_wait() 
     })
     .await;
     // Auto mode, with a budget no request can meet; the runner could open more connections.
-    let runner = auto_under_a_budget(&db.url, 0.001);
+    let runner = auto_under_a_budget(&db.url, 0.001, AutoRule::default());
     let mut waiting = None;
     eventually("the backfill to wait for the requests", || {
         let status = backfill::status(&mut conn).unwrap();
@@ -606,7 +608,7 @@ fn after_a_throttled_wait_auto_mode_adds_a_worker_only_after_two_calm_seconds() 
             }
         })
     };
-    let runner = auto_under_a_budget(&db.url, 2.0);
+    let runner = auto_under_a_budget(&db.url, 2.0, AutoRule::Aimd);
     // Waiting for the throttle well past the 2 s auto mode waits before adding a worker.
     let started = Instant::now();
     let throttled = loop {
@@ -726,12 +728,13 @@ fn seeded_at_dual_write(rows: u64) -> (crate::helpers::TestDb, PgConnection) {
     (db, conn)
 }
 
-/// The backfill in auto mode under a p99 budget of `budget_ms`, in batches of 100, on a
-/// thread of its own (more workers connect to `url`): how it ended, and the most workers
-/// it ran at once.
+/// The backfill in auto mode under a p99 budget of `budget_ms`, by `rule`, in batches of
+/// 100, on a thread of its own (more workers connect to `url`): how it ended, and the most
+/// workers it ran at once.
 fn auto_under_a_budget(
     url: &str,
     budget_ms: f64,
+    rule: AutoRule,
 ) -> std::thread::JoinHandle<(
     Result<backfill::BackfillStatus, backfill::BackfillError>,
     i32,
@@ -740,8 +743,9 @@ fn auto_under_a_budget(
     std::thread::spawn(move || {
         let mut conn = PgConnection::establish(&url).unwrap();
         backfill::set_knobs(&mut conn, Knobs::fixed(100, 0).with_workers(Workers::Auto)).unwrap();
-        let mut throttle =
-            Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(Some(budget_ms));
+        let mut throttle = Throttle::new(Vec::new(), i64::MAX)
+            .with_request_p99_limit(Some(budget_ms))
+            .with_auto_rule(rule);
         let mut most = 0;
         let done = backfill::run_workers(
             &mut conn,
@@ -785,4 +789,45 @@ fn a_relative_budget_is_fixed_from_the_instances_p99_when_the_run_starts() {
             .contains("p99 budget 6.0 ms: 1.5 × the instances' 4.0 ms when the run started"),
         "{first:?}"
     );
+}
+
+/// The rule auto mode runs by (`ZDM_BACKFILL_AUTO_RULE`) is the one the status shows and
+/// every change of the count names: each rule in turn, with no instance reporting (no slow
+/// request), so that both add workers (batches of 100 with 20 ms between them, so that the
+/// run lasts past the first 2 s).
+#[test]
+fn the_configured_auto_rule_is_the_one_recorded() {
+    for rule in [AutoRule::Zone, AutoRule::Aimd] {
+        let (db, mut conn) = seeded_at_dual_write(20_000);
+        backfill::set_knobs(&mut conn, Knobs::fixed(100, 20).with_workers(Workers::Auto)).unwrap();
+        let mut throttle = Throttle::new(Vec::new(), i64::MAX)
+            .with_request_p99_limit(Some(5.0))
+            .with_auto_rule(rule);
+        let done = backfill::run_workers(
+            &mut conn,
+            Some(&db.url),
+            Direction::Forward,
+            &mut throttle,
+            |_| {},
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(done.state, BackfillState::Done);
+        assert_eq!(done.workers_rule.as_deref(), Some(rule.as_str()));
+        let changes = backfill::worker_changes(&mut conn, 100).unwrap();
+        let (first, later) = changes.split_last().unwrap();
+        assert!(
+            first.reason.starts_with(&format!("auto ({rule} rule): ")),
+            "{first:?}"
+        );
+        assert!(!later.is_empty(), "{rule}: auto mode added no worker");
+        for change in later {
+            assert!(
+                change.reason.starts_with(&format!("{rule}: ")),
+                "{change:?}"
+            );
+        }
+        let status: Value = serde_json::to_value(backfill::status(&mut conn).unwrap()).unwrap();
+        assert_eq!(status["workers_rule"], rule.as_str());
+    }
 }

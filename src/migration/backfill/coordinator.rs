@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 
-use super::auto::{self, Limits};
+use super::auto::{self, AutoRule, Limits};
 use super::knobs::Workers;
 use super::status::BackfillStatus;
 use super::worker::{End, Event, News, Shared, locked};
+use super::zone::{self, ZoneClock};
 use super::{BackfillState, BatchDone, record_change, store};
 
 /// After a worker could not connect, the coordinator tries to add workers again this much
@@ -39,8 +40,10 @@ pub(super) struct Coordinator<'a> {
     can_grow: bool,
     /// When the number of workers last changed.
     changed: Instant,
-    /// How long auto mode's readings have all been within the limits.
+    /// How long auto mode's readings have all been within the limits (AIMD).
     calm: auto::Calm,
+    /// How long they have stayed in each of the zone rule's zones.
+    zone: ZoneClock,
     /// Auto mode's additions that did not hold (they lengthen the wait before the next).
     probes: auto::Probes,
     looked: Option<Instant>,
@@ -67,6 +70,7 @@ impl<'a> Coordinator<'a> {
             can_grow,
             changed: Instant::now(),
             calm: auto::Calm::new(Instant::now()),
+            zone: ZoneClock::new(Instant::now()),
             probes: auto::Probes::default(),
             looked: None,
             unconnected: None,
@@ -109,6 +113,7 @@ impl<'a> Coordinator<'a> {
             }
             News::Waiting(stored) => {
                 self.calm.restart(Instant::now());
+                self.zone.throttled(Instant::now());
                 self.stored = *stored;
             }
         }
@@ -246,6 +251,7 @@ impl<'a> Coordinator<'a> {
         self.probes.changed(from, to, self.changed.elapsed());
         self.changed = Instant::now();
         self.calm.restart(self.changed);
+        self.zone.restart(self.changed);
         Ok(())
     }
 
@@ -267,19 +273,39 @@ impl<'a> Coordinator<'a> {
                 let limits = Limits {
                     p99_budget_ms: budget,
                     max_lag_bytes: throttle.max_lag_bytes,
+                    quiet_p99_ms: throttle.quiet_p99_ms,
                 };
+                let rule = throttle.auto_rule;
                 let reading = throttle.reading(conn)?;
-                let calm = self.calm.saw(limits, &reading, Instant::now());
-                return Ok(auto::decide(
-                    current,
-                    limits,
-                    &reading,
-                    calm,
-                    self.probes.add_after(current + 1),
-                ));
+                drop(throttle);
+                return Ok(self.decide(rule, current, limits, &reading));
             }
         };
         Ok((to != current).then_some((to, reason)))
+    }
+
+    /// The count auto mode changes to from `current` by `rule`, and why (naming the rule).
+    fn decide(
+        &mut self,
+        rule: AutoRule,
+        current: i32,
+        limits: Limits,
+        reading: &auto::Reading,
+    ) -> Option<(i32, String)> {
+        let now = Instant::now();
+        let add_after = self.probes.add_after(current + 1);
+        let change = match rule {
+            AutoRule::Aimd => {
+                let calm = self.calm.saw(limits, reading, now);
+                auto::decide(current, limits, reading, calm, add_after)
+            }
+            AutoRule::Zone if reading.awaits_fresh_reports() => None,
+            AutoRule::Zone => {
+                let held = self.zone.saw(zone::zone_of(limits, reading), now);
+                zone::decide(current, limits, reading, held, add_after)
+            }
+        };
+        change.map(|(to, why)| (to, format!("{rule}: {why}")))
     }
 
     /// Starts workers 2..=target that have no thread (worker 1 runs on the runner's thread).

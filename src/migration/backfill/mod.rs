@@ -46,6 +46,7 @@ mod status;
 mod store;
 mod throttle;
 mod worker;
+mod zone;
 
 use std::time::Duration;
 
@@ -59,6 +60,7 @@ use crate::schema::expanded::users;
 use crate::schema::state::zdm_backfill;
 use runner::Failure;
 
+pub use auto::AutoRule;
 pub use knobs::{
     AUTO_NEEDS_A_BUDGET, Knobs, WORKERS_EXPECTED, Workers, next_batch_size, set_knobs,
 };
@@ -187,16 +189,19 @@ fn run_locked(
 
 /// Resumes an interrupted run of the same direction, or starts afresh, and sets the number
 /// of workers it starts with. `budget`: the users' p99 budget of this run, and where a
-/// relative one was set from (recorded with the run's first count of workers). Returns the
-/// row as stored and the run's ranges.
+/// relative one was set from (recorded with the run's first count of workers); `rule`: how
+/// auto mode moves the count here (recorded in the status). Returns the row as stored and
+/// the run's ranges.
 fn begin(
     conn: &mut PgConnection,
     direction: Direction,
     can_grow: bool,
     (p99_budget_ms, budget_note): (Option<f64>, Option<&str>),
+    rule: AutoRule,
 ) -> QueryResult<(BackfillStatus, Vec<WorkerRange>)> {
     let current = status::stored_status(conn)?;
-    let (count, mut reason) = initial_workers(current.workers_setting(), can_grow, p99_budget_ms);
+    let (count, mut reason) =
+        initial_workers(current.workers_setting(), can_grow, p99_budget_ms, rule);
     if let Some(note) = budget_note {
         reason = format!("{reason} ({note})");
     }
@@ -208,6 +213,9 @@ fn begin(
     } else {
         start_afresh(conn, direction, current.batch_size, count)?;
     }
+    diesel::update(zdm_backfill::table)
+        .set(zdm_backfill::workers_rule.eq(rule.as_str()))
+        .execute(conn)?;
     let stored = record_change(conn, None, count, &reason)?;
     Ok((stored, ranges(conn)?))
 }
@@ -296,7 +304,12 @@ fn start_afresh(
 }
 
 /// The number of workers a run starts with, and why.
-fn initial_workers(setting: Workers, can_grow: bool, p99_budget_ms: Option<f64>) -> (i32, String) {
+fn initial_workers(
+    setting: Workers,
+    can_grow: bool,
+    p99_budget_ms: Option<f64>,
+    rule: AutoRule,
+) -> (i32, String) {
     match (setting, p99_budget_ms) {
         (Workers::Fixed(1), _) => (1, "set to 1".to_owned()),
         _ if !can_grow => (1, coordinator::ONE_CONNECTION.to_owned()),
@@ -304,7 +317,7 @@ fn initial_workers(setting: Workers, can_grow: bool, p99_budget_ms: Option<f64>)
         (Workers::Auto, Some(budget)) => (
             1,
             format!(
-                "auto: starts with one worker and adds one at a time while the requests' p99 stays within {budget:.1} ms"
+                "auto ({rule} rule): starts with one worker and adds one at a time while the requests' p99 stays within {budget:.1} ms"
             ),
         ),
         (Workers::Auto, None) => (1, coordinator::NO_BUDGET.to_owned()),

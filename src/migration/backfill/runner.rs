@@ -70,6 +70,7 @@ pub(super) fn run(
         direction,
         url.is_some(),
         (p99_budget_ms, budget_note.as_deref()),
+        throttle.auto_rule,
     )
     .map_err(|e| Failure::checked_on(conn, e))?;
     log_start(

@@ -45,6 +45,9 @@ pub struct BackfillStatus {
     /// Why `workers` is what it is: the reason of its last change.
     pub workers_reason: Option<String>,
     pub workers_changed_at: Option<DateTime<Utc>>,
+    /// The rule auto mode moves the count by where the run runs (`ZDM_BACKFILL_AUTO_RULE`):
+    /// "zone" or "aimd".
+    pub workers_rule: Option<String>,
 }
 
 impl BackfillStatus {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use diesel::dsl::now;
 use diesel::prelude::*;
 
-use super::auto::Reading;
+use super::auto::{AutoRule, Reading};
 use super::status::{BackfillStatus, status};
 use super::{BackfillError, BackfillState};
 use crate::schema::state::{zdm_backfill, zdm_instances};
@@ -30,6 +30,11 @@ pub struct Throttle {
     /// A budget relative to the instances' own p99 when a run starts
     /// (`ZDM_BACKFILL_MAX_P99_RATIO`): `resolve_budget` turns it into `max_request_p99_ms`.
     pub max_request_p99_ratio: Option<f64>,
+    /// The worst p99 the live instances reported when the run started (`resolve_budget`),
+    /// with a budget: where the zone rule's headroom begins.
+    pub quiet_p99_ms: Option<f64>,
+    /// How auto mode moves the number of workers.
+    pub auto_rule: AutoRule,
     /// When this throttle last stored `running`: within `RESTATE_EVERY` it is not stored
     /// again, so that workers checking before each batch do not queue on the status row.
     stored_running: Option<Instant>,
@@ -48,6 +53,32 @@ const RESTATE_EVERY: Duration = Duration::from_secs(1);
 /// earlier (every 500 ms, checked every 250 ms): a report newer than a change of the number
 /// of workers by this much covers only requests made after it.
 const REPORT_COVERS: Duration = Duration::from_millis(800);
+
+/// How long a run that has a budget reads the instances' p99 before its first batch.
+const QUIET_SAMPLING: Duration = Duration::from_secs(2);
+
+/// How often it reads them meanwhile.
+const QUIET_SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// The instances' p99 before a run's first batch, where its budget starts from: the median
+/// of the worst p99 they reported, read every `QUIET_SAMPLE_EVERY` for `QUIET_SAMPLING`, and
+/// the number of readings. One 500-ms report is the third-slowest of some 300 requests, and
+/// the worst of the instances' at that: measured on the demo (`--quick`, two shared cores),
+/// a single reading when the run started said 20 ms where the quiet phases' p99 was 5 ms, so
+/// the relative budget became 30 ms. `None` at once where no instance reports a p99.
+fn quiet_p99(conn: &mut PgConnection) -> QueryResult<Option<(f64, usize)>> {
+    let Some(first) = worst_recent_p99(conn)? else {
+        return Ok(None);
+    };
+    let mut seen = vec![first];
+    let until = Instant::now() + QUIET_SAMPLING;
+    while Instant::now() < until {
+        std::thread::sleep(QUIET_SAMPLE_EVERY);
+        seen.extend(worst_recent_p99(conn)?);
+    }
+    seen.sort_by(f64::total_cmp);
+    Ok(Some((seen[seen.len() / 2], seen.len())))
+}
 
 /// The worst p99 the live instances reported with their last heartbeats.
 fn worst_recent_p99(conn: &mut PgConnection) -> QueryResult<Option<f64>> {
@@ -71,6 +102,8 @@ impl Throttle {
             max_lag_bytes,
             max_request_p99_ms: None,
             max_request_p99_ratio: None,
+            quiet_p99_ms: None,
+            auto_rule: AutoRule::default(),
             stored_running: None,
         }
     }
@@ -88,23 +121,34 @@ impl Throttle {
         self
     }
 
-    /// With a relative budget, sets this run's limit: the ratio times the worst p99 the live
-    /// instances reported just before the run started, before any batch of it. Returns what
-    /// it was set from, for the run's record (`None` without a relative budget). Where no
-    /// instance reported a p99 (no traffic), there is no limit: nothing to keep it within.
+    /// Auto mode moves the number of workers by `rule`.
+    pub fn with_auto_rule(mut self, rule: AutoRule) -> Self {
+        self.auto_rule = rule;
+        self
+    }
+
+    /// With a budget, notes the instances' p99 when the run starts (`quiet_p99_ms`, see
+    /// `quiet_p99`). With a relative budget, sets this run's limit: the ratio times that p99,
+    /// before any batch of the run. Returns what it was set from, for the run's record (`None`
+    /// without a relative budget). Where no instance reported a p99 (no traffic), there is no
+    /// limit: nothing to keep it within.
     pub(super) fn resolve_budget(
         &mut self,
         conn: &mut PgConnection,
     ) -> QueryResult<Option<String>> {
+        let budgeted = self.max_request_p99_ratio.is_some() || self.max_request_p99_ms.is_some();
+        let quiet = if budgeted { quiet_p99(conn)? } else { None };
+        self.quiet_p99_ms = quiet.map(|(p99, _)| p99);
         let Some(ratio) = self.max_request_p99_ratio else {
             return Ok(None);
         };
-        let note = match worst_recent_p99(conn)? {
-            Some(p99) => {
+        let note = match quiet {
+            Some((p99, readings)) => {
                 let limit = ratio * p99;
                 self.max_request_p99_ms = Some(limit);
                 format!(
-                    "p99 budget {limit:.1} ms: {ratio} × the instances' {p99:.1} ms when the run started"
+                    "p99 budget {limit:.1} ms: {ratio} × the instances' {p99:.1} ms when the run started (the median of {readings} readings over {} s)",
+                    QUIET_SAMPLING.as_secs()
                 )
             }
             None => {
