@@ -623,8 +623,16 @@ impl<'a> Faults<'a> {
                     rows_per_s: status.rows_per_s(),
                 });
             }
-            let paused = status.state == crate::migration::backfill::BackfillState::Paused;
-            if ended_by_itself && !paused && !self.database_fault_since(self.backfill_since_ms) {
+            use crate::migration::backfill::BackfillState;
+            // Refused to start (its gates: an instance, frozen say, not dual-writing yet): it
+            // is tried again, as an operator would. One that ran and stopped short, with no
+            // fault of the database to blame, fails the run.
+            let refused = matches!(status.state, BackfillState::Idle | BackfillState::Cancelled);
+            let stopped_short = ended_by_itself
+                && !refused
+                && status.state != BackfillState::Paused
+                && !self.database_fault_since(self.backfill_since_ms);
+            if stopped_short {
                 bail!(
                     "the backfill's process ended by itself ({}) with the backfill {}, and no fault took the database away meanwhile: {}",
                     exit.map_or("gone".to_owned(), |e| e.to_string()),
@@ -632,15 +640,18 @@ impl<'a> Faults<'a> {
                     status.error.as_deref().unwrap_or("no error recorded")
                 );
             }
-            self.timeline.mark(match forward {
-                true => format!(
-                    "the backfill's process ended with the backfill {} (a database fault met it): a new one resumes it",
-                    status.state
-                ),
-                false => {
-                    "the last backfill was the reverse one: the forward one runs again".to_owned()
+            let why = match (forward, refused) {
+                (false, _) => "the last backfill was the reverse one: the forward one runs again",
+                (true, true) => "the backfill did not start (a gate refused): tried again",
+                (true, false) => {
+                    "the backfill's process ended (a fault met it): a new one resumes it"
                 }
-            });
+            };
+            self.timeline
+                .mark(format!("{why}; the backfill was {}", status.state));
+            if refused {
+                self.dwell(Duration::from_secs(1)).await?;
+            }
             self.spawn_backfill()?;
         }
     }
