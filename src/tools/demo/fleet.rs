@@ -255,7 +255,7 @@ impl Fleet {
         let client = reqwest::Client::new();
         let mut phases = Vec::new();
         for (index, instance) in self.instances.iter().enumerate() {
-            if !self.rotation.up[index].load(Ordering::Acquire) {
+            if !self.rotation.is_up(index) {
                 continue;
             }
             let phase = match client

@@ -350,16 +350,16 @@ fn run_notes(summary: &DemoSummary) -> String {
             "requests through a pooler: {pooler} (the steps, the backfill and verify direct)"
         );
     }
-    out.push_str(&failover_note(summary));
+    out.push_str(&outage_note(summary));
     if let Some(e) = &summary.walk_error {
         let _ = writeln!(out, "the migration stopped: {e}");
     }
     out
 }
 
-/// The failover (seconds without a primary, the 503s, what was lost), or the 503s of a run
-/// without one.
-fn failover_note(summary: &DemoSummary) -> String {
+/// A chaos run's faults and 503s; a failover (seconds without a primary, the 503s, what was
+/// lost); or the 503s of a run with neither.
+fn outage_note(summary: &DemoSummary) -> String {
     if let Some(seed) = summary.seed {
         return format!(
             "chaos, seed {seed}{}: {} faults struck; {} requests answered 503, {} of them outside every fault's window (and {} s after it); replay: {}\n",

@@ -38,6 +38,7 @@ enum Undo {
     StartReplica,
 }
 
+/// A lasting fault's end, due at `due`, and the window it closes.
 struct Pending {
     due: Instant,
     undo: Undo,
@@ -51,6 +52,7 @@ struct Background {
     what: String,
 }
 
+/// What a chaos run's faults act on, and the faults struck that have not ended yet.
 pub(super) struct Faults<'a> {
     fleet: &'a mut Fleet,
     admin: Admin,
@@ -80,6 +82,7 @@ pub(super) struct Faults<'a> {
 impl<'a> Faults<'a> {
     pub fn new(
         fleet: &'a mut Fleet,
+        admin: &Admin,
         url: &'a str,
         opts: &'a DemoOptions,
         pooler: Option<&'a PgBouncer>,
@@ -94,7 +97,7 @@ impl<'a> Faults<'a> {
         ))
         .context("creating the DBA report's role")?;
         Ok(Self {
-            admin: Admin::of(fleet)?,
+            admin: admin.clone(),
             late: fleet.instances.len() - 1,
             fleet,
             url,
@@ -467,6 +470,8 @@ impl<'a> Faults<'a> {
         Ok(())
     }
 
+    /// A fault of the running backfill: `kill -9` of its process (resumed when due), a pause
+    /// (resumed when due), a change of its workers or batch size.
     async fn strike_backfill(&mut self, what: &What) -> Result<()> {
         let running = match self.backfill.as_mut() {
             Some(child) => child.try_wait().ok().flatten().is_none(),
@@ -546,6 +551,7 @@ impl<'a> Faults<'a> {
         Ok(())
     }
 
+    /// The walk's step that starts the backfill, as a process of its own.
     pub fn start_backfill(&mut self) -> Result<()> {
         self.timeline.enter("backfill");
         self.timeline.mark("backfill starts (child process)");
@@ -570,6 +576,7 @@ impl<'a> Faults<'a> {
         })
     }
 
+    /// Whether the walk started the backfill.
     pub fn backfill_started(&self) -> bool {
         self.backfill_started
     }

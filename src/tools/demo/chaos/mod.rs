@@ -71,11 +71,12 @@ pub(super) async fn walk_chaos(
         chaos.schedule.events.len(),
         replay_hint(opts, &chaos.schedule, chaos.control)
     );
-    let mut faults = Faults::new(fleet, url, opts, pooler, timeline, chaos)?;
+    let mut faults = Faults::new(fleet, admin, url, opts, pooler, timeline, chaos)?;
     if chaos.control {
-        faults
-            .timeline
-            .mark("control run: the same traffic and faults, no migration");
+        faults.timeline.mark(
+            "control run: the same traffic and faults, no migration (so v1 clients only, as v2 \
+             come with dual_write, and no backfill for its faults to strike)",
+        );
     }
     let mut phase = Phase::Baseline;
     let mut lock_timeouts = 0;

@@ -24,6 +24,7 @@ pub struct Setup {
     pub replicas: bool,
 }
 
+/// A chaos run's walk and faults, in the order of their times.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
     pub seed: u64,
@@ -139,6 +140,7 @@ pub fn draw(seed: u64, setup: Setup) -> Schedule {
     }
 }
 
+/// How long the walk stays in a phase before its next step.
 fn dwell(rng: &mut fastrand::Rng) -> u32 {
     rng.u32(MIN_DWELL_MS..=MAX_DWELL_MS)
 }
