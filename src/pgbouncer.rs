@@ -163,7 +163,7 @@ impl PgBouncer {
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.join(format!(".s.PGSQL.{PORT}"))
+        socket_in(&self.dir)
     }
 
     /// Sends the pooler's new server connections to the server of `url` from now on (as
@@ -190,10 +190,15 @@ impl PgBouncer {
     }
 }
 
+/// The socket PgBouncer in `dir` listens on.
+fn socket_in(dir: &Path) -> PathBuf {
+    dir.join(format!(".s.PGSQL.{PORT}"))
+}
+
 /// Starts PgBouncer on the configuration in `dir` and waits for its socket.
 fn spawn(dir: &Path, binary: PathBuf) -> Result<Child, PgBouncerError> {
     let mut child = spawn_process(dir, binary)?;
-    let socket = dir.join(format!(".s.PGSQL.{PORT}"));
+    let socket = socket_in(dir);
     let started = Instant::now();
     while !socket.exists() {
         if started.elapsed() > Duration::from_secs(10) {

@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-
 use super::DemoArgs;
 use crate::cli::with_causes;
 use crate::config::Config;
@@ -59,7 +57,7 @@ impl DemoArgs {
                 None => schedule::draw(seed, setup),
             };
             if let Some(path) = &schedule_out {
-                write_json(path, &schedule).map_err(with_causes)?;
+                demo::write_json(path, &schedule).map_err(with_causes)?;
             }
             if (
                 schedule.setup.pooler,
@@ -111,7 +109,7 @@ fn report_runs(
             ([one], false) => serde_json::to_value(one).unwrap_or_default(),
             _ => serde_json::json!({ "runs": summaries, "failed_seeds": failed }),
         };
-        write_json(path, &json).map_err(with_causes)?;
+        demo::write_json(path, &json).map_err(with_causes)?;
     }
     match summaries.iter().find(|s| !s.passed) {
         None => Ok(()),
@@ -122,11 +120,6 @@ fn report_runs(
         )
         .into()),
     }
-}
-
-fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let json = serde_json::to_string_pretty(value).context("serialising to JSON")?;
-    std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
 }
 
 /// A run in one line: its seed, what it did and what the audit found.

@@ -185,8 +185,7 @@ struct Timeline {
     without_primary: Option<Duration>,
     /// The windows of a chaos run's faults (see `FaultWindow`).
     fault_windows: Vec<FaultWindow>,
-    /// The faults a chaos run struck, and how many of each kind.
-    faults_injected: usize,
+    /// The faults a chaos run struck, by kind.
     faults_struck: std::collections::BTreeMap<String, usize>,
 }
 
@@ -207,7 +206,6 @@ impl Timeline {
             promoted_in: None,
             without_primary: None,
             fault_windows: Vec::new(),
-            faults_injected: 0,
             faults_struck: Default::default(),
         }
     }
@@ -562,12 +560,16 @@ fn write_report(opts: &DemoOptions, summary: &DemoSummary, traffic: &Traffic) ->
     std::fs::write(&report_file, &html)
         .with_context(|| format!("writing the report {}", report_file.display()))?;
     if let Some(path) = &opts.json_out {
-        let json = serde_json::to_string_pretty(summary).context("serialising the summary")?;
-        std::fs::write(path, json)
-            .with_context(|| format!("writing the summary {}", path.display()))?;
+        write_json(path, summary)?;
     }
     log::info!("report written to {}", report_file.display());
     Ok(())
+}
+
+/// Writes `value` as pretty JSON to `path` (a summary, a chaos schedule).
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(value).context("serialising to JSON")?;
+    std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

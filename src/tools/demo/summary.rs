@@ -64,7 +64,7 @@ pub(super) fn summarize(
         seed: chaos.map(|c| c.schedule.seed),
         replay: chaos.map(|c| chaos::replay_hint(opts, &c.schedule, c.control)),
         schedule: chaos.map(|c| c.schedule.clone()),
-        faults_injected: chaos.map(|_| traffic.timeline.faults_injected),
+        faults_injected: chaos.map(|_| traffic.timeline.faults_struck.values().sum()),
         faults_struck: traffic.timeline.faults_struck.clone(),
         control: chaos.is_some_and(|c| c.control),
         fault_windows: closed_windows(&traffic.timeline, false),

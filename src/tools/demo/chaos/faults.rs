@@ -188,7 +188,6 @@ impl<'a> Faults<'a> {
     /// timeline; returns the window.
     fn open(&mut self, label: String, app_may_503: bool) -> usize {
         self.timeline.mark(label);
-        self.timeline.faults_injected += 1;
         self.timeline.fault_windows.push(FaultWindow {
             start_ms: self.timeline.now_ms(),
             end_ms: None,
@@ -254,19 +253,14 @@ impl<'a> Faults<'a> {
 
     /// Strikes the fault `what`, counting it by kind if it could strike.
     async fn strike(&mut self, what: &What) -> Result<()> {
-        let before = self.timeline.faults_injected;
-        self.strike_one(what).await?;
-        if self.timeline.faults_injected > before {
-            let kind = serde_json::to_value(what).unwrap_or_default()["kind"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            *self.timeline.faults_struck.entry(kind).or_default() += 1;
+        if self.strike_one(what).await? {
+            *self.timeline.faults_struck.entry(what.kind()).or_default() += 1;
         }
         Ok(())
     }
 
-    async fn strike_one(&mut self, what: &What) -> Result<()> {
+    /// Strikes `what`; false if it could not strike now (see `skip`).
+    async fn strike_one(&mut self, what: &What) -> Result<bool> {
         match *what {
             What::KillInstance { .. } | What::FreezeInstance { .. } | What::LateInstance => {
                 return self.strike_instance(what).await;
@@ -287,7 +281,7 @@ impl<'a> Faults<'a> {
                 }
                 self.close(window, "PgBouncer back".to_owned());
             }
-            What::Failover => self.fail_over().await?,
+            What::Failover => return self.fail_over().await,
             What::StopReplica { for_ms } => {
                 let Some(replica) = self.replica.clone() else {
                     return self.skip(what, "no replica in this run");
@@ -319,12 +313,12 @@ impl<'a> Faults<'a> {
             What::Vacuum => self.dba("VACUUM users").await?,
             ref backfill => return self.strike_backfill(backfill).await,
         }
-        Ok(())
+        Ok(true)
     }
 
     /// A fault of an instance: `kill -9` (started again when due), `SIGSTOP` (thawed when
     /// due), or one more joining late.
-    async fn strike_instance(&mut self, what: &What) -> Result<()> {
+    async fn strike_instance(&mut self, what: &What) -> Result<bool> {
         match *what {
             What::KillInstance { instance, down_ms } => {
                 let index = instance as usize;
@@ -355,7 +349,6 @@ impl<'a> Faults<'a> {
                 if self.fleet.pid(self.late).is_some() {
                     return self.skip(what, "it runs already");
                 }
-                self.timeline.faults_injected += 1;
                 self.fleet.start_again(self.late).await?;
                 self.timeline.mark(format!(
                     "{} joins late, on the phase the database has",
@@ -364,12 +357,12 @@ impl<'a> Faults<'a> {
             }
             _ => bail!("{what:?} is no fault of an instance"),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// `kill -9` of the primary and its standby promoted, the pooler pointed at it: the
     /// faults that restart or kill PostgreSQL strike the new primary from then on.
-    async fn fail_over(&mut self) -> Result<()> {
+    async fn fail_over(&mut self) -> Result<bool> {
         let Some(standby) = self.standby.take() else {
             return self.skip(&What::Failover, "no standby to promote");
         };
@@ -394,14 +387,15 @@ impl<'a> Faults<'a> {
                 }
             ),
         );
-        Ok(())
+        Ok(true)
     }
 
-    /// Notes on the timeline a fault the schedule drew that cannot strike now (as its JSON).
-    fn skip(&mut self, what: &What, why: &str) -> Result<()> {
-        let drawn = serde_json::to_string(what).unwrap_or_default();
-        self.timeline.mark(format!("{drawn} skipped: {why}"));
-        Ok(())
+    /// Notes on the timeline a fault the schedule drew that cannot strike now; false: it
+    /// did not strike.
+    fn skip(&mut self, what: &What, why: &str) -> Result<bool> {
+        self.timeline
+            .mark(format!("{} skipped: {why}", what.json()));
+        Ok(false)
     }
 
     /// A fast restart, or a `kill -9` and a start (crash recovery), of PostgreSQL.
@@ -472,7 +466,7 @@ impl<'a> Faults<'a> {
 
     /// A fault of the running backfill: `kill -9` of its process (resumed when due), a pause
     /// (resumed when due), a change of its workers or batch size.
-    async fn strike_backfill(&mut self, what: &What) -> Result<()> {
+    async fn strike_backfill(&mut self, what: &What) -> Result<bool> {
         let running = match self.backfill.as_mut() {
             Some(child) => child.try_wait().ok().flatten().is_none(),
             None => false,
@@ -498,38 +492,34 @@ impl<'a> Faults<'a> {
                 if let Err(e) = answer {
                     // Not started yet, or done: the process goes on (or ends) by itself.
                     self.close(window, format!("the pause was refused: {e:#}"));
-                    return Ok(());
+                    return Ok(true);
                 }
                 self.wait_for_backfill_exit(Duration::from_secs(30)).await?;
                 self.later(for_ms, Undo::ResumeBackfill, window);
             }
             What::BackfillWorkers { workers } => {
-                self.settings(json!({ "workers": workers }), what).await;
+                return Ok(self.settings(json!({ "workers": workers }), what).await);
             }
             What::BackfillBatch { rows } => {
-                self.settings(json!({ "batch_size": rows }), what).await;
+                return Ok(self.settings(json!({ "batch_size": rows }), what).await);
             }
             _ => bail!("{what:?} is no fault of the backfill"),
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Changes the running backfill's knobs through the admin API.
-    async fn settings(&mut self, knobs: Value, what: &What) {
+    /// Changes the running backfill's knobs through the admin API; false if refused.
+    async fn settings(&mut self, knobs: Value, what: &What) -> bool {
         let answer = self
             .admin
             .post("/api/admin/backfill/settings", knobs.clone())
             .await;
-        if answer.is_ok() {
-            self.timeline.faults_injected += 1;
-        }
+        let changed = answer.is_ok();
         self.timeline.mark(match answer {
             Ok(_) => format!("backfill knobs changed while it runs: {knobs}"),
-            Err(e) => format!(
-                "{} refused: {e:#}",
-                serde_json::to_string(what).unwrap_or_default()
-            ),
+            Err(e) => format!("{} refused: {e:#}", what.json()),
         });
+        changed
     }
 
     async fn wait_for_backfill_exit(&mut self, within: Duration) -> Result<()> {

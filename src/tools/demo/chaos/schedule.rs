@@ -89,6 +89,19 @@ pub enum What {
 }
 
 impl What {
+    /// Its `kind`, as the JSON names it (`kill_instance`).
+    pub fn kind(&self) -> String {
+        serde_json::to_value(self).unwrap_or_default()["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The event as JSON, for the timeline's marks.
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// Whether this is a step of the migration (not a fault).
     pub fn is_step(&self) -> bool {
         matches!(
@@ -397,12 +410,7 @@ mod tests {
         let kinds: std::collections::BTreeSet<String> = schedules
             .iter()
             .flat_map(|s| &s.events)
-            .map(|e| {
-                serde_json::to_value(&e.what).unwrap()["kind"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
+            .map(|e| e.what.kind())
             .collect();
         assert_eq!(kinds.len(), 19, "every kind of event: {kinds:?}");
         let plain = Setup {
