@@ -204,6 +204,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_faults_that_let_the_instances_answer_503_excuse_their_503s() {
+        let mut timeline = Timeline::start();
+        timeline.enter("baseline");
+        let window = |start_ms, end_ms, app_may_503| super::super::FaultWindow {
+            start_ms,
+            end_ms,
+            app_may_503,
+        };
+        // A lock holder (no 503 of the instances' may come of it), then a PostgreSQL restart
+        // that has not ended when the run does.
+        timeline.fault_windows = vec![window(1_000, Some(2_000), false), window(5_000, None, true)];
+        timeline.segments[0].end_ms = 9_000;
+        assert_eq!(
+            closed_windows(&timeline, false),
+            [(1_000, 2_000), (5_000, 9_000)]
+        );
+        assert_eq!(closed_windows(&timeline, true), [(5_000, 9_000)]);
+    }
+
+    #[test]
     fn a_503_counts_against_the_run_unless_it_met_a_faults_window() {
         let sample = |at_ms: u32, latency_ms: u32| Sample {
             at_ms,
