@@ -67,6 +67,7 @@ diesel::table! {
         workers_reason -> Nullable<Text>,
         workers_changed_at -> Nullable<Timestamptz>,
         workers_rule -> Nullable<Text>,
+        quiet_p99_ms -> Nullable<Float8>,
     }
 }
 

@@ -760,35 +760,70 @@ fn auto_under_a_budget(
 }
 
 /// A relative budget (`ZDM_BACKFILL_MAX_P99_RATIO`) is fixed when the run starts, from the
-/// instances' own p99 then, and the run's record says so: 1.5 × 4 ms here.
+/// instances' own p99 then, and the run's record says so: 1.5 × 4 ms here. A run paused
+/// (or crashed) and resumed while the p99 is ten times that keeps its budget: measured again
+/// then, it would be 60 ms, and the backfill would go on at any cost to the users. A run
+/// started afresh measures again.
 #[test]
 fn a_relative_budget_is_fixed_from_the_instances_p99_when_the_run_starts() {
-    let (_db, mut conn) = seeded_at_dual_write(5_000);
+    let (db, mut conn) = seeded_at_dual_write(5_000);
     conn.batch_execute(
         "INSERT INTO zdm_instances (id, applied_phase, started_at, last_seen, recent_p99_ms)
          VALUES ('reporter', 'dual_write', now(), now(), 4.0)",
     )
     .unwrap();
-    let mut throttle = Throttle::new(Vec::new(), i64::MAX).with_request_p99_ratio(Some(1.5));
-    let done = backfill::run_workers(
-        &mut conn,
-        None,
-        Direction::Forward,
-        &mut throttle,
-        |_| {},
-        |_| {},
-    )
-    .unwrap();
-    assert_eq!(done.state, BackfillState::Done);
-    assert_eq!(throttle.max_request_p99_ms, Some(6.0));
-    let changes = backfill::worker_changes(&mut conn, 10).unwrap();
-    let first = changes.last().expect("the run's first count is recorded");
+    let knobs = Knobs {
+        batch_size: Some(100),
+        ..Default::default()
+    };
+    backfill::set_knobs(&mut conn, knobs).unwrap();
+    let run = |conn: &mut PgConnection, on_batch: &mut dyn FnMut()| {
+        let mut throttle = Throttle::new(Vec::new(), i64::MAX).with_request_p99_ratio(Some(1.5));
+        let end = backfill::run_workers(
+            conn,
+            None,
+            Direction::Forward,
+            &mut throttle,
+            |_| {},
+            |_| on_batch(),
+        )
+        .unwrap();
+        // The newest change: this run's first count (none follows with one worker).
+        let changes = backfill::worker_changes(conn, 1).unwrap();
+        let first = changes.first().expect("the run's first count is recorded");
+        (end.state, throttle.max_request_p99_ms, first.reason.clone())
+    };
+    // Paused after its first batch, by another client.
+    let mut other = db.conn();
+    let (state, budget, reason) = run(&mut conn, &mut || {
+        backfill::request_stop(&mut other, BackfillState::Paused).unwrap();
+    });
+    assert_eq!(state, BackfillState::Paused);
+    assert_eq!(budget, Some(6.0));
     assert!(
-        first
-            .reason
-            .contains("p99 budget 6.0 ms: 1.5 × the instances' 4.0 ms when the run started"),
-        "{first:?}"
+        reason.contains("p99 budget 6.00 ms: 1.5 × the instances' 4.00 ms when the run started"),
+        "{reason}"
     );
+    // The users' p99 is 40 ms now: the resumed run keeps 6 ms.
+    let reporting = |conn: &mut PgConnection, p99: f64| {
+        conn.batch_execute(&format!(
+            "UPDATE zdm_instances SET last_seen = now(), recent_p99_ms = {p99}"
+        ))
+        .unwrap();
+    };
+    reporting(&mut conn, 40.0);
+    let (state, budget, reason) = run(&mut conn, &mut || {});
+    assert_eq!(state, BackfillState::Done);
+    assert_eq!(budget, Some(6.0), "{reason}");
+    assert!(
+        reason.contains("kept from the run's first start"),
+        "{reason}"
+    );
+    // A run started afresh (once this one is done) measures again.
+    reporting(&mut conn, 40.0);
+    let (state, budget, _) = run(&mut conn, &mut || {});
+    assert_eq!(state, BackfillState::Done);
+    assert_eq!(budget, Some(60.0));
 }
 
 /// The rule auto mode runs by (`ZDM_BACKFILL_AUTO_RULE`) is the one the status shows and

@@ -189,14 +189,16 @@ fn run_locked(
 
 /// Resumes an interrupted run of the same direction, or starts afresh, and sets the number
 /// of workers it starts with. `budget`: the users' p99 budget of this run, and where a
-/// relative one was set from (recorded with the run's first count of workers); `rule`: how
-/// auto mode moves the count here (recorded in the status). Returns the row as stored and
-/// the run's ranges.
+/// relative one was set from (recorded with the run's first count of workers); `quiet_p99_ms`:
+/// the users' p99 it starts from (stored, and kept when the run resumes); `rule`: how auto
+/// mode moves the count here (recorded in the status). Returns the row as stored and the
+/// run's ranges.
 fn begin(
     conn: &mut PgConnection,
     direction: Direction,
     can_grow: bool,
     (p99_budget_ms, budget_note): (Option<f64>, Option<&str>),
+    quiet_p99_ms: Option<f64>,
     rule: AutoRule,
 ) -> QueryResult<(BackfillStatus, Vec<WorkerRange>)> {
     let current = status::stored_status(conn)?;
@@ -214,7 +216,10 @@ fn begin(
         start_afresh(conn, direction, current.batch_size, count)?;
     }
     diesel::update(zdm_backfill::table)
-        .set(zdm_backfill::workers_rule.eq(rule.as_str()))
+        .set((
+            zdm_backfill::workers_rule.eq(rule.as_str()),
+            zdm_backfill::quiet_p99_ms.eq(quiet_p99_ms),
+        ))
         .execute(conn)?;
     let stored = record_change(conn, None, count, &reason)?;
     Ok((stored, ranges(conn)?))

@@ -62,7 +62,7 @@ pub(super) fn run(
     on_batch: &mut dyn FnMut(&BatchDone),
 ) -> Result<BackfillStatus, Failure> {
     let budget_note = throttle
-        .resolve_budget(conn)
+        .resolve_budget(conn, direction)
         .map_err(|e| Failure::checked_on(conn, e))?;
     let p99_budget_ms = throttle.max_request_p99_ms;
     let (stored, ranges) = begin(
@@ -70,6 +70,7 @@ pub(super) fn run(
         direction,
         url.is_some(),
         (p99_budget_ms, budget_note.as_deref()),
+        throttle.quiet_p99_ms,
         throttle.auto_rule,
     )
     .map_err(|e| Failure::checked_on(conn, e))?;

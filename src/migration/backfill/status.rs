@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{BackfillError, BackfillState, Direction, LOCK_KEY, Workers};
 use crate::schema::state::{zdm_backfill, zdm_backfill_ranges, zdm_backfill_worker_changes};
 
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Serialize)]
+#[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
 pub struct BackfillStatus {
     #[serde(skip)]
     pub singleton: bool,
@@ -48,6 +48,9 @@ pub struct BackfillStatus {
     /// The rule auto mode moves the count by where the run runs (`ZDM_BACKFILL_AUTO_RULE`):
     /// "zone" or "aimd".
     pub workers_rule: Option<String>,
+    /// The users' p99 the instances reported when the run started, in ms: where its p99
+    /// budget begins (kept when the run is resumed). `None` without a budget.
+    pub quiet_p99_ms: Option<f64>,
 }
 
 impl BackfillStatus {

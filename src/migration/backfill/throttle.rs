@@ -80,6 +80,16 @@ fn quiet_p99(conn: &mut PgConnection) -> QueryResult<Option<(f64, usize)>> {
     Ok(Some((seen[seen.len() / 2], seen.len())))
 }
 
+/// The quiet p99 noted when the interrupted run of `direction` that this one resumes started.
+fn kept_quiet_p99(
+    conn: &mut PgConnection,
+    direction: super::Direction,
+) -> QueryResult<Option<f64>> {
+    let stored = super::status::stored_status(conn)?;
+    let resumes = stored.state.is_resumable() && stored.direction == direction;
+    Ok(stored.quiet_p99_ms.filter(|_| resumes))
+}
+
 /// The worst p99 the live instances reported with their last heartbeats.
 fn worst_recent_p99(conn: &mut PgConnection) -> QueryResult<Option<f64>> {
     let recent = diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
@@ -128,16 +138,24 @@ impl Throttle {
     }
 
     /// With a budget, notes the instances' p99 when the run starts (`quiet_p99_ms`, see
-    /// `quiet_p99`). With a relative budget, sets this run's limit: the ratio times that p99,
-    /// before any batch of the run. Returns what it was set from, for the run's record (`None`
-    /// without a relative budget). Where no instance reported a p99 (no traffic), there is no
-    /// limit: nothing to keep it within.
+    /// `quiet_p99`); a run of `direction` that resumes an interrupted one keeps the p99 noted
+    /// when that one started (measured again now, it would be measured in the aftermath of
+    /// whatever interrupted it: the database's restart, say, not the users' quiet). With a
+    /// relative budget, sets this run's limit: the ratio times that p99, before any batch of
+    /// the run. Returns what it was set from, for the run's record (`None` without a relative
+    /// budget). Where no instance reported a p99 (no traffic), there is no limit: nothing to
+    /// keep it within.
     pub(super) fn resolve_budget(
         &mut self,
         conn: &mut PgConnection,
+        direction: super::Direction,
     ) -> QueryResult<Option<String>> {
         let budgeted = self.max_request_p99_ratio.is_some() || self.max_request_p99_ms.is_some();
-        let quiet = if budgeted { quiet_p99(conn)? } else { None };
+        let quiet = match (budgeted, kept_quiet_p99(conn, direction)?) {
+            (false, _) => None,
+            (true, Some(kept)) => Some((kept, None)),
+            (true, None) => quiet_p99(conn)?.map(|(p99, readings)| (p99, Some(readings))),
+        };
         self.quiet_p99_ms = quiet.map(|(p99, _)| p99);
         let Some(ratio) = self.max_request_p99_ratio else {
             return Ok(None);
@@ -146,9 +164,15 @@ impl Throttle {
             Some((p99, readings)) => {
                 let limit = ratio * p99;
                 self.max_request_p99_ms = Some(limit);
+                let from = match readings {
+                    Some(readings) => format!(
+                        "the median of {readings} readings over {} s",
+                        QUIET_SAMPLING.as_secs()
+                    ),
+                    None => "kept from the run's first start: it resumes".to_owned(),
+                };
                 format!(
-                    "p99 budget {limit:.1} ms: {ratio} × the instances' {p99:.1} ms when the run started (the median of {readings} readings over {} s)",
-                    QUIET_SAMPLING.as_secs()
+                    "p99 budget {limit:.2} ms: {ratio} × the instances' {p99:.2} ms when the run started ({from})"
                 )
             }
             None => {

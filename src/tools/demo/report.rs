@@ -88,7 +88,7 @@ pub struct DemoSummary {
     /// The fault injected on purpose (`--fault`), if any.
     pub injected_fault: Option<String>,
     pub p99_ms_by_phase: BTreeMap<String, f64>,
-    /// The same, as the instances measured it (the upper bound of a histogram bucket).
+    /// The same, as the instances measured it (read within a histogram bucket).
     pub server_p99_ms_by_phase: BTreeMap<String, f64>,
     /// The instances' p99 during the backfill over theirs in the quiet phases of the run
     /// (baseline, expanded, dual_write before the backfill), taken together.
@@ -328,7 +328,7 @@ fn run_notes(summary: &DemoSummary) -> String {
     if let Some(r) = summary.server_backfill_p99_vs_quiet {
         let _ = writeln!(
             out,
-            "the instances' own p99 during the backfill / in the quiet phases (srv p99: the upper bound of a histogram bucket): {r:.2}"
+            "the instances' own p99 during the backfill / in the quiet phases (srv p99: read within a histogram bucket): {r:.2}"
         );
     }
     if let Some(r) = summary.server_ddl_p99_vs_quiet {

@@ -183,7 +183,9 @@ mod tests {
         };
         assert_eq!(latency.between(0, 500), vec![90 + 1, 100 + 2, 110 + 3]);
         assert_eq!(latency.between(200, 500), vec![50, 50, 60]);
-        // 113 requests, the 112th of them (99 %) in the 0.1 s bucket.
-        assert_eq!(latency.p99_ms(&latency.between(0, 500)), Some(100.0));
+        // 113 requests, the 111.87th of them (99 %) the 9.87th of the 11 in the 10-100 ms
+        // bucket: 10 + 90 × 9.87 / 11 ms.
+        let p99 = latency.p99_ms(&latency.between(0, 500)).unwrap();
+        assert!((p99 - (10.0 + 90.0 * 9.87 / 11.0)).abs() < 1e-6, "{p99}");
     }
 }
