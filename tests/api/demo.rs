@@ -190,6 +190,14 @@ fn the_quick_demo_holds_zero_downtime_forward_and_back_behind_a_pooler() {
         summary["lock_timeouts_retried"].as_u64().unwrap() >= 1,
         "the long transaction was met"
     );
+    // The backfill's counts of workers, each with its reason, the first one its run's.
+    let changes = summary["backfill"]["worker_changes"].as_array().unwrap();
+    assert!(
+        changes.first().is_some_and(
+            |c| c["workers"] == 1 && c["reason"].as_str().is_some_and(|r| !r.is_empty())
+        ),
+        "{changes:?}"
+    );
     let audit = &summary["audit"];
     assert!(audit["rows_checked"].as_u64().unwrap() > 100);
     assert_eq!(audit["stale_reads"], 0);

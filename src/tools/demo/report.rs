@@ -12,6 +12,7 @@ use super::audit::AuditResult;
 use super::chart::{Chart, chart};
 use super::cpu::{CpuSample, busy_cores};
 use super::traffic::{Outcome, Sample};
+use crate::migration::backfill::{BackfillStatus, WorkerChange};
 use crate::tools::stats::nearest_rank;
 
 /// A stretch of the run: a phase, or the backfill within dual_write.
@@ -30,12 +31,44 @@ pub struct Marker {
 }
 
 /// What the backfill of a zdm run did, its crash and resume included.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BackfillRun {
     /// Rows scanned.
     pub rows: i64,
     pub batches: i64,
     pub rows_per_s: f64,
+    /// The rule auto mode moved the workers by.
+    pub workers_rule: Option<String>,
+    /// The users' p99 when the run first started, where a p99 budget began.
+    pub quiet_p99_ms: Option<f64>,
+    /// Each count of workers the run (and its resumed run) took, oldest first, and why.
+    pub worker_changes: Vec<WorkerChange>,
+}
+
+impl BackfillRun {
+    /// The run `done` (as stored once done), with its changes of the worker count (newest
+    /// first, as `backfill::worker_changes` reads them).
+    pub fn of(done: &BackfillStatus, mut worker_changes: Vec<WorkerChange>) -> Self {
+        worker_changes.reverse();
+        Self {
+            rows: done.rows_done,
+            batches: done.batches,
+            rows_per_s: done.rows_per_s(),
+            workers_rule: done.workers_rule.clone(),
+            quiet_p99_ms: done.quiet_p99_ms,
+            worker_changes,
+        }
+    }
+
+    /// The counts of workers it ran with, oldest first: "1 → 2 → 1".
+    pub fn worker_counts(&self) -> String {
+        let counts: Vec<String> = self
+            .worker_changes
+            .iter()
+            .map(|c| c.workers.to_string())
+            .collect();
+        counts.join(" → ")
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

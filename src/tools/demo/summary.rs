@@ -74,7 +74,7 @@ pub(super) fn summarize(
         segments,
         faults: traffic.timeline.markers.clone(),
         lock_timeouts_retried: traffic.lock_timeouts,
-        backfill: traffic.backfill,
+        backfill: traffic.backfill.clone(),
         acknowledged_writes_tracked: traffic.ledgers.iter().map(|l| l.rows.len()).sum(),
         unacknowledged_creates: traffic.unacknowledged_creates,
         cpus: traffic.cpu.first().map(|s| s.times.cpus),

@@ -292,6 +292,15 @@ pub(super) fn backfill_status(url: &str) -> Result<backfill::BackfillStatus> {
     backfill::status(&mut connect(url)?).context("reading the backfill's progress")
 }
 
+/// The backfill's run as it ended, with each change of its worker count.
+pub(super) fn finished_backfill(url: &str) -> Result<BackfillRun> {
+    let mut conn = connect(url)?;
+    let changes = backfill::worker_changes(&mut conn, 1000)
+        .context("reading the changes of the worker count")?;
+    let done = backfill::status(&mut conn).context("reading the backfill's progress")?;
+    Ok(BackfillRun::of(&done, changes))
+}
+
 /// Starts `zdm backfill` as a child process on the database of `url`, with the demo's knobs
 /// and the instances' common environment, without the fault variables this process may have
 /// inherited (a fault is injected into instances, never into the backfill).
@@ -385,30 +394,15 @@ async fn backfill_with_a_crash(
         bail!("the resumed backfill failed: {exit}");
     }
     let url = url.to_owned();
-    let (done, changes) = blocking(move || {
-        let mut conn = connect(&url)?;
-        let changes = backfill::worker_changes(&mut conn, 1000)
-            .context("reading the changes of the worker count")?;
-        Ok((backfill_status(&url)?, changes))
-    })
-    .await?;
+    let run = blocking(move || finished_backfill(&url)).await?;
     // The number of workers through the resumed run, oldest first (auto mode changes it).
-    let counts: Vec<String> = changes
-        .iter()
-        .rev()
-        .map(|c| c.workers.to_string())
-        .collect();
     timeline.mark(format!(
         "backfill done: {} rows in {} batches; workers {}",
-        done.rows_done,
-        done.batches,
-        counts.join(" → ")
+        run.rows,
+        run.batches,
+        run.worker_counts()
     ));
-    Ok(BackfillRun {
-        rows: done.rows_done,
-        batches: done.batches,
-        rows_per_s: done.rows_per_s(),
-    })
+    Ok(run)
 }
 
 /// The zdm walk, baseline to contracted, with the faults.

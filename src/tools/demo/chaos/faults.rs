@@ -19,7 +19,7 @@ use crate::local_pg::LocalPg;
 use crate::pgbouncer::PgBouncer;
 use crate::tools::demo::fleet::Fleet;
 use crate::tools::demo::report::BackfillRun;
-use crate::tools::demo::walk::{Admin, backfill_status, start_backfill_process};
+use crate::tools::demo::walk::{Admin, backfill_status, finished_backfill, start_backfill_process};
 use crate::tools::demo::{DemoOptions, FaultWindow, Timeline, blocking, connect, pause};
 
 /// The role of a DBA's report, which reads `full_name` as a client zdm does not know.
@@ -612,13 +612,16 @@ impl<'a> Faults<'a> {
             let forward =
                 status.direction == crate::migration::backfill::Direction::Forward || !forward_only;
             if status.state == crate::migration::backfill::BackfillState::Done && forward {
+                // Read again with its changes of the worker count; a database away meanwhile
+                // (a fault) is waited for, as above.
+                let url = self.url.to_owned();
+                let Ok(run) = blocking(move || finished_backfill(&url)).await else {
+                    pause(0.2).await;
+                    continue;
+                };
                 self.backfill = None;
                 self.timeline.backfilled = true;
-                return Ok(BackfillRun {
-                    rows: status.rows_done,
-                    batches: status.batches,
-                    rows_per_s: status.rows_per_s(),
-                });
+                return Ok(run);
             }
             use crate::migration::backfill::BackfillState;
             // Refused to start (its gates: an instance, frozen say, not dual-writing yet): it
