@@ -173,13 +173,31 @@ impl Knobs {
     }
 }
 
-/// The batch time the sizing aims at: the knob's (`batch_target_ms`), but under a p99 budget
-/// for the users' requests no longer than the budget. A batch's commit puts its row versions
-/// and index entries in the WAL at once, and the users' commits wait for the WAL's flush: the
-/// bigger the batch, the longer they may wait (the README's pacing section measures it).
-pub fn batch_time_target_ms(knob_ms: i32, p99_budget_ms: Option<f64>) -> f64 {
+/// The batch time the sizing aims at: the knob's (`batch_target_ms`), but no longer than
+/// `cap_ms` (`batch_time_cap_ms`) under a p99 budget for the users' requests.
+pub fn batch_time_target_ms(knob_ms: i32, cap_ms: Option<f64>) -> f64 {
     let knob = f64::from(knob_ms);
-    p99_budget_ms.map_or(knob, |budget| knob.min(budget))
+    cap_ms.map_or(knob, |cap| knob.min(cap))
+}
+
+/// The shortest batch time a cap asks for: a batch this short is mostly its round trips.
+pub const MIN_BATCH_TIME_MS: f64 = 0.5;
+
+/// The longest a batch sized by time may take under a p99 budget of `budget_ms` for the
+/// users' requests: the headroom between their p99 when the run started (`quiet_ms`) and the
+/// budget, so that a request that waits behind a whole batch stays within the budget (at
+/// least `MIN_BATCH_TIME_MS`); the budget itself where that p99 is unknown or not below it;
+/// no cap without a budget. What a batch costs the users is its length, not the rate: on the
+/// demo (one worker, no budget, the instances' p99 against the quiet phases'), 1,000-row
+/// batches cost 2.3-3.0 × at 62,000-69,000 rows/s and still 2.0-2.9 × with 60 ms between
+/// them (12,500 rows/s), while 50-row batches cost 1.4-1.6 × at 35,000-38,000 rows/s, and
+/// two workers of them 1.25-1.54 × at 60,000-69,000 (the README's pacing section).
+pub fn batch_time_cap_ms(budget_ms: Option<f64>, quiet_ms: Option<f64>) -> Option<f64> {
+    let budget = budget_ms?;
+    Some(match quiet_ms {
+        Some(quiet) if quiet < budget => (budget - quiet).max(MIN_BATCH_TIME_MS),
+        _ => budget,
+    })
 }
 
 /// Changes the knobs, also while running. A batch size given without a target time is kept
@@ -250,6 +268,16 @@ mod tests {
         assert_eq!(batch_time_target_ms(40, Some(1.5)), 1.5);
         // A target already below the budget stays.
         assert_eq!(batch_time_target_ms(1, Some(5.0)), 1.0);
+        // Under a budget of 3 ms from a quiet p99 of 2 ms, batches aim at the 1 ms between.
+        assert_eq!(batch_time_cap_ms(Some(3.0), Some(2.0)), Some(1.0));
+        assert_eq!(
+            batch_time_cap_ms(Some(3.0), Some(2.9)),
+            Some(MIN_BATCH_TIME_MS)
+        );
+        // The quiet p99 unknown (no traffic), or not below the budget: the budget.
+        assert_eq!(batch_time_cap_ms(Some(3.0), None), Some(3.0));
+        assert_eq!(batch_time_cap_ms(Some(3.0), Some(4.0)), Some(3.0));
+        assert_eq!(batch_time_cap_ms(None, Some(2.0)), None);
         // 10-ms batches of 1,000 rows: toward 40 ms they grow, toward a 2 ms budget they
         // shrink.
         let took = Duration::from_millis(10);

@@ -14,7 +14,7 @@ use std::time::Instant;
 use diesel::prelude::*;
 
 use super::coordinator::{Coordinator, Spawn};
-use super::knobs::batch_time_target_ms;
+use super::knobs::{batch_time_cap_ms, batch_time_target_ms};
 use super::plan::Plan;
 use super::ride_out::{connection_lost, one_line};
 use super::sizing::Sizing;
@@ -74,11 +74,12 @@ pub(super) fn run(
         throttle.auto_rule,
     )
     .map_err(|e| Failure::checked_on(conn, e))?;
+    let batch_time_cap_ms = batch_time_cap_ms(p99_budget_ms, throttle.quiet_p99_ms);
     log_start(
         &stored,
         direction,
         ranges.iter().filter(|r| !r.is_done()).count(),
-        p99_budget_ms,
+        batch_time_cap_ms,
     );
     let (events_tx, events) = mpsc::channel();
     let shared = Shared {
@@ -88,7 +89,7 @@ pub(super) fn run(
         direction,
         stop: AtomicBool::new(false),
         auto: AtomicBool::new(stored.workers_auto),
-        p99_budget_ms,
+        batch_time_cap_ms,
         sized: Mutex::new(Sizing::default()),
     };
     let mut coordinator = Coordinator::new(stored, events, url.is_some(), progress, on_batch);
@@ -102,7 +103,7 @@ fn log_start(
     stored: &BackfillStatus,
     direction: Direction,
     open: usize,
-    p99_budget_ms: Option<f64>,
+    batch_time_cap_ms: Option<f64>,
 ) {
     log::info!(
         "backfill ({}) of ids up to {} in {open} range(s) left, {} worker(s): {}",
@@ -111,10 +112,10 @@ fn log_start(
         stored.workers,
         stored.workers_reason.as_deref().unwrap_or_default()
     );
-    let target_ms = batch_time_target_ms(stored.batch_target_ms, p99_budget_ms);
+    let target_ms = batch_time_target_ms(stored.batch_target_ms, batch_time_cap_ms);
     if stored.batch_target_ms > 0 && target_ms < f64::from(stored.batch_target_ms) {
         log::info!(
-            "backfill batches sized toward {target_ms} ms, the users' p99 budget, rather than the {} ms set",
+            "backfill batches sized toward {target_ms:.2} ms, the headroom under the users' p99 budget, rather than the {} ms set",
             stored.batch_target_ms
         );
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::knobs::{batch_time_target_ms, next_batch_size};
 use super::status::BackfillStatus;
 
-/// The batch size a worker's next batch takes: with a target time (no longer than a p99
-/// budget, `batch_time_target_ms`), its own last size scaled by its last batch's time; after
+/// The batch size a worker's next batch takes: with a target time (no longer than the cap
+/// under a p99 budget, `batch_time_target_ms`), its own last size scaled by its last batch's time; after
 /// a change of the knobs, the knob's size.
 #[derive(Default, Clone, Copy)]
 pub(super) struct Sizing {
@@ -23,12 +23,12 @@ pub(super) fn sizing_knob(stored: &BackfillStatus) -> (i32, i32) {
 }
 
 impl Sizing {
-    pub fn next(&self, knob: (i32, i32), p99_budget_ms: Option<f64>) -> i32 {
+    pub fn next(&self, knob: (i32, i32), cap_ms: Option<f64>) -> i32 {
         let (batch_size, target_ms) = knob;
         if target_ms <= 0 || self.knob != Some(knob) {
             return batch_size;
         }
-        let target_ms = batch_time_target_ms(target_ms, p99_budget_ms);
+        let target_ms = batch_time_target_ms(target_ms, cap_ms);
         match self.last {
             Some(took) => next_batch_size(self.size, took, target_ms),
             None => self.size,

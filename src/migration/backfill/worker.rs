@@ -85,9 +85,9 @@ pub(super) struct Shared<'t> {
     pub stop: AtomicBool,
     /// Auto mode (as the coordinator last read the knob).
     pub auto: AtomicBool,
-    /// The users' p99 budget the throttle watches, if any: batches sized by time aim at no
-    /// longer than it.
-    pub p99_budget_ms: Option<f64>,
+    /// Under the users' p99 budget the throttle watches, the longest a batch sized by time
+    /// aims at (`knobs::batch_time_cap_ms`).
+    pub batch_time_cap_ms: Option<f64>,
     /// The size the last batch sized by time ran with, and the knobs it followed: a worker
     /// started later begins there, not at the knob's size again.
     pub sized: Mutex<Sizing>,
@@ -261,7 +261,7 @@ impl Worker {
             shared.direction,
             range_no,
             from,
-            |stored| sizing.next(sizing_knob(stored), shared.p99_budget_ms),
+            |stored| sizing.next(sizing_knob(stored), shared.batch_time_cap_ms),
             |full_end| shared.plan().reserve(range_no, full_end),
         );
         let ran = match outcome {
