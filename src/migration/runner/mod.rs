@@ -13,7 +13,7 @@
 //!   gives up, its SQL says so with zdm's own DETAIL (`zdm_lock_timeout`, whatever the
 //!   server's language), its transaction rolls back, and the runner tries again after a
 //!   jittered pause growing from 25 ms to 1 s (`lock_retry_pause`), within
-//!   `LOCK_WAIT_BUDGET` (8 s). Then it fails cleanly.
+//!   `LOCK_WAIT_BUDGET` (10 s, its last attempt included). Then it fails cleanly.
 //! - The rollback out of new_only, which needs the fleet between its parts: the phase goes
 //!   back to read_new, the runner waits until every instance dual-writes again, runs the
 //!   reverse backfill (throttled like the forward one), and then reverts the migration.

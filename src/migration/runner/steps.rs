@@ -184,6 +184,8 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
     let migration = find_migration(name)?;
     let mut lock_timeouts = 0;
     let started = std::time::Instant::now();
+    // The longest attempt that met its lock timeout so far.
+    let mut longest_attempt = Duration::ZERO;
     let mut rng = fastrand::Rng::new();
     loop {
         if lock_timeouts > 0 {
@@ -198,6 +200,7 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
             .bind::<Text, _>(lock_attempt_scale(started.elapsed()).to_string())
             .execute(conn)?;
         }
+        let attempt = std::time::Instant::now();
         let result = match step {
             Step::Up => conn.run_migration(&migration).map(drop),
             Step::Down => conn.revert_migration(&migration).map(drop),
@@ -221,8 +224,13 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
         match classify(name, e.as_ref()) {
             Some(RunError::LockTimeout { .. }) => {
                 lock_timeouts += 1;
+                longest_attempt = longest_attempt.max(attempt.elapsed());
                 let pause = lock_retry_pause(lock_timeouts as u32, &mut rng);
-                if started.elapsed() + pause > LOCK_WAIT_BUDGET {
+                // The next attempt must end within the budget too: it is at most twice the
+                // longest so far (attempts double each second past `SHORT_ATTEMPTS_FOR`,
+                // and a pause is at most 1 s). Counting the pause alone, a step gave up
+                // after 10.06 s of a 10-s budget.
+                if started.elapsed() + pause + 2 * longest_attempt > LOCK_WAIT_BUDGET {
                     return Err(RunError::LockTimeout {
                         migration: name.to_owned(),
                         attempts: lock_timeouts,
