@@ -151,10 +151,13 @@ impl Throttle {
         direction: super::Direction,
     ) -> QueryResult<Option<String>> {
         let budgeted = self.max_request_p99_ratio.is_some() || self.max_request_p99_ms.is_some();
-        let quiet = match (budgeted, kept_quiet_p99(conn, direction)?) {
-            (false, _) => None,
-            (true, Some(kept)) => Some((kept, None)),
-            (true, None) => quiet_p99(conn)?.map(|(p99, readings)| (p99, Some(readings))),
+        // The stored run is read only under a budget: without one there is nothing to keep.
+        let quiet = if !budgeted {
+            None
+        } else if let Some(kept) = kept_quiet_p99(conn, direction)? {
+            Some((kept, None))
+        } else {
+            quiet_p99(conn)?.map(|(p99, readings)| (p99, Some(readings)))
         };
         self.quiet_p99_ms = quiet.map(|(p99, _)| p99);
         let Some(ratio) = self.max_request_p99_ratio else {
