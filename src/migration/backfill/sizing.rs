@@ -7,8 +7,8 @@ use super::knobs::{batch_time_target_ms, next_batch_size};
 use super::status::BackfillStatus;
 
 /// The batch size a worker's next batch takes: with a target time (no longer than the cap
-/// under a p99 budget, `batch_time_target_ms`), its own last size scaled by its last batch's time; after
-/// a change of the knobs, the knob's size.
+/// under a p99 budget, `batch_time_target_ms`), its own last size scaled by its last
+/// batch's time; after a change of the knobs, the knob's size.
 #[derive(Default, Clone, Copy)]
 pub(super) struct Sizing {
     /// (batch_size, batch_target_ms) as the knobs said at the last batch.
