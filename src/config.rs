@@ -46,7 +46,7 @@ pub struct Config {
     /// budget relative to the instances' own p99 when a backfill run starts (1.5: half as
     /// slow again).
     pub backfill_max_p99_ratio: Option<f64>,
-    /// `ZDM_BACKFILL_AUTO_RULE` (`zone` or `aimd`; unset: aimd): how auto workers move their
+    /// `ZDM_BACKFILL_AUTO_RULE` (`zone` or `aimd`; unset: zone): how auto workers move their
     /// count within the budget.
     pub backfill_auto_rule: AutoRule,
     /// `ZDM_BACKFILL_RIDE_OUT_SECS` (default 60): how long a backfill that lost the database

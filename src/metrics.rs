@@ -3,6 +3,9 @@
 //! timeouts the runner retried. Request metrics are counted as requests pass; the rest is
 //! read when scraped.
 
+use std::collections::VecDeque;
+use std::time::Instant;
+
 use diesel::PgConnection;
 use prometheus::core::Metric;
 use prometheus::{
@@ -45,6 +48,90 @@ pub struct Metrics {
 pub struct LatencyMark {
     buckets: Vec<u64>,
     total: u64,
+}
+
+/// How far back an instance's latency report reaches (its heartbeat's `recent_p99_ms` and
+/// `recent_latency_counts`): the requests it answered over the last 2 s, not since its
+/// previous heartbeat (500 ms earlier). Measured on the demo (`--quick`, three instances,
+/// some 300 user requests a second each): a 500-ms p99 is an instance's third-slowest of
+/// about 150 requests, and the worst of three such readings said 3.4 ms when the run started
+/// where the quiet phases' p99, over every request, was 2.2 ms.
+pub const REPORT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// An instance's user requests over its last report window, as its heartbeat stores them:
+/// a histogram, which (unlike a p99) adds up across instances.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LatencyWindow {
+    /// The buckets' upper bounds in seconds (Prometheus' `le`).
+    pub le: Vec<f64>,
+    /// Cumulative counts: one per bound, and one more, every request (the slowest included).
+    pub counts: Vec<i64>,
+}
+
+impl LatencyWindow {
+    /// The requests' p99 in ms (`p99_of_buckets`); `None` with too few requests or counts that
+    /// do not match the bounds.
+    pub fn p99_ms(&self) -> Option<f64> {
+        let (&total, cumulative) = self.counts.split_last()?;
+        if cumulative.len() != self.le.len() {
+            return None;
+        }
+        let cumulative: Vec<u64> = cumulative.iter().map(|c| (*c).max(0) as u64).collect();
+        p99_of_buckets(&self.le, &cumulative, total.max(0) as u64)
+    }
+
+    /// Adds `other`'s requests to these, where both have the same buckets; `false` (and
+    /// nothing added) otherwise.
+    fn add(&mut self, other: &LatencyWindow) -> bool {
+        if self.le != other.le || self.counts.len() != other.counts.len() {
+            return false;
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        true
+    }
+}
+
+/// What one instance reported with its last heartbeat: its p99, and the histogram it read
+/// it from (`None` from an instance that reports only a p99: an older version, or a test's).
+#[derive(Debug, Clone, Default)]
+pub struct InstanceLatency {
+    pub p99_ms: Option<f64>,
+    pub window: Option<LatencyWindow>,
+}
+
+/// The users' p99 across the fleet from what each instance reported: the p99 of all their
+/// requests, from their histograms summed (Prometheus' `histogram_quantile(0.99, sum by (le)
+/// (...))`), which is what the users (and the demo's report) see, not the worst instance's
+/// p99. Measured on the demo: the worst instance's read 1.5 × the fleet's in quiet phases,
+/// the max of three noisy tails. An instance whose histogram does not add up with the others
+/// (none, or other buckets) counts with its own p99, where that is worse.
+pub fn fleet_p99_ms(reports: &[InstanceLatency]) -> Option<f64> {
+    let mut summed: Option<LatencyWindow> = None;
+    let mut apart: Option<f64> = None;
+    for report in reports {
+        let added = match (&mut summed, &report.window) {
+            (_, None) => false,
+            (None, Some(window)) => {
+                summed = Some(window.clone());
+                true
+            }
+            (Some(sum), Some(window)) => sum.add(window),
+        };
+        if !added {
+            apart = worse(apart, report.p99_ms);
+        }
+    }
+    worse(summed.and_then(|sum| sum.p99_ms()), apart)
+}
+
+/// The larger of two p99s, where there is one.
+fn worse(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The methods that get a label of their own. Anything else a client invents (HTTP allows
@@ -242,43 +329,69 @@ impl Metrics {
             .inc();
     }
 
-    /// The p99 of the user requests answered since its previous call, for the phase follower
-    /// to report with each heartbeat.
-    pub fn p99_reporter(
+    /// The user requests answered over the last `REPORT_WINDOW` (or since the instance
+    /// started, if later), for the phase follower to report with each heartbeat.
+    pub fn latency_reporter(
         self: &std::sync::Arc<Self>,
-    ) -> impl FnMut() -> Option<f64> + Send + 'static {
-        let (metrics, mut since) = (self.clone(), LatencyMark::default());
-        move || metrics.user_p99_ms_since(&mut since)
+    ) -> impl FnMut() -> LatencyWindow + Send + 'static {
+        let (metrics, mut marks) = (self.clone(), VecDeque::new());
+        move || metrics.user_latency_window(&mut marks, Instant::now())
     }
 
-    /// The p99 of the user requests answered since `mark` was last moved here, in ms (the
-    /// upper bound of the bucket it falls in), or `None` when fewer than
-    /// `MIN_REQUESTS_FOR_P99` were. Moves `mark` to now.
-    pub fn user_p99_ms_since(&self, mark: &mut LatencyMark) -> Option<f64> {
-        let metric = self.user_latency.metric();
-        let histogram = metric.get_histogram();
-        let now = LatencyMark {
+    /// The user requests answered over the `REPORT_WINDOW` before `now`: since the oldest of
+    /// `marks` (the histogram's counts at earlier reports) within it, or, where every mark is
+    /// older (no report for a while), since the newest of them. Notes the counts at `now` in
+    /// `marks` and forgets those no later report needs.
+    fn user_latency_window(
+        &self,
+        marks: &mut VecDeque<(Instant, LatencyMark)>,
+        now: Instant,
+    ) -> LatencyWindow {
+        let mut older = None;
+        while marks
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > REPORT_WINDOW)
+        {
+            older = marks.pop_front();
+        }
+        let window = match marks.front().or(older.as_ref()) {
+            Some((_, from)) => self.user_latency_since(from),
+            None => self.user_latency_since(&LatencyMark::default()),
+        };
+        marks.push_back((now, self.user_latency_mark()));
+        window
+    }
+
+    /// The user-latency histogram's counts now.
+    fn user_latency_mark(&self) -> LatencyMark {
+        let histogram = self.user_latency.metric();
+        let histogram = histogram.get_histogram();
+        LatencyMark {
             buckets: histogram
                 .get_bucket()
                 .iter()
                 .map(|b| b.cumulative_count())
                 .collect(),
             total: histogram.get_sample_count(),
-        };
-        let bounds: Vec<f64> = histogram
+        }
+    }
+
+    /// The user requests answered since `mark` was taken.
+    fn user_latency_since(&self, mark: &LatencyMark) -> LatencyWindow {
+        let now = self.user_latency_mark();
+        let metric = self.user_latency.metric();
+        let le = metric
+            .get_histogram()
             .get_bucket()
             .iter()
             .map(|b| b.upper_bound())
             .collect();
-        let since: Vec<u64> = now
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, c)| c - mark.buckets.get(i).copied().unwrap_or(0))
+        let since = |now: u64, then: Option<u64>| now.saturating_sub(then.unwrap_or(0)) as i64;
+        let mut counts: Vec<i64> = (now.buckets.iter().enumerate())
+            .map(|(i, c)| since(*c, mark.buckets.get(i).copied()))
             .collect();
-        let total = now.total - mark.total;
-        *mark = now;
-        p99_of_buckets(&bounds, &since, total)
+        counts.push(since(now.total, Some(mark.total)));
+        LatencyWindow { le, counts }
     }
 
     /// Counts one read of user data, answered by a replica or by the primary.
@@ -380,21 +493,78 @@ mod tests {
     }
 
     #[test]
-    fn p99_since_counts_only_the_requests_since_the_previous_call() {
+    fn a_report_covers_the_requests_of_the_last_window_only() {
         let metrics = Metrics::new().unwrap();
-        let mut mark = LatencyMark::default();
-        for _ in 0..50 {
-            metrics.observe_request("/api/v1/users/{id}", "GET", 200, 0.300);
-        }
+        let mut marks = VecDeque::new();
+        let start = Instant::now();
+        let at = |ms| start + std::time::Duration::from_millis(ms);
+        let requests = |n, seconds| {
+            for _ in 0..n {
+                metrics.observe_request("/api/v1/users/{id}", "GET", 200, seconds);
+            }
+        };
+        requests(50, 0.300);
         metrics.observe_request("/api/admin/migration", "GET", 200, 9.0);
         // 50 requests in the 200-500 ms bucket: the 49.5th of them, near its top.
-        let slow = metrics.user_p99_ms_since(&mut mark).unwrap();
-        assert!((slow - 497.0).abs() < 1e-6, "{slow}");
-        for _ in 0..50 {
-            metrics.observe_request("/api/v2/users/{id}", "GET", 200, 0.0008);
+        let slow = metrics.user_latency_window(&mut marks, at(0));
+        assert_eq!(slow.counts.last(), Some(&50), "users' requests only");
+        assert!((slow.p99_ms().unwrap() - 497.0).abs() < 1e-6);
+        requests(50, 0.0008);
+        // Within the window the slow ones before the first report are gone, the fast ones
+        // since it stay in every report until it has passed.
+        for ms in [500, 1000, 2000] {
+            let window = metrics.user_latency_window(&mut marks, at(ms));
+            assert_eq!(window.counts.last(), Some(&50), "at {ms} ms");
+            assert!((0.75..=1.0).contains(&window.p99_ms().unwrap()));
         }
-        let fast = metrics.user_p99_ms_since(&mut mark).unwrap();
-        assert!((0.75..=1.0).contains(&fast), "{fast}");
-        assert_eq!(metrics.user_p99_ms_since(&mut mark), None, "none since");
+        requests(10, 0.0008);
+        let later = metrics.user_latency_window(&mut marks, at(2500));
+        assert_eq!(later.counts.last(), Some(&10), "since the report at 500 ms");
+        assert_eq!(later.p99_ms(), None, "too few");
+        // No report for a while: since the last one.
+        let late = metrics.user_latency_window(&mut marks, at(60_000));
+        assert_eq!(late.counts.last(), Some(&0));
+        assert_eq!(marks.len(), 1);
+    }
+
+    #[test]
+    fn the_fleets_p99_sums_the_instances_histograms() {
+        let le = vec![0.001, 0.002, 0.004];
+        let window = |counts: Vec<i64>| LatencyWindow {
+            le: le.clone(),
+            counts,
+        };
+        let report = |window: LatencyWindow| InstanceLatency {
+            p99_ms: window.p99_ms(),
+            window: Some(window),
+        };
+        // 1,000 fast requests on one instance, 20 of 40 slow on another: the second's own p99
+        // is in the slowest bucket; across the fleet, 20 of 1,040 (2 %) are slow: the p99 is
+        // too.
+        let fast = report(window(vec![1000, 1000, 1000, 1000]));
+        let slowish = report(window(vec![20, 20, 40, 40]));
+        assert!(slowish.p99_ms.unwrap() > 3.9);
+        let fleet = fleet_p99_ms(&[fast.clone(), slowish]).unwrap();
+        assert!((2.0..=4.0).contains(&fleet), "{fleet}");
+        // 5 slow of 1,040 (0.5 %): within the fast bucket.
+        let few_slow = report(window(vec![35, 35, 40, 40]));
+        let fleet = fleet_p99_ms(&[fast.clone(), few_slow]).unwrap();
+        assert!(fleet <= 1.0, "{fleet}");
+        // An instance that reports only its p99 counts with it, where it is worse.
+        let only_p99 = InstanceLatency {
+            p99_ms: Some(7.0),
+            window: None,
+        };
+        assert_eq!(fleet_p99_ms(&[fast.clone(), only_p99]), Some(7.0));
+        // Other buckets do not add up: that instance counts with its own p99.
+        let other = report(LatencyWindow {
+            le: vec![0.001, 0.01],
+            counts: vec![0, 100, 100],
+        });
+        let fleet = fleet_p99_ms(&[fast.clone(), other]).unwrap();
+        assert!(fleet > 9.0, "{fleet}");
+        assert_eq!(fleet_p99_ms(&[]), None);
+        let empty = report(window(vec![0, 0, 0, 0]));
+        assert_eq!(fleet_p99_ms(&[empty]), None);
     }
 }

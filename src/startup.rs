@@ -351,8 +351,11 @@ pub async fn serve(config: Config, faults: crate::faults::Faults) -> Result<(), 
     let pool = db::build_pool(&database.url, config.pool_limits())?;
     let replica_urls = database.all_replica_urls(&config);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
-    let follower =
-        PhaseFollower::start_reporting(pool.clone(), config.phase_poll, metrics.p99_reporter())?;
+    let follower = PhaseFollower::start_reporting(
+        pool.clone(),
+        config.phase_poll,
+        metrics.latency_reporter(),
+    )?;
     if let Some(token) = &config.admin_token
         && token.chars().count() < MIN_ADMIN_TOKEN_CHARS
     {

@@ -14,8 +14,9 @@
 //! - Drain: the instance acknowledges a new phase only once every request that started under
 //!   an older one has finished (`AppliedPhase::enter` counts them).
 //!
-//! A serving instance also reports the p99 of its recent user requests with each heartbeat
-//! (then every `REPORTING_HEARTBEAT_EVERY`), for the backfill's latency throttle.
+//! A serving instance also reports its recent user requests' latency with each heartbeat
+//! (then every `REPORTING_HEARTBEAT_EVERY`): their p99 and their histogram over the last
+//! `metrics::REPORT_WINDOW`, for the backfill's latency throttle.
 //!
 //! [I8]: crate::migration#invariants
 
@@ -29,6 +30,7 @@ use diesel::prelude::*;
 use super::state::{self, StateError};
 use crate::db::DbPool;
 use crate::domain::Phase;
+use crate::metrics::LatencyWindow;
 use crate::schema::state::zdm_instances;
 
 /// An instance that has not been heard of for this long is not live. Who is live is decided
@@ -207,13 +209,17 @@ fn heartbeat(
     conn: &mut PgConnection,
     id: &str,
     phase: Phase,
-    recent_p99_ms: Option<f64>,
+    latency: Option<LatencyWindow>,
 ) -> QueryResult<()> {
+    let recent_p99_ms = latency.as_ref().and_then(LatencyWindow::p99_ms);
+    let (le, counts) = latency.map(|w| (w.le, w.counts)).unzip();
     diesel::insert_into(zdm_instances::table)
         .values((
             zdm_instances::id.eq(id),
             zdm_instances::applied_phase.eq(phase.as_str()),
             zdm_instances::recent_p99_ms.eq(recent_p99_ms),
+            zdm_instances::recent_latency_le.eq(&le),
+            zdm_instances::recent_latency_counts.eq(&counts),
         ))
         .on_conflict(zdm_instances::id)
         .do_update()
@@ -221,15 +227,16 @@ fn heartbeat(
             zdm_instances::applied_phase.eq(phase.as_str()),
             zdm_instances::last_seen.eq(diesel::dsl::now),
             zdm_instances::recent_p99_ms.eq(recent_p99_ms),
+            zdm_instances::recent_latency_le.eq(&le),
+            zdm_instances::recent_latency_counts.eq(&counts),
         ))
         .execute(conn)
         .map(drop)
 }
 
 /// What an instance reports about its requests with each heartbeat (the backfill's latency
-/// throttle reads it): the p99 of the user requests answered since the previous call, in ms
-/// (`None`: too few to tell).
-type LatencyReport = Box<dyn FnMut() -> Option<f64> + Send>;
+/// throttle reads it): the user requests answered over the last `metrics::REPORT_WINDOW`.
+type LatencyReport = Box<dyn FnMut() -> LatencyWindow + Send>;
 
 /// Heartbeats of an instance that reports its request latency: often enough for the
 /// backfill to react within a batch or two.
@@ -243,14 +250,14 @@ impl PhaseFollower {
     }
 
     /// As `start`, also reporting with each heartbeat (every `REPORTING_HEARTBEAT_EVERY`) the
-    /// p99 of the user requests answered since the previous one, as `recent_p99` tells it
-    /// (`Metrics::p99_reporter`).
+    /// user requests' latency over the last `metrics::REPORT_WINDOW`, as `recent` tells it
+    /// (`Metrics::latency_reporter`).
     pub fn start_reporting(
         pool: DbPool,
         poll: Duration,
-        recent_p99: impl FnMut() -> Option<f64> + Send + 'static,
+        recent: impl FnMut() -> LatencyWindow + Send + 'static,
     ) -> Result<Self, StateError> {
-        Self::start_with(pool, poll, Some(Box::new(recent_p99)))
+        Self::start_with(pool, poll, Some(Box::new(recent)))
     }
 
     fn start_with(
@@ -314,7 +321,7 @@ fn follow(
     } else {
         HEARTBEAT_EVERY
     };
-    let mut recent_p99 = move || report.as_mut().and_then(|report| report());
+    let mut recent_latency = move || report.as_mut().map(|report| report());
     let mut last_beat = Instant::now();
     // The phase this instance has told the fleet it runs. It follows the applied phase once
     // no request that started under an older phase is still running (drain, I8), so "every
@@ -354,7 +361,7 @@ fn follow(
             );
         }
         if report != acknowledged || last_beat.elapsed() >= beat_every {
-            match heartbeat(&mut conn, &id, report, recent_p99()) {
+            match heartbeat(&mut conn, &id, report, recent_latency()) {
                 Ok(()) => {
                     acknowledged = report;
                     last_beat = Instant::now();

@@ -128,8 +128,8 @@ pub struct Instance {
     pub applied_phase: String,
     pub started_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
-    /// p99 of the user requests it answered between its last two heartbeats, in ms (`None`:
-    /// too few to tell).
+    /// p99 of the user requests it answered over its last report window
+    /// (`metrics::REPORT_WINDOW`), in ms (`None`: too few to tell).
     pub recent_p99_ms: Option<f64>,
 }
 
@@ -146,6 +146,13 @@ pub fn live_instances(conn: &mut PgConnection) -> QueryResult<Vec<Instance>> {
     zdm_instances::table
         .filter(live)
         .order(zdm_instances::id)
+        .select((
+            zdm_instances::id,
+            zdm_instances::applied_phase,
+            zdm_instances::started_at,
+            zdm_instances::last_seen,
+            zdm_instances::recent_p99_ms,
+        ))
         .load(conn)
 }
 

@@ -28,6 +28,8 @@ diesel::table! {
         started_at -> Timestamptz,
         last_seen -> Timestamptz,
         recent_p99_ms -> Nullable<Double>,
+        recent_latency_le -> Nullable<Array<Double>>,
+        recent_latency_counts -> Nullable<Array<Int8>>,
     }
 }
 

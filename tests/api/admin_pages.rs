@@ -396,7 +396,7 @@ async fn the_dashboard_sets_the_workers_and_shows_one_bar_per_worker() {
     .await;
     let (_, html) = page(&app, &cookie, "/admin").await;
     assert!(
-        html.contains(r#"Workers: <span id="backfill-workers">2</span> (knob: <span id="backfill-workers-setting">2</span>; auto rule: <span id="backfill-workers-rule">aimd</span>)"#),
+        html.contains(r#"Workers: <span id="backfill-workers">2</span> (knob: <span id="backfill-workers-setting">2</span>; auto rule: <span id="backfill-workers-rule">zone</span>)"#),
         "{html}"
     );
     assert!(

@@ -429,7 +429,7 @@ fn serve_full(
     let follower = PhaseFollower::start_reporting(
         pool.clone(),
         Duration::from_millis(50),
-        metrics.p99_reporter(),
+        metrics.latency_reporter(),
     )
     .expect("following the phase");
     let report_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))

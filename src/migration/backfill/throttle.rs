@@ -9,7 +9,8 @@ use diesel::prelude::*;
 use super::auto::{AutoRule, Reading};
 use super::status::{BackfillStatus, status};
 use super::{BackfillError, BackfillState};
-use crate::schema::state::{zdm_backfill, zdm_instances};
+use crate::metrics::{InstanceLatency, LatencyWindow, REPORT_WINDOW, fleet_p99_ms};
+use crate::schema::state::zdm_backfill;
 
 /// Replica-lag throttling: streaming replicas replay the backfill's WAL; a backfill that
 /// writes faster than they replay makes every read from them stale. Before each batch the
@@ -30,7 +31,7 @@ pub struct Throttle {
     /// A budget relative to the instances' own p99 when a run starts
     /// (`ZDM_BACKFILL_MAX_P99_RATIO`): `resolve_budget` turns it into `max_request_p99_ms`.
     pub max_request_p99_ratio: Option<f64>,
-    /// The worst p99 the live instances reported when the run started (`resolve_budget`),
+    /// The users' p99 the live instances reported when the run started (`resolve_budget`),
     /// with a budget: where the zone rule's headroom begins.
     pub quiet_p99_ms: Option<f64>,
     /// How auto mode moves the number of workers.
@@ -49,10 +50,10 @@ pub(super) const THROTTLE_POLL: Duration = Duration::from_millis(200);
 /// How often a clear throttle stores `running` again (with the lag it measured).
 const RESTATE_EVERY: Duration = Duration::from_secs(1);
 
-/// A heartbeat reports the requests since the one before, which comes at most this long
-/// earlier (every 500 ms, checked every 250 ms): a report newer than a change of the number
-/// of workers by this much covers only requests made after it.
-const REPORT_COVERS: Duration = Duration::from_millis(800);
+/// A heartbeat reports the requests of the `metrics::REPORT_WINDOW` before it: a report
+/// stored this long after a change of the number of workers covers only requests made after
+/// it (the margin: between reading the histogram and storing the heartbeat).
+const REPORT_COVERS: Duration = REPORT_WINDOW.saturating_add(Duration::from_millis(200));
 
 /// How long a run that has a budget reads the instances' p99 before its first batch.
 const QUIET_SAMPLING: Duration = Duration::from_secs(2);
@@ -60,21 +61,20 @@ const QUIET_SAMPLING: Duration = Duration::from_secs(2);
 /// How often it reads them meanwhile.
 const QUIET_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
-/// The instances' p99 before a run's first batch, where its budget starts from: the median
-/// of the worst p99 they reported, read every `QUIET_SAMPLE_EVERY` for `QUIET_SAMPLING`, and
-/// the number of readings. One 500-ms report is the third-slowest of some 300 requests, and
-/// the worst of the instances' at that: measured on the demo (`--quick`, two shared cores),
-/// a single reading when the run started said 20 ms where the quiet phases' p99 was 5 ms, so
-/// the relative budget became 30 ms. `None` at once where no instance reports a p99.
+/// The users' p99 before a run's first batch, where its budget starts from: the median of
+/// the fleet's p99 (`fleet_recent_p99`), read every `QUIET_SAMPLE_EVERY` for
+/// `QUIET_SAMPLING`, and the number of readings. Measured on the demo (`--quick`, two shared
+/// cores), a single reading when the run started said 20 ms where the quiet phases' p99 was
+/// 5 ms, so the relative budget became 30 ms. `None` at once where no instance reports a p99.
 fn quiet_p99(conn: &mut PgConnection) -> QueryResult<Option<(f64, usize)>> {
-    let Some(first) = worst_recent_p99(conn)? else {
+    let Some(first) = fleet_recent_p99(conn)? else {
         return Ok(None);
     };
     let mut seen = vec![first];
     let until = Instant::now() + QUIET_SAMPLING;
     while Instant::now() < until {
         std::thread::sleep(QUIET_SAMPLE_EVERY);
-        seen.extend(worst_recent_p99(conn)?);
+        seen.extend(fleet_recent_p99(conn)?);
     }
     seen.sort_by(f64::total_cmp);
     Ok(Some((seen[seen.len() / 2], seen.len())))
@@ -90,15 +90,53 @@ fn kept_quiet_p99(
     Ok(stored.quiet_p99_ms.filter(|_| resumes))
 }
 
-/// The worst p99 the live instances reported with their last heartbeats.
-fn worst_recent_p99(conn: &mut PgConnection) -> QueryResult<Option<f64>> {
-    let recent = diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-        "last_seen > now() - interval '{LATENCY_REPORT_WINDOW_SECS} seconds'"
-    ));
-    zdm_instances::table
-        .filter(recent)
-        .select(diesel::dsl::max(zdm_instances::recent_p99_ms))
-        .first(conn)
+/// What a live instance reported with its last heartbeat, and whether it came
+/// `REPORT_COVERS` after the number of workers last changed (so covers only requests made
+/// since).
+#[derive(QueryableByName)]
+struct Report {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+    recent_p99_ms: Option<f64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::Double>>)]
+    recent_latency_le: Option<Vec<f64>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::Int8>>)]
+    recent_latency_counts: Option<Vec<i64>>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    fresh: bool,
+}
+
+/// The live instances' last reports.
+fn live_reports(conn: &mut PgConnection) -> QueryResult<Vec<Report>> {
+    diesel::sql_query(format!(
+        "SELECT recent_p99_ms, recent_latency_le, recent_latency_counts,
+                last_seen > coalesce((SELECT workers_changed_at FROM zdm_backfill), '-infinity')
+                            + interval '{} milliseconds' AS fresh
+           FROM zdm_instances
+          WHERE last_seen > now() - interval '{LATENCY_REPORT_WINDOW_SECS} seconds'",
+        REPORT_COVERS.as_millis()
+    ))
+    .load(conn)
+}
+
+/// The users' p99 across `reports` (`metrics::fleet_p99_ms`).
+fn fleet_p99<'a>(reports: impl Iterator<Item = &'a Report>) -> Option<f64> {
+    let latencies: Vec<InstanceLatency> = reports
+        .map(|report| InstanceLatency {
+            p99_ms: report.recent_p99_ms,
+            window: report
+                .recent_latency_le
+                .clone()
+                .zip(report.recent_latency_counts.clone())
+                .map(|(le, counts)| LatencyWindow { le, counts }),
+        })
+        .collect();
+    fleet_p99_ms(&latencies)
+}
+
+/// The users' p99 across the live instances, from what they reported with their last
+/// heartbeats.
+fn fleet_recent_p99(conn: &mut PgConnection) -> QueryResult<Option<f64>> {
+    Ok(fleet_p99(live_reports(conn)?.iter()))
 }
 
 impl Throttle {
@@ -188,13 +226,13 @@ impl Throttle {
         Ok(Some(note))
     }
 
-    /// Why the requests say wait, if they do: the worst p99 the live instances reported.
+    /// Why the requests say wait, if they do: the users' p99 across the live instances.
     fn slow_requests(&self, conn: &mut PgConnection) -> QueryResult<Option<String>> {
         let Some(limit) = self.max_request_p99_ms else {
             return Ok(None);
         };
-        let worst = worst_recent_p99(conn)?;
-        Ok(worst
+        let fleet = fleet_recent_p99(conn)?;
+        Ok(fleet
             .filter(|p99| *p99 > limit)
             .map(|p99| format!("requests' p99 of {p99:.1} ms is above the limit of {limit:.1} ms")))
     }
@@ -237,35 +275,16 @@ impl Throttle {
     }
 
     /// What auto mode decides on: the replicas' lag (or why it cannot be measured), and the
-    /// worst p99 among the live instances' reports that cover only requests made since the
+    /// users' p99 across the live instances whose reports cover only requests made since the
     /// number of workers last changed.
     pub(super) fn reading(&mut self, conn: &mut PgConnection) -> QueryResult<Reading> {
-        #[derive(QueryableByName)]
-        struct Reports {
-            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
-            worst: Option<f64>,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            fresh: i64,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            live: i64,
-        }
         let lag = self.largest_lag(conn);
-        let reports: Reports = diesel::sql_query(format!(
-            "SELECT max(recent_p99_ms) FILTER (WHERE fresh) AS worst,
-                    count(*) FILTER (WHERE fresh) AS fresh, count(*) AS live
-               FROM (SELECT recent_p99_ms,
-                            last_seen > coalesce((SELECT workers_changed_at FROM zdm_backfill),
-                                                 '-infinity')
-                                        + interval '{} milliseconds' AS fresh
-                       FROM zdm_instances
-                      WHERE last_seen > now() - interval '{LATENCY_REPORT_WINDOW_SECS} seconds') i",
-            REPORT_COVERS.as_millis()
-        ))
-        .get_result(conn)?;
+        let reports = live_reports(conn)?;
+        let fresh = reports.iter().filter(|report| report.fresh);
         Ok(Reading {
-            worst_p99_ms: reports.worst,
-            fresh_reports: reports.fresh,
-            live_instances: reports.live,
+            p99_ms: fleet_p99(fresh.clone()),
+            fresh_reports: fresh.count() as i64,
+            live_instances: reports.len() as i64,
             lag,
         })
     }

@@ -58,7 +58,7 @@ pub(super) fn share_of_headroom(limits: Limits, p99: f64) -> f64 {
 }
 
 pub(super) fn zone_of(limits: Limits, reading: &Reading) -> Zone {
-    match reading.worst_p99_ms {
+    match reading.p99_ms {
         None => Zone::Below,
         Some(p99) if p99 > limits.p99_budget_ms => Zone::Over,
         Some(p99) => match share_of_headroom(limits, p99) {
@@ -146,7 +146,7 @@ pub(super) fn decide(
     if reading.awaits_fresh_reports() {
         return None;
     }
-    let Some(p99) = reading.worst_p99_ms else {
+    let Some(p99) = reading.p99_ms else {
         return (held.below >= add_after && workers < MAX_WORKERS).then(|| {
             (
                 workers + 1,
