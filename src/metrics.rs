@@ -52,10 +52,10 @@ pub struct LatencyMark {
 
 /// How far back an instance's latency report reaches (its heartbeat's `recent_p99_ms` and
 /// `recent_latency_counts`): the requests it answered over the last 2 s, not since its
-/// previous heartbeat (500 ms earlier). Measured on the demo (`--quick`, three instances,
-/// some 300 user requests a second each): a 500-ms p99 is an instance's third-slowest of
-/// about 150 requests, and the worst of three such readings said 3.4 ms when the run started
-/// where the quiet phases' p99, over every request, was 2.2 ms.
+/// previous heartbeat (500 ms earlier). Measured on the demo (`--quick`: two instances, some
+/// 550 user requests a second each): a 500-ms p99 is an instance's third-slowest of about 275
+/// requests, and the worse of two such readings, as a backfill run started, was 0.96–2.18 ×
+/// the quiet phases' p99 over every request (12 runs); the fleet's over 2 s, 0.93–1.39 ×.
 pub const REPORT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// An instance's user requests over its last report window, as its heartbeat stores them:
@@ -104,9 +104,9 @@ pub struct InstanceLatency {
 /// The users' p99 across the fleet from what each instance reported: the p99 of all their
 /// requests, from their histograms summed (Prometheus' `histogram_quantile(0.99, sum by (le)
 /// (...))`), which is what the users (and the demo's report) see, not the worst instance's
-/// p99. Measured on the demo: the worst instance's read 1.5 × the fleet's in quiet phases,
-/// the max of three noisy tails. An instance whose histogram does not add up with the others
-/// (none, or other buckets) counts with its own p99, where that is worse.
+/// p99 (on the demo, the worse of two noisy tails: see `REPORT_WINDOW`). An instance whose
+/// histogram does not add up with the others' (none, or other buckets) counts with its own
+/// p99, where that is worse.
 pub fn fleet_p99_ms(reports: &[InstanceLatency]) -> Option<f64> {
     let mut summed: Option<LatencyWindow> = None;
     let mut apart: Option<f64> = None;
