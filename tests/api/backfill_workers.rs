@@ -708,17 +708,21 @@ fn the_budget_is_the_users_p99_across_the_fleet_not_the_slowest_instances() {
         (db, conn, stop, heartbeats, runner)
     };
 
-    let (_db, mut conn, stop, heartbeats, runner) = fleet(true);
-    let started = Instant::now();
-    loop {
-        let status = backfill::status(&mut conn).unwrap();
-        assert_ne!(status.state, BackfillState::Throttled, "{status:?}");
-        if status.state == BackfillState::Done {
-            break;
+    // Waits (a minute at most) for the backfill to reach `state`, never passing by `not`.
+    let reaches = |conn: &mut PgConnection, state: BackfillState, not: BackfillState| {
+        let started = Instant::now();
+        loop {
+            let status = backfill::status(conn).unwrap();
+            assert_ne!(status.state, not, "{status:?}");
+            if status.state == state {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{status:?}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "{status:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    let (_db, mut conn, stop, heartbeats, runner) = fleet(true);
+    reaches(&mut conn, BackfillState::Done, BackfillState::Throttled);
     let (done, waited) = runner.join().unwrap();
     stop.store(true, Ordering::Release);
     heartbeats.join().unwrap();
@@ -726,17 +730,7 @@ fn the_budget_is_the_users_p99_across_the_fleet_not_the_slowest_instances() {
     assert_eq!(waited, None, "the users' p99 was within the budget");
 
     let (_db, mut conn, stop, heartbeats, runner) = fleet(false);
-    // The backfill waits for the instance without a histogram.
-    let started = Instant::now();
-    loop {
-        let status = backfill::status(&mut conn).unwrap();
-        assert_ne!(status.state, BackfillState::Done, "{status:?}");
-        if status.state == BackfillState::Throttled {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{status:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    reaches(&mut conn, BackfillState::Throttled, BackfillState::Done);
     conn.batch_execute("DELETE FROM zdm_instances WHERE id = 'small'")
         .unwrap();
     let (done, waited) = runner.join().unwrap();
