@@ -52,6 +52,7 @@ pub(super) fn summarize(
             &traffic.server,
             &["backfill"],
         ),
+        server_backfill_p99_vs_run_start: backfill_p99_vs_run_start(&segments, &traffic.backfill),
         server_ddl_p99_vs_quiet: server_p99_vs_quiet(
             &traffic.timeline.segments,
             &traffic.server,
@@ -188,6 +189,20 @@ fn server_p99_vs_quiet(
         (Some(n), Some(q)) if q > 0.0 => Some(n / q),
         _ => None,
     }
+}
+
+/// The servers' p99 during the backfill over the users' p99 its run started from, where its
+/// run noted one (under a budget).
+fn backfill_p99_vs_run_start(
+    segments: &[report::SegmentStats],
+    backfill: &Option<report::BackfillRun>,
+) -> Option<f64> {
+    let start = backfill.as_ref()?.quiet_p99_ms.filter(|ms| *ms > 0.0)?;
+    let during = segments
+        .iter()
+        .find(|s| s.name == "backfill")?
+        .server_p99_ms?;
+    Some(during / start)
 }
 
 /// How much the backfill slowed the traffic: its p99 over the baseline's (target ≤ 2).
