@@ -104,26 +104,25 @@ pub struct InstanceLatency {
 /// The users' p99 across the fleet from what each instance reported: the p99 of all their
 /// requests, from their histograms summed (Prometheus' `histogram_quantile(0.99, sum by (le)
 /// (...))`), which is what the users (and the demo's report) see, not the worst instance's
-/// p99 (on the demo, the worse of two noisy tails: see `REPORT_WINDOW`). An instance whose
-/// histogram does not add up with the others' (none, or other buckets) counts with its own
-/// p99, where that is worse.
+/// p99 (on the demo, the worse of two noisy tails: see `REPORT_WINDOW`). Histograms with
+/// other buckets (another version's) are summed apart; an instance that reports only a p99
+/// counts with it. The worst of these is the answer.
 pub fn fleet_p99_ms(reports: &[InstanceLatency]) -> Option<f64> {
-    let mut summed: Option<LatencyWindow> = None;
-    let mut apart: Option<f64> = None;
+    // Histograms with the same buckets summed, one sum per set of buckets.
+    let mut sums: Vec<LatencyWindow> = Vec::new();
+    let mut worst = None;
     for report in reports {
-        let added = match (&mut summed, &report.window) {
-            (_, None) => false,
-            (None, Some(window)) => {
-                summed = Some(window.clone());
-                true
+        match &report.window {
+            Some(window) => {
+                if !sums.iter_mut().any(|sum| sum.add(window)) {
+                    sums.push(window.clone());
+                }
             }
-            (Some(sum), Some(window)) => sum.add(window),
-        };
-        if !added {
-            apart = worse(apart, report.p99_ms);
+            None => worst = worse(worst, report.p99_ms),
         }
     }
-    worse(summed.and_then(|sum| sum.p99_ms()), apart)
+    sums.iter()
+        .fold(worst, |worst, sum| worse(worst, sum.p99_ms()))
 }
 
 /// The larger of two p99s, where there is one.
@@ -329,36 +328,37 @@ impl Metrics {
             .inc();
     }
 
-    /// The user requests answered over the last `REPORT_WINDOW` (or since the instance
-    /// started, if later), for the phase follower to report with each heartbeat.
+    /// The user requests answered over the last `REPORT_WINDOW`, for the phase follower to
+    /// report with each heartbeat (`None` at its first call, and after a gap of more than the
+    /// window: a report says what came after a change of the backfill's workers only if it
+    /// covers no more than the window).
     pub fn latency_reporter(
         self: &std::sync::Arc<Self>,
-    ) -> impl FnMut() -> LatencyWindow + Send + 'static {
+    ) -> impl FnMut() -> Option<LatencyWindow> + Send + 'static {
         let (metrics, mut marks) = (self.clone(), VecDeque::new());
         move || metrics.user_latency_window(&mut marks, Instant::now())
     }
 
     /// The user requests answered over the `REPORT_WINDOW` before `now`: since the oldest of
-    /// `marks` (the histogram's counts at earlier reports) within it, or, where every mark is
-    /// older (no report for a while), since the newest of them. Notes the counts at `now` in
-    /// `marks` and forgets those no later report needs.
+    /// `marks` (the histogram's counts at earlier reports) within it; `None` where there is
+    /// none (every mark older, or none yet). Notes the counts at `now` in `marks` and forgets
+    /// those no later report needs.
     fn user_latency_window(
         &self,
         marks: &mut VecDeque<(Instant, LatencyMark)>,
         now: Instant,
-    ) -> LatencyWindow {
-        let mut older = None;
+    ) -> Option<LatencyWindow> {
         while marks
             .front()
             .is_some_and(|(at, _)| now.saturating_duration_since(*at) > REPORT_WINDOW)
         {
-            older = marks.pop_front();
+            marks.pop_front();
         }
-        let window = match marks.front().or(older.as_ref()) {
-            Some((_, from)) => self.user_latency_since(from),
-            None => self.user_latency_since(&LatencyMark::default()),
-        };
-        marks.push_back((now, self.user_latency_mark()));
+        let mark = self.user_latency_mark();
+        let window = marks
+            .front()
+            .map(|(_, from)| self.window_between(from, &mark));
+        marks.push_back((now, mark));
         window
     }
 
@@ -376,9 +376,8 @@ impl Metrics {
         }
     }
 
-    /// The user requests answered since `mark` was taken.
-    fn user_latency_since(&self, mark: &LatencyMark) -> LatencyWindow {
-        let now = self.user_latency_mark();
+    /// The user requests answered between marks `from` and `to`.
+    fn window_between(&self, from: &LatencyMark, to: &LatencyMark) -> LatencyWindow {
         let metric = self.user_latency.metric();
         let le = metric
             .get_histogram()
@@ -387,10 +386,10 @@ impl Metrics {
             .map(|b| b.upper_bound())
             .collect();
         let since = |now: u64, then: Option<u64>| now.saturating_sub(then.unwrap_or(0)) as i64;
-        let mut counts: Vec<i64> = (now.buckets.iter().enumerate())
-            .map(|(i, c)| since(*c, mark.buckets.get(i).copied()))
+        let mut counts: Vec<i64> = (to.buckets.iter().enumerate())
+            .map(|(i, c)| since(*c, from.buckets.get(i).copied()))
             .collect();
-        counts.push(since(now.total, Some(mark.total)));
+        counts.push(since(to.total, Some(from.total)));
         LatencyWindow { le, counts }
     }
 
@@ -504,27 +503,35 @@ mod tests {
             }
         };
         requests(50, 0.300);
+        // No earlier report: nothing said about what came before it.
+        assert_eq!(metrics.user_latency_window(&mut marks, at(0)), None);
+        requests(50, 0.300);
         metrics.observe_request("/api/admin/migration", "GET", 200, 9.0);
         // 50 requests in the 200-500 ms bucket: the 49.5th of them, near its top.
-        let slow = metrics.user_latency_window(&mut marks, at(0));
-        assert_eq!(slow.counts.last(), Some(&50), "users' requests only");
+        let slow = metrics.user_latency_window(&mut marks, at(500)).unwrap();
+        assert_eq!(
+            slow.counts.last(),
+            Some(&50),
+            "users' requests since then only"
+        );
         assert!((slow.p99_ms().unwrap() - 497.0).abs() < 1e-6);
         requests(50, 0.0008);
-        // Within the window the slow ones before the first report are gone, the fast ones
-        // since it stay in every report until it has passed.
-        for ms in [500, 1000, 2000] {
-            let window = metrics.user_latency_window(&mut marks, at(ms));
-            assert_eq!(window.counts.last(), Some(&50), "at {ms} ms");
-            assert!((0.75..=1.0).contains(&window.p99_ms().unwrap()));
+        // Within the window every report goes back to the report at 0: the slow ones stay
+        // in until it has passed.
+        for ms in [1000, 2000] {
+            let window = metrics.user_latency_window(&mut marks, at(ms)).unwrap();
+            assert_eq!(window.counts.last(), Some(&100), "at {ms} ms");
         }
         requests(10, 0.0008);
-        let later = metrics.user_latency_window(&mut marks, at(2500));
-        assert_eq!(later.counts.last(), Some(&10), "since the report at 500 ms");
-        assert_eq!(later.p99_ms(), None, "too few");
-        // No report for a while: since the last one.
-        let late = metrics.user_latency_window(&mut marks, at(60_000));
-        assert_eq!(late.counts.last(), Some(&0));
-        assert_eq!(marks.len(), 1);
+        let later = metrics.user_latency_window(&mut marks, at(2500)).unwrap();
+        assert_eq!(later.counts.last(), Some(&60), "since the report at 500 ms");
+        assert!((0.75..=1.0).contains(&later.p99_ms().unwrap()));
+        // No report for longer than the window: none now, one over the last beat next.
+        assert_eq!(metrics.user_latency_window(&mut marks, at(60_000)), None);
+        requests(30, 0.0008);
+        let next = metrics.user_latency_window(&mut marks, at(60_500)).unwrap();
+        assert_eq!(next.counts.last(), Some(&30));
+        assert_eq!(marks.len(), 2);
     }
 
     #[test]
@@ -556,7 +563,7 @@ mod tests {
             window: None,
         };
         assert_eq!(fleet_p99_ms(&[fast.clone(), only_p99]), Some(7.0));
-        // Other buckets do not add up: that instance counts with its own p99.
+        // Other buckets do not add up with these: summed apart, the worse p99 counts.
         let other = report(LatencyWindow {
             le: vec![0.001, 0.01],
             counts: vec![0, 100, 100],

@@ -235,8 +235,9 @@ fn heartbeat(
 }
 
 /// What an instance reports about its requests with each heartbeat (the backfill's latency
-/// throttle reads it): the user requests answered over the last `metrics::REPORT_WINDOW`.
-type LatencyReport = Box<dyn FnMut() -> LatencyWindow + Send>;
+/// throttle reads it): the user requests answered over the last `metrics::REPORT_WINDOW`
+/// (`None`: no report this time).
+type LatencyReport = Box<dyn FnMut() -> Option<LatencyWindow> + Send>;
 
 /// Heartbeats of an instance that reports its request latency: often enough for the
 /// backfill to react within a batch or two.
@@ -255,7 +256,7 @@ impl PhaseFollower {
     pub fn start_reporting(
         pool: DbPool,
         poll: Duration,
-        recent: impl FnMut() -> LatencyWindow + Send + 'static,
+        recent: impl FnMut() -> Option<LatencyWindow> + Send + 'static,
     ) -> Result<Self, StateError> {
         Self::start_with(pool, poll, Some(Box::new(recent)))
     }
@@ -321,7 +322,7 @@ fn follow(
     } else {
         HEARTBEAT_EVERY
     };
-    let mut recent_latency = move || report.as_mut().map(|report| report());
+    let mut recent_latency = move || report.as_mut().and_then(|report| report());
     let mut last_beat = Instant::now();
     // The phase this instance has told the fleet it runs. It follows the applied phase once
     // no request that started under an older phase is still running (drain, I8), so "every

@@ -18,9 +18,9 @@ use crate::schema::state::zdm_backfill;
 /// position and the replica's replay position) and, while any is above the limit or cannot be
 /// reached, waits in the state `throttled`, saying why.
 ///
-/// It can also watch the requests: with a p99 limit, it waits while any live instance
-/// reported (with its last heartbeat, see `follower`) a p99 above the limit for the user
-/// requests it answered just before.
+/// It can also watch the requests: with a p99 limit, it waits while the users' p99 across the
+/// live instances (their last heartbeats' histograms summed, see `follower` and
+/// `metrics::fleet_p99_ms`) is above the limit.
 ///
 /// One throttle serves every worker of a runner (behind a lock): one worker waits, the others
 /// queue behind it.
@@ -53,9 +53,9 @@ const RESTATE_EVERY: Duration = Duration::from_secs(1);
 /// A heartbeat reports the requests of the `metrics::REPORT_WINDOW` before it: a report
 /// stored this long after a change of the number of workers covers only requests made after
 /// it (the margin: between reading the histogram and storing the heartbeat).
-const REPORT_COVERS: Duration = REPORT_WINDOW.saturating_add(Duration::from_millis(200));
+pub(super) const REPORT_COVERS: Duration = REPORT_WINDOW.saturating_add(Duration::from_millis(200));
 
-/// How long a run that has a budget reads the users' p99 before its first batch: 21
+/// How long a run that has a budget reads the users' p99 before its first batch: some 20
 /// readings, so that a moment (on the demo, an instance restarted 1.5 s before) is a minority
 /// of them. Measured on the demo, the median was 1.06–1.61 × the run's quiet phases' p99 over
 /// 5 s (8 runs) and 0.93–1.55 × over 2 s (20 runs): not the moment but the phase, as the

@@ -23,8 +23,10 @@ use super::auto::{Limits, Reading, halve, lag_over, p99_over};
 pub(super) const ADD_BELOW: f64 = 0.4;
 /// Above this share (the dead band's top), a worker is taken away.
 pub(super) const REMOVE_ABOVE: f64 = 0.7;
-/// How long the readings must stay above the band before a worker is taken away: two
-/// heartbeats, so that one slow 500-ms window does not.
+/// How long the readings must stay above the band before a worker is taken away. Each
+/// reading covers the last 2 s (`metrics::REPORT_WINDOW`), so a slow moment stays in the
+/// readings for that long: a burst of slow requests that lifts a 2-s p99 above the band takes
+/// a worker away (the measurements in the README were taken so).
 pub(super) const REMOVE_AFTER: Duration = Duration::from_millis(1000);
 /// How long the readings must stay over the budget before the count is halved. Meanwhile
 /// the throttle makes every worker wait before its next batch, so one reading over the
@@ -97,7 +99,9 @@ impl ZoneClock {
         }
     }
 
-    /// The count changed at `now`: every wait starts again.
+    /// The count changed at `now`: every wait starts again. The first reading that covers
+    /// the new count comes `REPORT_COVERS` later and covers 2 s of it: below the band, it has
+    /// held for `ADD_AFTER` already.
     pub fn restart(&mut self, now: Instant) {
         *self = Self::new(now);
     }

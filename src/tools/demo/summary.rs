@@ -52,7 +52,11 @@ pub(super) fn summarize(
             &traffic.server,
             &["backfill"],
         ),
-        server_backfill_p99_vs_run_start: backfill_p99_vs_run_start(&segments, &traffic.backfill),
+        server_backfill_p99_vs_run_start: backfill_p99_vs_run_start(
+            &traffic.timeline.segments,
+            &traffic.server,
+            &traffic.backfill,
+        ),
         server_ddl_p99_vs_quiet: server_p99_vs_quiet(
             &traffic.timeline.segments,
             &traffic.server,
@@ -171,38 +175,53 @@ fn server_p99_vs_quiet(
         .iter()
         .position(|s| s.name == "backfill")
         .unwrap_or(segments.len());
-    let summed = |chosen: &mut dyn Iterator<Item = &Segment>| {
-        chosen.fold(Vec::new(), |mut sum: Vec<u64>, s| {
-            let counts = server.between(s.start_ms, s.end_ms);
-            sum.resize(counts.len(), 0);
-            sum.iter_mut().zip(counts).for_each(|(a, c)| *a += c);
-            sum
-        })
-    };
-    let quiet = summed(
+    let quiet = server_p99(
+        server,
         &mut segments[..before_backfill]
             .iter()
             .filter(|s| ["baseline", "expanded", "dual_write"].contains(&s.name.as_str())),
     );
-    let named = summed(&mut segments.iter().filter(|s| names.contains(&s.name.as_str())));
-    match (server.p99_ms(&named), server.p99_ms(&quiet)) {
+    match (server_p99_named(segments, server, names), quiet) {
         (Some(n), Some(q)) if q > 0.0 => Some(n / q),
         _ => None,
     }
 }
 
-/// The servers' p99 during the backfill over the users' p99 its run started from, where its
-/// run noted one (under a budget).
+/// The servers' p99 over the `chosen` segments, their histograms taken together.
+fn server_p99(
+    server: &server_latency::ServerLatency,
+    chosen: &mut dyn Iterator<Item = &Segment>,
+) -> Option<f64> {
+    let summed = chosen.fold(Vec::new(), |mut sum: Vec<u64>, s| {
+        let counts = server.between(s.start_ms, s.end_ms);
+        sum.resize(counts.len(), 0);
+        sum.iter_mut().zip(counts).for_each(|(a, c)| *a += c);
+        sum
+    });
+    server.p99_ms(&summed)
+}
+
+/// The servers' p99 over every segment named one of `names`.
+fn server_p99_named(
+    segments: &[Segment],
+    server: &server_latency::ServerLatency,
+    names: &[&str],
+) -> Option<f64> {
+    server_p99(
+        server,
+        &mut segments.iter().filter(|s| names.contains(&s.name.as_str())),
+    )
+}
+
+/// The servers' p99 during the backfill (every segment of it: a failover's run has two) over
+/// the users' p99 its run started from, where its run noted one (under a budget).
 fn backfill_p99_vs_run_start(
-    segments: &[report::SegmentStats],
+    segments: &[Segment],
+    server: &server_latency::ServerLatency,
     backfill: &Option<report::BackfillRun>,
 ) -> Option<f64> {
     let start = backfill.as_ref()?.quiet_p99_ms.filter(|ms| *ms > 0.0)?;
-    let during = segments
-        .iter()
-        .find(|s| s.name == "backfill")?
-        .server_p99_ms?;
-    Some(during / start)
+    Some(server_p99_named(segments, server, &["backfill"])? / start)
 }
 
 /// How much the backfill slowed the traffic: its p99 over the baseline's (target ≤ 2).
