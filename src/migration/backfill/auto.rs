@@ -18,9 +18,9 @@ use super::throttle::REPORT_COVERS;
 /// zone rule: in interleaved runs on the demo under a relative budget of 1.5, with the fleet's
 /// p99 read over 2-s windows, side by side it held the budget in 4 runs of 4 at 3.5 × one
 /// worker's rate, AIMD in 2 of 4 at 1.7 × (AIMD adds a worker whenever a reading is within
-/// the budget, so it keeps probing past it and halving back). In 12 runs more the zone rule
-/// held it in 8 at 1.25–1.51 ×; against the p99 the runs started from, in 16 of 16 (README,
-/// "The backfill's cost to the users").
+/// the budget, so it keeps probing past it and halving back). In 16 runs more the zone rule
+/// held it in 10, at 1.25–1.71 × one worker's rate; against the p99 the runs started from, in
+/// 20 of 20 (README, "The backfill's cost to the users").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AutoRule {
     /// One worker more while the p99 is low in the headroom between the users' p99 when the
