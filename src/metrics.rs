@@ -50,6 +50,22 @@ pub struct LatencyMark {
     total: u64,
 }
 
+impl LatencyMark {
+    /// The user requests answered between `from` and this mark. The bounds are those the
+    /// histogram was built with (`USER_LATENCY_BOUNDS`): no second read of it.
+    fn window_since(&self, from: &LatencyMark) -> LatencyWindow {
+        let since = |now: u64, then: Option<u64>| now.saturating_sub(then.unwrap_or(0)) as i64;
+        let mut counts: Vec<i64> = (self.buckets.iter().enumerate())
+            .map(|(i, c)| since(*c, from.buckets.get(i).copied()))
+            .collect();
+        counts.push(since(self.total, Some(from.total)));
+        LatencyWindow {
+            le: USER_LATENCY_BOUNDS.to_vec(),
+            counts,
+        }
+    }
+}
+
 /// How far back an instance's latency report reaches (its heartbeat's `recent_p99_ms` and
 /// `recent_latency_counts`): the requests it answered over the last 2 s, not since its
 /// previous heartbeat (500 ms earlier). Measured on the demo (`--quick`: two instances, some
@@ -355,9 +371,7 @@ impl Metrics {
             marks.pop_front();
         }
         let mark = self.user_latency_mark();
-        let window = marks
-            .front()
-            .map(|(_, from)| self.window_between(from, &mark));
+        let window = marks.front().map(|(_, from)| mark.window_since(from));
         marks.push_back((now, mark));
         window
     }
@@ -374,23 +388,6 @@ impl Metrics {
                 .collect(),
             total: histogram.get_sample_count(),
         }
-    }
-
-    /// The user requests answered between marks `from` and `to`.
-    fn window_between(&self, from: &LatencyMark, to: &LatencyMark) -> LatencyWindow {
-        let metric = self.user_latency.metric();
-        let le = metric
-            .get_histogram()
-            .get_bucket()
-            .iter()
-            .map(|b| b.upper_bound())
-            .collect();
-        let since = |now: u64, then: Option<u64>| now.saturating_sub(then.unwrap_or(0)) as i64;
-        let mut counts: Vec<i64> = (to.buckets.iter().enumerate())
-            .map(|(i, c)| since(*c, from.buckets.get(i).copied()))
-            .collect();
-        counts.push(since(to.total, Some(from.total)));
-        LatencyWindow { le, counts }
     }
 
     /// Counts one read of user data, answered by a replica or by the primary.
