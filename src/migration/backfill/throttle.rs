@@ -57,9 +57,10 @@ pub(super) const REPORT_COVERS: Duration = REPORT_WINDOW.saturating_add(Duration
 
 /// How long a run that has a budget reads the users' p99 before its first batch: some 20
 /// readings, so that a moment (on the demo, an instance restarted 1.5 s before) is a minority
-/// of them. Measured on the demo, the median was 1.06–1.61 × the run's quiet phases' p99 over
-/// 5 s (8 runs) and 0.93–1.55 × over 2 s (20 runs): not the moment but the phase, as the
-/// backfill runs in `dual_write`, whose writes cost more than baseline's.
+/// of them. Measured on the demo, the median was 0.78–1.06 × the run's quiet phases' p99 (11
+/// runs). It had been 1.06–1.61 × (8 runs) while the demo itself opened a connection 20 times
+/// a second to watch the backfill's progress, in the very seconds the runner read its p99:
+/// what a run starts from is the load around it, whoever adds it.
 const QUIET_SAMPLING: Duration = Duration::from_secs(5);
 
 /// How often it reads them meanwhile.
