@@ -180,13 +180,17 @@ pub fn batch_time_target_ms(knob_ms: i32, cap_ms: Option<f64>) -> f64 {
     cap_ms.map_or(knob, |cap| knob.min(cap))
 }
 
-/// The shortest batch time a cap asks for: a batch this short is mostly its round trips.
-pub const MIN_BATCH_TIME_MS: f64 = 0.5;
+/// The shortest batch time a cap asks for. A batch has a fixed cost (its round trips and
+/// its commit, about 0.7 ms on the demo's machine) that does not shrink with it: capped at
+/// the 0.75-0.9 ms of headroom a relative budget of 1.5 left on the demo, batches fell to 1-10
+/// rows, and one worker filled 900-4,300 rows/s where it had filled 20,000, the machine's
+/// cores busy with commits rather than rows. At 2 ms a batch is about two thirds rows.
+pub const MIN_BATCH_TIME_MS: f64 = 2.0;
 
 /// The longest a batch sized by time may take under a p99 budget of `budget_ms` for the
 /// users' requests: the headroom between their p99 when the run started (`quiet_ms`) and the
-/// budget, so that a request that waits behind a whole batch stays within the budget (at
-/// least `MIN_BATCH_TIME_MS`); the budget itself where that p99 is unknown or not below it;
+/// budget, so that a request that waits behind a whole batch stays within the budget; the
+/// budget itself where that p99 is unknown or not below it; never under `MIN_BATCH_TIME_MS`;
 /// no cap without a budget. What a batch costs the users is its length, not the rate: on the
 /// demo (one worker, no budget, the instances' p99 against the quiet phases'), 1,000-row
 /// batches cost 2.3-3.0 × at 62,000-69,000 rows/s and still 2.0-2.9 × with 60 ms between
@@ -194,10 +198,11 @@ pub const MIN_BATCH_TIME_MS: f64 = 0.5;
 /// two workers of them 1.25-1.54 × at 60,000-69,000 (the README's pacing section).
 pub fn batch_time_cap_ms(budget_ms: Option<f64>, quiet_ms: Option<f64>) -> Option<f64> {
     let budget = budget_ms?;
-    Some(match quiet_ms {
-        Some(quiet) if quiet < budget => (budget - quiet).max(MIN_BATCH_TIME_MS),
+    let cap = match quiet_ms {
+        Some(quiet) if quiet < budget => budget - quiet,
         _ => budget,
-    })
+    };
+    Some(cap.max(MIN_BATCH_TIME_MS))
 }
 
 /// Changes the knobs, also while running. A batch size given without a target time is kept
@@ -268,10 +273,11 @@ mod tests {
         assert_eq!(batch_time_target_ms(40, Some(1.5)), 1.5);
         // A target already below the budget stays.
         assert_eq!(batch_time_target_ms(1, Some(5.0)), 1.0);
-        // Under a budget of 3 ms from a quiet p99 of 2 ms, batches aim at the 1 ms between.
-        assert_eq!(batch_time_cap_ms(Some(3.0), Some(2.0)), Some(1.0));
+        // Under a budget of 6 ms from a quiet p99 of 3 ms, batches aim at the 3 ms between;
+        // with less headroom, at the shortest batch that is not mostly its fixed cost.
+        assert_eq!(batch_time_cap_ms(Some(6.0), Some(3.0)), Some(3.0));
         assert_eq!(
-            batch_time_cap_ms(Some(3.0), Some(2.9)),
+            batch_time_cap_ms(Some(3.0), Some(2.0)),
             Some(MIN_BATCH_TIME_MS)
         );
         // The quiet p99 unknown (no traffic), or not below the budget: the budget.
