@@ -15,12 +15,12 @@ use super::MAX_WORKERS;
 use super::throttle::REPORT_COVERS;
 
 /// How auto mode moves the number of workers (`ZDM_BACKFILL_AUTO_RULE`). The default is the
-/// zone rule: in interleaved runs on the demo under a relative budget of 1.5, with the fleet's
-/// p99 read over 2-s windows, side by side it held the budget in 4 runs of 4 at 3.5 × one
-/// worker's rate, AIMD in 2 of 4 at 1.7 × (AIMD adds a worker whenever a reading is within
-/// the budget, so it keeps probing past it and halving back). In 16 runs more the zone rule
-/// held it in 10, at 1.25–1.71 × one worker's rate; against the p99 the runs started from, in
-/// 20 of 20 (README, "The backfill's cost to the users").
+/// zone rule, the one that held the budget: in interleaved runs on the demo under a relative
+/// budget of 1.5 (the fleet's p99 over 2-s windows, batches of at least 2 ms), it held it in
+/// 12 runs of 12 over three sets, at 1.14–1.29 × one worker's rate; AIMD, side by side in two
+/// of them, in 7 of 8 at 0.99–1.94 × (it adds a worker whenever a reading is within the
+/// budget, so it keeps probing past it and halving back). README, "The backfill's cost to the
+/// users".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AutoRule {
     /// One worker more while the p99 is low in the headroom between the users' p99 when the

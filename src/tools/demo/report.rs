@@ -127,8 +127,8 @@ pub struct DemoSummary {
     /// (baseline, expanded, dual_write before the backfill), taken together.
     pub server_backfill_p99_vs_quiet: Option<f64>,
     /// The instances' p99 during the backfill over the users' p99 its run started from (its
-    /// `quiet_p99_ms`, in `dual_write`): what a relative budget holds, where the quiet phases
-    /// above include baseline's cheaper writes.
+    /// `quiet_p99_ms`, read in `dual_write` before the first batch): what a relative budget
+    /// holds.
     pub server_backfill_p99_vs_run_start: Option<f64>,
     /// The same while the expand and the contract wait for their lock (`expanding`,
     /// `contracting`, taken together).
