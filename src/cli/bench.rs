@@ -1,5 +1,5 @@
-//! `zdm bench backfill|http|replicas`: the measurements, each on a scratch database or
-//! cluster of its own.
+//! `zdm bench backfill|http|replicas|pacing`: the measurements, each on a scratch database
+//! or cluster of its own.
 
 use clap::{Args, Subcommand};
 
@@ -28,6 +28,10 @@ pub(super) enum BenchWhat {
     /// The backfill's effect on a streaming replica that applies WAL late, without and with
     /// the lag throttle, on a scratch primary + replica of its own (removed afterwards).
     Replicas(BenchReplicasArgs),
+    /// What the backfill costs the users under a relative p99 budget: auto workers against
+    /// one worker, in interleaved `zdm demo --quick` runs (about a minute each; build with
+    /// --release for real figures).
+    Pacing(BenchPacingArgs),
 }
 
 impl BenchWhat {
@@ -36,6 +40,7 @@ impl BenchWhat {
             BenchWhat::Backfill(args) => args.run(config),
             BenchWhat::Http(args) => args.run(config),
             BenchWhat::Replicas(args) => args.run(config),
+            BenchWhat::Pacing(args) => args.run(config),
         }
     }
 }
@@ -168,5 +173,54 @@ impl BenchReplicasArgs {
         })
         .map(drop)
         .map_err(with_causes)
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct BenchPacingArgs {
+    /// Runs of each side (auto workers under each rule, one worker), in ABBA order (an even
+    /// number balances it).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=50))]
+    runs: u32,
+    /// Users the demo seeds.
+    #[arg(long, default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
+    rows: u64,
+    /// The relative p99 budget of every run (`ZDM_BACKFILL_MAX_P99_RATIO`), above 1 and at
+    /// most 100.
+    #[arg(long, default_value_t = 1.5)]
+    ratio: f64,
+    /// The auto rules measured against one worker, comma-separated: zone, aimd.
+    #[arg(long, value_delimiter = ',', default_value = "zone")]
+    rules: Vec<backfill::AutoRule>,
+    /// The batch time the backfill sizes its batches to, in milliseconds.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(i32).range(1..=i64::from(backfill::MAX_BATCH_TARGET_MS)))]
+    batch_target_ms: i32,
+    /// Where each run's summary (N-side.json), output (N-side.log) and report go; default:
+    /// bench-pacing in the data folder.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+impl BenchPacingArgs {
+    fn run(self, config: &Config) -> Result<(), StartupError> {
+        if config.backfill_max_p99_ms.is_some() {
+            return Err(
+                "ZDM_BACKFILL_MAX_P99_MS is set: every run would refuse it beside the ratio it runs under; unset it (in the environment and .env)"
+                    .into(),
+            );
+        }
+        let opts = bench::pacing::PacingBenchOptions {
+            runs: self.runs as usize,
+            rows: self.rows,
+            ratio: self.ratio,
+            rules: self.rules,
+            batch_target_ms: self.batch_target_ms,
+            dir: self
+                .out
+                .unwrap_or_else(|| config.data_dir.join("bench-pacing")),
+        };
+        bench::pacing::pacing_benchmark(&opts, |line| println!("{line}"))
+            .map(drop)
+            .map_err(with_causes)
     }
 }

@@ -61,7 +61,7 @@ enum Command {
     Verify,
     /// Prove zero downtime: two instances, live traffic, the whole migration, faults, audit.
     Demo(DemoArgs),
-    /// Measure: `bench backfill`, `bench http` or `bench replicas` (see `zdm bench --help`).
+    /// Measure: `bench backfill`, `bench http`, `bench replicas` or `bench pacing` (see `zdm bench --help`).
     Bench {
         #[command(subcommand)]
         what: BenchWhat,

@@ -7,6 +7,7 @@
 
 mod chaos;
 mod failover;
+mod pacing;
 mod report;
 
 use std::process::{Child, Command, Output, Stdio};
