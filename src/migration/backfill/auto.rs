@@ -17,10 +17,10 @@ use super::throttle::REPORT_COVERS;
 /// How auto mode moves the number of workers (`ZDM_BACKFILL_AUTO_RULE`). The default is the
 /// zone rule, the one that held the budget: in interleaved runs on the demo under a relative
 /// budget of 1.5 (the fleet's p99 over 2-s windows, batches of at least 2 ms), it held it in
-/// 12 runs of 12 over three sets, at 1.14–1.29 × one worker's rate; AIMD, side by side in two
-/// of them, in 7 of 8 at 0.99–1.94 × (it adds a worker whenever a reading is within the
-/// budget, so it keeps probing past it and halving back). README, "The backfill's cost to the
-/// users".
+/// 12 runs of 12 over three sets, at 1.14–1.29 × one worker's rate; AIMD, side by side, in
+/// 11 of 12 at 0.99–1.94 × (it adds a worker whenever a reading is within the budget, so it
+/// keeps probing past it and halving back). `zdm bench pacing`; README, "The backfill's cost
+/// to the users".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AutoRule {
     /// One worker more while the p99 is low in the headroom between the users' p99 when the

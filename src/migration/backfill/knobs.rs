@@ -267,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn under_a_p99_budget_batches_aim_at_no_longer_than_the_budget() {
+    fn under_a_p99_budget_batches_aim_at_the_headroom_but_no_shorter_than_their_fixed_cost() {
         assert_eq!(batch_time_target_ms(40, None), 40.0);
         assert_eq!(batch_time_target_ms(40, Some(2.0)), 2.0);
         assert_eq!(batch_time_target_ms(40, Some(1.5)), 1.5);
@@ -280,8 +280,10 @@ mod tests {
             batch_time_cap_ms(Some(3.0), Some(2.0)),
             Some(MIN_BATCH_TIME_MS)
         );
-        // The quiet p99 unknown (no traffic), or not below the budget: the budget.
+        // The quiet p99 unknown (no traffic), or not below the budget: the budget, if not
+        // shorter than the floor.
         assert_eq!(batch_time_cap_ms(Some(3.0), None), Some(3.0));
+        assert_eq!(batch_time_cap_ms(Some(1.0), None), Some(MIN_BATCH_TIME_MS));
         assert_eq!(batch_time_cap_ms(Some(3.0), Some(4.0)), Some(3.0));
         assert_eq!(batch_time_cap_ms(None, Some(2.0)), None);
         // 10-ms batches of 1,000 rows: toward 40 ms they grow, toward a 2 ms budget they
