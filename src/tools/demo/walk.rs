@@ -344,8 +344,8 @@ pub(super) fn start_backfill_process(url: &str, opts: &DemoOptions) -> Result<Ch
 const PROGRESS_POLL: Duration = Duration::from_millis(200);
 
 /// Waits until `fifths` fifths of the backfill of `url` are done, or fails if `child`, which
-/// runs it, ends before; gives `child` back.
-async fn wait_until_fifths_done(url: &str, mut child: Child, fifths: i64) -> Result<Child> {
+/// runs it, ends before; gives `child` back, and the share done (in percent) it last read.
+async fn wait_until_fifths_done(url: &str, mut child: Child, fifths: i64) -> Result<(Child, i64)> {
     let url = url.to_owned();
     blocking(move || {
         let mut conn = connect(&url)?;
@@ -353,7 +353,7 @@ async fn wait_until_fifths_done(url: &str, mut child: Child, fifths: i64) -> Res
             std::thread::sleep(PROGRESS_POLL);
             let status = backfill::status(&mut conn).context("reading the backfill's progress")?;
             if status.rows_total > 0 && status.rows_done * 5 >= status.rows_total * fifths {
-                return Ok(child);
+                return Ok((child, status.rows_done * 100 / status.rows_total));
             }
             if let Some(exit) = child
                 .try_wait()
@@ -377,17 +377,18 @@ async fn backfill_with_a_crash(
 ) -> Result<BackfillRun> {
     timeline.mark("backfill starts (child process)");
     let child = start_backfill_process(url, opts)?;
-    let mut child = wait_until_fifths_done(url, child, 2).await?;
+    let (mut child, done) = wait_until_fifths_done(url, child, 2).await?;
     child.kill().context("killing the backfill process")?;
     child
         .wait()
         .context("waiting for the killed backfill process")?;
-    timeline.mark("kill -9 of the backfill process at ~40 %");
+    // Read before the kill: on a small table the backfill may go further first.
+    timeline.mark(format!("kill -9 of the backfill process at {done} %"));
     pause(0.5).await;
     timeline.mark("backfill resumed by a new process");
     let mut child = start_backfill_process(url, opts)?;
     if let Some(failover) = &opts.failover {
-        child = wait_until_fifths_done(url, child, 3).await?;
+        child = wait_until_fifths_done(url, child, 3).await?.0;
         fail_over(failover, pooler, timeline)
             .await
             .context("the failover")?;
