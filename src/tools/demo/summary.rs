@@ -34,6 +34,7 @@ pub(super) fn summarize(
         requests_meeting_the_loss: segments.iter().map(|s| s.lost_upstream).sum(),
     });
     let unavailable_outside_faults = unexcused_503s(opts, traffic, &segments);
+    let server = ServerRatios::of(traffic);
     let chaos = opts.chaos.as_ref();
     DemoSummary {
         mode: if opts.naive { "naive" } else { "zdm" }.to_owned(),
@@ -47,21 +48,9 @@ pub(super) fn summarize(
         injected_fault: opts.fault.map(|f| f.name().to_owned()),
         p99_ms_by_phase: p99_ms_by_phase(&segments, |s| Some(s.p99_ms)),
         server_p99_ms_by_phase: p99_ms_by_phase(&segments, |s| s.server_p99_ms),
-        server_backfill_p99_vs_quiet: server_p99_vs_quiet(
-            &traffic.timeline.segments,
-            &traffic.server,
-            &["backfill"],
-        ),
-        server_backfill_p99_vs_run_start: backfill_p99_vs_run_start(
-            &traffic.timeline.segments,
-            &traffic.server,
-            &traffic.backfill,
-        ),
-        server_ddl_p99_vs_quiet: server_p99_vs_quiet(
-            &traffic.timeline.segments,
-            &traffic.server,
-            &["expanding", "contracting"],
-        ),
+        server_backfill_p99_vs_quiet: server.backfill_vs_quiet,
+        server_backfill_p99_vs_run_start: server.backfill_vs_run_start,
+        server_ddl_p99_vs_quiet: server.ddl_vs_quiet,
         passed: traffic.walk_error.is_none()
             && failed_requests == 0
             && unavailable_outside_faults == 0
@@ -163,26 +152,46 @@ fn p99_ms_by_phase(
     by_phase
 }
 
-/// The servers' p99 in the segments named `names` over their p99 in the quiet phases of the
-/// same run (baseline, expanded and dual_write before the backfill, taken together): what
-/// the backfill, or a DDL waiting for its lock, cost the users, as the instances measured it.
-fn server_p99_vs_quiet(
-    segments: &[Segment],
-    server: &server_latency::ServerLatency,
-    names: &[&str],
-) -> Option<f64> {
-    let before_backfill = segments
-        .iter()
-        .position(|s| s.name == "backfill")
-        .unwrap_or(segments.len());
-    let quiet = server_p99(
-        server,
-        &mut segments[..before_backfill]
+/// The servers' p99 in the backfill and while a DDL waited for its lock, over their p99 in
+/// the quiet phases of the same run (baseline, expanded and dual_write before the backfill,
+/// taken together), and the backfill's over the users' p99 its run started from (where it
+/// noted one, under a budget): what the backfill, or a DDL waiting for its lock, cost the
+/// users, as the instances measured it. Each p99 is summed once from the segments' histograms.
+struct ServerRatios {
+    backfill_vs_quiet: Option<f64>,
+    backfill_vs_run_start: Option<f64>,
+    ddl_vs_quiet: Option<f64>,
+}
+
+impl ServerRatios {
+    fn of(traffic: &Traffic) -> Self {
+        let (segments, server) = (&traffic.timeline.segments, &traffic.server);
+        let before_backfill = segments
             .iter()
-            .filter(|s| ["baseline", "expanded", "dual_write"].contains(&s.name.as_str())),
-    );
-    match (server_p99_named(segments, server, names), quiet) {
-        (Some(n), Some(q)) if q > 0.0 => Some(n / q),
+            .position(|s| s.name == "backfill")
+            .unwrap_or(segments.len());
+        let quiet = server_p99(
+            server,
+            &mut segments[..before_backfill]
+                .iter()
+                .filter(|s| ["baseline", "expanded", "dual_write"].contains(&s.name.as_str())),
+        );
+        // Every segment of the backfill: a failover's run has two.
+        let backfill = server_p99_named(segments, server, &["backfill"]);
+        let ddl = server_p99_named(segments, server, &["expanding", "contracting"]);
+        let run_start = traffic.backfill.as_ref().and_then(|b| b.quiet_p99_ms);
+        Self {
+            backfill_vs_quiet: ratio(backfill, quiet),
+            backfill_vs_run_start: ratio(backfill, run_start),
+            ddl_vs_quiet: ratio(ddl, quiet),
+        }
+    }
+}
+
+/// `over` / `under`, where both are known and `under` is above 0.
+fn ratio(over: Option<f64>, under: Option<f64>) -> Option<f64> {
+    match (over, under) {
+        (Some(o), Some(u)) if u > 0.0 => Some(o / u),
         _ => None,
     }
 }
@@ -211,17 +220,6 @@ fn server_p99_named(
         server,
         &mut segments.iter().filter(|s| names.contains(&s.name.as_str())),
     )
-}
-
-/// The servers' p99 during the backfill (every segment of it: a failover's run has two) over
-/// the users' p99 its run started from, where its run noted one (under a budget).
-fn backfill_p99_vs_run_start(
-    segments: &[Segment],
-    server: &server_latency::ServerLatency,
-    backfill: &Option<report::BackfillRun>,
-) -> Option<f64> {
-    let start = backfill.as_ref()?.quiet_p99_ms.filter(|ms| *ms > 0.0)?;
-    Some(server_p99_named(segments, server, &["backfill"])? / start)
 }
 
 /// How much the backfill slowed the traffic: its p99 over the baseline's (target ≤ 2).
