@@ -171,9 +171,10 @@ impl Blocker {
     }
 
     /// Whether a lock on `users` in this database waits (for this blocker, or behind a step
-    /// that does).
+    /// that does), or a step waits for this blocker to end.
     fn someone_waits(&mut self) -> bool {
         crate::helpers::waits_on_users(&mut self.0, "TRUE")
+            || crate::helpers::a_step_waits_for_lock_holders(&mut self.0)
     }
 
     fn release(mut self) {
@@ -230,13 +231,23 @@ async fn step_under_blocker(
 const MAX_READ_STALL: Duration = Duration::from_millis(5 + 1000);
 const BLOCKED_FOR: Duration = Duration::from_millis(3000);
 
+/// A step met the 3-s blocker and waited for it to end instead of queueing behind it again
+/// after each pause (which came to 8 attempts or more in 3 s): one attempt, and at most two
+/// more that met a request's transaction on a loaded machine.
+fn assert_met_the_blocker_without_queueing_again(lock_timeouts: usize) {
+    assert!(
+        (1..=3).contains(&lock_timeouts),
+        "{lock_timeouts} lock timeouts: each was a stall for the users"
+    );
+}
+
 #[actix_web::test]
 async fn expand_and_contract_give_up_within_lock_timeout_then_retry_past_a_long_transaction() {
     let app = TestApp::spawn().await;
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
 
-    // Blocked for 3 s: the expand times out and retries, reads are held up at most about
-    // one lock_timeout (200 ms) at a time, and it succeeds once the blocker ends.
+    // Blocked for 3 s: the expand times out, waits for the blocker to end outside the lock
+    // queue, and succeeds then; reads are held up at most about one attempt (5 ms).
     let (result, slowest) = step_under_blocker(&app, id, BLOCKED_FOR, |conn| {
         runner::advance(conn, "test", None)
     })
@@ -246,7 +257,7 @@ async fn expand_and_contract_give_up_within_lock_timeout_then_retry_past_a_long_
         "reads stalled {slowest:?}, more than one lock_timeout"
     );
     let transition = result.expect("the expand succeeds after the blocker");
-    assert!(transition.lock_timeouts >= 1, "it met the blocker");
+    assert_met_the_blocker_without_queueing_again(transition.lock_timeouts);
     app.wait_for_phase(Phase::Expanded).await;
 
     app.walk_to(Phase::NewOnly).await;
@@ -256,11 +267,10 @@ async fn expand_and_contract_give_up_within_lock_timeout_then_retry_past_a_long_
         runner::advance(conn, "test", Some("users.full_name"))
     })
     .await;
-    assert!(
+    assert_met_the_blocker_without_queueing_again(
         result
             .expect("the contract succeeds after the blocker")
-            .lock_timeouts
-            >= 1
+            .lock_timeouts,
     );
     assert!(
         slowest <= MAX_READ_STALL,
@@ -355,8 +365,9 @@ async fn a_blocker_longer_than_the_retry_schedule_fails_the_step_cleanly() {
         Err(RunError::LockTimeout {
             attempts, waited, ..
         }) => {
-            // Short attempts, many of them, until the budget is spent.
-            assert!(attempts >= 8, "{attempts} attempts");
+            // One attempt, then a wait outside the lock queue until the budget is spent (not
+            // an attempt, and a stall for the users, after every pause).
+            assert_eq!(attempts, 1);
             assert!(
                 waited >= runner::LOCK_WAIT_BUDGET / 2 && waited <= runner::LOCK_WAIT_BUDGET,
                 "{waited:?}"

@@ -130,31 +130,6 @@ async fn metrics_count_requests_and_follow_the_migration() {
     );
 }
 
-/// The session of each lock request on `users` that waits in this connection's database,
-/// with when its transaction began.
-fn waiting_on_users(conn: &mut PgConnection) -> Vec<(i32, String)> {
-    #[derive(QueryableByName)]
-    struct Waiting {
-        #[diesel(sql_type = diesel::sql_types::Integer)]
-        pid: i32,
-        // pg_stat_activity is read a moment after pg_locks: the session may have ended its
-        // transaction in between.
-        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-        xact_start: Option<String>,
-    }
-    diesel::sql_query(
-        "SELECT l.pid, a.xact_start::text AS xact_start FROM pg_locks l \
-         JOIN pg_stat_activity a ON a.pid = l.pid \
-         WHERE NOT l.granted AND l.relation = 'users'::regclass \
-         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .load::<Waiting>(conn)
-    .unwrap()
-    .into_iter()
-    .filter_map(|w| Some((w.pid, w.xact_start?)))
-    .collect()
-}
-
 #[actix_web::test]
 async fn the_lock_timeout_counter_rises_when_a_step_meets_a_lock() {
     let app = TestApp::spawn().await;
@@ -182,17 +157,11 @@ async fn the_lock_timeout_counter_rises_when_a_step_meets_a_lock() {
             )
         })
     };
-    // The blocker goes once the step has given up at least once: its session is seen
-    // waiting in a transaction other than the first one seen (a retry).
+    // The blocker goes once the step has given up at least once: it then waits for the
+    // blocker to end.
     let mut monitor = app.db.conn();
-    let mut first = None;
-    crate::helpers::eventually("the expand to retry after a lock timeout", || {
-        let waiting = waiting_on_users(&mut monitor);
-        let Some(seen) = waiting.first() else {
-            return false;
-        };
-        let first = first.get_or_insert_with(|| seen.clone());
-        waiting.iter().any(|w| w.0 == first.0 && w.1 != first.1)
+    crate::helpers::eventually("the expand to wait after a lock timeout", || {
+        crate::helpers::a_step_waits_for_lock_holders(&mut monitor)
     })
     .await;
     blocker.batch_execute("COMMIT").unwrap();

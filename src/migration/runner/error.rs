@@ -155,6 +155,12 @@ impl RunError {
     }
 }
 
+/// Whether `error` is a lock timeout of a DDL on users (raised by `zdm_lock_timeout`), not
+/// one of the literal `lock_timeout` on zdm's own rows.
+pub(super) fn timed_out_on_users(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(raised(error), Some((Raised::LockTimeout, _)))
+}
+
 /// What zdm's SQL raised in `error` or any of its causes, and its message for people.
 fn raised(error: &(dyn std::error::Error + 'static)) -> Option<(Raised, String)> {
     let mut current = Some(error);

@@ -29,6 +29,7 @@
 //! [I4]: crate::migration#invariants
 
 mod error;
+mod holders;
 mod steps;
 
 use std::time::{Duration, Instant};
@@ -45,6 +46,7 @@ use crate::domain::Phase;
 
 use error::classify;
 pub use error::{RunError, is_lock_timeout};
+pub use holders::a_step_waits as a_step_waits_for_lock_holders;
 pub use steps::{
     BACKFILLED, CONTRACT, DUAL_WRITE, EXPAND, LOCK_WAIT_BUDGET, NEW_ONLY, READ_NEW, STEPS,
     applied_steps, is_applied, last_applied_step, lock_retry_pause, step_migration,

@@ -1,8 +1,8 @@
 //! The phase migrations (`STEPS`, one per step, read from `migrations/9000-*`), which of them
 //! are applied, and `apply`, which runs or reverts one as the migration harness would,
-//! retrying lock timeouts within `LOCK_WAIT_BUDGET`.
+//! retrying lock timeouts within `LOCK_WAIT_BUDGET` once the transactions in the way have ended.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::connection::BoxableConnection;
 use diesel::connection::SimpleConnection;
@@ -13,7 +13,8 @@ use diesel::sql_types::Text;
 use diesel_migrations::MigrationHarness;
 
 use super::super::schema_migrations::MIGRATIONS;
-use super::error::{RunError, classify};
+use super::error::{RunError, classify, timed_out_on_users};
+use super::holders;
 use crate::domain::Phase;
 
 /// How long a step keeps trying for its lock on users: attempts as long as the stored
@@ -173,8 +174,9 @@ pub fn last_applied_step(conn: &mut PgConnection) -> Result<Option<&'static str>
     Ok(applied_steps(conn)?.last().copied())
 }
 
-/// Applies (or reverts) one phase migration, retrying lock timeouts (`lock_retry_pause`)
-/// within `LOCK_WAIT_BUDGET`.
+/// Applies (or reverts) one phase migration, retrying lock timeouts within `LOCK_WAIT_BUDGET`:
+/// after a jittered pause (`lock_retry_pause`), and once the transactions its DDL met on
+/// users have ended (`holders`).
 /// Nothing happens if it is already applied (reverted). Returns the lock timeouts met.
 pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<usize, RunError> {
     let applied = is_applied(conn, name)?;
@@ -182,25 +184,18 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
         return Ok(0);
     }
     let migration = find_migration(name)?;
-    let mut lock_timeouts = 0;
-    let started = std::time::Instant::now();
-    // The longest attempt that met its lock timeout so far.
-    let mut longest_attempt = Duration::ZERO;
-    let mut rng = fastrand::Rng::new();
+    let mut retries = Retries::new(name);
     loop {
-        if lock_timeouts > 0 {
+        if retries.lock_timeouts > 0 {
             diesel::sql_query(
                 "SELECT set_config('zdm.retries', $1, false), \
                         set_config('zdm.lock_attempt_scale', $2, false)",
             )
-            .bind::<Text, _>(format!(
-                "{lock_timeouts} lock timeout(s) retried over {:.2} s",
-                started.elapsed().as_secs_f64()
-            ))
-            .bind::<Text, _>(lock_attempt_scale(started.elapsed()).to_string())
+            .bind::<Text, _>(retries.to_string())
+            .bind::<Text, _>(lock_attempt_scale(retries.started.elapsed()).to_string())
             .execute(conn)?;
         }
-        let attempt = std::time::Instant::now();
+        let attempt = Instant::now();
         let result = match step {
             Step::Up => conn.run_migration(&migration).map(drop),
             Step::Down => conn.revert_migration(&migration).map(drop),
@@ -214,7 +209,7 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
                     "reverted"
                 }
             );
-            return Ok(lock_timeouts);
+            return Ok(retries.lock_timeouts);
         };
         // A migration that manages its own transactions (BEGIN ... COMMIT in its file) leaves
         // its failed transaction open: end it, or the retry (and whatever uses this
@@ -223,22 +218,8 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
         let _ = conn.batch_execute("ROLLBACK");
         match classify(name, e.as_ref()) {
             Some(RunError::LockTimeout { .. }) => {
-                lock_timeouts += 1;
-                longest_attempt = longest_attempt.max(attempt.elapsed());
-                let pause = lock_retry_pause(lock_timeouts as u32, &mut rng);
-                // The next attempt must end within the budget too: it is at most twice the
-                // longest so far (attempts double each second past `SHORT_ATTEMPTS_FOR`,
-                // and a pause is at most 1 s). Counting the pause alone, a step gave up
-                // after 10.06 s of a 10-s budget.
-                if started.elapsed() + pause + 2 * longest_attempt > LOCK_WAIT_BUDGET {
-                    return Err(RunError::LockTimeout {
-                        migration: name.to_owned(),
-                        attempts: lock_timeouts,
-                        waited: started.elapsed(),
-                    });
-                }
-                log::warn!("{name}: lock timeout (attempt {lock_timeouts}), retrying in {pause:?}");
-                std::thread::sleep(pause);
+                let on_users = timed_out_on_users(e.as_ref());
+                retries.wait_to_retry(conn, attempt.elapsed(), on_users)?;
             }
             Some(refused_or_undone) => return Err(refused_or_undone),
             None => {
@@ -248,6 +229,104 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
                 });
             }
         }
+    }
+}
+
+/// A step's lock timeouts so far, and what it waited.
+struct Retries<'a> {
+    name: &'a str,
+    started: Instant,
+    lock_timeouts: usize,
+    /// The longest attempt that met its lock timeout so far.
+    longest_attempt: Duration,
+    /// How long it waited for the transactions its DDL met to end.
+    waited_for_holders: Duration,
+    rng: fastrand::Rng,
+}
+
+impl<'a> Retries<'a> {
+    fn new(name: &'a str) -> Self {
+        Retries {
+            name,
+            started: Instant::now(),
+            lock_timeouts: 0,
+            longest_attempt: Duration::ZERO,
+            waited_for_holders: Duration::ZERO,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// After an attempt of `took` met its lock timeout (its DDL's on users if `on_users`):
+    /// pauses, then waits for the transactions the DDL met; an error if the budget would not
+    /// hold the next attempt.
+    fn wait_to_retry(
+        &mut self,
+        conn: &mut PgConnection,
+        took: Duration,
+        on_users: bool,
+    ) -> Result<(), RunError> {
+        // Read before the pause: the transactions the attempt met, not those begun since.
+        let met = if on_users {
+            holders::holders(conn)?
+        } else {
+            Vec::new()
+        };
+        self.lock_timeouts += 1;
+        self.longest_attempt = self.longest_attempt.max(took);
+        let pause = lock_retry_pause(self.lock_timeouts as u32, &mut self.rng);
+        // The next attempt must end within the budget too: it is at most twice the longest so
+        // far (attempts double each second past `SHORT_ATTEMPTS_FOR`, and a pause is at most
+        // 1 s). Counting the pause alone, a step gave up after 10.06 s of a 10-s budget.
+        let deadline = (self.started + LOCK_WAIT_BUDGET).checked_sub(2 * self.longest_attempt);
+        let Some(deadline) = deadline.filter(|d| Instant::now() + pause <= *d) else {
+            return Err(self.gave_up());
+        };
+        log::warn!(
+            "{}: lock timeout (attempt {}), retrying in {pause:?}{}",
+            self.name,
+            self.lock_timeouts,
+            if met.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " once {} transaction(s) holding users have ended",
+                    met.len()
+                )
+            }
+        );
+        std::thread::sleep(pause);
+        let waiting = Instant::now();
+        let ended = holders::wait_for(conn, &met, deadline)?;
+        self.waited_for_holders += waiting.elapsed();
+        if ended { Ok(()) } else { Err(self.gave_up()) }
+    }
+
+    fn gave_up(&self) -> RunError {
+        RunError::LockTimeout {
+            migration: self.name.to_owned(),
+            attempts: self.lock_timeouts,
+            waited: self.started.elapsed(),
+        }
+    }
+}
+
+/// What the history says of them.
+impl std::fmt::Display for Retries<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} lock timeout(s) retried over {:.2} s",
+            self.lock_timeouts,
+            self.started.elapsed().as_secs_f64()
+        )?;
+        if !self.waited_for_holders.is_zero() {
+            write!(
+                f,
+                ", {:.2} s of it waiting for the transactions holding users to end",
+                self.waited_for_holders.as_secs_f64()
+            )?;
+        }
+        Ok(())
     }
 }
 

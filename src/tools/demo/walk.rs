@@ -252,13 +252,15 @@ async fn long_transaction(
 }
 
 /// Whether a lock on `users` in this connection's database waits (pg_locks lists the whole
-/// cluster).
+/// cluster), or a step waits for this transaction to end (its first attempt, 5 ms, may come
+/// and go between two looks).
 fn someone_waits_on_users(conn: &mut PgConnection) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+    let queued: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
         "EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass \
          AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
     ))
-    .get_result(conn)
+    .get_result(conn)?;
+    Ok(queued || crate::migration::runner::a_step_waits_for_lock_holders(conn)?)
 }
 
 /// Advances under a long transaction holding `users`: lock_timeout and the retries keep the
