@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::super::backfill::BackfillError;
 use super::super::state::{Action, StateError};
+use super::holders::UsersLock;
 use crate::domain::Phase;
 
 /// What the SQL of a phase migration raises (`zdm_raise` in migration
@@ -155,10 +156,13 @@ impl RunError {
     }
 }
 
-/// Whether `error` is a lock timeout of a DDL on users (raised by `zdm_lock_timeout`), not
-/// one of the literal `lock_timeout` on zdm's own rows.
-pub(super) fn timed_out_on_users(error: &(dyn std::error::Error + 'static)) -> bool {
-    matches!(raised(error), Some((Raised::LockTimeout, _)))
+/// The lock on users that `error`, a lock timeout raised by `zdm_lock_timeout`, names its DDL
+/// as waiting for; none for a lock timeout on zdm's own rows (the phase row, the sample).
+pub(super) fn users_lock_timed_out(error: &(dyn std::error::Error + 'static)) -> Option<UsersLock> {
+    match raised(error) {
+        Some((Raised::LockTimeout, what)) => UsersLock::of(&what),
+        _ => None,
+    }
 }
 
 /// What zdm's SQL raised in `error` or any of its causes, and its message for people.

@@ -1,27 +1,74 @@
-//! The transactions a step's DDL on `users` met (`holders`), and waiting for them to end
-//! without queueing for the lock (`wait_for`).
+//! The transactions in the way of a step's DDL on `users` (`holders`), and waiting for them
+//! to end without queueing for the lock (`wait_for`).
 //!
-//! Every DDL of a phase migration wants ACCESS EXCLUSIVE on `users`, which conflicts with any
-//! lock on it: when an attempt meets its short `lock_timeout`, the transactions holding (or
-//! queued for) a lock on `users` at that moment are what it met. Attempting again while they
-//! last only queues every request behind the DDL once more, for nothing: one long report
-//! would cost the users a stall per retry. So the step waits, outside the queue, until those
-//! transactions have ended, and only then attempts again. Transactions that began since are
-//! not waited for: on a table never free, the next attempt (longer after 2 s, see
-//! `lock_attempt_scale`) still gets its turn.
+//! When an attempt meets its short `lock_timeout`, the transactions that then hold (or await)
+//! a lock on `users` in a mode that conflicts with the DDL's (`UsersLock`) are, give or take
+//! one begun in that instant, what it met. Attempting again while they last only queues every
+//! request behind the DDL once more, for nothing: one long report would cost the users a
+//! stall per retry. So the step waits, outside the queue, until those transactions have
+//! ended, and only then attempts again. Transactions begun since are not waited for: on a
+//! table never free, the next attempt (longer after 2 s of trying, see `lock_attempt_scale`)
+//! still gets its turn.
 
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Text};
 
-/// How often a waiting step looks whether the transactions it met have ended: how late it
-/// attempts again after they did.
-const POLL: Duration = Duration::from_millis(10);
+/// How often a waiting step looks first whether the transactions it met have ended, doubling
+/// up to `POLL_AT_MOST`: reading pg_locks takes every lock partition for a moment, so a long
+/// wait looks less often.
+const POLL_FIRST: Duration = Duration::from_millis(10);
+const POLL_AT_MOST: Duration = Duration::from_millis(100);
 
 /// The step's session's `application_name` while it waits, so that whoever reads
 /// `pg_stat_activity` sees why zdm's session sits idle.
 pub const WAITING: &str = "zdm step: waiting for the transactions holding users to end";
+
+/// The lock on `users` a DDL of a phase migration waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsersLock {
+    /// ALTER TABLE's ADD/DROP/ALTER: every lock on `users` is in its way, a report's too.
+    AccessExclusive,
+    /// VALIDATE CONSTRAINT's: reads and writes are not in its way; VACUUM, ANALYZE, an index
+    /// build and other DDL are.
+    ShareUpdateExclusive,
+}
+
+impl UsersLock {
+    /// The lock the DDL a lock timeout names waits for (`what` of `zdm_lock_timeout(what)`,
+    /// the DDL's own words); none for a lock on zdm's own rows (the phase row, the sample).
+    pub fn of(what: &str) -> Option<UsersLock> {
+        if what.starts_with("VALIDATE CONSTRAINT") {
+            Some(UsersLock::ShareUpdateExclusive)
+        } else if ["ADD ", "DROP ", "ALTER "]
+            .iter()
+            .any(|ddl| what.starts_with(ddl))
+        {
+            Some(UsersLock::AccessExclusive)
+        } else {
+            None
+        }
+    }
+
+    /// The modes (as pg_locks names them) that conflict with this one.
+    fn in_the_way(self) -> Vec<&'static str> {
+        const ALL: [&str; 8] = [
+            "AccessShareLock",
+            "RowShareLock",
+            "RowExclusiveLock",
+            "ShareUpdateExclusiveLock",
+            "ShareLock",
+            "ShareRowExclusiveLock",
+            "ExclusiveLock",
+            "AccessExclusiveLock",
+        ];
+        match self {
+            UsersLock::AccessExclusive => ALL.to_vec(),
+            UsersLock::ShareUpdateExclusive => ALL[3..].to_vec(),
+        }
+    }
+}
 
 #[derive(QueryableByName)]
 struct Holder {
@@ -29,22 +76,24 @@ struct Holder {
     transaction: String,
 }
 
-/// The transactions, other than this session's, that hold or wait for a lock on `users`
-/// (their `virtualtransaction`: a pooled session's next transaction is another).
-pub fn holders(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
+/// The transactions, other than this session's, that hold or await a lock on `users` that
+/// conflicts with `lock` (their `virtualtransaction`: a pooled session's next transaction is
+/// another).
+pub fn holders(conn: &mut PgConnection, lock: UsersLock) -> QueryResult<Vec<String>> {
     Ok(diesel::sql_query(
         "SELECT DISTINCT virtualtransaction AS transaction FROM pg_locks \
           WHERE locktype = 'relation' AND relation = to_regclass('users') \
             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-            AND pid IS DISTINCT FROM pg_backend_pid()",
+            AND pid IS DISTINCT FROM pg_backend_pid() AND mode = ANY($1)",
     )
+    .bind::<Array<Text>, _>(lock.in_the_way())
     .load::<Holder>(conn)?
     .into_iter()
     .map(|h| h.transaction)
     .collect())
 }
 
-/// Waits until none of `those` transactions holds or waits for a lock on `users` any more
+/// Waits until none of `those` transactions holds or awaits a lock on `users` any more
 /// (true), or `until` has come while one still does (false).
 pub fn wait_for(conn: &mut PgConnection, those: &[String], until: Instant) -> QueryResult<bool> {
     if those.is_empty() {
@@ -60,16 +109,17 @@ pub fn wait_for(conn: &mut PgConnection, those: &[String], until: Instant) -> Qu
     ended
 }
 
-/// Whether a step's session (of any database of the cluster) waits in `wait_for`, as it
-/// names itself in `pg_stat_activity`: a transaction in a step's way may see it there, not
-/// in `pg_locks`, once the step's first short attempt has given up.
+/// Whether a step's session waits in `wait_for` in this database, as it names itself in
+/// `pg_stat_activity`: a transaction in a step's way may see it there, not in `pg_locks`,
+/// once the step's first short attempt has given up.
 pub fn a_step_waits(conn: &mut PgConnection) -> QueryResult<bool> {
     // Inside a transaction (the one in the step's way), pg_stat_activity is read once and
     // kept until it ends: drop that copy, or the step would never be seen waiting.
     diesel::sql_query("SELECT pg_stat_clear_snapshot()").execute(conn)?;
     diesel::select(
         diesel::dsl::sql::<diesel::sql_types::Bool>(
-            "EXISTS (SELECT FROM pg_stat_activity WHERE application_name = ",
+            "EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = ",
         )
         .bind::<Text, _>(WAITING)
         .sql(")"),
@@ -78,6 +128,7 @@ pub fn a_step_waits(conn: &mut PgConnection) -> QueryResult<bool> {
 }
 
 fn poll(conn: &mut PgConnection, those: &[String], until: Instant) -> QueryResult<bool> {
+    let mut every = POLL_FIRST;
     loop {
         let left: i64 = diesel::select(
             diesel::dsl::sql::<diesel::sql_types::BigInt>(
@@ -92,10 +143,12 @@ fn poll(conn: &mut PgConnection, those: &[String], until: Instant) -> QueryResul
         if left == 0 {
             return Ok(true);
         }
-        if Instant::now() + POLL > until {
+        let now = Instant::now();
+        if now >= until {
             return Ok(false);
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(every.min(until - now));
+        every = (every * 2).min(POLL_AT_MOST);
     }
 }
 
@@ -104,4 +157,42 @@ fn set_application_name(conn: &mut PgConnection, name: &str) -> QueryResult<()> 
         .bind::<Text, _>(name)
         .execute(conn)
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `zdm_lock_timeout('…')` of the migrations names a DDL on users, whose lock is
+    /// told from its words, or one of zdm's own rows ("the …"), which is not on users.
+    #[test]
+    fn every_lock_timeout_of_the_migrations_is_told_on_users_or_not() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            for file in std::fs::read_dir(entry.unwrap().path()).unwrap() {
+                let sql = std::fs::read_to_string(file.unwrap().path()).unwrap();
+                for call in sql.split("zdm_lock_timeout('").skip(1) {
+                    let what = &call[..call.find('\'').unwrap()];
+                    let lock = UsersLock::of(what);
+                    assert_eq!(lock.is_none(), what.starts_with("the "), "{what}");
+                    if what.starts_with("VALIDATE") {
+                        assert_eq!(lock, Some(UsersLock::ShareUpdateExclusive));
+                    }
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 15, "{seen} calls found");
+    }
+
+    #[test]
+    fn a_validate_waits_for_neither_reads_nor_writes() {
+        let modes = UsersLock::ShareUpdateExclusive.in_the_way();
+        for light in ["AccessShareLock", "RowShareLock", "RowExclusiveLock"] {
+            assert!(!modes.contains(&light), "{light}");
+            assert!(UsersLock::AccessExclusive.in_the_way().contains(&light));
+        }
+        assert!(modes.contains(&"ShareUpdateExclusiveLock"));
+    }
 }

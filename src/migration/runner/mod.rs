@@ -12,8 +12,10 @@
 //!   waiting behind a long transaction holds up other sessions for at most that long. When it
 //!   gives up, its SQL says so with zdm's own DETAIL (`zdm_lock_timeout`, whatever the
 //!   server's language), its transaction rolls back, and the runner tries again after a
-//!   jittered pause growing from 25 ms to 1 s (`lock_retry_pause`), within
-//!   `LOCK_WAIT_BUDGET` (10 s, its last attempt included). Then it fails cleanly.
+//!   jittered pause growing from 25 ms to 1 s (`lock_retry_pause`) and once the transactions
+//!   then in the DDL's way have ended (`holders`: it waits for them outside the lock queue,
+//!   not in it), within `LOCK_WAIT_BUDGET` (10 s, its last attempt included). Then it fails
+//!   cleanly.
 //! - The rollback out of new_only, which needs the fleet between its parts: the phase goes
 //!   back to read_new, the runner waits until every instance dual-writes again, runs the
 //!   reverse backfill (throttled like the forward one), and then reverts the migration.
@@ -23,7 +25,7 @@
 //!
 //! Here: advance, rollback and settling an interrupted step, the step's session settings and
 //! the runner's advisory lock. `steps` knows the phase migrations and applies one (retrying
-//! lock timeouts); `error` holds what a step fails with and tells apart what the SQL raised.
+//! lock timeouts); `holders` finds and waits out the transactions in a DDL's way; `error` holds what a step fails with and tells apart what the SQL raised.
 //! What they make public is re-exported here.
 //!
 //! [I4]: crate::migration#invariants

@@ -13,21 +13,23 @@ use diesel::sql_types::Text;
 use diesel_migrations::MigrationHarness;
 
 use super::super::schema_migrations::MIGRATIONS;
-use super::error::{RunError, classify, timed_out_on_users};
-use super::holders;
+use super::error::{RunError, classify, users_lock_timed_out};
+use super::holders::{self, UsersLock};
 use crate::domain::Phase;
 
-/// How long a step keeps trying for its lock on users: attempts as long as the stored
-/// `lock_attempt_ms` (5 ms unless `ZDM_LOCK_ATTEMPT_MS` says otherwise; each is that long a
-/// stall for the requests queued behind it, see `lock_attempt_scale`) and the pauses between
-/// them, until this much time has gone.
+/// How long a step keeps trying for its lock on users, its last attempt included: attempts as
+/// long as the stored `lock_attempt_ms` (5 ms unless `ZDM_LOCK_ATTEMPT_MS` says otherwise; each
+/// is that long a stall for the requests queued behind it, see `lock_attempt_scale`), the
+/// pauses between them and the waits for the transactions in the way (`holders`), until this
+/// much time has gone.
 pub const LOCK_WAIT_BUDGET: Duration = Duration::from_secs(10);
 
 /// How long attempts stay as short as stored: a transaction in the way (a report, a
 /// migration of someone else's) usually ends within it.
 const SHORT_ATTEMPTS_FOR: Duration = Duration::from_secs(2);
 
-/// By how much an attempt `elapsed` into a step is longer than the stored `lock_attempt_ms`
+/// By how much an attempt `elapsed` into a step's trying (its waits for the transactions in
+/// the way left out) is longer than the stored `lock_attempt_ms`
 /// (`zdm.lock_attempt_scale`, which `zdm_lock_attempt()` multiplies by, up to 200 ms): 1 for
 /// `SHORT_ATTEMPTS_FOR`, then doubling every second. On a table so busy that some
 /// transaction always holds it a little longer than an attempt, the step still gets its lock;
@@ -192,7 +194,7 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
                         set_config('zdm.lock_attempt_scale', $2, false)",
             )
             .bind::<Text, _>(retries.to_string())
-            .bind::<Text, _>(lock_attempt_scale(retries.started.elapsed()).to_string())
+            .bind::<Text, _>(lock_attempt_scale(retries.trying()).to_string())
             .execute(conn)?;
         }
         let attempt = Instant::now();
@@ -218,8 +220,8 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
         let _ = conn.batch_execute("ROLLBACK");
         match classify(name, e.as_ref()) {
             Some(RunError::LockTimeout { .. }) => {
-                let on_users = timed_out_on_users(e.as_ref());
-                retries.wait_to_retry(conn, attempt.elapsed(), on_users)?;
+                let lock = users_lock_timed_out(e.as_ref());
+                retries.wait_to_retry(conn, attempt.elapsed(), lock)?;
             }
             Some(refused_or_undone) => return Err(refused_or_undone),
             None => {
@@ -256,27 +258,37 @@ impl<'a> Retries<'a> {
         }
     }
 
-    /// After an attempt of `took` met its lock timeout (its DDL's on users if `on_users`):
-    /// pauses, then waits for the transactions the DDL met; an error if the budget would not
-    /// hold the next attempt.
+    /// How long the step has tried, its waits for the transactions in the way left out: what
+    /// an attempt's length grows with (`lock_attempt_scale`).
+    fn trying(&self) -> Duration {
+        self.started
+            .elapsed()
+            .saturating_sub(self.waited_for_holders)
+    }
+
+    /// After an attempt of `took` met its lock timeout (waiting for `lock` on users, if it was
+    /// a DDL's on users): pauses, then waits for the transactions in that lock's way to end;
+    /// an error if the budget would not hold the next attempt.
     fn wait_to_retry(
         &mut self,
         conn: &mut PgConnection,
         took: Duration,
-        on_users: bool,
+        lock: Option<UsersLock>,
     ) -> Result<(), RunError> {
-        // Read before the pause: the transactions the attempt met, not those begun since.
-        let met = if on_users {
-            holders::holders(conn)?
-        } else {
-            Vec::new()
-        };
+        // Read before the pause: the transactions the attempt met (and any begun in between),
+        // not those begun during the pause. Without them, the pause alone (as on zdm's rows).
+        let met = lock.map_or_else(Vec::new, |lock| {
+            holders::holders(conn, lock).unwrap_or_else(|e| {
+                log::warn!("{}: reading the locks on users: {e}", self.name);
+                Vec::new()
+            })
+        });
         self.lock_timeouts += 1;
         self.longest_attempt = self.longest_attempt.max(took);
         let pause = lock_retry_pause(self.lock_timeouts as u32, &mut self.rng);
         // The next attempt must end within the budget too: it is at most twice the longest so
-        // far (attempts double each second past `SHORT_ATTEMPTS_FOR`, and a pause is at most
-        // 1 s). Counting the pause alone, a step gave up after 10.06 s of a 10-s budget.
+        // far (attempts double each second of trying past `SHORT_ATTEMPTS_FOR`, and a pause is
+        // at most 1 s). Counting the pause alone, a step gave up after 10.06 s of a 10-s budget.
         let deadline = (self.started + LOCK_WAIT_BUDGET).checked_sub(2 * self.longest_attempt);
         let Some(deadline) = deadline.filter(|d| Instant::now() + pause <= *d) else {
             return Err(self.gave_up());
@@ -288,15 +300,15 @@ impl<'a> Retries<'a> {
             if met.is_empty() {
                 String::new()
             } else {
-                format!(
-                    " once {} transaction(s) holding users have ended",
-                    met.len()
-                )
+                format!(" once {} transaction(s) in the way have ended", met.len())
             }
         );
         std::thread::sleep(pause);
         let waiting = Instant::now();
-        let ended = holders::wait_for(conn, &met, deadline)?;
+        let ended = holders::wait_for(conn, &met, deadline).unwrap_or_else(|e| {
+            log::warn!("{}: waiting for the locks on users: {e}", self.name);
+            true
+        });
         self.waited_for_holders += waiting.elapsed();
         if ended { Ok(()) } else { Err(self.gave_up()) }
     }

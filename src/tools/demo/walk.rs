@@ -263,8 +263,8 @@ fn someone_waits_on_users(conn: &mut PgConnection) -> QueryResult<bool> {
     Ok(queued || crate::migration::runner::a_step_waits_for_lock_holders(conn)?)
 }
 
-/// Advances under a long transaction holding `users`: lock_timeout and the retries keep the
-/// traffic flowing while the DDL waits.
+/// Advances under a long transaction holding `users`: the short lock_timeout, and the step's
+/// wait outside the lock queue for the transaction to end, keep the traffic flowing.
 async fn advance_past_a_long_transaction(
     admin: &Admin,
     url: &str,
