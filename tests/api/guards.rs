@@ -409,12 +409,20 @@ async fn a_blocker_longer_than_the_lock_wait_budget_fails_the_step_cleanly() {
     })
     .await;
     match result {
-        Err(RunError::LockTimeout {
-            attempts, waited, ..
-        }) => {
+        Err(
+            e @ RunError::LockTimeout {
+                attempts, waited, ..
+            },
+        ) => {
             // One attempt, then a wait outside the lock queue until the budget is spent (not
             // an attempt, and a stall for the users, after every pause).
             assert_eq!(attempts, 1);
+            // The operator learns who is in the way: the blocker, idle in its transaction.
+            let said = e.to_string();
+            assert!(
+                said.contains("in its way: pid ") && said.contains("idle in transaction"),
+                "{said}"
+            );
             assert!(
                 waited >= runner::LOCK_WAIT_BUDGET / 2 && waited <= runner::LOCK_WAIT_BUDGET,
                 "{waited:?}"

@@ -70,13 +70,16 @@ pub enum RunError {
     )]
     Mismatch { phase: Phase, applied: String },
     #[error(
-        "{migration} could not take its lock within lock_timeout in {attempts} attempts over {:.1} s; nothing was applied (a long transaction holds users)",
-        waited.as_secs_f64()
+        "{migration} could not take its lock within lock_timeout in {attempts} attempts over {:.1} s; nothing was applied ({})",
+        waited.as_secs_f64(),
+        if in_the_way.is_empty() { "a long transaction holds users" } else { in_the_way }
     )]
     LockTimeout {
         migration: String,
         attempts: usize,
         waited: Duration,
+        /// The transactions it waited for last, as this role may see them (empty if unknown).
+        in_the_way: String,
     },
     #[error(
         "instances did not apply {phase} within {secs} s: {waiting}; the phase is {phase}, run rollback again to finish"
@@ -234,6 +237,7 @@ pub(super) fn classify(
         migration: migration.to_owned(),
         attempts: 1,
         waited: Duration::ZERO,
+        in_the_way: String::new(),
     })
 }
 

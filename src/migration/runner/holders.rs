@@ -109,6 +109,59 @@ pub fn wait_for(conn: &mut PgConnection, those: &[String], until: Instant) -> Qu
     ended
 }
 
+#[derive(QueryableByName)]
+struct InTheWay {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    pid: Option<i32>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    role: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    state: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+    secs: Option<f64>,
+}
+
+/// Those of `those` that still hold or await a lock on `users`, for the error a step gives up
+/// with: "in its way: pid 4711 (role report, idle in transaction, its transaction 12.3 s
+/// old)". What a role
+/// without `pg_read_all_stats` may not see of another role's session is left out.
+pub fn describe(conn: &mut PgConnection, those: &[String]) -> QueryResult<String> {
+    let rows = diesel::sql_query(
+        "SELECT DISTINCT l.pid, a.usename::text AS role, a.state, \
+                extract(epoch FROM now() - a.xact_start)::float8 AS secs \
+           FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+          WHERE l.locktype = 'relation' AND l.relation = to_regclass('users') \
+            AND l.virtualtransaction = ANY($1) ORDER BY l.pid",
+    )
+    .bind::<Array<Text>, _>(those)
+    .load::<InTheWay>(conn)?;
+    let each: Vec<String> = rows
+        .into_iter()
+        .map(|r| match r.pid {
+            None => "a prepared transaction".to_owned(),
+            Some(pid) => {
+                let mut seen = Vec::new();
+                seen.extend(r.role.map(|role| format!("role {role}")));
+                seen.extend(r.state);
+                seen.extend(
+                    r.secs
+                        .map(|secs| format!("its transaction {secs:.1} s old")),
+                );
+                if seen.is_empty() {
+                    format!("pid {pid}")
+                } else {
+                    format!("pid {pid} ({})", seen.join(", "))
+                }
+            }
+        })
+        .collect();
+    Ok(if each.is_empty() {
+        String::new()
+    } else {
+        format!("in its way: {}", each.join("; "))
+    })
+}
+
 /// Whether a step's session waits in `wait_for` in this database, as it names itself in
 /// `pg_stat_activity`: a transaction in a step's way may see it there, not in `pg_locks`,
 /// once the step's first short attempt has given up.

@@ -310,7 +310,14 @@ impl<'a> Retries<'a> {
             true
         });
         self.waited_for_holders += waiting.elapsed();
-        if ended { Ok(()) } else { Err(self.gave_up()) }
+        if ended {
+            return Ok(());
+        }
+        let mut gave_up = self.gave_up();
+        if let RunError::LockTimeout { in_the_way, .. } = &mut gave_up {
+            *in_the_way = holders::describe(conn, &met).unwrap_or_default();
+        }
+        Err(gave_up)
     }
 
     fn gave_up(&self) -> RunError {
@@ -318,6 +325,7 @@ impl<'a> Retries<'a> {
             migration: self.name.to_owned(),
             attempts: self.lock_timeouts,
             waited: self.started.elapsed(),
+            in_the_way: String::new(),
         }
     }
 }
