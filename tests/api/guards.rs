@@ -280,27 +280,55 @@ async fn expand_and_contract_give_up_within_lock_timeout_then_retry_past_a_long_
     app.wait_for_phase(Phase::Contracted).await;
 }
 
-/// Two clients that each read `users` in 30-ms transactions, half a cycle apart, until
-/// `stop`: at every moment one of them holds the table, so no attempt of 5 ms finds it free.
+/// Two clients that each read `users` in 30-ms transactions back to back, half a cycle apart
+/// on one clock (so that they cannot drift into step), until `stop`: at every moment one of
+/// them holds the table, so no attempt of 5 ms finds it free. Returns once both have held it.
 fn never_free(
     url: &str,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<()>> {
-    (0..2)
+    const CYCLE: Duration = Duration::from_millis(30);
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(3));
+    let readers = (0..2u32)
         .map(|i| {
-            let (url, stop) = (url.to_owned(), stop.clone());
+            let (url, stop, ready) = (url.to_owned(), stop.clone(), ready.clone());
             std::thread::spawn(move || {
                 let mut conn = PgConnection::establish(&url).unwrap();
-                std::thread::sleep(Duration::from_millis(15 * i));
+                let start = Instant::now() + Duration::from_millis(100) + CYCLE * i / 2;
+                let mut k = 0;
+                ready.wait();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let ends = start + CYCLE * (k + 1);
+                    std::thread::sleep((ends - CYCLE).saturating_duration_since(Instant::now()));
                     conn.batch_execute("BEGIN; SELECT count(*) FROM users;")
                         .unwrap();
-                    std::thread::sleep(Duration::from_millis(30));
+                    std::thread::sleep(ends.saturating_duration_since(Instant::now()));
                     conn.batch_execute("COMMIT").unwrap();
+                    k += 1;
                 }
             })
         })
-        .collect()
+        .collect();
+    ready.wait();
+    let mut conn = PgConnection::establish(url).unwrap();
+    let both: fn(&mut PgConnection) -> bool = |conn| {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "(SELECT count(DISTINCT pid) = 2 FROM pg_locks WHERE granted \
+              AND relation = 'users'::regclass AND mode = 'AccessShareLock' \
+              AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        ))
+        .get_result(conn)
+        .unwrap()
+    };
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while !both(&mut conn) {
+        assert!(
+            Instant::now() < give_up,
+            "the two readers never held users at once"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    readers
 }
 
 #[actix_web::test]

@@ -78,7 +78,8 @@ pub enum RunError {
         migration: String,
         attempts: usize,
         waited: Duration,
-        /// The transactions it waited for last, as this role may see them (empty if unknown).
+        /// The transactions still in its way when it gave up, as this role may see them
+        /// (empty if unknown).
         in_the_way: String,
     },
     #[error(

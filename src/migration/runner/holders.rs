@@ -23,7 +23,7 @@ const POLL_AT_MOST: Duration = Duration::from_millis(100);
 
 /// The step's session's `application_name` while it waits, so that whoever reads
 /// `pg_stat_activity` sees why zdm's session sits idle.
-pub const WAITING: &str = "zdm step: waiting for the transactions holding users to end";
+pub const WAITING: &str = "zdm step: waiting for the transactions in its way to end";
 
 /// The lock on `users` a DDL of a phase migration waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +93,14 @@ pub fn holders(conn: &mut PgConnection, lock: UsersLock) -> QueryResult<Vec<Stri
     .collect())
 }
 
-/// Waits until none of `those` transactions holds or awaits a lock on `users` any more
-/// (true), or `until` has come while one still does (false).
-pub fn wait_for(conn: &mut PgConnection, those: &[String], until: Instant) -> QueryResult<bool> {
+/// Waits until none of `those` transactions holds or awaits a lock on `users` in `lock`'s way
+/// any more (true), or `until` has come while one still does (false).
+pub fn wait_for(
+    conn: &mut PgConnection,
+    lock: UsersLock,
+    those: &[String],
+    until: Instant,
+) -> QueryResult<bool> {
     if those.is_empty() {
         return Ok(true);
     }
@@ -104,7 +109,7 @@ pub fn wait_for(conn: &mut PgConnection, those: &[String], until: Instant) -> Qu
     ))
     .get_result(conn)?;
     set_application_name(conn, WAITING)?;
-    let ended = poll(conn, those, until);
+    let ended = poll(conn, lock, those, until);
     set_application_name(conn, &named)?;
     ended
 }
@@ -113,6 +118,10 @@ pub fn wait_for(conn: &mut PgConnection, those: &[String], until: Instant) -> Qu
 struct InTheWay {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
     pid: Option<i32>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    waits: bool,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    kind: Option<String>,
     #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
     role: Option<String>,
     #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
@@ -121,40 +130,51 @@ struct InTheWay {
     secs: Option<f64>,
 }
 
-/// Those of `those` that still hold or await a lock on `users`, for the error a step gives up
-/// with: "in its way: pid 4711 (role report, idle in transaction, its transaction 12.3 s
-/// old)". What a role
-/// without `pg_read_all_stats` may not see of another role's session is left out.
+impl std::fmt::Display for InTheWay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(pid) = self.pid else {
+            return write!(f, "a prepared transaction");
+        };
+        let mut seen: Vec<String> = Vec::new();
+        // Autovacuum and other server processes: their kind says more than a role.
+        seen.extend(self.kind.clone().filter(|k| k != "client backend"));
+        seen.extend(self.role.as_ref().map(|role| format!("role {role}")));
+        seen.extend(self.state.clone());
+        seen.extend(
+            self.secs
+                .map(|secs| format!("its transaction {secs:.1} s old")),
+        );
+        if self.waits {
+            seen.push("itself awaiting a lock on users".to_owned());
+        }
+        write!(f, "pid {pid}")?;
+        if !seen.is_empty() {
+            write!(f, " ({})", seen.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Those of `those` still holding or awaiting a lock on `users`, for the error a step gives
+/// up with: "in its way: pid 4711 (role report, idle in transaction, its transaction 12.3 s
+/// old)". What a role without `pg_read_all_stats` may not see of another role's session is
+/// left out.
 pub fn describe(conn: &mut PgConnection, those: &[String]) -> QueryResult<String> {
-    let rows = diesel::sql_query(
-        "SELECT DISTINCT l.pid, a.usename::text AS role, a.state, \
-                extract(epoch FROM now() - a.xact_start)::float8 AS secs \
+    let each: Vec<String> = diesel::sql_query(
+        "SELECT min(l.pid) AS pid, bool_or(NOT l.granted) AS waits, \
+                min(a.backend_type) AS kind, min(a.usename::text) AS role, \
+                min(a.state) AS state, \
+                extract(epoch FROM now() - min(a.xact_start))::float8 AS secs \
            FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
           WHERE l.locktype = 'relation' AND l.relation = to_regclass('users') \
-            AND l.virtualtransaction = ANY($1) ORDER BY l.pid",
+            AND l.virtualtransaction = ANY($1) \
+          GROUP BY l.virtualtransaction ORDER BY 1",
     )
     .bind::<Array<Text>, _>(those)
-    .load::<InTheWay>(conn)?;
-    let each: Vec<String> = rows
-        .into_iter()
-        .map(|r| match r.pid {
-            None => "a prepared transaction".to_owned(),
-            Some(pid) => {
-                let mut seen = Vec::new();
-                seen.extend(r.role.map(|role| format!("role {role}")));
-                seen.extend(r.state);
-                seen.extend(
-                    r.secs
-                        .map(|secs| format!("its transaction {secs:.1} s old")),
-                );
-                if seen.is_empty() {
-                    format!("pid {pid}")
-                } else {
-                    format!("pid {pid} ({})", seen.join(", "))
-                }
-            }
-        })
-        .collect();
+    .load::<InTheWay>(conn)?
+    .iter()
+    .map(InTheWay::to_string)
+    .collect();
     Ok(if each.is_empty() {
         String::new()
     } else {
@@ -180,15 +200,22 @@ pub fn a_step_waits(conn: &mut PgConnection) -> QueryResult<bool> {
     .get_result(conn)
 }
 
-fn poll(conn: &mut PgConnection, those: &[String], until: Instant) -> QueryResult<bool> {
+fn poll(
+    conn: &mut PgConnection,
+    lock: UsersLock,
+    those: &[String],
+    until: Instant,
+) -> QueryResult<bool> {
     let mut every = POLL_FIRST;
     loop {
         let left: i64 = diesel::select(
             diesel::dsl::sql::<diesel::sql_types::BigInt>(
                 "count(*) FROM pg_locks \
               WHERE locktype = 'relation' AND relation = to_regclass('users') \
-                AND virtualtransaction = ANY(",
+                AND mode = ANY(",
             )
+            .bind::<Array<Text>, _>(lock.in_the_way())
+            .sql(") AND virtualtransaction = ANY(")
             .bind::<Array<Text>, _>(those)
             .sql(")"),
         )
@@ -223,10 +250,25 @@ mod tests {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
         let mut seen = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
-            for file in std::fs::read_dir(entry.unwrap().path()).unwrap() {
+            let path = entry.unwrap().path();
+            if !path.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(path).unwrap() {
                 let sql = std::fs::read_to_string(file.unwrap().path()).unwrap();
-                for call in sql.split("zdm_lock_timeout('").skip(1) {
-                    let what = &call[..call.find('\'').unwrap()];
+                for (at, _) in sql.match_indices("zdm_lock_timeout(") {
+                    if sql[..at].ends_with("FUNCTION ") {
+                        continue;
+                    }
+                    let call = &sql[at + "zdm_lock_timeout(".len()..];
+                    // The runner tells the lock from the call's words: they must be a literal.
+                    let what = call.strip_prefix('\'').unwrap_or_else(|| {
+                        panic!(
+                            "not a literal: {}",
+                            call.chars().take(40).collect::<String>()
+                        )
+                    });
+                    let what = &what[..what.find('\'').unwrap()];
                     let lock = UsersLock::of(what);
                     assert_eq!(lock.is_none(), what.starts_with("the "), "{what}");
                     if what.starts_with("VALIDATE") {

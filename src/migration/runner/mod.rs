@@ -25,8 +25,9 @@
 //!
 //! Here: advance, rollback and settling an interrupted step, the step's session settings and
 //! the runner's advisory lock. `steps` knows the phase migrations and applies one (retrying
-//! lock timeouts); `holders` finds and waits out the transactions in a DDL's way; `error` holds what a step fails with and tells apart what the SQL raised.
-//! What they make public is re-exported here.
+//! lock timeouts); `holders` finds and waits out the transactions in a DDL's way; `error`
+//! holds what a step fails with and tells apart what the SQL raised. What they make public is
+//! re-exported here.
 //!
 //! [I4]: crate::migration#invariants
 

@@ -286,12 +286,13 @@ impl<'a> Retries<'a> {
         self.lock_timeouts += 1;
         self.longest_attempt = self.longest_attempt.max(took);
         let pause = lock_retry_pause(self.lock_timeouts as u32, &mut self.rng);
-        // The next attempt must end within the budget too: it is at most twice the longest so
-        // far (attempts double each second of trying past `SHORT_ATTEMPTS_FOR`, and a pause is
-        // at most 1 s). Counting the pause alone, a step gave up after 10.06 s of a 10-s budget.
-        let deadline = (self.started + LOCK_WAIT_BUDGET).checked_sub(2 * self.longest_attempt);
+        // The next attempt must end within the budget too: it is at most four times the
+        // longest so far (attempts double each second of trying past `SHORT_ATTEMPTS_FOR`, and
+        // between two attempts trying grows by a pause, at most 1 s, and an attempt). Counting
+        // the pause alone, a step gave up after 10.06 s of a 10-s budget.
+        let deadline = (self.started + LOCK_WAIT_BUDGET).checked_sub(4 * self.longest_attempt);
         let Some(deadline) = deadline.filter(|d| Instant::now() + pause <= *d) else {
-            return Err(self.gave_up());
+            return Err(self.gave_up_behind(conn, &met));
         };
         log::warn!(
             "{}: lock timeout (attempt {}), retrying in {pause:?}{}",
@@ -305,27 +306,29 @@ impl<'a> Retries<'a> {
         );
         std::thread::sleep(pause);
         let waiting = Instant::now();
-        let ended = holders::wait_for(conn, &met, deadline).unwrap_or_else(|e| {
+        let ended = lock.map_or(Ok(true), |lock| {
+            holders::wait_for(conn, lock, &met, deadline)
+        });
+        let ended = ended.unwrap_or_else(|e| {
             log::warn!("{}: waiting for the locks on users: {e}", self.name);
             true
         });
         self.waited_for_holders += waiting.elapsed();
         if ended {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(self.gave_up_behind(conn, &met))
         }
-        let mut gave_up = self.gave_up();
-        if let RunError::LockTimeout { in_the_way, .. } = &mut gave_up {
-            *in_the_way = holders::describe(conn, &met).unwrap_or_default();
-        }
-        Err(gave_up)
     }
 
-    fn gave_up(&self) -> RunError {
+    /// The error the step gives up with, naming those of the transactions it `met` still in
+    /// its way.
+    fn gave_up_behind(&self, conn: &mut PgConnection, met: &[String]) -> RunError {
         RunError::LockTimeout {
             migration: self.name.to_owned(),
             attempts: self.lock_timeouts,
             waited: self.started.elapsed(),
-            in_the_way: String::new(),
+            in_the_way: holders::describe(conn, met).unwrap_or_default(),
         }
     }
 }
@@ -342,7 +345,7 @@ impl std::fmt::Display for Retries<'_> {
         if !self.waited_for_holders.is_zero() {
             write!(
                 f,
-                ", {:.2} s of it waiting for the transactions holding users to end",
+                ", {:.2} s of it waiting for the transactions in its way to end",
                 self.waited_for_holders.as_secs_f64()
             )?;
         }
