@@ -173,8 +173,7 @@ impl Blocker {
     /// Whether a lock on `users` in this database waits (for this blocker, or behind a step
     /// that does), or a step waits for this blocker to end.
     fn someone_waits(&mut self) -> bool {
-        crate::helpers::waits_on_users(&mut self.0, "TRUE")
-            || crate::helpers::a_step_waits_for_lock_holders(&mut self.0)
+        runner::someone_waits_on_users(&mut self.0).expect("reading pg_locks and pg_stat_activity")
     }
 
     fn release(mut self) {

@@ -807,12 +807,6 @@ pub fn waits_on_users(conn: &mut PgConnection, condition: &str) -> bool {
     .expect("reading pg_locks")
 }
 
-/// Whether a step's session waits, outside the lock queue, for the transactions its DDL met
-/// on `users` to end (it names itself so in `pg_stat_activity`).
-pub fn a_step_waits_for_lock_holders(conn: &mut PgConnection) -> bool {
-    zdm::migration::runner::a_step_waits_for_lock_holders(conn).expect("reading pg_stat_activity")
-}
-
 #[derive(QueryableByName)]
 struct Column {
     #[diesel(sql_type = Text)]

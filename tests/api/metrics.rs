@@ -161,7 +161,8 @@ async fn the_lock_timeout_counter_rises_when_a_step_meets_a_lock() {
     // blocker to end.
     let mut monitor = app.db.conn();
     crate::helpers::eventually("the expand to wait after a lock timeout", || {
-        crate::helpers::a_step_waits_for_lock_holders(&mut monitor)
+        zdm::migration::runner::a_step_waits_for_lock_holders(&mut monitor)
+            .expect("reading pg_stat_activity")
     })
     .await;
     blocker.batch_execute("COMMIT").unwrap();

@@ -182,6 +182,19 @@ pub fn describe(conn: &mut PgConnection, those: &[String]) -> QueryResult<String
     })
 }
 
+/// Whether anything in this database is held up behind the transactions on `users`: a lock
+/// request queued for it (pg_locks lists the whole cluster), or a step waiting them out
+/// (`a_step_waits`: its first attempt, 5 ms, may come and go between two looks). What a
+/// transaction in a step's way watches before it ends.
+pub fn someone_waits_on_users(conn: &mut PgConnection) -> QueryResult<bool> {
+    let queued: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+    ))
+    .get_result(conn)?;
+    Ok(queued || a_step_waits(conn)?)
+}
+
 /// Whether a step's session waits in `wait_for` in this database, as it names itself in
 /// `pg_stat_activity`: a transaction in a step's way may see it there, not in `pg_locks`,
 /// once the step's first short attempt has given up.

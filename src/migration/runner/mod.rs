@@ -49,7 +49,7 @@ use crate::domain::Phase;
 
 use error::classify;
 pub use error::{RunError, is_lock_timeout};
-pub use holders::a_step_waits as a_step_waits_for_lock_holders;
+pub use holders::{a_step_waits as a_step_waits_for_lock_holders, someone_waits_on_users};
 pub use steps::{
     BACKFILLED, CONTRACT, DUAL_WRITE, EXPAND, LOCK_WAIT_BUDGET, NEW_ONLY, READ_NEW, STEPS,
     applied_steps, is_applied, last_applied_step, lock_retry_pause, step_migration,

@@ -230,7 +230,9 @@ async fn long_transaction(
             .context("starting the long transaction")?;
         let _ = held_tx.send(());
         let give_up = Instant::now() + BLOCKER_WAITS_FOR_THE_STEP;
-        while !someone_waits_on_users(&mut conn).context("looking for a lock waiting on users")? {
+        while !crate::migration::runner::someone_waits_on_users(&mut conn)
+            .context("looking for a lock waiting on users")?
+        {
             if Instant::now() >= give_up {
                 bail!("nothing waited for the long transaction");
             }
@@ -249,18 +251,6 @@ async fn long_transaction(
         });
     }
     Ok(blocker)
-}
-
-/// Whether a lock on `users` in this connection's database waits (pg_locks lists the whole
-/// cluster), or a step waits for this transaction to end (its first attempt, 5 ms, may come
-/// and go between two looks).
-fn someone_waits_on_users(conn: &mut PgConnection) -> QueryResult<bool> {
-    let queued: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
-        "EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass \
-         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-    ))
-    .get_result(conn)?;
-    Ok(queued || crate::migration::runner::a_step_waits_for_lock_holders(conn)?)
 }
 
 /// Advances under a long transaction holding `users`: the short lock_timeout, and the step's
