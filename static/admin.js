@@ -107,6 +107,7 @@
         text("backfill-workers-setting", String(b.workers_setting));
         text("backfill-workers-reason", b.workers_reason || "none");
         text("backfill-workers-rule", b.workers_rule || "not recorded yet");
+        text("backfill-triggers", b.triggers || "not chosen");
         showRanges(b.ranges);
         showGates(s.next_gates);
       })

@@ -25,6 +25,11 @@ pub(super) struct BackfillArgs {
     /// replicas' lag within its limit, half as many when not.
     #[arg(long, value_name = "N|auto")]
     workers: Option<backfill::Workers>,
+    /// Whether the triggers of users fire on the backfill's updates, once for each row it
+    /// fills: `fire`, or `skip` (its batches run with session_replication_role = replica).
+    /// Asked for where one would fire (the triggers gate).
+    #[arg(long, value_name = "fire|skip")]
+    triggers: Option<backfill::Triggers>,
 }
 
 impl BackfillArgs {
@@ -34,6 +39,7 @@ impl BackfillArgs {
             sleep_ms: self.sleep_ms,
             batch_target_ms: self.batch_target_ms,
             workers: self.workers,
+            triggers: self.triggers,
         };
         let Connected {
             conn,

@@ -92,6 +92,7 @@ impl BenchBackfillArgs {
                 sleep_ms: Some(0),
                 batch_target_ms: Some(self.batch_target_ms),
                 workers: Some(backfill::Workers::Fixed(self.workers)),
+                triggers: None,
             },
             autovacuum: self.autovacuum,
             small_rows: self.small_rows,

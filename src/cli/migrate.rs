@@ -126,6 +126,16 @@ fn print_status(
         }
     }
     print_backfill(&status.backfill);
+    let unmet: Vec<_> = crate::migration::shown_gates::backfill_gates(&status)
+        .into_iter()
+        .filter(|g| g.mark != crate::migration::shown_gates::GateMark::Met)
+        .collect();
+    if !unmet.is_empty() {
+        println!("  to start it:");
+        for gate in unmet {
+            println!("  [{}] {}: {}", gate.symbol, gate.name, gate.detail);
+        }
+    }
     match &status.verify {
         Some(v) => println!(
             "verify: {} divergent in {} at {}{}",

@@ -79,6 +79,9 @@ pub enum ControlError {
     /// A gate of the backfill is not met (the detail says which and why).
     #[error("cannot start the backfill: {0}")]
     GateUnmet(String),
+    /// A knob's new value would leave a gate of the backfill unmet (the detail says which).
+    #[error("cannot change the backfill's settings: {0}")]
+    KnobRefused(String),
     #[error(transparent)]
     Run(#[from] RunError),
     #[error(transparent)]
@@ -156,22 +159,25 @@ pub fn settle_step(
     }
 }
 
-/// Checks the backfill's gates for the stored phase and stores the knobs, which its callers
-/// check before they touch the database (so that a bad knob is told as such even while it
-/// is down): what every start does first.
+/// Stores the knobs and checks the backfill's gates for the stored phase with them (the
+/// `triggers` gate reads the choice stored), in one transaction: refused, nothing is kept.
+/// Its callers check the knobs' ranges before they touch the database (so that a bad knob is
+/// told as such even while it is down). What every start does first.
 fn prepare_backfill(conn: &mut PgConnection, knobs: Knobs) -> Result<(), ControlError> {
-    let phase = state::current_phase(conn)?;
-    if let Some(gate) = gates::backfill_gates(conn, phase)?
+    conn.transaction(|conn| {
+        backfill::set_knobs(conn, knobs)?;
+        let phase = state::current_phase(conn)?;
+        first_unmet(gates::backfill_gates(conn, phase)?)
+            .map_or(Ok(()), |unmet| Err(ControlError::GateUnmet(unmet)))
+    })
+}
+
+/// "name gate: detail" of the first gate not met, if one is not.
+fn first_unmet(gates: Vec<gates::Gate>) -> Option<String> {
+    gates
         .into_iter()
         .find(|g| !g.met)
-    {
-        return Err(ControlError::GateUnmet(format!(
-            "{} gate: {}",
-            gate.name, gate.detail
-        )));
-    }
-    backfill::set_knobs(conn, knobs)?;
-    Ok(())
+        .map(|gate| format!("{} gate: {}", gate.name, gate.detail))
 }
 
 /// The forward backfill on `conn` until it ends, riding out a lost database (reconnecting to
@@ -278,7 +284,16 @@ pub fn change_knobs(
     knobs: Knobs,
 ) -> Result<BackfillView, ControlError> {
     settings.check(&knobs)?;
-    let (changed, ranges) = backfill::set_knobs(conn, knobs)?;
+    let (changed, ranges) = conn.transaction(|conn| {
+        let stored = backfill::set_knobs(conn, knobs)?;
+        // A new choice for the triggers holds from the next batch on: its gate, now.
+        if knobs.triggers.is_some()
+            && let Some(unmet) = first_unmet(gates::triggers_gate(conn)?)
+        {
+            return Err(ControlError::KnobRefused(unmet));
+        }
+        Ok(stored)
+    })?;
     Ok(BackfillView::with_ranges(conn, changed, ranges)?)
 }
 
@@ -293,7 +308,9 @@ impl From<ControlError> for AppError {
     fn from(e: ControlError) -> Self {
         match e {
             ControlError::Invalid(field) => AppError::Validation(field),
-            refused @ ControlError::GateUnmet(_) => AppError::Refused(refused.to_string()),
+            refused @ (ControlError::GateUnmet(_) | ControlError::KnobRefused(_)) => {
+                AppError::Refused(refused.to_string())
+            }
             ControlError::Run(e) => e.into(),
             ControlError::Backfill(e) => e.into(),
             ControlError::Verify(e) => e.into(),

@@ -4,9 +4,10 @@
 //! the CLI and the dashboard. Each gate says whether it is met and why.
 //!
 //! Where they live (the newest migration that defines a function holds its definition):
-//! - `2026-12-06-000003_gate_table`: the gate table, which step checks which gates in which
-//!   order (`zdm_gate_table`), read by `zdm_gates`, each gate checked through `zdm_gate`;
-//!   the refusal (`zdm_require_gates`); the `instances` and `phase` gates.
+//! - `2026-12-07-000002_backfill_triggers`: the gate table, which step checks which gates in
+//!   which order (`zdm_gate_table`), and `zdm_gate`, which checks each; the `triggers` gate.
+//! - `2026-12-06-000003_gate_table`: `zdm_gates`, which reads the table; the refusal
+//!   (`zdm_require_gates`); the `instances` and `phase` gates.
 //! - `2026-12-06-000001_gates_see_the_database`: the `schema`, `row security`,
 //!   `dependencies` and `clients` gates.
 //! - `2026-11-30-000005_backfill_workers`: the `backfill` gate.
@@ -74,6 +75,12 @@ pub fn advance_gates(conn: &mut PgConnection, from: Phase) -> QueryResult<Vec<Ga
 /// The gates for rolling back from `from` (to `from.previous()`).
 pub fn rollback_gates(conn: &mut PgConnection, from: Phase) -> QueryResult<Vec<Gate>> {
     gates(conn, GateStep::Rollback, from)
+}
+
+/// The `triggers` gate alone: whether the triggers of users fire on the backfill's updates as
+/// chosen (see `backfill::Triggers`).
+pub fn triggers_gate(conn: &mut PgConnection) -> QueryResult<Vec<Gate>> {
+    diesel::sql_query("SELECT name, met, detail FROM zdm_triggers_gate()").load(conn)
 }
 
 /// The gates for starting (or resuming) the forward backfill: the new columns are written by

@@ -1,4 +1,4 @@
-//! The next step's gates as people are shown them: the dashboard (the page and
+//! The next step's gates (and the backfill's) as people are shown them: the dashboard (the page and
 //! `/admin/status.json`, which `static/admin.js` redraws from) and `zdm migrate status`. A gate the step checks for itself when it is taken
 //! (a fresh verification) is shown as such, not as unmet; a backfill never started says so
 //! instead of counting "0 of 0 rows".
@@ -86,6 +86,15 @@ pub fn next_gates(status: &MigrationStatus) -> Vec<ShownGate> {
             && backfill.rows_total == 0,
     };
     next.gates.iter().map(|gate| shown(gate, context)).collect()
+}
+
+/// The gates of starting the forward backfill, as shown; empty where it does not run.
+pub fn backfill_gates(status: &MigrationStatus) -> Vec<ShownGate> {
+    status
+        .backfill_gates
+        .iter()
+        .map(|gate| shown(gate, Context::default()))
+        .collect()
 }
 
 fn shown(gate: &Gate, context: Context) -> ShownGate {

@@ -76,6 +76,9 @@ pub struct MigrationStatus {
     pub next: Option<Step>,
     pub previous: Option<Step>,
     pub backfill: BackfillView,
+    /// The gates of starting (or resuming) the forward backfill, in the phases it runs in
+    /// (dual_write to read_new; empty in the others).
+    pub backfill_gates: Vec<Gate>,
     pub verify: Option<VerifyResult>,
     pub instances: Vec<Instance>,
     pub history: Vec<HistoryEntry>,
@@ -102,6 +105,11 @@ pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, Stat
         }),
         None => None,
     };
+    let backfill_gates = if (Phase::DualWrite..=Phase::ReadNew).contains(&phase) {
+        gates::backfill_gates(conn, phase)?
+    } else {
+        Vec::new()
+    };
     let applied = runner::applied_steps(conn)?;
     Ok(MigrationStatus {
         phase,
@@ -116,6 +124,7 @@ pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, Stat
         next,
         previous,
         backfill,
+        backfill_gates,
         verify: verify::latest(conn)?,
         instances: state::live_instances(conn)?,
         history: state::history(conn, 50)?,

@@ -28,7 +28,7 @@ use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
 use crate::migration::backfill::{self, BackfillState, Knobs, Workers};
 use crate::migration::gates::CONTRACT_CONFIRMATION;
-use crate::migration::shown_gates::{ShownGate, next_gates};
+use crate::migration::shown_gates::{GateMark, ShownGate, backfill_gates, next_gates};
 use crate::migration::state::Action;
 use crate::migration::status::MigrationStatus;
 use crate::secrets::{is_secret_form, new_secret};
@@ -230,6 +230,10 @@ struct Dashboard {
     demo_report: bool,
     /// The next step's gates, as shown.
     next_gates: Vec<ShownGate>,
+    /// The gates of starting the backfill that are not met (a trigger of users, say).
+    backfill_unmet: Vec<ShownGate>,
+    /// The choice for the users' triggers as stored ("fire", "skip", or "" if none).
+    triggers_setting: &'static str,
     worker_bars: Vec<WorkerBar>,
     worker_choices: Vec<String>,
     /// The workers knob as set ("auto" or a count).
@@ -277,6 +281,11 @@ impl Dashboard {
         let workers_setting = status.backfill.workers_setting.to_string();
         Self {
             next_gates: next_gates(&status),
+            backfill_unmet: backfill_gates(&status)
+                .into_iter()
+                .filter(|g| g.mark != GateMark::Met)
+                .collect(),
+            triggers_setting: b.triggers.map_or("", |t| t.as_str()),
             worker_bars,
             worker_choices: worker_choices(),
             workers_setting,
@@ -446,6 +455,7 @@ pub struct BackfillForm {
     sleep_ms: Option<String>,
     batch_target_ms: Option<String>,
     workers: Option<String>,
+    triggers: Option<String>,
 }
 
 /// Empty → not given; else a count of workers or "auto".
@@ -456,6 +466,19 @@ fn optional_workers(value: Option<&str>) -> Result<Option<Workers>, AppError> {
             AppError::Validation(crate::domain::FieldError::new(
                 "workers",
                 format!("workers must be {}.", backfill::WORKERS_EXPECTED),
+            ))
+        }),
+    }
+}
+
+/// Empty → not given; else "fire" or "skip".
+fn optional_triggers(value: Option<&str>) -> Result<Option<backfill::Triggers>, AppError> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            AppError::Validation(crate::domain::FieldError::new(
+                "triggers",
+                "triggers must be \"fire\" or \"skip\".",
             ))
         }),
     }
@@ -491,6 +514,7 @@ async fn backfill_action(
             sleep_ms: optional_number(form.sleep_ms.as_deref(), "sleep_ms")?,
             batch_target_ms: optional_number(form.batch_target_ms.as_deref(), "batch_target_ms")?,
             workers: optional_workers(form.workers.as_deref())?,
+            triggers: optional_triggers(form.triggers.as_deref())?,
         };
         check_knobs(&state, &knobs)?;
         Ok::<_, AppError>(knobs)

@@ -179,7 +179,13 @@ mod tests {
     fn a_structs_fields_are_read_from_its_derive() {
         assert_eq!(
             struct_fields::<Knobs>(),
-            ["batch_size", "sleep_ms", "batch_target_ms", "workers"]
+            [
+                "batch_size",
+                "sleep_ms",
+                "batch_target_ms",
+                "workers",
+                "triggers"
+            ]
         );
         #[derive(serde::Deserialize)]
         struct Nothing {}

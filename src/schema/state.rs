@@ -70,6 +70,7 @@ diesel::table! {
         workers_changed_at -> Nullable<Timestamptz>,
         workers_rule -> Nullable<Text>,
         quiet_p99_ms -> Nullable<Float8>,
+        triggers -> Nullable<Text>,
     }
 }
 

@@ -38,14 +38,15 @@ fn busy_workers(backfill: &Value) -> Vec<i64> {
 
 /// Counts every update of a row of `users` from now on, in a table of the test's own
 /// (`updates_seen`), written by a trigger in the updating transaction: a batch rolled back
-/// leaves no count.
+/// leaves no count. The backfill is told to let it fire (its `triggers` gate).
 fn count_updates(conn: &mut PgConnection) {
     conn.batch_execute(
         "CREATE TABLE updates_seen (id BIGINT NOT NULL);
          CREATE FUNCTION count_update() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN INSERT INTO updates_seen VALUES (NEW.id); RETURN NEW; END $$;
          CREATE TRIGGER count_update AFTER UPDATE ON users
-            FOR EACH ROW EXECUTE FUNCTION count_update();",
+            FOR EACH ROW EXECUTE FUNCTION count_update();
+         UPDATE zdm_backfill SET triggers = 'fire';",
     )
     .unwrap();
 }

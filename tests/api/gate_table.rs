@@ -85,7 +85,7 @@ fn every_step_checks_its_gates_from_every_phase_in_order() {
         ),
         (
             "backfill",
-            every_phase(&["row security", "phase", "instances"]),
+            every_phase(&["row security", "phase", "instances", "triggers"]),
         ),
         ("verify", every_phase(&["row security"])),
     ];

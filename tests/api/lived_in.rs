@@ -439,6 +439,144 @@ async fn row_level_security_that_hides_rows_refuses_the_backfill_and_verify() {
     assert_eq!(filled, 4);
 }
 
+/// A trigger of users that counts, in a table of the test's own (`touched`), each row an
+/// update of users fires it for: `users_touch`, as an `updated_at` trigger or an audit would
+/// (whichever role updates).
+fn count_touches(conn: &mut PgConnection) {
+    conn.batch_execute(
+        "CREATE TABLE touched (id bigint);
+         GRANT INSERT ON touched TO PUBLIC;
+         CREATE FUNCTION users_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO touched VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER users_touch BEFORE UPDATE ON users
+             FOR EACH ROW EXECUTE FUNCTION users_touch();",
+    )
+    .unwrap();
+}
+
+fn count(conn: &mut PgConnection, sql: &str) -> i64 {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(sql))
+        .get_result(conn)
+        .unwrap()
+}
+
+async fn start_backfill(app: &TestApp, knobs: Value) -> reqwest::Response {
+    app.admin_post("/api/admin/backfill/start", knobs).await
+}
+
+#[actix_web::test]
+async fn a_trigger_of_users_holds_the_backfill_until_told_whether_it_fires() {
+    let app = TestApp::spawn().await;
+    app.seed(2_000);
+    app.walk_to(Phase::DualWrite).await;
+    let mut conn = app.db.conn();
+    count_touches(&mut conn);
+
+    // Every row of the table would fire it: the backfill waits for the operator's word.
+    let words = [
+        "triggers gate",
+        "users_touch (BEFORE UPDATE FOR EACH ROW)",
+        "\"fire\"",
+        "\"skip\"",
+    ];
+    assert_refused(start_backfill(&app, json!({})).await, &words).await;
+    // The dashboard and `zdm migrate status` show it before anyone clicks.
+    let status = app.admin_status().await;
+    let gate = status["backfill_gates"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["name"] == "triggers").cloned())
+        .unwrap_or_else(|| panic!("no triggers gate in {status}"));
+    assert_eq!(gate["met"], false, "{gate}");
+    assert_eq!(count(&mut conn, "(SELECT count(*) FROM touched)"), 0);
+    assert_eq!(
+        count(
+            &mut conn,
+            "(SELECT count(*) FROM users WHERE first_name IS NULL)"
+        ),
+        2_000
+    );
+
+    // Told to let it fire, it fires for every row the backfill fills.
+    let started = start_backfill(&app, json!({ "triggers": "fire" })).await;
+    assert_eq!(started.status(), 202);
+    app.wait_for_backfill("the backfill to finish", |b| b["state"] == "done")
+        .await;
+    assert_eq!(
+        count(&mut conn, "(SELECT count(DISTINCT id) FROM touched)"),
+        2_000
+    );
+}
+
+#[actix_web::test]
+async fn skipping_the_triggers_fills_every_row_and_fires_none_that_can_be_skipped() {
+    let db = Arc::new(TestDb::migrated());
+    let zdm_role = AppRole::create(&db, "zdm");
+    let app = TestApp::spawn_as(db.clone(), &zdm_role).await;
+    app.seed(2_000);
+    app.walk_to(Phase::DualWrite).await;
+    let mut conn = db.conn();
+    count_touches(&mut conn);
+    conn.batch_execute(
+        "CREATE FUNCTION users_always() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER users_always AFTER UPDATE ON users
+             FOR EACH ROW EXECUTE FUNCTION users_always();
+         ALTER TABLE users ENABLE ALWAYS TRIGGER users_always;",
+    )
+    .unwrap();
+    let skip = json!({ "triggers": "skip" });
+
+    // An ordinary role may not set session_replication_role: "skip" is refused, naming the
+    // grant, at the start and as a setting.
+    let grant = format!(
+        "GRANT SET ON PARAMETER session_replication_role TO {}",
+        zdm_role.name
+    );
+    assert_refused(
+        start_backfill(&app, skip.clone()).await,
+        &["triggers gate", &grant],
+    )
+    .await;
+    let refused = app
+        .admin_post("/api/admin/backfill/settings", skip.clone())
+        .await;
+    assert_refused(refused, &["cannot change the backfill's settings", &grant]).await;
+
+    // With the grant, a trigger set to fire always is still named.
+    conn.batch_execute(&grant).unwrap();
+    assert_refused(
+        start_backfill(&app, skip.clone()).await,
+        &[
+            "users_always (AFTER UPDATE FOR EACH ROW, ENABLE ALWAYS)",
+            "even with",
+        ],
+    )
+    .await;
+    conn.batch_execute("DROP TRIGGER users_always ON users")
+        .unwrap();
+    assert_eq!(start_backfill(&app, skip).await.status(), 202);
+    app.wait_for_backfill("the backfill to finish", |b| b["state"] == "done")
+        .await;
+    assert_eq!(count(&mut conn, "(SELECT count(*) FROM touched)"), 0);
+    let verified: Value = app
+        .admin_post("/api/admin/verify", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verified["divergent"], 0, "{verified}");
+    // The users' own updates still fire it.
+    let id = app.create_user("Ada Lovelace", "ada@example.com").await;
+    let renamed = app
+        .put_json(
+            &format!("/api/v1/users/{id}"),
+            &json!({ "full_name": "Augusta King" }),
+        )
+        .await;
+    assert_eq!(renamed.status(), 200);
+    assert_eq!(count(&mut conn, "(SELECT count(*) FROM touched)"), 1);
+}
+
 #[test]
 fn every_transaction_of_a_phase_migration_sets_its_own_statement_timeout() {
     let dir = crate::helpers::project_dir().join("migrations");

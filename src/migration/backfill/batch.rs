@@ -6,7 +6,7 @@ use diesel::dsl::{self, now};
 use diesel::prelude::*;
 
 use super::status::BackfillStatus;
-use super::{BATCH_STATEMENT_TIMEOUT, BackfillState, Direction};
+use super::{BATCH_STATEMENT_TIMEOUT, BackfillState, Direction, Triggers};
 use crate::migration::name_sql::{zdm_name_first, zdm_name_join, zdm_name_last};
 use crate::migration::verify::needs_repair;
 use crate::schema::expanded::users;
@@ -59,6 +59,10 @@ pub(super) fn run_batch(
         let stored: BackfillStatus = zdm_backfill::table.for_share().first(conn)?;
         if stored.state != BackfillState::Running {
             return Ok(BatchOutcome::NotRunning(stored));
+        }
+        // The users' triggers skipped, as chosen: only this transaction's updates.
+        if stored.triggers == Some(Triggers::Skip) {
+            conn.batch_execute("SET LOCAL session_replication_role = replica")?;
         }
         let size = size_for(&stored).max(1);
         let (upper, scanned) = batch_end(conn, from, size, reserve)?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 
 use super::status::{BackfillStatus, WorkerRange, stored_status, with_progress_and_ranges};
-use super::{MAX_BATCH_SIZE, MAX_BATCH_TARGET_MS, MAX_SLEEP_MS, MAX_WORKERS};
+use super::{MAX_BATCH_SIZE, MAX_BATCH_TARGET_MS, MAX_SLEEP_MS, MAX_WORKERS, Triggers};
 use crate::schema::state::zdm_backfill;
 
 /// The target batch time may grow the batch size by at most this factor per batch, and
@@ -25,6 +25,8 @@ pub struct Knobs {
     pub batch_target_ms: Option<i32>,
     /// How many workers fill the key range at once: a fixed count or `"auto"`.
     pub workers: Option<Workers>,
+    /// Whether the triggers of users fire on the batches' updates: `"fire"` or `"skip"`.
+    pub triggers: Option<Triggers>,
 }
 
 /// The workers knob: a fixed count (1 to `MAX_WORKERS`), or `auto`: the runner adds a worker
@@ -123,6 +125,7 @@ impl Knobs {
             sleep_ms: Some(sleep_ms),
             batch_target_ms: None,
             workers: None,
+            triggers: None,
         }
     }
 
@@ -130,6 +133,14 @@ impl Knobs {
     pub fn with_workers(self, workers: Workers) -> Self {
         Knobs {
             workers: Some(workers),
+            ..self
+        }
+    }
+
+    /// These knobs with `triggers`.
+    pub fn with_triggers(self, triggers: Triggers) -> Self {
+        Knobs {
+            triggers: Some(triggers),
             ..self
         }
     }
@@ -233,6 +244,7 @@ pub fn set_knobs(
                     Workers::Fixed(n) => n,
                     Workers::Auto => current.workers_wanted,
                 }),
+                zdm_backfill::triggers.eq(knobs.triggers.or(current.triggers)),
             ))
             .get_result(conn)
     })?;
@@ -341,6 +353,9 @@ mod tests {
         assert_eq!(big.invalid().map(|e| e.0), Some("workers"));
         assert!(serde_json::from_str::<Knobs>(r#"{"workers": "many"}"#).is_err());
         assert!(serde_json::from_str::<Knobs>(r#"{"workers": 2.5}"#).is_err());
+        let knobs: Knobs = serde_json::from_str(r#"{"triggers": "skip"}"#).unwrap();
+        assert_eq!(knobs.triggers, Some(Triggers::Skip));
+        assert!(serde_json::from_str::<Knobs>(r#"{"triggers": "off"}"#).is_err());
         assert_eq!("auto".parse(), Ok(Workers::Auto));
         assert_eq!(" 16 ".parse(), Ok(Workers::Fixed(16)));
         assert!("0".parse::<Workers>().is_err());

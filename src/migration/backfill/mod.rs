@@ -65,7 +65,7 @@ pub use knobs::{
     AUTO_NEEDS_A_BUDGET, Knobs, WORKERS_EXPECTED, Workers, next_batch_size, set_knobs,
 };
 pub use ride_out::{DEFAULT_RIDE_OUT, RideOut, run_riding_out};
-pub use state::{BackfillState, Direction, UnknownName};
+pub use state::{BackfillState, Direction, Triggers, UnknownName};
 pub use status::{
     BackfillStatus, NO_RUNNER, WorkerChange, WorkerRange, ranges, request_stop, status,
     status_and_ranges, worker_changes,

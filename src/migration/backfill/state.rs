@@ -128,6 +128,35 @@ impl Direction {
     }
 }
 
+/// Whether the triggers of users fire on the backfill's updates: every trigger on UPDATE of
+/// users (of any column, or of the columns a batch sets) fires once for each row it fills,
+/// an `updated_at` stamped or an audit row written for every row of the table, so the
+/// operator chooses before the first batch (the `triggers` gate).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, AsExpression, FromSqlRow,
+)]
+#[diesel(sql_type = Text)]
+#[serde(rename_all = "snake_case")]
+pub enum Triggers {
+    /// They fire, as for any update.
+    Fire,
+    /// The batches run with `session_replication_role = replica`: the triggers enabled the
+    /// default way do not fire (those set `ENABLE ALWAYS` or `ENABLE REPLICA` do, and the gate
+    /// names them). Needs a superuser or `SET` on that parameter.
+    Skip,
+}
+
+impl Triggers {
+    pub const ALL: [Triggers; 2] = [Triggers::Fire, Triggers::Skip];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Triggers::Fire => "fire",
+            Triggers::Skip => "skip",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("unknown {what}: {text:?}")]
 pub struct UnknownName {
@@ -175,6 +204,7 @@ macro_rules! text_enum {
 
 text_enum!(BackfillState, "backfill state");
 text_enum!(Direction, "backfill direction");
+text_enum!(Triggers, "choice for the triggers (fire or skip)");
 
 #[cfg(test)]
 mod tests {
@@ -197,5 +227,12 @@ mod tests {
         }
         assert!("Running".parse::<BackfillState>().is_err());
         assert!("sideways".parse::<Direction>().is_err());
+        for triggers in Triggers::ALL {
+            assert_eq!(triggers.as_str().parse::<Triggers>().unwrap(), triggers);
+            let json = serde_json::to_value(triggers).unwrap();
+            assert_eq!(json, serde_json::json!(triggers.as_str()));
+            assert_eq!(serde_json::from_value::<Triggers>(json).unwrap(), triggers);
+        }
+        assert!("off".parse::<Triggers>().is_err());
     }
 }

@@ -7,7 +7,7 @@ use diesel::dsl::now;
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::{BackfillError, BackfillState, Direction, LOCK_KEY, Workers};
+use super::{BackfillError, BackfillState, Direction, LOCK_KEY, Triggers, Workers};
 use crate::schema::state::{zdm_backfill, zdm_backfill_ranges, zdm_backfill_worker_changes};
 
 #[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
@@ -51,6 +51,10 @@ pub struct BackfillStatus {
     /// The users' p99 the instances reported when the run started, in ms: where its p99
     /// budget begins (kept when the run is resumed). `None` without a budget.
     pub quiet_p99_ms: Option<f64>,
+    /// Whether the triggers of users fire on the batches' updates, as chosen before the first
+    /// batch (`Triggers`); `None`: not chosen (the `triggers` gate holds the backfill while one
+    /// would fire).
+    pub triggers: Option<Triggers>,
 }
 
 impl BackfillStatus {
