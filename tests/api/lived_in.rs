@@ -35,6 +35,26 @@ fn clients_gate_met(conn: &mut PgConnection) -> bool {
         .any(|g| g.name == "clients" && g.met)
 }
 
+/// The value of a query's one `bigint`.
+fn count(conn: &mut PgConnection, sql: &str) -> i64 {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(sql))
+        .get_result(conn)
+        .unwrap()
+}
+
+/// The divergent rows a verification through the admin API counts.
+async fn divergent(app: &TestApp) -> i64 {
+    let verified: Value = app
+        .admin_post("/api/admin/verify", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    verified["divergent"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no count of divergent rows in {verified}"))
+}
+
 async fn contract(app: &TestApp) -> reqwest::Response {
     app.advance(Some("users.full_name")).await
 }
@@ -423,19 +443,12 @@ async fn row_level_security_that_hides_rows_refuses_the_backfill_and_verify() {
     // The grant it names lets both see every row.
     conn.batch_execute(&bypass).unwrap();
     app.backfill_to_the_end().await;
-    let verified: Value = app
-        .admin_post("/api/admin/verify", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(verified["divergent"], 0, "{verified}");
+    assert_eq!(divergent(&app).await, 0);
     assert_eq!(app.advance(None).await.status(), 200);
-    let filled: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+    let filled = count(
+        &mut conn,
         "(SELECT count(*) FROM users WHERE first_name IS NOT NULL)",
-    ))
-    .get_result(&mut conn)
-    .unwrap();
+    );
     assert_eq!(filled, 4);
 }
 
@@ -452,12 +465,6 @@ fn count_touches(conn: &mut PgConnection) {
              FOR EACH ROW EXECUTE FUNCTION users_touch();",
     )
     .unwrap();
-}
-
-fn count(conn: &mut PgConnection, sql: &str) -> i64 {
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(sql))
-        .get_result(conn)
-        .unwrap()
 }
 
 async fn start_backfill(app: &TestApp, knobs: Value) -> reqwest::Response {
@@ -558,13 +565,7 @@ async fn skipping_the_triggers_fills_every_row_and_fires_none_that_can_be_skippe
     app.wait_for_backfill("the backfill to finish", |b| b["state"] == "done")
         .await;
     assert_eq!(count(&mut conn, "(SELECT count(*) FROM touched)"), 0);
-    let verified: Value = app
-        .admin_post("/api/admin/verify", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(verified["divergent"], 0, "{verified}");
+    assert_eq!(divergent(&app).await, 0);
     // The users' own updates still fire it.
     let id = app.create_user("Ada Lovelace", "ada@example.com").await;
     let renamed = app
