@@ -72,4 +72,6 @@ END;
 $$;
 
 DROP FUNCTION IF EXISTS zdm_triggers_gate();
+DROP FUNCTION IF EXISTS zdm_skip_triggers(boolean);
+DROP FUNCTION IF EXISTS zdm_may_skip_triggers();
 ALTER TABLE zdm_backfill DROP COLUMN IF EXISTS triggers;

@@ -5,28 +5,64 @@
 -- zdm_backfill.triggers is 'fire' (they fire, as for any update) or 'skip' (the batches run
 -- with session_replication_role = replica, where triggers enabled the default way do not
 -- fire; those set ENABLE ALWAYS or ENABLE REPLICA do). The new 'triggers' gate of the
--- backfill holds it while a trigger would fire and nothing was chosen.
+-- backfill holds it while a trigger would fire and nothing was chosen; zdm_skip_triggers is
+-- what a batch calls for 'skip'.
 -- zdm's own table, which no request locks: no lock timeout needed; a column without a
 -- default adds no rewrite. Functions: every existing signature kept (CREATE OR REPLACE);
 -- down.sql restores the bodies they replace.
 -- squawk-ignore-file require-lock-timeout, adding-check-constraint
 ALTER TABLE zdm_backfill ADD COLUMN triggers TEXT CHECK (triggers IN ('fire', 'skip'));
 
+-- Whether this session's role may set session_replication_role: a superuser, or (PostgreSQL
+-- 15 and newer) one granted SET on it.
+CREATE FUNCTION zdm_may_skip_triggers() RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    may boolean := coalesce((SELECT r.rolsuper FROM pg_roles AS r WHERE r.rolname = current_user),
+                            false);
+BEGIN
+    IF NOT may AND to_regprocedure('has_parameter_privilege(text,text)') IS NOT NULL THEN
+        EXECUTE 'SELECT has_parameter_privilege(''session_replication_role'', ''SET'')' INTO may;
+    END IF;
+    RETURN may;
+END;
+$$;
+
+-- A batch told to skip the triggers: session_replication_role = replica for the rest of its
+-- transaction. Where the role may not set it, a forward batch (strict) fails, naming the
+-- grant; the reverse one (the end of a rollback, no time to stop) runs with them firing, and
+-- returns false.
+CREATE FUNCTION zdm_skip_triggers(strict boolean) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF zdm_may_skip_triggers() THEN
+        PERFORM set_config('session_replication_role', 'replica', true);
+        RETURN true;
+    ELSIF strict THEN
+        RAISE EXCEPTION 'zdm: the backfill skips the triggers of users (triggers "skip"), but % may not set session_replication_role', current_user
+            USING HINT = format('GRANT SET ON PARAMETER session_replication_role TO %s (as a superuser), or start it with triggers "fire"', quote_ident(current_user));
+    END IF;
+    RETURN false;
+END;
+$$;
+
 -- Gate: the triggers of users that the forward backfill's updates fire, as the operator chose
--- (zdm_backfill.triggers). A trigger's WHEN clause is not evaluated here: one with a WHEN is
--- named as one that may fire. The reverse backfill (the end of a rollback out of new_only) is
--- not held by this gate, a rollback being no time to stop; it runs as chosen here.
+-- (zdm_backfill.triggers). A row trigger fires for each row a batch fills, a statement trigger
+-- once a batch. A trigger's WHEN clause is not evaluated here: one with a WHEN is named as one
+-- that may fire. Under 'skip' the batches also skip ON UPDATE rules and the checks of foreign
+-- keys, which an UPDATE of the name columns alone does not need. The reverse backfill (the end
+-- of a rollback out of new_only, which sets full_name) is not held by this gate, a rollback
+-- being no time to stop; it runs as chosen here (see zdm_skip_triggers).
 CREATE FUNCTION zdm_triggers_gate()
 RETURNS TABLE (name text, met boolean, detail text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     choice text := (SELECT b.triggers FROM zdm_backfill AS b);
-    skipping boolean := (SELECT b.triggers = 'skip' FROM zdm_backfill AS b);
+    skipping boolean := coalesce(choice = 'skip', false);
     firing text[];
     skipped text[];
-    may_skip boolean := (SELECT r.rolsuper FROM pg_roles AS r WHERE r.rolname = current_user);
+    what text;
 BEGIN
-    skipping := coalesce(skipping, false);
     WITH on_update AS (
         SELECT format('%s (%s UPDATE%s FOR EACH %s%s%s)', t.tgname,
                       CASE WHEN t.tgtype & 2 <> 0 THEN 'BEFORE' ELSE 'AFTER' END,
@@ -54,12 +90,10 @@ BEGIN
                         FILTER (WHERE skipping AND u.enabled = 'O'), '{}')
       INTO firing, skipped
       FROM on_update AS u;
-    IF skipping AND NOT coalesce(may_skip, false)
-       AND to_regprocedure('has_parameter_privilege(text,text)') IS NOT NULL THEN
-        EXECUTE 'SELECT has_parameter_privilege(''session_replication_role'', ''SET'')' INTO may_skip;
-    END IF;
+    what := format('trigger(s) of users on the backfill''s updates (a row trigger fires for each row '
+                   'it fills, a statement trigger once a batch): %s', array_to_string(firing, ', '));
     name := 'triggers';
-    IF skipping AND NOT coalesce(may_skip, false) THEN
+    IF skipping AND NOT zdm_may_skip_triggers() THEN
         met := false;
         detail := format('triggers "skip" runs the batches with session_replication_role = replica, '
                          'which %s may not set: GRANT SET ON PARAMETER session_replication_role TO %s '
@@ -67,28 +101,27 @@ BEGIN
                          current_user, quote_ident(current_user));
     ELSIF skipping AND cardinality(firing) > 0 THEN
         met := false;
-        detail := format('%s fire(s) on each row the backfill fills even with session_replication_role '
-                         '= replica (triggers: skip): ALTER TABLE users ENABLE TRIGGER it to let it be '
-                         'skipped, or choose "fire"', array_to_string(firing, ', '));
+        detail := format('%s %s: they fire even with session_replication_role = replica (triggers '
+                         '"skip"); choose "fire" (an ENABLE REPLICA one then does not fire)',
+                         cardinality(firing), what);
     ELSIF skipping THEN
         met := true;
         detail := CASE WHEN cardinality(skipped) = 0
-            THEN 'no trigger of users fires on the backfill''s updates (triggers: skip)'
-            ELSE format('the batches run with session_replication_role = replica: %s do(es) not fire '
-                        '(triggers: skip)', array_to_string(skipped, ', ')) END;
+            THEN 'no trigger of users fires on the backfill''s updates (triggers "skip")'
+            ELSE format('the batches run with session_replication_role = replica, so these do not '
+                        'fire (triggers "skip"): %s', array_to_string(skipped, ', ')) END;
     ELSIF cardinality(firing) = 0 THEN
         met := true;
         detail := 'no trigger of users fires on the backfill''s updates';
     ELSIF choice = 'fire' THEN
         met := true;
-        detail := format('%s fire(s) for each row the backfill fills, as chosen (triggers: fire)',
-                         array_to_string(firing, ', '));
+        detail := format('%s %s, as chosen (triggers "fire")', cardinality(firing), what);
     ELSE
         met := false;
-        detail := format('%s fire(s) for each row the backfill fills (an updated_at stamped, an audit '
-                         'row written, for every row of users): start it with triggers "fire" to let '
-                         'them, or "skip" to run its batches with session_replication_role = replica',
-                         array_to_string(firing, ', '));
+        detail := format('%s %s; an updated_at stamped or an audit row written for every row of '
+                         'users is yours to allow: start it with triggers "fire" to let them, or '
+                         '"skip" to run its batches with session_replication_role = replica',
+                         cardinality(firing), what);
     END IF;
     RETURN NEXT;
 END;

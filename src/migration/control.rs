@@ -165,11 +165,23 @@ pub fn settle_step(
 /// told as such even while it is down). What every start does first.
 fn prepare_backfill(conn: &mut PgConnection, knobs: Knobs) -> Result<(), ControlError> {
     conn.transaction(|conn| {
-        backfill::set_knobs(conn, knobs)?;
+        store_knobs(conn, knobs)?;
         let phase = state::current_phase(conn)?;
         first_unmet(gates::backfill_gates(conn, phase)?)
             .map_or(Ok(()), |unmet| Err(ControlError::GateUnmet(unmet)))
     })
+}
+
+/// Stores the knobs, unless they would change the choice for the triggers a run under way
+/// made (`backfill::triggers_kept`).
+fn store_knobs(
+    conn: &mut PgConnection,
+    knobs: Knobs,
+) -> Result<(BackfillStatus, Vec<backfill::WorkerRange>), ControlError> {
+    if let Some(why) = backfill::triggers_kept(&backfill::status(conn)?, &knobs) {
+        return Err(FieldError::new("triggers", why).into());
+    }
+    Ok(backfill::set_knobs(conn, knobs)?)
 }
 
 /// "name gate: detail" of the first gate not met, if one is not.
@@ -285,7 +297,7 @@ pub fn change_knobs(
 ) -> Result<BackfillView, ControlError> {
     settings.check(&knobs)?;
     let (changed, ranges) = conn.transaction(|conn| {
-        let stored = backfill::set_knobs(conn, knobs)?;
+        let stored = store_knobs(conn, knobs)?;
         // A new choice for the triggers holds from the next batch on: its gate, now.
         if knobs.triggers.is_some()
             && let Some(unmet) = first_unmet(gates::triggers_gate(conn)?)

@@ -76,8 +76,8 @@ pub struct MigrationStatus {
     pub next: Option<Step>,
     pub previous: Option<Step>,
     pub backfill: BackfillView,
-    /// The gates of starting (or resuming) the forward backfill, in the phases it runs in
-    /// (dual_write to read_new; empty in the others).
+    /// The gates of starting (or resuming) the forward backfill, where it may be started: in
+    /// the phases it runs in (dual_write to read_new), while it neither runs nor is done.
     pub backfill_gates: Vec<Gate>,
     pub verify: Option<VerifyResult>,
     pub instances: Vec<Instance>,
@@ -105,7 +105,13 @@ pub fn migration_status(conn: &mut PgConnection) -> Result<MigrationStatus, Stat
         }),
         None => None,
     };
-    let backfill_gates = if (Phase::DualWrite..=Phase::ReadNew).contains(&phase) {
+    let startable = !matches!(
+        backfill.status.state,
+        backfill::BackfillState::Running
+            | backfill::BackfillState::Throttled
+            | backfill::BackfillState::Done
+    );
+    let backfill_gates = if startable && (Phase::DualWrite..=Phase::ReadNew).contains(&phase) {
         gates::backfill_gates(conn, phase)?
     } else {
         Vec::new()

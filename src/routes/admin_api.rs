@@ -95,7 +95,7 @@ async fn start_backfill(
         &state,
         &api_actor(&state.instance_id),
         Action::Backfill,
-        "start",
+        &knobs.asked("start"),
     )
     .await;
     Ok(HttpResponse::Accepted().json(start_backfill_now(&state, knobs).await?))
@@ -149,7 +149,7 @@ async fn backfill_settings(
         &state,
         &api_actor(&state.instance_id),
         Action::Backfill,
-        "settings",
+        &knobs.asked("settings"),
     )
     .await;
     Ok(HttpResponse::Ok().json(change_knobs(&state, knobs).await?))

@@ -525,7 +525,7 @@ async fn backfill_action(
             &state,
             &session.actor(&state.instance_id),
             Action::Backfill,
-            &action,
+            &knobs.as_ref().map_or(action.clone(), |k| k.asked(&action)),
         )
         .await;
     }

@@ -478,15 +478,23 @@ async fn a_trigger_of_users_holds_the_backfill_until_told_whether_it_fires() {
     app.walk_to(Phase::DualWrite).await;
     let mut conn = app.db.conn();
     count_touches(&mut conn);
+    // One on another column: the backfill's updates do not fire it.
+    conn.batch_execute(
+        "CREATE TRIGGER users_email_changed AFTER UPDATE OF email ON users
+             FOR EACH ROW EXECUTE FUNCTION users_touch();",
+    )
+    .unwrap();
 
     // Every row of the table would fire it: the backfill waits for the operator's word.
     let words = [
         "triggers gate",
+        "1 trigger(s)",
         "users_touch (BEFORE UPDATE FOR EACH ROW)",
         "\"fire\"",
         "\"skip\"",
     ];
-    assert_refused(start_backfill(&app, json!({})).await, &words).await;
+    let refusal = assert_refused(start_backfill(&app, json!({})).await, &words).await;
+    assert!(!refusal.contains("users_email_changed"), "{refusal}");
     // The dashboard and `zdm migrate status` show it before anyone clicks.
     let status = app.admin_status().await;
     let gate = status["backfill_gates"]
@@ -503,14 +511,43 @@ async fn a_trigger_of_users_holds_the_backfill_until_told_whether_it_fires() {
         2_000
     );
 
-    // Told to let it fire, it fires for every row the backfill fills.
-    let started = start_backfill(&app, json!({ "triggers": "fire" })).await;
-    assert_eq!(started.status(), 202);
+    // Told to let it fire, it fires for every row the backfill fills; the history says who
+    // chose so. A run under way keeps its choice.
+    let slow = json!({ "triggers": "fire", "batch_size": 100, "sleep_ms": 100 });
+    assert_eq!(start_backfill(&app, slow).await.status(), 202);
+    app.wait_for_backfill("a few batches", |b| b["rows_done"].as_i64() >= Some(200))
+        .await;
+    let paused = app.admin_post("/api/admin/backfill/pause", json!({})).await;
+    assert_eq!(paused.status(), 200);
+    let skip = app
+        .admin_post(
+            "/api/admin/backfill/settings",
+            json!({ "triggers": "skip" }),
+        )
+        .await;
+    assert_eq!(skip.status(), 422);
+    assert!(error_of(skip).await.contains("keeps that"));
+    eventually("the runner to stop", || {
+        crate::helpers::backfill_runner_pids(&mut conn).is_empty()
+    })
+    .await;
+    let fast = json!({ "sleep_ms": 0, "batch_size": 1000 });
+    let resumed = start_backfill(&app, fast).await;
+    assert_eq!(resumed.status(), 202, "{}", error_of(resumed).await);
     app.wait_for_backfill("the backfill to finish", |b| b["state"] == "done")
         .await;
     assert_eq!(
         count(&mut conn, "(SELECT count(DISTINCT id) FROM touched)"),
         2_000
+    );
+    let status = app.admin_status().await;
+    assert_eq!(status["backfill"]["triggers"], "fire", "{status}");
+    let asked = status["history"].as_array().unwrap();
+    assert!(
+        asked
+            .iter()
+            .any(|h| h["detail"] == "start (triggers \"fire\")"),
+        "{asked:?}"
     );
 }
 
@@ -548,6 +585,10 @@ async fn skipping_the_triggers_fills_every_row_and_fires_none_that_can_be_skippe
         .admin_post("/api/admin/backfill/settings", skip.clone())
         .await;
     assert_refused(refused, &["cannot change the backfill's settings", &grant]).await;
+    assert_eq!(
+        app.admin_status().await["backfill"]["triggers"],
+        Value::Null
+    );
 
     // With the grant, a trigger set to fire always is still named.
     conn.batch_execute(&grant).unwrap();

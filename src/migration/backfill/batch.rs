@@ -12,6 +12,13 @@ use crate::migration::verify::needs_repair;
 use crate::schema::expanded::users;
 use crate::schema::state::{zdm_backfill, zdm_backfill_ranges};
 
+diesel::define_sql_function! {
+    /// `session_replication_role = replica` for the rest of the transaction, where the role may
+    /// set it (migration `2026-12-07-000002_backfill_triggers`).
+    #[sql_name = "zdm_skip_triggers"]
+    fn skip_triggers(strict: diesel::sql_types::Bool) -> diesel::sql_types::Bool;
+}
+
 /// What a batch did.
 pub(super) enum BatchOutcome {
     /// The backfill was not `running` when the batch began (paused, cancelled, throttled, or
@@ -60,9 +67,10 @@ pub(super) fn run_batch(
         if stored.state != BackfillState::Running {
             return Ok(BatchOutcome::NotRunning(stored));
         }
-        // The users' triggers skipped, as chosen: only this transaction's updates.
+        // The users' triggers skipped, as chosen, for this transaction's updates: a forward
+        // batch whose role may not fails; a reverse one (a rollback's) lets them fire.
         if stored.triggers == Some(Triggers::Skip) {
-            conn.batch_execute("SET LOCAL session_replication_role = replica")?;
+            diesel::select(skip_triggers(direction == Direction::Forward)).execute(conn)?;
         }
         let size = size_for(&stored).max(1);
         let (upper, scanned) = batch_end(conn, from, size, reserve)?;

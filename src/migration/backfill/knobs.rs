@@ -1,5 +1,6 @@
 //! The knobs a client turns while the backfill runs (batch size, target batch time, sleep,
-//! workers), and how the batch size follows the target time.
+//! workers) or before it starts (whether the triggers of users fire), and how the batch size
+//! follows the target time.
 
 use std::time::Duration;
 
@@ -137,11 +138,12 @@ impl Knobs {
         }
     }
 
-    /// These knobs with `triggers`.
-    pub fn with_triggers(self, triggers: Triggers) -> Self {
-        Knobs {
-            triggers: Some(triggers),
-            ..self
+    /// `action` ("start", "settings") as the history records it: with the choice for the
+    /// triggers, if one was made.
+    pub fn asked(&self, action: &str) -> String {
+        match self.triggers {
+            Some(triggers) => format!("{action} (triggers \"{triggers}\")"),
+            None => action.to_owned(),
         }
     }
 
@@ -182,6 +184,27 @@ impl Knobs {
                 })
             })
     }
+}
+
+/// Why `knobs` may not change the choice for the triggers `current` ran with, if they may
+/// not: a run that has filled rows with them firing (or skipped) keeps that, or half the table
+/// would have an audit row each and half not. A first choice (none was made: no trigger would
+/// fire when it started), and any choice once it is done or cancelled, are free.
+pub fn triggers_kept(current: &BackfillStatus, knobs: &Knobs) -> Option<String> {
+    let (Some(chosen), Some(wanted)) = (current.triggers, knobs.triggers) else {
+        return None;
+    };
+    let under_way = current.rows_done > 0
+        && !matches!(
+            current.state,
+            super::BackfillState::Done | super::BackfillState::Cancelled
+        );
+    (under_way && chosen != wanted).then(|| {
+        format!(
+            "the backfill has passed {} rows with triggers \"{chosen}\" and keeps that; cancel it to start afresh with \"{wanted}\"",
+            current.rows_done
+        )
+    })
 }
 
 /// The batch time the sizing aims at: the knob's (`batch_target_ms`), but no longer than

@@ -63,6 +63,7 @@ use runner::Failure;
 pub use auto::AutoRule;
 pub use knobs::{
     AUTO_NEEDS_A_BUDGET, Knobs, WORKERS_EXPECTED, Workers, next_batch_size, set_knobs,
+    triggers_kept,
 };
 pub use ride_out::{DEFAULT_RIDE_OUT, RideOut, run_riding_out};
 pub use state::{BackfillState, Direction, Triggers, UnknownName};
