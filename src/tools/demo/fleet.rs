@@ -130,6 +130,11 @@ fn free_port() -> Result<u16> {
 }
 
 impl Fleet {
+    /// The `DATABASE_URL` its instances are started with.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
     /// Starts `count` instances with the same extra environment and waits until each answers
     /// `/healthz`.
     pub async fn start(

@@ -22,6 +22,7 @@ pub mod chart;
 pub mod cpu;
 pub mod failover;
 pub mod fleet;
+pub mod lived_in;
 pub mod oracle;
 pub mod report;
 pub mod server_latency;
@@ -293,19 +294,49 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
         );
     }
     let (scratch, seeded) = seed_scratch_database(database_url, opts.rows).await?;
-    let mut opts = with_replicas_of(opts, &scratch.name);
+    // A chaos run's instances and backfill use the roles production would; dropped before the
+    // scratch database.
+    let roles = match opts.chaos {
+        Some(_) => {
+            let (url, name) = (scratch.url.clone(), scratch.name.clone());
+            let roles = blocking(move || lived_in::RunRoles::create(&url, &name)).await?;
+            log::info!(
+                "chaos: the instances and the backfill run as {} (owns users){}",
+                roles.owner,
+                if opts.pooler {
+                    format!(", requests through the pooler as {}", roles.requests)
+                } else {
+                    String::new()
+                }
+            );
+            Some(roles)
+        }
+        None => None,
+    };
+    let requests_role = roles.as_ref().map(|r| r.requests.as_str());
+    let mut opts = with_replicas_of(opts, &scratch.name, requests_role);
+    let direct_url = roles.as_ref().map_or(scratch.url.clone(), |r| {
+        lived_in::as_role(&scratch.url, &r.owner)
+    });
     // Dropped after the traffic has stopped.
     let pooler = if opts.pooler {
-        Some(start_pooler(database_url, &scratch, &mut opts)?)
+        Some(start_pooler(
+            database_url,
+            &scratch,
+            &direct_url,
+            requests_role,
+            &mut opts,
+        )?)
     } else {
         None
     };
-    let instances_url = pooler.as_ref().map_or(scratch.url.clone(), |p| p.1.clone());
+    let instances_url = pooler.as_ref().map_or(direct_url, |p| p.1.clone());
     let fleet = start_instances(&instances_url, &opts).await?;
     let traffic =
         walk_under_traffic(fleet, &scratch.url, &opts, pooler.as_ref().map(|p| &p.0)).await?;
     drop(pooler);
     let audit = audit_the_table(&opts, &scratch.url, seeded, &traffic).await?;
+    drop(roles);
     drop(scratch);
     let summary = summary::summarize(&opts, &traffic, audit);
     write_report(&opts, &summary, &traffic)?;
@@ -334,32 +365,37 @@ async fn seed_scratch_database(
 const POOLER_SERVER_CONNECTIONS: u32 = 8;
 
 /// Starts a PgBouncer in transaction mode in front of the scratch database; the instances
-/// (and the backfill processes) get its URL as `DATABASE_URL` and the scratch database's as
-/// `DIRECT_DATABASE_URL`. Returns it with the URL through it.
+/// (and the backfill processes) get its URL as `DATABASE_URL`, as `requests_role` if given,
+/// and `direct_url` (the scratch database's) as `DIRECT_DATABASE_URL`. Returns it with the URL
+/// through it.
 fn start_pooler(
     server_url: &str,
     scratch: &ScratchDatabase,
+    direct_url: &str,
+    requests_role: Option<&str>,
     opts: &mut DemoOptions,
 ) -> Result<(crate::pgbouncer::PgBouncer, String)> {
     let (upstream, user) =
         crate::pgbouncer::Upstream::from_url(server_url, POOLER_SERVER_CONNECTIONS)?;
     let dir = std::env::temp_dir().join(format!("zdm-demo-pgb-{}", std::process::id()));
-    let bouncer = crate::pgbouncer::PgBouncer::start(&dir, &upstream, &[&user])
+    let requests = requests_role.unwrap_or(&user);
+    let bouncer = crate::pgbouncer::PgBouncer::start(&dir, &upstream, &[&user, requests])
         .context("starting the demo's pgbouncer")?;
-    let url = bouncer.url(&scratch.name, &user);
+    let url = bouncer.url(&scratch.name, requests);
     opts.instance_env
-        .push(("DIRECT_DATABASE_URL".to_owned(), scratch.url.clone()));
+        .push(("DIRECT_DATABASE_URL".to_owned(), direct_url.to_owned()));
     Ok((bouncer, url))
 }
 
 /// The replicas replay the scratch database too; the instances and the backfill get its URL
-/// on each of them.
-fn with_replicas_of(mut opts: DemoOptions, scratch_name: &str) -> DemoOptions {
+/// on each of them (as `role`, if given).
+fn with_replicas_of(mut opts: DemoOptions, scratch_name: &str, role: Option<&str>) -> DemoOptions {
     if !opts.replica_servers.is_empty() {
         let urls: Vec<String> = opts
             .replica_servers
             .iter()
             .map(|server| crate::db::with_database(server, scratch_name))
+            .map(|url| role.map_or(url.clone(), |role| lived_in::as_role(&url, role)))
             .collect();
         opts.instance_env
             .push(("DATABASE_REPLICA_URLS".to_owned(), urls.join(",")));

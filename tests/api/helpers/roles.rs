@@ -6,14 +6,9 @@ use std::sync::atomic::Ordering;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use zdm::db::databases::quote_ident;
+use zdm::tools::demo::lived_in::POOLED_ROLE_GRANTS;
 
 use super::{COUNTER, TestDb, server};
-
-/// What the README grants the role of `DATABASE_URL` behind a pooler, and nothing more.
-pub const POOLED_ROLE_GRANTS: &str = "
-    GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
-    GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role};
-    GRANT pg_read_all_stats TO {role};";
 
 /// An ordinary role of a test's own (no superuser, no BYPASSRLS, not pg_read_all_stats) that
 /// owns the database and users and may use zdm's tables, as an application role does in

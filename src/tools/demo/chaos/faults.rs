@@ -19,6 +19,7 @@ use crate::domain::Phase;
 use crate::local_pg::LocalPg;
 use crate::pgbouncer::PgBouncer;
 use crate::tools::demo::fleet::Fleet;
+use crate::tools::demo::lived_in::as_role;
 use crate::tools::demo::walk::Admin;
 use crate::tools::demo::{DemoOptions, FaultWindow, Timeline, blocking, connect, pause};
 
@@ -507,16 +508,4 @@ fn faults_in_order(events: &[Event]) -> std::collections::VecDeque<(usize, Event
         }
     }
     faults
-}
-
-/// `url` with its `user` parameter set to `role`.
-fn as_role(url: &str, role: &str) -> String {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut params: Vec<String> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("user="))
-        .map(str::to_owned)
-        .collect();
-    params.push(format!("user={role}"));
-    format!("{base}?{}", params.join("&"))
 }

@@ -101,7 +101,9 @@ impl Faults<'_> {
     }
 
     pub(super) fn spawn_backfill(&mut self) -> Result<()> {
-        self.backfill = Some(start_backfill_process(self.url, self.opts)?);
+        // As an operator would run it: with the instances' settings and roles.
+        let url = self.fleet.database_url().to_owned();
+        self.backfill = Some(start_backfill_process(&url, self.opts)?);
         self.backfill_since_ms = self.timeline.now_ms();
         Ok(())
     }
