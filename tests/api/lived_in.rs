@@ -590,6 +590,10 @@ async fn skipping_the_triggers_fills_every_row_and_fires_none_that_can_be_skippe
         Value::Null
     );
 
+    // The grant exists from PostgreSQL 15 on; before, only a superuser may skip them.
+    if count(&mut conn, "current_setting('server_version_num')::bigint") < 150_000 {
+        return;
+    }
     // With the grant, a trigger set to fire always is still named.
     conn.batch_execute(&grant).unwrap();
     assert_refused(
