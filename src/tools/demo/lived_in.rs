@@ -12,12 +12,16 @@ use super::connect;
 use crate::db::databases::quote_ident;
 use crate::db::with_database;
 
-/// What the README grants the role of `DATABASE_URL` behind a pooler, and nothing more: DML on
-/// the tables, the sequences, and the statistics its heartbeats sample.
+/// What the README grants and sets the role of `DATABASE_URL` behind a pooler, and nothing
+/// more: DML on the tables, the sequences, the statistics its heartbeats sample, and the
+/// timeouts a pooled session cannot set for itself. (The README's default privileges, for
+/// tables zdm makes later, are left out: the steps make none.)
 pub const POOLED_ROLE_GRANTS: &str = "
     GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
     GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role};
-    GRANT pg_read_all_stats TO {role};";
+    GRANT pg_read_all_stats TO {role};
+    ALTER ROLE {role} SET statement_timeout = '5s';
+    ALTER ROLE {role} SET idle_in_transaction_session_timeout = '10s';";
 
 /// What the README gives zdm's own role: it owns the database (so it may create in its schema)
 /// and `users`, may use zdm's tables (made here by the superuser, as the scratch database was
@@ -84,23 +88,26 @@ impl RunRoles {
 }
 
 impl Drop for RunRoles {
-    /// What they own in the scratch database goes back to the superuser (the database too),
-    /// then they are dropped. Never panics: this also runs when a run failed.
+    /// What each owns in the scratch database goes back to the superuser (the database too),
+    /// then it is dropped. Never panics, and waits at most a few seconds for a lock: this also
+    /// runs when a run failed, with a fault perhaps still holding `users`.
     fn drop(&mut self) {
-        let (owner, requests) = (quote_ident(&self.owner), quote_ident(&self.requests));
-        let given_back = connect(&self.url).and_then(|mut conn| {
-            conn.batch_execute(&format!(
-                "REASSIGN OWNED BY {owner}, {requests} TO CURRENT_USER; \
-                 DROP OWNED BY {owner}, {requests};"
-            ))
-            .context("giving back what the run's roles own")
-        });
-        let dropped = connect(&with_database(&self.url, "postgres")).and_then(|mut conn| {
-            conn.batch_execute(&format!("DROP ROLE IF EXISTS {owner}, {requests}"))
-                .context("dropping the run's roles")
-        });
-        if let (Err(e), _) | (_, Err(e)) = (given_back, dropped) {
-            log::warn!("the roles {} and {}: {e:#}", self.owner, self.requests);
+        for role in [&self.owner, &self.requests] {
+            let quoted = quote_ident(role);
+            let given_back = connect(&self.url).and_then(|mut conn| {
+                conn.batch_execute(&format!(
+                    "SET lock_timeout = '5s'; \
+                     REASSIGN OWNED BY {quoted} TO CURRENT_USER; DROP OWNED BY {quoted};"
+                ))
+                .context("giving back what it owns")
+            });
+            let dropped = connect(&with_database(&self.url, "postgres")).and_then(|mut conn| {
+                conn.batch_execute(&format!("DROP ROLE IF EXISTS {quoted}"))
+                    .context("dropping it")
+            });
+            if let (Err(e), _) | (_, Err(e)) = (given_back, dropped) {
+                log::warn!("the run's role {role}: {e:#}");
+            }
         }
     }
 }

@@ -313,7 +313,11 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
         }
         None => None,
     };
-    let requests_role = roles.as_ref().map(|r| r.requests.as_str());
+    // Requests (replica reads too) as the pooled role behind the pooler, else as the owner.
+    let requests_role = roles.as_ref().map(|r| match opts.pooler {
+        true => r.requests.as_str(),
+        false => r.owner.as_str(),
+    });
     let mut opts = with_replicas_of(opts, &scratch.name, requests_role);
     let direct_url = roles.as_ref().map_or(scratch.url.clone(), |r| {
         lived_in::as_role(&scratch.url, &r.owner)
@@ -379,7 +383,11 @@ fn start_pooler(
         crate::pgbouncer::Upstream::from_url(server_url, POOLER_SERVER_CONNECTIONS)?;
     let dir = std::env::temp_dir().join(format!("zdm-demo-pgb-{}", std::process::id()));
     let requests = requests_role.unwrap_or(&user);
-    let bouncer = crate::pgbouncer::PgBouncer::start(&dir, &upstream, &[&user, requests])
+    let mut users = vec![user.as_str()];
+    if requests != user {
+        users.push(requests);
+    }
+    let bouncer = crate::pgbouncer::PgBouncer::start(&dir, &upstream, &users)
         .context("starting the demo's pgbouncer")?;
     let url = bouncer.url(&scratch.name, requests);
     opts.instance_env
