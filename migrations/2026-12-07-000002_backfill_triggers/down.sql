@@ -1,4 +1,4 @@
--- squawk-ignore-file require-lock-timeout, ban-drop-column
+-- squawk-ignore-file require-lock-timeout, ban-drop-column, ban-drop-function
 -- Infrastructure is reverted only at baseline, after every phase step was rolled back.
 DO $$ BEGIN IF (SELECT phase FROM zdm_migration_state) <> 'baseline' THEN RAISE EXCEPTION 'zdm: infrastructure migrations are reverted only at baseline'; END IF; END $$;
 -- The bodies of 2026-12-06-000003_gate_table.

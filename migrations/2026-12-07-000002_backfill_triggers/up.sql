@@ -10,7 +10,7 @@
 -- zdm's own table, which no request locks: no lock timeout needed; a column without a
 -- default adds no rewrite. Functions: every existing signature kept (CREATE OR REPLACE);
 -- down.sql restores the bodies they replace.
--- squawk-ignore-file require-lock-timeout, adding-check-constraint
+-- squawk-ignore-file require-lock-timeout
 ALTER TABLE zdm_backfill ADD COLUMN triggers TEXT CHECK (triggers IN ('fire', 'skip'));
 
 -- Whether this session's role may set session_replication_role: a superuser, or (PostgreSQL

@@ -178,7 +178,9 @@ fn store_knobs(
     conn: &mut PgConnection,
     knobs: Knobs,
 ) -> Result<(BackfillStatus, Vec<backfill::WorkerRange>), ControlError> {
-    if let Some(why) = backfill::triggers_kept(&backfill::status(conn)?, &knobs) {
+    if knobs.triggers.is_some()
+        && let Some(why) = backfill::triggers_kept(&backfill::status(conn)?, &knobs)
+    {
         return Err(FieldError::new("triggers", why).into());
     }
     Ok(backfill::set_knobs(conn, knobs)?)

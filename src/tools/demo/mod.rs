@@ -294,25 +294,8 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
         );
     }
     let (scratch, seeded) = seed_scratch_database(database_url, opts.rows).await?;
-    // A chaos run's instances and backfill use the roles production would; dropped before the
-    // scratch database.
-    let roles = match opts.chaos {
-        Some(_) => {
-            let (url, name) = (scratch.url.clone(), scratch.name.clone());
-            let roles = blocking(move || lived_in::RunRoles::create(&url, &name)).await?;
-            log::info!(
-                "chaos: the instances and the backfill run as {} (owns users){}",
-                roles.owner,
-                if opts.pooler {
-                    format!(", requests through the pooler as {}", roles.requests)
-                } else {
-                    String::new()
-                }
-            );
-            Some(roles)
-        }
-        None => None,
-    };
+    // Dropped before the scratch database.
+    let roles = chaos_roles(&scratch, &opts).await?;
     // Requests (replica reads too) as the pooled role behind the pooler, else as the owner.
     let requests_role = roles.as_ref().map(|r| match opts.pooler {
         true => r.requests.as_str(),
@@ -345,6 +328,29 @@ pub async fn run(database_url: &str, opts: DemoOptions) -> Result<DemoSummary> {
     let summary = summary::summarize(&opts, &traffic, audit);
     write_report(&opts, &summary, &traffic)?;
     Ok(summary)
+}
+
+/// The roles production would use, for a chaos run's instances and backfill (none for the
+/// demo: the server of a `DATABASE_URL` may not let new roles log in without a password).
+async fn chaos_roles(
+    scratch: &ScratchDatabase,
+    opts: &DemoOptions,
+) -> Result<Option<lived_in::RunRoles>> {
+    if opts.chaos.is_none() {
+        return Ok(None);
+    }
+    let (url, name) = (scratch.url.clone(), scratch.name.clone());
+    let roles = blocking(move || lived_in::RunRoles::create(&url, &name)).await?;
+    log::info!(
+        "chaos: the instances and the backfill run as {} (owns users){}",
+        roles.owner,
+        if opts.pooler {
+            format!(", requests through the pooler as {}", roles.requests)
+        } else {
+            String::new()
+        }
+    );
+    Ok(Some(roles))
 }
 
 /// A scratch database seeded with `rows` users, and every seeded row as digests, taken before
@@ -403,7 +409,10 @@ fn with_replicas_of(mut opts: DemoOptions, scratch_name: &str, role: Option<&str
             .replica_servers
             .iter()
             .map(|server| crate::db::with_database(server, scratch_name))
-            .map(|url| role.map_or(url.clone(), |role| lived_in::as_role(&url, role)))
+            .map(|url| match role {
+                Some(role) => lived_in::as_role(&url, role),
+                None => url,
+            })
             .collect();
         opts.instance_env
             .push(("DATABASE_REPLICA_URLS".to_owned(), urls.join(",")));
