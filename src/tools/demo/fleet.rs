@@ -124,9 +124,20 @@ pub struct InstanceSetup {
     pub args: Vec<String>,
 }
 
+/// The ports instances listen on, below the kernel's ephemeral range (32768 and up on Linux),
+/// from which outgoing connections and `bind(0)` take theirs: a port an instance gives up for
+/// a restart could otherwise be taken in between by one of the many client connections of the
+/// demo (or of a test beside it), and the instance come back unable to listen.
+const INSTANCE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
 fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr().context("finding a free port")?.port())
+    for _ in 0..200 {
+        let port = fastrand::u16(INSTANCE_PORTS);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {INSTANCE_PORTS:?} after 200 tries")
 }
 
 impl Fleet {
@@ -240,18 +251,35 @@ impl Fleet {
         Ok(())
     }
 
-    /// Waits (up to 30 s) until the instance answers `/healthz` with 200.
+    /// Waits (up to 30 s) until the instance answers `/healthz` with 200, and checks that it
+    /// is this process that answers there (its id carries its pid), not another that took
+    /// the port while it was down.
     pub async fn wait_healthy(&self, index: usize) -> Result<()> {
         let instance = &self.instances[index];
+        let see_log = || format!("see {}", instance.log.display());
         wait_until_healthy(&instance.url, Duration::from_secs(30))
             .await
-            .with_context(|| {
-                format!(
-                    "{} did not become healthy; see {}",
-                    instance.name,
-                    instance.log.display()
-                )
-            })
+            .with_context(|| format!("{} did not become healthy; {}", instance.name, see_log()))?;
+        let Some(pid) = self.pid(index) else {
+            return Ok(());
+        };
+        let health: serde_json::Value = reqwest::get(format!("{}/healthz", instance.url))
+            .await
+            .and_then(|r| r.error_for_status())
+            .with_context(|| format!("asking {} who it is", instance.name))?
+            .json()
+            .await
+            .with_context(|| format!("reading who {} is", instance.name))?;
+        let id = health["instance"].as_str().unwrap_or_default();
+        if !id.contains(&format!("-{pid}-")) {
+            bail!(
+                "{}'s address {} is answered by another process ({id:?}, not pid {pid}); {}",
+                instance.name,
+                instance.url,
+                see_log()
+            );
+        }
+        Ok(())
     }
 
     /// The phase each instance in rotation reports having applied (an instance out of it,
