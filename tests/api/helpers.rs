@@ -99,7 +99,8 @@ impl ServeProcess {
             address: format!("http://127.0.0.1:{port}"),
             child,
         };
-        zdm::tools::demo::fleet::wait_until_healthy(&process.address, within)
+        let pid = Some(process.child.id());
+        zdm::tools::demo::fleet::wait_until_healthy(&process.address, pid, within)
             .await
             .expect("zdm serve came up");
         process

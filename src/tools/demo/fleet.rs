@@ -251,35 +251,19 @@ impl Fleet {
         Ok(())
     }
 
-    /// Waits (up to 30 s) until the instance answers `/healthz` with 200, and checks that it
-    /// is this process that answers there (its id carries its pid), not another that took
-    /// the port while it was down.
+    /// Waits (up to 30 s) until the instance answers `/healthz` with 200, as itself: not
+    /// another process that took its port while it was down.
     pub async fn wait_healthy(&self, index: usize) -> Result<()> {
         let instance = &self.instances[index];
-        let see_log = || format!("see {}", instance.log.display());
-        wait_until_healthy(&instance.url, Duration::from_secs(30))
+        wait_until_healthy(&instance.url, self.pid(index), Duration::from_secs(30))
             .await
-            .with_context(|| format!("{} did not become healthy; {}", instance.name, see_log()))?;
-        let Some(pid) = self.pid(index) else {
-            return Ok(());
-        };
-        let health: serde_json::Value = reqwest::get(format!("{}/healthz", instance.url))
-            .await
-            .and_then(|r| r.error_for_status())
-            .with_context(|| format!("asking {} who it is", instance.name))?
-            .json()
-            .await
-            .with_context(|| format!("reading who {} is", instance.name))?;
-        let id = health["instance"].as_str().unwrap_or_default();
-        if !id.contains(&format!("-{pid}-")) {
-            bail!(
-                "{}'s address {} is answered by another process ({id:?}, not pid {pid}); {}",
-                instance.name,
-                instance.url,
-                see_log()
-            );
-        }
-        Ok(())
+            .with_context(|| {
+                format!(
+                    "{} did not become healthy; see {}",
+                    instance.name,
+                    instance.log.display()
+                )
+            })
     }
 
     /// The phase each instance in rotation reports having applied (an instance out of it,
@@ -457,8 +441,10 @@ impl Drop for Fleet {
 }
 
 /// Waits, up to `within`, until the `zdm serve` at `base` answers `/healthz` with 200 (every
-/// 100 ms, each look given 1 s); else an error saying what it answered last.
-pub async fn wait_until_healthy(base: &str, within: Duration) -> Result<()> {
+/// 100 ms, each look given 1 s); else an error saying what it answered last. With `pid`, the
+/// answer must come from that process (an instance's id carries its pid): another one there
+/// took the port, and waiting longer will not help.
+pub async fn wait_until_healthy(base: &str, pid: Option<u32>, within: Duration) -> Result<()> {
     let client = reqwest::Client::new();
     let url = format!("{base}/healthz");
     let started = Instant::now();
@@ -469,7 +455,16 @@ pub async fn wait_until_healthy(base: &str, within: Duration) -> Result<()> {
             .send()
             .await
         {
-            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) if r.status().is_success() => {
+                let health: serde_json::Value = r.json().await.unwrap_or_default();
+                let id = health["instance"].as_str().unwrap_or_default();
+                match pid {
+                    Some(pid) if !id.contains(&format!("-{pid}-")) => {
+                        bail!("{base} is answered by another process ({id:?}), not pid {pid}")
+                    }
+                    _ => return Ok(()),
+                }
+            }
             Ok(r) => format!("/healthz answered {}", r.status()),
             Err(e) => e.to_string(),
         };
