@@ -41,8 +41,11 @@ pub struct Throttle {
     stored_running: Option<Instant>,
 }
 
-/// Instances whose latency reports are recent enough to act on.
-const LATENCY_REPORT_WINDOW_SECS: u32 = 2;
+/// Instances whose latency reports are recent enough to act on. Each instance's last report
+/// counts (one every 0.5 s while it reports) until it is this old: a heartbeat can be seconds
+/// late on a loaded machine, its connection waiting behind the requests, and a report dropped
+/// meanwhile would read as no traffic, letting batches through just when requests are slow.
+const LATENCY_REPORT_WINDOW_SECS: u32 = 5;
 
 /// How often a throttled backfill looks again.
 pub(super) const THROTTLE_POLL: Duration = Duration::from_millis(200);
