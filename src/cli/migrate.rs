@@ -126,10 +126,7 @@ fn print_status(
         }
     }
     print_backfill(&status.backfill);
-    let unmet: Vec<_> = crate::migration::shown_gates::backfill_gates(&status)
-        .into_iter()
-        .filter(|g| g.mark != crate::migration::shown_gates::GateMark::Met)
-        .collect();
+    let unmet = crate::migration::shown_gates::unmet_backfill_gates(&status);
     if !unmet.is_empty() {
         println!("  to start it:");
         for gate in unmet {

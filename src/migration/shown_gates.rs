@@ -88,11 +88,13 @@ pub fn next_gates(status: &MigrationStatus) -> Vec<ShownGate> {
     next.gates.iter().map(|gate| shown(gate, context)).collect()
 }
 
-/// The gates of starting the forward backfill, as shown; empty where it does not run.
-pub fn backfill_gates(status: &MigrationStatus) -> Vec<ShownGate> {
+/// The gates of starting the forward backfill that are not met, as shown; none where it
+/// cannot start.
+pub fn unmet_backfill_gates(status: &MigrationStatus) -> Vec<ShownGate> {
     status
         .backfill_gates
         .iter()
+        .filter(|gate| !gate.met)
         .map(|gate| shown(gate, Context::default()))
         .collect()
 }

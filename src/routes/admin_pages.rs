@@ -26,9 +26,9 @@ use super::render::{self, Caching, notice_text};
 use crate::app_state::AppState;
 use crate::domain::Phase;
 use crate::error::{AppError, HtmlError};
-use crate::migration::backfill::{self, BackfillState, Knobs, Workers};
+use crate::migration::backfill::{self, BackfillState, Knobs};
 use crate::migration::gates::CONTRACT_CONFIRMATION;
-use crate::migration::shown_gates::{GateMark, ShownGate, backfill_gates, next_gates};
+use crate::migration::shown_gates::{ShownGate, next_gates, unmet_backfill_gates};
 use crate::migration::state::Action;
 use crate::migration::status::MigrationStatus;
 use crate::secrets::{is_secret_form, new_secret};
@@ -281,10 +281,7 @@ impl Dashboard {
         let workers_setting = status.backfill.workers_setting.to_string();
         Self {
             next_gates: next_gates(&status),
-            backfill_unmet: backfill_gates(&status)
-                .into_iter()
-                .filter(|g| g.mark != GateMark::Met)
-                .collect(),
+            backfill_unmet: unmet_backfill_gates(&status),
             triggers_setting: b.triggers.map_or("", |t| t.as_str()),
             worker_bars,
             worker_choices: worker_choices(),
@@ -458,27 +455,18 @@ pub struct BackfillForm {
     triggers: Option<String>,
 }
 
-/// Empty → not given; else a count of workers or "auto".
-fn optional_workers(value: Option<&str>) -> Result<Option<Workers>, AppError> {
+/// Empty → not given; else one of the values `T` reads (`expected` says which, in the 422).
+fn optional_choice<T: std::str::FromStr>(
+    value: Option<&str>,
+    field: &'static str,
+    expected: &str,
+) -> Result<Option<T>, AppError> {
     match value.map(str::trim).filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(v) => v.parse().map(Some).map_err(|_| {
             AppError::Validation(crate::domain::FieldError::new(
-                "workers",
-                format!("workers must be {}.", backfill::WORKERS_EXPECTED),
-            ))
-        }),
-    }
-}
-
-/// Empty → not given; else "fire" or "skip".
-fn optional_triggers(value: Option<&str>) -> Result<Option<backfill::Triggers>, AppError> {
-    match value.map(str::trim).filter(|v| !v.is_empty()) {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
-            AppError::Validation(crate::domain::FieldError::new(
-                "triggers",
-                "triggers must be \"fire\" or \"skip\".",
+                field,
+                format!("{field} must be {expected}."),
             ))
         }),
     }
@@ -513,8 +501,16 @@ async fn backfill_action(
             batch_size: optional_number(form.batch_size.as_deref(), "batch_size")?,
             sleep_ms: optional_number(form.sleep_ms.as_deref(), "sleep_ms")?,
             batch_target_ms: optional_number(form.batch_target_ms.as_deref(), "batch_target_ms")?,
-            workers: optional_workers(form.workers.as_deref())?,
-            triggers: optional_triggers(form.triggers.as_deref())?,
+            workers: optional_choice(
+                form.workers.as_deref(),
+                "workers",
+                backfill::WORKERS_EXPECTED,
+            )?,
+            triggers: optional_choice(
+                form.triggers.as_deref(),
+                "triggers",
+                "\"fire\" or \"skip\"",
+            )?,
         };
         check_knobs(&state, &knobs)?;
         Ok::<_, AppError>(knobs)

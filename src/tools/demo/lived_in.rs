@@ -23,17 +23,16 @@ pub const POOLED_ROLE_GRANTS: &str = "
     ALTER ROLE {role} SET statement_timeout = '5s';
     ALTER ROLE {role} SET idle_in_transaction_session_timeout = '10s';";
 
-/// What the README gives zdm's own role: it owns the database (so it may create in its schema)
-/// and `users`, may use zdm's tables (made here by the superuser, as the scratch database was
-/// seeded), and reads every role's statements for the contract's client check.
+/// What makes a role zdm's own, as the README has it: it owns the database (so it may create
+/// in its schema) and `users`, and may use zdm's tables (made by the superuser, as the scratch
+/// database was seeded). The README also grants it `pg_read_all_stats` (`RunRoles` does).
 pub const OWNER_ROLE_GRANTS: &str = "
     GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};
     GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role};
     ALTER TABLE users OWNER TO {role};
     DO $$ BEGIN
         EXECUTE format('ALTER DATABASE %I OWNER TO {role}', current_database());
-    END $$;
-    GRANT pg_read_all_stats TO {role};";
+    END $$;";
 
 /// Others' objects on `users`: a view of the columns zdm does not change, and a trigger that
 /// records each sign-up in a table of its own (it names no name column, so neither the drop
@@ -72,8 +71,9 @@ impl RunRoles {
         let mut conn = connect(url)?;
         conn.batch_execute(OTHERS_OBJECTS)
             .context("making others' view and trigger on users")?;
+        let owner_grants = format!("{OWNER_ROLE_GRANTS} GRANT pg_read_all_stats TO {{role}};");
         for (role, grants) in [
-            (&roles.owner, OWNER_ROLE_GRANTS),
+            (&roles.owner, owner_grants.as_str()),
             (&roles.requests, POOLED_ROLE_GRANTS),
         ] {
             let quoted = quote_ident(role);

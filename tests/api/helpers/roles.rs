@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use zdm::db::databases::quote_ident;
-use zdm::tools::demo::lived_in::POOLED_ROLE_GRANTS;
+use zdm::tools::demo::lived_in::{OWNER_ROLE_GRANTS, POOLED_ROLE_GRANTS};
 
 use super::{COUNTER, TestDb, server};
 
@@ -22,16 +22,7 @@ pub struct AppRole {
 
 impl AppRole {
     pub fn create(db: &TestDb, suffix: &str) -> Self {
-        Self::with_grants(
-            db,
-            suffix,
-            "GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};
-             GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role};
-             ALTER TABLE users OWNER TO {role};
-             DO $$ BEGIN
-                 EXECUTE format('ALTER DATABASE %I OWNER TO {role}', current_database());
-             END $$;",
-        )
+        Self::with_grants(db, suffix, OWNER_ROLE_GRANTS)
     }
 
     /// A role that may only read users: a reporting client's.
