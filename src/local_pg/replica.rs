@@ -16,6 +16,9 @@ use super::{
 };
 use crate::db::databases::quote_ident;
 
+/// How long `promote` waits for the standby to accept writes.
+const PROMOTE_WITHIN_SECS: &str = "180";
+
 impl LocalPg {
     /// Starts (creating it on first use) streaming replica number `index` of this private
     /// primary, in `<base>/replica-<index>`, on a unix socket of its own. The replica is made
@@ -135,14 +138,16 @@ impl LocalPg {
     }
 
     /// Promotes this standby to a primary (`pg_ctl promote`, as an HA manager does when the
-    /// primary is lost), returning once it accepts writes.
+    /// primary is lost), returning once it accepts writes. The standby first replays what it
+    /// has received: on a loaded machine, behind a backfill, that took over pg_ctl's default
+    /// 60 s once, so it waits up to `PROMOTE_WITHIN_SECS`.
     pub fn promote(&self) -> Result<(), LocalPgError> {
         let out = self
             .command("pg_ctl")
             .arg("promote")
             .arg("-D")
             .arg(&self.data_dir)
-            .args(["-w", "-t", "60"])
+            .args(["-w", "-t", PROMOTE_WITHIN_SECS])
             .output()
             .map_err(io_err("running pg_ctl promote"))?;
         check(out, "pg_ctl promote")

@@ -700,3 +700,89 @@ async fn a_bad_knob_is_refused_as_such_while_the_database_is_down() {
         "the database is gone"
     );
 }
+
+/// How long since instance `id` last reported, by the database's clock.
+fn silent_secs(conn: &mut PgConnection, id: &str) -> f64 {
+    use diesel::dsl::sql;
+    use zdm::schema::state::zdm_instances;
+    zdm_instances::table
+        .find(id)
+        .select(sql::<diesel::sql_types::Double>(
+            "extract(epoch FROM now() - last_seen)::float8",
+        ))
+        .first(conn)
+        .unwrap()
+}
+
+/// A live instance that has stopped reporting holds a backfill under a p99 budget: a frozen
+/// (or killed, or overloaded) instance reports nothing, and its silence is not "no traffic".
+#[actix_web::test]
+async fn a_live_instance_that_stopped_reporting_holds_a_backfill_under_a_p99_budget() {
+    use crate::helpers::{ServeProcess, WAIT, eventually, free_port, wait_for_every_instance};
+    use nix::sys::signal::Signal;
+
+    let db = crate::helpers::TestDb::migrated();
+    let mut conn = db.conn();
+    zdm::tools::seed::seed_users(&mut conn, Phase::Baseline, 2000, 3, |_| {}).unwrap();
+    let instance = ServeProcess::start(
+        free_port(),
+        &[("DATABASE_URL", &db.url), ("ZDM_POOL_SIZE", "4")],
+        WAIT,
+    )
+    .await;
+    while zdm::migration::state::current_phase(&mut conn).unwrap() < Phase::DualWrite {
+        wait_for_every_instance(&mut conn).await;
+        zdm::migration::runner::advance(&mut conn, "test", None).unwrap();
+    }
+    wait_for_every_instance(&mut conn).await;
+    let id = zdm::migration::state::live_instances(&mut conn).unwrap()[0]
+        .id
+        .clone();
+    // The instance freezes. Past the 5 s its reports count for, it is live for 5 s more.
+    instance.signal(Signal::SIGSTOP).unwrap();
+    eventually("the instance to be silent for 5.5 s", || {
+        silent_secs(&mut conn, &id) > 5.5
+    })
+    .await;
+    // A budget any request meets: only the silence can hold the batches.
+    let worker = {
+        let url = db.url.clone();
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            backfill::set_knobs(&mut conn, backfill::Knobs::fixed(100, 0)).unwrap();
+            let mut throttle =
+                backfill::Throttle::new(Vec::new(), i64::MAX).with_request_p99_limit(Some(1000.0));
+            backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |_| {})
+        })
+    };
+    let mut waiting = None;
+    eventually("the backfill to wait for the silent instance", || {
+        let status = backfill::status(&mut conn).unwrap();
+        assert_ne!(
+            status.state,
+            BackfillState::Done,
+            "it ran through: {status:?}"
+        );
+        waiting = (status.state == BackfillState::Throttled).then_some(status);
+        waiting.is_some()
+    })
+    .await;
+    let waiting = waiting.unwrap();
+    let reason = waiting.throttle_reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains(&id) && reason.contains("has not reported"),
+        "{waiting:?}"
+    );
+    assert_eq!(waiting.rows_updated, 0, "no batch ran meanwhile");
+    // It thaws and reports again: the backfill goes on and fills every row.
+    instance.signal(Signal::SIGCONT).unwrap();
+    let done = worker.join().unwrap().unwrap();
+    assert_eq!(done.state, BackfillState::Done);
+    assert_eq!(done.rows_updated, 2000);
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+}

@@ -20,7 +20,8 @@ use crate::schema::state::zdm_backfill;
 ///
 /// It can also watch the requests: with a p99 limit, it waits while the users' p99 across the
 /// live instances (their last heartbeats' histograms summed, see `follower` and
-/// `metrics::fleet_p99_ms`) is above the limit.
+/// `metrics::fleet_p99_ms`) is above the limit, or while a live instance has stopped
+/// reporting.
 ///
 /// One throttle serves every worker of a runner (behind a lock): one worker waits, the others
 /// queue behind it.
@@ -43,8 +44,9 @@ pub struct Throttle {
 
 /// Instances whose latency reports are recent enough to act on. Each instance's last report
 /// counts (one every 0.5 s while it reports) until it is this old: a heartbeat can be seconds
-/// late on a loaded machine, its connection waiting behind the requests, and a report dropped
-/// meanwhile would read as no traffic, letting batches through just when requests are slow.
+/// late on a loaded machine, its connection waiting behind the requests. A live instance
+/// silent for longer holds the batches (`silent_instance`): no report from it is not "no
+/// traffic".
 const LATENCY_REPORT_WINDOW_SECS: u32 = 5;
 
 /// How often a throttled backfill looks again.
@@ -124,6 +126,33 @@ fn live_reports(conn: &mut PgConnection) -> QueryResult<Vec<Report>> {
         REPORT_COVERS.as_millis()
     ))
     .load(conn)
+}
+
+/// A live instance that has stopped reporting, and for how long.
+#[derive(QueryableByName)]
+struct Silent {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    silent_secs: f64,
+}
+
+/// The live instance silent the longest past `LATENCY_REPORT_WINDOW_SECS`, if any. A serving
+/// instance reports every 0.5 s, with traffic or without, and an instance that stops cleanly
+/// leaves the table; one silent this long is frozen, killed or too loaded to reach the
+/// database, and stays live (`zdm_live_window()`) a few seconds more. Its requests may be the
+/// slowest of all, so its silence must not read as no traffic.
+fn silent_instance(conn: &mut PgConnection) -> QueryResult<Option<Silent>> {
+    diesel::sql_query(format!(
+        "SELECT id, extract(epoch FROM now() - last_seen)::float8 AS silent_secs
+           FROM zdm_instances
+          WHERE last_seen > now() - zdm_live_window()
+            AND last_seen <= now() - interval '{LATENCY_REPORT_WINDOW_SECS} seconds'
+          ORDER BY last_seen
+          LIMIT 1"
+    ))
+    .get_result(conn)
+    .optional()
 }
 
 /// The users' p99 across `reports` (`metrics::fleet_p99_ms`).
@@ -234,15 +263,23 @@ impl Throttle {
         Ok(Some(note))
     }
 
-    /// Why the requests say wait, if they do: the users' p99 across the live instances.
+    /// Why the requests say wait, if they do: the users' p99 across the live instances, or a
+    /// live instance that has stopped reporting it.
     fn slow_requests(&self, conn: &mut PgConnection) -> QueryResult<Option<String>> {
         let Some(limit) = self.max_request_p99_ms else {
             return Ok(None);
         };
-        let fleet = fleet_recent_p99(conn)?;
-        Ok(fleet
-            .filter(|p99| *p99 > limit)
-            .map(|p99| format!("requests' p99 of {p99:.1} ms is above the limit of {limit:.1} ms")))
+        if let Some(p99) = fleet_recent_p99(conn)?.filter(|p99| *p99 > limit) {
+            return Ok(Some(format!(
+                "requests' p99 of {p99:.1} ms is above the limit of {limit:.1} ms"
+            )));
+        }
+        Ok(silent_instance(conn)?.map(|silent| {
+            format!(
+                "instance {} has not reported its requests' p99 for {:.1} s: they may be slow",
+                silent.id, silent.silent_secs
+            )
+        }))
     }
 
     /// The largest replay lag in bytes, or why it cannot be measured.
