@@ -21,6 +21,7 @@ mod lived_in;
 mod local_pg;
 mod metrics;
 mod name_rule;
+mod others_objects;
 mod phases;
 mod pooler;
 mod reliability;
