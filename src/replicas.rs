@@ -37,10 +37,15 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
 }
 
-/// The primary's current WAL position.
+/// The primary's current WAL position: where its next record goes, so past every commit so
+/// far. Not the position written (`pg_current_wal_lsn()`): under `synchronous_commit = off` (a
+/// database's or a role's setting) a commit is answered before the WAL writer writes it, and
+/// a replica replayed up to the written position lacks it.
 pub fn current_lsn(conn: &mut PgConnection) -> QueryResult<u64> {
-    let text: String =
-        diesel::select(diesel::dsl::sql::<Text>("pg_current_wal_lsn()::text")).get_result(conn)?;
+    let text: String = diesel::select(diesel::dsl::sql::<Text>(
+        "pg_current_wal_insert_lsn()::text",
+    ))
+    .get_result(conn)?;
     Ok(parse_lsn(&text).unwrap_or(0))
 }
 

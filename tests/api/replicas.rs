@@ -339,7 +339,7 @@ async fn a_write_whose_position_cannot_be_read_sends_its_clients_reads_to_the_pr
     // From now on the app cannot read the primary's WAL position after a write.
     diesel::connection::SimpleConnection::batch_execute(
         &mut conn,
-        "REVOKE EXECUTE ON FUNCTION pg_current_wal_lsn() FROM PUBLIC",
+        "REVOKE EXECUTE ON FUNCTION pg_current_wal_insert_lsn() FROM PUBLIC",
     )
     .unwrap();
     let client = reqwest::Client::new();
@@ -371,4 +371,61 @@ async fn a_write_whose_position_cannot_be_read_sends_its_clients_reads_to_the_pr
         200,
         "read-your-writes without a known position"
     );
+}
+
+/// Under `synchronous_commit = off` (a database's or a role's setting) a write is answered
+/// before the WAL writer has written its commit: the position its answer carries must be
+/// past that commit, or a replica that has replayed up to it still lacks the write, and the
+/// writer's next read there misses it.
+#[actix_web::test]
+async fn a_replica_past_a_writes_position_has_the_write_under_asynchronous_commit() {
+    let mut cluster = scratch_cluster("async-commit");
+    let primary = cluster.primary().unwrap();
+    let replica = cluster.replica(&primary).unwrap();
+    primary.create_database_if_missing("zdm").unwrap();
+    let url = primary.url("zdm");
+    let mut conn = PgConnection::establish(&url).unwrap();
+    schema_migrations::run_infrastructure_migrations(&mut conn).unwrap();
+    // The WAL writer wakes at most every 10 s, so an asynchronous commit waits that long to
+    // be written (unless a page of WAL fills first).
+    for statement in [
+        "ALTER DATABASE zdm SET synchronous_commit = off",
+        "ALTER SYSTEM SET wal_writer_delay = '10s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        conn.batch_execute(statement).unwrap();
+    }
+    let (address, _follower, readers) = serve_reading_from(&url, &replica, &mut conn).await;
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{address}/api/v1/users"))
+        .json(&serde_json::json!({ "full_name": "Ada Lovelace", "email": "ada@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let cookie = position_cookie(&created);
+    let position: u64 = cookie.trim_start_matches("zdm_lsn=").parse().unwrap();
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    crate::helpers::eventually("the replica to replay past the write's position", || {
+        readers.pick(position).is_some()
+    })
+    .await;
+    let mut on_replica = PgConnection::establish(&replica.url("zdm")).unwrap();
+    let there: i64 = zdm::schema::v1::users::table
+        .filter(zdm::schema::v1::users::id.eq(id))
+        .count()
+        .get_result(&mut on_replica)
+        .unwrap();
+    assert_eq!(there, 1, "the replica past {position} lacks the write");
+    // The writer reads it (wherever the read goes).
+    let own = client
+        .get(format!("{address}/api/v1/users/{id}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
 }
