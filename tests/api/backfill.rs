@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::ResponseError;
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::{Value, json};
 use zdm::domain::Phase;
@@ -784,5 +785,50 @@ async fn a_live_instance_that_stopped_reporting_holds_a_backfill_under_a_p99_bud
             .unwrap()
             .divergent,
         0
+    );
+}
+
+/// Two operators change different knobs at once: both changes stay. Each change keeps the
+/// knobs it was not given as they are stored once it holds the lock, not as they were before
+/// it waited for it.
+#[actix_web::test]
+async fn two_settings_changes_at_once_keep_both() {
+    let db = crate::helpers::TestDb::migrated();
+    let mut conn = db.conn();
+    // Another session holds the lock every change takes, so both changes wait at once.
+    let mut holder = db.conn();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE zdm_backfill IN EXCLUSIVE MODE")
+        .unwrap();
+    let change = |knobs: backfill::Knobs| {
+        let url = db.url.clone();
+        std::thread::spawn(move || {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            backfill::set_knobs(&mut conn, knobs).map(|(status, _)| status)
+        })
+    };
+    let slower = change(backfill::Knobs::sleep(250));
+    let bigger = change(backfill::Knobs {
+        batch_size: Some(777),
+        ..backfill::Knobs::default()
+    });
+    crate::helpers::eventually("both changes to wait for the lock", || {
+        let waiting: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM pg_locks
+               WHERE relation = 'zdm_backfill'::regclass AND NOT granted)",
+        ))
+        .get_result(&mut conn)
+        .unwrap();
+        waiting == 2
+    })
+    .await;
+    holder.batch_execute("COMMIT").unwrap();
+    slower.join().unwrap().unwrap();
+    bigger.join().unwrap().unwrap();
+    let stored = backfill::status(&mut conn).unwrap();
+    assert_eq!(
+        (stored.sleep_ms, stored.batch_size),
+        (250, 777),
+        "{stored:?}"
     );
 }

@@ -242,21 +242,22 @@ pub fn batch_time_cap_ms(budget_ms: Option<f64>, quiet_ms: Option<f64>) -> Optio
 /// Changes the knobs, also while running. A batch size given without a target time is kept
 /// as given (the target is turned off); with one, it is where the sizing starts from. A
 /// runner picks a new workers setting up within a fraction of a second: it re-splits what
-/// remains among the new count. Returns the status and the ranges it counted, as
-/// `status_and_ranges` does.
+/// remains among the new count. The knobs not given stay as stored once it holds the lock:
+/// two changes at once (two operators) keep both. Returns the status and the ranges it
+/// counted, as `status_and_ranges` does.
 pub fn set_knobs(
     conn: &mut PgConnection,
     knobs: Knobs,
 ) -> QueryResult<(BackfillStatus, Vec<WorkerRange>)> {
-    let current = stored_status(conn)?;
-    let target = match (knobs.batch_size, knobs.batch_target_ms) {
-        (_, Some(target)) => target,
-        (Some(_), None) => 0,
-        (None, None) => current.batch_target_ms,
-    };
-    let workers = knobs.workers.unwrap_or(current.workers_setting());
     let stored = conn.transaction(|conn| {
         super::hold_back_batches(conn)?;
+        let current = stored_status(conn)?;
+        let target = match (knobs.batch_size, knobs.batch_target_ms) {
+            (_, Some(target)) => target,
+            (Some(_), None) => 0,
+            (None, None) => current.batch_target_ms,
+        };
+        let workers = knobs.workers.unwrap_or(current.workers_setting());
         diesel::update(zdm_backfill::table)
             .set((
                 zdm_backfill::batch_size.eq(knobs.batch_size.unwrap_or(current.batch_size)),
