@@ -655,3 +655,65 @@ async fn without_pg_stat_statements_the_contract_needs_without_client_check() {
     );
     assert_eq!(last.detail.as_deref(), Some("without_client_check"));
 }
+
+/// The rollback out of new_only moves the phase back first, then refills full_name and makes
+/// it required again. Interrupted in between (its connection lost while the reverse backfill
+/// waits), it is told as stopped half-way, not as done; run again, it finishes.
+#[actix_web::test]
+async fn a_rollback_out_of_new_only_interrupted_half_way_is_not_told_as_done() {
+    let app = TestApp::spawn().await;
+    app.seed(300);
+    app.walk_to(Phase::NewOnly).await;
+    let mut conn = app.db.conn();
+    // Another instance reports slow requests: the reverse backfill waits in `throttled`.
+    let slow = "INSERT INTO zdm_instances (id, applied_phase, recent_p99_ms)
+                VALUES ('slow-instance', 'read_new', 900)
+                ON CONFLICT (id) DO UPDATE SET last_seen = now()";
+    conn.batch_execute(slow).unwrap();
+    let url = app.db.url.clone();
+    let rollback = std::thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).unwrap();
+        let outcome = runner::rollback(
+            &mut conn,
+            "test",
+            None,
+            &mut Throttle::none().with_request_p99_limit(Some(50.0)),
+        );
+        zdm::migration::control::settle_step(&url, outcome, "test", Duration::from_secs(30))
+    });
+    crate::helpers::eventually("the reverse backfill to wait for the slow requests", || {
+        conn.batch_execute(slow).unwrap();
+        let status = backfill::status(&mut conn).unwrap();
+        status.direction == Direction::Reverse && status.state == BackfillState::Throttled
+    })
+    .await;
+    assert_eq!(state::current_phase(&mut conn).unwrap(), Phase::ReadNew);
+    // Its connection is lost (a restart, a proxy, a DBA's pg_terminate_backend).
+    conn.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+          WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+    )
+    .unwrap();
+    let told = rollback.join().unwrap().unwrap_err();
+    assert!(
+        matches!(told, runner::RunError::Interrupted { .. }),
+        "{told}"
+    );
+    let last = &state::history(&mut conn, 1).unwrap()[0];
+    assert_eq!(last.outcome, "failed", "{last:?}");
+    assert!(
+        last.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("half-way"),
+        "{last:?}"
+    );
+    assert!(users_columns(&mut conn).contains(&"full_name?".to_owned()));
+
+    // Run again without the slow instance, it refills full_name and requires it again.
+    conn.batch_execute("DELETE FROM zdm_instances WHERE id = 'slow-instance'")
+        .unwrap();
+    let transition = runner::rollback(&mut conn, "test", None, &mut Throttle::none()).unwrap();
+    assert_eq!(transition.to, Phase::ReadNew);
+    assert!(users_columns(&mut conn).contains(&"full_name".to_owned()));
+}

@@ -226,9 +226,12 @@ fn interrupted(
 /// After a step lost its connection (`Interrupted`), on a connection to the server that
 /// answers now (the same one restarted, or the standby promoted in its place): whether the
 /// step committed there. If the phase moved to `to`, it did, and its `done` line is in the
-/// history (the phase and its history line commit together). If not, nothing of the step
-/// holds but what a retry picks up again (each part of a step is idempotent), and a
-/// `failed` line saying so is recorded, since the lost connection could not record it.
+/// history (the phase and its history line commit together), except for the rollback out of
+/// new_only, which moves the phase first: it is done once its migration is reverted, and
+/// before that it stopped half-way (full_name perhaps not refilled, not required). If not,
+/// nothing of the step holds but what a retry picks up again (each part of a step is
+/// idempotent), and a `failed` line saying so is recorded, since the lost connection could
+/// not record it.
 pub fn settle_interrupted(
     conn: &mut PgConnection,
     interrupted: &RunError,
@@ -241,7 +244,10 @@ pub fn settle_interrupted(
         return Ok(None);
     };
     let phase = state::current_phase(conn)?;
-    if phase == *to {
+    let half_way = *action == Action::Rollback
+        && *from == Phase::NewOnly
+        && last_applied_step(conn)? == Some(NEW_ONLY);
+    if phase == *to && !half_way {
         log::info!(
             "the interrupted {} {from} → {to} committed: the phase is {to}",
             action.as_str()
@@ -252,7 +258,13 @@ pub fn settle_interrupted(
             lock_timeouts: 0,
         }));
     }
-    let detail = format!("{interrupted}; it did not commit here: the phase is {phase}, try again");
+    let detail = if half_way && phase == *to {
+        format!(
+            "{interrupted}; it stopped half-way: the phase is {phase}, but full_name is not refilled and required yet; run rollback again"
+        )
+    } else {
+        format!("{interrupted}; it did not commit here: the phase is {phase}, try again")
+    };
     state::record(conn, *action, *from, *to, actor, "failed", Some(&detail))?;
     log::warn!("{detail}");
     Ok(None)
