@@ -307,7 +307,9 @@ pub fn prepare_database(config: &Config) -> Result<Database, StartupError> {
     let session_url = resolved.session_url().to_owned();
     // Migrations need a session (diesel's bookkeeping, DDL, advisory locks).
     let mut conn = <diesel::PgConnection as diesel::Connection>::establish(&session_url)?;
-    for name in schema_migrations::run_infrastructure_migrations(&mut conn)? {
+    for name in
+        schema_migrations::run_infrastructure_migrations_giving_way(&mut conn, &session_url)?
+    {
         log::info!("applied migration {name}");
     }
     if let Some(secs) = config.contract_quiet_secs {

@@ -1,5 +1,6 @@
--- zdm's own table, which no request locks (it is read, not locked, by the instances): no
--- lock timeout needed; a constant default adds the column without a rewrite.
+-- zdm's own table, which no request locks; the start-up that applies this sets the lock
+-- timeout and gives way (run_infrastructure_migrations_giving_way): the instances read it.
+-- A constant default adds the column without a rewrite.
 -- squawk-ignore-file require-lock-timeout, adding-field-with-default, prefer-bigint-over-int
 -- How long each attempt of a step waits for its lock on users (its lock_timeout), in ms.
 -- While a DDL statement waits for ACCESS EXCLUSIVE, every request that touches users queues

@@ -1,4 +1,5 @@
--- A function of zdm's own, which no request locks: no lock timeout needed.
+-- A function of zdm's own, which no request locks: the start-up's lock timeout
+-- (run_infrastructure_migrations_giving_way) bounds it.
 -- squawk-ignore-file require-lock-timeout
 -- The backfill gate, when the last backfill was the reverse one of a rollback out of
 -- new_only (and the walk went on down to dual_write): it said "the backfill is done … run it

@@ -1,5 +1,6 @@
 -- zdm's own table, which no request locks (only the instances' heartbeats and the gates and
--- the backfill that read them use it): no lock timeout needed; columns without a default add
+-- the backfill that read them use it): the start-up's lock timeout
+-- (run_infrastructure_migrations_giving_way) bounds it; columns without a default add
 -- no rewrite.
 -- squawk-ignore-file require-lock-timeout
 -- Each instance's user-request latency over its last report window, as a histogram: the

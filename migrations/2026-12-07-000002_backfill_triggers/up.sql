@@ -7,7 +7,8 @@
 -- fire; those set ENABLE ALWAYS or ENABLE REPLICA do). The new 'triggers' gate of the
 -- backfill holds it while a trigger would fire and nothing was chosen; zdm_skip_triggers is
 -- what a batch calls for 'skip'.
--- zdm's own table, which no request locks: no lock timeout needed; a column without a
+-- zdm's own table, which no request locks: the start-up's lock timeout
+-- (run_infrastructure_migrations_giving_way) bounds it; a column without a
 -- default adds no rewrite. Functions: every existing signature kept (CREATE OR REPLACE);
 -- down.sql restores the bodies they replace.
 -- squawk-ignore-file require-lock-timeout

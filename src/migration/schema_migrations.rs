@@ -5,6 +5,9 @@
 //! name contains `_phase_`) change the schema of `users` on the way to the new columns; only
 //! the migration runner applies them, when the phase gates allow, never a plain start-up.
 
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
 use diesel::migration::{Migration, MigrationSource};
 use diesel::pg::Pg;
 use diesel::prelude::*;
@@ -32,6 +35,66 @@ pub fn run_infrastructure_migrations(conn: &mut PgConnection) -> Result<Vec<Stri
         applied.push(migration.name().to_string());
     }
     Ok(applied)
+}
+
+/// How long a statement of an infrastructure migration applied at start-up waits for a lock
+/// before it gives way.
+const LOCK_ATTEMPT_MS: u32 = 500;
+
+/// How long a start-up keeps trying an infrastructure migration that gives way.
+const LOCK_WAIT_BUDGET: Duration = Duration::from_secs(600);
+
+/// As `run_infrastructure_migrations`, for a server others use meanwhile: an instance that
+/// starts while a step runs (a rolling upgrade of zdm in the middle of a migration). A step
+/// holds the phase row for as long as its verify scans `users`; an `ALTER TABLE` of zdm's
+/// tables queued behind it would queue every instance's phase read and heartbeat behind
+/// itself, past their lease, and the whole fleet would answer 503. So each statement waits
+/// at most `LOCK_ATTEMPT_MS` for its lock, and the migration, undone, is tried again after a
+/// jittered pause, within `LOCK_WAIT_BUDGET`. A lock timeout is known by PostgreSQL's own
+/// words in this server's language, learnt first from one met on purpose (`url`: a second
+/// session holds an advisory lock the first one asks for).
+pub fn run_infrastructure_migrations_giving_way(
+    conn: &mut PgConnection,
+    url: &str,
+) -> Result<Vec<String>, BoxError> {
+    let lock_timeout = lock_timeout_words(conn, url)?;
+    conn.batch_execute(&format!("SET lock_timeout = '{LOCK_ATTEMPT_MS}ms'"))?;
+    let started = Instant::now();
+    let mut attempts = 0;
+    let outcome = loop {
+        match run_infrastructure_migrations(conn) {
+            Err(e) if e.to_string().contains(&lock_timeout) => {
+                attempts += 1;
+                if started.elapsed() >= LOCK_WAIT_BUDGET {
+                    break Err(e);
+                }
+                log::warn!(
+                    "an infrastructure migration gave way to a lock held elsewhere (a step in progress?), attempt {attempts}: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(500 + fastrand::u64(0..1000)));
+            }
+            outcome => break outcome,
+        }
+    };
+    conn.batch_execute("RESET lock_timeout")?;
+    outcome
+}
+
+/// The message of a lock timeout on `conn`, in its server's language: one met on purpose,
+/// on an advisory lock held by another session to `url`.
+fn lock_timeout_words(conn: &mut PgConnection, url: &str) -> Result<String, BoxError> {
+    const KEY: i64 = 0x7a64_6d5f_776f_7264; // "zdm_word"
+    let mut holder = PgConnection::establish(url)?;
+    holder.batch_execute(&format!("SELECT pg_advisory_lock({KEY})"))?;
+    let met = conn.transaction(|conn| {
+        conn.batch_execute("SET LOCAL lock_timeout = '1ms'")?;
+        conn.batch_execute(&format!("SELECT pg_advisory_xact_lock({KEY})"))
+    });
+    match met {
+        Err(diesel::result::Error::DatabaseError(_, info)) => Ok(info.message().to_owned()),
+        Err(e) => Err(e.into()),
+        Ok(()) => Err("an advisory lock held by another session was granted".into()),
+    }
 }
 
 /// Every embedded migration's name, in order.

@@ -143,3 +143,83 @@ fn the_phase_history_is_append_only() {
         .unwrap_err();
     assert!(err.to_string().contains("check constraint"), "{err}");
 }
+
+/// A zdm instance of a newer version starts while a step runs (a rolling upgrade in the
+/// middle of a migration): its infrastructure migrations `ALTER` zdm's tables, which the
+/// step holds. Queued behind the step, the `ALTER` would queue every instance's phase read
+/// behind itself past their lease; instead it gives way again and again, and goes through
+/// once the step is done.
+#[actix_web::test]
+async fn an_infrastructure_migration_at_start_up_gives_way_to_a_step_in_progress() {
+    let db = TestDb::empty();
+    let mut conn = db.conn();
+    // The server as an older zdm left it: everything before a migration that alters the
+    // phase table.
+    let altering = "2026-12-06-000004_lock_attempts";
+    for migration in conn.pending_migrations(MIGRATIONS).unwrap() {
+        let name = migration.name().to_string();
+        if name.as_str() < altering {
+            conn.run_migration(migration.as_ref()).unwrap();
+        }
+    }
+    // A step in progress holds the phase row (a fresh verify of every row, say).
+    let mut step = db.conn();
+    step.batch_execute("BEGIN; SELECT phase FROM zdm_migration_state FOR UPDATE")
+        .unwrap();
+    let url = db.url.clone();
+    let starting = std::thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).unwrap();
+        schema_migrations::run_infrastructure_migrations_giving_way(&mut conn, &url)
+            .map_err(|e| e.to_string())
+    });
+    // The instances go on reading the phase (within a statement_timeout shorter than their
+    // lease) while the new one's ALTER waits for the step, time and again.
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let instance = {
+        let (reading, mut conn) = (reading.clone(), db.conn());
+        std::thread::spawn(move || {
+            conn.batch_execute("SET statement_timeout = '3s'").unwrap();
+            let mut reads = 0;
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                conn.batch_execute("SELECT phase FROM zdm_migration_state")?;
+                reads += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok::<_, diesel::result::Error>(reads)
+        })
+    };
+    let mut waits = std::collections::BTreeSet::new();
+    crate::helpers::eventually(
+        "the new instance's ALTER to wait for the step 3 times",
+        || {
+            assert!(
+                !starting.is_finished(),
+                "it ended while the step held its lock"
+            );
+            let waiting: Vec<Item> = diesel::sql_query(
+                "SELECT query_start::text AS item FROM pg_stat_activity
+              WHERE wait_event_type = 'Lock' AND query LIKE '%ALTER TABLE zdm_migration_state%'",
+            )
+            .load(&mut conn)
+            .unwrap();
+            waits.extend(waiting);
+            waits.len() >= 3
+        },
+    )
+    .await;
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let reads = instance
+        .join()
+        .unwrap()
+        .expect("every phase read of the instances");
+    assert!(reads > 0);
+    step.batch_execute("COMMIT").unwrap();
+    let applied = starting.join().unwrap().unwrap();
+    assert!(applied.iter().any(|name| name == altering), "{applied:?}");
+    assert!(
+        conn.pending_migrations(MIGRATIONS)
+            .unwrap()
+            .iter()
+            .all(|m| { is_phase_migration(&m.name().to_string()) })
+    );
+}
