@@ -173,6 +173,14 @@ pub fn set_lock_attempt_ms(conn: &mut PgConnection, ms: i32) -> QueryResult<()> 
         .map(drop)
 }
 
+/// How long each attempt of a step waits for its lock on users, as stored, in ms.
+pub fn lock_attempt_ms(conn: &mut PgConnection) -> QueryResult<i32> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "(SELECT lock_attempt_ms FROM zdm_migration_state)",
+    ))
+    .get_result(conn)
+}
+
 /// Samples the use of `users.full_name` by every client (see `zdm_sample_column_use`):
 /// false where pg_stat_statements is unavailable.
 pub fn sample_column_use(conn: &mut PgConnection) -> QueryResult<bool> {

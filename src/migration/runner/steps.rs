@@ -16,6 +16,7 @@ use super::super::schema_migrations::MIGRATIONS;
 use super::error::{RunError, classify, users_lock_timed_out};
 use super::holders::{self, UsersLock};
 use crate::domain::Phase;
+use crate::migration::state;
 
 /// How long a step keeps trying for its lock on users, its last attempt included: attempts as
 /// long as the stored `lock_attempt_ms` (5 ms unless `ZDM_LOCK_ATTEMPT_MS` says otherwise; each
@@ -186,7 +187,7 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
         return Ok(0);
     }
     let migration = find_migration(name)?;
-    let mut retries = Retries::new(name);
+    let mut retries = Retries::new(name, longest_lock_wait(state::lock_attempt_ms(conn)?));
     loop {
         if retries.lock_timeouts > 0 {
             diesel::sql_query(
@@ -234,36 +235,68 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
     }
 }
 
+/// The longest an attempt's DDL waits for its lock, with `lock_attempt_ms` stored: 200 ms, or
+/// that if longer (`zdm_lock_attempt()`'s cap).
+fn longest_lock_wait(lock_attempt_ms: i32) -> Duration {
+    Duration::from_millis(u64::try_from(lock_attempt_ms.max(200)).unwrap_or(200))
+}
+
 /// A step's lock timeouts so far, and what it waited.
 struct Retries<'a> {
     name: &'a str,
     started: Instant,
     lock_timeouts: usize,
-    /// The longest attempt that met its lock timeout so far.
+    /// The longest an attempt's DDL can wait for its lock (`longest_lock_wait`).
+    longest_lock_wait: Duration,
+    /// The longest wait for the lock of an attempt that met its lock timeout so far.
     longest_attempt: Duration,
     /// How long it waited for the transactions its DDL met to end.
     waited_for_holders: Duration,
+    /// How long its attempts worked before their DDL waited for the lock: the gates, a
+    /// fresh verify among them, which reads every row of users (seconds on a big table)
+    /// and stalls no one.
+    worked: Duration,
     rng: fastrand::Rng,
 }
 
 impl<'a> Retries<'a> {
-    fn new(name: &'a str) -> Self {
+    fn new(name: &'a str, longest_lock_wait: Duration) -> Self {
         Retries {
             name,
             started: Instant::now(),
             lock_timeouts: 0,
+            longest_lock_wait,
             longest_attempt: Duration::ZERO,
             waited_for_holders: Duration::ZERO,
+            worked: Duration::ZERO,
             rng: fastrand::Rng::new(),
         }
     }
 
-    /// How long the step has tried, its waits for the transactions in the way left out: what
-    /// an attempt's length grows with (`lock_attempt_scale`).
+    /// How long the step has tried, its waits for the transactions in the way and its work
+    /// left out: what an attempt's length grows with (`lock_attempt_scale`).
     fn trying(&self) -> Duration {
         self.started
             .elapsed()
-            .saturating_sub(self.waited_for_holders)
+            .saturating_sub(self.waited_for_holders + self.worked)
+    }
+
+    /// Counts an attempt that met its lock timeout after `took`: its DDL's wait for the lock
+    /// (at most `longest_lock_wait`), and its work before.
+    fn count_attempt(&mut self, took: Duration) {
+        let waited = took.min(self.longest_lock_wait);
+        self.lock_timeouts += 1;
+        self.longest_attempt = self.longest_attempt.max(waited);
+        self.worked += took - waited;
+    }
+
+    /// When the next attempt must start by to end within the budget, its work left out, if it
+    /// can: its wait for the lock is at most four times the longest so far (attempts double
+    /// each second of trying past `SHORT_ATTEMPTS_FOR`, and between two attempts trying grows
+    /// by a pause, at most 1 s, and an attempt).
+    fn deadline(&self) -> Option<Instant> {
+        (self.started + LOCK_WAIT_BUDGET + self.worked)
+            .checked_sub(4 * self.longest_attempt)
     }
 
     /// After an attempt of `took` met its lock timeout (waiting for `lock` on users, if it was
@@ -283,15 +316,11 @@ impl<'a> Retries<'a> {
                 Vec::new()
             })
         });
-        self.lock_timeouts += 1;
-        self.longest_attempt = self.longest_attempt.max(took);
+        self.count_attempt(took);
         let pause = lock_retry_pause(self.lock_timeouts as u32, &mut self.rng);
-        // The next attempt must end within the budget too: it is at most four times the
-        // longest so far (attempts double each second of trying past `SHORT_ATTEMPTS_FOR`, and
-        // between two attempts trying grows by a pause, at most 1 s, and an attempt). Counting
-        // the pause alone, a step gave up after 10.06 s of a 10-s budget.
-        let deadline = (self.started + LOCK_WAIT_BUDGET).checked_sub(4 * self.longest_attempt);
-        let Some(deadline) = deadline.filter(|d| Instant::now() + pause <= *d) else {
+        // The next attempt must end within the budget too (counting the pause alone, a step
+        // gave up after 10.06 s of a 10-s budget).
+        let Some(deadline) = self.deadline().filter(|d| Instant::now() + pause <= *d) else {
             return Err(self.gave_up_behind(conn, &met));
         };
         log::warn!(
@@ -376,6 +405,22 @@ mod tests {
         assert_eq!((scale(0), scale(1999)), (1, 1));
         assert_eq!((scale(2000), scale(2999), scale(3000)), (2, 2, 4));
         assert_eq!((scale(6500), scale(60_000)), (32, 64));
+    }
+
+    #[test]
+    fn the_budget_bounds_the_waits_for_the_lock_not_the_gates_work() {
+        let mut retries = Retries::new("step", longest_lock_wait(5));
+        assert_eq!(retries.longest_lock_wait, Duration::from_millis(200));
+        // An attempt whose fresh verify read a big table for 3 s, then met its 5-ms lock
+        // timeout: 3 s of work, which stalls no one, and there is time for another attempt.
+        retries.count_attempt(Duration::from_millis(3005));
+        assert_eq!(retries.worked, Duration::from_millis(2805));
+        assert_eq!(retries.longest_attempt, Duration::from_millis(200));
+        let left = retries.deadline().unwrap() - Instant::now();
+        assert!(left > Duration::from_secs(10), "{left:?}");
+        assert!(retries.trying() < Duration::from_secs(1));
+        // A stored attempt longer than 200 ms is the cap.
+        assert_eq!(longest_lock_wait(1500), Duration::from_millis(1500));
     }
 
     #[test]
