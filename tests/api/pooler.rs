@@ -192,3 +192,38 @@ async fn backfill_done(app: &TestApp) {
     })
     .await;
 }
+
+/// A change of the backfill's settings is checked as the role that runs the batches (the
+/// direct one), not as the pooled role the requests use: "skip" the triggers is allowed to
+/// a role that may set session_replication_role, which the pooled role may not.
+#[actix_web::test]
+async fn a_settings_change_is_checked_as_the_role_that_runs_the_batches() {
+    let db = Arc::new(TestDb::migrated());
+    let web = AppRole::pooled(&db);
+    let bouncer = pgbouncer(2, &[&web.name]);
+    let url = bouncer.url(&db.name, &web.name);
+    let app = TestApp::spawn_pooled(&url, db.clone(), 4);
+    app.seed(200);
+    let mut conn = db.conn();
+    conn.batch_execute(
+        "CREATE FUNCTION users_touched() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER users_touched BEFORE UPDATE ON users
+             FOR EACH ROW EXECUTE FUNCTION users_touched();",
+    )
+    .unwrap();
+    app.walk_to(Phase::DualWrite).await;
+    let changed = app
+        .admin_post(
+            "/api/admin/backfill/settings",
+            serde_json::json!({ "triggers": "skip" }),
+        )
+        .await;
+    let status = changed.status();
+    assert_eq!(status, 200, "{}", error_of(changed).await);
+    assert_eq!(
+        app.admin_status().await["backfill"]["triggers"],
+        "skip",
+        "the choice is stored"
+    );
+}

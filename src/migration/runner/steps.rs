@@ -295,8 +295,7 @@ impl<'a> Retries<'a> {
     /// each second of trying past `SHORT_ATTEMPTS_FOR`, and between two attempts trying grows
     /// by a pause, at most 1 s, and an attempt).
     fn deadline(&self) -> Option<Instant> {
-        (self.started + LOCK_WAIT_BUDGET + self.worked)
-            .checked_sub(4 * self.longest_attempt)
+        (self.started + LOCK_WAIT_BUDGET + self.worked).checked_sub(4 * self.longest_attempt)
     }
 
     /// After an attempt of `took` met its lock timeout (waiting for `lock` on users, if it was
