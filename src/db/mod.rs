@@ -3,6 +3,7 @@
 
 pub mod admin_auth;
 pub mod databases;
+pub mod lock_timeout;
 pub mod reads;
 pub mod users;
 

@@ -51,13 +51,13 @@ const LOCK_WAIT_BUDGET: Duration = Duration::from_secs(600);
 /// itself, past their lease, and the whole fleet would answer 503. So each statement waits
 /// at most `LOCK_ATTEMPT_MS` for its lock, and the migration, undone, is tried again after a
 /// jittered pause, within `LOCK_WAIT_BUDGET`. A lock timeout is known by PostgreSQL's own
-/// words in this server's language, learnt first from one met on purpose (`url`: a second
-/// session holds an advisory lock the first one asks for).
+/// words in this server's language, learnt first from one met on purpose
+/// (`db::lock_timeout::words`; `url`: the same server, for a second session).
 pub fn run_infrastructure_migrations_giving_way(
     conn: &mut PgConnection,
     url: &str,
 ) -> Result<Vec<String>, BoxError> {
-    let lock_timeout = lock_timeout_words(conn, url)?;
+    let lock_timeout = crate::db::lock_timeout::words(conn, url)?;
     conn.batch_execute(&format!("SET lock_timeout = '{LOCK_ATTEMPT_MS}ms'"))?;
     let started = Instant::now();
     let mut attempts = 0;
@@ -78,23 +78,6 @@ pub fn run_infrastructure_migrations_giving_way(
     };
     conn.batch_execute("RESET lock_timeout")?;
     outcome
-}
-
-/// The message of a lock timeout on `conn`, in its server's language: one met on purpose,
-/// on an advisory lock held by another session to `url`.
-fn lock_timeout_words(conn: &mut PgConnection, url: &str) -> Result<String, BoxError> {
-    const KEY: i64 = 0x7a64_6d5f_776f_7264; // "zdm_word"
-    let mut holder = PgConnection::establish(url)?;
-    holder.batch_execute(&format!("SELECT pg_advisory_lock({KEY})"))?;
-    let met = conn.transaction(|conn| {
-        conn.batch_execute("SET LOCAL lock_timeout = '1ms'")?;
-        conn.batch_execute(&format!("SELECT pg_advisory_xact_lock({KEY})"))
-    });
-    match met {
-        Err(diesel::result::Error::DatabaseError(_, info)) => Ok(info.message().to_owned()),
-        Err(e) => Err(e.into()),
-        Ok(()) => Err("an advisory lock held by another session was granted".into()),
-    }
 }
 
 /// Every embedded migration's name, in order.

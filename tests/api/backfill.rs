@@ -832,3 +832,69 @@ async fn two_settings_changes_at_once_keep_both() {
         "{stored:?}"
     );
 }
+
+/// A transaction of another client, left open, holds a row the backfill must fill. A batch
+/// that waited for it would hold the rows it had already filled meanwhile, and users writing
+/// them would wait with it, up to its 5-s statement_timeout, after which the run failed. It
+/// gives way instead: the users' writes go through, and once the row is free the run ends.
+#[actix_web::test]
+async fn a_batch_gives_way_to_a_row_held_by_a_transaction_left_open() {
+    let app = TestApp::spawn().await;
+    app.seed(3000);
+    app.walk_to(Phase::DualWrite).await;
+    let mut holder = app.db.conn();
+    holder
+        .batch_execute("BEGIN; SELECT id FROM users WHERE id = 500 FOR UPDATE")
+        .unwrap();
+    let started = app
+        .admin_post(
+            "/api/admin/backfill/start",
+            json!({ "batch_size": 1000, "sleep_ms": 0, "workers": 1 }),
+        )
+        .await;
+    assert_eq!(started.status(), 202);
+    // The first batch meets the held row (each attempt a wait of its own).
+    let mut conn = app.db.conn();
+    let mut attempts = std::collections::BTreeSet::new();
+    let mut waits = |conn: &mut PgConnection| {
+        let waiting: Vec<String> = diesel::select(diesel::dsl::sql::<
+            diesel::sql_types::Array<diesel::sql_types::Text>,
+        >(
+            "ARRAY(SELECT query_start::text FROM pg_stat_activity
+                    WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE \"users\"%')",
+        ))
+        .get_result(conn)
+        .unwrap();
+        attempts.extend(waiting);
+        attempts.len()
+    };
+    crate::helpers::eventually("the first batch to meet the held row", || {
+        waits(&mut conn) >= 1
+    })
+    .await;
+    // A user writes a row of that batch, within a statement_timeout shorter than the
+    // batch's: it is not held behind the batch.
+    let mut user = app.db.conn();
+    user.batch_execute(
+        "SET statement_timeout = '2s';
+         UPDATE users SET full_name = 'Ada Byron', first_name = 'Ada', last_name = 'Byron'
+          WHERE id = 10;",
+    )
+    .expect("a user's write of a row the batch had filled");
+    // The batch is tried again and again meanwhile; the run does not fail.
+    crate::helpers::eventually("the batch to meet the held row 3 times", || {
+        waits(&mut conn) >= 3
+    })
+    .await;
+    assert_ne!(app.admin_status().await["backfill"]["state"], "failed");
+    // The row is free: the run goes on by itself and ends.
+    holder.batch_execute("COMMIT").unwrap();
+    app.wait_for_backfill("the backfill to finish", |b| b["state"] == "done")
+        .await;
+    assert_eq!(
+        verify::verify(&mut conn, Phase::DualWrite)
+            .unwrap()
+            .divergent,
+        0
+    );
+}

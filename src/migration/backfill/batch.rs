@@ -6,7 +6,7 @@ use diesel::dsl::{self, now};
 use diesel::prelude::*;
 
 use super::status::BackfillStatus;
-use super::{BATCH_STATEMENT_TIMEOUT, BackfillState, Direction, Triggers};
+use super::{BATCH_LOCK_TIMEOUT, BATCH_STATEMENT_TIMEOUT, BackfillState, Direction, Triggers};
 use crate::migration::name_sql::{zdm_name_first, zdm_name_join, zdm_name_last};
 use crate::migration::verify::needs_repair;
 use crate::schema::expanded::users;
@@ -45,13 +45,15 @@ pub(super) struct Ran {
 /// `reserve` is told the id the batch would end at (the size-th after `from`, if there is
 /// one) before anything is written, and answers where it ends: no further than the range's
 /// end as it stands then, which another worker may have shortened by splitting the range.
+/// With `give_way`, a row held by another transaction for `BATCH_LOCK_TIMEOUT` ends the
+/// batch with a lock timeout, undone, for the caller to try again.
 pub(super) fn run_batch(
     conn: &mut PgConnection,
     direction: Direction,
-    range_no: i32,
-    from: i64,
+    (range_no, from): (i32, i64),
     size_for: impl FnOnce(&BackfillStatus) -> i32,
     reserve: impl FnOnce(Option<i64>) -> i64,
+    give_way: bool,
 ) -> QueryResult<BatchOutcome> {
     conn.transaction(|conn| {
         // The commit need not wait for its WAL to reach the disk: a crash can only lose the
@@ -60,6 +62,11 @@ pub(super) fn run_batch(
         conn.batch_execute(&format!(
             "SET LOCAL statement_timeout = '{BATCH_STATEMENT_TIMEOUT}'; SET LOCAL synchronous_commit = off"
         ))?;
+        if give_way {
+            conn.batch_execute(&format!(
+                "SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'"
+            ))?;
+        }
         // A shared row lock: the workers' batches run side by side, and pause and cancel
         // (which update the row) wait for every batch in flight to commit, so once they
         // answer, no further batch runs.

@@ -86,6 +86,13 @@ pub const MAX_BATCH_TARGET_MS: i32 = 10_000;
 pub const MAX_SLEEP_MS: i32 = 60_000;
 /// A batch that takes longer than this is cancelled (and retried by the next start).
 pub const BATCH_STATEMENT_TIMEOUT: &str = "5s";
+/// How long a batch waits for a row another transaction holds before it gives way: rolled
+/// back, it releases the rows it had already updated (users' writes of them queue behind it
+/// meanwhile), and is tried again after `BATCH_GIVE_WAY_PAUSE`. A user's write holds its row
+/// for milliseconds; longer is a transaction left open.
+pub const BATCH_LOCK_TIMEOUT: &str = "100ms";
+/// The pause before a batch that gave way is tried again.
+pub(super) const BATCH_GIVE_WAY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 /// The most workers a backfill runs at once (as the table's CHECK allows).
 pub const MAX_WORKERS: i32 = 16;
 /// The advisory lock key held by the one running backfill ("zdmb").

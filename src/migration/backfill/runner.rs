@@ -81,6 +81,11 @@ pub(super) fn run(
         ranges.iter().filter(|r| !r.is_done()).count(),
         batch_time_cap_ms,
     );
+    let lock_timeout_words = url.and_then(|url| {
+        crate::db::lock_timeout::words(conn, url)
+            .map_err(|e| log::warn!("backfill batches wait for rows held elsewhere: {e}"))
+            .ok()
+    });
     let (events_tx, events) = mpsc::channel();
     let shared = Shared {
         plan: Mutex::new(Plan::new(ranges, stored.workers)),
@@ -91,6 +96,7 @@ pub(super) fn run(
         auto: AtomicBool::new(stored.workers_auto),
         batch_time_cap_ms,
         sized: Mutex::new(Sizing::default()),
+        lock_timeout_words,
     };
     let mut coordinator = Coordinator::new(stored, events, url.is_some(), progress, on_batch);
     coordinator.report(&shared);

@@ -18,7 +18,8 @@ use super::ride_out::{connection_lost, one_line};
 use super::sizing::{Sizing, sizing_knob};
 use super::status::BackfillStatus;
 use super::throttle::{THROTTLE_POLL, Throttle};
-use super::{BackfillError, BackfillState, BatchDone, Direction, store};
+use super::{BATCH_GIVE_WAY_PAUSE, BackfillError, BackfillState, BatchDone, Direction, store};
+use crate::db::lock_timeout;
 
 /// How long a worker with nothing to do waits before it looks again.
 const IDLE: Duration = Duration::from_millis(50);
@@ -91,6 +92,10 @@ pub(super) struct Shared<'t> {
     /// The size the last batch sized by time ran with, and the knobs it followed: a worker
     /// started later begins there, not at the knob's size again.
     pub sized: Mutex<Sizing>,
+    /// PostgreSQL's words for a lock timeout (`db::lock_timeout`), where known: batches then
+    /// give way to a row another transaction holds (`BATCH_LOCK_TIMEOUT`) and are tried
+    /// again; unknown, they wait for it (up to their statement_timeout).
+    pub lock_timeout_words: Option<String>,
 }
 
 /// Locks `mutex`, also after a thread panicked while holding it.
@@ -256,19 +261,28 @@ impl Worker {
     ) -> Result<Duration, End> {
         let started = Instant::now();
         let sizing = &self.sizing;
+        let words = shared.lock_timeout_words.as_deref();
         let outcome = run_batch(
             conn,
             shared.direction,
-            range_no,
-            from,
+            (range_no, from),
             |stored| sizing.next(sizing_knob(stored), shared.batch_time_cap_ms),
             |full_end| shared.plan().reserve(range_no, full_end),
+            words.is_some(),
         );
         let ran = match outcome {
             Ok(BatchOutcome::Ran(ran)) => ran,
             Ok(BatchOutcome::NotRunning(stored)) => {
                 shared.plan().unreserve(range_no);
                 return self.not_running(conn, stored);
+            }
+            Err(e) if words.is_some_and(|words| lock_timeout::is_lock_timeout(&e, words)) => {
+                shared.plan().unreserve(range_no);
+                log::warn!(
+                    "backfill worker {}: the batch after id {from} gave way to a row another transaction holds; trying again in {BATCH_GIVE_WAY_PAUSE:?}",
+                    self.no
+                );
+                return Ok(BATCH_GIVE_WAY_PAUSE);
             }
             Err(e) => {
                 shared.plan().unreserve(range_no);
