@@ -219,19 +219,32 @@ $$;
 
 -- Whether a statement's text (comments taken out: a migration file's comments are part of
 -- its first statement's) uses users.full_name: not DDL (the migration that made the column,
--- say), naming users, and naming full_name, or using every column without naming one:
--- `SELECT *` or `u.*`, `RETURNING *`, `TABLE users`, a column-less COPY or INSERT (its values
--- go by position). Whatever it is wrapped in counts too: PREPARE, EXPLAIN, DECLARE, DO, a
--- parenthesis. A whole row passed on (`to_jsonb(u)`) is not seen.
+-- say), naming users, and naming full_name, or taking every column of users without naming
+-- one: `SELECT *` from or joining it, `u.*`, `RETURNING *` of a write of it, `TABLE users`, a
+-- column-less COPY or INSERT (its values go by position). Whatever it is wrapped in counts
+-- too: PREPARE, EXPLAIN, DECLARE, DO, a parenthesis. Not counted: `EXISTS (SELECT * …)`, a
+-- star over other tables, a whole row passed on (`to_jsonb(u)`).
 CREATE FUNCTION zdm_uses_full_name(statement text) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT statement !~* '^\s*(create|alter|drop|comment|grant|revoke|security|truncate|vacuum|analyze|cluster|reindex|lock|refresh|set|reset|show|listen|notify|discard)\M'
-       AND statement ~* '\musers\M'
-       AND (statement ~* '\mfull_name\M'
-            OR statement ~* '(\mselect|\mreturning|,)\s*(distinct\s+)?([a-z_][a-z0-9_$]*\.|"[^"]+"\.)?\*'
-            OR statement ~* '^[\s(]*table\s+(\w+\.)?"?users\M'
-            OR statement ~* '\mcopy\s+(\w+\.)?"?users"?\s+(to|from)\M'
-            OR statement ~* '\minsert\s+into\s+(\w+\.)?"?users"?\s+(as\s+\w+\s+)?(values|select|with|table|default|overriding)\M')
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    -- users, schema-qualified or not, quoted or not (not a schema named users).
+    tbl constant text := '("?[a-z_][a-z0-9_$]*"?\.)?"?users\M"?(?!\s*\.)';
+    s constant text := regexp_replace(statement, 'exists\s*\(\s*select\s+\*', 'exists (select 1', 'gi');
+BEGIN
+    IF s ~* '^\s*(create|alter|drop|comment|grant|revoke|security|truncate|vacuum|analyze|cluster|reindex|lock|refresh|set|reset|show|listen|notify|discard)\M'
+       OR s !~* '\musers\M' THEN
+        RETURN false;
+    END IF;
+    RETURN s ~* '\mfull_name\M'
+        OR s ~* ('\mselect\s+(distinct\s+)?\*\s*from\s+' || tbl)
+        OR s ~* ('\mselect\s+(distinct\s+)?\*\s*from\s+[^;()]*\mjoin\s+' || tbl)
+        OR s ~* '"?\musers"?\.\*'
+        OR s ~* '(\w+)\.\*.*\m(from|join)\s+("?\w+"?\.)?"?users"?\s+(as\s+)?\1\M'
+        OR (s ~* '\mreturning\s+\*' AND s ~* ('\m(insert\s+into|update|delete\s+from)\s+' || tbl))
+        OR s ~* ('(^|[(]|\m(as|for|explain|analyze|verbose|union|all|except|intersect))\s*table\s+' || tbl)
+        OR s ~* ('\mcopy\s+' || tbl || '\s+(to|from)\M')
+        OR s ~* ('\minsert\s+into\s+' || tbl || '\s+(as\s+\w+\s+)?(values|select|with|table|default|overriding)\M');
+END;
 $$;
 
 -- Samples pg_stat_statements as before, with zdm_uses_full_name deciding which statements
@@ -280,7 +293,10 @@ BEGIN
          WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
            AND s.queryid IS NOT NULL
            AND s.query !~* '\mzdm_'
-           AND zdm_uses_full_name(regexp_replace(s.query, '--[^\n]*|/\*.*?\*/', '', 'g'))
+           -- Block comments first, on their own: in one pattern with the line comments the
+           -- lazy match would turn greedy, and take all from the first /* to the last */.
+           AND zdm_uses_full_name(regexp_replace(regexp_replace(s.query, '/\*.*?\*/', '', 'g'),
+                                                 '--[^\n]*', '', 'g'))
          GROUP BY s.queryid
     ), gone AS (
         UPDATE zdm_column_use u
@@ -315,18 +331,24 @@ END;
 $$;
 
 -- Why some clients' statements would not be in pg_stat_statements at all, if they would
--- not: tracking switched off for the server, this database, or a role (`ALTER ROLE … SET
--- pg_stat_statements.track = none`, or compute_query_id = off, without which it tracks
--- nothing). A client of such a role could use full_name unseen.
+-- not: tracking switched off for the server (pg_stat_statements.track = none, or
+-- compute_query_id = off, without which it tracks nothing), or for this database or a role
+-- that may read or write users (`ALTER ROLE … SET pg_stat_statements.track = none`). A client
+-- of such a role could use full_name unseen. zdm's own role is left out (its statements are
+-- not the clients'), as are roles that may not touch users (a monitoring agent's, say).
 CREATE FUNCTION zdm_untracked_statements() RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE
-        WHEN current_setting('pg_stat_statements.track', true) = 'none'
+        WHEN EXISTS (SELECT FROM pg_settings
+                      WHERE name = 'pg_stat_statements.track' AND setting = 'none'
+                        AND source NOT IN ('user', 'database', 'session'))
             THEN 'pg_stat_statements.track is none, so no statement is tracked; set it to top'
-        WHEN current_setting('compute_query_id', true) = 'off'
+        WHEN EXISTS (SELECT FROM pg_settings
+                      WHERE name = 'compute_query_id' AND setting = 'off'
+                        AND source NOT IN ('user', 'database', 'session'))
             THEN 'compute_query_id is off, so pg_stat_statements tracks no statement; set it to auto'
         ELSE (SELECT format('pg_stat_statements does not track the statements of %s (%s); RESET it',
-                            string_agg(CASE WHEN s.setrole = 0 THEN 'every role in this database'
+                            string_agg(CASE WHEN s.setrole = 0 THEN 'every role'
                                             ELSE 'role ' || quote_ident(r.rolname) END
                                        || CASE WHEN s.setdatabase = 0 THEN '' ELSE ' here' END,
                                        ', '),
@@ -336,6 +358,9 @@ LANGUAGE sql STABLE AS $$
                 CROSS JOIN LATERAL unnest(s.setconfig) AS c
                WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
                  AND c ~* '^(pg_stat_statements\.track=none|compute_query_id=(off|false|no|0))$'
+                 AND (s.setrole = 0
+                      OR (r.rolname <> current_user
+                          AND has_any_column_privilege(s.setrole, 'users', 'SELECT, INSERT, UPDATE')))
               HAVING count(*) > 0)
     END
 $$;

@@ -57,7 +57,20 @@ pub fn run_infrastructure_migrations_giving_way(
     conn: &mut PgConnection,
     url: &str,
 ) -> Result<Vec<String>, BoxError> {
-    let lock_timeout = crate::db::lock_timeout::words(conn, url)?;
+    let pending = conn.pending_migrations(MIGRATIONS)?;
+    if pending
+        .iter()
+        .all(|m| is_phase_migration(&m.name().to_string()))
+    {
+        return Ok(Vec::new());
+    }
+    let lock_timeout = match crate::db::lock_timeout::words(conn, url) {
+        Ok(words) => words,
+        Err(e) => {
+            log::warn!("infrastructure migrations wait for their locks ({e})");
+            return run_infrastructure_migrations(conn);
+        }
+    };
     conn.batch_execute(&format!("SET lock_timeout = '{LOCK_ATTEMPT_MS}ms'"))?;
     let started = Instant::now();
     let mut attempts = 0;

@@ -182,7 +182,8 @@ pub fn lock_attempt_ms(conn: &mut PgConnection) -> QueryResult<i32> {
 }
 
 /// Samples the use of `users.full_name` by every client (see `zdm_sample_column_use`):
-/// false where pg_stat_statements is unavailable.
+/// false where pg_stat_statements is unavailable, or this role sees only its own statements
+/// there (it samples nothing then).
 pub fn sample_column_use(conn: &mut PgConnection) -> QueryResult<bool> {
     diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
         "zdm_sample_column_use()",

@@ -164,8 +164,11 @@ pub async fn change_knobs(
     knobs: Knobs,
 ) -> Result<BackfillView, AppError> {
     let settings = state.backfill.clone();
-    // As the role that runs the batches: the triggers gate asks what that role may set.
+    // As the role that runs the batches: the triggers gate asks what that role may set. The
+    // change waits for the batches in flight (each within its 5-s statement_timeout), not
+    // longer.
     own_connection(state, move |conn, _| {
+        diesel::connection::SimpleConnection::batch_execute(conn, "SET statement_timeout = '10s'")?;
         Ok(control::change_knobs(conn, &settings, knobs)?)
     })
     .await

@@ -691,7 +691,8 @@ async fn a_rollback_out_of_new_only_interrupted_half_way_is_not_told_as_done() {
     // Its connection is lost (a restart, a proxy, a DBA's pg_terminate_backend).
     conn.batch_execute(
         "SELECT pg_terminate_backend(pid) FROM pg_locks
-          WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+          WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .unwrap();
     let told = rollback.join().unwrap().unwrap_err();

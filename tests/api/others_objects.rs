@@ -191,12 +191,30 @@ async fn a_client_using_full_name_without_naming_it_holds_the_contract() {
             format!("EXPLAIN ANALYZE SELECT full_name FROM users WHERE id = {id}"),
             "EXPLAIN ANALYZE",
         ),
+        // Tagged as sqlcommenter and marginalia tag them: the comments go, the use stays.
+        (
+            format!("/* app=web */ SELECT full_name FROM users WHERE id = {id} /* trace=abc */"),
+            "app=web",
+        ),
     ];
     for (statement, named) in uses {
         quiet(&mut conn).await;
         report.batch_execute(&statement).unwrap();
         assert_refused(contract(&app).await, &["clients gate", named]).await;
     }
+    // An existence check and a star over another table read no full_name.
+    quiet(&mut conn).await;
+    report
+        .batch_execute(&format!(
+            "SELECT EXISTS (SELECT * FROM users WHERE id = {id});
+             SELECT * FROM pg_class WHERE relname IN (SELECT 'users' FROM users LIMIT 1);"
+        ))
+        .unwrap();
+    assert!(
+        clients_gate_met(&mut conn),
+        "{}",
+        next_gate(&app, "clients").await
+    );
 
     // A role whose statements are not tracked could use it unseen: the gate cannot know.
     quiet(&mut conn).await;
@@ -215,6 +233,7 @@ async fn a_client_using_full_name_without_naming_it_holds_the_contract() {
     assert_refused(contract(&app).await, &["clients gate", "does not track"]).await;
     conn.batch_execute(&format!("ALTER ROLE {} RESET ALL", reporter.name))
         .unwrap();
+    quiet(&mut conn).await;
     assert_eq!(contract(&app).await.status(), 200);
     app.wait_for_phase(Phase::Contracted).await;
 }

@@ -198,7 +198,8 @@ async fn an_infrastructure_migration_at_start_up_gives_way_to_a_step_in_progress
             );
             let waiting: Vec<Item> = diesel::sql_query(
                 "SELECT query_start::text AS item FROM pg_stat_activity
-              WHERE wait_event_type = 'Lock' AND query LIKE '%ALTER TABLE zdm_migration_state%'",
+              WHERE datname = current_database() AND wait_event_type = 'Lock'
+                AND query LIKE '%ALTER TABLE zdm_migration_state%'",
             )
             .load(&mut conn)
             .unwrap();

@@ -88,10 +88,12 @@ pub const MAX_SLEEP_MS: i32 = 60_000;
 pub const BATCH_STATEMENT_TIMEOUT: &str = "5s";
 /// How long a batch waits for a row another transaction holds before it gives way: rolled
 /// back, it releases the rows it had already updated (users' writes of them queue behind it
-/// meanwhile), and is tried again after `BATCH_GIVE_WAY_PAUSE`. A user's write holds its row
-/// for milliseconds; longer is a transaction left open.
+/// meanwhile), and is tried again after a pause (`BATCH_GIVE_WAY_PAUSE`, growing). A user's
+/// write holds its row for milliseconds; longer is a transaction left open. Where the runner
+/// has no URL for a second session to learn the server's words for a lock timeout (a
+/// rollback's reverse backfill), its batches wait for the row instead.
 pub const BATCH_LOCK_TIMEOUT: &str = "100ms";
-/// The pause before a batch that gave way is tried again.
+/// The first pause before a batch that gave way is tried again.
 pub(super) const BATCH_GIVE_WAY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 /// The most workers a backfill runs at once (as the table's CHECK allows).
 pub const MAX_WORKERS: i32 = 16;

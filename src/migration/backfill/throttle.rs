@@ -305,8 +305,8 @@ impl Throttle {
                     index + 1
                 ));
             };
-            let written = crate::replicas::current_lsn(primary).map_err(|e| e.to_string())?;
-            let lag = written.saturating_sub(replayed) as i64;
+            let inserted = crate::replicas::current_lsn(primary).map_err(|e| e.to_string())?;
+            let lag = inserted.saturating_sub(replayed) as i64;
             largest = largest.max(lag);
         }
         Ok(largest)

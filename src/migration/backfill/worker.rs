@@ -138,11 +138,18 @@ pub(super) struct Worker {
     sizing: Sizing,
     /// The backfill's row as this worker last saw it.
     stored: BackfillStatus,
+    /// Its batches that gave way to a row held elsewhere since its last batch that ran.
+    gave_way: u32,
 }
 
 impl Worker {
     pub fn new(no: i32, stored: BackfillStatus, sizing: Sizing) -> Self {
-        Self { no, sizing, stored }
+        Self {
+            no,
+            sizing,
+            stored,
+            gave_way: 0,
+        }
     }
 
     /// Waits for the throttle if it applies, takes something to work on, and runs one batch,
@@ -278,11 +285,7 @@ impl Worker {
             }
             Err(e) if words.is_some_and(|words| lock_timeout::is_lock_timeout(&e, words)) => {
                 shared.plan().unreserve(range_no);
-                log::warn!(
-                    "backfill worker {}: the batch after id {from} gave way to a row another transaction holds; trying again in {BATCH_GIVE_WAY_PAUSE:?}",
-                    self.no
-                );
-                return Ok(BATCH_GIVE_WAY_PAUSE);
+                return Ok(self.give_way(from));
             }
             Err(e) => {
                 shared.plan().unreserve(range_no);
@@ -290,6 +293,7 @@ impl Worker {
             }
         };
         let took = started.elapsed();
+        self.gave_way = 0;
         shared.plan().record_batch(range_no, &ran);
         self.sizing.ran(sizing_knob(&ran.stored), ran.size, took);
         *locked(&shared.sized) = self.sizing;
@@ -308,6 +312,22 @@ impl Worker {
             stored: Box::new(ran.stored),
         });
         Ok(Duration::from_millis(self.stored.sleep_ms.max(0) as u64))
+    }
+
+    /// After its batch from `from` gave way to a row another transaction holds: the pause
+    /// before it tries again, from `BATCH_GIVE_WAY_PAUSE` doubling to 8 times that (a
+    /// transaction left open may stay so for long; each try redoes the batch up to the row).
+    fn give_way(&mut self, from: i64) -> Duration {
+        self.gave_way += 1;
+        let pause = BATCH_GIVE_WAY_PAUSE * (1 << (self.gave_way - 1).min(3));
+        if self.gave_way % 10 == 1 {
+            log::warn!(
+                "backfill worker {}: the batch after id {from} gave way to a row another transaction holds ({} time(s)); trying again in {pause:?}",
+                self.no,
+                self.gave_way
+            );
+        }
+        pause
     }
 
     /// What a worker does when its batch found the backfill not `running` (`stored`).
