@@ -100,11 +100,13 @@ fn kept_quiet_p99(
     Ok(stored.quiet_p99_ms.filter(|_| resumes))
 }
 
-/// What a live instance reported with its last heartbeat, and whether it came
+/// What a live instance reported with its last heartbeat, how long ago, and whether it came
 /// `REPORT_COVERS` after the number of workers last changed (so covers only requests made
 /// since).
 #[derive(QueryableByName)]
 struct Report {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
     recent_p99_ms: Option<f64>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::Double>>)]
@@ -113,46 +115,40 @@ struct Report {
     recent_latency_counts: Option<Vec<i64>>,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     fresh: bool,
+    /// Since its last heartbeat, by the database's clock.
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    silent_secs: f64,
 }
 
-/// The live instances' last reports.
+impl Report {
+    /// Whether its report is recent enough to act on (`LATENCY_REPORT_WINDOW_SECS`).
+    fn is_recent(&self) -> bool {
+        self.silent_secs < f64::from(LATENCY_REPORT_WINDOW_SECS)
+    }
+}
+
+/// The live instances' last reports (`zdm_live_window()`), the longest silent first.
 fn live_reports(conn: &mut PgConnection) -> QueryResult<Vec<Report>> {
     diesel::sql_query(format!(
-        "SELECT recent_p99_ms, recent_latency_le, recent_latency_counts,
+        "SELECT id, recent_p99_ms, recent_latency_le, recent_latency_counts,
                 last_seen > coalesce((SELECT workers_changed_at FROM zdm_backfill), '-infinity')
-                            + interval '{} milliseconds' AS fresh
+                            + interval '{} milliseconds' AS fresh,
+                extract(epoch FROM now() - last_seen)::float8 AS silent_secs
            FROM zdm_instances
-          WHERE last_seen > now() - interval '{LATENCY_REPORT_WINDOW_SECS} seconds'",
+          WHERE last_seen > now() - zdm_live_window()
+          ORDER BY last_seen",
         REPORT_COVERS.as_millis()
     ))
     .load(conn)
 }
 
-/// A live instance that has stopped reporting, and for how long.
-#[derive(QueryableByName)]
-struct Silent {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    id: String,
-    #[diesel(sql_type = diesel::sql_types::Double)]
-    silent_secs: f64,
-}
-
-/// The live instance silent the longest past `LATENCY_REPORT_WINDOW_SECS`, if any. A serving
-/// instance reports every 0.5 s, with traffic or without, and an instance that stops cleanly
-/// leaves the table; one silent this long is frozen, killed or too loaded to reach the
-/// database, and stays live (`zdm_live_window()`) a few seconds more. Its requests may be the
-/// slowest of all, so its silence must not read as no traffic.
-fn silent_instance(conn: &mut PgConnection) -> QueryResult<Option<Silent>> {
-    diesel::sql_query(format!(
-        "SELECT id, extract(epoch FROM now() - last_seen)::float8 AS silent_secs
-           FROM zdm_instances
-          WHERE last_seen > now() - zdm_live_window()
-            AND last_seen <= now() - interval '{LATENCY_REPORT_WINDOW_SECS} seconds'
-          ORDER BY last_seen
-          LIMIT 1"
-    ))
-    .get_result(conn)
-    .optional()
+/// Of `reports`, the live instance silent the longest past `LATENCY_REPORT_WINDOW_SECS`, if
+/// any. A serving instance reports every 0.5 s, with traffic or without, and an instance that
+/// stops cleanly leaves the table; one silent this long is frozen, killed or too loaded to
+/// reach the database, and stays live (`zdm_live_window()`) a few seconds more. Its requests
+/// may be the slowest of all, so its silence must not read as no traffic.
+fn silent_instance(reports: &[Report]) -> Option<&Report> {
+    reports.first().filter(|report| !report.is_recent())
 }
 
 /// The users' p99 across `reports` (`metrics::fleet_p99_ms`).
@@ -171,9 +167,11 @@ fn fleet_p99<'a>(reports: impl Iterator<Item = &'a Report>) -> Option<f64> {
 }
 
 /// The users' p99 across the live instances, from what they reported with their last
-/// heartbeats.
+/// heartbeats (those recent enough).
 fn fleet_recent_p99(conn: &mut PgConnection) -> QueryResult<Option<f64>> {
-    Ok(fleet_p99(live_reports(conn)?.iter()))
+    Ok(fleet_p99(
+        live_reports(conn)?.iter().filter(|r| r.is_recent()),
+    ))
 }
 
 impl Throttle {
@@ -269,12 +267,15 @@ impl Throttle {
         let Some(limit) = self.max_request_p99_ms else {
             return Ok(None);
         };
-        if let Some(p99) = fleet_recent_p99(conn)?.filter(|p99| *p99 > limit) {
+        let reports = live_reports(conn)?;
+        if let Some(p99) =
+            fleet_p99(reports.iter().filter(|r| r.is_recent())).filter(|p99| *p99 > limit)
+        {
             return Ok(Some(format!(
                 "requests' p99 of {p99:.1} ms is above the limit of {limit:.1} ms"
             )));
         }
-        Ok(silent_instance(conn)?.map(|silent| {
+        Ok(silent_instance(&reports).map(|silent| {
             format!(
                 "instance {} has not reported its requests' p99 for {:.1} s: they may be slow",
                 silent.id, silent.silent_secs
@@ -325,11 +326,12 @@ impl Throttle {
     pub(super) fn reading(&mut self, conn: &mut PgConnection) -> QueryResult<Reading> {
         let lag = self.largest_lag(conn);
         let reports = live_reports(conn)?;
-        let fresh = reports.iter().filter(|report| report.fresh);
+        let recent = || reports.iter().filter(|report| report.is_recent());
+        let fresh = recent().filter(|report| report.fresh);
         Ok(Reading {
             p99_ms: fleet_p99(fresh.clone()),
             fresh_reports: fresh.count() as i64,
-            live_instances: reports.len() as i64,
+            live_instances: recent().count() as i64,
             lag,
         })
     }

@@ -235,10 +235,15 @@ pub(super) fn apply(conn: &mut PgConnection, name: &str, step: Step) -> Result<u
     }
 }
 
-/// The longest an attempt's DDL waits for its lock, with `lock_attempt_ms` stored: 200 ms, or
-/// that if longer (`zdm_lock_attempt()`'s cap).
+/// How long the longest attempt waits for its lock, unless the stored one is longer: the cap
+/// `zdm_lock_attempt()` puts on attempts grown by `lock_attempt_scale`.
+const LONGEST_ATTEMPT_MS: u16 = 200;
+
+/// The longest an attempt's DDL waits for its lock, with `lock_attempt_ms` stored:
+/// `LONGEST_ATTEMPT_MS`, or that if longer.
 fn longest_lock_wait(lock_attempt_ms: i32) -> Duration {
-    Duration::from_millis(u64::try_from(lock_attempt_ms.max(200)).unwrap_or(200))
+    let ms = u64::try_from(lock_attempt_ms).unwrap_or(0);
+    Duration::from_millis(ms.max(u64::from(LONGEST_ATTEMPT_MS)))
 }
 
 /// A step's lock timeouts so far, and what it waited.
