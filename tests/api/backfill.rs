@@ -492,19 +492,9 @@ async fn the_backfill_waits_while_requests_are_slower_than_its_p99_limit() {
             backfill::run_throttled(&mut conn, Direction::Forward, &mut throttle, |_| {})
         })
     };
-    let mut waiting = None;
-    crate::helpers::eventually("the backfill to wait for the requests", || {
-        let status = backfill::status(&mut conn).unwrap();
-        assert_ne!(
-            status.state,
-            BackfillState::Done,
-            "it ran through: {status:?}"
-        );
-        waiting = (status.state == BackfillState::Throttled).then_some(status);
-        waiting.is_some()
-    })
-    .await;
-    let waiting = waiting.unwrap();
+    let waiting =
+        crate::helpers::wait_until_throttled(&mut conn, "the backfill to wait for the requests")
+            .await;
     assert!(
         waiting
             .throttle_reason
@@ -758,19 +748,11 @@ async fn a_live_instance_that_stopped_reporting_holds_a_backfill_under_a_p99_bud
     // The instance freezes. Past the 5 s its reports count for, it is live for 5 s more, and
     // the backfill waits.
     instance.signal(Signal::SIGSTOP).unwrap();
-    let mut waiting = None;
-    eventually("the backfill to wait for the silent instance", || {
-        let status = backfill::status(&mut conn).unwrap();
-        assert_ne!(
-            status.state,
-            BackfillState::Done,
-            "it ran through: {status:?}"
-        );
-        waiting = (status.state == BackfillState::Throttled).then_some(status);
-        waiting.is_some()
-    })
+    let waiting = crate::helpers::wait_until_throttled(
+        &mut conn,
+        "the backfill to wait for the silent instance",
+    )
     .await;
-    let waiting = waiting.unwrap();
     let reason = waiting.throttle_reason.as_deref().unwrap_or_default();
     assert!(
         reason.contains(&id) && reason.contains("has not reported"),

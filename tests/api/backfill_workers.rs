@@ -352,19 +352,9 @@ async fn auto_workers_under_a_budget_no_request_can_meet_stay_at_one_and_wait() 
     .await;
     // Auto mode, with a budget no request can meet; the runner could open more connections.
     let runner = auto_under_a_budget(&db.url, 0.001, AutoRule::default());
-    let mut waiting = None;
-    eventually("the backfill to wait for the requests", || {
-        let status = backfill::status(&mut conn).unwrap();
-        assert_ne!(
-            status.state,
-            BackfillState::Done,
-            "it ran through: {status:?}"
-        );
-        waiting = (status.state == BackfillState::Throttled).then_some(status);
-        waiting.is_some()
-    })
-    .await;
-    let waiting = waiting.unwrap();
+    let waiting =
+        crate::helpers::wait_until_throttled(&mut conn, "the backfill to wait for the requests")
+            .await;
     assert_eq!(waiting.workers, 1);
     assert!(waiting.workers_auto);
     // It stays so while the instance keeps reporting, well past the time auto mode takes to

@@ -184,3 +184,25 @@ impl MixedWriters {
         }
     }
 }
+
+/// Waits until the backfill stores `throttled` (`what` is waited for), failing at once if it
+/// runs through to `done` meanwhile, and returns the status it stored.
+pub async fn wait_until_throttled(
+    conn: &mut PgConnection,
+    what: &str,
+) -> zdm::migration::backfill::BackfillStatus {
+    use zdm::migration::backfill::{self, BackfillState};
+    let mut waiting = None;
+    eventually(what, || {
+        let status = backfill::status(conn).unwrap();
+        assert_ne!(
+            status.state,
+            BackfillState::Done,
+            "it ran through: {status:?}"
+        );
+        waiting = (status.state == BackfillState::Throttled).then_some(status);
+        waiting.is_some()
+    })
+    .await;
+    waiting.unwrap()
+}
